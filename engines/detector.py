@@ -1,0 +1,82 @@
+"""Base class of every detector.
+
+A :class:`Detector` is an ``nn.Module`` whose ``forward`` takes aligned crops as
+``float32 (N, 3, S, S)``, RGB, [0, 255] (see :mod:`engines.spec`) and returns the
+raw network output: a tensor, or a tuple of tensors whose first element carries
+the score. ``p_fake`` turns that output into P(fake) in [0, 1]. Keeping the
+normalisation inside ``forward`` lets every engine compile the whole contract.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from .spec import InputSpec
+
+Output = torch.Tensor | Sequence[torch.Tensor]
+
+
+class Detector(nn.Module):
+    """Deepfake detector: normalisation + network + score meaning.
+
+    Subclasses implement :meth:`network` (on normalised input) and may override
+    :meth:`p_fake` when the output is not a single logit of P(fake).
+    """
+
+    spec: InputSpec
+    threshold: float = 0.5
+
+    def __init__(self, spec: InputSpec, threshold: float = 0.5):
+        super().__init__()
+        self.spec = spec
+        self.threshold = float(threshold)
+        order = [2, 1, 0] if spec.channel_order == "BGR" else [0, 1, 2]
+        self.register_buffer("_order", torch.tensor(order), persistent=False)
+        mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1)
+        # Fold scale and mean/std into one multiply-add: x*scale/std - mean/std.
+        self.register_buffer("_mul", spec.scale / std, persistent=False)
+        self.register_buffer("_add", -mean / std, persistent=False)
+        # Filled by the registry: name and a hash of the loaded weights.
+        self.name = type(self).__name__
+        self.weights_hash = "random-init"
+        self.weights_source = ""
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, 3, S, S)`` RGB [0, 255] -> network input per :attr:`spec`."""
+        if self.spec.channel_order == "BGR":
+            x = x.flip(1)
+        return x * self._mul.to(x.dtype) + self._add.to(x.dtype)
+
+    def network(self, x: torch.Tensor) -> Output:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> Output:
+        return self.network(self.normalize(x))
+
+    @staticmethod
+    def primary(out: Output) -> torch.Tensor:
+        """The score-carrying tensor of a raw output."""
+        return out if isinstance(out, torch.Tensor) else out[0]
+
+    def p_fake(self, out: Output) -> torch.Tensor:
+        """Raw output -> P(fake), ``float32 (N,)`` in [0, 1].
+
+        Default: the primary output is one logit of P(fake) per crop.
+        """
+        return torch.sigmoid(self.primary(out).float().reshape(-1))
+
+    def extras(self, out: Output, p_fake: torch.Tensor) -> list[dict[str, Any]]:
+        """Per-crop extra results (e.g. artifact boxes); empty by default."""
+        return [{} for _ in range(p_fake.shape[0])]
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "weights_hash": self.weights_hash,
+            "weights_source": self.weights_source,
+            "threshold": self.threshold,
+            "input": self.spec.to_dict(),
+        }

@@ -1,0 +1,2 @@
+"""Built-in detectors; importing this package registers them."""
+from . import tiny  # noqa: F401
