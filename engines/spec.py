@@ -8,7 +8,7 @@ applies channel order, scaling and mean/std from this spec, so every engine
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 import torch
@@ -63,8 +63,14 @@ class InputSpec:
     scale: float = 1.0 / 255.0
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    template: tuple = field(default_factory=lambda: scaled_template(ARCFACE_112, 112, 112))
+    template: tuple | None = None  # None: ArcFace's template scaled to ``size``
     output: str = "logit of P(fake)"
+
+    def __post_init__(self):
+        if self.template is None:
+            object.__setattr__(self, "template", scaled_template(ARCFACE_112, 112, self.size))
+        if len(self.template) != 5:
+            raise ValueError(f"template needs 5 landmarks, got {len(self.template)}")
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -1,0 +1,147 @@
+"""Face alignment: 5-point similarity fit + kornia ``warp_affine``.
+
+Coordinate convention everywhere: pixel centres at integer coordinates, ``x``
+right, ``y`` down (OpenCV's convention); matrices are ``(2, 3)`` and map
+*frame* pixels to *crop* pixels. ``align_corners=True`` is pinned in kornia
+because that is the setting under which its normalised grid reproduces this
+pixel-centre convention.
+
+Only a region of interest around each face is converted to float and moved to
+the device, so aligning a face costs the same for a 4K frame as for a 480p one.
+When the face is much larger than the crop, the region is first shrunk with an
+antialiased resize so the bilinear warp does not alias.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from kornia.geometry.transform import warp_affine
+
+from engines.spec import InputSpec
+
+ALIGN_CORNERS = True
+
+
+def umeyama_similarity(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+    """Least-squares similarity (rotation, uniform scale, translation) ``src -> dst``.
+
+    Umeyama (1991), batched. Args: ``src`` ``(K, P, 2)``, ``dst`` ``(P, 2)`` or
+    ``(K, P, 2)``, float. Returns ``(K, 2, 3)`` float32 matrices.
+    """
+    src = src.to(torch.float64)
+    dst = dst.to(torch.float64).expand_as(src)
+    mu_s, mu_d = src.mean(1, keepdim=True), dst.mean(1, keepdim=True)
+    s_c, d_c = src - mu_s, dst - mu_d
+    n = src.shape[1]
+    cov = d_c.transpose(1, 2) @ s_c / n  # (K, 2, 2)
+    u, sig, vh = torch.linalg.svd(cov)
+    d = torch.ones_like(sig)
+    d[:, 1] = torch.sign(torch.linalg.det(u) * torch.linalg.det(vh))  # no reflections
+    d[d == 0] = 1
+    rot = u @ torch.diag_embed(d) @ vh
+    var_s = (s_c ** 2).sum((1, 2)) / n
+    scale = (sig * d).sum(1) / var_s.clamp_min(1e-12)
+    a = rot * scale[:, None, None]
+    t = mu_d.transpose(1, 2) - a @ mu_s.transpose(1, 2)
+    return torch.cat([a, t], 2).to(torch.float32)
+
+
+def invert_affine(m: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``(K, 2, 3)`` affine matrices."""
+    a, t = m[:, :, :2], m[:, :, 2:]
+    ai = torch.linalg.inv(a)
+    return torch.cat([ai, -ai @ t], 2)
+
+
+def apply_affine(m: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:
+    """Apply ``(K, 2, 3)`` matrices to points ``(K, P, 2)``."""
+    return pts @ m[:, :, :2].transpose(1, 2) + m[:, None, :, 2]
+
+
+def map_boxes(boxes: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Map ``(K, B, 4)`` xyxy boxes through ``(K, 2, 3)`` matrices.
+
+    Returns the axis-aligned bounding box of the four mapped corners (exact for
+    pure scale/translation, enclosing under rotation).
+    """
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    corners = torch.stack([torch.stack([x1, y1], -1), torch.stack([x2, y1], -1),
+                           torch.stack([x1, y2], -1), torch.stack([x2, y2], -1)], -2)
+    k, b = boxes.shape[:2]
+    mapped = apply_affine(m, corners.reshape(k, b * 4, 2)).reshape(k, b, 4, 2)
+    return torch.cat([mapped.amin(2), mapped.amax(2)], -1)
+
+
+def _compose(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
+    """``outer ∘ inner`` for single ``(2, 3)`` matrices."""
+    a = outer[:, :2] @ inner[:, :2]
+    t = outer[:, :2] @ inner[:, 2] + outer[:, 2]
+    return torch.cat([a, t[:, None]], 1)
+
+
+def _roi(m_inv: torch.Tensor, size: int, h: int, w: int) -> tuple[int, int, int, int]:
+    corners = torch.tensor([[0, 0], [size - 1, 0], [0, size - 1], [size - 1, size - 1]],
+                           dtype=m_inv.dtype)
+    src = corners @ m_inv[:, :2].T + m_inv[:, 2]
+    x0 = max(0, math.floor(src[:, 0].min().item()) - 2)
+    y0 = max(0, math.floor(src[:, 1].min().item()) - 2)
+    x1 = min(w, math.ceil(src[:, 0].max().item()) + 3)
+    y1 = min(h, math.ceil(src[:, 1].max().item()) + 3)
+    return x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)
+
+
+def _warp_one(image, m: torch.Tensor, size: int, device, antialias: bool) -> torch.Tensor:
+    """Crop the ROI of one face from a ``uint8 (H, W, 3)`` frame and warp it."""
+    h, w = image.shape[:2]
+    x0, y0, x1, y1 = _roi(invert_affine(m[None])[0], size, h, w)
+    if x1 <= x0 or y1 <= y0 or x0 >= w or y0 >= h:
+        return torch.zeros(3, size, size, device=device)
+    patch = torch.as_tensor(np.ascontiguousarray(image[y0:y1, x0:x1]), device=device)
+    patch = patch.permute(2, 0, 1)[None].float()
+    # Frame->crop becomes ROI->crop by shifting the origin to the ROI corner.
+    shift = torch.tensor([[1.0, 0.0, x0], [0.0, 1.0, y0]])
+    mm = _compose(m, shift)
+    scale = float(torch.linalg.det(m[:, :2]).abs().sqrt())
+    if antialias and scale < 0.5:
+        # Shrink to ~2x the crop's sampling density with an antialiased resize, then
+        # warp. Half-pixel convention of align_corners=False interpolation:
+        # x_small = (x + 0.5) * r - 0.5.
+        r = 2.0 * scale
+        ph, pw = max(1, round(patch.shape[2] * r)), max(1, round(patch.shape[3] * r))
+        patch = F.interpolate(patch, size=(ph, pw), mode="bilinear", antialias=True, align_corners=False)
+        rx, ry = pw / (x1 - x0), ph / (y1 - y0)
+        small_to_roi = torch.tensor([[1 / rx, 0.0, 0.5 / rx - 0.5], [0.0, 1 / ry, 0.5 / ry - 0.5]])
+        mm = _compose(mm, small_to_roi)
+    out = warp_affine(patch, mm[None].to(device), dsize=(size, size), mode="bilinear",
+                      padding_mode="zeros", align_corners=ALIGN_CORNERS)
+    return out[0]
+
+
+def align_faces(images: Sequence[np.ndarray], frame_idx: Sequence[int], landmarks, spec: InputSpec,
+                device: str | torch.device = "cpu", antialias: bool = True
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Align faces to ``spec.template``.
+
+    Args:
+        images: RGB ``uint8 (H, W, 3)`` full-resolution frames.
+        frame_idx: for each face, the index into ``images``.
+        landmarks: ``(K, 5, 2)`` (x, y) frame pixels, array or tensor.
+        spec: the detector's input spec (crop size + landmark template).
+        device: where crops are produced (the model's device).
+        antialias: pre-shrink large faces with an antialiased resize.
+
+    Returns:
+        crops ``float32 (K, 3, S, S)`` RGB in [0, 255] on ``device``, and the
+        frame->crop matrices ``float32 (K, 2, 3)`` (CPU).
+    """
+    lm = torch.as_tensor(np.asarray(landmarks, np.float32)).reshape(-1, 5, 2)
+    size = spec.size
+    if lm.shape[0] == 0:
+        return torch.zeros(0, 3, size, size, device=device), torch.zeros(0, 2, 3)
+    mats = umeyama_similarity(lm, spec.template_tensor())
+    crops = [_warp_one(images[i], mats[k], size, device, antialias) for k, i in enumerate(frame_idx)]
+    return torch.stack(crops), mats

@@ -1,0 +1,289 @@
+"""Frame sampling from video files with PyAV.
+
+Two passes over the container:
+
+1. **Index** (demux only, no decoding): every video packet's pts and keyframe flag.
+   This gives the exact frame count and presentation times even when the header
+   lies or has no duration, and works for variable frame rate.
+2. **Decode only what is needed**: targets are chosen by presentation index;
+   groups of pictures (GOPs) holding no target are never decoded (a seek jumps
+   over them), decoding stops after the last target, and inside a GOP frames that
+   are neither targets nor references are skipped by the decoder
+   (``skip_frame=NONREF``), which halves H.264 decode work with B-frames.
+
+Frames come out as :class:`Frame` with an RGB ``uint8 (H, W, 3)`` image, upright
+(display-matrix rotation applied), plus an optional downscaled copy made by
+swscale for the face detector.
+"""
+from __future__ import annotations
+
+import bisect
+import errno
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import av
+import numpy as np
+
+from engines.errors import DfscanError
+
+VIDEO_EXTENSIONS = frozenset(
+    ".mp4 .m4v .mov .mkv .webm .avi .mpg .mpeg .ts .mts .m2ts .flv .wmv .3gp .ogv".split()
+)
+# Local files may only be read through the file protocol and by ordinary container
+# demuxers: a playlist (HLS, concat) disguised as .mp4 must not reach the network
+# or other local files.
+FILE_OPEN_OPTIONS = {
+    "protocol_whitelist": "file",
+    "format_whitelist": "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,mpegts,flv,asf,mpeg,ogg,"
+    "h264,hevc,mjpeg,rawvideo,ivf,mxf,m4v",
+}
+
+
+class VideoError(DfscanError):
+    """A video could not be read. ``kind`` is a short machine-readable reason."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass
+class Frame:
+    """One decoded, upright video frame.
+
+    Attributes:
+        index: presentation index (0-based) in the video.
+        time_s: presentation time in seconds from the stream start.
+        image: RGB ``uint8 (H, W, 3)`` at full resolution.
+        small: RGB ``uint8 (h, w, 3)`` downscaled copy for face detection, or None.
+        scale: ``small`` size / ``image`` size (1.0 when ``small`` is None).
+    """
+
+    index: int
+    time_s: float
+    image: np.ndarray
+    small: np.ndarray | None = None
+    scale: float = 1.0
+
+
+@dataclass
+class VideoIndex:
+    """Demux-only index of a video stream (decode order)."""
+
+    pts: list[int]  # per packet, decode order
+    keyframe: list[bool]
+    time_base: float
+    start: int
+    width: int
+    height: int
+    codec: str
+    presentation: list[int] = field(default_factory=list)  # sorted pts
+
+    @property
+    def frames(self) -> int:
+        return len(self.presentation)
+
+    @property
+    def duration_s(self) -> float:
+        if len(self.presentation) < 2:
+            return 0.0
+        return (self.presentation[-1] - self.presentation[0]) * self.time_base
+
+    def time_of(self, pts: int) -> float:
+        return (pts - self.start) * self.time_base
+
+
+def _classify_open_error(path: Path, e: Exception) -> VideoError:
+    if isinstance(e, FileNotFoundError) or getattr(e, "errno", None) == errno.ENOENT:
+        return VideoError("not_found", f"file not found: {path}")
+    if isinstance(e, PermissionError) or getattr(e, "errno", None) == errno.EACCES:
+        return VideoError("permission", f"permission denied: {path}")
+    return VideoError("not_video", f"not a readable video ({type(e).__name__}: {e})")
+
+
+def open_file(path: str | Path) -> av.container.InputContainer:
+    """Open a local video file with the restricted protocol/format whitelist."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if not os.access(path, os.R_OK):
+            raise PermissionError(errno.EACCES, "permission denied", str(path))
+    except OSError as e:
+        raise _classify_open_error(path, e) from e
+    if size == 0:
+        raise VideoError("empty_file", "file is empty (0 bytes)")
+    try:
+        return av.open(str(path), options=dict(FILE_OPEN_OPTIONS))
+    except Exception as e:  # av.error.* — all FFmpeg failures
+        raise _classify_open_error(path, e) from e
+
+
+def _video_stream(container) -> av.video.stream.VideoStream:
+    streams = [s for s in container.streams.video if s.codec_context is not None]
+    if not streams:
+        kinds = sorted({s.type for s in container.streams}) or ["none"]
+        raise VideoError("no_video_stream", f"no video stream (streams: {', '.join(kinds)})")
+    return streams[0]
+
+
+def build_index(container, stream) -> VideoIndex:
+    """Demux the whole video stream (no decoding) and record pts + keyframe flags."""
+    pts, key = [], []
+    try:
+        for pkt in container.demux(stream):
+            if pkt.size == 0 or pkt.pts is None:
+                continue
+            pts.append(int(pkt.pts))
+            key.append(bool(pkt.is_keyframe))
+    except av.error.FFmpegError:
+        pass  # truncated tail: keep what was demuxed, decode will tell what is usable
+    tb = float(stream.time_base) if stream.time_base else 1.0 / 25
+    cc = stream.codec_context
+    presentation = sorted(set(pts))
+    start = presentation[0] if presentation else 0
+    return VideoIndex(pts, key, tb, start, cc.width, cc.height, cc.name, presentation)
+
+
+def choose_targets(index: VideoIndex, frames: int | None, fps: float | None) -> list[int]:
+    """Presentation pts to sample: ``frames`` evenly spaced, or one every ``1/fps`` s."""
+    pres = index.presentation
+    if not pres:
+        return []
+    if fps:
+        times = np.arange(0.0, index.duration_s + 1e-9, 1.0 / fps)
+        want = [index.start + t / index.time_base for t in times]
+        picks = {pres[min(bisect.bisect_left(pres, w), len(pres) - 1)] for w in want}
+        return sorted(picks)
+    n = min(frames or 32, len(pres))
+    idx = np.unique(np.linspace(0, len(pres) - 1, n).round().astype(int))
+    return [pres[i] for i in idx]
+
+
+def _gop_plan(index: VideoIndex, targets: Sequence[int]) -> list[tuple[int, int, int, set[int]]]:
+    """Per GOP holding targets: (gop number, keyframe pts, packet count, target pts set)."""
+    starts = [i for i, k in enumerate(index.keyframe) if k] or [0]
+    if starts[0] != 0:
+        starts.insert(0, 0)  # packets before the first keyframe form their own group
+    bounds = starts + [len(index.pts)]
+    gop_of = {}
+    for g in range(len(starts)):
+        for p in index.pts[bounds[g]:bounds[g + 1]]:
+            gop_of[p] = g
+    plan: dict[int, set[int]] = {}
+    for t in targets:
+        plan.setdefault(gop_of[t], set()).add(t)
+    return [(g, index.pts[bounds[g]], bounds[g + 1] - bounds[g], plan[g]) for g in sorted(plan)]
+
+
+def _to_frame(av_frame, idx: int, time_s: float, det_max_side: int | None) -> Frame:
+    rot = int(round((getattr(av_frame, "rotation", 0) or 0) / 90.0)) % 4
+    image = av_frame.to_ndarray(format="rgb24")
+    small, scale = None, 1.0
+    w, h = av_frame.width, av_frame.height
+    if det_max_side and max(w, h) > det_max_side:
+        scale = det_max_side / max(w, h)
+        sw, sh = max(2, round(w * scale)), max(2, round(h * scale))
+        small = av_frame.reformat(width=sw, height=sh, format="rgb24", interpolation="AREA").to_ndarray()
+        scale = sw / w  # the exact ratio swscale used horizontally
+    if rot:
+        # Display matrix angle is counter-clockwise; np.rot90 turns CCW for k > 0.
+        image = np.ascontiguousarray(np.rot90(image, rot))
+        small = None if small is None else np.ascontiguousarray(np.rot90(small, rot))
+    return Frame(idx, time_s, image, small, scale)
+
+
+class FrameSampler:
+    """Sample frames of one video file (see module docstring).
+
+    Args:
+        path: local video file.
+        frames: number of evenly spaced frames (ignored when ``fps`` is set).
+        fps: sample one frame every ``1/fps`` seconds instead.
+        det_max_side: also produce a downscaled copy with this longest side.
+        seek: allow jumping over GOPs without targets (False = decode sequentially).
+    """
+
+    def __init__(self, path, frames: int | None = 32, fps: float | None = None,
+                 det_max_side: int | None = None, seek: bool = True):
+        self.path = Path(path)
+        self.frames, self.fps, self.det_max_side, self.seek = frames, fps, det_max_side, seek
+        self.index: VideoIndex | None = None
+        self.decode_errors = 0
+        self.seeks = 0
+        self.missed = 0  # targets that never came out of the decoder
+
+    def __iter__(self) -> Iterator[Frame]:
+        container = open_file(self.path)
+        try:
+            stream = _video_stream(container)
+            self.index = index = build_index(container, stream)
+            if not index.pts:
+                raise VideoError("no_frames", "video stream holds no packets")
+            targets = choose_targets(index, self.frames, self.fps)
+            yielded = 0
+            for fr in self._decode(container, stream, index, targets):
+                yielded += 1
+                yield fr
+            if yielded == 0:
+                raise VideoError("no_frames", "no frame could be decoded")
+        finally:
+            container.close()
+
+    def _decode(self, container, stream, index: VideoIndex, targets: list[int]) -> Iterator[Frame]:
+        rank = {p: i for i, p in enumerate(index.presentation)}
+        stream.thread_type = "AUTO"
+        cc = stream.codec_context
+        if self.seek:
+            plan = _gop_plan(index, targets)
+        else:
+            plan = [(0, index.pts[0], len(index.pts), set(targets))]
+        packets, prev_gop, carry = None, None, 0
+        for gop, key_pts, n_packets, wanted in plan:
+            # Consecutive GOPs continue the demuxer; a gap is jumped with a seek.
+            if packets is None or gop != prev_gop + 1:
+                carry = 0
+                # The index pass left the demuxer at the end: the first GOP seeks too.
+                container.seek(key_pts, stream=stream, backward=True, any_frame=False)
+                self.seeks += packets is not None
+                packets = container.demux(stream)
+            prev_gop = gop
+            # Leftover packets of the previous GOP still come first when continuing.
+            yield from self._decode_gop(packets, cc, wanted, carry + n_packets + 32, rank, index)
+            carry = n_packets
+        cc.skip_frame = "DEFAULT"
+
+    def _decode_gop(self, packets, cc, wanted, budget, rank, index) -> Iterator[Frame]:
+        # ``budget``: safety net for containers whose seek lands late: give up after the
+        # GOP's length plus the decoder's reorder delay instead of decoding to the end.
+        pending = set(wanted)
+        for pkt in packets:
+            budget -= 1
+            # Why: frames that are neither sampled nor referenced need no decoding.
+            cc.skip_frame = "DEFAULT" if pkt.pts in pending else "NONREF"
+            for f in self._decode_packet(pkt):
+                if f.pts in pending:
+                    pending.discard(f.pts)
+                    yield _to_frame(f, rank[f.pts], index.time_of(f.pts), self.det_max_side)
+            if not pending or budget <= 0:
+                break
+        self.missed += len(pending)
+
+    def _decode_packet(self, pkt):
+        try:
+            return pkt.decode()
+        except av.error.FFmpegError:
+            self.decode_errors += 1  # corrupt packet: skip it, keep going
+            return []
+
+
+def sample_frames(path, frames: int | None = 32, fps: float | None = None,
+                  det_max_side: int | None = None) -> Iterator[Frame]:
+    """Iterate sampled frames of ``path`` (see :class:`FrameSampler`)."""
+    return iter(FrameSampler(path, frames, fps, det_max_side))
+
+
+def is_video_path(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_EXTENSIONS

@@ -1,0 +1,118 @@
+"""Face detection with facenet-pytorch's MTCNN (weights ship inside its wheel).
+
+MTCNN runs on a downscaled copy of each frame (``Frame.small``, made by swscale
+while decoding); boxes and landmarks are mapped back to full-resolution pixels.
+The detection cost is dominated by P-Net over the image pyramid, whose depth is
+set by the smallest face searched for, so ``min_face`` (in *full-resolution*
+pixels) is the main speed/recall knob: faces smaller than ~64 px are useless to
+the detectors downstream anyway.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from engines.errors import DfscanError
+
+from .decode import Frame
+
+FACENET_HINT = (
+    "facenet-pytorch is not installed; install it without its outdated pins: "
+    "pip install --no-deps facenet-pytorch==2.6.0"
+)
+
+
+class MissingDependency(DfscanError):
+    """An optional runtime dependency is missing (message says what to install)."""
+
+
+def _load_mtcnn_class():
+    try:
+        from facenet_pytorch import MTCNN
+    except ImportError as e:
+        raise MissingDependency(FACENET_HINT) from e
+    return MTCNN
+
+
+@dataclass
+class Faces:
+    """Faces of one frame, largest first, in full-resolution frame pixels.
+
+    Attributes:
+        boxes: ``float32 (K, 4)`` as ``x1, y1, x2, y2``.
+        probs: ``float32 (K,)`` MTCNN face probability.
+        landmarks: ``float32 (K, 5, 2)`` as ``(x, y)``: left eye, right eye, nose,
+            left and right mouth corner (image left/right).
+    """
+
+    boxes: np.ndarray
+    probs: np.ndarray
+    landmarks: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.probs)
+
+    @classmethod
+    def empty(cls) -> "Faces":
+        return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32))
+
+
+class FaceDetector:
+    """Batched MTCNN face detector.
+
+    Args:
+        device: torch device for MTCNN.
+        max_side: longest side of the image MTCNN sees (frames without a
+            ``small`` copy are used as they are).
+        min_face: smallest face side to find and keep, in full-resolution pixels.
+        thresholds: MTCNN P/R/O-Net thresholds.
+        min_prob: keep faces with probability >= this.
+        max_faces: keep at most this many faces per frame, largest first.
+    """
+
+    def __init__(self, device: str | torch.device = "cpu", max_side: int = 960, min_face: int = 64,
+                 thresholds: Sequence[float] = (0.6, 0.7, 0.7), min_prob: float = 0.9,
+                 max_faces: int = 4):
+        MTCNN = _load_mtcnn_class()
+        self.max_side, self.min_face = max_side, min_face
+        self.min_prob, self.max_faces = min_prob, max_faces
+        self.mtcnn = MTCNN(keep_all=True, thresholds=list(thresholds), device=torch.device(device),
+                           post_process=False, select_largest=False)
+
+    def detect(self, frames: Sequence[Frame]) -> list[Faces]:
+        """Detect faces in ``frames``; one :class:`Faces` per frame, in order."""
+        out: list[Faces | None] = [None] * len(frames)
+        groups: dict[tuple, list[int]] = {}
+        for i, fr in enumerate(frames):
+            img = fr.small if fr.small is not None else fr.image
+            groups.setdefault(img.shape, []).append(i)
+        for idx in groups.values():  # MTCNN batches only images of one size
+            scale = frames[idx[0]].scale
+            batch = np.stack([(frames[i].small if frames[i].small is not None else frames[i].image)
+                              for i in idx])
+            for i, faces in zip(idx, self._detect_batch(batch, scale)):
+                out[i] = faces
+        return out  # type: ignore[return-value]
+
+    def _detect_batch(self, batch: np.ndarray, scale: float) -> list[Faces]:
+        # P-Net's pyramid starts at min_face in *detection* pixels; 12 is its floor.
+        self.mtcnn.min_face_size = max(12, int(self.min_face * scale))
+        with torch.inference_mode():
+            boxes, probs, points = self.mtcnn.detect(batch, landmarks=True)
+        return [self._select(b, p, l, scale) for b, p, l in zip(boxes, probs, points)]
+
+    def _select(self, boxes, probs, points, scale: float) -> Faces:
+        if boxes is None or len(boxes) == 0:
+            return Faces.empty()
+        boxes = np.asarray(boxes, np.float32) / scale
+        probs = np.asarray(probs, np.float32)
+        points = np.asarray(points, np.float32) / scale
+        side = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+        keep = (probs >= self.min_prob) & (side >= self.min_face)
+        boxes, probs, points = boxes[keep], probs[keep], points[keep]
+        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        order = np.argsort(-area, kind="stable")[: self.max_faces]
+        return Faces(boxes[order], probs[order], points[order])
