@@ -1,0 +1,59 @@
+"""Face scores -> frame scores -> video score and verdict.
+
+Frame score: max over the frame's faces (one manipulated face makes the frame
+suspicious), or their mean, or the largest face's score. Video score: mean of
+frame scores (robust to a single bad frame), median, mean of the top-k, or max.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Verdict:
+    verdict: str  # real | fake | no_face
+    score: float | None
+    frames_with_faces: int
+
+
+def frame_score(scores: np.ndarray, areas: np.ndarray, mode: str) -> float | None:
+    """Score of one frame from its faces' P(fake) (``scores``) and box areas."""
+    if len(scores) == 0:
+        return None
+    if mode == "max":
+        return float(np.max(scores))
+    if mode == "mean":
+        return float(np.mean(scores))
+    if mode == "largest":
+        return float(scores[int(np.argmax(areas))])
+    raise ValueError(f"unknown frame aggregation {mode!r}")
+
+
+def video_score(frame_scores: list[float], mode: str, topk: int = 5) -> float:
+    s = np.asarray(frame_scores, np.float64)
+    if mode == "mean":
+        return float(s.mean())
+    if mode == "median":
+        return float(np.median(s))
+    if mode == "max":
+        return float(s.max())
+    if mode == "topk":
+        return float(np.sort(s)[-topk:].mean())
+    raise ValueError(f"unknown video aggregation {mode!r}")
+
+
+def decide(frame_scores: list[float | None], threshold: float, video_mode: str,
+           topk: int, min_face_frames: int) -> Verdict:
+    """Verdict of a video from its frames' scores (None = frame without a face).
+
+    ``no_face`` when fewer than ``min_face_frames`` frames had a face (capped at
+    the number of sampled frames, so a 2-frame clip can still get a verdict).
+    """
+    valid = [s for s in frame_scores if s is not None]
+    need = min(min_face_frames, max(1, len(frame_scores)))
+    if len(valid) < need:
+        return Verdict("no_face", None, len(valid))
+    score = video_score(valid, video_mode, topk)
+    return Verdict("fake" if score >= threshold else "real", score, len(valid))

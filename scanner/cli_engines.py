@@ -1,0 +1,219 @@
+"""``dfscan bench`` and ``dfscan engines build|list|clear`` sub-commands.
+
+Wire into the main parser with ``add_bench_parser(subparsers)`` and
+``add_engines_parser(subparsers)``; each sub-parser sets ``func(args) -> int``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from engines.errors import DfscanError
+
+DEFAULT_ENGINES = ["eager", "eager-cl", "compile", "onnxruntime"]
+
+
+def _weights_map(pairs: list[str] | None) -> dict[str, str]:
+    out = {}
+    for p in pairs or []:
+        name, sep, path = p.partition("=")
+        if not sep:
+            raise DfscanError(f"--weights expects NAME=PATH, got {p!r}")
+        out[name] = path
+    return out
+
+
+def _default_detectors() -> list[str]:
+    from engines.registry import list_detectors
+
+    real = [n for n in list_detectors() if not n.startswith("test_")]
+    return real or ["test_tiny"]
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32], metavar="N",
+                   help="allowed batch sizes; other batches are padded up to the next one")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--cache-dir", default=None, help="engine cache (default: $DFSCAN_CACHE_DIR or "
+                                                      "$XDG_CACHE_HOME/dfscan/engines)")
+    p.add_argument("--allow-parity-failure", action="store_true",
+                   help="keep engines that disagree with eager fp32 (numbers are still reported)")
+    p.add_argument("--threads", type=int, default=None, help="torch/onnxruntime intra-op threads")
+
+
+def _set_threads(args) -> None:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
+# -- bench --------------------------------------------------------------------
+
+
+def add_bench_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("bench", help="latency/throughput per detector x engine x batch size",
+                              description="Benchmark inference engines (table, JSON and PNG plot), or with "
+                                          "--pipeline the whole scan pipeline on videos.")
+    p.add_argument("--detectors", nargs="+", default=None, metavar="NAME",
+                   help="registered detectors (default: all non-test ones)")
+    p.add_argument("--weights", action="append", metavar="NAME=PATH", help="weights file for a detector")
+    p.add_argument("--engines", nargs="+", default=DEFAULT_ENGINES, metavar="ENGINE",
+                   help="engine names: eager eager-cl compile compile-cl compile-cg onnxruntime ort-trt tensorrt")
+    _common(p)
+    p.add_argument("--iters", type=int, default=50, help="timed calls per batch size")
+    p.add_argument("--warmup", type=int, default=5, help="untimed calls per batch size")
+    p.add_argument("--out", type=Path, default=Path("bench/results"), help="directory for JSON and PNG")
+    p.add_argument("--name", default=None, help="file stem (default engines_<device type>)")
+    p.add_argument("--pipeline", nargs="+", metavar="VIDEO", default=None,
+                   help="end-to-end mode: benchmark the scan pipeline on these videos")
+    p.set_defaults(func=bench_command)
+    return p
+
+
+def bench_command(args) -> int:
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    _set_threads(args)
+    stem = args.name or f"{'pipeline' if args.pipeline else 'engines'}_{args.device.split(':')[0]}"
+    try:
+        if args.pipeline:
+            return _bench_pipeline(args, stem)
+        from engines import benchmark as B
+
+        res = B.bench_engines(args.detectors or _default_detectors(), args.engines, args.batch_sizes,
+                              args.precision, args.device, args.iters, args.warmup,
+                              weights=_weights_map(args.weights), cache_dir=args.cache_dir,
+                              allow_parity_failure=args.allow_parity_failure, progress=console.print)
+    except DfscanError as e:
+        console.print(f"[red]error:[/] {e}")
+        return 2
+    B.print_table(res)
+    js = B.write_json(res, args.out / f"{stem}.json")
+    png = B.plot(res, args.out / f"{stem}.png")
+    console.print(f"wrote {js}" + (f" and {png}" if png else " (no plot: pip install matplotlib)"))
+    return 0 if res["results"] else 1
+
+
+def _bench_pipeline(args, stem: str) -> int:
+    # Lazy: the pipeline (decode, face detection) is heavy and only needed here.
+    from scanner.pipeline import benchmark_pipeline
+
+    cfg = {
+        "detectors": args.detectors or _default_detectors(), "weights": _weights_map(args.weights),
+        "engine": args.engines[0], "precision": args.precision, "batch_sizes": args.batch_sizes,
+        "device": args.device, "cache_dir": args.cache_dir, "allow_parity_failure": args.allow_parity_failure,
+    }
+    res = benchmark_pipeline(args.pipeline, cfg)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"{stem}.json"
+    path.write_text(json.dumps(res, indent=1, default=str) + "\n")
+    print(json.dumps(res, indent=1, default=str))
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+# -- engines ------------------------------------------------------------------
+
+
+def add_engines_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("engines", help="build, list or clear cached inference engines")
+    sub = p.add_subparsers(dest="engines_cmd", required=True)
+    b = sub.add_parser("build", help="build (or load from cache) an engine and check its parity")
+    b.add_argument("--detector", required=True)
+    b.add_argument("--weights", default=None, help="weights file (default: the packaged one)")
+    b.add_argument("--engine", default="onnxruntime", help="engine name (see `dfscan bench --help`)")
+    _common(b)
+    b.set_defaults(func=engines_build)
+    ls = sub.add_parser("list", help="list cache entries and which backends can run here")
+    ls.add_argument("--cache-dir", default=None)
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=engines_list)
+    c = sub.add_parser("clear", help="delete cache entries")
+    c.add_argument("keys", nargs="*", help="key prefixes to delete (see `engines list`)")
+    c.add_argument("--all", action="store_true", help="delete every entry")
+    c.add_argument("--cache-dir", default=None)
+    c.set_defaults(func=engines_clear)
+    return p
+
+
+def engines_build(args) -> int:
+    from engines.backends import build_engine, engine_config
+    from engines.registry import create_detector
+
+    _set_threads(args)
+    try:
+        det = create_detector(args.detector, weights=args.weights, device=args.device)
+        cfg = engine_config(args.engine, precision=args.precision, batch_sizes=tuple(args.batch_sizes),
+                            device=args.device, cache_dir=args.cache_dir,
+                            allow_parity_failure=args.allow_parity_failure)
+        engine = build_engine(det, cfg)
+    except DfscanError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(engine.describe(), indent=1))
+    return 0
+
+
+def backend_availability() -> dict[str, str]:
+    """Backend kind -> "ok" or why it cannot run on this machine."""
+    import torch
+
+    out = {"eager": "ok", "compile": "ok"}
+    try:
+        import onnxruntime as ort
+
+        gpu = "CUDAExecutionProvider" in ort.get_available_providers()
+        out["onnxruntime"] = f"ok ({'cpu+cuda' if gpu else 'cpu only'})"
+    except Exception as e:
+        out["onnxruntime"] = f"unavailable: {type(e).__name__} (pip install 'dfscan[onnx]')"
+    from engines.backends.tensorrt import tensorrt_available
+
+    ok, why = tensorrt_available()
+    out["tensorrt"] = "ok" if ok else why
+    out["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device"
+    return out
+
+
+def engines_list(args) -> int:
+    from engines.cache import EngineCache
+
+    cache = EngineCache(args.cache_dir)
+    rows = cache.list()
+    if args.json:
+        print(json.dumps({"cache_dir": str(cache.root), "entries": rows,
+                          "backends": backend_availability()}, indent=1))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"engine cache: {cache.root}")
+    for col in ("key", "detector", "backend", "precision", "batch sizes", "arch", "MB", "parity cos", "created"):
+        t.add_column(col)
+    for r in rows:
+        par = r.get("parity") or {}
+        t.add_row(r["key"][:12], str(r.get("detector")), str(r.get("backend")), str(r.get("precision")),
+                  str(r.get("batch_sizes")), str(r.get("arch")),
+                  f"{(r.get('size_bytes') or 0) / 2**20:.1f}", f"{par['cosine']:.5f}" if "cosine" in par else "-",
+                  str(r.get("created") or r.get("error")))
+    console = Console()
+    console.print(t)
+    for kind, status in backend_availability().items():
+        console.print(f"{kind:12s} {status}")
+    return 0
+
+
+def engines_clear(args) -> int:
+    from engines.cache import EngineCache
+
+    if not args.keys and not args.all:
+        print("error: give key prefixes or --all", file=sys.stderr)
+        return 2
+    cache = EngineCache(args.cache_dir)
+    n = cache.clear(None if args.all else args.keys)
+    print(f"removed {n} entr{'y' if n == 1 else 'ies'} from {cache.root}")
+    return 0

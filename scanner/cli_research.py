@@ -1,0 +1,153 @@
+"""Research subcommands: `probe fit`, `eval`, `separability`, `synth`.
+
+Each ``add_*_parser(subparsers)`` adds one subcommand whose parsed namespace
+carries ``func(args) -> int`` (the exit code). Handlers import their modules
+lazily, so ``dfscan scan`` never pays for scikit-learn or matplotlib.
+"""
+from __future__ import annotations
+
+import argparse
+
+LABELS_HELP = ("labelled set: a folder with real/ and fake/ sub-folders (or a manifest.csv inside), "
+               "or a CSV with path,label[,group][,subset][,landmarks]")
+
+
+def _add_backbone_args(p: argparse.ArgumentParser, required: bool) -> None:
+    from engines.backbones import list_sources
+
+    p.add_argument("--backbone", required=required, choices=list_sources(),
+                   help="backbone source / checkpoint format")
+    p.add_argument("--backbone-weights", metavar="FILE", help="local backbone checkpoint file")
+    p.add_argument("--arch", help="resnet18..resnet152 (default resnet50), or the timm model name")
+    p.add_argument("--size", type=int, help="crop side in pixels (default 224; facenet 160)")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--frames", type=int, default=32, help="frames sampled per video (default 32)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _cache_arg(p: argparse.ArgumentParser) -> None:
+    from pathlib import Path
+
+    p.add_argument("--cache", default=str(Path.home() / ".cache" / "dfscan" / "features"),
+                   help="feature cache folder ('' disables)")
+
+
+def _probe(args) -> int:
+    if args.probe_cmd != "fit":
+        raise SystemExit("usage: dfscan probe fit ...")
+    if not args.backbone_weights:
+        raise SystemExit("dfscan probe fit: --backbone-weights FILE is required")
+    from .probe import run_probe_fit
+
+    return run_probe_fit(args)
+
+
+def add_probe_parser(subparsers) -> argparse.ArgumentParser:
+    """``dfscan probe fit LABELS --backbone SRC --backbone-weights FILE --out DIR``."""
+    p = subparsers.add_parser("probe", help="linear probes on frozen backbones")
+    sub = p.add_subparsers(dest="probe_cmd", required=True)
+    f = sub.add_parser("fit", help="fit a linear probe and save it as a detector directory")
+    f.add_argument("labels", help=LABELS_HELP)
+    _add_backbone_args(f, required=True)
+    f.add_argument("--out", required=True, metavar="DIR", help="probe directory to write")
+    f.add_argument("--C", help="comma-separated inverse L2 strengths to select from (default 1e-4..10)")
+    f.add_argument("--heldout", type=float, default=0.3, help="held-out share of groups (default 0.3)")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--batch-size", type=int, default=32)
+    f.add_argument("--json", metavar="FILE", help="also write the training summary here")
+    _add_common(f)
+    _cache_arg(f)
+    p.set_defaults(func=_probe)
+    f.set_defaults(func=_probe)
+    return p
+
+
+def _eval(args) -> int:
+    if not args.from_jsonl and not args.detector:
+        raise SystemExit("dfscan eval: give --detector NAME [--weights W] or --from-jsonl FILE")
+    from .evaluate import run_eval
+
+    return run_eval(args)
+
+
+def add_eval_parser(subparsers) -> argparse.ArgumentParser:
+    """``dfscan eval LABELS (--detector NAME [--weights W] | --from-jsonl FILE) --out FILE.json``."""
+    p = subparsers.add_parser("eval", help="ACC/AUC/EER/HTER/TPR/TNR of a detector on labelled videos")
+    p.add_argument("labels", help=LABELS_HELP)
+    p.add_argument("--detector", help="registered detector to run")
+    p.add_argument("--weights", help="detector weights file or directory")
+    p.add_argument("--from-jsonl", metavar="FILE", help="read video scores from a `dfscan scan` JSONL")
+    p.add_argument("--score-key", default="score", help="JSONL field holding P(fake) (default score)")
+    p.add_argument("--threshold", type=float, default=0.5, help="threshold for ACC/TPR/TNR/HTER (default 0.5)")
+    p.add_argument("--out", default="eval.json", help="JSON report; the ROC plot goes next to it as .png")
+    _add_common(p)
+    p.set_defaults(func=_eval)
+    return p
+
+
+def _separability(args) -> int:
+    if bool(args.backbone) == bool(args.detector):
+        raise SystemExit("dfscan separability: give exactly one of --backbone or --detector")
+    if args.backbone and not args.backbone_weights:
+        raise SystemExit("dfscan separability: --backbone-weights FILE is required with --backbone")
+    from .separability import run_separability
+
+    return run_separability(args)
+
+
+def add_separability_parser(subparsers) -> argparse.ArgumentParser:
+    """``dfscan separability LABELS (--backbone SRC --backbone-weights F | --detector NAME)``."""
+    p = subparsers.add_parser("separability", help="PCA-2D + K-means separability of a backbone or detector")
+    p.add_argument("labels", help=LABELS_HELP)
+    _add_backbone_args(p, required=False)
+    p.add_argument("--detector", help="registered detector (its penultimate features)")
+    p.add_argument("--weights", help="detector weights")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="separability.json", help="JSON result; the scatter plot goes next to it")
+    _add_common(p)
+    _cache_arg(p)
+    p.set_defaults(func=_separability)
+    return p
+
+
+def _synth(args) -> int:
+    from .synth import run_synth
+
+    return run_synth(args)
+
+
+def add_synth_parser(subparsers) -> argparse.ArgumentParser:
+    """``dfscan synth INPUT... --out DIR``: self-blended fakes from real faces."""
+    p = subparsers.add_parser("synth", help="self-blended fake faces from real images/videos")
+    p.add_argument("inputs", nargs="+", help="real face images/videos or folders of them")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--frames", type=int, default=8, help="frames sampled per video (default 8)")
+    p.add_argument("--size", type=int, default=256, help="chip side in pixels (default 256)")
+    p.add_argument("--context", type=float, default=1.8, help="chip side / face box side (default 1.8)")
+    p.add_argument("--mode", choices=["global", "partial", "mixed"], default="mixed")
+    p.add_argument("--max-faces", type=int, default=1, help="faces per frame (largest first)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_synth)
+    return p
+
+
+def add_research_parsers(subparsers) -> None:
+    """All four research subcommands at once."""
+    for add in (add_probe_parser, add_eval_parser, add_separability_parser, add_synth_parser):
+        add(subparsers)
+
+
+def main(argv=None) -> int:
+    """Stand-alone entry (``python -m scanner.cli_research ...``) until cli.py wires these in."""
+    parser = argparse.ArgumentParser(prog="dfscan")
+    add_research_parsers(parser.add_subparsers(dest="cmd", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,209 @@
+"""`dfscan eval`: video-level ACC, AUC, EER, HTER, TPR and TNR of any detector.
+
+Definitions (label 1 = fake, score = P(fake), predicted fake when score >= t):
+
+* ACC, TPR (fakes caught), TNR (reals passed) at ``t`` = 0.5 (``--threshold``);
+* AUC: ``sklearn.metrics.roc_auc_score``;
+* EER: on ``sklearn.metrics.roc_curve`` (all thresholds), the ROC point where
+  |FNR - FPR| is smallest, EER = (FPR + FNR) / 2 there, with its threshold;
+* HTER(t) = (FPR(t) + FNR(t)) / 2, reported at 0.5 and at the EER threshold.
+
+Scores come from a JSONL written by ``dfscan scan`` (``--from-jsonl``), or are
+computed here with the scan's stages: per frame the largest face's P(fake),
+per video the mean over sampled frames. Files without a score (no face, error)
+are excluded and counted.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import accuracy_score, recall_score, roc_auc_score, roc_curve
+
+from engines.errors import DfscanError
+
+from .labelled import Item, read_labelled
+
+log = logging.getLogger(__name__)
+
+
+def eer(y: np.ndarray, s: np.ndarray) -> tuple[float, float]:
+    """(EER, threshold) from scikit-learn's ROC over all thresholds."""
+    fpr, tpr, thr = roc_curve(y, s, drop_intermediate=False)
+    fnr = 1.0 - tpr
+    i = int(np.nanargmin(np.abs(fnr - fpr)))
+    return float((fpr[i] + fnr[i]) / 2), float(thr[i])
+
+
+def rates(y: np.ndarray, s: np.ndarray, t: float) -> dict:
+    """ACC, TPR, TNR and HTER at threshold ``t`` (predict fake when s >= t)."""
+    pred = (s >= t).astype(int)
+    tpr = recall_score(y, pred, pos_label=1, zero_division=np.nan)
+    tnr = recall_score(y, pred, pos_label=0, zero_division=np.nan)
+    return {"acc": float(accuracy_score(y, pred)), "tpr": float(tpr), "tnr": float(tnr),
+            "hter": float(((1 - tpr) + (1 - tnr)) / 2)}
+
+
+def binary_metrics(y, s, threshold: float = 0.5) -> dict:
+    """All metrics of one set of labels ``y`` (0/1) and scores ``s`` (P(fake))."""
+    y = np.asarray(y, int)
+    s = np.asarray(s, float)
+    out = {"n": int(len(y)), "n_fake": int(y.sum()), "n_real": int((1 - y).sum()), "threshold": threshold}
+    out.update(rates(y, s, threshold))
+    if out["n_fake"] and out["n_real"]:
+        e, t = eer(y, s)
+        at_eer = rates(y, s, t)
+        out.update({"auc": float(roc_auc_score(y, s)), "eer": e, "eer_threshold": t,
+                    "hter_at_eer_threshold": at_eer["hter"], "acc_at_eer_threshold": at_eer["acc"]})
+    else:  # AUC/EER need both classes
+        out.update({"auc": None, "eer": None, "eer_threshold": None,
+                    "hter_at_eer_threshold": None, "acc_at_eer_threshold": None})
+    return _clean(out)
+
+
+def _clean(d: dict) -> dict:
+    """JSON-safe: NaN/inf -> None."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
+
+
+def report(items: list[Item], scores: dict[int, float], threshold: float = 0.5) -> dict:
+    """Overall and per-subset metrics for items with a score (index -> P(fake))."""
+    idx = sorted(scores)
+    if not idx:
+        raise DfscanError("no input got a score (no faces found, or every file failed)")
+    y = np.array([items[i].label for i in idx])
+    s = np.array([scores[i] for i in idx])
+    out = {"overall": binary_metrics(y, s, threshold), "excluded": len(items) - len(idx), "subsets": {}}
+    by_subset = defaultdict(list)
+    for k, i in enumerate(idx):
+        if items[i].subset:
+            by_subset[items[i].subset].append(k)
+    for name, ks in sorted(by_subset.items()):
+        out["subsets"][name] = binary_metrics(y[ks], s[ks], threshold)
+    return out
+
+
+def scores_from_jsonl(items: list[Item], jsonl: Path, key: str = "score") -> dict[int, float]:
+    """Scores of ``items`` from a scan JSONL (rows matched by resolved path, then by file name)."""
+    by_path, by_name = {}, defaultdict(list)
+    with open(jsonl) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DfscanError(f"{jsonl}:{n}: invalid JSON: {e}") from e
+            if row.get(key) is None or "path" not in row:
+                continue
+            by_path[str(Path(row["path"]).resolve())] = float(row[key])
+            by_name[Path(row["path"]).name].append(float(row[key]))
+    out = {}
+    for i, it in enumerate(items):
+        p = str(it.path.resolve())
+        if p in by_path:
+            out[i] = by_path[p]
+        elif len(by_name.get(it.path.name, ())) == 1:  # scanned from another folder
+            out[i] = by_name[it.path.name][0]
+    return out
+
+
+def score_items(items: list[Item], det, source, progress=lambda x: x) -> dict[int, float]:
+    """Video score per item: mean over frames of the largest face's P(fake)."""
+    import torch
+
+    out = {}
+    for i, it in enumerate(progress(items)):
+        try:
+            frames, crops = source.crops(it, det.spec)
+        except DfscanError as e:
+            log.warning("%s: %s", it.path, e)
+            continue
+        if len(frames) == 0:
+            continue
+        with torch.inference_mode():
+            p = det.p_fake(det(crops.to(next(det.parameters()).device))).cpu().numpy()
+        first = np.unique(frames, return_index=True)[1]  # largest face = first crop of a frame
+        out[i] = float(p[first].mean())
+    return out
+
+
+def roc_plot(items: list[Item], scores: dict[int, float], metrics: dict, path: Path, title: str = "") -> None:
+    """ROC curve PNG (overall + each subset with both classes), EER point marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    idx = sorted(scores)
+    sets = [("overall", idx)] + [(n, [i for i in idx if items[i].subset == n]) for n in metrics["subsets"]]
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for name, ids in sets:
+        y = [items[i].label for i in ids]
+        if len(set(y)) < 2:
+            continue
+        fpr, tpr, _ = roc_curve(y, [scores[i] for i in ids])
+        m = metrics["overall"] if name == "overall" else metrics["subsets"][name]
+        ax.plot(fpr, tpr, label=f"{name} AUC={m['auc']:.3f} EER={m['eer']:.3f}")
+    ax.plot([0, 1], [0, 1], ls=":", c="grey")
+    ax.plot([0, 1], [1, 0], ls="--", c="lightgrey", lw=0.8)  # EER line: FPR = FNR
+    ax.set(xlabel="false positive rate (real called fake)", ylabel="true positive rate (fake caught)",
+           xlim=(0, 1), ylim=(0, 1), title=title or "ROC")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_eval(args) -> int:
+    """CLI handler of ``dfscan eval`` (see :func:`scanner.cli_research.add_eval_parser`)."""
+    from .features import CropConfig, CropSource
+
+    items = read_labelled(args.labels)
+    if args.from_jsonl:
+        scores = scores_from_jsonl(items, Path(args.from_jsonl), args.score_key)
+        scored_by = f"jsonl:{args.from_jsonl}"
+    else:
+        from engines.registry import create_detector
+
+        det = create_detector(args.detector, args.weights, args.device)
+        src = CropSource(CropConfig(frames=args.frames, device=args.device))
+        scores = score_items(items, det, src, _progress(args))
+        scored_by = f"detector:{args.detector}:{det.weights_hash}"
+    res = {"labels": str(args.labels), "scored_by": scored_by, **report(items, scores, args.threshold),
+           "scores": [{"path": str(items[i].path), "label": items[i].label, "subset": items[i].subset,
+                       "score": scores.get(i)} for i in range(len(items))]}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2) + "\n")
+    roc_plot(items, scores, res, out.with_suffix(".png"), scored_by)
+    _print(res)
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+    return 0
+
+
+def _progress(args):
+    if getattr(args, "quiet", False):
+        return lambda x: x
+    from rich.progress import track
+
+    return lambda xs: track(xs, description="scoring", transient=True)
+
+
+def _print(res: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    cols = ["n", "acc", "auc", "eer", "eer_threshold", "hter", "hter_at_eer_threshold", "tpr", "tnr"]
+    table = Table(title=f"video-level metrics ({res['excluded']} excluded: no score)")
+    table.add_column("set")
+    for c in cols:
+        table.add_column(c, justify="right")
+    rows = [("overall", res["overall"])] + list(res["subsets"].items())
+    for name, m in rows:
+        table.add_row(name, *[("-" if m[c] is None else f"{m[c]:.4g}") for c in cols])
+    Console().print(table)

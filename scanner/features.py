@@ -1,0 +1,232 @@
+"""Face crops and frozen embeddings of labelled sets, cached on disk.
+
+Faces come from the scan pipeline's own stages (PyAV sampling, MTCNN, landmark
+alignment to the model's template), so a probe sees at training time exactly
+the crops ``dfscan scan`` will feed it. Images whose manifest row carries
+landmarks (``dfscan synth`` output) are aligned without detection.
+
+Embeddings are cached per (model, crop settings, file content) as ``.npz``
+under the cache folder: a second `probe fit` with other classifier settings,
+or `separability` on the same set, does not touch the backbone again.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from engines.registry import file_hash
+from engines.spec import InputSpec
+
+from .labelled import Item
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CropConfig:
+    """How faces are taken from each file (largest ``max_faces`` per frame)."""
+
+    frames: int = 32
+    max_faces: int = 1
+    min_face: int = 40
+    max_side: int = 960
+    device: str = "cpu"
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """Image file -> RGB ``uint8 (H, W, 3)``."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+class CropSource:
+    """Aligned face crops ``float32 (K, 3, S, S)`` RGB [0, 255] per labelled file."""
+
+    def __init__(self, cfg: CropConfig = CropConfig()):
+        self.cfg = cfg
+        self._detector = None
+
+    def detector(self):
+        if self._detector is None:
+            from .faces import FaceDetector
+
+            c = self.cfg
+            self._detector = FaceDetector(device=c.device, max_side=c.max_side, min_face=c.min_face,
+                                          max_faces=c.max_faces)
+        return self._detector
+
+    def crops(self, item: Item, spec: InputSpec) -> tuple[np.ndarray, torch.Tensor]:
+        """Frame indices ``int64 (K,)`` and crops of ``item`` (K may be 0: no face)."""
+        from .align import align_faces
+
+        if item.is_image and item.landmarks is not None:
+            img = read_rgb(item.path)
+            crops, _ = align_faces([img], [0], item.landmarks[None], spec, device=self.cfg.device)
+            return np.zeros(1, np.int64), crops
+        frames = self._frames(item)
+        faces = self.detector().detect(frames) if frames else []
+        idx, lms = [], []
+        for k, f in enumerate(faces):
+            for lm in f.landmarks[: self.cfg.max_faces]:
+                idx.append(k)
+                lms.append(lm)
+        if not lms:
+            return np.zeros(0, np.int64), torch.zeros(0, 3, spec.size, spec.size)
+        crops, _ = align_faces([f.image for f in frames], idx, np.stack(lms), spec, device=self.cfg.device)
+        return np.array([frames[k].index for k in idx], np.int64), crops
+
+    def _frames(self, item: Item) -> list:
+        from .decode import Frame, sample_frames
+
+        if item.is_image:
+            img = read_rgb(item.path)
+            small, scale = _downscale(img, self.cfg.max_side)
+            return [Frame(0, 0.0, img, small, scale)]
+        return list(sample_frames(item.path, self.cfg.frames, det_max_side=self.cfg.max_side))
+
+
+def _downscale(img: np.ndarray, max_side: int) -> tuple[np.ndarray | None, float]:
+    h, w = img.shape[:2]
+    if max(h, w) <= max_side:
+        return None, 1.0
+    import cv2
+
+    s = max_side / max(h, w)
+    return cv2.resize(img, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA), s
+
+
+@dataclass
+class Embedder:
+    """A frozen model as ``crops float32 (N,3,S,S) [0,255] -> float32 (N, D)``.
+
+    ``key`` identifies model + weights + input spec (the cache key's model part).
+    """
+
+    key: str
+    spec: InputSpec
+    fn: Callable[[torch.Tensor], torch.Tensor]
+    device: str = "cpu"
+    batch: int = 32
+
+    @torch.inference_mode()
+    def __call__(self, crops: torch.Tensor) -> np.ndarray:
+        out = [self.fn(crops[i:i + self.batch].to(self.device)).float().cpu()
+               for i in range(0, crops.shape[0], self.batch)]
+        return torch.cat(out).reshape(crops.shape[0], -1).numpy() if out else np.zeros((0, 0), np.float32)
+
+
+def backbone_embedder(source: str, weights: str | Path, arch: str | None = None, size: int | None = None,
+                      device: str = "cpu", batch: int = 32) -> tuple[Embedder, nn.Module]:
+    """Embedder for a backbone file (see :func:`engines.backbones.create_backbone`)."""
+    from engines.backbones import create_backbone, normalize
+
+    model, spec = create_backbone(source, weights, arch, size)
+    model = model.to(device)
+    info = model.info
+    key = f"backbone:{info.source}:{info.arch}:{file_hash(weights)}:{json.dumps(spec.to_dict(), sort_keys=True)}"
+    return Embedder(key, spec, lambda x: model(normalize(x, spec)), device, batch), model
+
+
+def penultimate(det: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Features before a detector's final linear layer.
+
+    Uses ``det.embed(x)`` when the detector has one (probe detectors); otherwise
+    the input of the last ``nn.Linear`` in module order, caught with a forward
+    pre-hook; a detector without any ``nn.Linear`` falls back to its raw output.
+    """
+    if hasattr(det, "embed"):
+        return det.embed
+    linears = [m for m in det.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        return lambda x: det.primary(det(x)).reshape(x.shape[0], -1)
+    caught: list[torch.Tensor] = []
+    linears[-1].register_forward_pre_hook(lambda _m, args: caught.append(args[0]))
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        caught.clear()
+        det(x)
+        return caught[-1].reshape(x.shape[0], -1)
+
+    return fn
+
+
+def detector_embedder(name: str, weights: str | Path | None = None, device: str = "cpu",
+                      batch: int = 32) -> tuple[Embedder, nn.Module]:
+    """Embedder giving a registered detector's penultimate features."""
+    from engines.registry import create_detector
+
+    det = create_detector(name, weights, device)
+    key = f"detector:{name}:{det.weights_hash}:{json.dumps(det.spec.to_dict(), sort_keys=True)}"
+    return Embedder(key, det.spec, penultimate(det), device, batch), det
+
+
+@dataclass
+class FeatureSet:
+    """Per-crop embeddings of a labelled set.
+
+    ``X`` float32 (n, D); ``y`` int64 (n,) 1 = fake; ``groups`` object (n,);
+    ``item`` int64 (n,) index into ``items``; ``frame`` int64 (n,) frame index.
+    ``skipped`` lists (path, reason) of files that gave no crop.
+    """
+
+    X: np.ndarray
+    y: np.ndarray
+    groups: np.ndarray
+    item: np.ndarray
+    frame: np.ndarray
+    items: list
+    skipped: list
+
+
+def _cache_path(cache_dir: Path, embedder: Embedder, cfg: CropConfig, item: Item) -> Path:
+    lm = "" if item.landmarks is None else item.landmarks.round(2).tobytes().hex()
+    crop = {k: v for k, v in asdict(cfg).items() if k != "device"}
+    raw = "|".join([embedder.key, json.dumps(crop, sort_keys=True), file_hash(item.path, 32), lm])
+    digest = hashlib.sha256(raw.encode()).hexdigest()
+    return cache_dir / digest[:2] / f"{digest}.npz"
+
+
+def embed_items(items: list[Item], embedder: Embedder, source: CropSource, cache_dir: str | Path | None,
+                progress: Callable[[Iterable], Iterable] = lambda x: x) -> FeatureSet:
+    """Embed every face crop of every item (cached); files that fail are skipped."""
+    from engines.errors import DfscanError
+
+    cache = Path(cache_dir) if cache_dir else None
+    feats, rows, skipped = [], [], []
+    for i, item in enumerate(progress(items)):
+        path = _cache_path(cache, embedder, source.cfg, item) if cache else None
+        if path is not None and path.is_file():
+            with np.load(path) as z:
+                x, fr = z["x"], z["frame"]
+        else:
+            try:
+                fr, crops = source.crops(item, embedder.spec)
+            except DfscanError as e:  # unreadable video, missing face detector, ...
+                skipped.append((str(item.path), str(e)))
+                continue
+            x = embedder(crops) if len(fr) else np.zeros((0, 0), np.float32)
+            if path is not None:  # write-then-rename: a killed run never leaves a torn entry
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(path.stem + ".part.npz")
+                np.savez(tmp, x=x, frame=fr)
+                tmp.replace(path)
+        if len(fr) == 0:
+            skipped.append((str(item.path), "no face found"))
+            continue
+        feats.append(x.astype(np.float32))
+        rows += [(item.label, item.group, i, f) for f in fr]
+    if not feats:
+        raise DfscanError("no face crops in any input file: " + "; ".join(f"{p}: {r}" for p, r in skipped[:5]))
+    y, g, it, fr = zip(*rows)
+    return FeatureSet(np.concatenate(feats), np.array(y, np.int64), np.array(g, object), np.array(it, np.int64),
+                      np.array(fr, np.int64), items, skipped)

@@ -1,0 +1,124 @@
+"""Labelled media sets for `probe fit`, `separability`, `eval` and `synth`.
+
+Two ways to name a labelled set:
+
+* a folder with ``real/`` and ``fake/`` sub-folders (searched recursively for
+  videos and images); each file is its own group. If the folder holds a
+  ``manifest.csv`` (as ``dfscan synth`` writes), that manifest is used instead.
+* a CSV manifest with a header: ``path,label`` and optional ``group``,
+  ``subset`` and ``landmarks`` columns. ``label`` is ``real``/``fake`` or
+  ``0``/``1`` (1 = fake); ``group`` keeps related rows (frames of one video, a
+  real face and its self-blended fake, one identity) on the same side of a
+  train/held-out split; ``subset`` (e.g. manipulation method or source dataset)
+  splits the evaluation report; ``landmarks`` holds 10 numbers
+  ``x0 y0 ... x4 y4`` (5-point face landmarks in image pixels) for images whose
+  face needs no detection. Relative paths are relative to the CSV's folder.
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engines.errors import DfscanError
+
+IMAGE_EXTENSIONS = frozenset(".jpg .jpeg .png .bmp .webp".split())
+VIDEO_EXTENSIONS = frozenset(".mp4 .m4v .mov .mkv .webm .avi .mpg .mpeg .ts .flv .wmv .3gp .ogv".split())
+LABELS = {"real": 0, "0": 0, "fake": 1, "1": 1}
+
+
+class DatasetError(DfscanError):
+    """A labelled set could not be read (message names the file/row)."""
+
+
+@dataclass
+class Item:
+    """One labelled input file.
+
+    Attributes:
+        path: video or image file.
+        label: 0 = real, 1 = fake.
+        group: split group (rows sharing it never straddle train/held-out).
+        subset: report subset name ('' when none).
+        landmarks: ``float32 (5, 2)`` (x, y) image pixels, or None (detect faces).
+    """
+
+    path: Path
+    label: int
+    group: str
+    subset: str = ""
+    landmarks: np.ndarray | None = None
+
+    @property
+    def is_image(self) -> bool:
+        return self.path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def read_labelled(source: str | Path) -> list[Item]:
+    """Items of a ``real/`` + ``fake/`` folder or of a CSV manifest (see module doc)."""
+    source = Path(source)
+    if source.is_dir():
+        manifest = source / "manifest.csv"
+        items = read_manifest(manifest) if manifest.is_file() else _read_folder(source)
+    elif source.is_file():
+        items = read_manifest(source)
+    else:
+        raise DatasetError(f"labelled set not found: {source}")
+    if not items:
+        raise DatasetError(f"{source}: no labelled videos or images found")
+    return items
+
+
+def _read_folder(root: Path) -> list[Item]:
+    items: list[Item] = []
+    for name, label in (("real", 0), ("fake", 1)):
+        sub = root / name
+        if not sub.is_dir():
+            raise DatasetError(f"{root}: expected sub-folders real/ and fake/ (or a CSV manifest)")
+        for p in sorted(sub.rglob("*")):
+            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS:
+                items.append(Item(p, label, group=str(p.relative_to(root).with_suffix(""))))
+    return items
+
+
+def parse_label(value: str, where: str) -> int:
+    try:
+        return LABELS[value.strip().lower()]
+    except KeyError:
+        raise DatasetError(f"{where}: label {value!r} is not real/fake/0/1") from None
+
+
+def parse_landmarks(value: str, where: str) -> np.ndarray | None:
+    if not value or not value.strip():
+        return None
+    try:
+        pts = np.array([float(v) for v in value.replace(",", " ").split()], np.float32)
+    except ValueError:
+        raise DatasetError(f"{where}: landmarks {value!r} are not numbers") from None
+    if pts.size != 10:
+        raise DatasetError(f"{where}: landmarks need 10 numbers (5 x,y points), got {pts.size}")
+    return pts.reshape(5, 2)
+
+
+def read_manifest(path: Path) -> list[Item]:
+    """Items of a CSV manifest (header ``path,label[,group][,subset][,landmarks]``)."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
+            raise DatasetError(f"{path}: CSV needs a header with at least 'path' and 'label'")
+        items = []
+        for n, row in enumerate(reader, start=2):
+            where = f"{path}:{n}"
+            p = Path(row["path"])
+            p = p if p.is_absolute() else path.parent / p
+            if not p.is_file():
+                raise DatasetError(f"{where}: file not found: {p}")
+            items.append(Item(p, parse_label(row["label"], where), row.get("group") or str(p),
+                              row.get("subset") or "", parse_landmarks(row.get("landmarks") or "", where)))
+    return items
+
+
+def format_landmarks(lm: np.ndarray) -> str:
+    return " ".join(f"{v:.2f}" for v in np.asarray(lm, np.float32).reshape(-1))

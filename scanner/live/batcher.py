@@ -1,0 +1,189 @@
+"""Cross-stream batching: one inference worker per device.
+
+The worker takes sampled frames from *all* streams assigned to its device
+(round-robin, one frame per stream per pass, so a busy stream cannot starve the
+others) until ``max_frames`` are collected or the oldest collected frame has
+waited ``max_wait_s``. Then one batch goes through face detection, alignment and
+the deepfake detector: N streams cost about one model call per batch, not N.
+Streams whose frames arrive faster than the worker keeps up lose their *oldest*
+frames in their own buffer (counted), so latency stays bounded.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .source import LiveFrame, LiveSource
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FrameResult:
+    """Faces of one frame: ``boxes (K,4)`` xyxy frame px, ``probs (K,)`` face prob, ``p_fake (K,)``."""
+
+    boxes: np.ndarray
+    probs: np.ndarray
+    p_fake: np.ndarray
+
+
+class FrameAnalyzer:
+    """Faces -> aligned crops -> detector for a list of frames on one device."""
+
+    def __init__(self, detector: str, weights: str | None = None, device: str = "cpu",
+                 face_kwargs: dict | None = None, max_crops: int = 64):
+        from engines.registry import create_detector
+
+        from ..faces import FaceDetector
+
+        self.device = torch.device(device)
+        self.faces = FaceDetector(device=device, **(face_kwargs or {}))
+        self.model = create_detector(detector, weights=weights, device=device)
+        self.spec = self.model.spec
+        self.max_crops = max_crops
+
+    def __call__(self, frames: Sequence) -> list[FrameResult]:
+        """``frames``: :class:`scanner.decode.Frame` list -> one :class:`FrameResult` each."""
+        faces = self.faces.detect(frames)
+        crops, _ = self._crops(frames, faces)
+        p = self._score(crops) if crops is not None else np.zeros(0, np.float32)
+        out, k = [], 0
+        for f in faces:
+            n = len(f)
+            out.append(FrameResult(f.boxes, f.probs, p[k:k + n]))
+            k += n
+        return out
+
+    def _crops(self, frames, faces) -> tuple[torch.Tensor | None, list[int]]:
+        """All faces of the batch as one ``float32 (K,3,S,S)`` [0,255] tensor, frame order."""
+        from ..align import align_faces
+
+        owners = [i for i, f in enumerate(faces) for _ in range(len(f))]
+        if not owners:
+            return None, []
+        lms = np.concatenate([f.landmarks for f in faces if len(f)]).astype(np.float32)
+        crops, _ = align_faces([fr.image for fr in frames], owners, lms, self.spec, device=self.device)
+        return crops, owners
+
+    @torch.inference_mode()
+    def _score(self, crops: torch.Tensor) -> np.ndarray:
+        ps = []
+        for k in range(0, crops.shape[0], self.max_crops):
+            out = self.model(crops[k:k + self.max_crops])
+            ps.append(self.model.p_fake(out).float().cpu())
+        return torch.cat(ps).numpy()
+
+
+class InferenceWorker:
+    """Batches frames from the sources assigned to one device; calls ``on_result`` per frame."""
+
+    def __init__(self, device: str, analyzer: Callable[[Sequence], list[FrameResult]],
+                 on_result: Callable[[LiveFrame, FrameResult], None],
+                 max_frames: int = 8, max_wait_s: float = 0.05, metrics=None,
+                 on_error: Callable[[Sequence[LiveFrame], Exception], None] | None = None):
+        self.device = device
+        self.analyzer = analyzer
+        self.on_result = on_result
+        self.on_error = on_error
+        self.max_frames, self.max_wait_s = max(1, max_frames), max_wait_s
+        self.sources: list[LiveSource] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._rr = 0
+        self._m = metrics
+        self.batches = self.frames = 0
+        self._thread = threading.Thread(target=self._run, name=f"dfscan-infer-{device}", daemon=True)
+
+    def assign(self, src: LiveSource) -> None:
+        with self._lock:
+            self.sources.append(src)
+
+    def unassign(self, src: LiveSource) -> None:
+        with self._lock:
+            if src in self.sources:
+                self.sources.remove(src)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def start(self) -> "InferenceWorker":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(30)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _take_round(self, batch: list[LiveFrame]) -> bool:
+        """One fair pass over the sources (rotating start); True if anything was taken."""
+        with self._lock:
+            srcs = list(self.sources)
+        if not srcs:
+            return False
+        self._rr = (self._rr + 1) % len(srcs)
+        got = False
+        for src in srcs[self._rr:] + srcs[:self._rr]:
+            if len(batch) >= self.max_frames:
+                break
+            item = src.buffer.get()
+            if item is not None:
+                batch.append(item)
+                got = True
+        return got
+
+    def collect(self) -> list[LiveFrame]:
+        """Frames for one batch: full, or the oldest has waited ``max_wait_s``."""
+        batch: list[LiveFrame] = []
+        while not self._stop.is_set() and len(batch) < self.max_frames:
+            if self._take_round(batch):
+                continue
+            if not batch:
+                return batch
+            remaining = min(f.t_capture for f in batch) + self.max_wait_s - time.monotonic()
+            if remaining <= 0:
+                break
+            self._wake.wait(remaining)
+            self._wake.clear()
+        return batch
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            batch = self.collect()
+            if not batch:
+                self._wake.wait(0.2)
+                self._wake.clear()
+                continue
+            self._process(batch)
+
+    def _process(self, batch: list[LiveFrame]) -> None:
+        t0 = time.perf_counter()
+        try:
+            results = self.analyzer([f.frame for f in batch])
+        except Exception as e:  # noqa: BLE001 - a bad batch must not kill the worker
+            log.exception("inference batch failed on %s", self.device)
+            if self.on_error:
+                self.on_error(batch, e)
+            return
+        dt = time.perf_counter() - t0
+        self.batches += 1
+        self.frames += len(batch)
+        if self._m is not None:
+            self._m.batch_frames.labels(self.device).observe(len(batch))
+            self._m.batch_seconds.labels(self.device).observe(dt)
+        for f, r in zip(batch, results):
+            try:
+                self.on_result(f, r)
+            except Exception:  # noqa: BLE001
+                log.exception("result handling failed for stream %s", f.stream)

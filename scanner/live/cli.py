@@ -1,0 +1,115 @@
+"""CLI entry points for live streams: ``dfscan watch`` and ``dfscan serve``.
+
+The main CLI wires them in with :func:`add_watch_parser` and
+:func:`add_serve_parser`; each sets ``func`` to a handler ``(args) -> int``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from engines.errors import DfscanError
+
+from .config import ConfigError, ServeConfig, load_config, parse_config
+
+log = logging.getLogger("dfscan.live")
+
+
+def add_watch_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("watch", help="watch live streams/webcams in a terminal table",
+                              description="Scan live streams (rtsp, rtmp, http(s)/HLS, udp, srt) or "
+                                          "/dev/videoN; arguments are URL or name=URL.")
+    p.add_argument("targets", nargs="+", metavar="URL|DEVICE")
+    p.add_argument("--detector", default="meso4_df")
+    p.add_argument("--weights", default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--sample-fps", type=float, default=2.0)
+    p.add_argument("--window", type=float, default=10.0, help="rolling window, seconds")
+    p.add_argument("--fake-above", type=float, default=0.6)
+    p.add_argument("--real-below", type=float, default=0.4)
+    p.add_argument("--jsonl", default=None, help="also append verdict events to this JSONL file")
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--allow-files", action="store_true", help="accept local files (played in real time)")
+    p.set_defaults(func=watch_main)
+    return p
+
+
+def add_serve_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("serve", help="run the live scanning service with an HTTP API",
+                              description="Long-running service: streams from --config, HTTP API, "
+                                          "metrics, webhook alerts.")
+    p.add_argument("--config", required=True, help="YAML config (see configs/serve.yaml)")
+    p.add_argument("--host", default=None, help="override api.host (non-loopback needs a token)")
+    p.add_argument("--port", type=int, default=None, help="override api.port")
+    p.add_argument("--log-level", default="INFO")
+    p.set_defaults(func=serve_main)
+    return p
+
+
+def watch_main(args) -> int:
+    from .watch import parse_targets, run_watch
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        streams = parse_targets(args.targets)
+        sinks = [{"type": "jsonl", "path": args.jsonl}] if args.jsonl else []
+        cfg = parse_config({
+            "api": {"enabled": False},
+            "model": {"detector": args.detector, "weights": args.weights, "devices": [args.device]},
+            "defaults": {"sample_fps": args.sample_fps},
+            "verdict": {"window_s": args.window, "fake_above": args.fake_above, "real_below": args.real_below},
+            "sinks": sinks, "allow_files": args.allow_files,
+            "streams": [s.model_dump(exclude_none=True) for s in streams],
+        })
+        run_watch(cfg, duration_s=args.duration)
+    except (DfscanError, ValueError) as e:
+        print(f"dfscan watch: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def serve(cfg: ServeConfig, stop: threading.Event, on_ready=None) -> int:
+    """Run the service until ``stop`` is set; API per ``cfg.api``. Returns an exit code."""
+    from .server import ApiServer
+    from .service import LiveService
+
+    token = cfg.api.check_auth()
+    svc = LiveService(cfg)
+    api = None
+    try:
+        svc.start()
+        if cfg.api.enabled:
+            api = ApiServer(svc, cfg.api.host, cfg.api.port, token, cfg.api.max_body_bytes).start()
+            log.info("API on http://%s:%d (auth %s)", cfg.api.host, api.port, "on" if token else "off")
+        if on_ready is not None:
+            on_ready(svc, api)
+        stop.wait()
+        log.info("shutting down")
+    finally:
+        if api is not None:
+            api.stop()
+        svc.stop()
+    return 0
+
+
+def serve_main(args) -> int:
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(args.config)
+        if args.host is not None or args.port is not None:
+            api = cfg.api.model_copy(update={k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None})
+            cfg = cfg.model_copy(update={"api": api})
+        stop = threading.Event()
+        for s in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(s, lambda *_: stop.set())
+        return serve(cfg, stop)
+    except ConfigError as e:
+        print(f"dfscan serve: invalid config: {e}", file=sys.stderr)
+        return 2
+    except DfscanError as e:
+        print(f"dfscan serve: {e}", file=sys.stderr)
+        return 1

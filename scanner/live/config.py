@@ -1,0 +1,193 @@
+"""``dfscan serve`` configuration (YAML, validated with pydantic, unknown keys refused).
+
+See ``configs/serve.yaml`` for a commented example. Security rules enforced here:
+the API binds to loopback unless told otherwise, and binding anywhere else
+requires a bearer token (from an environment variable or a file, never inline).
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from engines.errors import DfscanError
+
+from .urls import NAME_RE, SourceError, parse_source
+
+
+class ConfigError(DfscanError):
+    """The serve configuration is invalid (message lists every problem)."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StreamDefaults(_Model):
+    sample_fps: float = Field(2.0, ge=0, le=60)
+    buffer_frames: int = Field(4, ge=1, le=256)
+    open_timeout_s: float = Field(10.0, gt=0, le=300)
+    stall_s: float = Field(5.0, gt=0, le=300)
+    backoff_initial_s: float = Field(0.5, gt=0, le=300)
+    backoff_max_s: float = Field(30.0, gt=0, le=3600)
+    backoff_jitter: float = Field(0.25, ge=0, le=1)
+    max_retries: int | None = Field(None, ge=0)
+    rtsp_transport: Literal["tcp", "udp", "udp_multicast", "http", "https"] = "tcp"
+    decode_threads: int = Field(1, ge=0, le=16)
+
+
+class StreamConfig(_Model):
+    name: str
+    url: str
+    sample_fps: float | None = Field(None, ge=0, le=60)
+    buffer_frames: int | None = Field(None, ge=1, le=256)
+    stall_s: float | None = Field(None, gt=0, le=300)
+    max_retries: int | None = Field(None, ge=0)
+    rtsp_transport: Literal["tcp", "udp", "udp_multicast", "http", "https"] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        # Names become Prometheus label values and URL path segments.
+        if not NAME_RE.match(v):
+            raise ValueError("name must be 1-64 chars of letters, digits, '_', '.', '-' (starting alphanumeric)")
+        return v
+
+
+class ModelConfig(_Model):
+    detector: str = "meso4_df"
+    weights: str | None = None
+    devices: list[str] = Field(default_factory=lambda: ["cpu"], min_length=1)
+    batch_frames: int = Field(8, ge=1, le=256)
+    max_wait_ms: float = Field(50.0, ge=0, le=5000)
+    max_crops: int = Field(64, ge=1, le=4096)
+
+
+class FaceConfig(_Model):
+    max_side: int = Field(960, ge=64, le=4096)
+    min_face: int = Field(64, ge=12)
+    min_prob: float = Field(0.9, ge=0, le=1)
+    max_faces: int = Field(4, ge=1, le=64)
+
+
+class VerdictConfig(_Model):
+    window_s: float = Field(10.0, gt=0)
+    fake_above: float = Field(0.6, ge=0, le=1)
+    real_below: float = Field(0.4, ge=0, le=1)
+    min_samples: int = Field(3, ge=1)
+    emit_interval_s: float = Field(30.0, gt=0)
+    track_iou: float = Field(0.3, gt=0, le=1)
+    track_max_age_s: float = Field(3.0, gt=0)
+
+    @model_validator(mode="after")
+    def _band(self):
+        if self.real_below > self.fake_above:
+            raise ValueError("real_below must be <= fake_above (the gap is the hysteresis band)")
+        return self
+
+
+class SinkConfig(_Model):
+    type: Literal["jsonl", "stdout", "webhook"]
+    name: str | None = None
+    path: str | None = None  # jsonl
+    url: str | None = None  # webhook
+    only_alerts: bool | None = None  # default: webhook True, others False
+    timeout_s: float = Field(5.0, gt=0, le=120)
+    retries: int = Field(3, ge=0, le=20)
+    backoff_s: float = Field(0.5, ge=0, le=60)
+    queue_size: int = Field(1000, ge=1, le=1_000_000)
+    headers_env: dict[str, str] = Field(default_factory=dict)  # header -> env var holding its value
+
+    @model_validator(mode="after")
+    def _fields(self):
+        if self.type == "jsonl" and not self.path:
+            raise ValueError("jsonl sink needs 'path'")
+        if self.type == "webhook":
+            if not self.url or not self.url.startswith(("http://", "https://")):
+                raise ValueError("webhook sink needs an http(s) 'url'")
+        return self
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve anywhere
+
+
+class ApiConfig(_Model):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(8787, ge=0, le=65535)
+    token_env: str | None = "DFSCAN_API_TOKEN"
+    token_file: str | None = None
+    max_body_bytes: int = Field(65536, ge=1024, le=1 << 24)
+
+    def token(self) -> str | None:
+        """The bearer token from ``token_file`` or ``$token_env``; None when unset."""
+        if self.token_file:
+            tok = Path(self.token_file).read_text(encoding="utf-8").strip()
+            return tok or None
+        if self.token_env:
+            return os.environ.get(self.token_env) or None
+        return None
+
+    def check_auth(self) -> str | None:
+        """Token to enforce; raise :class:`ConfigError` if binding off-loopback without one."""
+        tok = self.token()
+        if tok is not None and len(tok) < 16:
+            raise ConfigError("API token must be at least 16 characters")
+        if self.enabled and not is_loopback(self.host) and tok is None:
+            raise ConfigError(
+                f"API binds to {self.host}, not loopback: a bearer token is required "
+                f"(set ${self.token_env or 'DFSCAN_API_TOKEN'} or api.token_file)"
+            )
+        return tok
+
+
+class ServeConfig(_Model):
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    faces: FaceConfig = Field(default_factory=FaceConfig)
+    verdict: VerdictConfig = Field(default_factory=VerdictConfig)
+    defaults: StreamDefaults = Field(default_factory=StreamDefaults)
+    sinks: list[SinkConfig] = Field(default_factory=list)
+    streams: list[StreamConfig] = Field(default_factory=list)
+    allow_files: bool = False  # local files as sources (demos); never for untrusted configs
+
+    @model_validator(mode="after")
+    def _streams(self):
+        names = [s.name for s in self.streams]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"duplicate stream names: {dup}")
+        for s in self.streams:
+            try:
+                parse_source(s.url, allow_files=self.allow_files)
+            except SourceError as e:
+                raise ValueError(f"stream {s.name!r}: {e}") from e
+        return self
+
+
+def load_config(path: str | Path) -> ServeConfig:
+    """Read and validate a YAML config; raise :class:`ConfigError` with all problems."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"cannot read config {path}: {e}") from e
+    return parse_config(data)
+
+
+def parse_config(data: dict) -> ServeConfig:
+    try:
+        cfg = ServeConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(str(e)) from e
+    cfg.api.check_auth()
+    return cfg

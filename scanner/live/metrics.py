@@ -1,0 +1,104 @@
+"""Prometheus metrics of the live service (``dfscan_stream_*``).
+
+Each service owns its own :class:`~prometheus_client.CollectorRegistry`, so tests
+and embedded services never collide with the batch scanner's metrics
+(:mod:`scanner.metrics`). Per-stream series carry a ``stream`` label whose value
+is always a *configured stream name* (validated, never a URL), and are removed
+when the stream is removed, so label cardinality is bounded by the config.
+Units are base units (seconds, ratios), counters end in ``_total``.
+"""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+STATES = ("connecting", "live", "stalled", "backoff", "stopped")
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0)
+
+
+class StreamMetrics:
+    """The per-stream children of :class:`LiveMetrics` (labels already bound)."""
+
+    def __init__(self, m: "LiveMetrics", name: str):
+        self.name = name
+        self._m = m
+        self.decoded = m.decoded.labels(name)
+        self.sampled = m.sampled.labels(name)
+        self.dropped = m.dropped.labels(name)
+        self.reconnects = m.reconnects.labels(name)
+        self.errors = m.errors.labels(name)
+        self.faces = m.faces.labels(name)
+        self.alerts = m.alerts.labels(name)
+        self.score = m.score.labels(name)
+        self.fake = m.fake.labels(name)
+        self.heartbeat_age = m.heartbeat_age.labels(name)
+        self.latency = m.latency.labels(name)
+
+    def set_state(self, state: str) -> None:
+        for s in STATES:
+            self._m.state.labels(self.name, s).set(1.0 if s == state else 0.0)
+
+
+class LiveMetrics:
+    """All live metrics, registered on a private registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = r = registry or CollectorRegistry()
+        s = ["stream"]
+        self.state = Gauge("dfscan_stream_state", "1 for the stream's current state, else 0", s + ["state"], registry=r)
+        self.decoded = Counter("dfscan_stream_frames_decoded_total", "Frames decoded", s, registry=r)
+        self.sampled = Counter("dfscan_stream_frames_sampled_total", "Frames sampled for analysis", s, registry=r)
+        self.dropped = Counter(
+            "dfscan_stream_frames_dropped_total", "Sampled frames dropped (buffer full, oldest first)", s, registry=r
+        )
+        self.reconnects = Counter("dfscan_stream_reconnects_total", "Reconnect attempts after EOF/error/stall", s, registry=r)
+        self.errors = Counter("dfscan_stream_errors_total", "Open/read/decode errors", s, registry=r)
+        self.faces = Counter("dfscan_stream_faces_total", "Face crops scored", s, registry=r)
+        self.alerts = Counter("dfscan_stream_alerts_total", "Verdict changes to fake", s, registry=r)
+        self.score = Gauge("dfscan_stream_score_ratio", "Rolling P(fake) of the stream (0..1)", s, registry=r)
+        self.fake = Gauge("dfscan_stream_fake", "1 while the stream verdict is fake", s, registry=r)
+        self.heartbeat_age = Gauge("dfscan_stream_heartbeat_age_seconds", "Seconds since the last decoded frame", s, registry=r)
+        self.latency = Histogram(
+            "dfscan_stream_frame_to_verdict_seconds", "Decode-to-verdict latency of sampled frames", s,
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        d = ["device"]
+        self.batch_frames = Histogram(
+            "dfscan_stream_batch_frames", "Frames per inference batch", d,
+            buckets=(1, 2, 4, 8, 16, 32, 64), registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "dfscan_stream_batch_seconds", "Wall time of one inference batch (faces + detector)", d, registry=r
+        )
+        k = ["sink"]
+        self.sink_events = Counter("dfscan_stream_sink_events_total", "Events delivered by a sink", k, registry=r)
+        self.sink_failures = Counter("dfscan_stream_sink_failures_total", "Failed deliveries (after retries)", k, registry=r)
+        self.sink_dropped = Counter("dfscan_stream_sink_dropped_total", "Events dropped, sink queue full", k, registry=r)
+        self.streams = Gauge("dfscan_stream_configured", "Number of configured streams", registry=r)
+        self._children: dict[str, StreamMetrics] = {}
+
+    def stream(self, name: str) -> StreamMetrics:
+        if name not in self._children:
+            self._children[name] = StreamMetrics(self, name)
+            self._children[name].set_state("connecting")
+            self.streams.set(len(self._children))
+        return self._children[name]
+
+    def remove_stream(self, name: str) -> None:
+        """Drop every series of ``name`` so removed streams stop being exported."""
+        if self._children.pop(name, None) is None:
+            return
+        for metric in (self.decoded, self.sampled, self.dropped, self.reconnects, self.errors, self.faces,
+                       self.alerts, self.score, self.fake, self.heartbeat_age, self.latency):
+            try:
+                metric.remove(name)
+            except KeyError:
+                pass
+        for s in STATES:
+            try:
+                self.state.remove(name, s)
+            except KeyError:
+                pass
+        self.streams.set(len(self._children))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,159 @@
+"""Loopback live publisher: a video clip served as an endless MPEG-TS over HTTP.
+
+Used by the tests and ``bench/live_capacity.py`` to exercise the live path with a
+real server, real sockets and real H.264 without an ffmpeg binary: each HTTP
+client gets its own PyAV ``mpegts`` muxer fed with the clip's packets (no
+re-encoding) paced to real time, looping with continuous timestamps.
+:meth:`HttpTsPublisher.stop` drops every connection (clients see EOF, like a
+crashed camera); :meth:`start` again serves on the same port.
+
+``python -m scanner.live.publish CLIP [--port P] [--size 1280x720]`` runs one.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import threading
+import time
+from fractions import Fraction
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import av
+import numpy as np
+
+
+def transcode_clip(path: str, width: int, height: int, fps: int = 25, seconds: float | None = None,
+                   gop: int = 25) -> bytes:
+    """Re-encode ``path`` to H.264 ``width x height`` (letterboxed) MPEG-TS bytes.
+
+    Used to make e.g. 720p test streams from the small portrait clips.
+    """
+    buf = io.BytesIO()
+    with av.open(path) as inp, av.open(buf, "w", format="mpegts") as out:
+        st = out.add_stream("libx264", rate=fps, options={"preset": "ultrafast", "tune": "zerolatency"})
+        st.width, st.height, st.pix_fmt = width, height, "yuv420p"
+        st.codec_context.gop_size = gop
+        n, limit = 0, None if seconds is None else int(seconds * fps)
+        for fr in inp.decode(video=0):
+            img = fr.to_ndarray(format="rgb24")
+            canvas = np.zeros((height, width, 3), np.uint8)
+            s = min(width / img.shape[1], height / img.shape[0])
+            small = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(
+                width=int(img.shape[1] * s) // 2 * 2, height=int(img.shape[0] * s) // 2 * 2).to_ndarray()
+            y0, x0 = (height - small.shape[0]) // 2, (width - small.shape[1]) // 2
+            canvas[y0:y0 + small.shape[0], x0:x0 + small.shape[1]] = small
+            vf = av.VideoFrame.from_ndarray(canvas, format="rgb24")
+            vf.pts, vf.time_base = n, Fraction(1, fps)
+            for p in st.encode(vf):
+                out.mux(p)
+            n += 1
+            if limit is not None and n >= limit:
+                break
+        for p in st.encode():
+            out.mux(p)
+    return buf.getvalue()
+
+
+class _Clip:
+    """Video packets of a clip (file path or in-memory container bytes), kept in memory."""
+
+    def __init__(self, src: str | bytes):
+        self._c = av.open(io.BytesIO(src) if isinstance(src, bytes) else src)
+        self.stream = self._c.streams.video[0]
+        self.packets = [p for p in self._c.demux(self.stream) if p.size and p.pts is not None]
+        if len(self.packets) < 2:
+            raise ValueError("clip has fewer than 2 video packets")
+        pts = sorted(p.pts for p in self.packets)
+        self.start = pts[0]
+        self.period = pts[-1] - pts[0] + (pts[1] - pts[0])  # one loop, in stream time_base units
+        self.time_base = self.stream.time_base
+
+
+class HttpTsPublisher:
+    """Serves ``clip`` as a live MPEG-TS at ``http://127.0.0.1:PORT/live.ts``."""
+
+    def __init__(self, clip: str | bytes, host: str = "127.0.0.1", port: int = 0):
+        self.clip = _Clip(clip)
+        self.host, self.port = host, port
+        self._httpd: ThreadingHTTPServer | None = None
+        self._stop = threading.Event()
+        self.connections = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/live.ts"
+
+    def start(self) -> "HttpTsPublisher":
+        pub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):  # noqa: N802
+                self.send_response(200)
+                self.send_header("Content-Type", "video/mp2t")
+                self.end_headers()
+                pub.connections += 1
+                try:
+                    pub._serve(self.wfile)
+                except (OSError, av.error.FFmpegError):
+                    pass  # client went away, or we are stopping
+
+        self._stop = threading.Event()
+        httpd = ThreadingHTTPServer((self.host, self.port), Handler)
+        httpd.daemon_threads = True
+        self.port = httpd.server_address[1]
+        self._httpd = httpd
+        threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1},
+                         name="publisher", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        """Close the listening socket and end every client connection."""
+        self._stop.set()
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+    def _serve(self, wfile) -> None:
+        c, stop = self.clip, self._stop
+        with av.open(wfile, "w", format="mpegts", buffer_size=4096,
+                     container_options={"flush_packets": "1"}) as out:
+            ost = out.add_stream_from_template(c.stream)
+            t0, loop = time.monotonic(), 0
+            while not stop.is_set():
+                off = loop * c.period
+                for p in c.packets:
+                    delay = t0 + float((p.pts - c.start + off) * c.time_base) - time.monotonic()
+                    if delay > 0 and stop.wait(delay):
+                        return
+                    q = av.Packet(bytes(p))
+                    q.pts, q.dts = p.pts + off, (p.dts + off) if p.dts is not None else None
+                    q.time_base, q.is_keyframe, q.stream = c.time_base, p.is_keyframe, ost
+                    out.mux(q)
+                loop += 1
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("clip")
+    ap.add_argument("--port", type=int, default=8554)
+    ap.add_argument("--size", default=None, help="re-encode to WxH, e.g. 1280x720")
+    a = ap.parse_args()
+    src = a.clip
+    if a.size:
+        w, h = (int(v) for v in a.size.lower().split("x"))
+        src = transcode_clip(a.clip, w, h)
+    pub = HttpTsPublisher(src, port=a.port).start()
+    print(f"publishing {a.clip} at {pub.url} (Ctrl-C to stop)", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pub.stop()
+
+
+if __name__ == "__main__":
+    main()

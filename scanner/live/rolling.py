@@ -1,0 +1,153 @@
+"""Rolling verdicts: sliding-window scores per stream and per face track.
+
+Stream score = mean over the window of each sampled frame's *highest* face
+P(fake) (one manipulated face is enough to flag a stream); track score = mean of
+that track's P(fake). A verdict changes only when the score crosses
+``fake_above`` (to fake) or ``real_below`` (to real): the gap between the two is
+the hysteresis that stops a score hovering near one threshold from flapping.
+Events are emitted on every verdict change and, per stream, every
+``emit_interval_s``.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+
+from .tracker import IoUTracker
+
+
+@dataclass
+class VerdictSettings:
+    window_s: float = 10.0
+    fake_above: float = 0.6
+    real_below: float = 0.4
+    min_samples: int = 3
+    emit_interval_s: float = 30.0
+    track_iou: float = 0.3
+    track_max_age_s: float = 3.0
+
+
+class RollingScore:
+    """Mean of ``(t, value)`` samples newer than ``window_s`` seconds."""
+
+    def __init__(self, window_s: float):
+        self.window_s = window_s
+        self._q: deque[tuple[float, float]] = deque()
+
+    def add(self, t: float, value: float) -> None:
+        self._q.append((t, float(value)))
+        self.expire(t)
+
+    def expire(self, now: float) -> None:
+        while self._q and self._q[0][0] < now - self.window_s:
+            self._q.popleft()
+
+    @property
+    def count(self) -> int:
+        return len(self._q)
+
+    @property
+    def value(self) -> float | None:
+        return sum(v for _, v in self._q) / len(self._q) if self._q else None
+
+
+class Hysteresis:
+    """Verdict state machine: ``unknown`` until ``min_samples``, then real/fake with a dead band."""
+
+    def __init__(self, s: VerdictSettings):
+        self.s = s
+        self.verdict = "unknown"
+
+    def update(self, score: float | None, n: int) -> tuple[str, str]:
+        """Return (previous, current) verdict after seeing ``score`` over ``n`` samples."""
+        prev = self.verdict
+        if score is None or n < self.s.min_samples:
+            # Too little evidence left in the window: do not keep a stale verdict.
+            self.verdict = "unknown" if n == 0 else prev
+        elif score >= self.s.fake_above:
+            self.verdict = "fake"
+        elif score <= self.s.real_below:
+            self.verdict = "real"
+        elif prev == "unknown":
+            self.verdict = "uncertain"
+        return prev, self.verdict
+
+
+@dataclass
+class _Judge:
+    roll: RollingScore
+    hyst: Hysteresis
+
+
+def _utc() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+@dataclass
+class StreamVerdicts:
+    """Rolling state of one stream; :meth:`update` returns the events to emit."""
+
+    name: str
+    s: VerdictSettings = field(default_factory=VerdictSettings)
+
+    def __post_init__(self):
+        self.tracker = IoUTracker(self.s.track_iou, self.s.track_max_age_s)
+        self.stream = _Judge(RollingScore(self.s.window_s), Hysteresis(self.s))
+        self.tracks: dict[int, _Judge] = {}
+        self.last_emit = time.monotonic()
+        self.faces_last = 0
+
+    def _event(self, reason: str, judge: _Judge, prev: str, track: int | None, t: float) -> dict:
+        v = judge.roll.value
+        return {
+            "event": "verdict", "reason": reason, "time": _utc(), "stream": self.name, "track": track,
+            "verdict": judge.hyst.verdict, "previous": prev,
+            "score": None if v is None else round(v, 4), "samples": judge.roll.count,
+            "window_s": self.s.window_s, "latency_s": round(time.monotonic() - t, 4),
+            "alert": judge.hyst.verdict == "fake" and prev != "fake",
+        }
+
+    def update(self, t: float, boxes: np.ndarray, p_fake: np.ndarray) -> list[dict]:
+        """Add one sampled frame (capture time ``t``, monotonic s; ``boxes (K,4)``, ``p_fake (K,)``)."""
+        events = []
+        ids, ended = self.tracker.update(boxes, t)
+        for i in ended:
+            self.tracks.pop(i, None)
+        self.faces_last = len(ids)
+        for tid, p in zip(ids, p_fake):
+            j = self.tracks.setdefault(tid, _Judge(RollingScore(self.s.window_s), Hysteresis(self.s)))
+            j.roll.add(t, float(p))
+            prev, cur = j.hyst.update(j.roll.value, j.roll.count)
+            if cur != prev:
+                events.append(self._event("change", j, prev, tid, t))
+        if len(p_fake):
+            self.stream.roll.add(t, float(np.max(p_fake)))
+        self.stream.roll.expire(t)
+        prev, cur = self.stream.hyst.update(self.stream.roll.value, self.stream.roll.count)
+        if cur != prev:
+            events.append(self._event("change", self.stream, prev, None, t))
+        return events + self.tick(time.monotonic())
+
+    def tick(self, now: float) -> list[dict]:
+        """Periodic summary event when ``emit_interval_s`` has passed since the last one."""
+        if now - self.last_emit < self.s.emit_interval_s:
+            return []
+        self.last_emit = now
+        self.stream.roll.expire(now)
+        prev, _ = self.stream.hyst.update(self.stream.roll.value, self.stream.roll.count)
+        ev = self._event("interval", self.stream, prev, None, now)
+        ev.pop("latency_s")  # a summary has no triggering frame
+        ev["tracks"] = {str(k): round(j.roll.value, 4) for k, j in self.tracks.items() if j.roll.value is not None}
+        return [ev]
+
+    @property
+    def summary(self) -> dict:
+        v = self.stream.roll.value
+        return {"verdict": self.stream.hyst.verdict, "score": None if v is None else round(v, 4),
+                "samples": self.stream.roll.count, "faces": self.faces_last,
+                "tracks": {str(k): {"verdict": j.hyst.verdict, "score": round(j.roll.value or 0.0, 4)}
+                           for k, j in self.tracks.items()}}

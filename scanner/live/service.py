@@ -1,0 +1,206 @@
+"""The live service: sources + per-device inference workers + rolling verdicts + sinks.
+
+Threads (all daemon, all named ``dfscan-*``): one decode thread per stream, one
+inference worker per device, one watchdog (stall detection, periodic verdict
+events), one per sink, plus the HTTP API's request threads. Reconnects reuse the
+stream's thread, so the count only changes when streams are added or removed.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Callable
+
+from engines.errors import DfscanError
+
+from .batcher import FrameAnalyzer, FrameResult, InferenceWorker
+from .config import ServeConfig, SinkConfig, StreamConfig
+from .metrics import LiveMetrics
+from .rolling import StreamVerdicts, VerdictSettings
+from .sinks import JsonlSink, Sink, SinkSet, StdoutSink, WebhookSink
+from .source import LiveFrame, LiveSource, SourceSettings, Watchdog
+
+log = logging.getLogger(__name__)
+
+AnalyzerFactory = Callable[[str], Callable]
+
+
+class StreamExists(DfscanError):
+    """A stream with that name is already configured."""
+
+
+class StreamNotFound(DfscanError):
+    """No stream with that name."""
+
+
+def build_sink(c: SinkConfig, metrics: LiveMetrics) -> Sink:
+    kw = dict(name=c.name or c.type, queue_size=c.queue_size, metrics=metrics,
+              only_alerts=c.only_alerts if c.only_alerts is not None else c.type == "webhook")
+    if c.type == "jsonl":
+        return JsonlSink(c.path, **kw)
+    if c.type == "stdout":
+        return StdoutSink(**kw)
+    headers = {h: os.environ.get(env, "") for h, env in c.headers_env.items()}
+    return WebhookSink(c.url, timeout_s=c.timeout_s, retries=c.retries, backoff_s=c.backoff_s,
+                       headers=headers, **kw)
+
+
+class _Stream:
+    def __init__(self, cfg: StreamConfig, source: LiveSource, verdicts: StreamVerdicts, worker: InferenceWorker):
+        self.cfg, self.source, self.verdicts, self.worker = cfg, source, verdicts, worker
+        self.lock = threading.Lock()  # verdict state is touched by the worker and the watchdog
+
+
+class LiveService:
+    """Runs the streams of a :class:`ServeConfig`; streams can be added/removed at run time."""
+
+    def __init__(self, cfg: ServeConfig, analyzer_factory: AnalyzerFactory | None = None,
+                 extra_sinks: list[Sink] | None = None):
+        self.cfg = cfg
+        self.metrics = LiveMetrics()
+        self._factory = analyzer_factory or self._default_analyzer
+        self.sinks = SinkSet([build_sink(c, self.metrics) for c in cfg.sinks] + list(extra_sinks or []))
+        self.workers: list[InferenceWorker] = []
+        self._streams: dict[str, _Stream] = {}
+        self._lock = threading.RLock()
+        self.watchdog = Watchdog(self._sources, interval_s=0.5, on_tick=self._tick)
+        self.ready = False
+        self.started_at = time.time()
+        self._stopped = threading.Event()
+
+    def _default_analyzer(self, device: str):
+        m, f = self.cfg.model, self.cfg.faces
+        return FrameAnalyzer(m.detector, m.weights, device, face_kwargs=f.model_dump(), max_crops=m.max_crops)
+
+    # ---- lifecycle -------------------------------------------------------
+    def start(self) -> "LiveService":
+        """Load one analyzer per device, start sinks, watchdog and configured streams."""
+        self.sinks.start()
+        m = self.cfg.model
+        for dev in m.devices:
+            analyzer = self._factory(dev)
+            w = InferenceWorker(dev, analyzer, self._on_result, max_frames=m.batch_frames,
+                                max_wait_s=m.max_wait_ms / 1000.0, metrics=self.metrics, on_error=self._on_error)
+            self.workers.append(w.start())
+        self.watchdog.start()
+        for s in self.cfg.streams:
+            self.add_stream(s)
+        self.ready = True
+        return self
+
+    def stop(self) -> None:
+        """Stop streams, then workers, then flush sinks (graceful shutdown)."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.ready = False
+        with self._lock:
+            streams = list(self._streams.values())
+        for st in streams:
+            st.source._stop.set()  # signal all first so slow closes overlap
+        for st in streams:
+            st.source.stop()
+        self.watchdog.stop()
+        for w in self.workers:
+            w.stop()
+        self.sinks.stop()
+
+    @property
+    def healthy(self) -> bool:
+        return not self._stopped.is_set() and all(w.alive for w in self.workers) and self.watchdog.alive
+
+    # ---- streams ---------------------------------------------------------
+    def _settings(self, sc: StreamConfig) -> SourceSettings:
+        d = self.cfg.defaults.model_dump()
+        for k in ("sample_fps", "buffer_frames", "stall_s", "max_retries", "rtsp_transport"):
+            v = getattr(sc, k)
+            if v is not None:
+                d[k] = v
+        return SourceSettings(**d, allow_files=self.cfg.allow_files, det_max_side=self.cfg.faces.max_side)
+
+    def add_stream(self, sc: StreamConfig) -> dict:
+        """Start a stream; raises :class:`StreamExists` or a :class:`SourceError` for bad URLs."""
+        with self._lock:
+            if sc.name in self._streams:
+                raise StreamExists(f"stream {sc.name!r} already exists")
+            worker = min(self.workers, key=lambda w: len(w.sources))
+            src = LiveSource(sc.name, sc.url, self._settings(sc), notify=worker.wake,
+                             metrics=self.metrics.stream(sc.name))
+            v = self.cfg.verdict
+            verdicts = StreamVerdicts(sc.name, VerdictSettings(**v.model_dump()))
+            self._streams[sc.name] = _Stream(sc, src, verdicts, worker)
+            worker.assign(src)
+            src.start()
+        log.info("stream %s added (%s) on %s", sc.name, src.src.masked, worker.device)
+        return self.describe(sc.name)
+
+    def remove_stream(self, name: str) -> None:
+        with self._lock:
+            st = self._streams.pop(name, None)
+        if st is None:
+            raise StreamNotFound(f"no stream named {name!r}")
+        st.worker.unassign(st.source)
+        st.source.stop()
+        self.metrics.remove_stream(name)
+        log.info("stream %s removed", name)
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return list(self._streams)
+
+    def _sources(self) -> list[LiveSource]:
+        with self._lock:
+            return [s.source for s in self._streams.values()]
+
+    def describe(self, name: str | None = None) -> dict | list[dict]:
+        if name is None:
+            return [self.describe(n) for n in self.names()]
+        with self._lock:
+            st = self._streams.get(name)
+        if st is None:
+            raise StreamNotFound(f"no stream named {name!r}")
+        with st.lock:
+            summary = st.verdicts.summary
+        return {**st.source.describe(), "device": st.worker.device, **summary}
+
+    # ---- results ---------------------------------------------------------
+    def _on_result(self, frame: LiveFrame, r: FrameResult) -> None:
+        with self._lock:
+            st = self._streams.get(frame.stream)
+        if st is None:
+            return  # removed while its frame was in flight
+        with st.lock:
+            events = st.verdicts.update(frame.t_capture, r.boxes, r.p_fake)
+            score = st.verdicts.stream.roll.value
+            fake = st.verdicts.stream.hyst.verdict == "fake"
+        sm = st.source._m
+        sm.faces.inc(len(r.p_fake))
+        sm.latency.observe(time.monotonic() - frame.t_capture)
+        if score is not None:
+            sm.score.set(score)
+        sm.fake.set(1.0 if fake else 0.0)
+        self._publish(events)
+
+    def _on_error(self, batch, e: Exception) -> None:
+        with self._lock:
+            srcs = [self._streams[f.stream].source for f in batch if f.stream in self._streams]
+        for src in srcs:
+            src._m.errors.inc()
+
+    def _publish(self, events: list[dict]) -> None:
+        for ev in events:
+            if ev.get("alert") and ev["stream"] in self._streams:
+                self.metrics.stream(ev["stream"]).alerts.inc()
+            self.sinks.emit(ev)
+
+    def _tick(self, now: float) -> None:
+        with self._lock:
+            streams = list(self._streams.values())
+        for st in streams:
+            with st.lock:
+                events = st.verdicts.tick(now)
+            for ev in events:
+                ev["state"] = st.source.state
+            self._publish(events)

@@ -1,0 +1,167 @@
+"""Event sinks: JSONL file, stdout, HTTP webhook.
+
+Every sink has its own thread and bounded queue: :meth:`Sink.emit` never blocks
+the pipeline (a full queue drops the event and counts it), and a sink that
+raises or hangs only delays itself, never the other sinks or the streams.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Callable, TextIO
+
+log = logging.getLogger(__name__)
+
+
+class Sink:
+    """Base: a worker thread draining a bounded queue into :meth:`deliver`."""
+
+    def __init__(self, name: str, queue_size: int = 1000, only_alerts: bool = False, metrics=None):
+        self.name = name
+        self.only_alerts = only_alerts
+        self._q: queue.Queue = queue.Queue(maxsize=max(1, queue_size))
+        self._m = metrics
+        self.delivered = self.failed = self.dropped = 0
+        self._thread = threading.Thread(target=self._run, name=f"dfscan-sink-{name}", daemon=True)
+        self._stopping = threading.Event()
+
+    def start(self) -> "Sink":
+        self._thread.start()
+        return self
+
+    def emit(self, event: dict) -> None:
+        """Queue ``event`` without blocking; drop it (counted) when the queue is full."""
+        if self.only_alerts and not event.get("alert"):
+            return
+        try:
+            self._q.put_nowait(event)
+        except queue.Full:
+            self.dropped += 1
+            self._count("sink_dropped")
+
+    def _count(self, what: str) -> None:
+        if self._m is not None:
+            getattr(self._m, what).labels(self.name).inc()
+
+    def deliver(self, event: dict) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        while True:
+            event = self._q.get()
+            if event is None:
+                break
+            try:
+                self.deliver(event)
+                self.delivered += 1
+                self._count("sink_events")
+            except Exception as e:  # noqa: BLE001 - a failing sink must not die
+                self.failed += 1
+                self._count("sink_failures")
+                log.warning("sink %s: delivery failed: %s", self.name, e)
+        self.close()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Deliver what is queued (up to ``timeout``), then end the thread."""
+        if not self._thread.is_alive():
+            return
+        try:
+            self._q.put(None, timeout=timeout)
+        except queue.Full:
+            pass
+        self._thread.join(timeout)
+
+    def close(self) -> None:
+        pass
+
+    def describe(self) -> dict:
+        return {"name": self.name, "delivered": self.delivered, "failed": self.failed,
+                "dropped": self.dropped, "queued": self._q.qsize()}
+
+
+class JsonlSink(Sink):
+    """Appends one JSON object per line; flushed per event so a crash loses nothing."""
+
+    def __init__(self, path: str | Path, **kw):
+        super().__init__(kw.pop("name", "jsonl"), **kw)
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f: TextIO = open(self.path, "a", encoding="utf-8")
+
+    def deliver(self, event: dict) -> None:
+        self._f.write(json.dumps(event, separators=(",", ":")) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class StdoutSink(Sink):
+    def __init__(self, stream: TextIO | None = None, **kw):
+        super().__init__(kw.pop("name", "stdout"), **kw)
+        self._out = stream or sys.stdout
+
+    def deliver(self, event: dict) -> None:
+        self._out.write(json.dumps(event, separators=(",", ":")) + "\n")
+        self._out.flush()
+
+
+class WebhookSink(Sink):
+    """POSTs each event as JSON; retries with exponential backoff; counts failures."""
+
+    def __init__(self, url: str, timeout_s: float = 5.0, retries: int = 3, backoff_s: float = 0.5,
+                 headers: dict[str, str] | None = None, sleep: Callable[[float], None] = time.sleep, **kw):
+        super().__init__(kw.pop("name", "webhook"), **kw)
+        self.url = url
+        self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
+        self.headers = {"Content-Type": "application/json", "User-Agent": "dfscan-live", **(headers or {})}
+        self._sleep = sleep
+
+    def deliver(self, event: dict) -> None:
+        body = json.dumps(event).encode()
+        err: Exception | None = None
+        for attempt in range(self.retries + 1):
+            if attempt:
+                self._sleep(self.backoff_s * 2 ** (attempt - 1))
+            req = urllib.request.Request(self.url, data=body, headers=self.headers, method="POST")
+            try:
+                with urllib.request.urlopen(req, timeout=self.timeout_s) as r:  # noqa: S310 - URL from config
+                    r.read(1024)
+                return
+            except urllib.error.HTTPError as e:
+                err = e
+                if 400 <= e.code < 500 and e.code not in (408, 429):
+                    break  # the receiver rejected the event; retrying will not help
+            except OSError as e:  # URLError, timeouts, refused connections
+                err = e
+        raise ConnectionError(f"webhook POST failed after {attempt + 1} attempt(s): {err}") from err
+
+
+class SinkSet:
+    """Fan-out to several sinks; each failure stays inside its own sink."""
+
+    def __init__(self, sinks: list[Sink]):
+        self.sinks = sinks
+
+    def start(self) -> "SinkSet":
+        for s in self.sinks:
+            s.start()
+        return self
+
+    def emit(self, event: dict) -> None:
+        for s in self.sinks:
+            try:
+                s.emit(event)
+            except Exception:  # noqa: BLE001 - never let one sink stop the others
+                log.exception("sink %s: emit failed", s.name)
+
+    def stop(self) -> None:
+        for s in self.sinks:
+            s.stop()

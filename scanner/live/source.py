@@ -1,0 +1,350 @@
+"""Live video source: a decode thread per stream with reconnects and a bounded buffer.
+
+Each :class:`LiveSource` owns one thread that opens the stream with PyAV (options
+and ``protocol_whitelist`` from :mod:`.urls`), decodes every frame (needed for
+inter-coded video), converts only *sampled* frames (``sample_fps``) to RGB and
+pushes them into a :class:`DropOldestBuffer`. On EOF, error or a stall flagged by
+the :class:`Watchdog`, the thread backs off (exponential, with jitter) and
+reconnects -- forever unless ``max_retries`` is set. The same thread survives
+every reconnect, so thread count stays flat however often a stream drops.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+import av
+import numpy as np
+
+from ..decode import Frame, _to_frame
+from .urls import SourceError, SourceURL, is_playlist, open_options, parse_source, precheck_playlist
+
+log = logging.getLogger(__name__)
+
+STATES = ("connecting", "live", "stalled", "backoff", "stopped")
+
+
+@dataclass
+class LiveFrame:
+    """One sampled frame of a stream.
+
+    ``frame`` is a :class:`scanner.decode.Frame`: upright RGB ``uint8 (H, W, 3)``
+    image plus the downscaled copy the face detector uses. ``time_s`` is the
+    stream timestamp (seconds, may restart on reconnect); ``t_capture`` is
+    ``time.monotonic()`` when the frame left the decoder, the start of the
+    frame-to-verdict latency.
+    """
+
+    stream: str
+    seq: int
+    time_s: float
+    t_capture: float
+    frame: Frame
+
+    @property
+    def image(self) -> np.ndarray:
+        return self.frame.image
+
+
+class DropOldestBuffer:
+    """Thread-safe bounded FIFO: a put into a full buffer evicts the oldest item."""
+
+    def __init__(self, maxlen: int):
+        self._q: deque = deque(maxlen=max(1, int(maxlen)))
+        self._lock = threading.Lock()
+        self.dropped = 0
+
+    def put(self, item) -> bool:
+        """Append ``item``; return True when an old item had to be dropped."""
+        with self._lock:
+            full = len(self._q) == self._q.maxlen
+            self._q.append(item)
+            self.dropped += full
+            return full
+
+    def get(self):
+        """Oldest item or None."""
+        with self._lock:
+            return self._q.popleft() if self._q else None
+
+    def clear(self) -> None:
+        with self._lock:
+            self._q.clear()
+
+    def __len__(self) -> int:
+        return len(self._q)
+
+
+@dataclass
+class SourceSettings:
+    """Per-stream behaviour; seconds everywhere."""
+
+    sample_fps: float = 2.0
+    buffer_frames: int = 4
+    open_timeout_s: float = 10.0
+    stall_s: float = 5.0
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+    backoff_jitter: float = 0.25
+    max_retries: int | None = None  # None: reconnect forever
+    rtsp_transport: str = "tcp"
+    decode_threads: int = 1
+    allow_files: bool = False
+    det_max_side: int = 960  # the face detector's input size (a downscaled copy is made at decode)
+
+
+class Backoff:
+    """Exponential backoff ``initial * 2**n`` capped at ``maximum``, +/- ``jitter`` fraction."""
+
+    def __init__(self, initial: float, maximum: float, jitter: float, rng: random.Random | None = None):
+        self.initial, self.maximum, self.jitter = initial, maximum, jitter
+        self.attempt = 0
+        self._rng = rng or random.Random()
+
+    def next(self) -> float:
+        base = min(self.maximum, self.initial * (2 ** min(self.attempt, 30)))
+        self.attempt += 1
+        # Jitter spreads reconnects of many streams that dropped together (one server restart).
+        return max(0.0, base * (1.0 + self._rng.uniform(-self.jitter, self.jitter)))
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class _NullMetrics:
+    def __getattr__(self, name):
+        return self
+
+    def __call__(self, *a, **k):
+        return None
+
+
+@dataclass
+class SourceStats:
+    state: str = "connecting"
+    connects: int = 0
+    reconnects: int = 0
+    errors: int = 0
+    decoded: int = 0
+    sampled: int = 0
+    last_error: str = ""
+    last_frame_t: float = 0.0  # monotonic, heartbeat
+    state_since: float = field(default_factory=time.monotonic)
+    fps: float = 0.0
+
+
+class LiveSource:
+    """Decode thread for one stream. ``notify()`` is called after each buffered frame."""
+
+    def __init__(self, name: str, url: str, settings: SourceSettings | None = None,
+                 notify: Callable[[], None] | None = None, metrics=None):
+        self.name = name
+        self.settings = s = settings or SourceSettings()
+        self.src: SourceURL = parse_source(url, allow_files=s.allow_files)
+        self.buffer = DropOldestBuffer(s.buffer_frames)
+        self.stats = SourceStats()
+        self._notify = notify or (lambda: None)
+        self._m = metrics or _NullMetrics()
+        self._stop = threading.Event()
+        self._abort = threading.Event()  # set by the watchdog: drop this connection
+        self._backoff = Backoff(s.backoff_initial_s, s.backoff_max_s, s.backoff_jitter)
+        self._thread: threading.Thread | None = None
+        self._seq = 0
+
+    # ---- lifecycle -------------------------------------------------------
+    def start(self) -> "LiveSource":
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=f"dfscan-src-{self.name}", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._abort.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._set_state("stopped")
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def state(self) -> str:
+        return self.stats.state
+
+    def heartbeat_age(self, now: float | None = None) -> float:
+        ref = self.stats.last_frame_t or self.stats.state_since
+        return (now or time.monotonic()) - ref
+
+    def flag_stall(self) -> None:
+        """Called by the watchdog: mark stalled and make the decode loop reconnect."""
+        if self.stats.state == "live":
+            self._set_state("stalled")
+            self._abort.set()
+
+    def _set_state(self, state: str) -> None:
+        if state != self.stats.state:
+            log.info("stream %s: %s -> %s", self.name, self.stats.state, state)
+            self.stats.state = state
+            self.stats.state_since = time.monotonic()
+            self._m.set_state(state)
+
+    def describe(self) -> dict:
+        st = self.stats
+        return {
+            "name": self.name, "url": self.src.masked, "state": st.state,
+            "state_for_s": round(time.monotonic() - st.state_since, 3),
+            "connects": st.connects, "reconnects": st.reconnects, "errors": st.errors,
+            "frames_decoded": st.decoded, "frames_sampled": st.sampled,
+            "frames_dropped": self.buffer.dropped, "fps": round(st.fps, 2),
+            "last_error": st.last_error, "sample_fps": self.settings.sample_fps,
+        }
+
+    # ---- decode thread ---------------------------------------------------
+    def _run(self) -> None:
+        s = self.settings
+        while not self._stop.is_set():
+            self._set_state("connecting")
+            self._abort.clear()
+            try:
+                self._session()
+                reason = "end of stream"
+            except SourceError as e:  # refused or invalid: still retried, the message says why
+                reason = str(e)
+            except Exception as e:  # noqa: BLE001 - any FFmpeg/IO failure means "reconnect"
+                reason = f"{type(e).__name__}: {e}"
+            if self._stop.is_set():
+                break
+            self.stats.errors += reason != "end of stream"
+            if reason != "end of stream":
+                self._m.errors.inc()
+            self.stats.last_error = reason[:300]
+            log.warning("stream %s (%s): %s", self.name, self.src.masked, self.stats.last_error)
+            if s.max_retries is not None and self._backoff.attempt >= s.max_retries:
+                break
+            self._set_state("backoff")
+            self._stop.wait(self._backoff.next())
+            self.stats.reconnects += 1
+            self._m.reconnects.inc()
+        self._set_state("stopped")
+
+    def _open(self):
+        s = self.settings
+        if is_playlist(self.src):
+            precheck_playlist(self.src, s.open_timeout_s)
+        kw = {"format": "v4l2"} if self.src.kind == "device" else {}
+        if self.src.kind == "device" and "v4l2" not in av.formats_available:
+            raise SourceError("this FFmpeg build has no v4l2 input device; webcams are unavailable")
+        opts = open_options(self.src, s.open_timeout_s, s.rtsp_transport)
+        return av.open(self.src.url, options=opts, timeout=(s.open_timeout_s, 2 * s.stall_s), **kw)
+
+    def _session(self) -> None:
+        """One connection: open, decode until EOF/error/abort. Raises on failure."""
+        container = self._open()
+        try:
+            if not container.streams.video:
+                raise SourceError(f"{self.src.masked}: no video stream")
+            stream = container.streams.video[0]
+            stream.codec_context.thread_count = self.settings.decode_threads
+            self.stats.connects += 1
+            self._decode(container, stream)
+        finally:
+            container.close()
+
+    def _decode(self, container, stream) -> None:
+        period = 1.0 / self.settings.sample_fps if self.settings.sample_fps > 0 else 0.0
+        next_t = None
+        realtime = self.src.kind == "file"  # files play at their own rate, like a live feed
+        t0_wall = t0_media = None
+        fps_t, fps_n = time.monotonic(), 0
+        for frame in container.decode(stream):
+            if self._abort.is_set():
+                raise SourceError("stalled: no frames within the watchdog limit")
+            now = time.monotonic()
+            t = frame.time if frame.time is not None else now
+            if realtime:
+                t0_wall, t0_media = (now, t) if t0_wall is None else (t0_wall, t0_media)
+                delay = (t - t0_media) - (now - t0_wall)
+                if delay > 0 and self._stop.wait(delay):
+                    return
+                now = time.monotonic()
+            self.stats.decoded += 1
+            self.stats.last_frame_t = now
+            self._m.decoded.inc()
+            if self.stats.state != "live":
+                self._set_state("live")
+                self._backoff.reset()
+            fps_n += 1
+            if now - fps_t >= 1.0:
+                self.stats.fps, fps_t, fps_n = fps_n / (now - fps_t), now, 0
+            if next_t is not None and t < next_t - 2 * max(period, 1.0):
+                next_t = None  # timestamps jumped back (publisher restarted): resync
+            if next_t is None or t >= next_t:
+                next_t = (t if next_t is None else next_t) + period
+                next_t = max(next_t, t)  # never try to "catch up" a backlog of samples
+                self._push(frame, t, now)
+            if self._stop.is_set():
+                return
+
+    def _push(self, frame, t: float, now: float) -> None:
+        # Conversion (RGB + detector-size copy + rotation) happens here, in the
+        # stream's own thread, so it scales with streams instead of loading the worker.
+        fr = _to_frame(frame, self._seq, float(t), self.settings.det_max_side)
+        self._seq += 1
+        self.stats.sampled += 1
+        self._m.sampled.inc()
+        if self.buffer.put(LiveFrame(self.name, self._seq, float(t), now, fr)):
+            self._m.dropped.inc()
+        self._notify()
+
+
+class Watchdog:
+    """One thread checking every source's heartbeat; flags stalls, exports ages."""
+
+    def __init__(self, sources: Callable[[], list[LiveSource]], interval_s: float = 0.5,
+                 on_tick: Callable[[float], None] | None = None):
+        self._sources = sources
+        self._interval = interval_s
+        self._on_tick = on_tick
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dfscan-watchdog", daemon=True)
+
+    def start(self) -> "Watchdog":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def check(self, now: float | None = None) -> None:
+        now = now or time.monotonic()
+        for src in self._sources():
+            age = src.heartbeat_age(now)
+            src._m.heartbeat_age.set(age)
+            if src.state == "live" and age > src.settings.stall_s:
+                log.warning("stream %s: no frame for %.1fs, reconnecting", src.name, age)
+                src.flag_stall()
+            if not src.alive and src.state != "stopped" and not src._stop.is_set():
+                src._thread = None  # the decode thread died unexpectedly: restart it
+                src.start()
+        if self._on_tick is not None:
+            self._on_tick(now)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.check()
+            except Exception:  # noqa: BLE001 - the watchdog itself must never die
+                log.exception("watchdog check failed")

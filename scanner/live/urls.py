@@ -1,0 +1,174 @@
+"""Stream URL validation, credential masking and per-scheme FFmpeg open options.
+
+FFmpeg follows URLs found *inside* media (HLS playlists, RTSP redirects, concat
+lists), so each source is opened with a ``protocol_whitelist`` limited to what its
+own scheme needs: an HTTP(S) HLS playlist can then never make FFmpeg read
+``file:`` or talk ``udp:``. HLS playlists are additionally pre-checked here so a
+refusal carries a clear message instead of FFmpeg's generic "invalid data".
+"""
+from __future__ import annotations
+
+import re
+import urllib.request
+from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit, urlunsplit
+
+from engines.errors import DfscanError
+
+
+class SourceError(DfscanError):
+    """A live source URL is invalid, refused for security reasons, or cannot be opened."""
+
+
+class RefusedURL(SourceError):
+    """The URL (or something it references) uses a protocol this source may not use."""
+
+
+# FFmpeg protocols each scheme may use (nested opens inherit the whitelist).
+WHITELISTS: dict[str, str] = {
+    "rtsp": "rtsp,rtp,udp,tcp",
+    "rtsps": "rtsps,rtsp,rtp,udp,tcp,tls",
+    "rtmp": "rtmp,tcp",
+    "rtmps": "rtmps,rtmp,tcp,tls",
+    "http": "http,tcp,crypto",
+    "https": "https,http,tcp,tls,crypto",
+    "udp": "udp",
+    "rtp": "rtp,udp",
+    "srt": "srt",
+    "file": "file",
+}
+NETWORK_SCHEMES = frozenset(WHITELISTS) - {"file"}
+DEVICE_RE = re.compile(r"^/dev/video\d{1,3}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+PLAYLIST_MAX_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class SourceURL:
+    """A validated source: ``kind`` is ``network``, ``device`` or ``file``."""
+
+    url: str
+    scheme: str
+    kind: str
+
+    @property
+    def masked(self) -> str:
+        return mask_credentials(self.url)
+
+
+def mask_credentials(url: str) -> str:
+    """``rtsp://user:pass@host/x`` -> ``rtsp://***@host/x``; query secrets masked too."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<invalid url>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    # Tokens in query strings (?token=..., ?password=...) are credentials too.
+    query = re.sub(r"(?i)((?:token|key|pass(?:word)?|secret|auth|sig(?:nature)?)=)[^&]*", r"\1***", parts.query)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def parse_source(url: str, allow_files: bool = False) -> SourceURL:
+    """Validate a stream URL or device path; raise :class:`SourceError` / :class:`RefusedURL`."""
+    if not isinstance(url, str) or not url or len(url) > 4096 or any(c in url for c in "\r\n\0 "):
+        raise SourceError("stream URL must be a non-empty string without whitespace or control characters")
+    if DEVICE_RE.match(url):
+        return SourceURL(url, "v4l2", "device")
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme in ("", "file") or url.startswith("/"):
+        if not allow_files:
+            raise RefusedURL(f"local files are not allowed as live sources: {mask_credentials(url)}")
+        return SourceURL(url, "file", "file")
+    if scheme not in NETWORK_SCHEMES:
+        raise RefusedURL(f"unsupported stream scheme {scheme!r}; allowed: {', '.join(sorted(NETWORK_SCHEMES))}")
+    if scheme != "udp" and scheme != "rtp" and not parts.hostname:
+        raise SourceError(f"stream URL has no host: {mask_credentials(url)}")
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError as e:
+        raise SourceError(f"bad port in {mask_credentials(url)}") from e
+    return SourceURL(url, scheme, "network")
+
+
+def open_options(src: SourceURL, timeout_s: float, rtsp_transport: str = "tcp") -> dict[str, str]:
+    """FFmpeg options for opening ``src`` live with low latency and bounded waits.
+
+    Timeouts are in microseconds where FFmpeg expects them. RTMP's ``timeout``
+    means *listen* timeout, so only ``rw_timeout`` is used there.
+    """
+    us = str(int(timeout_s * 1e6))
+    opts = {
+        "fflags": "nobuffer",
+        "flags": "low_delay",
+        "probesize": "1000000",
+        "analyzeduration": "1000000",
+    }
+    if src.kind == "device":
+        return opts
+    opts["protocol_whitelist"] = WHITELISTS[src.scheme]
+    opts["rw_timeout"] = us
+    if src.scheme in ("rtsp", "rtsps"):
+        opts.update(rtsp_transport=rtsp_transport, timeout=us)
+    elif src.scheme in ("http", "https"):
+        # Reconnects are ours (with backoff and metrics), not FFmpeg's silent ones.
+        opts.update(timeout=us, reconnect="0")
+    elif src.scheme in ("udp", "rtp"):
+        opts.update(timeout=us, overrun_nonfatal="1", fifo_size="1000000")
+    elif src.scheme in ("rtmp", "rtmps"):
+        opts["rtmp_live"] = "live"
+    return opts
+
+
+def is_playlist(src: SourceURL) -> bool:
+    return src.scheme in ("http", "https") and urlsplit(src.url).path.lower().endswith((".m3u8", ".m3u"))
+
+
+def _playlist_uris(text: str) -> list[str]:
+    """URIs referenced by an M3U8 text: segment lines and ``URI="..."`` attributes."""
+    uris = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("#"):
+            uris += re.findall(r'URI="([^"]*)"', line)
+        else:
+            uris.append(line)
+    return uris
+
+
+def check_playlist(url: str, text: str) -> list[str]:
+    """Refuse a playlist that references anything but HTTP(S); return nested playlists."""
+    nested = []
+    for ref in _playlist_uris(text):
+        full = urljoin(url, ref)
+        scheme = urlsplit(full).scheme.lower()
+        if scheme not in ("http", "https"):
+            raise RefusedURL(
+                f"HLS playlist {mask_credentials(url)} references a {scheme or 'local'}: URI "
+                f"({mask_credentials(ref)[:80]}); only http/https are allowed"
+            )
+        if urlsplit(full).path.lower().endswith((".m3u8", ".m3u")):
+            nested.append(full)
+    return nested
+
+
+def precheck_playlist(src: SourceURL, timeout_s: float, depth: int = 2) -> None:
+    """Fetch an HLS playlist (and its variant playlists) and refuse foreign schemes."""
+    todo, seen = [src.url], set()
+    while todo and depth >= 0:
+        nxt = []
+        for url in todo:
+            if url in seen:
+                continue
+            seen.add(url)
+            try:
+                with urllib.request.urlopen(url, timeout=timeout_s) as r:  # noqa: S310 - scheme checked
+                    text = r.read(PLAYLIST_MAX_BYTES).decode("utf-8", "replace")
+            except OSError as e:
+                raise SourceError(f"cannot fetch playlist {mask_credentials(url)}: {e}") from e
+            nxt += check_playlist(url, text)
+        todo, depth = nxt, depth - 1

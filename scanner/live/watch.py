@@ -1,0 +1,65 @@
+"""``dfscan watch URL|DEVICE...``: a live terminal table of streams and verdicts."""
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from .config import ServeConfig, StreamConfig
+from .service import LiveService
+
+VERDICT_STYLE = {"fake": "bold red", "real": "green", "uncertain": "yellow", "unknown": "dim"}
+STATE_STYLE = {"live": "green", "connecting": "cyan", "stalled": "yellow", "backoff": "red", "stopped": "dim"}
+
+
+def stream_table(rows: list[dict]) -> Table:
+    """Rich table of :meth:`LiveService.describe` rows (URLs already masked)."""
+    t = Table(title="dfscan watch", expand=False)
+    for col, just in (("stream", "left"), ("state", "left"), ("fps", "right"), ("sampled", "right"),
+                      ("dropped", "right"), ("reconn.", "right"), ("faces", "right"), ("score", "right"),
+                      ("verdict", "left"), ("last error", "left")):
+        t.add_column(col, justify=just)
+    for r in rows:
+        score = "-" if r.get("score") is None else f"{r['score']:.3f}"
+        t.add_row(
+            r["name"], f"[{STATE_STYLE.get(r['state'], '')}]{r['state']}[/]", f"{r['fps']:.1f}",
+            str(r["frames_sampled"]), str(r["frames_dropped"]), str(r["reconnects"]), str(r["faces"]), score,
+            f"[{VERDICT_STYLE.get(r['verdict'], '')}]{r['verdict']}[/]", (r["last_error"] or "")[:48],
+        )
+    return t
+
+
+def parse_targets(targets: list[str]) -> list[StreamConfig]:
+    """``URL`` or ``name=URL`` arguments -> stream configs (auto names ``s1``, ``s2``...)."""
+    out = []
+    for i, t in enumerate(targets, 1):
+        name, url = (t.split("=", 1) if "=" in t.split("://", 1)[0] else (f"s{i}", t))
+        out.append(StreamConfig(name=name, url=url))
+    return out
+
+
+def run_watch(cfg: ServeConfig, duration_s: float | None = None, refresh_s: float = 0.5,
+              console: Console | None = None) -> list[dict]:
+    """Run ``cfg``'s streams showing a live table until Ctrl-C/SIGTERM or ``duration_s``."""
+    console = console or Console()
+    done = threading.Event()
+    old = {s: signal.signal(s, lambda *_: done.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    svc = LiveService(cfg)
+    try:
+        with console.status("loading models..."):
+            svc.start()
+        t_end = None if duration_s is None else time.monotonic() + duration_s
+        with Live(stream_table(svc.describe()), console=console, refresh_per_second=4) as live:
+            while not done.wait(refresh_s):
+                live.update(stream_table(svc.describe()))
+                if t_end is not None and time.monotonic() >= t_end:
+                    break
+        return svc.describe()
+    finally:
+        svc.stop()
+        for s, h in old.items():
+            signal.signal(s, h)

@@ -1,0 +1,281 @@
+"""The streaming scan pipeline: decode -> faces -> align -> infer -> verdict row.
+
+Per video, a decode thread fills a bounded frame queue (files wait for the
+consumer, so memory stays bounded whatever the video's length) while the main
+thread detects faces on small batches of frames, aligns them on the model's
+device and scores crops in engine-sized batches. Every input produces exactly
+one row; a failure becomes an ``error`` row with a reason and the scan goes on.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+
+from engines import create_detector
+from engines.detector import Detector
+from engines.errors import DfscanError
+
+from . import metrics
+from .aggregate import decide, frame_score
+from .align import align_faces, invert_affine, map_boxes
+from .config import ScanConfig
+from .decode import Frame, FrameSampler, VideoError
+from .faces import FaceDetector, Faces
+from .streaming import BoundedPrefetch
+
+log = logging.getLogger("dfscan")
+DETECT_BATCH = 8  # frames per MTCNN call: batching amortises P-Net's pyramid overhead
+
+
+@dataclass
+class ScanContext:
+    """Everything built once per process and reused for every video."""
+
+    cfg: ScanConfig
+    detector: Detector
+    engine: Callable[[torch.Tensor], object]
+    faces: FaceDetector
+    threshold: float
+    engine_info: dict = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.cfg.device)
+
+
+def build_context(cfg: ScanConfig) -> ScanContext:
+    """Create detector, engine (built, parity-checked, warmed up) and face detector."""
+    from engines.backends import prepare_engine
+
+    detector = create_detector(cfg.detector, weights=cfg.weights, device=cfg.device)
+    sizes = sorted({1, 8, cfg.batch_size})
+    engine = prepare_engine(detector, cfg.engine, precision=cfg.precision, batch_sizes=sizes,
+                            device=cfg.device)
+    faces = FaceDetector(device=cfg.device, max_side=cfg.det_max_side, min_face=cfg.min_face,
+                         min_prob=cfg.face_prob, max_faces=cfg.max_faces)
+    threshold = cfg.threshold if cfg.threshold is not None else detector.threshold
+    metrics.set_build_info(cfg.detector, cfg.engine, cfg.device)
+    return ScanContext(cfg, detector, engine, faces, threshold, engine.describe())
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class _FaceRec:
+    frame: int  # position in the video's sampled-frame list
+    box: np.ndarray
+    prob: float
+    matrix: torch.Tensor
+    score: float = float("nan")
+    extras: dict = field(default_factory=dict)
+
+
+@dataclass
+class _VideoState:
+    frames: list[dict] = field(default_factory=list)
+    faces: list[_FaceRec] = field(default_factory=list)
+    crops: list[torch.Tensor] = field(default_factory=list)
+    pending: list[_FaceRec] = field(default_factory=list)
+    t: dict = field(default_factory=lambda: dict.fromkeys(("detect", "align", "infer", "aggregate"), 0.0))
+
+
+def detect_and_align(batch: list[Frame], faces: FaceDetector, spec, device, antialias=True
+                     ) -> list[tuple[Frame, Faces, torch.Tensor, torch.Tensor]]:
+    """Faces of a frame batch and their aligned crops (``(K, 3, S, S)`` float [0, 255])."""
+    found = faces.detect(batch)
+    out = []
+    for fr, fc in zip(batch, found):
+        crops, mats = align_faces([fr.image], [0] * len(fc), fc.landmarks, spec, device, antialias)
+        out.append((fr, fc, crops, mats))
+    return out
+
+
+def _timed(state: _VideoState, stage: str, fn, *args):
+    t0 = time.perf_counter()
+    try:
+        return fn(*args)
+    finally:
+        state.t[stage] += time.perf_counter() - t0
+
+
+def _infer(state: _VideoState, ctx: ScanContext) -> None:
+    if not state.pending:
+        return
+    crops = torch.cat(state.crops)
+    out = ctx.engine(crops)
+    p = ctx.detector.p_fake(out).float().cpu()
+    extras = ctx.detector.extras(out, p)
+    for rec, s, ex in zip(state.pending, p.tolist(), extras):
+        rec.score, rec.extras = s, ex
+    metrics.CROPS_INFERRED.inc(len(state.pending))
+    state.crops, state.pending = [], []
+
+
+def _process_batch(batch: list[Frame], state: _VideoState, ctx: ScanContext) -> None:
+    cfg = ctx.cfg
+    found = _timed(state, "detect", ctx.faces.detect, batch)
+    for fr, fc in zip(batch, found):
+        pos = len(state.frames)
+        state.frames.append({"index": fr.index, "time_s": round(fr.time_s, 4)})
+        if len(fc) == 0:
+            continue
+        crops, mats = _timed(state, "align", align_faces, [fr.image], [0] * len(fc), fc.landmarks,
+                             ctx.detector.spec, ctx.device, cfg.antialias)
+        recs = [_FaceRec(pos, fc.boxes[k], float(fc.probs[k]), mats[k]) for k in range(len(fc))]
+        state.faces += recs
+        state.pending += recs
+        state.crops.append(crops)
+        metrics.FACES_DETECTED.inc(len(fc))
+    if len(state.pending) >= cfg.batch_size:
+        _timed(state, "infer", _infer, state, ctx)
+
+
+def _artifact_boxes(rec: _FaceRec) -> list | None:
+    boxes = rec.extras.get("artifact_boxes")
+    if not boxes:
+        return None
+    b = torch.tensor(boxes, dtype=torch.float32)
+    framed = map_boxes(b[None, :, :4], invert_affine(rec.matrix[None]))[0]
+    return [[*map(lambda v: round(float(v), 1), fb), round(float(s), 4)]
+            for fb, s in zip(framed, b[:, 4])]
+
+
+def _summarise(state: _VideoState, ctx: ScanContext) -> dict:
+    cfg = ctx.cfg
+    per_frame: list[list[_FaceRec]] = [[] for _ in state.frames]
+    for rec in state.faces:
+        per_frame[rec.frame].append(rec)
+    scores = []
+    for recs in per_frame:
+        s = np.array([r.score for r in recs], np.float64)
+        areas = np.array([(r.box[2] - r.box[0]) * (r.box[3] - r.box[1]) for r in recs])
+        scores.append(frame_score(s, areas, cfg.frame_agg))
+    v = decide(scores, ctx.threshold, cfg.video_agg, cfg.topk, cfg.min_face_frames)
+    row = {"verdict": v.verdict, "score": None if v.score is None else round(v.score, 6),
+           "frames": len(state.frames), "frames_with_faces": v.frames_with_faces,
+           "faces": len(state.faces)}
+    if cfg.details:
+        for meta, recs, s in zip(state.frames, per_frame, scores):
+            meta["score"] = None if s is None else round(s, 6)
+            meta["faces"] = [_face_detail(r, ctx.threshold) for r in recs]
+        row["frames_detail"] = state.frames
+    return row
+
+
+def _face_detail(r: _FaceRec, threshold: float) -> dict:
+    d = {"box": [round(float(v), 1) for v in r.box], "prob": round(r.prob, 4), "score": round(r.score, 6)}
+    if r.score >= threshold:
+        boxes = _artifact_boxes(r)
+        if boxes:
+            d["artifact_boxes"] = boxes
+    return d
+
+
+def _analyse(path: Path, ctx: ScanContext, row: dict) -> dict:
+    cfg = ctx.cfg
+    sampler = FrameSampler(path, cfg.frames, cfg.fps, cfg.det_max_side, cfg.seek)
+    state = _VideoState()
+
+    def produce():
+        if cfg.hash:
+            row["sha256"] = file_sha256(path)
+        return sampler
+
+    with BoundedPrefetch(produce, maxsize=cfg.queue_frames, name="decode") as frames:
+        batch: list[Frame] = []
+        for fr in frames:
+            metrics.FRAMES_DECODED.inc()
+            batch.append(fr)
+            if len(batch) == DETECT_BATCH:
+                _process_batch(batch, state, ctx)
+                batch = []  # drop full-resolution frames as soon as they are used
+        if batch:
+            _process_batch(batch, state, ctx)
+        _timed(state, "infer", _infer, state, ctx)
+        decode_s = frames.busy_s
+    result = _timed(state, "aggregate", _summarise, state, ctx)
+    if sampler.index is not None:
+        ix = sampler.index
+        result["video"] = {"width": ix.width, "height": ix.height, "codec": ix.codec,
+                           "frames_total": ix.frames, "duration_s": round(ix.duration_s, 3),
+                           "decode_errors": sampler.decode_errors, "seeks": sampler.seeks}
+    result["timings"] = {"decode": round(decode_s, 4),
+                         **{k: round(v, 4) for k, v in state.t.items()}}
+    return result
+
+
+def _base_row(path: Path, ctx: ScanContext) -> dict:
+    try:
+        size = path.stat().st_size
+    except OSError:
+        size = None
+    return {"path": str(path), "size_bytes": size, "sha256": None, "verdict": "error",
+            "score": None, "threshold": ctx.threshold, "frames": 0, "frames_with_faces": 0,
+            "faces": 0, "detector": ctx.detector.name, "weights_hash": ctx.detector.weights_hash,
+            "engine": ctx.engine_info.get("backend", ctx.cfg.engine), "precision": ctx.cfg.precision,
+            "error": None}
+
+
+def scan_video(path: str | Path, ctx: ScanContext) -> dict:
+    """Scan one video; always returns a row (``verdict == "error"`` on failure)."""
+    path = Path(path)
+    t0 = time.perf_counter()
+    row = _base_row(path, ctx)
+    try:
+        row.update(_analyse(path, ctx, row))
+    except VideoError as e:
+        row["error"] = {"kind": e.kind, "message": str(e)}
+    except (DfscanError, RuntimeError, ValueError, OSError) as e:
+        log.debug("scan of %s failed", path, exc_info=True)
+        row["error"] = {"kind": "internal", "message": f"{type(e).__name__}: {e}"}
+    row.setdefault("timings", {})["total"] = round(time.perf_counter() - t0, 4)
+    metrics.record_row(row)
+    return row
+
+
+def scan_paths(paths: Iterable[str | Path], cfg: ScanConfig | None = None,
+               ctx: ScanContext | None = None) -> Iterator[dict]:
+    """Rows for ``paths`` in order (builds the context once when not given)."""
+    ctx = ctx or build_context(cfg or ScanConfig())
+    for p in paths:
+        yield scan_video(p, ctx)
+
+
+def iter_face_crops(paths: Iterable[str | Path], spec, cfg: ScanConfig | None = None,
+                    device: str = "cpu") -> Iterator[tuple[Path, int, np.ndarray]]:
+    """Aligned face crops per sampled frame: ``(path, frame_index, uint8 (K, S, S, 3))``.
+
+    Used by probe fitting, separability and synthesis; unreadable videos are
+    skipped with a warning (they have no faces to contribute).
+    """
+    cfg = cfg or ScanConfig()
+    faces = FaceDetector(device=device, max_side=cfg.det_max_side, min_face=cfg.min_face,
+                         min_prob=cfg.face_prob, max_faces=cfg.max_faces)
+    for path in map(Path, paths):
+        frames = iter(FrameSampler(path, cfg.frames, cfg.fps, cfg.det_max_side, cfg.seek))
+        while True:
+            try:
+                batch = list(itertools.islice(frames, DETECT_BATCH))
+            except VideoError as e:
+                log.warning("skipping %s: %s", path, e)
+                break
+            if not batch:
+                break
+            for fr, fc, crops, _ in detect_and_align(batch, faces, spec, device, cfg.antialias):
+                if len(fc):
+                    u8 = crops.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+                    yield path, fr.index, u8.cpu().numpy()

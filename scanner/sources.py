@@ -1,0 +1,66 @@
+"""Expand command-line inputs into a list of video paths.
+
+Accepted: files (any extension when named explicitly), folders (recursive, by
+video extension), glob patterns, and text files of paths (``.txt``/``.list``,
+one per line, ``#`` comments, relative to the list file). A path that does not
+exist is kept, so it yields an ``error`` row instead of vanishing silently.
+"""
+from __future__ import annotations
+
+import glob
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Iterable
+
+from .decode import is_video_path
+
+LIST_SUFFIXES = (".txt", ".list", ".lst")
+
+
+def bundled_samples() -> list[Path]:
+    """The real sample clips shipped inside the package (the embedded default)."""
+    root = Path(str(resources.files("scanner") / "samples"))
+    return sorted(p for p in root.iterdir() if is_video_path(p))
+
+
+def _walk(folder: Path) -> list[Path]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames.sort()
+        found += [Path(dirpath) / f for f in sorted(filenames) if is_video_path(Path(f))]
+    return found
+
+
+def _read_list(path: Path) -> list[Path]:
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            p = Path(line)
+            out.append(p if p.is_absolute() else path.parent / p)
+    return out
+
+
+def expand_inputs(items: Iterable[str]) -> list[Path]:
+    """Ordered, de-duplicated video paths for ``items`` (see module doc)."""
+    paths: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            paths += _walk(p)
+        elif p.is_file() and p.suffix.lower() in LIST_SUFFIXES:
+            paths += _read_list(p)
+        elif not p.exists() and glob.has_magic(item):
+            for m in sorted(glob.glob(item, recursive=True)):
+                mp = Path(m)
+                paths += _walk(mp) if mp.is_dir() else [mp] if is_video_path(mp) else []
+        else:
+            paths.append(p)
+    seen, unique = set(), []
+    for p in paths:
+        key = os.path.abspath(p)
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    return unique

@@ -1,0 +1,83 @@
+"""A producer thread feeding a bounded queue (files wait, never grow memory).
+
+The producer always sends an end marker from ``finally``, so the consumer never
+hangs, and any exception it raised is re-raised in the consumer. Closing the
+consumer early (break, error) stops the producer at its next put.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from typing import Callable, Iterable, Iterator, TypeVar
+
+T = TypeVar("T")
+_END = object()
+
+
+class _Raised:
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+class BoundedPrefetch(Iterator[T]):
+    """Iterate ``make()`` in a daemon thread through a queue of ``maxsize`` items.
+
+    ``busy_s`` accumulates the time the producer spent producing (not waiting),
+    which is the honest "decode" time of a pipeline stage running in parallel.
+    """
+
+    def __init__(self, make: Callable[[], Iterable[T]], maxsize: int = 8, name: str = "prefetch"):
+        self._q: queue.Queue = queue.Queue(maxsize=maxsize)
+        self._stop = threading.Event()
+        self.busy_s = 0.0
+        self._thread = threading.Thread(target=self._run, args=(make,), name=name, daemon=True)
+        self._thread.start()
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, make) -> None:
+        try:
+            it = iter(make())
+            while not self._stop.is_set():
+                t0 = time.perf_counter()
+                try:
+                    item = next(it)
+                except StopIteration:
+                    break
+                finally:
+                    self.busy_s += time.perf_counter() - t0
+                if not self._put(item):
+                    break
+        except BaseException as e:  # forwarded to the consumer
+            self._put(_Raised(e))
+        finally:
+            self._put(_END)
+
+    def __next__(self) -> T:
+        item = self._q.get()
+        if item is _END:
+            self._stop.set()
+            raise StopIteration
+        if isinstance(item, _Raised):
+            self._stop.set()
+            raise item.exc
+        return item
+
+    def close(self) -> None:
+        """Stop the producer and wait for it (bounded)."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
