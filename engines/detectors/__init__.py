@@ -1,2 +1,5 @@
 """Built-in detectors; importing this package registers them."""
 from . import tiny  # noqa: F401
+from . import probe  # noqa: F401
+from . import mesonet  # noqa: F401
+from . import adm  # noqa: F401

@@ -1,0 +1,1 @@
+"""Offline weight converters (run once by maintainers; not needed at scan time)."""
