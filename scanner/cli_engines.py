@@ -201,6 +201,8 @@ def engines_list(args) -> int:
                   f"{(r.get('size_bytes') or 0) / 2**20:.1f}", f"{par['cosine']:.5f}" if "cosine" in par else "-",
                   str(r.get("created") or r.get("error")))
     console = Console()
+    if not console.is_terminal:
+        console = Console(width=170)
     console.print(t)
     for kind, status in backend_availability().items():
         console.print(f"{kind:12s} {status}")

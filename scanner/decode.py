@@ -75,6 +75,7 @@ class VideoIndex:
 
     pts: list[int]  # per packet, decode order
     keyframe: list[bool]
+    truncated: bool
     time_base: float
     start: int
     width: int
@@ -101,7 +102,21 @@ def _classify_open_error(path: Path, e: Exception) -> VideoError:
         return VideoError("not_found", f"file not found: {path}")
     if isinstance(e, PermissionError) or getattr(e, "errno", None) == errno.EACCES:
         return VideoError("permission", f"permission denied: {path}")
-    return VideoError("not_video", f"not a readable video ({type(e).__name__}: {e})")
+    if isinstance(e, av.error.FFmpegError) and _looks_like_mp4(path):
+        return VideoError("truncated", "MP4/MOV file without a usable index (moov): truncated "
+                          f"or still being written ({e})")
+    detail = getattr(e, "strerror", None) or str(e)
+    return VideoError("not_video", "not a video file FFmpeg may read (unrecognised or disallowed "
+                      f"container format: {detail})")
+
+
+def _looks_like_mp4(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError:
+        return False
+    return head[4:8] in (b"ftyp", b"mdat", b"moov", b"wide", b"free")
 
 
 def open_file(path: str | Path) -> av.container.InputContainer:
@@ -131,7 +146,7 @@ def _video_stream(container) -> av.video.stream.VideoStream:
 
 def build_index(container, stream) -> VideoIndex:
     """Demux the whole video stream (no decoding) and record pts + keyframe flags."""
-    pts, key = [], []
+    pts, key, truncated = [], [], False
     try:
         for pkt in container.demux(stream):
             if pkt.size == 0 or pkt.pts is None:
@@ -139,12 +154,13 @@ def build_index(container, stream) -> VideoIndex:
             pts.append(int(pkt.pts))
             key.append(bool(pkt.is_keyframe))
     except av.error.FFmpegError:
-        pass  # truncated tail: keep what was demuxed, decode will tell what is usable
+        truncated = True  # data ends before the container says it should
+    truncated |= bool(stream.frames) and len(pts) < stream.frames
     tb = float(stream.time_base) if stream.time_base else 1.0 / 25
     cc = stream.codec_context
     presentation = sorted(set(pts))
     start = presentation[0] if presentation else 0
-    return VideoIndex(pts, key, tb, start, cc.width, cc.height, cc.name, presentation)
+    return VideoIndex(pts, key, truncated, tb, start, cc.width, cc.height, cc.name, presentation)
 
 
 def choose_targets(index: VideoIndex, frames: int | None, fps: float | None) -> list[int]:
@@ -155,11 +171,16 @@ def choose_targets(index: VideoIndex, frames: int | None, fps: float | None) -> 
     if fps:
         times = np.arange(0.0, index.duration_s + 1e-9, 1.0 / fps)
         want = [index.start + t / index.time_base for t in times]
-        picks = {pres[min(bisect.bisect_left(pres, w), len(pres) - 1)] for w in want}
-        return sorted(picks)
+        return sorted({_nearest(pres, w) for w in want})
     n = min(frames or 32, len(pres))
     idx = np.unique(np.linspace(0, len(pres) - 1, n).round().astype(int))
     return [pres[i] for i in idx]
+
+
+def _nearest(sorted_vals: list[int], x: float) -> int:
+    i = bisect.bisect_left(sorted_vals, x)
+    cands = sorted_vals[max(0, i - 1): i + 1]
+    return min(cands, key=lambda v: abs(v - x))
 
 
 def _gop_plan(index: VideoIndex, targets: Sequence[int]) -> list[tuple[int, int, int, set[int]]]:
@@ -176,6 +197,13 @@ def _gop_plan(index: VideoIndex, targets: Sequence[int]) -> list[tuple[int, int,
     for t in targets:
         plan.setdefault(gop_of[t], set()).add(t)
     return [(g, index.pts[bounds[g]], bounds[g + 1] - bounds[g], plan[g]) for g in sorted(plan)]
+
+
+def _has_exact_seek(container) -> bool:
+    """Containers with a sample index (MP4/MOV, Matroska) seek exactly to keyframes;
+    others (MPEG-TS, raw streams) seek by byte estimates, so they are read in order."""
+    name = container.format.name
+    return any(k in name for k in ("mp4", "mov", "matroska", "webm"))
 
 
 def _to_frame(av_frame, idx: int, time_s: float, det_max_side: int | None) -> Frame:
@@ -216,49 +244,68 @@ class FrameSampler:
         self.missed = 0  # targets that never came out of the decoder
 
     def __iter__(self) -> Iterator[Frame]:
+        index, targets = self._plan()
+        # A fresh container for decoding: the index pass left the demuxer at the end,
+        # and the first needed GOP then needs no seek at all.
+        container = open_file(self.path)
+        try:
+            stream = _video_stream(container)
+            seekable = self.seek and _has_exact_seek(container)
+            yielded = 0
+            for fr in self._decode(container, stream, index, targets, seekable):
+                yielded += 1
+                yield fr
+            if yielded == 0:
+                raise VideoError("no_frames", f"no frame could be decoded "
+                                 f"({self.decode_errors} corrupt packets)")
+        finally:
+            container.close()
+
+    def _plan(self) -> tuple[VideoIndex, list[int]]:
         container = open_file(self.path)
         try:
             stream = _video_stream(container)
             self.index = index = build_index(container, stream)
-            if not index.pts:
-                raise VideoError("no_frames", "video stream holds no packets")
-            targets = choose_targets(index, self.frames, self.fps)
-            yielded = 0
-            for fr in self._decode(container, stream, index, targets):
-                yielded += 1
-                yield fr
-            if yielded == 0:
-                raise VideoError("no_frames", "no frame could be decoded")
         finally:
             container.close()
+        if not index.pts:
+            raise VideoError("no_frames", "video stream holds no packets")
+        if index.truncated:
+            # A verdict on part of a video could mislead; report it instead.
+            raise VideoError("truncated", f"file ends after {len(index.pts)} video packets "
+                             "of a longer stream (truncated)")
+        return index, choose_targets(index, self.frames, self.fps)
 
-    def _decode(self, container, stream, index: VideoIndex, targets: list[int]) -> Iterator[Frame]:
+    def _decode(self, container, stream, index: VideoIndex, targets: list[int],
+                seekable: bool) -> Iterator[Frame]:
         rank = {p: i for i, p in enumerate(index.presentation)}
-        stream.thread_type = "AUTO"
+        stream.thread_type = "AUTO"  # frame + slice threads: fastest measured here
         cc = stream.codec_context
-        if self.seek:
+        if seekable:
             plan = _gop_plan(index, targets)
         else:
             plan = [(0, index.pts[0], len(index.pts), set(targets))]
         packets, prev_gop, carry = None, None, 0
+        pending = set(targets)
         for gop, key_pts, n_packets, wanted in plan:
             # Consecutive GOPs continue the demuxer; a gap is jumped with a seek.
             if packets is None or gop != prev_gop + 1:
                 carry = 0
-                # The index pass left the demuxer at the end: the first GOP seeks too.
-                container.seek(key_pts, stream=stream, backward=True, any_frame=False)
-                self.seeks += packets is not None
+                if gop > 0:
+                    container.seek(key_pts, stream=stream, backward=True, any_frame=False)
+                    self.seeks += 1
                 packets = container.demux(stream)
             prev_gop = gop
             # Leftover packets of the previous GOP still come first when continuing.
-            yield from self._decode_gop(packets, cc, wanted, carry + n_packets + 32, rank, index)
+            yield from self._decode_gop(packets, cc, wanted, carry + n_packets + 32, rank, index,
+                                        pending)
             carry = n_packets
         cc.skip_frame = "DEFAULT"
 
-    def _decode_gop(self, packets, cc, wanted, budget, rank, index) -> Iterator[Frame]:
-        # ``budget``: safety net for containers whose seek lands late: give up after the
-        # GOP's length plus the decoder's reorder delay instead of decoding to the end.
-        pending = set(wanted)
+    def _decode_gop(self, packets, cc, wanted, budget, rank, index, pending) -> Iterator[Frame]:
+        # ``pending``: all targets not yet output (a decode call may return frames of
+        # the next GOP too). ``budget``: safety net for containers whose seek lands
+        # late: give up after the GOP's length plus the decoder's reorder delay.
         for pkt in packets:
             budget -= 1
             # Why: frames that are neither sampled nor referenced need no decoding.
@@ -267,9 +314,10 @@ class FrameSampler:
                 if f.pts in pending:
                     pending.discard(f.pts)
                     yield _to_frame(f, rank[f.pts], index.time_of(f.pts), self.det_max_side)
-            if not pending or budget <= 0:
+            if not (wanted & pending) or budget <= 0:
                 break
-        self.missed += len(pending)
+        self.missed += len(wanted & pending)
+        pending -= wanted
 
     def _decode_packet(self, pkt):
         try:

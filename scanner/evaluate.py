@@ -5,7 +5,8 @@ Definitions (label 1 = fake, score = P(fake), predicted fake when score >= t):
 * ACC, TPR (fakes caught), TNR (reals passed) at ``t`` = 0.5 (``--threshold``);
 * AUC: ``sklearn.metrics.roc_auc_score``;
 * EER: on ``sklearn.metrics.roc_curve`` (all thresholds), the ROC point where
-  |FNR - FPR| is smallest, EER = (FPR + FNR) / 2 there, with its threshold;
+  |FNR - FPR| is smallest (ties: lowest mean, then highest threshold),
+  EER = (FPR + FNR) / 2 there, with its threshold;
 * HTER(t) = (FPR(t) + FNR(t)) / 2, reported at 0.5 and at the EER threshold.
 
 Scores come from a JSONL written by ``dfscan scan`` (``--from-jsonl``), or are
@@ -35,7 +36,11 @@ def eer(y: np.ndarray, s: np.ndarray) -> tuple[float, float]:
     """(EER, threshold) from scikit-learn's ROC over all thresholds."""
     fpr, tpr, thr = roc_curve(y, s, drop_intermediate=False)
     fnr = 1.0 - tpr
-    i = int(np.nanargmin(np.abs(fnr - fpr)))
+    gap = np.abs(fnr - fpr)
+    # Several thresholds can tie on the gap: take the lowest (FPR+FNR)/2 among them,
+    # then the highest threshold (roc_curve lists thresholds in decreasing order).
+    tied = np.flatnonzero(gap <= gap.min() + 1e-12)
+    i = int(tied[np.argmin((fpr[tied] + fnr[tied]) / 2)])
     return float((fpr[i] + fnr[i]) / 2), float(thr[i])
 
 

@@ -46,7 +46,7 @@ def read_rgb(path: Path) -> np.ndarray:
     from PIL import Image
 
     with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+        return np.array(im.convert("RGB"))  # writable copy (torch refuses read-only arrays)
 
 
 class CropSource:

@@ -77,6 +77,7 @@ class HttpTsPublisher:
         self.host, self.port = host, port
         self._httpd: ThreadingHTTPServer | None = None
         self._stop = threading.Event()
+        self.paused = threading.Event()  # set: keep connections open but send nothing (a hung camera)
         self.connections = 0
 
     @property
@@ -126,6 +127,10 @@ class HttpTsPublisher:
             while not stop.is_set():
                 off = loop * c.period
                 for p in c.packets:
+                    while self.paused.is_set():
+                        if stop.wait(0.05):
+                            return
+                        t0 += 0.05  # resume where we paused, not with a burst
                     delay = t0 + float((p.pts - c.start + off) * c.time_base) - time.monotonic()
                     if delay > 0 and stop.wait(delay):
                         return

@@ -21,7 +21,7 @@ from typing import Callable
 import av
 import numpy as np
 
-from ..decode import Frame, _to_frame
+from ..decode import FILE_OPEN_OPTIONS, Frame, _to_frame
 from .urls import SourceError, SourceURL, is_playlist, open_options, parse_source, precheck_playlist
 
 log = logging.getLogger(__name__)
@@ -155,6 +155,7 @@ class LiveSource:
         self._backoff = Backoff(s.backoff_initial_s, s.backoff_max_s, s.backoff_jitter)
         self._thread: threading.Thread | None = None
         self._seq = 0
+        self._fps_mark = (time.monotonic(), 0)
 
     # ---- lifecycle -------------------------------------------------------
     def start(self) -> "LiveSource":
@@ -181,6 +182,13 @@ class LiveSource:
     def heartbeat_age(self, now: float | None = None) -> float:
         ref = self.stats.last_frame_t or self.stats.state_since
         return (now or time.monotonic()) - ref
+
+    def update_fps(self, now: float) -> None:
+        """Decoded frames per second over the last >= 1 s (called by the watchdog)."""
+        t, n = self._fps_mark
+        if now - t >= 1.0:
+            self.stats.fps = (self.stats.decoded - n) / (now - t)
+            self._fps_mark = (now, self.stats.decoded)
 
     def flag_stall(self) -> None:
         """Called by the watchdog: mark stalled and make the decode loop reconnect."""
@@ -217,6 +225,8 @@ class LiveSource:
                 reason = "end of stream"
             except SourceError as e:  # refused or invalid: still retried, the message says why
                 reason = str(e)
+            except av.error.ExitError:  # PyAV's interrupt callback: open/read timeout
+                reason = f"timeout: no data within {s.open_timeout_s:g}s (open) / {2 * s.stall_s:g}s (read)"
             except Exception as e:  # noqa: BLE001 - any FFmpeg/IO failure means "reconnect"
                 reason = f"{type(e).__name__}: {e}"
             if self._stop.is_set():
@@ -242,6 +252,8 @@ class LiveSource:
         if self.src.kind == "device" and "v4l2" not in av.formats_available:
             raise SourceError("this FFmpeg build has no v4l2 input device; webcams are unavailable")
         opts = open_options(self.src, s.open_timeout_s, s.rtsp_transport)
+        if self.src.kind == "file":  # same demuxer restrictions as batch scanning of files
+            opts.update(FILE_OPEN_OPTIONS)
         return av.open(self.src.url, options=opts, timeout=(s.open_timeout_s, 2 * s.stall_s), **kw)
 
     def _session(self) -> None:
@@ -262,7 +274,6 @@ class LiveSource:
         next_t = None
         realtime = self.src.kind == "file"  # files play at their own rate, like a live feed
         t0_wall = t0_media = None
-        fps_t, fps_n = time.monotonic(), 0
         for frame in container.decode(stream):
             if self._abort.is_set():
                 raise SourceError("stalled: no frames within the watchdog limit")
@@ -280,9 +291,6 @@ class LiveSource:
             if self.stats.state != "live":
                 self._set_state("live")
                 self._backoff.reset()
-            fps_n += 1
-            if now - fps_t >= 1.0:
-                self.stats.fps, fps_t, fps_n = fps_n / (now - fps_t), now, 0
             if next_t is not None and t < next_t - 2 * max(period, 1.0):
                 next_t = None  # timestamps jumped back (publisher restarted): resync
             if next_t is None or t >= next_t:
@@ -331,6 +339,7 @@ class Watchdog:
     def check(self, now: float | None = None) -> None:
         now = now or time.monotonic()
         for src in self._sources():
+            src.update_fps(now)
             age = src.heartbeat_age(now)
             src._m.heartbeat_age.set(age)
             if src.state == "live" and age > src.settings.stall_s:

@@ -101,7 +101,6 @@ def open_options(src: SourceURL, timeout_s: float, rtsp_transport: str = "tcp") 
     """
     us = str(int(timeout_s * 1e6))
     opts = {
-        "fflags": "nobuffer",
         "flags": "low_delay",
         "probesize": "1000000",
         "analyzeduration": "1000000",
@@ -110,6 +109,11 @@ def open_options(src: SourceURL, timeout_s: float, rtsp_transport: str = "tcp") 
         return opts
     opts["protocol_whitelist"] = WHITELISTS[src.scheme]
     opts["rw_timeout"] = us
+    if src.scheme in ("rtsp", "rtsps", "rtp", "udp", "srt"):
+        # Real-time packet protocols: do not hold probed packets back. Not for
+        # HTTP/files: there "nobuffer" discards the probed packets (an MP4 over
+        # HTTP then decodes no frame at all).
+        opts["fflags"] = "nobuffer"
     if src.scheme in ("rtsp", "rtsps"):
         opts.update(rtsp_transport=rtsp_transport, timeout=us)
     elif src.scheme in ("http", "https"):

@@ -1,0 +1,81 @@
+"""Shared fixtures: synthetic clips made with PyAV, paths to real footage."""
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "tests" / "data"
+SAMPLES = ROOT / "scanner" / "samples"
+SHARED = ROOT.parent / "shared"  # CI clones the repo with shared/ beside it
+
+torch.set_num_threads(2)
+
+
+def make_video(path: Path, frames: int = 30, size=(160, 120), fps: int = 25, gop: int = 12,
+               codec: str = "libx264", rotation: int | None = None, pattern=None,
+               pts_step=None) -> Path:
+    """Write a synthetic clip whose frame i has red channel = i (mod 256).
+
+    ``pattern(i) -> HxWx3 uint8`` overrides the content; ``pts_step(i)`` gives a
+    variable frame rate (pts increments in 1/fps units).
+    """
+    w, h = size
+    with av.open(str(path), "w") as c:
+        s = c.add_stream(codec, rate=fps)
+        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        s.options = {"g": str(gop), "bf": "2"} if codec == "libx264" else {}
+        if rotation is not None:
+            s.set_display_rotation(rotation)
+        pts = 0
+        for i in range(frames):
+            img = pattern(i) if pattern else _default_pattern(i, w, h)
+            f = av.VideoFrame.from_ndarray(img, format="rgb24")
+            if pts_step:
+                f.pts = pts
+                f.time_base = Fraction(1, fps)
+                pts += pts_step(i)
+            for p in s.encode(f):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+def _default_pattern(i: int, w: int, h: int) -> np.ndarray:
+    img = np.zeros((h, w, 3), np.uint8)
+    img[..., 0] = (i * 8) % 256  # frame id, robust to codec noise: 8 levels per step
+    img[: h // 4, : w // 4, 1] = 255  # top-left marker (orientation checks)
+    return img
+
+
+def frame_id(img: np.ndarray) -> int:
+    """Inverse of the default pattern's red channel (centre region)."""
+    h, w = img.shape[:2]
+    return int(round(float(img[h // 2 - 4: h // 2 + 4, w // 2 - 4: w // 2 + 4, 0].mean()) / 8))
+
+
+@pytest.fixture(scope="session")
+def real_clips() -> list[Path]:
+    clips = sorted(DATA.glob("d*.mp4"))
+    assert clips, "tests/data must hold the real face clips"
+    return clips
+
+
+@pytest.fixture(scope="session")
+def has_cuda() -> bool:
+    return torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,144 @@
+"""Frame sampling: exact frames, seek == sequential, rotation, VFR, bad inputs."""
+from __future__ import annotations
+
+import os
+
+import av
+import numpy as np
+import pytest
+
+from conftest import DATA, frame_id, make_video
+from scanner.decode import FrameSampler, VideoError, build_index, choose_targets, open_file
+
+
+def _all_frames(path) -> list[np.ndarray]:
+    with av.open(str(path)) as c:
+        return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+
+
+@pytest.mark.parametrize("gop", [5, 12, 250])
+def test_sampled_frames_equal_full_decode(tmp_path, gop):
+    path = make_video(tmp_path / "v.mp4", frames=120, gop=gop)
+    full = _all_frames(path)
+    for seek in (True, False):
+        got = list(FrameSampler(path, frames=10, seek=seek))
+        assert [f.index for f in got] == list(np.linspace(0, 119, 10).round().astype(int))
+        for f in got:  # skip_frame=NONREF and seeking must not change sampled pixels
+            assert np.array_equal(f.image, full[f.index])
+
+
+def test_seek_skips_gops_without_targets(tmp_path):
+    path = make_video(tmp_path / "v.mp4", frames=200, gop=10)
+    s = FrameSampler(path, frames=4)
+    got = list(s)
+    assert len(got) == 4 and s.seeks >= 2 and s.missed == 0
+
+
+def test_fewer_frames_than_requested_gives_each_once():
+    got = list(FrameSampler(DATA / "d1.mp4", frames=32))
+    assert [f.index for f in got] == list(range(16))
+    assert all(f.image.shape == (512, 512, 3) for f in got)
+
+
+def test_fps_sampling_and_times(tmp_path):
+    path = make_video(tmp_path / "v.mp4", frames=100, fps=25)
+    got = list(FrameSampler(path, frames=None, fps=5))
+    assert [f.index for f in got] == list(range(0, 100, 5))
+    assert [round(f.time_s, 3) for f in got] == [round(i / 25, 3) for i in range(0, 100, 5)]
+
+
+def test_variable_frame_rate_uses_presentation_order(tmp_path):
+    steps = lambda i: 1 if i % 3 else 4  # noqa: E731 - irregular gaps
+    path = make_video(tmp_path / "vfr.mkv", frames=40, pts_step=steps)
+    got = list(FrameSampler(path, frames=40))
+    assert [f.index for f in got] == list(range(40))
+    assert [frame_id(f.image) for f in got] == [i % 32 for i in range(40)]  # id wraps at 32
+    times = [f.time_s for f in got]
+    assert all(b > a for a, b in zip(times, times[1:]))
+    assert len({round(b - a, 3) for a, b in zip(times, times[1:])}) >= 2
+
+
+def test_missing_duration_stream(tmp_path):
+    # Raw MPEG-TS has no header duration/frame count; the index pass still counts frames.
+    path = make_video(tmp_path / "v.ts", frames=50)
+    with av.open(str(path)) as c:
+        assert c.streams.video[0].frames == 0
+    got = list(FrameSampler(path, frames=5))
+    assert [f.index for f in got] == [0, 12, 24, 37, 49]
+
+
+def test_rotation_metadata_is_applied(tmp_path):
+    path = make_video(tmp_path / "rot.mp4", frames=3, size=(160, 96), rotation=-90)
+    f = next(iter(FrameSampler(path, frames=1)))
+    assert f.image.shape == (160, 96, 3)  # portrait after rotating the landscape frame
+    # rotation -90 = 90 deg clockwise: the top-left marker ends at the top-right.
+    assert f.image[:10, -10:, 1].mean() > 200 and f.image[:10, :10, 1].mean() < 50
+
+
+def test_small_copy_and_scale(tmp_path):
+    path = make_video(tmp_path / "v.mp4", frames=3, size=(640, 360))
+    f = next(iter(FrameSampler(path, frames=1, det_max_side=320)))
+    assert f.small.shape == (180, 320, 3) and f.scale == pytest.approx(0.5)
+
+
+def test_index_of_real_clip():
+    with open_file(DATA / "d18.mp4") as c:
+        ix = build_index(c, c.streams.video[0])
+    assert ix.frames == 216 and not ix.truncated and ix.keyframe[0]
+    assert len(choose_targets(ix, 32, None)) == 32
+
+
+def _bad(tmp_path, name, data: bytes):
+    p = tmp_path / name
+    p.write_bytes(data)
+    return p
+
+
+def _kind(path) -> str:
+    with pytest.raises(VideoError) as e:
+        list(FrameSampler(path, frames=4))
+    return e.value.kind
+
+
+def test_bad_inputs_have_specific_reasons(tmp_path):
+    real = (DATA / "d18.mp4").read_bytes()
+    assert _kind(_bad(tmp_path, "empty.mp4", b"")) == "empty_file"
+    assert _kind(_bad(tmp_path, "trunc.mp4", real[: len(real) // 2])) == "truncated"
+    rng = np.random.default_rng(0)
+    assert _kind(_bad(tmp_path, "noise.mp4", rng.bytes(50_000))) == "not_video"
+    assert _kind(_bad(tmp_path, "text.mp4", b"hello, not a video\n" * 100)) == "not_video"
+    jpg = (DATA / "mesonet" / "real").glob("*.jpg").__next__().read_bytes()
+    assert _kind(_bad(tmp_path, "image.mp4", jpg)) == "not_video"
+    assert _kind(tmp_path / "missing.mp4") == "not_found"
+
+
+def test_audio_only_file(tmp_path):
+    path = tmp_path / "audio.mp4"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("aac", rate=16000)
+        samples = (np.sin(np.arange(16000) / 10) * 3000).astype(np.int16)[None]
+        frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
+        frame.sample_rate = 16000
+        for p in s.encode(frame):
+            c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    assert _kind(path) == "no_video_stream"
+
+
+def test_video_without_decodable_frames(tmp_path):
+    # A valid MP4 index whose sample data is zeroed: every packet is undecodable.
+    data = bytearray((DATA / "d18.mp4").read_bytes())
+    start, end = data.find(b"mdat") + 4, data.find(b"moov") - 4
+    data[start:end] = bytes(end - start)
+    path = _bad(tmp_path, "zeroed.mp4", bytes(data))
+    assert _kind(path) == "no_frames"
+
+
+def test_permission_denied(tmp_path, monkeypatch):
+    path = make_video(tmp_path / "v.mp4", frames=2)
+    if os.geteuid() == 0:  # root reads anything: emulate the failing access check
+        monkeypatch.setattr(os, "access", lambda p, mode: False)
+    else:
+        path.chmod(0)
+    assert _kind(path) == "permission"

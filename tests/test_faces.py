@@ -1,0 +1,67 @@
+"""MTCNN wrapper on a real group photo: mapping back to full resolution, filters."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import DATA
+from scanner.decode import Frame
+from scanner.faces import FaceDetector
+
+
+def _frame(img: np.ndarray, max_side: int | None) -> Frame:
+    if not max_side or max(img.shape[:2]) <= max_side:
+        return Frame(0, 0.0, img)
+    scale = max_side / max(img.shape[:2])
+    w, h = round(img.shape[1] * scale), round(img.shape[0] * scale)
+    small = np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR))
+    return Frame(0, 0.0, img, small, w / img.shape[1])
+
+
+@pytest.fixture(scope="module")
+def group() -> np.ndarray:
+    return np.asarray(Image.open(DATA / "multiface.jpg").convert("RGB"))
+
+
+def _iou(a, b) -> float:
+    x1, y1 = max(a[0], b[0]), max(a[1], b[1])
+    x2, y2 = min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0, x2 - x1) * max(0, y2 - y1)
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def test_downscaled_detection_maps_back_to_full_resolution(group):
+    full = FaceDetector(max_side=4096, min_face=30, max_faces=20).detect([_frame(group, None)])[0]
+    half = FaceDetector(max_side=max(group.shape[:2]) // 2, min_face=30, max_faces=20)
+    small = half.detect([_frame(group, max(group.shape[:2]) // 2)])[0]
+    assert len(full) >= 4 and len(small) >= 4
+    for box in small.boxes:  # every face found at half size is the same face at full size
+        assert max(_iou(box, fb) for fb in full.boxes) > 0.6
+    # Landmarks (eyes) lie inside their boxes, in full-resolution pixels.
+    for box, lm in zip(small.boxes, small.landmarks):
+        assert box[0] <= lm[0, 0] <= box[2] and box[1] <= lm[0, 1] <= box[3]
+
+
+def test_max_faces_keeps_largest_first(group):
+    many = FaceDetector(max_side=1024, min_face=30, max_faces=20).detect([_frame(group, 1024)])[0]
+    two = FaceDetector(max_side=1024, min_face=30, max_faces=2).detect([_frame(group, 1024)])[0]
+    area = lambda b: (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])  # noqa: E731
+    assert len(two) == 2 and np.all(np.diff(area(many.boxes)) <= 0)
+    assert np.allclose(sorted(area(two.boxes)), sorted(area(many.boxes)[:2]), rtol=1e-3)
+
+
+def test_min_face_and_probability_filters(group):
+    det = FaceDetector(max_side=1024, min_face=30, max_faces=20)
+    faces = det.detect([_frame(group, 1024)])[0]
+    side = np.minimum(faces.boxes[:, 2] - faces.boxes[:, 0], faces.boxes[:, 3] - faces.boxes[:, 1])
+    big = FaceDetector(max_side=1024, min_face=int(np.median(side)) + 1, max_faces=20)
+    kept = big.detect([_frame(group, 1024)])[0]
+    assert 0 < len(kept) < len(faces)
+    assert np.all(faces.probs >= 0.9)
+
+
+def test_batch_of_mixed_sizes_keeps_order(group):
+    blank = np.zeros((200, 300, 3), np.uint8)
+    res = FaceDetector(max_side=1024).detect([_frame(blank, None), _frame(group, 1024), _frame(blank, None)])
+    assert [len(r) > 0 for r in res] == [False, True, False]
