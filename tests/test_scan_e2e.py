@@ -193,3 +193,14 @@ def test_face_crops_iterator_on_real_clip():
     assert len(got) == 4
     for path, idx, crops in got:
         assert crops.dtype == np.uint8 and crops.shape[1:] == (256, 256, 3) and crops.std() > 10
+
+
+def test_shipped_scan_yaml_is_valid_and_lists_every_key():
+    import yaml
+
+    from conftest import ROOT
+    from scanner.config import build_config
+
+    path = ROOT / "configs" / "scan.yaml"
+    assert set(yaml.safe_load(path.read_text())) == set(ScanConfig.model_fields)
+    assert build_config(path) == ScanConfig()

@@ -119,26 +119,56 @@ class HttpTsPublisher:
             self._httpd = None
 
     def _serve(self, wfile) -> None:
-        c, stop = self.clip, self._stop
         with av.open(wfile, "w", format="mpegts", buffer_size=4096,
                      container_options={"flush_packets": "1"}) as out:
-            ost = out.add_stream_from_template(c.stream)
-            t0, loop = time.monotonic(), 0
-            while not stop.is_set():
-                off = loop * c.period
-                for p in c.packets:
-                    while self.paused.is_set():
-                        if stop.wait(0.05):
-                            return
-                        t0 += 0.05  # resume where we paused, not with a burst
-                    delay = t0 + float((p.pts - c.start + off) * c.time_base) - time.monotonic()
-                    if delay > 0 and stop.wait(delay):
-                        return
-                    q = av.Packet(bytes(p))
-                    q.pts, q.dts = p.pts + off, (p.dts + off) if p.dts is not None else None
-                    q.time_base, q.is_keyframe, q.stream = c.time_base, p.is_keyframe, ost
-                    out.mux(q)
-                loop += 1
+            mux_loop(out, self.clip, self._stop, self.paused)
+
+
+def mux_loop(out, clip: _Clip, stop: threading.Event, paused: threading.Event) -> None:
+    """Mux ``clip`` into ``out`` forever, paced to real time, until ``stop`` is set."""
+    ost = out.add_stream_from_template(clip.stream)
+    t0, loop = time.monotonic(), 0
+    while not stop.is_set():
+        off = loop * clip.period
+        for p in clip.packets:
+            while paused.is_set():
+                if stop.wait(0.05):
+                    return
+                t0 += 0.05  # resume where we paused, not with a burst
+            delay = t0 + float((p.pts - clip.start + off) * clip.time_base) - time.monotonic()
+            if delay > 0 and stop.wait(delay):
+                return
+            q = av.Packet(bytes(p))
+            q.pts, q.dts = p.pts + off, (p.dts + off) if p.dts is not None else None
+            q.time_base, q.is_keyframe, q.stream = clip.time_base, p.is_keyframe, ost
+            out.mux(q)
+        loop += 1
+
+
+class UdpTsPublisher:
+    """Sends ``clip`` as live MPEG-TS datagrams to ``udp://host:port`` (the reader listens)."""
+
+    def __init__(self, clip: str | bytes, port: int, host: str = "127.0.0.1"):
+        self.clip = _Clip(clip)
+        self.url = f"udp://{host}:{port}"
+        self._stop = threading.Event()
+        self.paused = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "UdpTsPublisher":
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="publisher-udp", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        with av.open(f"{self.url}?pkt_size=1316", "w", format="mpegts") as out:
+            mux_loop(out, self.clip, self._stop, self.paused)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
 
 
 def main() -> None:

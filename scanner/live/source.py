@@ -22,7 +22,7 @@ import av
 import numpy as np
 
 from ..decode import FILE_OPEN_OPTIONS, Frame, _to_frame
-from .urls import SourceError, SourceURL, is_playlist, open_options, parse_source, precheck_playlist
+from .urls import SourceError, SourceURL, Unsupported, is_playlist, open_options, parse_source, precheck_playlist
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +223,13 @@ class LiveSource:
             try:
                 self._session()
                 reason = "end of stream"
+            except (Unsupported, av.error.ProtocolNotFoundError) as e:
+                # Retrying cannot help: say why and stop this stream (others are unaffected).
+                self.stats.errors += 1
+                self._m.errors.inc()
+                self.stats.last_error = f"unsupported by this FFmpeg build: {e}"[:300]
+                log.error("stream %s (%s): %s", self.name, self.src.masked, self.stats.last_error)
+                break
             except SourceError as e:  # refused or invalid: still retried, the message says why
                 reason = str(e)
             except av.error.ExitError:  # PyAV's interrupt callback: open/read timeout
@@ -231,6 +238,10 @@ class LiveSource:
                 reason = f"{type(e).__name__}: {e}"
             if self._stop.is_set():
                 break
+            if self.stats.state in ("live", "stalled") and time.monotonic() - self.stats.state_since >= s.stall_s:
+                # Only a connection that stayed up resets the backoff; one that drops right
+                # after its first frame keeps backing off instead of hammering the server.
+                self._backoff.reset()
             self.stats.errors += reason != "end of stream"
             if reason != "end of stream":
                 self._m.errors.inc()
@@ -250,7 +261,7 @@ class LiveSource:
             precheck_playlist(self.src, s.open_timeout_s)
         kw = {"format": "v4l2"} if self.src.kind == "device" else {}
         if self.src.kind == "device" and "v4l2" not in av.formats_available:
-            raise SourceError("this FFmpeg build has no v4l2 input device; webcams are unavailable")
+            raise Unsupported("this FFmpeg build has no v4l2 input device; webcams are unavailable")
         opts = open_options(self.src, s.open_timeout_s, s.rtsp_transport)
         if self.src.kind == "file":  # same demuxer restrictions as batch scanning of files
             opts.update(FILE_OPEN_OPTIONS)
@@ -290,7 +301,6 @@ class LiveSource:
             self._m.decoded.inc()
             if self.stats.state != "live":
                 self._set_state("live")
-                self._backoff.reset()
             if next_t is not None and t < next_t - 2 * max(period, 1.0):
                 next_t = None  # timestamps jumped back (publisher restarted): resync
             if next_t is None or t >= next_t:

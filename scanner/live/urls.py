@@ -20,6 +20,10 @@ class SourceError(DfscanError):
     """A live source URL is invalid, refused for security reasons, or cannot be opened."""
 
 
+class Unsupported(SourceError):
+    """This FFmpeg build cannot read the source at all (missing protocol or device); never retried."""
+
+
 class RefusedURL(SourceError):
     """The URL (or something it references) uses a protocol this source may not use."""
 

@@ -1,0 +1,82 @@
+"""Aggregation rules, sink isolation and resume bookkeeping."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from scanner import metrics
+from scanner.aggregate import decide, frame_score, video_score
+from scanner.output import JsonlSink, Sink, SinkSet, done_paths, open_sink, render_html
+from scanner.sources import expand_inputs
+
+
+def test_frame_score_modes():
+    s, a = np.array([0.2, 0.9, 0.4]), np.array([100.0, 10.0, 400.0])
+    assert frame_score(s, a, "max") == 0.9
+    assert frame_score(s, a, "mean") == pytest.approx(0.5)
+    assert frame_score(s, a, "largest") == 0.4
+    assert frame_score(np.array([]), np.array([]), "max") is None
+
+
+def test_video_score_modes():
+    s = [0.1, 0.2, 0.9, 0.8, 0.3]
+    assert video_score(s, "mean") == pytest.approx(0.46)
+    assert video_score(s, "median") == pytest.approx(0.3)
+    assert video_score(s, "max") == 0.9
+    assert video_score(s, "topk", topk=2) == pytest.approx(0.85)
+
+
+def test_verdicts():
+    assert decide([0.9, 0.8, None, 0.7], 0.5, "mean", 5, 3).verdict == "fake"
+    assert decide([0.1, 0.2, 0.3], 0.5, "mean", 5, 3).verdict == "real"
+    v = decide([0.9, None, None, None], 0.5, "mean", 5, 3)
+    assert v.verdict == "no_face" and v.score is None and v.frames_with_faces == 1
+    # A 2-frame clip can still be judged: the face-frame requirement is capped.
+    assert decide([0.9, 0.9], 0.5, "mean", 5, 3).verdict == "fake"
+
+
+class Broken(Sink):
+    name = "broken"
+
+    def write(self, row):
+        raise OSError("disk full")
+
+
+def test_failing_sink_is_isolated(tmp_path):
+    good = JsonlSink(tmp_path / "a.jsonl")
+    before = metrics.SINK_ERRORS.labels(sink="broken")._value.get()
+    sinks = SinkSet([Broken(), good])
+    for i in range(3):
+        sinks.write({"path": f"v{i}.mp4", "verdict": "real"})
+    sinks.close()
+    assert len((tmp_path / "a.jsonl").read_text().splitlines()) == 3
+    assert metrics.SINK_ERRORS.labels(sink="broken")._value.get() == before + 1
+
+
+def test_done_paths_tolerates_torn_last_line(tmp_path):
+    p = tmp_path / "o.jsonl"
+    p.write_text(json.dumps({"path": "a.mp4"}) + "\n" + '{"path": "b.m')
+    assert done_paths(p) == {"a.mp4"}
+    c = open_sink(tmp_path / "o.csv")
+    c.write({"path": "x.mp4", "verdict": "real", "timings": {"total": 1.0}})
+    c.close()
+    assert done_paths(tmp_path / "o.csv") == {"x.mp4"}
+
+
+def test_html_escapes_paths():
+    html = render_html([{"path": "<script>.mp4", "verdict": "fake", "score": 0.9, "frames_with_faces": 1,
+                         "faces": 1, "detector": "d", "error": None, "total_s": 1.0}])
+    assert "<script>" not in html and "&lt;script&gt;" in html
+
+
+def test_expand_inputs(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    for name in ("a/x.mp4", "a/b/y.MKV", "a/b/z.txt", "w.webm"):
+        (tmp_path / name).write_bytes(b"0")
+    lst = tmp_path / "list.txt"
+    lst.write_text("# comment\nw.webm\nmissing.mp4\n")
+    got = expand_inputs([str(tmp_path / "a"), str(lst), str(tmp_path / "a" / "*.mp4")])
+    names = [p.name for p in got]
+    assert names == ["x.mp4", "y.MKV", "w.webm", "missing.mp4"]  # de-duplicated, missing kept
