@@ -48,11 +48,11 @@ def _upscaled_portrait(src: Path, dst: Path, seconds: float = 10.0) -> Path:
         s = out.add_stream("libx264", rate=vin.average_rate)
         s.width, s.height, s.pix_fmt = 1080, 1920, "yuv420p"
         s.options = {"preset": "veryfast", "crf": "20"}
-        for f in inp.decode(vin):
+        for i, f in enumerate(inp.decode(vin)):
             if f.time > seconds:
                 break
             g = f.reformat(width=1080, height=1920, format="yuv420p", interpolation="BICUBIC")
-            g.pts = None
+            g.pts, g.time_base = i, s.codec_context.time_base or (1 / vin.average_rate)
             for p in s.encode(g):
                 out.mux(p)
         for p in s.encode():

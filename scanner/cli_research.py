@@ -66,24 +66,31 @@ def add_probe_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _eval(args) -> int:
-    if not args.from_jsonl and not args.detector:
-        raise SystemExit("dfscan eval: give --detector NAME [--weights W] or --from-jsonl FILE")
+    if not args.from_jsonl and not getattr(args, "detector", None) and not getattr(args, "config", None):
+        raise SystemExit("dfscan eval: give --detector NAME [--weights W] (or --config) or --from-jsonl FILE")
     from .evaluate import run_eval
 
     return run_eval(args)
 
 
 def add_eval_parser(subparsers) -> argparse.ArgumentParser:
-    """``dfscan eval LABELS (--detector NAME [--weights W] | --from-jsonl FILE) --out FILE.json``."""
+    """``dfscan eval LABELS (--detector NAME [--weights W] | --from-jsonl FILE) --out FILE.json``.
+
+    Takes every ``dfscan scan`` option (``--config``, ``--engine``, ``--frames`` ...)
+    for the scan it runs; ``--threshold`` is the scan's verdict threshold, while
+    metrics use ``--acc-threshold`` (0.5) and the EER threshold.
+    """
+    from .cli import add_scan_options
+
     p = subparsers.add_parser("eval", help="ACC/AUC/EER/HTER/TPR/TNR of a detector on labelled videos")
     p.add_argument("labels", help=LABELS_HELP)
-    p.add_argument("--detector", help="registered detector to run")
-    p.add_argument("--weights", help="detector weights file or directory")
+    add_scan_options(p)
     p.add_argument("--from-jsonl", metavar="FILE", help="read video scores from a `dfscan scan` JSONL")
     p.add_argument("--score-key", default="score", help="JSONL field holding P(fake) (default score)")
-    p.add_argument("--threshold", type=float, default=0.5, help="threshold for ACC/TPR/TNR/HTER (default 0.5)")
+    p.add_argument("--acc-threshold", type=float, default=0.5,
+                   help="P(fake) threshold for ACC/TPR/TNR/HTER (default 0.5)")
     p.add_argument("--out", default="eval.json", help="JSON report; the ROC plot goes next to it as .png")
-    _add_common(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_eval)
     return p
 

@@ -81,7 +81,8 @@ class VideoIndex:
     width: int
     height: int
     codec: str
-    presentation: list[int] = field(default_factory=list)  # sorted pts
+    presentation: list[int] = field(default_factory=list)  # sorted pts (or ordinals)
+    ordinal: bool = False  # True: pts unusable, ``presentation`` holds output ordinals
 
     @property
     def frames(self) -> int:
@@ -159,8 +160,15 @@ def build_index(container, stream) -> VideoIndex:
     tb = float(stream.time_base) if stream.time_base else 1.0 / 25
     cc = stream.codec_context
     presentation = sorted(set(pts))
+    ordinal = len(presentation) < len(pts)
+    if ordinal:
+        # Broken timestamps (duplicates): frames are identified by output order and
+        # timed by the nominal rate instead.
+        rate = stream.guessed_rate or stream.average_rate or 25
+        presentation, tb = list(range(len(pts))), 1.0 / float(rate)
     start = presentation[0] if presentation else 0
-    return VideoIndex(pts, key, truncated, tb, start, cc.width, cc.height, cc.name, presentation)
+    return VideoIndex(pts, key, truncated, tb, start, cc.width, cc.height, cc.name, presentation,
+                      ordinal)
 
 
 def choose_targets(index: VideoIndex, frames: int | None, fps: float | None) -> list[int]:
@@ -278,6 +286,9 @@ class FrameSampler:
 
     def _decode(self, container, stream, index: VideoIndex, targets: list[int],
                 seekable: bool) -> Iterator[Frame]:
+        if index.ordinal:
+            yield from self._decode_by_order(container, stream, index, set(targets))
+            return
         rank = {p: i for i, p in enumerate(index.presentation)}
         stream.thread_type = "AUTO"  # frame + slice threads: fastest measured here
         cc = stream.codec_context
@@ -318,6 +329,18 @@ class FrameSampler:
                 break
         self.missed += len(wanted & pending)
         pending -= wanted
+
+    def _decode_by_order(self, container, stream, index: VideoIndex, targets: set[int]):
+        """Fallback for broken timestamps: decode in order, count output frames."""
+        stream.thread_type = "AUTO"
+        n = 0
+        for pkt in container.demux(stream):
+            for f in self._decode_packet(pkt):
+                if n in targets:
+                    yield _to_frame(f, n, n * index.time_base, self.det_max_side)
+                n += 1
+            if n > max(targets):
+                break
 
     def _decode_packet(self, pkt):
         try:

@@ -2,17 +2,18 @@
 
 Definitions (label 1 = fake, score = P(fake), predicted fake when score >= t):
 
-* ACC, TPR (fakes caught), TNR (reals passed) at ``t`` = 0.5 (``--threshold``);
+* ACC, TPR (fakes caught), TNR (reals passed) at ``t`` = 0.5 (``--acc-threshold``);
 * AUC: ``sklearn.metrics.roc_auc_score``;
 * EER: on ``sklearn.metrics.roc_curve`` (all thresholds), the ROC point where
   |FNR - FPR| is smallest (ties: lowest mean, then highest threshold),
   EER = (FPR + FNR) / 2 there, with its threshold;
 * HTER(t) = (FPR(t) + FNR(t)) / 2, reported at 0.5 and at the EER threshold.
 
-Scores come from a JSONL written by ``dfscan scan`` (``--from-jsonl``), or are
-computed here with the scan's stages: per frame the largest face's P(fake),
-per video the mean over sampled frames. Files without a score (no face, error)
-are excluded and counted.
+Scores come from a JSONL written by ``dfscan scan`` (``--from-jsonl``), or from
+running the scan here: videos go through ``scanner.pipeline.scan_paths`` (the
+scan's own sampling, faces, engine and frame/video aggregation); images (e.g.
+``dfscan synth`` chips) are scored on their largest face with the same detector.
+Files without a score (no face, error) are excluded and counted.
 """
 from __future__ import annotations
 
@@ -158,28 +159,56 @@ def roc_plot(items: list[Item], scores: dict[int, float], metrics: dict, path: P
     ax.plot([0, 1], [1, 0], ls="--", c="lightgrey", lw=0.8)  # EER line: FPR = FNR
     ax.set(xlabel="false positive rate (real called fake)", ylabel="true positive rate (fake caught)",
            xlim=(0, 1), ylim=(0, 1), title=title or "ROC")
-    ax.legend(loc="lower right", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right", fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "needs real and fake inputs", ha="center")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
+def scan_scores(items: list[Item], args) -> tuple[dict[int, float], str, dict]:
+    """Score items with the scan itself: videos through ``scanner.pipeline.scan_paths``
+    (same sampling, faces, engine and aggregation as ``dfscan scan``), images with
+    the same detector on their largest face (``score_items``)."""
+    from .features import CropConfig, CropSource
+    from .pipeline import build_context, scan_paths
+    from .config import build_config
+    from .run import OPTION_KEYS
+
+    # Scan options only: eval's own --out/--threshold-like flags are not scan settings.
+    keys = set(OPTION_KEYS) - {"out", "resume", "metrics_port", "metrics_host", "fail_on_fake"}
+    overrides = {k: getattr(args, k) for k in keys if hasattr(args, k)}
+    cfg = build_config(getattr(args, "config", None), {**overrides, "hash": False, "progress": False})
+    ctx = build_context(cfg)
+    videos = [i for i, it in enumerate(items) if not it.is_image]
+    scores, verdicts = {}, defaultdict(int)
+    rows = scan_paths([items[i].path for i in videos], ctx=ctx)
+    for i, row in zip(videos, _progress(args)(rows) if videos else rows):
+        verdicts[row["verdict"]] += 1
+        if row.get("score") is not None:
+            scores[i] = float(row["score"])
+    images = [i for i, it in enumerate(items) if it.is_image]
+    if images:
+        src = CropSource(CropConfig(frames=cfg.frames, min_face=cfg.min_face, device=cfg.device))
+        got = score_items([items[i] for i in images], ctx.detector, src, _progress(args))
+        scores.update({images[k]: v for k, v in got.items()})
+    det = ctx.detector
+    return scores, f"detector:{cfg.detector}:{det.weights_hash} engine:{cfg.engine}", dict(verdicts)
+
+
 def run_eval(args) -> int:
     """CLI handler of ``dfscan eval`` (see :func:`scanner.cli_research.add_eval_parser`)."""
-    from .features import CropConfig, CropSource
-
     items = read_labelled(args.labels)
+    verdicts = {}
     if args.from_jsonl:
         scores = scores_from_jsonl(items, Path(args.from_jsonl), args.score_key)
         scored_by = f"jsonl:{args.from_jsonl}"
     else:
-        from engines.registry import create_detector
-
-        det = create_detector(args.detector, args.weights, args.device)
-        src = CropSource(CropConfig(frames=args.frames, device=args.device))
-        scores = score_items(items, det, src, _progress(args))
-        scored_by = f"detector:{args.detector}:{det.weights_hash}"
-    res = {"labels": str(args.labels), "scored_by": scored_by, **report(items, scores, args.threshold),
+        scores, scored_by, verdicts = scan_scores(items, args)
+    res = {"labels": str(args.labels), "scored_by": scored_by, **report(items, scores, args.acc_threshold),
+           "video_verdicts": verdicts,
            "scores": [{"path": str(items[i].path), "label": items[i].label, "subset": items[i].subset,
                        "score": scores.get(i)} for i in range(len(items))]}
     out = Path(args.out)
@@ -211,4 +240,4 @@ def _print(res: dict) -> None:
     rows = [("overall", res["overall"])] + list(res["subsets"].items())
     for name, m in rows:
         table.add_row(name, *[("-" if m[c] is None else f"{m[c]:.4g}") for c in cols])
-    Console().print(table)
+    Console(width=max(Console().width, 150)).print(table)

@@ -1,5 +1,8 @@
 """Face detection with facenet-pytorch's MTCNN (weights ship inside its wheel).
 
+The networks and weights are facenet-pytorch's; the cascade runs through
+:mod:`scanner.mtcnn`, which batches each stage's crops (2-3x faster on crowds).
+
 MTCNN runs on a downscaled copy of each frame (``Frame.small``, made by swscale
 while decoding); boxes and landmarks are mapped back to full-resolution pixels.
 The detection cost is dominated by P-Net over the image pyramid, whose depth is
@@ -17,6 +20,7 @@ import torch
 
 from engines.errors import DfscanError
 
+from . import mtcnn as mtcnn_cascade
 from .decode import Frame
 
 FACENET_HINT = (
@@ -79,6 +83,7 @@ class FaceDetector:
         MTCNN = _load_mtcnn_class()
         self.max_side, self.min_face = max_side, min_face
         self.min_prob, self.max_faces = min_prob, max_faces
+        self.thresholds = tuple(thresholds)
         self.mtcnn = MTCNN(keep_all=True, thresholds=list(thresholds), device=torch.device(device),
                            post_process=False, select_largest=False)
 
@@ -99,17 +104,16 @@ class FaceDetector:
 
     def _detect_batch(self, batch: np.ndarray, scale: float) -> list[Faces]:
         # P-Net's pyramid starts at min_face in *detection* pixels; 12 is its floor.
-        self.mtcnn.min_face_size = max(12, int(self.min_face * scale))
-        with torch.inference_mode():
-            boxes, probs, points = self.mtcnn.detect(batch, landmarks=True)
-        return [self._select(b, p, l, scale) for b, p, l in zip(boxes, probs, points)]
+        minsize = max(12, int(self.min_face * scale))
+        found = mtcnn_cascade.detect(self.mtcnn, batch, minsize, self.thresholds)
+        return [self._select(b, p, scale) for b, p in found]
 
-    def _select(self, boxes, probs, points, scale: float) -> Faces:
-        if boxes is None or len(boxes) == 0:
+    def _select(self, boxes: np.ndarray, points: np.ndarray, scale: float) -> Faces:
+        if len(boxes) == 0:
             return Faces.empty()
-        boxes = np.asarray(boxes, np.float32) / scale
-        probs = np.asarray(probs, np.float32)
-        points = np.asarray(points, np.float32) / scale
+        probs = boxes[:, 4].copy()
+        boxes = boxes[:, :4] / scale
+        points = points / scale
         side = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
         keep = (probs >= self.min_prob) & (side >= self.min_face)
         boxes, probs, points = boxes[keep], probs[keep], points[keep]

@@ -1,8 +1,9 @@
 """Face crops and frozen embeddings of labelled sets, cached on disk.
 
-Faces come from the scan pipeline's own stages (PyAV sampling, MTCNN, landmark
-alignment to the model's template), so a probe sees at training time exactly
-the crops ``dfscan scan`` will feed it. Images whose manifest row carries
+Faces of videos come from the scan pipeline (``scanner.pipeline.iter_face_crops``:
+PyAV sampling, MTCNN, landmark alignment to the model's template), so a probe
+sees at training time exactly the crops ``dfscan scan`` will feed it; faces of
+images go through the same detector and aligner. Images whose manifest row carries
 landmarks (``dfscan synth`` output) are aligned without detection.
 
 Embeddings are cached per (model, crop settings, file content) as ``.npz``
@@ -73,6 +74,8 @@ class CropSource:
             img = read_rgb(item.path)
             crops, _ = align_faces([img], [0], item.landmarks[None], spec, device=self.cfg.device)
             return np.zeros(1, np.int64), crops
+        if not item.is_image:
+            return self._video_crops(item, spec)
         frames = self._frames(item)
         faces = self.detector().detect(frames) if frames else []
         idx, lms = [], []
@@ -86,13 +89,26 @@ class CropSource:
         return np.array([frames[k].index for k in idx], np.int64), crops
 
     def _frames(self, item: Item) -> list:
-        from .decode import Frame, sample_frames
+        from .decode import Frame
 
-        if item.is_image:
-            img = read_rgb(item.path)
-            small, scale = _downscale(img, self.cfg.max_side)
-            return [Frame(0, 0.0, img, small, scale)]
-        return list(sample_frames(item.path, self.cfg.frames, det_max_side=self.cfg.max_side))
+        img = read_rgb(item.path)
+        small, scale = _downscale(img, self.cfg.max_side)
+        return [Frame(0, 0.0, img, small, scale)]
+
+    def _video_crops(self, item: Item, spec: InputSpec) -> tuple[np.ndarray, torch.Tensor]:
+        """The scan pipeline's own sampling/detection/alignment (largest faces first)."""
+        from .config import ScanConfig
+        from .pipeline import iter_face_crops
+
+        c = self.cfg
+        scan_cfg = ScanConfig(frames=c.frames, max_faces=c.max_faces, min_face=c.min_face, det_max_side=c.max_side)
+        idx, crops = [], []
+        for _, frame_index, u8 in iter_face_crops([item.path], spec, scan_cfg, c.device):
+            idx += [frame_index] * len(u8)
+            crops.append(torch.from_numpy(u8).permute(0, 3, 1, 2).float())
+        if not crops:
+            return np.zeros(0, np.int64), torch.zeros(0, 3, spec.size, spec.size)
+        return np.array(idx, np.int64), torch.cat(crops)
 
 
 def _downscale(img: np.ndarray, max_side: int) -> tuple[np.ndarray | None, float]:

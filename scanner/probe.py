@@ -129,7 +129,7 @@ def run_probe_fit(args) -> int:
     hv, hf = fit.heldout_videos, fit.heldout_frames
     print(f"probe on {args.backbone} ({model.info.arch}, D={model.info.feature_dim}): {len(fs.y)} crops from "
           f"{len(items) - len(fs.skipped)} files ({len(fs.skipped)} skipped); C={fit.C:g}")
-    print(f"held-out frames: AUC {_f(hf['auc'])}  EER {_f(hf['eer'])}  |  held-out videos ({hv['n']}): "
+    print(f"held-out frames: AUC {_f(hf['auc'])}  EER {_f(hf['eer'])}  |  held-out files ({hv['n']}): "
           f"AUC {_f(hv['auc'])}  EER {_f(hv['eer'])}  ACC@thr {_f(hv['acc'])}  threshold {fit.threshold:.4f}")
     print(f"wrote {out}/ (scan with: dfscan scan --detector probe --weights {out} ...)")
     if args.json:

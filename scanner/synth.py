@@ -20,7 +20,8 @@ with context) and ``manifest.csv`` with ``path,label,group,subset,landmarks,
 box,blend``: ``landmarks`` are the chip's 5 points (so later steps align
 without detection), ``box`` is ``x0 y0 x1 y1`` (chip pixels, exclusive end)
 bounding every pixel the blend changed (empty for real chips), ``group`` is
-the source file, so a real chip and its fake never straddle a split.
+the source file, so a real chip and its fake never straddle a split, and
+``subset`` is ``sbi-global``/``sbi-partial`` for both chips of a pair.
 """
 from __future__ import annotations
 
@@ -193,7 +194,9 @@ def synthesize(inputs: list[str], out_dir: str | Path, cfg: SynthConfig = SynthC
             stem = f"{src.stem}_f{fidx:05d}_{n:05d}"
             _write(out / "real" / f"{stem}.png", chip)
             _write(out / "fake" / f"{stem}_{mode}.png", fake)
-            base = {"group": str(src), "subset": "", "landmarks": format_landmarks(lm_chip)}
+            # A real chip and its fake share group (never split apart) and subset (the
+            # blend mode), so `eval` reports each mode with its own reals.
+            base = {"group": str(src), "subset": f"sbi-{mode}", "landmarks": format_landmarks(lm_chip)}
             rows.append({"path": f"real/{stem}.png", "label": "real", **base, "box": "", "blend": ""})
             rows.append({"path": f"fake/{stem}_{mode}.png", "label": "fake", **base,
                          "box": " ".join(map(str, fbox)), "blend": f"{mode}:{ratio:g}"})

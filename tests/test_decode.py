@@ -142,3 +142,27 @@ def test_permission_denied(tmp_path, monkeypatch):
     else:
         path.chmod(0)
     assert _kind(path) == "permission"
+
+
+def test_broken_timestamps_fall_back_to_output_order(tmp_path):
+    # Re-encoding decoded frames with pts=None (a common scripting mistake) muxes every
+    # packet at pts 0: frames must then be identified by output order.
+    path = tmp_path / "nopts.mp4"
+    with av.open(str(DATA / "d1.mp4")) as inp, av.open(str(path), "w") as out:
+        vin = inp.streams.video[0]
+        s = out.add_stream("libx264", rate=vin.average_rate)
+        s.width, s.height, s.pix_fmt = 128, 128, "yuv420p"
+        for f in inp.decode(vin):
+            g = f.reformat(width=128, height=128, format="yuv420p")
+            g.pts = None
+            for p in s.encode(g):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    full = [np.asarray(f.to_ndarray(format="rgb24"), np.int16) for f in av.open(str(path)).decode(video=0)]
+    sampler = FrameSampler(path, frames=4)
+    got = list(sampler)
+    assert sampler.index.ordinal and sampler.index.frames == 16
+    assert [f.index for f in got] == [0, 5, 10, 15]
+    for f in got:
+        assert np.array_equal(f.image, full[f.index])

@@ -65,3 +65,20 @@ def test_batch_of_mixed_sizes_keeps_order(group):
     blank = np.zeros((200, 300, 3), np.uint8)
     res = FaceDetector(max_side=1024).detect([_frame(blank, None), _frame(group, 1024), _frame(blank, None)])
     assert [len(r) > 0 for r in res] == [False, True, False]
+
+
+def test_batched_cascade_agrees_with_facenet(group):
+    """scanner.mtcnn (batched crops) finds the same faces as facenet's own detect()."""
+    from scanner import mtcnn as cascade
+
+    det = FaceDetector(max_side=1024, min_face=30, max_faces=50)
+    img = _frame(group, 1024).small[None]
+    det.mtcnn.min_face_size = 30
+    ref_boxes, _, ref_pts = det.mtcnn.detect(img, landmarks=True)
+    (boxes, pts), = cascade.detect(det.mtcnn, img, 30, det.thresholds)
+    assert abs(len(boxes) - len(ref_boxes[0])) <= 1 and len(boxes) >= 4
+    for rb, rp in zip(ref_boxes[0], ref_pts[0]):
+        best = max(range(len(boxes)), key=lambda k: _iou(rb, boxes[k]))
+        assert _iou(rb, boxes[best]) > 0.8
+        side = rb[2] - rb[0]
+        assert np.abs(pts[best] - rp).max() < 0.1 * side  # landmarks within 10% of face size

@@ -37,7 +37,9 @@ class FrameAnalyzer:
     """Faces -> aligned crops -> detector for a list of frames on one device."""
 
     def __init__(self, detector: str, weights: str | None = None, device: str = "cpu",
-                 face_kwargs: dict | None = None, max_crops: int = 64):
+                 face_kwargs: dict | None = None, max_crops: int = 64, engine: str = "eager",
+                 precision: str = "fp32"):
+        from engines.backends import prepare_engine
         from engines.registry import create_detector
 
         from ..faces import FaceDetector
@@ -45,7 +47,11 @@ class FrameAnalyzer:
         self.device = torch.device(device)
         self.faces = FaceDetector(device=device, **(face_kwargs or {}))
         self.model = create_detector(detector, weights=weights, device=device)
+        # Same engines as batch scanning (built, parity-checked, warmed up for these batch sizes).
+        self.engine = prepare_engine(self.model, engine, precision=precision,
+                                     batch_sizes=sorted({1, 8, max_crops}), device=device)
         self.spec = self.model.spec
+        self.threshold = self.model.threshold
         self.max_crops = max_crops
 
     def __call__(self, frames: Sequence) -> list[FrameResult]:
@@ -75,7 +81,7 @@ class FrameAnalyzer:
     def _score(self, crops: torch.Tensor) -> np.ndarray:
         ps = []
         for k in range(0, crops.shape[0], self.max_crops):
-            out = self.model(crops[k:k + self.max_crops])
+            out = self.engine(crops[k:k + self.max_crops])
             ps.append(self.model.p_fake(out).float().cpu())
         return torch.cat(ps).numpy()
 

@@ -13,6 +13,7 @@ import threading
 
 from engines.errors import DfscanError
 
+from ..config import DEFAULT_DETECTOR
 from .config import ConfigError, ServeConfig, load_config, parse_config
 
 log = logging.getLogger("dfscan.live")
@@ -23,13 +24,14 @@ def add_watch_parser(subparsers) -> argparse.ArgumentParser:
                               description="Scan live streams (rtsp, rtmp, http(s)/HLS, udp, srt) or "
                                           "/dev/videoN; arguments are URL or name=URL.")
     p.add_argument("targets", nargs="+", metavar="URL|DEVICE")
-    p.add_argument("--detector", default="meso4_df")
+    p.add_argument("--detector", default=DEFAULT_DETECTOR)
+    p.add_argument("--engine", default="eager", help="eager | compile | onnxruntime | tensorrt")
     p.add_argument("--weights", default=None)
     p.add_argument("--device", default="cpu")
     p.add_argument("--sample-fps", type=float, default=2.0)
     p.add_argument("--window", type=float, default=10.0, help="rolling window, seconds")
-    p.add_argument("--fake-above", type=float, default=0.6)
-    p.add_argument("--real-below", type=float, default=0.4)
+    p.add_argument("--fake-above", type=float, default=None, help="default: detector threshold + 0.1")
+    p.add_argument("--real-below", type=float, default=None, help="default: detector threshold - 0.1")
     p.add_argument("--jsonl", default=None, help="also append verdict events to this JSONL file")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--allow-files", action="store_true", help="accept local files (played in real time)")
@@ -52,13 +54,16 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
 def watch_main(args) -> int:
     from .watch import parse_targets, run_watch
 
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    # Errors only: the table already shows each stream's state and last error.
+    logging.basicConfig(level=logging.ERROR, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("scanner.live").setLevel(logging.ERROR)
     try:
         streams = parse_targets(args.targets)
         sinks = [{"type": "jsonl", "path": args.jsonl}] if args.jsonl else []
         cfg = parse_config({
             "api": {"enabled": False},
-            "model": {"detector": args.detector, "weights": args.weights, "devices": [args.device]},
+            "model": {"detector": args.detector, "weights": args.weights, "devices": [args.device],
+                      "engine": args.engine},
             "defaults": {"sample_fps": args.sample_fps},
             "verdict": {"window_s": args.window, "fake_above": args.fake_above, "real_below": args.real_below},
             "sinks": sinks, "allow_files": args.allow_files,

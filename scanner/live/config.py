@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -15,6 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from engines.errors import DfscanError
+
+from ..config import DEFAULT_DETECTOR
 
 from .urls import NAME_RE, SourceError, parse_source
 
@@ -59,12 +62,24 @@ class StreamConfig(_Model):
 
 
 class ModelConfig(_Model):
-    detector: str = "meso4_df"
+    detector: str = DEFAULT_DETECTOR
     weights: str | None = None
+    engine: str = Field("eager", description="eager | compile | onnxruntime | tensorrt")
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     devices: list[str] = Field(default_factory=lambda: ["cpu"], min_length=1)
     batch_frames: int = Field(8, ge=1, le=256)
     max_wait_ms: float = Field(50.0, ge=0, le=5000)
     max_crops: int = Field(64, ge=1, le=4096)
+
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, v: list[str]) -> list[str]:
+        bad = [d for d in v if not (d in ("cpu", "cuda") or re.fullmatch(r"cuda:\d+", d))]
+        if bad:
+            raise ValueError(f"devices must be cpu, cuda or cuda:N, got {bad}")
+        if len(set(v)) != len(v):
+            raise ValueError("devices must not repeat (one inference worker per device)")
+        return v
 
 
 class FaceConfig(_Model):
@@ -76,16 +91,30 @@ class FaceConfig(_Model):
 
 class VerdictConfig(_Model):
     window_s: float = Field(10.0, gt=0)
-    fake_above: float = Field(0.6, ge=0, le=1)
-    real_below: float = Field(0.4, ge=0, le=1)
+    # None: the detector's threshold +/- band (the dead band is the hysteresis)
+    fake_above: float | None = Field(None, ge=0, le=1)
+    real_below: float | None = Field(None, ge=0, le=1)
+    band: float = Field(0.1, ge=0, le=0.5)
     min_samples: int = Field(3, ge=1)
     emit_interval_s: float = Field(30.0, gt=0)
     track_iou: float = Field(0.3, gt=0, le=1)
     track_max_age_s: float = Field(3.0, gt=0)
 
+    def resolved(self, threshold: float) -> dict:
+        """Settings with unset bounds placed ``band`` around the detector's ``threshold``."""
+        d = self.model_dump()
+        d.pop("band")
+        if d["fake_above"] is None:
+            d["fake_above"] = min(1.0, threshold + self.band)
+        if d["real_below"] is None:
+            d["real_below"] = max(0.0, threshold - self.band)
+        if d["real_below"] > d["fake_above"]:
+            raise ConfigError("verdict.real_below must be <= verdict.fake_above")
+        return d
+
     @model_validator(mode="after")
     def _band(self):
-        if self.real_below > self.fake_above:
+        if self.real_below is not None and self.fake_above is not None and self.real_below > self.fake_above:
             raise ValueError("real_below must be <= fake_above (the gap is the hysteresis band)")
         return self
 
@@ -175,6 +204,16 @@ class ServeConfig(_Model):
         return self
 
 
+def format_errors(e: ValidationError) -> str:
+    """One line per problem, naming the key (``streams.0.url: ...``)."""
+    lines = []
+    for err in e.errors(include_url=False):
+        key = ".".join(str(x) for x in err["loc"]) or "(root)"
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        lines.append(f"{key}: {msg}")
+    return "; ".join(lines)
+
+
 def load_config(path: str | Path) -> ServeConfig:
     """Read and validate a YAML config; raise :class:`ConfigError` with all problems."""
     try:
@@ -188,6 +227,6 @@ def parse_config(data: dict) -> ServeConfig:
     try:
         cfg = ServeConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(str(e)) from e
+        raise ConfigError(format_errors(e)) from e
     cfg.api.check_auth()
     return cfg

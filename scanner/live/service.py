@@ -72,18 +72,22 @@ class LiveService:
 
     def _default_analyzer(self, device: str):
         m, f = self.cfg.model, self.cfg.faces
-        return FrameAnalyzer(m.detector, m.weights, device, face_kwargs=f.model_dump(), max_crops=m.max_crops)
+        return FrameAnalyzer(m.detector, m.weights, device, face_kwargs=f.model_dump(), max_crops=m.max_crops,
+                             engine=m.engine, precision=m.precision)
 
     # ---- lifecycle -------------------------------------------------------
     def start(self) -> "LiveService":
         """Load one analyzer per device, start sinks, watchdog and configured streams."""
         self.sinks.start()
         m = self.cfg.model
+        threshold = 0.5
         for dev in m.devices:
             analyzer = self._factory(dev)
+            threshold = float(getattr(analyzer, "threshold", threshold))
             w = InferenceWorker(dev, analyzer, self._on_result, max_frames=m.batch_frames,
                                 max_wait_s=m.max_wait_ms / 1000.0, metrics=self.metrics, on_error=self._on_error)
             self.workers.append(w.start())
+        self.verdict_settings = VerdictSettings(**self.cfg.verdict.resolved(threshold))
         self.watchdog.start()
         for s in self.cfg.streams:
             self.add_stream(s)
@@ -128,8 +132,7 @@ class LiveService:
             worker = min(self.workers, key=lambda w: len(w.sources))
             src = LiveSource(sc.name, sc.url, self._settings(sc), notify=worker.wake,
                              metrics=self.metrics.stream(sc.name))
-            v = self.cfg.verdict
-            verdicts = StreamVerdicts(sc.name, VerdictSettings(**v.model_dump()))
+            verdicts = StreamVerdicts(sc.name, self.verdict_settings)
             self._streams[sc.name] = _Stream(sc, src, verdicts, worker)
             worker.assign(src)
             src.start()

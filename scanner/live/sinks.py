@@ -17,6 +17,8 @@ import urllib.request
 from pathlib import Path
 from typing import Callable, TextIO
 
+from .urls import mask_text
+
 log = logging.getLogger(__name__)
 
 
@@ -65,7 +67,7 @@ class Sink:
             except Exception as e:  # noqa: BLE001 - a failing sink must not die
                 self.failed += 1
                 self._count("sink_failures")
-                log.warning("sink %s: delivery failed: %s", self.name, e)
+                log.warning("sink %s: delivery failed: %s", self.name, mask_text(str(e)))
         self.close()
 
     def stop(self, timeout: float = 5.0) -> None:

@@ -22,7 +22,7 @@ import av
 import numpy as np
 
 from ..decode import FILE_OPEN_OPTIONS, Frame, _to_frame
-from .urls import SourceError, SourceURL, Unsupported, is_playlist, open_options, parse_source, precheck_playlist
+from .urls import SourceError, SourceURL, Unsupported, is_playlist, mask_text, open_options, parse_source, precheck_playlist
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +227,7 @@ class LiveSource:
                 # Retrying cannot help: say why and stop this stream (others are unaffected).
                 self.stats.errors += 1
                 self._m.errors.inc()
-                self.stats.last_error = f"unsupported by this FFmpeg build: {e}"[:300]
+                self.stats.last_error = mask_text(f"unsupported by this FFmpeg build: {e}", self.src.url)[:300]
                 log.error("stream %s (%s): %s", self.name, self.src.masked, self.stats.last_error)
                 break
             except SourceError as e:  # refused or invalid: still retried, the message says why
@@ -245,7 +245,7 @@ class LiveSource:
             self.stats.errors += reason != "end of stream"
             if reason != "end of stream":
                 self._m.errors.inc()
-            self.stats.last_error = reason[:300]
+            self.stats.last_error = mask_text(reason, self.src.url)[:300]
             log.warning("stream %s (%s): %s", self.name, self.src.masked, self.stats.last_error)
             if s.max_retries is not None and self._backoff.attempt >= s.max_retries:
                 break

@@ -74,6 +74,16 @@ def mask_credentials(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
+_USERINFO_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s'\"@]*@")
+
+
+def mask_text(text: str, url: str | None = None) -> str:
+    """Mask credentials in free text (FFmpeg error messages quote the raw URL)."""
+    if url:
+        text = text.replace(url, mask_credentials(url))
+    return _USERINFO_RE.sub(r"\1***@", text)
+
+
 def parse_source(url: str, allow_files: bool = False) -> SourceURL:
     """Validate a stream URL or device path; raise :class:`SourceError` / :class:`RefusedURL`."""
     if not isinstance(url, str) or not url or len(url) > 4096 or any(c in url for c in "\r\n\0 "):

@@ -21,8 +21,9 @@ def stream_table(rows: list[dict]) -> Table:
     t = Table(title="dfscan watch", expand=False)
     for col, just in (("stream", "left"), ("state", "left"), ("fps", "right"), ("sampled", "right"),
                       ("dropped", "right"), ("reconn.", "right"), ("faces", "right"), ("score", "right"),
-                      ("verdict", "left"), ("last error", "left")):
-        t.add_column(col, justify=just)
+                      ("verdict", "left")):
+        t.add_column(col, justify=just, no_wrap=True, min_width=10 if col == "state" else max(5, len(col)))
+    t.add_column("last error", no_wrap=True, overflow="ellipsis", max_width=48)
     for r in rows:
         score = "-" if r.get("score") is None else f"{r['score']:.3f}"
         t.add_row(

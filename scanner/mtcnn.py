@@ -1,0 +1,118 @@
+"""MTCNN cascade with batched crops (facenet-pytorch's networks and weights).
+
+facenet-pytorch's ``detect_face`` cuts every R-Net/O-Net candidate out of the
+image and resizes it with its own ``interpolate`` call: on a crowd frame that is
+thousands of tiny calls, most of the detection time. Here the cascade is the
+same (same networks, pyramid, thresholds, NMS and box regression, using the
+library's helpers), but each stage's candidates are resampled in a single
+``torchvision.ops.roi_align`` call, which averages bilinear samples per output
+cell (an area resize, as facenet's) and reads zeros outside the image.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.ops import batched_nms, roi_align
+
+
+def _helpers():
+    from facenet_pytorch.models.utils import detect_face as dfm
+
+    return dfm
+
+
+def _pyramid(h: int, w: int, minsize: int, factor: float) -> list[float]:
+    m = 12.0 / minsize
+    minl = min(h, w) * m
+    scales = []
+    while minl >= 12:
+        scales.append(m)
+        m *= factor
+        minl *= factor
+    return scales
+
+
+def _stage1(imgs: torch.Tensor, pnet, minsize: int, th: float, factor: float):
+    dfm = _helpers()
+    h, w = imgs.shape[2:]
+    boxes, inds = [], []
+    for scale in _pyramid(h, w, minsize, factor):
+        data = F.interpolate(imgs, size=(int(h * scale + 1), int(w * scale + 1)), mode="area")
+        reg, probs = pnet((data - 127.5) * 0.0078125)
+        b, i = dfm.generateBoundingBox(reg, probs[:, 1], scale, th)
+        pick = batched_nms(b[:, :4], b[:, 4], i, 0.5)
+        boxes.append(b[pick])
+        inds.append(i[pick])
+    boxes, inds = torch.cat(boxes), torch.cat(inds)
+    pick = batched_nms(boxes[:, :4], boxes[:, 4], inds, 0.7)
+    boxes, inds = boxes[pick], inds[pick]
+    rw, rh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    boxes = torch.stack([boxes[:, 0] + boxes[:, 5] * rw, boxes[:, 1] + boxes[:, 6] * rh,
+                         boxes[:, 2] + boxes[:, 7] * rw, boxes[:, 3] + boxes[:, 8] * rh,
+                         boxes[:, 4]], 1)
+    return dfm.rerec(boxes), inds
+
+
+def _crops(imgs: torch.Tensor, boxes: torch.Tensor, inds: torch.Tensor, size: int) -> torch.Tensor:
+    # Same region as facenet: integer box clamped to the image, pixels x1-1..x2-1
+    # (1-based boxes), i.e. pixel edges [x1-1, x2]; roi_align(aligned=False) takes
+    # box corners as pixel edges.
+    h, w = imgs.shape[2:]
+    b = boxes[:, :4].trunc()
+    x0, y0 = b[:, 0].clamp(min=1) - 1, b[:, 1].clamp(min=1) - 1
+    x1, y1 = b[:, 2].clamp(max=w), b[:, 3].clamp(max=h)
+    rois = torch.stack([inds.to(b.dtype), x0, y0, x1, y1], 1)
+    out = roi_align(imgs, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=-1,
+                    aligned=False)
+    return (out - 127.5) * 0.0078125
+
+
+def _stage2(imgs, boxes, inds, rnet, th: float):
+    dfm = _helpers()
+    if len(boxes) == 0:
+        return boxes, inds
+    reg, prob = rnet(_crops(imgs, boxes, inds, 24))
+    score = prob[:, 1]
+    keep = score > th
+    boxes = torch.cat([boxes[keep, :4], score[keep, None]], 1)
+    inds, reg = inds[keep], reg[keep]
+    pick = batched_nms(boxes[:, :4], boxes[:, 4], inds, 0.7)
+    boxes = dfm.bbreg(boxes[pick], reg[pick])
+    return dfm.rerec(boxes), inds[pick]
+
+
+def _stage3(imgs, boxes, inds, onet, th: float):
+    dfm = _helpers()
+    if len(boxes) == 0:
+        return boxes, inds, torch.zeros(0, 5, 2)
+    reg, pts, prob = onet(_crops(imgs, boxes, inds, 48))
+    score = prob[:, 1]
+    keep = score > th
+    boxes = torch.cat([boxes[keep, :4], score[keep, None]], 1)
+    inds, reg, pts = inds[keep], reg[keep], pts[keep]
+    w = boxes[:, 2] - boxes[:, 0] + 1
+    h = boxes[:, 3] - boxes[:, 1] + 1
+    px = w[:, None] * pts[:, :5] + boxes[:, 0:1] - 1
+    py = h[:, None] * pts[:, 5:] + boxes[:, 1:2] - 1
+    points = torch.stack([px, py], 2)
+    boxes = dfm.bbreg(boxes, reg)
+    pick = dfm.batched_nms_numpy(boxes[:, :4], boxes[:, 4], inds, 0.7, "Min")
+    return boxes[pick], inds[pick], points[pick]
+
+
+@torch.inference_mode()
+def detect(mtcnn, images: np.ndarray, minsize: int, thresholds, factor: float = 0.709):
+    """Run the cascade on ``uint8 (B, H, W, 3)`` RGB images.
+
+    Returns per image ``(boxes float32 (K, 5) [x1, y1, x2, y2, prob], points (K, 5, 2))``
+    in the input images' pixel coordinates.
+    """
+    device = next(mtcnn.pnet.parameters()).device
+    imgs = torch.as_tensor(images, device=device).permute(0, 3, 1, 2).float()
+    boxes, inds = _stage1(imgs, mtcnn.pnet, minsize, thresholds[0], factor)
+    boxes, inds = _stage2(imgs, boxes, inds, mtcnn.rnet, thresholds[1])
+    boxes, inds, points = _stage3(imgs, boxes, inds, mtcnn.onet, thresholds[2])
+    boxes, inds, points = boxes.cpu().numpy(), inds.cpu().numpy(), points.cpu().numpy()
+    return [(boxes[inds == b].astype(np.float32), points[inds == b].astype(np.float32))
+            for b in range(len(images))]
