@@ -204,3 +204,15 @@ def test_shipped_scan_yaml_is_valid_and_lists_every_key():
     path = ROOT / "configs" / "scan.yaml"
     assert set(yaml.safe_load(path.read_text())) == set(ScanConfig.model_fields)
     assert build_config(path) == ScanConfig()
+
+
+@pytest.mark.gpu
+def test_cuda_scan_matches_cpu():
+    """Same clip on cuda and cpu: same faces, scores within fp32 noise, same verdict."""
+    rows = {}
+    for device in ("cpu", "cuda"):
+        ctx = build_context(ScanConfig(frames=8, device=device, hash=False))
+        rows[device] = next(scan_paths([DATA / "d2.mp4"], ctx=ctx))
+    cpu, gpu = rows["cpu"], rows["cuda"]
+    assert gpu["verdict"] == cpu["verdict"] and gpu["faces"] == cpu["faces"]
+    assert gpu["score"] == pytest.approx(cpu["score"], abs=2e-2)
