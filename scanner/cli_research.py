@@ -29,9 +29,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _cache_arg(p: argparse.ArgumentParser) -> None:
+    import os
     from pathlib import Path
 
-    p.add_argument("--cache", default=str(Path.home() / ".cache" / "dfscan" / "features"),
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    p.add_argument("--cache", default=str(base / "dfscan" / "features"),
                    help="feature cache folder ('' disables)")
 
 

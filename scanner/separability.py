@@ -17,6 +17,8 @@ import numpy as np
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 
+from engines.errors import DfscanError
+
 
 def separability(X: np.ndarray, y: np.ndarray, seed: int = 0) -> dict:
     """Separability of embeddings ``X`` ``(n, D)`` with labels ``y`` (1 = fake).
@@ -28,7 +30,7 @@ def separability(X: np.ndarray, y: np.ndarray, seed: int = 0) -> dict:
     X = np.asarray(X, np.float64)
     y = np.asarray(y, int)
     if X.shape[0] < 2 or len(set(y.tolist())) < 2:
-        raise ValueError("separability needs at least one real and one fake embedding")
+        raise DfscanError("separability needs at least one real and one fake embedding")
     pca = PCA(n_components=min(2, X.shape[1]), random_state=seed)
     Z = pca.fit_transform(X)
     if Z.shape[1] == 1:  # 1-D features: pad so plots and centres stay 2-D

@@ -101,8 +101,10 @@ def serve(cfg: ServeConfig, stop: threading.Event, on_ready=None) -> int:
 
 
 def serve_main(args) -> int:
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level = getattr(logging, str(args.log_level).upper(), logging.INFO)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("scanner.live", "dfscan.live"):  # the root logger may already be configured
+        logging.getLogger(name).setLevel(level)
     try:
         cfg = load_config(args.config)
         if args.host is not None or args.port is not None:
@@ -116,5 +118,8 @@ def serve_main(args) -> int:
         print(f"dfscan serve: invalid config: {e}", file=sys.stderr)
         return 2
     except DfscanError as e:
+        print(f"dfscan serve: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # e.g. the API port is already in use
         print(f"dfscan serve: {e}", file=sys.stderr)
         return 1

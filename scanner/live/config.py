@@ -189,9 +189,12 @@ class ServeConfig(_Model):
     sinks: list[SinkConfig] = Field(default_factory=list)
     streams: list[StreamConfig] = Field(default_factory=list)
     allow_files: bool = False  # local files as sources (demos); never for untrusted configs
+    max_streams: int = Field(64, ge=1, le=10_000)  # also bounds streams added through the API
 
     @model_validator(mode="after")
     def _streams(self):
+        if len(self.streams) > self.max_streams:
+            raise ValueError(f"{len(self.streams)} streams configured, max_streams is {self.max_streams}")
         names = [s.name for s in self.streams]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:

@@ -9,6 +9,8 @@ Units are base units (seconds, ratios), counters end in ``_total``.
 """
 from __future__ import annotations
 
+import threading
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 STATES = ("connecting", "live", "stalled", "backoff", "stopped")
@@ -33,7 +35,11 @@ class StreamMetrics:
         self.heartbeat_age = m.heartbeat_age.labels(name)
         self.latency = m.latency.labels(name)
 
+    closed = False  # set when the stream is removed: late calls must not re-create its series
+
     def set_state(self, state: str) -> None:
+        if self.closed:
+            return
         for s in STATES:
             self._m.state.labels(self.name, s).set(1.0 if s == state else 0.0)
 
@@ -75,18 +81,27 @@ class LiveMetrics:
         self.sink_dropped = Counter("dfscan_stream_sink_dropped_total", "Events dropped, sink queue full", k, registry=r)
         self.streams = Gauge("dfscan_stream_configured", "Number of configured streams", registry=r)
         self._children: dict[str, StreamMetrics] = {}
+        self._lock = threading.Lock()
 
     def stream(self, name: str) -> StreamMetrics:
-        if name not in self._children:
-            self._children[name] = StreamMetrics(self, name)
-            self._children[name].set_state("connecting")
-            self.streams.set(len(self._children))
-        return self._children[name]
+        with self._lock:
+            if name not in self._children:
+                self._children[name] = StreamMetrics(self, name)
+                self._children[name].set_state("connecting")
+                self.streams.set(len(self._children))
+            return self._children[name]
 
     def remove_stream(self, name: str) -> None:
         """Drop every series of ``name`` so removed streams stop being exported."""
-        if self._children.pop(name, None) is None:
-            return
+        with self._lock:
+            child = self._children.pop(name, None)
+            if child is None:
+                return
+            child.closed = True
+            self._remove_series(name)
+            self.streams.set(len(self._children))
+
+    def _remove_series(self, name: str) -> None:
         for metric in (self.decoded, self.sampled, self.dropped, self.reconnects, self.errors, self.faces,
                        self.alerts, self.score, self.fake, self.heartbeat_age, self.latency):
             try:
@@ -98,7 +113,6 @@ class LiveMetrics:
                 self.state.remove(name, s)
             except KeyError:
                 pass
-        self.streams.set(len(self._children))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from engines.errors import DfscanError
 
 from .config import StreamConfig
-from .service import LiveService, StreamExists, StreamNotFound
+from .service import LiveService, StreamExists, StreamLimit, StreamNotFound
 from .urls import SourceError, mask_credentials
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,10 @@ class _Handler(BaseHTTPRequestHandler):
         return False
 
     def _body(self) -> dict | None:
-        n = int(self.headers.get("Content-Length") or 0)
+        try:
+            n = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            n = 0
         if n <= 0 or n > self.server.max_body:
             self._send(413 if n > 0 else 400, {"error": f"body must be 1..{self.server.max_body} bytes of JSON"})
             return None
@@ -124,7 +127,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(201, self.server.service.add_stream(sc))
         except ValidationError as e:
             self._send(400, {"error": "invalid stream", "details": json.loads(e.json(include_url=False, include_input=False))})
-        except StreamExists as e:
+        except (StreamExists, StreamLimit) as e:
             self._send(409, {"error": str(e)})
         except (SourceError, DfscanError) as e:
             self._send(400, {"error": str(e)})

@@ -21,6 +21,7 @@ from .metrics import LiveMetrics
 from .rolling import StreamVerdicts, VerdictSettings
 from .sinks import JsonlSink, Sink, SinkSet, StdoutSink, WebhookSink
 from .source import LiveFrame, LiveSource, SourceSettings, Watchdog
+from .urls import parse_source
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,10 @@ AnalyzerFactory = Callable[[str], Callable]
 
 class StreamExists(DfscanError):
     """A stream with that name is already configured."""
+
+
+class StreamLimit(DfscanError):
+    """``max_streams`` streams are already configured."""
 
 
 class StreamNotFound(DfscanError):
@@ -129,6 +134,9 @@ class LiveService:
         with self._lock:
             if sc.name in self._streams:
                 raise StreamExists(f"stream {sc.name!r} already exists")
+            if len(self._streams) >= self.cfg.max_streams:
+                raise StreamLimit(f"already {len(self._streams)} streams (max_streams={self.cfg.max_streams})")
+            parse_source(sc.url, allow_files=self.cfg.allow_files)  # before any metric series exists
             worker = min(self.workers, key=lambda w: len(w.sources))
             src = LiveSource(sc.name, sc.url, self._settings(sc), notify=worker.wake,
                              metrics=self.metrics.stream(sc.name))

@@ -17,9 +17,15 @@ import urllib.request
 from pathlib import Path
 from typing import Callable, TextIO
 
+from engines.errors import DfscanError
+
 from .urls import mask_text
 
 log = logging.getLogger(__name__)
+
+
+class SinkError(DfscanError):
+    """A sink cannot be set up (e.g. its file is not writable)."""
 
 
 class Sink:
@@ -94,8 +100,11 @@ class JsonlSink(Sink):
     def __init__(self, path: str | Path, **kw):
         super().__init__(kw.pop("name", "jsonl"), **kw)
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f: TextIO = open(self.path, "a", encoding="utf-8")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._f: TextIO = open(self.path, "a", encoding="utf-8")
+        except OSError as e:
+            raise SinkError(f"jsonl sink cannot write {self.path}: {e}") from e
 
     def deliver(self, event: dict) -> None:
         self._f.write(json.dumps(event, separators=(",", ":")) + "\n")

@@ -27,6 +27,7 @@ from .urls import SourceError, SourceURL, Unsupported, is_playlist, mask_text, o
 log = logging.getLogger(__name__)
 
 STATES = ("connecting", "live", "stalled", "backoff", "stopped")
+STABLE_S = 1.0  # a connection live this long resets the backoff
 
 
 @dataclass
@@ -238,15 +239,18 @@ class LiveSource:
                 reason = f"{type(e).__name__}: {e}"
             if self._stop.is_set():
                 break
-            if self.stats.state in ("live", "stalled") and time.monotonic() - self.stats.state_since >= s.stall_s:
+            if self.stats.state in ("live", "stalled") and time.monotonic() - self.stats.state_since >= STABLE_S:
                 # Only a connection that stayed up resets the backoff; one that drops right
                 # after its first frame keeps backing off instead of hammering the server.
                 self._backoff.reset()
             self.stats.errors += reason != "end of stream"
             if reason != "end of stream":
                 self._m.errors.inc()
-            self.stats.last_error = mask_text(reason, self.src.url)[:300]
-            log.warning("stream %s (%s): %s", self.name, self.src.masked, self.stats.last_error)
+            msg = mask_text(reason, self.src.url)[:300]
+            # A stream down for hours must not flood the log: warn on a new error, then every 10th.
+            level = logging.WARNING if msg != self.stats.last_error or self._backoff.attempt % 10 == 0 else logging.DEBUG
+            self.stats.last_error = msg
+            log.log(level, "stream %s (%s): %s (attempt %d)", self.name, self.src.masked, msg, self._backoff.attempt + 1)
             if s.max_retries is not None and self._backoff.attempt >= s.max_retries:
                 break
             self._set_state("backoff")

@@ -1,0 +1,131 @@
+"""`dfscan eval` metrics against scikit-learn, and backbone separability."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, confusion_matrix, roc_auc_score
+
+from scanner.evaluate import binary_metrics, eer, report, scores_from_jsonl
+from scanner.labelled import Item, read_labelled
+from scanner.separability import separability
+
+
+def _brute_eer(y, s):
+    """EER by trying every distinct score as threshold (independent of roc_curve)."""
+    cands = []
+    for t in np.unique(s):
+        pred = s >= t
+        fpr = np.mean(pred[y == 0])
+        fnr = np.mean(~pred[y == 1])
+        cands.append((round(abs(fnr - fpr), 12), (fpr + fnr) / 2, -t))
+    gap, mean, neg_t = min(cands)  # smallest gap, then lowest mean, then highest threshold
+    return mean, -neg_t
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_metrics_equal_sklearn(seed):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, 300)
+    s = np.clip(rng.normal(0.4 + 0.2 * y, 0.2), 0, 1).round(3)  # ties on purpose
+    m = binary_metrics(y, s)
+    pred = (s >= 0.5).astype(int)
+    tn, fp, fn, tp = confusion_matrix(y, pred).ravel()
+    assert m["acc"] == accuracy_score(y, pred)
+    assert m["auc"] == roc_auc_score(y, s)
+    assert m["tpr"] == pytest.approx(tp / (tp + fn)) and m["tnr"] == pytest.approx(tn / (tn + fp))
+    assert m["hter"] == pytest.approx((fp / (fp + tn) + fn / (fn + tp)) / 2)
+    e, t = _brute_eer(y, s)
+    assert m["eer"] == pytest.approx(e) and m["eer_threshold"] == pytest.approx(t)
+    p2 = (s >= t).astype(int)
+    tn, fp, fn, tp = confusion_matrix(y, p2).ravel()
+    assert m["hter_at_eer_threshold"] == pytest.approx((fp / (fp + tn) + fn / (fn + tp)) / 2)
+    assert (m["n"], m["n_fake"]) == (300, int(y.sum()))
+
+
+def test_eer_hand_case():
+    # reals 0.1 0.2 0.6, fakes 0.4 0.7 0.9: at t=0.6 FPR=1/3, FNR=1/3
+    y = np.array([0, 0, 0, 1, 1, 1])
+    s = np.array([0.1, 0.2, 0.6, 0.4, 0.7, 0.9])
+    assert eer(y, s) == (pytest.approx(1 / 3), 0.6)
+
+
+def test_single_class_subset_has_no_auc(tmp_path):
+    items = [Item(tmp_path / f"{i}.mp4", i % 2, str(i), "A" if i < 4 else "B") for i in range(6)]
+    items[5].label = 0  # subset B: {4: real, 5: real}
+    scores = {i: 0.2 + 0.1 * i for i in range(6)}
+    r = report(items, scores)
+    assert r["subsets"]["B"]["auc"] is None and r["subsets"]["A"]["auc"] == 0.75  # 3 of 4 pairs ordered
+    assert r["overall"]["n"] == 6 and r["excluded"] == 0
+    json.dumps(r)  # JSON-safe (no NaN)
+
+
+def test_scores_from_jsonl_and_csv_manifest(tmp_path):
+    for n in ("a", "b", "c"):
+        (tmp_path / f"{n}.mp4").write_bytes(b"x")
+    (tmp_path / "m.csv").write_text("path,label,subset\na.mp4,fake,df\nb.mp4,real,df\nc.mp4,0,f2f\n")
+    items = read_labelled(tmp_path / "m.csv")
+    assert [i.label for i in items] == [1, 0, 0] and items[2].subset == "f2f"
+    rows = [{"path": str(tmp_path / "a.mp4"), "score": 0.9, "verdict": "fake"},
+            {"path": "/elsewhere/b.mp4", "score": 0.1, "verdict": "real"},
+            {"path": str(tmp_path / "c.mp4"), "score": None, "verdict": "no_face"}]
+    (tmp_path / "scan.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert scores_from_jsonl(items, tmp_path / "scan.jsonl") == {0: 0.9, 1: 0.1}
+    assert report(items, {0: 0.9, 1: 0.1})["excluded"] == 1
+
+
+def test_eval_cli_from_jsonl(tmp_path):
+    from scanner.cli_research import main
+
+    rng = np.random.default_rng(0)
+    lines, rows = ["path,label,subset"], []
+    for i in range(20):
+        (tmp_path / f"v{i}.mp4").write_bytes(b"x")
+        lines.append(f"v{i}.mp4,{i % 2},{'s1' if i < 10 else 's2'}")
+        rows.append(json.dumps({"path": str(tmp_path / f"v{i}.mp4"), "score": float(rng.random())}))
+    (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "scan.jsonl").write_text("\n".join(rows) + "\n")
+    assert main(["eval", str(tmp_path / "m.csv"), "--from-jsonl", str(tmp_path / "scan.jsonl"),
+                 "--out", str(tmp_path / "ev.json")]) == 0
+    res = json.loads((tmp_path / "ev.json").read_text())
+    y = np.arange(20) % 2
+    s = np.array([json.loads(r)["score"] for r in rows])
+    assert res["overall"]["auc"] == roc_auc_score(y, s)
+    assert set(res["subsets"]) == {"s1", "s2"}
+    assert (tmp_path / "ev.png").stat().st_size > 1000
+
+
+def test_separability_hand_case():
+    # 2-D, two tight blobs far apart along x; one fake sits in the real blob.
+    real = [(0, 0), (0, 1), (1, 0), (1, 1)]
+    fake = [(10, 0), (10, 1), (11, 0), (0.5, 0.5)]
+    X = np.array(real + fake, float)
+    y = np.array([0] * 4 + [1] * 4)
+    r = separability(X, y)
+    assert r["accuracy"] == pytest.approx(7 / 8)
+    assert r["tpr"] == pytest.approx(3 / 4) and r["tnr"] == 1.0
+    # flipping the labels is the same clustering read the other way round
+    r2 = separability(X, 1 - y)
+    assert r2["accuracy"] == pytest.approx(7 / 8) and r2["swapped"] != r["swapped"]
+    assert r2["tnr"] == pytest.approx(3 / 4) and r2["tpr"] == 1.0
+
+
+def test_separability_of_unrelated_features_is_low():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 32))
+    y = rng.integers(0, 2, 400)
+    r = separability(X, y)
+    assert 0.5 <= r["accuracy"] < 0.6
+
+
+def test_separability_plot(tmp_path):
+    from scanner.separability import plot
+
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal(0, 1, (30, 8)), rng.normal(3, 1, (30, 8))])
+    y = np.array([0] * 30 + [1] * 30)
+    r = separability(X, y)
+    assert r["accuracy"] > 0.9
+    plot(r, y, tmp_path / "s.png", "test")
+    assert (tmp_path / "s.png").stat().st_size > 1000
