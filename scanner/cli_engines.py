@@ -104,7 +104,7 @@ def _bench_pipeline(args, stem: str) -> int:
     from scanner.pipeline import benchmark_pipeline
 
     cfg = {
-        "detectors": args.detectors or _default_detectors(), "weights": _weights_map(args.weights),
+        "detectors": args.detectors, "weights": _weights_map(args.weights),
         "engine": args.engines[0], "precision": args.precision, "batch_sizes": args.batch_sizes,
         "device": args.device, "cache_dir": args.cache_dir, "allow_parity_failure": args.allow_parity_failure,
     }

@@ -279,3 +279,10 @@ def iter_face_crops(paths: Iterable[str | Path], spec, cfg: ScanConfig | None = 
                 if len(fc):
                     u8 = crops.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
                     yield path, fr.index, u8.cpu().numpy()
+
+
+def benchmark_pipeline(paths, options: dict) -> dict:
+    """End-to-end throughput (see :mod:`scanner.pipeline_bench`)."""
+    from .pipeline_bench import benchmark_pipeline as run
+
+    return run(paths, options)

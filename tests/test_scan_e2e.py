@@ -216,3 +216,14 @@ def test_cuda_scan_matches_cpu():
     cpu, gpu = rows["cpu"], rows["cuda"]
     assert gpu["verdict"] == cpu["verdict"] and gpu["faces"] == cpu["faces"]
     assert gpu["score"] == pytest.approx(cpu["score"], abs=2e-2)
+
+
+def test_pipeline_benchmark_structure():
+    from scanner.pipeline import benchmark_pipeline
+
+    res = benchmark_pipeline([str(DATA / "d1.mp4")], {"detectors": ["test_tiny"], "batch_sizes": [8]})
+    (r,) = res["results"]
+    assert res["machine"]["cpu_count"] >= 1 and r["detector"] == "test_tiny"
+    assert r["videos"] == 1 and r["errors"] == 0 and r["frames"] == 16 and r["faces"] > 0
+    assert r["videos_per_s"] > 0 and r["faces_per_s"] > 0
+    assert sum(r["stage_share"].values()) == pytest.approx(1.0, abs=0.01)
