@@ -39,7 +39,7 @@ class ScanConfig(BaseModel):
     detector: str = DEFAULT_DETECTOR
     weights: str | None = None
     device: str = "cpu"
-    engine: str = Field("eager", description="eager | compile | onnxruntime | tensorrt")
+    engine: str = Field("auto", description="auto | eager | eager-cl | compile | onnxruntime | tensorrt")
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     batch_size: int = Field(32, ge=1, le=4096)
     threshold: float | None = Field(None, ge=0.0, le=1.0, description="default: the detector's")

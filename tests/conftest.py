@@ -1,6 +1,8 @@
 """Shared fixtures: synthetic clips made with PyAV, paths to real footage."""
 from __future__ import annotations
 
+import os
+import tempfile
 from fractions import Fraction
 from pathlib import Path
 
@@ -15,6 +17,8 @@ SAMPLES = ROOT / "scanner" / "samples"
 SHARED = ROOT.parent / "shared"  # CI clones the repo with shared/ beside it
 
 torch.set_num_threads(2)
+# Engine caches of the tests live in a throw-away folder, never the user's cache.
+os.environ.setdefault("DFSCAN_CACHE_DIR", tempfile.mkdtemp(prefix="dfscan-test-cache-"))
 
 
 def make_video(path: Path, frames: int = 30, size=(160, 120), fps: int = 25, gop: int = 12,

@@ -1,0 +1,155 @@
+"""ONNX Runtime engine.
+
+The detector (normalisation included) is exported once with
+``torch.onnx.export`` using the TorchScript-based exporter (``dynamo=False``,
+needs no ``onnxscript``) with a dynamic batch axis, falling back to the
+``torch.export`` based exporter when that fails and ``onnxscript`` is
+installed. One session serves every allowed batch size.
+
+CPU: ``CPUExecutionProvider`` with as many intra-op threads as torch uses.
+CUDA (needs ``onnxruntime-gpu``): CUDA provider (optionally the TensorRT
+provider first, ``cfg.ort_tensorrt``), inputs and outputs bound in place to
+torch CUDA tensors (IO binding) on torch's current stream, so nothing is copied
+through the host. fp16 exports a half-precision graph (CUDA only).
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..detector import Detector, Output
+from ..errors import EngineError, EngineUnavailable
+from .base import ArtifactEngine, EngineConfig, output_layout
+from .eager import prepared_module
+
+INPUT = "crops"
+
+
+def _ort():
+    try:
+        import onnxruntime as ort
+    except Exception as e:  # ImportError, or a broken native library
+        raise EngineUnavailable("onnxruntime is not installed: pip install 'dfscan[onnx]' "
+                                "(or onnxruntime-gpu for CUDA)") from e
+    return ort
+
+
+class OnnxRuntimeEngine(ArtifactEngine):
+    kind = "onnxruntime"
+    artifact_name = "model.onnx"
+
+    def __init__(self, detector: Detector, cfg: EngineConfig):
+        super().__init__(detector, cfg)
+        self.ort = _ort()
+        if cfg.precision == "bf16":
+            raise EngineUnavailable("onnxruntime engine: bf16 is not supported; use fp32 or fp16")
+        if cfg.precision == "fp16" and not cfg.is_cuda:
+            raise EngineUnavailable("onnxruntime engine: fp16 needs a CUDA device (CPU provider runs fp32)")
+        self.single, self.shapes = output_layout(detector)
+        self.out_names = [f"out{i}" for i in range(len(self.shapes))]
+        self.session = None
+        self.exporter = None
+
+    def versions(self) -> dict[str, str]:
+        import onnx
+
+        return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": self.ort.__version__}
+
+    # -- export -------------------------------------------------------------
+    def _export(self, path: Path) -> None:
+        model = prepared_module(self.detector, self.cfg.with_(channels_last=False))
+        x = self.spec.example_input(max(2, self.cfg.batch_sizes[0]), device=self.device, dtype=self.cfg.dtype)
+        names = dict(input_names=[INPUT], output_names=self.out_names)
+        axes = {n: {0: "batch"} for n in [INPUT, *self.out_names]}
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
+                torch.onnx.export(model, (x,), str(path), dynamo=False, dynamic_axes=axes,
+                                  opset_version=17, do_constant_folding=True, **names)
+            self.exporter = "torchscript"
+            return
+        except Exception as legacy_error:
+            err = legacy_error
+        try:
+            import onnxscript  # noqa: F401
+        except ImportError:
+            raise EngineError(f"ONNX export of {self.detector.name} failed (legacy exporter): {err}; "
+                              "the dynamo exporter needs `pip install onnxscript`") from err
+        try:
+            batch = torch.export.Dim("batch", min=1, max=max(self.cfg.batch_sizes))
+            torch.onnx.export(model, (x,), str(path), dynamo=True, dynamic_shapes=({0: batch},), **names)
+            self.exporter = "dynamo"
+        except Exception as e:
+            raise EngineError(f"ONNX export of {self.detector.name} failed with both exporters: {e}") from e
+
+    # -- session ------------------------------------------------------------
+    def _providers(self) -> list:
+        if not self.cfg.is_cuda:
+            return ["CPUExecutionProvider"]
+        avail = self.ort.get_available_providers()
+        if "CUDAExecutionProvider" not in avail:
+            raise EngineUnavailable("onnxruntime on CUDA needs onnxruntime-gpu: pip uninstall onnxruntime && "
+                                    "pip install onnxruntime-gpu")
+        idx = self.device.index if self.device.index is not None else torch.cuda.current_device()
+        stream = str(torch.cuda.current_stream(self.device).cuda_stream)
+        cuda = ("CUDAExecutionProvider", {"device_id": idx, "user_compute_stream": stream})
+        if not self.cfg.ort_tensorrt:
+            return [cuda, "CPUExecutionProvider"]
+        if "TensorrtExecutionProvider" not in avail:
+            raise EngineUnavailable("onnxruntime TensorRT provider not available (needs onnxruntime-gpu built "
+                                    "with TensorRT and the NVIDIA TensorRT libraries)")
+        return [("TensorrtExecutionProvider", self._trt_options(idx, stream)), cuda, "CPUExecutionProvider"]
+
+    def _trt_options(self, idx: int, stream: str) -> dict:
+        S, bs = self.spec.size, self.cfg.batch_sizes
+        shape = lambda b: f"{INPUT}:{b}x3x{S}x{S}"  # noqa: E731
+        from ..cache import EngineCache
+
+        trt_dir = EngineCache(self.cfg.cache_dir).root / ".ort-trt"  # ORT manages its own engine files
+        trt_dir.mkdir(parents=True, exist_ok=True)
+        return {
+            "device_id": idx, "user_compute_stream": stream,
+            "trt_fp16_enable": self.cfg.precision == "fp16",
+            "trt_engine_cache_enable": True, "trt_engine_cache_path": str(trt_dir),
+            "trt_profile_min_shapes": shape(bs[0]), "trt_profile_max_shapes": shape(bs[-1]),
+            "trt_profile_opt_shapes": shape(bs[len(bs) // 2]),
+        }
+
+    def _load(self, path: Path) -> None:
+        ort = self.ort
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Same thread budget as torch, so engines are compared (and share cores) fairly.
+        so.intra_op_num_threads = torch.get_num_threads()
+        so.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=so, providers=self._providers())
+        except EngineUnavailable:
+            raise
+        except Exception as e:
+            raise EngineError(f"onnxruntime could not load {path}: {e}") from e
+        self.info.notes.append(f"providers {self.session.get_providers()}; exporter {self.exporter or 'cached'}")
+
+    # -- run ----------------------------------------------------------------
+    def _run(self, x: torch.Tensor) -> Output:
+        x = x.to(self.cfg.dtype).contiguous()
+        if self.cfg.is_cuda:
+            outs = self._run_bound(x)
+        else:
+            outs = [torch.from_numpy(o) for o in self.session.run(self.out_names, {INPUT: x.numpy()})]
+        return outs[0] if self.single else tuple(outs)
+
+    def _run_bound(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """IO binding: ORT reads ``x`` and writes into torch-allocated outputs in place."""
+        np_dtype = np.float16 if x.dtype == torch.float16 else np.float32
+        idx = self.device.index if self.device.index is not None else torch.cuda.current_device()
+        b = self.session.io_binding()
+        b.bind_input(INPUT, "cuda", idx, np_dtype, tuple(x.shape), x.data_ptr())
+        outs = [torch.empty((x.shape[0], *s), dtype=x.dtype, device=self.device) for s in self.shapes]
+        for name, o in zip(self.out_names, outs):
+            b.bind_output(name, "cuda", idx, np_dtype, tuple(o.shape), o.data_ptr())
+        self.session.run_with_iobinding(b)
+        return outs

@@ -1,0 +1,203 @@
+"""On-disk cache of built engine artifacts (ONNX files, TensorRT programs).
+
+Layout: ``<root>/<key>/meta.json`` + ``<root>/<key>/<artifact>``. The key is the
+SHA-256 of the fields that decide whether an artifact can be reused (weights,
+input spec, precision, backend, batch sizes, library versions, device
+architecture). ``meta.json`` stores those fields and the artifact's SHA-256; on
+every load both are re-checked, and an entry that does not match exactly is
+deleted and rebuilt, never trusted.
+
+Default root: ``$DFSCAN_CACHE_DIR``, else ``$XDG_CACHE_HOME/dfscan/engines``,
+else ``~/.cache/dfscan/engines``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .detector import Detector
+from .errors import EngineError
+
+META = "meta.json"
+FORMAT = 1
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("DFSCAN_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "dfscan" / "engines"
+
+
+def state_dict_hash(model: torch.nn.Module, n: int = 16) -> str:
+    """SHA-256 (first ``n`` hex digits) of every parameter/buffer name, shape, dtype and value.
+
+    Hashing the tensors (not the weights file) also covers randomly initialised
+    test detectors and weights converted in memory.
+    """
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:n]
+
+
+def device_arch(device: str | torch.device) -> str:
+    """``"cpu"`` or e.g. ``"sm_90 NVIDIA H100 80GB HBM3"`` (engines are arch-specific)."""
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return "cpu"
+    major, minor = torch.cuda.get_device_capability(dev)
+    return f"sm_{major}{minor} {torch.cuda.get_device_name(dev)}"
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def key_fields(detector: Detector, backend: str, cfg_fields: dict, versions: dict, device) -> dict:
+    """Everything an artifact depends on, as a JSON-able dict."""
+    return {
+        "format": FORMAT,
+        "detector": detector.name,
+        "detector_class": f"{type(detector).__module__}.{type(detector).__qualname__}",
+        "weights": state_dict_hash(detector),
+        "input_spec": detector.spec.to_dict(),
+        "backend": backend,
+        **cfg_fields,
+        "versions": dict(sorted(versions.items())),
+        "arch": device_arch(device),
+    }
+
+
+def cache_key(fields: dict) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+class EngineCache:
+    """Artifact store rooted at ``root`` (see module docstring)."""
+
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root).expanduser() if root else default_cache_dir()
+
+    def entry_dir(self, key: str) -> Path:
+        return self.root / key
+
+    def lookup(self, key: str, fields: dict) -> tuple[Path | None, str]:
+        """Artifact path of a valid entry, else ``None``; plus what happened.
+
+        The second value is ``"hit"``, ``"miss"`` or ``"rebuilt (<why>)"``; an
+        invalid entry is deleted before returning.
+        """
+        d = self.entry_dir(key)
+        if not d.exists():
+            return None, "miss"
+        problem = self._validate(d, fields)
+        if problem is None:
+            meta = json.loads((d / META).read_text())
+            return d / meta["artifact"], "hit"
+        shutil.rmtree(d, ignore_errors=True)
+        return None, f"rebuilt ({problem})"
+
+    def _validate(self, d: Path, fields: dict) -> str | None:
+        try:
+            meta = json.loads((d / META).read_text())
+        except (OSError, ValueError) as e:
+            return f"unreadable metadata: {type(e).__name__}"
+        if not isinstance(meta, dict) or meta.get("fields") != json.loads(json.dumps(fields)):
+            return "metadata does not match the requested engine"
+        art = d / str(meta.get("artifact", ""))
+        if not meta.get("artifact") or not art.is_file():
+            return "artifact missing"
+        if _sha256_file(art) != meta.get("sha256"):
+            return "artifact checksum mismatch"
+        return None
+
+    def store(self, key: str, fields: dict, name: str, write: Callable[[Path], None], extra: dict | None = None) -> Path:
+        """Create the entry: ``write(path)`` writes the artifact; returns its final path.
+
+        Written into a temporary directory and renamed, so a crash never leaves
+        a half-written entry that looks valid.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
+        try:
+            write(tmp / name)
+            if not (tmp / name).is_file():
+                raise EngineError(f"engine artifact {name} was not written")
+            meta = {
+                "key": key,
+                "artifact": name,
+                "sha256": _sha256_file(tmp / name),
+                "size_bytes": (tmp / name).stat().st_size,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "fields": fields,
+                **(extra or {}),
+            }
+            (tmp / META).write_text(json.dumps(meta, indent=1, sort_keys=True))
+            final = self.entry_dir(key)
+            shutil.rmtree(final, ignore_errors=True)
+            try:
+                os.replace(tmp, final)
+            except OSError:
+                # Another process stored the same key meanwhile: keep theirs if it is valid.
+                if self._validate(final, fields) is not None:
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return final / name
+
+    def update_meta(self, key: str, **extra) -> None:
+        """Add fields (e.g. parity numbers) to an entry's metadata."""
+        p = self.entry_dir(key) / META
+        meta = json.loads(p.read_text())
+        meta.update(extra)
+        p.write_text(json.dumps(meta, indent=1, sort_keys=True))
+
+    def list(self) -> list[dict]:
+        """Summary of every entry (valid or not) under the root."""
+        rows = []
+        if not self.root.is_dir():
+            return rows
+        for d in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            try:
+                meta = json.loads((d / META).read_text())
+                f = meta.get("fields", {})
+                rows.append({
+                    "key": d.name, "detector": f.get("detector"), "backend": f.get("backend"),
+                    "precision": f.get("precision"), "batch_sizes": f.get("batch_sizes"),
+                    "arch": f.get("arch"), "size_bytes": meta.get("size_bytes"),
+                    "created": meta.get("created"), "parity": meta.get("parity"), "path": str(d),
+                })
+            except (OSError, ValueError) as e:
+                rows.append({"key": d.name, "error": f"unreadable: {type(e).__name__}", "path": str(d)})
+        return rows
+
+    def clear(self, keys: list[str] | None = None) -> int:
+        """Delete the given entries (key prefixes accepted), or all; returns how many."""
+        if not self.root.is_dir():
+            return 0
+        n = 0
+        for d in list(self.root.iterdir()):
+            if not d.is_dir():
+                continue
+            if keys is None or any(d.name.startswith(k) for k in keys):
+                shutil.rmtree(d, ignore_errors=True)
+                n += 1
+        return n

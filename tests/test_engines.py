@@ -1,0 +1,338 @@
+"""Inference engines: parity vs eager fp32, padding, engine cache, benchmark output, CLI.
+
+Parity uses the real aligned face crops in ``engines/data/parity_faces.npz``.
+Timing numbers are only checked for structure and sanity, never thresholds.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import pytest
+import torch
+
+from engines.backends import build_engine, engine_config
+from engines.backends.base import EngineConfig, padded_size
+from engines.backends.eager import EagerEngine
+from engines.cache import EngineCache, state_dict_hash
+from engines.errors import EngineError, EngineUnavailable, ParityError
+from engines.parity import check_parity, parity_batch
+from engines.registry import create_detector, list_detectors
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # the CI box has 2 shared cores
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DFSCAN_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return create_detector("test_tiny")
+
+
+def _real(name: str):
+    if name not in list_detectors():
+        pytest.skip(f"detector {name} is not registered")
+    return create_detector(name)
+
+
+# -- config and padding ---------------------------------------------------------
+
+
+def test_config_validates_and_sorts():
+    cfg = EngineConfig(batch_sizes=(32, 1, 8, 8))
+    assert cfg.batch_sizes == (1, 8, 32)
+    for bad in ({"kind": "tvm"}, {"precision": "int8"}, {"batch_sizes": ()}, {"batch_sizes": (0, 4)}):
+        with pytest.raises(EngineError):
+            EngineConfig(**bad)
+    with pytest.raises(EngineError):
+        engine_config("no-such-engine")
+    assert engine_config("eager-cl").channels_last and engine_config("ort").kind == "onnxruntime"
+    assert [padded_size(n, (1, 8, 32)) for n in (1, 2, 8, 9, 32)] == [1, 8, 8, 32, 32]
+
+
+class _Spy(EagerEngine):
+    """Eager engine recording the batch sizes its graph is shown; it pads like a
+    compiled engine (``fixed_shapes``) so padding itself is under test."""
+
+    fixed_shapes = True
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.seen = []
+
+    def _run(self, x):
+        self.seen.append(x.shape[0])
+        return super()._run(x)
+
+
+@pytest.mark.parametrize("name", ["eager", "onnxruntime"])
+def test_padding_never_leaks(tiny, name):
+    x = parity_batch(tiny.spec.size)
+    x = torch.cat([x, x.flip(-1)])[:5]  # 5 distinct real crops
+    ref = tiny(x)
+    engine = build_engine(tiny, engine_config(name, batch_sizes=(8,)))
+    out = engine(x)
+    assert out.shape == (5,)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(engine.p_fake(x), tiny.p_fake(ref), atol=1e-5, rtol=1e-4)
+    # each row alone (padded with 7 zero rows) gives the same score as in the batch
+    singles = torch.cat([engine(x[i : i + 1]) for i in range(5)])
+    torch.testing.assert_close(singles, out, atol=1e-5, rtol=1e-4)
+
+
+def test_only_allowed_shapes_reach_the_graph(tiny):
+    spy = _Spy(tiny, EngineConfig(batch_sizes=(1, 4))).build()
+    x = tiny.spec.example_input(11)
+    out = spy(x)
+    assert spy.seen == [4, 4, 4] and out.shape == (11,)
+    torch.testing.assert_close(out, tiny(x), atol=1e-5, rtol=1e-4)
+    assert spy(x[:0]).shape == (0,)
+    with pytest.raises(EngineError):
+        spy(torch.zeros(2, 3, 8, 8))
+
+
+# -- parity ---------------------------------------------------------------------
+
+
+def _assert_parity(engine):
+    p = engine.describe()["parity"]
+    assert p["passed"] and p["cosine"] >= 0.99 and p["verdict_flips"] == 0
+    assert p["n"] >= 4 and 0 <= p["max_abs_diff"] < 1e-3
+
+
+@pytest.mark.parametrize("name", ["eager", "eager-cl", "onnxruntime"])
+def test_parity_tiny(tiny, name):
+    _assert_parity(build_engine(tiny, engine_config(name, batch_sizes=(1, 8))))
+
+
+def test_parity_bf16_tiny(tiny):
+    e = build_engine(tiny, engine_config("eager", precision="bf16", batch_sizes=(1, 8)))
+    assert e.describe()["parity"]["passed"] and e(tiny.spec.example_input(3)).dtype == torch.float32
+
+
+def test_parity_compile_tiny(tiny):
+    e = build_engine(tiny, engine_config("compile", batch_sizes=(4,)))
+    _assert_parity(e)
+    assert any("torch.compile" in n for n in e.describe()["notes"])
+
+
+@pytest.mark.parametrize("name", ["eager", "onnxruntime"])
+def test_parity_real_detector(name):
+    det = _real("meso4_df")
+    e = build_engine(det, engine_config(name, batch_sizes=(1, 8)))
+    _assert_parity(e)
+    x = parity_batch(det.spec.size)
+    ref = det.p_fake(det(x))
+    torch.testing.assert_close(e.p_fake(x), ref, atol=1e-4, rtol=1e-3)
+    assert torch.equal(e.p_fake(x) >= det.threshold, ref >= det.threshold)
+
+
+@pytest.mark.slow
+def test_parity_compile_real_detector():
+    _assert_parity(build_engine(_real("mesoinception4_df"), engine_config("compile", batch_sizes=(8,))))
+
+
+class _Broken(EagerEngine):
+    def _run(self, x):
+        return -super()._run(x)  # flips every verdict
+
+
+def test_parity_failure_is_refused_with_numbers(tiny):
+    engine = _Broken(tiny, EngineConfig()).build()
+    with pytest.raises(ParityError, match=r"cosine -?\d\.\d+.*verdict flips"):
+        check_parity(engine)
+    res = check_parity(engine, allow_failure=True)
+    assert not res["passed"] and res["verdict_flips"] > 0 and res["cosine"] < 0
+
+
+# -- cache ----------------------------------------------------------------------
+
+
+def test_cache_miss_then_hit(tiny, _cache):
+    cfg = engine_config("onnxruntime", batch_sizes=(1, 8))
+    first = build_engine(tiny, cfg)
+    assert first.info.cache == "miss" and first.info.artifact.startswith(str(_cache))
+    second = build_engine(tiny, cfg)
+    assert second.info.cache == "hit" and second.info.cache_key == first.info.cache_key
+    x = tiny.spec.example_input(3)
+    torch.testing.assert_close(second(x), first(x))
+    (row,) = EngineCache().list()
+    assert row["backend"] == "onnxruntime" and row["parity"]["passed"]
+    # another precision/batch set/weights is another key
+    assert build_engine(tiny, engine_config("onnxruntime", batch_sizes=(4,))).info.cache == "miss"
+    other = create_detector("test_tiny")
+    with torch.no_grad():
+        next(other.parameters()).add_(0.01)
+    assert state_dict_hash(other) != state_dict_hash(tiny)
+    assert build_engine(other, cfg).info.cache == "miss"
+    assert EngineCache().clear() == 3 and EngineCache().list() == []
+
+
+def test_no_cache_leaves_no_files(tiny, _cache):
+    e = build_engine(tiny, engine_config("onnxruntime", batch_sizes=(2,), use_cache=False))
+    assert e.info.cache == "none" and e.info.parity["passed"]
+    assert not _cache.exists() or not any(_cache.iterdir())
+
+
+def test_cache_corrupt_artifact_is_rebuilt(tiny):
+    cfg = engine_config("onnxruntime", batch_sizes=(1, 8))
+    first = build_engine(tiny, cfg)
+    with open(first.info.artifact, "r+b") as f:  # flip bytes in the middle of the file
+        f.seek(200)
+        f.write(b"\x00garbage\xff" * 4)
+    again = build_engine(tiny, cfg)
+    assert again.info.cache == "rebuilt (artifact checksum mismatch)"
+    _assert_parity(again)
+    assert build_engine(tiny, cfg).info.cache == "hit"
+
+
+@pytest.mark.parametrize("damage", ["fields", "json", "missing"])
+def test_cache_bad_metadata_is_rebuilt(tiny, damage):
+    cfg = engine_config("onnxruntime", batch_sizes=(2,))
+    first = build_engine(tiny, cfg)
+    meta = EngineCache().entry_dir(first.info.cache_key) / "meta.json"
+    if damage == "fields":
+        m = json.loads(meta.read_text())
+        m["fields"]["precision"] = "fp16"
+        meta.write_text(json.dumps(m))
+    elif damage == "json":
+        meta.write_text("{not json")
+    else:
+        meta.unlink()
+    again = build_engine(tiny, cfg)
+    assert again.info.cache.startswith("rebuilt (")
+    _assert_parity(again)
+
+
+# -- optional backends ------------------------------------------------------------
+
+
+def test_tensorrt_absence_is_one_clear_line(monkeypatch):
+    from engines.backends.tensorrt import import_torch_tensorrt
+
+    monkeypatch.setitem(sys.modules, "torch_tensorrt", None)  # import now raises ImportError
+    with pytest.raises(EngineUnavailable) as ei:
+        import_torch_tensorrt()
+    msg = str(ei.value)
+    assert "dfscan[tensorrt]" in msg and "\n" not in msg
+
+
+def test_unsupported_combinations_are_typed(tiny):
+    with pytest.raises(EngineUnavailable):
+        build_engine(tiny, engine_config("onnxruntime", precision="bf16"))
+    with pytest.raises(EngineUnavailable):
+        build_engine(tiny, engine_config("tensorrt", device="cpu"))
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("name,prec", [("eager", "fp16"), ("eager-cl", "fp16"), ("compile-cg", "fp32"),
+                                       ("onnxruntime", "fp32"), ("tensorrt", "fp16")])
+def test_gpu_engines(name, prec):
+    det = create_detector("meso4_df" if "meso4_df" in list_detectors() else "test_tiny", device="cuda")
+    try:
+        e = build_engine(det, engine_config(name, precision=prec, device="cuda", batch_sizes=(1, 8)))
+    except EngineUnavailable as err:
+        pytest.skip(str(err))
+    p = e.describe()["parity"]
+    assert p["passed"] and p["verdict_flips"] == 0 and p["cosine"] >= 0.99
+    x = det.spec.example_input(5, device="cuda")
+    torch.testing.assert_close(e(x), det(x).float(), atol=5e-2, rtol=5e-2)  # fp16 tolerance
+
+
+# -- benchmark and CLI ----------------------------------------------------------
+
+
+def test_bench_structure(tmp_path):
+    from engines import benchmark as B
+
+    res = B.bench_engines(["test_tiny"], ["eager", "onnxruntime", "tensorrt"], (1, 4), iters=6, warmup=1)
+    assert res["machine"]["cpu"] and res["machine"]["versions"]["torch"]
+    assert len(res["results"]) == 4 and [s["engine"] for s in res["skipped"]] == ["tensorrt"]
+    for r in res["results"]:
+        lat = r["latency_ms"]
+        assert 0 < lat["min"] <= lat["p50"] <= lat["p95"] <= lat["p99"]
+        assert r["faces_per_s"] > 0 and r["peak_mem_mb"] > 0 and r["build_s"] >= 0 and r["iters"] == 6
+        assert r["parity"]["passed"] and r["speedup"] > 0
+    assert {r["speedup"] for r in res["results"] if r["engine"] == "eager"} == {1.0}
+    assert sorted(b["batch_size"] for b in res["best"]) == [1, 4]
+    path = B.write_json(res, tmp_path / "b.json")
+    assert json.loads(path.read_text())["settings"]["batch_sizes"] == [1, 4]
+    png = B.plot(res, tmp_path / "b.png")
+    if png is not None:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _cli(argv):
+    from scanner.cli_engines import add_bench_parser, add_engines_parser
+
+    ap = argparse.ArgumentParser(prog="dfscan")
+    sp = ap.add_subparsers(dest="cmd", required=True)
+    add_bench_parser(sp)
+    add_engines_parser(sp)
+    args = ap.parse_args(argv)
+    return args.func(args)
+
+
+def test_cli_engines_and_bench(tmp_path, capsys, _cache):
+    assert _cli(["engines", "build", "--detector", "test_tiny", "--engine", "ort", "--batch-sizes", "1", "4"]) == 0
+    desc = json.loads(capsys.readouterr().out)
+    assert desc["backend"] == "onnxruntime" and desc["parity"]["passed"] and desc["cache"] == "miss"
+    assert _cli(["engines", "list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [e["key"] for e in listed["entries"]] == [desc["cache_key"]]
+    assert _cli(["engines", "clear"]) == 2
+    assert _cli(["engines", "clear", desc["cache_key"][:8]]) == 0 and EngineCache().list() == []
+    out = tmp_path / "res"
+    assert _cli(["bench", "--detectors", "test_tiny", "--engines", "eager", "--batch-sizes", "2",
+                 "--iters", "3", "--warmup", "1", "--out", str(out)]) == 0
+    assert json.loads((out / "engines_cpu.json").read_text())["results"][0]["batch_size"] == 2
+
+
+# -- engine selection and the ADM head on engines ---------------------------------
+
+
+def test_auto_engine_resolution():
+    from engines.backends import resolve_engine_name
+
+    pytest.importorskip("onnxruntime")
+    assert resolve_engine_name("auto", "cpu") == "onnxruntime"
+    assert resolve_engine_name("compile", "cpu") == "compile"
+
+
+def test_eager_runs_unpadded(tiny):
+    eng = build_engine(tiny, engine_config("eager", batch_sizes=(8,)))
+    seen = []
+    orig = eng._run
+    eng._run = lambda x: (seen.append(x.shape[0]), orig(x))[1]
+    assert eng(torch.rand(5, 3, 64, 64) * 255).shape == (5,)
+    assert seen == [5]
+
+
+@pytest.mark.parametrize("name", ["eager", "onnxruntime"])
+def test_adm_head_on_engines(name):
+    """The ADM detector's three outputs (logits, loc, conf) survive every engine."""
+    if name == "onnxruntime":
+        pytest.importorskip("onnxruntime")
+    det = create_detector("test_adm")
+    eng = build_engine(det, engine_config(name, batch_sizes=(2, 4)))
+    par = eng.describe()["parity"]
+    assert par["cosine"] >= 0.99 and par["verdict_flips"] == 0 and par["passed"]
+    x = parity_batch(det.spec.size)[:3]
+    ref, got = det(x), eng(x)
+    assert len(got) == len(ref) == 3
+    for r, g in zip(ref, got):
+        assert g.shape == r.shape and torch.allclose(g, r, atol=1e-3, rtol=1e-3)
