@@ -25,6 +25,7 @@ import torch
 
 from .detector import Detector
 from .errors import EngineError
+from .registry import file_hash
 
 META = "meta.json"
 FORMAT = 1
@@ -62,11 +63,7 @@ def device_arch(device: str | torch.device) -> str:
 
 
 def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_hash(path, None)
 
 
 def key_fields(detector: Detector, backend: str, cfg_fields: dict, versions: dict, device) -> dict:

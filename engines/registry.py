@@ -83,13 +83,13 @@ def packaged_weights(filename: str) -> Path:
     return Path(str(resources.files("engines") / "weights" / filename))
 
 
-def file_hash(path: str | Path, n: int = 16) -> str:
-    """First ``n`` hex digits of the file's SHA-256 (identifies weights in outputs/caches)."""
+def file_hash(path: str | Path, n: int | None = 16) -> str:
+    """First ``n`` hex digits (all with ``None``) of the file's SHA-256, read in chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    return h.hexdigest()[:n]
+    return h.hexdigest()[:n] if n else h.hexdigest()
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

@@ -8,7 +8,6 @@ one row; a failure becomes an ``error`` row with a reason and the scan goes on.
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 import time
@@ -21,6 +20,7 @@ import torch
 
 from engines import create_detector
 from engines.detector import Detector
+from engines.registry import file_hash
 from engines.errors import DfscanError
 
 from . import metrics
@@ -67,11 +67,7 @@ def build_context(cfg: ScanConfig) -> ScanContext:
 
 
 def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_hash(path, None)
 
 
 @dataclass
