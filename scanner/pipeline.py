@@ -89,14 +89,21 @@ class _VideoState:
     t: dict = field(default_factory=lambda: dict.fromkeys(("detect", "align", "infer", "aggregate"), 0.0))
 
 
-def detect_and_align(batch: list[Frame], faces: FaceDetector, spec, device, antialias=True
+def detect_and_align(batch: list[Frame], faces: FaceDetector, spec, device, antialias=True,
+                     timings: dict | None = None
                      ) -> list[tuple[Frame, Faces, torch.Tensor, torch.Tensor]]:
-    """Faces of a frame batch and their aligned crops (``(K, 3, S, S)`` float [0, 255])."""
+    """Faces of a frame batch and their aligned crops (``(K, 3, S, S)`` float [0, 255]).
+
+    ``timings``, when given, accumulates seconds under ``detect`` and ``align``.
+    """
+    t = timings if timings is not None else {"detect": 0.0, "align": 0.0}
+    t0 = time.perf_counter()
     found = faces.detect(batch)
-    out = []
-    for fr, fc in zip(batch, found):
-        crops, mats = align_faces([fr.image], [0] * len(fc), fc.landmarks, spec, device, antialias)
-        out.append((fr, fc, crops, mats))
+    t1 = time.perf_counter()
+    t["detect"] += t1 - t0
+    out = [(fr, fc, *align_faces([fr.image], [0] * len(fc), fc.landmarks, spec, device, antialias))
+           for fr, fc in zip(batch, found)]
+    t["align"] += time.perf_counter() - t1
     return out
 
 
@@ -123,14 +130,12 @@ def _infer(state: _VideoState, ctx: ScanContext) -> None:
 
 def _process_batch(batch: list[Frame], state: _VideoState, ctx: ScanContext) -> None:
     cfg = ctx.cfg
-    found = _timed(state, "detect", ctx.faces.detect, batch)
-    for fr, fc in zip(batch, found):
+    for fr, fc, crops, mats in detect_and_align(batch, ctx.faces, ctx.detector.spec, ctx.device,
+                                                cfg.antialias, state.t):
         pos = len(state.frames)
         state.frames.append({"index": fr.index, "time_s": round(fr.time_s, 4)})
         if len(fc) == 0:
             continue
-        crops, mats = _timed(state, "align", align_faces, [fr.image], [0] * len(fc), fc.landmarks,
-                             ctx.detector.spec, ctx.device, cfg.antialias)
         recs = [_FaceRec(pos, fc.boxes[k], float(fc.probs[k]), mats[k]) for k in range(len(fc))]
         state.faces += recs
         state.pending += recs
