@@ -240,11 +240,13 @@ class FrameSampler:
         fps: sample one frame every ``1/fps`` seconds instead.
         det_max_side: also produce a downscaled copy with this longest side.
         seek: allow jumping over GOPs without targets (False = decode sequentially).
+        threads: decoder threads (0: FFmpeg's default).
     """
 
     def __init__(self, path, frames: int | None = 32, fps: float | None = None,
-                 det_max_side: int | None = None, seek: bool = True):
+                 det_max_side: int | None = None, seek: bool = True, threads: int = 0):
         self.path = Path(path)
+        self.threads = threads  # decoder threads, 0 = FFmpeg's choice (one per core + 1)
         self.frames, self.fps, self.det_max_side, self.seek = frames, fps, det_max_side, seek
         self.index: VideoIndex | None = None
         self.decode_errors = 0
@@ -290,7 +292,7 @@ class FrameSampler:
             yield from self._decode_by_order(container, stream, index, set(targets))
             return
         rank = {p: i for i, p in enumerate(index.presentation)}
-        stream.thread_type = "AUTO"  # frame + slice threads: fastest measured here
+        self._threads(stream)
         cc = stream.codec_context
         if seekable:
             plan = _gop_plan(index, targets)
@@ -332,7 +334,7 @@ class FrameSampler:
 
     def _decode_by_order(self, container, stream, index: VideoIndex, targets: set[int]):
         """Fallback for broken timestamps: decode in order, count output frames."""
-        stream.thread_type = "AUTO"
+        self._threads(stream)
         n = 0
         for pkt in container.demux(stream):
             for f in self._decode_packet(pkt):
@@ -341,6 +343,11 @@ class FrameSampler:
                 n += 1
             if n > max(targets):
                 break
+
+    def _threads(self, stream) -> None:
+        stream.thread_type = "AUTO"  # frame + slice threads
+        if self.threads:
+            stream.codec_context.thread_count = self.threads
 
     def _decode_packet(self, pkt):
         try:

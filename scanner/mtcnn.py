@@ -6,7 +6,8 @@ thousands of tiny calls, most of the detection time. Here the cascade is the
 same (same networks, pyramid, thresholds, NMS and box regression, using the
 library's helpers), but each stage's candidates are resampled in a single
 ``torchvision.ops.roi_align`` call, which averages bilinear samples per output
-cell (an area resize, as facenet's) and reads zeros outside the image.
+cell (an approximate area resize, as facenet's), and pyramid levels are made
+from each other instead of from the full image.
 """
 from __future__ import annotations
 
@@ -37,9 +38,12 @@ def _stage1(imgs: torch.Tensor, pnet, minsize: int, th: float, factor: float):
     dfm = _helpers()
     h, w = imgs.shape[2:]
     boxes, inds = [], []
+    data = imgs
     for scale in _pyramid(h, w, minsize, factor):
-        data = F.interpolate(imgs, size=(int(h * scale + 1), int(w * scale + 1)), mode="area")
-        reg, probs = pnet((data - 127.5) * 0.0078125)
+        # Each level is an area resize of the previous one (not of the full image):
+        # 3-4x cheaper, the same box-filter result up to rounding of level sizes.
+        data = F.interpolate(data, size=(int(h * scale + 1), int(w * scale + 1)), mode="area")
+        reg, probs = pnet(_nhwc((data - 127.5) * 0.0078125))
         b, i = dfm.generateBoundingBox(reg, probs[:, 1], scale, th)
         pick = batched_nms(b[:, :4], b[:, 4], i, 0.5)
         boxes.append(b[pick])
@@ -54,7 +58,8 @@ def _stage1(imgs: torch.Tensor, pnet, minsize: int, th: float, factor: float):
     return dfm.rerec(boxes), inds
 
 
-def _crops(imgs: torch.Tensor, boxes: torch.Tensor, inds: torch.Tensor, size: int) -> torch.Tensor:
+def _crops(imgs: torch.Tensor, boxes: torch.Tensor, inds: torch.Tensor, size: int,
+           samples: int) -> torch.Tensor:
     # Same region as facenet: integer box clamped to the image, pixels x1-1..x2-1
     # (1-based boxes), i.e. pixel edges [x1-1, x2]; roi_align(aligned=False) takes
     # box corners as pixel edges.
@@ -63,16 +68,32 @@ def _crops(imgs: torch.Tensor, boxes: torch.Tensor, inds: torch.Tensor, size: in
     x0, y0 = b[:, 0].clamp(min=1) - 1, b[:, 1].clamp(min=1) - 1
     x1, y1 = b[:, 2].clamp(max=w), b[:, 3].clamp(max=h)
     rois = torch.stack([inds.to(b.dtype), x0, y0, x1, y1], 1)
-    out = roi_align(imgs, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=-1,
-                    aligned=False)
-    return (out - 127.5) * 0.0078125
+    # ``samples``^2 bilinear samples per output cell: a cheap area filter (adaptive
+    # sampling, ceil(box/size)^2 samples, costs 4x more on large faces for no gain).
+    out = roi_align(imgs, rois, output_size=(size, size), spatial_scale=1.0,
+                    sampling_ratio=samples, aligned=False)
+    return _nhwc((out - 127.5) * 0.0078125)
+
+
+def _nhwc(x: torch.Tensor) -> torch.Tensor:
+    # The nets run channels_last (see prepare_nets): 1.7-3x faster on CPU here.
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def prepare_nets(mtcnn) -> None:
+    """Put facenet's P/R/O-Nets in channels_last layout (oneDNN is much faster with
+    their few-channel convolutions in NHWC; outputs are unchanged)."""
+    for net in (mtcnn.pnet, mtcnn.rnet, mtcnn.onet):
+        net.to(memory_format=torch.channels_last)
 
 
 def _stage2(imgs, boxes, inds, rnet, th: float):
+    # R-Net sees hundreds of candidates per frame: one bilinear sample per cell keeps
+    # its crops cheap; O-Net (few candidates, landmarks) gets 2x2 samples.
     dfm = _helpers()
     if len(boxes) == 0:
         return boxes, inds
-    reg, prob = rnet(_crops(imgs, boxes, inds, 24))
+    reg, prob = rnet(_crops(imgs, boxes, inds, 24, 1))
     score = prob[:, 1]
     keep = score > th
     boxes = torch.cat([boxes[keep, :4], score[keep, None]], 1)
@@ -86,7 +107,7 @@ def _stage3(imgs, boxes, inds, onet, th: float):
     dfm = _helpers()
     if len(boxes) == 0:
         return boxes, inds, torch.zeros(0, 5, 2)
-    reg, pts, prob = onet(_crops(imgs, boxes, inds, 48))
+    reg, pts, prob = onet(_crops(imgs, boxes, inds, 48, 2))
     score = prob[:, 1]
     keep = score > th
     boxes = torch.cat([boxes[keep, :4], score[keep, None]], 1)

@@ -56,27 +56,23 @@ class FrameAnalyzer:
         self.max_crops = max_crops
 
     def __call__(self, frames: Sequence) -> list[FrameResult]:
-        """``frames``: :class:`scanner.decode.Frame` list -> one :class:`FrameResult` each."""
-        faces = self.faces.detect(frames)
-        crops, _ = self._crops(frames, faces)
-        p = self._score(crops) if crops is not None else np.zeros(0, np.float32)
+        """``frames``: :class:`scanner.decode.Frame` list -> one :class:`FrameResult` each.
+
+        Faces and crops come from the batch scanner's own detect+align path, so live
+        and file scans see identical crops; all crops of the batch go to the
+        detector together (``max_crops`` per call).
+        """
+        from ..pipeline import detect_and_align
+
+        found = detect_and_align(list(frames), self.faces, self.spec, self.device)
+        crops = [c for _, fc, c, _ in found if len(fc)]
+        p = self._score(torch.cat(crops)) if crops else np.zeros(0, np.float32)
         out, k = [], 0
-        for f in faces:
-            n = len(f)
-            out.append(FrameResult(f.boxes, f.probs, p[k:k + n]))
+        for _, fc, _, _ in found:
+            n = len(fc)
+            out.append(FrameResult(fc.boxes, fc.probs, p[k:k + n]))
             k += n
         return out
-
-    def _crops(self, frames, faces) -> tuple[torch.Tensor | None, list[int]]:
-        """All faces of the batch as one ``float32 (K,3,S,S)`` [0,255] tensor, frame order."""
-        from ..align import align_faces
-
-        owners = [i for i, f in enumerate(faces) for _ in range(len(f))]
-        if not owners:
-            return None, []
-        lms = np.concatenate([f.landmarks for f in faces if len(f)]).astype(np.float32)
-        crops, _ = align_faces([fr.image for fr in frames], owners, lms, self.spec, device=self.device)
-        return crops, owners
 
     @torch.inference_mode()
     def _score(self, crops: torch.Tensor) -> np.ndarray:
