@@ -54,9 +54,9 @@ def _summary(rows: list[dict], wall: float, console: Console) -> None:
     faces = sum(r["faces"] for r in rows)
     frames = sum(r["frames"] for r in rows)
     t = Table(title="dfscan summary", show_header=True)
-    for col in ("videos", "fake", "real", "no_face", "error", "frames", "faces", "wall s", "videos/s",
+    for col in ("videos", "fake", "real", "no face", "error", "frames", "faces", "wall s", "vid/s",
                 "faces/s"):
-        t.add_column(col, justify="right")
+        t.add_column(col, justify="right", no_wrap=True)
     t.add_row(str(len(rows)), *(str(counts.get(k, 0)) for k in ("fake", "real", "no_face", "error")),
               str(frames), str(faces), f"{wall:.1f}", f"{len(rows) / max(wall, 1e-9):.2f}",
               f"{faces / max(wall, 1e-9):.1f}")
