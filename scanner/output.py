@@ -10,6 +10,7 @@ import csv
 import html
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Iterable
@@ -44,12 +45,27 @@ class JsonlSink(Sink):
         self._f = open(self.path, "a" if append else "w", encoding="utf-8")
 
     def write(self, row: dict) -> None:
-        self._f.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
+        try:
+            line = json.dumps(row, ensure_ascii=False, allow_nan=False)
+        except ValueError:  # NaN/Inf from a misbehaving model: keep the row, null them
+            line = json.dumps(finite(row), ensure_ascii=False, allow_nan=False)
+        self._f.write(line + "\n")
         self._f.flush()
         os.fsync(self._f.fileno())  # a finished video survives a crash or kill
 
     def close(self) -> None:
         self._f.close()
+
+
+def finite(obj):
+    """``obj`` with every NaN/Inf float replaced by None (JSON has no such numbers)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
 
 
 def flat_row(row: dict) -> dict:

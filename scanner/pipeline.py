@@ -150,6 +150,9 @@ def _artifact_boxes(rec: _FaceRec) -> list | None:
     if not boxes:
         return None
     b = torch.tensor(boxes, dtype=torch.float32)
+    b = b[torch.isfinite(b).all(1)]  # an untrained/diverging head can emit inf boxes
+    if len(b) == 0:
+        return None
     framed = map_boxes(b[None, :, :4], invert_affine(rec.matrix[None]))[0]
     return [[*map(lambda v: round(float(v), 1), fb), round(float(s), 4)]
             for fb, s in zip(framed, b[:, 4])]

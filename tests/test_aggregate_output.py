@@ -80,3 +80,11 @@ def test_expand_inputs(tmp_path):
     got = expand_inputs([str(tmp_path / "a"), str(lst), str(tmp_path / "a" / "*.mp4")])
     names = [p.name for p in got]
     assert names == ["x.mp4", "y.MKV", "w.webm", "missing.mp4"]  # de-duplicated, missing kept
+
+
+def test_non_finite_values_never_lose_a_row(tmp_path):
+    sink = JsonlSink(tmp_path / "o.jsonl")
+    sink.write({"path": "a.mp4", "score": float("nan"), "frames_detail": [{"box": [1.0, float("inf")]}]})
+    sink.close()
+    row = json.loads((tmp_path / "o.jsonl").read_text())
+    assert row["path"] == "a.mp4" and row["score"] is None and row["frames_detail"][0]["box"] == [1.0, None]
