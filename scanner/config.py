@@ -58,6 +58,9 @@ class ScanConfig(BaseModel):
     fail_on_fake: bool = False
     progress: bool = True
     queue_frames: int = Field(8, ge=1, le=1024, description="decoded frames buffered per video")
+    decode_thread: bool | None = Field(
+        None, description="decode in a thread overlapping detection (null: only with CUDA or "
+        ">= 4 cores; on 2 cores both stages are CPU-bound and the thread measured slower)")
 
     @field_validator("device")
     @classmethod

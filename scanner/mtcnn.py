@@ -130,7 +130,8 @@ def detect(mtcnn, images: np.ndarray, minsize: int, thresholds, factor: float = 
     in the input images' pixel coordinates.
     """
     device = next(mtcnn.pnet.parameters()).device
-    imgs = torch.as_tensor(images, device=device).permute(0, 3, 1, 2).float()
+    # One contiguous NCHW copy: roi_align would otherwise copy the batch on every call.
+    imgs = torch.as_tensor(images, device=device).permute(0, 3, 1, 2).float().contiguous()
     boxes, inds = _stage1(imgs, mtcnn.pnet, minsize, thresholds[0], factor)
     boxes, inds = _stage2(imgs, boxes, inds, mtcnn.rnet, thresholds[1])
     boxes, inds, points = _stage3(imgs, boxes, inds, mtcnn.onet, thresholds[2])

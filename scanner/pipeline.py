@@ -9,6 +9,7 @@ one row; a failure becomes an ``error`` row with a reason and the scan goes on.
 from __future__ import annotations
 
 import itertools
+import os
 import logging
 import time
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from .align import align_faces, invert_affine, map_boxes
 from .config import ScanConfig
 from .decode import Frame, FrameSampler, VideoError
 from .faces import FaceDetector, Faces
-from .streaming import BoundedPrefetch
+from .streaming import BoundedPrefetch, Inline
 
 log = logging.getLogger("dfscan")
 DETECT_BATCH = 8  # frames per MTCNN call: batching amortises P-Net's pyramid overhead
@@ -199,7 +200,8 @@ def _analyse(path: Path, ctx: ScanContext, row: dict) -> dict:
             row["sha256"] = file_sha256(path)
         return sampler
 
-    with BoundedPrefetch(produce, maxsize=cfg.queue_frames, name="decode") as frames:
+    source = BoundedPrefetch if _decode_in_thread(cfg) else Inline
+    with source(produce, maxsize=cfg.queue_frames, name="decode") as frames:
         batch: list[Frame] = []
         for fr in frames:
             metrics.FRAMES_DECODED.inc()
@@ -220,6 +222,12 @@ def _analyse(path: Path, ctx: ScanContext, row: dict) -> dict:
     result["timings"] = {"decode": round(decode_s, 4),
                          **{k: round(v, 4) for k, v in state.t.items()}}
     return result
+
+
+def _decode_in_thread(cfg: ScanConfig) -> bool:
+    if cfg.decode_thread is not None:
+        return cfg.decode_thread
+    return cfg.device.startswith("cuda") or (os.cpu_count() or 1) >= 4
 
 
 def _base_row(path: Path, ctx: ScanContext) -> dict:

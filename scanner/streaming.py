@@ -81,3 +81,29 @@ class BoundedPrefetch(Iterator[T]):
 
     def __exit__(self, *exc):
         self.close()
+
+
+class Inline(Iterator[T]):
+    """Same interface as :class:`BoundedPrefetch`, producing in the caller's thread."""
+
+    def __init__(self, make: Callable[[], Iterable[T]], **_):
+        self._make, self._it = make, None
+        self.busy_s = 0.0
+
+    def __next__(self) -> T:
+        t0 = time.perf_counter()
+        try:
+            if self._it is None:
+                self._it = iter(self._make())
+            return next(self._it)
+        finally:
+            self.busy_s += time.perf_counter() - t0
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
