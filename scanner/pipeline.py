@@ -33,7 +33,7 @@ from .faces import FaceDetector, Faces
 from .streaming import BoundedPrefetch, Inline
 
 log = logging.getLogger("dfscan")
-DETECT_BATCH = 8  # frames per MTCNN call: batching amortises P-Net's pyramid overhead
+DETECT_BATCH = 4  # frames per MTCNN call: 4 measured fastest on CPU (cache-friendly, still batched)
 
 
 @dataclass
