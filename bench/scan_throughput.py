@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from engines import create_detector
 from engines.benchmark import machine_info
 from scanner.config import ScanConfig
 from scanner.decode import FrameSampler
-from scanner.pipeline import build_context, scan_video
+from scanner.pipeline import build_context, scan_paths, scan_video
 
 CACHE = Path(__file__).resolve().parent / ".cache"
 
@@ -167,16 +168,23 @@ def run(clips: list[Path], device: str, repeat: int, detector: str) -> dict:
     ctx = build_context(ScanConfig(device=device, detector=detector, details=False))
     base = Baseline(detector, device)
     res = {"clips": {}, "detector": detector, "device": device, "repeat": repeat}
-    for name, fn in (("dfscan", lambda p: scan_video(p, ctx)), ("baseline", base)):
-        fn(clips[-2])  # warm-up (thread pools, allocator)
+    res["dfscan_workers"] = ctx.workers
+    threads = torch.get_num_threads()
+    # dfscan scans videos concurrently (ctx.workers); the baseline one after another.
+    runners = (("dfscan", lambda ps: scan_paths(ps, ctx=ctx)), ("baseline", lambda ps: map(base, ps)))
+    for name, run_all in runners:
+        # build_context lowered torch's threads for its workers; the sequential
+        # baseline gets every core, as it would on its own.
+        torch.set_num_threads(os.cpu_count() if name == "baseline" else threads)
+        list(run_all([clips[-2]]))  # warm-up (thread pools, allocator)
         walls, per_clip, stages = [], {}, {}
         for _ in range(repeat):
             t0 = time.perf_counter()
-            for p in clips:
-                t1 = time.perf_counter()
-                row = fn(p)
-                per_clip.setdefault(p.name, []).append(
-                    {"wall_s": time.perf_counter() - t1, "faces": row["faces"], "frames": row["frames"]})
+            for p, row in zip(clips, run_all(clips)):
+                name_ = Path(row.get("path", p)).name
+                per_clip.setdefault(name_, []).append(
+                    {"wall_s": row["timings"].get("total", sum(row["timings"].values())),
+                     "faces": row["faces"], "frames": row["frames"]})
                 for k, v in row["timings"].items():
                     if k != "total":
                         stages[k] = stages.get(k, 0.0) + v

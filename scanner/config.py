@@ -57,6 +57,9 @@ class ScanConfig(BaseModel):
     metrics_host: str = "127.0.0.1"
     fail_on_fake: bool = False
     progress: bool = True
+    workers: int | None = Field(
+        None, ge=1, le=64, description="videos scanned in parallel (null: one per core on CPU "
+        "with eager/onnxruntime engines, else 1); each then uses cores/workers threads")
     queue_frames: int = Field(8, ge=1, le=1024, description="decoded frames buffered per video")
     decode_thread: bool | None = Field(
         None, description="decode in a thread overlapping detection (null: only with CUDA or "

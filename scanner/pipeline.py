@@ -9,9 +9,10 @@ one row; a failure becomes an ``error`` row with a reason and the scan goes on.
 from __future__ import annotations
 
 import itertools
-import os
 import logging
+import os
 import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -21,8 +22,8 @@ import torch
 
 from engines import create_detector
 from engines.detector import Detector
-from engines.registry import file_hash
 from engines.errors import DfscanError
+from engines.registry import file_hash
 
 from . import metrics
 from .aggregate import decide, frame_score
@@ -46,6 +47,7 @@ class ScanContext:
     faces: FaceDetector
     threshold: float
     engine_info: dict = field(default_factory=dict)
+    workers: int = 1
 
     @property
     def device(self) -> torch.device:
@@ -54,8 +56,13 @@ class ScanContext:
 
 def build_context(cfg: ScanConfig) -> ScanContext:
     """Create detector, engine (built, parity-checked, warmed up) and face detector."""
-    from engines.backends import prepare_engine
+    from engines.backends import prepare_engine, resolve_engine_name
 
+    workers = resolve_workers(cfg, resolve_engine_name(cfg.engine, cfg.device))
+    if not cfg.device.startswith("cuda"):
+        # Video-level parallelism beats intra-op threads for these small networks
+        # (2 workers x 1 thread scanned the bench clips 1.5x faster than 1 x 2 here).
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
     detector = create_detector(cfg.detector, weights=cfg.weights, device=cfg.device)
     sizes = sorted({1, 8, cfg.batch_size})
     engine = prepare_engine(detector, cfg.engine, precision=cfg.precision, batch_sizes=sizes,
@@ -64,7 +71,17 @@ def build_context(cfg: ScanConfig) -> ScanContext:
                          min_prob=cfg.face_prob, max_faces=cfg.max_faces)
     threshold = cfg.threshold if cfg.threshold is not None else detector.threshold
     metrics.set_build_info(cfg.detector, cfg.engine, cfg.device)
-    return ScanContext(cfg, detector, engine, faces, threshold, engine.describe())
+    return ScanContext(cfg, detector, engine, faces, threshold, engine.describe(), workers)
+
+
+def resolve_workers(cfg: ScanConfig, engine_name: str) -> int:
+    """Parallel videos: as configured, else one per core (max 8) on CPU for engines
+    safe to call from several threads (eager, ONNX Runtime), else 1."""
+    if cfg.workers:
+        return cfg.workers
+    if cfg.device.startswith("cuda") or not engine_name.startswith(("eager", "onnx", "ort")):
+        return 1  # GPU work serialises anyway; compiled graphs are not called concurrently
+    return max(1, min(os.cpu_count() or 1, 8))
 
 
 def file_sha256(path: Path) -> str:
@@ -261,10 +278,26 @@ def scan_video(path: str | Path, ctx: ScanContext) -> dict:
 
 def scan_paths(paths: Iterable[str | Path], cfg: ScanConfig | None = None,
                ctx: ScanContext | None = None) -> Iterator[dict]:
-    """Rows for ``paths`` in order (builds the context once when not given)."""
+    """Rows for ``paths`` (builds the context once when not given).
+
+    With ``ctx.workers > 1`` videos are scanned concurrently and rows come in
+    completion order; at most ``2 * workers`` videos are in flight.
+    """
     ctx = ctx or build_context(cfg or ScanConfig())
-    for p in paths:
-        yield scan_video(p, ctx)
+    if ctx.workers <= 1:
+        for p in paths:
+            yield scan_video(p, ctx)
+        return
+    it = iter(paths)
+    with ThreadPoolExecutor(ctx.workers, thread_name_prefix="scan") as pool:
+        pending = {pool.submit(scan_video, p, ctx) for p in itertools.islice(it, 2 * ctx.workers)}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                nxt = next(it, None)
+                if nxt is not None:
+                    pending.add(pool.submit(scan_video, nxt, ctx))
+                yield fut.result()
 
 
 def iter_face_crops(paths: Iterable[str | Path], spec, cfg: ScanConfig | None = None,

@@ -12,11 +12,11 @@ from rich.table import Table
 from . import metrics
 from .config import build_config
 from .output import SinkSet, done_paths, open_sink
-from .pipeline import build_context, scan_video
+from .pipeline import build_context, scan_paths
 from .sources import bundled_samples, expand_inputs
 
 OPTION_KEYS = ("frames", "fps", "detector", "weights", "device", "engine", "precision", "batch_size",
-               "threshold", "max_faces", "min_face", "det_max_side", "frame_agg", "video_agg", "out",
+               "threshold", "max_faces", "min_face", "det_max_side", "frame_agg", "video_agg", "workers", "out",
                "resume", "metrics_port", "metrics_host", "fail_on_fake", "progress", "details")
 
 
@@ -84,7 +84,7 @@ def run_scan(args) -> int:
     ctx = build_context(cfg)
     info = ctx.engine_info
     console.print(f"[dim]detector {cfg.detector} ({ctx.detector.weights_hash}) on {cfg.device}, "
-                  f"engine {info.get('backend')} {cfg.precision}: ready in "
+                  f"engine {info.get('backend')} {cfg.precision}, {ctx.workers} worker(s): ready in "
                   f"{info.get('ready_s') or time.perf_counter() - t0:.1f}s[/dim]")
     sinks = SinkSet([open_sink(cfg.out, append=cfg.resume)] if cfg.out else [])
     rows: list[dict] = []
@@ -110,8 +110,7 @@ def _scan_all(paths, ctx, sinks, rows, console, show_progress: bool) -> None:
     with Progress(*cols, console=console, transient=True, disable=not show_progress) as prog:
         task = prog.add_task("scan", total=len(paths), vps=0.0, fps=0.0)
         t0, faces = time.perf_counter(), 0
-        for p in paths:
-            row = scan_video(p, ctx)
+        for row in scan_paths(paths, ctx=ctx):
             sinks.write(row)
             rows.append(row)
             faces += row["faces"]

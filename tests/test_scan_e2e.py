@@ -156,7 +156,7 @@ def test_path_disappearing_mid_scan(tmp_path):
     a, b = tmp_path / "a.mp4", tmp_path / "b.mp4"
     shutil.copy(DATA / "d1.mp4", a)
     shutil.copy(DATA / "d2.mp4", b)
-    ctx = build_context(ScanConfig(frames=4, detector="test_tiny", hash=False))
+    ctx = build_context(ScanConfig(frames=4, detector="test_tiny", hash=False, workers=1))
     rows = []
     for row in scan_paths([a, b], ctx=ctx):
         rows.append(row)

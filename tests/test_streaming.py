@@ -60,3 +60,20 @@ def test_threaded_and_inline_decode_give_the_same_row():
     a, b = rows
     assert a["verdict"] == b["verdict"] and a["faces"] == b["faces"] == 6
     assert a["score"] == pytest.approx(b["score"], abs=1e-6)
+
+
+def test_parallel_workers_give_the_same_rows_as_one():
+    from scanner.pipeline import scan_paths
+
+    clips = [DATA / "d1.mp4", DATA / "d2.mp4", DATA / "missing.mp4", DATA / "d18.mp4"]
+    out = {}
+    for workers in (1, 2):
+        ctx = build_context(ScanConfig(frames=4, detector="test_tiny", hash=False, workers=workers))
+        assert ctx.workers == workers
+        out[workers] = {r["path"]: r for r in scan_paths(clips, ctx=ctx)}
+    assert out[1].keys() == out[2].keys() and len(out[1]) == 4
+    for path, row in out[1].items():
+        other = out[2][path]
+        assert (row["verdict"], row["faces"]) == (other["verdict"], other["faces"])
+        if row["score"] is not None:
+            assert row["score"] == pytest.approx(other["score"], abs=1e-5)

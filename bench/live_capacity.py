@@ -1,0 +1,231 @@
+"""How many concurrent 720p live streams this machine sustains.
+
+Each stream is a real H.264 1280x720 25 fps MPEG-TS served over loopback HTTP by
+:class:`scanner.live.publish.HttpTsPublisher` (a face clip re-encoded to 720p,
+looped), decoded by the live service and sampled at ``--sample-fps`` (default
+2). For N = 1, 2, ... streams the service runs ``--warmup`` s, then for
+``--seconds`` s every analysed frame's decode-to-verdict latency is recorded.
+N is *sustained* when p95 latency < ``--p95-max`` (1 s), no sampled frame was
+dropped, and the analysed rate is >= 90 % of N x sample_fps. The search stops at
+the first N that is not sustained.
+
+    python bench/live_capacity.py --out bench/results/live_capacity_cpu.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from scanner.config import DEFAULT_DETECTOR
+from scanner.live.config import parse_config
+from scanner.live.publish import HttpTsPublisher, transcode_clip
+from scanner.live.service import LiveService
+
+CLIP = "/work/shared/media/portrait/d5.mp4"
+
+
+class TimedService(LiveService):
+    """LiveService that also records every frame's frame-to-verdict latency."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.lat: list[float] = []
+        self.recording = False
+        self._lat_lock = threading.Lock()
+
+    def _on_result(self, frame, r):
+        super()._on_result(frame, r)
+        if self.recording:
+            with self._lat_lock:
+                self.lat.append(time.monotonic() - frame.t_capture)
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "loadavg_1m_at_start": os.getloadavg()[0],
+            "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def run_n(n: int, url: str, a) -> dict:
+    cfg = parse_config({
+        "api": {"enabled": False},
+        "model": {"detector": a.detector, "engine": a.engine, "devices": [a.device], "batch_frames": a.batch_frames,
+                  "max_wait_ms": a.max_wait_ms},
+        "defaults": {"sample_fps": a.sample_fps, "buffer_frames": 4},
+        "streams": [{"name": f"s{i}", "url": url} for i in range(n)],
+    })
+    svc = TimedService(cfg).start()
+    try:
+        time.sleep(a.warmup)
+        before = {d["name"]: d for d in svc.describe()}
+        batches0, frames0 = sum(w.batches for w in svc.workers), sum(w.frames for w in svc.workers)
+        cpu0 = time.process_time()
+        svc.recording = True
+        time.sleep(a.seconds)
+        svc.recording = False
+        cpu = time.process_time() - cpu0
+        after = {d["name"]: d for d in svc.describe()}
+        batches = sum(w.batches for w in svc.workers) - batches0
+        frames = sum(w.frames for w in svc.workers) - frames0
+    finally:
+        svc.stop()
+    lat = np.array(svc.lat) if svc.lat else np.array([np.inf])
+    dropped = sum(after[k]["frames_dropped"] - before[k]["frames_dropped"] for k in after)
+    sampled = sum(after[k]["frames_sampled"] - before[k]["frames_sampled"] for k in after)
+    rate = len(svc.lat) / a.seconds
+    res = {
+        "streams": n, "analysed_fps": round(rate, 2), "target_fps": n * a.sample_fps,
+        "sampled": sampled, "dropped": dropped, "analysed": len(svc.lat),
+        "latency_p50_s": round(float(np.percentile(lat, 50)), 3),
+        "latency_p95_s": round(float(np.percentile(lat, 95)), 3),
+        "latency_max_s": round(float(lat.max()), 3),
+        "batches": batches, "mean_batch_frames": round(frames / batches, 2) if batches else 0,
+        "process_cpu_s_per_s": round(cpu / a.seconds, 2),
+        "decode_fps_per_stream": round(np.mean([after[k]["fps"] for k in after]), 1),
+        "faces_last_frame": [after[k]["faces"] for k in sorted(after)],
+        "states": sorted({after[k]["state"] for k in after}),
+    }
+    res["sustained"] = bool(res["latency_p95_s"] < a.p95_max and dropped == 0
+                            and rate >= 0.9 * n * a.sample_fps)
+    return res
+
+
+def _threads_rss() -> tuple[int, float]:
+    rss = 0.0
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1]) / 1024
+    return len(os.listdir("/proc/self/task")), rss
+
+
+def _wait(pred, timeout: float) -> float | None:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if pred():
+            return time.monotonic() - t0
+        time.sleep(0.02)
+    return None
+
+
+def measure_reconnects(ts: bytes, a, cycles: int) -> dict:
+    """Kill/restart a publisher ``cycles`` times (default backoff settings); time each phase."""
+    pub = HttpTsPublisher(ts).start()
+    cfg = parse_config({"api": {"enabled": False},
+                        "model": {"detector": a.detector, "engine": a.engine, "devices": [a.device]},
+                        "defaults": {"sample_fps": a.sample_fps},
+                        "streams": [{"name": "r", "url": pub.url}]})
+    svc = LiveService(cfg).start()
+    src = svc._streams["r"].source
+    rows = []
+    try:
+        _wait(lambda: src.state == "live", 30)
+        time.sleep(2)
+        start = _threads_rss()
+        for _ in range(cycles):
+            connects = src.stats.connects
+            t0 = time.monotonic()
+            pub.stop()
+            t_drop = _wait(lambda: src.state in ("backoff", "connecting"), 30)
+            t_drop = t_drop is not None and time.monotonic() - t0
+            time.sleep(1.0)  # publisher down for 1 s
+            t1 = time.monotonic()
+            pub.start()
+            t_back = _wait(lambda: src.state == "live" and src.stats.connects > connects, 60)
+            t_back = t_back is not None and time.monotonic() - t1
+            rows.append({"eof_to_backoff_s": t_drop and round(t_drop, 3),
+                         "restart_to_live_s": t_back and round(t_back, 3)})
+            time.sleep(2)
+        end = _threads_rss()
+        pub.paused.set()  # a hung publisher: socket open, no data
+        t_stall = _wait(lambda: src.state == "stalled", 30)
+        pub.paused.clear()
+        t_live = _wait(lambda: src.state == "live", 60)
+    finally:
+        svc.stop()
+        pub.stop()
+    return {"cycles": rows, "threads_before_after": [start[0], end[0]],
+            "rss_mb_before_after": [round(start[1], 1), round(end[1], 1)],
+            "hung_publisher_to_stalled_s": t_stall and round(t_stall, 2),
+            "stalled_to_live_after_resume_s": t_live and round(t_live, 2),
+            "settings": cfg.defaults.model_dump(include={"stall_s", "backoff_initial_s", "backoff_max_s",
+                                                         "backoff_jitter", "open_timeout_s"})}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--detector", default=DEFAULT_DETECTOR)
+    ap.add_argument("--engine", default="eager")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--clip", default=CLIP)
+    ap.add_argument("--sample-fps", type=float, default=2.0)
+    ap.add_argument("--batch-frames", type=int, default=8)
+    ap.add_argument("--max-wait-ms", type=float, default=50.0)
+    ap.add_argument("--warmup", type=float, default=6.0)
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--p95-max", type=float, default=1.0)
+    ap.add_argument("--max-streams", type=int, default=16)
+    ap.add_argument("--reconnect-cycles", type=int, default=5, help="0 skips the reconnect measurement")
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+
+    info = machine()
+    ts = transcode_clip(a.clip, 1280, 720, fps=25, seconds=4.0)
+    pub = HttpTsPublisher(ts).start()
+    runs = []
+    try:
+        for n in range(1, a.max_streams + 1):
+            r = run_n(n, pub.url, a)
+            runs.append(r)
+            print(json.dumps(r), flush=True)
+            if not r["sustained"]:
+                break
+    finally:
+        pub.stop()
+    reconnect = measure_reconnects(ts, a, a.reconnect_cycles) if a.reconnect_cycles else None
+    if reconnect:
+        print(json.dumps(reconnect), flush=True)
+    ok = [r["streams"] for r in runs if r["sustained"]]
+    out = {
+        "benchmark": "live_capacity", "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": info,
+        "setup": {"resolution": "1280x720", "source_fps": 25, "codec": "h264 (libx264 ultrafast, gop 25)",
+                  "transport": "MPEG-TS over loopback HTTP", "clip": Path(a.clip).name,
+                  "detector": a.detector, "engine": a.engine, "device": a.device, "sample_fps": a.sample_fps,
+                  "batch_frames": a.batch_frames, "max_wait_ms": a.max_wait_ms, "faces_max_side": 960,
+                  "warmup_s": a.warmup, "measure_s": a.seconds, "p95_max_s": a.p95_max,
+                  "latency": "decoder output -> rolling verdict updated (monotonic clock)",
+                  "sustained_if": "p95 < p95_max and no dropped frames and analysed >= 90% of target"},
+        "max_sustained_streams": max(ok) if ok else 0,
+        "runs": runs,
+        "reconnect": reconnect,
+        "command": " ".join([Path(sys.executable).name] + sys.argv),
+    }
+    print(json.dumps({"max_sustained_streams": out["max_sustained_streams"]}))
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
