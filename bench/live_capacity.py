@@ -174,7 +174,7 @@ def measure_reconnects(ts: bytes, a, cycles: int) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--detector", default=DEFAULT_DETECTOR)
-    ap.add_argument("--engine", default="eager")
+    ap.add_argument("--engine", default="auto")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--clip", default=CLIP)
     ap.add_argument("--sample-fps", type=float, default=2.0)

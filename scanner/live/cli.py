@@ -25,7 +25,7 @@ def add_watch_parser(subparsers) -> argparse.ArgumentParser:
                                           "/dev/videoN; arguments are URL or name=URL.")
     p.add_argument("targets", nargs="+", metavar="URL|DEVICE")
     p.add_argument("--detector", default=DEFAULT_DETECTOR)
-    p.add_argument("--engine", default="eager", help="eager | compile | onnxruntime | tensorrt")
+    p.add_argument("--engine", default="auto", help="auto | eager | compile | onnxruntime | tensorrt")
     p.add_argument("--weights", default=None)
     p.add_argument("--device", default="cpu")
     p.add_argument("--sample-fps", type=float, default=2.0)

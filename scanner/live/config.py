@@ -64,7 +64,7 @@ class StreamConfig(_Model):
 class ModelConfig(_Model):
     detector: str = DEFAULT_DETECTOR
     weights: str | None = None
-    engine: str = Field("eager", description="eager | compile | onnxruntime | tensorrt")
+    engine: str = Field("auto", description="auto | eager | compile | onnxruntime | tensorrt")
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     devices: list[str] = Field(default_factory=lambda: ["cpu"], min_length=1)
     batch_frames: int = Field(8, ge=1, le=256)
