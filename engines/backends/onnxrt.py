@@ -125,6 +125,8 @@ class OnnxRuntimeEngine(ArtifactEngine):
         # Same thread budget as torch, so engines are compared (and share cores) fairly.
         so.intra_op_num_threads = torch.get_num_threads()
         so.log_severity_level = 3
+        # The CPU memory arena stays on: it keeps the peak of the largest batch (+700 MB
+        # RSS for MesoNet at batch 32, measured) but halves latency (106 vs 216 ms).
         try:
             self.session = ort.InferenceSession(str(path), sess_options=so, providers=self._providers())
         except EngineUnavailable:
