@@ -29,7 +29,7 @@ from engines import create_detector
 from engines.benchmark import machine_info
 from scanner.config import ScanConfig
 from scanner.decode import FrameSampler
-from scanner.pipeline import build_context, scan_paths, scan_video
+from scanner.pipeline import build_context, scan_paths
 
 CACHE = Path(__file__).resolve().parent / ".cache"
 

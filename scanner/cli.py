@@ -13,7 +13,6 @@ import argparse
 import importlib
 import logging
 import sys
-import time
 
 from engines.errors import DfscanError
 
@@ -126,5 +125,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    t0 = time.perf_counter()
     sys.exit(main())
