@@ -130,6 +130,8 @@ def detect(mtcnn, images: np.ndarray, minsize: int, thresholds, factor: float = 
     in the input images' pixel coordinates.
     """
     device = next(mtcnn.pnet.parameters()).device
+    if not images.flags.writeable:  # e.g. np.asarray(PIL image): torch wants writable memory
+        images = images.copy()
     # One contiguous NCHW copy: roi_align would otherwise copy the batch on every call.
     imgs = torch.as_tensor(images, device=device).permute(0, 3, 1, 2).float().contiguous()
     boxes, inds = _stage1(imgs, mtcnn.pnet, minsize, thresholds[0], factor)
