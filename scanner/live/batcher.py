@@ -47,9 +47,10 @@ class FrameAnalyzer:
         self.device = torch.device(device)
         self.faces = FaceDetector(device=device, **(face_kwargs or {}))
         self.model = create_detector(detector, weights=weights, device=device)
-        # Same engines as batch scanning (built, parity-checked, warmed up). Compiled engines
-        # need every batch size up to max_crops; eager only needs a quick warm-up.
-        sizes = [1] if engine == "eager" else sorted({1, 8, max_crops})
+        # Same engines and batch sizes as batch scanning (built, parity-checked, warmed up).
+        # The largest size is also the chunk size, so it must be max_crops for every kind
+        # (eager does not pad, so the extra sizes cost it nothing).
+        sizes = sorted({1, 8, max_crops})
         self.engine = prepare_engine(self.model, engine, precision=precision, batch_sizes=sizes, device=device)
         self.spec = self.model.spec
         self.threshold = self.model.threshold
