@@ -184,8 +184,14 @@ def scan_scores(items: list[Item], args) -> tuple[dict[int, float], str, dict]:
     ctx = build_context(cfg)
     videos = [i for i, it in enumerate(items) if not it.is_image]
     scores, verdicts = {}, defaultdict(int)
+    # Rows arrive in completion order with several workers: pair them with their
+    # items by path, never by position (a listed path may repeat: each copy once).
+    waiting: dict[str, list[int]] = defaultdict(list)
+    for i in videos:
+        waiting[str(items[i].path)].append(i)
     rows = scan_paths([items[i].path for i in videos], ctx=ctx)
-    for i, row in zip(videos, _progress(args)(rows) if videos else rows):
+    for row in _progress(args)(rows) if videos else rows:
+        i = waiting[row["path"]].pop(0)
         verdicts[row["verdict"]] += 1
         if row.get("score") is not None:
             scores[i] = float(row["score"])
