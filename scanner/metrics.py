@@ -18,6 +18,8 @@ VERDICTS = ("real", "fake", "no_face", "error")
 FRAMES_DECODED = Counter("dfscan_frames_decoded", "Sampled frames decoded", registry=REGISTRY)
 FACES_DETECTED = Counter("dfscan_faces_detected", "Faces kept after detection", registry=REGISTRY)
 CROPS_INFERRED = Counter("dfscan_crops_inferred", "Aligned face crops scored", registry=REGISTRY)
+NONFINITE_SCORES = Counter("dfscan_nonfinite_scores", "Face crop scores dropped as NaN/inf",
+                           registry=REGISTRY)
 VIDEOS = Counter("dfscan_videos", "Videos finished, by verdict", ["verdict"], registry=REGISTRY)
 ERRORS = Counter("dfscan_errors", "Inputs that failed, by kind", ["kind"], registry=REGISTRY)
 SINK_ERRORS = Counter("dfscan_sink_errors", "Rows a sink failed to write", ["sink"], registry=REGISTRY)
