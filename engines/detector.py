@@ -27,6 +27,10 @@ class Detector(nn.Module):
 
     spec: InputSpec
     threshold: float = 0.5
+    # Dotted name of the submodule whose output is the last convolutional feature
+    # map ``(N, C, h, w)``, used for Grad-CAM (:mod:`engines.explain`); None when
+    # the network has no such map (e.g. a linear probe on a transformer).
+    cam_layer: str | None = None
 
     def __init__(self, spec: InputSpec, threshold: float = 0.5):
         super().__init__()
@@ -68,6 +72,13 @@ class Detector(nn.Module):
         """
         return torch.sigmoid(self.primary(out).float().reshape(-1))
 
+    def fake_logit(self, out: Output) -> torch.Tensor:
+        """Raw output -> logit of P(fake), ``float32 (N,)``, differentiable.
+
+        The target of gradient explanations: unlike P(fake) it does not saturate.
+        """
+        return self.primary(out).float().reshape(-1)
+
     def extras(self, out: Output, p_fake: torch.Tensor) -> list[dict[str, Any]]:
         """Per-crop extra results (e.g. artifact boxes); empty by default."""
         return [{} for _ in range(p_fake.shape[0])]
@@ -78,5 +89,6 @@ class Detector(nn.Module):
             "weights_hash": self.weights_hash,
             "weights_source": self.weights_source,
             "threshold": self.threshold,
+            "cam_layer": self.cam_layer,
             "input": self.spec.to_dict(),
         }

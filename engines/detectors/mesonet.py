@@ -121,6 +121,8 @@ class _MesoBase(Detector):
     map to be ``S/32 x S/32`` (256 -> 8x8 -> 1024 features, as released).
     """
 
+    cam_layer = "bn4"  # last conv map before the final pooling (S/8 x S/8, 16 ch)
+
     def __init__(self, size: int, c2: int):
         super().__init__(InputSpec(
             size=size,

@@ -16,6 +16,8 @@ from ..spec import ARCFACE_112, InputSpec, scaled_template
 class TinyCNN(Detector):
     """Two conv layers + linear; one logit of P(fake)."""
 
+    cam_layer = "body.4"  # ReLU after the second conv
+
     def __init__(self, size: int = 64):
         super().__init__(InputSpec(size=size, template=scaled_template(ARCFACE_112, 112, size, 0.1)))
         self.body = nn.Sequential(

@@ -35,6 +35,8 @@ class ResNetBackbone(nn.Module):
             tiny test model uses smaller ones through the same code.
     """
 
+    cam_layer = "layer4"  # last stage: the (N, C, 7, 7) feature map
+
     def __init__(self, layers=(3, 4, 6, 3), widths=(64, 128, 256, 512)):
         super().__init__()
         stem = widths[0]
@@ -181,6 +183,8 @@ class MBConvBlock(nn.Module):
 
 class EfficientNetBackbone(nn.Module):
     """EfficientNet feature extractor (``efficientnet-b3`` or ``efficientnet-b4``)."""
+
+    cam_layer = "_bn1"  # head conv + BN: the (N, C, 7, 7) map (SiLU follows in forward)
 
     def __init__(self, name: str = "efficientnet-b4"):
         super().__init__()

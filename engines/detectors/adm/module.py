@@ -172,6 +172,8 @@ class ADMDetector(Detector):
         self.iou_threshold = float(iou_threshold)
         self.top_k = int(top_k)
         self.box_min_p_fake = float(box_min_p_fake)
+        # Grad-CAM on the backbone's last map (the 7x7 map the ADM reads).
+        self.cam_layer = "base_model." + getattr(self.base_model, "cam_layer", "layer4")
 
     def network(self, x: torch.Tensor):
         fmap, global_feat = self.base_model(x)
@@ -183,6 +185,11 @@ class ADMDetector(Detector):
     def p_fake(self, out) -> torch.Tensor:
         """Softmax class 1 (the original test.py's ``outputs[:, 1]``), ``float32 (N,)``."""
         return torch.softmax(self.primary(out).float(), dim=-1)[:, 1]
+
+    def fake_logit(self, out) -> torch.Tensor:
+        """``logits[:, 1] - logits[:, 0]``: the logit of the softmax's P(fake)."""
+        logits = self.primary(out).float()
+        return logits[:, 1] - logits[:, 0]
 
     def extras(self, out, p_fake: torch.Tensor) -> list[dict[str, Any]]:
         """Per crop ``{"artifact_boxes": [[x1, y1, x2, y2, score], ...]}``.
