@@ -19,7 +19,14 @@ class Verdict:
 
 
 def frame_score(scores: np.ndarray, areas: np.ndarray, mode: str) -> float | None:
-    """Score of one frame from its faces' P(fake) (``scores``) and box areas."""
+    """Score of one frame from its faces' P(fake) (``scores``) and box areas.
+
+    Non-finite scores are ignored (NaN would pass through max/mean and compare
+    False with any threshold); a frame with no finite score has none (None).
+    """
+    scores, areas = np.asarray(scores, np.float64), np.asarray(areas, np.float64)
+    ok = np.isfinite(scores)
+    scores, areas = scores[ok], areas[ok] if len(areas) == len(ok) else areas
     if len(scores) == 0:
         return None
     if mode == "max":
@@ -51,7 +58,7 @@ def decide(frame_scores: list[float | None], threshold: float, video_mode: str,
     ``no_face`` when fewer than ``min_face_frames`` frames had a face (capped at
     the number of sampled frames, so a 2-frame clip can still get a verdict).
     """
-    valid = [s for s in frame_scores if s is not None]
+    valid = [s for s in frame_scores if s is not None and np.isfinite(s)]
     need = min(min_face_frames, max(1, len(frame_scores)))
     if len(valid) < need:
         return Verdict("no_face", None, len(valid))

@@ -98,6 +98,17 @@ class VideoIndex:
         return (pts - self.start) * self.time_base
 
 
+def classify_os_error(path: Path, e: OSError) -> VideoError:
+    """``not_found`` / ``permission`` / ``internal`` error of a failed file access."""
+    if isinstance(e, FileNotFoundError) or e.errno in (errno.ENOENT, errno.ENOTDIR):
+        return VideoError("not_found", f"file not found: {path}")
+    if isinstance(e, PermissionError) or e.errno in (errno.EACCES, errno.EPERM):
+        return VideoError("permission", f"permission denied: {path}")
+    if isinstance(e, IsADirectoryError):
+        return VideoError("not_video", f"a directory, not a video file: {path}")
+    return VideoError("internal", f"cannot read {path}: {type(e).__name__}: {e}")
+
+
 def _classify_open_error(path: Path, e: Exception) -> VideoError:
     if isinstance(e, FileNotFoundError) or getattr(e, "errno", None) == errno.ENOENT:
         return VideoError("not_found", f"file not found: {path}")
@@ -251,6 +262,7 @@ class FrameSampler:
         self.index: VideoIndex | None = None
         self.decode_errors = 0
         self.seeks = 0
+        self.requested = 0  # sampled frames chosen (after the index pass)
         self.missed = 0  # targets that never came out of the decoder
 
     def __iter__(self) -> Iterator[Frame]:
@@ -284,7 +296,9 @@ class FrameSampler:
             # A verdict on part of a video could mislead; report it instead.
             raise VideoError("truncated", f"file ends after {len(index.pts)} video packets "
                              "of a longer stream (truncated)")
-        return index, choose_targets(index, self.frames, self.fps)
+        targets = choose_targets(index, self.frames, self.fps)
+        self.requested = len(targets)
+        return index, targets
 
     def _decode(self, container, stream, index: VideoIndex, targets: list[int],
                 seekable: bool) -> Iterator[Frame]:

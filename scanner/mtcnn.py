@@ -48,6 +48,8 @@ def _stage1(imgs: torch.Tensor, pnet, minsize: int, th: float, factor: float):
         pick = batched_nms(b[:, :4], b[:, 4], i, 0.5)
         boxes.append(b[pick])
         inds.append(i[pick])
+    if not boxes:  # image smaller than the smallest face searched for: no pyramid level
+        return torch.zeros(0, 5, device=imgs.device), torch.zeros(0, dtype=torch.long, device=imgs.device)
     boxes, inds = torch.cat(boxes), torch.cat(inds)
     pick = batched_nms(boxes[:, :4], boxes[:, 4], inds, 0.7)
     boxes, inds = boxes[pick], inds[pick]

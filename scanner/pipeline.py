@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -22,19 +24,24 @@ import torch
 
 from engines import create_detector
 from engines.detector import Detector
-from engines.errors import DfscanError
 from engines.registry import file_hash
 
 from . import metrics
 from .aggregate import decide, frame_score
 from .align import align_faces, invert_affine, map_boxes
 from .config import ScanConfig
-from .decode import Frame, FrameSampler, VideoError
+from .decode import Frame, FrameSampler, VideoError, classify_os_error
 from .faces import FaceDetector, Faces
 from .streaming import BoundedPrefetch, Inline
 
 log = logging.getLogger("dfscan")
 DETECT_BATCH = 4  # frames per MTCNN call: 4 measured fastest on CPU (cache-friendly, still batched)
+
+
+class ScanInterrupted(BaseException):
+    """``ctx.stop`` was set (SIGINT/SIGTERM): the video is abandoned, not an error row.
+
+    A BaseException so that no ``except Exception`` turns it into a row."""
 
 
 @dataclass
@@ -48,6 +55,11 @@ class ScanContext:
     threshold: float
     engine_info: dict = field(default_factory=dict)
     workers: int = 1
+    # Set by the signal handler of `dfscan scan`: videos in flight stop at their next
+    # frame batch, finished ones are still yielded (see scan_paths).
+    stop: threading.Event = field(default_factory=threading.Event)
+    # Decode threads started before the context was built (scanner.warmstart), by str(path).
+    prestarted: dict = field(default_factory=dict)
 
     @property
     def device(self) -> torch.device:
@@ -65,8 +77,12 @@ def build_context(cfg: ScanConfig) -> ScanContext:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
     detector = create_detector(cfg.detector, weights=cfg.weights, device=cfg.device)
     sizes = sorted({1, 8, cfg.batch_size})
+    # Warm-up matters where the first call compiles or records (CUDA, torch.compile); an
+    # eager/ONNX Runtime CPU engine's first batch costs ~0.2 s more, its warm-up 1.2 s.
+    warm = cfg.device.startswith("cuda") or not resolve_engine_name(cfg.engine, cfg.device).startswith(
+        ("eager", "onnx", "ort"))
     engine = prepare_engine(detector, cfg.engine, precision=cfg.precision, batch_sizes=sizes,
-                            device=cfg.device)
+                            device=cfg.device, warmup=warm)
     faces = FaceDetector(device=cfg.device, max_side=cfg.det_max_side, min_face=cfg.min_face,
                          min_prob=cfg.face_prob, max_faces=cfg.max_faces)
     threshold = cfg.threshold if cfg.threshold is not None else detector.threshold
@@ -176,31 +192,50 @@ def _artifact_boxes(rec: _FaceRec) -> list | None:
             for fb, s in zip(framed, b[:, 4])]
 
 
+def _finite_faces(state: _VideoState) -> int:
+    """Drop non-finite crop scores (a NaN would otherwise pass every max/mean and
+    compare False with the threshold, i.e. read as ``real``); returns how many."""
+    bad = [r for r in state.faces if not math.isfinite(r.score)]
+    if bad:
+        metrics.NONFINITE_SCORES.inc(len(bad))
+        log.warning("%d face crop(s) scored NaN/inf by the detector: dropped", len(bad))
+    return len(bad)
+
+
 def _summarise(state: _VideoState, ctx: ScanContext) -> dict:
     cfg = ctx.cfg
+    order = sorted(range(len(state.frames)), key=lambda k: state.frames[k]["index"])
     per_frame: list[list[_FaceRec]] = [[] for _ in state.frames]
     for rec in state.faces:
         per_frame[rec.frame].append(rec)
+    frames, per_frame = [state.frames[k] for k in order], [per_frame[k] for k in order]
+    dropped = _finite_faces(state)
     scores = []
     for recs in per_frame:
+        recs = [r for r in recs if math.isfinite(r.score)]
         s = np.array([r.score for r in recs], np.float64)
         areas = np.array([(r.box[2] - r.box[0]) * (r.box[3] - r.box[1]) for r in recs])
         scores.append(frame_score(s, areas, cfg.frame_agg))
     v = decide(scores, ctx.threshold, cfg.video_agg, cfg.topk, cfg.min_face_frames)
+    if dropped and v.verdict == "no_face":
+        raise VideoError("non_finite", f"the detector scored {dropped} of {len(state.faces)} face "
+                         "crops NaN/inf; too few finite scores left for a verdict")
     row = {"verdict": v.verdict, "score": None if v.score is None else round(v.score, 6),
            "frames": len(state.frames), "frames_with_faces": v.frames_with_faces,
-           "faces": len(state.faces)}
+           "faces": len(state.faces), "nonfinite_scores": dropped}
     if cfg.details:
-        for meta, recs, s in zip(state.frames, per_frame, scores):
+        for meta, recs, s in zip(frames, per_frame, scores):
             meta["score"] = None if s is None else round(s, 6)
             meta["faces"] = [_face_detail(r, ctx.threshold) for r in recs]
-        row["frames_detail"] = state.frames
+        row["frames_detail"] = frames
     return row
 
 
 def _face_detail(r: _FaceRec, threshold: float) -> dict:
-    d = {"box": [round(float(v), 1) for v in r.box], "prob": round(r.prob, 4), "score": round(r.score, 6)}
-    if r.score >= threshold:
+    finite = math.isfinite(r.score)
+    d = {"box": [round(float(v), 1) for v in r.box], "prob": round(r.prob, 4),
+         "score": round(r.score, 6) if finite else None}
+    if finite and r.score >= threshold:
         boxes = _artifact_boxes(r)
         if boxes:
             d["artifact_boxes"] = boxes
@@ -209,27 +244,36 @@ def _face_detail(r: _FaceRec, threshold: float) -> dict:
 
 def _analyse(path: Path, ctx: ScanContext, row: dict) -> dict:
     cfg = ctx.cfg
-    sampler = FrameSampler(path, cfg.frames, cfg.fps, cfg.det_max_side, cfg.seek)
+    pre = ctx.prestarted.pop(str(path), None)  # decoding began while the model loaded
+    sampler = pre.sampler if pre else FrameSampler(path, cfg.frames, cfg.fps, cfg.det_max_side, cfg.seek)
     state = _VideoState()
 
     def produce():
         if cfg.hash:
-            row["sha256"] = file_sha256(path)
+            try:
+                row["sha256"] = file_sha256(path)
+            except OSError as e:  # same kinds as opening it (not_found, permission, ...)
+                raise classify_os_error(path, e) from e
         return sampler
 
     source = BoundedPrefetch if _decode_in_thread(cfg) else Inline
-    with source(produce, maxsize=cfg.queue_frames, name="decode") as frames:
-        batch: list[Frame] = []
-        for fr in frames:
-            metrics.FRAMES_DECODED.inc()
-            batch.append(fr)
-            if len(batch) == DETECT_BATCH:
+    try:
+        with (pre.take(produce) if pre else source(produce, maxsize=cfg.queue_frames, name="decode")) as frames:
+            batch: list[Frame] = []
+            for fr in frames:
+                if ctx.stop.is_set():
+                    raise ScanInterrupted(str(path))
+                metrics.FRAMES_DECODED.inc()
+                batch.append(fr)
+                if len(batch) == DETECT_BATCH:
+                    _process_batch(batch, state, ctx)
+                    batch = []  # drop full-resolution frames as soon as they are used
+            if batch:
                 _process_batch(batch, state, ctx)
-                batch = []  # drop full-resolution frames as soon as they are used
-        if batch:
-            _process_batch(batch, state, ctx)
-        _timed(state, "infer", _infer, state, ctx)
-        decode_s = frames.busy_s
+            _timed(state, "infer", _infer, state, ctx)
+            decode_s = frames.busy_s
+    finally:
+        _record_sampling(row, sampler)
     result = _timed(state, "aggregate", _summarise, state, ctx)
     if sampler.index is not None:
         ix = sampler.index
@@ -239,6 +283,15 @@ def _analyse(path: Path, ctx: ScanContext, row: dict) -> dict:
     result["timings"] = {"decode": round(decode_s, 4),
                          **{k: round(v, 4) for k, v in state.t.items()}}
     return result
+
+
+def _record_sampling(row: dict, sampler: FrameSampler) -> None:
+    """Sampled frames asked for and lost (a lost frame is visible, never silent)."""
+    row["frames_requested"] = sampler.requested
+    row["frames_missed"] = sampler.missed
+    if sampler.missed:
+        log.warning("%s: %d of %d sampled frames could not be decoded", sampler.path,
+                    sampler.missed, sampler.requested)
 
 
 def _decode_in_thread(cfg: ScanConfig) -> bool:
@@ -254,7 +307,7 @@ def _base_row(path: Path, ctx: ScanContext) -> dict:
         size = None
     return {"path": str(path), "size_bytes": size, "sha256": None, "verdict": "error",
             "score": None, "threshold": ctx.threshold, "frames": 0, "frames_with_faces": 0,
-            "faces": 0, "detector": ctx.detector.name, "weights_hash": ctx.detector.weights_hash,
+            "faces": 0, "frames_requested": None, "frames_missed": None, "detector": ctx.detector.name, "weights_hash": ctx.detector.weights_hash,
             "engine": ctx.engine_info.get("backend", ctx.cfg.engine), "precision": ctx.cfg.precision,
             "error": None}
 
@@ -262,14 +315,17 @@ def _base_row(path: Path, ctx: ScanContext) -> dict:
 def scan_video(path: str | Path, ctx: ScanContext) -> dict:
     """Scan one video; always returns a row (``verdict == "error"`` on failure)."""
     path = Path(path)
+    if ctx.stop.is_set():
+        raise ScanInterrupted(str(path))
     t0 = time.perf_counter()
     row = _base_row(path, ctx)
     try:
         row.update(_analyse(path, ctx, row))
     except VideoError as e:
         row["error"] = {"kind": e.kind, "message": str(e)}
-    except (DfscanError, RuntimeError, ValueError, OSError) as e:
-        log.debug("scan of %s failed", path, exc_info=True)
+    except Exception as e:  # noqa: BLE001 - one video's failure must never end the scan
+        log.warning("scan of %s failed: %s: %s", path, type(e).__name__, e, exc_info=True)
+        row.update(verdict="error", score=None)
         row["error"] = {"kind": "internal", "message": f"{type(e).__name__}: {e}"}
     row.setdefault("timings", {})["total"] = round(time.perf_counter() - t0, 4)
     metrics.record_row(row)
@@ -281,23 +337,45 @@ def scan_paths(paths: Iterable[str | Path], cfg: ScanConfig | None = None,
     """Rows for ``paths`` (builds the context once when not given).
 
     With ``ctx.workers > 1`` videos are scanned concurrently and rows come in
-    completion order; at most ``2 * workers`` videos are in flight.
+    completion order; at most ``2 * workers`` videos are in flight. Once
+    ``ctx.stop`` is set no video starts, videos in flight are abandoned at their
+    next frame batch, and rows of videos already finished are still yielded.
     """
     ctx = ctx or build_context(cfg or ScanConfig())
     if ctx.workers <= 1:
         for p in paths:
-            yield scan_video(p, ctx)
+            try:
+                yield scan_video(p, ctx)
+            except ScanInterrupted:
+                return
         return
     it = iter(paths)
     with ThreadPoolExecutor(ctx.workers, thread_name_prefix="scan") as pool:
         pending = {pool.submit(scan_video, p, ctx) for p in itertools.islice(it, 2 * ctx.workers)}
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                nxt = next(it, None)
-                if nxt is not None:
-                    pending.add(pool.submit(scan_video, nxt, ctx))
+        try:
+            yield from _completed(pool, pending, it, ctx)
+        except BaseException:  # consumer stopped (output failed, interrupt): do not wait for videos
+            ctx.stop.set()
+            raise
+
+
+def _completed(pool, pending, it, ctx: ScanContext) -> Iterator[dict]:
+    """Rows of finished futures; submits the next input as each finishes."""
+    while pending:
+        done, pending = wait(pending, return_when=FIRST_COMPLETED)
+        for fut in done:
+            nxt = None if ctx.stop.is_set() else next(it, None)
+            if nxt is not None:
+                pending.add(pool.submit(scan_video, nxt, ctx))
+            if fut.cancelled():
+                continue
+            try:
                 yield fut.result()
+            except ScanInterrupted:
+                continue
+        if ctx.stop.is_set():
+            for fut in pending:
+                fut.cancel()  # not started yet: never start
 
 
 def iter_face_crops(paths: Iterable[str | Path], spec, cfg: ScanConfig | None = None,

@@ -2,7 +2,12 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,3 +48,159 @@ def test_eval_with_workers_pairs_each_score_with_its_own_video(tmp_path):
     got = [r["score"] for r in ev["scores"] if r["score"] is not None]
     assert len(got) == 4 and len({round(x, 6) for x in got}) == 4  # distinct: a swap would show
     assert ev["video_verdicts"]["error"] == 1
+
+
+# -- shared: one small scan context --------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ctx():
+    from scanner.config import ScanConfig
+    from scanner.pipeline import build_context
+
+    return build_context(ScanConfig(frames=6, detector="test_tiny", engine="eager", workers=1))
+
+
+def _forced_scores(monkeypatch, ctx, values):
+    """Make the detector report ``values`` (cycled) as P(fake), in crop order."""
+    import torch
+
+    it = iter(np.resize(np.asarray(values, np.float32), 10_000))
+    monkeypatch.setattr(ctx.detector, "p_fake",
+                        lambda out: torch.tensor([next(it) for _ in range(len(out))]))
+
+
+# -- 2. non-finite detector outputs never become verdicts ---------------------------------
+
+def _nonfinite_total() -> float:
+    from scanner import metrics
+
+    return metrics.REGISTRY.get_sample_value("dfscan_nonfinite_scores_total") or 0.0
+
+
+def test_one_nan_face_among_fakes_is_dropped_and_counted(ctx, monkeypatch):
+    from scanner.pipeline import scan_video
+
+    _forced_scores(monkeypatch, ctx, [float("nan")] + [0.99] * 50)
+    before = _nonfinite_total()
+    row = scan_video(DATA / "d2.mp4", ctx)
+    assert row["verdict"] == "fake" and row["score"] == pytest.approx(0.99)
+    assert row["faces"] == 6 and row["nonfinite_scores"] == 1 and row["frames_with_faces"] == 5
+    assert _nonfinite_total() - before == 1
+    json.dumps(row, allow_nan=False)  # no NaN anywhere in the row
+    assert [f["faces"][0]["score"] for f in row["frames_detail"]].count(None) == 1
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_all_scores_non_finite_is_an_error(ctx, monkeypatch, bad):
+    from scanner.pipeline import scan_video
+
+    _forced_scores(monkeypatch, ctx, [bad])
+    row = scan_video(DATA / "d2.mp4", ctx)
+    assert row["verdict"] == "error" and row["error"]["kind"] == "non_finite"
+    assert row["score"] is None
+    json.dumps(row, allow_nan=False)
+
+
+def test_aggregation_ignores_non_finite_scores():
+    from scanner.aggregate import decide, frame_score
+
+    nan = float("nan")
+    assert frame_score(np.array([nan, 0.2]), np.array([100.0, 1.0]), "largest") == 0.2
+    assert frame_score(np.array([nan]), np.array([1.0]), "max") is None
+    v = decide([0.99, nan, 0.99], 0.5, "mean", 5, 2)
+    assert v.verdict == "fake" and v.score == pytest.approx(0.99) and v.frames_with_faces == 2
+
+
+# -- 5. frames smaller than the smallest face: no faces, not a crash ------------------------
+
+def test_video_smaller_than_min_face_is_no_face(ctx, tmp_path):
+    from conftest import make_video
+    from scanner.decode import FrameSampler
+    from scanner.pipeline import scan_video
+
+    path = make_video(tmp_path / "tiny.mp4", frames=12, size=(48, 48))
+    frames = list(FrameSampler(path, frames=4))
+    assert [len(f) for f in ctx.faces.detect(frames)] == [0, 0, 0, 0]
+    row = scan_video(path, ctx)
+    assert row["verdict"] == "no_face" and row["error"] is None and row["frames"] == 6
+
+
+# -- 6. error kinds with the default settings (hashing on) --------------------------------
+
+def test_missing_file_is_not_found_with_hashing(tmp_path):
+    from scanner.config import ScanConfig
+    from scanner.pipeline import build_context, scan_video
+
+    cfg = ScanConfig(frames=4, detector="test_tiny")
+    assert cfg.hash  # the default
+    row = scan_video(tmp_path / "gone.mp4", build_context(cfg))
+    assert row["verdict"] == "error" and row["error"]["kind"] == "not_found", row["error"]
+
+
+_AS_NOBODY = r"""
+import json, os, pwd, sys
+from scanner.config import ScanConfig
+from scanner.pipeline import build_context, scan_paths
+ctx = build_context(ScanConfig(frames=4, detector="test_tiny", workers=1))  # hash on (default)
+nobody = pwd.getpwnam("nobody")
+os.setgroups([]); os.setgid(nobody.pw_gid); os.setuid(nobody.pw_uid)  # as an unprivileged user
+assert os.geteuid() == nobody.pw_uid
+rows = list(scan_paths(sys.argv[1:], ctx=ctx))
+print(json.dumps({r["path"]: r for r in rows}))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to the unprivileged user")
+def test_unreadable_file_is_permission_for_an_unprivileged_user(tmp_path):
+    """Really unreadable (mode 600, owned by root) for a process running as ``nobody``.
+
+    The subprocess imports and builds everything as root (the repository may live
+    where ``nobody`` cannot read), then drops to ``nobody`` before scanning.
+    """
+    from conftest import ROOT
+
+    d = Path(tempfile.mkdtemp(prefix="dfscan-perm-"))
+    try:
+        d.chmod(0o755)
+        ok, locked = d / "ok.mp4", d / "locked.mp4"
+        shutil.copy(DATA / "d1.mp4", ok)
+        shutil.copy(DATA / "d1.mp4", locked)
+        ok.chmod(0o644)
+        locked.chmod(0o600)
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        out = subprocess.run([sys.executable, "-c", _AS_NOBODY, str(ok), str(locked), str(d / "gone.mp4")],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        rows = json.loads(out.stdout.strip().splitlines()[-1])
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    assert rows[str(ok)]["verdict"] in ("real", "fake") and len(rows[str(ok)]["sha256"]) == 64
+    assert rows[str(locked)]["error"]["kind"] == "permission", rows[str(locked)]["error"]
+    assert rows[str(d / "gone.mp4")]["error"]["kind"] == "not_found"
+
+
+# -- 7. any exception inside one video is that video's error row -----------------------------
+
+@pytest.mark.parametrize("exc", [TypeError("t"), KeyError("k"), AssertionError("a"), ZeroDivisionError("z"),
+                                 MemoryError("m"), "av"])
+def test_any_exception_in_one_video_is_an_internal_error_row(ctx, monkeypatch, exc):
+    import av
+
+    from scanner import pipeline
+
+    if exc == "av":  # a PyAV error that is neither OSError nor ValueError
+        assert not issubclass(av.error.ExternalError, (OSError, ValueError, RuntimeError))
+        exc = av.error.ExternalError(1, "injected")
+    real_detect = type(ctx.faces).detect
+
+    def detect(self, frames):
+        if frames[0].image.shape[0] == 512:  # only d1.mp4 (512 px); d18 is 480 px
+            raise exc
+        return real_detect(self, frames)
+
+    monkeypatch.setattr(type(ctx.faces), "detect", detect)
+    rows = list(pipeline.scan_paths([DATA / "d1.mp4", DATA / "d18.mp4"], ctx=ctx))
+    assert [r["verdict"] for r in rows][0] == "error"
+    err = rows[0]["error"]
+    assert err["kind"] == "internal" and err["message"].startswith(type(exc).__name__)
+    assert rows[1]["verdict"] in ("real", "fake")  # the scan went on
