@@ -87,7 +87,7 @@ def serve(cfg: ServeConfig, stop: threading.Event, on_ready=None) -> int:
     try:
         svc.start()
         if cfg.api.enabled:
-            api = ApiServer(svc, cfg.api.host, cfg.api.port, token, cfg.api.max_body_bytes).start()
+            api = ApiServer(svc, cfg.api.host, cfg.api.port, token, cfg.api.max_body_bytes, api=cfg.api).start()
             log.info("API on http://%s:%d (auth %s)", cfg.api.host, api.port, "on" if token else "off")
         if on_ready is not None:
             on_ready(svc, api)

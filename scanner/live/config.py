@@ -22,6 +22,10 @@ from ..config import DEFAULT_DETECTOR
 from .urls import NAME_RE, SourceError, parse_source
 
 
+MAX_BUFFER_FRAMES = 64
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
 class ConfigError(DfscanError):
     """The serve configuration is invalid (message lists every problem)."""
 
@@ -32,7 +36,8 @@ class _Model(BaseModel):
 
 class StreamDefaults(_Model):
     sample_fps: float = Field(2.0, ge=0, le=60)
-    buffer_frames: int = Field(4, ge=1, le=256)
+    # Sampled RGB frames held per stream (~6 MB each at 1080p): capped so one stream cannot take the RAM.
+    buffer_frames: int = Field(4, ge=1, le=MAX_BUFFER_FRAMES)
     open_timeout_s: float = Field(10.0, gt=0, le=300)
     stall_s: float = Field(5.0, gt=0, le=300)
     backoff_initial_s: float = Field(0.5, gt=0, le=300)
@@ -47,7 +52,7 @@ class StreamConfig(_Model):
     name: str
     url: str
     sample_fps: float | None = Field(None, ge=0, le=60)
-    buffer_frames: int | None = Field(None, ge=1, le=256)
+    buffer_frames: int | None = Field(None, ge=1, le=MAX_BUFFER_FRAMES)
     stall_s: float | None = Field(None, gt=0, le=300)
     max_retries: int | None = Field(None, ge=0)
     rtsp_transport: Literal["tcp", "udp", "udp_multicast", "http", "https"] | None = None
@@ -157,6 +162,23 @@ class ApiConfig(_Model):
     token_env: str | None = "DFSCAN_API_TOKEN"
     token_file: str | None = None
     max_body_bytes: int = Field(65536, ge=1024, le=1 << 24)
+    # Host header allowlist (DNS-rebinding guard); loopback names are always allowed.
+    # Default off loopback: any Host (the bearer token guards that bind).
+    allowed_hosts: list[str] | None = None
+    limit_concurrency: int = Field(64, ge=4, le=10_000)  # connections + requests; beyond: 503
+    request_timeout_s: float = Field(10.0, gt=0, le=300)  # a request must arrive within this
+    keep_alive_s: float = Field(5.0, gt=0, le=300)  # idle keep-alive connections closed after this
+    max_header_bytes: int = Field(16384, ge=1024, le=1 << 20)
+
+    def hosts(self) -> list[str]:
+        """Host header values the API accepts (``*``: any)."""
+        if self.allowed_hosts is not None:
+            return sorted(set(LOOPBACK_HOSTS) | set(self.allowed_hosts))
+        if is_loopback(self.host):
+            return list(LOOPBACK_HOSTS)
+        if self.host in ("0.0.0.0", "::"):
+            return ["*"]
+        return sorted(set(LOOPBACK_HOSTS) | {self.host if ":" not in self.host else f"[{self.host}]"})
 
     def token(self) -> str | None:
         """The bearer token from ``token_file`` or ``$token_env``; None when unset."""

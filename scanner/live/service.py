@@ -153,7 +153,12 @@ class LiveService:
         if st is None:
             raise StreamNotFound(f"no stream named {name!r}")
         st.worker.unassign(st.source)
-        st.source.stop()
+        # Wait out an open/read in progress (FFmpeg checks its own timeouts only), so a
+        # removed stream never leaves its decode thread behind.
+        s = st.source.settings
+        st.source.stop(timeout=s.open_timeout_s + 2 * s.stall_s + 5.0)
+        if st.source.alive:
+            log.warning("stream %s: decode thread still running after removal", name)
         self.metrics.remove_stream(name)
         log.info("stream %s removed", name)
 

@@ -12,10 +12,10 @@ import queue
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Callable, TextIO
+
+import httpx
 
 from engines.errors import DfscanError
 
@@ -125,7 +125,11 @@ class StdoutSink(Sink):
 
 
 class WebhookSink(Sink):
-    """POSTs each event as JSON; retries with exponential backoff; counts failures."""
+    """POSTs each event as JSON (httpx); retries with exponential backoff; counts failures.
+
+    Redirects are never followed: a 3xx would carry the configured auth headers
+    to wherever the receiver points, so it is reported as a failed delivery.
+    """
 
     def __init__(self, url: str, timeout_s: float = 5.0, retries: int = 3, backoff_s: float = 0.5,
                  headers: dict[str, str] | None = None, sleep: Callable[[float], None] = time.sleep, **kw):
@@ -134,25 +138,31 @@ class WebhookSink(Sink):
         self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
         self.headers = {"Content-Type": "application/json", "User-Agent": "dfscan-live", **(headers or {})}
         self._sleep = sleep
+        self._client = httpx.Client(timeout=timeout_s, follow_redirects=False, headers=self.headers)
 
     def deliver(self, event: dict) -> None:
         body = json.dumps(event).encode()
-        err: Exception | None = None
+        err = ""
         for attempt in range(self.retries + 1):
             if attempt:
                 self._sleep(self.backoff_s * 2 ** (attempt - 1))
-            req = urllib.request.Request(self.url, data=body, headers=self.headers, method="POST")
             try:
-                with urllib.request.urlopen(req, timeout=self.timeout_s) as r:  # noqa: S310 - URL from config
-                    r.read(1024)
+                r = self._client.post(self.url, content=body)
+            except httpx.HTTPError as e:  # refused connections, timeouts, protocol errors
+                err = f"{type(e).__name__}: {e}"
+                continue
+            if r.is_success:
                 return
-            except urllib.error.HTTPError as e:
-                err = e
-                if 400 <= e.code < 500 and e.code not in (408, 429):
-                    break  # the receiver rejected the event; retrying will not help
-            except OSError as e:  # URLError, timeouts, refused connections
-                err = e
-        raise ConnectionError(f"webhook POST failed after {attempt + 1} attempt(s): {err}") from err
+            err = f"HTTP {r.status_code}"  # never the URL: webhook paths often embed a secret
+            if r.is_redirect:
+                err += " redirect (not followed: it would carry the auth headers elsewhere)"
+                break
+            if 400 <= r.status_code < 500 and r.status_code not in (408, 429):
+                break  # the receiver rejected the event; retrying will not help
+        raise ConnectionError(f"webhook POST failed after {attempt + 1} attempt(s): {mask_text(err, self.url)}")
+
+    def close(self) -> None:
+        self._client.close()
 
 
 class SinkSet:

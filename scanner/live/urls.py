@@ -8,10 +8,12 @@ refusal carries a clear message instead of FFmpeg's generic "invalid data".
 """
 from __future__ import annotations
 
+import base64
 import re
-import urllib.request
-from dataclasses import dataclass
-from urllib.parse import urljoin, urlsplit, urlunsplit
+from dataclasses import dataclass, field
+from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
+
+import httpx
 
 from engines.errors import DfscanError
 
@@ -49,15 +51,35 @@ PLAYLIST_MAX_BYTES = 1 << 20
 
 @dataclass(frozen=True)
 class SourceURL:
-    """A validated source: ``kind`` is ``network``, ``device`` or ``file``."""
+    """A validated source: ``kind`` is ``network``, ``device`` or ``file``.
 
-    url: str
+    ``url`` is what FFmpeg opens. For HTTP(S) the ``user:password@`` part is taken
+    out of it and sent as an ``Authorization: Basic`` header instead (``headers``
+    FFmpeg option, also used for HLS segments); RTSP/RTMP have no such option, so
+    their credentials stay inside ``url`` for FFmpeg only. Nothing shown to a user
+    ever uses ``url``: use :attr:`masked` and :meth:`redact`.
+    """
+
+    url: str = field(repr=False)
     scheme: str
     kind: str
+    auth: str | None = field(default=None, repr=False)  # "Basic ..." for HTTP(S) sources
+    secrets: tuple[str, ...] = field(default=(), repr=False)  # literal credentials to scrub from text
+    shown: str = ""  # the URL as given, credentials masked
 
     @property
     def masked(self) -> str:
-        return mask_credentials(self.url)
+        return self.shown or mask_credentials(self.url)
+
+    def redact(self, text: str) -> str:
+        """``text`` with this source's URL masked and its credentials replaced by ``***``."""
+        text = mask_text(text, self.url)
+        for s in self.secrets:
+            text = text.replace(s, "***")
+        return text
+
+    def __repr__(self) -> str:
+        return f"SourceURL({self.masked!r}, scheme={self.scheme!r}, kind={self.kind!r})"
 
 
 def mask_credentials(url: str) -> str:
@@ -78,10 +100,43 @@ _USERINFO_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s'\"@]*@")
 
 
 def mask_text(text: str, url: str | None = None) -> str:
-    """Mask credentials in free text (FFmpeg error messages quote the raw URL)."""
+    """Mask credentials in free text (FFmpeg error messages quote the raw URL).
+
+    With ``url``, its password is also scrubbed wherever it appears on its own
+    (e.g. Python's "nonnumeric port: 'secret@host'").
+    """
     if url:
         text = text.replace(url, mask_credentials(url))
+        try:
+            netloc = urlsplit(url).netloc
+        except ValueError:
+            netloc = ""
+        for secret in _secrets(netloc):
+            text = text.replace(secret, "***")
     return _USERINFO_RE.sub(r"\1***@", text)
+
+
+def _secrets(netloc: str) -> tuple[str, ...]:
+    """Literal credential strings of a URL's ``user:password@`` part, longest first."""
+    if "@" not in netloc:
+        return ()
+    userinfo = netloc.rsplit("@", 1)[0]
+    pw = userinfo.partition(":")[2]
+    # Raw and percent-decoded forms: either may show up in a library's error message.
+    return tuple(sorted({x for x in (userinfo, pw, unquote(pw)) if len(x) >= 3}, key=len, reverse=True))
+
+
+def _split_credentials(url: str, parts) -> tuple[str, str | None, tuple[str, ...]]:
+    """(url for FFmpeg, Basic auth header or None, literal secrets) of a network URL."""
+    if "@" not in parts.netloc:
+        return url, None, ()
+    user, _, pw = parts.netloc.rsplit("@", 1)[0].partition(":")
+    secrets = _secrets(parts.netloc)
+    if parts.scheme.lower() not in ("http", "https"):
+        return url, None, secrets  # RTSP/RTMP/SRT read them from the URL (FFmpeg only, never shown)
+    token = base64.b64encode(f"{unquote(user)}:{unquote(pw)}".encode()).decode()
+    bare = urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[1], parts.path, parts.query, parts.fragment))
+    return bare, f"Basic {token}", secrets
 
 
 def parse_source(url: str, allow_files: bool = False) -> SourceURL:
@@ -90,7 +145,11 @@ def parse_source(url: str, allow_files: bool = False) -> SourceURL:
         raise SourceError("stream URL must be a non-empty string without whitespace or control characters")
     if DEVICE_RE.match(url):
         return SourceURL(url, "v4l2", "device")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError as e:  # e.g. "http://[" or a non-numeric port
+        raise SourceError(f"malformed stream URL {mask_credentials(url)}") from e
     scheme = parts.scheme.lower()
     if scheme in ("", "file") or url.startswith("/"):
         if not allow_files:
@@ -100,11 +159,8 @@ def parse_source(url: str, allow_files: bool = False) -> SourceURL:
         raise RefusedURL(f"unsupported stream scheme {scheme!r}; allowed: {', '.join(sorted(NETWORK_SCHEMES))}")
     if scheme != "udp" and scheme != "rtp" and not parts.hostname:
         raise SourceError(f"stream URL has no host: {mask_credentials(url)}")
-    try:
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
-    except ValueError as e:
-        raise SourceError(f"bad port in {mask_credentials(url)}") from e
-    return SourceURL(url, scheme, "network")
+    ffmpeg_url, auth, secrets = _split_credentials(url, parts)
+    return SourceURL(ffmpeg_url, scheme, "network", auth=auth, secrets=secrets, shown=mask_credentials(url))
 
 
 def open_options(src: SourceURL, timeout_s: float, rtsp_transport: str = "tcp") -> dict[str, str]:
@@ -133,6 +189,8 @@ def open_options(src: SourceURL, timeout_s: float, rtsp_transport: str = "tcp") 
     elif src.scheme in ("http", "https"):
         # Reconnects are ours (with backoff and metrics), not FFmpeg's silent ones.
         opts.update(timeout=us, reconnect="0")
+        if src.auth:  # HLS passes "headers" on to its playlist and segment requests
+            opts["headers"] = f"Authorization: {src.auth}\r\n"
     elif src.scheme in ("udp", "rtp"):
         opts.update(timeout=us, overrun_nonfatal="1", fifo_size="1000000")
     elif src.scheme in ("rtmp", "rtmps"):
@@ -158,8 +216,17 @@ def _playlist_uris(text: str) -> list[str]:
     return uris
 
 
-def check_playlist(url: str, text: str) -> list[str]:
-    """Refuse a playlist that references anything but HTTP(S); return nested playlists."""
+def _origin(url: str) -> tuple:
+    p = urlsplit(url)
+    return p.scheme.lower(), p.hostname, p.port or {"http": 80, "https": 443}.get(p.scheme.lower())
+
+
+def check_playlist(url: str, text: str, same_origin: bool = False) -> list[str]:
+    """Refuse a playlist that references anything but HTTP(S); return nested playlists.
+
+    ``same_origin``: also refuse references to other hosts (set when the source
+    carries credentials, which FFmpeg would send along with every segment request).
+    """
     nested = []
     for ref in _playlist_uris(text):
         full = urljoin(url, ref)
@@ -169,24 +236,49 @@ def check_playlist(url: str, text: str) -> list[str]:
                 f"HLS playlist {mask_credentials(url)} references a {scheme or 'local'}: URI "
                 f"({mask_credentials(ref)[:80]}); only http/https are allowed"
             )
+        if same_origin and _origin(full) != _origin(url):
+            raise RefusedURL(
+                f"HLS playlist {mask_credentials(url)} references another host ({mask_credentials(full)[:80]}); "
+                "refused because the stream's credentials would be sent there"
+            )
         if urlsplit(full).path.lower().endswith((".m3u8", ".m3u")):
             nested.append(full)
     return nested
 
 
+def _fetch_playlist(client: httpx.Client, url: str) -> str:
+    with client.stream("GET", url) as r:
+        r.raise_for_status()
+        data = b""
+        for chunk in r.iter_bytes():
+            data += chunk
+            if len(data) >= PLAYLIST_MAX_BYTES:
+                break
+    return data[:PLAYLIST_MAX_BYTES].decode("utf-8", "replace")
+
+
 def precheck_playlist(src: SourceURL, timeout_s: float, depth: int = 2) -> None:
-    """Fetch an HLS playlist (and its variant playlists) and refuse foreign schemes."""
+    """Fetch an HLS playlist (and its variant playlists) and refuse foreign schemes.
+
+    Credentials go in the Authorization header; httpx drops that header on a
+    redirect to another origin. Every error message is redacted.
+    """
+    headers = {"Authorization": src.auth} if src.auth else {}
     todo, seen = [src.url], set()
-    while todo and depth >= 0:
-        nxt = []
-        for url in todo:
-            if url in seen:
-                continue
-            seen.add(url)
-            try:
-                with urllib.request.urlopen(url, timeout=timeout_s) as r:  # noqa: S310 - scheme checked
-                    text = r.read(PLAYLIST_MAX_BYTES).decode("utf-8", "replace")
-            except OSError as e:
-                raise SourceError(f"cannot fetch playlist {mask_credentials(url)}: {e}") from e
-            nxt += check_playlist(url, text)
-        todo, depth = nxt, depth - 1
+    with httpx.Client(timeout=timeout_s, headers=headers, follow_redirects=True, max_redirects=3) as client:
+        while todo and depth >= 0:
+            nxt = []
+            for url in todo:
+                if url in seen:
+                    continue
+                seen.add(url)
+                try:
+                    text = _fetch_playlist(client, url)
+                except httpx.HTTPStatusError as e:
+                    raise SourceError(f"cannot fetch playlist {mask_credentials(url)}: "
+                                      f"HTTP {e.response.status_code}") from e
+                except httpx.HTTPError as e:
+                    raise SourceError(src.redact(f"cannot fetch playlist {mask_credentials(url)}: "
+                                                 f"{type(e).__name__}: {e}")) from e
+                nxt += check_playlist(url, text, same_origin=src.auth is not None)
+            todo, depth = nxt, depth - 1
