@@ -20,14 +20,27 @@ from . import __version__
 
 EXIT_OK, EXIT_INPUT_ERROR, EXIT_USAGE, EXIT_FAKE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
-# Optional command groups: (module, parser-adding functions). A module that is
+# Sub-commands defined in other modules: name -> (module, parser adder, one-line help).
+# Only the module of the command being run is imported; every other command gets a
+# stub with its help line, so `dfscan --help` and `dfscan scan` import none of them
+# (tests/test_startup.py checks the stub help matches the module's). A module that is
 # missing or fails to import only hides its commands.
-EXTRA_COMMANDS = [
-    ("scanner.cli_engines", ("add_bench_parser", "add_engines_parser")),
-    ("scanner.cli_research", ("add_probe_parser", "add_eval_parser",
-                              "add_separability_parser", "add_synth_parser")),
-    ("scanner.live.cli", ("add_watch_parser", "add_serve_parser")),
-]
+EXTRA_COMMANDS = {
+    "bench": ("scanner.cli_engines", "add_bench_parser", "latency/throughput per detector x engine x batch size"),
+    "engines": ("scanner.cli_engines", "add_engines_parser", "build, list or clear cached inference engines"),
+    "probe": ("scanner.cli_research", "add_probe_parser", "linear probes on frozen backbones"),
+    "eval": ("scanner.cli_research", "add_eval_parser",
+             "ACC/AUC/EER/HTER/TPR/TNR of a detector on labelled videos"),
+    "separability": ("scanner.cli_research", "add_separability_parser",
+                     "PCA-2D + K-means separability of a backbone or detector"),
+    "synth": ("scanner.cli_research", "add_synth_parser", "self-blended fake faces from real images/videos"),
+    "watch": ("scanner.live.cli", "add_watch_parser", "watch live streams/webcams in a terminal table"),
+    "serve": ("scanner.live.cli", "add_serve_parser", "run the live scanning service with an HTTP API"),
+    "report": ("scanner.report.cli", "add_report_parser",
+               "render scan results (JSONL) as a self-contained HTML report"),
+    "train": ("scanner.research.cli", "add_train_parser",
+              "train a detector on real faces + self-blended/swapped fakes"),
+}
 
 
 def add_scan_options(p: argparse.ArgumentParser) -> None:
@@ -84,7 +97,26 @@ def _list_detectors(args) -> int:
     return EXIT_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_command(sub, name: str, full: bool) -> None:
+    module, adder, help_ = EXTRA_COMMANDS[name]
+    if full:
+        try:
+            getattr(importlib.import_module(module), adder)(sub)
+            return
+        except ImportError as e:
+            logging.getLogger("dfscan").debug("command %s unavailable: %s", name, e)
+            return
+    sub.add_parser(name, help=help_, add_help=False)  # stub: only its help line is ever shown
+
+
+def selected_command(argv: list[str]) -> str | None:
+    """The sub-command named in ``argv`` (first non-option word), if any."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser(command: str | None = "*") -> argparse.ArgumentParser:
+    """The ``dfscan`` parser. ``command`` names the one sub-command whose module is
+    imported for its full parser (``"*"``: all of them, ``None``: none)."""
     parser = argparse.ArgumentParser(prog="dfscan", description="High-throughput deepfake video scanner.")
     parser.add_argument("--version", action="version", version=f"dfscan {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0)
@@ -93,20 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("detectors", help="list registered detectors")
     d.add_argument("pattern", nargs="?", help="glob filter, e.g. 'meso*'")
     d.set_defaults(func=_list_detectors)
-    for module, adders in EXTRA_COMMANDS:
-        try:
-            mod = importlib.import_module(module)
-        except ImportError as e:
-            logging.getLogger("dfscan").debug("commands of %s unavailable: %s", module, e)
-            continue
-        for name in adders:
-            if hasattr(mod, name):
-                getattr(mod, name)(sub)
+    for name in EXTRA_COMMANDS:
+        _add_command(sub, name, command in ("*", name))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(selected_command(argv))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose > 1 else
                         logging.INFO if args.verbose else logging.WARNING,

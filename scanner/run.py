@@ -14,6 +14,7 @@ from .config import build_config
 from .output import SinkSet, done_paths, open_sink
 from .pipeline import build_context, scan_paths
 from .sources import bundled_samples, expand_inputs
+from .warmstart import close_all, prestart
 
 OPTION_KEYS = ("frames", "fps", "detector", "weights", "device", "engine", "precision", "batch_size",
                "threshold", "max_faces", "min_face", "det_max_side", "frame_agg", "video_agg", "workers", "out",
@@ -81,7 +82,14 @@ def run_scan(args) -> int:
         server, port = metrics.serve(cfg.metrics_port, cfg.metrics_host)
         console.print(f"[dim]metrics on http://{cfg.metrics_host}:{port}/metrics[/dim]")
     t0 = time.perf_counter()
-    ctx = build_context(cfg)
+    pre = prestart(paths, cfg)  # decode the first videos while the model loads
+    try:
+        ctx = build_context(cfg)
+    except BaseException:
+        close_all(pre)
+        raise
+    if pre:
+        ctx.prestarted = pre
     info = ctx.engine_info
     console.print(f"[dim]detector {cfg.detector} ({ctx.detector.weights_hash}) on {cfg.device}, "
                   f"engine {info.get('backend')} {cfg.precision}, {ctx.workers} worker(s): ready in "
@@ -92,6 +100,7 @@ def run_scan(args) -> int:
     try:
         _scan_all(paths, ctx, sinks, rows, console, cfg.progress)
     finally:
+        close_all(pre)
         sinks.close()
         if server is not None:
             server.shutdown()

@@ -16,6 +16,7 @@ tensorrt        torch-tensorrt dynamo path (alias ``trt``)
 from __future__ import annotations
 
 import importlib
+import json
 import time
 
 import torch
@@ -99,13 +100,40 @@ def build_engine(detector: Detector, cfg: EngineConfig) -> Engine:
         raise
     except Exception as e:
         raise EngineError(f"building the {cfg.kind} engine for {detector.name} failed: {type(e).__name__}: {e}") from e
-    if cfg.check_parity:
+    if cfg.check_parity and not _cached_parity(engine, cfg):
         res = check_parity(engine)
         if engine.info.cache_key:
             from ..cache import EngineCache
 
+            res["faces_sha256"] = _parity_faces_sha()
             EngineCache(cfg.cache_dir).update_meta(engine.info.cache_key, parity=res)
     return engine
+
+
+def _parity_faces_sha() -> str:
+    from ..parity import parity_faces_path
+    from ..registry import file_hash
+
+    return file_hash(parity_faces_path(), None)
+
+
+def _cached_parity(engine: Engine, cfg: EngineConfig) -> bool:
+    """On a cache hit, reuse the parity this very artifact passed (same key: same
+    weights, backend, precision, shapes and library versions; same reference faces),
+    instead of running eager and the engine again on every start."""
+    if engine.info.cache != "hit" or not engine.info.cache_key:
+        return False
+    from ..cache import META, EngineCache
+
+    try:
+        meta = json.loads((EngineCache(cfg.cache_dir).entry_dir(engine.info.cache_key) / META).read_text())
+    except (OSError, ValueError):
+        return False
+    res = meta.get("parity") if isinstance(meta, dict) else None
+    if not isinstance(res, dict) or res.get("passed") is not True or res.get("faces_sha256") != _parity_faces_sha():
+        return False
+    engine.info.parity = {**res, "cached": True}
+    return True
 
 
 def prepare_engine(detector: Detector, name: str = "eager", *, precision: str = "fp32",
