@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -204,3 +205,39 @@ def test_any_exception_in_one_video_is_an_internal_error_row(ctx, monkeypatch, e
     err = rows[0]["error"]
     assert err["kind"] == "internal" and err["message"].startswith(type(exc).__name__)
     assert rows[1]["verdict"] in ("real", "fake")  # the scan went on
+
+
+# -- 2/5 live: NaN never freezes a rolling verdict; one bad frame loses only itself ---------
+
+def test_live_rolling_verdict_ignores_non_finite_scores():
+    from scanner.live.rolling import StreamVerdicts, VerdictSettings
+
+    sv = StreamVerdicts("s", VerdictSettings(window_s=100, min_samples=2, emit_interval_s=1e9))
+    box = np.array([[10, 10, 90, 90]], np.float32)
+    events = []
+    for t, p in enumerate([0.9, float("nan"), 0.9, 0.1, 0.1, 0.1, 0.1, 0.1]):
+        events += sv.update(float(t), box, np.array([p], np.float32))
+    # NaN is skipped, so the stream turns fake after two 0.9s, then real once the mean drops
+    assert [e["verdict"] for e in events if e["track"] is None] == ["fake", "real"]
+    assert sv.summary["samples"] == 7 and sv.summary["score"] == pytest.approx((1.8 + 0.5) / 7, abs=1e-4)
+    json.dumps([events, sv.summary], allow_nan=False)
+
+
+def test_live_batch_failure_costs_only_the_failing_frame():
+    from scanner.decode import Frame
+    from scanner.live.batcher import FrameResult, InferenceWorker
+    from scanner.live.source import LiveFrame
+
+    def analyzer(frames):
+        if any(f.index == 666 for f in frames):
+            raise RuntimeError("cannot analyse this frame")
+        return [FrameResult(np.zeros((0, 4)), np.zeros(0), np.zeros(0)) for _ in frames]
+
+    got, failed = [], []
+    w = InferenceWorker("cpu", analyzer, lambda f, r: got.append(f.stream),
+                        on_error=lambda b, e: failed.extend(f.stream for f in b))
+    img = np.zeros((8, 8, 3), np.uint8)
+    batch = [LiveFrame(name, 0, 0.0, time.monotonic(), Frame(idx, 0.0, img))
+             for name, idx in (("a", 1), ("bad", 666), ("c", 3))]
+    w._process(batch)
+    assert got == ["a", "c"] and failed == ["bad"]

@@ -81,7 +81,13 @@ class FrameAnalyzer:
         for k in range(0, crops.shape[0], self.max_crops):
             out = self.engine(crops[k:k + self.max_crops])
             ps.append(self.model.p_fake(out).float().cpu())
-        return torch.cat(ps).numpy()
+        p = torch.cat(ps).numpy()
+        bad = int((~np.isfinite(p)).sum())
+        if bad:  # kept in the result (boxes still track), ignored by the rolling verdicts
+            from .. import metrics
+
+            metrics.NONFINITE_SCORES.inc(bad)
+        return p
 
 
 class InferenceWorker:
@@ -171,14 +177,25 @@ class InferenceWorker:
                 continue
             self._process(batch)
 
+    def _analyse(self, batch: list[LiveFrame]) -> list[tuple[LiveFrame, FrameResult]]:
+        """Results of the frames that could be analysed. When the batch fails, each
+        frame is retried alone, so one bad frame costs only its own stream's frame."""
+        try:
+            return list(zip(batch, self.analyzer([f.frame for f in batch])))
+        except Exception as e:  # noqa: BLE001 - a bad batch must not kill the worker
+            if len(batch) == 1:
+                log.exception("inference failed on %s for stream %s", self.device, batch[0].stream)
+                if self.on_error:
+                    self.on_error(batch, e)
+                return []
+            log.warning("inference batch failed on %s (%s: %s); retrying frame by frame",
+                        self.device, type(e).__name__, e)
+        return [r for f in batch for r in self._analyse([f])]
+
     def _process(self, batch: list[LiveFrame]) -> None:
         t0 = time.perf_counter()
-        try:
-            results = self.analyzer([f.frame for f in batch])
-        except Exception as e:  # noqa: BLE001 - a bad batch must not kill the worker
-            log.exception("inference batch failed on %s", self.device)
-            if self.on_error:
-                self.on_error(batch, e)
+        done = self._analyse(batch)
+        if not done:
             return
         dt = time.perf_counter() - t0
         self.batches += 1
@@ -186,7 +203,7 @@ class InferenceWorker:
         if self._m is not None:
             self._m.batch_frames.labels(self.device).observe(len(batch))
             self._m.batch_seconds.labels(self.device).observe(dt)
-        for f, r in zip(batch, results):
+        for f, r in done:
             try:
                 self.on_result(f, r)
             except Exception:  # noqa: BLE001

@@ -118,14 +118,19 @@ class StreamVerdicts:
         for i in ended:
             self.tracks.pop(i, None)
         self.faces_last = len(ids)
-        for tid, p in zip(ids, p_fake):
+        p_fake = np.asarray(p_fake, np.float64)
+        finite = np.isfinite(p_fake)  # a NaN would freeze the window's mean until it expires
+        for tid, p, ok in zip(ids, p_fake, finite):
             j = self.tracks.setdefault(tid, _Judge(RollingScore(self.s.window_s), Hysteresis(self.s)))
-            j.roll.add(t, float(p))
+            if ok:
+                j.roll.add(t, float(p))
+            else:
+                j.roll.expire(t)
             prev, cur = j.hyst.update(j.roll.value, j.roll.count)
             if cur != prev:
                 events.append(self._event("change", j, prev, tid, t))
-        if len(p_fake):
-            self.stream.roll.add(t, float(np.max(p_fake)))
+        if finite.any():
+            self.stream.roll.add(t, float(np.max(p_fake[finite])))
         self.stream.roll.expire(t)
         prev, cur = self.stream.hyst.update(self.stream.roll.value, self.stream.roll.count)
         if cur != prev:
