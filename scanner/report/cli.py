@@ -1,0 +1,56 @@
+"""``dfscan report RESULTS.jsonl --out report.html``."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_report_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "report", help="render scan results (JSONL) as a self-contained HTML report",
+        description="Render a JSONL results file as one self-contained HTML file: header, sortable "
+                    "and filterable table, per-video score timeline, face thumbnails of the most "
+                    "suspicious frames (re-decoded from the videos), ADM artifact boxes and, with "
+                    "--explain gradcam, Grad-CAM heatmaps. No network access, from the file or the page.")
+    p.add_argument("results", help="JSONL results written by dfscan scan")
+    p.add_argument("--out", "-o", help="HTML file to write (default: RESULTS with .html)")
+    p.add_argument("--video-root", help="where the videos are now: NEW (the longest trailing part of "
+                   "each recorded path found under NEW) or OLD=NEW (prefix replacement)")
+    p.add_argument("--top-k", type=int, default=4, help="face thumbnails per video (default 4)")
+    p.add_argument("--open", dest="open_sections", type=int, default=50,
+                   help="sections shown expanded; later ones start collapsed (default 50)")
+    p.add_argument("--no-thumbnails", dest="thumbnails", action="store_false",
+                   help="do not open the videos (timelines and tables only)")
+    p.add_argument("--no-verify", dest="verify_hash", action="store_false",
+                   help="skip the SHA-256 check of each video against its row (size is still checked)")
+    p.add_argument("--explain", choices=["gradcam"], help="add Grad-CAM heatmaps of the top-k faces")
+    p.add_argument("--weights", help="detector weights for --explain (default: the packaged ones; "
+                   "must hash like the scan's)")
+    p.add_argument("--device", default="cpu", help="device for --explain (cpu, cuda, cuda:N)")
+    p.set_defaults(func=run_report)
+    return p
+
+
+def run_report(args) -> int:
+    from ..cli import EXIT_OK, EXIT_USAGE
+    from .render import ReportOptions, write_report
+
+    src = Path(args.results)
+    if not src.is_file():
+        print(f"dfscan report: results file not found: {src}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.top_k < 0 or args.open_sections < 0:
+        print("dfscan report: --top-k and --open must be >= 0", file=sys.stderr)
+        return EXIT_USAGE
+    out = Path(args.out) if args.out else src.with_suffix(".html")
+    if out.resolve() == src.resolve():
+        print("dfscan report: --out would overwrite the results file", file=sys.stderr)
+        return EXIT_USAGE
+    opts = ReportOptions(top_k=args.top_k, open_sections=args.open_sections, video_root=args.video_root,
+                         verify_hash=args.verify_hash, thumbnails=args.thumbnails and args.top_k > 0,
+                         explain=args.explain, weights=args.weights, device=args.device)
+    stats = write_report(src, out, opts)
+    print(f"{out}: {stats['videos']} videos, {stats['bytes'] / 1e6:.2f} MB"
+          + (f" ({stats['bad_lines']} unreadable lines skipped)" if stats["bad_lines"] else ""))
+    return EXIT_OK

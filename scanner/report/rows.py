@@ -1,0 +1,103 @@
+"""Result rows for the report: reading a JSONL file and summarising a run.
+
+The report is always rendered from the rows as written by the scan (the JSONL
+file), never from in-memory state, so a report regenerated after ``--resume``
+or from an archived file shows every video the file holds.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+VERDICTS = ("fake", "real", "no_face", "error")
+
+
+def load_rows(path: str | Path) -> tuple[list[dict], int]:
+    """Rows of a JSONL results file (see :func:`index_rows`) and the unreadable line count."""
+    entries, bad = index_rows(path)
+    with open(path, "rb") as f:
+        return [read_row(f, off) for off, _ in entries], bad
+
+
+def index_rows(path: str | Path) -> tuple[list[tuple[int, dict]], int]:
+    """``[(byte offset, row without frames_detail), ...]`` and the unreadable line count.
+
+    Only slim rows stay in memory (per-frame details are read again, one row at
+    a time, with :func:`read_row`), so a report of 100,000 videos stays small.
+    A later row for the same path replaces an earlier one (``--retry-errors``
+    appends a new row for a rescanned input) but keeps the first one's position.
+    A torn last line (a scan killed mid-write) is counted, not fatal.
+    """
+    by_path: dict[str, tuple[int, dict]] = {}
+    bad, off = 0, 0
+    with open(path, "rb") as f:
+        for line in f:
+            start, off = off, off + len(line)
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                bad += 1
+                continue
+            if not isinstance(row, dict) or "path" not in row or "verdict" not in row:
+                bad += 1  # e.g. a header/metadata line written by another tool
+                continue
+            row.pop("frames_detail", None)
+            by_path[str(row["path"])] = (start, row)
+    return list(by_path.values()), bad
+
+
+def read_row(f, offset: int) -> dict:
+    """The full row at ``offset`` of a results file opened in binary mode."""
+    f.seek(offset)
+    return json.loads(f.readline())
+
+
+def _distinct(rows: list[dict], key: str) -> list[str]:
+    seen = dict.fromkeys(str(r.get(key)) for r in rows if r.get(key) is not None)
+    return list(seen)
+
+
+def _label(s) -> str:
+    if isinstance(s, dict):  # e.g. {"frames": 32} or {"fps": 2.0}
+        return ", ".join(f"{v} {k} per video" if k == "frames" else f"{k}={v}" for k, v in sorted(s.items()))
+    return str(s)
+
+
+def sampling_of(rows: list[dict]) -> str:
+    """Human description of the frame sampling, from what the rows record."""
+    vals = dict.fromkeys(_label(r["sampling"]) for r in rows if r.get("sampling"))
+    if vals:
+        return ", ".join(vals)
+    req = _distinct(rows, "frames_requested")
+    if req:
+        return f"{', '.join(req)} frames per video"
+    n = max((r.get("frames") or 0 for r in rows), default=0)
+    return f"up to {n} frames per video" if n else "unknown"
+
+
+def summarise(rows: list[dict], meta: dict | None = None) -> dict:
+    """Header facts: counts by verdict, errors by kind, detectors, time."""
+    meta = meta or {}
+    counts = Counter(r.get("verdict") for r in rows)
+    errors = Counter((r.get("error") or {}).get("kind") or "unknown"
+                     for r in rows if r.get("verdict") == "error")
+    detectors = dict.fromkeys(f"{r.get('detector')} ({r.get('weights_hash')})"
+                              for r in rows if r.get("detector"))
+    busy = sum(((r.get("timings") or {}).get("total") or 0.0) for r in rows)
+    return {
+        "videos": len(rows),
+        "counts": {v: counts.get(v, 0) for v in VERDICTS},
+        "errors": dict(errors.most_common()),
+        "detectors": list(detectors) or ["unknown"],
+        "engines": _distinct(rows, "engine") or ["unknown"],
+        "precision": _distinct(rows, "precision"),
+        "thresholds": _distinct(rows, "threshold") or ["unknown"],
+        "sampling": meta.get("sampling") or sampling_of(rows),
+        "video_seconds": round(busy, 2),
+        "wall_seconds": meta.get("wall_seconds"),
+        "frames": sum(r.get("frames") or 0 for r in rows),
+        "faces": sum(r.get("faces") or 0 for r in rows),
+    }

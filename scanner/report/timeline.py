@@ -1,0 +1,105 @@
+"""Per-video score timeline as inline SVG.
+
+x: presentation time of each sampled frame (s); y: P(fake) in [0, 1]. One line
+for the frame score (what the verdict aggregates) and, when a video has more
+than one face track, one line per track. Each point carries a ``<title>`` so
+hovering shows time and score without any script. A dashed line marks the
+threshold.
+"""
+from __future__ import annotations
+
+from html import escape
+
+import numpy as np
+
+W, H = 560, 120
+PAD_L, PAD_R, PAD_T, PAD_B = 34, 8, 8, 18
+TRACK_COLOURS = ("#6f42c1", "#0a7d8c", "#b35c00", "#2f6fd6", "#7a7a00", "#c2185b")
+MAX_TRACKS = len(TRACK_COLOURS)
+
+
+def face_tracks(frames: list[dict]) -> dict[int, list[tuple[float, float, float]]]:
+    """``{track: [(time_s, score, prob), ...]}`` for the faces of ``frames_detail``.
+
+    Faces carrying a ``track`` id keep it; otherwise faces are linked across
+    sampled frames by box overlap (the live tracker's greedy IoU matching), with
+    a gap tolerance of three sampling intervals.
+    """
+    if any("track" in fc for fr in frames for fc in fr.get("faces") or []):
+        out: dict[int, list] = {}
+        for fr in frames:
+            for fc in fr.get("faces") or []:
+                if fc.get("score") is not None:
+                    out.setdefault(int(fc.get("track", -1)), []).append((fr["time_s"], fc["score"], fc.get("prob")))
+        return out
+    from ..live.tracker import IoUTracker
+
+    times = [fr.get("time_s") or 0.0 for fr in frames]
+    gap = float(np.median(np.diff(times))) if len(times) > 1 else 1.0
+    tracker = IoUTracker(iou_threshold=0.3, max_age_s=3 * max(gap, 1e-3))
+    out = {}
+    for fr in frames:
+        faces = [fc for fc in fr.get("faces") or [] if fc.get("score") is not None]
+        if not faces:
+            continue
+        ids, _ = tracker.update(np.array([fc["box"] for fc in faces], np.float32), fr["time_s"])
+        for tid, fc in zip(ids, faces):
+            out.setdefault(tid, []).append((fr["time_s"], fc["score"], fc.get("prob")))
+    return out
+
+
+def _xy(t: float, s: float, t_max: float) -> tuple[float, float]:
+    x = PAD_L + (W - PAD_L - PAD_R) * (t / t_max if t_max > 0 else 0.5)
+    y = PAD_T + (H - PAD_T - PAD_B) * (1.0 - min(max(s, 0.0), 1.0))
+    return round(x, 1), round(y, 1)
+
+
+def _series(points, t_max: float, colour: str, cls: str, label: str, dots: bool) -> str:
+    xy = [_xy(t, s, t_max) for t, s, *_ in points]
+    parts = [f'<g class="{cls}" data-label="{escape(label)}">']
+    if len(xy) > 1:
+        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.6" points="'
+                     + " ".join(f"{x},{y}" for x, y in xy) + '"/>')
+    if dots:
+        for (x, y), (t, s, *_) in zip(xy, points):
+            parts.append(f'<circle class="pt" cx="{x}" cy="{y}" r="2.6" fill="{colour}">'
+                         f"<title>{escape(label)}: t={t:.2f} s, P(fake)={s:.3f}</title></circle>")
+    parts.append("</g>")
+    return "".join(parts)
+
+
+def timeline_svg(row: dict, threshold: float | None) -> str | None:
+    """SVG markup for ``row`` (``None`` without per-frame details)."""
+    frames = row.get("frames_detail")
+    if not frames:
+        return None
+    t_max = max((fr.get("time_s") or 0.0) for fr in frames)
+    body = [_axes(t_max, threshold)]
+    scored = [(fr.get("time_s") or 0.0, fr["score"]) for fr in frames if fr.get("score") is not None]
+    tracks = face_tracks(frames)
+    if len(tracks) > 1:
+        for n, (tid, pts) in enumerate(sorted(tracks.items(), key=lambda kv: -len(kv[1]))[:MAX_TRACKS]):
+            body.append(_series(pts, t_max, TRACK_COLOURS[n], "track", f"face track {tid}", True))
+    body.append(_series(scored, t_max, "#222", "frame-score", "frame score", len(tracks) <= 1))
+    empty = [fr.get("time_s") or 0.0 for fr in frames if fr.get("score") is None]
+    for t in empty:  # sampled frames without a face: a tick on the time axis
+        x, _ = _xy(t, 0.0, t_max)
+        body.append(f'<line class="noface" x1="{x}" x2="{x}" y1="{H - PAD_B}" y2="{H - PAD_B + 4}" '
+                    f'stroke="#999"><title>t={t:.2f} s: no face</title></line>')
+    return (f'<svg class="timeline" viewBox="0 0 {W} {H}" width="{W}" height="{H}" role="img" '
+            f'aria-label="P(fake) per sampled frame">{"".join(body)}</svg>')
+
+
+def _axes(t_max: float, threshold: float | None) -> str:
+    x0, x1, y0, y1 = PAD_L, W - PAD_R, PAD_T, H - PAD_B
+    parts = [f'<rect x="{x0}" y="{y0}" width="{x1 - x0}" height="{y1 - y0}" fill="#fafafa" stroke="#ccc"/>']
+    for v in (0.0, 0.5, 1.0):
+        _, y = _xy(0, v, 1)
+        parts.append(f'<text x="{x0 - 4}" y="{y + 3}" text-anchor="end" class="ax">{v:.1f}</text>')
+    parts.append(f'<text x="{x0}" y="{H - 4}" class="ax">0 s</text>')
+    parts.append(f'<text x="{x1}" y="{H - 4}" text-anchor="end" class="ax">{t_max:.1f} s</text>')
+    if isinstance(threshold, (int, float)):
+        _, y = _xy(0, float(threshold), 1)
+        parts.append(f'<line class="threshold" x1="{x0}" x2="{x1}" y1="{y}" y2="{y}" stroke="#d33" '
+                     f'stroke-dasharray="4 3"><title>threshold {float(threshold):.3f}</title></line>')
+    return "".join(parts)
