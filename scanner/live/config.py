@@ -49,8 +49,10 @@ class StreamDefaults(_Model):
 
 
 class StreamConfig(_Model):
-    name: str
-    url: str
+    name: str = Field(json_schema_extra={"pattern": NAME_RE.pattern},
+                      description="stream name: also its metric label and URL path segment")
+    url: str = Field(max_length=4096, description="rtsp(s), rtmp(s), http(s)/HLS, udp, rtp, srt URL or "
+                     "/dev/videoN; user:password@ is accepted and never shown")
     sample_fps: float | None = Field(None, ge=0, le=60)
     buffer_frames: int | None = Field(None, ge=1, le=MAX_BUFFER_FRAMES)
     stall_s: float | None = Field(None, gt=0, le=300)

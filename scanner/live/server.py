@@ -158,6 +158,9 @@ class _Gate:
         return await self.app(scope, replay, send)
 
     def _refusal(self, scope, h: Headers) -> Response | None:
+        if "transfer-encoding" in h and "content-length" in h:
+            # RFC 9112 6.1: a proxy may frame this request differently; refuse and close.
+            return _err(400, "both Content-Length and Transfer-Encoding", Connection="close")
         origin = h.get("origin")
         if origin is not None and self.hosts is not None:
             parsed = parse_host_header(origin.split("://", 1)[-1])
