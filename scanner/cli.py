@@ -1,11 +1,16 @@
 """``dfscan`` command line.
 
-Exit codes of ``dfscan scan``:
-    0  every input was scanned (whatever the verdicts)
+Exit codes of ``dfscan scan`` (the first that applies):
+    130 / 143  interrupted by SIGINT / SIGTERM (128 + signal number): every finished
+        row is written, the outputs are closed, ``--resume`` continues
+    4  an output could not be written: the primary output (first .jsonl/.csv) stops
+       the scan at once; a secondary one (e.g. .html) is disabled and reported
+    2  bad usage or configuration, nothing scanned: unknown option or key, bad value,
+       no video among the inputs, --device cuda without a GPU, --metrics-port busy,
+       --resume into a file written with another detector, weights or sampling
     1  at least one input produced an ``error`` row
-    2  bad usage or configuration (nothing scanned)
-    3  ``--fail-on-fake`` and at least one video was judged fake (no input errors)
-    130 interrupted (rows already written are kept)
+    3  ``--fail-on-fake`` and at least one video was judged fake
+    0  every input was scanned (whatever the verdicts)
 """
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ from engines.errors import DfscanError
 
 from . import __version__
 
-EXIT_OK, EXIT_INPUT_ERROR, EXIT_USAGE, EXIT_FAKE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_INPUT_ERROR, EXIT_USAGE, EXIT_FAKE, EXIT_OUTPUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 
 # Sub-commands defined in other modules: name -> (module, parser adder, one-line help).
 # Only the module of the command being run is imported; every other command gets a
@@ -70,11 +75,23 @@ def _add_scan_parser(sub) -> None:
     p.add_argument("paths", nargs="*", help="files, folders (recursive), globs, or .txt lists of paths")
     add_scan_options(p)
     S = argparse.SUPPRESS
-    p.add_argument("--out", default=S, help="output file: .jsonl (default format), .csv or .html")
-    p.add_argument("--resume", action="store_true", default=S, help="skip inputs already in --out")
+    p.add_argument("--out", action="append", default=S,
+                   help="output file: .jsonl, .csv or .html; repeat to write several (the first "
+                        ".jsonl/.csv is primary)")
+    p.add_argument("--resume", action="store_true", default=S,
+                   help="append to --out, skipping inputs already in it (same detector/weights/sampling)")
+    p.add_argument("--retry-errors", action="store_true", default=S,
+                   help="with --resume: scan inputs whose row is an error again (implies --resume)")
     p.add_argument("--metrics-port", type=int, default=S, help="serve Prometheus /metrics on this port")
     p.add_argument("--metrics-host", default=S, help="bind address for /metrics (default 127.0.0.1)")
+    p.add_argument("--metrics-push", default=S, metavar="URL",
+                   help="push metrics to this Prometheus Pushgateway periodically and at the end")
     p.add_argument("--fail-on-fake", action="store_true", default=S, help="exit 3 if any video is fake")
+    p.add_argument("--ray", default=S, metavar="ADDRESS",
+                   help="scan on a Ray cluster: auto (RAY_ADDRESS), local, or host:port (needs dfscan[ray])")
+    p.add_argument("--ray-cpus-per-actor", type=float, default=S, help="CPUs per Ray scan actor (default 1)")
+    p.add_argument("--ray-gpus-per-actor", type=float, default=S, help="GPUs per Ray scan actor (default 0)")
+    p.add_argument("--ray-actors", type=int, default=S, help="Ray scan actors (default: cluster CPUs / CPUs per actor)")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=S)
     p.add_argument("--no-details", dest="details", action="store_false", default=S,
                    help="omit per-frame details from rows")
@@ -142,12 +159,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return args.func(args)
-    except KeyboardInterrupt:
-        print("interrupted; rows already written are kept", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as e:  # SIGTERM arrives as one too while a scan sets up
+        print("dfscan: interrupted; rows already written are kept", file=sys.stderr)
+        return 128 + getattr(e, "signum", 2)
     except DfscanError as e:
         print(f"dfscan: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return getattr(e, "exit_code", EXIT_USAGE)
 
 
 if __name__ == "__main__":  # pragma: no cover

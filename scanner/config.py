@@ -49,12 +49,18 @@ class ScanConfig(BaseModel):
     topk: int = Field(5, ge=1)
     min_face_frames: int = Field(3, ge=1, description="fewer frames with a face -> no_face")
     # output
-    out: str | None = None
+    out: str | list[str] | None = Field(
+        None, description="output file(s): .jsonl, .csv, .html; with several, the first .jsonl/.csv "
+        "is the primary output (a failure there stops the scan)")
     resume: bool = False
+    retry_errors: bool = Field(False, description="with resume: scan inputs whose row is an error again")
     details: bool = Field(True, description="per-frame details in JSONL rows")
     hash: bool = Field(True, description="SHA-256 of each input file in its row")
     metrics_port: int | None = Field(None, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"
+    metrics_push: str | None = Field(None, description="Prometheus Pushgateway URL: push metrics "
+                                     "periodically and at the end (job dfscan_scan, instance = host name)")
+    metrics_push_interval_s: float = Field(15.0, ge=0, le=3600, description="0: push only at the end")
     fail_on_fake: bool = False
     progress: bool = True
     workers: int | None = Field(
@@ -64,19 +70,57 @@ class ScanConfig(BaseModel):
     decode_thread: bool | None = Field(
         None, description="decode in a thread overlapping detection (null: only with CUDA or "
         ">= 4 cores; on 2 cores both stages are CPU-bound and the thread measured slower)")
+    # distributed scans (scanner.distributed): workers must see the inputs at the same paths
+    ray: str | None = Field(None, description="Ray cluster: 'auto' (RAY_ADDRESS), 'local' "
+                            "(start one in-process) or host:port / ray://host:port; null: scan locally")
+    ray_cpus_per_actor: float = Field(1.0, gt=0, le=256, description="CPUs reserved per Ray scan actor")
+    ray_gpus_per_actor: float = Field(0.0, ge=0, le=16, description="GPUs per Ray scan actor (0.5 shares one)")
+    ray_actors: int | None = Field(None, ge=1, le=10_000, description="scan actors (null: cluster CPUs / "
+                                   "ray_cpus_per_actor)")
+    ray_max_attempts: int = Field(3, ge=1, le=100, description="scans of a video whose worker died "
+                                  "before it becomes an error row (worker_lost)")
+
+    @field_validator("metrics_push")
+    @classmethod
+    def _push_url(cls, v: str | None) -> str | None:
+        if v is not None:
+            from .metrics_push import split_url
+
+            split_url(v)  # ValueError names the problem
+        return v
 
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        if v != "cpu" and v != "cuda" and not v.startswith("cuda:"):
+        if v != "cpu" and v != "cuda" and not (v.startswith("cuda:") and v[5:].isdigit()):
             raise ValueError("must be cpu, cuda or cuda:N")
         return v
 
     @model_validator(mode="after")
     def _check(self):
-        if self.out and Path(self.out).suffix.lower() not in (".jsonl", ".csv", ".html"):
-            raise ValueError("out must end in .jsonl, .csv or .html")
+        for out in self.outputs:
+            if Path(out).suffix.lower() not in (".jsonl", ".csv", ".html"):
+                raise ValueError(f"out {out!r} must end in .jsonl, .csv or .html")
         return self
+
+    @property
+    def outputs(self) -> list[str]:
+        """``out`` as a list (empty when unset)."""
+        return [] if not self.out else [self.out] if isinstance(self.out, str) else list(self.out)
+
+
+def check_device(device: str) -> None:
+    """:class:`ConfigError` unless ``device`` exists here (imports torch: call when scanning)."""
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device {device}: no CUDA GPU is available here (torch {torch.__version__}, "
+                          f"CUDA build {torch.version.cuda or 'none'}); use --device cpu")
+    index = int(device.split(":", 1)[1]) if ":" in device else 0
+    if index >= torch.cuda.device_count():
+        raise ConfigError(f"device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
 
 
 def _format_errors(e: ValidationError, source: str) -> str:

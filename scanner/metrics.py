@@ -59,7 +59,12 @@ def serve(port: int, host: str = "127.0.0.1"):
 
     Returns the server (``.shutdown()`` to stop) and the bound port (useful with port 0).
     """
-    server, thread = start_http_server(port, addr=host, registry=REGISTRY)
+    try:
+        server, _thread = start_http_server(port, addr=host, registry=REGISTRY)
+    except OSError as e:  # busy port, bad address: a usage error, not a traceback
+        from .config import ConfigError
+
+        raise ConfigError(f"cannot serve metrics on {host}:{port}: {e.strerror or e}") from e
     return server, server.server_address[1]
 
 

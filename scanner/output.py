@@ -1,19 +1,25 @@
-"""Result sinks: JSONL (always one row per input), CSV, HTML report.
+"""Result sinks shared by batch scans and live streams: JSONL, CSV, HTML report.
 
-Rows are flushed as each video finishes, so an interrupted scan loses nothing
-already finished. Sinks are isolated: one that fails is disabled and counted,
-the others (and the scan) go on.
+Every row is written, flushed and fsync'ed as its video finishes, so a crash or
+kill loses nothing already finished. NaN/Inf (JSON has no such numbers) become
+null instead of losing the row. Failure policy (one place, see :class:`SinkSet`):
+the *primary* output failing stops the scan with :class:`OutputError`; a
+secondary sink that fails is reported, counted and disabled, and the scan ends
+with a non-zero exit code.
 """
 from __future__ import annotations
 
 import csv
-import html
 import json
 import logging
 import math
 import os
+import sys
+import time
 from pathlib import Path
-from typing import Iterable
+from typing import IO, Iterable
+
+from engines.errors import DfscanError
 
 from .metrics import SINK_ERRORS
 
@@ -21,40 +27,28 @@ log = logging.getLogger("dfscan")
 
 CSV_COLUMNS = [
     "path", "verdict", "score", "threshold", "frames", "frames_with_faces", "faces",
-    "detector", "weights_hash", "engine", "size_bytes", "sha256", "error_kind", "error",
+    "detector", "weights_hash", "engine", "sampling", "size_bytes", "sha256", "error_kind", "error",
     "decode_s", "detect_s", "align_s", "infer_s", "total_s",
 ]
 
 
+class OutputError(DfscanError):
+    """An output file cannot be written (disk full, permission, folder deleted)."""
+
+    exit_code = 4  # scanner.cli.EXIT_OUTPUT
+
+
 class Sink:
+    """``write(row)`` one finished row, ``close()`` at the end."""
+
     name = "sink"
+    path: Path | None = None
 
     def write(self, row: dict) -> None:
         raise NotImplementedError
 
     def close(self) -> None:
         pass
-
-
-class JsonlSink(Sink):
-    name = "jsonl"
-
-    def __init__(self, path: str | Path, append: bool = False):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = open(self.path, "a" if append else "w", encoding="utf-8")
-
-    def write(self, row: dict) -> None:
-        try:
-            line = json.dumps(row, ensure_ascii=False, allow_nan=False)
-        except ValueError:  # NaN/Inf from a misbehaving model: keep the row, null them
-            line = json.dumps(finite(row), ensure_ascii=False, allow_nan=False)
-        self._f.write(line + "\n")
-        self._f.flush()
-        os.fsync(self._f.fileno())  # a finished video survives a crash or kill
-
-    def close(self) -> None:
-        self._f.close()
 
 
 def finite(obj):
@@ -68,14 +62,77 @@ def finite(obj):
     return obj
 
 
+def json_line(row: dict) -> str:
+    """One JSON line for ``row`` (non-finite numbers as null), newline included."""
+    try:
+        return json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n"
+    except ValueError:  # NaN/Inf from a misbehaving model: keep the row, null them
+        return json.dumps(finite(row), ensure_ascii=False, allow_nan=False) + "\n"
+
+
+class _DurableFile:
+    """A text file whose every write is flushed and fsync'ed, and noticed if deleted."""
+
+    def __init__(self, path: Path, append: bool, newline: str | None = None):
+        self.path = path
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.f: IO[str] = open(path, "a" if append else "w", encoding="utf-8", newline=newline)
+        # /dev/null, pipes and ttys cannot be fsync'ed and are never "deleted".
+        self._regular = os.path.isfile(path)
+
+    def commit(self) -> None:
+        self.f.flush()
+        if self._regular:
+            os.fsync(self.f.fileno())  # a finished video survives a crash or kill
+            if os.fstat(self.f.fileno()).st_nlink == 0:  # writes would vanish silently
+                raise FileNotFoundError(f"{self.path} was deleted during the scan")
+
+    def close(self) -> None:
+        self.f.close()
+
+
+class JsonlSink(Sink):
+    """One JSON object per line; ``stream`` (e.g. stdout) instead of a file path."""
+
+    name = "jsonl"
+
+    def __init__(self, path: str | Path | None = None, append: bool = False, stream: IO[str] | None = None):
+        self.path = Path(path) if path is not None else None
+        self._file = _DurableFile(self.path, append) if self.path is not None else None
+        self._stream = stream if stream is not None else (self._file.f if self._file else sys.stdout)
+
+    def write(self, row: dict) -> None:
+        self._stream.write(json_line(row))
+        if self._file is not None:
+            self._file.commit()
+        else:
+            self._stream.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+def _one_line(v):
+    # Every CSV record is one physical line, so resume can cut a torn record at "\n".
+    return v.replace("\r", " ").replace("\n", " ") if isinstance(v, str) else v
+
+
+def sampling_label(row: dict) -> str | None:
+    s = row.get("sampling")
+    if not isinstance(s, dict):
+        return s
+    return ",".join(f"{k}={v}" for k, v in sorted(s.items()))
+
+
 def flat_row(row: dict) -> dict:
     t = row.get("timings") or {}
     err = row.get("error") or {}
     out = {k: row.get(k) for k in CSV_COLUMNS}
-    out.update(error_kind=err.get("kind"), error=err.get("message"),
+    out.update(error_kind=err.get("kind"), error=err.get("message"), sampling=sampling_label(row),
                decode_s=t.get("decode"), detect_s=t.get("detect"), align_s=t.get("align"),
                infer_s=t.get("infer"), total_s=t.get("total"))
-    return out
+    return {k: _one_line(v) for k, v in finite(out).items()}
 
 
 class CsvSink(Sink):
@@ -83,101 +140,176 @@ class CsvSink(Sink):
 
     def __init__(self, path: str | Path, append: bool = False):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         new = not (append and self.path.exists() and self.path.stat().st_size > 0)
-        self._f = open(self.path, "a" if append else "w", newline="", encoding="utf-8")
-        self._w = csv.DictWriter(self._f, fieldnames=CSV_COLUMNS)
+        self._file = _DurableFile(self.path, append, newline="")
+        self._w = csv.DictWriter(self._file.f, fieldnames=CSV_COLUMNS, lineterminator="\n")
         if new:
             self._w.writeheader()
+            self._file.commit()
 
     def write(self, row: dict) -> None:
         self._w.writerow(flat_row(row))
-        self._f.flush()
+        self._file.commit()
 
     def close(self) -> None:
-        self._f.close()
+        self._file.close()
 
 
 class HtmlSink(Sink):
-    """Collects rows and writes a self-contained HTML table on close."""
+    """The HTML report of :mod:`scanner.report`, rendered on close from the scan's JSONL.
+
+    Rows are not kept: the report is rendered from ``source`` (the JSONL output;
+    :func:`order_outputs` adds ``<name>.jsonl`` next to a lone ``.html``), so a
+    resumed scan's report shows every row of the file, and an interrupted scan
+    still gets one (``close`` runs on SIGINT/SIGTERM). A quick report without
+    thumbnails is written first, so a second interrupt while thumbnails are being
+    decoded still leaves a complete table.
+    """
 
     name = "html"
 
-    def __init__(self, path: str | Path, append: bool = False):
+    def __init__(self, path: str | Path, append: bool = False, source: str | Path | None = None):
         self.path = Path(path)
-        self.rows: list[dict] = []
+        self.source = Path(source) if source is not None else self.path.with_suffix(".jsonl")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._append, self._t0 = append, time.perf_counter()
 
     def write(self, row: dict) -> None:
-        self.rows.append(flat_row(row))
+        pass  # the JSONL sink writes the row; the report is rendered from that file
 
     def close(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(render_html(self.rows), encoding="utf-8")
+        from .report import ReportOptions, write_report
+
+        meta = {} if self._append else {"wall_seconds": time.perf_counter() - self._t0}
+        if not self.source.exists():
+            raise FileNotFoundError(f"results file {self.source} to render the report from is missing")
+        write_report(self.source, self.path, ReportOptions(thumbnails=False), meta)
+        # The scan has just hashed these files: check sizes only.
+        write_report(self.source, self.path, ReportOptions(verify_hash=False), meta)
 
 
 def render_html(rows: list[dict]) -> str:
-    cols = ["path", "verdict", "score", "frames_with_faces", "faces", "detector", "error", "total_s"]
-    colour = {"fake": "#fdd", "real": "#dfd", "no_face": "#eee", "error": "#fec"}
-    body = []
-    for r in rows:
-        cells = "".join(
-            f"<td>{html.escape(f'{r[c]:.3f}' if isinstance(r[c], float) else str(r[c] or ''))}</td>"
-            for c in cols)
-        body.append(f'<tr style="background:{colour.get(r["verdict"], "#fff")}">{cells}</tr>')
-    head = "".join(f"<th>{c}</th>" for c in cols)
-    return ("<!doctype html><meta charset=utf-8><title>dfscan report</title>"
-            "<style>body{font-family:sans-serif}td,th{padding:4px 8px;border-bottom:1px solid #ccc}"
-            "</style><h1>dfscan report</h1>"
-            f"<p>{len(rows)} videos</p><table><tr>{head}</tr>{''.join(body)}</table>")
+    """A self-contained report of ``rows`` held in memory (see :mod:`scanner.report`)."""
+    from .report import render_html as render
+
+    return render(rows)
+
+
+def link_reports(sinks: list[Sink]) -> None:
+    """Point every :class:`HtmlSink` at the first JSONL output (the rows it renders)."""
+    jsonl = next((s.path for s in sinks if isinstance(s, JsonlSink) and s.path is not None), None)
+    for s in sinks:
+        if isinstance(s, HtmlSink) and jsonl is not None:
+            s.source = jsonl
+
+
+def with_report_source(paths: list[str]) -> list[str]:
+    """``paths`` plus ``<name>.jsonl`` for the first ``.html`` when no JSONL output is given."""
+    html = next((p for p in paths if Path(p).suffix.lower() == ".html"), None)
+    if html is None or any(Path(p).suffix.lower() == ".jsonl" for p in paths):
+        return paths
+    return [str(Path(html).with_suffix(".jsonl"))] + paths
 
 
 SINKS = {".jsonl": JsonlSink, ".csv": CsvSink, ".html": HtmlSink}
+PRIMARY_SUFFIXES = (".jsonl", ".csv")
+
+
+def _reason(e: BaseException) -> str:
+    return e.strerror if isinstance(e, OSError) and e.strerror else str(e)
 
 
 def open_sink(path: str | Path, append: bool = False) -> Sink:
+    """The sink for ``path``'s suffix; :class:`OutputError` if it cannot be created."""
     suffix = Path(path).suffix.lower()
     if suffix not in SINKS:
         raise ValueError(f"unsupported output type {suffix!r} (use .jsonl, .csv or .html)")
-    return SINKS[suffix](path, append=append)
+    try:
+        return SINKS[suffix](path, append=append)
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {_reason(e)}") from e
+
+
+def order_outputs(paths: Iterable[str | Path]) -> list[str]:
+    """Outputs with the primary (first .jsonl/.csv, else the first given) first.
+
+    The same file named twice is a :class:`OutputError` (two writers would interleave).
+    """
+    paths = [str(p) for p in paths]
+    seen: set[str] = set()
+    for p in paths:
+        key = os.path.realpath(p)
+        if key in seen:
+            raise OutputError(f"--out {p} is given twice")
+        seen.add(key)
+    if not paths:
+        return []
+    paths = with_report_source(paths)  # a lone .html is rendered from a JSONL written next to it
+    primary = next((p for p in paths if Path(p).suffix.lower() in PRIMARY_SUFFIXES), paths[0])
+    return [primary] + [p for p in paths if p != primary]
 
 
 class SinkSet:
-    """Fan a row out to several sinks; a failing sink is logged, counted, dropped."""
+    """Fan a row out to several sinks; the first one is the primary output.
+
+    A primary that fails raises :class:`OutputError` (the caller stops the scan);
+    a secondary that fails is logged, counted, disabled and listed in ``failures``.
+    """
 
     def __init__(self, sinks: Iterable[Sink]):
         self.sinks = list(sinks)
+        self.primary = self.sinks[0] if self.sinks else None
+        self.failures: list[str] = []
+
+    def _failed(self, sink: Sink, e: BaseException, what: str) -> None:
+        SINK_ERRORS.labels(sink=sink.name).inc()
+        where = f"{sink.name} output {sink.path}" if sink.path else f"{sink.name} output"
+        if sink is self.primary:
+            raise OutputError(f"cannot {what} {where}: {_reason(e)}") from e
+        msg = f"{where} failed to {what} and is disabled: {_reason(e)}"
+        log.error(msg)
+        self.failures.append(msg)
 
     def write(self, row: dict) -> None:
         for sink in list(self.sinks):
             try:
                 sink.write(row)
-            except Exception as e:  # isolate: the scan and other sinks go on
-                SINK_ERRORS.labels(sink=sink.name).inc()
-                log.error("sink %s failed and is disabled: %s", sink.name, e)
+            except Exception as e:  # the scan and the other sinks go on (unless primary)
                 self.sinks.remove(sink)
+                self._failed(sink, e, "write")
 
     def close(self) -> None:
+        """Close every sink; re-raise the primary's failure after closing the others."""
+        err = None
         for sink in self.sinks:
             try:
                 sink.close()
             except Exception as e:
-                SINK_ERRORS.labels(sink=sink.name).inc()
-                log.error("sink %s failed to close: %s", sink.name, e)
+                try:
+                    self._failed(sink, e, "close")
+                except OutputError as oe:
+                    err = oe
+        self.sinks = []
+        if err is not None:
+            raise err
+
+
+def open_outputs(paths: Iterable[str | Path], append: bool = False) -> SinkSet:
+    """A :class:`SinkSet` for ``--out`` paths (primary first, see :func:`order_outputs`)."""
+    opened: list[Sink] = []
+    try:
+        for p in order_outputs(paths):
+            opened.append(open_sink(p, append=append))
+        link_reports(opened)
+    except BaseException:
+        for s in opened:
+            s.close()
+        raise
+    return SinkSet(opened)
 
 
 def done_paths(path: str | Path) -> set[str]:
-    """Paths already present in an existing JSONL or CSV output (for --resume)."""
-    p = Path(path)
-    if not p.exists():
-        return set()
-    if p.suffix.lower() == ".csv":
-        with open(p, newline="", encoding="utf-8") as f:
-            return {r["path"] for r in csv.DictReader(f) if r.get("path")}
-    done = set()
-    with open(p, encoding="utf-8") as f:
-        for line in f:
-            try:
-                done.add(json.loads(line)["path"])
-            except (ValueError, KeyError, TypeError):
-                continue  # a torn last line from a crash: that input is redone
-    return done
+    """Resolved input paths already present in an existing JSONL or CSV output."""
+    from .resume import done_inputs
+
+    return done_inputs(path)

@@ -1,24 +1,48 @@
-"""``dfscan scan``: inputs -> pipeline -> sinks, with progress and a summary."""
+"""``dfscan scan``: inputs -> pipeline -> sinks, with progress and a summary.
+
+Only counters of the finished rows are kept (never the rows), so memory does
+not grow with the number of inputs. The first SIGINT or SIGTERM stops the scan
+gracefully: no video starts, videos in flight are abandoned, every finished row
+is written and the outputs are closed (HTML report included); a second signal
+acts at once. Exit codes are listed in :mod:`scanner.cli`.
+"""
 from __future__ import annotations
 
+import os
+import signal
+import sys
+import threading
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.markup import escape
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
 from rich.table import Table
 
-from . import metrics
-from .config import build_config
-from .output import SinkSet, done_paths, open_sink
-from .pipeline import build_context, scan_paths
+from . import metrics, metrics_push
+from .config import ConfigError, build_config, check_device
+from .distributed import open_context, scan_rows
+from .output import PRIMARY_SUFFIXES, OutputError, open_outputs, order_outputs
+from .resume import ResumeState, input_key, prepare_resume
 from .sources import bundled_samples, expand_inputs
 from .warmstart import close_all, prestart
 
 OPTION_KEYS = ("frames", "fps", "detector", "weights", "device", "engine", "precision", "batch_size",
                "threshold", "max_faces", "min_face", "det_max_side", "frame_agg", "video_agg", "workers", "out",
-               "resume", "metrics_port", "metrics_host", "fail_on_fake", "progress", "details")
+               "resume", "retry_errors", "metrics_port", "metrics_host", "metrics_push", "fail_on_fake", "progress", "details",
+               "ray", "ray_cpus_per_actor", "ray_gpus_per_actor", "ray_actors", "ray_max_attempts")
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT/SIGTERM outside the scan loop; ``signum`` gives the exit code 128 + signum."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 def config_from_args(args):
@@ -26,19 +50,51 @@ def config_from_args(args):
     return build_config(getattr(args, "config", None), overrides)
 
 
-def _inputs(args, cfg, console: Console) -> list[Path]:
+def sampling_of(cfg) -> dict:
+    """How frames were picked: rows of two scans are comparable only if this matches."""
+    return {"fps": cfg.fps} if cfg.fps else {"frames": cfg.frames}
+
+
+@dataclass
+class Tally:
+    """What the summary needs from the rows (counters, not the rows themselves)."""
+
+    videos: int = 0
+    verdicts: Counter = field(default_factory=Counter)
+    frames: int = 0
+    faces: int = 0
+    stages: Counter = field(default_factory=Counter)
+
+    def add(self, row: dict) -> None:
+        self.videos += 1
+        self.verdicts[row["verdict"]] += 1
+        self.frames += row.get("frames") or 0
+        self.faces += row.get("faces") or 0
+        self.stages.update({k: v for k, v in (row.get("timings") or {}).items() if k != "total"})
+
+
+def _inputs(args, console: Console) -> list[Path]:
     if args.paths:
         paths = expand_inputs(args.paths)
+        if not paths:
+            raise ConfigError(f"no video files found in {' '.join(args.paths)}")
     else:
         paths = bundled_samples()
         console.print(f"[dim]no PATH given: scanning the {len(paths)} bundled sample clips[/dim]")
-    if cfg.resume and cfg.out:
-        done = done_paths(cfg.out)
-        skipped = [p for p in paths if str(p) in done]
-        paths = [p for p in paths if str(p) not in done]
-        if skipped:
-            console.print(f"[dim]--resume: {len(skipped)} input(s) already in {cfg.out}[/dim]")
-    return paths
+    # Rows carry absolute paths: a later --resume from another folder still matches them.
+    return [Path(os.path.abspath(p)) for p in paths]
+
+
+def _to_scan(paths: list[Path], cfg, console: Console) -> tuple[list[Path], ResumeState | None]:
+    """``paths`` minus those already in the primary output (``--resume``)."""
+    outs = order_outputs(cfg.outputs)
+    if not (cfg.resume or cfg.retry_errors) or not outs or Path(outs[0]).suffix.lower() not in PRIMARY_SUFFIXES:
+        return paths, None
+    state = prepare_resume(outs[0], {"detector": cfg.detector, "sampling": sampling_of(cfg)}, cfg.retry_errors)
+    todo = [p for p in paths if input_key(p) not in state.done]
+    if len(todo) < len(paths):
+        console.print(f"[dim]--resume: {len(paths) - len(todo)} input(s) already in {escape(outs[0])}[/dim]")
+    return todo, state
 
 
 def _line(row: dict) -> str:
@@ -47,82 +103,147 @@ def _line(row: dict) -> str:
     score = "  -   " if row["score"] is None else f"{row['score']:.3f}"
     tail = f"  ({row['error']['kind']}: {row['error']['message']})" if row.get("error") else \
         f"  faces={row['faces']} frames={row['frames_with_faces']}/{row['frames']}"
-    return f"[{colour}]{v:8s}[/{colour}] {score}  {row['path']}{tail}"
+    return f"[{colour}]{v:8s}[/{colour}] {score}  {escape(row['path'] + tail)}"
 
 
-def _summary(rows: list[dict], wall: float, console: Console) -> None:
-    counts = Counter(r["verdict"] for r in rows)
-    faces = sum(r["faces"] for r in rows)
-    frames = sum(r["frames"] for r in rows)
-    t = Table(title="dfscan summary", show_header=True)
+def _summary(t: Tally, wall: float, console: Console) -> None:
+    tab = Table(title="dfscan summary", show_header=True)
     for col in ("videos", "fake", "real", "no face", "error", "frames", "faces", "wall s", "vid/s",
                 "faces/s"):
-        t.add_column(col, justify="right", no_wrap=True)
-    t.add_row(str(len(rows)), *(str(counts.get(k, 0)) for k in ("fake", "real", "no_face", "error")),
-              str(frames), str(faces), f"{wall:.1f}", f"{len(rows) / max(wall, 1e-9):.2f}",
-              f"{faces / max(wall, 1e-9):.1f}")
-    stages = Counter()
-    for r in rows:
-        stages.update({k: v for k, v in (r.get("timings") or {}).items() if k != "total"})
-    total = sum(stages.values()) or 1.0
-    share = "  ".join(f"{k} {100 * v / total:.0f}%" for k, v in stages.items())
-    console.print(t)
+        tab.add_column(col, justify="right", no_wrap=True)
+    tab.add_row(str(t.videos), *(str(t.verdicts.get(k, 0)) for k in ("fake", "real", "no_face", "error")),
+                str(t.frames), str(t.faces), f"{wall:.1f}", f"{t.videos / max(wall, 1e-9):.2f}",
+                f"{t.faces / max(wall, 1e-9):.1f}")
+    total = sum(t.stages.values()) or 1.0
+    share = "  ".join(f"{k} {100 * v / total:.0f}%" for k, v in t.stages.items())
+    console.print(tab)
     if share:
         console.print(f"[dim]stage share: {share}[/dim]")
 
 
+class GracefulStop:
+    """SIGINT/SIGTERM handling around a scan (main thread only).
+
+    Before :meth:`arm`, a signal raises :class:`Interrupted`. Armed with a local
+    context, the first signal sets ``ctx.stop`` (finished rows are still
+    written) and restores the previous handlers, so a second one acts at once.
+    """
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._event: threading.Event | None = None
+        self._old: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def arm(self, ctx) -> None:
+        self._event = getattr(ctx, "stop", None)  # Ray contexts have none: interrupt at once
+
+    def _handle(self, signum, _frame) -> None:
+        self.signum = signum
+        self._restore()
+        if self._event is None:
+            raise Interrupted(signum)
+        self._event.set()
+
+    def _restore(self) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        self._old = {}
+
+    def __exit__(self, *exc):
+        self._restore()
+
+
 def run_scan(args) -> int:
-    from .cli import EXIT_FAKE, EXIT_INPUT_ERROR, EXIT_OK
+    with GracefulStop() as stop:
+        return _run(args, stop)
+
+
+def _run(args, stop: GracefulStop) -> int:
+    from .cli import EXIT_FAKE, EXIT_INPUT_ERROR, EXIT_OK, EXIT_OUTPUT
 
     cfg = config_from_args(args)
-    console = Console(stderr=False, highlight=False)
-    paths = _inputs(args, cfg, console)
+    interactive = sys.stdout.isatty()
+    console = Console(highlight=False, soft_wrap=not interactive)
+    paths = _inputs(args, console)
+    if not cfg.ray:
+        check_device(cfg.device)
     server = None
     if cfg.metrics_port is not None:
         server, port = metrics.serve(cfg.metrics_port, cfg.metrics_host)
         console.print(f"[dim]metrics on http://{cfg.metrics_host}:{port}/metrics[/dim]")
-    t0 = time.perf_counter()
-    pre = prestart(paths, cfg)  # decode the first videos while the model loads
+    pusher = metrics_push.start_for(cfg, console)
+    pre: dict = {}
     try:
-        ctx = build_context(cfg)
-    except BaseException:
-        close_all(pre)
-        raise
-    if pre:
-        ctx.prestarted = pre
-    info = ctx.engine_info
-    console.print(f"[dim]detector {cfg.detector} ({ctx.detector.weights_hash}) on {cfg.device}, "
-                  f"engine {info.get('backend')} {cfg.precision}, {ctx.workers} worker(s): ready in "
-                  f"{info.get('ready_s') or time.perf_counter() - t0:.1f}s[/dim]")
-    sinks = SinkSet([open_sink(cfg.out, append=cfg.resume)] if cfg.out else [])
-    rows: list[dict] = []
-    t_scan = time.perf_counter()
-    try:
-        _scan_all(paths, ctx, sinks, rows, console, cfg.progress)
+        paths, resumed = _to_scan(paths, cfg, console)
+        t0 = time.perf_counter()
+        pre = prestart(paths, cfg)  # decode the first videos while the model loads
+        ctx = open_context(cfg)  # local pipeline, or Ray actors with --ray
+        if pre:
+            ctx.prestarted = pre
+        info = ctx.engine_info
+        console.print(f"[dim]detector {cfg.detector} ({ctx.detector.weights_hash}) on {cfg.device}, "
+                      f"engine {info.get('backend')} {cfg.precision}, {ctx.workers} worker(s): ready in "
+                      f"{info.get('ready_s') or time.perf_counter() - t0:.1f}s[/dim]")
+        if resumed is not None:
+            resumed.check_weights(ctx.detector.weights_hash)
+            resumed.drop_retried()
+        sinks = open_outputs(cfg.outputs, append=cfg.resume or cfg.retry_errors)
+        tally, t_scan = Tally(), time.perf_counter()
+        stop.arm(ctx)
+        try:
+            _scan_all(paths, ctx, cfg, sinks, tally, console, cfg.progress and interactive)
+        finally:
+            sinks.close()
     finally:
         close_all(pre)
-        sinks.close()
         if server is not None:
             server.shutdown()
-    _summary(rows, time.perf_counter() - t_scan, console)
-    if any(r["verdict"] == "error" for r in rows):
+        if pusher is not None:
+            pusher.stop()  # the final values, also after an interrupt
+    _summary(tally, time.perf_counter() - t_scan, console)
+    if stop.signum is not None:
+        print(f"dfscan: interrupted by {signal.Signals(stop.signum).name}: {tally.videos} row(s) written, "
+              f"{len(paths) - tally.videos} input(s) not scanned (rerun with --resume)", file=sys.stderr)
+        return 128 + stop.signum
+    for msg in sinks.failures:
+        print(f"dfscan: error: {msg}", file=sys.stderr)
+    if sinks.failures:
+        return EXIT_OUTPUT
+    if tally.verdicts["error"]:
         return EXIT_INPUT_ERROR
-    if cfg.fail_on_fake and any(r["verdict"] == "fake" for r in rows):
+    if cfg.fail_on_fake and tally.verdicts["fake"]:
         return EXIT_FAKE
     return EXIT_OK
 
 
-def _scan_all(paths, ctx, sinks, rows, console, show_progress: bool) -> None:
+def _tracked(paths, prog: Progress, task):
+    """Yield ``paths``, showing the one the pipeline just took in the progress bar."""
+    for p in paths:
+        name = p.name if len(p.name) <= 40 else "..." + p.name[-37:]
+        prog.update(task, current=escape(name))
+        yield p
+
+
+def _scan_all(paths, ctx, cfg, sinks, tally: Tally, console: Console, show_progress: bool) -> None:
     cols = [TextColumn("[bold]scanning"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[vps]:.2f} videos/s  {task.fields[fps]:.1f} faces/s"),
-            TimeElapsedColumn()]
+            TextColumn("{task.fields[vps]:.2f} videos/s"), TimeElapsedColumn(), TextColumn("ETA"),
+            TimeRemainingColumn(), TextColumn("{task.fields[current]}")]
+    sampling = sampling_of(cfg)
     with Progress(*cols, console=console, transient=True, disable=not show_progress) as prog:
-        task = prog.add_task("scan", total=len(paths), vps=0.0, fps=0.0)
-        t0, faces = time.perf_counter(), 0
-        for row in scan_paths(paths, ctx=ctx):
-            sinks.write(row)
-            rows.append(row)
-            faces += row["faces"]
-            dt = max(time.perf_counter() - t0, 1e-9)
-            prog.update(task, advance=1, vps=len(rows) / dt, fps=faces / dt)
+        task = prog.add_task("scan", total=len(paths), vps=0.0, current="")
+        t0 = time.perf_counter()
+        source = _tracked(paths, prog, task) if show_progress else paths
+        for row in scan_rows(source, ctx):
+            row.setdefault("sampling", sampling)
+            sinks.write(row)  # OutputError (primary failed) ends the scan here
+            tally.add(row)
+            prog.update(task, advance=1, vps=tally.videos / max(time.perf_counter() - t0, 1e-9))
             prog.console.print(_line(row))
+
+
+__all__ = ["run_scan", "OPTION_KEYS", "OutputError", "Tally", "sampling_of"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -44,31 +45,41 @@ class Broken(Sink):
         raise OSError("disk full")
 
 
-def test_failing_sink_is_isolated(tmp_path):
+def test_failing_secondary_sink_is_isolated_and_reported(tmp_path):
     good = JsonlSink(tmp_path / "a.jsonl")
     before = metrics.SINK_ERRORS.labels(sink="broken")._value.get()
-    sinks = SinkSet([Broken(), good])
+    sinks = SinkSet([good, Broken()])  # the first sink is the primary output
     for i in range(3):
         sinks.write({"path": f"v{i}.mp4", "verdict": "real"})
     sinks.close()
     assert len((tmp_path / "a.jsonl").read_text().splitlines()) == 3
     assert metrics.SINK_ERRORS.labels(sink="broken")._value.get() == before + 1
+    assert len(sinks.failures) == 1 and "disk full" in sinks.failures[0]
+
+
+def test_failing_primary_sink_stops_the_scan(tmp_path):
+    from scanner.output import OutputError
+
+    sinks = SinkSet([Broken(), JsonlSink(tmp_path / "a.jsonl")])
+    with pytest.raises(OutputError, match="disk full"):
+        sinks.write({"path": "v.mp4", "verdict": "real"})
+    sinks.close()
 
 
 def test_done_paths_tolerates_torn_last_line(tmp_path):
     p = tmp_path / "o.jsonl"
     p.write_text(json.dumps({"path": "a.mp4"}) + "\n" + '{"path": "b.m')
-    assert done_paths(p) == {"a.mp4"}
+    assert done_paths(p) == {os.path.realpath("a.mp4")}  # inputs compare by resolved path
     c = open_sink(tmp_path / "o.csv")
     c.write({"path": "x.mp4", "verdict": "real", "timings": {"total": 1.0}})
     c.close()
-    assert done_paths(tmp_path / "o.csv") == {"x.mp4"}
+    assert done_paths(tmp_path / "o.csv") == {os.path.realpath("x.mp4")}
 
 
 def test_html_escapes_paths():
     html = render_html([{"path": "<script>.mp4", "verdict": "fake", "score": 0.9, "frames_with_faces": 1,
                          "faces": 1, "detector": "d", "error": None, "total_s": 1.0}])
-    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert "<script>.mp4" not in html and "&lt;script&gt;.mp4" in html
 
 
 def test_expand_inputs(tmp_path):

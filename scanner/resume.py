@@ -1,0 +1,191 @@
+"""``--resume``: continue an interrupted scan in the same output without corrupting it.
+
+Rules (also in the README):
+
+* A torn last line (the process was killed mid-write) is cut off, so the file
+  ends with a complete row, and that input is scanned again.
+* Inputs are compared by resolved absolute path: ``clips/a.mp4`` and
+  ``/data/clips/a.mp4`` are the same input.
+* ``retry_errors``: rows whose verdict is ``error`` are removed (atomically) and
+  their inputs scanned again, so each input still has exactly one row.
+* A file written with another detector, weights hash or sampling is refused
+  (its scores would not be comparable); rows from older versions without one
+  of these fields are not checked on that field.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from .config import ConfigError
+
+log = logging.getLogger("dfscan")
+
+# Row fields that must match for rows of two runs to share one file.
+COMPAT_FIELDS = ("detector", "weights_hash", "sampling")
+
+
+def input_key(path: str | Path) -> str:
+    """Identity of an input: its resolved absolute path."""
+    return os.path.realpath(os.fspath(path))
+
+
+def cut_torn_tail(path: Path) -> int:
+    """Truncate ``path`` after its last newline; returns the number of bytes cut."""
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return 0
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return 0
+        pos, chunk = size, 1 << 16
+        while pos > 0:  # scan backwards for the last complete line
+            start = max(0, pos - chunk)
+            f.seek(start)
+            nl = f.read(pos - start).rfind(b"\n")
+            if nl >= 0:
+                keep = start + nl + 1
+                break
+            pos = start
+        else:
+            keep = 0
+        f.truncate(keep)
+        f.flush()
+        os.fsync(f.fileno())
+    log.warning("--resume: cut a torn last line (%d bytes) from %s; that input is scanned again",
+                size - keep, path)
+    return size - keep
+
+
+def read_rows(path: Path) -> Iterator[dict]:
+    """Rows of a JSONL or CSV output (unparseable JSONL lines are skipped with a warning)."""
+    if path.suffix.lower() == ".csv":
+        with open(path, newline="", encoding="utf-8") as f:
+            yield from csv.DictReader(f)
+        return
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            try:
+                row = json.loads(line)
+            except ValueError:
+                log.warning("--resume: %s line %d is not a JSON row; its input is scanned again", path, n)
+                continue
+            if isinstance(row, dict):
+                yield row
+
+
+def _norm(field: str, value) -> str | None:
+    if value in (None, ""):
+        return None
+    if field == "sampling" and isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in sorted(value.items()))
+    return str(value)
+
+
+def check_compatible(path: Path, row: dict, expected: dict) -> None:
+    for field in COMPAT_FIELDS:
+        have, want = _norm(field, row.get(field)), _norm(field, expected.get(field))
+        if have is not None and want is not None and have != want:
+            raise ConfigError(
+                f"--resume: {path} was written with {field} {have}, this scan uses {want}; "
+                f"scan into another --out file, or use the same settings")
+
+
+def _check_csv_header(path: Path) -> None:
+    if path.suffix.lower() != ".csv":
+        return
+    from .output import CSV_COLUMNS
+
+    with open(path, newline="", encoding="utf-8") as f:
+        header = next(csv.reader(f), [])
+    if header != CSV_COLUMNS:
+        raise ConfigError(f"--resume: {path} has other CSV columns than this version writes; "
+                          "scan into another --out file")
+
+
+def _rewrite_without(path: Path, drop: set[str]) -> None:
+    """Atomically rewrite ``path`` without the error rows of inputs in ``drop``."""
+    tmp = path.with_name(path.name + ".resume-tmp")
+    with open(path, newline="", encoding="utf-8") as src, open(tmp, "w", newline="", encoding="utf-8") as dst:
+        if path.suffix.lower() == ".csv":
+            rows = csv.DictReader(src)
+            w = csv.DictWriter(dst, fieldnames=rows.fieldnames or [], lineterminator="\n")
+            w.writeheader()
+            for r in rows:
+                if not (r.get("verdict") == "error" and input_key(r.get("path") or "") in drop):
+                    w.writerow(r)
+        else:
+            for line in src:
+                try:
+                    r = json.loads(line)
+                except ValueError:
+                    continue
+                if not (r.get("verdict") == "error" and input_key(r.get("path", "")) in drop):
+                    dst.write(line)
+        dst.flush()
+        os.fsync(dst.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass
+class ResumeState:
+    """What an existing output holds: inputs done, error inputs to retry, weights seen."""
+
+    path: Path
+    done: set[str] = field(default_factory=set)
+    retry: set[str] = field(default_factory=set)
+    weights: set[str] = field(default_factory=set)
+
+    def check_weights(self, weights_hash: str) -> None:
+        """Refuse rows scored with other weights (known only once the detector is built)."""
+        other = self.weights - {weights_hash}
+        if other:
+            raise ConfigError(f"--resume: {self.path} was written with weights_hash {sorted(other)[0]}, "
+                              f"this scan uses {weights_hash}; scan into another --out file, or use the "
+                              "same weights")
+
+    def drop_retried(self) -> None:
+        """Remove the error rows of inputs that will be scanned again (atomic rewrite)."""
+        if self.retry:
+            _rewrite_without(self.path, self.retry)
+            log.warning("--retry-errors: %d input(s) with an error row are scanned again", len(self.retry))
+
+
+def prepare_resume(path: str | Path, expected: dict | None = None, retry_errors: bool = False) -> ResumeState:
+    """Read ``path`` for a resumed scan: cut a torn tail, check ``expected`` fields.
+
+    Raises :class:`ConfigError` when ``path`` was written by an incompatible scan.
+    Call :meth:`ResumeState.drop_retried` before appending when retrying errors.
+    """
+    path = Path(path)
+    state = ResumeState(path)
+    if not path.exists() or path.stat().st_size == 0:
+        return state
+    cut_torn_tail(path)
+    _check_csv_header(path)
+    errors = set()
+    for row in read_rows(path):
+        if not row.get("path"):
+            continue
+        if expected:
+            check_compatible(path, row, expected)
+        if row.get("weights_hash"):
+            state.weights.add(str(row["weights_hash"]))
+        key = input_key(row["path"])
+        (errors if retry_errors and row.get("verdict") == "error" else state.done).add(key)
+    state.retry = errors - state.done
+    return state
+
+
+def done_inputs(path: str | Path) -> set[str]:
+    """Input keys present in an output, read-only (no repair, no checks)."""
+    path = Path(path)
+    if not path.exists():
+        return set()
+    return {input_key(r["path"]) for r in read_rows(path) if r.get("path")}
