@@ -1,0 +1,103 @@
+"""Push batch-scan metrics to a Prometheus Pushgateway (``dfscan scan --metrics-push URL``).
+
+A short scan ends before any scrape could see it, so batch jobs push instead:
+periodically while scanning (a long archive scan shows progress) and once at
+the end (the final counts). Each push *replaces* the metrics of this job's group
+(``PUT``, :func:`prometheus_client.push_to_gateway`), so the gateway always holds
+one complete, consistent snapshot. Group: job ``dfscan_scan``, ``instance`` = the
+host name -- never a path or id (label values stay bounded).
+
+Credentials in the URL (``https://user:pass@gw``) are sent as HTTP basic auth
+and never logged. A failed push is logged and counted, never fatal: metrics
+must not cost a scan its rows.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+from prometheus_client import CollectorRegistry, push_to_gateway
+from prometheus_client.exposition import basic_auth_handler, default_handler
+
+log = logging.getLogger(__name__)
+
+JOB = "dfscan_scan"
+
+
+def split_url(url: str) -> tuple[str, str | None, str | None, str]:
+    """``(gateway URL without credentials, user, password, masked URL)``; raises ValueError."""
+    if "://" not in url:
+        url = "http://" + url
+    p = urlsplit(url)
+    if p.scheme not in ("http", "https") or not p.hostname:
+        raise ValueError("--metrics-push needs an http(s)://host:port URL of a Pushgateway")
+    p.port  # noqa: B018 - raises ValueError on a malformed port
+    host = p.netloc.rsplit("@", 1)[-1]
+    bare = urlunsplit((p.scheme, host, p.path.rstrip("/"), "", ""))
+    masked = urlunsplit((p.scheme, ("***@" if "@" in p.netloc else "") + host, p.path.rstrip("/"), "", ""))
+    user = unquote(p.username) if p.username else None
+    pw = unquote(p.password) if p.password else None
+    return bare, user, pw, masked
+
+
+class MetricsPusher:
+    """Pushes ``registry`` to ``url`` every ``interval_s`` seconds and on :meth:`stop`."""
+
+    def __init__(self, url: str, registry: CollectorRegistry, interval_s: float = 15.0,
+                 job: str = JOB, instance: str | None = None, timeout_s: float = 10.0):
+        self.gateway, user, pw, self.masked = split_url(url)
+        self.registry, self.interval_s, self.job, self.timeout_s = registry, interval_s, job, timeout_s
+        self.grouping_key = {"instance": instance or socket.gethostname()}
+        self.pushes = self.failures = 0
+        if user is not None:
+            def handler(url, method, timeout, headers, data):
+                return basic_auth_handler(url, method, timeout, headers, data, user, pw or "")
+            self._handler = handler
+        else:
+            self._handler = default_handler
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def push(self) -> bool:
+        """One push; False (logged, counted) when the gateway cannot take it."""
+        try:
+            push_to_gateway(self.gateway, job=self.job, registry=self.registry, grouping_key=self.grouping_key,
+                            timeout=self.timeout_s, handler=self._handler)
+        except Exception as e:  # noqa: BLE001 - URLError, HTTP errors, timeouts: never fatal
+            self.failures += 1  # the gateway URL holds no credentials (they went to the handler)
+            log.warning("metrics push to %s failed: %s: %s", self.masked, type(e).__name__, e)
+            return False
+        self.pushes += 1
+        return True
+
+    def start(self) -> "MetricsPusher":
+        if self.interval_s > 0:
+            self._thread = threading.Thread(target=self._run, name="dfscan-metrics-push", daemon=True)
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.push()
+
+    def stop(self) -> bool:
+        """End the periodic pushes and push the final values; returns the final push's success."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(self.timeout_s + 1)
+        return self.push()
+
+
+def start_for(cfg, console=None) -> MetricsPusher | None:
+    """The pusher of a scan config (``metrics_push``), started; None when not asked for."""
+    if not cfg.metrics_push:
+        return None
+    from . import metrics
+
+    pusher = MetricsPusher(cfg.metrics_push, metrics.REGISTRY, cfg.metrics_push_interval_s).start()
+    if console is not None:
+        every = f"every {cfg.metrics_push_interval_s:g}s and " if cfg.metrics_push_interval_s > 0 else ""
+        console.print(f"[dim]metrics pushed to {pusher.masked} {every}at the end[/dim]")
+    return pusher
