@@ -17,9 +17,10 @@ swscale for the face detector.
 """
 from __future__ import annotations
 
-import bisect
 import errno
 import os
+from array import array
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -71,18 +72,26 @@ class Frame:
 
 @dataclass
 class VideoIndex:
-    """Demux-only index of a video stream (decode order)."""
+    """Demux-only index of a video stream, as compact arrays (8 + 1 bytes per packet).
 
-    pts: list[int]  # per packet, decode order
-    keyframe: list[bool]
+    Attributes:
+        pts: ``int64 (P,)`` pts of each non-empty packet, decode order.
+        keyframe: ``bool (P,)`` keyframe flag of each packet.
+        presentation: ``int64 (F,)`` sorted pts (or output ordinals when ``ordinal``).
+        empty_packets: zero-size packets (AVI "dropped frame" chunks), not frames.
+    """
+
+    pts: np.ndarray
+    keyframe: np.ndarray
     truncated: bool
     time_base: float
     start: int
     width: int
     height: int
     codec: str
-    presentation: list[int] = field(default_factory=list)  # sorted pts (or ordinals)
+    presentation: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     ordinal: bool = False  # True: pts unusable, ``presentation`` holds output ordinals
+    empty_packets: int = 0
 
     @property
     def frames(self) -> int:
@@ -92,10 +101,14 @@ class VideoIndex:
     def duration_s(self) -> float:
         if len(self.presentation) < 2:
             return 0.0
-        return (self.presentation[-1] - self.presentation[0]) * self.time_base
+        return float(self.presentation[-1] - self.presentation[0]) * self.time_base
 
     def time_of(self, pts: int) -> float:
-        return (pts - self.start) * self.time_base
+        return float(pts - self.start) * self.time_base
+
+    def rank(self, pts: int) -> int:
+        """Presentation index of a frame's pts."""
+        return int(np.searchsorted(self.presentation, pts))
 
 
 def classify_os_error(path: Path, e: OSError) -> VideoError:
@@ -157,65 +170,105 @@ def _video_stream(container) -> av.video.stream.VideoStream:
 
 
 def build_index(container, stream) -> VideoIndex:
-    """Demux the whole video stream (no decoding) and record pts + keyframe flags."""
-    pts, key, truncated = [], [], False
+    """Demux the whole video stream (no decoding) and record pts + keyframe flags.
+
+    Truncation is what the demuxer reports: an error, or a last packet cut short by
+    the end of the file (FFmpeg flags that short read as corrupt; MP4 and AVI demuxers
+    then stop quietly). The header's frame count is only a hint: capture tools write
+    empty "dropped frame" chunks that it counts as frames.
+    """
+    pts, key = array("q"), array("b")
+    truncated, empty, short_read = False, 0, False
     try:
         for pkt in container.demux(stream):
-            if pkt.size == 0 or pkt.pts is None:
+            if pkt.size == 0:
+                empty += pkt.pts is not None or pkt.dts is not None  # not the flush packet
+                continue
+            short_read = bool(pkt.is_corrupt)
+            if pkt.pts is None:
                 continue
             pts.append(int(pkt.pts))
             key.append(bool(pkt.is_keyframe))
     except av.error.FFmpegError:
         truncated = True  # data ends before the container says it should
-    truncated |= bool(stream.frames) and len(pts) < stream.frames
+    truncated |= short_read
+    pts_a, key_a = np.frombuffer(pts, np.int64).copy(), np.frombuffer(key, np.int8).astype(bool)
     tb = float(stream.time_base) if stream.time_base else 1.0 / 25
     cc = stream.codec_context
-    presentation = sorted(set(pts))
-    ordinal = len(presentation) < len(pts)
+    presentation = np.unique(pts_a)
+    ordinal = len(presentation) < len(pts_a)
     if ordinal:
         # Broken timestamps (duplicates): frames are identified by output order and
         # timed by the nominal rate instead.
         rate = stream.guessed_rate or stream.average_rate or 25
-        presentation, tb = list(range(len(pts))), 1.0 / float(rate)
-    start = presentation[0] if presentation else 0
-    return VideoIndex(pts, key, truncated, tb, start, cc.width, cc.height, cc.name, presentation,
-                      ordinal)
+        presentation, tb = np.arange(len(pts_a), dtype=np.int64), 1.0 / float(rate)
+    start = int(presentation[0]) if len(presentation) else 0
+    return VideoIndex(pts_a, key_a, truncated, tb, start, cc.width, cc.height, cc.name, presentation,
+                      ordinal, empty)
 
 
-def choose_targets(index: VideoIndex, frames: int | None, fps: float | None) -> list[int]:
-    """Presentation pts to sample: ``frames`` evenly spaced, or one every ``1/fps`` s."""
+def choose_targets(index: VideoIndex, frames: int | None, fps: float | None,
+                   indices: Sequence[int] | None = None) -> list[int]:
+    """Presentation pts to sample: the given presentation ``indices``, ``frames``
+    evenly spaced, or one every ``1/fps`` s."""
     pres = index.presentation
-    if not pres:
+    if not len(pres):
         return []
+    if indices is not None:
+        idx = np.unique(np.asarray(indices, np.int64))
+        if len(idx) and (idx[0] < 0 or idx[-1] >= len(pres)):
+            raise ValueError(f"frame indices must lie in [0, {len(pres)})")
+        return [int(pres[i]) for i in idx]
     if fps:
         times = np.arange(0.0, index.duration_s + 1e-9, 1.0 / fps)
-        want = [index.start + t / index.time_base for t in times]
+        want = index.start + times / index.time_base
         return sorted({_nearest(pres, w) for w in want})
     n = min(frames or 32, len(pres))
     idx = np.unique(np.linspace(0, len(pres) - 1, n).round().astype(int))
-    return [pres[i] for i in idx]
+    return [int(pres[i]) for i in idx]
 
 
-def _nearest(sorted_vals: list[int], x: float) -> int:
-    i = bisect.bisect_left(sorted_vals, x)
+def _nearest(sorted_vals: np.ndarray, x: float) -> int:
+    i = int(np.searchsorted(sorted_vals, x))
     cands = sorted_vals[max(0, i - 1): i + 1]
-    return min(cands, key=lambda v: abs(v - x))
+    return int(cands[np.argmin(np.abs(cands - x))])
 
 
-def _gop_plan(index: VideoIndex, targets: Sequence[int]) -> list[tuple[int, int, int, set[int]]]:
-    """Per GOP holding targets: (gop number, keyframe pts, packet count, target pts set)."""
-    starts = [i for i, k in enumerate(index.keyframe) if k] or [0]
-    if starts[0] != 0:
-        starts.insert(0, 0)  # packets before the first keyframe form their own group
-    bounds = starts + [len(index.pts)]
-    gop_of = {}
-    for g in range(len(starts)):
-        for p in index.pts[bounds[g]:bounds[g + 1]]:
-            gop_of[p] = g
-    plan: dict[int, set[int]] = {}
-    for t in targets:
-        plan.setdefault(gop_of[t], set()).add(t)
-    return [(g, index.pts[bounds[g]], bounds[g + 1] - bounds[g], plan[g]) for g in sorted(plan)]
+@dataclass
+class _Run:
+    """Consecutive GOPs (decode order) read with one seek: packets ``[first, end)``."""
+
+    key_pts: int  # pts of the keyframe to seek to
+    first: int
+    end: int
+    wanted: set[int]
+
+
+def _gop_plan(index: VideoIndex, targets: Sequence[int]) -> list[_Run]:
+    """Runs of GOPs to decode so that every target comes out of the decoder.
+
+    A target shown before its GOP's keyframe (an open-GOP "leading" picture, e.g.
+    HEVC RASL or x264 open-gop B-frames) references the previous GOP, so its run
+    starts one GOP earlier. Runs that touch or overlap are merged (no seek).
+    """
+    starts = np.flatnonzero(index.keyframe)
+    if not len(starts) or starts[0] != 0:
+        starts = np.concatenate([[0], starts])  # packets before the first keyframe: own group
+    bounds = np.append(starts, len(index.pts))
+    order = np.argsort(index.pts, kind="stable")
+    t = np.asarray(sorted(targets), np.int64)
+    packet = order[np.searchsorted(index.pts[order], t)]
+    gop = np.searchsorted(starts, packet, side="right") - 1
+    leading = t < index.pts[starts[gop]]
+    first = np.maximum(gop - leading, 0)
+    runs: list[list] = []
+    for f, g, p in sorted(zip(first.tolist(), gop.tolist(), t.tolist())):
+        if runs and f <= runs[-1][1] + 1:
+            runs[-1][1] = max(runs[-1][1], g)
+            runs[-1][2].add(p)
+        else:
+            runs.append([f, g, {p}])
+    return [_Run(int(index.pts[bounds[f]]), int(bounds[f]), int(bounds[g + 1]), w) for f, g, w in runs]
 
 
 def _has_exact_seek(container) -> bool:
@@ -247,92 +300,95 @@ class FrameSampler:
 
     Args:
         path: local video file.
-        frames: number of evenly spaced frames (ignored when ``fps`` is set).
+        frames: number of evenly spaced frames (ignored when ``fps`` or ``indices`` is set).
         fps: sample one frame every ``1/fps`` seconds instead.
         det_max_side: also produce a downscaled copy with this longest side.
         seek: allow jumping over GOPs without targets (False = decode sequentially).
         threads: decoder threads (0: FFmpeg's default).
+        indices: sample exactly these presentation indices instead.
+
+    After iterating, ``requested`` is the number of frames chosen and ``missed``
+    the number that no decoder pass produced; ``refetched`` counts targets the
+    seeking pass lost and a sequential pass recovered.
     """
 
     def __init__(self, path, frames: int | None = 32, fps: float | None = None,
-                 det_max_side: int | None = None, seek: bool = True, threads: int = 0):
+                 det_max_side: int | None = None, seek: bool = True, threads: int = 0,
+                 indices: Sequence[int] | None = None):
         self.path = Path(path)
         self.threads = threads  # decoder threads, 0 = FFmpeg's choice (one per core + 1)
         self.frames, self.fps, self.det_max_side, self.seek = frames, fps, det_max_side, seek
+        self.indices = indices
         self.index: VideoIndex | None = None
         self.decode_errors = 0
         self.seeks = 0
         self.requested = 0  # sampled frames chosen (after the index pass)
         self.missed = 0  # targets that never came out of the decoder
+        self.refetched = 0
 
     def __iter__(self) -> Iterator[Frame]:
         index, targets = self._plan()
+        pending = set(targets)
+        yielded = 0
         # A fresh container for decoding: the index pass left the demuxer at the end,
         # and the first needed GOP then needs no seek at all.
-        container = open_file(self.path)
-        try:
-            stream = _video_stream(container)
-            seekable = self.seek and _has_exact_seek(container)
-            yielded = 0
-            for fr in self._decode(container, stream, index, targets, seekable):
+        with _opened(self.path) as (container, stream):
+            seekable = self.seek and _has_exact_seek(container) and not index.ordinal
+            for fr in self._decode(container, stream, index, targets, seekable, pending):
                 yielded += 1
                 yield fr
-            if yielded == 0:
-                raise VideoError("no_frames", f"no frame could be decoded "
-                                 f"({self.decode_errors} corrupt packets)")
-        finally:
-            container.close()
+        if pending and seekable:
+            # Whatever seeking lost (a decoder that drops pictures after a seek, a
+            # keyframe flag that is not a clean entry point) is read in order instead.
+            lost = len(pending)
+            with _opened(self.path) as (container, stream):
+                for fr in self._decode(container, stream, index, sorted(pending), False, pending):
+                    yielded += 1
+                    yield fr
+            self.refetched = lost - len(pending)
+        self.missed = len(pending)
+        if yielded == 0:
+            raise VideoError("no_frames", f"no frame could be decoded "
+                             f"({self.decode_errors} corrupt packets)")
 
     def _plan(self) -> tuple[VideoIndex, list[int]]:
-        container = open_file(self.path)
-        try:
-            stream = _video_stream(container)
+        with _opened(self.path) as (container, stream):
             self.index = index = build_index(container, stream)
-        finally:
-            container.close()
-        if not index.pts:
+        if not len(index.pts):
             raise VideoError("no_frames", "video stream holds no packets")
         if index.truncated:
             # A verdict on part of a video could mislead; report it instead.
             raise VideoError("truncated", f"file ends after {len(index.pts)} video packets "
                              "of a longer stream (truncated)")
-        targets = choose_targets(index, self.frames, self.fps)
+        targets = choose_targets(index, self.frames, self.fps, self.indices)
         self.requested = len(targets)
         return index, targets
 
     def _decode(self, container, stream, index: VideoIndex, targets: list[int],
-                seekable: bool) -> Iterator[Frame]:
+                seekable: bool, pending: set[int]) -> Iterator[Frame]:
+        """Frames of ``targets``; each one output is removed from ``pending``."""
         if index.ordinal:
-            yield from self._decode_by_order(container, stream, index, set(targets))
+            yield from self._decode_by_order(container, stream, index, set(targets), pending)
             return
-        rank = {p: i for i, p in enumerate(index.presentation)}
         self._threads(stream)
         cc = stream.codec_context
         if seekable:
-            plan = _gop_plan(index, targets)
+            runs = _gop_plan(index, targets)
         else:
-            plan = [(0, index.pts[0], len(index.pts), set(targets))]
-        packets, prev_gop, carry = None, None, 0
-        pending = set(targets)
-        for gop, key_pts, n_packets, wanted in plan:
-            # Consecutive GOPs continue the demuxer; a gap is jumped with a seek.
-            if packets is None or gop != prev_gop + 1:
-                carry = 0
-                if gop > 0:
-                    container.seek(key_pts, stream=stream, backward=True, any_frame=False)
-                    self.seeks += 1
-                packets = container.demux(stream)
-            prev_gop = gop
-            # Leftover packets of the previous GOP still come first when continuing.
-            yield from self._decode_gop(packets, cc, wanted, carry + n_packets + 32, rank, index,
-                                        pending)
-            carry = n_packets
+            runs = [_Run(int(index.pts[0]), 0, len(index.pts), set(targets))]
+        for run in runs:
+            if run.first > 0:
+                container.seek(run.key_pts, stream=stream, backward=True, any_frame=False)
+                self.seeks += 1
+            # Budget: the run's packets plus the decoder's reorder delay; a safety net
+            # for containers whose seek lands late.
+            budget = run.end - run.first + 32
+            yield from self._decode_run(container.demux(stream), cc, run.wanted, budget, index, pending)
         cc.skip_frame = "DEFAULT"
 
-    def _decode_gop(self, packets, cc, wanted, budget, rank, index, pending) -> Iterator[Frame]:
+    def _decode_run(self, packets, cc, wanted, budget, index, pending) -> Iterator[Frame]:
         # ``pending``: all targets not yet output (a decode call may return frames of
-        # the next GOP too). ``budget``: safety net for containers whose seek lands
-        # late: give up after the GOP's length plus the decoder's reorder delay.
+        # a later run too).
         for pkt in packets:
             budget -= 1
             # Why: frames that are neither sampled nor referenced need no decoding.
@@ -340,19 +396,18 @@ class FrameSampler:
             for f in self._decode_packet(pkt):
                 if f.pts in pending:
                     pending.discard(f.pts)
-                    yield _to_frame(f, rank[f.pts], index.time_of(f.pts), self.det_max_side)
+                    yield _to_frame(f, index.rank(f.pts), index.time_of(f.pts), self.det_max_side)
             if not (wanted & pending) or budget <= 0:
                 break
-        self.missed += len(wanted & pending)
-        pending -= wanted
 
-    def _decode_by_order(self, container, stream, index: VideoIndex, targets: set[int]):
+    def _decode_by_order(self, container, stream, index: VideoIndex, targets: set[int], pending: set[int]):
         """Fallback for broken timestamps: decode in order, count output frames."""
         self._threads(stream)
         n = 0
         for pkt in container.demux(stream):
             for f in self._decode_packet(pkt):
                 if n in targets:
+                    pending.discard(n)
                     yield _to_frame(f, n, n * index.time_base, self.det_max_side)
                 n += 1
             if n > max(targets):
@@ -369,6 +424,15 @@ class FrameSampler:
         except av.error.FFmpegError:
             self.decode_errors += 1  # corrupt packet: skip it, keep going
             return []
+
+
+@contextmanager
+def _opened(path: Path):
+    container = open_file(path)
+    try:
+        yield container, _video_stream(container)
+    finally:
+        container.close()
 
 
 def sample_frames(path, frames: int | None = 32, fps: float | None = None,

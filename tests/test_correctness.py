@@ -241,3 +241,25 @@ def test_live_batch_failure_costs_only_the_failing_frame():
              for name, idx in (("a", 1), ("bad", 666), ("c", 3))]
     w._process(batch)
     assert got == ["a", "c"] and failed == ["bad"]
+
+
+# -- 3. every row says how many sampled frames were asked for and lost ---------------------
+
+def test_rows_count_requested_and_missed_frames(ctx, monkeypatch, tmp_path):
+    from scanner.decode import FrameSampler
+    from scanner.pipeline import scan_video
+
+    row = scan_video(DATA / "d18.mp4", ctx)
+    assert (row["frames_requested"], row["frames_missed"], row["frames"]) == (6, 0, 6)
+    err = scan_video(tmp_path / "gone.mp4", ctx)
+    assert err["verdict"] == "error" and "frames_requested" in err and "frames_missed" in err
+    # A decoder that never returns one sampled frame (neither after a seek nor in order):
+    real = FrameSampler._decode_packet
+
+    def lose_frame_86(self, pkt):
+        return [f for f in real(self, pkt) if self.index.rank(f.pts) != 86]
+
+    monkeypatch.setattr(FrameSampler, "_decode_packet", lose_frame_86)
+    row = scan_video(DATA / "d18.mp4", ctx)
+    assert (row["frames_requested"], row["frames_missed"], row["frames"]) == (6, 1, 5)
+    assert [f["index"] for f in row["frames_detail"]] == [0, 43, 129, 172, 215]

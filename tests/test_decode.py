@@ -160,3 +160,39 @@ def test_broken_timestamps_fall_back_to_output_order(tmp_path):
     assert [f.index for f in got] == [0, 5, 10, 15]
     for f in got:
         assert np.array_equal(f.image, full[f.index])
+
+
+def _x264(path, n=100, fmt=None, options=None, codec="libx264", pts=None):
+    from fractions import Fraction
+
+    with av.open(str(path), "w", format=fmt, options=options or {}) as c:
+        s = c.add_stream(codec, rate=25)
+        s.width, s.height, s.pix_fmt, s.options = 96, 64, "yuv420p", {"g": "10"}
+        for i in range(n):
+            f = av.VideoFrame.from_ndarray(np.full((64, 96, 3), i * 2 % 256, np.uint8), format="rgb24")
+            if pts is not None:
+                f.pts, f.time_base = pts(i), Fraction(1, 25)
+            for p in s.encode(f):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+def test_avi_with_dropped_frame_chunks_is_complete(tmp_path):
+    # A capture that dropped 2 frames twice: the AVI muxer fills the gaps with empty
+    # chunks, which the header counts (64) but which hold no frame (60 packets).
+    path = _x264(tmp_path / "drop.avi", 60, codec="mpeg4", pts=lambda i: i + 2 * (i > 20) + 2 * (i > 40))
+    with av.open(str(path)) as c:
+        assert c.streams.video[0].frames == 64
+    s = FrameSampler(path, frames=8)
+    got = list(s)
+    assert not s.index.truncated and s.index.frames == 60 and len(got) == 8 and s.missed == 0
+
+
+@pytest.mark.parametrize("name,fmt,options", [("cut.avi", "avi", None), ("cut.mp4", "mp4", {"movflags": "faststart"})])
+def test_cut_files_are_still_truncated(tmp_path, name, fmt, options):
+    # The demuxer reports the last packet cut short by the end of the file.
+    full = _x264(tmp_path / ("full_" + name), fmt=fmt, options=options).read_bytes()
+    path = _bad(tmp_path, name, full[: len(full) * 6 // 10])
+    assert _kind(path) == "truncated"
