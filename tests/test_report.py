@@ -1,0 +1,209 @@
+"""`dfscan report` and the scan's HTML output, on real footage (DOM checks in test_report_browser)."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from conftest import DATA
+from engines import create_detector
+from engines.detector import Detector
+from engines.explain import ExplainError, gradcam
+from engines.spec import InputSpec
+from report_data import CLIPS, ERROR_INPUT, scan_corpus, sections
+from scanner.cli import EXIT_OK, EXIT_USAGE, main
+from scanner.decode import FrameSampler
+from scanner.report import ReportOptions, load_rows, write_report
+from scanner.report.thumbnails import crop_box
+from scanner.report.timeline import face_tracks, timeline_svg
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return scan_corpus(tmp_path_factory.mktemp("report"))
+
+
+def _report(results, tmp_path, **kw) -> str:
+    out = tmp_path / "r.html"
+    write_report(results, out, ReportOptions(**kw))
+    return out.read_text(encoding="utf-8")
+
+
+def _jpeg(uri: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).convert("RGB"))
+
+
+def test_report_of_real_scan_has_every_part(corpus, tmp_path):
+    html = _report(corpus, tmp_path)
+    secs = sections(html)
+    assert len(secs) == len(CLIPS) + 1  # one per input, the error row included
+    err = [s for s in secs if 'class="video error"' in s]
+    assert len(err) == 1 and ERROR_INPUT in err[0] and "not_video" in err[0]
+    assert "errors by kind</dt><dd>not_video: 1" in html
+    ok = [s for s in secs if s not in err]
+    for s in ok:
+        assert s.count('<svg class="timeline"') == 1 and s.count('class="frame-score"') == 1
+        assert s.count("<img ") == 4  # k = 4 thumbnails, JPEG data URIs
+        assert s.count('class="artifact"') >= 1  # test_adm boxes drawn on the thumbnails
+    assert "http://" not in html.replace('http://www.w3.org', '') and "https://" not in html
+    assert "Content-Security-Policy" in html and "default-src 'none'" in html
+    # Size: k JPEG thumbnails keep a video's section small (1,000 videos well under 50 MB).
+    assert max(len(s) for s in ok) < 40_000
+
+
+def test_thumbnail_shows_the_scanned_frame(corpus, tmp_path):
+    """The thumbnail's pixels are those of the frame the row names (re-decoded, not guessed)."""
+    row = next(r for r in load_rows(corpus)[0] if r["path"].endswith("d18.mp4"))
+    face = max(((fr, fc) for fr in row["frames_detail"] for fc in fr["faces"]), key=lambda x: x[1]["score"])
+    html = _report(corpus, tmp_path, top_k=1)
+    sec = next(s for s in sections(html) if "d18.mp4" in s)
+    thumb = _jpeg(sec.split('<img src="', 1)[1].split('"', 1)[0])
+    frames = {f.index: f for f in FrameSampler(row["path"], frames=None, fps=1000)}  # every frame
+
+    def diff(idx):
+        img = frames[idx].image
+        l, t, r, b = crop_box(face[1]["box"], img.shape[1], img.shape[0])
+        ref = np.asarray(Image.fromarray(img[t:b, l:r]).resize(thumb.shape[1::-1], Image.LANCZOS))
+        return np.abs(ref.astype(int) - thumb.astype(int)).mean()
+
+    i = face[0]["index"]
+    assert diff(i) < 4  # JPEG noise only
+    # ... and closer than any frame half a second or more away (a talking head moves).
+    assert diff(i) < min(diff(j) for j in frames if abs(j - i) >= 15)
+
+
+def test_report_without_the_videos_then_with_video_root(corpus, tmp_path):
+    moved = tmp_path / "archive" / "batch1"
+    shutil.copytree(corpus.parent / "videos", moved)
+    gone = tmp_path / "gone.jsonl"
+    rows = [json.loads(x) for x in corpus.read_text().splitlines()]
+    for r in rows:
+        r["path"] = "/mnt/old-share/batch1/" + r["path"].rsplit("/", 1)[1]
+    gone.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    html = _report(gone, tmp_path)
+    assert len(sections(html)) == len(rows) and "<img " not in html
+    assert html.count("no thumbnails: video not found") == len(CLIPS)
+    assert html.count('<svg class="timeline"') == len(CLIPS)  # timelines need only the rows
+    for root in (str(tmp_path / "archive"), f"/mnt/old-share={tmp_path / 'archive'}"):
+        html = _report(gone, tmp_path, video_root=root)
+        assert html.count("<img ") == 4 * len(CLIPS), root
+
+
+def test_changed_video_gives_no_thumbnails(corpus, tmp_path):
+    rows = [json.loads(x) for x in corpus.read_text().splitlines()]
+    d1 = next(r for r in rows if r["path"].endswith("d1.mp4"))
+    d2 = next(r for r in rows if r["path"].endswith("d2.mp4"))
+    resized, same_size = tmp_path / "a.mp4", tmp_path / "b.mp4"
+    shutil.copy(DATA / "d18.mp4", resized)
+    data = bytearray((DATA / "d2.mp4").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    same_size.write_bytes(bytes(data))
+    res = tmp_path / "changed.jsonl"
+    res.write_text(json.dumps({**d1, "path": str(resized)}) + "\n" + json.dumps({**d2, "path": str(same_size)}) + "\n")
+    html = _report(res, tmp_path)
+    assert "<img " not in html and "changed since the scan (size" in html and "SHA-256 differs" in html
+
+
+def test_rows_torn_line_and_rescanned_input(tmp_path):
+    p = tmp_path / "r.jsonl"
+    p.write_text('{"path": "a.mp4", "verdict": "error"}\n{"path": "b.mp4", "verdict": "real"}\n'
+                 '{"path": "a.mp4", "verdict": "fake", "score": 0.9}\n{"path": "c.mp4", "verd')
+    rows, bad = load_rows(p)
+    assert bad == 1 and [(r["path"], r["verdict"]) for r in rows] == [("a.mp4", "fake"), ("b.mp4", "real")]
+    html = _report(p, tmp_path)
+    assert len(sections(html)) == 2 and "1 unreadable line(s)" in html
+
+
+def _two_faces(n=6, with_ids=False):
+    frames = []
+    for i in range(n):
+        faces = [{"box": [10 + i, 10, 60 + i, 70], "prob": 0.99, "score": 0.9},
+                 {"box": [200 - i, 20, 250 - i, 80], "prob": 0.99, "score": 0.1}]
+        if with_ids:
+            faces[0]["track"], faces[1]["track"] = 7, 9
+        frames.append({"index": i * 5, "time_s": i * 0.2, "score": 0.9, "faces": faces})
+    return frames
+
+
+@pytest.mark.parametrize("with_ids", [False, True])
+def test_timeline_has_one_line_per_face_track(with_ids):
+    frames = _two_faces(with_ids=with_ids)
+    tracks = face_tracks(frames)
+    assert len(tracks) == 2 and sorted(len(v) for v in tracks.values()) == [6, 6]
+    assert sorted(round(v[0][1], 1) for v in tracks.values()) == [0.1, 0.9]  # each keeps its face
+    svg = timeline_svg({"frames_detail": frames}, 0.5)
+    assert svg.count('class="track"') == 2 and 'class="threshold"' in svg
+
+
+class _Spot(Detector):
+    """logit = mean of a ReLU'd 1x1 conv map: evidence is wherever the input is bright."""
+
+    cam_layer = "act"
+
+    def __init__(self):
+        super().__init__(InputSpec(size=32))
+        self.conv, self.act = nn.Conv2d(3, 4, 1), nn.ReLU()
+        with torch.no_grad():
+            self.conv.weight.fill_(1.0)
+            self.conv.bias.fill_(-0.5)
+
+    def network(self, x):
+        return self.act(self.conv(x)).mean((1, 2, 3))
+
+
+def test_gradcam_heat_is_where_the_evidence_is():
+    x = torch.zeros(1, 3, 32, 32)
+    x[..., 4:12, 20:28] = 255.0  # one bright patch, top right
+    res = gradcam(_Spot().eval(), x)
+    heat = res.heatmap[0]
+    assert heat.shape == (32, 32) and float(heat.max()) == pytest.approx(1.0)
+    assert float(heat[4:12, 20:28].mean()) > 0.9 and float(heat[20:, :12].max()) < 0.05
+
+
+def test_gradcam_needs_a_conv_map():
+    d = create_detector("test_tiny")
+    assert d.describe()["cam_layer"] == "body.4"
+    res = gradcam(d, d.spec.example_input(2))
+    assert res.heatmap.shape == (2, 64, 64) and res.p_fake.shape == (2,)
+    assert all(p.grad is None for p in d.parameters())  # the model is left untouched
+    d.cam_layer = None
+    with pytest.raises(ExplainError, match="no convolutional feature map"):
+        gradcam(d, d.spec.example_input(1))
+
+
+def test_report_gradcam_on_meso4_df(tmp_path):
+    res = scan_corpus(tmp_path, detector="meso4_df", frames=4, clips=("d1.mp4",))
+    html = _report(res, tmp_path, explain="gradcam", top_k=2)
+    assert "Grad-CAM on meso4_df layer bn4" in html
+    assert html.count('<figure class="cam">') == 2
+    assert "differs from the scan" not in html  # eager Grad-CAM pass = the scan's score
+    f2f = create_detector("meso4_f2f").weights_source
+    html = _report(res, tmp_path, explain="gradcam", weights=f2f)
+    assert '<figure class="cam">' not in html and "are not the scan&#x27;s" in html
+
+
+def test_scan_out_html_writes_jsonl_and_resume_keeps_every_row(tmp_path):
+    out = tmp_path / "x.html"
+    common = ["--detector", "test_tiny", "--frames", "4", "--no-progress", "--workers", "1"]
+    assert main(["scan", str(DATA / "d1.mp4"), "--out", str(out), *common]) == EXIT_OK
+    assert len(load_rows(tmp_path / "x.jsonl")[0]) == 1 and len(sections(out.read_text())) == 1
+    assert main(["scan", str(DATA / "d1.mp4"), str(DATA / "d2.mp4"), "--out", str(out), "--resume",
+                 *common]) == EXIT_OK
+    assert len(load_rows(tmp_path / "x.jsonl")[0]) == 2
+    assert len(sections(out.read_text())) == 2  # regenerated from the whole JSONL
+
+
+def test_report_command(corpus, tmp_path):
+    out = tmp_path / "cli.html"
+    assert main(["report", str(corpus), "--out", str(out), "--no-thumbnails"]) == EXIT_OK
+    html = out.read_text()
+    assert len(sections(html)) == len(CLIPS) + 1 and "<img " not in html
+    assert main(["report", str(tmp_path / "missing.jsonl")]) == EXIT_USAGE
+    assert main(["report", str(corpus), "--out", str(corpus)]) == EXIT_USAGE
