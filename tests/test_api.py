@@ -318,6 +318,8 @@ def test_password_never_leaks(api, tmp_path, caplog):
         "foreign": f"http://viewer:{PASSWORD}@127.0.0.1:{cam.port}/live/other.m3u8",  # creds to another host
         "wrongpw": f"http://viewer:not-{PASSWORD}@127.0.0.1:{cam.port}/live/index.m3u8",  # 401
         "down": f"https://viewer:{PASSWORD}@127.0.0.1:{dead_port}/live/index.m3u8",  # refused
+        # no port: urllib once read "PASSWORD@127.0.0.1" as a port and quoted it in its error
+        "noport": f"http://viewer:{PASSWORD}@127.0.0.1/live/index.m3u8",
         "rtsp": f"rtsp://viewer:{PASSWORD}@127.0.0.1:{dead_port}/cam",
     }
     try:

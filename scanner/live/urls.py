@@ -272,13 +272,12 @@ def precheck_playlist(src: SourceURL, timeout_s: float, depth: int = 2) -> None:
                 if url in seen:
                     continue
                 seen.add(url)
+                shown = src.masked if url == src.url else mask_credentials(url)
                 try:
                     text = _fetch_playlist(client, url)
                 except httpx.HTTPStatusError as e:
-                    raise SourceError(f"cannot fetch playlist {mask_credentials(url)}: "
-                                      f"HTTP {e.response.status_code}") from e
+                    raise SourceError(f"cannot fetch playlist {shown}: HTTP {e.response.status_code}") from e
                 except httpx.HTTPError as e:
-                    raise SourceError(src.redact(f"cannot fetch playlist {mask_credentials(url)}: "
-                                                 f"{type(e).__name__}: {e}")) from e
+                    raise SourceError(src.redact(f"cannot fetch playlist {shown}: {type(e).__name__}: {e}")) from e
                 nxt += check_playlist(url, text, same_origin=src.auth is not None)
             todo, depth = nxt, depth - 1
