@@ -35,6 +35,8 @@ def add_watch_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--jsonl", default=None, help="also append verdict events to this JSONL file")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--allow-files", action="store_true", help="accept local files (played in real time)")
+    p.add_argument("--rtsp-transport", default="auto", choices=("auto", "tcp", "udp", "udp_multicast", "http", "https"),
+                   help="RTSP lower transport; auto: TCP, then UDP if the server refuses TCP or sends nothing")
     p.set_defaults(func=watch_main)
     return p
 
@@ -64,7 +66,7 @@ def watch_main(args) -> int:
             "api": {"enabled": False},
             "model": {"detector": args.detector, "weights": args.weights, "devices": [args.device],
                       "engine": args.engine},
-            "defaults": {"sample_fps": args.sample_fps},
+            "defaults": {"sample_fps": args.sample_fps, "rtsp_transport": args.rtsp_transport},
             "verdict": {"window_s": args.window, "fake_above": args.fake_above, "real_below": args.real_below},
             "sinks": sinks, "allow_files": args.allow_files,
             "streams": [s.model_dump(exclude_none=True) for s in streams],

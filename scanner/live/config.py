@@ -10,14 +10,14 @@ import ipaddress
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from engines.errors import DfscanError
+import logging
 
-from ..config import DEFAULT_DETECTOR
+from ..config import DEFAULT_DETECTOR, ConfigError
 
 from .urls import NAME_RE, SourceError, parse_source
 
@@ -26,8 +26,27 @@ MAX_BUFFER_FRAMES = 64
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
-class ConfigError(DfscanError):
-    """The serve configuration is invalid (message lists every problem)."""
+__all__ = ["ConfigError", "ServeConfig", "load_config", "parse_config"]  # ConfigError: the batch one
+log = logging.getLogger("dfscan.live")
+
+
+class _Renamed:
+    """Accept a knob's old live-only name (same meaning as the batch name), with a warning."""
+
+    RENAMED: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data):
+        if isinstance(data, dict):
+            for old, new in cls.RENAMED.items():
+                if old in data:
+                    if new in data:
+                        raise ValueError(f"{old} is the old name of {new}: give only {new}")
+                    log.warning("config key %s is deprecated: it is now %s (as in dfscan scan)", old, new)
+                    data = {**data, new: data[old]}
+                    del data[old]
+        return data
 
 
 class _Model(BaseModel):
@@ -44,7 +63,8 @@ class StreamDefaults(_Model):
     backoff_max_s: float = Field(30.0, gt=0, le=3600)
     backoff_jitter: float = Field(0.25, ge=0, le=1)
     max_retries: int | None = Field(None, ge=0)
-    rtsp_transport: Literal["tcp", "udp", "udp_multicast", "http", "https"] = "tcp"
+    # auto: TCP first, UDP when the server refuses TCP (461) or nothing arrives; the winner is remembered
+    rtsp_transport: Literal["auto", "tcp", "udp", "udp_multicast", "http", "https"] = "auto"
     decode_threads: int = Field(1, ge=0, le=16)
 
 
@@ -57,7 +77,7 @@ class StreamConfig(_Model):
     buffer_frames: int | None = Field(None, ge=1, le=MAX_BUFFER_FRAMES)
     stall_s: float | None = Field(None, gt=0, le=300)
     max_retries: int | None = Field(None, ge=0)
-    rtsp_transport: Literal["tcp", "udp", "udp_multicast", "http", "https"] | None = None
+    rtsp_transport: Literal["auto", "tcp", "udp", "udp_multicast", "http", "https"] | None = None
 
     @field_validator("name")
     @classmethod
@@ -68,7 +88,9 @@ class StreamConfig(_Model):
         return v
 
 
-class ModelConfig(_Model):
+class ModelConfig(_Renamed, _Model):
+    RENAMED: ClassVar[dict[str, str]] = {"max_crops": "batch_size"}
+
     detector: str = DEFAULT_DETECTOR
     weights: str | None = None
     engine: str = Field("auto", description="auto | eager | compile | onnxruntime | tensorrt")
@@ -76,7 +98,7 @@ class ModelConfig(_Model):
     devices: list[str] = Field(default_factory=lambda: ["cpu"], min_length=1)
     batch_frames: int = Field(8, ge=1, le=256)
     max_wait_ms: float = Field(50.0, ge=0, le=5000)
-    max_crops: int = Field(64, ge=1, le=4096)
+    batch_size: int = Field(64, ge=1, le=4096, description="face crops per detector call (as dfscan scan)")
 
     @field_validator("devices")
     @classmethod
@@ -89,11 +111,19 @@ class ModelConfig(_Model):
         return v
 
 
-class FaceConfig(_Model):
-    max_side: int = Field(960, ge=64, le=4096)
+class FaceConfig(_Renamed, _Model):
+    """Face detection knobs, named as in :class:`scanner.config.ScanConfig`."""
+
+    RENAMED: ClassVar[dict[str, str]] = {"max_side": "det_max_side", "min_prob": "face_prob"}
+    det_max_side: int = Field(960, ge=64, le=4096)
     min_face: int = Field(64, ge=12)
-    min_prob: float = Field(0.9, ge=0, le=1)
+    face_prob: float = Field(0.9, ge=0, le=1)
     max_faces: int = Field(4, ge=1, le=64)
+
+    def detector_kwargs(self) -> dict:
+        """Keyword arguments of :class:`scanner.faces.FaceDetector`."""
+        return {"max_side": self.det_max_side, "min_face": self.min_face, "min_prob": self.face_prob,
+                "max_faces": self.max_faces}
 
 
 class VerdictConfig(_Model):

@@ -14,6 +14,7 @@ import threading
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 STATES = ("connecting", "live", "stalled", "backoff", "stopped")
+TRANSPORTS = ("tcp", "udp", "udp_multicast", "http", "https")  # RTSP lower transports (bounded label values)
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0)
 
 
@@ -42,6 +43,13 @@ class StreamMetrics:
             return
         for s in STATES:
             self._m.state.labels(self.name, s).set(1.0 if s == state else 0.0)
+
+    def set_transport(self, transport: str | None) -> None:
+        """1 for the RTSP transport in use (what ``auto`` negotiated), 0 for the others."""
+        if self.closed or transport not in TRANSPORTS:
+            return
+        for t in TRANSPORTS:
+            self._m.transport.labels(self.name, t).set(1.0 if t == transport else 0.0)
 
 
 class LiveMetrics:
@@ -79,6 +87,8 @@ class LiveMetrics:
         self.sink_events = Counter("dfscan_stream_sink_events_total", "Events delivered by a sink", k, registry=r)
         self.sink_failures = Counter("dfscan_stream_sink_failures_total", "Failed deliveries (after retries)", k, registry=r)
         self.sink_dropped = Counter("dfscan_stream_sink_dropped_total", "Events dropped, sink queue full", k, registry=r)
+        self.transport = Gauge("dfscan_stream_transport_info", "1 for the RTSP lower transport in use, else 0",
+                               s + ["transport"], registry=r)
         self.streams = Gauge("dfscan_stream_configured", "Number of configured streams", registry=r)
         self._children: dict[str, StreamMetrics] = {}
         self._lock = threading.Lock()
@@ -111,6 +121,11 @@ class LiveMetrics:
         for s in STATES:
             try:
                 self.state.remove(name, s)
+            except KeyError:
+                pass
+        for t in TRANSPORTS:
+            try:
+                self.transport.remove(name, t)
             except KeyError:
                 pass
 

@@ -23,35 +23,41 @@ import numpy as np
 
 
 def transcode_clip(path: str, width: int, height: int, fps: int = 25, seconds: float | None = None,
-                   gop: int = 25) -> bytes:
-    """Re-encode ``path`` to H.264 ``width x height`` (letterboxed) MPEG-TS bytes.
+                   gop: int = 25, fmt: str = "mpegts", loops: int = 1) -> bytes:
+    """Re-encode ``path`` to H.264 ``width x height`` (letterboxed) bytes in container ``fmt``.
 
-    Used to make e.g. 720p test streams from the small portrait clips.
+    Used to make e.g. 720p test streams from the small portrait clips, or MP4
+    files (``fmt="mp4"``) for external servers. No B-frames (``ultrafast``), a
+    keyframe every ``gop`` frames; the source frames are repeated ``loops`` times
+    (input frame rate ignored: frame ``n`` is shown at ``n / fps`` s).
     """
     buf = io.BytesIO()
-    with av.open(path) as inp, av.open(buf, "w", format="mpegts") as out:
+    limit = None if seconds is None else int(seconds * fps)
+    with av.open(path) as inp:
+        frames = [_letterbox(fr.to_ndarray(format="rgb24"), width, height)
+                  for _, fr in zip(range(limit) if limit is not None else iter(int, 1), inp.decode(video=0))]
+    with av.open(buf, "w", format=fmt) as out:
         st = out.add_stream("libx264", rate=fps, options={"preset": "ultrafast", "tune": "zerolatency"})
         st.width, st.height, st.pix_fmt = width, height, "yuv420p"
         st.codec_context.gop_size = gop
-        n, limit = 0, None if seconds is None else int(seconds * fps)
-        for fr in inp.decode(video=0):
-            img = fr.to_ndarray(format="rgb24")
-            canvas = np.zeros((height, width, 3), np.uint8)
-            s = min(width / img.shape[1], height / img.shape[0])
-            small = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(
-                width=int(img.shape[1] * s) // 2 * 2, height=int(img.shape[0] * s) // 2 * 2).to_ndarray()
-            y0, x0 = (height - small.shape[0]) // 2, (width - small.shape[1]) // 2
-            canvas[y0:y0 + small.shape[0], x0:x0 + small.shape[1]] = small
-            vf = av.VideoFrame.from_ndarray(canvas, format="rgb24")
+        for n, img in enumerate(frames * max(1, loops)):
+            vf = av.VideoFrame.from_ndarray(img, format="rgb24")
             vf.pts, vf.time_base = n, Fraction(1, fps)
             for p in st.encode(vf):
                 out.mux(p)
-            n += 1
-            if limit is not None and n >= limit:
-                break
         for p in st.encode():
             out.mux(p)
     return buf.getvalue()
+
+
+def _letterbox(img: np.ndarray, width: int, height: int) -> np.ndarray:
+    canvas = np.zeros((height, width, 3), np.uint8)
+    s = min(width / img.shape[1], height / img.shape[0])
+    small = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(
+        width=int(img.shape[1] * s) // 2 * 2, height=int(img.shape[0] * s) // 2 * 2).to_ndarray()
+    y0, x0 = (height - small.shape[0]) // 2, (width - small.shape[1]) // 2
+    canvas[y0:y0 + small.shape[0], x0:x0 + small.shape[1]] = small
+    return canvas
 
 
 class _Clip:

@@ -7,9 +7,15 @@ pushes them into a :class:`DropOldestBuffer`. On EOF, error or a stall flagged b
 the :class:`Watchdog`, the thread backs off (exponential, with jitter) and
 reconnects -- forever unless ``max_retries`` is set. The same thread survives
 every reconnect, so thread count stays flat however often a stream drops.
+
+RTSP with ``rtsp_transport="auto"`` asks for TCP first (no packet loss, passes
+NAT) and, when the server refuses that transport (``461``) or nothing arrives in
+time, retries at once over the other one. The transport that went live is
+remembered and tried first on every reconnect.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import random
 import threading
@@ -22,7 +28,7 @@ import av
 import numpy as np
 
 from ..decode import FILE_OPEN_OPTIONS, Frame, _to_frame
-from .urls import SourceError, SourceURL, Unsupported, is_playlist, mask_text, open_options, parse_source, precheck_playlist
+from .urls import SourceError, SourceURL, Unsupported, is_playlist, open_options, parse_source, precheck_playlist
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +99,7 @@ class SourceSettings:
     backoff_max_s: float = 30.0
     backoff_jitter: float = 0.25
     max_retries: int | None = None  # None: reconnect forever
-    rtsp_transport: str = "tcp"
+    rtsp_transport: str = "auto"  # auto (TCP, then UDP) | tcp | udp | udp_multicast | http | https
     decode_threads: int = 1
     allow_files: bool = False
     det_max_side: int = 960  # the face detector's input size (a downscaled copy is made at decode)
@@ -115,6 +121,19 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempt = 0
+
+
+def is_transport_refusal(e: BaseException) -> bool:
+    """True when an RTSP open failed because of the lower transport, not the server.
+
+    FFmpeg maps an RTSP ``461 Unsupported transport`` reply to ``EPROTONOSUPPORT``;
+    PyAV's interrupt callback (``ExitError``) and ``ETIMEDOUT`` mean no data came
+    in time, e.g. UDP packets blocked by a firewall. A refused connection or a
+    ``404`` is not: the other transport would fail the same way.
+    """
+    if isinstance(e, av.error.ExitError):
+        return True
+    return getattr(e, "errno", None) in (errno.EPROTONOSUPPORT, errno.ETIMEDOUT) or " 461 " in str(e)
 
 
 class _NullMetrics:
@@ -157,6 +176,11 @@ class LiveSource:
         self._thread: threading.Thread | None = None
         self._seq = 0
         self._fps_mark = (time.monotonic(), 0)
+        # RTSP lower transport in use (None for other schemes); with "auto" the one that last went live.
+        self.transport: str | None = None
+        self._went_live = False  # the current connection decoded a frame
+        if self.src.scheme in ("rtsp", "rtsps"):
+            self.transport = "tcp" if s.rtsp_transport == "auto" else s.rtsp_transport
 
     # ---- lifecycle -------------------------------------------------------
     def start(self) -> "LiveSource":
@@ -213,6 +237,7 @@ class LiveSource:
             "frames_decoded": st.decoded, "frames_sampled": st.sampled,
             "frames_dropped": self.buffer.dropped, "fps": round(st.fps, 2),
             "last_error": st.last_error, "sample_fps": self.settings.sample_fps,
+            "transport": self.transport,
         }
 
     # ---- decode thread ---------------------------------------------------
@@ -228,7 +253,7 @@ class LiveSource:
                 # Retrying cannot help: say why and stop this stream (others are unaffected).
                 self.stats.errors += 1
                 self._m.errors.inc()
-                self.stats.last_error = mask_text(f"unsupported by this FFmpeg build: {e}", self.src.url)[:300]
+                self.stats.last_error = self.src.redact(_unsupported(e, self.src.scheme))[:300]
                 log.error("stream %s (%s): %s", self.name, self.src.masked, self.stats.last_error)
                 break
             except SourceError as e:  # refused or invalid: still retried, the message says why
@@ -236,7 +261,9 @@ class LiveSource:
             except av.error.ExitError:  # PyAV's interrupt callback: open/read timeout
                 reason = f"timeout: no data within {s.open_timeout_s:g}s (open) / {2 * s.stall_s:g}s (read)"
             except Exception as e:  # noqa: BLE001 - any FFmpeg/IO failure means "reconnect"
-                reason = f"{type(e).__name__}: {e}"
+                reason = _reason(e)
+                if self.transport is not None and getattr(e, "errno", None) == errno.EPROTONOSUPPORT:
+                    reason = f"RTSP over {self.transport.upper()}: {reason}; try rtsp_transport: auto"
             if self._stop.is_set():
                 break
             if self.stats.state in ("live", "stalled") and time.monotonic() - self.stats.state_since >= STABLE_S:
@@ -246,7 +273,7 @@ class LiveSource:
             self.stats.errors += reason != "end of stream"
             if reason != "end of stream":
                 self._m.errors.inc()
-            msg = mask_text(reason, self.src.url)[:300]
+            msg = self.src.redact(reason)[:300]
             # A stream down for hours must not flood the log: warn on a new error, then every 10th.
             level = logging.WARNING if msg != self.stats.last_error or self._backoff.attempt % 10 == 0 else logging.DEBUG
             self.stats.last_error = msg
@@ -259,32 +286,62 @@ class LiveSource:
             self._m.reconnects.inc()
         self._set_state("stopped")
 
-    def _open(self):
+    def _open(self, transport: str | None):
         s = self.settings
         if is_playlist(self.src):
             precheck_playlist(self.src, s.open_timeout_s)
         kw = {"format": "v4l2"} if self.src.kind == "device" else {}
         if self.src.kind == "device" and "v4l2" not in av.formats_available:
             raise Unsupported("this FFmpeg build has no v4l2 input device; webcams are unavailable")
-        opts = open_options(self.src, s.open_timeout_s, s.rtsp_transport)
+        opts = open_options(self.src, s.open_timeout_s, transport or "tcp")
         if self.src.kind == "file":  # same demuxer restrictions as batch scanning of files
             opts.update(FILE_OPEN_OPTIONS)
         return av.open(self.src.url, options=opts, timeout=(s.open_timeout_s, 2 * s.stall_s), **kw)
 
     def _session(self) -> None:
-        """One connection: open, decode until EOF/error/abort. Raises on failure."""
-        container = self._open()
+        """One connection (RTSP ``auto``: up to one per transport). Raises on failure."""
+        if self.transport is None or self.settings.rtsp_transport != "auto":
+            return self._connect(self.transport)
+        first = self.transport  # the one that last went live (TCP before any success)
+        other = "udp" if first == "tcp" else "tcp"
+        try:
+            return self._connect(first)
+        except Exception as e:  # noqa: BLE001 - only refusals/timeouts before the first frame fall back
+            if self._went_live or self._stop.is_set() or not is_transport_refusal(e):
+                raise
+            log.info("stream %s: RTSP over %s failed (%s), trying %s", self.name, first.upper(),
+                     self.src.redact(_reason(e))[:200], other.upper())
+            e1 = e
+        try:
+            return self._connect(other)
+        except Exception as e2:  # noqa: BLE001 - the message names both attempts
+            if self._went_live or self._stop.is_set():
+                raise
+            raise SourceError(self.src.redact(f"RTSP over {first.upper()}: {_reason(e1)}; over "
+                                              f"{other.upper()}: {_reason(e2)}")) from e2
+
+    def _connect(self, transport: str | None) -> None:
+        """Open, decode until EOF/error/abort; ``transport`` is remembered once a frame arrives."""
+        self._went_live = False
+        container = self._open(transport)
         try:
             if not container.streams.video:
                 raise SourceError(f"{self.src.masked}: no video stream")
             stream = container.streams.video[0]
             stream.codec_context.thread_count = self.settings.decode_threads
             self.stats.connects += 1
-            self._decode(container, stream)
+            self._decode(container, stream, transport)
         finally:
             container.close()
 
-    def _decode(self, container, stream) -> None:
+    def _went_live_over(self, transport: str | None) -> None:
+        self._went_live = True
+        if transport is not None and transport != self.transport:
+            log.info("stream %s: RTSP over %s", self.name, transport.upper())
+            self.transport = transport  # tried first on every reconnect
+        self._m.set_transport(self.transport)
+
+    def _decode(self, container, stream, transport: str | None = None) -> None:
         period = 1.0 / self.settings.sample_fps if self.settings.sample_fps > 0 else 0.0
         next_t = None
         realtime = self.src.kind == "file"  # files play at their own rate, like a live feed
@@ -303,6 +360,8 @@ class LiveSource:
             self.stats.decoded += 1
             self.stats.last_frame_t = now
             self._m.decoded.inc()
+            if not self._went_live:
+                self._went_live_over(transport)
             if self.stats.state != "live":
                 self._set_state("live")
             if next_t is not None and t < next_t - 2 * max(period, 1.0):
@@ -324,6 +383,28 @@ class LiveSource:
         if self.buffer.put(LiveFrame(self.name, self._seq, float(t), now, fr)):
             self._m.dropped.inc()
         self._notify()
+
+
+# How to read a protocol PyAV's bundled FFmpeg lacks (its wheels are built without libsrt).
+_RELAY_HINT = {
+    "srt": "relay it to UDP, e.g. `srt-live-transmit srt://HOST:PORT udp://127.0.0.1:5000`, and read "
+           "udp://127.0.0.1:5000",
+}
+
+
+def _unsupported(e: BaseException, scheme: str) -> str:
+    if not isinstance(e, av.error.ProtocolNotFoundError):
+        return f"unsupported by this FFmpeg build: {e}"
+    hint = _RELAY_HINT.get(scheme)
+    return f"unsupported by this FFmpeg build: it has no {scheme!r} protocol" + (f"; {hint}" if hint else "")
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, av.error.ExitError) or getattr(e, "errno", None) == errno.ETIMEDOUT:
+        return "timeout: no data in time"
+    if getattr(e, "errno", None) == errno.EPROTONOSUPPORT:
+        return "the server refused this transport (RTSP 461 Unsupported transport)"
+    return f"{type(e).__name__}: {e}"
 
 
 class Watchdog:

@@ -44,6 +44,10 @@ WHITELISTS: dict[str, str] = {
     "file": "file",
 }
 NETWORK_SCHEMES = frozenset(WHITELISTS) - {"file"}
+# RTSP lower transports (FFmpeg's ``rtsp_transport``); "auto" is ours: TCP, then UDP.
+RTSP_TRANSPORTS = ("auto", "tcp", "udp", "udp_multicast", "http", "https")
+# Extra protocols RTSP tunnelled over HTTP(S) needs (FFmpeg opens an http: GET/POST pair).
+_TUNNEL_PROTOCOLS = {"http": "http", "https": "https,http,tls"}
 DEVICE_RE = re.compile(r"^/dev/video\d{1,3}$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 PLAYLIST_MAX_BYTES = 1 << 20
@@ -185,7 +189,11 @@ def open_options(src: SourceURL, timeout_s: float, rtsp_transport: str = "tcp") 
         # HTTP then decodes no frame at all).
         opts["fflags"] = "nobuffer"
     if src.scheme in ("rtsp", "rtsps"):
+        if rtsp_transport not in RTSP_TRANSPORTS[1:]:
+            raise SourceError(f"rtsp_transport must be one of {', '.join(RTSP_TRANSPORTS[1:])}, got {rtsp_transport!r}")
         opts.update(rtsp_transport=rtsp_transport, timeout=us)
+        if rtsp_transport in _TUNNEL_PROTOCOLS:  # only a tunnelled stream may speak HTTP
+            opts["protocol_whitelist"] += "," + _TUNNEL_PROTOCOLS[rtsp_transport]
     elif src.scheme in ("http", "https"):
         # Reconnects are ours (with backoff and metrics), not FFmpeg's silent ones.
         opts.update(timeout=us, reconnect="0")
