@@ -11,8 +11,8 @@ Every request passes one gate before any route runs, in this order:
 1. ``Host`` allowlist (Starlette's ``TrustedHostMiddleware``): loopback names
    plus configured ones, so a DNS-rebinding page cannot reach a loopback API;
 2. a cross-site ``Origin`` is refused (403);
-3. ``Authorization: Bearer <token>`` on every route but the two probes, when a
-   token is set (required off loopback; compared in constant time);
+3. ``Authorization: Bearer <token>`` on every route but the two probes and the
+   static status page, when a token is set (required off loopback; constant-time);
 4. writes must be ``application/json`` (415), so an HTML form or a ``text/plain``
    ``fetch`` from another site -- both sent without a CORS preflight -- are
    refused; bodies are capped (413).
@@ -53,6 +53,7 @@ from .urls import SourceError, mask_text
 
 log = logging.getLogger(__name__)
 PROBES = frozenset({"/healthz", "/readyz"})
+PUBLIC = PROBES | {"/"}  # no token needed: probes, and the status page (static, no stream data)
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
@@ -166,7 +167,7 @@ class _Gate:
             parsed = parse_host_header(origin.split("://", 1)[-1])
             if parsed is None or parsed.host.lower() not in self.hosts:
                 return _err(403, "cross-origin requests are not allowed")
-        if self.token is not None and scope["path"] not in PROBES and \
+        if self.token is not None and scope["path"] not in PUBLIC and \
                 not check_bearer(h.get("authorization"), self.token):
             return _err(401, "missing or invalid bearer token", **{"WWW-Authenticate": 'Bearer realm="dfscan"'})
         if scope["method"] in WRITE_METHODS:
@@ -195,18 +196,14 @@ class _Gate:
 
 
 # ---- the app ----------------------------------------------------------------
-def _status_page(svc: LiveService) -> str:
-    try:  # the shared status page, when that module is installed
+def _status_page() -> str:
+    """The static status page: it holds no data (its script reads ``/streams`` with the token)."""
+    try:
         from ..report.status_page import status_html
-    except ImportError:
-        status_html = None
-    if status_html is not None:
-        return status_html(svc)
-    rows = "".join(f"<tr><td>{s['name']}</td><td>{s['state']}</td><td>{s['verdict']}</td></tr>"
-                   for s in svc.describe())
-    return ("<!doctype html><title>dfscan serve</title><h1>dfscan serve</h1>"
-            f"<table><tr><th>stream</th><th>state</th><th>verdict</th></tr>{rows}</table>"
-            '<p><a href="/metrics">metrics</a> &middot; <a href="/docs">API</a></p>')
+    except ImportError:  # the report package is optional here
+        return ("<!doctype html><title>dfscan serve</title><h1>dfscan serve</h1>"
+                "<p>JSON API: /streams, /healthz, /readyz, /metrics; schema: /openapi.json</p>")
+    return status_html()
 
 
 def create_app(svc: LiveService, token: str | None = None, max_body: int = 65536,
@@ -253,9 +250,9 @@ def create_app(svc: LiveService, token: str | None = None, max_body: int = 65536
         await run_in_threadpool(svc.remove_stream, name)
         return {"removed": name}
 
-    @app.get("/", response_class=HTMLResponse, dependencies=secured, responses=auth)
+    @app.get("/", response_class=HTMLResponse, tags=["status"])
     def status_page():
-        return HTMLResponse(_status_page(svc))
+        return HTMLResponse(_status_page(), headers={"Cache-Control": "no-store"})
 
     _strip_422(app)
     app.add_middleware(_Gate, token=token, max_body=max_body, hosts=hosts)
