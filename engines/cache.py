@@ -3,7 +3,8 @@
 Layout: ``<root>/<key>/meta.json`` + ``<root>/<key>/<artifact>``. The key is the
 SHA-256 of the fields that decide whether an artifact can be reused (weights,
 input spec, precision, backend, batch sizes, library versions, device
-architecture). ``meta.json`` stores those fields and the artifact's SHA-256; on
+architecture, the dfscan version and a hash of the detector's and backend's
+source code, so an upgrade never reuses an artifact built by older code). ``meta.json`` stores those fields and the artifact's SHA-256; on
 every load both are re-checked, and an entry that does not match exactly is
 deleted and rebuilt, never trusted.
 
@@ -16,6 +17,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,15 +30,25 @@ from .errors import EngineError
 from .registry import file_hash
 
 META = "meta.json"
-FORMAT = 1
+FORMAT = 2
+_ENGINES_DIR = Path(__file__).resolve().parent
+
+
+def cache_root() -> Path:
+    """Where dfscan keeps every cache: ``$XDG_CACHE_HOME/dfscan`` (default ``~/.cache/dfscan``).
+
+    The one resolver for batch, live and research commands (engines, features).
+    """
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "dfscan"
 
 
 def default_cache_dir() -> Path:
+    """The engine cache: ``$DFSCAN_CACHE_DIR``, else ``cache_root()/engines``."""
     env = os.environ.get("DFSCAN_CACHE_DIR")
     if env:
         return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base).expanduser() / "dfscan" / "engines"
+    return cache_root() / "engines"
 
 
 def state_dict_hash(model: torch.nn.Module, n: int = 16) -> str:
@@ -66,10 +78,47 @@ def _sha256_file(path: Path) -> str:
     return file_hash(path, None)
 
 
-def key_fields(detector: Detector, backend: str, cfg_fields: dict, versions: dict, device) -> dict:
-    """Everything an artifact depends on, as a JSON-able dict."""
+def dfscan_version() -> str:
+    """Installed dfscan version (``"unknown"`` when running from an uninstalled tree)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dfscan")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _code_files(cls: type) -> set[Path]:
+    """Source files under ``engines/`` that define ``cls`` and its bases; a detector in
+    a sub-package (e.g. ``detectors/adm/``) brings every file of that package."""
+    files: set[Path] = set()
+    for c in cls.__mro__:
+        mod = sys.modules.get(c.__module__)
+        f = Path(getattr(mod, "__file__", None) or "").resolve()
+        if not f.is_file() or _ENGINES_DIR not in f.parents:
+            continue
+        files.add(f)
+        if f.parent.parent != _ENGINES_DIR and f.parent != _ENGINES_DIR:
+            files.update(f.parent.glob("*.py"))
+    return files
+
+
+def code_hash(*classes: type, n: int = 16) -> str:
+    """SHA-256 (first ``n`` hex digits) of the source of ``classes`` (see :func:`_code_files`)."""
+    h = hashlib.sha256()
+    for f in sorted(set().union(*(_code_files(c) for c in classes))):
+        h.update(f.relative_to(_ENGINES_DIR).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:n]
+
+
+def key_fields(detector: Detector, backend: str, cfg_fields: dict, versions: dict, device,
+               code: str | None = None) -> dict:
+    """Everything an artifact depends on, as a JSON-able dict (``code``: source hash of
+    the backend and export code, added to the detector's own)."""
     return {
         "format": FORMAT,
+        "dfscan": dfscan_version(),
+        "code": code_hash(type(detector)) + (f"+{code}" if code else ""),
         "detector": detector.name,
         "detector_class": f"{type(detector).__module__}.{type(detector).__qualname__}",
         "weights": state_dict_hash(detector),

@@ -29,11 +29,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _cache_arg(p: argparse.ArgumentParser) -> None:
-    import os
-    from pathlib import Path
+    from engines.cache import cache_root
 
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    p.add_argument("--cache", default=str(base / "dfscan" / "features"),
+    p.add_argument("--cache", default=str(cache_root() / "features"),
                    help="feature cache folder ('' disables)")
 
 

@@ -77,7 +77,7 @@ class LiveService:
 
     def _default_analyzer(self, device: str):
         m, f = self.cfg.model, self.cfg.faces
-        return FrameAnalyzer(m.detector, m.weights, device, face_kwargs=f.model_dump(), max_crops=m.max_crops,
+        return FrameAnalyzer(m.detector, m.weights, device, face_kwargs=f.detector_kwargs(), max_crops=m.batch_size,
                              engine=m.engine, precision=m.precision)
 
     # ---- lifecycle -------------------------------------------------------
@@ -127,7 +127,7 @@ class LiveService:
             v = getattr(sc, k)
             if v is not None:
                 d[k] = v
-        return SourceSettings(**d, allow_files=self.cfg.allow_files, det_max_side=self.cfg.faces.max_side)
+        return SourceSettings(**d, allow_files=self.cfg.allow_files, det_max_side=self.cfg.faces.det_max_side)
 
     def add_stream(self, sc: StreamConfig) -> dict:
         """Start a stream; raises :class:`StreamExists` or a :class:`SourceError` for bad URLs."""

@@ -1,12 +1,15 @@
-"""Event sinks: JSONL file, stdout, HTTP webhook.
+"""Event sinks of the live service: JSONL file, stdout, HTTP webhook.
 
 Every sink has its own thread and bounded queue: :meth:`Sink.emit` never blocks
 the pipeline (a full queue drops the event and counts it), and a sink that
 raises or hangs only delays itself, never the other sinks or the streams.
+
+The writing itself is the batch scanner's (:mod:`scanner.output`): the same
+JSONL writer (flush + fsync per line, NaN/Inf as null, a deleted file noticed)
+and the same error type, so a fix reaches both modes.
 """
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import sys
@@ -17,15 +20,14 @@ from typing import Callable, TextIO
 
 import httpx
 
-from engines.errors import DfscanError
-
+from ..output import JsonlSink as _JsonlWriter
+from ..output import OutputError, json_line
 from .urls import mask_text
 
 log = logging.getLogger(__name__)
 
 
-class SinkError(DfscanError):
-    """A sink cannot be set up (e.g. its file is not writable)."""
+SinkError = OutputError  # a sink cannot be set up (e.g. its file is not writable)
 
 
 class Sink:
@@ -95,33 +97,30 @@ class Sink:
 
 
 class JsonlSink(Sink):
-    """Appends one JSON object per line; flushed per event so a crash loses nothing."""
+    """Appends one JSON object per line, fsync'ed per event so a crash loses nothing."""
 
     def __init__(self, path: str | Path, **kw):
         super().__init__(kw.pop("name", "jsonl"), **kw)
         self.path = Path(path)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._f: TextIO = open(self.path, "a", encoding="utf-8")
+            self._w = _JsonlWriter(self.path, append=True)
         except OSError as e:
-            raise SinkError(f"jsonl sink cannot write {self.path}: {e}") from e
+            raise SinkError(f"jsonl sink cannot write {self.path}: {e.strerror or e}") from e
 
     def deliver(self, event: dict) -> None:
-        self._f.write(json.dumps(event, separators=(",", ":")) + "\n")
-        self._f.flush()
+        self._w.write(event)
 
     def close(self) -> None:
-        self._f.close()
+        self._w.close()
 
 
 class StdoutSink(Sink):
     def __init__(self, stream: TextIO | None = None, **kw):
         super().__init__(kw.pop("name", "stdout"), **kw)
-        self._out = stream or sys.stdout
+        self._w = _JsonlWriter(stream=stream or sys.stdout)
 
     def deliver(self, event: dict) -> None:
-        self._out.write(json.dumps(event, separators=(",", ":")) + "\n")
-        self._out.flush()
+        self._w.write(event)
 
 
 class WebhookSink(Sink):
@@ -141,7 +140,7 @@ class WebhookSink(Sink):
         self._client = httpx.Client(timeout=timeout_s, follow_redirects=False, headers=self.headers)
 
     def deliver(self, event: dict) -> None:
-        body = json.dumps(event).encode()
+        body = json_line(event).encode()  # NaN/Inf as null, like every other sink
         err = ""
         for attempt in range(self.retries + 1):
             if attempt:
