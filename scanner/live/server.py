@@ -131,8 +131,8 @@ def _doc(*codes: int) -> dict:
 class _Gate:
     """Pure ASGI middleware: Origin check, bearer auth, JSON-only bounded writes."""
 
-    def __init__(self, app, token: str | None, max_body: int, hosts: list[str]):
-        self.app, self.token, self.max_body = app, token, max_body
+    def __init__(self, app, token: str | None, max_body: int, hosts: list[str], max_header: int = 16384):
+        self.app, self.token, self.max_body, self.max_header = app, token, max_body, max_header
         self.hosts = None if "*" in hosts else {h.lower() for h in hosts}
 
     async def __call__(self, scope, receive, send):
@@ -159,6 +159,9 @@ class _Gate:
         return await self.app(scope, replay, send)
 
     def _refusal(self, scope, h: Headers) -> Response | None:
+        # h11 bounds only a head still arriving; one that arrived whole is measured here.
+        if sum(len(k) + len(v) + 4 for k, v in scope["headers"]) > self.max_header:
+            return _err(431, "request headers too large", Connection="close")
         if "transfer-encoding" in h and "content-length" in h:
             # RFC 9112 6.1: a proxy may frame this request differently; refuse and close.
             return _err(400, "both Content-Length and Transfer-Encoding", Connection="close")
@@ -207,7 +210,7 @@ def _status_page() -> str:
 
 
 def create_app(svc: LiveService, token: str | None = None, max_body: int = 65536,
-               hosts: list[str] | None = None) -> FastAPI:
+               hosts: list[str] | None = None, max_header: int = 16384) -> FastAPI:
     """The API as an ASGI app (uvicorn serves it; tests may call it in-process)."""
     hosts = list(hosts or LOOPBACK_HOSTS)
     secured = [Security(HTTPBearer(auto_error=False, description="API token"))] if token else []
@@ -255,7 +258,7 @@ def create_app(svc: LiveService, token: str | None = None, max_body: int = 65536
         return HTMLResponse(_status_page(), headers={"Cache-Control": "no-store"})
 
     _strip_422(app)
-    app.add_middleware(_Gate, token=token, max_body=max_body, hosts=hosts)
+    app.add_middleware(_Gate, token=token, max_body=max_body, hosts=hosts, max_header=max_header)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts)  # added last = runs first
     return app
 
@@ -377,7 +380,8 @@ class ApiServer:
                  api: ApiConfig | None = None):
         api = api or ApiConfig(host=host, port=port, max_body_bytes=max(max_body, 1024))
         self.service, self.token = service, token
-        self.app = create_app(service, token, max_body, api.model_copy(update={"host": host}).hosts())
+        self.app = create_app(service, token, max_body, api.model_copy(update={"host": host}).hosts(),
+                              api.max_header_bytes)
         self._sock = _bind(host, port)
         protocol = type("DfscanH11", (_TimedH11,), {"request_timeout_s": api.request_timeout_s})
         config = uvicorn.Config(
