@@ -43,8 +43,8 @@ def tiny():
 
 
 def _real(name: str):
-    if name not in list_detectors():
-        pytest.skip(f"detector {name} is not registered")
+    # A packaged detector that is not registered is a bug, never a skip.
+    assert name in list_detectors(), f"detector {name} is not registered"
     return create_detector(name)
 
 
@@ -215,6 +215,90 @@ def test_cache_bad_metadata_is_rebuilt(tiny, damage):
     again = build_engine(tiny, cfg)
     assert again.info.cache.startswith("rebuilt (")
     _assert_parity(again)
+
+
+def test_cache_key_has_dfscan_version_and_code(tiny, monkeypatch):
+    """An upgrade (another dfscan version, or changed detector/backend code) is a
+    miss and a fresh build, never a reused artifact of the older code."""
+    import engines.cache as cache
+
+    cfg = engine_config("onnxruntime", batch_sizes=(1, 8))
+    monkeypatch.setattr(cache, "dfscan_version", lambda: "0.0.1")
+    old = build_engine(tiny, cfg)
+    assert old.info.cache == "miss"
+    monkeypatch.undo()
+    monkeypatch.setenv("DFSCAN_CACHE_DIR", str(EngineCache().root))
+    new = build_engine(tiny, cfg)
+    assert new.info.cache == "miss" and new.info.cache_key != old.info.cache_key
+    fields = json.loads((EngineCache().entry_dir(new.info.cache_key) / "meta.json").read_text())["fields"]
+    assert fields["dfscan"] == cache.dfscan_version() and fields["code"]
+
+
+def test_code_hash_follows_the_detector_source(tmp_path, monkeypatch):
+    import importlib.util
+
+    import engines.cache as cache
+
+    pkg = tmp_path / "engines"
+    pkg.mkdir()
+    src = pkg / "mydet.py"
+    src.write_text("class MyDet:\n    def f(self):\n        return 1\n")
+    monkeypatch.setattr(cache, "_ENGINES_DIR", pkg.resolve())
+
+    def load():
+        spec = importlib.util.spec_from_file_location("mydet_under_test", src)
+        mod = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, "mydet_under_test", mod)
+        spec.loader.exec_module(mod)
+        return mod.MyDet
+
+    before = cache.code_hash(load())
+    assert cache.code_hash(load()) == before
+    src.write_text(src.read_text().replace("return 1", "return 2"))
+    assert cache.code_hash(load()) != before
+
+
+def test_stale_cached_engine_is_rebuilt_not_refused(tiny):
+    """An entry whose artifact no longer matches the eager model (built by other code
+    under the same key) fails parity on load: it is rebuilt, and the scan goes on."""
+    cfg = engine_config("onnxruntime", batch_sizes=(1, 8))
+    first = build_engine(tiny, cfg)
+    other = create_detector("test_tiny")
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_(-3.0)
+    stale = build_engine(other, engine_config("onnxruntime", batch_sizes=(1, 8), use_cache=False,
+                                              check_parity=False))
+    art = first.info.artifact
+    stale._export(art + ".new")
+    import os
+
+    os.replace(art + ".new", art)
+    cache = EngineCache()
+    meta = cache.entry_dir(first.info.cache_key) / "meta.json"
+    m = json.loads(meta.read_text())
+    m["sha256"] = cache._validate.__globals__["_sha256_file"](__import__("pathlib").Path(art))
+    m.pop("parity", None)  # no stored parity result to trust
+    meta.write_text(json.dumps(m))
+    again = build_engine(tiny, cfg)
+    assert again.info.cache == "rebuilt (cached engine failed parity)"
+    _assert_parity(again)
+    assert build_engine(tiny, cfg).info.cache == "hit"
+
+
+class _Scaled(EagerEngine):
+    def _run(self, x):
+        return super()._run(x) * 1.05  # same direction and signs: cosine 1, no flips
+
+
+def test_parity_refuses_a_scale_error(tiny):
+    engine = _Scaled(tiny, EngineConfig()).build()
+    with pytest.raises(ParityError, match=r"max \|dP\(fake\)\| .*need <= 0.001"):
+        check_parity(engine)
+    res = check_parity(engine, allow_failure=True)
+    assert res["cosine"] > 0.9999 and res["verdict_flips"] == 0 and res["max_abs_diff_p_fake"] > 1e-3
+    assert not res["passed"] and res["max_p_fake_diff_allowed"] == 1e-3
+    assert check_parity(engine, max_p_diff=0.5, allow_failure=False)["passed"]
 
 
 # -- optional backends ------------------------------------------------------------

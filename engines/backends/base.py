@@ -264,10 +264,12 @@ class ArtifactEngine(Engine):
         raise NotImplementedError
 
     def _key_fields(self) -> dict:
-        from ..cache import key_fields
+        from ..cache import code_hash, key_fields
+        from .eager import EagerEngine  # prepared_module: the export code every backend uses
 
         cfg = {"precision": self.cfg.precision, "batch_sizes": list(self.cfg.batch_sizes)}
-        return key_fields(self.detector, self.kind, cfg, self.versions(), self.device)
+        return key_fields(self.detector, self.kind, cfg, self.versions(), self.device,
+                          code=code_hash(type(self), EagerEngine))
 
     def _build(self) -> None:
         import tempfile
