@@ -204,13 +204,12 @@ def test_slow_and_half_open_connections(api):
 
 def test_connection_limit_and_oversized_headers():
     """Beyond limit_concurrency: 503, until idle connections time out; huge headers: 400."""
-    svc, server = _serve(TOKEN, limit_concurrency=4)
+    svc, server = _serve(TOKEN, limit_concurrency=4, request_timeout_s=3.0)
     base = f"http://127.0.0.1:{server.port}"
     idle = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(4)]
     try:
-        time.sleep(0.2)  # let the server register them
-        assert httpx.get(f"{base}/healthz", timeout=5).status_code == 503
-        for s in idle:  # closed by request_timeout_s (1 s here), freeing the slots
+        wait_for(lambda: httpx.get(f"{base}/healthz", timeout=5).status_code == 503, 2.5, what="503")
+        for s in idle:  # closed by request_timeout_s (3 s here), freeing the slots
             assert s.recv(1024) == b""
         wait_for(lambda: httpx.get(f"{base}/healthz", timeout=5).status_code == 200, 5, what="slots freed")
         big = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: " + b"a" * 40000 + b"\r\n\r\n"
