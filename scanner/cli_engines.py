@@ -61,8 +61,9 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--detectors", nargs="+", default=None, metavar="NAME",
                    help="registered detectors (default: all non-test ones)")
     p.add_argument("--weights", action="append", metavar="NAME=PATH", help="weights file for a detector")
-    p.add_argument("--engines", nargs="+", default=DEFAULT_ENGINES, metavar="ENGINE",
-                   help="engine names: eager eager-cl compile compile-cl compile-cg onnxruntime ort-trt tensorrt")
+    p.add_argument("--engines", nargs="+", default=None, metavar="ENGINE",
+                   help="engine names: eager eager-cl compile compile-cl compile-cg onnxruntime ort-trt tensorrt "
+                        f"(default: {' '.join(DEFAULT_ENGINES)}; with --pipeline: auto, as dfscan scan)")
     _common(p)
     p.add_argument("--iters", type=int, default=50, help="timed calls per batch size")
     p.add_argument("--warmup", type=int, default=5, help="untimed calls per batch size")
@@ -85,7 +86,8 @@ def bench_command(args) -> int:
             return _bench_pipeline(args, stem)
         from engines import benchmark as B
 
-        res = B.bench_engines(args.detectors or _default_detectors(), args.engines, args.batch_sizes,
+        engines = args.engines or DEFAULT_ENGINES
+        res = B.bench_engines(args.detectors or _default_detectors(), engines, args.batch_sizes,
                               args.precision, args.device, args.iters, args.warmup,
                               weights=_weights_map(args.weights), cache_dir=args.cache_dir,
                               allow_parity_failure=args.allow_parity_failure, progress=console.print)
@@ -105,16 +107,33 @@ def _bench_pipeline(args, stem: str) -> int:
 
     cfg = {
         "detectors": args.detectors, "weights": _weights_map(args.weights),
-        "engine": args.engines[0], "precision": args.precision, "batch_sizes": args.batch_sizes,
+        "engine": (args.engines or [None])[0], "precision": args.precision, "batch_sizes": args.batch_sizes,
         "device": args.device, "cache_dir": args.cache_dir, "allow_parity_failure": args.allow_parity_failure,
     }
     res = benchmark_pipeline(args.pipeline, cfg)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{stem}.json"
     path.write_text(json.dumps(res, indent=1, default=str) + "\n")
-    print(json.dumps(res, indent=1, default=str))
+    _pipeline_table(res)
     print(f"wrote {path}", file=sys.stderr)
     return 0
+
+
+def _pipeline_table(res: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"dfscan pipeline benchmark ({len(res['videos'])} videos)")
+    for col in ("detector", "engine", "videos", "errors", "videos/s", "frames/s", "faces/s"):
+        t.add_column(col, justify="left" if col in ("detector", "engine") else "right", no_wrap=True)
+    for r in res["results"]:
+        t.add_row(r["detector"], r["engine"], str(r["videos"]), str(r["errors"]), f"{r['videos_per_s']:.2f}",
+                  f"{r['frames_per_s']:.1f}", f"{r['faces_per_s']:.1f}")
+    console = Console()
+    console.print(t)
+    for r in res["results"]:
+        share = "  ".join(f"{k} {100 * v:.0f}%" for k, v in r["stage_share"].items())
+        console.print(f"{r['detector']}: ready in {r['ready_s']:.1f} s; stage share: {share}")
 
 
 # -- engines ------------------------------------------------------------------

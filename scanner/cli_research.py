@@ -66,15 +66,17 @@ def add_probe_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _eval(args) -> int:
-    if not args.from_jsonl and not getattr(args, "detector", None) and not getattr(args, "config", None):
-        raise SystemExit("dfscan eval: give --detector NAME [--weights W] (or --config) or --from-jsonl FILE")
+    # Without --detector/--config/--from-jsonl, eval scores with the scan's default detector
+    # (ScanConfig), so `dfscan eval` measures exactly what `dfscan scan` reports.
     from .evaluate import run_eval
 
     return run_eval(args)
 
 
 def add_eval_parser(subparsers) -> argparse.ArgumentParser:
-    """``dfscan eval LABELS (--detector NAME [--weights W] | --from-jsonl FILE) --out FILE.json``.
+    """``dfscan eval LABELS [--detector NAME [--weights W] | --from-jsonl FILE] --out FILE.json``.
+
+    The detector defaults to ``dfscan scan``'s (``meso4_df``).
 
     Takes every ``dfscan scan`` option (``--config``, ``--engine``, ``--frames`` ...)
     for the scan it runs; ``--threshold`` is the scan's verdict threshold, while

@@ -38,7 +38,7 @@ def benchmark_pipeline(paths: list[str], options: dict) -> dict:
     out = {"machine": machine_info(device), "videos": [str(v) for v in videos], "results": []}
     for det in options.get("detectors") or [ScanConfig().detector]:
         cfg = ScanConfig(detector=det, weights=(options.get("weights") or {}).get(det),
-                         engine=options.get("engine") or "eager",
+                         engine=options.get("engine") or ScanConfig().engine,  # as dfscan scan
                          precision=options.get("precision") or "fp32",
                          batch_size=max(options.get("batch_sizes") or [32]), device=device,
                          details=False, progress=False)

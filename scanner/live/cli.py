@@ -32,7 +32,8 @@ def add_watch_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--window", type=float, default=10.0, help="rolling window, seconds")
     p.add_argument("--fake-above", type=float, default=None, help="default: detector threshold + 0.1")
     p.add_argument("--real-below", type=float, default=None, help="default: detector threshold - 0.1")
-    p.add_argument("--jsonl", default=None, help="also append verdict events to this JSONL file")
+    p.add_argument("--out", "--jsonl", dest="jsonl", default=None, metavar="FILE.jsonl",
+                   help="also append verdict events to this JSONL file (--jsonl: old name)")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--allow-files", action="store_true", help="accept local files (played in real time)")
     p.add_argument("--rtsp-transport", default="auto", choices=("auto", "tcp", "udp", "udp_multicast", "http", "https"),
@@ -60,6 +61,9 @@ def watch_main(args) -> int:
     logging.basicConfig(level=logging.ERROR, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("scanner.live").setLevel(logging.ERROR)
     try:
+        from ..config import check_device
+
+        check_device(args.device)  # one line, not a CUDA traceback, without a GPU
         streams = parse_targets(args.targets)
         sinks = [{"type": "jsonl", "path": args.jsonl}] if args.jsonl else []
         cfg = parse_config({
@@ -109,6 +113,10 @@ def serve_main(args) -> int:
         logging.getLogger(name).setLevel(level)
     try:
         cfg = load_config(args.config)
+        from ..config import check_device
+
+        for device in cfg.model.devices:
+            check_device(device)
         if args.host is not None or args.port is not None:
             api = cfg.api.model_copy(update={k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None})
             cfg = cfg.model_copy(update={"api": api})
