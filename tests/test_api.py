@@ -175,7 +175,8 @@ def test_slow_and_half_open_connections(api):
     socks = []
     partial = [b"", b"GET /healthz HTTP/1.1\r\nHost: 127", b"GET /streams HTTP/1.1\r\n",
                b"POST /streams HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-               b"Authorization: Bearer " + TOKEN.encode() + b"\r\nContent-Length: 100\r\n\r\n{\"name\":"]
+               b"Authorization: Bearer " + TOKEN.encode() + b"\r\nContent-Length: 100\r\n\r\n{\"name\":",
+               b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nGET /healthz HTTP/1.1\r\n"]  # keep-alive
     for i in range(12):
         s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
         s.sendall(partial[i % len(partial)])
@@ -187,15 +188,14 @@ def test_slow_and_half_open_connections(api):
         assert httpx.get(f"{base}/streams", headers=AUTH, timeout=5).status_code == 200
         # every slow connection is closed by the server (request_timeout_s = 1 here)
         for s in socks:
+            data = b""
             try:
-                data = s.recv(65536)
-                while data and b"HTTP/1.1 " not in data:
-                    data = s.recv(65536)
+                while chunk := s.recv(65536):  # socket.timeout (10 s) here = never closed
+                    data += chunk
             except ConnectionResetError:
-                data = b""
-            assert data == b"" or data.startswith(b"HTTP/1.1 4"), data
-            if data:
-                assert s.recv(65536) == b""
+                pass
+            # closed; at most the answer to a complete request or a 4xx came first
+            assert data.count(b"HTTP/1.1 ") <= 1 and (data == b"" or data[9:10] in b"24"), data
     finally:
         for s in socks:
             s.close()

@@ -348,8 +348,8 @@ class _TimedH11(H11Protocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
-            self._arm()  # the next request on this connection gets the same deadline
+        if self.conn.their_state in (h11.IDLE, h11.SEND_BODY) and not self.transport.is_closing():
+            self._arm()  # the next (or a pipelined, half-sent) request gets the same deadline
 
     def connection_lost(self, exc) -> None:
         self._disarm()
