@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -444,6 +445,36 @@ def test_serve_graceful_sigterm(clip, tmp_path):
     assert "shutting down" in out, out[-2000:]
 
 
+def test_real_footage_stays_real_live(clip):
+    """The packaged default detector on a real face clip streamed live: the stream's
+    rolling verdict settles on real and never turns fake (default thresholds)."""
+    import torch
+
+    torch.set_num_threads(1)
+    pub = HttpTsPublisher(clip).start()
+    cfg = parse_config({
+        "model": {"engine": "eager", "batch_frames": 4, "max_wait_ms": 30},
+        "verdict": {"window_s": 3, "min_samples": 3, "emit_interval_s": 1},
+        "defaults": {"sample_fps": 4},
+        "sinks": [],
+        "streams": [{"name": "real", "url": pub.url}],
+    })
+    assert cfg.model.detector == "meso4_df"
+    svc = LiveService(cfg).start()
+    seen: list[dict] = []
+    try:
+        wait_for(lambda: svc.describe("real")["verdict"] == "real", 60, what="verdict real")
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            seen.append(svc.describe("real"))
+            time.sleep(0.2)
+    finally:
+        svc.stop()
+        pub.stop()
+    assert all(r["verdict"] == "real" for r in seen), [r["verdict"] for r in seen]
+    assert seen[-1]["samples"] >= 3 and seen[-1]["score"] < 0.4 and seen[-1]["faces"] >= 1
+
+
 def test_stall_detected_and_recovered(clip):
     """A publisher that keeps the socket open but stops sending -> stalled -> reconnect -> live."""
     from scanner.live.source import Watchdog
@@ -462,7 +493,10 @@ def test_stall_detected_and_recovered(clip):
         wait_for(lambda: src.state == "backoff" or src.stats.reconnects > 0, 8, what="reconnect attempt")
         pub.paused.clear()
         wait_for(lambda: src.state == "live" and src.stats.connects >= 2, 15, what="live again")
-        assert "stalled" in src.stats.last_error or "Timeout" in src.stats.last_error or src.stats.errors >= 1
+        # The recorded error is the stall itself (the watchdog's abort or the read timeout
+        # it causes), not just any error.
+        assert src.stats.errors >= 1
+        assert re.search(r"stalled|timed? ?out", src.stats.last_error, re.I), src.stats.last_error
     finally:
         wd.stop()
         src.stop()
