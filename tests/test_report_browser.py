@@ -7,11 +7,19 @@ installs both).
 """
 from __future__ import annotations
 
+import os
+import re
 import shutil
+import socket
+import subprocess
+import sys
 import tempfile
+import time
+import urllib.request
 
 import pytest
 
+from conftest import DATA, ROOT
 from report_data import CLIPS, ERROR_INPUT, scan_corpus
 from scanner.report import ReportOptions, load_rows, write_report
 
@@ -37,7 +45,8 @@ def report(tmp_path_factory):
     root = tmp_path_factory.mktemp("browser")
     results = scan_corpus(root)
     out = root / "report.html"
-    write_report(results, out, ReportOptions(open_sections=2))
+    # test_adm: a conv detector with artifact boxes, so boxes and Grad-CAM heatmaps both show.
+    write_report(results, out, ReportOptions(open_sections=2, explain="gradcam"))
     return out, load_rows(results)[0]
 
 
@@ -62,6 +71,8 @@ def test_report_renders_every_part(browser, report):
     assert page.locator("table.videos tbody tr").count() == len(rows)
     assert page.locator("svg.timeline").count() == len(CLIPS)
     assert page.locator("svg.timeline circle.pt").count() == sum(r["frames_with_faces"] for r in rows)
+    tip = page.locator("details.video[open] svg.timeline circle.pt title").first.text_content()
+    assert re.fullmatch(r"frame score: t=\d+\.\d\d s, P\(fake\)=[01]\.\d{3}", tip)  # hover text
     assert page.locator("details.error .errmsg").text_content().startswith("not_video")
     assert page.locator("rect.artifact").count() >= len(CLIPS)
     # Thumbnails in the open sections are decoded images, with their boxes drawn over them.
@@ -70,6 +81,12 @@ def test_report_renders_every_part(browser, report):
     for i in range(open_imgs.count()):
         open_imgs.nth(i).scroll_into_view_if_needed()
         assert open_imgs.nth(i).evaluate("img => img.complete && img.naturalWidth > 0")
+    cams = page.locator("details.video[open] figure.cam img")
+    assert cams.count() == 2 * 4  # a Grad-CAM view beside each thumbnail
+    for i in range(cams.count()):
+        cams.nth(i).scroll_into_view_if_needed()
+        assert cams.nth(i).evaluate("img => img.complete && img.naturalWidth > 0")
+    assert "Grad-CAM on test_adm layer base_model.layer4" in page.locator("header").inner_text()
     assert page.locator("details.video:not([open])").count() == len(rows) - 2  # the rest collapsed
     assert requests == [out.as_uri()]  # the document itself and nothing else
     page.close()
@@ -133,4 +150,82 @@ def test_report_screenshot(browser, report, tmp_path):
     png = tmp_path / "report.png"
     page.screenshot(path=str(png), full_page=False)
     assert png.stat().st_size > 20_000  # a rendered page, not a blank one
+    page.close()
+
+
+# -- the live status page of `dfscan serve` --------------------------------------------------
+
+TOKEN = "status-page-token-0123456789"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    """`dfscan serve` (a real process) with one live loopback stream and one dead one, token set."""
+    from scanner.live.publish import HttpTsPublisher
+
+    pub = HttpTsPublisher(str(DATA / "d1.mp4")).start()
+    port = _free_port()
+    cfg = tmp_path_factory.mktemp("serve") / "serve.yaml"
+    cfg.write_text(
+        f"api: {{host: 127.0.0.1, port: {port}, token_env: DFSCAN_STATUS_TOKEN}}\n"
+        "model: {detector: test_tiny, engine: eager, batch_frames: 4, max_wait_ms: 30}\n"
+        "faces: {min_face: 40}\nverdict: {min_samples: 1}\nsinks: []\n"
+        "defaults: {sample_fps: 3, open_timeout_s: 2, backoff_initial_s: 0.2, backoff_max_s: 0.5}\n"
+        f"streams:\n  - {{name: cam-1, url: '{pub.url}'}}\n"
+        f"  - {{name: lobby, url: 'http://viewer:hunter2@127.0.0.1:{_free_port()}/never.ts'}}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "scanner.cli", "serve", "--config", str(cfg)],
+                            cwd=ROOT, env={**os.environ, "DFSCAN_STATUS_TOKEN": TOKEN},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                urllib.request.urlopen(base + "readyz", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        pub.stop()
+
+
+def test_status_page_lists_streams_from_the_api(browser, service):
+    page = browser.new_page()
+    requests = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.goto(service + "#token=" + TOKEN)  # the fragment never reaches the server
+    assert page.url == service  # the token is taken out of the address bar
+    page.wait_for_function("() => document.querySelectorAll('#streams tbody tr').length == 2", timeout=30_000)
+    row = page.locator("#streams tbody tr[data-name='cam-1']")
+    page.wait_for_function(
+        "() => { const r = document.querySelector(\"#streams tr[data-name='cam-1']\");"
+        " return r && r.querySelector('.badge').textContent === 'live' && r.querySelector('td.score').textContent !== '–'; }",
+        timeout=60_000)
+    assert 0.0 <= float(row.locator("td.score").inner_text()) <= 1.0
+    lobby = page.locator("#streams tbody tr[data-name='lobby']").inner_text()
+    assert "hunter2" not in lobby and "127.0.0.1" in lobby  # credentials masked by the API
+    assert "updated" in page.locator("#api-status").inner_text()
+    assert {r.split("#")[0] for r in requests} == {service, service + "streams"}  # own origin only
+    page.close()
+
+
+def test_status_page_asks_for_the_token(browser, service):
+    page = browser.new_page()
+    page.goto(service)
+    page.wait_for_selector("#token-form:not([hidden])", timeout=15_000)
+    assert "bearer token" in page.locator("#api-status").inner_text()
+    page.fill("#token-form input[name=token]", TOKEN)
+    page.click("#token-form button")
+    page.wait_for_function("() => document.querySelectorAll('#streams tbody tr').length == 2", timeout=30_000)
+    assert page.locator("#token-form").is_hidden()
     page.close()

@@ -55,7 +55,7 @@ class GradCamExplainer:
         px: side of the shown crop.
     """
 
-    def __init__(self, detector: str, weights: str | None = None, device: str = "cpu", px: int = 160):
+    def __init__(self, detector: str, weights: str | None = None, device: str = "cpu", px: int = 128):
         from engines import create_detector
         from engines.explain import cam_module
 
