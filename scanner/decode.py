@@ -207,10 +207,15 @@ def build_index(container, stream) -> VideoIndex:
                       ordinal, empty)
 
 
+# --fps on a long video must not grow per-video state without bound: at most this many
+# frames (the same limit as --frames), spread evenly over the video beyond it.
+MAX_SAMPLED_FRAMES = 10_000
+
+
 def choose_targets(index: VideoIndex, frames: int | None, fps: float | None,
-                   indices: Sequence[int] | None = None) -> list[int]:
+                   indices: Sequence[int] | None = None, max_frames: int = MAX_SAMPLED_FRAMES) -> list[int]:
     """Presentation pts to sample: the given presentation ``indices``, ``frames``
-    evenly spaced, or one every ``1/fps`` s."""
+    evenly spaced, or one every ``1/fps`` s (at most ``max_frames``)."""
     pres = index.presentation
     if not len(pres):
         return []
@@ -221,6 +226,8 @@ def choose_targets(index: VideoIndex, frames: int | None, fps: float | None,
         return [int(pres[i]) for i in idx]
     if fps:
         times = np.arange(0.0, index.duration_s + 1e-9, 1.0 / fps)
+        if len(times) > max_frames:
+            times = np.linspace(0.0, index.duration_s, max_frames)
         want = index.start + times / index.time_base
         return sorted({_nearest(pres, w) for w in want})
     n = min(frames or 32, len(pres))
@@ -319,6 +326,7 @@ class FrameSampler:
         self.threads = threads  # decoder threads, 0 = FFmpeg's choice (one per core + 1)
         self.frames, self.fps, self.det_max_side, self.seek = frames, fps, det_max_side, seek
         self.indices = indices
+        self.max_frames = MAX_SAMPLED_FRAMES
         self.index: VideoIndex | None = None
         self.decode_errors = 0
         self.seeks = 0
@@ -360,7 +368,7 @@ class FrameSampler:
             # A verdict on part of a video could mislead; report it instead.
             raise VideoError("truncated", f"file ends after {len(index.pts)} video packets "
                              "of a longer stream (truncated)")
-        targets = choose_targets(index, self.frames, self.fps, self.indices)
+        targets = choose_targets(index, self.frames, self.fps, self.indices, self.max_frames)
         self.requested = len(targets)
         return index, targets
 

@@ -182,6 +182,21 @@ def test_same_out_twice_is_a_usage_error(tmp_path, capsys):
     assert "given twice" in capsys.readouterr().err
 
 
+# -- item 4: bounded memory ----------------------------------------------------------------
+
+def test_fps_sampling_is_bounded(tmp_path, monkeypatch):
+    """--fps on a long video samples at most MAX_SAMPLED_FRAMES frames, spread over all of it."""
+    from conftest import make_video
+    from scanner import decode
+
+    clip = make_video(tmp_path / "long.mp4", frames=100, fps=25)  # 4 s: 100 frames at --fps 25
+    monkeypatch.setattr(decode, "MAX_SAMPLED_FRAMES", 10)
+    sampler = decode.FrameSampler(clip, fps=25.0)
+    got = [f.index for f in sampler]
+    assert len(got) == 10 and got[0] == 0 and got[-1] >= 95  # thinned evenly, first to last
+    assert len(list(decode.FrameSampler(clip, fps=2.0))) == 8  # under the cap: one every 0.5 s of 4 s
+
+
 # -- item 3: signals ------------------------------------------------------------------------
 
 def _copies(tmp_path: Path, n: int) -> Path:
