@@ -1,0 +1,123 @@
+"""Distributed scans on a real two-node Ray cluster started on loopback.
+
+The cluster is two ``ray start`` processes (a head and a second node, one CPU
+each, separate temp dirs) joined with token authentication, exactly as on two
+machines; the scan's driver is this test process. Skipped when Ray is absent.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+# Token authentication, as a real cluster should run: Ray reads these once, before the
+# first connection, so they are set before importing it (they concern only Ray).
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+os.environ["RAY_AUTH_MODE"] = "token"
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+ray = pytest.importorskip("ray", reason="Ray not installed (pip install 'dfscan[ray]')")
+
+from scanner.cli import main  # noqa: E402
+from scanner.config import ScanConfig  # noqa: E402
+from scanner.distributed import RayScanContext  # noqa: E402
+from scanner.pipeline import build_context, scan_paths  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CLIPS = [ROOT / "tests/data/d1.mp4", ROOT / "tests/data/d2.mp4", ROOT / "tests/data/d18.mp4",
+         ROOT / "scanner/samples/d5.mp4", ROOT / "scanner/samples/d7.mp4"]
+RAY = str(Path(sys.executable).parent / "ray")
+NODE = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--object-store-memory=200000000",
+        "--disable-usage-stats"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ray(args: list[str], env: dict) -> None:
+    out = subprocess.run([RAY, *args], env=env, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Address of a head node plus one worker node, torn down with ``ray stop``."""
+    port = _free_port()
+    # Short temp dirs: Ray's unix socket paths must stay under ~107 characters.
+    dirs = [tempfile.mkdtemp(prefix="dfr"), tempfile.mkdtemp(prefix="dfr")]
+    env = dict(os.environ)  # carries the cluster token set above
+    try:
+        _ray(["start", "--head", f"--port={port}", "--include-dashboard=false",
+              f"--temp-dir={dirs[0]}", *NODE], env)
+        _ray(["start", f"--address=127.0.0.1:{port}", f"--temp-dir={dirs[1]}", *NODE], env)
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        for d in dirs:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _comparable(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k != "timings"}  # wall times differ run to run
+
+
+@pytest.fixture(scope="module")
+def local_rows():
+    """Rows of a plain local scan of the clips, by path (one torch thread per video, as in
+    each one-CPU actor: MTCNN's float sums are only bit-identical for equal thread counts)."""
+    ctx = build_context(ScanConfig(workers=min(64, os.cpu_count() or 1)))  # -> 1 thread each
+    assert torch.get_num_threads() == 1
+    return {r["path"]: _comparable(r) for r in scan_paths(CLIPS, ctx=ctx)}
+
+
+def test_killed_worker_videos_are_rescanned_with_identical_rows(cluster, local_rows):
+    inputs = [str(p) for p in CLIPS] * 2  # duplicates are separate inputs, one row each
+    ctx = RayScanContext(ScanConfig(ray=cluster))
+    try:
+        assert ctx.workers == 2 and ctx.engine_info["nodes"] == 2  # one actor per node
+        rows, killed = [], None
+        for row in ctx.rows(inputs):
+            rows.append(row)
+            if killed is None:  # both actors are mid-video now (two videos are queued per actor)
+                killed = ctx.actor_info[1]["pid"]
+                os.kill(killed, signal.SIGKILL)
+        assert killed not in ctx.pids()  # Ray restarted the killed actor
+    finally:
+        ctx.close()
+    assert sorted(r["path"] for r in rows) == sorted(inputs)  # exactly one row per input
+    for r in rows:
+        assert r["verdict"] != "error", r["error"]
+        assert _comparable(r) == local_rows[r["path"]]  # scores and details identical
+
+
+def test_cli_scan_on_ray_writes_sinks_once_and_resumes(cluster, local_rows, tmp_path, capsys):
+    out = tmp_path / "rows.jsonl"
+    first = [str(p) for p in CLIPS[:2]]
+    assert main(["scan", *first, "--out", str(out), "--ray", cluster, "--no-progress"]) == 0
+    assert main(["scan", *map(str, CLIPS), "--out", str(out), "--resume", "--ray", cluster,
+                 "--ray-actors", "1", "--no-progress"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["path"] for r in rows) == sorted(map(str, CLIPS))
+    for r in rows:
+        want = local_rows[r["path"]]
+        assert _comparable(r) == want, [k for k in want if want[k] != r.get(k)]
+    assert "--resume: 2 input(s) already in" in capsys.readouterr().out
+
+
+def test_unreachable_cluster_is_a_usage_error(capsys):
+    port = _free_port()  # nothing listens there
+    code = main(["scan", str(CLIPS[0]), "--ray", f"127.0.0.1:{port}", "--no-progress"])
+    assert code == 2
+    assert "cannot reach the Ray cluster" in capsys.readouterr().err
