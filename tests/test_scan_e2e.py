@@ -149,7 +149,12 @@ def test_csv_output_and_fail_on_fake(tmp_path):
                  "--fail-on-fake", "--no-progress"])
     assert code == EXIT_FAKE
     rows = list(csv.DictReader(out.open()))
-    assert len(rows) == 1 and rows[0]["verdict"] == "fake" and float(rows[0]["score"]) >= 0
+    assert len(rows) == 1 and rows[0]["verdict"] == "fake" and float(rows[0]["threshold"]) == 0
+    # (score >= 0 holds for any score.) The threshold changes the verdict, never the score:
+    ref = tmp_path / "ref.jsonl"
+    assert main(["scan", str(DATA / "d1.mp4"), "--out", str(ref), "--frames", "4", "--no-progress"]) == EXIT_OK
+    (again,) = _rows(ref)
+    assert again["verdict"] == "real" and float(rows[0]["score"]) == pytest.approx(again["score"], abs=1e-6)
 
 
 def test_path_disappearing_mid_scan(tmp_path):

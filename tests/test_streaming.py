@@ -47,9 +47,21 @@ def test_close_stops_the_producer():
     assert not it._thread.is_alive()
 
 
-def test_inline_has_the_same_interface():
-    it = Inline(lambda: iter([1, 2]))
-    assert list(it) == [1, 2] and it.busy_s >= 0
+def _slow_items(n: int, secs: float):
+    for i in range(n):
+        time.sleep(secs)  # "decoding" takes at least this long per item
+        yield i
+
+
+@pytest.mark.parametrize("source", [Inline, BoundedPrefetch])
+def test_busy_time_counts_producing_not_waiting(source):
+    it = source(lambda: _slow_items(4, 0.05), maxsize=1)
+    got = []
+    for x in it:
+        got.append(x)
+        time.sleep(0.15)  # a slow consumer: the producer waits, which is not busy time
+    assert got == [0, 1, 2, 3]
+    assert 0.2 <= it.busy_s < 0.2 + 4 * 0.15 - 0.05  # >= the sleeps, < sleeps + consumer's time
 
 
 def test_threaded_and_inline_decode_give_the_same_row():
