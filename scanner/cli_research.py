@@ -92,6 +92,9 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--acc-threshold", type=float, default=0.5,
                    help="P(fake) threshold for ACC/TPR/TNR/HTER (default 0.5)")
     p.add_argument("--out", default="eval.json", help="JSON report; the ROC plot goes next to it as .png")
+    p.add_argument("--perturb", metavar="SPEC",
+                   help="degrade every aligned face crop first, e.g. jpeg:40,blur:1.5,downscale:0.5,noise:5 "
+                        "(also h264:CRF); applied in the order given")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_eval)
     return p

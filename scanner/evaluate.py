@@ -63,10 +63,13 @@ def binary_metrics(y, s, threshold: float = 0.5) -> dict:
     if out["n_fake"] and out["n_real"]:
         e, t = eer(y, s)
         at_eer = rates(y, s, t)
-        out.update({"auc": float(roc_auc_score(y, s)), "eer": e, "eer_threshold": t,
-                    "hter_at_eer_threshold": at_eer["hter"], "acc_at_eer_threshold": at_eer["acc"]})
+        from .research.stats import auc_ci
+
+        out.update({"auc": float(roc_auc_score(y, s)), "auc_ci95": auc_ci(y, s, n=1000)["ci"], "eer": e,
+                    "eer_threshold": t, "hter_at_eer_threshold": at_eer["hter"],
+                    "acc_at_eer_threshold": at_eer["acc"]})
     else:  # AUC/EER need both classes
-        out.update({"auc": None, "eer": None, "eer_threshold": None,
+        out.update({"auc": None, "auc_ci95": None, "eer": None, "eer_threshold": None,
                     "hter_at_eer_threshold": None, "acc_at_eer_threshold": None})
     return _clean(out)
 
@@ -182,6 +185,13 @@ def scan_scores(items: list[Item], args) -> tuple[dict[int, float], str, dict]:
     overrides = {k: getattr(args, k) for k in keys if hasattr(args, k)}
     cfg = build_config(getattr(args, "config", None), {**overrides, "hash": False, "progress": False})
     ctx = build_context(cfg)
+    det = ctx.detector
+    if getattr(args, "perturb", None):  # degrade every aligned crop (see scanner.research.perturb)
+        from .research.augment import parse_perturb
+        from .research.perturb import Perturbed
+
+        perturbs = parse_perturb(args.perturb)
+        ctx.engine, det = Perturbed(ctx.engine, perturbs, 0), Perturbed(ctx.detector, perturbs, 1)
     videos = [i for i, it in enumerate(items) if not it.is_image]
     scores, verdicts = {}, defaultdict(int)
     # Rows arrive in completion order with several workers: pair them with their
@@ -198,10 +208,11 @@ def scan_scores(items: list[Item], args) -> tuple[dict[int, float], str, dict]:
     images = [i for i, it in enumerate(items) if it.is_image]
     if images:
         src = CropSource(CropConfig(frames=cfg.frames, min_face=cfg.min_face, device=cfg.device))
-        got = score_items([items[i] for i in images], ctx.detector, src, _progress(args))
+        got = score_items([items[i] for i in images], det, src, _progress(args))
         scores.update({images[k]: v for k, v in got.items()})
-    det = ctx.detector
-    return scores, f"detector:{cfg.detector}:{det.weights_hash} engine:{cfg.engine}", dict(verdicts)
+    perturbed = f" perturb:{args.perturb}" if getattr(args, "perturb", None) else ""
+    return (scores, f"detector:{cfg.detector}:{det.weights_hash} engine:{cfg.engine}{perturbed}",
+            dict(verdicts))
 
 
 def run_eval(args) -> int:

@@ -39,6 +39,34 @@ from .labelled import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, format_landmarks
 BLEND_RATIOS = (0.25, 0.5, 0.75, 1.0, 1.0, 1.0)
 
 
+@dataclass(frozen=True)
+class BlendParams:
+    """Randomness of :func:`self_blend`; the defaults are ``dfscan synth``'s.
+
+    Attributes:
+        scale, shift: source copy scale range and shift (fraction of the side).
+        gain: per-channel colour gain magnitude range (sign random, never a no-op).
+        offset: colour offset range (0..255 units).
+        freq: probability of a frequency mismatch (source blurred or sharpened).
+        ratios: discrete blend ratios (SBI's), or None for uniform in ``ratio_range``.
+        hull_scale: range of a random scaling of the face hull about its centre.
+    """
+
+    scale: tuple[float, float] = (0.93, 1.07)
+    shift: float = 0.03
+    gain: tuple[float, float] = (0.03, 0.10)
+    offset: float = 8.0
+    freq: float = 0.0
+    ratios: tuple[float, ...] | None = BLEND_RATIOS
+    ratio_range: tuple[float, float] = (0.25, 1.0)
+    hull_scale: tuple[float, float] = (1.0, 1.0)
+
+
+# Wider jitter for training (``dfscan train``): colour, frequency, scale and mask size.
+TRAIN_BLEND = BlendParams(scale=(0.9, 1.1), shift=0.04, gain=(0.02, 0.15), offset=12.0, freq=0.5,
+                          ratios=None, ratio_range=(0.3, 1.0), hull_scale=(0.85, 1.15))
+
+
 def face_outline(lm: np.ndarray) -> np.ndarray:
     """Convex hull ``int32 (P, 2)`` of a face region from 5 landmarks ``(5, 2)`` (x, y)."""
     lm = np.asarray(lm, np.float64)
@@ -55,10 +83,14 @@ def face_outline(lm: np.ndarray) -> np.ndarray:
     return np.round(hull.reshape(-1, 2)).astype(np.int32)
 
 
-def blend_mask(shape: tuple[int, int], lm: np.ndarray, mode: str, rng: np.random.Generator) -> np.ndarray:
+def blend_mask(shape: tuple[int, int], lm: np.ndarray, mode: str, rng: np.random.Generator,
+               hull_scale: tuple[float, float] = (1.0, 1.0)) -> np.ndarray:
     """Soft blend mask ``float32 (H, W)`` in [0, 1] (before the blend ratio)."""
     h, w = shape
     hull = face_outline(lm)
+    if hull_scale != (1.0, 1.0):  # mask size jitter (no draw at the defaults: synth output unchanged)
+        c = hull.mean(0)
+        hull = np.round((hull - c) * rng.uniform(*hull_scale) + c).astype(np.int32)
     mask = np.zeros((h, w), np.uint8)
     cv2.fillConvexPoly(mask, hull, 1)
     if mode == "partial":
@@ -79,21 +111,28 @@ def blend_mask(shape: tuple[int, int], lm: np.ndarray, mode: str, rng: np.random
     return np.clip(cv2.GaussianBlur(mask.astype(np.float32), (0, 0), sigma), 0.0, 1.0)
 
 
-def jitter_source(img: np.ndarray, centre: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """The altered copy: colour gain/offset, scale about the face centre, shift."""
+def jitter_source(img: np.ndarray, centre: np.ndarray, rng: np.random.Generator,
+                  p: BlendParams = BlendParams()) -> np.ndarray:
+    """The altered copy: colour gain/offset, scale about the face centre, shift, and
+    (with probability ``p.freq``) a blur or sharpening, i.e. a frequency mismatch."""
     h, w = img.shape[:2]
-    s = rng.uniform(0.93, 1.07)
-    shift = rng.uniform(-0.03, 0.03, 2) * np.array([w, h])
+    s = rng.uniform(*p.scale)
+    shift = rng.uniform(-p.shift, p.shift, 2) * np.array([w, h])
     m = np.array([[s, 0, (1 - s) * centre[0] + shift[0]], [0, s, (1 - s) * centre[1] + shift[1]]])
     src = cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
     sign = rng.choice([-1.0, 1.0], 3)
-    gain = 1.0 + sign * rng.uniform(0.03, 0.10, 3)  # never a no-op: at least 3 % per channel
-    offset = rng.uniform(-8, 8, 3)
-    return np.clip(src.astype(np.float32) * gain + offset, 0, 255)
+    gain = 1.0 + sign * rng.uniform(*p.gain, 3)  # never a no-op: at least gain[0] per channel
+    offset = rng.uniform(-p.offset, p.offset, 3)
+    out = src.astype(np.float32) * gain + offset
+    if p.freq and rng.random() < p.freq:
+        blurred = cv2.GaussianBlur(out, (0, 0), rng.uniform(0.5, 1.5))
+        amount = rng.uniform(-1.0, 0.8)  # < 0: sharpen (unsharp mask), > 0: blur
+        out = out + amount * (blurred - out) if amount > 0 else out + (-amount) * (out - blurred)
+    return np.clip(out, 0, 255)
 
 
-def self_blend(img: np.ndarray, lm: np.ndarray, mode: str, rng: np.random.Generator
-               ) -> tuple[np.ndarray, tuple[int, int, int, int], float]:
+def self_blend(img: np.ndarray, lm: np.ndarray, mode: str, rng: np.random.Generator,
+               params: BlendParams = BlendParams()) -> tuple[np.ndarray, tuple[int, int, int, int], float]:
     """Self-blended fake of ``img`` (RGB ``uint8 (H, W, 3)``) with face landmarks ``lm``.
 
     Returns the fake ``uint8 (H, W, 3)``, the tight box ``(x0, y0, x1, y1)``
@@ -102,12 +141,12 @@ def self_blend(img: np.ndarray, lm: np.ndarray, mode: str, rng: np.random.Genera
     """
     if mode not in ("global", "partial"):
         raise ValueError(f"blend mode {mode!r} is not global/partial")
-    mask = blend_mask(img.shape[:2], lm, mode, rng)
-    ratio = float(rng.choice(BLEND_RATIOS))
+    mask = blend_mask(img.shape[:2], lm, mode, rng, params.hull_scale)
+    ratio = float(rng.choice(params.ratios)) if params.ratios else float(rng.uniform(*params.ratio_range))
     m = mask * ratio
     m[m < 1 / 255] = 0.0  # the blur's far tail changes nothing visible; cut it
     m = m[..., None]
-    src = jitter_source(img, np.asarray(lm, np.float64).mean(0), rng)
+    src = jitter_source(img, np.asarray(lm, np.float64).mean(0), rng, params)
     fake = np.where(m > 0, np.round(src * m + img.astype(np.float32) * (1 - m)), img).astype(np.uint8)
     # The box bounds the pixels that actually changed (a subset of the mask's support).
     ys, xs = np.nonzero(np.any(fake != img, axis=-1) if np.any(fake != img) else m[..., 0] > 0)

@@ -3,3 +3,4 @@ from . import tiny  # noqa: F401
 from . import probe  # noqa: F401
 from . import mesonet  # noqa: F401
 from . import adm  # noqa: F401
+from . import effnet_lite  # noqa: F401

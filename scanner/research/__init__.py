@@ -1,0 +1,1 @@
+"""Training and robustness research tools (`dfscan train`, perturbed evaluation)."""

@@ -1,0 +1,88 @@
+"""``dfscan train`` command line (registered through ``scanner.cli.EXTRA_COMMANDS``)."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+MEDIA = "../shared/media"
+
+
+def _default_cache() -> str:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return str(base / "dfscan" / "train" / "faces")
+
+
+class _Bar:
+    """tqdm-like wrapper over a rich progress bar: loss while training, val AUC per epoch."""
+
+    def __init__(self, loader, epoch: int, epochs: int, progress):
+        self.loader, self.progress = loader, progress
+        self.task = progress.add_task(f"epoch {epoch + 1}/{epochs}", total=len(loader), info="")
+
+    def __iter__(self):
+        for b in self.loader:
+            yield b
+            self.progress.advance(self.task)
+
+    def set_postfix(self, loss: float) -> None:
+        self.progress.update(self.task, info=f"loss {loss:.4f}")
+
+    def epoch_done(self, rec: dict) -> None:
+        self.progress.update(self.task, info=f"loss {rec['loss']:.4f}  val AUC {rec['auc']:.4f} "
+                                             f"(sbi {rec.get('auc_sbi', float('nan')):.3f}, "
+                                             f"mfs {rec.get('auc_mfs', float('nan')):.3f})")
+
+
+def _train(args) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .data import CacheConfig, build_cache
+    from .train import TrainConfig, train
+
+    cache = Path(args.cache)
+    if not (cache / "crops.npy").is_file():
+        from engines.detectors.effnet_lite import lite_spec
+
+        roots = args.data or [f"{MEDIA}/train_real", f"{MEDIA}/portrait", f"{MEDIA}/train_stills"]
+        print(f"building the face cache {cache} from {', '.join(roots)} (once)")
+        res = build_cache(roots, cache, lite_spec(224), CacheConfig(frames=args.cache_frames, device=args.device))
+        print(f"{res['faces']} faces of {res['groups']} identities from {res['files']} files; "
+              f"{len(res['skipped'])} skipped")
+    cfg = TrainConfig(arch=args.arch, size=args.size, epochs=args.epochs, steps=args.steps,
+                      batch_size=args.batch_size, lr=args.lr, freeze=args.freeze, seed=args.seed,
+                      threads=args.threads, max_minutes=args.max_minutes, init=args.init, p_mfs=args.p_mfs)
+    cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("{task.fields[info]}"))
+    with Progress(*cols, disable=args.quiet) as progress:
+        card = train(cfg, cache, args.out, lambda loader, ep: _Bar(loader, ep, cfg.epochs, progress))
+    print(f"best validation AUC {card['best_val_auc']:.4f} (epoch {card['best_epoch']}); "
+          f"weights {args.out}/best.safetensors, card {args.out}/card.json")
+    return 0
+
+
+def add_train_parser(subparsers) -> argparse.ArgumentParser:
+    """``dfscan train --out DIR [--arch NAME] [--data ROOT ...] [--init FILE]``."""
+    p = subparsers.add_parser("train", help="train a detector on real faces + self-blended/swapped fakes")
+    p.add_argument("--out", required=True, metavar="DIR", help="run folder (resumes from DIR/last.pt)")
+    p.add_argument("--arch", default="effnet_lite0_sbi",
+                   help="effnet_lite0_sbi, effnet_lite2_sbi, effnet_lite0_adm, or a test_* variant")
+    p.add_argument("--data", nargs="*", help=f"real face videos/photos or folders (default {MEDIA}/train_real, "
+                                             "portrait, train_stills)")
+    p.add_argument("--cache", default=_default_cache(), help="face-crop cache folder (built when missing)")
+    p.add_argument("--cache-frames", type=int, default=24, help="frames per clip in the cache (default 24)")
+    p.add_argument("--init", help="ImageNet backbone (.safetensors/.pth) or a trained detector to start from")
+    p.add_argument("--size", type=int, help="input side (binary models; default 160)")
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--steps", type=int, default=150, help="batches per epoch")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--freeze", type=int, default=3, help="frozen backbone stages (default 3 of 7)")
+    p.add_argument("--p-mfs", type=float, default=0.35, help="share of fakes made by MFS (rest self-blended)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--max-minutes", type=float, help="stop after the epoch that crosses this budget")
+    p.add_argument("--device", default="cpu", help="device for face detection when building the cache")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_train)
+    return p

@@ -1,0 +1,175 @@
+"""Face-crop cache for ``dfscan train``: real faces detected and aligned by the scan's own code.
+
+Every source (video or still) goes through :class:`scanner.faces.FaceDetector`
+and :func:`scanner.align.align_faces` with the detector's template (scan-time
+geometry), at the cache size (224 px, the largest training input; smaller
+inputs are resized from it). Stills are tightly cropped faces, so they are
+padded (edge-replicated) to 1.8x before detection.
+
+On disk (``<cache>/``): ``crops.npy`` ``uint8 (N, S, S, 3)`` RGB, ``landmarks.npy``
+``float32 (N, 5, 2)`` (the detected points mapped into the crop) and
+``index.csv`` (``source,group,frame``). ``group`` is the identity: splits are
+made by group so no person is in both training and validation.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engines.spec import InputSpec
+
+log = logging.getLogger("dfscan")
+VIDEO_GLOBS = ("*.mp4", "*.mpg", "*.mov", "*.avi", "*.mkv", "*.webm")
+STILL_GLOBS = ("*.jpg", "*.jpeg", "*.png")
+# GRID clips are named by sentence; LipNet's two samples of one man share a speaker.
+SAME_PERSON = {"id2_vcd_swwp2s": "pwij3p"}
+
+
+def identity(path: Path) -> str:
+    """Identity group of a training file: MEAD actor, GRID speaker, one per still/other clip."""
+    stem, folder = path.stem, path.parent.name
+    m = re.match(r"([MW]\d{3})_", stem)
+    if m:  # MEAD: M030_front_angry_level3_001
+        return f"mead:{m.group(1)}"
+    if folder.startswith("grid"):
+        return f"grid:{SAME_PERSON.get(stem, stem)}"
+    return f"{folder}:{stem}"
+
+
+def sources(roots: list[str | Path]) -> list[Path]:
+    out = []
+    for r in map(Path, roots):
+        if r.is_file():
+            out.append(r)
+            continue
+        for g in VIDEO_GLOBS + STILL_GLOBS:
+            out += sorted(r.rglob(g))
+    return sorted(set(out))
+
+
+def _frames(path: Path, frames: int, det_max_side: int, pad: float):
+    from ..decode import Frame, FrameSampler
+    from ..features import _downscale, read_rgb
+
+    if path.suffix.lower() in (".jpg", ".jpeg", ".png"):
+        img = read_rgb(path)
+        h, w = img.shape[:2]
+        py, px = int(h * (pad - 1) / 2), int(w * (pad - 1) / 2)
+        img = np.ascontiguousarray(np.pad(img, ((py, py), (px, px), (0, 0)), mode="edge"))
+        small, scale = _downscale(img, det_max_side)
+        return [Frame(0, 0.0, img, small, scale)]
+    return list(FrameSampler(path, frames, None, det_max_side, True))
+
+
+@dataclass
+class CacheConfig:
+    frames: int = 16  # frames per clip
+    size: int = 224
+    min_face: int = 40
+    pad: float = 1.8
+    det_max_side: int = 480  # the training clips have large faces; 4x cheaper MTCNN than 960
+    device: str = "cpu"
+
+
+def _batches(files: list[Path], cfg: CacheConfig, skipped: list):
+    """Frame batches: one video's sampled frames, or up to 16 stills of one size (one MTCNN call)."""
+    from ..pipeline import DETECT_BATCH
+
+    stills: dict[tuple, list] = {}
+    for path in files:
+        try:
+            frames = _frames(path, cfg.frames, cfg.det_max_side, cfg.pad)
+        except Exception as e:  # an unreadable file contributes nothing; say so
+            skipped.append((str(path), f"{type(e).__name__}: {e}"))
+            continue
+        if path.suffix.lower() in (".jpg", ".jpeg", ".png"):
+            group = stills.setdefault(frames[0].image.shape, [])
+            group.append((path, frames[0]))
+            if len(group) == 16:
+                yield group
+                stills.pop(frames[0].image.shape)
+            continue
+        for i in range(0, len(frames), DETECT_BATCH):
+            yield [(path, f) for f in frames[i:i + DETECT_BATCH]]
+    yield from stills.values()
+
+
+def build_cache(roots: list[str | Path], out: str | Path, spec: InputSpec, cfg: CacheConfig = CacheConfig(),
+                progress=lambda x: x) -> dict:
+    """Detect, align and store the largest face of every sampled frame / still of ``roots``."""
+    from ..faces import FaceDetector
+    from ..pipeline import detect_and_align
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    faces = FaceDetector(device=cfg.device, max_side=cfg.det_max_side, min_face=cfg.min_face, max_faces=1)
+    crops, lms, rows, skipped = [], [], [], []
+    files = sources(roots)
+    for batch in _batches(list(progress(files)), cfg, skipped):
+        paths = [p for p, _ in batch]
+        found = detect_and_align([f for _, f in batch], faces, spec, cfg.device)
+        for path, (fr, fc, c, mats) in zip(paths, found):
+            if len(fc) == 0:
+                continue
+            crops.append(c[0].round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy())
+            m = mats[0].numpy().astype(np.float64)
+            lms.append((fc.landmarks[0] @ m[:, :2].T + m[:, 2]).astype(np.float32))
+            rows.append({"source": str(path), "group": identity(path), "frame": fr.index})
+    if not rows:
+        raise RuntimeError(f"no faces found in {roots}")
+    np.save(out / "crops.npy", np.stack(crops))
+    np.save(out / "landmarks.npy", np.stack(lms))
+    with open(out / "index.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["source", "group", "frame"])
+        w.writeheader()
+        w.writerows(rows)
+    return {"faces": len(rows), "files": len(files), "groups": len({r["group"] for r in rows}),
+            "skipped": skipped}
+
+
+@dataclass
+class FaceCache:
+    crops: np.ndarray  # uint8 (N, S, S, 3), memory-mapped
+    landmarks: np.ndarray  # float32 (N, 5, 2)
+    groups: np.ndarray  # str (N,)
+    sources: np.ndarray  # str (N,)
+
+    @classmethod
+    def load(cls, paths) -> "FaceCache":
+        """One cache folder, or several (concatenated in memory)."""
+        paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
+        rows, crops, lms = [], [], []
+        for path in paths:
+            with open(path / "index.csv") as f:
+                rows += list(csv.DictReader(f))
+            crops.append(np.load(path / "crops.npy", mmap_mode="r"))
+            lms.append(np.load(path / "landmarks.npy"))
+        return cls(crops[0] if len(crops) == 1 else np.concatenate(crops), np.concatenate(lms),
+                   np.array([r["group"] for r in rows]), np.array([r["source"] for r in rows]))
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+
+def split_groups(groups: np.ndarray, val_share: float = 0.15, seed: int = 0) -> np.ndarray:
+    """Boolean ``(N,)`` mask of validation rows: whole identities, ~``val_share`` of them per
+    source family (so each family, e.g. MEAD or GRID, has held-out people when it has >= 2)."""
+    uniq = sorted(set(groups.tolist()))
+    val = set()
+    fams: dict[str, list[str]] = {}
+    for g in uniq:
+        fams.setdefault(g.split(":")[0], []).append(g)
+    for fam, gs in sorted(fams.items()):
+        if len(gs) < 2:
+            continue
+        # Stable per-identity hash: the split does not depend on which files are present.
+        ranked = sorted(gs, key=lambda g: hashlib.sha256(f"{seed}:{g}".encode()).hexdigest())
+        val.update(ranked[:max(1, round(len(gs) * val_share))])
+    return np.array([g in val for g in groups.tolist()])

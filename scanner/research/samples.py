@@ -1,0 +1,82 @@
+"""Training and validation samples: real faces and fakes made on the fly from them.
+
+A sample is drawn deterministically from ``(seed, epoch, index)``: a cached
+real face, and with probability 1/2 a fake made from it: a self-blended image
+(:func:`scanner.synth.self_blend` with :data:`scanner.synth.TRAIN_BLEND`,
+global or partial mask) or a multi-scale swap with another identity
+(:func:`.mfs.mfs_swap`). Then a random flip, real-world degradations
+(:func:`.augment.train_augment`) and a resize to the model's input.
+Validation samples use the same fakes without degradations.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+
+from ..synth import TRAIN_BLEND, self_blend
+from .augment import train_augment
+from .data import FaceCache
+from .mfs import mfs_swap
+
+FLIP_LM = [1, 0, 2, 4, 3]  # left/right eye and mouth corner swap under a horizontal flip
+KIND_REAL, KIND_SBI, KIND_MFS = 0, 1, 2
+
+
+def make_fake(cache: FaceCache, i: int, pool: np.ndarray, groups: np.ndarray, rng: np.random.Generator,
+              p_mfs: float) -> tuple[np.ndarray, tuple[int, int, int, int], int]:
+    """Fake of cached face ``i``: ``(image, box (x0, y0, x1, y1), kind)``; the MFS donor is a
+    face of ``pool`` with another identity."""
+    img, lm = np.asarray(cache.crops[i]), cache.landmarks[i]
+    if rng.random() < p_mfs:
+        for _ in range(10):
+            j = int(pool[rng.integers(len(pool))])
+            if groups[j] != groups[i]:
+                fake, box = mfs_swap(img, np.asarray(cache.crops[j]), lm, rng)
+                return fake, box, KIND_MFS
+    mode = "global" if rng.random() < 0.6 else "partial"
+    fake, box, _ = self_blend(img, lm, mode, rng, TRAIN_BLEND)
+    return fake, box, KIND_SBI
+
+
+def _flip(img: np.ndarray, box) -> tuple[np.ndarray, tuple]:
+    w = img.shape[1]
+    return np.ascontiguousarray(img[:, ::-1]), (w - box[2], box[1], w - box[0], box[3])
+
+
+class FaceSamples(torch.utils.data.Dataset):
+    """``epoch_len`` samples per epoch from the faces ``pool`` of ``cache``.
+
+    Item: ``(x uint8 (3, size, size), label float32 (0 real, 1 fake), box float32 (4,)
+    x0 y0 x1 y1 as fractions of the crop or -1 for reals, kind int64)``.
+    """
+
+    def __init__(self, cache: FaceCache, pool: np.ndarray, size: int, epoch_len: int, seed: int,
+                 train: bool = True, p_mfs: float = 0.35):
+        self.cache, self.pool, self.size = cache, np.asarray(pool), size
+        self.epoch_len, self.seed, self.train, self.p_mfs = epoch_len, seed, train, p_mfs
+        self.epoch = 0
+        self.groups = cache.groups
+
+    def __len__(self) -> int:
+        return self.epoch_len
+
+    def __getitem__(self, k: int):
+        # Validation samples are the same every epoch; training ones differ per epoch.
+        rng = np.random.default_rng([self.seed, self.epoch if self.train else 10**6, k])
+        i = int(self.pool[k % len(self.pool)] if not self.train else self.pool[rng.integers(len(self.pool))])
+        fake = (k % 2 == 1) if not self.train else rng.random() < 0.5
+        if fake:
+            img, box, kind = make_fake(self.cache, i, self.pool, self.groups, rng, self.p_mfs)
+        else:
+            img, box, kind = np.asarray(self.cache.crops[i]), (-1, -1, -1, -1), KIND_REAL
+        if self.train:
+            if rng.random() < 0.5:
+                img, box = _flip(img, box) if fake else (np.ascontiguousarray(img[:, ::-1]), box)
+            img = train_augment(img, rng)
+        s = img.shape[0]
+        if self.size != s:
+            img = cv2.resize(img, (self.size, self.size), interpolation=cv2.INTER_AREA)
+        x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
+        b = torch.tensor(box, dtype=torch.float32) / (s if fake else 1)
+        return x, torch.tensor(float(fake)), b, torch.tensor(kind)

