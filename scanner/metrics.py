@@ -1,14 +1,17 @@
-"""Prometheus metrics of batch scans, all defined here.
+"""Every Prometheus metric of dfscan, batch scans and the live service, defined here.
 
 Naming: ``dfscan_`` prefix, base units (seconds), ``_total`` counters, and no
 file paths or ids as label values (label sets stay small and bounded).
-A dedicated registry keeps scans embeddable and testable.
+Batch scans use the module registry ``REGISTRY``; each live service gets its own
+registry (:class:`LiveMetrics`), so scans and services stay embeddable and testable.
 """
 from __future__ import annotations
 
 import platform
+import threading
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, Info, start_http_server
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest,
+                               start_http_server)
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -78,3 +81,129 @@ def record_row(row: dict) -> None:
             STAGE_SECONDS.labels(stage=stage).observe(secs)
     if "total" in (row.get("timings") or {}):
         VIDEO_SECONDS.observe(row["timings"]["total"])
+
+
+# -- live service (dfscan serve / watch) ---------------------------------------------------
+# Each service owns its own CollectorRegistry, so tests and embedded services never collide
+# with the batch scanner's series above. Per-stream series carry a ``stream`` label whose
+# value is always a *configured stream name* (validated, never a URL) and are removed with
+# the stream, so label cardinality is bounded by the config.
+
+STATES = ("connecting", "live", "stalled", "backoff", "stopped")
+TRANSPORTS = ("tcp", "udp", "udp_multicast", "http", "https")  # RTSP lower transports (bounded label values)
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0)
+
+
+class StreamMetrics:
+    """The per-stream children of :class:`LiveMetrics` (labels already bound)."""
+
+    def __init__(self, m: "LiveMetrics", name: str):
+        self.name = name
+        self._m = m
+        self.decoded = m.decoded.labels(name)
+        self.sampled = m.sampled.labels(name)
+        self.dropped = m.dropped.labels(name)
+        self.reconnects = m.reconnects.labels(name)
+        self.errors = m.errors.labels(name)
+        self.faces = m.faces.labels(name)
+        self.alerts = m.alerts.labels(name)
+        self.score = m.score.labels(name)
+        self.fake = m.fake.labels(name)
+        self.heartbeat_age = m.heartbeat_age.labels(name)
+        self.latency = m.latency.labels(name)
+
+    closed = False  # set when the stream is removed: late calls must not re-create its series
+
+    def set_state(self, state: str) -> None:
+        if self.closed:
+            return
+        for s in STATES:
+            self._m.state.labels(self.name, s).set(1.0 if s == state else 0.0)
+
+    def set_transport(self, transport: str | None) -> None:
+        """1 for the RTSP transport in use (what ``auto`` negotiated), 0 for the others."""
+        if self.closed or transport not in TRANSPORTS:
+            return
+        for t in TRANSPORTS:
+            self._m.transport.labels(self.name, t).set(1.0 if t == transport else 0.0)
+
+
+class LiveMetrics:
+    """All live metrics, registered on a private registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = r = registry or CollectorRegistry()
+        s = ["stream"]
+        self.state = Gauge("dfscan_stream_state", "1 for the stream's current state, else 0", s + ["state"], registry=r)
+        self.decoded = Counter("dfscan_stream_frames_decoded_total", "Frames decoded", s, registry=r)
+        self.sampled = Counter("dfscan_stream_frames_sampled_total", "Frames sampled for analysis", s, registry=r)
+        self.dropped = Counter(
+            "dfscan_stream_frames_dropped_total", "Sampled frames dropped (buffer full, oldest first)", s, registry=r
+        )
+        self.reconnects = Counter("dfscan_stream_reconnects_total", "Reconnect attempts after EOF/error/stall", s, registry=r)
+        self.errors = Counter("dfscan_stream_errors_total", "Open/read/decode errors", s, registry=r)
+        self.faces = Counter("dfscan_stream_faces_total", "Face crops scored", s, registry=r)
+        self.alerts = Counter("dfscan_stream_alerts_total", "Verdict changes to fake", s, registry=r)
+        self.score = Gauge("dfscan_stream_score_ratio", "Rolling P(fake) of the stream (0..1)", s, registry=r)
+        self.fake = Gauge("dfscan_stream_fake", "1 while the stream verdict is fake", s, registry=r)
+        self.heartbeat_age = Gauge("dfscan_stream_heartbeat_age_seconds", "Seconds since the last decoded frame", s, registry=r)
+        self.latency = Histogram(
+            "dfscan_stream_frame_to_verdict_seconds", "Decode-to-verdict latency of sampled frames", s,
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        d = ["device"]
+        self.batch_frames = Histogram(
+            "dfscan_stream_batch_frames", "Frames per inference batch", d,
+            buckets=(1, 2, 4, 8, 16, 32, 64), registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "dfscan_stream_batch_seconds", "Wall time of one inference batch (faces + detector)", d, registry=r
+        )
+        k = ["sink"]
+        self.sink_events = Counter("dfscan_stream_sink_events_total", "Events delivered by a sink", k, registry=r)
+        self.sink_failures = Counter("dfscan_stream_sink_failures_total", "Failed deliveries (after retries)", k, registry=r)
+        self.sink_dropped = Counter("dfscan_stream_sink_dropped_total", "Events dropped, sink queue full", k, registry=r)
+        self.transport = Gauge("dfscan_stream_transport_info", "1 for the RTSP lower transport in use, else 0",
+                               s + ["transport"], registry=r)
+        self.streams = Gauge("dfscan_stream_configured", "Number of configured streams", registry=r)
+        self._children: dict[str, StreamMetrics] = {}
+        self._lock = threading.Lock()
+
+    def stream(self, name: str) -> StreamMetrics:
+        with self._lock:
+            if name not in self._children:
+                self._children[name] = StreamMetrics(self, name)
+                self._children[name].set_state("connecting")
+                self.streams.set(len(self._children))
+            return self._children[name]
+
+    def remove_stream(self, name: str) -> None:
+        """Drop every series of ``name`` so removed streams stop being exported."""
+        with self._lock:
+            child = self._children.pop(name, None)
+            if child is None:
+                return
+            child.closed = True
+            self._remove_series(name)
+            self.streams.set(len(self._children))
+
+    def _remove_series(self, name: str) -> None:
+        for metric in (self.decoded, self.sampled, self.dropped, self.reconnects, self.errors, self.faces,
+                       self.alerts, self.score, self.fake, self.heartbeat_age, self.latency):
+            try:
+                metric.remove(name)
+            except KeyError:
+                pass
+        for s in STATES:
+            try:
+                self.state.remove(name, s)
+            except KeyError:
+                pass
+        for t in TRANSPORTS:
+            try:
+                self.transport.remove(name, t)
+            except KeyError:
+                pass
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
