@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 CLIPS = [ROOT / "scanner/samples/d5.mp4", ROOT / "scanner/samples/d7.mp4", ROOT / "tests/data/d1.mp4",
          ROOT / "tests/data/d2.mp4", ROOT / "tests/data/d18.mp4"]
+CROWD = ROOT.parent / "shared/media/crowd_1080p.mp4"  # several faces: one timeline line per track
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--proxy-server=http://127.0.0.1:9"]
 
@@ -47,7 +48,7 @@ def _shoot(url: str, png: Path, chromium: str, wait_for: str | None = None, heig
 def report(tmp: Path, chromium: str) -> None:
     vids = tmp / "videos"
     vids.mkdir()
-    for c in CLIPS:
+    for c in CLIPS + ([CROWD] if CROWD.exists() else []):
         shutil.copy(c, vids / c.name)
     (vids / "notes.mp4").write_text("meeting notes, not a video\n" * 20)
     results = tmp / "results.jsonl"

@@ -50,7 +50,15 @@ def run_report(args) -> int:
     opts = ReportOptions(top_k=args.top_k, open_sections=args.open_sections, video_root=args.video_root,
                          verify_hash=args.verify_hash, thumbnails=args.thumbnails and args.top_k > 0,
                          explain=args.explain, weights=args.weights, device=args.device)
-    stats = write_report(src, out, opts)
+    if sys.stderr.isatty():
+        from rich.console import Console
+        from rich.progress import Progress
+
+        with Progress(console=Console(stderr=True), transient=True) as prog:
+            task = prog.add_task("rendering", total=None)
+            stats = write_report(src, out, opts, progress=lambda n, total: prog.update(task, completed=n, total=total))
+    else:
+        stats = write_report(src, out, opts)
     print(f"{out}: {stats['videos']} videos, {stats['bytes'] / 1e6:.2f} MB"
           + (f" ({stats['bad_lines']} unreadable lines skipped)" if stats["bad_lines"] else ""))
     return EXIT_OK

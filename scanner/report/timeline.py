@@ -69,7 +69,7 @@ def _series(points, t_max: float, colour: str, cls: str, label: str, dots: bool)
 
 
 def timeline_svg(row: dict, threshold: float | None) -> str | None:
-    """SVG markup for ``row`` (``None`` without per-frame details)."""
+    """SVG markup for ``row`` (and a legend of its face tracks); ``None`` without per-frame details."""
     frames = row.get("frames_detail")
     if not frames:
         return None
@@ -77,9 +77,15 @@ def timeline_svg(row: dict, threshold: float | None) -> str | None:
     body = [_axes(t_max, threshold)]
     scored = [(fr.get("time_s") or 0.0, fr["score"]) for fr in frames if fr.get("score") is not None]
     tracks = face_tracks(frames)
+    legend = ""
     if len(tracks) > 1:
-        for n, (tid, pts) in enumerate(sorted(tracks.items(), key=lambda kv: -len(kv[1]))[:MAX_TRACKS]):
+        shown = sorted(tracks.items(), key=lambda kv: -len(kv[1]))[:MAX_TRACKS]  # longest first
+        for n, (tid, pts) in enumerate(shown):
             body.append(_series(pts, t_max, TRACK_COLOURS[n], "track", f"face track {tid}", True))
+        keys = "".join(f'<span style="color:{TRACK_COLOURS[n]}">&#9679; face track {tid}</span> '
+                       for n, (tid, _) in enumerate(shown))
+        more = f" ({len(tracks) - len(shown)} shorter tracks not drawn)" if len(tracks) > len(shown) else ""
+        legend = f'<p class="legend tracks">{keys}<span>&#9644; frame score</span>{more}</p>'
     body.append(_series(scored, t_max, "#222", "frame-score", "frame score", len(tracks) <= 1))
     empty = [fr.get("time_s") or 0.0 for fr in frames if fr.get("score") is None]
     for t in empty:  # sampled frames without a face: a tick on the time axis
@@ -87,7 +93,7 @@ def timeline_svg(row: dict, threshold: float | None) -> str | None:
         body.append(f'<line class="noface" x1="{x}" x2="{x}" y1="{H - PAD_B}" y2="{H - PAD_B + 4}" '
                     f'stroke="#999"><title>t={t:.2f} s: no face</title></line>')
     return (f'<svg class="timeline" viewBox="0 0 {W} {H}" width="{W}" height="{H}" role="img" '
-            f'aria-label="P(fake) per sampled frame">{"".join(body)}</svg>')
+            f'aria-label="P(fake) per sampled frame">{"".join(body)}</svg>{legend}')
 
 
 def _axes(t_max: float, threshold: float | None) -> str:
