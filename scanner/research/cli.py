@@ -40,8 +40,9 @@ def _train(args) -> int:
     from .data import CacheConfig, build_cache
     from .train import TrainConfig, train
 
-    cache = Path(args.cache)
-    if not (cache / "crops.npy").is_file():
+    caches = [Path(c) for c in args.cache]
+    cache = caches[0]
+    if len(caches) == 1 and not (cache / "crops.npy").is_file():
         from engines.detectors.effnet_lite import lite_spec
 
         roots = args.data or [f"{MEDIA}/train_real", f"{MEDIA}/portrait", f"{MEDIA}/train_stills"]
@@ -55,7 +56,7 @@ def _train(args) -> int:
     cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             TextColumn("{task.fields[info]}"))
     with Progress(*cols, disable=args.quiet) as progress:
-        card = train(cfg, cache, args.out, lambda loader, ep: _Bar(loader, ep, cfg.epochs, progress))
+        card = train(cfg, caches, args.out, lambda loader, ep: _Bar(loader, ep, cfg.epochs, progress))
     print(f"best validation AUC {card['best_val_auc']:.4f} (epoch {card['best_epoch']}); "
           f"weights {args.out}/best.safetensors, card {args.out}/card.json")
     return 0
@@ -69,7 +70,8 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                    help="effnet_lite0_sbi, effnet_lite2_sbi, effnet_lite0_adm, or a test_* variant")
     p.add_argument("--data", nargs="*", help=f"real face videos/photos or folders (default {MEDIA}/train_real, "
                                              "portrait, train_stills)")
-    p.add_argument("--cache", default=_default_cache(), help="face-crop cache folder (built when missing)")
+    p.add_argument("--cache", nargs="+", default=[_default_cache()],
+                   help="face-crop cache folder (built from --data when missing), or several built ones")
     p.add_argument("--cache-frames", type=int, default=24, help="frames per clip in the cache (default 24)")
     p.add_argument("--init", help="ImageNet backbone (.safetensors/.pth) or a trained detector to start from")
     p.add_argument("--size", type=int, help="input side (binary models; default 160)")

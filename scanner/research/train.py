@@ -129,7 +129,7 @@ def loss_of(model, out, y, box):
 
         return adm_loss(out, y, box)
     loss = torch.nn.functional.binary_cross_entropy_with_logits(out.float(), y)
-    return loss, {"cls": float(loss)}
+    return loss, {"cls": loss.item()}
 
 
 @torch.inference_mode()
@@ -236,7 +236,7 @@ def train(cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, progress
         if cfg.max_minutes and (time.time() - t_start) / 60 > cfg.max_minutes:
             break
     card = {"arch": cfg.arch, "input_size": size, "recipe": asdict(cfg), "git_commit": _git_commit(),
-            "data": {"cache": str(cache_dir), "faces": len(cache), "train_faces": int(len(tr_pool)),
+            "data": {"cache": [str(c) for c in ([cache_dir] if isinstance(cache_dir, (str, Path)) else cache_dir)], "faces": len(cache), "train_faces": int(len(tr_pool)),
                      "val_faces": int(len(va_pool)), "identities": len(set(cache.groups.tolist())),
                      "val_identities": sorted(set(cache.groups[va_pool].tolist()))},
             "history": history, "best_val_auc": best,
