@@ -192,14 +192,14 @@ def test_any_exception_in_one_video_is_an_internal_error_row(ctx, monkeypatch, e
     if exc == "av":  # a PyAV error that is neither OSError nor ValueError
         assert not issubclass(av.error.ExternalError, (OSError, ValueError, RuntimeError))
         exc = av.error.ExternalError(1, "injected")
-    real_detect = type(ctx.faces).detect
+    real_align = pipeline.align_faces
 
-    def detect(self, frames):
-        if frames[0].image.shape[0] == 512:  # only d1.mp4 (512 px); d18 is 480 px
+    def align_faces(images, *args, **kw):
+        if images[0].shape[0] == 512:  # only d1.mp4 (512 px); d18 is 480 px
             raise exc
-        return real_detect(self, frames)
+        return real_align(images, *args, **kw)
 
-    monkeypatch.setattr(type(ctx.faces), "detect", detect)
+    monkeypatch.setattr(pipeline, "align_faces", align_faces)
     rows = list(pipeline.scan_paths([DATA / "d1.mp4", DATA / "d18.mp4"], ctx=ctx))
     assert [r["verdict"] for r in rows][0] == "error"
     err = rows[0]["error"]
