@@ -1,15 +1,24 @@
-"""How many concurrent 720p live streams this machine sustains.
+"""How many concurrent 720p live streams this machine sustains, per protocol.
 
-Each stream is a real H.264 1280x720 25 fps MPEG-TS served over loopback HTTP by
-:class:`scanner.live.publish.HttpTsPublisher` (a face clip re-encoded to 720p,
-looped), decoded by the live service and sampled at ``--sample-fps`` (default
-2). For N = 1, 2, ... streams the service runs ``--warmup`` s, then for
-``--seconds`` s every analysed frame's decode-to-verdict latency is recorded.
-N is *sustained* when p95 latency < ``--p95-max`` (1 s), no sampled frame was
-dropped, and the analysed rate is >= 90 % of N x sample_fps. The search stops at
-the first N that is not sustained.
+Each stream is a real H.264 1280x720 25 fps stream of a face clip (``--clip``,
+default the bundled ``scanner/samples/d5.mp4``, re-encoded to 720p and looped),
+served on loopback over ``--protocol``:
+
+* ``http``: MPEG-TS over HTTP by :class:`scanner.live.publish.HttpTsPublisher`;
+* ``rtsp``: VLC (``cvlc``) serving RTSP, RTP over UDP (reached through the
+  default ``rtsp_transport: auto``, which VLC's 461 to TCP sends to UDP).
+
+The live service decodes every stream and samples it at ``--sample-fps``
+(default 2). For each N of ``--counts`` (default 1, 2, ..., ``--max-streams``)
+it runs ``--warmup`` s, then records every analysed frame's decode-to-verdict
+latency for ``--seconds`` s. N is *sustained* when p95 latency < ``--p95-max``
+(1 s), no sampled frame was dropped, and the analysed rate is >= 90 % of
+N x sample_fps; the search stops at the first N that is not. Then the server is
+killed and restarted ``--reconnect-cycles`` times and hung once (timed).
 
     python bench/live_capacity.py --out bench/results/live_capacity_cpu.json
+    nice python bench/live_capacity.py --protocol http,rtsp --counts 1,2,4,6,8 \
+        --out bench/results/live_capacity_protocols.json
 """
 from __future__ import annotations
 
@@ -17,7 +26,11 @@ import argparse
 import json
 import os
 import platform
+import shutil
+import signal
+import socket
 import sys
+import tempfile
 import threading
 import time
 from datetime import datetime, timezone
@@ -28,10 +41,62 @@ import torch
 
 from scanner.config import DEFAULT_DETECTOR
 from scanner.live.config import parse_config
-from scanner.live.publish import HttpTsPublisher, transcode_clip
+from scanner.live.publish import HttpTsPublisher, transcode_clip, vlc_rtsp
 from scanner.live.service import LiveService
 
-CLIP = "/work/shared/media/portrait/d5.mp4"
+ROOT = Path(__file__).resolve().parents[1]
+CLIP = ROOT / "scanner" / "samples" / "d5.mp4"  # bundled real face clip
+PROTOCOLS = {"http": "MPEG-TS over loopback HTTP (scanner.live.publish.HttpTsPublisher)",
+             "rtsp": "RTSP from VLC (cvlc, as nobody), RTP over UDP via rtsp_transport auto"}
+
+
+class HttpServer:
+    """The in-process HTTP MPEG-TS publisher; hang = keep sockets open, send nothing."""
+
+    def __init__(self, clip: str, workdir: Path):
+        self.ts = transcode_clip(clip, 1280, 720, fps=25, seconds=4.0)
+        self.pub = HttpTsPublisher(self.ts)
+        self.url = None
+
+    def start(self):
+        self.pub.start()
+        self.url = self.pub.url
+        return self
+
+    def stop(self):
+        self.pub.stop()
+
+    def hang(self, on: bool):
+        (self.pub.paused.set if on else self.pub.paused.clear)()
+
+
+class RtspServer:
+    """VLC serving the 720p clip over RTSP; hang = SIGSTOP the server (a frozen camera)."""
+
+    def __init__(self, clip: str, workdir: Path):
+        if shutil.which("cvlc") is None:
+            raise SystemExit("--protocol rtsp needs VLC (Debian: vlc-bin vlc-plugin-base)")
+        mp4 = workdir / "clip720.mp4"
+        mp4.write_bytes(transcode_clip(clip, 1280, 720, fps=25, seconds=4.0, fmt="mp4"))
+        mp4.chmod(0o644)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.server = vlc_rtsp(mp4, port, workdir / "vlc.log")
+        self.url = f"rtsp://127.0.0.1:{port}/live"
+
+    def start(self):
+        self.server.start()
+        return self
+
+    def stop(self):
+        self.server.stop()
+
+    def hang(self, on: bool):
+        os.killpg(self.server.proc.pid, signal.SIGSTOP if on else signal.SIGCONT)
+
+
+SERVERS = {"http": HttpServer, "rtsp": RtspServer}
 
 
 class TimedService(LiveService):
@@ -103,6 +168,7 @@ def run_n(n: int, url: str, a) -> dict:
         "decode_fps_per_stream": round(np.mean([after[k]["fps"] for k in after]), 1),
         "faces_last_frame": [after[k]["faces"] for k in sorted(after)],
         "states": sorted({after[k]["state"] for k in after}),
+        "loadavg_1m": round(os.getloadavg()[0], 2),
     }
     res["sustained"] = bool(res["latency_p95_s"] < a.p95_max and dropped == 0
                             and rate >= 0.9 * n * a.sample_fps)
@@ -127,13 +193,12 @@ def _wait(pred, timeout: float) -> float | None:
     return None
 
 
-def measure_reconnects(ts: bytes, a, cycles: int) -> dict:
-    """Kill/restart a publisher ``cycles`` times (default backoff settings); time each phase."""
-    pub = HttpTsPublisher(ts).start()
+def measure_reconnects(server, a, cycles: int) -> dict:
+    """Kill/restart ``server`` ``cycles`` times (default backoff settings); time each phase."""
     cfg = parse_config({"api": {"enabled": False},
                         "model": {"detector": a.detector, "engine": a.engine, "devices": [a.device]},
                         "defaults": {"sample_fps": a.sample_fps},
-                        "streams": [{"name": "r", "url": pub.url}]})
+                        "streams": [{"name": "r", "url": server.url}]})
     svc = LiveService(cfg).start()
     src = svc._streams["r"].source
     rows = []
@@ -144,39 +209,61 @@ def measure_reconnects(ts: bytes, a, cycles: int) -> dict:
         for _ in range(cycles):
             connects = src.stats.connects
             t0 = time.monotonic()
-            pub.stop()
-            t_drop = _wait(lambda: src.state in ("backoff", "connecting"), 30)
+            server.stop()
+            t_drop = _wait(lambda: src.state in ("stalled", "backoff", "connecting"), 30)
             t_drop = t_drop is not None and time.monotonic() - t0
-            time.sleep(1.0)  # publisher down for 1 s
+            time.sleep(1.0)  # server down for 1 s
             t1 = time.monotonic()
-            pub.start()
+            server.start()
             t_back = _wait(lambda: src.state == "live" and src.stats.connects > connects, 60)
             t_back = t_back is not None and time.monotonic() - t1
-            rows.append({"eof_to_backoff_s": t_drop and round(t_drop, 3),
+            rows.append({"down_to_not_live_s": t_drop and round(t_drop, 3),
                          "restart_to_live_s": t_back and round(t_back, 3)})
             time.sleep(2)
         end = _threads_rss()
-        pub.paused.set()  # a hung publisher: socket open, no data
-        t_stall = _wait(lambda: src.state == "stalled", 30)
-        pub.paused.clear()
+        server.hang(True)  # a hung server: connection open, no data
+        t_stall = _wait(lambda: src.state != "live", 30)  # stalled (watchdog) or backoff (FFmpeg's timeout)
+        server.hang(False)
         t_live = _wait(lambda: src.state == "live", 60)
     finally:
         svc.stop()
-        pub.stop()
     return {"cycles": rows, "threads_before_after": [start[0], end[0]],
             "rss_mb_before_after": [round(start[1], 1), round(end[1], 1)],
-            "hung_publisher_to_stalled_s": t_stall and round(t_stall, 2),
+            "hung_server_to_not_live_s": t_stall and round(t_stall, 2),
             "stalled_to_live_after_resume_s": t_live and round(t_live, 2),
+            "rtsp_transport": src.transport,
             "settings": cfg.defaults.model_dump(include={"stall_s", "backoff_initial_s", "backoff_max_s",
                                                          "backoff_jitter", "open_timeout_s"})}
 
 
+def run_protocol(protocol: str, a, workdir: Path) -> dict:
+    """Capacity search, then the reconnect drill, over one protocol."""
+    server = SERVERS[protocol](a.clip, workdir).start()
+    runs = []
+    try:
+        for n in a.counts:
+            r = run_n(n, server.url, a)
+            runs.append(r)
+            print(json.dumps({"protocol": protocol, **r}), flush=True)
+            if not r["sustained"]:
+                break
+        reconnect = measure_reconnects(server, a, a.reconnect_cycles) if a.reconnect_cycles else None
+    finally:
+        server.stop()
+    if reconnect:
+        print(json.dumps({"protocol": protocol, "reconnect": reconnect}), flush=True)
+    ok = [r["streams"] for r in runs if r["sustained"]]
+    return {"transport": PROTOCOLS[protocol], "max_sustained_streams": max(ok) if ok else 0,
+            "runs": runs, "reconnect": reconnect}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--protocol", default="http", help=f"comma list of {', '.join(PROTOCOLS)}")
     ap.add_argument("--detector", default=DEFAULT_DETECTOR)
     ap.add_argument("--engine", default="auto")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--clip", default=CLIP)
+    ap.add_argument("--clip", default=str(CLIP), help="face clip (default: the bundled scanner/samples/d5.mp4)")
     ap.add_argument("--sample-fps", type=float, default=2.0)
     ap.add_argument("--batch-frames", type=int, default=8)
     ap.add_argument("--max-wait-ms", type=float, default=50.0)
@@ -184,40 +271,38 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--p95-max", type=float, default=1.0)
     ap.add_argument("--max-streams", type=int, default=16)
+    ap.add_argument("--counts", default=None, help="stream counts to try, e.g. 1,2,4,8 (default 1..max-streams)")
     ap.add_argument("--reconnect-cycles", type=int, default=5, help="0 skips the reconnect measurement")
+    ap.add_argument("--note", default=None, help="free text stored in the JSON (e.g. machine load)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
+    protocols = [p.strip() for p in a.protocol.split(",") if p.strip()]
+    if not protocols or set(protocols) - set(PROTOCOLS):
+        ap.error(f"--protocol must be a comma list of {', '.join(PROTOCOLS)}")
+    if not Path(a.clip).is_file():
+        ap.error(f"clip not found: {a.clip}")
+    a.counts = ([int(x) for x in a.counts.split(",")] if a.counts else list(range(1, a.max_streams + 1)))
 
     info = machine()
-    ts = transcode_clip(a.clip, 1280, 720, fps=25, seconds=4.0)
-    pub = HttpTsPublisher(ts).start()
-    runs = []
+    workdir = Path(tempfile.mkdtemp(prefix="dfscan-bench-"))
+    workdir.chmod(0o777)  # VLC runs as nobody when we are root
     try:
-        for n in range(1, a.max_streams + 1):
-            r = run_n(n, pub.url, a)
-            runs.append(r)
-            print(json.dumps(r), flush=True)
-            if not r["sustained"]:
-                break
+        results = {p: run_protocol(p, a, workdir) for p in protocols}
     finally:
-        pub.stop()
-    reconnect = measure_reconnects(ts, a, a.reconnect_cycles) if a.reconnect_cycles else None
-    if reconnect:
-        print(json.dumps(reconnect), flush=True)
-    ok = [r["streams"] for r in runs if r["sustained"]]
+        shutil.rmtree(workdir, ignore_errors=True)
+    info["loadavg_1m_at_end"] = os.getloadavg()[0]
     out = {
         "benchmark": "live_capacity", "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": info,
+        "machine": info, "note": a.note,
         "setup": {"resolution": "1280x720", "source_fps": 25, "codec": "h264 (libx264 ultrafast, gop 25)",
-                  "transport": "MPEG-TS over loopback HTTP", "clip": Path(a.clip).name,
-                  "detector": a.detector, "engine": a.engine, "device": a.device, "sample_fps": a.sample_fps,
-                  "batch_frames": a.batch_frames, "max_wait_ms": a.max_wait_ms, "faces_max_side": 960,
-                  "warmup_s": a.warmup, "measure_s": a.seconds, "p95_max_s": a.p95_max,
+                  "clip": Path(a.clip).name, "detector": a.detector, "engine": a.engine, "device": a.device,
+                  "sample_fps": a.sample_fps, "batch_frames": a.batch_frames, "max_wait_ms": a.max_wait_ms,
+                  "faces_max_side": 960, "warmup_s": a.warmup, "measure_s": a.seconds, "p95_max_s": a.p95_max,
+                  "counts": a.counts, "server_runs_on": "the same machine (its CPU use counts against capacity)",
                   "latency": "decoder output -> rolling verdict updated (monotonic clock)",
                   "sustained_if": "p95 < p95_max and no dropped frames and analysed >= 90% of target"},
-        "max_sustained_streams": max(ok) if ok else 0,
-        "runs": runs,
-        "reconnect": reconnect,
+        "max_sustained_streams": {p: r["max_sustained_streams"] for p, r in results.items()},
+        "protocols": results,
         "command": " ".join([Path(sys.executable).name] + sys.argv),
     }
     print(json.dumps({"max_sustained_streams": out["max_sustained_streams"]}))

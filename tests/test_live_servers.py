@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -34,7 +33,9 @@ import av
 import pytest
 
 from scanner.live.config import parse_config
-from scanner.live.publish import transcode_clip
+from scanner.live.publish import ServerProcess as Proc
+from scanner.live.publish import port_open as listening
+from scanner.live.publish import transcode_clip, vlc_rtsp
 from scanner.live.service import LiveService
 from scanner.live.source import LiveSource, SourceSettings
 
@@ -66,48 +67,6 @@ def wait_for(pred, timeout: float, what: str, step: float = 0.05):
             return v
         time.sleep(step)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        return True
-    except OSError:
-        return False
-
-
-def as_unprivileged(argv: list[str]) -> list[str]:
-    """VLC refuses to run as root: drop to ``nobody`` when the tests run as root (CI)."""
-    if os.geteuid() != 0:
-        return argv
-    need("setpriv")
-    return ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--", *argv]
-
-
-class Proc:
-    """An external server process (own process group, killed with SIGKILL like a crash)."""
-
-    def __init__(self, argv: list[str], log: Path, ready=None, timeout: float = 10.0):
-        self.argv, self.log, self.ready, self.timeout = argv, log, ready, timeout
-        self.p: subprocess.Popen | None = None
-
-    def start(self) -> "Proc":
-        with open(self.log, "ab") as out:
-            self.p = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                      start_new_session=True, env={**os.environ, "HOME": str(self.log.parent)})
-        if self.ready is not None:
-            try:
-                wait_for(lambda: self.p.poll() is None and self.ready(), self.timeout, f"{self.argv[0]} ready")
-            except AssertionError:
-                self.stop()
-                raise AssertionError(f"{' '.join(self.argv)} did not start: {self.log.read_text()[-1500:]}")
-        return self
-
-    def stop(self) -> None:
-        if self.p is not None and self.p.poll() is None:
-            os.killpg(self.p.pid, signal.SIGKILL)
-            self.p.wait(10)
-        self.p = None
 
 
 class Group:
@@ -237,10 +196,8 @@ def drill(svc: LiveService, name: str, server, cycles: int = CYCLES) -> list[flo
 
 
 def vlc(media: Path, port: int, *extra: str) -> Proc:
-    need("cvlc")
-    argv = as_unprivileged(["cvlc", "-q", "--no-audio", str(media / "clip.mp4"), "--loop", "--sout-keep",
-                            "--sout", f"#rtp{{sdp=rtsp://127.0.0.1:{port}/live}}", *extra])
-    return Proc(argv, media / f"vlc-{port}.log", ready=lambda: listening(port))
+    need("cvlc", *(["setpriv"] if os.geteuid() == 0 else []))
+    return vlc_rtsp(media / "clip.mp4", port, media / f"vlc-{port}.log", *extra)
 
 
 def gst_rtsp(media: Path, port: int, lower: str = "tcp") -> Proc:
@@ -317,6 +274,34 @@ def test_rtsp_gstreamer_tcp_interleaved_and_http_tunnel(media):
     finally:
         svc.stop()
         server.stop()
+
+
+def test_rtsp_auto_renegotiates_when_the_server_changes(media, caplog):
+    """The camera behind a URL is replaced: VLC (UDP only) -> gst-rtsp-server (TCP only) on the
+    same port. ``auto`` remembered UDP, gets 461 for it, switches to TCP and stays live."""
+    caplog.set_level(logging.INFO, logger="scanner.live")
+    port = free_port()
+    first, second = vlc(media, port), gst_rtsp(media, port, "tcp")
+    first.start()
+    svc = service([{"name": "cam", "url": f"rtsp://127.0.0.1:{port}/live"}])
+    try:
+        assert go_live(svc, "cam")["transport"] == "udp"
+        connects = svc.describe("cam")["connects"]
+        first.stop()
+        second.start()
+        wait_for(lambda: svc.describe("cam")["connects"] > connects and svc.describe("cam")["state"] == "live",
+                 30, "live again over TCP")
+        scored = faces(svc, "cam")
+        wait_for(lambda: faces(svc, "cam") > scored, 15, "faces over TCP")
+        assert svc.describe("cam")["transport"] == "tcp"
+        assert metric(svc, "dfscan_stream_transport_info", "cam", transport="tcp") == 1.0
+        assert metric(svc, "dfscan_stream_transport_info", "cam", transport="udp") == 0.0
+        assert any("RTSP over UDP failed" in r.getMessage() and "trying TCP" in r.getMessage()
+                   for r in caplog.records)
+    finally:
+        svc.stop()
+        first.stop()
+        second.stop()
 
 
 def test_rtsp_credentials_on_real_server_never_leak(media, caplog):
@@ -405,7 +390,7 @@ class HlsOrigin:
                           "-c", "copy", "-f", "hls", "-hls_time", "1", "-hls_list_size", "3",
                           "-hls_flags", "delete_segments", str(folder / "live.m3u8")],
                          folder.parent / "ffmpeg-hls.log", ready=lambda: _media_sequence(self.playlist) >= 0,
-                         timeout=15)
+                         timeout_s=15)
 
     @property
     def playlist(self) -> Path:

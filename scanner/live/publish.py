@@ -8,13 +8,23 @@ re-encoding) paced to real time, looping with continuous timestamps.
 crashed camera); :meth:`start` again serves on the same port.
 
 ``python -m scanner.live.publish CLIP [--port P] [--size 1280x720]`` runs one.
+
+:class:`ServerProcess` runs an *external* server (VLC, nginx, ffmpeg...) the same
+way for the real-server tests and the benchmark: own process group, loopback,
+``stop()`` is a SIGKILL (a crash), ``start()`` again restarts it.
 """
 from __future__ import annotations
 
 import argparse
 import io
+import os
+import signal
+import socket
+import subprocess
 import threading
 import time
+from pathlib import Path
+from typing import Callable
 from fractions import Fraction
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -175,6 +185,62 @@ class UdpTsPublisher:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    """True when something accepts TCP connections on ``host:port``."""
+    try:
+        socket.create_connection((host, port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
+
+
+def unprivileged(argv: list[str]) -> list[str]:
+    """``argv`` run as ``nobody`` when we are root (VLC refuses to run as root)."""
+    if os.geteuid() != 0:
+        return argv
+    return ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--", *argv]
+
+
+class ServerProcess:
+    """An external server process; :meth:`start` waits until ``ready()`` (bounded)."""
+
+    def __init__(self, argv: list[str], log: str | Path, ready: Callable[[], bool] | None = None,
+                 timeout_s: float = 10.0):
+        self.argv, self.log, self.ready, self.timeout_s = argv, Path(log), ready, timeout_s
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "ServerProcess":
+        with open(self.log, "ab") as out:  # HOME: VLC writes its config there (nobody has none)
+            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True, env={**os.environ, "HOME": str(self.log.parent)})
+        end = time.monotonic() + self.timeout_s
+        while self.ready is not None and not (self.proc.poll() is None and self.ready()):
+            if time.monotonic() > end or self.proc.poll() is not None:
+                self.stop()
+                raise RuntimeError(f"{self.argv[0]} did not start: {self.log.read_text(errors='replace')[-1500:]}")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        """SIGKILL the whole process group (the server and anything it spawned)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        self.proc = None
+
+
+def vlc_rtsp(clip: str | Path, port: int, log: str | Path, *extra: str) -> ServerProcess:
+    """VLC serving ``clip`` in a loop at ``rtsp://127.0.0.1:PORT/live`` (RTP over UDP only:
+    VLC answers 461 to TCP interleaving). ``clip`` must be readable by ``nobody`` under root.
+
+    ``gather`` keeps one RTP session across loops: without it VLC ends the session (RTCP
+    BYE, an EOF for the client) each time the clip starts over.
+    """
+    argv = unprivileged(["cvlc", "-q", "--no-audio", str(clip), "--loop", "--sout-keep",
+                         "--sout", f"#gather:rtp{{sdp=rtsp://127.0.0.1:{port}/live}}", *extra])
+    return ServerProcess(argv, log, ready=lambda: port_open(port))
 
 
 def main() -> None:
