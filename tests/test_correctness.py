@@ -184,7 +184,7 @@ def test_unreadable_file_is_permission_for_an_unprivileged_user(tmp_path):
 
 @pytest.mark.parametrize("exc", [TypeError("t"), KeyError("k"), AssertionError("a"), ZeroDivisionError("z"),
                                  MemoryError("m"), "av"])
-def test_any_exception_in_one_video_is_an_internal_error_row(ctx, monkeypatch, exc):
+def test_any_exception_in_one_video_is_an_internal_error_row(ctx, monkeypatch, tmp_path, exc):
     import av
 
     from scanner import pipeline
@@ -195,16 +195,18 @@ def test_any_exception_in_one_video_is_an_internal_error_row(ctx, monkeypatch, e
     real_align = pipeline.align_faces
 
     def align_faces(images, *args, **kw):
-        if images[0].shape[0] == 512:  # only d1.mp4 (512 px); d18 is 480 px
+        if images[0].shape[0] == 512:  # only d1.mp4 (512 px), not the 120 px clip
             raise exc
         return real_align(images, *args, **kw)
 
     monkeypatch.setattr(pipeline, "align_faces", align_faces)
-    rows = list(pipeline.scan_paths([DATA / "d1.mp4", DATA / "d18.mp4"], ctx=ctx))
+    from conftest import make_video
+
+    rows = list(pipeline.scan_paths([DATA / "d1.mp4", make_video(tmp_path / "next.mp4", frames=8)], ctx=ctx))
     assert [r["verdict"] for r in rows][0] == "error"
     err = rows[0]["error"]
     assert err["kind"] == "internal" and err["message"].startswith(type(exc).__name__)
-    assert rows[1]["verdict"] in ("real", "fake")  # the scan went on
+    assert rows[1]["verdict"] == "no_face" and rows[1]["frames"] == 6  # the scan went on
 
 
 # -- 2/5 live: NaN never freezes a rolling verdict; one bad frame loses only itself ---------
