@@ -35,6 +35,10 @@ class ScanConfig(BaseModel):
     face_prob: float = Field(0.9, ge=0.0, le=1.0, description="minimum MTCNN face probability")
     max_faces: int = Field(4, ge=1, le=64, description="faces kept per frame, largest first")
     antialias: bool = True
+    region_search: bool = Field(True, description="search a sample only around the previous sample's faces")
+    full_search_every: int = Field(8, ge=1, le=10_000, description="whole-frame face search at least every N samples")
+    face_engine: Literal["auto", "eager", "onnxruntime"] = Field(
+        "auto", description="runs MTCNN's nets: auto (eager) | eager | onnxruntime (CPU)")
     # detector / engine
     detector: str = DEFAULT_DETECTOR
     weights: str | None = None

@@ -78,11 +78,13 @@ class FaceDetector:
             face with probability >= 0.9.
         min_prob: keep faces with probability >= this.
         max_faces: keep at most this many faces per frame, largest first.
+        engine: what runs the P/R/O-Nets: ``eager`` (facenet's torch nets), ``onnxruntime``
+            (CPU) or ``auto`` (see :mod:`scanner.mtcnn_engine`).
     """
 
     def __init__(self, device: str | torch.device = "cpu", max_side: int = 960, min_face: int = 64,
                  thresholds: Sequence[float] = (0.7, 0.8, 0.9), min_prob: float = 0.9,
-                 max_faces: int = 4):
+                 max_faces: int = 4, engine: str = "eager"):
         MTCNN = _load_mtcnn_class()
         self.max_side, self.min_face = max_side, min_face
         self.min_prob, self.max_faces = min_prob, max_faces
@@ -90,6 +92,9 @@ class FaceDetector:
         self.mtcnn = MTCNN(keep_all=True, thresholds=list(thresholds), device=torch.device(device),
                            post_process=False, select_largest=False)
         mtcnn_cascade.prepare_nets(self.mtcnn)
+        from .mtcnn_engine import use_face_engine
+
+        self.engine = use_face_engine(self.mtcnn, engine, str(device))
 
     def detect(self, frames: Sequence[Frame]) -> list[Faces]:
         """Detect faces in ``frames``; one :class:`Faces` per frame, in order."""

@@ -34,15 +34,17 @@ def _pyramid(h: int, w: int, minsize: int, factor: float) -> list[float]:
     return scales
 
 
-def _stage1(imgs: torch.Tensor, pnet, minsize: int, th: float, factor: float):
+def _stage1(imgs: torch.Tensor, pnet, minsize: int, th: float, factor: float, first_level: int = 0):
     dfm = _helpers()
     h, w = imgs.shape[2:]
     boxes, inds = [], []
     data = imgs
-    for scale in _pyramid(h, w, minsize, factor):
+    for level, scale in enumerate(_pyramid(h, w, minsize, factor)):
         # Each level is an area resize of the previous one (not of the full image):
         # 3-4x cheaper, the same box-filter result up to rounding of level sizes.
         data = F.interpolate(data, size=(int(h * scale + 1), int(w * scale + 1)), mode="area")
+        if level < first_level:  # small faces not wanted: the level is only a step to the next
+            continue
         reg, probs = pnet(_nhwc((data - 127.5) * 0.0078125))
         b, i = dfm.generateBoundingBox(reg, probs[:, 1], scale, th)
         pick = batched_nms(b[:, :4], b[:, 4], i, 0.5)
@@ -125,18 +127,22 @@ def _stage3(imgs, boxes, inds, onet, th: float):
 
 
 @torch.inference_mode()
-def detect(mtcnn, images: np.ndarray, minsize: int, thresholds, factor: float = 0.709):
+def detect(mtcnn, images: np.ndarray, minsize: int, thresholds, factor: float = 0.709,
+           first_level: int = 0):
     """Run the cascade on ``uint8 (B, H, W, 3)`` RGB images.
 
     Returns per image ``(boxes float32 (K, 5) [x1, y1, x2, y2, prob], points (K, 5, 2))``
-    in the input images' pixel coordinates.
+    in the input images' pixel coordinates. ``first_level`` > 0 runs P-Net only from that
+    pyramid level on (faces from ``minsize / factor**first_level`` up); the levels below
+    are still built, so the searched ones are exactly those of a full search.
     """
     device = next(mtcnn.pnet.parameters()).device
     if not images.flags.writeable:  # e.g. np.asarray(PIL image): torch wants writable memory
         images = images.copy()
     # One contiguous NCHW copy: roi_align would otherwise copy the batch on every call.
-    imgs = torch.as_tensor(images, device=device).permute(0, 3, 1, 2).float().contiguous()
-    boxes, inds = _stage1(imgs, mtcnn.pnet, minsize, thresholds[0], factor)
+    # (uint8 permute first: 4x less memory to shuffle than float, measured ~5x faster)
+    imgs = torch.as_tensor(images, device=device).permute(0, 3, 1, 2).contiguous().float()
+    boxes, inds = _stage1(imgs, mtcnn.pnet, minsize, thresholds[0], factor, first_level)
     boxes, inds = _stage2(imgs, boxes, inds, mtcnn.rnet, thresholds[1])
     boxes, inds, points = _stage3(imgs, boxes, inds, mtcnn.onet, thresholds[2])
     boxes, inds, points = boxes.cpu().numpy(), inds.cpu().numpy(), points.cpu().numpy()

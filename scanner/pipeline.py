@@ -32,6 +32,7 @@ from .align import align_faces, invert_affine, map_boxes
 from .config import ScanConfig
 from .decode import Frame, FrameSampler, VideoError, classify_os_error
 from .faces import FaceDetector, Faces
+from .region import region_search
 from .streaming import BoundedPrefetch, Inline
 
 log = logging.getLogger("dfscan")
@@ -84,7 +85,7 @@ def build_context(cfg: ScanConfig) -> ScanContext:
     engine = prepare_engine(detector, cfg.engine, precision=cfg.precision, batch_sizes=sizes,
                             device=cfg.device, warmup=warm)
     faces = FaceDetector(device=cfg.device, max_side=cfg.det_max_side, min_face=cfg.min_face,
-                         min_prob=cfg.face_prob, max_faces=cfg.max_faces)
+                         min_prob=cfg.face_prob, max_faces=cfg.max_faces, engine=cfg.face_engine)
     threshold = cfg.threshold if cfg.threshold is not None else detector.threshold
     metrics.set_build_info(cfg.detector, cfg.engine, cfg.device)
     return ScanContext(cfg, detector, engine, faces, threshold, engine.describe(), workers)
@@ -121,18 +122,20 @@ class _VideoState:
     crops: list[torch.Tensor] = field(default_factory=list)
     pending: list[_FaceRec] = field(default_factory=list)
     t: dict = field(default_factory=lambda: dict.fromkeys(("detect", "align", "infer", "aggregate"), 0.0))
+    region: object = None  # scanner.region.RegionSearch of this video (None: whole frames)
 
 
 def detect_and_align(batch: list[Frame], faces: FaceDetector, spec, device, antialias=True,
-                     timings: dict | None = None
+                     timings: dict | None = None, region=None
                      ) -> list[tuple[Frame, Faces, torch.Tensor, torch.Tensor]]:
     """Faces of a frame batch and their aligned crops (``(K, 3, S, S)`` float [0, 255]).
 
-    ``timings``, when given, accumulates seconds under ``detect`` and ``align``.
+    ``timings``, when given, accumulates seconds under ``detect`` and ``align``;
+    ``region`` (a per-video :class:`scanner.region.RegionSearch`) searches where faces were.
     """
     t = timings if timings is not None else {"detect": 0.0, "align": 0.0}
     t0 = time.perf_counter()
-    found = faces.detect(batch)
+    found = (region or faces).detect(batch)
     t1 = time.perf_counter()
     t["detect"] += t1 - t0
     out = [(fr, fc, *align_faces([fr.image], [0] * len(fc), fc.landmarks, spec, device, antialias))
@@ -165,7 +168,7 @@ def _infer(state: _VideoState, ctx: ScanContext) -> None:
 def _process_batch(batch: list[Frame], state: _VideoState, ctx: ScanContext) -> None:
     cfg = ctx.cfg
     for fr, fc, crops, mats in detect_and_align(batch, ctx.faces, ctx.detector.spec, ctx.device,
-                                                cfg.antialias, state.t):
+                                                cfg.antialias, state.t, state.region):
         pos = len(state.frames)
         state.frames.append({"index": fr.index, "time_s": round(fr.time_s, 4)})
         if len(fc) == 0:
@@ -246,7 +249,7 @@ def _analyse(path: Path, ctx: ScanContext, row: dict) -> dict:
     cfg = ctx.cfg
     pre = ctx.prestarted.pop(str(path), None)  # decoding began while the model loaded
     sampler = pre.sampler if pre else FrameSampler(path, cfg.frames, cfg.fps, cfg.det_max_side, cfg.seek)
-    state = _VideoState()
+    state = _VideoState(region=region_search(ctx.faces, cfg))
 
     def produce():
         if cfg.hash:

@@ -1,0 +1,139 @@
+"""MTCNN's three networks on the detectors' engines (``face_engine`` in the scan config).
+
+facenet-pytorch's P-Net, R-Net and O-Net are exported once to ONNX (TorchScript
+exporter, dynamic batch; P-Net also dynamic height and width, for the image
+pyramid) and cached in the engine cache (:class:`engines.cache.EngineCache`,
+keyed by the nets' weights and the torch/onnx versions, checksummed on every
+load). :class:`OrtNet` then stands in for each net inside the cascade of
+:mod:`scanner.mtcnn`, so the cascade code is the same whatever runs the nets.
+
+Engines:
+
+- ``eager``: facenet-pytorch's nets in PyTorch, channels_last (the default on
+  CPU: measured as fast as or faster than ONNX Runtime here, see the README).
+- ``onnxruntime``: ONNX Runtime's CPU provider (inputs/outputs go through host
+  memory, so it is CPU-only).
+
+:func:`net_parity` compares each engine net with facenet-pytorch's on the same
+inputs (``tests/test_mtcnn_engine.py``).
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+
+from engines.errors import EngineError, EngineUnavailable
+
+FACE_ENGINES = ("auto", "eager", "onnxruntime")
+# name -> (example input shape, output names, dynamic axes of the input).
+_NETS = {
+    "pnet": ((1, 3, 60, 80), ("reg", "prob"), {0: "batch", 2: "height", 3: "width"}),
+    "rnet": ((2, 3, 24, 24), ("reg", "prob"), {0: "batch"}),
+    "onet": ((2, 3, 48, 48), ("reg", "points", "prob"), {0: "batch"}),
+}
+
+
+def resolve_face_engine(name: str, device: str = "cpu") -> str:
+    """``auto`` -> ``eager`` (fastest measured on CPU; on CUDA the nets stay in torch)."""
+    if name not in FACE_ENGINES:
+        raise EngineError(f"unknown face engine {name!r}; choose from {', '.join(FACE_ENGINES)}")
+    if name == "onnxruntime" and torch.device(device).type != "cpu":
+        raise EngineUnavailable("face_engine onnxruntime runs on CPU only; use eager on CUDA")
+    return "eager" if name == "auto" else name
+
+
+def _ort():
+    try:
+        import onnxruntime as ort
+    except Exception as e:  # ImportError, or a broken native library
+        raise EngineUnavailable("onnxruntime is not installed: pip install 'dfscan[onnx]'") from e
+    return ort
+
+
+def _export(net: torch.nn.Module, name: str, path: Path) -> None:
+    shape, outs, axes = _NETS[name]
+    out_axes = {o: ({0: "batch", 2: "height", 3: "width"} if name == "pnet" else {0: "batch"}) for o in outs}
+    net = net.to(memory_format=torch.contiguous_format).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
+        torch.onnx.export(net, (torch.rand(shape),), str(path), dynamo=False, input_names=["x"],
+                          output_names=list(outs), dynamic_axes={"x": axes, **out_axes}, opset_version=17)
+
+
+def exported_net(net: torch.nn.Module, name: str, cache_dir: str | Path | None = None) -> Path:
+    """ONNX file of facenet's ``name`` net (``pnet``/``rnet``/``onet``), from the cache."""
+    import copy
+
+    import onnx
+
+    from engines.cache import EngineCache, cache_key, state_dict_hash
+
+    fields = {"kind": "mtcnn-onnx", "net": name, "weights": state_dict_hash(net),
+              "versions": {"torch": torch.__version__, "onnx": onnx.__version__}, "opset": 17}
+    cache = EngineCache(cache_dir)
+    key = cache_key(fields)
+    path, _ = cache.lookup(key, fields)
+    if path is None:
+        # Export a copy: the live net keeps its channels_last layout.
+        path = cache.store(key, fields, f"{name}.onnx", lambda p: _export(copy.deepcopy(net), name, p))
+    return path
+
+
+class OrtNet(torch.nn.Module):
+    """One MTCNN net on an ONNX Runtime CPU session, called like the torch net.
+
+    Input ``float32 (N, 3, H, W)`` normalised as facenet does ((x - 127.5) / 128),
+    any memory layout; outputs are the torch net's tuple, ``float32`` CPU tensors.
+    """
+
+    def __init__(self, path: Path, threads: int | None = None):
+        super().__init__()
+        ort = _ort()
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.intra_op_num_threads = threads or torch.get_num_threads()
+        so.enable_mem_pattern = False  # batch (and P-Net's size) change on every call
+        so.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise EngineError(f"onnxruntime could not load {path}: {e}") from e
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        # The cascade asks the nets for their device through parameters().
+        self.device_anchor = torch.nn.Parameter(torch.empty(0), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x = x.detach().to(torch.float32).contiguous()
+        if x.shape[0] == 0:
+            raise EngineError("empty batch")  # the cascade never calls with none
+        outs = self.session.run(self.outputs, {"x": x.numpy()})
+        return tuple(torch.from_numpy(o) for o in outs)
+
+
+def use_face_engine(mtcnn, engine: str, device: str = "cpu", cache_dir: str | Path | None = None) -> str:
+    """Swap ``mtcnn``'s nets for ``engine``'s (in place); returns the engine used."""
+    engine = resolve_face_engine(engine, device)
+    if engine == "onnxruntime":
+        for name in _NETS:
+            setattr(mtcnn, name, OrtNet(exported_net(getattr(mtcnn, name), name, cache_dir)))
+    return engine
+
+
+@torch.inference_mode()
+def net_parity(reference, candidate, seed: int = 0) -> dict[str, float]:
+    """Max |difference| of every output of each net on the same random inputs (P-Net at
+    two odd sizes, R/O-Net at batch 1 and 7)."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = {"pnet": [(1, 3, 37, 53), (3, 3, 120, 97)], "rnet": [(1, 3, 24, 24), (7, 3, 24, 24)],
+              "onet": [(1, 3, 48, 48), (7, 3, 48, 48)]}
+    out = {}
+    for name, sizes in shapes.items():
+        worst = 0.0
+        for s in sizes:
+            x = torch.rand(s, generator=g) * 2 - 1
+            a, b = getattr(reference, name)(x), getattr(candidate, name)(x)
+            worst = max(worst, *(float((p - q).abs().max()) for p, q in zip(a, b)))
+        out[name] = worst
+    return out

@@ -1,0 +1,63 @@
+"""MTCNN's nets on ONNX Runtime: parity with facenet-pytorch's nets, same faces, cached export."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import DATA
+from engines.errors import EngineError, EngineUnavailable
+from scanner.decode import Frame
+from scanner.faces import FaceDetector
+from scanner.mtcnn_engine import OrtNet, exported_net, net_parity, resolve_face_engine
+from scanner.region import same_faces
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def detectors(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("mtcnn-cache")
+    eager = FaceDetector(max_side=4096, min_face=30, max_faces=20)
+    ort = FaceDetector(max_side=4096, min_face=30, max_faces=20)
+    from scanner.mtcnn_engine import use_face_engine
+
+    assert use_face_engine(ort.mtcnn, "onnxruntime", "cpu", cache) == "onnxruntime"
+    return eager, ort, cache
+
+
+def test_onnx_nets_match_facenet_nets(detectors):
+    eager, ort, _ = detectors
+    assert all(isinstance(getattr(ort.mtcnn, n), OrtNet) for n in ("pnet", "rnet", "onet"))
+    diffs = net_parity(eager.mtcnn, ort.mtcnn)
+    assert set(diffs) == {"pnet", "rnet", "onet"}
+    assert max(diffs.values()) < 1e-4, diffs
+
+
+def test_onnx_cascade_finds_the_same_faces_on_a_real_photo(detectors):
+    eager, ort, _ = detectors
+    img = np.asarray(Image.open(DATA / "multiface.jpg").convert("RGB"))
+    a, b = eager.detect([Frame(0, 0.0, img)])[0], ort.detect([Frame(0, 0.0, img)])[0]
+    assert len(a) >= 4 and same_faces(a, b, iou=0.95)
+    assert np.allclose(a.probs, b.probs, atol=1e-3)
+    assert np.abs(a.landmarks - b.landmarks).max() < 0.5  # pixels
+
+
+def test_export_is_cached_and_a_corrupt_file_rebuilt(detectors):
+    eager, _, cache = detectors
+    path = exported_net(eager.mtcnn.rnet, "rnet", cache)
+    assert exported_net(eager.mtcnn.rnet, "rnet", cache) == path
+    stamp = path.stat().st_mtime_ns
+    path.write_bytes(b"garbage")
+    rebuilt = exported_net(eager.mtcnn.rnet, "rnet", cache)
+    assert rebuilt.stat().st_size > 1000 and rebuilt.stat().st_mtime_ns != stamp
+    OrtNet(rebuilt)  # loads
+
+
+def test_face_engine_names():
+    assert resolve_face_engine("auto", "cpu") == "eager"
+    assert resolve_face_engine("onnxruntime", "cpu") == "onnxruntime"
+    with pytest.raises(EngineUnavailable):
+        resolve_face_engine("onnxruntime", "cuda")
+    with pytest.raises(EngineError):
+        resolve_face_engine("tensorflow", "cpu")
