@@ -1,0 +1,128 @@
+"""Steps of ``bench/gpu/run.sh`` (CUDA): each a command with a time budget, all within one deadline.
+
+Every step runs in its own process with a timeout cut to what is left of
+``--budget`` seconds, so the whole run ends in time even when a step hangs; a
+step that fails or times out is recorded and the next one runs. The summary
+(``bench/results/gpu_run_cuda.json``) has the device details and, per step, the
+command, exit status, seconds and the JSON file it wrote.
+
+    python bench/gpu/run.py --plan      # print the steps (no GPU needed)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "bench" / "results"
+PY = sys.executable
+CLI = [PY, "-m", "scanner.cli"]
+# MesoNet weights shipped in the wheel; the F2F variants share the DF graphs (same speed),
+# so reduced precisions run on one of each architecture.
+DETECTORS = ["meso4_df", "meso4_f2f", "mesoinception4_df", "mesoinception4_f2f"]
+ARCHS = ["meso4_df", "mesoinception4_df"]
+ENGINES = ["eager", "eager-cl", "compile", "compile-cg", "onnxruntime", "ort-trt", "tensorrt"]
+BATCHES = ["1", "8", "32", "128"]
+
+
+def steps(clips: list[str]) -> list[dict]:
+    """(name, budget seconds, command, JSON written) of every step, in order."""
+    out = [{"name": "gpu_tests", "budget": 60, "json": None,
+            "cmd": [PY, "-m", "pytest", "-q", "-m", "gpu", "tests"]},
+           {"name": "nvdec", "budget": 25, "json": "nvdec_cuda.json",
+            "cmd": [PY, "bench/gpu/nvdec.py", "--out", "bench/results/nvdec_cuda.json", *clips]}]
+    for prec, dets, engines, budget in (("fp32", DETECTORS, ENGINES, 120), ("fp16", ARCHS, ENGINES, 50),
+                                        ("bf16", ARCHS, ["eager", "compile", "tensorrt"], 30)):
+        for det in dets:
+            out.append({"name": f"engines_{prec}_{det}", "budget": budget // len(dets),
+                        "json": f"engines_cuda_{prec}_{det}.json",
+                        "cmd": [*CLI, "bench", "--device", "cuda", "--precision", prec, "--detectors", det,
+                                "--engines", *engines, "--batch-sizes", *BATCHES, "--iters", "30", "--warmup", "5",
+                                "--allow-parity-failure", "--out", "bench/results",
+                                "--name", f"engines_cuda_{prec}_{det}"]})
+    out.append({"name": "pipeline", "budget": 60, "json": "pipeline_cuda.json",
+                "cmd": [*CLI, "bench", "--pipeline", *clips, "--device", "cuda", "--engines", "eager",
+                        "--batch-sizes", "32", "--out", "bench/results", "--name", "pipeline_cuda"]})
+    out.append({"name": "live_capacity", "budget": 90, "json": "live_capacity_cuda.json",
+                "cmd": [PY, "bench/live_capacity.py", "--device", "cuda", "--counts", "4,8,16,32",
+                        "--warmup", "4", "--seconds", "10", "--reconnect-cycles", "0",
+                        "--out", "bench/results/live_capacity_cuda.json"]})
+    return out
+
+
+def device_info() -> dict:
+    import torch
+
+    info = {"torch": torch.__version__, "cuda": torch.version.cuda, "python": sys.version.split()[0]}
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        info.update(name=p.name, memory_gib=round(p.total_memory / 2**30, 1),
+                    capability=f"{p.major}.{p.minor}", devices=torch.cuda.device_count())
+    try:
+        q = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,mig.mode.current",
+                            "--format=csv,noheader"], capture_output=True, text=True, timeout=10)
+        info["nvidia_smi"] = q.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        info["nvidia_smi"] = None
+    for mod in ("onnxruntime", "tensorrt", "torch_tensorrt", "av", "kornia", "facenet_pytorch"):
+        try:
+            info[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001 - absent or broken: recorded as such
+            info[mod] = None
+    return info
+
+
+def bench_clips() -> list[str]:
+    """The four clips of bench/scan_throughput.py (the 1080p portrait is made on the spot)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from scan_throughput import bench_clips as clips, shared_dir
+
+    return [str(c) for c in clips(shared_dir(os.environ.get("DFSCAN_SHARED")))]
+
+
+def run_step(step: dict, left: float) -> dict:
+    limit = max(1.0, min(step["budget"], left))
+    t0 = time.perf_counter()
+    try:
+        p = subprocess.run(step["cmd"], cwd=ROOT, timeout=limit, capture_output=True, text=True)
+        rc, tail = p.returncode, (p.stdout + p.stderr)[-1500:]
+    except subprocess.TimeoutExpired as e:
+        rc, tail = "timeout", ((e.stdout or b"")[-1500:]).decode(errors="replace") if e.stdout else ""
+    return {"name": step["name"], "cmd": " ".join(step["cmd"]), "limit_s": round(limit, 1), "rc": rc,
+            "seconds": round(time.perf_counter() - t0, 1), "json": step["json"], "output_tail": tail}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--budget", type=float, default=450.0, help="seconds for all steps together")
+    ap.add_argument("--plan", action="store_true", help="print the steps and exit")
+    ap.add_argument("--only", nargs="*", default=None, help="run only steps whose name starts with these")
+    args = ap.parse_args()
+    # The plan names the clips only; a real run makes the 1080p portrait if needed.
+    clips = ["crowd_1080p.mp4", "d6.mp4", "d13.mp4", "portrait_1080p.mp4"] if args.plan else bench_clips()
+    plan = [s for s in steps(clips) if not args.only or s["name"].startswith(tuple(args.only))]
+    if args.plan:
+        print(json.dumps([{k: s[k] for k in ("name", "budget", "cmd")} for s in plan], indent=1))
+        return 0
+    deadline = time.monotonic() + args.budget
+    summary = {"device": device_info(), "budget_s": args.budget, "steps": []}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for step in plan:
+        left = deadline - time.monotonic()
+        if left < 5:
+            summary["steps"].append({"name": step["name"], "rc": "skipped: time budget spent"})
+            continue
+        res = run_step(step, left)
+        summary["steps"].append(res)
+        print(f"{res['name']:32s} rc={res['rc']} {res['seconds']}s", flush=True)
+        (RESULTS / "gpu_run_cuda.json").write_text(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

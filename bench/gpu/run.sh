@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# One command for a lent CUDA machine: GPU tests + every GPU benchmark, within 8 minutes.
+#
+#   bash bench/gpu/run.sh            # from the repository root (a fresh copy is enough)
+#
+# Uses the Python that has torch (python3, or $PYTHON). Wheels that the machine lacks
+# (PyAV, kornia, facenet-pytorch, ... as prepared by ../shared/tools/gpu-wheels.sh into
+# .whl/) are installed into .site/ first. Results: bench/results/*_cuda.json, and a
+# summary of every step in bench/results/gpu_run_cuda.json. Without a CUDA device it
+# changes nothing and exits 0, saying why.
+set -u
+cd "$(dirname "$0")/../.."
+PY="${PYTHON:-python3}"
+
+if ! command -v "$PY" >/dev/null 2>&1; then
+  echo "bench/gpu/run.sh: no CUDA run: $PY not found"; exit 0
+fi
+if ! why="$("$PY" -c 'import torch, sys
+sys.exit(0) if torch.cuda.is_available() else print("torch %s sees no CUDA device" % torch.__version__)' 2>&1)"; then
+  echo "bench/gpu/run.sh: no CUDA run: cannot import torch ($why)"; exit 0
+fi
+if [ -n "$why" ]; then
+  echo "bench/gpu/run.sh: no CUDA run: $why; nothing to benchmark on this machine"; exit 0
+fi
+
+if compgen -G ".whl/*.whl" >/dev/null; then
+  echo "installing $(ls .whl/*.whl | wc -l) carried wheels into .site/"
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target .site .whl/*.whl \
+    || echo "warning: some carried wheels did not install"
+fi
+export PYTHONPATH="$PWD/.site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export DFSCAN_CACHE_DIR="${DFSCAN_CACHE_DIR:-${TMPDIR:-/tmp}/dfscan-gpu-cache}"
+exec "$PY" bench/gpu/run.py --budget "${DFSCAN_GPU_BUDGET_S:-450}" "$@"
