@@ -22,8 +22,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Iterable, Iterator
@@ -68,18 +66,13 @@ class _ScanWorker:
 
         return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(),
                 "engine_info": self.ctx.engine_info,
-                "detector": self.ctx.detector.name, "weights_hash": self.ctx.detector.weights_hash}
+                "detector": self.ctx.detector.name, "weights_hash": self.ctx.detector.weights_hash,
+                "threshold": self.ctx.threshold}
 
     def scan(self, path: str) -> dict:
         from .pipeline import scan_video
 
         return scan_video(path, self.ctx)
-
-
-@dataclass
-class _Job:
-    index: int
-    path: str  # as given (goes into the row)
 
 
 def connect(address: str, **init_kwargs) -> bool:
@@ -148,47 +141,53 @@ class RayScanContext:
         return [i["pid"] for i in ray.get([a.info.remote() for a in self.actors])]
 
     def rows(self, paths: Iterable[str | Path]) -> Iterator[dict]:
-        """One row per path, in completion order; lost workers' videos are rescanned."""
+        """One row per path, in completion order; lost workers' videos are rescanned.
+
+        ``paths`` is consumed lazily: at most ``RAY_IN_FLIGHT`` videos per actor are out.
+        """
         ray = _ray()
-        queue = deque(_Job(i, str(p)) for i, p in enumerate(paths))
+        todo = iter(paths)
         load = [0] * len(self.actors)
-        pending: dict = {}  # ObjectRef -> (actor index, job)
-        while queue or pending:
-            self._submit(queue, load, pending)
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            ref = ready[0]
-            k, job = pending.pop(ref)
+        pending: dict = {}  # ObjectRef -> (actor index, path as given)
+        while True:
+            self._submit(todo, load, pending)
+            if not pending:
+                return
+            ref = ray.wait(list(pending), num_returns=1)[0][0]
+            k, path = pending.pop(ref)
             load[k] -= 1
-            row = self._result(ref, job)
+            row = self._result(ref, path)
             _record(row)
             yield row
 
-    def _submit(self, queue: deque, load: list[int], pending: dict) -> None:
-        while queue and min(load) < RAY_IN_FLIGHT:
-            k = load.index(min(load))
-            job = queue.popleft()
-            pending[self.actors[k].scan.remote(os.path.abspath(job.path))] = (k, job)
+    def _submit(self, todo: Iterator, load: list[int], pending: dict) -> None:
+        while min(load) < RAY_IN_FLIGHT:
+            path = next(todo, None)
+            if path is None:
+                return
+            k = load.index(min(load))  # the least busy actor
+            pending[self.actors[k].scan.remote(os.path.abspath(path))] = (k, str(path))
             load[k] += 1
 
-    def _result(self, ref, job: _Job) -> dict:
+    def _result(self, ref, path: str) -> dict:
         ray = _ray()
         try:
             row = ray.get(ref)
         except ray.exceptions.RayActorError as e:  # Ray's retries on restarted actors ran out
-            return self._error_row(job, "worker_lost", f"the Ray worker died on each of "
+            return self._error_row(path, "worker_lost", f"the Ray worker died on each of "
                                    f"{self.cfg.ray_max_attempts} attempts ({type(e).__name__})")
         except ray.exceptions.RayError as e:  # scan_video returns error rows; this is a bug
-            return self._error_row(job, "internal", f"{type(e).__name__}: {e}".splitlines()[0])
-        row["path"] = job.path
+            return self._error_row(path, "internal", f"{type(e).__name__}: {e}".splitlines()[0])
+        row["path"] = path  # as given, like a local scan's rows (the worker got it absolute)
         return row
 
-    def _error_row(self, job: _Job, kind: str, message: str) -> dict:
+    def _error_row(self, path: str, kind: str, message: str) -> dict:
         try:
-            size = Path(job.path).stat().st_size
+            size = Path(path).stat().st_size
         except OSError:
             size = None
-        return {"path": job.path, "size_bytes": size, "sha256": None, "verdict": "error", "score": None,
-                "threshold": None, "frames": 0, "frames_with_faces": 0, "faces": 0,
+        return {"path": path, "size_bytes": size, "sha256": None, "verdict": "error", "score": None,
+                "threshold": self.actor_info[0]["threshold"], "frames": 0, "frames_with_faces": 0, "faces": 0,
                 "detector": self.detector.name, "weights_hash": self.detector.weights_hash,
                 "engine": self.engine_info.get("backend"), "precision": self.cfg.precision,
                 "error": {"kind": kind, "message": message}, "timings": {}}

