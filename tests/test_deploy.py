@@ -98,6 +98,9 @@ def test_deployment_probes_resources_secret_and_scrape_annotations():
     assert ann["prometheus.io/scrape"] == "true" and ann["prometheus.io/path"] == "/metrics"
     assert ann["prometheus.io/port"] == str(c["ports"][0]["containerPort"])
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    # read-only root: the cache directory (XDG_CACHE_HOME) is a mounted volume
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert env["XDG_CACHE_HOME"] in {m["mountPath"] for m in c["volumeMounts"]}
     # the ConfigMap's token_file is where the Secret is mounted
     serve = yaml.safe_load(_by_kind("ConfigMap")["data"]["serve.yaml"])
     mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
@@ -208,7 +211,8 @@ def test_dockerfile_runs_unprivileged_with_volumes_and_healthcheck(name):
     health = next(a for k, a in ins if k == "HEALTHCHECK")
     assert "/healthz" in health
     env = " ".join(a for k, a in ins if k == "ENV")
-    assert "XDG_CACHE_HOME=/var/cache" in env  # engine cache -> /var/cache/dfscan (a volume)
+    # every cache (dfscan's engines, torch's, ...) under the cache volume, never the read-only root
+    assert "XDG_CACHE_HOME=/var/cache/dfscan" in env
     for k, a in ins:
         if k == "COPY":
             *srcs, _ = shlex.split(a)
@@ -221,7 +225,7 @@ def test_engine_cache_lands_in_the_cache_volume(monkeypatch):
     from engines.cache import default_cache_dir
 
     monkeypatch.delenv("DFSCAN_CACHE_DIR", raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", "/var/cache")
+    monkeypatch.setenv("XDG_CACHE_HOME", "/var/cache/dfscan")
     assert str(default_cache_dir()).startswith("/var/cache/dfscan/")
 
 
@@ -283,7 +287,7 @@ def test_systemd_unit_paths_are_absolute_and_writable():
     assert u["StateDirectory"] == ["dfscan"] and u["CacheDirectory"] == ["dfscan"]
     assert u["WorkingDirectory"] == ["/var/lib/dfscan"]  # relative sink paths land in state
     env = dict(kv_.split("=", 1) for e in u["Environment"] for kv_ in e.split())
-    assert env["XDG_CACHE_HOME"] == "/var/cache"  # engines -> /var/cache/dfscan, not ~/.cache
+    assert env["XDG_CACHE_HOME"] == "/var/cache/dfscan"  # the CacheDirectory, not ~/.cache
     assert env["HOME"] == "/var/lib/dfscan"
     assert u["ProtectHome"] == ["true"] and u["ProtectSystem"] == ["strict"]
     assert all(p.startswith("/") for p in u["ExecStart"][0].split() if "/" in p)

@@ -27,6 +27,7 @@ os.environ["RAY_AUTH_MODE"] = "token"
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 ray = pytest.importorskip("ray", reason="Ray not installed (pip install 'dfscan[ray]')")
 
+from scanner import metrics  # noqa: E402
 from scanner.cli import main  # noqa: E402
 from scanner.config import ScanConfig  # noqa: E402
 from scanner.distributed import RayScanContext  # noqa: E402
@@ -105,7 +106,10 @@ def test_killed_worker_videos_are_rescanned_with_identical_rows(cluster, local_r
 def test_cli_scan_on_ray_writes_sinks_once_and_resumes(cluster, local_rows, tmp_path, capsys):
     out = tmp_path / "rows.jsonl"
     first = [str(p) for p in CLIPS[:2]]
+    before = metrics.REGISTRY.get_sample_value("dfscan_videos_total", {"verdict": "real"}) or 0.0
     assert main(["scan", *first, "--out", str(out), "--ray", cluster, "--no-progress"]) == 0
+    # rows scanned remotely are counted in the driver's metrics (the ones scraped/pushed)
+    assert metrics.REGISTRY.get_sample_value("dfscan_videos_total", {"verdict": "real"}) == before + 2
     assert main(["scan", *map(str, CLIPS), "--out", str(out), "--resume", "--ray", cluster,
                  "--ray-actors", "1", "--no-progress"]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
