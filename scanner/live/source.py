@@ -176,11 +176,13 @@ class LiveSource:
         self._thread: threading.Thread | None = None
         self._seq = 0
         self._fps_mark = (time.monotonic(), 0)
-        # RTSP lower transport in use (None for other schemes); with "auto" the one that last went live.
+        # RTSP lower transport of the last connection that decoded a frame (None before, and for
+        # other schemes); ``_first`` is the one the next connection tries first.
         self.transport: str | None = None
+        self._first: str | None = None
         self._went_live = False  # the current connection decoded a frame
         if self.src.scheme in ("rtsp", "rtsps"):
-            self.transport = "tcp" if s.rtsp_transport == "auto" else s.rtsp_transport
+            self._first = "tcp" if s.rtsp_transport == "auto" else s.rtsp_transport
 
     # ---- lifecycle -------------------------------------------------------
     def start(self) -> "LiveSource":
@@ -262,8 +264,8 @@ class LiveSource:
                 reason = f"timeout: no data within {s.open_timeout_s:g}s (open) / {2 * s.stall_s:g}s (read)"
             except Exception as e:  # noqa: BLE001 - any FFmpeg/IO failure means "reconnect"
                 reason = _reason(e)
-                if self.transport is not None and getattr(e, "errno", None) == errno.EPROTONOSUPPORT:
-                    reason = f"RTSP over {self.transport.upper()}: {reason}; try rtsp_transport: auto"
+                if self._first is not None and getattr(e, "errno", None) == errno.EPROTONOSUPPORT:
+                    reason = f"RTSP over {self._first.upper()}: {reason}; try rtsp_transport: auto"
             if self._stop.is_set():
                 break
             if self.stats.state in ("live", "stalled") and time.monotonic() - self.stats.state_since >= STABLE_S:
@@ -300,9 +302,9 @@ class LiveSource:
 
     def _session(self) -> None:
         """One connection (RTSP ``auto``: up to one per transport). Raises on failure."""
-        if self.transport is None or self.settings.rtsp_transport != "auto":
-            return self._connect(self.transport)
-        first = self.transport  # the one that last went live (TCP before any success)
+        if self._first is None or self.settings.rtsp_transport != "auto":
+            return self._connect(self._first)
+        first = self._first  # the one that last went live (TCP before any success)
         other = "udp" if first == "tcp" else "tcp"
         try:
             return self._connect(first)
@@ -338,8 +340,8 @@ class LiveSource:
         self._went_live = True
         if transport is not None and transport != self.transport:
             log.info("stream %s: RTSP over %s", self.name, transport.upper())
-            self.transport = transport  # tried first on every reconnect
-        self._m.set_transport(self.transport)
+        self.transport = self._first = transport  # tried first on every reconnect
+        self._m.set_transport(transport)
 
     def _decode(self, container, stream, transport: str | None = None) -> None:
         period = 1.0 / self.settings.sample_fps if self.settings.sample_fps > 0 else 0.0
