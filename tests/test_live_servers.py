@@ -241,6 +241,24 @@ def test_rtsp_vlc_auto_falls_back_to_udp_and_survives_restarts(media, caplog):
         server.stop()
 
 
+def test_dfscan_watch_goes_live_on_udp_only_server_without_flags(media):
+    """The issue's acceptance check: ``dfscan watch rtsp://...`` against VLC, no transport flag."""
+    import sys
+
+    port = free_port()
+    server = vlc(media, port).start()
+    try:
+        out = subprocess.run([sys.executable, "-c", "import sys; from scanner.cli import main; sys.exit(main())",
+                              "watch", f"rtsp://127.0.0.1:{port}/live", "--detector", "test_tiny",
+                              "--duration", "8"], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                             env={**os.environ, "COLUMNS": "160", "OMP_NUM_THREADS": "1"})
+    finally:
+        server.stop()
+    assert out.returncode == 0, out.stderr[-2000:]
+    last = out.stdout.strip().splitlines()[-2]  # the final table's row for the stream
+    assert "s1" in last and " live " in last, out.stdout[-2000:]
+
+
 def test_rtsp_vlc_explicit_udp_and_refused_tcp(media):
     """``rtsp_transport: udp`` works; ``tcp`` against a UDP-only server fails with a reason that says so."""
     port = free_port()
