@@ -117,7 +117,7 @@ def main() -> None:
         subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
         for d in dirs:
             shutil.rmtree(d, ignore_errors=True)
-    results = {k: {"median_videos_per_s": statistics.median(r["videos_per_s"] for r in v),
+    results = {k: {"median_videos_per_s": round(statistics.median(r["videos_per_s"] for r in v), 3),
                    "nodes": v[0]["nodes"], "actors": v[0]["actors"], "runs": v} for k, v in runs.items()}
     results["local_scan_paths"] = _local(inputs, cfg_kw)
     print("local:", results["local_scan_paths"], flush=True)
