@@ -300,3 +300,30 @@ def test_systemd_unit_verifies(tmp_path):
     unit.write_text(text.replace("ExecStart=/opt/dfscan/.venv/bin/dfscan", "ExecStart=/bin/true"))
     out = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and not out.stderr.strip() and not out.stdout.strip(), out.stderr
+
+
+# ---------------------------------------------------------------- Alertmanager
+
+def test_alertmanager_routes_and_inhibitions_refer_to_real_alerts():
+    am = yaml.safe_load((DEPLOY / "alertmanager/alertmanager.yml").read_text())
+    receivers = {r["name"] for r in am["receivers"]}
+    routes = [am["route"], *am["route"].get("routes", [])]
+    assert all(r["receiver"] in receivers for r in routes)
+    rules = yaml.safe_load((DEPLOY / "prometheus/alerts.yml").read_text())
+    alerts = {r["alert"]: r for g in rules["groups"] for r in g["rules"]}
+    severities = {r["labels"]["severity"] for r in alerts.values()}
+    for route in am["route"].get("routes", []):
+        for m in route["matchers"]:
+            key, value = re.fullmatch(r'(\w+)="([^"]*)"', m).groups()
+            assert key == "severity" and value in severities
+    for rule in am.get("inhibit_rules", []):
+        for m in rule["source_matchers"] + rule["target_matchers"]:
+            key, value = re.fullmatch(r'(\w+)="([^"]*)"', m).groups()
+            assert key != "alertname" or value in alerts, m
+
+
+@pytest.mark.skipif(shutil.which("amtool") is None, reason="amtool (prometheus-alertmanager) not installed")
+def test_amtool_accepts_the_alertmanager_config():
+    out = subprocess.run(["amtool", "check-config", str(DEPLOY / "alertmanager/alertmanager.yml")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
