@@ -176,3 +176,21 @@ def test_imagenet_init_is_sensible():
               "military uniform", "academic gown", "bow tie", "Windsor tie", "wig", "limousine", "sunglasses"}
     assert people & set(top5), top5
     assert isinstance(EfficientNetLite("lite0")._blocks[0]._depthwise_conv, torch.nn.Conv2d)
+
+
+@pytest.mark.parametrize("engine", ["eager", "onnxruntime", pytest.param("compile", marks=pytest.mark.slow)])
+def test_trained_lite_detector_on_engines(engine):
+    """The shipped weights: parity on real face crops for every CPU engine."""
+    from engines.parity import parity_batch
+    from engines.registry import packaged_weights
+
+    if not packaged_weights("effnet_lite0_sbi.safetensors").is_file():
+        pytest.skip("effnet_lite0_sbi weights are not packaged")
+    if engine == "onnxruntime":
+        pytest.importorskip("onnxruntime")
+    det = create_detector("effnet_lite0_sbi")
+    e = build_engine(det, engine_config(engine, batch_sizes=(1, 8)))
+    p = e.describe()["parity"]
+    assert p["passed"] and p["cosine"] >= 0.99 and p["verdict_flips"] == 0 and p["max_abs_diff"] < 1e-3
+    x = parity_batch(det.spec.size)
+    torch.testing.assert_close(e.p_fake(x), det.p_fake(det(x)), atol=1e-4, rtol=1e-3)

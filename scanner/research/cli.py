@@ -52,7 +52,8 @@ def _train(args) -> int:
               f"{len(res['skipped'])} skipped")
     cfg = TrainConfig(arch=args.arch, size=args.size, epochs=args.epochs, steps=args.steps,
                       batch_size=args.batch_size, lr=args.lr, freeze=args.freeze, seed=args.seed,
-                      threads=args.threads, max_minutes=args.max_minutes, init=args.init, p_mfs=args.p_mfs)
+                      threads=args.threads, max_minutes=args.max_minutes, init=args.init, p_mfs=args.p_mfs,
+                      device=args.device, val_size=args.val_size, workers=args.workers)
     cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             TextColumn("{task.fields[info]}"))
     with Progress(*cols, disable=args.quiet) as progress:
@@ -84,7 +85,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--max-minutes", type=float, help="stop after the epoch that crosses this budget")
-    p.add_argument("--device", default="cpu", help="device for face detection when building the cache")
+    p.add_argument("--device", default="cpu", help="training device (and face detection when building the cache)")
+    p.add_argument("--val-size", type=int, default=600, help="held-out-identity validation samples (default 600)")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes making fakes (GPU recipe)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_train)
     return p

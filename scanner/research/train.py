@@ -48,6 +48,8 @@ class TrainConfig:
     p_mfs: float = 0.35
     seed: int = 0
     threads: int = 2
+    workers: int = 0  # DataLoader processes making fakes (samples stay deterministic per index)
+    device: str = "cpu"  # training device (cuda on the GPU recipe); faces are cached on the CPU
     max_minutes: float | None = None  # stop after the epoch that crosses this budget
     init: str | None = None  # ImageNet backbone (safetensors) or a detector checkpoint
     extra: dict = field(default_factory=dict)
@@ -133,11 +135,11 @@ def loss_of(model, out, y, box):
 
 
 @torch.inference_mode()
-def validate(model, loader) -> dict:
+def validate(model, loader, device="cpu") -> dict:
     model.eval()
     ys, ps, kinds = [], [], []
     for x, y, _, k in loader:
-        ps.append(model.p_fake(model(x.float())).numpy())
+        ps.append(model.p_fake(model(x.to(device).float())).cpu().numpy())
         ys.append(y.numpy())
         kinds.append(k.numpy())
     y, p, k = np.concatenate(ys), np.concatenate(ps), np.concatenate(kinds)
@@ -167,7 +169,7 @@ def _save_last(out: Path, model, opt, epoch: int, history: list, best: float) ->
 def _export(out: Path, model) -> None:
     from safetensors.torch import save_file
 
-    sd = {k: v.detach().contiguous() for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
     save_file(sd, str(out / "best.safetensors"))
 
 
@@ -182,7 +184,7 @@ def train(cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, progress
     tr_pool, va_pool = np.flatnonzero(~is_val), np.flatnonzero(is_val)
     if len(va_pool) == 0 or len(tr_pool) == 0:
         raise DfscanError("the cache needs at least two identities per source family for a split")
-    model = build_model(cfg)
+    model = build_model(cfg).to(cfg.device)
     frozen = freeze_stages(model, cfg.freeze)
     size = model.spec.size
     train_ds = FaceSamples(cache, tr_pool, size, cfg.steps * cfg.batch_size, cfg.seed, True, cfg.p_mfs)
@@ -194,7 +196,7 @@ def train(cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, progress
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     start, history, best = 0, [], -1.0
     if (out / "last.pt").is_file():  # resume
-        ck = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+        ck = torch.load(out / "last.pt", map_location=cfg.device, weights_only=True)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         start, history, best = ck["epoch"] + 1, json.loads(ck["history"]), ck["best"]
@@ -204,7 +206,8 @@ def train(cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, progress
     for epoch in range(start, cfg.epochs):
         train_ds.epoch = epoch
         g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-        loader = torch.utils.data.DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=g)
+        loader = torch.utils.data.DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=g,
+                                             num_workers=cfg.workers)
         model.train()
         for m in frozen:
             m.eval()  # frozen BatchNorm keeps its ImageNet statistics
@@ -212,7 +215,8 @@ def train(cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, progress
         t0, losses = time.time(), []
         it = progress(loader, epoch) if progress else loader
         for x, y, box, _ in it:
-            out_t = model(x.float())
+            x, y, box = x.to(cfg.device).float(), y.to(cfg.device), box.to(cfg.device)
+            out_t = model(x)
             loss, parts = loss_of(model, out_t, y, box)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -221,7 +225,7 @@ def train(cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, progress
             losses.append(float(loss))
             if progress:
                 it.set_postfix(loss=float(np.mean(losses[-20:])))
-        val = validate(model, val_loader)
+        val = validate(model, val_loader, cfg.device)
         rec = {"epoch": epoch, "loss": float(np.mean(losses)), "seconds": round(time.time() - t0, 1),
                "lr": opt.param_groups[0]["lr"], **val}
         history.append(rec)
