@@ -327,3 +327,24 @@ def test_amtool_accepts_the_alertmanager_config():
     out = subprocess.run(["amtool", "check-config", str(DEPLOY / "alertmanager/alertmanager.yml")],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_gpu_dockerfile_keeps_the_base_images_torch_and_installs_the_rest(tmp_path):
+    """Dockerfile.gpu's requirements step, run as written: every dfscan[tensorrt]
+    requirement except torch/torchvision/tensorrt/torch-tensorrt (the NGC image's)."""
+    run = next(a for k, a in _instructions(DEPLOY / "Dockerfile.gpu") if k == "RUN" and "tomllib" in a)
+    step = next(s.strip() for s in run.split("&&") if "tomllib" in s)
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    step = step.replace("/tmp/requirements.txt", str(tmp_path / "req.txt"))
+    env = dict(os.environ, EXTRAS="tensorrt")
+    out = subprocess.run(["sh", "-c", step], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    reqs = (tmp_path / "req.txt").read_text().split()
+    names = {re.split(r"[<>=\[ ]", r, maxsplit=1)[0] for r in reqs}
+    wanted = project["dependencies"] + project["optional-dependencies"]["tensorrt"]
+    assert names.isdisjoint({"torch", "torchvision", "tensorrt", "torch-tensorrt"})
+    assert len(reqs) == len(wanted) - len([r for r in wanted if re.split(r"[<>=\[ ]", r, maxsplit=1)[0]
+                                            in ("torch", "torchvision", "tensorrt", "torch-tensorrt")])
