@@ -50,6 +50,8 @@ class ScanConfig(BaseModel):
     # aggregation
     frame_agg: Literal["max", "mean", "largest"] = "max"
     video_agg: Literal["mean", "median", "topk", "max"] = "mean"
+    # frames: frame scores -> video_agg; tracks: faces grouped into tracks, video = max track (scanner.tracks)
+    aggregate: Literal["frames", "tracks"] = "frames"
     topk: int = Field(5, ge=1)
     min_face_frames: int = Field(3, ge=1, description="fewer frames with a face -> no_face")
     # output

@@ -220,12 +220,20 @@ def _summarise(state: _VideoState, ctx: ScanContext) -> dict:
         areas = np.array([(r.box[2] - r.box[0]) * (r.box[3] - r.box[1]) for r in recs])
         scores.append(frame_score(s, areas, cfg.frame_agg))
     v = decide(scores, ctx.threshold, cfg.video_agg, cfg.topk, cfg.min_face_frames)
+    tracks = None
+    if cfg.aggregate == "tracks":  # one fake face among real ones makes the video fake (scanner.tracks)
+        from .tracks import build_tracks, decide_tracks
+
+        tracks = build_tracks([[(r.box, r.score) for r in recs] for recs in per_frame])
+        v = decide_tracks(tracks, ctx.threshold, cfg.min_face_frames)
     if dropped and v.verdict == "no_face":
         raise VideoError("non_finite", f"the detector scored {dropped} of {len(state.faces)} face "
                          "crops NaN/inf; too few finite scores left for a verdict")
     row = {"verdict": v.verdict, "score": None if v.score is None else round(v.score, 6),
            "frames": len(state.frames), "frames_with_faces": v.frames_with_faces,
            "faces": len(state.faces), "nonfinite_scores": dropped}
+    if tracks is not None:
+        row["tracks"] = [t.to_dict() for t in tracks]
     if cfg.details:
         for meta, recs, s in zip(frames, per_frame, scores):
             meta["score"] = None if s is None else round(s, 6)

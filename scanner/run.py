@@ -32,7 +32,7 @@ from .sources import bundled_samples, expand_inputs
 from .warmstart import close_all, prestart
 
 OPTION_KEYS = ("frames", "fps", "detector", "weights", "device", "engine", "precision", "batch_size",
-               "threshold", "max_faces", "min_face", "det_max_side", "frame_agg", "video_agg", "workers", "out",
+               "threshold", "max_faces", "min_face", "det_max_side", "frame_agg", "video_agg", "aggregate", "workers", "out",
                "resume", "retry_errors", "metrics_port", "metrics_host", "metrics_push", "fail_on_fake", "progress", "details",
                "ray", "ray_cpus_per_actor", "ray_gpus_per_actor", "ray_actors", "ray_max_attempts")
 

@@ -58,3 +58,20 @@ def test_no_faces_and_non_finite_scores():
     assert t.score is None and decide_tracks([t], 0.5, 3).verdict == "no_face"
     short = build_tracks([[(LEFT, 0.7)], [(LEFT, 0.6)]])  # a 2-frame clip still gets a verdict
     assert decide_tracks(short, 0.5, 3).verdict == "fake"
+
+
+def test_scan_with_track_aggregation_reports_tracks(tmp_path):
+    """End to end on real footage: the row carries per-track results and its score is the max track."""
+    from pathlib import Path
+
+    from scanner.config import ScanConfig
+    from scanner.pipeline import scan_paths
+
+    clip = Path(__file__).parent / "data" / "d1.mp4"
+    cfg = ScanConfig(detector="test_tiny", frames=8, aggregate="tracks", workers=1, hash=False, progress=False)
+    row = next(scan_paths([clip], cfg))
+    assert row["verdict"] in ("real", "fake") and row["tracks"], row.get("error")
+    assert sum(t["frames"] for t in row["tracks"]) == row["faces"]
+    assert abs(row["score"] - max(t["score"] for t in row["tracks"])) < 1e-5
+    frames_row = next(scan_paths([clip], cfg.model_copy(update={"aggregate": "frames"})))
+    assert "tracks" not in frames_row and frames_row["faces"] == row["faces"]
