@@ -108,7 +108,8 @@ class RayScanContext:
     """Driver side of a Ray scan: the actors, their engine description, :meth:`rows`.
 
     Quacks like :class:`~scanner.pipeline.ScanContext` where ``dfscan scan`` reports
-    on it (``cfg``, ``detector.name/weights_hash``, ``engine_info``, ``workers``).
+    on it (``cfg``, ``detector.name/weights_hash``, ``threshold``, ``engine_info``,
+    ``workers``).
     """
 
     def __init__(self, cfg: ScanConfig):
@@ -133,6 +134,7 @@ class RayScanContext:
         self.engine_info = dict(first["engine_info"], actors=n,
                                 nodes=len({i["node"] for i in self.actor_info}))
         self.detector = SimpleNamespace(name=first["detector"], weights_hash=first["weights_hash"])
+        self.threshold = first["threshold"]
         self.workers = n
 
     def pids(self) -> list[int]:
@@ -182,15 +184,11 @@ class RayScanContext:
         return row
 
     def _error_row(self, path: str, kind: str, message: str) -> dict:
-        try:
-            size = Path(path).stat().st_size
-        except OSError:
-            size = None
-        return {"path": path, "size_bytes": size, "sha256": None, "verdict": "error", "score": None,
-                "threshold": self.actor_info[0]["threshold"], "frames": 0, "frames_with_faces": 0, "faces": 0,
-                "detector": self.detector.name, "weights_hash": self.detector.weights_hash,
-                "engine": self.engine_info.get("backend"), "precision": self.cfg.precision,
-                "error": {"kind": kind, "message": message}, "timings": {}}
+        from .pipeline import _base_row  # the one error-row layout (fields as local scans)
+
+        row = _base_row(Path(path), self)
+        row.update(path=path, error={"kind": kind, "message": message}, timings={})
+        return row
 
     def close(self) -> None:
         ray = _ray()
