@@ -103,6 +103,28 @@ def test_killed_worker_videos_are_rescanned_with_identical_rows(cluster, local_r
         assert _comparable(r) == local_rows[r["path"]]  # scores and details identical
 
 
+def test_videos_out_of_attempts_become_worker_lost_rows(cluster, local_rows):
+    """ray_max_attempts=1: the video whose worker is killed is not retried, yet it still
+    gets its row (an error of kind worker_lost) and every other input gets its own."""
+    inputs = [str(p) for p in CLIPS]
+    ctx = RayScanContext(ScanConfig(ray=cluster, ray_max_attempts=1, ray_actors=1))
+    try:
+        rows = []
+        for row in ctx.rows(inputs):
+            if not rows:  # the actor is scanning the second video now
+                os.kill(ctx.actor_info[0]["pid"], signal.SIGKILL)
+            rows.append(row)
+    finally:
+        ctx.close()
+    assert sorted(r["path"] for r in rows) == sorted(inputs)
+    lost = [r for r in rows if r["verdict"] == "error"]
+    assert lost and all(r["error"]["kind"] == "worker_lost" for r in lost)
+    assert all(r["threshold"] == rows[0]["threshold"] and r["frames_requested"] is None for r in lost)
+    for r in rows:
+        if r["verdict"] != "error":
+            assert _comparable(r) == local_rows[r["path"]]
+
+
 def test_cli_scan_on_ray_writes_sinks_once_and_resumes(cluster, local_rows, tmp_path, capsys):
     out = tmp_path / "rows.jsonl"
     first = [str(p) for p in CLIPS[:2]]
