@@ -222,7 +222,7 @@ def train(cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, progress
             loss.backward()
             opt.step()
             sched.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             if progress:
                 it.set_postfix(loss=float(np.mean(losses[-20:])))
         val = validate(model, val_loader, cfg.device)
