@@ -82,7 +82,7 @@ def status(tmp: Path, chromium: str) -> None:
                 break
             except OSError:
                 time.sleep(0.2)
-        _shoot(url, DOCS / "status.png", chromium, height=420,
+        _shoot(url, DOCS / "status.png", chromium, height=330,
                wait_for="() => [...document.querySelectorAll('#streams td.score')].filter("
                         "td => td.textContent !== '–').length >= 2")
     finally:

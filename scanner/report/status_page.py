@@ -25,6 +25,7 @@ EXTRA_CSS = """
 .badge.stalled{background:var(--fake)}.badge.stopped{background:#555}
 td.err{white-space:normal;color:var(--error);font-size:12.5px;max-width:320px;overflow-wrap:anywhere}
 form#token-form{margin:8px 0}
+#streams td.path{min-width:300px;font-family:ui-monospace,Menlo,monospace;font-size:12px}
 """
 
 
