@@ -134,7 +134,7 @@ def test_resume_skips_done_inputs(scanned, corpus):
     n = len(_rows(out))
     extra = make_video(corpus / "later.mp4", frames=10)
     try:
-        code = main(["scan", str(corpus), "--out", str(out), "--frames", "4", "--resume",
+        code = main(["scan", str(corpus), "--out", str(out), "--frames", "8", "--resume",
                      "--no-progress"])
         rows = _rows(out)
         assert code == EXIT_OK  # only the new input was scanned, and it did not error

@@ -22,8 +22,8 @@ def face_tracks(frames: list[dict]) -> dict[int, list[tuple[float, float, float]
     """``{track: [(time_s, score, prob), ...]}`` for the faces of ``frames_detail``.
 
     Faces carrying a ``track`` id keep it; otherwise faces are linked across
-    sampled frames by box overlap (the live tracker's greedy IoU matching), with
-    a gap tolerance of three sampling intervals.
+    sampled frames exactly as the scan links them (:func:`scanner.tracks.build_tracks`),
+    so track ids match the row's ``tracks``.
     """
     if any("track" in fc for fr in frames for fc in fr.get("faces") or []):
         out: dict[int, list] = {}
@@ -32,19 +32,17 @@ def face_tracks(frames: list[dict]) -> dict[int, list[tuple[float, float, float]
                 if fc.get("score") is not None:
                     out.setdefault(int(fc.get("track", -1)), []).append((fr["time_s"], fc["score"], fc.get("prob")))
         return out
-    from ..live.tracker import IoUTracker
+    from ..tracks import build_tracks  # the scan's own tracking: ids match the row's "tracks"
 
-    times = [fr.get("time_s") or 0.0 for fr in frames]
-    gap = float(np.median(np.diff(times))) if len(times) > 1 else 1.0
-    tracker = IoUTracker(iou_threshold=0.3, max_age_s=3 * max(gap, 1e-3))
+    faces = [fr.get("faces") or [] for fr in frames]
+    nan = float("nan")
+    tracks = build_tracks([[(np.asarray(fc["box"], np.float32), nan if fc.get("score") is None else fc["score"])
+                            for fc in ff] for ff in faces])
     out = {}
-    for fr in frames:
-        faces = [fc for fc in fr.get("faces") or [] if fc.get("score") is not None]
-        if not faces:
-            continue
-        ids, _ = tracker.update(np.array([fc["box"] for fc in faces], np.float32), fr["time_s"])
-        for tid, fc in zip(ids, faces):
-            out.setdefault(tid, []).append((fr["time_s"], fc["score"], fc.get("prob")))
+    for tr in tracks:
+        pts = [(frames[pos].get("time_s") or 0.0, s, None) for pos, s in zip(tr.frames, tr.scores) if s == s]
+        if pts:
+            out[tr.id] = pts
     return out
 
 
