@@ -45,13 +45,14 @@ for _v in VERDICTS:
     VIDEOS.labels(verdict=_v)
 
 
-def set_build_info(detector: str, engine: str, device: str) -> None:
+def set_build_info(detector: str, engine: str, device: str, info: Info = BUILD) -> None:
+    """Fill ``dfscan_build_info`` (the batch registry's, or a live service's ``info``)."""
     import av
     import torch
 
     from . import __version__
 
-    BUILD.info({
+    info.info({
         "version": __version__, "python": platform.python_version(), "torch": torch.__version__,
         "av": av.__version__, "detector": detector, "engine": engine, "device": device,
     })
@@ -166,6 +167,7 @@ class LiveMetrics:
         self.transport = Gauge("dfscan_stream_transport_info", "1 for the RTSP lower transport in use, else 0",
                                s + ["transport"], registry=r)
         self.streams = Gauge("dfscan_stream_configured", "Number of configured streams", registry=r)
+        self.build = Info("dfscan_build", "Versions of dfscan and its main libraries", registry=r)
         self._children: dict[str, StreamMetrics] = {}
         self._lock = threading.Lock()
 

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -19,6 +21,24 @@ SHARED = ROOT.parent / "shared"  # CI clones the repo with shared/ beside it
 torch.set_num_threads(2)
 # Engine caches of the tests live in a throw-away folder, never the user's cache.
 os.environ.setdefault("DFSCAN_CACHE_DIR", tempfile.mkdtemp(prefix="dfscan-test-cache-"))
+
+
+def free_port(kind=socket.SOCK_STREAM) -> int:
+    """A port on 127.0.0.1 that was free a moment ago (TCP by default)."""
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(pred, timeout: float, what: str = "condition", step: float = 0.05):
+    """Poll ``pred`` until it returns something truthy (returned) or fail after ``timeout`` s."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = pred()
+        if v:
+            return v
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def make_video(path: Path, frames: int = 30, size=(160, 120), fps: int = 25, gop: int = 12,

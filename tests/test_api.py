@@ -27,6 +27,7 @@ from scanner.live.config import ConfigError, parse_config
 from scanner.live.server import ApiServer
 from scanner.live.service import LiveService
 from scanner.live.sinks import WebhookSink
+from conftest import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "api-test-token-0123456789abcdef"
@@ -74,16 +75,6 @@ def open_api():
     finally:
         server.stop()
         svc.stop()
-
-
-def wait_for(pred, timeout: float, step: float = 0.05, what: str = "condition"):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = pred()
-        if v:
-            return v
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def raw_exchange(port: int, data: bytes, timeout: float = 8.0) -> bytes:

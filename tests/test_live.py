@@ -31,6 +31,7 @@ from scanner.live.service import LiveService
 from scanner.live.source import Backoff, DropOldestBuffer, LiveSource, SourceSettings
 from scanner.live.tracker import IoUTracker
 from scanner.live.urls import RefusedURL, SourceError, check_playlist, mask_credentials, open_options, parse_source
+from conftest import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_CLIP = Path("/work/shared/media/portrait/d1.mp4")
@@ -48,22 +49,6 @@ def clip(tmp_path_factory) -> str:
     dst = tmp_path_factory.mktemp("clip") / SHARED_CLIP.name
     shutil.copy(SHARED_CLIP, dst)
     return str(dst)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(pred, timeout: float, step: float = 0.05, what: str = "condition"):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = pred()
-        if v:
-            return v
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def http(method: str, url: str, body: dict | None = None, token: str | None = None):
@@ -375,6 +360,8 @@ def test_live_service_end_to_end(clip, tmp_path):
         assert _metric(text, "dfscan_stream_frames_sampled_total", "b") > 0
         assert 'dfscan_stream_frame_to_verdict_seconds_count{stream="b"}' in text
         assert "dfscan_stream_sink_failures_total{sink=\"broken\"}" in text
+        # the same build series as batch scans, so one dashboard panel shows both
+        assert re.search(r'dfscan_build_info\{.*detector="[a-z0-9_]+".*version="[0-9.]+.*"\} 1\.0', text)
 
         # the URL that never connects stays in backoff/connecting, counting errors
         d = svc.describe("dead")

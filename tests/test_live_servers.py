@@ -37,6 +37,7 @@ from scanner.live.publish import port_open as listening
 from scanner.live.publish import transcode_clip, vlc_rtsp
 from scanner.live.service import LiveService
 from scanner.live.source import LiveSource, SourceSettings
+from conftest import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 FACE_CLIP = ROOT / "tests" / "data" / "d18.mp4"
@@ -50,22 +51,6 @@ def need(*binaries: str) -> None:
     missing = [b for b in binaries if shutil.which(b) is None and not os.path.exists(b)]
     if missing:
         pytest.skip(f"server binary not installed: {', '.join(missing)} (.ci/run installs it)")
-
-
-def free_port(kind=socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(pred, timeout: float, what: str, step: float = 0.05):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = pred()
-        if v:
-            return v
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 class Group:

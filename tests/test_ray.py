@@ -11,7 +11,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from scanner.cli import main  # noqa: E402
 from scanner.config import ScanConfig  # noqa: E402
 from scanner.distributed import RayScanContext  # noqa: E402
 from scanner.pipeline import build_context, scan_paths  # noqa: E402
+from conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIPS = [ROOT / "tests/data/d1.mp4", ROOT / "tests/data/d2.mp4", ROOT / "tests/data/d18.mp4",
@@ -39,12 +39,6 @@ CLIPS = [ROOT / "tests/data/d1.mp4", ROOT / "tests/data/d2.mp4", ROOT / "tests/d
 RAY = str(Path(sys.executable).parent / "ray")
 NODE = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--object-store-memory=200000000",
         "--disable-usage-stats"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _ray(args: list[str], env: dict) -> None:
@@ -55,7 +49,7 @@ def _ray(args: list[str], env: dict) -> None:
 @pytest.fixture(scope="module")
 def cluster():
     """Address of a head node plus one worker node, torn down with ``ray stop``."""
-    port = _free_port()
+    port = free_port()
     # Short temp dirs: Ray's unix socket paths must stay under ~107 characters.
     dirs = [tempfile.mkdtemp(prefix="dfr"), tempfile.mkdtemp(prefix="dfr")]
     env = dict(os.environ)  # carries the cluster token set above
@@ -144,7 +138,7 @@ def test_cli_scan_on_ray_writes_sinks_once_and_resumes(cluster, local_rows, tmp_
 
 
 def test_unreachable_cluster_is_a_usage_error(capsys):
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     code = main(["scan", str(CLIPS[0]), "--ray", f"127.0.0.1:{port}", "--no-progress"])
     assert code == 2
     assert "cannot reach the Ray cluster" in capsys.readouterr().err

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,7 +18,7 @@ import urllib.request
 
 import pytest
 
-from conftest import DATA, ROOT
+from conftest import DATA, ROOT, free_port
 from report_data import CLIPS, ERROR_INPUT, scan_corpus
 from scanner.report import ReportOptions, load_rows, write_report
 
@@ -158,19 +157,13 @@ def test_report_screenshot(browser, report, tmp_path):
 TOKEN = "status-page-token-0123456789"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
     """`dfscan serve` (a real process) with one live loopback stream and one dead one, token set."""
     from scanner.live.publish import HttpTsPublisher
 
     pub = HttpTsPublisher(str(DATA / "d1.mp4")).start()
-    port = _free_port()
+    port = free_port()
     cfg = tmp_path_factory.mktemp("serve") / "serve.yaml"
     cfg.write_text(
         f"api: {{host: 127.0.0.1, port: {port}, token_env: DFSCAN_STATUS_TOKEN}}\n"
@@ -178,7 +171,7 @@ def service(tmp_path_factory):
         "faces: {min_face: 40}\nverdict: {min_samples: 1}\nsinks: []\n"
         "defaults: {sample_fps: 3, open_timeout_s: 2, backoff_initial_s: 0.2, backoff_max_s: 0.5}\n"
         f"streams:\n  - {{name: cam-1, url: '{pub.url}'}}\n"
-        f"  - {{name: lobby, url: 'http://viewer:hunter2@127.0.0.1:{_free_port()}/never.ts'}}\n")
+        f"  - {{name: lobby, url: 'http://viewer:hunter2@127.0.0.1:{free_port()}/never.ts'}}\n")
     proc = subprocess.Popen([sys.executable, "-m", "scanner.cli", "serve", "--config", str(cfg)],
                             cwd=ROOT, env={**os.environ, "DFSCAN_STATUS_TOKEN": TOKEN},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -129,6 +129,7 @@ def test_train_resumes_to_the_same_weights(cache_dir, tmp_path):
     cfg = dict(arch="test_effnet_lite", size=64, epochs=2, steps=2, batch_size=8, val_size=16,
                freeze=1, threads=1, seed=5)
     full = train(TrainConfig(**cfg), cache_dir, tmp_path / "full")
+    assert [r["epoch"] for r in full["history"]] == [0, 1]
     part = train(TrainConfig(**cfg, max_minutes=1e-9), cache_dir, tmp_path / "part")  # stops after epoch 0
     assert [r["epoch"] for r in part["history"]] == [0]
     resumed = train(TrainConfig(**cfg), cache_dir, tmp_path / "part")

@@ -2,6 +2,6 @@
 :mod:`scanner.metrics` (one module for batch and live); re-exported here."""
 from __future__ import annotations
 
-from ..metrics import LATENCY_BUCKETS, STATES, TRANSPORTS, LiveMetrics, StreamMetrics
+from ..metrics import LATENCY_BUCKETS, STATES, TRANSPORTS, LiveMetrics, StreamMetrics, set_build_info
 
-__all__ = ["LATENCY_BUCKETS", "STATES", "TRANSPORTS", "LiveMetrics", "StreamMetrics"]
+__all__ = ["LATENCY_BUCKETS", "STATES", "TRANSPORTS", "LiveMetrics", "StreamMetrics", "set_build_info"]

@@ -17,7 +17,7 @@ from engines.errors import DfscanError
 
 from .batcher import FrameAnalyzer, FrameResult, InferenceWorker
 from .config import ServeConfig, SinkConfig, StreamConfig
-from .metrics import LiveMetrics
+from .metrics import LiveMetrics, set_build_info
 from .rolling import StreamVerdicts, VerdictSettings
 from .sinks import JsonlSink, Sink, SinkSet, StdoutSink, WebhookSink
 from .source import LiveFrame, LiveSource, SourceSettings, Watchdog
@@ -93,6 +93,7 @@ class LiveService:
                                 max_wait_s=m.max_wait_ms / 1000.0, metrics=self.metrics, on_error=self._on_error)
             self.workers.append(w.start())
         self.verdict_settings = VerdictSettings(**self.cfg.verdict.resolved(threshold))
+        set_build_info(m.detector, m.engine, ",".join(m.devices), self.metrics.build)
         self.watchdog.start()
         for s in self.cfg.streams:
             self.add_stream(s)

@@ -19,6 +19,7 @@ import json
 import math
 import subprocess
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -201,7 +202,9 @@ def train(cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, progress
         opt.load_state_dict(ck["opt"])
         start, history, best = ck["epoch"] + 1, json.loads(ck["history"]), ck["best"]
         sched.last_epoch = start * cfg.steps - 1
-        sched.step()
+        with warnings.catch_warnings():  # sets the resumed step's rate; no optimizer step is skipped
+            warnings.simplefilter("ignore", UserWarning)
+            sched.step()
     t_start = time.time()
     for epoch in range(start, cfg.epochs):
         train_ds.epoch = epoch
