@@ -116,6 +116,8 @@ def _summary(t: Tally, wall: float, console: Console) -> None:
                 f"{t.faces / max(wall, 1e-9):.1f}")
     total = sum(t.stages.values()) or 1.0
     share = "  ".join(f"{k} {100 * v / total:.0f}%" for k, v in t.stages.items())
+    if not console.is_terminal:  # in a pipe rich assumes 80 columns and clips the headers
+        console = Console(file=console.file, highlight=False, soft_wrap=True, width=max(console.width, 110))
     console.print(tab)
     if share:
         console.print(f"[dim]stage share: {share}[/dim]")

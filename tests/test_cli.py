@@ -58,6 +58,7 @@ def test_piped_output_is_one_line_per_video(tmp_path):
     for c in clips:  # the whole path, with the verdict, on one line (not wrapped at 80 columns)
         assert any(c in ln and ln.split()[0] in ("real", "fake", "no_face") for ln in r.stdout.splitlines())
     assert "\x1b[" not in r.stdout  # no colour codes in a pipe
+    assert "no face" in r.stdout and "faces/s" in r.stdout  # summary headers not clipped to 80 columns
 
 
 def test_progress_shows_current_file_and_eta(tmp_path):
