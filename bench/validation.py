@@ -20,6 +20,8 @@ detector against the others. ``--perturb`` degrades every crop first.
     python bench/validation.py normalise --out ~/.cache/dfscan/validation_norm
     python bench/validation.py eval ~/.cache/dfscan/validation_norm/labels.csv \\
         --detectors effnet_lite0_sbi meso4_df --json bench/results/validation_normalised.json
+    python bench/validation.py eval ../shared/media/validation/labels.csv \\
+        --json bench/results/validation_original.json             # the clips as shipped
 """
 from __future__ import annotations
 
@@ -161,11 +163,20 @@ def _metrics(labels: list[dict], scores: dict[str, float | None]) -> dict:
     return res
 
 
+def _as_eval_row(r: dict, base: Path) -> dict:
+    """A row of a normalised ``labels.csv``, or of the shipped one (``path,label,...,generator``,
+    paths relative to its folder), as ``path,label,group,subset``."""
+    if "subset" in r:
+        return r
+    return {"path": str(base / r["path"]), "label": r["label"], "group": r["path"],
+            "subset": r["generator"] if r["label"] == "fake" else "real"}
+
+
 def evaluate(args) -> int:
     from scanner.research.stats import paired_auc_diff
 
     with open(args.labels) as f:
-        labels = list(csv.DictReader(f))
+        labels = [_as_eval_row(r, Path(args.labels).parent) for r in csv.DictReader(f)]
     paths = [Path(r["path"]) for r in labels]
     res = {"labels": str(args.labels), "perturb": args.perturb, "frames": args.frames, "detectors": {},
            "machine": {"cpu_count": __import__("os").cpu_count(), "platform": platform.platform(),
