@@ -58,7 +58,7 @@ def _read_frames(path: Path, seconds: float, fps: float = 25.0) -> list[np.ndarr
 
 def _square(frames: list[np.ndarray], det) -> tuple[int, int, int]:
     from scanner.decode import Frame
-    from scanner.features import _downscale
+    from scanner.research.features import _downscale
 
     picks = [frames[i] for i in np.linspace(0, len(frames) - 1, min(8, len(frames))).astype(int)]
     boxes = []
@@ -216,7 +216,7 @@ def heldout(args) -> int:
     import cv2
     import torch
 
-    from scanner.labelled import format_landmarks
+    from scanner.research.labelled import format_landmarks
     from scanner.research.data import FaceCache, split_groups
     from scanner.research.samples import KIND_MFS, make_fake
 

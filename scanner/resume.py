@@ -89,11 +89,11 @@ def _norm(field: str, value) -> str | None:
 
 
 def check_compatible(path: Path, row: dict, expected: dict) -> None:
-    for field in COMPAT_FIELDS:
-        have, want = _norm(field, row.get(field)), _norm(field, expected.get(field))
+    for key in COMPAT_FIELDS:
+        have, want = _norm(key, row.get(key)), _norm(key, expected.get(key))
         if have is not None and want is not None and have != want:
             raise ConfigError(
-                f"--resume: {path} was written with {field} {have}, this scan uses {want}; "
+                f"--resume: {path} was written with {key} {have}, this scan uses {want}; "
                 f"scan into another --out file, or use the same settings")
 
 

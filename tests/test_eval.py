@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, roc_auc_score
 
-from scanner.evaluate import binary_metrics, eer, report, scores_from_jsonl
-from scanner.labelled import Item, read_labelled
-from scanner.separability import separability
+from scanner.research.evaluate import binary_metrics, eer, report, scores_from_jsonl
+from scanner.research.labelled import Item, read_labelled
+from scanner.research.separability import separability
 
 
 def _brute_eer(y, s):
@@ -76,7 +76,7 @@ def test_scores_from_jsonl_and_csv_manifest(tmp_path):
 
 
 def test_eval_cli_from_jsonl(tmp_path):
-    from scanner.cli_research import main
+    from scanner.research.commands import main
 
     rng = np.random.default_rng(0)
     lines, rows = ["path,label,subset"], []
@@ -120,7 +120,7 @@ def test_separability_of_unrelated_features_is_low():
 
 
 def test_separability_plot(tmp_path):
-    from scanner.separability import plot
+    from scanner.research.separability import plot
 
     rng = np.random.default_rng(0)
     X = np.vstack([rng.normal(0, 1, (30, 8)), rng.normal(3, 1, (30, 8))])

@@ -12,7 +12,7 @@ from engines.backbones import create_backbone, normalize
 from engines.detectors.probe import load_probe, save_probe
 from engines.errors import WeightsError
 from engines.registry import create_detector
-from scanner.probe import fit_probe, group_split
+from scanner.research.probe import fit_probe, group_split
 
 torch.set_num_threads(1)
 
@@ -135,8 +135,8 @@ def _face_set(root, n=12, size=96):
 
 
 def test_embed_items_cached_and_fit(tmp_path, r18_file):
-    from scanner.features import CropSource, backbone_embedder, embed_items
-    from scanner.labelled import read_labelled
+    from scanner.research.features import CropSource, backbone_embedder, embed_items
+    from scanner.research.labelled import read_labelled
 
     items = read_labelled(_face_set(tmp_path))
     emb, _ = backbone_embedder("torchvision", r18_file, "resnet18", 64)
@@ -152,7 +152,7 @@ def test_embed_items_cached_and_fit(tmp_path, r18_file):
 
 
 def test_penultimate_features_of_a_plain_detector():
-    from scanner.features import detector_embedder
+    from scanner.research.features import detector_embedder
 
     emb, det = detector_embedder("test_tiny")
     x = torch.rand(4, 3, 64, 64) * 255

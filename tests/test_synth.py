@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scanner import synth
+from scanner.research import synth
 from scanner.faces import Faces
-from scanner.labelled import read_labelled
+from scanner.research.labelled import read_labelled
 
 LM = np.array([[100, 110], [156, 110], [128, 140], [106, 170], [150, 170]], np.float32)
 

@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 import h11
 import uvicorn
-from fastapi import FastAPI, Request, Security
+from fastapi import FastAPI, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPBearer

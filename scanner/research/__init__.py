@@ -1,1 +1,2 @@
-"""Training and robustness research tools (`dfscan train`, perturbed evaluation)."""
+"""Research and training commands: `dfscan train`, `eval`, `probe`, `separability`, `synth`,
+with their data, augmentation, statistics and model-card helpers."""

@@ -56,7 +56,7 @@ def sources(roots: list[str | Path]) -> list[Path]:
 
 def _frames(path: Path, frames: int, det_max_side: int, pad: float):
     from ..decode import Frame, FrameSampler
-    from ..features import _downscale, read_rgb
+    from .features import _downscale, read_rgb
 
     if path.suffix.lower() in (".jpg", ".jpeg", ".png"):
         img = read_rgb(path)

@@ -2,7 +2,7 @@
 
 A sample is drawn deterministically from ``(seed, epoch, index)``: a cached
 real face, and with probability 1/2 a fake made from it: a self-blended image
-(:func:`scanner.synth.self_blend` with :data:`scanner.synth.TRAIN_BLEND`,
+(:func:`scanner.research.synth.self_blend` with :data:`scanner.research.synth.TRAIN_BLEND`,
 global or partial mask) or a multi-scale swap with another identity
 (:func:`.mfs.mfs_swap`). Then a random flip, real-world degradations
 (:func:`.augment.train_augment`) and a resize to the model's input.
@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..synth import TRAIN_BLEND, self_blend
+from .synth import TRAIN_BLEND, self_blend
 from .augment import train_augment
 from .data import FaceCache
 from .mfs import mfs_swap

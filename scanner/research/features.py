@@ -59,7 +59,7 @@ class CropSource:
 
     def detector(self):
         if self._detector is None:
-            from .faces import FaceDetector
+            from ..faces import FaceDetector
 
             c = self.cfg
             self._detector = FaceDetector(device=c.device, max_side=c.max_side, min_face=c.min_face,
@@ -68,7 +68,7 @@ class CropSource:
 
     def crops(self, item: Item, spec: InputSpec) -> tuple[np.ndarray, torch.Tensor]:
         """Frame indices ``int64 (K,)`` and crops of ``item`` (K may be 0: no face)."""
-        from .align import align_faces
+        from ..align import align_faces
 
         if item.is_image and item.landmarks is not None:
             img = read_rgb(item.path)
@@ -89,7 +89,7 @@ class CropSource:
         return np.array([frames[k].index for k in idx], np.int64), crops
 
     def _frames(self, item: Item) -> list:
-        from .decode import Frame
+        from ..decode import Frame
 
         img = read_rgb(item.path)
         small, scale = _downscale(img, self.cfg.max_side)
@@ -97,8 +97,8 @@ class CropSource:
 
     def _video_crops(self, item: Item, spec: InputSpec) -> tuple[np.ndarray, torch.Tensor]:
         """The scan pipeline's own sampling/detection/alignment (largest faces first)."""
-        from .config import ScanConfig
-        from .pipeline import iter_face_crops
+        from ..config import ScanConfig
+        from ..pipeline import iter_face_crops
 
         c = self.cfg
         scan_cfg = ScanConfig(frames=c.frames, max_faces=c.max_faces, min_face=c.min_face, det_max_side=c.max_side)

@@ -193,7 +193,7 @@ def _sources(inputs: list[str]) -> list[Path]:
 def _faces(path: Path, cfg: SynthConfig, detector) -> list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
     """(frame index, frame, box, landmarks) of the largest faces of sampled frames."""
     from .features import _downscale, read_rgb
-    from .decode import Frame, sample_frames
+    from ..decode import Frame, sample_frames
 
     if path.suffix.lower() in IMAGE_EXTENSIONS:
         img = read_rgb(path)
@@ -210,7 +210,7 @@ def _faces(path: Path, cfg: SynthConfig, detector) -> list[tuple[int, np.ndarray
 
 def synthesize(inputs: list[str], out_dir: str | Path, cfg: SynthConfig = SynthConfig(), progress=lambda x: x) -> dict:
     """Write real/ and fake/ chips + manifest.csv for every detected face; returns counts."""
-    from .faces import FaceDetector
+    from ..faces import FaceDetector
 
     out = Path(out_dir)
     (out / "real").mkdir(parents=True, exist_ok=True)

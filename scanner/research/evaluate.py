@@ -63,7 +63,7 @@ def binary_metrics(y, s, threshold: float = 0.5) -> dict:
     if out["n_fake"] and out["n_real"]:
         e, t = eer(y, s)
         at_eer = rates(y, s, t)
-        from .research.stats import auc_ci
+        from .stats import auc_ci
 
         out.update({"auc": float(roc_auc_score(y, s)), "auc_ci95": auc_ci(y, s, n=1000)["ci"], "eer": e,
                     "eer_threshold": t, "hter_at_eer_threshold": at_eer["hter"],
@@ -176,9 +176,9 @@ def scan_scores(items: list[Item], args) -> tuple[dict[int, float], str, dict]:
     (same sampling, faces, engine and aggregation as ``dfscan scan``), images with
     the same detector on their largest face (``score_items``)."""
     from .features import CropConfig, CropSource
-    from .pipeline import build_context, scan_paths
-    from .config import build_config
-    from .run import OPTION_KEYS
+    from ..pipeline import build_context, scan_paths
+    from ..config import build_config
+    from ..run import OPTION_KEYS
 
     # Scan options only: eval's own --out/--threshold-like flags are not scan settings.
     keys = set(OPTION_KEYS) - {"out", "resume", "metrics_port", "metrics_host", "fail_on_fake"}
@@ -187,8 +187,8 @@ def scan_scores(items: list[Item], args) -> tuple[dict[int, float], str, dict]:
     ctx = build_context(cfg)
     det = ctx.detector
     if getattr(args, "perturb", None):  # degrade every aligned crop (see scanner.research.perturb)
-        from .research.augment import parse_perturb
-        from .research.perturb import Perturbed
+        from .augment import parse_perturb
+        from .perturb import Perturbed
 
         perturbs = parse_perturb(args.perturb)
         ctx.engine, det = Perturbed(ctx.engine, perturbs, 0), Perturbed(ctx.detector, perturbs, 1)
@@ -216,7 +216,7 @@ def scan_scores(items: list[Item], args) -> tuple[dict[int, float], str, dict]:
 
 
 def run_eval(args) -> int:
-    """CLI handler of ``dfscan eval`` (see :func:`scanner.cli_research.add_eval_parser`)."""
+    """CLI handler of ``dfscan eval`` (see :func:`scanner.research.commands.add_eval_parser`)."""
     items = read_labelled(args.labels)
     verdicts = {}
     if args.from_jsonl:

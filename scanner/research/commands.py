@@ -82,7 +82,7 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     for the scan it runs; ``--threshold`` is the scan's verdict threshold, while
     metrics use ``--acc-threshold`` (0.5) and the EER threshold.
     """
-    from .cli import add_scan_options
+    from ..cli import add_scan_options
 
     p = subparsers.add_parser("eval", help="ACC/AUC/EER/HTER/TPR/TNR of a detector on labelled videos")
     p.add_argument("labels", help=LABELS_HELP)
@@ -154,7 +154,7 @@ def add_research_parsers(subparsers) -> None:
 
 
 def main(argv=None) -> int:
-    """Stand-alone entry (``python -m scanner.cli_research ...``) until cli.py wires these in."""
+    """Stand-alone entry (``python -m scanner.research.commands ...``); ``dfscan`` wires them in lazily."""
     parser = argparse.ArgumentParser(prog="dfscan")
     add_research_parsers(parser.add_subparsers(dest="cmd", required=True))
     args = parser.parse_args(argv)
