@@ -32,6 +32,7 @@ from .align import align_faces, invert_affine, map_boxes
 from .config import ScanConfig
 from .decode import Frame, FrameSampler, VideoError, classify_os_error
 from .faces import FaceDetector, Faces
+from .orientation import Orientation
 from .region import region_search
 from .streaming import BoundedPrefetch, Inline
 
@@ -123,19 +124,28 @@ class _VideoState:
     pending: list[_FaceRec] = field(default_factory=list)
     t: dict = field(default_factory=lambda: dict.fromkeys(("detect", "align", "infer", "aggregate"), 0.0))
     region: object = None  # scanner.region.RegionSearch of this video (None: whole frames)
+    orientation: Orientation | None = None  # upright check of this video (None: frames as stored)
 
 
 def detect_and_align(batch: list[Frame], faces: FaceDetector, spec, device, antialias=True,
-                     timings: dict | None = None, region=None
+                     timings: dict | None = None, region=None, orientation: Orientation | None = None
                      ) -> list[tuple[Frame, Faces, torch.Tensor, torch.Tensor]]:
     """Faces of a frame batch and their aligned crops (``(K, 3, S, S)`` float [0, 255]).
 
     ``timings``, when given, accumulates seconds under ``detect`` and ``align``;
-    ``region`` (a per-video :class:`scanner.region.RegionSearch`) searches where faces were.
+    ``region`` (a per-video :class:`scanner.region.RegionSearch`) searches where faces were;
+    ``orientation`` (per video) turns sideways videos upright (returned frames are turned).
     """
     t = timings if timings is not None else {"detect": 0.0, "align": 0.0}
     t0 = time.perf_counter()
+    if orientation is not None:
+        batch = orientation.apply(batch)
     found = (region or faces).detect(batch)
+    if orientation is not None and orientation.settle(batch, found):
+        batch = orientation.apply(batch)
+        if region is not None:  # what it knows is in the stored frame's pixels
+            region.last, region.since_full = None, 0
+        found = (region or faces).detect(batch)
     t1 = time.perf_counter()
     t["detect"] += t1 - t0
     out = [(fr, fc, *align_faces([fr.image], [0] * len(fc), fc.landmarks, spec, device, antialias))
@@ -168,7 +178,7 @@ def _infer(state: _VideoState, ctx: ScanContext) -> None:
 def _process_batch(batch: list[Frame], state: _VideoState, ctx: ScanContext) -> None:
     cfg = ctx.cfg
     for fr, fc, crops, mats in detect_and_align(batch, ctx.faces, ctx.detector.spec, ctx.device,
-                                                cfg.antialias, state.t, state.region):
+                                                cfg.antialias, state.t, state.region, state.orientation):
         pos = len(state.frames)
         state.frames.append({"index": fr.index, "time_s": round(fr.time_s, 4)})
         if len(fc) == 0:
@@ -231,7 +241,8 @@ def _summarise(state: _VideoState, ctx: ScanContext) -> dict:
                          "crops NaN/inf; too few finite scores left for a verdict")
     row = {"verdict": v.verdict, "score": None if v.score is None else round(v.score, 6),
            "frames": len(state.frames), "frames_with_faces": v.frames_with_faces,
-           "faces": len(state.faces), "nonfinite_scores": dropped}
+           "faces": len(state.faces), "nonfinite_scores": dropped,
+           "orientation_deg": state.orientation.degrees if state.orientation else 0}
     if tracks is not None:
         row["tracks"] = [t.to_dict() for t in tracks]
     if cfg.details:
@@ -257,7 +268,7 @@ def _analyse(path: Path, ctx: ScanContext, row: dict) -> dict:
     cfg = ctx.cfg
     pre = ctx.prestarted.pop(str(path), None)  # decoding began while the model loaded
     sampler = pre.sampler if pre else FrameSampler(path, cfg.frames, cfg.fps, cfg.det_max_side, cfg.seek)
-    state = _VideoState(region=region_search(ctx.faces, cfg))
+    state = _VideoState(region=region_search(ctx.faces, cfg), orientation=Orientation(ctx.faces))
 
     def produce():
         if cfg.hash:

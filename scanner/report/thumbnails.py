@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 
 from ..decode import Frame, FrameSampler, VideoError
+from ..orientation import rotate_frame
 
 THUMB_PX = 144  # longest side of a face thumbnail (JPEG): ~4-6 KB each
 JPEG_QUALITY = 72
@@ -157,7 +158,9 @@ def evidence(row: dict, k: int, video_root: str | None = None, verify_hash: bool
     if path is None:
         return Evidence(note=why)
     try:
-        frames = {f.index: f for f in IndexSampler(path, [fr["index"] for fr, _ in picks], 960)}
+        turn = int(row.get("orientation_deg") or 0) // 90  # boxes are in the pixels the scan turned upright
+        frames = {f.index: rotate_frame(f, turn)
+                  for f in IndexSampler(path, [fr["index"] for fr, _ in picks], 960)}
     except VideoError as e:
         return Evidence(note=f"could not re-decode {path}: {e.kind}: {e}", video=str(path))
     out = Evidence(video=str(path))
