@@ -22,7 +22,7 @@ from sklearn.metrics import roc_auc_score
 from engines import create_detector
 from engines.benchmark import machine_info
 from scanner.config import ScanConfig
-from scanner.pipeline import iter_face_crops
+from scanner.research.features import iter_face_crops
 
 VARIANTS = ("meso4_df", "meso4_f2f", "mesoinception4_df", "mesoinception4_f2f")
 

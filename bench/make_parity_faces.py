@@ -13,7 +13,7 @@ import numpy as np
 
 from engines import create_detector
 from scanner.config import ScanConfig
-from scanner.pipeline import iter_face_crops
+from scanner.research.features import iter_face_crops
 
 
 def main() -> None:

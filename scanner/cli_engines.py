@@ -103,7 +103,7 @@ def bench_command(args) -> int:
 
 def _bench_pipeline(args, stem: str) -> int:
     # Lazy: the pipeline (decode, face detection) is heavy and only needed here.
-    from scanner.pipeline import benchmark_pipeline
+    from scanner.pipeline_bench import benchmark_pipeline
 
     cfg = {
         "detectors": args.detectors, "weights": _weights_map(args.weights),

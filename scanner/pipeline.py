@@ -399,36 +399,3 @@ def _completed(pool, pending, it, ctx: ScanContext) -> Iterator[dict]:
         if ctx.stop.is_set():
             for fut in pending:
                 fut.cancel()  # not started yet: never start
-
-
-def iter_face_crops(paths: Iterable[str | Path], spec, cfg: ScanConfig | None = None,
-                    device: str = "cpu") -> Iterator[tuple[Path, int, np.ndarray]]:
-    """Aligned face crops per sampled frame: ``(path, frame_index, uint8 (K, S, S, 3))``.
-
-    Used by probe fitting, separability and synthesis; unreadable videos are
-    skipped with a warning (they have no faces to contribute).
-    """
-    cfg = cfg or ScanConfig()
-    faces = FaceDetector(device=device, max_side=cfg.det_max_side, min_face=cfg.min_face,
-                         min_prob=cfg.face_prob, max_faces=cfg.max_faces)
-    for path in map(Path, paths):
-        frames = iter(FrameSampler(path, cfg.frames, cfg.fps, cfg.det_max_side, cfg.seek))
-        while True:
-            try:
-                batch = list(itertools.islice(frames, DETECT_BATCH))
-            except VideoError as e:
-                log.warning("skipping %s: %s", path, e)
-                break
-            if not batch:
-                break
-            for fr, fc, crops, _ in detect_and_align(batch, faces, spec, device, cfg.antialias):
-                if len(fc):
-                    u8 = crops.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
-                    yield path, fr.index, u8.cpu().numpy()
-
-
-def benchmark_pipeline(paths, options: dict) -> dict:
-    """End-to-end throughput (see :mod:`scanner.pipeline_bench`)."""
-    from .pipeline_bench import benchmark_pipeline as run
-
-    return run(paths, options)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from conftest import DATA
 from scanner.config import ScanConfig
 from scanner.decode import FrameSampler
-from scanner.pipeline import benchmark_pipeline
+from scanner.pipeline_bench import benchmark_pipeline
 
 
 def test_pipeline_benchmark_reports_decode_floor_per_video():

@@ -13,7 +13,8 @@ from conftest import DATA, SAMPLES, make_video
 from scanner import metrics
 from scanner.cli import EXIT_FAKE, EXIT_INPUT_ERROR, EXIT_OK, EXIT_USAGE, main
 from scanner.config import ScanConfig
-from scanner.pipeline import build_context, iter_face_crops, scan_paths
+from scanner.pipeline import build_context, scan_paths
+from scanner.research.features import iter_face_crops
 
 EXPECTED_ERRORS = {
     "bad/empty.mp4": "empty_file",
@@ -224,7 +225,7 @@ def test_cuda_scan_matches_cpu():
 
 
 def test_pipeline_benchmark_structure():
-    from scanner.pipeline import benchmark_pipeline
+    from scanner.pipeline_bench import benchmark_pipeline
 
     res = benchmark_pipeline([str(DATA / "d1.mp4")], {"detectors": ["test_tiny"], "batch_sizes": [8]})
     (r,) = res["results"]

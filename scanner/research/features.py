@@ -1,6 +1,6 @@
 """Face crops and frozen embeddings of labelled sets, cached on disk.
 
-Faces of videos come from the scan pipeline (``scanner.pipeline.iter_face_crops``:
+Faces of videos come from the scan pipeline (``iter_face_crops``:
 PyAV sampling, MTCNN, landmark alignment to the model's template), so a probe
 sees at training time exactly the crops ``dfscan scan`` will feed it; faces of
 images go through the same detector and aligner. Images whose manifest row carries
@@ -13,11 +13,12 @@ or `separability` on the same set, does not touch the backbone again.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -27,6 +28,9 @@ from engines.registry import file_hash
 from engines.spec import InputSpec
 
 from .labelled import Item
+
+if TYPE_CHECKING:
+    from ..config import ScanConfig
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +102,6 @@ class CropSource:
     def _video_crops(self, item: Item, spec: InputSpec) -> tuple[np.ndarray, torch.Tensor]:
         """The scan pipeline's own sampling/detection/alignment (largest faces first)."""
         from ..config import ScanConfig
-        from ..pipeline import iter_face_crops
 
         c = self.cfg
         scan_cfg = ScanConfig(frames=c.frames, max_faces=c.max_faces, min_face=c.min_face, det_max_side=c.max_side)
@@ -246,3 +249,34 @@ def embed_items(items: list[Item], embedder: Embedder, source: CropSource, cache
     y, g, it, fr = zip(*rows)
     return FeatureSet(np.concatenate(feats), np.array(y, np.int64), np.array(g, object), np.array(it, np.int64),
                       np.array(fr, np.int64), items, skipped)
+
+
+def iter_face_crops(paths: Iterable[str | Path], spec, cfg: ScanConfig | None = None,
+                    device: str = "cpu") -> Iterator[tuple[Path, int, np.ndarray]]:
+    """Aligned face crops per sampled frame: ``(path, frame_index, uint8 (K, S, S, 3))``.
+
+    Used by probe fitting, separability and synthesis; unreadable videos are
+    skipped with a warning (they have no faces to contribute).
+    """
+    from ..config import ScanConfig
+    from ..decode import FrameSampler, VideoError
+    from ..faces import FaceDetector
+    from ..pipeline import DETECT_BATCH, detect_and_align
+
+    cfg = cfg or ScanConfig()
+    faces = FaceDetector(device=device, max_side=cfg.det_max_side, min_face=cfg.min_face,
+                         min_prob=cfg.face_prob, max_faces=cfg.max_faces)
+    for path in map(Path, paths):
+        frames = iter(FrameSampler(path, cfg.frames, cfg.fps, cfg.det_max_side, cfg.seek))
+        while True:
+            try:
+                batch = list(itertools.islice(frames, DETECT_BATCH))
+            except VideoError as e:
+                log.warning("skipping %s: %s", path, e)
+                break
+            if not batch:
+                break
+            for fr, fc, crops, _ in detect_and_align(batch, faces, spec, device, cfg.antialias):
+                if len(fc):
+                    u8 = crops.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+                    yield path, fr.index, u8.cpu().numpy()

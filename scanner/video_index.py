@@ -1,0 +1,165 @@
+"""Demux-only index of a video stream and the plan of what to decode from it.
+
+:func:`build_index` reads every video packet's pts and keyframe flag without
+decoding (exact frame count and times even when the header lies, variable frame
+rate, truncation as the demuxer reports it); :func:`choose_targets` picks the
+presentation times to sample; :func:`gop_plan` groups the GOPs that must be
+decoded for them into runs read with one seek each.
+"""
+from __future__ import annotations
+
+from array import array
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import av
+import numpy as np
+
+@dataclass
+class VideoIndex:
+    """Demux-only index of a video stream, as compact arrays (8 + 1 bytes per packet).
+
+    Attributes:
+        pts: ``int64 (P,)`` pts of each non-empty packet, decode order.
+        keyframe: ``bool (P,)`` keyframe flag of each packet.
+        presentation: ``int64 (F,)`` sorted pts (or output ordinals when ``ordinal``).
+        empty_packets: zero-size packets (AVI "dropped frame" chunks), not frames.
+    """
+
+    pts: np.ndarray
+    keyframe: np.ndarray
+    truncated: bool
+    time_base: float
+    start: int
+    width: int
+    height: int
+    codec: str
+    presentation: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    ordinal: bool = False  # True: pts unusable, ``presentation`` holds output ordinals
+    empty_packets: int = 0
+
+    @property
+    def frames(self) -> int:
+        return len(self.presentation)
+
+    @property
+    def duration_s(self) -> float:
+        if len(self.presentation) < 2:
+            return 0.0
+        return float(self.presentation[-1] - self.presentation[0]) * self.time_base
+
+    def time_of(self, pts: int) -> float:
+        return float(pts - self.start) * self.time_base
+
+    def rank(self, pts: int) -> int:
+        """Presentation index of a frame's pts."""
+        return int(np.searchsorted(self.presentation, pts))
+
+
+def build_index(container, stream) -> VideoIndex:
+    """Demux the whole video stream (no decoding) and record pts + keyframe flags.
+
+    Truncation is what the demuxer reports: an error, or a last packet cut short by
+    the end of the file (FFmpeg flags that short read as corrupt; MP4 and AVI demuxers
+    then stop quietly). The header's frame count is only a hint: capture tools write
+    empty "dropped frame" chunks that it counts as frames.
+    """
+    pts, key = array("q"), array("b")
+    truncated, empty, short_read = False, 0, False
+    try:
+        for pkt in container.demux(stream):
+            if pkt.size == 0:
+                empty += pkt.pts is not None or pkt.dts is not None  # not the flush packet
+                continue
+            short_read = bool(pkt.is_corrupt)
+            if pkt.pts is None:
+                continue
+            pts.append(int(pkt.pts))
+            key.append(bool(pkt.is_keyframe))
+    except av.error.FFmpegError:
+        truncated = True  # data ends before the container says it should
+    truncated |= short_read
+    pts_a, key_a = np.frombuffer(pts, np.int64).copy(), np.frombuffer(key, np.int8).astype(bool)
+    tb = float(stream.time_base) if stream.time_base else 1.0 / 25
+    cc = stream.codec_context
+    presentation = np.unique(pts_a)
+    ordinal = len(presentation) < len(pts_a)
+    if ordinal:
+        # Broken timestamps (duplicates): frames are identified by output order and
+        # timed by the nominal rate instead.
+        rate = stream.guessed_rate or stream.average_rate or 25
+        presentation, tb = np.arange(len(pts_a), dtype=np.int64), 1.0 / float(rate)
+    start = int(presentation[0]) if len(presentation) else 0
+    return VideoIndex(pts_a, key_a, truncated, tb, start, cc.width, cc.height, cc.name, presentation,
+                      ordinal, empty)
+
+
+# --fps on a long video must not grow per-video state without bound: at most this many
+# frames (the same limit as --frames), spread evenly over the video beyond it.
+MAX_SAMPLED_FRAMES = 10_000
+
+
+def choose_targets(index: VideoIndex, frames: int | None, fps: float | None,
+                   indices: Sequence[int] | None = None, max_frames: int = MAX_SAMPLED_FRAMES) -> list[int]:
+    """Presentation pts to sample: the given presentation ``indices``, ``frames``
+    evenly spaced, or one every ``1/fps`` s (at most ``max_frames``)."""
+    pres = index.presentation
+    if not len(pres):
+        return []
+    if indices is not None:
+        idx = np.unique(np.asarray(indices, np.int64))
+        if len(idx) and (idx[0] < 0 or idx[-1] >= len(pres)):
+            raise ValueError(f"frame indices must lie in [0, {len(pres)})")
+        return [int(pres[i]) for i in idx]
+    if fps:
+        times = np.arange(0.0, index.duration_s + 1e-9, 1.0 / fps)
+        if len(times) > max_frames:
+            times = np.linspace(0.0, index.duration_s, max_frames)
+        want = index.start + times / index.time_base
+        return sorted({_nearest(pres, w) for w in want})
+    n = min(frames or 32, len(pres))
+    idx = np.unique(np.linspace(0, len(pres) - 1, n).round().astype(int))
+    return [int(pres[i]) for i in idx]
+
+
+def _nearest(sorted_vals: np.ndarray, x: float) -> int:
+    i = int(np.searchsorted(sorted_vals, x))
+    cands = sorted_vals[max(0, i - 1): i + 1]
+    return int(cands[np.argmin(np.abs(cands - x))])
+
+
+@dataclass
+class Run:
+    """Consecutive GOPs (decode order) read with one seek: packets ``[first, end)``."""
+
+    key_pts: int  # pts of the keyframe to seek to
+    first: int
+    end: int
+    wanted: set[int]
+
+
+def gop_plan(index: VideoIndex, targets: Sequence[int]) -> list[Run]:
+    """Runs of GOPs to decode so that every target comes out of the decoder.
+
+    A target shown before its GOP's keyframe (an open-GOP "leading" picture, e.g.
+    HEVC RASL or x264 open-gop B-frames) references the previous GOP, so its run
+    starts one GOP earlier. Runs that touch or overlap are merged (no seek).
+    """
+    starts = np.flatnonzero(index.keyframe)
+    if not len(starts) or starts[0] != 0:
+        starts = np.concatenate([[0], starts])  # packets before the first keyframe: own group
+    bounds = np.append(starts, len(index.pts))
+    order = np.argsort(index.pts, kind="stable")
+    t = np.asarray(sorted(targets), np.int64)
+    packet = order[np.searchsorted(index.pts[order], t)]
+    gop = np.searchsorted(starts, packet, side="right") - 1
+    leading = t < index.pts[starts[gop]]
+    first = np.maximum(gop - leading, 0)
+    runs: list[list] = []
+    for f, g, p in sorted(zip(first.tolist(), gop.tolist(), t.tolist())):
+        if runs and f <= runs[-1][1] + 1:
+            runs[-1][1] = max(runs[-1][1], g)
+            runs[-1][2].add(p)
+        else:
+            runs.append([f, g, {p}])
+    return [Run(int(index.pts[bounds[f]]), int(bounds[f]), int(bounds[g + 1]), w) for f, g, w in runs]
