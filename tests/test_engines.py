@@ -217,17 +217,17 @@ def test_cache_bad_metadata_is_rebuilt(tiny, damage):
     _assert_parity(again)
 
 
-def test_cache_key_has_dfscan_version_and_code(tiny, monkeypatch):
+def test_cache_key_has_dfscan_version_and_code(tiny, monkeypatch, tmp_path):
     """An upgrade (another dfscan version, or changed detector/backend code) is a
     miss and a fresh build, never a reused artifact of the older code."""
     import engines.cache as cache
 
+    monkeypatch.setenv("DFSCAN_CACHE_DIR", str(tmp_path))  # empty: other tests built test_tiny too
     cfg = engine_config("onnxruntime", batch_sizes=(1, 8))
-    monkeypatch.setattr(cache, "dfscan_version", lambda: "0.0.1")
-    old = build_engine(tiny, cfg)
+    with monkeypatch.context() as m:
+        m.setattr(cache, "dfscan_version", lambda: "0.0.1")
+        old = build_engine(tiny, cfg)
     assert old.info.cache == "miss"
-    monkeypatch.undo()
-    monkeypatch.setenv("DFSCAN_CACHE_DIR", str(EngineCache().root))
     new = build_engine(tiny, cfg)
     assert new.info.cache == "miss" and new.info.cache_key != old.info.cache_key
     fields = json.loads((EngineCache().entry_dir(new.info.cache_key) / "meta.json").read_text())["fields"]
