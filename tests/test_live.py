@@ -464,7 +464,7 @@ def test_real_footage_stays_real_live(clip):
 
 def test_stall_detected_and_recovered(clip):
     """A publisher that keeps the socket open but stops sending -> stalled -> reconnect -> live."""
-    from scanner.live.source import Watchdog
+    from scanner.live.watchdog import Watchdog
 
     pub = HttpTsPublisher(clip).start()
     src = LiveSource("hung", pub.url, SourceSettings(sample_fps=2, stall_s=0.8, open_timeout_s=1.5,
@@ -535,7 +535,7 @@ def test_watch_table(clip):
 def test_udp_stream_and_restart(clip):
     """MPEG-TS over UDP: frames flow; sender stops -> stalled; sender back -> live again."""
     from scanner.live.publish import UdpTsPublisher
-    from scanner.live.source import Watchdog
+    from scanner.live.watchdog import Watchdog
 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))

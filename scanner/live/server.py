@@ -30,7 +30,6 @@ import logging
 import socket
 import threading
 import time
-from typing import Any, Literal
 
 import h11
 import uvicorn
@@ -38,7 +37,6 @@ from fastapi import FastAPI, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPBearer
-from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -47,6 +45,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from engines.errors import DfscanError
 
+from .api_models import ErrorBody, Health, Ready, Removed, StreamInfo, StreamList
 from .config import LOOPBACK_HOSTS, ApiConfig, StreamConfig
 from .service import LiveService, StreamExists, StreamLimit, StreamNotFound
 from .urls import SourceError, mask_text
@@ -64,59 +63,6 @@ def check_bearer(header: str | None, token: str | None) -> bool:
     if not header or not header.startswith("Bearer "):
         return False
     return hmac.compare_digest(header[7:].strip().encode(), token.encode())
-
-
-# ---- response models (the OpenAPI schema) ---------------------------------
-class ErrorBody(BaseModel):
-    error: str
-    details: list[dict[str, Any]] | None = None
-
-
-class Health(BaseModel):
-    status: Literal["ok", "unhealthy"]
-
-
-class Ready(BaseModel):
-    ready: bool
-    streams: int
-
-
-class TrackInfo(BaseModel):
-    verdict: str
-    score: float
-
-
-class StreamInfo(BaseModel):
-    """One stream as :meth:`LiveService.describe` reports it (``url`` credentials masked)."""
-
-    model_config = ConfigDict(extra="allow")  # sources may report more fields
-    name: str
-    url: str
-    state: str
-    state_for_s: float
-    connects: int
-    reconnects: int
-    errors: int
-    frames_decoded: int
-    frames_sampled: int
-    frames_dropped: int
-    fps: float
-    last_error: str
-    sample_fps: float
-    device: str
-    verdict: str
-    score: float | None
-    samples: int
-    faces: int
-    tracks: dict[str, TrackInfo]
-
-
-class StreamList(BaseModel):
-    streams: list[StreamInfo]
-
-
-class Removed(BaseModel):
-    removed: str
 
 
 def _err(code: int, message: str, **headers: str) -> JSONResponse:

@@ -20,7 +20,8 @@ from .config import ServeConfig, SinkConfig, StreamConfig
 from .metrics import LiveMetrics, set_build_info
 from .rolling import StreamVerdicts, VerdictSettings
 from .sinks import JsonlSink, Sink, SinkSet, StdoutSink, WebhookSink
-from .source import LiveFrame, LiveSource, SourceSettings, Watchdog
+from .source import LiveFrame, LiveSource, SourceSettings
+from .watchdog import Watchdog
 from .urls import parse_source
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ Each :class:`LiveSource` owns one thread that opens the stream with PyAV (option
 and ``protocol_whitelist`` from :mod:`.urls`), decodes every frame (needed for
 inter-coded video), converts only *sampled* frames (``sample_fps``) to RGB and
 pushes them into a :class:`DropOldestBuffer`. On EOF, error or a stall flagged by
-the :class:`Watchdog`, the thread backs off (exponential, with jitter) and
+the :class:`~scanner.live.watchdog.Watchdog`, the thread backs off (exponential, with jitter) and
 reconnects -- forever unless ``max_retries`` is set. The same thread survives
 every reconnect, so thread count stays flat however often a stream drops.
 
@@ -407,50 +407,3 @@ def _reason(e: BaseException) -> str:
     if getattr(e, "errno", None) == errno.EPROTONOSUPPORT:
         return "the server refused this transport (RTSP 461 Unsupported transport)"
     return f"{type(e).__name__}: {e}"
-
-
-class Watchdog:
-    """One thread checking every source's heartbeat; flags stalls, exports ages."""
-
-    def __init__(self, sources: Callable[[], list[LiveSource]], interval_s: float = 0.5,
-                 on_tick: Callable[[float], None] | None = None):
-        self._sources = sources
-        self._interval = interval_s
-        self._on_tick = on_tick
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="dfscan-watchdog", daemon=True)
-
-    def start(self) -> "Watchdog":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(5)
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def check(self, now: float | None = None) -> None:
-        now = now or time.monotonic()
-        for src in self._sources():
-            src.update_fps(now)
-            age = src.heartbeat_age(now)
-            src._m.heartbeat_age.set(age)
-            if src.state == "live" and age > src.settings.stall_s:
-                log.warning("stream %s: no frame for %.1fs, reconnecting", src.name, age)
-                src.flag_stall()
-            if not src.alive and src.state != "stopped" and not src._stop.is_set():
-                src._thread = None  # the decode thread died unexpectedly: restart it
-                src.start()
-        if self._on_tick is not None:
-            self._on_tick(now)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                self.check()
-            except Exception:  # noqa: BLE001 - the watchdog itself must never die
-                log.exception("watchdog check failed")

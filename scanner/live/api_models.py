@@ -1,0 +1,58 @@
+"""Response models of the live HTTP API: the OpenAPI schema that schemathesis checks."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+
+class ErrorBody(BaseModel):
+    error: str
+    details: list[dict[str, Any]] | None = None
+
+
+class Health(BaseModel):
+    status: Literal["ok", "unhealthy"]
+
+
+class Ready(BaseModel):
+    ready: bool
+    streams: int
+
+
+class TrackInfo(BaseModel):
+    verdict: str
+    score: float
+
+
+class StreamInfo(BaseModel):
+    """One stream as :meth:`LiveService.describe` reports it (``url`` credentials masked)."""
+
+    model_config = ConfigDict(extra="allow")  # sources may report more fields
+    name: str
+    url: str
+    state: str
+    state_for_s: float
+    connects: int
+    reconnects: int
+    errors: int
+    frames_decoded: int
+    frames_sampled: int
+    frames_dropped: int
+    fps: float
+    last_error: str
+    sample_fps: float
+    device: str
+    verdict: str
+    score: float | None
+    samples: int
+    faces: int
+    tracks: dict[str, TrackInfo]
+
+
+class StreamList(BaseModel):
+    streams: list[StreamInfo]
+
+
+class Removed(BaseModel):
+    removed: str
