@@ -25,7 +25,10 @@ NONFINITE_SCORES = Counter("dfscan_nonfinite_scores", "Face crop scores dropped 
                            registry=REGISTRY)
 VIDEOS = Counter("dfscan_videos", "Videos finished, by verdict", ["verdict"], registry=REGISTRY)
 ERRORS = Counter("dfscan_errors", "Inputs that failed, by kind", ["kind"], registry=REGISTRY)
-SINK_ERRORS = Counter("dfscan_sink_errors", "Rows a sink failed to write", ["sink"], registry=REGISTRY)
+# Sink counters carry the same names in the batch registry and each live one.
+SINK_EVENTS = Counter("dfscan_sink_events", "Rows or events a sink delivered", ["sink"], registry=REGISTRY)
+SINK_FAILURES = Counter("dfscan_sink_failures", "Rows or events a sink failed to deliver", ["sink"],
+                        registry=REGISTRY)
 STAGE_SECONDS = Histogram(
     "dfscan_stage_duration_seconds",
     "Time per video spent in each pipeline stage",
@@ -161,9 +164,9 @@ class LiveMetrics:
             "dfscan_stream_batch_seconds", "Wall time of one inference batch (faces + detector)", d, registry=r
         )
         k = ["sink"]
-        self.sink_events = Counter("dfscan_stream_sink_events_total", "Events delivered by a sink", k, registry=r)
-        self.sink_failures = Counter("dfscan_stream_sink_failures_total", "Failed deliveries (after retries)", k, registry=r)
-        self.sink_dropped = Counter("dfscan_stream_sink_dropped_total", "Events dropped, sink queue full", k, registry=r)
+        self.sink_events = Counter("dfscan_sink_events", "Rows or events a sink delivered", k, registry=r)
+        self.sink_failures = Counter("dfscan_sink_failures", "Rows or events a sink failed to deliver", k, registry=r)
+        self.sink_dropped = Counter("dfscan_sink_dropped", "Events dropped, sink queue full", k, registry=r)
         self.transport = Gauge("dfscan_stream_transport_info", "1 for the RTSP lower transport in use, else 0",
                                s + ["transport"], registry=r)
         self.streams = Gauge("dfscan_stream_configured", "Number of configured streams", registry=r)

@@ -21,7 +21,7 @@ from typing import IO, Iterable
 
 from engines.errors import DfscanError
 
-from .metrics import SINK_ERRORS
+from .metrics import SINK_EVENTS, SINK_FAILURES
 
 log = logging.getLogger("dfscan")
 
@@ -262,7 +262,7 @@ class SinkSet:
         self.failures: list[str] = []
 
     def _failed(self, sink: Sink, e: BaseException, what: str) -> None:
-        SINK_ERRORS.labels(sink=sink.name).inc()
+        SINK_FAILURES.labels(sink=sink.name).inc()
         where = f"{sink.name} output {sink.path}" if sink.path else f"{sink.name} output"
         if sink is self.primary:
             raise OutputError(f"cannot {what} {where}: {_reason(e)}") from e
@@ -274,6 +274,7 @@ class SinkSet:
         for sink in list(self.sinks):
             try:
                 sink.write(row)
+                SINK_EVENTS.labels(sink=sink.name).inc()
             except Exception as e:  # the scan and the other sinks go on (unless primary)
                 self.sinks.remove(sink)
                 self._failed(sink, e, "write")

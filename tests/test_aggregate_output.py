@@ -47,13 +47,15 @@ class Broken(Sink):
 
 def test_failing_secondary_sink_is_isolated_and_reported(tmp_path):
     good = JsonlSink(tmp_path / "a.jsonl")
-    before = metrics.SINK_ERRORS.labels(sink="broken")._value.get()
+    before = metrics.SINK_FAILURES.labels(sink="broken")._value.get()
+    written = metrics.SINK_EVENTS.labels(sink=good.name)._value.get()
     sinks = SinkSet([good, Broken()])  # the first sink is the primary output
     for i in range(3):
         sinks.write({"path": f"v{i}.mp4", "verdict": "real"})
     sinks.close()
     assert len((tmp_path / "a.jsonl").read_text().splitlines()) == 3
-    assert metrics.SINK_ERRORS.labels(sink="broken")._value.get() == before + 1
+    assert metrics.SINK_FAILURES.labels(sink="broken")._value.get() == before + 1
+    assert metrics.SINK_EVENTS.labels(sink=good.name)._value.get() == written + 3
     assert len(sinks.failures) == 1 and "disk full" in sinks.failures[0]
 
 

@@ -359,7 +359,7 @@ def test_live_service_end_to_end(clip, tmp_path):
         assert 'dfscan_stream_state{state="live",stream="a"} 1.0' in text
         assert _metric(text, "dfscan_stream_frames_sampled_total", "b") > 0
         assert 'dfscan_stream_frame_to_verdict_seconds_count{stream="b"}' in text
-        assert "dfscan_stream_sink_failures_total{sink=\"broken\"}" in text
+        assert "dfscan_sink_failures_total{sink=\"broken\"}" in text  # the batch scan's name too
         # the same build series as batch scans, so one dashboard panel shows both
         assert re.search(r'dfscan_build_info\{.*detector="[a-z0-9_]+".*version="[0-9.]+.*"\} 1\.0', text)
 
