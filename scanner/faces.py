@@ -33,12 +33,13 @@ class MissingDependency(DfscanError):
     """An optional runtime dependency is missing (message says what to install)."""
 
 
-def _load_mtcnn_class():
+def _load_nets(device: str | torch.device):
+    from .mtcnn_nets import MTCNNNets
+
     try:
-        from facenet_pytorch import MTCNN
-    except ImportError as e:
+        return MTCNNNets(device)
+    except (ImportError, FileNotFoundError) as e:
         raise MissingDependency(FACENET_HINT) from e
-    return MTCNN
 
 
 @dataclass
@@ -85,12 +86,10 @@ class FaceDetector:
     def __init__(self, device: str | torch.device = "cpu", max_side: int = 960, min_face: int = 64,
                  thresholds: Sequence[float] = (0.7, 0.8, 0.9), min_prob: float = 0.9,
                  max_faces: int = 4, engine: str = "eager"):
-        MTCNN = _load_mtcnn_class()
         self.max_side, self.min_face = max_side, min_face
         self.min_prob, self.max_faces = min_prob, max_faces
         self.thresholds = tuple(thresholds)
-        self.mtcnn = MTCNN(keep_all=True, thresholds=list(thresholds), device=torch.device(device),
-                           post_process=False, select_largest=False)
+        self.mtcnn = _load_nets(device)  # facenet-pytorch's P/R/O-Nets and weights
         mtcnn_cascade.prepare_nets(self.mtcnn)
         from .mtcnn_engine import use_face_engine
 

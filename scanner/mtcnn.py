@@ -3,9 +3,10 @@
 facenet-pytorch's ``detect_face`` cuts every R-Net/O-Net candidate out of the
 image and resizes it with its own ``interpolate`` call: on a crowd frame that is
 thousands of tiny calls, most of the detection time. Here the cascade is the
-same (same networks, pyramid, thresholds, NMS and box regression, using the
-library's helpers), but each stage's candidates are resampled in a single
-``torchvision.ops.roi_align`` call, which averages bilinear samples per output
+same (same networks, pyramid, thresholds, NMS and box regression; the nets from
+:mod:`scanner.mtcnn_nets`, torchvision's kernels through :mod:`engines.tv_ops`, so
+neither package's Python modules load), but each stage's candidates are resampled in
+a single ``roi_align`` call, which averages bilinear samples per output
 cell (an approximate area resize, as facenet's), and pyramid levels are made
 from each other instead of from the full image.
 """
@@ -14,13 +15,59 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.ops import batched_nms, roi_align
+from engines.tv_ops import batched_nms, roi_align
 
 
-def _helpers():
-    from facenet_pytorch.models.utils import detect_face as dfm
+def _cell_boxes(reg: torch.Tensor, probs: torch.Tensor, scale: float, th: float):
+    """P-Net maps -> candidates ``(K, 9)`` [x1, y1, x2, y2, score, 4 offsets] and their image.
 
-    return dfm
+    Each output cell is a 12x12 window at stride 2 of the image scaled by ``scale``;
+    boxes are in input pixels, 1-based (pixel edges x1-1..x2) like the reference MTCNN.
+    """
+    mask = probs >= th  # (N, h, w)
+    cells = mask.nonzero()  # (K, 3): image, row, column
+    xy = cells[:, 1:].flip(1).to(reg.dtype)
+    corners = torch.cat([((2 * xy + 1) / scale).floor(), ((2 * xy + 12) / scale).floor()], 1)
+    offsets = reg.permute(0, 2, 3, 1)[mask]  # (K, 4), same order as ``cells``
+    return torch.cat([corners, probs[mask][:, None], offsets], 1), cells[:, 0]
+
+
+def _square(boxes: torch.Tensor) -> torch.Tensor:
+    """Boxes grown to squares of their longer side, same centre (other columns kept)."""
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    side = torch.maximum(w, h)
+    out = boxes.clone()
+    out[:, 0] = boxes[:, 0] + (w - side) * 0.5
+    out[:, 1] = boxes[:, 1] + (h - side) * 0.5
+    out[:, 2], out[:, 3] = out[:, 0] + side, out[:, 1] + side
+    return out
+
+
+def _refine(boxes: torch.Tensor, reg: torch.Tensor) -> torch.Tensor:
+    """Apply R/O-Net box offsets ``(K, 4)``, relative to the (pixel-inclusive) box size."""
+    w = boxes[:, 2] - boxes[:, 0] + 1
+    h = boxes[:, 3] - boxes[:, 1] + 1
+    out = boxes.clone()
+    out[:, :4] = boxes[:, :4] + reg[:, :4] * torch.stack([w, h, w, h], 1)
+    return out
+
+
+def _nms_min(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, th: float) -> torch.Tensor:
+    """Greedy NMS per group where overlap = intersection / the smaller box (pixel-inclusive
+    sides): MTCNN's last stage drops a box mostly inside a better one."""
+    if boxes.numel() == 0:
+        return torch.empty(0, dtype=torch.int64, device=boxes.device)
+    b = (boxes + (groups.to(boxes) * (boxes.max() + 1))[:, None]).cpu().numpy()
+    x1, y1, x2, y2 = b[:, 0], b[:, 1], b[:, 2], b[:, 3]
+    area = (x2 - x1 + 1) * (y2 - y1 + 1)
+    order, keep = np.argsort(scores.cpu().numpy()), []
+    while order.size:
+        best, rest = order[-1], order[:-1]
+        keep.append(best)
+        w = np.maximum(0.0, np.minimum(x2[best], x2[rest]) - np.maximum(x1[best], x1[rest]) + 1)
+        h = np.maximum(0.0, np.minimum(y2[best], y2[rest]) - np.maximum(y1[best], y1[rest]) + 1)
+        order = rest[w * h / np.minimum(area[best], area[rest]) <= th]
+    return torch.as_tensor(np.asarray(keep, np.int64), device=boxes.device)
 
 
 def _pyramid(h: int, w: int, minsize: int, factor: float) -> list[float]:
@@ -35,7 +82,6 @@ def _pyramid(h: int, w: int, minsize: int, factor: float) -> list[float]:
 
 
 def _stage1(imgs: torch.Tensor, pnet, minsize: int, th: float, factor: float, first_level: int = 0):
-    dfm = _helpers()
     h, w = imgs.shape[2:]
     boxes, inds = [], []
     data = imgs
@@ -46,7 +92,7 @@ def _stage1(imgs: torch.Tensor, pnet, minsize: int, th: float, factor: float, fi
         if level < first_level:  # small faces not wanted: the level is only a step to the next
             continue
         reg, probs = pnet(_nhwc((data - 127.5) * 0.0078125))
-        b, i = dfm.generateBoundingBox(reg, probs[:, 1], scale, th)
+        b, i = _cell_boxes(reg, probs[:, 1], scale, th)
         pick = batched_nms(b[:, :4], b[:, 4], i, 0.5)
         boxes.append(b[pick])
         inds.append(i[pick])
@@ -59,7 +105,7 @@ def _stage1(imgs: torch.Tensor, pnet, minsize: int, th: float, factor: float, fi
     boxes = torch.stack([boxes[:, 0] + boxes[:, 5] * rw, boxes[:, 1] + boxes[:, 6] * rh,
                          boxes[:, 2] + boxes[:, 7] * rw, boxes[:, 3] + boxes[:, 8] * rh,
                          boxes[:, 4]], 1)
-    return dfm.rerec(boxes), inds
+    return _square(boxes), inds
 
 
 def _crops(imgs: torch.Tensor, boxes: torch.Tensor, inds: torch.Tensor, size: int,
@@ -94,7 +140,6 @@ def prepare_nets(mtcnn) -> None:
 def _stage2(imgs, boxes, inds, rnet, th: float):
     # R-Net sees hundreds of candidates per frame: one bilinear sample per cell keeps
     # its crops cheap; O-Net (few candidates, landmarks) gets 2x2 samples.
-    dfm = _helpers()
     if len(boxes) == 0:
         return boxes, inds
     reg, prob = rnet(_crops(imgs, boxes, inds, 24, 1))
@@ -103,12 +148,11 @@ def _stage2(imgs, boxes, inds, rnet, th: float):
     boxes = torch.cat([boxes[keep, :4], score[keep, None]], 1)
     inds, reg = inds[keep], reg[keep]
     pick = batched_nms(boxes[:, :4], boxes[:, 4], inds, 0.7)
-    boxes = dfm.bbreg(boxes[pick], reg[pick])
-    return dfm.rerec(boxes), inds[pick]
+    boxes = _refine(boxes[pick], reg[pick])
+    return _square(boxes), inds[pick]
 
 
 def _stage3(imgs, boxes, inds, onet, th: float):
-    dfm = _helpers()
     if len(boxes) == 0:
         return boxes, inds, torch.zeros(0, 5, 2)
     reg, pts, prob = onet(_crops(imgs, boxes, inds, 48, 2))
@@ -121,8 +165,8 @@ def _stage3(imgs, boxes, inds, onet, th: float):
     px = w[:, None] * pts[:, :5] + boxes[:, 0:1] - 1
     py = h[:, None] * pts[:, 5:] + boxes[:, 1:2] - 1
     points = torch.stack([px, py], 2)
-    boxes = dfm.bbreg(boxes, reg)
-    pick = dfm.batched_nms_numpy(boxes[:, :4], boxes[:, 4], inds, 0.7, "Min")
+    boxes = _refine(boxes, reg)
+    pick = _nms_min(boxes[:, :4], boxes[:, 4], inds, 0.7)
     return boxes[pick], inds[pick], points[pick]
 
 

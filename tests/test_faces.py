@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import DATA
@@ -71,12 +72,18 @@ def test_batched_cascade_agrees_with_facenet(group):
     """scanner.mtcnn (batched crops) finds the same faces as facenet's own detect()."""
     from scanner import mtcnn as cascade
 
+    from facenet_pytorch import MTCNN
+
     det = FaceDetector(max_side=1024, min_face=30, max_faces=50)
     img = _frame(group, 1024).small[None]
-    det.mtcnn.min_face_size = 30
-    ref_boxes, _, ref_pts = det.mtcnn.detect(img, landmarks=True)
+    ref = MTCNN(keep_all=True, thresholds=list(det.thresholds), min_face_size=30, post_process=False)
+    ref_boxes, _, ref_pts = ref.detect(img, landmarks=True)
     (boxes, pts), = cascade.detect(det.mtcnn, img, 30, det.thresholds)
     assert abs(len(boxes) - len(ref_boxes[0])) <= 1 and len(boxes) >= 4
+    # same networks and weights, loaded without facenet-pytorch's modules
+    with torch.inference_mode():
+        x = torch.randn(3, 3, 48, 48)
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(det.mtcnn.onet(x), ref.onet(x)))
     for rb, rp in zip(ref_boxes[0], ref_pts[0]):
         best = max(range(len(boxes)), key=lambda k: _iou(rb, boxes[k]))
         assert _iou(rb, boxes[best]) > 0.8

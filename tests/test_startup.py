@@ -34,6 +34,20 @@ def test_scan_command_modules_before_the_model_import_no_torch():
     assert _imported_after("import scanner.run, scanner.warmstart, scanner.output") == []
 
 
+def test_a_whole_scan_loads_neither_torchvision_models_nor_dynamo(tmp_path):
+    # torchvision.models (through facenet_pytorch, torchvision.ops or an ADM backbone)
+    # imports torch._dynamo: 1.0-1.6 s of every `dfscan scan` here. The face detector
+    # and the detectors use torchvision's kernels without it (engines/tv_ops.py).
+    code = ("import sys, json\nfrom scanner.cli import main\n"
+            f"rc = main(['scan', {str(DATA / 'd1.mp4')!r}, '--frames', '4', '--no-progress',"
+            f" '--out', {str(tmp_path / 'rows.jsonl')!r}, '--no-details'])\n"
+            "print(json.dumps([rc] + [m for m in ('torch._dynamo', 'torchvision.models', 'facenet_pytorch')"
+            " if m in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [0]
+
+
 def test_stub_help_lines_match_the_commands_own():
     from scanner.cli import build_parser
 

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
 
 from ..errors import WeightsError
@@ -74,6 +73,8 @@ class ResNetFeatures(nn.Module):
         super().__init__()
         if arch not in RESNET_ARCHS:
             raise WeightsError(f"unknown ResNet arch {arch!r}; known: {', '.join(RESNET_ARCHS)}")
+        import torchvision  # here, not at import: torchvision.models loads torch._dynamo (~1 s)
+
         net = getattr(torchvision.models, arch)(weights=None)
         self.feature_dim = net.fc.in_features
         net.fc = nn.Identity()

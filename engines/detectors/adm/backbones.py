@@ -23,7 +23,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.resnet import BasicBlock
 
 
 class ResNetBackbone(nn.Module):
@@ -55,6 +54,9 @@ class ResNetBackbone(nn.Module):
 
     @staticmethod
     def _stage(inplanes: int, planes: int, blocks: int, stride: int):
+        # torchvision.models loads torch._dynamo (~1 s): only when an ADM model is built
+        from torchvision.models.resnet import BasicBlock
+
         down = None
         if stride != 1 or inplanes != planes:
             down = nn.Sequential(
