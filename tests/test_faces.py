@@ -89,3 +89,15 @@ def test_batched_cascade_agrees_with_facenet(group):
         assert _iou(rb, boxes[best]) > 0.8
         side = rb[2] - rb[0]
         assert np.abs(pts[best] - rp).max() < 0.1 * side  # landmarks within 10% of face size
+
+
+def test_missing_facenet_weights_is_one_clear_error(monkeypatch):
+    import importlib.util
+
+    from scanner.faces import MissingDependency
+
+    find = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a, **k: None if name == "facenet_pytorch" else find(name, *a, **k))
+    with pytest.raises(MissingDependency, match="pip install --no-deps facenet-pytorch==2.6.0"):
+        FaceDetector()
