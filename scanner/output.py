@@ -27,6 +27,7 @@ log = logging.getLogger("dfscan")
 
 CSV_COLUMNS = [
     "path", "verdict", "score", "threshold", "frames", "frames_with_faces", "faces",
+    "frames_requested", "frames_missed", "nonfinite_scores", "orientation_deg",
     "detector", "weights_hash", "engine", "sampling", "size_bytes", "sha256", "error_kind", "error",
     "decode_s", "detect_s", "align_s", "infer_s", "total_s",
 ]

@@ -151,6 +151,9 @@ def test_csv_output_and_fail_on_fake(tmp_path):
     assert code == EXIT_FAKE
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 1 and rows[0]["verdict"] == "fake" and float(rows[0]["threshold"]) == 0
+    # what a JSONL row says about lost frames, dropped scores and turning is in the CSV too
+    assert (rows[0]["frames_requested"], rows[0]["frames_missed"]) == ("4", "0")
+    assert (rows[0]["nonfinite_scores"], rows[0]["orientation_deg"]) == ("0", "0")
     # (score >= 0 holds for any score.) The threshold changes the verdict, never the score:
     ref = tmp_path / "ref.jsonl"
     assert main(["scan", str(DATA / "d1.mp4"), "--out", str(ref), "--frames", "4", "--no-progress"]) == EXIT_OK
