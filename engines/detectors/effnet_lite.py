@@ -16,6 +16,8 @@ Registered detectors:
   by ``dfscan train`` on self-blended and swapped faces (weights and model card
   in ``engines/weights/``);
 * ``effnet_lite0_adm``: Lite0 backbone + CADDM's ADM head (224 px), logits + artifact boxes;
+* ``effnet_lite2_sbi``, ``effnet_lite2_adm``: the same on Lite2; no weights ship, so they
+  need ``--weights`` from ``dfscan train --arch effnet_lite2_sbi`` (never random weights);
 * ``test_effnet_lite``, ``test_effnet_lite_adm``: narrow, seeded random variants for tests.
 """
 from __future__ import annotations
@@ -246,6 +248,22 @@ def effnet_lite0_sbi(weights=None, **kw) -> Detector:
                    default_weights=LITE0_ADM)
 def effnet_lite0_adm(weights=None, **kw) -> Detector:
     return _build(lite_adm, weights, variant="lite0", **kw)
+
+
+_LITE2_HINT = ("No Lite2 weights ship with dfscan: train them with "
+               "`dfscan train --arch effnet_lite2_sbi` (or _adm) and pass best.safetensors.")
+
+
+@register_detector("effnet_lite2_sbi", description="EfficientNet-Lite2 binary, 160 px; weights from dfscan train",
+                   needs_weights=True, weights_hint=_LITE2_HINT)
+def effnet_lite2_sbi(weights=None, **kw) -> Detector:
+    return _build(LiteClassifier, weights, variant="lite2", **kw)
+
+
+@register_detector("effnet_lite2_adm", description="EfficientNet-Lite2 + ADM head, 224 px; weights from dfscan train",
+                   needs_weights=True, weights_hint=_LITE2_HINT)
+def effnet_lite2_adm(weights=None, **kw) -> Detector:
+    return _build(lite_adm, weights, variant="lite2", **kw)
 
 
 @register_detector("test_effnet_lite", description="narrow EfficientNet-Lite binary (64 px, seeded random init; tests)")
