@@ -252,9 +252,12 @@ def test_rtsp_vlc_explicit_udp_and_refused_tcp(media):
     tcp = LiveSource("t", f"rtsp://127.0.0.1:{port}/live", SourceSettings(rtsp_transport="tcp", open_timeout_s=3,
                                                                          max_retries=0))
     try:
-        udp.start(), tcp.start()
+        udp.start()
         wait_for(lambda: udp.stats.sampled >= 2, 20, "UDP frames")
         assert udp.describe()["transport"] == "udp"
+        # only now: while VLC prepares the stream it may answer 5XX, and with max_retries=0
+        # that first answer (not the 461 this test is about) would stop the source
+        tcp.start()
         wait_for(lambda: tcp.state == "stopped", 15, "TCP to be refused")
         assert tcp.stats.connects == 0 and tcp.describe()["transport"] is None  # never went live
         assert "refused this transport" in tcp.stats.last_error and "461" in tcp.stats.last_error
