@@ -56,13 +56,21 @@ class VideoIndex:
         return int(np.searchsorted(self.presentation, pts))
 
 
+def _samples_missing(container, stream, packets: int) -> bool:
+    """An MP4/MOV whose sample table lists more samples than could be read."""
+    name = container.format.name
+    return ("mp4" in name or "mov" in name) and packets < (stream.frames or 0)
+
+
 def build_index(container, stream) -> VideoIndex:
     """Demux the whole video stream (no decoding) and record pts + keyframe flags.
 
     Truncation is what the demuxer reports: an error, or a last packet cut short by
     the end of the file (FFmpeg flags that short read as corrupt; MP4 and AVI demuxers
-    then stop quietly). The header's frame count is only a hint: capture tools write
-    empty "dropped frame" chunks that it counts as frames.
+    then stop quietly). The header's frame count is only a hint in AVI (capture tools
+    write empty "dropped frame" chunks that it counts as frames), but an MP4/MOV
+    sample table lists every sample: fewer packets than it lists means the file was
+    cut on a sample boundary, which no read error reveals.
     """
     pts, key = array("q"), array("b")
     truncated, empty, short_read = False, 0, False
@@ -78,7 +86,7 @@ def build_index(container, stream) -> VideoIndex:
             key.append(bool(pkt.is_keyframe))
     except av.error.FFmpegError:
         truncated = True  # data ends before the container says it should
-    truncated |= short_read
+    truncated |= short_read or _samples_missing(container, stream, len(pts) + empty)
     pts_a, key_a = np.frombuffer(pts, np.int64).copy(), np.frombuffer(key, np.int8).astype(bool)
     tb = float(stream.time_base) if stream.time_base else 1.0 / 25
     cc = stream.codec_context

@@ -190,6 +190,17 @@ def test_avi_with_dropped_frame_chunks_is_complete(tmp_path):
     assert not s.index.truncated and s.index.frames == 60 and len(got) == 8 and s.missed == 0
 
 
+def test_mp4_cut_on_a_sample_boundary_is_truncated(tmp_path):
+    # No read error shows this cut: the demuxer just stops where the data ends. The
+    # sample table still lists every sample (a 60 % cut landed here in one CI run).
+    full = _x264(tmp_path / "full.mp4", fmt="mp4", options={"movflags": "faststart"})
+    with av.open(str(full)) as c:
+        pos = [p.pos for p in c.demux(video=0) if p.size]
+    for k in (1, 37, 73, len(pos) - 1):
+        path = _bad(tmp_path, f"cut{k}.mp4", full.read_bytes()[: pos[k]])
+        assert _kind(path) == "truncated", k
+
+
 @pytest.mark.parametrize("name,fmt,options", [("cut.avi", "avi", None), ("cut.mp4", "mp4", {"movflags": "faststart"})])
 def test_cut_files_are_still_truncated(tmp_path, name, fmt, options):
     # The demuxer reports the last packet cut short by the end of the file.
