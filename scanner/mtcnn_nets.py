@@ -34,6 +34,11 @@ class _Net(nn.Module):
         for name, layer in layers.items():
             self.add_module(name, layer)
 
+    def _run(self, x: torch.Tensor, *names: str) -> torch.Tensor:
+        for name in names:
+            x = getattr(self, name)(x)
+        return x
+
     @staticmethod
     def _flat(x: torch.Tensor) -> torch.Tensor:
         # The Caffe weights expect the features flattened in (W, H, C) order.
@@ -50,8 +55,7 @@ class PNet(_Net):
                   conv3=c3, prelu3=p3, conv4_1=nn.Conv2d(32, 2, 1), conv4_2=nn.Conv2d(32, 4, 1))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.pool1(self.prelu1(self.conv1(x)))
-        x = self.prelu3(self.conv3(self.prelu2(self.conv2(x))))
+        x = self._run(x, "conv1", "prelu1", "pool1", "conv2", "prelu2", "conv3", "prelu3")
         return self.conv4_2(x), torch.softmax(self.conv4_1(x), dim=1)
 
 
@@ -67,9 +71,8 @@ class RNet(_Net):
                   dense5_1=nn.Linear(128, 2), dense5_2=nn.Linear(128, 4))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.pool1(self.prelu1(self.conv1(x)))
-        x = self.pool2(self.prelu2(self.conv2(x)))
-        x = self.prelu4(self.dense4(self._flat(self.prelu3(self.conv3(x)))))
+        x = self._run(x, "conv1", "prelu1", "pool1", "conv2", "prelu2", "pool2", "conv3", "prelu3")
+        x = self.prelu4(self.dense4(self._flat(x)))
         return self.dense5_2(x), torch.softmax(self.dense5_1(x), dim=1)
 
 
@@ -87,10 +90,9 @@ class ONet(_Net):
                   dense6_2=nn.Linear(256, 4), dense6_3=nn.Linear(256, 10))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x = self.pool1(self.prelu1(self.conv1(x)))
-        x = self.pool2(self.prelu2(self.conv2(x)))
-        x = self.pool3(self.prelu3(self.conv3(x)))
-        x = self.prelu5(self.dense5(self._flat(self.prelu4(self.conv4(x)))))
+        x = self._run(x, "conv1", "prelu1", "pool1", "conv2", "prelu2", "pool2", "conv3", "prelu3", "pool3",
+                      "conv4", "prelu4")
+        x = self.prelu5(self.dense5(self._flat(x)))
         return self.dense6_2(x), self.dense6_3(x), torch.softmax(self.dense6_1(x), dim=1)
 
 

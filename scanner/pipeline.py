@@ -144,7 +144,7 @@ def detect_and_align(batch: list[Frame], faces: FaceDetector, spec, device, anti
     if orientation is not None and orientation.settle(batch, found):
         batch = orientation.apply(batch)
         if region is not None:  # what it knows is in the stored frame's pixels
-            region.last, region.since_full = None, 0
+            region.reset()
         found = (region or faces).detect(batch)
     t1 = time.perf_counter()
     t["detect"] += t1 - t0

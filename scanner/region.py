@@ -54,9 +54,14 @@ class RegionSearch:
                  size_ratio: float = 0.7, max_share: float = 0.5):
         self.faces, self.full_every = faces, max(1, full_every)
         self.margin, self.size_ratio, self.max_share = margin, size_ratio, max_share
+        self.stats: Counter = Counter()
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget where faces were: the next sample is searched whole (e.g. after the
+        frames were turned upright, see :mod:`scanner.orientation`)."""
         self.last: np.ndarray | None = None  # (K, 4) face boxes of the last sample, detection px
         self.since_full = 0
-        self.stats: Counter = Counter()
 
     def detect(self, frames: Sequence[Frame]) -> list[Faces]:
         """Faces of ``frames`` (consecutive samples of this video), in order."""
