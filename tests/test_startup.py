@@ -113,3 +113,21 @@ def test_prestart_error_becomes_the_pipelines_error_row(tiny_ctx, tmp_path):
     tiny_ctx.prestarted = prestart([bad], tiny_ctx.cfg)
     row = scan_video(bad, tiny_ctx)
     assert row["verdict"] == "error" and row["error"]["kind"] == "not_video"
+
+
+def test_the_command_exits_at_once_with_its_code_and_every_output_flushed(tmp_path):
+    # `python -m scanner.cli` / the `dfscan` script end with os._exit (no interpreter
+    # teardown): the exit code, the rows, the piped summary and exit handlers must survive.
+    rows = tmp_path / "rows.jsonl"
+    missing = tmp_path / "gone.mp4"
+    code = ("import atexit, sys\nsys.argv = ['dfscan'] + sys.argv[1:]\n"
+            f"atexit.register(lambda: open({str(tmp_path / 'atexit')!r}, 'w').write('ran'))\n"
+            "from scanner.cli import entry\nentry()")
+    out = subprocess.run([sys.executable, "-c", code, "scan", str(DATA / "d1.mp4"), str(missing), "--frames", "4",
+                          "--no-progress", "--no-details", "--out", str(rows)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1, out.stderr  # one input is an error row
+    got = [json.loads(line) for line in rows.read_text().splitlines()]
+    assert sorted(r["verdict"] for r in got) == ["error", "real"]
+    assert "dfscan summary" in out.stdout and "stage share" in out.stdout
+    assert (tmp_path / "atexit").read_text() == "ran"

@@ -24,7 +24,7 @@ import torch
 
 from ..detector import Detector
 from ..errors import DfscanError, EngineError
-from .base import KINDS, PRECISIONS, Engine, EngineConfig
+from .base import KINDS, PRECISIONS, Engine, EngineConfig, batch_sizes_for
 
 log = logging.getLogger(__name__)
 
@@ -182,5 +182,5 @@ def prepare_engine(detector: Detector, name: str = "eager", *, precision: str = 
     return engine
 
 
-__all__ = ["resolve_engine_name", "ENGINE_NAMES", "KINDS", "PRECISIONS", "Engine", "EngineConfig", "build_engine",
+__all__ = ["resolve_engine_name", "ENGINE_NAMES", "KINDS", "PRECISIONS", "Engine", "EngineConfig", "batch_sizes_for", "build_engine",
            "engine_class", "engine_config", "prepare_engine"]

@@ -39,7 +39,7 @@ class FrameAnalyzer:
     def __init__(self, detector: str, weights: str | None = None, device: str = "cpu",
                  face_kwargs: dict | None = None, max_crops: int = 64, engine: str = "eager",
                  precision: str = "fp32"):
-        from engines.backends import prepare_engine
+        from engines.backends import batch_sizes_for, prepare_engine
         from engines.registry import create_detector
 
         from ..faces import FaceDetector
@@ -47,11 +47,10 @@ class FrameAnalyzer:
         self.device = torch.device(device)
         self.faces = FaceDetector(device=device, **(face_kwargs or {}))
         self.model = create_detector(detector, weights=weights, device=device)
-        # Same engines and batch sizes as batch scanning (built, parity-checked, warmed up).
-        # The largest size is also the chunk size, so it must be max_crops for every kind
-        # (eager does not pad, so the extra sizes cost it nothing).
-        sizes = sorted({1, 8, max_crops})
-        self.engine = prepare_engine(self.model, engine, precision=precision, batch_sizes=sizes, device=device)
+        # Same engines and batch sizes as batch scanning (built, parity-checked, warmed up);
+        # a call with more crops than the largest size is split into chunks.
+        self.engine = prepare_engine(self.model, engine, precision=precision,
+                                     batch_sizes=batch_sizes_for(max_crops, device), device=device)
         self.spec = self.model.spec
         self.threshold = self.model.threshold
         self.max_crops = max_crops
