@@ -162,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
+    from .allocator import keep_freed_memory
+
+    keep_freed_memory()  # before torch allocates anything (see scanner/allocator.py)
     try:
         return args.func(args)
     except KeyboardInterrupt as e:  # SIGTERM arrives as one too while a scan sets up

@@ -74,8 +74,8 @@ class ScanConfig(BaseModel):
         "with eager/onnxruntime engines, else 1); each then uses cores/workers threads")
     queue_frames: int = Field(8, ge=1, le=1024, description="decoded frames buffered per video")
     decode_thread: bool | None = Field(
-        None, description="decode in a thread overlapping detection (null: only with CUDA or "
-        ">= 4 cores; on 2 cores both stages are CPU-bound and the thread measured slower)")
+        True, description="decode each video in its own thread, overlapping detection (null: "
+        "the same); false decodes in the worker (fewer threads)")
     # distributed scans (scanner.distributed): workers must see the inputs at the same paths
     ray: str | None = Field(None, description="Ray cluster: 'auto' (RAY_ADDRESS), 'local' "
                             "(start one in-process) or host:port / ray://host:port; null: scan locally")

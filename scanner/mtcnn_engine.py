@@ -66,12 +66,10 @@ def exported_net(net: torch.nn.Module, name: str, cache_dir: str | Path | None =
     """ONNX file of facenet's ``name`` net (``pnet``/``rnet``/``onet``), from the cache."""
     import copy
 
-    import onnx
-
-    from engines.cache import EngineCache, cache_key, state_dict_hash
+    from engines.cache import EngineCache, cache_key, package_version, state_dict_hash
 
     fields = {"kind": "mtcnn-onnx", "net": name, "weights": state_dict_hash(net),
-              "versions": {"torch": torch.__version__, "onnx": onnx.__version__}, "opset": 17}
+              "versions": {"torch": torch.__version__, "onnx": package_version("onnx")}, "opset": 17}
     cache = EngineCache(cache_dir)
     key = cache_key(fields)
     path, _ = cache.lookup(key, fields)

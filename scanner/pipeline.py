@@ -318,9 +318,10 @@ def _record_sampling(row: dict, sampler: FrameSampler) -> None:
 
 
 def _decode_in_thread(cfg: ScanConfig) -> bool:
-    if cfg.decode_thread is not None:
-        return cfg.decode_thread
-    return cfg.device.startswith("cuda") or (os.cpu_count() or 1) >= 4
+    # On 2 cores too: the four bench clips scanned in 3.6 s with decode threads vs 4.1 s
+    # inline (2 workers, in one process; an earlier measurement, before CPU engines were
+    # capped at 8 crops a call and alignment resized on uint8, found the threads slower).
+    return cfg.decode_thread is not False
 
 
 def _base_row(path: Path, ctx: ScanContext) -> dict:

@@ -54,9 +54,9 @@ class OnnxRuntimeEngine(ArtifactEngine):
         self.exporter = None
 
     def versions(self) -> dict[str, str]:
-        import onnx
+        from ..cache import package_version
 
-        return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": self.ort.__version__}
+        return {"torch": torch.__version__, "onnx": package_version("onnx"), "onnxruntime": self.ort.__version__}
 
     # -- export -------------------------------------------------------------
     def _export(self, path: Path) -> None:
