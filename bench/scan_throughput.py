@@ -159,10 +159,14 @@ def _median_stages(rows: list[dict]) -> dict:
 def run(clips: list[Path], repeat: int, detector: str) -> dict:
     import torch
 
+    from scanner.allocator import keep_freed_memory
     from scanner.config import ScanConfig
     from scanner.pipeline import build_context, scan_paths
     from scanner.pipeline_bench import decode_ratios
 
+    # As `dfscan scan` does; in one process the peer gains from it too (whole-process
+    # runs below: only dfscan has it).
+    keep_freed_memory()
     cfg = ScanConfig(detector=detector, details=False, progress=False)
     ctx = build_context(cfg)
     threads = torch.get_num_threads()
@@ -193,6 +197,12 @@ def run(clips: list[Path], repeat: int, detector: str) -> dict:
             "per_clip_median_s": {c: _median_stages(v) for c, v in rows[name].items()}}
     out["in_loop"]["ratio_videos_per_s"] = round(
         out["in_loop"]["dfscan"]["videos_per_s"] / out["in_loop"]["peer"]["videos_per_s"], 2)
+    winner_s = sum(v["total"] for v in PEER_MEDIANS.values())
+    out["in_loop"]["vs_winner_medians"] = {
+        "winner_total_s": round(winner_s, 2), "dfscan_best_wall_s": round(min(walls["dfscan"]), 3),
+        "ratio_videos_per_s": round(winner_s / min(walls["dfscan"]), 2),
+        "note": "the winner's own code, one video at a time, per-clip medians from issue 14 (same machine, "
+                "another day): the calibration target of the in-repo peer"}
     out["peer_calibration"] = {
         c: {"ours": out["in_loop"]["peer"]["per_clip_median_s"][c], "winner_code": PEER_MEDIANS[c],
             "total_ratio_ours_over_winner": round(
