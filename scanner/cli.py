@@ -15,8 +15,8 @@ Exit codes of ``dfscan scan`` (the first that applies):
 from __future__ import annotations
 
 import argparse
-import importlib
 import atexit
+import importlib
 import logging
 import os
 import sys
