@@ -95,12 +95,7 @@ def package_version(name: str) -> str:
 
 def dfscan_version() -> str:
     """Installed dfscan version (``"unknown"`` when running from an uninstalled tree)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("dfscan")
-    except PackageNotFoundError:
-        return "unknown"
+    return package_version("dfscan")
 
 
 def _code_files(cls: type) -> set[Path]:
