@@ -128,7 +128,10 @@ def _scan(paths: list[Path], detector: str, perturb: str | None, frames: int) ->
     from scanner.config import ScanConfig
     from scanner.pipeline import build_context, scan_paths
 
-    ctx = build_context(ScanConfig(detector=detector, frames=frames, details=True, hash=False, progress=False))
+    # NAME=WEIGHTS scores a registered architecture with other weights (e.g. a dfscan train run).
+    name, _, weights = detector.partition("=")
+    ctx = build_context(ScanConfig(detector=name, weights=weights or None, frames=frames, details=True,
+                                   hash=False, progress=False))
     if perturb:
         from scanner.research.augment import parse_perturb
         from scanner.research.perturb import Perturbed
@@ -259,7 +262,8 @@ def main(argv=None) -> int:
     n.set_defaults(func=normalise)
     e = sub.add_parser("eval")
     e.add_argument("labels", help="labels.csv (normalised copy, or the original with path,label,group,subset)")
-    e.add_argument("--detectors", nargs="+", default=["effnet_lite0_sbi", "meso4_df"])
+    e.add_argument("--detectors", nargs="+", default=["effnet_lite0_sbi", "meso4_df"],
+                   help="registered names, or NAME=WEIGHTS for other weights of that architecture")
     e.add_argument("--frames", type=int, default=32)
     e.add_argument("--perturb")
     e.add_argument("--json", required=True)

@@ -129,3 +129,30 @@ def test_separability_plot(tmp_path):
     assert r["accuracy"] > 0.9
     plot(r, y, tmp_path / "s.png", "test")
     assert (tmp_path / "s.png").stat().st_size > 1000
+
+
+def test_validation_bench_scores_other_weights_of_an_architecture(tmp_path):
+    """bench/validation.py eval NAME=WEIGHTS: the registered architecture with other weights,
+    reported beside the shipped ones (here Meso4 with its Face2Face weights vs its Deepfake ones)."""
+    import csv
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    labels = tmp_path / "labels.csv"
+    with open(labels, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["path", "label", "group", "subset"])
+        w.writeheader()
+        w.writerow({"path": str(root / "tests/data/d1.mp4"), "label": "real", "group": "d1", "subset": "real"})
+        w.writerow({"path": str(root / "tests/data/d2.mp4"), "label": "fake", "group": "d2", "subset": "g"})
+    other = f"meso4_df={root / 'engines/weights/meso4_f2f.safetensors'}"
+    out = tmp_path / "res.json"
+    subprocess.run([sys.executable, str(root / "bench/validation.py"), "eval", str(labels), "--frames", "4",
+                    "--detectors", other, "meso4_df", "--json", str(out)], check=True, cwd=tmp_path,
+                   capture_output=True)
+    res = json.loads(out.read_text())["detectors"]
+    assert set(res) == {other, "meso4_df"}
+    a = [v["frames"] for v in res[other]["videos"]]
+    b = [v["frames"] for v in res["meso4_df"]["videos"]]
+    assert all(x is not None for x in a + b) and not np.allclose(a, b, atol=1e-3)
