@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 from pathlib import Path
 
 from engines.registry import file_hash
@@ -38,18 +39,18 @@ LICENSE = ("Non-commercial research use only: trained on MEAD, UTKFace and CC BY
 def write_card(run: Path, name: str, command: str, results: list[Path], fp16: bool = False) -> dict:
     train_card = json.loads((run / "card.json").read_text())
     dst = WEIGHTS / f"{name}.safetensors"
+    extra = {}
     if fp16:
         from safetensors.torch import load_file, save_file
 
         save_file({k: v.half() if v.is_floating_point() else v
                    for k, v in load_file(run / "best.safetensors").items()}, dst)
+        extra["stored_as"] = "float16 (loaded into float32; the run wrote float32)"
     else:
         shutil.copyfile(run / "best.safetensors", dst)
     card = {"name": name, "weights": dst.name, "sha256": file_hash(dst, None), "license": LICENSE,
             "training_data": DATA_LICENSES, "command": command, **train_card,
-            "evaluation": {p.name: _summary(json.loads(p.read_text())) for p in results}}
-    if fp16:
-        card["stored_as"] = "float16 (loaded into float32; the run wrote float32)"
+            "evaluation": {p.name: _summary(json.loads(p.read_text())) for p in results}, **extra}
     (WEIGHTS / f"{name}.card.json").write_text(json.dumps(card, indent=2) + "\n")
     (WEIGHTS / f"{name}.card.md").write_text(_markdown(card))
     return card
@@ -58,16 +59,18 @@ def write_card(run: Path, name: str, command: str, results: list[Path], fp16: bo
 def check_run(run: Path, name: str) -> dict:
     """Whether ``run/best.safetensors`` equals the shipped ``name`` weights, each tensor cast to
     the shipped dtype (float16 storage is the run's float32 rounded to nearest)."""
-    import torch
     from safetensors.torch import load_file
 
-    new, old = load_file(run / "best.safetensors"), load_file(WEIGHTS / f"{name}.safetensors")
+    paths = (run / "best.safetensors", WEIGHTS / f"{name}.safetensors")
+    for p in paths:
+        if not p.is_file():
+            raise FileNotFoundError(f"{p} does not exist")
+    new, old = map(load_file, paths)
     if set(new) != set(old):
         return {"identical": False, "tensors": len(old), "names_differ": sorted(set(new) ^ set(old))[:5]}
-    cast = {k: new[k].to(old[k].dtype) for k in old}
-    worst = max(float((cast[k].double() - old[k].double()).abs().max()) for k in old)
-    return {"identical": all(torch.equal(cast[k], old[k]) for k in old), "tensors": len(old),
-            "max_abs_diff": worst}
+    # NaN anywhere makes the difference NaN, which is not 0: never "identical".
+    worst = max(float((new[k].to(old[k].dtype).double() - old[k].double()).abs().max()) for k in old)
+    return {"identical": worst == 0.0, "tensors": len(old), "max_abs_diff": worst}
 
 
 def _summary(res: dict) -> dict:
@@ -142,7 +145,11 @@ def main(argv=None) -> int:
     ap.add_argument("--check", action="store_true", help="compare the run with the shipped weights")
     args = ap.parse_args(argv)
     if args.check:
-        res = check_run(args.run, args.name)
+        try:
+            res = check_run(args.run, args.name)
+        except FileNotFoundError as e:
+            print(f"card --check: {e}", file=sys.stderr)
+            return 2
         print(json.dumps(res))
         return 0 if res["identical"] else 1
     card = write_card(args.run, args.name, args.command, args.results, args.fp16)
