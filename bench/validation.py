@@ -22,6 +22,9 @@ detector against the others. ``--perturb`` degrades every crop first.
         --detectors effnet_lite0_sbi meso4_df --json bench/results/validation_normalised.json
     python bench/validation.py eval ../shared/media/validation/labels.csv \\
         --json bench/results/validation_original.json             # the clips as shipped
+    python bench/validation.py eval ~/.cache/dfscan/validation_norm/labels.csv \\
+        --detectors baseline_sharpness effnet_lite0_sbi effnet_lite0_adm meso4_df \\
+        --json bench/results/validation_shortcut.json  # a shortcut (face sharpness) against each
 """
 from __future__ import annotations
 

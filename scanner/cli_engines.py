@@ -27,10 +27,11 @@ def _weights_map(pairs: list[str] | None) -> dict[str, str]:
 
 def _default_detectors() -> list[str]:
     """Every shipped detector that runs without a weights file of the user's (ADM,
-    probes and Lite2 need one: name them with --detectors and --weights)."""
+    probes and Lite2 need one: name them with --detectors and --weights); not the
+    ``baseline_*`` shortcut scorers, which are no detectors."""
     from engines.registry import detector_entry, list_detectors
 
-    real = [n for n in list_detectors() if not n.startswith("test_")
+    real = [n for n in list_detectors() if not n.startswith(("test_", "baseline_"))
             and not (detector_entry(n).needs_weights and not detector_entry(n).default_weights)]
     return real or ["test_tiny"]
 

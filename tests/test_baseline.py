@@ -1,0 +1,56 @@
+"""baseline_sharpness: a shortcut scorer registered like a detector, for evaluations."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from engines.registry import create_detector
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _faces(size: int = 128) -> np.ndarray:
+    """Real aligned faces (engines/data/parity_faces.npz), uint8 (N, size, size, 3)."""
+    faces = np.load(ROOT / "engines/data/parity_faces.npz")["faces"]
+    return np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in faces])
+
+
+def _score(det, faces: np.ndarray) -> np.ndarray:
+    x = torch.from_numpy(faces).permute(0, 3, 1, 2).float()
+    with torch.no_grad():
+        return det(x).numpy()
+
+
+def test_sharpness_is_the_laplacian_variance_of_the_face_and_drops_with_blur():
+    det = create_detector("baseline_sharpness")
+    faces = _faces(det.spec.size)
+    got = _score(det, faces)
+    # Reference: OpenCV's 4-neighbour Laplacian of BT.601 luma over the central 3/4.
+    m = det.margin
+    for f, g in zip(faces, got):
+        y = f.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+        lap = cv2.Laplacian(y, cv2.CV_64F, ksize=1)[m + 1:-m - 1, m + 1:-m - 1]
+        assert g == pytest.approx(math.log(lap.var()) - math.log(100.0), abs=1e-3)
+    blurred = _score(det, np.stack([cv2.GaussianBlur(f, (0, 0), 1.0) for f in faces]))
+    sharpened = _score(det, np.stack([cv2.addWeighted(f, 2.0, cv2.GaussianBlur(f, (0, 0), 1.0), -1.0, 0)
+                                      for f in faces]))
+    assert (blurred < got - 0.5).all() and (sharpened > got).all()
+
+
+def test_sharpness_baseline_runs_on_the_engines_and_is_no_default_benchmark(tmp_path):
+    from engines.backends import prepare_engine
+    from scanner.cli_engines import _default_detectors
+
+    det = create_detector("baseline_sharpness")
+    x = torch.from_numpy(_faces(det.spec.size)).permute(0, 3, 1, 2).float()
+    eager = _score(det, _faces(det.spec.size))
+    pytest.importorskip("onnxruntime")
+    ort = prepare_engine(det, "onnxruntime", batch_sizes=(1, 8, 16), cache_dir=str(tmp_path))
+    assert ort.info.parity is not None
+    assert np.allclose(ort(x).numpy(), eager, atol=1e-3)
+    assert "baseline_sharpness" not in _default_detectors()
