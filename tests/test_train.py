@@ -96,6 +96,30 @@ def test_samples_are_deterministic_and_labelled(cache_dir):
     assert not all(torch.equal(p, ds[k][0]) for k, p in enumerate(x))
 
 
+def test_global_jitter_changes_the_whole_real_and_keeps_old_recipes(cache_dir):
+    """--p-global: a real transformed as a whole (no boundary), labelled real; with the
+    option off, the samples are exactly those of earlier recipes (same random stream)."""
+    from scanner.research.samples import global_jitter
+    from scanner.research.synth import self_blend
+
+    img = _face(5)
+    g = global_jitter(img, LM, np.random.default_rng(0))
+    changed = np.any(g != img, axis=-1)
+    assert changed[:12].mean() > 0.5 and changed[-12:].mean() > 0.5  # background too, not just the face
+    fake, (x0, y0, x1, y1), _ = self_blend(img, LM, "partial", np.random.default_rng(0))
+    assert np.array_equal(fake[:y0], img[:y0])  # a self-blend leaves the outside alone
+    cache = FaceCache.load(cache_dir)
+    pool = np.arange(len(cache))
+    base = FaceSamples(cache, pool, 64, 32, seed=3)
+    off = FaceSamples(cache, pool, 64, 32, seed=3, p_global=0.0)
+    on = FaceSamples(cache, pool, 64, 32, seed=3, p_global=1.0)
+    items = [(base[k], off[k], on[k]) for k in range(32)]
+    assert all(torch.equal(b[0], o[0]) for b, o, _ in items)
+    reals = [(b, n) for b, _, n in items if b[1] == 0]
+    assert reals and all(n[1] == 0 and (n[2] == -1).all() for _, n in reals)
+    assert any(not torch.equal(b[0], n[0]) for b, n in reals)
+
+
 def test_adm_targets_decode_back_to_the_box():
     priors = prior_boxes(ADM_PRIORS)
     box = torch.tensor([0.2, 0.3, 0.6, 0.7])  # x0 y0 x1 y1

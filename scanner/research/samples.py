@@ -6,6 +6,10 @@ real face, and with probability 1/2 a fake made from it: a self-blended image
 global or partial mask) or a multi-scale swap with another identity
 (:func:`.mfs.mfs_swap`). Then a random flip, real-world degradations
 (:func:`.augment.train_augment`) and a resize to the model's input.
+With ``p_global`` > 0, that share of training reals gets the self-blend source
+transform over the whole crop (colour, scale, blur or sharpening, no blending
+boundary): a globally shifted appearance is then seen as real, and only an
+inconsistency between face and surroundings as fake.
 Validation samples use the same fakes without degradations.
 """
 from __future__ import annotations
@@ -14,7 +18,7 @@ import cv2
 import numpy as np
 import torch
 
-from .synth import TRAIN_BLEND, self_blend
+from .synth import TRAIN_BLEND, jitter_source, self_blend
 from .augment import train_augment
 from .data import FaceCache
 from .mfs import mfs_swap
@@ -39,6 +43,12 @@ def make_fake(cache: FaceCache, i: int, pool: np.ndarray, groups: np.ndarray, rn
     return fake, box, KIND_SBI
 
 
+def global_jitter(img: np.ndarray, lm: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A real face with the self-blend source transform applied everywhere (``uint8 (H, W, 3)``)."""
+    centre = np.asarray(lm, np.float64).mean(0)
+    return np.round(jitter_source(img, centre, rng, TRAIN_BLEND)).astype(np.uint8)
+
+
 def _flip(img: np.ndarray, box) -> tuple[np.ndarray, tuple]:
     w = img.shape[1]
     return np.ascontiguousarray(img[:, ::-1]), (w - box[2], box[1], w - box[0], box[3])
@@ -52,9 +62,10 @@ class FaceSamples(torch.utils.data.Dataset):
     """
 
     def __init__(self, cache: FaceCache, pool: np.ndarray, size: int, epoch_len: int, seed: int,
-                 train: bool = True, p_mfs: float = 0.35):
+                 train: bool = True, p_mfs: float = 0.35, p_global: float = 0.0):
         self.cache, self.pool, self.size = cache, np.asarray(pool), size
         self.epoch_len, self.seed, self.train, self.p_mfs = epoch_len, seed, train, p_mfs
+        self.p_global = p_global
         self.epoch = 0
         self.groups = cache.groups
 
@@ -70,6 +81,9 @@ class FaceSamples(torch.utils.data.Dataset):
             img, box, kind = make_fake(self.cache, i, self.pool, self.groups, rng, self.p_mfs)
         else:
             img, box, kind = np.asarray(self.cache.crops[i]), (-1, -1, -1, -1), KIND_REAL
+            # Drawn only when enabled, so recipes without it keep their exact random stream.
+            if self.train and self.p_global > 0 and rng.random() < self.p_global:
+                img = global_jitter(img, self.cache.landmarks[i], rng)
         if self.train:
             if rng.random() < 0.5:
                 img, box = _flip(img, box) if fake else (np.ascontiguousarray(img[:, ::-1]), box)

@@ -47,6 +47,7 @@ class TrainConfig:
     val_share: float = 0.15
     val_size: int = 600
     p_mfs: float = 0.35
+    p_global: float = 0.0  # share of training reals transformed as a whole (samples.global_jitter)
     seed: int = 0
     threads: int = 2
     workers: int = 0  # DataLoader processes making fakes (samples stay deterministic per index)
@@ -188,7 +189,8 @@ def train(cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, progress
     model = build_model(cfg).to(cfg.device)
     frozen = freeze_stages(model, cfg.freeze)
     size = model.spec.size
-    train_ds = FaceSamples(cache, tr_pool, size, cfg.steps * cfg.batch_size, cfg.seed, True, cfg.p_mfs)
+    train_ds = FaceSamples(cache, tr_pool, size, cfg.steps * cfg.batch_size, cfg.seed, True, cfg.p_mfs,
+                           cfg.p_global)
     val_ds = FaceSamples(cache, va_pool, size, min(cfg.val_size, 2 * len(va_pool)), cfg.seed, False, cfg.p_mfs)
     val_loader = torch.utils.data.DataLoader(val_ds, batch_size=64)
     params = [p for p in model.parameters() if p.requires_grad]
