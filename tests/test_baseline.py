@@ -54,3 +54,16 @@ def test_sharpness_baseline_runs_on_the_engines_and_is_no_default_benchmark(tmp_
     assert ort.info.parity is not None
     assert np.allclose(ort(x).numpy(), eager, atol=1e-3)
     assert "baseline_sharpness" not in _default_detectors()
+
+
+def test_scanning_with_a_baseline_says_its_verdicts_mean_nothing(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "rows.jsonl"
+    r = subprocess.run([sys.executable, "-m", "scanner.cli", "scan", str(ROOT / "tests/data/d1.mp4"),
+                        "--detector", "baseline_sharpness", "--frames", "4", "--out", str(out), "--no-progress"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "shortcut baseline, not a detector" in " ".join((r.stdout + r.stderr).split())
+    assert len(out.read_text().splitlines()) == 1
