@@ -28,6 +28,7 @@ class DetectorEntry:
     default_weights: str | None  # file name under engines/weights/, or None
     needs_weights: bool  # True: refuse to run without a user-supplied file
     weights_hint: str  # where such weights come from (shown when missing)
+    shortcut: bool = False  # a shortcut baseline for evaluations, not a detector (never a default)
 
 
 _REGISTRY: dict[str, DetectorEntry] = {}
@@ -40,6 +41,7 @@ def register_detector(
     default_weights: str | None = None,
     needs_weights: bool = False,
     weights_hint: str = "",
+    shortcut: bool = False,
 ) -> Callable[[Factory], Factory]:
     """Decorator registering ``factory(**kwargs) -> Detector`` under ``name``."""
 
@@ -47,7 +49,7 @@ def register_detector(
         if name in _REGISTRY:
             raise RegistryError(f"detector {name!r} is already registered")
         _REGISTRY[name] = DetectorEntry(
-            name, factory, description, default_weights, needs_weights, weights_hint
+            name, factory, description, default_weights, needs_weights, weights_hint, shortcut
         )
         return factory
 

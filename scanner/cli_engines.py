@@ -28,10 +28,10 @@ def _weights_map(pairs: list[str] | None) -> dict[str, str]:
 def _default_detectors() -> list[str]:
     """Every shipped detector that runs without a weights file of the user's (ADM,
     probes and Lite2 need one: name them with --detectors and --weights); not the
-    ``baseline_*`` shortcut scorers, which are no detectors."""
+    shortcut baselines, which are no detectors."""
     from engines.registry import detector_entry, list_detectors
 
-    real = [n for n in list_detectors() if not n.startswith(("test_", "baseline_"))
+    real = [n for n in list_detectors() if not n.startswith("test_") and not detector_entry(n).shortcut
             and not (detector_entry(n).needs_weights and not detector_entry(n).default_weights)]
     return real or ["test_tiny"]
 

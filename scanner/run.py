@@ -191,7 +191,9 @@ def _run(args, stop: GracefulStop) -> int:
         console.print(f"[dim]detector {cfg.detector} ({ctx.detector.weights_hash}) on {cfg.device}, "
                       f"engine {info.get('backend')} {cfg.precision}, {ctx.workers} worker(s): ready in "
                       f"{info.get('ready_s') or time.perf_counter() - t0:.1f}s[/dim]")
-        if cfg.detector.startswith("baseline_"):  # registered like detectors, for evaluations only
+        from engines.registry import detector_entry  # loaded with the detector by now
+
+        if detector_entry(cfg.detector).shortcut:  # registered like detectors, for evaluations only
             console.print(f"[yellow]{cfg.detector} is a shortcut baseline, not a detector: its verdicts say "
                           "nothing about manipulation[/yellow]")
         if resumed is not None:

@@ -52,6 +52,7 @@ class SharpnessBaseline(Detector):
 @register_detector(
     "baseline_sharpness",
     description="shortcut baseline for evaluations: scores face sharpness, not manipulation",
+    shortcut=True,
 )
 def baseline_sharpness(weights=None, **kw) -> Detector:
     return SharpnessBaseline(**kw)
