@@ -158,6 +158,8 @@ def test_train_resumes_to_the_same_weights(cache_dir, tmp_path):
     assert [r["epoch"] for r in part["history"]] == [0]
     resumed = train(TrainConfig(**cfg), cache_dir, tmp_path / "part")
     assert [r["epoch"] for r in resumed["history"]] == [0, 1]
+    log = [json.loads(line)["epoch"] for line in (tmp_path / "part" / "log.jsonl").read_text().splitlines()]
+    assert log == [0, 1]  # one line per epoch across the resume
     a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "part" / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -168,6 +170,25 @@ def test_train_resumes_to_the_same_weights(cache_dir, tmp_path):
     assert det.weights_hash != "random-init"
     frozen = det.backbone._conv_stem.weight
     assert torch.equal(frozen, create_detector("test_effnet_lite").backbone._conv_stem.weight)
+
+
+def test_export_killed_mid_write_keeps_the_previous_best(tmp_path, monkeypatch):
+    import safetensors.torch as st
+
+    from scanner.research.train import _export
+
+    _export(tmp_path, torch.nn.Linear(3, 2))
+    before = (tmp_path / "best.safetensors").read_bytes()
+
+    def torn(sd, path):  # a full disk: part of the file written, then the error
+        open(path, "wb").write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(st, "save_file", torn)
+    with pytest.raises(OSError):
+        _export(tmp_path, torch.nn.Linear(3, 2))
+    assert (tmp_path / "best.safetensors").read_bytes() == before
+    assert set(st.load_file(str(tmp_path / "best.safetensors"))) == {"weight", "bias"}
 
 
 @pytest.mark.parametrize("name", ["test_effnet_lite", "test_effnet_lite_adm"])

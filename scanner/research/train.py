@@ -169,18 +169,41 @@ def _save_last(out: Path, model, opt, epoch: int, history: list, best: float) ->
 
 
 def _export(out: Path, model) -> None:
+    """``best.safetensors``, replaced atomically: a run killed mid-write keeps the previous best."""
     from safetensors.torch import save_file
 
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
-    save_file(sd, str(out / "best.safetensors"))
+    tmp = out / "best.safetensors.tmp"
+    save_file(sd, str(tmp))
+    tmp.replace(out / "best.safetensors")
 
 
-def train(cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, progress=None) -> dict:
-    """Run (or resume) training; returns the summary written to ``out_dir/card.json``."""
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+@dataclass
+class _Run:
+    """What one training run works with (built by :func:`_prepare`)."""
+
+    cache: FaceCache
+    tr_pool: np.ndarray
+    va_pool: np.ndarray
+    model: torch.nn.Module
+    frozen: list
+    train_ds: FaceSamples
+    val_loader: torch.utils.data.DataLoader
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+
+
+def _prepare(cfg: TrainConfig, cache_dir) -> _Run:
+    # The order of these steps is the order random numbers are drawn in: keep it, or the
+    # shipped weights no longer reproduce from their cards.
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     cache = FaceCache.load(cache_dir)
     is_val = split_groups(cache.groups, cfg.val_share, cfg.seed)
     tr_pool, va_pool = np.flatnonzero(~is_val), np.flatnonzero(is_val)
@@ -192,63 +215,90 @@ def train(cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, progress
     train_ds = FaceSamples(cache, tr_pool, size, cfg.steps * cfg.batch_size, cfg.seed, True, cfg.p_mfs,
                            cfg.p_global)
     val_ds = FaceSamples(cache, va_pool, size, min(cfg.val_size, 2 * len(va_pool)), cfg.seed, False, cfg.p_mfs)
-    val_loader = torch.utils.data.DataLoader(val_ds, batch_size=64)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = cfg.epochs * cfg.steps
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-    start, history, best = 0, [], -1.0
-    if (out / "last.pt").is_file():  # resume
-        ck = torch.load(out / "last.pt", map_location=cfg.device, weights_only=True)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        start, history, best = ck["epoch"] + 1, json.loads(ck["history"]), ck["best"]
-        sched.last_epoch = start * cfg.steps - 1
-        with warnings.catch_warnings():  # sets the resumed step's rate; no optimizer step is skipped
-            warnings.simplefilter("ignore", UserWarning)
-            sched.step()
+    return _Run(cache, tr_pool, va_pool, model, frozen, train_ds,
+                torch.utils.data.DataLoader(val_ds, batch_size=64), opt, sched)
+
+
+def _resume(out: Path, run: _Run, cfg: TrainConfig) -> tuple[int, list, float]:
+    """First epoch to run, history so far and best validation AUC (from ``last.pt`` if any)."""
+    if not (out / "last.pt").is_file():
+        return 0, [], -1.0
+    ck = torch.load(out / "last.pt", map_location=cfg.device, weights_only=True)
+    run.model.load_state_dict(ck["model"])
+    run.opt.load_state_dict(ck["opt"])
+    start = ck["epoch"] + 1
+    run.sched.last_epoch = start * cfg.steps - 1
+    with warnings.catch_warnings():  # sets the resumed step's rate; no optimizer step is skipped
+        warnings.simplefilter("ignore", UserWarning)
+        run.sched.step()
+    return start, json.loads(ck["history"]), ck["best"]
+
+
+def _train_epoch(run: _Run, cfg: TrainConfig, epoch: int, progress=None):
+    """One epoch of optimiser steps; returns (mean loss, the progress bar or None)."""
+    run.train_ds.epoch = epoch
+    g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+    loader = torch.utils.data.DataLoader(run.train_ds, batch_size=cfg.batch_size, shuffle=True, generator=g,
+                                         num_workers=cfg.workers)
+    run.model.train()
+    for m in run.frozen:
+        m.eval()  # frozen BatchNorm keeps its ImageNet statistics
+    torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout
+    losses = []
+    it = progress(loader, epoch) if progress else loader
+    for x, y, box, _ in it:
+        x, y, box = x.to(cfg.device).float(), y.to(cfg.device), box.to(cfg.device)
+        loss, _parts = loss_of(run.model, run.model(x), y, box)
+        run.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        run.opt.step()
+        run.sched.step()
+        losses.append(loss.item())
+        if progress:
+            it.set_postfix(loss=float(np.mean(losses[-20:])))
+    return float(np.mean(losses)), (it if progress else None)
+
+
+def train(cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, progress=None) -> dict:
+    """Run (or resume) training; returns the summary written to ``out_dir/card.json``.
+
+    Each epoch ends with the best weights (if improved) and then ``last.pt`` written, each
+    replaced atomically, so a run killed at any point resumes to the same weights."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    run = _prepare(cfg, cache_dir)
+    start, history, best = _resume(out, run, cfg)
     t_start = time.time()
     for epoch in range(start, cfg.epochs):
-        train_ds.epoch = epoch
-        g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-        loader = torch.utils.data.DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=g,
-                                             num_workers=cfg.workers)
-        model.train()
-        for m in frozen:
-            m.eval()  # frozen BatchNorm keeps its ImageNet statistics
-        torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout
-        t0, losses = time.time(), []
-        it = progress(loader, epoch) if progress else loader
-        for x, y, box, _ in it:
-            x, y, box = x.to(cfg.device).float(), y.to(cfg.device), box.to(cfg.device)
-            out_t = model(x)
-            loss, parts = loss_of(model, out_t, y, box)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-            if progress:
-                it.set_postfix(loss=float(np.mean(losses[-20:])))
-        val = validate(model, val_loader, cfg.device)
-        rec = {"epoch": epoch, "loss": float(np.mean(losses)), "seconds": round(time.time() - t0, 1),
-               "lr": opt.param_groups[0]["lr"], **val}
+        t0 = time.time()
+        loss, bar = _train_epoch(run, cfg, epoch, progress)
+        rec = {"epoch": epoch, "loss": loss, "seconds": round(time.time() - t0, 1),
+               "lr": run.opt.param_groups[0]["lr"], **validate(run.model, run.val_loader, cfg.device)}
         history.append(rec)
-        if val["auc"] > best:
-            best = val["auc"]
-            _export(out, model)
-        _save_last(out, model, opt, epoch, history, best)
-        with open(out / "log.jsonl", "a") as f:
-            f.write(json.dumps(rec) + "\n")
-        if progress:
-            it.epoch_done(rec)
+        if rec["auc"] > best:
+            best = rec["auc"]
+            _export(out, run.model)
+        _save_last(out, run.model, run.opt, epoch, history, best)
+        _write_text(out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+        if bar is not None:
+            bar.epoch_done(rec)
         if cfg.max_minutes and (time.time() - t_start) / 60 > cfg.max_minutes:
             break
-    card = {"arch": cfg.arch, "input_size": size, "recipe": asdict(cfg), "git_commit": _git_commit(),
-            "data": {"cache": [str(c) for c in ([cache_dir] if isinstance(cache_dir, (str, Path)) else cache_dir)], "faces": len(cache), "train_faces": int(len(tr_pool)),
-                     "val_faces": int(len(va_pool)), "identities": len(set(cache.groups.tolist())),
-                     "val_identities": sorted(set(cache.groups[va_pool].tolist()))},
+    card = _card(cfg, cache_dir, run, history, best)
+    _write_text(out / "card.json", json.dumps(card, indent=2) + "\n")
+    return card
+
+
+def _card(cfg: TrainConfig, cache_dir, run: _Run, history: list, best: float) -> dict:
+    caches = [cache_dir] if isinstance(cache_dir, (str, Path)) else cache_dir
+    groups = run.cache.groups
+    return {"arch": cfg.arch, "input_size": run.model.spec.size, "recipe": asdict(cfg), "git_commit": _git_commit(),
+            "data": {"cache": [str(c) for c in caches], "faces": len(run.cache), "train_faces": int(len(run.tr_pool)),
+                     "val_faces": int(len(run.va_pool)), "identities": len(set(groups.tolist())),
+                     "val_identities": sorted(set(groups[run.va_pool].tolist()))},
             "history": history, "best_val_auc": best,
             "best_epoch": max(history, key=lambda r: r["auc"])["epoch"] if history else None}
-    (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
-    return card
