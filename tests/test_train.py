@@ -82,6 +82,37 @@ def test_mfs_swap_box_and_outside_unchanged():
         assert np.abs(fake[~outside].astype(int) - a[~outside]).mean() > 1
 
 
+def test_cache_rebuild_killed_midway_is_refused_not_mismatched(cache_dir, tmp_path, monkeypatch):
+    import shutil
+
+    from scanner.research import data
+
+    d = tmp_path / "c"
+    shutil.copytree(cache_dir, d)
+    old = FaceCache.load(d)
+    crops, lms = np.asarray(old.crops)[:10], old.landmarks[:10]
+    rows = [{"source": "x.mp4", "group": "fam0:x", "frame": i} for i in range(10)]
+    real_save = np.save
+
+    def full_disk(f, arr):  # the crops land, then the disk is full
+        if len(arr) and arr.ndim == 3:
+            raise OSError(28, "No space left on device")
+        real_save(f, arr)
+
+    monkeypatch.setattr(data.np, "save", full_disk)
+    with pytest.raises(OSError):
+        data._store(d, crops, lms, rows)
+    with pytest.raises(data.CacheError, match="no index.csv"):
+        FaceCache.load(d)  # 10 new crops must never be read with the 24 old rows
+    monkeypatch.setattr(data.np, "save", real_save)
+    data._store(d, crops, lms, rows)
+    assert len(FaceCache.load(d)) == 10
+    with open(d / "index.csv", "a") as f:
+        f.write("y.mp4,fam1:y,0\n")
+    with pytest.raises(data.CacheError, match="11 rows, 10 crops"):
+        FaceCache.load(d)
+
+
 def test_samples_are_deterministic_and_labelled(cache_dir):
     cache = FaceCache.load(cache_dir)
     ds = FaceSamples(cache, np.arange(len(cache)), 64, 16, seed=3)

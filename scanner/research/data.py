@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engines.errors import DfscanError
 from engines.spec import InputSpec
 
 log = logging.getLogger("dfscan")
@@ -124,14 +125,47 @@ def build_cache(roots: list[str | Path], out: str | Path, spec: InputSpec, cfg: 
             rows.append({"source": str(path), "group": identity(path), "frame": fr.index})
     if not rows:
         raise RuntimeError(f"no faces found in {roots}")
-    np.save(out / "crops.npy", np.stack(crops))
-    np.save(out / "landmarks.npy", np.stack(lms))
-    with open(out / "index.csv", "w", newline="") as f:
+    _store(out, np.stack(crops), np.stack(lms), rows)
+    return {"faces": len(rows), "files": len(files), "groups": len({r["group"] for r in rows}),
+            "skipped": skipped}
+
+
+def _store(out: Path, crops: np.ndarray, lms: np.ndarray, rows: list[dict]) -> None:
+    """Write a cache so that a kill at any point never pairs one build's rows with another's
+    crops: ``index.csv`` (what :meth:`FaceCache.load` starts from) goes first and comes back
+    last; each file is replaced whole."""
+    (out / "index.csv").unlink(missing_ok=True)
+    for name, arr in (("crops.npy", crops), ("landmarks.npy", lms)):
+        with open(out / f"{name}.tmp", "wb") as f:
+            np.save(f, arr)
+        (out / f"{name}.tmp").replace(out / name)
+    with open(out / "index.csv.tmp", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["source", "group", "frame"])
         w.writeheader()
         w.writerows(rows)
-    return {"faces": len(rows), "files": len(files), "groups": len({r["group"] for r in rows}),
-            "skipped": skipped}
+    (out / "index.csv.tmp").replace(out / "index.csv")
+
+
+class CacheError(DfscanError):
+    """A face cache folder is missing, incomplete or inconsistent."""
+
+
+def _load_one(path: Path) -> tuple[list[dict], np.ndarray, np.ndarray]:
+    if not (path / "index.csv").is_file():
+        raise CacheError(f"{path}: not a complete face cache (no index.csv: its build was interrupted "
+                         "or never ran); build it with `dfscan train --cache-only --cache DIR --data ...`")
+    with open(path / "index.csv") as f:
+        rows = list(csv.DictReader(f))
+    try:
+        crops = np.load(path / "crops.npy", mmap_mode="r")
+        lms = np.load(path / "landmarks.npy")
+    except (OSError, ValueError) as e:
+        raise CacheError(f"{path}: unreadable face cache ({type(e).__name__}: {e}); rebuild it") from e
+    if not len(rows) == len(crops) == len(lms):
+        # Rows matched to the wrong crops would mix identities across the split silently.
+        raise CacheError(f"{path}: face cache files disagree ({len(rows)} rows, {len(crops)} crops, "
+                         f"{len(lms)} landmark sets); rebuild it")
+    return rows, crops, lms
 
 
 @dataclass
@@ -147,10 +181,10 @@ class FaceCache:
         paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
         rows, crops, lms = [], [], []
         for path in paths:
-            with open(path / "index.csv") as f:
-                rows += list(csv.DictReader(f))
-            crops.append(np.load(path / "crops.npy", mmap_mode="r"))
-            lms.append(np.load(path / "landmarks.npy"))
+            r, c, lm = _load_one(path)
+            rows += r
+            crops.append(c)
+            lms.append(lm)
         return cls(crops[0] if len(crops) == 1 else np.concatenate(crops), np.concatenate(lms),
                    np.array([r["group"] for r in rows]), np.array([r["source"] for r in rows]))
 
