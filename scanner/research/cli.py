@@ -62,7 +62,7 @@ def _train(args) -> int:
         raise DfscanError("train: --out DIR is required (or --cache-only to build a face cache)")
     if args.cache_only and len(caches) != 1:
         raise DfscanError("train: --cache-only builds one cache: give one --cache folder")
-    if len(caches) == 1 and not (caches[0] / "crops.npy").is_file():
+    if len(caches) == 1 and not (caches[0] / "index.csv").is_file():  # written last: a complete cache
         _build_cache(args, caches[0])
     if args.cache_only:
         print(f"face cache ready: {caches[0]}")
