@@ -13,7 +13,6 @@ kernel allows it, else the never-reset ``ru_maxrss``).
 """
 from __future__ import annotations
 
-import json
 import os
 import platform
 import resource
@@ -284,10 +283,9 @@ def print_table(result: dict, console=None) -> None:
 
 
 def write_json(result: dict, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1, sort_keys=False) + "\n")
-    return path
+    from .files import write_json as write
+
+    return write(result, path, indent=1)
 
 
 def plot(result: dict, path: str | Path) -> Path | None:

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from engines.errors import DfscanError
+from engines.files import write_json
 
 DEFAULT_ENGINES = ["eager", "eager-cl", "compile", "onnxruntime"]
 
@@ -117,7 +118,7 @@ def _bench_pipeline(args, stem: str) -> int:
     res = benchmark_pipeline(args.pipeline, cfg)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{stem}.json"
-    path.write_text(json.dumps(res, indent=1, default=str) + "\n")
+    write_json(res, path, indent=1, default=str)
     _pipeline_table(res)
     print(f"wrote {path}", file=sys.stderr)
     return 0

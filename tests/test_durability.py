@@ -236,3 +236,17 @@ def test_signal_keeps_finished_rows_and_writes_html(tmp_path, sig, code):
              "--no-progress", "--workers", "2")
     assert r.returncode == EXIT_OK, r.stderr
     assert sorted(x["path"] for x in _rows(out)) == sorted(str(p) for p in src.iterdir())
+
+
+def test_whole_file_writes_keep_the_old_file_when_writing_fails(tmp_path):
+    from engines.files import replacing, write_json
+
+    out = write_json({"auc": 0.9}, tmp_path / "sub" / "res.json")
+    with pytest.raises(OSError):
+        with replacing(out) as tmp:
+            tmp.write_text('{"auc": 0.')  # half written, then the disk is full
+            raise OSError(28, "No space left on device")
+    assert json.loads(out.read_text()) == {"auc": 0.9}
+    assert sorted(p.name for p in out.parent.iterdir()) == ["res.json"]  # no temporary left
+    write_json({"auc": 0.8}, out)
+    assert json.loads(out.read_text()) == {"auc": 0.8}

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from engines.errors import DfscanError
+from engines.files import replacing
 from engines.spec import InputSpec
 
 log = logging.getLogger("dfscan")
@@ -136,14 +137,12 @@ def _store(out: Path, crops: np.ndarray, lms: np.ndarray, rows: list[dict]) -> N
     last; each file is replaced whole."""
     (out / "index.csv").unlink(missing_ok=True)
     for name, arr in (("crops.npy", crops), ("landmarks.npy", lms)):
-        with open(out / f"{name}.tmp", "wb") as f:
+        with replacing(out / name) as tmp, open(tmp, "wb") as f:
             np.save(f, arr)
-        (out / f"{name}.tmp").replace(out / name)
-    with open(out / "index.csv.tmp", "w", newline="") as f:
+    with replacing(out / "index.csv") as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["source", "group", "frame"])
         w.writeheader()
         w.writerows(rows)
-    (out / "index.csv.tmp").replace(out / "index.csv")
 
 
 class CacheError(DfscanError):

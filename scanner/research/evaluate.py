@@ -27,6 +27,7 @@ import numpy as np
 from sklearn.metrics import accuracy_score, recall_score, roc_auc_score, roc_curve
 
 from engines.errors import DfscanError
+from engines.files import write_json
 
 from .labelled import Item, read_labelled
 
@@ -228,9 +229,7 @@ def run_eval(args) -> int:
            "video_verdicts": verdicts,
            "scores": [{"path": str(items[i].path), "label": items[i].label, "subset": items[i].subset,
                        "score": scores.get(i)} for i in range(len(items))]}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2) + "\n")
+    out = write_json(res, args.out)
     roc_plot(items, scores, res, out.with_suffix(".png"), scored_by)
     _print(res)
     print(f"wrote {out} and {out.with_suffix('.png')}")

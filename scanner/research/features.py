@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from engines.files import replacing
 from engines.registry import file_hash
 from engines.spec import InputSpec
 
@@ -235,10 +236,8 @@ def embed_items(items: list[Item], embedder: Embedder, source: CropSource, cache
                 continue
             x = embedder(crops) if len(fr) else np.zeros((0, 0), np.float32)
             if path is not None:  # write-then-rename: a killed run never leaves a torn entry
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(path.stem + ".part.npz")
-                np.savez(tmp, x=x, frame=fr)
-                tmp.replace(path)
+                with replacing(path) as tmp, open(tmp, "wb") as f:
+                    np.savez(f, x=x, frame=fr)
         if len(fr) == 0:
             skipped.append((str(item.path), "no face found"))
             continue

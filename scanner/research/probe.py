@@ -18,10 +18,8 @@ the held-out video-level EER.
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
@@ -30,6 +28,7 @@ from sklearn.model_selection import GroupShuffleSplit
 from sklearn.preprocessing import StandardScaler
 
 from engines.errors import DfscanError
+from engines.files import write_json
 
 from .evaluate import binary_metrics, eer
 
@@ -133,7 +132,7 @@ def run_probe_fit(args) -> int:
           f"AUC {_f(hv['auc'])}  EER {_f(hv['eer'])}  ACC@thr {_f(hv['acc'])}  threshold {fit.threshold:.4f}")
     print(f"wrote {out}/ (scan with: dfscan scan --detector probe --weights {out} ...)")
     if args.json:
-        Path(args.json).write_text(json.dumps(extra["training"], indent=2) + "\n")
+        write_json(extra["training"], args.json)
     return 0
 
 

@@ -10,7 +10,6 @@ fake cluster, TNR = share of reals in the real cluster, after the swap.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 
 from engines.errors import DfscanError
+from engines.files import write_json
 
 
 def separability(X: np.ndarray, y: np.ndarray, seed: int = 0) -> dict:
@@ -104,7 +104,7 @@ def run_separability(args) -> int:
     summary = {k: v for k, v in res.items() if k not in ("points", "clusters", "centres")}
     summary.update({"model": what, "feature_dim": int(fs.X.shape[1]), "labels": str(args.labels),
                     "skipped": fs.skipped})
-    out.write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(summary, out)
     print(f"separability of {what} on {summary['n']} crops ({summary['n_real']} real, {summary['n_fake']} fake): "
           f"accuracy {res['accuracy']:.4f}  TPR {res['tpr']:.4f}  TNR {res['tnr']:.4f}"
           f"{'  (clusters swapped)' if res['swapped'] else ''}")

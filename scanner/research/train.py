@@ -29,6 +29,7 @@ from sklearn.metrics import roc_auc_score
 
 from engines.detectors.effnet_lite import backbone_of, load_imagenet
 from engines.errors import DfscanError
+from engines.files import replacing, write_json, write_text
 
 from .data import FaceCache, split_groups
 from .samples import FaceSamples
@@ -162,26 +163,18 @@ def _git_commit() -> str:
 
 
 def _save_last(out: Path, model, opt, epoch: int, history: list, best: float) -> None:
-    tmp = out / "last.pt.tmp"
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch,
-                "history": json.dumps(history), "best": best}, tmp)
-    tmp.replace(out / "last.pt")  # atomic: an interrupted save never corrupts the checkpoint
+    with replacing(out / "last.pt") as tmp:  # a run killed mid-save resumes from the previous epoch
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch,
+                    "history": json.dumps(history), "best": best}, tmp)
 
 
 def _export(out: Path, model) -> None:
-    """``best.safetensors``, replaced atomically: a run killed mid-write keeps the previous best."""
+    """``best.safetensors``, replaced whole: a run killed mid-write keeps the previous best."""
     from safetensors.torch import save_file
 
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
-    tmp = out / "best.safetensors.tmp"
-    save_file(sd, str(tmp))
-    tmp.replace(out / "best.safetensors")
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    with replacing(out / "best.safetensors") as tmp:
+        save_file(sd, str(tmp))
 
 
 @dataclass
@@ -283,13 +276,13 @@ def train(cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, progress
             best = rec["auc"]
             _export(out, run.model)
         _save_last(out, run.model, run.opt, epoch, history, best)
-        _write_text(out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+        write_text(out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in history))
         if bar is not None:
             bar.epoch_done(rec)
         if cfg.max_minutes and (time.time() - t_start) / 60 > cfg.max_minutes:
             break
     card = _card(cfg, cache_dir, run, history, best)
-    _write_text(out / "card.json", json.dumps(card, indent=2) + "\n")
+    write_json(card, out / "card.json")
     return card
 
 
