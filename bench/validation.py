@@ -25,6 +25,9 @@ detector against the others. ``--perturb`` degrades every crop first.
     python bench/validation.py eval ~/.cache/dfscan/validation_norm/labels.csv \\
         --detectors baseline_sharpness effnet_lite0_sbi effnet_lite0_adm meso4_df \\
         --json bench/results/validation_shortcut.json  # a shortcut (face sharpness) against each
+    python bench/validation.py eval ~/.cache/dfscan/validation_norm/labels.csv \\
+        --detectors baseline_sharpness meso4_df --perturb jpeg:40,blur:1.5,downscale:0.5,noise:5 \\
+        --json bench/results/validation_shortcut_perturbed.json  # the same after degrading every crop
 """
 from __future__ import annotations
 
