@@ -18,7 +18,7 @@ import platform
 import resource
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -179,10 +179,11 @@ def _build_all(det: Detector, names, batch_sizes, precision, device, opts) -> tu
     return engines, skipped
 
 
-def _bench_detector(det: Detector, engines: dict, batch_sizes, precision, iters, warmup) -> list[dict]:
-    rows = []
+def _bench_detector(det: Detector, engines: dict, batch_sizes, precision, iters, warmup) -> Iterator[list[dict]]:
+    """Rows of every engine, one list per batch size as soon as that size is timed."""
     cuda = any(e.device.type == "cuda" for e in engines.values())
     for b in batch_sizes:
+        rows = []
         xs = {n: e.spec.example_input(b, device=e.device) for n, e in engines.items()}
         mem = {n: peak_memory(e, xs[n]) for n, e in engines.items()}
         fns = {n: (lambda e=e, x=xs[n]: e(x)) for n, e in engines.items()}
@@ -195,7 +196,7 @@ def _bench_detector(det: Detector, engines: dict, batch_sizes, precision, iters,
             row.update(summarize(times[n], b))
             row["peak_mem_mb"], row["mem_kind"] = mem[n]
             rows.append(row)
-    return rows
+        yield rows
 
 
 def add_speedups(rows: list[dict], baseline: str = "eager") -> None:
@@ -209,13 +210,16 @@ def add_speedups(rows: list[dict], baseline: str = "eager") -> None:
 def bench_engines(detectors: Iterable, kinds: Iterable[str], batch_sizes=(1, 8, 32), precision: str = "fp32",
                   device: str = "cpu", iters: int = 50, warmup: int = 5, *, weights: dict | None = None,
                   cache_dir: str | None = None, allow_parity_failure: bool = False,
-                  progress: Callable[[str], None] | None = None) -> dict:
+                  progress: Callable[[str], None] | None = None,
+                  on_update: Callable[[dict], None] | None = None) -> dict:
     """Benchmark every detector (names or :class:`Detector`) x engine name x batch size.
 
     Engines of one detector are built first, then timed interleaved per batch
     size. Returns ``{"machine", "settings", "results": [row...], "skipped",
     "best"}``; each row has ``latency_ms`` p50/p95/p99/mean/min, ``faces_per_s``
     (batch / p50), ``peak_mem_mb``, ``build_s``, ``parity``, ``speedup`` vs eager.
+    ``on_update(result)`` is called with the result so far (``complete`` False) after each
+    detector's builds and each timed batch size, so a run cut short keeps what it measured.
     """
     kinds, batch_sizes = list(kinds), sorted({int(b) for b in batch_sizes})
     out = {
@@ -223,8 +227,9 @@ def bench_engines(detectors: Iterable, kinds: Iterable[str], batch_sizes=(1, 8, 
         "settings": {"engines": kinds, "batch_sizes": batch_sizes, "precision": precision, "device": device,
                      "iters": iters, "warmup": warmup, "timing": "engines interleaved round-robin per batch size",
                      "input": "float32 (N,3,S,S) RGB [0,255] on device"},
-        "results": [], "skipped": [],
+        "results": [], "skipped": [], "complete": False,
     }
+    update = on_update or (lambda result: None)
     opts = {"cache_dir": cache_dir, "allow_parity_failure": allow_parity_failure}
     for d in detectors:
         det = _detector(d, device, weights)
@@ -232,12 +237,16 @@ def bench_engines(detectors: Iterable, kinds: Iterable[str], batch_sizes=(1, 8, 
             progress(f"{det.name}: building {', '.join(kinds)} ({precision}, {device}) ...")
         engines, skipped = _build_all(det, kinds, batch_sizes, precision, device, opts)
         out["skipped"].extend(skipped)
+        update(out)
         if progress:
             progress(f"{det.name}: timing {len(engines)} engines x batch {batch_sizes} ...")
-        out["results"].extend(_bench_detector(det, engines, batch_sizes, precision, iters, warmup))
+        for rows in _bench_detector(det, engines, batch_sizes, precision, iters, warmup):
+            out["results"].extend(rows)
+            update(out)
         del engines
     add_speedups(out["results"])
     out["best"] = best_engines(out["results"])
+    out["complete"] = True
     out["machine"]["load_avg_1m_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return out
 

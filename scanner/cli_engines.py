@@ -92,15 +92,18 @@ def bench_command(args) -> int:
         from engines import benchmark as B
 
         engines = args.engines or DEFAULT_ENGINES
+        path = args.out / f"{stem}.json"
+        # Written as it goes: a bench killed by a time limit keeps the sizes it timed.
         res = B.bench_engines(args.detectors or _default_detectors(), engines, args.batch_sizes,
                               args.precision, args.device, args.iters, args.warmup,
                               weights=_weights_map(args.weights), cache_dir=args.cache_dir,
-                              allow_parity_failure=args.allow_parity_failure, progress=console.print)
+                              allow_parity_failure=args.allow_parity_failure, progress=console.print,
+                              on_update=lambda partial: B.write_json(partial, path))
     except DfscanError as e:
         console.print(f"[red]error:[/] {e}")
         return 2
     B.print_table(res)
-    js = B.write_json(res, args.out / f"{stem}.json")
+    js = B.write_json(res, path)
     png = B.plot(res, args.out / f"{stem}.png")
     console.print(f"wrote {js}" + (f" and {png}" if png else " (no plot: pip install matplotlib)"))
     return 0 if res["results"] else 1

@@ -343,8 +343,12 @@ def test_gpu_engines(name, prec):
 def test_bench_structure(tmp_path):
     from engines import benchmark as B
 
-    res = B.bench_engines(["test_tiny"], ["eager", "onnxruntime", "tensorrt"], (1, 4), iters=6, warmup=1)
-    assert res["machine"]["cpu"] and res["machine"]["versions"]["torch"]
+    seen = []  # what a run cut short would have on disk after each update
+    res = B.bench_engines(["test_tiny"], ["eager", "onnxruntime", "tensorrt"], (1, 4), iters=6, warmup=1,
+                          on_update=lambda r: seen.append(json.loads(json.dumps(r))))
+    assert [(len(r["results"]), len(r["skipped"]), r["complete"]) for r in seen] == \
+        [(0, 1, False), (2, 1, False), (4, 1, False)]  # builds, then batch 1, then batch 4
+    assert res["complete"] and res["machine"]["cpu"] and res["machine"]["versions"]["torch"]
     assert len(res["results"]) == 4 and [s["engine"] for s in res["skipped"]] == ["tensorrt"]
     for r in res["results"]:
         lat = r["latency_ms"]

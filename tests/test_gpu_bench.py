@@ -41,6 +41,12 @@ def test_plan_commands_parse_and_fit_the_time_budget():
     assert {"gpu_tests", "nvdec", "pipeline", "live_capacity"} <= names
     assert {"fp32", "fp16", "bf16"} <= {n.split("_")[1] for n in names if n.startswith("engines_")}
     assert sum(s["budget"] for s in plan) <= 8 * 60 - 20  # 20 s for start-up and wheel installs
+    # every shipped detector is benchmarked (a newly shipped one cannot be left out)
+    from scanner.cli_engines import _default_detectors
+
+    fp32 = next(s["cmd"] for s in plan if s["name"] == "engines_fp32_fast")
+    shipped = fp32[fp32.index("--detectors") + 1:fp32.index("--engines")]
+    assert sorted(shipped) == sorted(_default_detectors())
     for s in plan:
         cmd = s["cmd"]
         if cmd[1:3] == ["-m", "scanner.cli"]:
