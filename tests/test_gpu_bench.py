@@ -55,3 +55,58 @@ def test_plan_commands_parse_and_fit_the_time_budget():
             assert args.device == "cuda"
         elif cmd[1].endswith(".py"):
             assert (ROOT / cmd[1]).is_file()
+
+
+def _gpu_module(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"gpu_{name}", ROOT / "bench" / "gpu" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_pack_lays_wheels_out_as_site_packages(tmp_path):
+    """The xz archive run.sh unpacks holds each wheel's files as pip --target would place them."""
+    import tarfile
+    import zipfile
+
+    pack = _gpu_module("pack")
+    whl = tmp_path / "demo-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(whl, "w") as z:
+        z.writestr("demo/__init__.py", "X = 1\n")
+        z.writestr("demo-1.0.dist-info/METADATA", "Name: demo\n")
+        z.writestr("demo-1.0.data/purelib/demo_extra.py", "Y = 2\n")
+        z.writestr("demo-1.0.data/scripts/demo-cli", "#!/bin/sh\n")
+    pack.pack([whl], tmp_path / "site.tar.xz")
+    with tarfile.open(tmp_path / "site.tar.xz") as t:
+        t.extractall(tmp_path / "site", filter="data")
+    names = sorted(str(p.relative_to(tmp_path / "site")) for p in (tmp_path / "site").rglob("*") if p.is_file())
+    assert names == ["demo-1.0.dist-info/METADATA", "demo/__init__.py", "demo_extra.py"]
+    assert (tmp_path / "site" / "demo_extra.py").read_text() == "Y = 2\n"
+    # what the device lacks is pinned to the versions installed here
+    assert "fastapi==" + __import__("fastapi").__version__ in pack.pinned()
+
+
+def test_run_without_shared_media_makes_clips_from_the_tree(tmp_path, monkeypatch):
+    import av
+
+    run = _gpu_module("run")
+    monkeypatch.setenv("DFSCAN_SHARED", str(tmp_path / "nowhere"))
+    monkeypatch.setattr(run, "tree_clips", lambda: [tmp_path / "stand-in.mp4"])
+    assert run.bench_clips() == [str(tmp_path / "stand-in.mp4")]
+    clip = run._panned_group(ROOT / "tests" / "data" / "multiface.jpg", tmp_path / "g.mp4", seconds=0.4)
+    with av.open(str(clip)) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert len(frames) == 10 and frames[0].shape == (1080, 1920, 3)
+    assert abs(frames[0].astype(int) - frames[-1]).mean() > 1  # the picture moves
+
+
+def test_run_says_what_to_carry_when_dfscan_cannot_import(tmp_path):
+    code = ("import sys, runpy; sys.modules['av'] = None; sys.argv = ['run.py']; "
+            f"runpy.run_path({str(ROOT / 'bench' / 'gpu' / 'run.py')!r}, run_name='__main__')")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DFSCAN_GPU_RESULTS": str(tmp_path)}
+    p = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 1 and "cannot import: av" in p.stdout and "bench/gpu/pack.py" in p.stdout
+    assert json.loads((tmp_path / "gpu_run_cuda.json").read_text())["missing"][0].startswith("av ")

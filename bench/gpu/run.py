@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-RESULTS = ROOT / "bench" / "results"
+RESULTS = Path(os.environ.get("DFSCAN_GPU_RESULTS") or ROOT / "bench" / "results")  # of the summary
 sys.path.insert(0, str(ROOT))
 from engines.files import write_json  # noqa: E402
 PY = sys.executable
@@ -51,7 +51,8 @@ def steps(clips: list[str]) -> list[dict]:
     ``dfscan bench`` writes its JSON after every timed batch size, so a step stopped by
     its time limit still leaves the rows it measured."""
     out = [{"name": "gpu_tests", "budget": 60, "json": None,
-            "cmd": [PY, "-m", "pytest", "-q", "-m", "gpu", "tests"]},
+            # one module that cannot be imported there must not stop the others' GPU tests
+            "cmd": [PY, "-m", "pytest", "-q", "-m", "gpu", "--continue-on-collection-errors", "tests"]},
            {"name": "nvdec", "budget": 20, "json": "nvdec_cuda.json",
             "cmd": [PY, "bench/gpu/nvdec.py", "--out", "bench/results/nvdec_cuda.json", *clips]},
            _engines_step("engines_fp32_fast", 40, "fp32", DETECTORS, FAST, BATCHES),
@@ -62,6 +63,7 @@ def steps(clips: list[str]) -> list[dict]:
                         "--batch-sizes", "32", "--out", "bench/results", "--name", "pipeline_cuda"]})
     out.append({"name": "live_capacity", "budget": 80, "json": "live_capacity_cuda.json",
                 "cmd": [PY, "bench/live_capacity.py", "--device", "cuda", "--counts", "4,8,16,32",
+                        "--resolution", "1920x1080", "--pct", "99",
                         "--warmup", "4", "--seconds", "10", "--reconnect-cycles", "0",
                         "--out", "bench/results/live_capacity_cuda.json"]})
     # Two batch sizes: each is a separate compile (CUDA graph capture) per engine.
@@ -93,11 +95,66 @@ def device_info() -> dict:
 
 
 def bench_clips() -> list[str]:
-    """The four clips of bench/scan_throughput.py (the 1080p portrait is made on the spot)."""
+    """The four clips of bench/scan_throughput.py (the 1080p portrait made on the spot); where
+    ``../shared`` did not travel (the device copies the repository only), stand-ins made from
+    the tree's own footage (:func:`tree_clips`)."""
     sys.path.insert(0, str(ROOT / "bench"))
-    from scan_throughput import bench_clips as clips, shared_dir
+    from scan_throughput import bench_clips as clips
 
-    return [str(c) for c in clips(shared_dir(os.environ.get("DFSCAN_SHARED")))]
+    shared = Path(os.environ.get("DFSCAN_SHARED") or ROOT.parent / "shared")
+    if (shared / "media" / "crowd_1080p.mp4").is_file():
+        return [str(c) for c in clips(shared)]
+    return [str(c) for c in tree_clips()]
+
+
+def tree_clips() -> list[Path]:
+    """A 1080p group clip panned over tests/data/multiface.jpg, the two bundled sample
+    clips, and d7 upscaled to 1080x1920 (the roles of crowd, d6/d13 and the 1080p portrait)."""
+    from scan_throughput import CACHE, _upscaled_portrait
+
+    CACHE.mkdir(exist_ok=True)
+    samples = ROOT / "scanner" / "samples"
+    return [_panned_group(ROOT / "tests" / "data" / "multiface.jpg", CACHE / "multiface_1080p.mp4"),
+            samples / "d5.mp4", samples / "d7.mp4", _upscaled_portrait(samples / "d7.mp4", CACHE / "d7_1080p.mp4")]
+
+
+def _panned_group(still: Path, dst: Path, seconds: float = 4.0, fps: int = 25) -> Path:
+    """A 1920x1080 H.264 clip of a still, slowly zoomed and panned (so frames differ)."""
+    import av
+    import numpy as np
+    from PIL import Image
+
+    if dst.exists():
+        return dst
+    img = Image.open(still).convert("RGB")
+    w, h = img.size
+    n = int(seconds * fps)
+    with av.open(str(dst), "w") as out:
+        s = out.add_stream("libx264", rate=fps)
+        s.width, s.height, s.pix_fmt = 1920, 1080, "yuv420p"
+        s.options = {"preset": "veryfast", "crf": "20"}
+        for i in range(n):
+            z = 1.0 - 0.15 * i / n  # crop shrinks to 85 %: a slow zoom, drifting right
+            cw = min(w, h * 16 / 9) * z
+            ch = cw * 9 / 16
+            x0, y0 = (w - cw) * i / n, (h - ch) / 2
+            crop = img.resize((1920, 1080), Image.BICUBIC, box=(x0, y0, x0 + cw, y0 + ch))
+            for p in s.encode(av.VideoFrame.from_ndarray(np.asarray(crop), format="rgb24")):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    return dst
+
+
+def missing_modules() -> list[str]:
+    """What dfscan needs here and cannot import (``pack.py`` packs it into ``.gpu/``)."""
+    missing = []
+    for mod in ("av", "kornia", "pydantic", "fastapi", "facenet_pytorch", "scanner.cli", "scanner.live.server"):
+        try:
+            __import__(mod)
+        except Exception as e:  # noqa: BLE001 - any failure to import is reported
+            missing.append(f"{mod} ({type(e).__name__}: {e})")
+    return missing
 
 
 def run_step(step: dict, left: float) -> dict:
@@ -118,23 +175,27 @@ def main() -> int:
     ap.add_argument("--plan", action="store_true", help="print the steps and exit")
     ap.add_argument("--only", nargs="*", default=None, help="run only steps whose name starts with these")
     args = ap.parse_args()
-    # The plan names the clips only; a real run makes the 1080p portrait if needed.
-    clips = ["crowd_1080p.mp4", "d6.mp4", "d13.mp4", "portrait_1080p.mp4"] if args.plan else bench_clips()
-    plan = [s for s in steps(clips) if not args.only or s["name"].startswith(tuple(args.only))]
-    if args.plan:
+    if args.plan:  # the plan names the clips only
+        clips = ["crowd_1080p.mp4", "d6.mp4", "d13.mp4", "portrait_1080p.mp4"]
+        plan = [s for s in steps(clips) if not args.only or s["name"].startswith(tuple(args.only))]
         print(json.dumps([{k: s[k] for k in ("name", "budget", "cmd")} for s in plan], indent=1))
         return 0
     deadline = time.monotonic() + args.budget
     summary = {"device": device_info(), "budget_s": args.budget, "steps": []}
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    missing = missing_modules()
+    if missing:  # every step would fail the same way: say what to carry and stop
+        summary["missing"] = missing
+        write_json(summary, RESULTS / "gpu_run_cuda.json", indent=1)
+        print("cannot import: " + "; ".join(missing) + "\nrun `python bench/gpu/pack.py` on the development "
+              "machine and carry .gpu (see bench/gpu/pack.py)", flush=True)
+        return 1
+    summary["clips"] = clips = bench_clips()
+    plan = [s for s in steps(clips) if not args.only or s["name"].startswith(tuple(args.only))]
     for step in plan:
         left = deadline - time.monotonic()
-        if left < 5:
-            summary["steps"].append({"name": step["name"], "rc": "skipped: time budget spent"})
-            continue
-        res = run_step(step, left)
+        res = run_step(step, left) if left >= 5 else {"name": step["name"], "rc": "skipped: time budget spent"}
         summary["steps"].append(res)
-        print(f"{res['name']:32s} rc={res['rc']} {res['seconds']}s", flush=True)
+        print(f"{res['name']:32s} rc={res['rc']} {res.get('seconds', 0)}s", flush=True)
         write_json(summary, RESULTS / "gpu_run_cuda.json", indent=1)
     return 0
 
