@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engines.files import write_json
 from scanner.config import DEFAULT_DETECTOR
 from scanner.live.config import parse_config
 from scanner.live.publish import HttpTsPublisher, transcode_clip, vlc_rtsp
@@ -246,25 +247,27 @@ def measure_reconnects(server, a, cycles: int) -> dict:
                                                          "backoff_jitter", "open_timeout_s"})}
 
 
-def run_protocol(protocol: str, a, workdir: Path) -> dict:
-    """Capacity search, then the reconnect drill, over one protocol."""
+def run_protocol(protocol: str, a, workdir: Path, on_update=lambda res: None) -> dict:
+    """Capacity search, then the reconnect drill, over one protocol; ``on_update`` gets the
+    result so far after every stream count (a run stopped by a time limit keeps those)."""
     server = SERVERS[protocol](a.clip, workdir, _size(a.resolution)).start()
-    runs = []
+    res = {"transport": PROTOCOLS[protocol], "max_sustained_streams": 0, "runs": [], "reconnect": None}
     try:
         for n in a.counts:
             r = run_n(n, server.url, a)
-            runs.append(r)
+            res["runs"].append(r)
+            ok = [x["streams"] for x in res["runs"] if x["sustained"]]
+            res["max_sustained_streams"] = max(ok) if ok else 0
+            on_update(res)
             print(json.dumps({"protocol": protocol, **r}), flush=True)
             if not r["sustained"]:
                 break
-        reconnect = measure_reconnects(server, a, a.reconnect_cycles) if a.reconnect_cycles else None
+        res["reconnect"] = measure_reconnects(server, a, a.reconnect_cycles) if a.reconnect_cycles else None
     finally:
         server.stop()
-    if reconnect:
-        print(json.dumps({"protocol": protocol, "reconnect": reconnect}), flush=True)
-    ok = [r["streams"] for r in runs if r["sustained"]]
-    return {"transport": PROTOCOLS[protocol], "max_sustained_streams": max(ok) if ok else 0,
-            "runs": runs, "reconnect": reconnect}
+    if res["reconnect"]:
+        print(json.dumps({"protocol": protocol, "reconnect": res["reconnect"]}), flush=True)
+    return res
 
 
 def main() -> int:
@@ -295,17 +298,28 @@ def main() -> int:
         ap.error(f"clip not found: {a.clip}")
     a.counts = ([int(x) for x in a.counts.split(",")] if a.counts else list(range(1, a.max_streams + 1)))
 
-    info = machine()
+    out = _header(a)
+    save = (lambda: write_json(out, a.out)) if a.out else (lambda: None)
     workdir = Path(tempfile.mkdtemp(prefix="dfscan-bench-"))
     workdir.chmod(0o777)  # VLC runs as nobody when we are root
     try:
-        results = {p: run_protocol(p, a, workdir) for p in protocols}
+        for p in protocols:
+            out["protocols"][p] = run_protocol(p, a, workdir, lambda r, p=p: (out["protocols"].update({p: r}), save()))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    info["loadavg_1m_at_end"] = os.getloadavg()[0]
-    out = {
+    out["machine"]["loadavg_1m_at_end"] = os.getloadavg()[0]
+    out["max_sustained_streams"] = {p: r["max_sustained_streams"] for p, r in out["protocols"].items()}
+    out["complete"] = True
+    print(json.dumps({"max_sustained_streams": out["max_sustained_streams"]}))
+    save()
+    return 0
+
+
+def _header(a) -> dict:
+    """The result before any run (``complete`` False until every protocol finished)."""
+    return {
         "benchmark": "live_capacity", "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": info, "note": a.note,
+        "machine": machine(), "note": a.note,
         "setup": {"resolution": a.resolution, "source_fps": 25, "codec": "h264 (libx264 ultrafast, gop 25)",
                   "clip": Path(a.clip).name, "detector": a.detector, "engine": a.engine, "device": a.device,
                   "sample_fps": a.sample_fps, "batch_frames": a.batch_frames, "max_wait_ms": a.max_wait_ms,
@@ -314,15 +328,9 @@ def main() -> int:
                   "latency": "decoder output -> rolling verdict updated (monotonic clock)",
                   "latency_pct": a.pct,
                   "sustained_if": "latency at latency_pct < p95_max and no dropped frames and analysed >= 90% of target"},
-        "max_sustained_streams": {p: r["max_sustained_streams"] for p, r in results.items()},
-        "protocols": results,
+        "max_sustained_streams": {}, "protocols": {}, "complete": False,
         "command": " ".join([Path(sys.executable).name] + sys.argv),
     }
-    print(json.dumps({"max_sustained_streams": out["max_sustained_streams"]}))
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(out, indent=2) + "\n")
-    return 0
 
 
 if __name__ == "__main__":

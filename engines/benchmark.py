@@ -136,15 +136,20 @@ def summarize(ms: Sequence[float], batch: int) -> dict:
 
 
 def peak_memory(engine, x: torch.Tensor, calls: int = 2) -> tuple[float, str]:
-    """Peak memory (MiB, kind) over ``calls`` runs of ``engine`` on ``x``, measured alone."""
+    """Peak memory (MiB, kind) over ``calls`` runs of ``engine`` on ``x``, measured alone.
+
+    CUDA: the peak above what was allocated before the calls (other engines' weights
+    and graph pools stay allocated meanwhile and are not this engine's run)."""
     with torch.no_grad():
         if engine.device.type == "cuda":
             torch.cuda.synchronize(engine.device)
             torch.cuda.reset_peak_memory_stats(engine.device)
+            base = torch.cuda.memory_allocated(engine.device)
             for _ in range(calls):
                 engine(x)
             torch.cuda.synchronize(engine.device)
-            return torch.cuda.max_memory_allocated(engine.device) / 2**20, "torch.cuda.max_memory_allocated"
+            peak = torch.cuda.max_memory_allocated(engine.device) - base
+            return peak / 2**20, "torch.cuda.max_memory_allocated - allocated before the calls"
         exact = _reset_rss_peak()
         for _ in range(calls):
             engine(x)
@@ -170,12 +175,16 @@ def _build_all(det: Detector, names, batch_sizes, precision, device, opts) -> tu
     for name in names:
         cfg = engine_config(name, precision=precision, batch_sizes=tuple(batch_sizes), device=device, **opts)
         try:
-            engines[name] = build_engine(det, cfg)
-            engines[name].warmup()
+            engine = build_engine(det, cfg)
+            engine.warmup()
+            engines[name] = engine  # only an engine that built and warmed up is timed
         except EngineUnavailable as e:
             skipped.append({"detector": det.name, "engine": name, "status": "unavailable", "error": str(e)})
         except DfscanError as e:
             skipped.append({"detector": det.name, "engine": name, "status": "failed", "error": str(e)})
+        except Exception as e:  # noqa: BLE001 - a runtime error (CUDA OOM, graph capture) fails one engine
+            skipped.append({"detector": det.name, "engine": name, "status": "failed",
+                            "error": f"{type(e).__name__}: {e}"})
     return engines, skipped
 
 

@@ -109,8 +109,10 @@ def _warp_one(image, m: torch.Tensor, size: int, device, antialias: bool) -> tor
         # Shrink to ~2x the crop's sampling density with an antialiased resize, then
         # warp. Half-pixel convention of align_corners=False interpolation:
         # x_small = (x + 0.5) * r - 0.5.
-        # The resize runs on uint8 (torch's vectorised uint8 path: 4x faster than on float,
-        # results within one grey level).
+        # On the CPU the resize runs on uint8 (torch's vectorised uint8 path: 4x faster than
+        # on float, results within one grey level); CUDA has no uint8 kernel for it.
+        if patch.device.type != "cpu":
+            patch = patch.float()
         r = 2.0 * scale
         ph, pw = max(1, round(patch.shape[2] * r)), max(1, round(patch.shape[3] * r))
         patch = F.interpolate(patch, size=(ph, pw), mode="bilinear", antialias=True, align_corners=False)

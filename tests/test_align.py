@@ -64,6 +64,18 @@ def test_antialias_only_changes_large_faces(photo):
     assert b.std().item() < a.std().item()
 
 
+@pytest.mark.gpu
+def test_large_faces_align_the_same_on_cuda(photo):
+    """A face shrunk by more than 2 takes the antialiased pre-shrink, which on the CPU runs on
+    uint8; CUDA has no uint8 kernel for it, so there it runs on float: crops agree."""
+    spec = InputSpec(size=64)
+    big = apply_affine(invert_affine(_similarity(0.2, 0.0, -10, -10)[None]), spec.template_tensor()[None])
+    cpu, _ = align_faces([photo], [0], big, spec, device="cpu")
+    gpu, _ = align_faces([photo], [0], big, spec, device="cuda")
+    assert gpu.device.type == "cuda" and gpu.dtype == torch.float32
+    assert (gpu.cpu() - cpu).abs().max().item() < 2.0  # uint8 rounding of the CPU path only
+
+
 def test_empty_landmarks():
     crops, mats = align_faces([], [], np.zeros((0, 5, 2)), InputSpec(size=32))
     assert crops.shape == (0, 3, 32, 32) and mats.shape == (0, 2, 3)

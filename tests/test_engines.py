@@ -424,3 +424,39 @@ def test_adm_head_on_engines(name):
     assert len(got) == len(ref) == 3
     for r, g in zip(ref, got):
         assert g.shape == r.shape and torch.allclose(g, r, atol=1e-3, rtol=1e-3)
+
+
+def test_onnxruntime_on_cuda_without_its_provider_is_refused_before_any_export(tmp_path, monkeypatch):
+    """With the CPU-only onnxruntime wheel, `--device cuda` must not spend an ONNX export first."""
+    ort = pytest.importorskip("onnxruntime")
+    from engines.backends import build_engine, engine_config
+    from engines.errors import EngineUnavailable
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    with pytest.raises(EngineUnavailable, match="onnxruntime-gpu"):
+        build_engine(create_detector("test_tiny"), engine_config("onnxruntime", device="cuda",
+                                                                 cache_dir=str(tmp_path)))
+    assert not any(tmp_path.rglob("*.onnx"))
+
+
+def test_bench_records_an_engine_that_fails_at_run_time_and_goes_on(monkeypatch):
+    """A runtime error in one engine (CUDA out of memory, a graph capture) is that engine's
+    failure, not the whole benchmark's."""
+    from engines import benchmark as B
+    from engines import backends
+
+    real = backends.build_engine
+
+    def flaky(det, cfg):
+        eng = real(det, cfg)
+        if cfg.kind == "onnxruntime":
+            def boom():
+                raise RuntimeError("CUDA out of memory")
+            eng.warmup = boom
+        return eng
+
+    monkeypatch.setattr(backends, "build_engine", flaky)
+    res = B.bench_engines(["test_tiny"], ["eager", "onnxruntime"], (1,), iters=2, warmup=1)
+    assert [r["engine"] for r in res["results"]] == ["eager"]
+    assert res["skipped"] == [{"detector": "test_tiny", "engine": "onnxruntime", "status": "failed",
+                               "error": "RuntimeError: CUDA out of memory"}]

@@ -27,7 +27,9 @@ def _decode(path: str, hwaccel=None, keep: int = 8) -> tuple[float, int, list[np
         s.thread_type = "AUTO"
         for f in c.decode(s):
             if n < keep:
-                frames.append(f.to_ndarray(format="rgb24"))
+                # Compared as decoded (YUV 4:2:0 planes): NVDEC's NV12 splits into them
+                # losslessly, while NV12 and yuv420p reach RGB by different swscale paths.
+                frames.append(f.to_ndarray(format="yuv420p"))
             n += 1
     return time.perf_counter() - t0, n, frames
 
@@ -37,9 +39,9 @@ def clip_report(path: str, hw) -> dict:
     out = {"frames": n, "cpu_decode_s": round(cpu_s, 3)}
     try:
         gpu_s, m, got = _decode(path, hw)
+        diff = max((int(np.abs(a.astype(int) - b.astype(int)).max()) for a, b in zip(ref, got)), default=None)
     except Exception as e:  # noqa: BLE001 - the reason is the result
         return {**out, "nvdec": f"failed: {type(e).__name__}: {e}"}
-    diff = max((int(np.abs(a.astype(int) - b.astype(int)).max()) for a, b in zip(ref, got)), default=None)
     return {**out, "nvdec_decode_s": round(gpu_s, 3), "nvdec_frames": m,
             "compared_frames": min(len(ref), len(got)), "max_abs_diff": diff,
             "identical": m == n and diff == 0}

@@ -48,6 +48,8 @@ class OnnxRuntimeEngine(ArtifactEngine):
             raise EngineUnavailable("onnxruntime engine: bf16 is not supported; use fp32 or fp16")
         if cfg.precision == "fp16" and not cfg.is_cuda:
             raise EngineUnavailable("onnxruntime engine: fp16 needs a CUDA device (CPU provider runs fp32)")
+        if cfg.is_cuda:
+            self._check_providers()  # before an export that could not be used
         self.single, self.shapes = output_layout(detector)
         self.out_names = [f"out{i}" for i in range(len(self.shapes))]
         self.session = None
@@ -86,21 +88,24 @@ class OnnxRuntimeEngine(ArtifactEngine):
             raise EngineError(f"ONNX export of {self.detector.name} failed with both exporters: {e}") from e
 
     # -- session ------------------------------------------------------------
-    def _providers(self) -> list:
-        if not self.cfg.is_cuda:
-            return ["CPUExecutionProvider"]
+    def _check_providers(self) -> None:
         avail = self.ort.get_available_providers()
         if "CUDAExecutionProvider" not in avail:
             raise EngineUnavailable("onnxruntime on CUDA needs onnxruntime-gpu: pip uninstall onnxruntime && "
                                     "pip install onnxruntime-gpu")
+        if self.cfg.ort_tensorrt and "TensorrtExecutionProvider" not in avail:
+            raise EngineUnavailable("onnxruntime TensorRT provider not available (needs onnxruntime-gpu built "
+                                    "with TensorRT and the NVIDIA TensorRT libraries)")
+
+    def _providers(self) -> list:
+        if not self.cfg.is_cuda:
+            return ["CPUExecutionProvider"]
+        self._check_providers()
         idx = self.device.index if self.device.index is not None else torch.cuda.current_device()
         stream = str(torch.cuda.current_stream(self.device).cuda_stream)
         cuda = ("CUDAExecutionProvider", {"device_id": idx, "user_compute_stream": stream})
         if not self.cfg.ort_tensorrt:
             return [cuda, "CPUExecutionProvider"]
-        if "TensorrtExecutionProvider" not in avail:
-            raise EngineUnavailable("onnxruntime TensorRT provider not available (needs onnxruntime-gpu built "
-                                    "with TensorRT and the NVIDIA TensorRT libraries)")
         return [("TensorrtExecutionProvider", self._trt_options(idx, stream)), cuda, "CPUExecutionProvider"]
 
     def _trt_options(self, idx: int, stream: str) -> dict:
@@ -133,6 +138,11 @@ class OnnxRuntimeEngine(ArtifactEngine):
             raise
         except Exception as e:
             raise EngineError(f"onnxruntime could not load {path}: {e}") from e
+        if self.cfg.is_cuda and "CUDAExecutionProvider" not in self.session.get_providers():
+            # ORT falls back to the CPU when the CUDA libraries do not load; the CUDA IO
+            # binding would then fail with a raw error, or the numbers would be the CPU's.
+            raise EngineUnavailable("onnxruntime could not start its CUDA provider (CUDA/cuDNN libraries "
+                                    f"missing?); providers: {self.session.get_providers()}")
         self.info.notes.append(f"providers {self.session.get_providers()}; exporter {self.exporter or 'cached'}")
 
     # -- run ----------------------------------------------------------------
