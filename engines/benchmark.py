@@ -13,6 +13,7 @@ kernel allows it, else the never-reset ``ru_maxrss``).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import resource
@@ -91,30 +92,23 @@ def _rss_peak_mb() -> float:
 # -- timing -----------------------------------------------------------------
 
 
-def time_interleaved(fns: dict[str, Callable[[], object]], iters: int, warmup: int, cuda: bool) -> dict[str, list[float]]:
+def time_interleaved(fns: dict[str, Callable[[], object]], iters: int, warmup: int,
+                     cuda: bool | torch.device) -> dict[str, list[float]]:
     """Milliseconds per call of each ``fns[name]``, calls interleaved round-robin.
 
     Interleaving (A B C A B C ...) spreads any change in machine load evenly
     over the engines being compared, instead of penalising whichever ran
-    during a busy minute. GPU: CUDA events around each call, one synchronise
-    at the end; CPU: ``perf_counter``.
+    during a busy minute. GPU (``cuda``: True or the engines' CUDA device): CUDA
+    events around each call, one synchronise at the end; CPU: ``perf_counter``.
     """
     names = list(fns)
     for _ in range(warmup):
         for n in names:
             fns[n]()
     if cuda:
-        torch.cuda.synchronize()
-        ev = {n: [] for n in names}
-        for _ in range(iters):
-            for n in names:
-                s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                s.record()
-                fns[n]()
-                e.record()
-                ev[n].append((s, e))
-        torch.cuda.synchronize()
-        return {n: [s.elapsed_time(e) for s, e in ev[n]] for n in names}
+        # Events and synchronise act on the current device: make it the engines' (cuda:N).
+        with torch.cuda.device(cuda) if isinstance(cuda, torch.device) else contextlib.nullcontext():
+            return _time_cuda(fns, names, iters)
     out = {n: [] for n in names}
     for _ in range(iters):
         for n in names:
@@ -122,6 +116,20 @@ def time_interleaved(fns: dict[str, Callable[[], object]], iters: int, warmup: i
             fns[n]()
             out[n].append((time.perf_counter() - t0) * 1e3)
     return out
+
+
+def _time_cuda(fns: dict, names: list, iters: int) -> dict[str, list[float]]:
+    torch.cuda.synchronize()
+    ev = {n: [] for n in names}
+    for _ in range(iters):
+        for n in names:
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            fns[n]()
+            e.record()
+            ev[n].append((s, e))
+    torch.cuda.synchronize()
+    return {n: [s.elapsed_time(e) for s, e in ev[n]] for n in names}
 
 
 def summarize(ms: Sequence[float], batch: int) -> dict:
@@ -190,7 +198,7 @@ def _build_all(det: Detector, names, batch_sizes, precision, device, opts) -> tu
 
 def _bench_detector(det: Detector, engines: dict, batch_sizes, precision, iters, warmup) -> Iterator[list[dict]]:
     """Rows of every engine, one list per batch size as soon as that size is timed."""
-    cuda = any(e.device.type == "cuda" for e in engines.values())
+    cuda = next((e.device for e in engines.values() if e.device.type == "cuda"), False)
     for b in batch_sizes:
         rows = []
         xs = {n: e.spec.example_input(b, device=e.device) for n, e in engines.items()}

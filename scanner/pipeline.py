@@ -150,6 +150,8 @@ def detect_and_align(batch: list[Frame], faces: FaceDetector, spec, device, anti
     t["detect"] += t1 - t0
     out = [(fr, fc, *align_faces([fr.image], [0] * len(fc), fc.landmarks, spec, device, antialias))
            for fr, fc in zip(batch, found)]
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)  # the warps run asynchronously: count them here, not in infer
     t["align"] += time.perf_counter() - t1
     return out
 
