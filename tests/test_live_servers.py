@@ -139,6 +139,17 @@ def faces(svc: LiveService, name: str) -> float:
     return metric(svc, "dfscan_stream_faces_total", name)
 
 
+def _os_threads() -> list[str]:
+    """Names of this process's OS threads (Python's, FFmpeg's decoder threads, OpenMP's ...)."""
+    names = []
+    for t in os.listdir("/proc/self/task"):
+        try:
+            names.append(open(f"/proc/self/task/{t}/comm").read().strip())
+        except OSError:  # ended meanwhile
+            pass
+    return sorted(names)
+
+
 def _threads_rss() -> tuple[int, list[str], float]:
     with open("/proc/self/status") as f:
         rss = next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
@@ -173,9 +184,14 @@ def drill(svc: LiveService, name: str, server, cycles: int = CYCLES) -> list[flo
         wait_for(lambda: faces(svc, name) > scored, 15, f"{name} verdicts to resume (cycle {cycle})")
         if cycle == 0:
             baseline = _threads_rss()
+    # A closed connection's decoder threads end a moment after it: a leak is growth that stays.
+    settled = lambda: _threads_rss()[0] <= baseline[0] + 3  # noqa: E731
+    end = time.monotonic() + 10
+    while not settled() and time.monotonic() < end:
+        time.sleep(0.2)
     threads, names, rss = _threads_rss()
     assert names == baseline[1], "service threads changed over the drill"
-    assert threads <= baseline[0] + 3, f"threads grew {baseline[0]} -> {threads}"
+    assert threads <= baseline[0] + 3, f"threads grew {baseline[0]} -> {threads}: {_os_threads()}"
     assert rss - baseline[2] < 60, f"RSS grew {rss - baseline[2]:.0f} MB over {cycles} cycles"
     assert svc.describe(name)["reconnects"] >= cycles
     return back
