@@ -166,8 +166,6 @@ def run_scan(args) -> int:
 
 
 def _run(args, stop: GracefulStop) -> int:
-    from .cli import EXIT_FAKE, EXIT_INPUT_ERROR, EXIT_OK, EXIT_OUTPUT
-
     cfg = config_from_args(args)
     interactive = sys.stdout.isatty()
     console = Console(highlight=False, soft_wrap=not interactive)
@@ -187,15 +185,7 @@ def _run(args, stop: GracefulStop) -> int:
         ctx = open_context(cfg)  # local pipeline, or Ray actors with --ray
         if pre:
             ctx.prestarted = pre
-        info = ctx.engine_info
-        console.print(f"[dim]detector {cfg.detector} ({ctx.detector.weights_hash}) on {cfg.device}, "
-                      f"engine {info.get('backend')} {cfg.precision}, {ctx.workers} worker(s): ready in "
-                      f"{info.get('ready_s') or time.perf_counter() - t0:.1f}s[/dim]")
-        from engines.registry import detector_entry  # loaded with the detector by now
-
-        if detector_entry(cfg.detector).shortcut:  # registered like detectors, for evaluations only
-            console.print(f"[yellow]{cfg.detector} is a shortcut baseline, not a detector: its verdicts say "
-                          "nothing about manipulation[/yellow]")
+        _announce(ctx, cfg, console, time.perf_counter() - t0)
         if resumed is not None:
             resumed.check_weights(ctx.detector.weights_hash)
             resumed.drop_retried()
@@ -213,9 +203,29 @@ def _run(args, stop: GracefulStop) -> int:
         if pusher is not None:
             pusher.stop()  # the final values, also after an interrupt
     _summary(tally, time.perf_counter() - t_scan, console)
+    return _exit_code(stop, tally, sinks, cfg, len(paths))
+
+
+def _announce(ctx, cfg, console: Console, elapsed_s: float) -> None:
+    """The "ready" line (detector, weights, engine, workers) and a shortcut baseline's warning."""
+    from engines.registry import detector_entry  # loaded with the detector by now
+
+    info = ctx.engine_info
+    console.print(f"[dim]detector {cfg.detector} ({ctx.detector.weights_hash}) on {cfg.device}, "
+                  f"engine {info.get('backend')} {cfg.precision}, {ctx.workers} worker(s): ready in "
+                  f"{info.get('ready_s') or elapsed_s:.1f}s[/dim]")
+    if detector_entry(cfg.detector).shortcut:  # registered like detectors, for evaluations only
+        console.print(f"[yellow]{cfg.detector} is a shortcut baseline, not a detector: its verdicts say "
+                      "nothing about manipulation[/yellow]")
+
+
+def _exit_code(stop: GracefulStop, tally, sinks, cfg, n_inputs: int) -> int:
+    """Interrupted (128 + signal), output failed, an input failed, fakes with --fail-on-fake, else 0."""
+    from .cli import EXIT_FAKE, EXIT_INPUT_ERROR, EXIT_OK, EXIT_OUTPUT
+
     if stop.signum is not None:
         print(f"dfscan: interrupted by {signal.Signals(stop.signum).name}: {tally.videos} row(s) written, "
-              f"{len(paths) - tally.videos} input(s) not scanned (rerun with --resume)", file=sys.stderr)
+              f"{n_inputs - tally.videos} input(s) not scanned (rerun with --resume)", file=sys.stderr)
         return 128 + stop.signum
     for msg in sinks.failures:
         print(f"dfscan: error: {msg}", file=sys.stderr)
