@@ -110,3 +110,17 @@ def test_run_says_what_to_carry_when_dfscan_cannot_import(tmp_path):
                        timeout=120)
     assert p.returncode == 1 and "cannot import: av" in p.stdout and "bench/gpu/pack.py" in p.stdout
     assert json.loads((tmp_path / "gpu_run_cuda.json").read_text())["missing"][0].startswith("av ")
+
+
+def test_every_result_of_the_plan_is_packed_for_the_way_back():
+    """On the lent machine only $OUT comes back: run.sh's archive glob must take every JSON
+    the plan writes (it once missed engines_cuda_fp32_*.json)."""
+    import fnmatch
+    import re
+
+    run = _gpu_module("run")
+    glob = re.search(r'tar -czf "\$OUT/gpu_results.tgz" (\S+)', (ROOT / "bench/gpu/run.sh").read_text()).group(1)
+    written = [s["json"] for s in run.steps(["c.mp4"]) if s["json"]] + ["gpu_run_cuda.json"]
+    assert len(written) > 8  # more than $OUT may return one by one
+    missed = [j for j in written if not fnmatch.fnmatch(f"bench/results/{j}", glob)]
+    assert not missed, f"{glob} misses {missed}"

@@ -170,8 +170,8 @@ def run_step(step: dict, left: float) -> dict:
     try:
         p = subprocess.run(step["cmd"], cwd=ROOT, timeout=limit, capture_output=True, text=True)
         rc, tail = p.returncode, (p.stdout + p.stderr)[-4000:]
-    except subprocess.TimeoutExpired as e:
-        out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+    except subprocess.TimeoutExpired as e:  # what it printed so far (progress goes to stderr)
+        out = "".join(s.decode(errors="replace") if isinstance(s, bytes) else (s or "") for s in (e.stdout, e.stderr))
         rc, tail = "timeout", out[-4000:]
     return {"name": step["name"], "cmd": " ".join(step["cmd"]), "limit_s": round(limit, 1), "rc": rc,
             "seconds": round(time.perf_counter() - t0, 1), "json": step["json"], "output_tail": tail}

@@ -7,7 +7,7 @@
 # facenet-pytorch, pydantic, FastAPI) comes packed by `python bench/gpu/pack.py` into
 # .gpu/site.tar.xz (carry .gpu: it fits the device's 64 MiB beside the tree, the wheels do
 # not) or as wheels in .whl/ (../shared/tools/gpu-wheels.sh); either is put into .site/
-# first. Results: bench/results/*_cuda.json, and a
+# first. Results: bench/results/*cuda*.json, and a
 # summary of every step in bench/results/gpu_run_cuda.json. Without a CUDA device it
 # changes nothing and exits 0, saying why.
 set -u
@@ -40,7 +40,8 @@ export DFSCAN_CACHE_DIR="${DFSCAN_CACHE_DIR:-${TMPDIR:-/tmp}/dfscan-gpu-cache}"
 "$PY" bench/gpu/run.py --budget "${DFSCAN_GPU_BUDGET_S:-450}" "$@"
 rc=$?
 # On the lent machine only what lands in $OUT comes back (8 files at most): one archive.
-if [ -n "${OUT:-}" ] && [ -d "$OUT" ] && compgen -G "bench/results/*_cuda.*" >/dev/null; then
-  tar -czf "$OUT/gpu_results.tgz" bench/results/*_cuda.* && echo "results: \$OUT/gpu_results.tgz (untar in the repository root)"
+# (engines_cuda_fp32_fast.json, pipeline_cuda.json, gpu_run_cuda.json, ...)
+if [ -n "${OUT:-}" ] && [ -d "$OUT" ] && compgen -G "bench/results/*cuda*" >/dev/null; then
+  tar -czf "$OUT/gpu_results.tgz" bench/results/*cuda* && echo "results: \$OUT/gpu_results.tgz (untar in the repository root)"
 fi
 exit $rc
