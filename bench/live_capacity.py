@@ -250,7 +250,7 @@ def measure_reconnects(server, a, cycles: int) -> dict:
 def run_protocol(protocol: str, a, workdir: Path, on_update=lambda res: None) -> dict:
     """Capacity search, then the reconnect drill, over one protocol; ``on_update`` gets the
     result so far after every stream count (a run stopped by a time limit keeps those)."""
-    server = SERVERS[protocol](a.clip, workdir, _size(a.resolution)).start()
+    server = SERVERS[protocol](a.clip, workdir, a.size).start()
     res = {"transport": PROTOCOLS[protocol], "max_sustained_streams": 0, "runs": [], "reconnect": None}
     try:
         for n in a.counts:
@@ -297,6 +297,7 @@ def main() -> int:
     if not Path(a.clip).is_file():
         ap.error(f"clip not found: {a.clip}")
     a.counts = ([int(x) for x in a.counts.split(",")] if a.counts else list(range(1, a.max_streams + 1)))
+    a.size = _size(a.resolution)
 
     out = _header(a)
     save = (lambda: write_json(out, a.out)) if a.out else (lambda: None)

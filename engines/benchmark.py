@@ -13,7 +13,6 @@ kernel allows it, else the never-reset ``ru_maxrss``).
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import platform
 import resource
@@ -93,21 +92,20 @@ def _rss_peak_mb() -> float:
 
 
 def time_interleaved(fns: dict[str, Callable[[], object]], iters: int, warmup: int,
-                     cuda: bool | torch.device) -> dict[str, list[float]]:
+                     cuda: torch.device | None = None) -> dict[str, list[float]]:
     """Milliseconds per call of each ``fns[name]``, calls interleaved round-robin.
 
     Interleaving (A B C A B C ...) spreads any change in machine load evenly
     over the engines being compared, instead of penalising whichever ran
-    during a busy minute. GPU (``cuda``: True or the engines' CUDA device): CUDA
-    events around each call, one synchronise at the end; CPU: ``perf_counter``.
+    during a busy minute. GPU (``cuda``: the engines' CUDA device): CUDA events
+    around each call, one synchronise at the end; CPU: ``perf_counter``.
     """
     names = list(fns)
     for _ in range(warmup):
         for n in names:
             fns[n]()
-    if cuda:
-        # Events and synchronise act on the current device: make it the engines' (cuda:N).
-        with torch.cuda.device(cuda) if isinstance(cuda, torch.device) else contextlib.nullcontext():
+    if cuda is not None:
+        with torch.cuda.device(cuda):  # events and synchronise act on the current device (cuda:N)
             return _time_cuda(fns, names, iters)
     out = {n: [] for n in names}
     for _ in range(iters):
@@ -198,7 +196,7 @@ def _build_all(det: Detector, names, batch_sizes, precision, device, opts) -> tu
 
 def _bench_detector(det: Detector, engines: dict, batch_sizes, precision, iters, warmup) -> Iterator[list[dict]]:
     """Rows of every engine, one list per batch size as soon as that size is timed."""
-    cuda = next((e.device for e in engines.values() if e.device.type == "cuda"), False)
+    cuda = next((e.device for e in engines.values() if e.device.type == "cuda"), None)
     for b in batch_sizes:
         rows = []
         xs = {n: e.spec.example_input(b, device=e.device) for n, e in engines.items()}

@@ -49,7 +49,7 @@ class OnnxRuntimeEngine(ArtifactEngine):
         if cfg.precision == "fp16" and not cfg.is_cuda:
             raise EngineUnavailable("onnxruntime engine: fp16 needs a CUDA device (CPU provider runs fp32)")
         if cfg.is_cuda:
-            self._check_providers()  # before an export that could not be used
+            self._check_providers()  # here, before an export that could not be used
         self.single, self.shapes = output_layout(detector)
         self.out_names = [f"out{i}" for i in range(len(self.shapes))]
         self.session = None
@@ -100,7 +100,6 @@ class OnnxRuntimeEngine(ArtifactEngine):
     def _providers(self) -> list:
         if not self.cfg.is_cuda:
             return ["CPUExecutionProvider"]
-        self._check_providers()
         idx = self.device.index if self.device.index is not None else torch.cuda.current_device()
         stream = str(torch.cuda.current_stream(self.device).cuda_stream)
         cuda = ("CUDAExecutionProvider", {"device_id": idx, "user_compute_stream": stream})
