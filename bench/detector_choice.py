@@ -23,6 +23,7 @@ from engines import create_detector
 from engines.benchmark import machine_info
 from scanner.config import ScanConfig
 from scanner.research.features import iter_face_crops
+from engines.files import write_json
 
 VARIANTS = ("meso4_df", "meso4_f2f", "mesoinception4_df", "mesoinception4_f2f")
 
@@ -73,7 +74,7 @@ def main() -> None:
     if args.reals and args.fakes:
         for n, auc in image_auc(dets, Path(args.reals), Path(args.fakes)).items():
             res["variants"][n]["self_blended_auc"] = round(auc, 4)
-    Path(args.out).write_text(json.dumps(res, indent=2))
+    write_json(res, args.out)
     print(json.dumps({n: {k: v for k, v in d.items() if k != "per_clip"}
                       for n, d in res["variants"].items()}, indent=2))
 

@@ -29,6 +29,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from engines.files import write_json
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -162,7 +164,7 @@ def main() -> None:
     r["growth_mib_from_10pct_to_end"] = round(late["rss_mib"] - early["rss_mib"], 1) if rows else None
     r["series"] = r["series"][:: max(1, len(r["series"]) // 60)]  # keep the JSON small
     res["many_inputs"] = {"inputs": a.inputs, **r}
-    Path(a.out).write_text(json.dumps(res, indent=2) + "\n")
+    write_json(res, a.out)
     print(json.dumps({k: v for k, v in res.items() if k != "many_inputs"} | {
         "many_inputs": {k: v for k, v in r.items() if k != "series"}}, indent=2))
 

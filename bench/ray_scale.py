@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from engines.files import write_json
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
@@ -138,7 +140,7 @@ def main() -> None:
                   "engine": "auto", **cfg_kw},
         "results": results,
     }
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    write_json(out, args.out)
     print(json.dumps(results, indent=2))
 
 

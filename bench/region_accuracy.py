@@ -27,6 +27,7 @@ from scanner.decode import FrameSampler  # noqa: E402
 from scanner.faces import FaceDetector  # noqa: E402
 from scanner.pipeline import DETECT_BATCH  # noqa: E402
 from scanner.region import RegionSearch, same_faces  # noqa: E402
+from engines.files import write_json
 
 
 def real_clips(shared: Path) -> list[Path]:
@@ -82,7 +83,7 @@ def main() -> None:
            "frames": frames, "matched": matched, "match_rate": round(matched / frames, 4),
            "detect_full_cpu_s": round(t_full, 3), "detect_region_cpu_s": round(t_region, 3),
            "speedup": round(t_full / max(t_region, 1e-9), 2), "clips": clips}
-    Path(args.out).write_text(json.dumps(res, indent=2))
+    write_json(res, args.out)
     print(json.dumps({k: v for k, v in res.items() if k not in ("clips", "machine")}, indent=2))
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from engines.benchmark import machine_info
 from scanner.cli import main as dfscan
 from scanner.report import ReportOptions, load_rows, write_report
+from engines.files import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIPS = [ROOT / "tests/data" / n for n in ("d1.mp4", "d2.mp4", "d18.mp4")] + \
@@ -73,7 +74,7 @@ def main() -> None:
         "estimated_mb_thumbnails_and_gradcam": round((full["bytes"] + per_cam * args.videos) / 1e6, 1),
         "machine": {**machine_info(), "note": "shared 2-core VM, loaded by other jobs: times are indicative"},
     }
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(result, args.out)
     print(json.dumps(result, indent=2))
 
 

@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from engines.files import write_json
+
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(__file__).resolve().parent / ".cache"
 # The winner's own front end here (issue 14): total / decode / MTCNN / classifier seconds.
@@ -272,7 +274,7 @@ def main() -> None:
     res["note"] = ("2-core VM shared with other jobs (see load averages): absolute times vary run to run; "
                    "the ratios come from alternating runs in the same minutes")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=2))
+    write_json(res, args.out)
     print(json.dumps({"in_loop_ratio": res["in_loop"]["ratio_videos_per_s"],
                       "whole_process_ratio": res["whole_process"]["ratio_videos_per_s"],
                       "load": res["load_avg_1m_before_after"]}, indent=2))

@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from engines.files import write_json
+
 ROOT = Path(__file__).resolve().parents[1]
 FIRST = re.compile(r"first frame decoded ([0-9.]+) s after process start")
 READY = re.compile(r"ready in ([0-9.]+)s")
@@ -82,7 +84,7 @@ def main() -> None:
                       "first_frame_max_s": max(firsts) if firsts else None}
     res["load_avg_1m_before_after"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
     res["note"] = "2-core VM shared with other jobs; run under nice (see load averages)"
-    Path(args.out).write_text(json.dumps(res, indent=2))
+    write_json(res, args.out)
     print(json.dumps(res["summary"], indent=2))
 
 

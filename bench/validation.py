@@ -211,8 +211,10 @@ def evaluate(args) -> int:
             res.setdefault("paired", {})[f"{first}-vs-{other}:{agg}"] = paired_auc_diff(
                 y, [per_video[first][r["path"]][agg] for r in common],
                 [per_video[other][r["path"]][agg] for r in common])
+    from engines.files import write_json
+
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+    write_json(res, args.json)  # replaced whole: a kill mid-write keeps the previous results
     print(json.dumps(res.get("paired", {}), indent=1))
     return 0
 

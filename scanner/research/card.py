@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from engines.registry import file_hash
+from engines.files import write_json, write_text
 
 WEIGHTS = Path(__file__).resolve().parents[2] / "engines" / "weights"
 
@@ -51,8 +52,8 @@ def write_card(run: Path, name: str, command: str, results: list[Path], fp16: bo
     card = {"name": name, "weights": dst.name, "sha256": file_hash(dst, None), "license": LICENSE,
             "training_data": DATA_LICENSES, "command": command, **train_card,
             "evaluation": {p.name: _summary(json.loads(p.read_text())) for p in results}, **extra}
-    (WEIGHTS / f"{name}.card.json").write_text(json.dumps(card, indent=2) + "\n")
-    (WEIGHTS / f"{name}.card.md").write_text(_markdown(card))
+    write_json(card, WEIGHTS / f"{name}.card.json")
+    write_text(WEIGHTS / f"{name}.card.md", _markdown(card))
     return card
 
 
