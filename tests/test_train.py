@@ -347,3 +347,46 @@ def test_card_check_tells_whether_a_run_reproduced_the_shipped_weights(cache_dir
     res = card.check_run(tmp_path / "b", "test_model")
     assert not res["identical"] and res["max_abs_diff"] > 0.005
     assert card.main([str(tmp_path / "b"), "--name", "test_model", "--check"]) == 1
+
+
+def test_reconstruction_fakes(cache_dir, tmp_path):
+    """--recon/--p-recon: an autoencoder trained on the cache's training identities; its
+    reconstruction of face i is a fake of face i (box = whole crop); without it the samples
+    are exactly those of earlier recipes; --p-recon without --recon is refused."""
+    from engines.errors import DfscanError
+    from scanner.research.recon import load_ae, reconstruct, train_ae
+    from scanner.research.samples import KIND_RECON, make_fake
+
+    ae = tmp_path / "ae.safetensors"
+    summary = train_ae(cache_dir, ae, steps=60, batch=4, side=32, threads=1)
+    assert ae.is_file() and json.loads(Path(str(ae) + ".json").read_text())["steps"] == 60
+    assert summary["final_l1"] < 0.2  # it learned something: the start is ~0.5
+    cache = FaceCache.load(cache_dir)
+    recon = reconstruct(cache.crops, load_ae(ae))
+    assert recon.shape == cache.crops.shape and recon.dtype == np.uint8
+    assert not np.array_equal(recon, cache.crops)
+    assert np.abs(recon.astype(int) - cache.crops).mean() < 60
+    pool = np.arange(len(cache))
+    img, box, kind = make_fake(cache, 3, pool, cache.groups, np.random.default_rng(0), 0.35, recon, 1.0)
+    assert kind == KIND_RECON and np.array_equal(img, recon[3]) and box == (0, 0, S, S)
+    base = FaceSamples(cache, pool, 64, 16, seed=3)
+    off = FaceSamples(cache, pool, 64, 16, seed=3, recon=recon, p_recon=0.0)
+    assert all(torch.equal(base[k][0], off[k][0]) for k in range(16))
+    on = FaceSamples(cache, pool, 64, 16, seed=3, train=False, recon=recon, p_recon=1.0)
+    fakes = [on[k] for k in range(1, 16, 2)]
+    assert all(f[3] == KIND_RECON and f[1] == 1 and torch.equal(f[2], torch.tensor([0., 0., 1., 1.]))
+               for f in fakes)
+    # Training reals get the autoencoder's loss of fine detail as a blur (labelled real).
+    tr = FaceSamples(cache, pool, S, 16, seed=3, recon=recon, p_recon=1.0)
+    reals = [(k, tr[k]) for k in range(16) if tr[k][1] == 0]
+    assert reals and all(r[3] == 0 for _, r in reals)
+    from scanner.research.samples import soften
+    img = _face(7)
+    assert np.abs(np.diff(soften(img, np.random.default_rng(0)).astype(int), axis=1)).mean() < \
+        np.abs(np.diff(img.astype(int), axis=1)).mean()
+    with pytest.raises(DfscanError, match="--recon"):
+        train(TrainConfig(arch="test_effnet_lite", size=64, epochs=1, steps=1, p_recon=0.5), cache_dir,
+              tmp_path / "run")
+    card = train(TrainConfig(arch="test_effnet_lite", size=64, epochs=1, steps=2, batch_size=8, val_size=16,
+                             freeze=1, threads=1, seed=5, recon=str(ae), p_recon=0.5), cache_dir, tmp_path / "run")
+    assert "auc_recon" in card["history"][0] and card["recipe"]["p_recon"] == 0.5

@@ -70,7 +70,7 @@ def _train(args) -> int:
     cfg = TrainConfig(arch=args.arch, size=args.size, epochs=args.epochs, steps=args.steps,
                       batch_size=args.batch_size, lr=args.lr, freeze=args.freeze, seed=args.seed,
                       threads=args.threads, max_minutes=args.max_minutes, init=args.init, p_mfs=args.p_mfs,
-                      p_global=args.p_global,
+                      p_global=args.p_global, recon=args.recon, p_recon=args.p_recon,
                       device=args.device, val_size=args.val_size, workers=args.workers)
     cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             TextColumn("{task.fields[info]}"))
@@ -106,6 +106,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--p-mfs", type=float, default=0.35, help="share of fakes made by MFS (rest self-blended)")
     p.add_argument("--p-global", type=float, default=0.0,
                    help="share of real faces given the self-blend colour/scale/blur change over the whole crop")
+    p.add_argument("--recon", metavar="AE", help="autoencoder weights for reconstruction fakes "
+                                                 "(python -m scanner.research.recon)")
+    p.add_argument("--p-recon", type=float, default=0.0, help="share of fakes that are --recon reconstructions")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--max-minutes", type=float, help="stop after the epoch that crosses this budget")

@@ -24,14 +24,21 @@ from .data import FaceCache
 from .mfs import mfs_swap
 
 FLIP_LM = [1, 0, 2, 4, 3]  # left/right eye and mouth corner swap under a horizontal flip
-KIND_REAL, KIND_SBI, KIND_MFS = 0, 1, 2
+KIND_REAL, KIND_SBI, KIND_MFS, KIND_RECON = 0, 1, 2, 3
 
 
 def make_fake(cache: FaceCache, i: int, pool: np.ndarray, groups: np.ndarray, rng: np.random.Generator,
-              p_mfs: float) -> tuple[np.ndarray, tuple[int, int, int, int], int]:
+              p_mfs: float, recon: np.ndarray | None = None, p_recon: float = 0.0
+              ) -> tuple[np.ndarray, tuple[int, int, int, int], int]:
     """Fake of cached face ``i``: ``(image, box (x0, y0, x1, y1), kind)``; the MFS donor is a
-    face of ``pool`` with another identity."""
+    face of ``pool`` with another identity. With ``recon`` (the cache's crops through
+    :mod:`.recon`'s autoencoder, same order), a ``p_recon`` share of fakes is face ``i``
+    reconstructed (the whole crop is generated: its box is the crop)."""
     img, lm = np.asarray(cache.crops[i]), cache.landmarks[i]
+    # Drawn only when enabled, so recipes without it keep their exact random stream.
+    if recon is not None and p_recon > 0 and rng.random() < p_recon:
+        s = img.shape[0]
+        return np.asarray(recon[i]), (0, 0, s, s), KIND_RECON
     if rng.random() < p_mfs:
         for _ in range(10):
             j = int(pool[rng.integers(len(pool))])
@@ -49,6 +56,13 @@ def global_jitter(img: np.ndarray, lm: np.ndarray, rng: np.random.Generator) -> 
     return np.round(jitter_source(img, centre, rng, TRAIN_BLEND)).astype(np.uint8)
 
 
+def soften(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A real face blurred as much as the autoencoder smooths (Gaussian sigma 0.4-1.0 px at
+    224 px; 0.7 matches its loss of fine detail): with reconstruction fakes, the same share of
+    reals gets this, so lost fine detail alone is no fake cue, only the decoder's traces."""
+    return cv2.GaussianBlur(img, (0, 0), rng.uniform(0.4, 1.0))
+
+
 def _flip(img: np.ndarray, box) -> tuple[np.ndarray, tuple]:
     w = img.shape[1]
     return np.ascontiguousarray(img[:, ::-1]), (w - box[2], box[1], w - box[0], box[3])
@@ -62,10 +76,11 @@ class FaceSamples(torch.utils.data.Dataset):
     """
 
     def __init__(self, cache: FaceCache, pool: np.ndarray, size: int, epoch_len: int, seed: int,
-                 train: bool = True, p_mfs: float = 0.35, p_global: float = 0.0):
+                 train: bool = True, p_mfs: float = 0.35, p_global: float = 0.0,
+                 recon: np.ndarray | None = None, p_recon: float = 0.0):
         self.cache, self.pool, self.size = cache, np.asarray(pool), size
         self.epoch_len, self.seed, self.train, self.p_mfs = epoch_len, seed, train, p_mfs
-        self.p_global = p_global
+        self.p_global, self.recon, self.p_recon = p_global, recon, p_recon
         self.epoch = 0
         self.groups = cache.groups
 
@@ -78,12 +93,15 @@ class FaceSamples(torch.utils.data.Dataset):
         i = int(self.pool[k % len(self.pool)] if not self.train else self.pool[rng.integers(len(self.pool))])
         fake = (k % 2 == 1) if not self.train else rng.random() < 0.5
         if fake:
-            img, box, kind = make_fake(self.cache, i, self.pool, self.groups, rng, self.p_mfs)
+            img, box, kind = make_fake(self.cache, i, self.pool, self.groups, rng, self.p_mfs,
+                                       self.recon, self.p_recon)
         else:
             img, box, kind = np.asarray(self.cache.crops[i]), (-1, -1, -1, -1), KIND_REAL
             # Drawn only when enabled, so recipes without it keep their exact random stream.
             if self.train and self.p_global > 0 and rng.random() < self.p_global:
                 img = global_jitter(img, self.cache.landmarks[i], rng)
+            if self.train and self.recon is not None and self.p_recon > 0 and rng.random() < self.p_recon:
+                img = soften(img, rng)
         if self.train:
             if rng.random() < 0.5:
                 img, box = _flip(img, box) if fake else (np.ascontiguousarray(img[:, ::-1]), box)

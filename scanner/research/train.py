@@ -49,6 +49,8 @@ class TrainConfig:
     val_size: int = 600
     p_mfs: float = 0.35
     p_global: float = 0.0  # share of training reals transformed as a whole (samples.global_jitter)
+    recon: str | None = None  # autoencoder weights (scanner.research.recon) for reconstruction fakes
+    p_recon: float = 0.0  # share of fakes that are reconstructions (needs recon)
     seed: int = 0
     threads: int = 2
     workers: int = 0  # DataLoader processes making fakes (samples stay deterministic per index)
@@ -147,7 +149,7 @@ def validate(model, loader, device="cpu") -> dict:
         kinds.append(k.numpy())
     y, p, k = np.concatenate(ys), np.concatenate(ps), np.concatenate(kinds)
     res = {"auc": float(roc_auc_score(y, p))}
-    for name, kind in (("auc_sbi", 1), ("auc_mfs", 2)):
+    for name, kind in (("auc_sbi", 1), ("auc_mfs", 2), ("auc_recon", 3)):
         sel = (k == 0) | (k == kind)
         if (k == kind).any():
             res[name] = float(roc_auc_score(y[sel], p[sel]))
@@ -198,6 +200,7 @@ def _prepare(cfg: TrainConfig, cache_dir) -> _Run:
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     cache = FaceCache.load(cache_dir)
+    recon = _reconstructions(cfg, cache)
     is_val = split_groups(cache.groups, cfg.val_share, cfg.seed)
     tr_pool, va_pool = np.flatnonzero(~is_val), np.flatnonzero(is_val)
     if len(va_pool) == 0 or len(tr_pool) == 0:
@@ -206,14 +209,28 @@ def _prepare(cfg: TrainConfig, cache_dir) -> _Run:
     frozen = freeze_stages(model, cfg.freeze)
     size = model.spec.size
     train_ds = FaceSamples(cache, tr_pool, size, cfg.steps * cfg.batch_size, cfg.seed, True, cfg.p_mfs,
-                           cfg.p_global)
-    val_ds = FaceSamples(cache, va_pool, size, min(cfg.val_size, 2 * len(va_pool)), cfg.seed, False, cfg.p_mfs)
+                           cfg.p_global, recon, cfg.p_recon)
+    val_ds = FaceSamples(cache, va_pool, size, min(cfg.val_size, 2 * len(va_pool)), cfg.seed, False, cfg.p_mfs,
+                         recon=recon, p_recon=cfg.p_recon)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = cfg.epochs * cfg.steps
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     return _Run(cache, tr_pool, va_pool, model, frozen, train_ds,
                 torch.utils.data.DataLoader(val_ds, batch_size=64), opt, sched)
+
+
+def _reconstructions(cfg: TrainConfig, cache: FaceCache) -> np.ndarray | None:
+    """The cache's crops through the ``--recon`` autoencoder (``None`` without one)."""
+    if not cfg.recon or cfg.p_recon <= 0:
+        if cfg.p_recon > 0:
+            raise DfscanError("--p-recon needs --recon AE.safetensors (python -m scanner.research.recon)")
+        return None
+    from .recon import load_ae, reconstruct
+
+    with torch.random.fork_rng():  # building the autoencoder must not move the recipe's random stream
+        model = load_ae(cfg.recon)
+    return reconstruct(cache.crops, model)
 
 
 def _resume(out: Path, run: _Run, cfg: TrainConfig) -> tuple[int, list, float]:
