@@ -390,3 +390,26 @@ def test_reconstruction_fakes(cache_dir, tmp_path):
     card = train(TrainConfig(arch="test_effnet_lite", size=64, epochs=1, steps=2, batch_size=8, val_size=16,
                              freeze=1, threads=1, seed=5, recon=str(ae), p_recon=0.5), cache_dir, tmp_path / "run")
     assert "auc_recon" in card["history"][0] and card["recipe"]["p_recon"] == 0.5
+
+
+def test_resume_with_another_recipe_is_refused(cache_dir, tmp_path):
+    """A run resumed with other options would give weights from two recipes under a card
+    naming one: refused with the differences; budgets and threads may change."""
+    from engines.errors import DfscanError
+
+    cfg = dict(arch="test_effnet_lite", size=64, epochs=2, steps=1, batch_size=8, val_size=16, freeze=1,
+               threads=1, seed=5)
+    card = train(TrainConfig(**cfg, max_minutes=1e-9), cache_dir, tmp_path / "run")  # epoch 0 only
+    assert len(card["data"]["faces_index_sha256"]) == 64
+    with pytest.raises(DfscanError, match=r"p_global: 0.0 -> 0.5"):
+        train(TrainConfig(**cfg, p_global=0.5), cache_dir, tmp_path / "run")
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("crops.npy", "landmarks.npy"):
+        (other / name).write_bytes((cache_dir / name).read_bytes())
+    rows = (cache_dir / "index.csv").read_text().replace("fam0:p0", "fam0:p9")
+    (other / "index.csv").write_text(rows)
+    with pytest.raises(DfscanError, match="faces_index_sha256"):
+        train(TrainConfig(**cfg), other, tmp_path / "run")
+    resumed = train(TrainConfig(**{**cfg, "threads": 2}), cache_dir, tmp_path / "run")
+    assert [r["epoch"] for r in resumed["history"]] == [0, 1]

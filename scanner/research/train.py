@@ -15,6 +15,7 @@ Recipe (all recorded in the model card written next to the weights):
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import subprocess
@@ -164,10 +165,28 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def _save_last(out: Path, model, opt, epoch: int, history: list, best: float) -> None:
+# What a run may change when it resumes: budgets and where it runs, not what it learns from.
+_RESUMABLE_CHANGES = ("max_minutes", "threads", "workers", "device")
+
+
+def recipe_of(cfg: TrainConfig, run: "_Run") -> dict:
+    """What determines a run's weights: the configuration (less :data:`_RESUMABLE_CHANGES`),
+    the cache's faces (count, and a hash of their sources and identities) and the
+    autoencoder file's hash; stored in ``last.pt`` and compared when the run resumes."""
+    from engines.registry import file_hash
+
+    rec = {k: v for k, v in asdict(cfg).items() if k not in _RESUMABLE_CHANGES}
+    index = "\n".join(f"{s}\t{g}" for s, g in zip(run.cache.sources.tolist(), run.cache.groups.tolist()))
+    rec["faces"] = len(run.cache)
+    rec["faces_index_sha256"] = hashlib.sha256(index.encode()).hexdigest()
+    rec["recon_sha256"] = file_hash(cfg.recon, None) if cfg.recon else None
+    return rec
+
+
+def _save_last(out: Path, model, opt, epoch: int, history: list, best: float, recipe: dict) -> None:
     with replacing(out / "last.pt") as tmp:  # a run killed mid-save resumes from the previous epoch
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch,
-                    "history": json.dumps(history), "best": best}, tmp)
+                    "history": json.dumps(history), "best": best, "recipe": json.dumps(recipe)}, tmp)
 
 
 def _export(out: Path, model) -> None:
@@ -238,6 +257,8 @@ def _resume(out: Path, run: _Run, cfg: TrainConfig) -> tuple[int, list, float]:
     if not (out / "last.pt").is_file():
         return 0, [], -1.0
     ck = torch.load(out / "last.pt", map_location=cfg.device, weights_only=True)
+    if "recipe" in ck:  # checkpoints from before this check carry none
+        _same_recipe(out, json.loads(ck["recipe"]), recipe_of(cfg, run))
     run.model.load_state_dict(ck["model"])
     run.opt.load_state_dict(ck["opt"])
     start = ck["epoch"] + 1
@@ -246,6 +267,15 @@ def _resume(out: Path, run: _Run, cfg: TrainConfig) -> tuple[int, list, float]:
         warnings.simplefilter("ignore", UserWarning)
         run.sched.step()
     return start, json.loads(ck["history"]), ck["best"]
+
+
+def _same_recipe(out: Path, old: dict, new: dict) -> None:
+    """Refuse to resume a run with another recipe: its weights would come from two recipes
+    while its card names only the last one."""
+    diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    if diff:
+        raise DfscanError(f"{out}/last.pt was trained with another recipe ({'; '.join(diff)}): "
+                          "resume with the same options and face caches, or train into a new --out folder")
 
 
 def _train_epoch(run: _Run, cfg: TrainConfig, epoch: int, progress=None):
@@ -281,6 +311,7 @@ def train(cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, progress
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     run = _prepare(cfg, cache_dir)
+    recipe = recipe_of(cfg, run)
     start, history, best = _resume(out, run, cfg)
     t_start = time.time()
     for epoch in range(start, cfg.epochs):
@@ -292,7 +323,7 @@ def train(cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, progress
         if rec["auc"] > best:
             best = rec["auc"]
             _export(out, run.model)
-        _save_last(out, run.model, run.opt, epoch, history, best)
+        _save_last(out, run.model, run.opt, epoch, history, best, recipe)
         write_text(out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in history))
         if bar is not None:
             bar.epoch_done(rec)
@@ -309,6 +340,7 @@ def _card(cfg: TrainConfig, cache_dir, run: _Run, history: list, best: float) ->
     return {"arch": cfg.arch, "input_size": run.model.spec.size, "recipe": asdict(cfg), "git_commit": _git_commit(),
             "data": {"cache": [str(c) for c in caches], "faces": len(run.cache), "train_faces": int(len(run.tr_pool)),
                      "val_faces": int(len(run.va_pool)), "identities": len(set(groups.tolist())),
-                     "val_identities": sorted(set(groups[run.va_pool].tolist()))},
+                     "val_identities": sorted(set(groups[run.va_pool].tolist())),
+                     **{k: v for k, v in recipe_of(cfg, run).items() if k.endswith("_sha256")}},
             "history": history, "best_val_auc": best,
             "best_epoch": max(history, key=lambda r: r["auc"])["epoch"] if history else None}
