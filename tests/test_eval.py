@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, roc_auc_score
 
+from engines.errors import DfscanError
 from scanner.research.evaluate import binary_metrics, eer, report, scores_from_jsonl
 from scanner.research.labelled import Item, read_labelled
 from scanner.research.separability import separability
@@ -73,6 +74,16 @@ def test_scores_from_jsonl_and_csv_manifest(tmp_path):
     (tmp_path / "scan.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     assert scores_from_jsonl(items, tmp_path / "scan.jsonl") == {0: 0.9, 1: 0.1}
     assert report(items, {0: 0.9, 1: 0.1})["excluded"] == 1
+    # A non-finite score is no score (excluded, as in a scan), never a low one.
+    rows[0]["score"] = float("nan")
+    (tmp_path / "scan.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert scores_from_jsonl(items, tmp_path / "scan.jsonl") == {1: 0.1}
+    with pytest.raises(DfscanError, match="non-finite scores for 1 input"):
+        report(items, {0: float("nan"), 1: 0.1})
+    rows[0]["score"] = "high"
+    (tmp_path / "scan.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    with pytest.raises(DfscanError, match="not a number"):
+        scores_from_jsonl(items, tmp_path / "scan.jsonl")
 
 
 def test_eval_cli_from_jsonl(tmp_path):

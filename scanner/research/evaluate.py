@@ -86,7 +86,10 @@ def report(items: list[Item], scores: dict[int, float], threshold: float = 0.5) 
     if not idx:
         raise DfscanError("no input got a score (no faces found, or every file failed)")
     y = np.array([items[i].label for i in idx])
-    s = np.array([scores[i] for i in idx])
+    s = np.array([scores[i] for i in idx], float)
+    if not np.isfinite(s).all():  # a NaN would pass for a low score in the threshold metrics
+        bad = [str(items[i].path) for i, v in zip(idx, s) if not math.isfinite(v)]
+        raise DfscanError(f"non-finite scores for {len(bad)} input(s), e.g. {bad[0]}: exclude them or rescan")
     out = {"overall": binary_metrics(y, s, threshold), "excluded": len(items) - len(idx), "subsets": {}}
     by_subset = defaultdict(list)
     for k, i in enumerate(idx):
@@ -110,8 +113,15 @@ def scores_from_jsonl(items: list[Item], jsonl: Path, key: str = "score") -> dic
                 raise DfscanError(f"{jsonl}:{n}: invalid JSON: {e}") from e
             if row.get(key) is None or "path" not in row:
                 continue
-            by_path[str(Path(row["path"]).resolve())] = float(row[key])
-            by_name[Path(row["path"]).name].append(float(row[key]))
+            try:
+                score = float(row[key])
+            except (TypeError, ValueError) as e:
+                raise DfscanError(f"{jsonl}:{n}: {key} is not a number: {row[key]!r}") from e
+            if not math.isfinite(score):  # never read as a verdict either way: excluded, like an error row
+                log.warning("%s:%d: %s has a non-finite %s (%s): excluded", jsonl, n, row["path"], key, score)
+                continue
+            by_path[str(Path(row["path"]).resolve())] = score
+            by_name[Path(row["path"]).name].append(score)
     out = {}
     for i, it in enumerate(items):
         p = str(it.path.resolve())
@@ -138,7 +148,11 @@ def score_items(items: list[Item], det, source, progress=lambda x: x) -> dict[in
         with torch.inference_mode():
             p = det.p_fake(det(crops.to(next(det.parameters()).device))).cpu().numpy()
         first = np.unique(frames, return_index=True)[1]  # largest face = first crop of a frame
-        out[i] = float(p[first].mean())
+        score = float(p[first].mean())
+        if not math.isfinite(score):  # as the scan does: a non-finite score is no score
+            log.warning("%s: non-finite P(fake) from the detector: excluded", it.path)
+            continue
+        out[i] = score
     return out
 
 
