@@ -413,3 +413,24 @@ def test_resume_with_another_recipe_is_refused(cache_dir, tmp_path):
         train(TrainConfig(**cfg), other, tmp_path / "run")
     resumed = train(TrainConfig(**{**cfg, "threads": 2}), cache_dir, tmp_path / "run")
     assert [r["epoch"] for r in resumed["history"]] == [0, 1]
+
+
+def test_frame_edge_blackens_beyond_a_straight_edge_and_keeps_old_recipes(cache_dir):
+    """--p-edge: black beyond 1-2 sides of a rotated frame (as the aligner fills context past
+    the frame), 0-30 % in from a side, the centre kept; off, samples are those of earlier recipes."""
+    from scanner.research.samples import frame_edge
+
+    img = np.full((S, S, 3), 200, np.uint8)
+    for k in range(20):
+        out = frame_edge(img, np.random.default_rng(k))
+        black = out.sum(-1) == 0
+        assert 0 < black.mean() < 0.6 and not black[S // 2 - 8:S // 2 + 8, S // 2 - 8:S // 2 + 8].any()
+        assert set(np.unique(out).tolist()) <= {0, 200}
+    cache = FaceCache.load(cache_dir)
+    pool = np.arange(len(cache))
+    base = FaceSamples(cache, pool, 64, 16, seed=3)
+    off = FaceSamples(cache, pool, 64, 16, seed=3, p_edge=0.0)
+    assert all(torch.equal(base[k][0], off[k][0]) for k in range(16))
+    on = FaceSamples(cache, pool, 64, 16, seed=3, p_edge=1.0)
+    assert all((on[k][0].sum(0) == 0).any() for k in range(16))  # every crop cut, labels as before
+    assert [on[k][1] for k in range(16)] == [base[k][1] for k in range(16)]

@@ -63,6 +63,27 @@ def soften(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return cv2.GaussianBlur(img, (0, 0), rng.uniform(0.4, 1.0))
 
 
+def frame_edge(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``img`` (``uint8 (S, S, 3)``, aligned) cut by 1-2 simulated frame edges, black beyond them.
+
+    A face near the border of a video gets an aligned crop whose context runs past the
+    frame, which :mod:`scanner.align` fills with black: a straight, slightly tilted
+    boundary (the alignment's rotation) 0-30 % of the crop in from a side. Applied after
+    the degradations (at scan time the black is added after the video's compression) to
+    real and fake crops alike, so such a boundary is no fake cue."""
+    s = img.shape[0]
+    c = (s - 1) / 2
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) - c
+    t = np.deg2rad(rng.uniform(-12, 12))  # one rotation for the whole frame: its edges stay a rectangle
+    u, v = xx * np.cos(t) + yy * np.sin(t), -xx * np.sin(t) + yy * np.cos(t)  # frame axes
+    out = img.copy()
+    for side in rng.choice(4, size=int(rng.integers(1, 3)), replace=False):
+        inner = c - rng.uniform(0.0, 0.3) * s  # the edge's distance from the crop's centre
+        coord = u if side in (0, 1) else v
+        out[(coord < -inner) if side in (0, 2) else (coord > inner)] = 0
+    return out
+
+
 def _flip(img: np.ndarray, box) -> tuple[np.ndarray, tuple]:
     w = img.shape[1]
     return np.ascontiguousarray(img[:, ::-1]), (w - box[2], box[1], w - box[0], box[3])
@@ -77,10 +98,10 @@ class FaceSamples(torch.utils.data.Dataset):
 
     def __init__(self, cache: FaceCache, pool: np.ndarray, size: int, epoch_len: int, seed: int,
                  train: bool = True, p_mfs: float = 0.35, p_global: float = 0.0,
-                 recon: np.ndarray | None = None, p_recon: float = 0.0):
+                 recon: np.ndarray | None = None, p_recon: float = 0.0, p_edge: float = 0.0):
         self.cache, self.pool, self.size = cache, np.asarray(pool), size
         self.epoch_len, self.seed, self.train, self.p_mfs = epoch_len, seed, train, p_mfs
-        self.p_global, self.recon, self.p_recon = p_global, recon, p_recon
+        self.p_global, self.recon, self.p_recon, self.p_edge = p_global, recon, p_recon, p_edge
         self.epoch = 0
         self.groups = cache.groups
 
@@ -106,6 +127,8 @@ class FaceSamples(torch.utils.data.Dataset):
             if rng.random() < 0.5:
                 img, box = _flip(img, box) if fake else (np.ascontiguousarray(img[:, ::-1]), box)
             img = train_augment(img, rng)
+            if self.p_edge > 0 and rng.random() < self.p_edge:  # drawn only when enabled
+                img = frame_edge(img, rng)
         s = img.shape[0]
         if self.size != s:
             img = cv2.resize(img, (self.size, self.size), interpolation=cv2.INTER_AREA)
