@@ -32,6 +32,9 @@ def held_out_sources(card: Path, caches: list[Path], stills: int) -> list[Path]:
     groups = set(json.loads(card.read_text())["data"]["val_identities"])
     clips, photos = set(), set()
     for c in caches:
+        if not (c / "index.csv").is_file():
+            raise SystemExit(f"{c}: no face cache; build the card's caches first (`dfscan train --cache-only`, "
+                             f"steps 1-2 of {card.name}'s reproduce steps)")
         for r in csv.DictReader(open(c / "index.csv")):
             if r["group"] in groups:
                 (photos if r["source"].endswith(".jpg") else clips).add(r["source"])
