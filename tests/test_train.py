@@ -434,3 +434,23 @@ def test_frame_edge_blackens_beyond_a_straight_edge_and_keeps_old_recipes(cache_
     on = FaceSamples(cache, pool, 64, 16, seed=3, p_edge=1.0)
     assert all((on[k][0].sum(0) == 0).any() for k in range(16))  # every crop cut, labels as before
     assert [on[k][1] for k in range(16)] == [base[k][1] for k in range(16)]
+
+
+def test_low_res_source_magnifies_compression_and_keeps_old_recipes(cache_dir):
+    """--p-low-res: a crop shrunk, compressed at that size and magnified back (smoother than the
+    original, same size and dtype); with the option off, the augmentation chain is unchanged."""
+    img = _face(3)
+    out = augment.low_res_source(img, np.random.default_rng(0))
+    assert out.shape == img.shape and out.dtype == np.uint8
+    detail = lambda a: np.abs(np.diff(a.astype(int), axis=1)).mean()  # noqa: E731
+    assert detail(out) < detail(img)
+    for k in range(8):
+        a = augment.train_augment(img, np.random.default_rng(k))
+        b = augment.train_augment(img, np.random.default_rng(k), p_low_res=0.0)
+        assert np.array_equal(a, b)
+    cache = FaceCache.load(cache_dir)
+    pool = np.arange(len(cache))
+    base = FaceSamples(cache, pool, 64, 16, seed=3)
+    on = FaceSamples(cache, pool, 64, 16, seed=3, p_low_res=1.0)
+    assert [on[k][1] for k in range(16)] == [base[k][1] for k in range(16)]
+    assert any(not torch.equal(on[k][0], base[k][0]) for k in range(16))

@@ -112,8 +112,22 @@ def apply_all(img: np.ndarray, perturbs: list[Perturb], rng: np.random.Generator
     return img
 
 
-def train_augment(img: np.ndarray, rng: np.random.Generator, p_h264: float = 0.15) -> np.ndarray:
-    """Random real-world degradation chain for training (each step with its own probability)."""
+def low_res_source(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A face that was small in a compressed video: shrunk (to 25-60 %), compressed at that size
+    (JPEG 30-90, or H.264 CRF 23-38), then magnified back as alignment does (bilinear or bicubic),
+    so its compression blocks and ringing are magnified too."""
+    h, w = img.shape[:2]
+    f = rng.uniform(0.25, 0.6)
+    small = cv2.resize(img, (max(2, round(w * f)), max(2, round(h * f))), interpolation=cv2.INTER_AREA)
+    small = h264(small, rng.integers(23, 39)) if rng.random() < 0.3 else jpeg(small, rng.integers(30, 91))
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR if rng.random() < 0.5 else cv2.INTER_CUBIC)
+
+
+def train_augment(img: np.ndarray, rng: np.random.Generator, p_h264: float = 0.15,
+                  p_low_res: float = 0.0) -> np.ndarray:
+    """Random real-world degradation chain for training (each step with its own probability);
+    ``p_low_res``: share of images ending as :func:`low_res_source` (drawn only when > 0, so
+    recipes without it keep their random stream)."""
     if rng.random() < 0.5:
         img = colour(img, rng)
     if rng.random() < 0.3:
@@ -127,4 +141,6 @@ def train_augment(img: np.ndarray, rng: np.random.Generator, p_h264: float = 0.1
         img = h264(img, rng.integers(18, 40))
     elif r < 0.65:
         img = jpeg(img, rng.integers(30, 96))
+    if p_low_res > 0 and rng.random() < p_low_res:
+        img = low_res_source(img, rng)
     return img

@@ -71,7 +71,7 @@ def _train(args) -> int:
                       batch_size=args.batch_size, lr=args.lr, freeze=args.freeze, seed=args.seed,
                       threads=args.threads, max_minutes=args.max_minutes, init=args.init, p_mfs=args.p_mfs,
                       p_global=args.p_global, recon=args.recon, p_recon=args.p_recon,
-                      p_edge=args.p_edge,
+                      p_edge=args.p_edge, p_low_res=args.p_low_res,
                       device=args.device, val_size=args.val_size, workers=args.workers)
     cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             TextColumn("{task.fields[info]}"))
@@ -113,6 +113,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--p-edge", type=float, default=0.0,
                    help="share of training crops (real and fake alike) cut by a simulated frame edge, black "
                         "beyond it as when a face's context runs past the video frame")
+    p.add_argument("--p-low-res", type=float, default=0.0,
+                   help="share of training crops (real and fake alike) degraded as a small face of a compressed "
+                        "video: shrunk, compressed at that size, magnified back")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--max-minutes", type=float, help="stop after the epoch that crosses this budget")

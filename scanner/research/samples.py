@@ -98,10 +98,12 @@ class FaceSamples(torch.utils.data.Dataset):
 
     def __init__(self, cache: FaceCache, pool: np.ndarray, size: int, epoch_len: int, seed: int,
                  train: bool = True, p_mfs: float = 0.35, p_global: float = 0.0,
-                 recon: np.ndarray | None = None, p_recon: float = 0.0, p_edge: float = 0.0):
+                 recon: np.ndarray | None = None, p_recon: float = 0.0, p_edge: float = 0.0,
+                 p_low_res: float = 0.0):
         self.cache, self.pool, self.size = cache, np.asarray(pool), size
         self.epoch_len, self.seed, self.train, self.p_mfs = epoch_len, seed, train, p_mfs
         self.p_global, self.recon, self.p_recon, self.p_edge = p_global, recon, p_recon, p_edge
+        self.p_low_res = p_low_res
         self.epoch = 0
         self.groups = cache.groups
 
@@ -126,7 +128,7 @@ class FaceSamples(torch.utils.data.Dataset):
         if self.train:
             if rng.random() < 0.5:
                 img, box = _flip(img, box) if fake else (np.ascontiguousarray(img[:, ::-1]), box)
-            img = train_augment(img, rng)
+            img = train_augment(img, rng, p_low_res=self.p_low_res)
             if self.p_edge > 0 and rng.random() < self.p_edge:  # drawn only when enabled
                 img = frame_edge(img, rng)
         s = img.shape[0]

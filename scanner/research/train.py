@@ -53,6 +53,7 @@ class TrainConfig:
     recon: str | None = None  # autoencoder weights (scanner.research.recon) for reconstruction fakes
     p_recon: float = 0.0  # share of fakes that are reconstructions (needs recon)
     p_edge: float = 0.0  # share of training crops cut by a simulated frame edge (samples.frame_edge)
+    p_low_res: float = 0.0  # share of training crops degraded as small faces of a compressed video
     seed: int = 0
     threads: int = 2
     workers: int = 0  # DataLoader processes making fakes (samples stay deterministic per index)
@@ -229,7 +230,7 @@ def _prepare(cfg: TrainConfig, cache_dir) -> _Run:
     frozen = freeze_stages(model, cfg.freeze)
     size = model.spec.size
     train_ds = FaceSamples(cache, tr_pool, size, cfg.steps * cfg.batch_size, cfg.seed, True, cfg.p_mfs,
-                           cfg.p_global, recon, cfg.p_recon, cfg.p_edge)
+                           cfg.p_global, recon, cfg.p_recon, cfg.p_edge, cfg.p_low_res)
     val_ds = FaceSamples(cache, va_pool, size, min(cfg.val_size, 2 * len(va_pool)), cfg.seed, False, cfg.p_mfs,
                          recon=recon, p_recon=cfg.p_recon)
     params = [p for p in model.parameters() if p.requires_grad]
