@@ -57,16 +57,14 @@ def frames_of(path: Path, n: int):
 def pairs(paths: list[Path], spec, margin: float, frames: int):
     """``(source, whole-frame crop, tight-frame crop)`` uint8 ``(S, S, 3)`` per largest face."""
     from scanner.align import align_faces
+    from scanner.decode import Frame
     from scanner.faces import FaceDetector
+    from scanner.research.features import _downscale
 
     det = FaceDetector(min_face=40)
     for path in paths:
         for img in frames_of(path, frames):
-            from scanner.research.features import _downscale
-
             small, scale = _downscale(img, 960)
-            from scanner.decode import Frame
-
             fc = det.detect([Frame(0, 0.0, img, small, scale)])[0]
             if not len(fc):
                 continue
