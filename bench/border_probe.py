@@ -41,31 +41,17 @@ def held_out_sources(card: Path, caches: list[Path], stills: int) -> list[Path]:
     return sorted(map(Path, clips)) + sorted(map(Path, photos))[:stills]
 
 
-def frames_of(path: Path, n: int):
-    """Full-resolution RGB frames: ``n`` sampled from a clip, or the photo padded 1.8x (edge)."""
-    from scanner.decode import FrameSampler
-    from scanner.research.features import read_rgb
-
-    if path.suffix.lower() == ".jpg":
-        img = read_rgb(path)
-        h, w = img.shape[:2]
-        py, px = int(h * 0.4), int(w * 0.4)
-        return [np.ascontiguousarray(np.pad(img, ((py, py), (px, px), (0, 0)), mode="edge"))]
-    return [f.image for f in FrameSampler(path, n, None, 960, True)]
-
-
 def pairs(paths: list[Path], spec, margin: float, frames: int):
     """``(source, whole-frame crop, tight-frame crop)`` uint8 ``(S, S, 3)`` per largest face."""
     from scanner.align import align_faces
-    from scanner.decode import Frame
     from scanner.faces import FaceDetector
-    from scanner.research.features import _downscale
+    from scanner.research.data import _frames  # the training cache's reader: photos padded 1.8x
 
     det = FaceDetector(min_face=40)
     for path in paths:
-        for img in frames_of(path, frames):
-            small, scale = _downscale(img, 960)
-            fc = det.detect([Frame(0, 0.0, img, small, scale)])[0]
+        for fr in _frames(path, frames, 960, 1.8):
+            img = fr.image
+            fc = det.detect([fr])[0]
             if not len(fc):
                 continue
             k = int(np.argmax((fc.boxes[:, 2] - fc.boxes[:, 0]) * (fc.boxes[:, 3] - fc.boxes[:, 1])))

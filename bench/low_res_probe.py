@@ -26,16 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engines.files import write_json  # noqa: E402
-from scanner.research.augment import jpeg  # noqa: E402
+from scanner.research.augment import jpeg, magnified  # noqa: E402
 
 CONDITIONS = {"clean": None, "shrink0.35_jpeg40": (0.35, 40), "shrink0.25_jpeg60": (0.25, 60)}
-
-
-def low_res(img: np.ndarray, f: float, q: int) -> np.ndarray:
-    """``img`` shrunk to ``f``, JPEG ``q`` at that size, magnified back (bicubic)."""
-    h, w = img.shape[:2]
-    small = jpeg(cv2.resize(img, (round(w * f), round(h * f)), interpolation=cv2.INTER_AREA), q)
-    return cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
 
 
 def read(heldout: Path, kind: str, label: str) -> list[np.ndarray]:
@@ -75,7 +68,8 @@ def main() -> None:
         det = create_detector(arch, **({"weights": weights} if weights else {}))
         rows = {}
         for cond, fq in CONDITIONS.items():
-            deg = (lambda i: i) if fq is None else (lambda i, fq=fq: low_res(i, *fq))
+            deg = (lambda i: i) if fq is None else \
+                (lambda i, f=fq[0], q=fq[1]: magnified(i, f, lambda s: jpeg(s, q), cubic=True))
             r, f = scores(det, [deg(i) for i in reals]), scores(det, [deg(i) for i in fakes])
             rows[cond] = {"mean_p_fake_reals": round(float(r.mean()), 3), "reals_called_fake": round(float((r >= 0.5).mean()), 3),
                           "fakes_caught": round(float((f >= 0.5).mean()), 3),

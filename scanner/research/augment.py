@@ -30,10 +30,18 @@ def blur(img: np.ndarray, sigma: float) -> np.ndarray:
     return cv2.GaussianBlur(img, (0, 0), float(sigma)) if sigma > 0 else img
 
 
-def downscale(img: np.ndarray, factor: float) -> np.ndarray:
+def magnified(img: np.ndarray, factor: float, compress: Callable | None = None, cubic: bool = False) -> np.ndarray:
+    """``img`` shrunk to ``factor`` (area), through ``compress`` at that size if given, then
+    magnified back to its size (bilinear, or bicubic with ``cubic``)."""
     h, w = img.shape[:2]
     small = cv2.resize(img, (max(1, round(w * factor)), max(1, round(h * factor))), interpolation=cv2.INTER_AREA)
-    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    if compress is not None:
+        small = compress(small)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC if cubic else cv2.INTER_LINEAR)
+
+
+def downscale(img: np.ndarray, factor: float) -> np.ndarray:
+    return magnified(img, factor)
 
 
 def noise(img: np.ndarray, std: float, rng: np.random.Generator) -> np.ndarray:
@@ -116,11 +124,10 @@ def low_res_source(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A face that was small in a compressed video: shrunk (to 25-60 %), compressed at that size
     (JPEG 30-90, or H.264 CRF 23-38), then magnified back as alignment does (bilinear or bicubic),
     so its compression blocks and ringing are magnified too."""
-    h, w = img.shape[:2]
     f = rng.uniform(0.25, 0.6)
-    small = cv2.resize(img, (max(2, round(w * f)), max(2, round(h * f))), interpolation=cv2.INTER_AREA)
-    small = h264(small, rng.integers(23, 39)) if rng.random() < 0.3 else jpeg(small, rng.integers(30, 91))
-    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR if rng.random() < 0.5 else cv2.INTER_CUBIC)
+    codec = h264 if rng.random() < 0.3 else jpeg
+    q = rng.integers(23, 39) if codec is h264 else rng.integers(30, 91)
+    return magnified(img, f, lambda small: codec(small, q), cubic=rng.random() >= 0.5)
 
 
 def train_augment(img: np.ndarray, rng: np.random.Generator, p_h264: float = 0.15,

@@ -331,18 +331,18 @@ def train(cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, progress
             bar.epoch_done(rec)
         if cfg.max_minutes and (time.time() - t_start) / 60 > cfg.max_minutes:
             break
-    card = _card(cfg, cache_dir, run, history, best)
+    card = _card(cfg, cache_dir, run, history, best, recipe)
     write_json(card, out / "card.json")
     return card
 
 
-def _card(cfg: TrainConfig, cache_dir, run: _Run, history: list, best: float) -> dict:
+def _card(cfg: TrainConfig, cache_dir, run: _Run, history: list, best: float, recipe: dict) -> dict:
     caches = [cache_dir] if isinstance(cache_dir, (str, Path)) else cache_dir
     groups = run.cache.groups
     return {"arch": cfg.arch, "input_size": run.model.spec.size, "recipe": asdict(cfg), "git_commit": _git_commit(),
             "data": {"cache": [str(c) for c in caches], "faces": len(run.cache), "train_faces": int(len(run.tr_pool)),
                      "val_faces": int(len(run.va_pool)), "identities": len(set(groups.tolist())),
                      "val_identities": sorted(set(groups[run.va_pool].tolist())),
-                     **{k: v for k, v in recipe_of(cfg, run).items() if k.endswith("_sha256")}},
+                     **{k: v for k, v in recipe.items() if k.endswith("_sha256")}},
             "history": history, "best_val_auc": best,
             "best_epoch": max(history, key=lambda r: r["auc"])["epoch"] if history else None}
