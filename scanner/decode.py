@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +78,8 @@ def classify_os_error(path: Path, e: OSError) -> VideoError:
     """``not_found`` / ``permission`` / ``internal`` error of a failed file access."""
     if isinstance(e, FileNotFoundError) or e.errno in (errno.ENOENT, errno.ENOTDIR):
         return VideoError("not_found", f"file not found: {path}")
+    if e.errno == errno.ELOOP:  # a symlink cycle leads to no file at all
+        return VideoError("not_found", f"file not found (symbolic link loop): {path}")
     if isinstance(e, PermissionError) or e.errno in (errno.EACCES, errno.EPERM):
         return VideoError("permission", f"permission denied: {path}")
     if isinstance(e, IsADirectoryError):
@@ -106,17 +109,32 @@ def _looks_like_mp4(path: Path) -> bool:
     return head[4:8] in (b"ftyp", b"mdat", b"moov", b"wide", b"free")
 
 
-def open_file(path: str | Path) -> av.container.InputContainer:
-    """Open a local video file with the restricted protocol/format whitelist."""
-    path = Path(path)
+def check_regular_file(path: Path) -> None:
+    """:class:`VideoError` unless ``path`` is a readable, non-empty regular file.
+
+    Why: opening a FIFO blocks until a writer appears (hashing or decoding it would
+    hang the scan forever) and a device (``/dev/zero``) never ends; ``stat`` does
+    neither, so those are refused before anything opens them.
+    """
     try:
-        size = path.stat().st_size
+        st = path.stat()
         if not os.access(path, os.R_OK):
             raise PermissionError(errno.EACCES, "permission denied", str(path))
     except OSError as e:
-        raise _classify_open_error(path, e) from e
-    if size == 0:
+        raise classify_os_error(path, e) from e
+    if stat.S_ISDIR(st.st_mode):
+        raise VideoError("not_video", f"a directory, not a video file: {path}")
+    if not stat.S_ISREG(st.st_mode):
+        kind = "FIFO" if stat.S_ISFIFO(st.st_mode) else "socket" if stat.S_ISSOCK(st.st_mode) else "device"
+        raise VideoError("not_video", f"not a regular file (a {kind}): {path}")
+    if st.st_size == 0:
         raise VideoError("empty_file", "file is empty (0 bytes)")
+
+
+def open_file(path: str | Path) -> av.container.InputContainer:
+    """Open a local video file with the restricted protocol/format whitelist."""
+    path = Path(path)
+    check_regular_file(path)
     try:
         return av.open(str(path), options=dict(FILE_OPEN_OPTIONS))
     except Exception as e:  # av.error.* — all FFmpeg failures

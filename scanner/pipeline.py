@@ -30,7 +30,7 @@ from . import metrics
 from .aggregate import decide, frame_score
 from .align import align_faces, invert_affine, map_boxes
 from .config import ScanConfig
-from .decode import Frame, FrameSampler, VideoError, classify_os_error
+from .decode import Frame, FrameSampler, VideoError, check_regular_file, classify_os_error
 from .faces import FaceDetector, Faces
 from .orientation import Orientation
 from .region import region_search
@@ -274,6 +274,7 @@ def _analyse(path: Path, ctx: ScanContext, row: dict) -> dict:
 
     def produce():
         if cfg.hash:
+            check_regular_file(path)  # before hashing: reading a FIFO would block forever
             try:
                 row["sha256"] = file_sha256(path)
             except OSError as e:  # same kinds as opening it (not_found, permission, ...)

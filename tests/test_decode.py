@@ -109,6 +109,9 @@ def test_bad_inputs_have_specific_reasons(tmp_path):
     jpg = (DATA / "mesonet" / "real").glob("*.jpg").__next__().read_bytes()
     assert _kind(_bad(tmp_path, "image.mp4", jpg)) == "not_video"
     assert _kind(tmp_path / "missing.mp4") == "not_found"
+    (tmp_path / "loop_a.mp4").symlink_to(tmp_path / "loop_b.mp4")
+    (tmp_path / "loop_b.mp4").symlink_to(tmp_path / "loop_a.mp4")
+    assert _kind(tmp_path / "loop_a.mp4") == "not_found"  # was "internal" (OSError ELOOP)
 
 
 def test_audio_only_file(tmp_path):

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
+import threading
 import urllib.request
 
 import numpy as np
@@ -172,6 +174,28 @@ def test_path_disappearing_mid_scan(tmp_path):
         b.unlink(missing_ok=True)  # vanishes after the first video finished
     assert rows[0]["verdict"] != "error"
     assert rows[1]["verdict"] == "error" and rows[1]["error"]["kind"] == "not_found"
+
+
+def test_fifo_or_device_named_like_a_video_is_an_error_not_a_hang(tmp_path):
+    # Opening a FIFO blocks until a writer appears: hashing or decoding one hung the
+    # whole scan (and its graceful SIGTERM) forever; /dev/zero was hashed without end.
+    fifo = tmp_path / "capture.mp4"
+    os.mkfifo(fifo)
+    ctx = build_context(ScanConfig(frames=4, detector="test_tiny", workers=1))
+    rows: list[dict] = []
+    t = threading.Thread(target=lambda: rows.extend(scan_paths([fifo, "/dev/null"], ctx=ctx)), daemon=True)
+    t.start()
+    t.join(20)
+    hung = t.is_alive()
+    while t.is_alive():  # let a reader stuck in open() see EOF, so the test ends
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+        t.join(0.2)
+    assert not hung, "scanning a FIFO blocked"
+    assert [(r["verdict"], r["error"]["kind"]) for r in rows] == [("error", "not_video")] * 2
+    assert "FIFO" in rows[0]["error"]["message"] and "device" in rows[1]["error"]["message"]
 
 
 def test_yaml_config_validation(tmp_path, capsys):
