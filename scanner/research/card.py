@@ -102,6 +102,16 @@ Checks of this recipe:
 """
 
 
+def _extra_degradations(recipe: dict) -> str:
+    """The optional training degradations a recipe used, as the end of the card's list."""
+    parts = []
+    if recipe.get("p_edge"):
+        parts.append(f"simulated frame edges on {recipe['p_edge'] * 100:.0f} % of crops (`--p-edge`)")
+    if recipe.get("p_low_res"):
+        parts.append(f"small compressed faces magnified on {recipe['p_low_res'] * 100:.0f} % of crops (`--p-low-res`)")
+    return "".join(f"; {p}" for p in parts)
+
+
 def _markdown(c: dict) -> str:
     h = "\n".join(f"| {r['epoch']} | {r['loss']:.4f} | {r['auc']:.4f} | {r.get('auc_sbi', float('nan')):.4f} | "
                   f"{r.get('auc_mfs', float('nan')):.4f} | {r['seconds']} |" for r in c["history"])
@@ -119,7 +129,7 @@ Real faces only, detected and aligned by dfscan's own pipeline and split by iden
 ({c['data']['train_faces']} training / {c['data']['val_faces']} validation faces,
 {c['data']['identities']} identities). Fakes are made on the fly: self-blended images and
 multi-scale swaps (MFS) between identities; degradations: JPEG 30-95, one-frame H.264
-CRF 18-39, down-scaling, blur, noise, colour shifts.
+CRF 18-39, down-scaling, blur, noise, colour shifts{_extra_degradations(c['recipe'])}.
 
 {data}
 
