@@ -141,12 +141,23 @@ def open_file(path: str | Path) -> av.container.InputContainer:
         raise _classify_open_error(path, e) from e
 
 
-def _video_stream(container) -> av.video.stream.VideoStream:
+def pick_video_stream(container) -> av.video.stream.VideoStream | None:
+    """The video stream FFmpeg itself would play (``av_find_best_stream``: default
+    disposition, more than one frame, bitrate), so a cover picture or a one-frame stream
+    listed first is not what gets judged; None when there is no decodable video."""
     streams = [s for s in container.streams.video if s.codec_context is not None]
     if not streams:
+        return None
+    best = container.streams.best("video")
+    return next((s for s in streams if best is not None and s.index == best.index), streams[0])
+
+
+def _video_stream(container) -> av.video.stream.VideoStream:
+    stream = pick_video_stream(container)
+    if stream is None:
         kinds = sorted({s.type for s in container.streams}) or ["none"]
         raise VideoError("no_video_stream", f"no video stream (streams: {', '.join(kinds)})")
-    return streams[0]
+    return stream
 
 
 def _has_exact_seek(container) -> bool:
@@ -233,12 +244,12 @@ class FrameSampler:
     def _plan(self) -> tuple[VideoIndex, list[int]]:
         with _opened(self.path) as (container, stream):
             self.index = index = build_index(container, stream)
-        if not len(index.pts):
-            raise VideoError("no_frames", "video stream holds no packets")
         if index.truncated:
             # A verdict on part of a video could mislead; report it instead.
             raise VideoError("truncated", f"file ends after {len(index.pts)} video packets "
                              "of a longer stream (truncated)")
+        if not len(index.pts):
+            raise VideoError("no_frames", "video stream holds no packets")
         targets = choose_targets(index, self.frames, self.fps, self.indices, self.max_frames)
         self.requested = len(targets)
         return index, targets

@@ -114,11 +114,6 @@ class JsonlSink(Sink):
             self._file.close()
 
 
-def _one_line(v):
-    # Every CSV record is one physical line, so resume can cut a torn record at "\n".
-    return v.replace("\r", " ").replace("\n", " ") if isinstance(v, str) else v
-
-
 def sampling_label(row: dict) -> str | None:
     s = row.get("sampling")
     if not isinstance(s, dict):
@@ -133,7 +128,9 @@ def flat_row(row: dict) -> dict:
     out.update(error_kind=err.get("kind"), error=err.get("message"), sampling=sampling_label(row),
                decode_s=t.get("decode"), detect_s=t.get("detect"), align_s=t.get("align"),
                infer_s=t.get("infer"), total_s=t.get("total"))
-    return {k: _one_line(v) for k, v in finite(out).items()}
+    # Newlines stay (a file name may hold one): the csv module quotes such a field, and
+    # resume finds a torn record's start by the quotes (scanner.resume._last_record_end).
+    return finite(out)
 
 
 class CsvSink(Sink):

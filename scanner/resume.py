@@ -35,30 +35,53 @@ def input_key(path: str | Path) -> str:
     return os.path.realpath(os.fspath(path))
 
 
+def _last_line_end(f, size: int) -> int:
+    """Offset just after the last ``\n`` of the open binary file ``f`` (0 if none)."""
+    pos, chunk = size, 1 << 16
+    while pos > 0:  # scan backwards for the last complete line
+        start = max(0, pos - chunk)
+        f.seek(start)
+        nl = f.read(pos - start).rfind(b"\n")
+        if nl >= 0:
+            return start + nl + 1
+        pos = start
+    return 0
+
+
+def _last_record_end(f, size: int) -> int:
+    """Offset just after the last CSV record of ``f``: the last ``\n`` outside quotes.
+
+    A quoted field may hold newlines (a file name can), so the last ``\n`` is not always a
+    record's end. Quotes inside fields are doubled, so a ``\n`` lies outside every field
+    exactly when an even number of ``"`` precede it.
+    """
+    f.seek(0)
+    quotes = sum(block.count(b'"') for block in iter(lambda: f.read(1 << 20), b""))
+    pos, chunk, after = size, 1 << 16, 0  # after: quotes from pos to the end
+    while pos > 0:
+        start = max(0, pos - chunk)
+        f.seek(start)
+        block = f.read(pos - start)
+        for i in range(len(block) - 1, -1, -1):
+            if block[i] == 0x22:
+                after += 1
+            elif block[i] == 0x0A and (quotes - after) % 2 == 0:
+                return start + i + 1
+        pos = start
+    return 0
+
+
 def cut_torn_tail(path: Path) -> int:
-    """Truncate ``path`` after its last newline; returns the number of bytes cut."""
+    """Truncate ``path`` after its last complete row (line; CSV record); returns bytes cut."""
     with open(path, "rb+") as f:
         size = f.seek(0, os.SEEK_END)
-        if size == 0:
+        keep = (_last_record_end if path.suffix.lower() == ".csv" else _last_line_end)(f, size)
+        if keep == size:
             return 0
-        f.seek(size - 1)
-        if f.read(1) == b"\n":
-            return 0
-        pos, chunk = size, 1 << 16
-        while pos > 0:  # scan backwards for the last complete line
-            start = max(0, pos - chunk)
-            f.seek(start)
-            nl = f.read(pos - start).rfind(b"\n")
-            if nl >= 0:
-                keep = start + nl + 1
-                break
-            pos = start
-        else:
-            keep = 0
         f.truncate(keep)
         f.flush()
         os.fsync(f.fileno())
-    log.warning("--resume: cut a torn last line (%d bytes) from %s; that input is scanned again",
+    log.warning("--resume: cut a torn last row (%d bytes) from %s; that input is scanned again",
                 size - keep, path)
     return size - keep
 

@@ -8,6 +8,7 @@ decoded for them into runs read with one seek each.
 """
 from __future__ import annotations
 
+import os
 from array import array
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -62,6 +63,34 @@ def _samples_missing(container, stream, packets: int) -> bool:
     return ("mp4" in name or "mov" in name) and packets < (stream.frames or 0)
 
 
+def _vint(data: bytes, pos: int, keep_marker: bool) -> tuple[int, int, bool]:
+    """EBML variable-size integer at ``pos``: (value, next position, all value bits set)."""
+    first = data[pos]
+    length = 9 - first.bit_length()  # 1 leading zero per extra byte
+    if first == 0 or pos + length > len(data):
+        raise ValueError("not an EBML integer")
+    raw = int.from_bytes(data[pos:pos + length], "big")
+    value = raw if keep_marker else raw & ((1 << (7 * length)) - 1)
+    return value, pos + length, value == (1 << (7 * length)) - 1
+
+
+def _matroska_cut(container) -> bool:
+    """A Matroska/WebM file shorter than its Segment says: cut at a cluster boundary, where
+    FFmpeg's demuxer stops without an error. Unknown-size Segments (live recordings) pass."""
+    if "matroska" not in container.format.name:
+        return False
+    try:
+        with open(container.name, "rb") as f:
+            head, size = f.read(4096), os.fstat(f.fileno()).st_size
+        ebml, pos, _ = _vint(head, 0, True)
+        length, pos, _ = _vint(head, pos, False)
+        seg, pos, _ = _vint(head, pos + length, True)
+        length, pos, unknown = _vint(head, pos, False)
+    except (OSError, ValueError, IndexError):
+        return False  # not a plain file, or a header this check does not know: no claim
+    return ebml == 0x1A45DFA3 and seg == 0x18538067 and not unknown and pos + length > size
+
+
 def build_index(container, stream) -> VideoIndex:
     """Demux the whole video stream (no decoding) and record pts + keyframe flags.
 
@@ -70,7 +99,8 @@ def build_index(container, stream) -> VideoIndex:
     then stop quietly). The header's frame count is only a hint in AVI (capture tools
     write empty "dropped frame" chunks that it counts as frames), but an MP4/MOV
     sample table lists every sample: fewer packets than it lists means the file was
-    cut on a sample boundary, which no read error reveals.
+    cut on a sample boundary, which no read error reveals; a Matroska file cut between
+    clusters is shorter than its Segment's declared size.
     """
     pts, key = array("q"), array("b")
     truncated, empty, short_read = False, 0, False
@@ -86,7 +116,8 @@ def build_index(container, stream) -> VideoIndex:
             key.append(bool(pkt.is_keyframe))
     except av.error.FFmpegError:
         truncated = True  # data ends before the container says it should
-    truncated |= short_read or _samples_missing(container, stream, len(pts) + empty)
+    truncated |= (short_read or _samples_missing(container, stream, len(pts) + empty)
+                  or _matroska_cut(container))
     pts_a, key_a = np.frombuffer(pts, np.int64).copy(), np.frombuffer(key, np.int8).astype(bool)
     tb = float(stream.time_base) if stream.time_base else 1.0 / 25
     cc = stream.codec_context

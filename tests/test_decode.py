@@ -204,6 +204,42 @@ def test_mp4_cut_on_a_sample_boundary_is_truncated(tmp_path):
         assert _kind(path) == "truncated", k
 
 
+def test_the_video_ffmpeg_would_play_is_judged_not_the_first_stream(tmp_path):
+    # A one-frame stream (a title card, a thumbnail) listed before the real video: the scan
+    # judged that frame alone. FFmpeg's own choice skips it.
+    path = tmp_path / "two.mkv"
+    with av.open(str(path), "w") as c:
+        streams = [c.add_stream("libx264", rate=25) for _ in range(2)]
+        for s in streams:
+            s.width, s.height, s.pix_fmt = 96, 64, "yuv420p"
+        for k, n in ((0, 1), (1, 40)):
+            for i in range(n):
+                img = np.full((64, 96, 3), 40 + 4 * i, np.uint8)
+                for pkt in streams[k].encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                    c.mux(pkt)
+            for pkt in streams[k].encode():
+                c.mux(pkt)
+    s = FrameSampler(path, frames=8)
+    assert len(list(s)) == 8 and s.index.frames == 40
+
+
+def test_matroska_cut_between_clusters_is_truncated(tmp_path):
+    # FFmpeg's Matroska demuxer stops quietly at a cluster boundary: a scan judged 55 % of
+    # the video with no warning. The Segment's declared size shows the cut.
+    full = _x264(tmp_path / "full.mkv", fmt="matroska")
+    data = full.read_bytes()
+    s = FrameSampler(full, frames=4)
+    assert len(list(s)) == 4 and not s.index.truncated
+    for share in (3, 6, 9):
+        assert _kind(_bad(tmp_path, f"cut{share}.mkv", data[: len(data) * share // 10])) == "truncated"
+    # A live recording's Segment has an unknown size (all value bits set): no claim either way.
+    seg = data.index(bytes.fromhex("18538067")) + 4
+    assert data[seg] == 0x01  # 8-byte size field, as FFmpeg writes it
+    live = data[:seg] + bytes.fromhex("01ffffffffffffff") + data[seg + 8: len(data) * 6 // 10]
+    s = FrameSampler(_bad(tmp_path, "live.mkv", live), frames=4)
+    assert len(list(s)) == 4 and not s.index.truncated
+
+
 @pytest.mark.parametrize("name,fmt,options", [("cut.avi", "avi", None), ("cut.mp4", "mp4", {"movflags": "faststart"})])
 def test_cut_files_are_still_truncated(tmp_path, name, fmt, options):
     # The demuxer reports the last packet cut short by the end of the file.

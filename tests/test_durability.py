@@ -170,6 +170,32 @@ def test_csv_rows_are_fsynced_and_resume_cuts_torn_csv(tmp_path, monkeypatch):
     assert [r["path"] for r in rows] == CLIPS[:2] and rows[1]["verdict"] != ""
 
 
+def test_csv_keeps_a_newline_in_a_file_name_and_resume_matches_it(tmp_path):
+    """A file name with a newline was written with a space instead (another file's name), so
+    --resume never matched it and appended a duplicate row on every run."""
+    clip = tmp_path / "new\nline.mp4"
+    shutil.copyfile(CLIPS[0], clip)
+    out = tmp_path / "o.csv"
+    for _ in range(2):
+        assert main(["scan", str(clip), "--out", str(out), "--resume", *FAST]) == EXIT_OK
+        rows = list(csv.DictReader(out.open(newline="")))
+        assert [r["path"] for r in rows] == [str(clip)]
+
+
+def test_resume_cuts_a_csv_record_torn_inside_a_quoted_newline(tmp_path):
+    from scanner.resume import cut_torn_tail
+
+    out = tmp_path / "o.csv"
+    sink = CsvSink(out)
+    sink.write({"path": "a\nb.mp4", "verdict": "real"})
+    sink.close()
+    whole = out.read_bytes()
+    out.write_bytes(whole + b'"c\n')  # killed just after the newline inside a quoted name
+    assert cut_torn_tail(out) == 3 and out.read_bytes() == whole
+    assert cut_torn_tail(out) == 0  # a complete file is left alone
+    assert [r["path"] for r in csv.DictReader(out.open(newline=""))] == ["a\nb.mp4"]
+
+
 def test_out_given_twice_writes_both(tmp_path):
     a, b = tmp_path / "a.jsonl", tmp_path / "b.csv"
     assert main(["scan", *CLIPS[:2], "--out", str(a), "--out", str(b), *FAST]) == EXIT_OK

@@ -27,7 +27,7 @@ from typing import Callable
 import av
 import numpy as np
 
-from ..decode import FILE_OPEN_OPTIONS, Frame, _to_frame
+from ..decode import FILE_OPEN_OPTIONS, Frame, _to_frame, pick_video_stream
 from .urls import SourceError, SourceURL, Unsupported, is_playlist, open_options, parse_source, precheck_playlist
 
 log = logging.getLogger(__name__)
@@ -327,9 +327,9 @@ class LiveSource:
         self._went_live = False
         container = self._open(transport)
         try:
-            if not container.streams.video:
+            stream = pick_video_stream(container)
+            if stream is None:
                 raise SourceError(f"{self.src.masked}: no video stream")
-            stream = container.streams.video[0]
             stream.codec_context.thread_count = self.settings.decode_threads
             self.stats.connects += 1
             self._decode(container, stream, transport)
