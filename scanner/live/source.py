@@ -266,6 +266,8 @@ class LiveSource:
                 reason = _reason(e)
                 if self._first is not None and getattr(e, "errno", None) == errno.EPROTONOSUPPORT:
                     reason = f"RTSP over {self._first.upper()}: {reason}; try rtsp_transport: auto"
+                elif self.src.auth and getattr(e, "errno", None) == errno.EIO:  # FFmpeg's max_redirects error
+                    reason += "; if the server redirected: a stream with credentials follows no redirect"
             if self._stop.is_set():
                 break
             if self.stats.state in ("live", "stalled") and time.monotonic() - self.stats.state_since >= STABLE_S:

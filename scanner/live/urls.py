@@ -199,6 +199,8 @@ def open_options(src: SourceURL, timeout_s: float, rtsp_transport: str = "tcp") 
         opts.update(timeout=us, reconnect="0")
         if src.auth:  # HLS passes "headers" on to its playlist and segment requests
             opts["headers"] = f"Authorization: {src.auth}\r\n"
+            # FFmpeg sends "headers" along a redirect to any host: follow none (as webhooks do).
+            opts["max_redirects"] = "0"
     elif src.scheme in ("udp", "rtp"):
         opts.update(timeout=us, overrun_nonfatal="1", fifo_size="1000000")
     elif src.scheme in ("rtmp", "rtmps"):
