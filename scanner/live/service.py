@@ -57,6 +57,8 @@ class _Stream:
     def __init__(self, cfg: StreamConfig, source: LiveSource, verdicts: StreamVerdicts, worker: InferenceWorker):
         self.cfg, self.source, self.verdicts, self.worker = cfg, source, verdicts, worker
         self.lock = threading.Lock()  # verdict state is touched by the worker and the watchdog
+        # Frames captured before this are a removed namesake's, still in an inference batch.
+        self.added = time.monotonic()
 
 
 class LiveService:
@@ -70,6 +72,9 @@ class LiveService:
         self.sinks = SinkSet([build_sink(c, self.metrics) for c in cfg.sinks] + list(extra_sinks or []))
         self.workers: list[InferenceWorker] = []
         self._streams: dict[str, _Stream] = {}
+        # Names whose removal still waits on its decode thread: re-adding one then would share
+        # (and lose, once the removal ends) its metric series.
+        self._removing: set[str] = set()
         self._lock = threading.RLock()
         self.watchdog = Watchdog(self._sources, interval_s=0.5, on_tick=self._tick)
         self.ready = False
@@ -136,6 +141,8 @@ class LiveService:
         with self._lock:
             if sc.name in self._streams:
                 raise StreamExists(f"stream {sc.name!r} already exists")
+            if sc.name in self._removing:
+                raise StreamExists(f"stream {sc.name!r} is still being removed; retry in a few seconds")
             if len(self._streams) >= self.cfg.max_streams:
                 raise StreamLimit(f"already {len(self._streams)} streams (max_streams={self.cfg.max_streams})")
             parse_source(sc.url, allow_files=self.cfg.allow_files)  # before any metric series exists
@@ -152,16 +159,22 @@ class LiveService:
     def remove_stream(self, name: str) -> None:
         with self._lock:
             st = self._streams.pop(name, None)
+            if st is not None:
+                self._removing.add(name)
         if st is None:
             raise StreamNotFound(f"no stream named {name!r}")
-        st.worker.unassign(st.source)
-        # Wait out an open/read in progress (FFmpeg checks its own timeouts only), so a
-        # removed stream never leaves its decode thread behind.
-        s = st.source.settings
-        st.source.stop(timeout=s.open_timeout_s + 2 * s.stall_s + 5.0)
-        if st.source.alive:
-            log.warning("stream %s: decode thread still running after removal", name)
-        self.metrics.remove_stream(name)
+        try:
+            st.worker.unassign(st.source)
+            # Wait out an open/read in progress (FFmpeg checks its own timeouts only), so a
+            # removed stream never leaves its decode thread behind.
+            s = st.source.settings
+            st.source.stop(timeout=s.open_timeout_s + 2 * s.stall_s + 5.0)
+            if st.source.alive:
+                log.warning("stream %s: decode thread still running after removal", name)
+            self.metrics.remove_stream(name)
+        finally:
+            with self._lock:
+                self._removing.discard(name)
         log.info("stream %s removed", name)
 
     def names(self) -> list[str]:
@@ -187,8 +200,8 @@ class LiveService:
     def _on_result(self, frame: LiveFrame, r: FrameResult) -> None:
         with self._lock:
             st = self._streams.get(frame.stream)
-        if st is None:
-            return  # removed while its frame was in flight
+        if st is None or frame.t_capture < st.added:
+            return  # removed (perhaps re-added since) while its frame was in flight
         with st.lock:
             events = st.verdicts.update(frame.t_capture, r.boxes, r.p_fake)
             score = st.verdicts.stream.roll.value
