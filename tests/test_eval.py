@@ -86,6 +86,68 @@ def test_scores_from_jsonl_and_csv_manifest(tmp_path):
         scores_from_jsonl(items, tmp_path / "scan.jsonl")
 
 
+def test_jsonl_score_never_lent_to_a_same_named_other_video(tmp_path):
+    """Name matching is for a set scanned from another folder: a different video that
+    shares a scanned one's name (that one matched by path) got its score, unscanned."""
+    (tmp_path / "v").mkdir()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "v" / "a.mp4").write_bytes(b"scanned")
+    (tmp_path / "other" / "a.mp4").write_bytes(b"never scanned, another video")
+    (tmp_path / "moved").mkdir()
+    (tmp_path / "moved" / "b.mp4").write_bytes(b"bee")
+    (tmp_path / "m.csv").write_text("path,label\nv/a.mp4,fake\nother/a.mp4,real\nmoved/b.mp4,real\n")
+    rows = [{"path": str(tmp_path / "v" / "a.mp4"), "score": 0.9, "size_bytes": 7},
+            {"path": "/elsewhere/b.mp4", "score": 0.2, "size_bytes": 3}]
+    (tmp_path / "s.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    items = read_labelled(tmp_path / "m.csv")
+    assert scores_from_jsonl(items, tmp_path / "s.jsonl") == {0: 0.9, 2: 0.2}
+    rows[0]["path"] = "/elsewhere/a.mp4"  # now unclaimed, but other/a.mp4 is another size
+    (tmp_path / "s.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert scores_from_jsonl(items, tmp_path / "s.jsonl") == {2: 0.2}
+
+
+def test_odd_jsonl_lines_are_errors_not_scores(tmp_path):
+    (tmp_path / "a.mp4").write_bytes(b"x")
+    items = read_labelled(_csv(tmp_path, "path,label\na.mp4,fake\n"))
+    for line, msg in (("[1, 2]", "not a result row"), ('{"path": null, "score": 0.5}', "not a result row"),
+                      (json.dumps({"path": str(tmp_path / "a.mp4"), "score": True}), "not a number")):
+        (tmp_path / "s.jsonl").write_text(line + "\n")
+        with pytest.raises(DfscanError, match=msg):
+            scores_from_jsonl(items, tmp_path / "s.jsonl")
+
+
+def _csv(tmp_path, text: str, name: str = "m.csv", **kw):
+    (tmp_path / name).write_bytes(text.encode("utf-8", **kw))
+    return tmp_path / name
+
+
+def test_manifest_bom_short_row_and_duplicates(tmp_path):
+    for n in ("a", "b"):
+        (tmp_path / f"{n}.mp4").write_bytes(b"x")
+    bom = _csv(tmp_path, "\ufeffpath,label\r\na.mp4, Fake \r\nb.mp4,0\r\n")  # Excel's UTF-8 CSV
+    assert [i.label for i in read_labelled(bom)] == [1, 0]
+    with pytest.raises(DfscanError, match=r"m.csv:2: no label"):
+        read_labelled(_csv(tmp_path, "path,label\na.mp4\nb.mp4,real\n"))
+    with pytest.raises(DfscanError, match="listed twice"):
+        read_labelled(_csv(tmp_path, "path,label\na.mp4,fake\nb.mp4,real\n./a.mp4,fake\n"))
+    with pytest.raises(DfscanError, match="both real and fake"):
+        read_labelled(_csv(tmp_path, "path,label\na.mp4,fake\nb.mp4,real\na.mp4,real\n"))
+    lm = " ".join(["1"] * 10), " ".join(["2"] * 10)  # one image, two faces: two samples
+    (tmp_path / "i.png").write_bytes(b"x")
+    two = _csv(tmp_path, f"path,label,landmarks\ni.png,fake,{lm[0]}\ni.png,fake,{lm[1]}\n")
+    assert len(read_labelled(two)) == 2
+
+
+def test_eval_refuses_a_nan_acc_threshold(tmp_path, capsys):
+    from scanner.research.commands import main
+
+    (tmp_path / "a.mp4").write_bytes(b"x")
+    with pytest.raises(SystemExit):
+        main(["eval", str(_csv(tmp_path, "path,label\na.mp4,fake\n")), "--from-jsonl", "x.jsonl",
+              "--acc-threshold", "nan"])
+    assert "not a finite number" in capsys.readouterr().err
+
+
 def test_eval_cli_from_jsonl(tmp_path):
     from scanner.research.commands import main
 

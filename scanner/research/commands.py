@@ -7,6 +7,7 @@ lazily, so ``dfscan scan`` never pays for scikit-learn or matplotlib.
 from __future__ import annotations
 
 import argparse
+import math
 
 LABELS_HELP = ("labelled set: a folder with real/ and fake/ sub-folders (or a manifest.csv inside), "
                "or a CSV with path,label[,group][,subset][,landmarks]")
@@ -73,6 +74,14 @@ def _eval(args) -> int:
     return run_eval(args)
 
 
+def _finite(value: str) -> float:
+    """A NaN threshold calls every video real (s >= nan is false) and reports no threshold."""
+    v = float(value)
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"not a finite number: {value!r}")
+    return v
+
+
 def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     """``dfscan eval LABELS [--detector NAME [--weights W] | --from-jsonl FILE] --out FILE.json``.
 
@@ -89,7 +98,7 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     add_scan_options(p)
     p.add_argument("--from-jsonl", metavar="FILE", help="read video scores from a `dfscan scan` JSONL")
     p.add_argument("--score-key", default="score", help="JSONL field holding P(fake) (default score)")
-    p.add_argument("--acc-threshold", type=float, default=0.5,
+    p.add_argument("--acc-threshold", type=_finite, default=0.5,
                    help="P(fake) threshold for ACC/TPR/TNR/HTER (default 0.5)")
     p.add_argument("--out", default="eval.json", help="JSON report; the ROC plot goes next to it as .png")
     p.add_argument("--perturb", metavar="SPEC",

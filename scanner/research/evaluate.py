@@ -100,9 +100,9 @@ def report(items: list[Item], scores: dict[int, float], threshold: float = 0.5) 
     return out
 
 
-def scores_from_jsonl(items: list[Item], jsonl: Path, key: str = "score") -> dict[int, float]:
-    """Scores of ``items`` from a scan JSONL (rows matched by resolved path, then by file name)."""
-    by_path, by_name = {}, defaultdict(list)
+def _jsonl_scores(jsonl: Path, key: str) -> dict[str, tuple[dict, float]]:
+    """Resolved path -> (row, finite score) of a scan JSONL; a later scored row replaces an earlier one."""
+    out = {}
     with open(jsonl) as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -111,24 +111,51 @@ def scores_from_jsonl(items: list[Item], jsonl: Path, key: str = "score") -> dic
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DfscanError(f"{jsonl}:{n}: invalid JSON: {e}") from e
+            if not isinstance(row, dict) or not isinstance(row.get("path", ""), str):
+                raise DfscanError(f"{jsonl}:{n}: not a result row (a JSON object with a string path)")
             if row.get(key) is None or "path" not in row:
                 continue
             try:
+                if isinstance(row[key], bool):  # a JSON true is an int to Python: P(fake) = 1
+                    raise TypeError
                 score = float(row[key])
             except (TypeError, ValueError) as e:
                 raise DfscanError(f"{jsonl}:{n}: {key} is not a number: {row[key]!r}") from e
             if not math.isfinite(score):  # never read as a verdict either way: excluded, like an error row
                 log.warning("%s:%d: %s has a non-finite %s (%s): excluded", jsonl, n, row["path"], key, score)
                 continue
-            by_path[str(Path(row["path"]).resolve())] = score
-            by_name[Path(row["path"]).name].append(score)
-    out = {}
+            out[str(Path(row["path"]).resolve())] = (row, score)
+    return out
+
+
+def _same_file(path: Path, row: dict) -> bool:
+    """Whether ``path`` holds the bytes ``row`` was scanned from (as far as the row records)."""
+    from ..pipeline import file_sha256
+
+    if row.get("size_bytes") is not None and row["size_bytes"] != path.stat().st_size:
+        return False
+    return not row.get("sha256") or row["sha256"] == file_sha256(path)
+
+
+def scores_from_jsonl(items: list[Item], jsonl: Path, key: str = "score") -> dict[int, float]:
+    """Scores of ``items`` from a scan JSONL: rows matched by resolved path, else by file
+    name (scanned from another folder), but only a row no other item matched, the only
+    row of that name for the only item of that name, and of the same size and SHA-256:
+    a same-named different video must never lend its score."""
+    rows = _jsonl_scores(jsonl, key)
+    out = {i: rows[str(it.path.resolve())][1] for i, it in enumerate(items) if str(it.path.resolve()) in rows}
+    claimed = {str(items[i].path.resolve()) for i in out}
+    by_name = defaultdict(list)
+    for p, (row, _) in rows.items():
+        if p not in claimed:
+            by_name[Path(row["path"]).name].append(p)
+    wanted = defaultdict(int)
     for i, it in enumerate(items):
-        p = str(it.path.resolve())
-        if p in by_path:
-            out[i] = by_path[p]
-        elif len(by_name.get(it.path.name, ())) == 1:  # scanned from another folder
-            out[i] = by_name[it.path.name][0]
+        wanted[it.path.name] += i not in out
+    for i, it in enumerate(items):
+        cands = by_name.get(it.path.name, ())
+        if i not in out and len(cands) == 1 and wanted[it.path.name] == 1 and _same_file(it.path, rows[cands[0]][0]):
+            out[i] = rows[cands[0]][1]
     return out
 
 

@@ -68,7 +68,25 @@ def read_labelled(source: str | Path) -> list[Item]:
         raise DatasetError(f"labelled set not found: {source}")
     if not items:
         raise DatasetError(f"{source}: no labelled videos or images found")
+    _refuse_duplicates(items, source)
     return items
+
+
+def _refuse_duplicates(items: list[Item], source: Path) -> None:
+    """One file listed twice would be counted twice in every metric (or, with two labels,
+    be both real and fake); one image with two landmark sets is two faces, and allowed."""
+    labels: dict[Path, Item] = {}
+    samples: set[tuple] = set()
+    for it in items:
+        key = it.path.resolve()
+        first = labels.setdefault(key, it)
+        if first.label != it.label:
+            raise DatasetError(f"{source}: {it.path} is labelled both real and fake (also listed as {first.path})")
+        sample = (key, None if it.landmarks is None else it.landmarks.tobytes())
+        if sample in samples:
+            raise DatasetError(f"{source}: {it.path} is listed twice (as {first.path} too): "
+                               "it would be counted twice")
+        samples.add(sample)
 
 
 def _read_folder(root: Path) -> list[Item]:
@@ -83,7 +101,9 @@ def _read_folder(root: Path) -> list[Item]:
     return items
 
 
-def parse_label(value: str, where: str) -> int:
+def parse_label(value: str | None, where: str) -> int:
+    if value is None:  # csv.DictReader fills a short row's missing fields with None
+        raise DatasetError(f"{where}: no label (the row has fewer fields than the header)")
     try:
         return LABELS[value.strip().lower()]
     except KeyError:
@@ -104,7 +124,8 @@ def parse_landmarks(value: str, where: str) -> np.ndarray | None:
 
 def read_manifest(path: Path) -> list[Item]:
     """Items of a CSV manifest (header ``path,label[,group][,subset][,landmarks]``)."""
-    with open(path, newline="") as f:
+    # utf-8-sig: a spreadsheet's byte-order mark would otherwise hide the 'path' header.
+    with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
             raise DatasetError(f"{path}: CSV needs a header with at least 'path' and 'label'")
