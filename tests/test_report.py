@@ -121,6 +121,25 @@ def test_rows_torn_line_and_rescanned_input(tmp_path):
     assert len(sections(html)) == 2 and "1 unreadable line(s)" in html
 
 
+def test_rows_of_the_wrong_types_are_skipped_not_a_traceback(tmp_path):
+    """A hand-edited or foreign row (a string score, a string face count, a string time in
+    frames_detail) crashed the sort, the header sums or the timeline with a traceback."""
+    ok = {"path": "ok.mp4", "verdict": "real", "score": 0.1, "frames": 2, "faces": 1,
+          "frames_detail": [{"index": 0, "time_s": 0.0, "score": 0.1,
+                             "faces": [{"box": [1, 2, 30, 40], "prob": 0.9, "score": 0.1}]}]}
+    x = '"><script>alert(1)</script>'
+    odd = [{**ok, "path": "s.mp4", "score": x}, {**ok, "path": "f.mp4", "faces": x},
+           {**ok, "path": "e.mp4", "error": x}, {**ok, "path": "n.mp4", "score": True},
+           {**ok, "path": "t.mp4", "frames_detail": [{**ok["frames_detail"][0], "time_s": x}]},
+           {**ok, "path": "b.mp4", "frames_detail": [{**ok["frames_detail"][0], "faces": [{"box": x}]}]}]
+    p = tmp_path / "r.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in [ok, *odd]))
+    rows, bad = load_rows(p)
+    assert bad == len(odd) and [r["path"] for r in rows] == ["ok.mp4"]
+    html = _report(p, tmp_path)
+    assert len(sections(html)) == 1 and f"{len(odd)} unreadable line(s)" in html and "<script>alert" not in html
+
+
 def _two_faces(n=6, with_ids=False):
     frames = []
     for i in range(n):

@@ -7,6 +7,7 @@ or from an archived file shows every video the file holds.
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -44,9 +45,46 @@ def index_rows(path: str | Path) -> tuple[list[tuple[int, dict]], int]:
             if not isinstance(row, dict) or "path" not in row or "verdict" not in row:
                 bad += 1  # e.g. a header/metadata line written by another tool
                 continue
+            if not well_formed(row):
+                bad += 1  # hand-edited or foreign: a string score would crash the sort and sums
+                continue
             row.pop("frames_detail", None)
             by_path[str(row["path"])] = (start, row)
     return list(by_path.values()), bad
+
+
+NUMBERS = ("score", "threshold", "frames", "frames_with_faces", "faces", "frames_requested",
+           "frames_missed", "size_bytes")
+
+
+def _num(v) -> bool:
+    """None or a finite number (the scan writes NaN/inf as null; a bool is no number)."""
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
+
+
+def _face_ok(face) -> bool:
+    box = face.get("box") if isinstance(face, dict) else None
+    return (isinstance(box, list) and len(box) == 4 and all(_num(v) and v is not None for v in box)
+            and _num(face.get("score")) and _num(face.get("prob"))
+            and all(isinstance(a, list) and len(a) in (4, 5) and all(_num(v) and v is not None for v in a)
+                    for a in face.get("artifact_boxes") or []))
+
+
+def well_formed(row: dict) -> bool:
+    """Whether a row has the types a scan writes for the fields the report computes with."""
+    if not isinstance(row["path"], str) or not isinstance(row["verdict"], str):
+        return False
+    if not all(_num(row.get(k)) for k in NUMBERS):
+        return False
+    if not all(isinstance(row.get(k) or {}, dict) for k in ("error", "timings", "video", "sampling")):
+        return False
+    if not _num((row.get("timings") or {}).get("total")):
+        return False
+    detail = row.get("frames_detail") or []
+    return isinstance(detail, list) and all(
+        isinstance(fr, dict) and all(_num(fr.get(k)) for k in ("index", "time_s", "score"))
+        and isinstance(fr.get("faces") or [], list) and all(_face_ok(fc) for fc in fr.get("faces") or [])
+        for fr in detail)
 
 
 def read_row(f, offset: int) -> dict:
