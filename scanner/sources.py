@@ -34,7 +34,9 @@ def _walk(folder: Path) -> list[Path]:
 
 def _read_list(path: Path) -> list[Path]:
     out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    # utf-8-sig: a BOM (Notepad, Excel) would otherwise become part of the first path;
+    # surrogateescape: a non-UTF-8 file name maps back to its bytes, as os paths do.
+    for line in path.read_text(encoding="utf-8-sig", errors="surrogateescape").splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
             p = Path(line)

@@ -84,6 +84,17 @@ def test_html_escapes_paths():
     assert "<script>.mp4" not in html and "&lt;script&gt;.mp4" in html
 
 
+def test_list_file_with_bom_crlf_and_a_latin1_name(tmp_path):
+    """A BOM became part of the first listed path (a present file reported not_found) and a
+    non-UTF-8 file name was a UnicodeDecodeError traceback."""
+    latin = tmp_path / "caf\udce9.mp4"  # the file name b"caf\xe9.mp4", as os.fsdecode gives it
+    for p in (tmp_path / "a.mp4", latin):
+        p.write_bytes(b"x")
+    lst = tmp_path / "list.txt"
+    lst.write_bytes(b"\xef\xbb\xbfa.mp4\r\n\r\n# note\r\ncaf\xe9.mp4\r\n")
+    assert expand_inputs([str(lst)]) == [tmp_path / "a.mp4", latin]
+
+
 def test_expand_inputs(tmp_path):
     (tmp_path / "a" / "b").mkdir(parents=True)
     for name in ("a/x.mp4", "a/b/y.MKV", "a/b/z.txt", "w.webm"):
