@@ -66,18 +66,22 @@ def finite(obj):
 def json_line(row: dict) -> str:
     """One JSON line for ``row`` (non-finite numbers as null), newline included."""
     try:
-        return json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n"
+        line = json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n"
     except ValueError:  # NaN/Inf from a misbehaving model: keep the row, null them
-        return json.dumps(finite(row), ensure_ascii=False, allow_nan=False) + "\n"
+        line = json.dumps(finite(row), ensure_ascii=False, allow_nan=False) + "\n"
+    # A non-UTF-8 file name is a str with lone surrogates (os.fsdecode), which UTF-8 cannot
+    # encode: the write failed and stopped the scan. Written as the JSON escape \udcXX
+    # instead (surrogates only occur inside JSON strings), it reads back as the same name.
+    return line.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class _DurableFile:
     """A text file whose every write is flushed and fsync'ed, and noticed if deleted."""
 
-    def __init__(self, path: Path, append: bool, newline: str | None = None):
+    def __init__(self, path: Path, append: bool, newline: str | None = None, errors: str = "strict"):
         self.path = path
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.f: IO[str] = open(path, "a" if append else "w", encoding="utf-8", newline=newline)
+        self.f: IO[str] = open(path, "a" if append else "w", encoding="utf-8", newline=newline, errors=errors)
         # /dev/null, pipes and ttys cannot be fsync'ed and are never "deleted".
         self._regular = os.path.isfile(path)
 
@@ -139,7 +143,9 @@ class CsvSink(Sink):
     def __init__(self, path: str | Path, append: bool = False):
         self.path = Path(path)
         new = not (append and self.path.exists() and self.path.stat().st_size > 0)
-        self._file = _DurableFile(self.path, append, newline="")
+        # surrogateescape: a non-UTF-8 file name is written as its own bytes (CSV has no
+        # escape for it); scanner.resume reads it back the same way.
+        self._file = _DurableFile(self.path, append, newline="", errors="surrogateescape")
         self._w = csv.DictWriter(self._file.f, fieldnames=CSV_COLUMNS, lineterminator="\n")
         if new:
             self._w.writeheader()

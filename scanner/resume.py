@@ -89,10 +89,10 @@ def cut_torn_tail(path: Path) -> int:
 def read_rows(path: Path) -> Iterator[dict]:
     """Rows of a JSONL or CSV output (unparseable JSONL lines are skipped with a warning)."""
     if path.suffix.lower() == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
             yield from csv.DictReader(f)
         return
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
         for n, line in enumerate(f, 1):
             try:
                 row = json.loads(line)
@@ -125,7 +125,7 @@ def _check_csv_header(path: Path) -> None:
         return
     from .output import CSV_COLUMNS
 
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
         header = next(csv.reader(f), [])
     if header != CSV_COLUMNS:
         raise ConfigError(f"--resume: {path} has other CSV columns than this version writes; "
@@ -135,7 +135,8 @@ def _check_csv_header(path: Path) -> None:
 def _rewrite_without(path: Path, drop: set[str]) -> None:
     """Atomically rewrite ``path`` without the error rows of inputs in ``drop``."""
     tmp = path.with_name(path.name + ".resume-tmp")
-    with open(path, newline="", encoding="utf-8") as src, open(tmp, "w", newline="", encoding="utf-8") as dst:
+    text = {"newline": "", "encoding": "utf-8", "errors": "surrogateescape"}  # CSV: a name's own bytes
+    with open(path, **text) as src, open(tmp, "w", **text) as dst:
         if path.suffix.lower() == ".csv":
             rows = csv.DictReader(src)
             w = csv.DictWriter(dst, fieldnames=rows.fieldnames or [], lineterminator="\n")
@@ -149,7 +150,8 @@ def _rewrite_without(path: Path, drop: set[str]) -> None:
                     r = json.loads(line)
                 except ValueError:
                     continue
-                if not (r.get("verdict") == "error" and input_key(r.get("path", "")) in drop):
+                if not (isinstance(r, dict) and r.get("verdict") == "error"
+                        and input_key(r.get("path") or "") in drop):
                     dst.write(line)
         dst.flush()
         os.fsync(dst.fileno())

@@ -95,6 +95,39 @@ def test_list_file_with_bom_crlf_and_a_latin1_name(tmp_path):
     assert expand_inputs([str(lst)]) == [tmp_path / "a.mp4", latin]
 
 
+@pytest.mark.parametrize("ext", [".jsonl", ".csv"])
+def test_non_utf8_file_name_is_written_and_resumed(tmp_path, ext):
+    """A folder holding a non-UTF-8 file name stopped the whole scan (exit 4: 'surrogates
+    not allowed' writing the primary output); the name must round-trip for --resume, and
+    the report must render it."""
+    from scanner.resume import input_key, prepare_resume
+    from scanner.report import ReportOptions, write_report
+
+    name = str(tmp_path / "caf\udce9.mp4")  # b"caf\xe9.mp4" as os.fsdecode gives it
+    out = tmp_path / f"r{ext}"
+    sink = open_sink(str(out))
+    sink.write({"path": name, "verdict": "error", "score": None, "error": {"kind": "not_found", "message": name}})
+    sink.close()
+    assert input_key(name) in prepare_resume(out, retry_errors=True).retry
+    if ext == ".jsonl":
+        assert json.loads(out.read_text())["path"] == name
+        write_report(out, tmp_path / "r.html", ReportOptions(thumbnails=False))
+        assert "caf\\udce9.mp4" in (tmp_path / "r.html").read_text()
+
+
+def test_retry_errors_keeps_a_foreign_line(tmp_path):
+    """A JSON line that is not an object (or has a null path) made --retry-errors' rewrite
+    a traceback; such lines are kept as they are, the error row is dropped."""
+    from scanner.resume import prepare_resume
+
+    out = tmp_path / "r.jsonl"
+    err = {"path": str(tmp_path / "e.mp4"), "verdict": "error", "error": {"kind": "internal"}}
+    out.write_text('[1, 2]\n{"path": null, "verdict": "error"}\n' + json.dumps(err) + "\n")
+    state = prepare_resume(out, retry_errors=True)
+    state.drop_retried()
+    assert out.read_text() == '[1, 2]\n{"path": null, "verdict": "error"}\n'
+
+
 def test_expand_inputs(tmp_path):
     (tmp_path / "a" / "b").mkdir(parents=True)
     for name in ("a/x.mp4", "a/b/y.MKV", "a/b/z.txt", "w.webm"):

@@ -213,7 +213,8 @@ def write_report(results: str | Path, out: str | Path, options: ReportOptions | 
     direct = out.is_symlink() or (out.exists() and not out.is_file())
     tmp = out if direct else out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        with open(results, "rb") as src, open(tmp, "w", encoding="utf-8") as dst:
+        # backslashreplace: a non-UTF-8 file name (lone surrogates) shows as \udcXX, not a crash.
+        with open(results, "rb") as src, open(tmp, "w", encoding="utf-8", errors="backslashreplace") as dst:
             explainer = _explainer(opts, meta, slim)
             for chunk in _chunks(slim, lambda i: read_row(src, entries[i][0]), opts, meta,
                                  explainer, progress):
