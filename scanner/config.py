@@ -86,6 +86,15 @@ class ScanConfig(BaseModel):
     ray_max_attempts: int = Field(3, ge=1, le=100, description="scans of a video whose worker died "
                                   "before it becomes an error row (worker_lost)")
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_number(cls, v, info):
+        # pydantic's lax mode reads `frames: true` as 1 and `threshold: false` as 0: a slip
+        # in the YAML would silently become a setting (and change every verdict).
+        if isinstance(v, bool) and "bool" not in str(cls.model_fields[info.field_name].annotation):
+            raise ValueError("must not be true/false")
+        return v
+
     @field_validator("metrics_push")
     @classmethod
     def _push_url(cls, v: str | None) -> str | None:
@@ -138,12 +147,30 @@ def _format_errors(e: ValidationError, source: str) -> str:
     return f"invalid configuration in {source}: " + "; ".join(parts)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice (which one is meant?)", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: str | Path) -> dict:
-    """Read a YAML mapping (empty file -> {})."""
+    """Read a YAML mapping (empty file -> {}; a key given twice is an error)."""
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
+        data = yaml.load(Path(path).read_text(), Loader=_UniqueKeyLoader) or {}
+    except OSError as e:
         raise ConfigError(f"cannot read config {path}: {e}") from e
+    except yaml.YAMLError as e:  # one line: PyYAML's own message draws the line with a caret
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"cannot read config {path}: {getattr(e, 'problem', None) or e}{where}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"config {path} must be a mapping of key: value")
     return data

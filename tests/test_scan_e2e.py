@@ -208,6 +208,23 @@ def test_yaml_config_validation(tmp_path, capsys):
     assert "batch_size" in capsys.readouterr().err
 
 
+def test_yaml_slips_are_errors_not_settings(tmp_path):
+    """`frames: true` scanned 1 frame per video and a key given twice took the last value,
+    silently; a YAML syntax error was a multi-line message."""
+    from scanner.config import ConfigError, build_config
+
+    bad = tmp_path / "bad.yaml"
+    for text, msg in (("frames: true\n", "frames: .*true/false"), ("threshold: false\n", "threshold"),
+                      ("threshold: 0.5\nthreshold: 0.9\n", "'threshold' is given twice .*line 2"),
+                      ("frames: [1\n", r"bad.yaml: .*\(line 2, column 1\)$")):
+        bad.write_text(text)
+        with pytest.raises(ConfigError, match=msg) as e:
+            build_config(bad)
+        assert "\n" not in str(e.value)
+    bad.write_text("hash: false\nfail_on_fake: true\nframes: 4\n")  # real booleans still are
+    assert build_config(bad).fail_on_fake is True
+
+
 def test_yaml_sets_options_and_flags_win(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("frames: 3\ndetector: test_tiny\nhash: false\n")
