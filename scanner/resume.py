@@ -196,7 +196,7 @@ def prepare_resume(path: str | Path, expected: dict | None = None, retry_errors:
     _check_csv_header(path)
     errors = set()
     for row in read_rows(path):
-        if not row.get("path"):
+        if not row.get("path") or not isinstance(row["path"], str):  # not a scan's row (hand-edited)
             continue
         if expected:
             check_compatible(path, row, expected)
@@ -213,4 +213,4 @@ def done_inputs(path: str | Path) -> set[str]:
     path = Path(path)
     if not path.exists():
         return set()
-    return {input_key(r["path"]) for r in read_rows(path) if r.get("path")}
+    return {input_key(r["path"]) for r in read_rows(path) if r.get("path") and isinstance(r["path"], str)}

@@ -122,10 +122,11 @@ def test_retry_errors_keeps_a_foreign_line(tmp_path):
 
     out = tmp_path / "r.jsonl"
     err = {"path": str(tmp_path / "e.mp4"), "verdict": "error", "error": {"kind": "internal"}}
-    out.write_text('[1, 2]\n{"path": null, "verdict": "error"}\n' + json.dumps(err) + "\n")
-    state = prepare_resume(out, retry_errors=True)
+    foreign = '[1, 2]\n{"path": null, "verdict": "error"}\n{"path": 5, "verdict": "real"}\n'
+    out.write_text(foreign + json.dumps(err) + "\n")
+    state = prepare_resume(out, retry_errors=True)  # a non-string path was a TypeError traceback
     state.drop_retried()
-    assert out.read_text() == '[1, 2]\n{"path": null, "verdict": "error"}\n'
+    assert out.read_text() == foreign
 
 
 def test_expand_inputs(tmp_path):
