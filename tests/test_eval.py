@@ -116,6 +116,27 @@ def test_odd_jsonl_lines_are_errors_not_scores(tmp_path):
             scores_from_jsonl(items, tmp_path / "s.jsonl")
 
 
+def test_jsonl_of_more_than_one_scan_is_refused(tmp_path):
+    """Two scans concatenated: the later row of each input won silently, or scores of two
+    detectors were ranked together in one AUC."""
+    for n in ("a", "b"):
+        (tmp_path / f"{n}.mp4").write_bytes(b"x")
+    items = read_labelled(_csv(tmp_path, "path,label\na.mp4,fake\nb.mp4,real\n"))
+    a, b = str(tmp_path / "a.mp4"), str(tmp_path / "b.mp4")
+    det = {"detector": "meso4_df", "weights_hash": "1234", "sampling": {"frames": 32}}
+    cases = (([{"path": a, "score": 0.9, **det}, {"path": a, "score": 0.1, **det}], "already has a row"),
+             ([{"path": a, "score": 0.9, **det}, {"path": a, "verdict": "error"}], "already has a row"),
+             ([{"path": a, "score": 0.9, **det}, {"path": b, "score": 0.1, **det, "detector": "test_tiny"}],
+              "another detector"))
+    for rows, msg in cases:
+        (tmp_path / "s.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        with pytest.raises(DfscanError, match=msg):
+            scores_from_jsonl(items, tmp_path / "s.jsonl")
+    rows = [{"path": a, "score": 0.9, **det}, {"path": b, "verdict": "error"}]
+    (tmp_path / "s.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert scores_from_jsonl(items, tmp_path / "s.jsonl") == {0: 0.9}  # one scan: fine
+
+
 def _csv(tmp_path, text: str, name: str = "m.csv", **kw):
     (tmp_path / name).write_bytes(text.encode("utf-8", **kw))
     return tmp_path / name

@@ -100,9 +100,35 @@ def report(items: list[Item], scores: dict[int, float], threshold: float = 0.5) 
     return out
 
 
+# Fields that make two rows' scores comparable (as --resume requires of one output file).
+_SCORED_BY = ("detector", "weights_hash", "sampling")
+
+
+class _OneScan:
+    """Refuses a JSONL that is not one scan's output: a second row for an input (which one
+    would count?), or scores from another detector, weights or sampling (concatenated files)."""
+
+    def __init__(self, jsonl: Path):
+        self.jsonl, self.lines, self.scored_by = jsonl, {}, None
+
+    def check(self, n: int, row: dict) -> None:
+        path = str(Path(row["path"]).resolve())
+        if path in self.lines:
+            raise DfscanError(f"{self.jsonl}:{n}: {row['path']} already has a row (line {self.lines[path]}); "
+                              "evaluate one scan's output, one row per input")
+        self.lines[path] = n
+        if row.get("verdict") == "error":
+            return
+        by = tuple(json.dumps(row.get(k), sort_keys=True) for k in _SCORED_BY)
+        self.scored_by = self.scored_by or (n, by)
+        if by != self.scored_by[1]:
+            raise DfscanError(f"{self.jsonl}:{n}: scored by another detector, weights or sampling than line "
+                              f"{self.scored_by[0]} ({', '.join(_SCORED_BY)}); evaluate one scan's output")
+
+
 def _jsonl_scores(jsonl: Path, key: str) -> dict[str, tuple[dict, float]]:
-    """Resolved path -> (row, finite score) of a scan JSONL; a later scored row replaces an earlier one."""
-    out = {}
+    """Resolved path -> (row, finite score) of one scan's JSONL (see :class:`_OneScan`)."""
+    out, one = {}, _OneScan(jsonl)
     with open(jsonl) as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -113,7 +139,10 @@ def _jsonl_scores(jsonl: Path, key: str) -> dict[str, tuple[dict, float]]:
                 raise DfscanError(f"{jsonl}:{n}: invalid JSON: {e}") from e
             if not isinstance(row, dict) or not isinstance(row.get("path", ""), str):
                 raise DfscanError(f"{jsonl}:{n}: not a result row (a JSON object with a string path)")
-            if row.get(key) is None or "path" not in row:
+            if "path" not in row:
+                continue
+            one.check(n, row)
+            if row.get(key) is None:
                 continue
             try:
                 if isinstance(row[key], bool):  # a JSON true is an int to Python: P(fake) = 1
