@@ -34,14 +34,38 @@ class _Bar:
                                              f"mfs {rec.get('auc_mfs', float('nan')):.3f})")
 
 
+def _files(args) -> list[Path]:
+    """Every N-th file of ``--data`` in sorted order: a fixed subset, so a recipe names its data exactly."""
+    from .data import sources
+
+    return sources(args.data or [f"{MEDIA}/train_real", f"{MEDIA}/portrait", f"{MEDIA}/train_stills"])[::args.every]
+
+
+def _check_numbers(args) -> None:
+    """Counts below 1 divided by zero in the schedule or left validation without both classes
+    (no AUC, no best.safetensors); probabilities outside [0, 1] or NaN were taken silently."""
+    from engines.errors import DfscanError
+
+    for name in ("epochs", "steps", "batch_size", "every"):
+        if getattr(args, name) < 1:
+            raise DfscanError(f"train: --{name.replace('_', '-')} must be >= 1")
+    if args.val_size < 2:
+        raise DfscanError("train: --val-size must be >= 2 (a real and a fake)")
+    for name in ("p_mfs", "p_global", "p_recon", "p_edge", "p_low_res"):
+        v = getattr(args, name)
+        if not 0.0 <= v <= 1.0:  # NaN fails too
+            raise DfscanError(f"train: --{name.replace('_', '-')} must be a probability in [0, 1], not {v}")
+
+
 def _build_cache(args, cache: Path) -> None:
     from engines.detectors.effnet_lite import lite_spec
 
-    from .data import CacheConfig, build_cache, sources
+    from .data import CacheConfig, CacheError, build_cache
 
     roots = args.data or [f"{MEDIA}/train_real", f"{MEDIA}/portrait", f"{MEDIA}/train_stills"]
-    # Every N-th file in sorted order: a fixed subset, so a recipe names its data exactly.
-    files = sources(roots)[::args.every]
+    files = _files(args)
+    if not files:
+        raise CacheError(f"no videos or images in {', '.join(map(str, roots))}")
     print(f"building the face cache {cache} from {len(files)} files of {', '.join(map(str, roots))} (once)")
     res = build_cache(files, cache, lite_spec(224), CacheConfig(frames=args.cache_frames, device=args.device))
     print(f"{res['faces']} faces of {res['groups']} identities from {res['files']} files; "
@@ -55,15 +79,18 @@ def _train(args) -> int:
 
     from .train import TrainConfig, train
 
+    from .data import check_built_from
+
     caches = [Path(c) for c in args.cache]
-    if args.every < 1:
-        raise DfscanError("train: --every must be >= 1")
+    _check_numbers(args)
     if not args.cache_only and not args.out:
         raise DfscanError("train: --out DIR is required (or --cache-only to build a face cache)")
-    if args.cache_only and len(caches) != 1:
-        raise DfscanError("train: --cache-only builds one cache: give one --cache folder")
+    if (args.cache_only or args.data) and len(caches) != 1:  # --data would be ignored
+        raise DfscanError("train: --cache-only and --data build one cache: give one --cache folder")
     if len(caches) == 1 and not (caches[0] / "index.csv").is_file():  # written last: a complete cache
         _build_cache(args, caches[0])
+    elif len(caches) == 1 and args.data:
+        check_built_from(caches[0], _files(args), args.cache_frames)
     if args.cache_only:
         print(f"face cache ready: {caches[0]}")
         return 0

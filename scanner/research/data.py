@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import logging
 import re
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 from engines.errors import DfscanError
-from engines.files import replacing
+from engines.files import replacing, write_json
 from engines.spec import InputSpec
 
 log = logging.getLogger("dfscan")
@@ -110,10 +111,15 @@ def build_cache(roots: list[str | Path], out: str | Path, spec: InputSpec, cfg: 
     from ..pipeline import detect_and_align
 
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CacheError(f"{out}: the face cache folder is a file")
+    files = sources(roots)
+    if not files:
+        raise CacheError(f"no videos or images ({', '.join(VIDEO_GLOBS + STILL_GLOBS)}) in "
+                         f"{', '.join(map(str, roots)) or 'the --data list'}")
     out.mkdir(parents=True, exist_ok=True)
     faces = FaceDetector(device=cfg.device, max_side=cfg.det_max_side, min_face=cfg.min_face, max_faces=1)
     crops, lms, rows, skipped = [], [], [], []
-    files = sources(roots)
     for batch in _batches(list(progress(files)), cfg, skipped):
         paths = [p for p, _ in batch]
         found = detect_and_align([f for _, f in batch], faces, spec, cfg.device)
@@ -125,17 +131,22 @@ def build_cache(roots: list[str | Path], out: str | Path, spec: InputSpec, cfg: 
             lms.append((fc.landmarks[0] @ m[:, :2].T + m[:, 2]).astype(np.float32))
             rows.append({"source": str(path), "group": identity(path), "frame": fr.index})
     if not rows:
-        raise RuntimeError(f"no faces found in {roots}")
-    _store(out, np.stack(crops), np.stack(lms), rows)
+        why = f" ({len(skipped)} unreadable, e.g. {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
+        raise CacheError(f"no faces found in the {len(files)} files{why}; the cache needs real faces")
+    _store(out, np.stack(crops), np.stack(lms), rows, {"files": [str(f) for f in files], "frames": cfg.frames})
     return {"faces": len(rows), "files": len(files), "groups": len({r["group"] for r in rows}),
             "skipped": skipped}
 
 
-def _store(out: Path, crops: np.ndarray, lms: np.ndarray, rows: list[dict]) -> None:
+def _store(out: Path, crops: np.ndarray, lms: np.ndarray, rows: list[dict], built: dict | None = None) -> None:
     """Write a cache so that a kill at any point never pairs one build's rows with another's
     crops: ``index.csv`` (what :meth:`FaceCache.load` starts from) goes first and comes back
-    last; each file is replaced whole."""
+    last; each file is replaced whole. ``built`` (input files, frames per clip) goes to
+    ``build.json``, so a later ``--data`` naming other inputs is not served this cache."""
     (out / "index.csv").unlink(missing_ok=True)
+    (out / "build.json").unlink(missing_ok=True)
+    if built is not None:
+        write_json(built, out / "build.json")
     for name, arr in (("crops.npy", crops), ("landmarks.npy", lms)):
         with replacing(out / name) as tmp, open(tmp, "wb") as f:
             np.save(f, arr)
@@ -147,6 +158,24 @@ def _store(out: Path, crops: np.ndarray, lms: np.ndarray, rows: list[dict]) -> N
 
 class CacheError(DfscanError):
     """A face cache folder is missing, incomplete or inconsistent."""
+
+
+def check_built_from(cache: Path, files: list[Path], frames: int) -> None:
+    """Refuse a complete cache built from other inputs than ``files`` (or other frames per
+    clip): reused silently, it would train on data the command does not name. Caches from
+    before ``build.json`` are checked by their sources only (each must be among ``files``)."""
+    want = [str(f) for f in files]
+    if (cache / "build.json").is_file():
+        built = json.loads((cache / "build.json").read_text(encoding="utf-8"))
+        same = built.get("files") == want and built.get("frames") == frames
+        had = f"{len(built.get('files', []))} files, {built.get('frames')} frames per clip"
+    else:
+        with open(cache / "index.csv", newline="") as f:
+            stray = {r["source"] for r in csv.DictReader(f)} - set(want)
+        same, had = not stray, f"other files, e.g. {min(stray, default='')}"
+    if not same:
+        raise CacheError(f"{cache}: this face cache was built from {had}, not the {len(want)} files "
+                         f"({frames} frames per clip) asked for: give another --cache folder, or delete it to rebuild")
 
 
 def _load_one(path: Path) -> tuple[list[dict], np.ndarray, np.ndarray]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import pickle
 import subprocess
 import time
 import warnings
@@ -258,7 +259,11 @@ def _resume(out: Path, run: _Run, cfg: TrainConfig) -> tuple[int, list, float]:
     """First epoch to run, history so far and best validation AUC (from ``last.pt`` if any)."""
     if not (out / "last.pt").is_file():
         return 0, [], -1.0
-    ck = torch.load(out / "last.pt", map_location=cfg.device, weights_only=True)
+    try:
+        ck = torch.load(out / "last.pt", map_location=cfg.device, weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as e:  # damaged, or not plain tensors
+        raise DfscanError(f"{out}/last.pt is unreadable ({type(e).__name__}: {str(e)[:120]}); delete it to "
+                          "train from the start, or train into a new --out folder") from e
     if "recipe" in ck:  # checkpoints from before this check carry none
         _same_recipe(out, json.loads(ck["recipe"]), recipe_of(cfg, run))
     run.model.load_state_dict(ck["model"])

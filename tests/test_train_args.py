@@ -1,0 +1,82 @@
+"""`dfscan train` refuses inputs that used to give a traceback or a wrong run without an error."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from scanner.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--arch", "test_effnet_lite", "--size", "64", "--epochs", "1", "--steps", "1", "--batch-size", "4",
+        "--val-size", "8", "--quiet"]
+
+
+def _cache(d: Path, sources: list[str]) -> Path:
+    """A complete face cache (as built before build.json was recorded) of ``sources``."""
+    d.mkdir()
+    n = len(sources)
+    np.save(d / "crops.npy", np.zeros((n, 96, 96, 3), np.uint8))
+    np.save(d / "landmarks.npy", np.zeros((n, 5, 2), np.float32))
+    with open(d / "index.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["source", "group", "frame"])
+        w.writerows([s, f"data:{Path(s).stem}", 0] for s in sources)
+    return d
+
+
+@pytest.mark.parametrize("opt,value,says", [
+    ("--epochs", "0", "--epochs must be >= 1"),  # was ZeroDivisionError in the schedule
+    ("--steps", "0", "--steps must be >= 1"),
+    ("--batch-size", "0", "--batch-size must be >= 1"),
+    ("--val-size", "1", "--val-size must be >= 2"),  # one class: no AUC, no best.safetensors
+    ("--p-mfs", "-1", "--p-mfs must be a probability"),  # were taken silently
+    ("--p-edge", "nan", "--p-edge must be a probability"),
+    ("--p-low-res", "2", "--p-low-res must be a probability"),
+])
+def test_bad_numbers_are_one_line_errors(tmp_path, capsys, opt, value, says):
+    cache = _cache(tmp_path / "c", ["a.mp4", "b.mp4"])
+    assert main(["train", "--cache", str(cache), "--out", str(tmp_path / "run"), *TINY, opt, value]) == 2
+    assert says in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_cache_of_other_inputs_is_not_reused(tmp_path, capsys):
+    """A complete cache was served whatever --data named: 'face cache ready' for other footage."""
+    data = ROOT / "tests" / "data"
+    cache = _cache(tmp_path / "c", [str(data / "d1.mp4"), str(data / "d2.mp4")])
+    args = ["train", "--cache-only", "--cache", str(cache), "--data"]
+    assert main([*args, str(data / "d1.mp4"), str(data / "d2.mp4")]) == 0  # the same inputs: reused
+    assert main([*args, str(data / "d1.mp4")]) == 2
+    assert "built from other files, e.g." in capsys.readouterr().err
+    (cache / "build.json").write_text('{"files": ["%s"], "frames": 24}' % (data / "d1.mp4"))
+    assert main([*args, str(data / "d1.mp4"), "--cache-frames", "8"]) == 2
+    assert "built from 1 files, 24 frames per clip" in capsys.readouterr().err
+    assert main([*args, str(data / "d1.mp4")]) == 0
+    assert main(["train", "--cache", str(cache), str(cache), "--out", str(tmp_path / "r"), "--data", "x"]) == 2
+    assert "--data build one cache" in capsys.readouterr().err
+
+
+def test_cache_build_errors_are_one_line(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.jpg").write_bytes(b"not an image")
+    (tmp_path / "afile").write_text("")
+    for cache, data, says in ((tmp_path / "c1", tmp_path / "empty", "no videos or images in"),
+                              (tmp_path / "c2", tmp_path / "bad", "no faces found in the 1 files (1 unreadable"),
+                              (tmp_path / "afile", ROOT / "tests" / "data" / "multiface.jpg", "is a file")):
+        assert main(["train", "--cache-only", "--cache", str(cache), "--data", str(data)]) == 2
+        assert says in capsys.readouterr().err
+
+
+def test_damaged_last_pt_is_a_one_line_error(tmp_path, capsys):
+    cache = _cache(tmp_path / "c", ["a.mp4", "b.mp4", "c.mp4"])
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"epoch": 0}, run / "last.pt")
+    (run / "last.pt").write_bytes((run / "last.pt").read_bytes()[:100])  # copied short
+    assert main(["train", "--cache", str(cache), "--out", str(run), *TINY]) == 2
+    assert "last.pt is unreadable" in capsys.readouterr().err
