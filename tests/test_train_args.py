@@ -80,3 +80,28 @@ def test_damaged_last_pt_is_a_one_line_error(tmp_path, capsys):
     (run / "last.pt").write_bytes((run / "last.pt").read_bytes()[:100])  # copied short
     assert main(["train", "--cache", str(cache), "--out", str(run), *TINY]) == 2
     assert "last.pt is unreadable" in capsys.readouterr().err
+
+
+def test_non_utf8_file_name_in_a_face_cache(tmp_path):
+    """index.csv could not store a non-UTF-8 source name (UnicodeEncodeError); the split and
+    the recipe hash could not hash its identity."""
+    from scanner.research.data import FaceCache, _store, check_built_from
+
+    names = [str(tmp_path / "a\udcff.mp4"), str(tmp_path / "b.mp4"), str(tmp_path / "c.mp4")]
+    rows = [{"source": s, "group": f"d:{Path(s).stem}", "frame": 0} for s in names]
+    cache = tmp_path / "c"
+    cache.mkdir()
+    lm = np.array([[33, 40], [63, 40], [48, 56], [36, 70], [60, 70]], np.float32)
+    crops = np.random.default_rng(0).integers(0, 255, (3, 96, 96, 3), dtype=np.uint8)
+    _store(cache, crops, np.repeat(lm[None], 3, 0), rows,
+           {"files": names, "frames": 2})
+    assert FaceCache.load(cache).sources.tolist() == names
+    check_built_from(cache, [Path(s) for s in names], 2)
+    assert main(["train", "--cache", str(cache), "--out", str(tmp_path / "run"), *TINY]) == 0
+
+
+def test_synth_size_zero_is_refused(tmp_path, capsys):
+    """--size 0 wrote whole frames as 'chips' (cv2 takes dsize 0 as the source size)."""
+    img = str(ROOT / "tests" / "data" / "multiface.jpg")
+    assert main(["synth", img, "--out", str(tmp_path / "s"), "--size", "0"]) == 2
+    assert "--size must be >= 16" in capsys.readouterr().err

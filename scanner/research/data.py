@@ -33,6 +33,7 @@ VIDEO_GLOBS = ("*.mp4", "*.mpg", "*.mov", "*.avi", "*.mkv", "*.webm")
 STILL_GLOBS = ("*.jpg", "*.jpeg", "*.png")
 # GRID clips are named by sentence; LipNet's two samples of one man share a speaker.
 SAME_PERSON = {"id2_vcd_swwp2s": "pwij3p"}
+INDEX_ENCODING = {"encoding": "utf-8", "errors": "surrogateescape"}
 
 
 def identity(path: Path) -> str:
@@ -150,7 +151,8 @@ def _store(out: Path, crops: np.ndarray, lms: np.ndarray, rows: list[dict], buil
     for name, arr in (("crops.npy", crops), ("landmarks.npy", lms)):
         with replacing(out / name) as tmp, open(tmp, "wb") as f:
             np.save(f, arr)
-    with replacing(out / "index.csv") as tmp, open(tmp, "w", newline="") as f:
+    # surrogateescape: a non-UTF-8 file name is stored as its own bytes and read back alike
+    with replacing(out / "index.csv") as tmp, open(tmp, "w", newline="", **INDEX_ENCODING) as f:
         w = csv.DictWriter(f, fieldnames=["source", "group", "frame"])
         w.writeheader()
         w.writerows(rows)
@@ -170,7 +172,7 @@ def check_built_from(cache: Path, files: list[Path], frames: int) -> None:
         same = built.get("files") == want and built.get("frames") == frames
         had = f"{len(built.get('files', []))} files, {built.get('frames')} frames per clip"
     else:
-        with open(cache / "index.csv", newline="") as f:
+        with open(cache / "index.csv", newline="", **INDEX_ENCODING) as f:
             stray = {r["source"] for r in csv.DictReader(f)} - set(want)
         same, had = not stray, f"other files, e.g. {min(stray, default='')}"
     if not same:
@@ -182,7 +184,7 @@ def _load_one(path: Path) -> tuple[list[dict], np.ndarray, np.ndarray]:
     if not (path / "index.csv").is_file():
         raise CacheError(f"{path}: not a complete face cache (no index.csv: its build was interrupted "
                          "or never ran); build it with `dfscan train --cache-only --cache DIR --data ...`")
-    with open(path / "index.csv") as f:
+    with open(path / "index.csv", newline="", **INDEX_ENCODING) as f:
         rows = list(csv.DictReader(f))
     try:
         crops = np.load(path / "crops.npy", mmap_mode="r")
@@ -232,6 +234,7 @@ def split_groups(groups: np.ndarray, val_share: float = 0.15, seed: int = 0) -> 
         if len(gs) < 2:
             continue
         # Stable per-identity hash: the split does not depend on which files are present.
-        ranked = sorted(gs, key=lambda g: hashlib.sha256(f"{seed}:{g}".encode()).hexdigest())
+        # (surrogateescape: a non-UTF-8 name hashes as its bytes; UTF-8 names as before)
+        ranked = sorted(gs, key=lambda g: hashlib.sha256(f"{seed}:{g}".encode(errors="surrogateescape")).hexdigest())
         val.update(ranked[:max(1, round(len(gs) * val_share))])
     return np.array([g in val for g in groups.tolist()])

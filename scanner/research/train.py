@@ -181,7 +181,8 @@ def recipe_of(cfg: TrainConfig, run: "_Run") -> dict:
     rec = {k: v for k, v in asdict(cfg).items() if k not in _RESUMABLE_CHANGES}
     index = "\n".join(f"{s}\t{g}" for s, g in zip(run.cache.sources.tolist(), run.cache.groups.tolist()))
     rec["faces"] = len(run.cache)
-    rec["faces_index_sha256"] = hashlib.sha256(index.encode()).hexdigest()
+    # surrogateescape: a non-UTF-8 file name hashes as its bytes (UTF-8 names hash as before)
+    rec["faces_index_sha256"] = hashlib.sha256(index.encode(errors="surrogateescape")).hexdigest()
     rec["recon_sha256"] = file_hash(cfg.recon, None) if cfg.recon else None
     return rec
 
