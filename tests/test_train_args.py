@@ -105,3 +105,12 @@ def test_synth_size_zero_is_refused(tmp_path, capsys):
     img = str(ROOT / "tests" / "data" / "multiface.jpg")
     assert main(["synth", img, "--out", str(tmp_path / "s"), "--size", "0"]) == 2
     assert "--size must be >= 16" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("share", ["0", "1.5", "nan"])
+def test_probe_heldout_share_is_checked_before_features(tmp_path, capsys, share):
+    """--heldout 0 / 1.5 / nan was a scikit-learn ValueError traceback after all features were made."""
+    with pytest.raises(SystemExit) as e:
+        main(["probe", "fit", str(tmp_path), "--backbone", "torchvision", "--backbone-weights", "x",
+              "--out", str(tmp_path / "p"), "--heldout", share])
+    assert e.value.code == 2 and "not a share in (0, 1)" in capsys.readouterr().err

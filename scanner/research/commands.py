@@ -46,6 +46,14 @@ def _probe(args) -> int:
     return run_probe_fit(args)
 
 
+def _share(value: str) -> float:
+    """A held-out share outside (0, 1) or NaN failed in scikit-learn after every feature was computed."""
+    v = float(value)
+    if not 0.0 < v < 1.0:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"not a share in (0, 1): {value!r}")
+    return v
+
+
 def add_probe_parser(subparsers) -> argparse.ArgumentParser:
     """``dfscan probe fit LABELS --backbone SRC --backbone-weights FILE --out DIR``."""
     p = subparsers.add_parser("probe", help="linear probes on frozen backbones")
@@ -55,7 +63,7 @@ def add_probe_parser(subparsers) -> argparse.ArgumentParser:
     _add_backbone_args(f, required=True)
     f.add_argument("--out", required=True, metavar="DIR", help="probe directory to write")
     f.add_argument("--C", help="comma-separated inverse L2 strengths to select from (default 1e-4..10)")
-    f.add_argument("--heldout", type=float, default=0.3, help="held-out share of groups (default 0.3)")
+    f.add_argument("--heldout", type=_share, default=0.3, help="held-out share of groups (default 0.3)")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--batch-size", type=int, default=32)
     f.add_argument("--json", metavar="FILE", help="also write the training summary here")
