@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,8 @@ def test_cache_of_other_inputs_is_not_reused(tmp_path, capsys):
     assert main([*args, str(data / "d1.mp4"), "--cache-frames", "8"]) == 2
     assert "built from 1 files, 24 frames per clip" in capsys.readouterr().err
     assert main([*args, str(data / "d1.mp4")]) == 0
+    rel = os.path.relpath(data / "d1.mp4")  # the same file named relative: the same input
+    assert main([*args, rel]) == 0
     assert main(["train", "--cache", str(cache), str(cache), "--out", str(tmp_path / "r"), "--data", "x"]) == 2
     assert "--data build one cache" in capsys.readouterr().err
 

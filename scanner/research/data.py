@@ -17,6 +17,7 @@ import csv
 import hashlib
 import json
 import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,7 +135,7 @@ def build_cache(roots: list[str | Path], out: str | Path, spec: InputSpec, cfg: 
     if not rows:
         why = f" ({len(skipped)} unreadable, e.g. {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
         raise CacheError(f"no faces found in the {len(files)} files{why}; the cache needs real faces")
-    _store(out, np.stack(crops), np.stack(lms), rows, {"files": [str(f) for f in files], "frames": cfg.frames})
+    _store(out, np.stack(crops), np.stack(lms), rows, {"files": _resolved(files), "frames": cfg.frames})
     return {"faces": len(rows), "files": len(files), "groups": len({r["group"] for r in rows}),
             "skipped": skipped}
 
@@ -162,18 +163,22 @@ class CacheError(DfscanError):
     """A face cache folder is missing, incomplete or inconsistent."""
 
 
+def _resolved(files) -> list[str]:
+    return [os.path.realpath(f) for f in files]
+
+
 def check_built_from(cache: Path, files: list[Path], frames: int) -> None:
     """Refuse a complete cache built from other inputs than ``files`` (or other frames per
     clip): reused silently, it would train on data the command does not name. Caches from
     before ``build.json`` are checked by their sources only (each must be among ``files``)."""
-    want = [str(f) for f in files]
+    want = _resolved(files)  # the same files named relative or absolute are the same inputs
     if (cache / "build.json").is_file():
         built = json.loads((cache / "build.json").read_text(encoding="utf-8"))
         same = built.get("files") == want and built.get("frames") == frames
         had = f"{len(built.get('files', []))} files, {built.get('frames')} frames per clip"
     else:
         with open(cache / "index.csv", newline="", **INDEX_ENCODING) as f:
-            stray = {r["source"] for r in csv.DictReader(f)} - set(want)
+            stray = set(_resolved(r["source"] for r in csv.DictReader(f))) - set(want)
         same, had = not stray, f"other files, e.g. {min(stray, default='')}"
     if not same:
         raise CacheError(f"{cache}: this face cache was built from {had}, not the {len(want)} files "
