@@ -338,6 +338,9 @@ def test_card_check_tells_whether_a_run_reproduced_the_shipped_weights(cache_dir
     assert {v.dtype for v in shipped.values() if v.is_floating_point()} == {torch.float16 if fp16 else torch.float32}
     assert ("float16" in written.get("stored_as", "")) == fp16
     assert "Trained with: `dfscan train ...`" in (tmp_path / "weights" / "test_model.card.md").read_text()
+    # Trained on the tests' own footage: the card must not name dfscan's training sets.
+    assert [k.split(" (")[0] for k in written["training_data"]] == ["other footage"]
+    assert "MEAD" not in written["license"]
     train(cfg, cache_dir, tmp_path / "b")  # same recipe, same seed: the same weights
     assert card.check_run(tmp_path / "b", "test_model")["identical"]
     run = load_file(tmp_path / "b" / "best.safetensors")

