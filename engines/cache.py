@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import sys
@@ -29,6 +30,7 @@ from .detector import Detector
 from .errors import EngineError
 from .registry import file_hash
 
+log = logging.getLogger(__name__)
 META = "meta.json"
 FORMAT = 2
 _ENGINES_DIR = Path(__file__).resolve().parent
@@ -219,12 +221,23 @@ class EngineCache:
             raise
         return final / name
 
-    def update_meta(self, key: str, **extra) -> None:
-        """Add fields (e.g. parity numbers) to an entry's metadata."""
+    def update_meta(self, key: str, **extra) -> bool:
+        """Add fields (e.g. parity numbers) to an entry's metadata; False when it cannot.
+
+        Best effort: the parity stored here only spares the next start a check, so a
+        read-only (shared) cache or a full disk must not stop a scan whose engine was
+        just checked. Replaced whole, so a concurrent reader never sees torn JSON."""
+        from .files import write_text
+
         p = self.entry_dir(key) / META
-        meta = json.loads(p.read_text())
-        meta.update(extra)
-        p.write_text(json.dumps(meta, indent=1, sort_keys=True))
+        try:
+            meta = json.loads(p.read_text())
+            meta.update(extra)
+            write_text(p, json.dumps(meta, indent=1, sort_keys=True))
+        except (OSError, ValueError) as e:
+            log.warning("engine cache %s: metadata not updated (%s)", p.parent, e)
+            return False
+        return True
 
     def list(self) -> list[dict]:
         """Summary of every entry (valid or not) under the root."""

@@ -7,6 +7,7 @@ every engine and pipeline path can be tested in seconds.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -94,6 +95,16 @@ def file_hash(path: str | Path, n: int | None = 16) -> str:
     return h.hexdigest()[:n] if n else h.hexdigest()
 
 
+def load_error_reason(e: Exception) -> str:
+    """One informative line of a loader's error: torch's weights-only message spans many
+    lines (and advises ``weights_only=False``, which would run the file's code)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    for ln in lines:  # 'Unsupported operand 149', 'Trying to load unsupported GLOBAL posix.system ...'
+        if "unsupported" in ln.lower():
+            return ln
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a state dict from ``.safetensors`` or a torch file, never unpickling code."""
     path = Path(path)
@@ -102,16 +113,40 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:  # an empty or truncated file raises SafetensorError (not an OSError)
+            return load_file(str(path))
+        except Exception as e:
+            raise WeightsError(f"{path}: not a readable safetensors file: {load_error_reason(e)}") from e
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # its pickle-protocol notice would precede our one-line error
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # pickle.UnpicklingError and friends
         raise WeightsError(
-            f"{path}: refused to load (only tensors/dicts are accepted, weights_only=True): {e}"
+            f"{path}: refused to load (only tensors/dicts are accepted, weights_only=True): {load_error_reason(e)}"
         ) from e
     if not isinstance(obj, dict):
         raise WeightsError(f"{path}: expected a state dict, got {type(obj).__name__}")
     return obj
+
+
+def _mismatch(e: RuntimeError) -> str:
+    """``load_state_dict``'s multi-line report (one line per problem, each listing every
+    key) as one short line: errors are one line (README)."""
+    parts = [ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()]
+    return "; ".join(p if len(p) <= 200 else p[:200] + " ..." for p in parts[:3]) or str(e)
+
+
+def load_weights(model: torch.nn.Module, weights: str | Path) -> None:
+    """Load ``weights`` into ``model`` strictly; a file that does not fit, or whose values
+    are NaN/inf (every score would be NaN), is a one-line :class:`WeightsError`."""
+    try:
+        model.load_state_dict(read_state_dict(weights))
+    except RuntimeError as e:  # missing/unexpected keys or shape mismatch
+        raise WeightsError(f"{weights}: does not fit {type(model).__name__}: {_mismatch(e)}") from e
+    for name, t in model.state_dict().items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise WeightsError(f"{weights}: tensor {name} holds NaN or infinite values")
 
 
 def create_detector(

@@ -48,6 +48,9 @@ class OnnxRuntimeEngine(ArtifactEngine):
             raise EngineUnavailable("onnxruntime engine: bf16 is not supported; use fp32 or fp16")
         if cfg.precision == "fp16" and not cfg.is_cuda:
             raise EngineUnavailable("onnxruntime engine: fp16 needs a CUDA device (CPU provider runs fp32)")
+        if cfg.ort_tensorrt and not cfg.is_cuda:
+            # As --engine tensorrt does: plain CPU ORT would run under the ort-trt name.
+            raise EngineUnavailable("ort-trt (ONNX Runtime's TensorRT provider) needs a CUDA device (--device cuda)")
         if cfg.is_cuda:
             self._check_providers()  # here, before an export that could not be used
         self.single, self.shapes = output_layout(detector)
@@ -73,6 +76,8 @@ class OnnxRuntimeEngine(ArtifactEngine):
                                   opset_version=17, do_constant_folding=True, **names)
             self.exporter = "torchscript"
             return
+        except OSError as e:  # full disk, read-only cache: no other exporter would help
+            raise EngineError(f"could not write the ONNX file {path}: {e}") from e
         except Exception as legacy_error:
             err = legacy_error
         try:

@@ -32,7 +32,7 @@ from torch import nn
 
 from ..detector import Detector
 from ..errors import WeightsError
-from ..registry import read_state_dict, register_detector
+from ..registry import load_weights, read_state_dict, register_detector
 from ..spec import ARCFACE_112, InputSpec, scaled_template
 
 BN_EPS = 1e-3  # TensorFlow's default, which the ImageNet weights were trained with
@@ -226,10 +226,7 @@ def _build(cls_or_fn, weights, seed: int | None = None, **kw):
     else:
         model = cls_or_fn(**kw)
     if weights is not None:
-        try:
-            model.load_state_dict(read_state_dict(weights))
-        except RuntimeError as e:
-            raise WeightsError(f"{weights}: does not fit this detector: {e}") from e
+        load_weights(model, weights)
     return model
 
 

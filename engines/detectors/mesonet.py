@@ -32,8 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..detector import Detector
-from ..registry import read_state_dict, register_detector
-from ..errors import WeightsError
+from ..registry import load_weights, register_detector
 from ..spec import ARCFACE_112, InputSpec, scaled_template
 
 SIZE = 256
@@ -189,10 +188,7 @@ ARCHS: dict[str, type[_MesoBase]] = {"meso4": Meso4, "mesoinception4": MesoIncep
 def _build(cls: type[_MesoBase], weights=None, **kw) -> Detector:
     model = cls(**kw)
     if weights is not None:
-        try:
-            model.load_state_dict(read_state_dict(weights))
-        except RuntimeError as e:  # missing/unexpected keys or shape mismatch
-            raise WeightsError(f"{weights}: not a {cls.__name__} state dict: {e}") from e
+        load_weights(model, weights)
     return model
 
 
@@ -236,5 +232,5 @@ def test_meso4(weights=None, size: int = 64, **kw) -> Detector:
                 m.running_mean.uniform_(-0.1, 0.1, generator=g)
                 m.running_var.uniform_(0.5, 1.5, generator=g)
     if weights is not None:
-        model.load_state_dict(read_state_dict(weights))
+        load_weights(model, weights)
     return model

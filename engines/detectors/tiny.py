@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..detector import Detector
-from ..registry import read_state_dict, register_detector
+from ..registry import load_weights, register_detector
 from ..spec import ARCFACE_112, InputSpec, scaled_template
 
 
@@ -40,7 +40,7 @@ def _seeded(cls, seed: int, weights=None, **kw):
         torch.manual_seed(seed)
         model = cls(**kw)
     if weights is not None:
-        model.load_state_dict(read_state_dict(weights))
+        load_weights(model, weights)
     return model
 
 

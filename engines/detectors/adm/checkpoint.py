@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ...errors import WeightsError
+from ...registry import load_error_reason
 
 # ImageNet heads of the backbones, present in CADDM checkpoints, unused.
 OPTIONAL_PREFIXES = ("base_model.fc.", "base_model._fc.")
@@ -33,15 +34,6 @@ def _listing(keys) -> str:
     keys = sorted(keys)
     more = f" ... (+{len(keys) - _MAX_LISTED} more)" if len(keys) > _MAX_LISTED else ""
     return ", ".join(keys[:_MAX_LISTED]) + more
-
-
-def _reason(e: Exception) -> str:
-    """The informative line of torch's long weights-only error (e.g. 'Unsupported global: ...')."""
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    for ln in lines:
-        if "Unsupported" in ln or "WeightsUnpickler error" in ln:
-            return ln
-    return lines[0] if lines else type(e).__name__
 
 
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
@@ -66,7 +58,7 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     except Exception as e:  # UnpicklingError for code objects, zip errors, ...
         raise WeightsError(
             f"{path}: refused to load: only tensors, dicts and plain numbers are "
-            f"accepted (torch.load weights_only=True): {_reason(e)}") from e
+            f"accepted (torch.load weights_only=True): {load_error_reason(e)}") from e
     if not isinstance(obj, Mapping):
         raise WeightsError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
     if "network" in obj:

@@ -1,0 +1,106 @@
+"""Bad weights files and engine-cache corner cases: one-line typed errors, never a
+traceback, never a silently different engine, never code run from a pickle."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from engines.backends import build_engine, engine_config
+from engines.cache import EngineCache
+from engines.errors import EngineUnavailable, WeightsError
+from engines.registry import create_detector
+
+
+@pytest.fixture
+def tiny_weights(tmp_path):
+    from safetensors.torch import save_file
+
+    sd = {k: v.contiguous() for k, v in create_detector("test_tiny").state_dict().items()}
+    path = tmp_path / "tiny.safetensors"
+    save_file(sd, str(path))
+    return path, sd
+
+
+@pytest.mark.parametrize("cut", [0, 0.5])
+def test_empty_or_truncated_safetensors_is_weights_error(tiny_weights, tmp_path, cut):
+    path, _ = tiny_weights
+    bad = tmp_path / "bad.safetensors"
+    data = path.read_bytes()
+    bad.write_bytes(data[: int(len(data) * cut)])
+    with pytest.raises(WeightsError, match="not a readable safetensors file"):
+        create_detector("test_tiny", weights=bad)
+
+
+def test_nonfinite_weights_named(tiny_weights, tmp_path):
+    from safetensors.torch import save_file
+
+    _, sd = tiny_weights
+    sd = dict(sd, **{"body.7.bias": torch.tensor([float("nan")])})
+    bad = tmp_path / "nan.safetensors"
+    save_file(sd, str(bad))
+    with pytest.raises(WeightsError, match="body.7.bias holds NaN"):
+        create_detector("test_tiny", weights=bad)
+
+
+def test_mismatched_weights_one_line(tmp_path):
+    from safetensors.torch import save_file
+
+    bad = tmp_path / "other.safetensors"
+    save_file({"x.weight": torch.zeros(2)}, str(bad))
+    with pytest.raises(WeightsError, match="does not fit TinyCNN") as e:
+        create_detector("test_tiny", weights=bad)
+    assert "\n" not in str(e.value)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("zipped", [False, True])
+def test_pickle_with_code_refused_one_line(tmp_path, zipped):
+    marker = tmp_path / "PWNED"
+    _Evil.marker = marker
+    bad = tmp_path / "evil.pt"
+    if zipped:
+        torch.save({"w": _Evil()}, bad)
+    else:
+        bad.write_bytes(pickle.dumps({"w": _Evil()}))
+    with pytest.raises(WeightsError, match="(?i)unsupported") as e:
+        create_detector("test_tiny", weights=bad)
+    assert "\n" not in str(e.value) and "weights_only` set to `False`" not in str(e.value)
+    assert not marker.exists()
+
+
+def test_parity_on_read_only_cache_is_not_fatal(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    det = create_detector("test_tiny")
+    cfg = engine_config("onnxruntime", batch_sizes=(1, 2), cache_dir=str(tmp_path))
+    build_engine(det, cfg)
+    meta = next(tmp_path.glob("*/meta.json"))
+    m = json.loads(meta.read_text())
+    m.pop("parity")  # e.g. an entry from before the parity faces changed
+    meta.write_text(json.dumps(m))
+
+    real_write = Path.write_text
+
+    def read_only(self, *a, **k):  # root ignores chmod: refuse writes of the metadata instead
+        if "meta.json" in self.name:
+            raise OSError(30, "Read-only file system", str(self))
+        return real_write(self, *a, **k)
+
+    monkeypatch.setattr(Path, "write_text", read_only)
+    eng = build_engine(det, cfg)
+    assert eng.info.cache == "hit" and eng.info.parity["passed"]
+    assert EngineCache(tmp_path).update_meta(eng.info.cache_key, x=1) is False
+
+
+def test_ort_trt_on_cpu_refused():
+    pytest.importorskip("onnxruntime")
+    with pytest.raises(EngineUnavailable, match="needs a CUDA device"):
+        build_engine(create_detector("test_tiny"), engine_config("ort-trt", use_cache=False))
