@@ -117,3 +117,23 @@ def test_probe_heldout_share_is_checked_before_features(tmp_path, capsys, share)
         main(["probe", "fit", str(tmp_path), "--backbone", "torchvision", "--backbone-weights", "x",
               "--out", str(tmp_path / "p"), "--heldout", share])
     assert e.value.code == 2 and "not a share in (0, 1)" in capsys.readouterr().err
+
+
+def test_card_commit_says_when_the_code_was_not_committed(tmp_path):
+    """The card named HEAD even when the training code had uncommitted changes."""
+    import subprocess
+
+    from scanner.research.train import _git_commit
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+    (tmp_path / "scanner").mkdir()
+    (tmp_path / "scanner" / "x.py").write_text("a = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "x")
+    head = _git_commit(tmp_path)
+    assert len(head) == 40
+    (tmp_path / "scanner" / "x.py").write_text("a = 2\n")
+    assert _git_commit(tmp_path) == head + "-dirty"
+    assert _git_commit(tmp_path / "scanner").endswith("-dirty")  # also from inside

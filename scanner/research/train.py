@@ -160,12 +160,17 @@ def validate(model, loader, device="cpu") -> dict:
     return res
 
 
-def _git_commit() -> str:
+def _git_commit(root: Path = Path(__file__).resolve().parents[2]) -> str:
+    """HEAD, with ``-dirty`` when the code that trains (scanner/, engines/) differs from it:
+    a card must not name a commit whose code did not write the weights."""
+    def git(*args):
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=root, timeout=10)
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).resolve().parents[2], timeout=10).stdout.strip()
+        head = git("rev-parse", "HEAD").stdout.strip()
+        dirty = git("diff", "--quiet", "HEAD", "--", ":/scanner", ":/engines").returncode == 1
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+    return (head + "-dirty" * dirty) if head else "unknown"
 
 
 # What a run may change when it resumes: budgets and where it runs, not what it learns from.
