@@ -144,9 +144,15 @@ def load_weights(model: torch.nn.Module, weights: str | Path) -> None:
         model.load_state_dict(read_state_dict(weights))
     except RuntimeError as e:  # missing/unexpected keys or shape mismatch
         raise WeightsError(f"{weights}: does not fit {type(model).__name__}: {_mismatch(e)}") from e
+    check_finite(model, weights)
+
+
+def check_finite(model: torch.nn.Module, source: str | Path) -> None:
+    """:class:`WeightsError` naming the first tensor of ``model`` holding NaN/inf (loaded
+    from ``source``): every score would be NaN, refused only later as a parity failure."""
     for name, t in model.state_dict().items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise WeightsError(f"{weights}: tensor {name} holds NaN or infinite values")
+            raise WeightsError(f"{source}: tensor {name} holds NaN or infinite values")
 
 
 def create_detector(

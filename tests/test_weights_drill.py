@@ -104,3 +104,24 @@ def test_ort_trt_on_cpu_refused():
     pytest.importorskip("onnxruntime")
     with pytest.raises(EngineUnavailable, match="needs a CUDA device"):
         build_engine(create_detector("test_tiny"), engine_config("ort-trt", use_cache=False))
+
+
+@pytest.mark.parametrize("case", ["truncated", "nan"])
+def test_bad_probe_weights_are_weights_errors(tmp_path, case):
+    import torchvision
+    from safetensors.torch import save_file
+
+    from engines.backbones import create_backbone
+    from engines.detectors.probe import save_probe
+
+    r18 = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), r18)
+    model, spec = create_backbone("torchvision", r18, "resnet18", size=64)
+    save_probe(tmp_path / "probe", model, spec, r18, torch.randn(512), 0.25, 0.5, {})
+    w = tmp_path / "probe" / "probe.safetensors"
+    if case == "truncated":
+        w.write_bytes(w.read_bytes()[:20])
+    else:
+        save_file({"linear.weight": torch.full((1, 512), float("nan")), "linear.bias": torch.zeros(1)}, str(w))
+    with pytest.raises(WeightsError, match="not a readable safetensors|linear.weight holds NaN"):
+        create_detector("probe", weights=tmp_path / "probe")

@@ -25,7 +25,7 @@ from torch import nn
 from ..backbones import create_backbone
 from ..detector import Detector
 from ..errors import WeightsError
-from ..registry import file_hash, register_detector
+from ..registry import check_finite, file_hash, read_state_dict, register_detector
 from ..spec import InputSpec
 
 CARD = "card.json"
@@ -87,15 +87,14 @@ def load_probe(probe_dir: str | Path, backbone_weights: str | Path | None = None
     backbone, spec = create_backbone(bb["source"], path, bb["arch"], card["input"]["size"])
     if json.loads(json.dumps(spec.to_dict())) != card["input"]:
         raise WeightsError(f"{probe_dir}: backbone input spec {spec.to_dict()} differs from the card's {card['input']}")
-    from safetensors.torch import load_file
-
-    sd = load_file(str(probe_dir / WEIGHTS))
+    sd = read_state_dict(probe_dir / WEIGHTS)  # a truncated file is a WeightsError, not a traceback
     dim = backbone.feature_dim
     if set(sd) != {"linear.weight", "linear.bias"} or tuple(sd["linear.weight"].shape) != (1, dim):
         shapes = {k: tuple(v.shape) for k, v in sd.items()}
         raise WeightsError(f"{probe_dir / WEIGHTS}: expected linear.weight (1, {dim}) and linear.bias (1,), got {shapes}")
     model = ProbeDetector(backbone, spec, dim, float(card["threshold"]))
     model.linear.load_state_dict({"weight": sd["linear.weight"], "bias": sd["linear.bias"]})
+    check_finite(model, probe_dir)
     model.weights_hash = file_hash(probe_dir / WEIGHTS) + "+" + digest
     model.card = card
     return model
