@@ -247,6 +247,8 @@ class EngineCache:
         for d in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
             try:
                 meta = json.loads((d / META).read_text())
+                if not isinstance(meta, dict) or not isinstance(meta.get("fields", {}), dict):
+                    raise ValueError("not a metadata object")  # hand-edited or foreign JSON
                 f = meta.get("fields", {})
                 rows.append({
                     "key": d.name, "detector": f.get("detector"), "backend": f.get("backend"),

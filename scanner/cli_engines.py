@@ -37,11 +37,27 @@ def _default_detectors() -> list[str]:
     return real or ["test_tiny"]
 
 
+def _device(v: str) -> str:
+    """argparse type: ``cpu``, ``cuda`` or ``cuda:N`` present here; else a one-line usage
+    error (torch raised a traceback when the detector was moved there)."""
+    if v == "cpu":
+        return v
+    if v != "cuda" and not (v.startswith("cuda:") and v[5:].isdigit()):
+        raise argparse.ArgumentTypeError(f"{v!r}: must be cpu, cuda or cuda:N")
+    from .config import ConfigError, check_device
+
+    try:
+        check_device(v)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return v
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32], metavar="N",
                    help="allowed batch sizes; other batches are padded up to the next one")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--device", default="cpu", type=_device, help="cpu, cuda or cuda:N")
     p.add_argument("--cache-dir", default=None, help="engine cache (default: $DFSCAN_CACHE_DIR or "
                                                       "$XDG_CACHE_HOME/dfscan/engines)")
     p.add_argument("--allow-parity-failure", action="store_true",

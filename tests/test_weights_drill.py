@@ -125,3 +125,22 @@ def test_bad_probe_weights_are_weights_errors(tmp_path, case):
         save_file({"linear.weight": torch.full((1, 512), float("nan")), "linear.bias": torch.zeros(1)}, str(w))
     with pytest.raises(WeightsError, match="not a readable safetensors|linear.weight holds NaN"):
         create_detector("probe", weights=tmp_path / "probe")
+
+
+@pytest.mark.parametrize("device", ["foo", "cuda:99"])
+def test_engines_build_bad_device_is_usage_error(device, capsys):
+    from scanner.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["engines", "build", "--detector", "test_tiny", "--engine", "eager", "--device", device])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --device" in err and "Traceback" not in err
+
+
+def test_cache_list_survives_foreign_metadata(tmp_path):
+    for name, text in [("a", "[1, 2]"), ("b", '{"fields": 5}'), ("c", "{")]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "meta.json").write_text(text)
+    rows = EngineCache(tmp_path).list()
+    assert [r["key"] for r in rows] == ["a", "b", "c"] and all("unreadable" in r["error"] for r in rows)
