@@ -32,6 +32,10 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # 3.3 ms/crop at 8 and at 32) but its activations take ~450 MB more and its first two
 # calls cost 2.5x (fresh memory pages): CPU engines see at most this many crops a call.
 CPU_MAX_BATCH = 8
+# Largest allowed batch size, the cap `dfscan scan --batch-size` has (scanner/config.py):
+# warm-up allocates an input of every allowed size, so --batch-sizes 100000 asked for
+# 4.9 GB for a 64 px model and got the process OOM-killed instead of an error.
+MAX_BATCH = 4096
 
 
 def batch_sizes_for(max_batch: int, device: str) -> tuple[int, ...]:
@@ -84,8 +88,8 @@ class EngineConfig:
             sizes = tuple(sorted({int(b) for b in self.batch_sizes}))
         except (TypeError, ValueError) as e:
             raise EngineError(f"batch sizes must be integers, got {self.batch_sizes!r}") from e
-        if not sizes or sizes[0] < 1:
-            raise EngineError(f"batch sizes must be >= 1, got {self.batch_sizes!r}")
+        if not sizes or sizes[0] < 1 or sizes[-1] > MAX_BATCH:
+            raise EngineError(f"batch sizes must be 1..{MAX_BATCH}, got {self.batch_sizes!r}")
         object.__setattr__(self, "batch_sizes", sizes)
         object.__setattr__(self, "device", str(torch.device(self.device)))
 

@@ -1,0 +1,32 @@
+"""Out-of-range numbers for ``dfscan bench`` / ``dfscan engines build`` are one-line usage
+errors: --iters 0 was a numpy IndexError traceback, --threads -1 a torch RuntimeError, and
+--batch-sizes 100000 allocated a 4.9 GB warm-up input (OOM kill) where scan caps at 4096."""
+import pytest
+
+from engines.backends.base import MAX_BATCH, EngineConfig
+from engines.errors import EngineError
+from scanner import cli_engines
+from scanner.cli import main
+
+
+@pytest.mark.parametrize("extra", [["--iters", "0"], ["--iters", "-2"], ["--warmup", "-1"], ["--threads", "-1"],
+                                   ["--batch-sizes", "0"], ["--batch-sizes", "1", "100000"]])
+def test_bench_refuses_out_of_range(extra, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "--detectors", "test_tiny", "--engines", "eager", "--out", str(tmp_path), *extra])
+    assert e.value.code == 2
+    assert "Traceback" not in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_engines_build_refuses_huge_batch(tmp_path):
+    with pytest.raises(SystemExit) as e:
+        main(["engines", "build", "--detector", "test_tiny", "--batch-sizes", "100000", "--cache-dir", str(tmp_path)])
+    assert e.value.code == 2
+
+
+def test_engine_config_caps_batch_sizes():
+    assert cli_engines.MAX_BATCH == MAX_BATCH  # the parser's copy stays in step
+    assert EngineConfig(batch_sizes=(1, MAX_BATCH)).batch_sizes == (1, MAX_BATCH)
+    with pytest.raises(EngineError, match="1..4096"):
+        EngineConfig(batch_sizes=(1, MAX_BATCH + 1))
