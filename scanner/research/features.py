@@ -48,11 +48,18 @@ class CropConfig:
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    """Image file -> RGB ``uint8 (H, W, 3)``."""
+    """Image file -> RGB ``uint8 (H, W, 3)``; DfscanError when it cannot be decoded."""
     from PIL import Image
 
-    with Image.open(path) as im:
-        return np.array(im.convert("RGB"))  # writable copy (torch refuses read-only arrays)
+    from engines.errors import DfscanError
+
+    try:
+        with Image.open(path) as im:
+            return np.array(im.convert("RGB"))  # writable copy (torch refuses read-only arrays)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        # Callers skip files that raise DfscanError (as they do unreadable videos); PIL's own
+        # errors (a truncated or non-image .jpg) ended separability and synth in a traceback.
+        raise DfscanError(f"unreadable image: {type(e).__name__}: {e}") from e
 
 
 class CropSource:
