@@ -31,6 +31,7 @@ def separability(X: np.ndarray, y: np.ndarray, seed: int = 0) -> dict:
     y = np.asarray(y, int)
     if X.shape[0] < 2 or len(set(y.tolist())) < 2:
         raise DfscanError("separability needs at least one real and one fake embedding")
+    _check_features(X)
     pca = PCA(n_components=min(2, X.shape[1]), random_state=seed)
     Z = pca.fit_transform(X)
     if Z.shape[1] == 1:  # 1-D features: pad so plots and centres stay 2-D
@@ -48,6 +49,17 @@ def separability(X: np.ndarray, y: np.ndarray, seed: int = 0) -> dict:
             "n_fake": int(y.sum()), "n_real": int((1 - y).sum()),
             "explained_variance": [float(v) for v in pca.explained_variance_ratio_],
             "points": Z, "clusters": c, "centres": centres}
+
+
+def _check_features(X: np.ndarray) -> None:
+    """DfscanError for embeddings PCA/K-means cannot score: NaN/inf were a scikit-learn
+    traceback, and identical rows gave NaN explained variance (invalid JSON) and an
+    "accuracy" of one cluster holding every point."""
+    bad = int((~np.isfinite(X)).any(axis=1).sum())
+    if bad:
+        raise DfscanError(f"{bad} of {len(X)} embeddings contain NaN or inf: the model's features are broken")
+    if X.shape[1] == 0 or not np.ptp(X, axis=0).any():
+        raise DfscanError(f"all {len(X)} embeddings are identical: the model's features separate nothing")
 
 
 def plot(res: dict, y: np.ndarray, path: Path, title: str = "") -> None:
