@@ -10,6 +10,7 @@ with a non-zero exit code.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
@@ -76,24 +77,39 @@ def json_line(row: dict) -> str:
 
 
 class _DurableFile:
-    """A text file whose every write is flushed and fsync'ed, and noticed if deleted."""
+    """A text file whose every row is written whole, fsync'ed, and noticed if deleted.
 
-    def __init__(self, path: Path, append: bool, newline: str | None = None, errors: str = "strict"):
-        self.path = path
+    A row that cannot be written whole (disk full) is cut off again, so the file
+    ends on a row boundary: readers never meet a torn row, only ``--resume`` would.
+    """
+
+    def __init__(self, path: Path, append: bool, errors: str = "strict"):
+        self.path, self.errors = path, errors
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.f: IO[str] = open(path, "a" if append else "w", encoding="utf-8", newline=newline, errors=errors)
-        # /dev/null, pipes and ttys cannot be fsync'ed and are never "deleted".
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (0 if append else os.O_TRUNC)
+        self.fd = os.open(path, flags, 0o666)
+        # /dev/null, pipes and ttys cannot be fsync'ed, truncated or "deleted".
         self._regular = os.path.isfile(path)
 
-    def commit(self) -> None:
-        self.f.flush()
-        if self._regular:
-            os.fsync(self.f.fileno())  # a finished video survives a crash or kill
-            if os.fstat(self.f.fileno()).st_nlink == 0:  # writes would vanish silently
-                raise FileNotFoundError(f"{self.path} was deleted during the scan")
+    def append(self, text: str) -> None:
+        data = memoryview(text.encode("utf-8", self.errors))
+        start = os.fstat(self.fd).st_size if self._regular else 0
+        try:
+            while data:  # unbuffered: nothing is left behind to be written at close
+                data = data[os.write(self.fd, data):]
+            if self._regular:
+                os.fsync(self.fd)  # a finished video survives a crash or kill
+        except OSError:
+            if self._regular:
+                os.ftruncate(self.fd, start)
+            raise
+        if self._regular and os.fstat(self.fd).st_nlink == 0:  # writes would vanish silently
+            raise FileNotFoundError(f"{self.path} was deleted during the scan")
 
     def close(self) -> None:
-        self.f.close()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 class JsonlSink(Sink):
@@ -104,13 +120,13 @@ class JsonlSink(Sink):
     def __init__(self, path: str | Path | None = None, append: bool = False, stream: IO[str] | None = None):
         self.path = Path(path) if path is not None else None
         self._file = _DurableFile(self.path, append) if self.path is not None else None
-        self._stream = stream if stream is not None else (self._file.f if self._file else sys.stdout)
+        self._stream = stream if stream is not None else sys.stdout
 
     def write(self, row: dict) -> None:
-        self._stream.write(json_line(row))
         if self._file is not None:
-            self._file.commit()
+            self._file.append(json_line(row))
         else:
+            self._stream.write(json_line(row))
             self._stream.flush()
 
     def close(self) -> None:
@@ -145,15 +161,22 @@ class CsvSink(Sink):
         new = not (append and self.path.exists() and self.path.stat().st_size > 0)
         # surrogateescape: a non-UTF-8 file name is written as its own bytes (CSV has no
         # escape for it); scanner.resume reads it back the same way.
-        self._file = _DurableFile(self.path, append, newline="", errors="surrogateescape")
-        self._w = csv.DictWriter(self._file.f, fieldnames=CSV_COLUMNS, lineterminator="\n")
+        self._file = _DurableFile(self.path, append, errors="surrogateescape")
         if new:
-            self._w.writeheader()
-            self._file.commit()
+            self._file.append(self._record(None))
+
+    def _record(self, row: dict | None) -> str:
+        """One CSV record (the header for None), formatted in memory to be written whole."""
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+        if row is None:
+            w.writeheader()
+        else:
+            w.writerow(flat_row(row))
+        return buf.getvalue()
 
     def write(self, row: dict) -> None:
-        self._w.writerow(flat_row(row))
-        self._file.commit()
+        self._file.append(self._record(row))
 
     def close(self) -> None:
         self._file.close()
