@@ -145,6 +145,8 @@ def self_blend(img: np.ndarray, lm: np.ndarray, mode: str, rng: np.random.Genera
     ratio = float(rng.choice(params.ratios)) if params.ratios else float(rng.uniform(*params.ratio_range))
     m = mask * ratio
     m[m < 1 / 255] = 0.0  # the blur's far tail changes nothing visible; cut it
+    if not m.any():  # else np.nonzero below is empty and .min() a bare ValueError
+        raise DfscanError("blend mask is empty (face too small or outside the chip)")
     m = m[..., None]
     src = jitter_source(img, np.asarray(lm, np.float64).mean(0), rng, params)
     fake = np.where(m > 0, np.round(src * m + img.astype(np.float32) * (1 - m)), img).astype(np.uint8)
@@ -229,7 +231,11 @@ def synthesize(inputs: list[str], out_dir: str | Path, cfg: SynthConfig = SynthC
             rng = np.random.default_rng([cfg.seed, n])
             mode = cfg.mode if cfg.mode != "mixed" else ("global", "partial")[n % 2]
             chip, lm_chip = face_chip(image, box, lm, cfg.size, cfg.context)
-            fake, fbox, ratio = self_blend(chip, lm_chip, mode, rng)
+            try:
+                fake, fbox, ratio = _blend(chip, lm_chip, mode, rng)
+            except DfscanError as e:  # a tiny face at --size 16: no pair rather than a traceback
+                skipped.append((f"{src} frame {fidx}", str(e)))
+                continue
             stem = f"{src.stem}_f{fidx:05d}_{n:05d}"
             _write(out / "real" / f"{stem}.png", chip)
             _write(out / "fake" / f"{stem}_{mode}.png", fake)
@@ -245,6 +251,16 @@ def synthesize(inputs: list[str], out_dir: str | Path, cfg: SynthConfig = SynthC
         w.writeheader()
         w.writerows(rows)
     return {"faces": n, "rows": len(rows), "sources": len({r["group"] for r in rows}), "skipped": skipped}
+
+
+def _blend(chip: np.ndarray, lm: np.ndarray, mode: str, rng: np.random.Generator):
+    """:func:`self_blend` for synth, refusing a "fake" with no pixel changed: written, it
+    would be a copy of its real chip labelled fake (possible when a tiny mask blurs to
+    weights that round away)."""
+    fake, box, ratio = self_blend(chip, lm, mode, rng)
+    if np.array_equal(fake, chip):
+        raise DfscanError("the blend changed no pixel (face too small)")
+    return fake, box, ratio
 
 
 def _write(path: Path, rgb: np.ndarray) -> None:
