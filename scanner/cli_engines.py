@@ -158,7 +158,8 @@ def _bench_pipeline(args, stem: str) -> int:
     write_json(res, path, indent=1, default=str)
     _pipeline_table(res)
     print(f"wrote {path}", file=sys.stderr)
-    return 0
+    # Exit 1 (as bench without results) when no video could be scanned: the numbers are empty.
+    return 1 if any(r["errors"] == r["videos"] for r in res["results"]) else 0
 
 
 def _pipeline_table(res: dict) -> None:
