@@ -143,6 +143,10 @@ class GracefulStop:
 
     def arm(self, ctx) -> None:
         self._event = getattr(ctx, "stop", None)  # Ray contexts have none: interrupt at once
+        # ray.init replaces the SIGTERM handler with its own sys.exit(15) (exit 15, no
+        # message): take the signals back while ours are still the ones to restore.
+        for s in self._old:
+            signal.signal(s, self._handle)
 
     def _handle(self, signum, _frame) -> None:
         self.signum = signum
