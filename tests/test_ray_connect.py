@@ -1,0 +1,19 @@
+"""``--ray local`` on a host too busy for Ray to start: one-line error, not a traceback."""
+from __future__ import annotations
+
+import pytest
+
+from scanner.distributed import RayUnavailable, connect
+
+ray = pytest.importorskip("ray", reason="Ray not installed (pip install 'dfscan[ray]')")
+
+
+def test_ray_startup_timeout_is_a_one_line_error(monkeypatch):
+    def init(**_kw):  # what ray.init raises when the raylet or GCS is slow to come up
+        raise Exception("The current node timed out during startup. This could happen because "
+                        "some of the raylet failed to startup or the GCS has become overloaded.")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    with pytest.raises(RayUnavailable, match="cannot reach the Ray cluster 'local': The current node timed out"):
+        connect("local")
