@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Iterable, Iterator
@@ -86,10 +88,16 @@ def connect(address: str, **init_kwargs) -> bool:
     if ray.is_initialized():
         return False
     _check_reachable(address)
+    term = signal.getsignal(signal.SIGTERM)
     try:
         ray.init(address=address, log_to_driver=False, configure_logging=False, **init_kwargs)
     except Exception as e:  # noqa: BLE001 - a busy host's startup timeout is a bare Exception
         raise RayUnavailable(f"cannot reach the Ray cluster {address!r}: {e}") from e
+    finally:
+        # ray.init installs sys.exit(15) for SIGTERM: while the actors build their
+        # pipelines (minutes with real models) SIGTERM must still give exit 143.
+        if term is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, term)
     return True
 
 

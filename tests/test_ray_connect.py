@@ -17,3 +17,23 @@ def test_ray_startup_timeout_is_a_one_line_error(monkeypatch):
     monkeypatch.setattr(ray, "init", init)
     with pytest.raises(RayUnavailable, match="cannot reach the Ray cluster 'local': The current node timed out"):
         connect("local")
+
+
+def test_connect_keeps_the_callers_sigterm_handler(monkeypatch):
+    import signal
+    import sys
+
+    def mine(_signum, _frame):
+        pass
+
+    def init(**_kw):  # ray.init's driver set-up: SIGTERM -> sys.exit(15)
+        signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(signum))
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    before = signal.signal(signal.SIGTERM, mine)
+    try:
+        assert connect("local") is True
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, before)
