@@ -57,6 +57,9 @@ def test_cache_of_other_inputs_is_not_reused(tmp_path, capsys):
     assert main([*args, str(data / "d1.mp4"), "--cache-frames", "8"]) == 2
     assert "built from 1 files, 24 frames per clip" in capsys.readouterr().err
     assert main([*args, str(data / "d1.mp4")]) == 0
+    # Without --data they changed nothing, yet "face cache ready" was printed.
+    assert main(["train", "--cache-only", "--cache", str(cache), "--every", "5"]) == 2
+    assert "give --data too" in capsys.readouterr().err
     rel = os.path.relpath(data / "d1.mp4")  # the same file named relative: the same input
     assert main([*args, rel]) == 0
     assert main(["train", "--cache", str(cache), str(cache), "--out", str(tmp_path / "r"), "--data", "x"]) == 2

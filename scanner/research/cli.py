@@ -34,6 +34,9 @@ class _Bar:
                                              f"mfs {rec.get('auc_mfs', float('nan')):.3f})")
 
 
+CACHE_FRAMES = 24  # frames per clip in a face cache, unless --cache-frames
+
+
 def _files(args) -> list[Path]:
     """Every N-th file of ``--data`` in sorted order: a fixed subset, so a recipe names its data exactly."""
     from .data import sources
@@ -91,6 +94,9 @@ def _train(args) -> int:
         _build_cache(args, caches[0])
     elif len(caches) == 1 and args.data:
         check_built_from(caches[0], _files(args), args.cache_frames)
+    elif args.every != 1 or args.cache_frames != CACHE_FRAMES:  # they shape a build from --data
+        raise DfscanError("train: --every and --cache-frames choose what a cache is built from: "
+                          "give --data too (the cache is checked against them), or leave them out")
     if args.cache_only:
         print(f"face cache ready: {caches[0]}")
         return 0
@@ -120,7 +126,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                                              "portrait, train_stills)")
     p.add_argument("--cache", nargs="+", default=[_default_cache()],
                    help="face-crop cache folder (built from --data when missing), or several built ones")
-    p.add_argument("--cache-frames", type=int, default=24, help="frames per clip in the cache (default 24)")
+    p.add_argument("--cache-frames", type=int, default=CACHE_FRAMES, help="frames per clip in the cache (default 24)")
     p.add_argument("--every", type=int, default=1, metavar="N",
                    help="build the cache from every N-th file of --data, in sorted order (default 1: all)")
     p.add_argument("--cache-only", action="store_true", help="build the face cache from --data, then stop")
