@@ -42,7 +42,7 @@ def _default_detectors() -> list[str]:
 
 def _device(v: str) -> str:
     """argparse type: ``cpu``, ``cuda`` or ``cuda:N`` (torch raised a traceback for another
-    name). Whether the GPU exists is checked when the command runs (:func:`_check_device`):
+    name). Whether the GPU exists is checked when the command runs (``config.check_device``, as ``dfscan scan`` does):
     GPU plans are parsed on machines without one (bench/gpu/run.py --plan)."""
     if v != "cpu" and v != "cuda" and not (v.startswith("cuda:") and v[5:].isdigit()):
         raise argparse.ArgumentTypeError(f"{v!r}: must be cpu, cuda or cuda:N")
@@ -61,13 +61,6 @@ def _int_in(lo: int, hi: int | None = None):
             raise argparse.ArgumentTypeError(f"{n}: must be {lo}..{hi}" if hi is not None else f"{n}: must be >= {lo}")
         return n
     return parse
-
-
-def _check_device(device: str) -> None:
-    """ConfigError (one line, exit 2) unless ``device`` exists here, as ``dfscan scan`` does."""
-    from .config import check_device
-
-    check_device(device)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -120,7 +113,9 @@ def bench_command(args) -> int:
     _set_threads(args)
     stem = args.name or f"{'pipeline' if args.pipeline else 'engines'}_{args.device.split(':')[0]}"
     try:
-        _check_device(args.device)
+        from .config import check_device  # ConfigError (one line, exit 2) without the GPU
+
+        check_device(args.device)
         if args.pipeline:
             return _bench_pipeline(args, stem)
         from engines import benchmark as B
@@ -209,7 +204,9 @@ def engines_build(args) -> int:
 
     _set_threads(args)
     try:
-        _check_device(args.device)
+        from .config import check_device
+
+        check_device(args.device)
         det = create_detector(args.detector, weights=args.weights, device=args.device)
         cfg = engine_config(args.engine, precision=args.precision, batch_sizes=tuple(args.batch_sizes),
                             device=args.device, cache_dir=args.cache_dir,

@@ -37,11 +37,16 @@ class _Bar:
 CACHE_FRAMES = 24  # frames per clip in a face cache, unless --cache-frames
 
 
+def _roots(args) -> list:
+    """``--data``, or the shared media's real footage by default."""
+    return args.data or [f"{MEDIA}/train_real", f"{MEDIA}/portrait", f"{MEDIA}/train_stills"]
+
+
 def _files(args) -> list[Path]:
     """Every N-th file of ``--data`` in sorted order: a fixed subset, so a recipe names its data exactly."""
     from .data import sources
 
-    return sources(args.data or [f"{MEDIA}/train_real", f"{MEDIA}/portrait", f"{MEDIA}/train_stills"])[::args.every]
+    return sources(_roots(args))[::args.every]
 
 
 def _check_numbers(args) -> None:
@@ -65,7 +70,7 @@ def _build_cache(args, cache: Path) -> None:
 
     from .data import CacheConfig, CacheError, build_cache
 
-    roots = args.data or [f"{MEDIA}/train_real", f"{MEDIA}/portrait", f"{MEDIA}/train_stills"]
+    roots = _roots(args)
     files = _files(args)
     if not files:
         raise CacheError(f"no videos or images in {', '.join(map(str, roots))}")

@@ -29,6 +29,7 @@ from sklearn.metrics import accuracy_score, recall_score, roc_auc_score, roc_cur
 from engines.errors import DfscanError
 from engines.files import write_json
 
+from ..resume import COMPAT_FIELDS  # the fields that make two rows' scores comparable
 from .labelled import Item, read_labelled
 
 log = logging.getLogger(__name__)
@@ -100,8 +101,6 @@ def report(items: list[Item], scores: dict[int, float], threshold: float = 0.5) 
     return out
 
 
-# Fields that make two rows' scores comparable (as --resume requires of one output file).
-_SCORED_BY = ("detector", "weights_hash", "sampling")
 
 
 class _OneScan:
@@ -119,11 +118,11 @@ class _OneScan:
         self.lines[path] = n
         if row.get("verdict") == "error":
             return
-        by = tuple(json.dumps(row.get(k), sort_keys=True) for k in _SCORED_BY)
+        by = tuple(json.dumps(row.get(k), sort_keys=True) for k in COMPAT_FIELDS)
         self.scored_by = self.scored_by or (n, by)
         if by != self.scored_by[1]:
             raise DfscanError(f"{self.jsonl}:{n}: scored by another detector, weights or sampling than line "
-                              f"{self.scored_by[0]} ({', '.join(_SCORED_BY)}); evaluate one scan's output")
+                              f"{self.scored_by[0]} ({', '.join(COMPAT_FIELDS)}); evaluate one scan's output")
 
 
 def _jsonl_scores(jsonl: Path, key: str) -> dict[str, tuple[dict, float]]:
