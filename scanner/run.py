@@ -9,6 +9,7 @@ acts at once. Exit codes are listed in :mod:`scanner.cli`.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import threading
@@ -93,8 +94,21 @@ def _to_scan(paths: list[Path], cfg, console: Console) -> tuple[list[Path], Resu
     state = prepare_resume(outs[0], {"detector": cfg.detector, "sampling": sampling_of(cfg)}, cfg.retry_errors)
     todo = [p for p in paths if input_key(p) not in state.done]
     if len(todo) < len(paths):
-        console.print(f"[dim]--resume: {len(paths) - len(todo)} input(s) already in {escape(outs[0])}[/dim]")
+        console.print(f"[dim]--resume: {len(paths) - len(todo)} input(s) already in {printable(outs[0])}[/dim]")
     return todo, state
+
+
+# What a file name may hold but a terminal must not receive raw: C0/C1 controls (ESC
+# sequences could retitle the terminal or rewrite a printed verdict), line separators,
+# bidirectional overrides (reorder the text shown), and lone surrogates (a non-UTF-8 name:
+# a UnicodeEncodeError traceback on a strict UTF-8 stdout, e.g. LANG=en_US.UTF-8).
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e"
+                          "\u2066-\u2069\ud800-\udfff]")
+
+
+def printable(text: str) -> str:
+    """``text`` with those characters as Python escapes (``\\x1b``, ``\\udcff``), markup escaped."""
+    return escape(_UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text))
 
 
 def _line(row: dict) -> str:
@@ -103,7 +117,7 @@ def _line(row: dict) -> str:
     score = "  -   " if row["score"] is None else f"{row['score']:.3f}"
     tail = f"  ({row['error']['kind']}: {row['error']['message']})" if row.get("error") else \
         f"  faces={row['faces']} frames={row['frames_with_faces']}/{row['frames']}"
-    return f"[{colour}]{v:8s}[/{colour}] {score}  {escape(row['path'] + tail)}"
+    return f"[{colour}]{v:8s}[/{colour}] {score}  {printable(row['path'] + tail)}"
 
 
 def _summary(t: Tally, wall: float, console: Console) -> None:
@@ -246,7 +260,7 @@ def _tracked(paths, prog: Progress, task):
     """Yield ``paths``, showing the one the pipeline just took in the progress bar."""
     for p in paths:
         name = p.name if len(p.name) <= 40 else "..." + p.name[-37:]
-        prog.update(task, current=escape(name))
+        prog.update(task, current=printable(name))
         yield p
 
 

@@ -1,0 +1,31 @@
+"""File names reach the terminal as text, never as terminal control or an encoding crash."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import DATA, ROOT
+from scanner.cli import EXIT_OK
+
+FAST = ["--detector", "test_tiny", "--frames", "2", "--workers", "1"]
+
+
+def test_control_and_non_utf8_names_are_escaped_on_stdout(tmp_path):
+    # ESC ]0;... retitles a terminal; ESC [1K + CR-less rewrite could turn "fake" into "real".
+    hostile = "clip\x1b]0;pwned\x07\x1b[2K\u202ereal.mp4"
+    os.link(DATA / "d1.mp4", tmp_path / hostile)
+    os.link(DATA / "d2.mp4", os.fsencode(tmp_path) + b"/bad\xff.mp4")
+    out = tmp_path / "r.jsonl"
+    # PYTHONIOENCODING=utf-8: a strict UTF-8 stdout, as under LANG=en_US.UTF-8
+    r = subprocess.run([sys.executable, "-m", "scanner.cli", "scan", str(tmp_path), "--out", str(out), *FAST],
+                       cwd=ROOT, capture_output=True, timeout=300,
+                       env={**os.environ, "PYTHONIOENCODING": "utf-8"})
+    stdout = r.stdout.decode("utf-8")
+    assert r.returncode == EXIT_OK, r.stderr.decode()
+    assert "\x1b" not in stdout and "\x07" not in stdout and "\u202e" not in stdout
+    assert "clip\\x1b]0;pwned\\x07\\x1b[2K\\u202ereal.mp4" in stdout
+    assert "bad\\udcff.mp4" in stdout
+    names = {os.path.basename(json.loads(ln)["path"]) for ln in out.read_text().splitlines()}
+    assert names == {hostile, "bad\udcff.mp4"}  # the outputs keep the exact names
