@@ -226,3 +226,19 @@ def test_report_command(corpus, tmp_path):
     assert len(sections(html)) == len(CLIPS) + 1 and "<img " not in html
     assert main(["report", str(tmp_path / "missing.jsonl")]) == EXIT_USAGE
     assert main(["report", str(corpus), "--out", str(corpus)]) == EXIT_USAGE
+
+
+def test_report_of_a_csv_or_foreign_file_is_refused(tmp_path, capsys):
+    """`dfscan report results.csv` wrote an empty report, said '0 videos' and exited 0."""
+    csv_out = tmp_path / "r.csv"
+    common = ["--detector", "test_tiny", "--frames", "2", "--no-progress", "--workers", "1"]
+    assert main(["scan", str(DATA / "d1.mp4"), "--out", str(csv_out), *common]) == EXIT_OK
+    capsys.readouterr()
+    html = tmp_path / "r.html"
+    assert main(["report", str(csv_out), "--out", str(html)]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "holds no dfscan result row (2 unreadable line(s))" in err and "Traceback" not in err
+    assert not html.exists()
+    empty = tmp_path / "empty.jsonl"  # a scan that had no row yet still renders (0 videos)
+    empty.write_text("")
+    assert main(["report", str(empty), "--out", str(html), "--no-thumbnails"]) == EXIT_OK

@@ -16,6 +16,8 @@ from html import escape
 from pathlib import Path
 from typing import Callable, Iterator
 
+from engines.errors import DfscanError
+
 from .. import __version__
 from .rows import VERDICTS, index_rows, read_row, summarise
 from .thumbnails import THUMB_PX, Evidence, Thumb, evidence
@@ -200,6 +202,9 @@ def write_report(results: str | Path, out: str | Path, options: ReportOptions | 
     time; the HTML is streamed to a temporary file renamed over ``out`` at the end.
     """
     entries, bad = index_rows(results)
+    if bad and not entries:  # e.g. the scan's CSV: an empty report would pass for "0 videos"
+        raise DfscanError(f"{results} holds no dfscan result row ({bad} unreadable line(s)); the report "
+                          "is rendered from the JSONL a scan writes (a CSV has no per-frame details)")
     slim = [row for _, row in entries]
     opts, meta = options or ReportOptions(), dict(meta or {})
     meta.setdefault("source", str(results))
