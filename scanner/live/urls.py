@@ -95,9 +95,24 @@ def mask_credentials(url: str) -> str:
     netloc = parts.netloc
     if "@" in netloc:
         netloc = "***@" + netloc.rsplit("@", 1)[1]
-    # Tokens in query strings (?token=..., ?password=...) are credentials too.
-    query = re.sub(r"(?i)((?:token|key|pass(?:word)?|secret|auth|sig(?:nature)?)=)[^&]*", r"\1***", parts.query)
+    query = _QUERY_SECRET_RE.sub(r"\1***", parts.query)
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+# Query parameters that carry credentials (?token=, ?api_key=, ?password=, and the cameras'
+# ?usr=admin&pwd=..., SRT's ?passphrase=): any parameter whose name contains one of these.
+_QUERY_SECRET_RE = re.compile(r"(?i)((?:^|(?<=[&;]))[^=&;]*(?:token|key|pass|pwd|secret|auth|sig|credential)[^=&;]*=)[^&;]*")
+
+
+# The same parameters inside free text (an error quoting some other URL).
+_TEXT_QUERY_SECRET_RE = re.compile(
+    r"(?i)([?&;][^=&;\s'\"?]*(?:token|key|pass|pwd|secret|auth|sig|credential)[^=&;\s'\"?]*=)[^&;\s'\"]*")
+
+
+def _query_secrets(query: str) -> tuple[str, ...]:
+    """Values of credential query parameters, raw and percent-decoded (to scrub from free text)."""
+    vals = (m.group(0)[len(m.group(1)):] for m in _QUERY_SECRET_RE.finditer(query))
+    return tuple({x for v in vals for x in (v, unquote(v)) if len(x) >= 3})
 
 
 _USERINFO_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s'\"@]*@")
@@ -112,30 +127,31 @@ def mask_text(text: str, url: str | None = None) -> str:
     if url:
         text = text.replace(url, mask_credentials(url))
         try:
-            netloc = urlsplit(url).netloc
+            parts = urlsplit(url)
         except ValueError:
-            netloc = ""
-        for secret in _secrets(netloc):
+            parts = None
+        for secret in _secrets(parts.netloc, parts.query) if parts else ():
             text = text.replace(secret, "***")
-    return _USERINFO_RE.sub(r"\1***@", text)
+    return _TEXT_QUERY_SECRET_RE.sub(r"\1***", _USERINFO_RE.sub(r"\1***@", text))
 
 
-def _secrets(netloc: str) -> tuple[str, ...]:
-    """Literal credential strings of a URL's ``user:password@`` part, longest first."""
-    if "@" not in netloc:
-        return ()
-    userinfo = netloc.rsplit("@", 1)[0]
-    pw = userinfo.partition(":")[2]
-    # Raw and percent-decoded forms: either may show up in a library's error message.
-    return tuple(sorted({x for x in (userinfo, pw, unquote(pw)) if len(x) >= 3}, key=len, reverse=True))
+def _secrets(netloc: str, query: str = "") -> tuple[str, ...]:
+    """Literal credential strings of a URL's ``user:password@`` part and query, longest first."""
+    found = set(_query_secrets(query))
+    if "@" in netloc:
+        userinfo = netloc.rsplit("@", 1)[0]
+        pw = userinfo.partition(":")[2]
+        # Raw and percent-decoded forms: either may show up in a library's error message.
+        found |= {x for x in (userinfo, pw, unquote(pw)) if len(x) >= 3}
+    return tuple(sorted(found, key=len, reverse=True))
 
 
 def _split_credentials(url: str, parts) -> tuple[str, str | None, tuple[str, ...]]:
     """(url for FFmpeg, Basic auth header or None, literal secrets) of a network URL."""
+    secrets = _secrets(parts.netloc, parts.query)
     if "@" not in parts.netloc:
-        return url, None, ()
+        return url, None, secrets
     user, _, pw = parts.netloc.rsplit("@", 1)[0].partition(":")
-    secrets = _secrets(parts.netloc)
     if parts.scheme.lower() not in ("http", "https"):
         return url, None, secrets  # RTSP/RTMP/SRT read them from the URL (FFmpeg only, never shown)
     token = base64.b64encode(f"{unquote(user)}:{unquote(pw)}".encode()).decode()
