@@ -23,7 +23,8 @@ class VideoIndex:
     Attributes:
         pts: ``int64 (P,)`` pts of each non-empty packet, decode order.
         keyframe: ``bool (P,)`` keyframe flag of each packet.
-        presentation: ``int64 (F,)`` sorted pts (or output ordinals when ``ordinal``).
+        presentation: ``int64 (F,)`` sorted pts of the frames shown (not an edit list's
+            discarded lead-in), or output ordinals when ``ordinal``.
         empty_packets: zero-size packets (AVI "dropped frame" chunks), not frames.
     """
 
@@ -102,7 +103,7 @@ def build_index(container, stream) -> VideoIndex:
     cut on a sample boundary, which no read error reveals; a Matroska file cut between
     clusters is shorter than its Segment's declared size.
     """
-    pts, key = array("q"), array("b")
+    pts, key, shown = array("q"), array("b"), array("q")
     truncated, empty, short_read = False, 0, False
     try:
         for pkt in container.demux(stream):
@@ -114,6 +115,10 @@ def build_index(container, stream) -> VideoIndex:
                 continue
             pts.append(int(pkt.pts))
             key.append(bool(pkt.is_keyframe))
+            if not pkt.is_discard:
+                # Why: an MP4 edit list starting mid-GOP marks the frames before its start
+                # "discard": decoded as references, never output, not part of the video.
+                shown.append(int(pkt.pts))
     except av.error.FFmpegError:
         truncated = True  # data ends before the container says it should
     truncated |= (short_read or _samples_missing(container, stream, len(pts) + empty)
@@ -121,13 +126,13 @@ def build_index(container, stream) -> VideoIndex:
     pts_a, key_a = np.frombuffer(pts, np.int64).copy(), np.frombuffer(key, np.int8).astype(bool)
     tb = float(stream.time_base) if stream.time_base else 1.0 / 25
     cc = stream.codec_context
-    presentation = np.unique(pts_a)
-    ordinal = len(presentation) < len(pts_a)
+    presentation = np.unique(np.frombuffer(shown, np.int64))
+    ordinal = len(np.unique(pts_a)) < len(pts_a)
     if ordinal:
         # Broken timestamps (duplicates): frames are identified by output order and
         # timed by the nominal rate instead.
         rate = stream.guessed_rate or stream.average_rate or 25
-        presentation, tb = np.arange(len(pts_a), dtype=np.int64), 1.0 / float(rate)
+        presentation, tb = np.arange(len(shown), dtype=np.int64), 1.0 / float(rate)
     start = int(presentation[0]) if len(presentation) else 0
     return VideoIndex(pts_a, key_a, truncated, tb, start, cc.width, cc.height, cc.name, presentation,
                       ordinal, empty)

@@ -246,3 +246,27 @@ def test_cut_files_are_still_truncated(tmp_path, name, fmt, options):
     full = _x264(tmp_path / ("full_" + name), fmt=fmt, options=options).read_bytes()
     path = _bad(tmp_path, name, full[: len(full) * 6 // 10])
     assert _kind(path) == "truncated"
+
+
+def test_mp4_edit_list_skips_the_frames_before_its_start(tmp_path):
+    # A clip cut with `ffmpeg -ss T -c copy` starts mid-GOP: the MP4 keeps the GOP's
+    # first frames for decoding and an edit list marks them "discard" (never shown).
+    # They are not part of the video: counted, sampled or timed, a sampled one was lost.
+    src = make_video(tmp_path / "src.mp4", frames=40, gop=20)
+    path = tmp_path / "cut.mp4"
+    with av.open(str(src)) as i, av.open(str(path), "w") as o:
+        vin = i.streams.video[0]
+        vo = o.add_stream_from_template(vin)
+        shift = 7 * round(1 / (vin.time_base * 25))  # 7 frames before the edit's start
+        for p in i.demux(vin):
+            if p.dts is not None:
+                p.pts, p.dts, p.stream = p.pts - shift, p.dts - shift, vo
+                o.mux(p)
+    with av.open(str(path)) as c:
+        assert sum(p.is_discard for p in c.demux(video=0)) == 7
+    for frames, seek in ((33, False), (4, True)):
+        s = FrameSampler(path, frames=frames, seek=seek)
+        got = list(s)
+        assert s.index.frames == 33 and s.missed == 0 and len(got) == min(frames, 33)
+        assert [frame_id(f.image) for f in got] == [(7 + f.index) % 32 for f in got]
+        assert got[0].time_s == 0.0 and got[-1].time_s == pytest.approx(32 / 25)
