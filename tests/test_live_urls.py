@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
+from pathlib import Path
 
 import pytest
 
@@ -42,3 +44,74 @@ def test_query_password_not_in_stream_error_or_log(caplog):
     info = src.describe()
     assert info["state"] == "stopped" and info["errors"] == 1 and info["last_error"]
     assert SECRET not in repr(info) and SECRET not in caplog.text
+
+
+# ---------------------------------------------------------------- HLS by content, not by name
+class _Server:
+    """HTTP server answering ``routes[path] = (content type, body)``; records (path, Authorization)."""
+
+    def __init__(self, routes: dict[str, tuple[str, bytes]]):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests: list[tuple[str, str | None]] = []
+        srv = self
+
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):  # noqa: N802
+                srv.requests.append((self.path, self.headers.get("Authorization")))
+                ctype, body = routes.get(self.path, ("text/plain", None))
+                self.send_response(200 if body is not None else 404)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body or b"")))
+                self.end_headers()
+                self.wfile.write(body or b"")
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _play(url: str) -> LiveSource:
+    src = LiveSource("cam", url, SourceSettings(sample_fps=5, open_timeout_s=3, max_retries=0))
+    src.start()
+    src._thread.join(20)
+    return src
+
+
+@pytest.mark.parametrize("layout", ["media", "master"])
+def test_credentials_not_sent_to_hosts_of_a_playlist_without_m3u8_name(layout):
+    """FFmpeg takes a playlist by its MIME type whatever its name (and any variant of a master
+    playlist): such a playlist listing another host got the camera's credentials sent there."""
+    other = _Server({"/seg0.ts": ("video/mp2t", b"\x47" * 188)})
+    media = f"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1,\nhttp://localhost:{other.port}/seg0.ts\n".encode()
+    mpegurl = "application/vnd.apple.mpegurl"
+    routes = {"/live": (mpegurl, media)} if layout == "media" else {
+        "/live": (mpegurl, b"#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=100000\nlow\n"), "/low": (mpegurl, media)}
+    cam = _Server(routes)
+    try:
+        src = _play(f"http://viewer:{SECRET}@127.0.0.1:{cam.port}/live")
+        assert "another host" in src.stats.last_error, src.describe()
+        assert other.requests == []
+        assert SECRET not in repr(src.describe())
+    finally:
+        cam.close()
+        other.close()
+
+
+def test_credentialed_progressive_http_still_plays():
+    """The sniff reads the first bytes only; a video behind credentials decodes as before."""
+    clip = (Path(__file__).parent / "data" / "d1.mp4").read_bytes()
+    cam = _Server({"/video.mp4": ("video/mp4", clip)})
+    try:
+        src = _play(f"http://viewer:{SECRET}@127.0.0.1:{cam.port}/video.mp4")
+        assert src.stats.sampled >= 1 and src.stats.errors == 0, src.describe()
+        assert all(a is not None for _, a in cam.requests)
+    finally:
+        cam.close()

@@ -28,7 +28,7 @@ import av
 import numpy as np
 
 from ..decode import FILE_OPEN_OPTIONS, Frame, _to_frame, pick_video_stream
-from .urls import SourceError, SourceURL, Unsupported, is_playlist, open_options, parse_source, precheck_playlist
+from .urls import SourceError, SourceURL, Unsupported, needs_precheck, open_options, parse_source, precheck_playlist
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +292,7 @@ class LiveSource:
 
     def _open(self, transport: str | None):
         s = self.settings
-        if is_playlist(self.src):
+        if needs_precheck(self.src):
             precheck_playlist(self.src, s.open_timeout_s)
         kw = {"format": "v4l2"} if self.src.kind == "device" else {}
         if self.src.kind == "device" and "v4l2" not in av.formats_available:

@@ -228,17 +228,31 @@ def is_playlist(src: SourceURL) -> bool:
     return src.scheme in ("http", "https") and urlsplit(src.url).path.lower().endswith((".m3u8", ".m3u"))
 
 
-def _playlist_uris(text: str) -> list[str]:
-    """URIs referenced by an M3U8 text: segment lines and ``URI="..."`` attributes."""
-    uris = []
+def needs_precheck(src: SourceURL) -> bool:
+    """An HLS playlist by name, or any HTTP(S) source with credentials: FFmpeg also takes a
+    playlist served under another name (by its MIME type) and would send the credentials
+    to every host it lists, so such a source's response is sniffed."""
+    return is_playlist(src) or (src.scheme in ("http", "https") and src.auth is not None)
+
+
+# Tags whose URI="..." is itself a playlist (FFmpeg opens it as one, whatever its name).
+_PLAYLIST_TAGS = ("#EXT-X-MEDIA:", "#EXT-X-I-FRAME-STREAM-INF:")
+
+
+def _playlist_uris(text: str) -> list[tuple[str, bool]]:
+    """(URI, is a playlist) of an M3U8 text: segment/variant lines and ``URI="..."`` attributes."""
+    uris, variant = [], False
     for line in text.splitlines():
         line = line.strip()
         if not line:
             continue
         if line.startswith("#"):
-            uris += re.findall(r'URI="([^"]*)"', line)
+            nested = line.upper().startswith(_PLAYLIST_TAGS)
+            uris += [(u, nested) for u in re.findall(r'URI="([^"]*)"', line)]
+            variant = variant or line.upper().startswith("#EXT-X-STREAM-INF:")
         else:
-            uris.append(line)
+            uris.append((line, variant))  # the line after #EXT-X-STREAM-INF is a variant playlist
+            variant = False
     return uris
 
 
@@ -254,7 +268,7 @@ def check_playlist(url: str, text: str, same_origin: bool = False) -> list[str]:
     carries credentials, which FFmpeg would send along with every segment request).
     """
     nested = []
-    for ref in _playlist_uris(text):
+    for ref, is_nested in _playlist_uris(text):
         full = urljoin(url, ref)
         scheme = urlsplit(full).scheme.lower()
         if scheme not in ("http", "https"):
@@ -267,19 +281,25 @@ def check_playlist(url: str, text: str, same_origin: bool = False) -> list[str]:
                 f"HLS playlist {mask_credentials(url)} references another host ({mask_credentials(full)[:80]}); "
                 "refused because the stream's credentials would be sent there"
             )
-        if urlsplit(full).path.lower().endswith((".m3u8", ".m3u")):
+        if is_nested or urlsplit(full).path.lower().endswith((".m3u8", ".m3u")):
             nested.append(full)
     return nested
 
 
-def _fetch_playlist(client: httpx.Client, url: str) -> str:
+def _fetch_playlist(client: httpx.Client, url: str, sniff: bool = False) -> str | None:
+    """The playlist text (first MiB); with ``sniff``, None as soon as the body is not M3U."""
     with client.stream("GET", url) as r:
         r.raise_for_status()
         data = b""
         for chunk in r.iter_bytes():
             data += chunk
+            head = data.lstrip(b"\xef\xbb\xbf \t\r\n")
+            if sniff and len(head) >= 7 and not head.startswith(b"#EXTM3U"):
+                return None  # a video (progressive HTTP, MPEG-TS): stop reading it here
             if len(data) >= PLAYLIST_MAX_BYTES:
                 break
+    if sniff and not data.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"#EXTM3U"):
+        return None
     return data[:PLAYLIST_MAX_BYTES].decode("utf-8", "replace")
 
 
@@ -300,10 +320,12 @@ def precheck_playlist(src: SourceURL, timeout_s: float, depth: int = 2) -> None:
                 seen.add(url)
                 shown = src.masked if url == src.url else mask_credentials(url)
                 try:
-                    text = _fetch_playlist(client, url)
+                    # the source itself may be a video: only named playlists are taken as one
+                    text = _fetch_playlist(client, url, sniff=url == src.url and not is_playlist(src))
                 except httpx.HTTPStatusError as e:
-                    raise SourceError(f"cannot fetch playlist {shown}: HTTP {e.response.status_code}") from e
+                    raise SourceError(f"cannot fetch {shown}: HTTP {e.response.status_code}") from e
                 except httpx.HTTPError as e:
-                    raise SourceError(src.redact(f"cannot fetch playlist {shown}: {type(e).__name__}: {e}")) from e
-                nxt += check_playlist(url, text, same_origin=src.auth is not None)
+                    raise SourceError(src.redact(f"cannot fetch {shown}: {type(e).__name__}: {e}")) from e
+                if text is not None:
+                    nxt += check_playlist(url, text, same_origin=src.auth is not None)
             todo, depth = nxt, depth - 1
