@@ -104,7 +104,7 @@ def build_index(container, stream) -> VideoIndex:
     clusters is shorter than its Segment's declared size.
     """
     pts, key, shown = array("q"), array("b"), array("q")
-    truncated, empty, short_read = False, 0, False
+    truncated, empty, short_read, untimed = False, 0, False, 0
     try:
         for pkt in container.demux(stream):
             if pkt.size == 0:
@@ -112,6 +112,7 @@ def build_index(container, stream) -> VideoIndex:
                 continue
             short_read = bool(pkt.is_corrupt)
             if pkt.pts is None:
+                untimed += 1
                 continue
             pts.append(int(pkt.pts))
             key.append(bool(pkt.is_keyframe))
@@ -123,6 +124,10 @@ def build_index(container, stream) -> VideoIndex:
         truncated = True  # data ends before the container says it should
     truncated |= (short_read or _samples_missing(container, stream, len(pts) + empty)
                   or _matroska_cut(container))
+    if untimed and not len(pts):
+        # A raw elementary stream (.h264, .hevc) has no timestamps at all: its packets
+        # are frames in order, handled like the all-at-pts-0 case below.
+        pts, key, shown = array("q", [0] * untimed), array("b", [0] * untimed), array("q", [0] * untimed)
     pts_a, key_a = np.frombuffer(pts, np.int64).copy(), np.frombuffer(key, np.int8).astype(bool)
     tb = float(stream.time_base) if stream.time_base else 1.0 / 25
     cc = stream.codec_context

@@ -270,3 +270,26 @@ def test_mp4_edit_list_skips_the_frames_before_its_start(tmp_path):
         assert s.index.frames == 33 and s.missed == 0 and len(got) == min(frames, 33)
         assert [frame_id(f.image) for f in got] == [(7 + f.index) % 32 for f in got]
         assert got[0].time_s == 0.0 and got[-1].time_s == pytest.approx(32 / 25)
+
+
+@pytest.mark.parametrize("fmt,codec", [("h264", "libx264"), ("hevc", "libx265")])
+def test_raw_elementary_stream_is_read_in_output_order(tmp_path, fmt, codec):
+    # A raw .h264/.hevc stream (allowed by the format whitelist) carries no timestamp
+    # at all: every packet was dropped from the index and the scan said "no packets".
+    path = tmp_path / f"v.{fmt}"
+    with av.open(str(path), "w", format=fmt) as c:
+        s = c.add_stream(codec, rate=25)
+        s.width, s.height, s.pix_fmt = 160, 120, "yuv420p"
+        s.options = {"x265-params": "log-level=none"} if codec == "libx265" else {"bf": "2"}
+        for i in range(30):
+            img = np.zeros((120, 160, 3), np.uint8)
+            img[..., 0] = i * 8
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    s = FrameSampler(path, frames=4)
+    got = list(s)
+    assert s.index.frames == 30 and s.missed == 0
+    assert [f.index for f in got] == [0, 10, 19, 29]
+    assert [frame_id(f.image) for f in got] == [0, 10, 19, 29]
