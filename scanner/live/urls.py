@@ -161,7 +161,9 @@ def _split_credentials(url: str, parts) -> tuple[str, str | None, tuple[str, ...
 
 def parse_source(url: str, allow_files: bool = False) -> SourceURL:
     """Validate a stream URL or device path; raise :class:`SourceError` / :class:`RefusedURL`."""
-    if not isinstance(url, str) or not url or len(url) > 4096 or any(c in url for c in "\r\n\0 "):
+    # Any whitespace or control character (tab, ESC, DEL, U+2028...): Python's URL parser drops
+    # some that FFmpeg keeps (two views of one URL), and logs/terminals would replay them.
+    if not isinstance(url, str) or not url or len(url) > 4096 or not url.isprintable() or " " in url:
         raise SourceError("stream URL must be a non-empty string without whitespace or control characters")
     if DEVICE_RE.match(url):
         return SourceURL(url, "v4l2", "device")
