@@ -167,11 +167,26 @@ def _has_exact_seek(container) -> bool:
     return any(k in name for k in ("mp4", "mov", "matroska", "webm"))
 
 
-def _to_frame(av_frame, idx: int, time_s: float, det_max_side: int | None) -> Frame:
+def display_size(width: int, height: int, sar) -> tuple[int, int]:
+    """Frame size in square pixels: an anamorphic video (sample aspect ratio not 1, e.g.
+    DV, HDV, broadcast) stores faces squeezed, which detectors score as distorted. The
+    longest side is kept (no frame grows beyond it) and the other one follows the
+    display aspect ratio."""
+    if not sar or sar <= 0 or sar == 1:
+        return width, height
+    dar, side = width * float(sar) / height, max(width, height)
+    return (side, max(2, round(side / dar))) if dar >= 1 else (max(2, round(side * dar)), side)
+
+
+def _to_frame(av_frame, idx: int, time_s: float, det_max_side: int | None, sar=None) -> Frame:
+    """``sar``: the stream's sample aspect ratio (PyAV's frames do not carry it)."""
     rot = int(round((getattr(av_frame, "rotation", 0) or 0) / 90.0)) % 4
-    image = av_frame.to_ndarray(format="rgb24")
     small, scale = None, 1.0
-    w, h = av_frame.width, av_frame.height
+    w, h = display_size(av_frame.width, av_frame.height, sar)
+    if (w, h) == (av_frame.width, av_frame.height):
+        image = av_frame.to_ndarray(format="rgb24")
+    else:
+        image = av_frame.reformat(width=w, height=h, format="rgb24", interpolation="BICUBIC").to_ndarray()
     if det_max_side and max(w, h) > det_max_side:
         scale = det_max_side / max(w, h)
         sw, sh = max(2, round(w * scale)), max(2, round(h * scale))
@@ -215,6 +230,7 @@ class FrameSampler:
         self.requested = 0  # sampled frames chosen (after the index pass)
         self.missed = 0  # targets that never came out of the decoder
         self.refetched = 0
+        self._sar = None
 
     def __iter__(self) -> Iterator[Frame]:
         index, targets = self._plan()
@@ -257,6 +273,7 @@ class FrameSampler:
     def _decode(self, container, stream, index: VideoIndex, targets: list[int],
                 seekable: bool, pending: set[int]) -> Iterator[Frame]:
         """Frames of ``targets``; each one output is removed from ``pending``."""
+        self._sar = stream.sample_aspect_ratio  # container's (MP4 pasp, MKV display size) or codec's
         if index.ordinal:
             yield from self._decode_by_order(container, stream, index, set(targets), pending)
             return
@@ -286,7 +303,7 @@ class FrameSampler:
             for f in self._decode_packet(pkt):
                 if f.pts in pending:
                     pending.discard(f.pts)
-                    yield _to_frame(f, index.rank(f.pts), index.time_of(f.pts), self.det_max_side)
+                    yield _to_frame(f, index.rank(f.pts), index.time_of(f.pts), self.det_max_side, self._sar)
             if not (wanted & pending) or budget <= 0:
                 break
 
@@ -298,7 +315,7 @@ class FrameSampler:
             for f in self._decode_packet(pkt):
                 if n in targets:
                     pending.discard(n)
-                    yield _to_frame(f, n, n * index.time_base, self.det_max_side)
+                    yield _to_frame(f, n, n * index.time_base, self.det_max_side, self._sar)
                 n += 1
             if n > max(targets):
                 break
