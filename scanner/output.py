@@ -153,12 +153,24 @@ def flat_row(row: dict) -> dict:
     return finite(out)
 
 
+def _check_header(path: Path) -> None:
+    """Refuse to append to a CSV with other columns (an older version's): the rows would sit
+    under the wrong names. ``--resume`` checks the primary output; this covers every CSV."""
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
+        header = next(csv.reader(f), [])
+    if header != CSV_COLUMNS:
+        raise OutputError(f"cannot append to {path}: it has other CSV columns than this version "
+                          "writes; use another --out file")
+
+
 class CsvSink(Sink):
     name = "csv"
 
     def __init__(self, path: str | Path, append: bool = False):
         self.path = Path(path)
         new = not (append and self.path.exists() and self.path.stat().st_size > 0)
+        if not new:
+            _check_header(self.path)
         # surrogateescape: a non-UTF-8 file name is written as its own bytes (CSV has no
         # escape for it); scanner.resume reads it back the same way.
         self._file = _DurableFile(self.path, append, errors="surrogateescape")

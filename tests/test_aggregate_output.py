@@ -146,3 +146,30 @@ def test_non_finite_values_never_lose_a_row(tmp_path):
     sink.close()
     row = json.loads((tmp_path / "o.jsonl").read_text())
     assert row["path"] == "a.mp4" and row["score"] is None and row["frames_detail"][0]["box"] == [1.0, None]
+
+
+def test_resume_refuses_a_secondary_csv_with_older_columns(tmp_path, capsys):
+    """--resume checked the primary's CSV header only: a secondary CSV written by an older
+    version got rows of the new columns under its old header (values under wrong names)."""
+    import csv
+
+    from conftest import DATA
+    from scanner.cli import EXIT_OK, EXIT_OUTPUT, main
+    from scanner.output import CSV_COLUMNS
+
+    jl, cs = tmp_path / "r.jsonl", tmp_path / "r.csv"
+    common = ["--detector", "test_tiny", "--frames", "2", "--no-progress", "--workers", "1",
+              "--out", str(jl), "--out", str(cs)]
+    assert main(["scan", str(DATA / "d1.mp4"), *common]) == EXIT_OK
+    with open(cs, newline="") as f:  # as an older version wrote it: without orientation_deg
+        rows = [{k: v for k, v in r.items() if k != "orientation_deg"} for r in csv.DictReader(f)]
+    old = [c for c in CSV_COLUMNS if c != "orientation_deg"]
+    with open(cs, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=old, lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    before = cs.read_bytes()
+    capsys.readouterr()
+    assert main(["scan", str(DATA / "d1.mp4"), str(DATA / "d2.mp4"), *common, "--resume"]) == EXIT_OUTPUT
+    assert "has other CSV columns" in capsys.readouterr().err
+    assert cs.read_bytes() == before
