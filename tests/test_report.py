@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import shutil
 
 import numpy as np
@@ -242,3 +243,20 @@ def test_report_of_a_csv_or_foreign_file_is_refused(tmp_path, capsys):
     empty = tmp_path / "empty.jsonl"  # a scan that had no row yet still renders (0 videos)
     empty.write_text("")
     assert main(["report", str(empty), "--out", str(html), "--no-thumbnails"]) == EXIT_OK
+
+
+@pytest.mark.parametrize("where", ["folder", "missing_parent", "full"])
+def test_report_out_that_cannot_be_written_is_one_line(tmp_path, capsys, where):
+    """--out a folder, under a path that cannot be created, or on a full disk: tracebacks."""
+    from scanner.cli import EXIT_OUTPUT
+
+    res = tmp_path / "r.jsonl"
+    res.write_text(json.dumps({"path": "/x/a.mp4", "verdict": "real", "score": 0.1}) + "\n")
+    out = {"folder": tmp_path, "missing_parent": tmp_path / "r.jsonl" / "sub" / "x.html",
+           "full": "/dev/full"}[where]
+    if where == "full" and not os.path.exists(out):
+        pytest.skip("no /dev/full here")
+    assert main(["report", str(res), "--out", str(out), "--no-thumbnails"]) == EXIT_OUTPUT
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"dfscan report: cannot write {out}: ")

@@ -33,8 +33,8 @@ def add_report_parser(sub) -> argparse.ArgumentParser:
 
 
 def run_report(args) -> int:
-    from ..cli import EXIT_OK, EXIT_USAGE
-    from .render import ReportOptions, write_report
+    from ..cli import EXIT_OK, EXIT_OUTPUT, EXIT_USAGE
+    from .render import ReportOptions
 
     src = Path(args.results)
     if not src.is_file():
@@ -50,15 +50,26 @@ def run_report(args) -> int:
     opts = ReportOptions(top_k=args.top_k, open_sections=args.open_sections, video_root=args.video_root,
                          verify_hash=args.verify_hash, thumbnails=args.thumbnails and args.top_k > 0,
                          explain=args.explain, weights=args.weights, device=args.device)
-    if sys.stderr.isatty():
-        from rich.console import Console
-        from rich.progress import Progress
-
-        with Progress(console=Console(stderr=True), transient=True) as prog:
-            task = prog.add_task("rendering", total=None)
-            stats = write_report(src, out, opts, progress=lambda n, total: prog.update(task, completed=n, total=total))
-    else:
-        stats = write_report(src, out, opts)
+    try:
+        stats = _render(src, out, opts)
+    except OSError as e:  # --out a folder, unwritable, disk full: one line, not a traceback
+        print(f"dfscan report: cannot write {out}: {e.strerror or e}"
+              + (f" ({e.filename})" if e.filename and str(e.filename) != str(out) else ""), file=sys.stderr)
+        return EXIT_OUTPUT
     print(f"{out}: {stats['videos']} videos, {stats['bytes'] / 1e6:.2f} MB"
           + (f" ({stats['bad_lines']} unreadable lines skipped)" if stats["bad_lines"] else ""))
     return EXIT_OK
+
+
+def _render(src: Path, out: Path, opts) -> dict:
+    """:func:`write_report`, with a progress bar on a terminal."""
+    from .render import write_report
+
+    if not sys.stderr.isatty():
+        return write_report(src, out, opts)
+    from rich.console import Console
+    from rich.progress import Progress
+
+    with Progress(console=Console(stderr=True), transient=True) as prog:
+        task = prog.add_task("rendering", total=None)
+        return write_report(src, out, opts, progress=lambda n, total: prog.update(task, completed=n, total=total))
