@@ -35,7 +35,7 @@ from engines.errors import DfscanError
 from .video_index import MAX_SAMPLED_FRAMES, Run, VideoIndex, build_index, choose_targets, gop_plan  # noqa: F401 (re-exported)
 
 VIDEO_EXTENSIONS = frozenset(
-    ".mp4 .m4v .mov .mkv .webm .avi .mpg .mpeg .ts .mts .m2ts .flv .wmv .3gp .ogv".split()
+    ".mp4 .m4v .mov .mkv .webm .avi .mpg .mpeg .ts .mts .m2ts .flv .wmv .3gp .ogv .dv .y4m".split()
 )
 # Local files may only be read through the file protocol and by ordinary container
 # demuxers: a playlist (HLS, concat) disguised as .mp4 must not reach the network
@@ -43,7 +43,7 @@ VIDEO_EXTENSIONS = frozenset(
 FILE_OPEN_OPTIONS = {
     "protocol_whitelist": "file",
     "format_whitelist": "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,mpegts,flv,asf,mpeg,ogg,"
-    "h264,hevc,mjpeg,rawvideo,ivf,mxf,m4v",
+    "h264,hevc,mjpeg,rawvideo,ivf,mxf,m4v,dv,yuv4mpegpipe",
 }
 
 
@@ -95,9 +95,27 @@ def _classify_open_error(path: Path, e: Exception) -> VideoError:
     if isinstance(e, av.error.FFmpegError) and _looks_like_mp4(path):
         return VideoError("truncated", "MP4/MOV file without a usable index (moov): truncated "
                           f"or still being written ({e})")
+    image = _image_kind(path)
+    if image:  # FFmpeg would say only "Invalid argument" (image demuxers are not allowed)
+        return VideoError("not_video", f"an image file ({image}), not a video: dfscan scans video files")
     detail = getattr(e, "strerror", None) or str(e)
     return VideoError("not_video", "not a video file FFmpeg may read (unrecognised or disallowed "
                       f"container format: {detail})")
+
+
+_IMAGE_MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF8", "GIF"),
+                (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+
+
+def _image_kind(path: Path) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return None
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    return next((kind for magic, kind in _IMAGE_MAGIC if head.startswith(magic)), None)
 
 
 def _looks_like_mp4(path: Path) -> bool:

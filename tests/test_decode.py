@@ -317,3 +317,34 @@ def test_anamorphic_video_is_unsqueezed_to_square_pixels(tmp_path):
     ys, xs = np.nonzero(f.image[..., 1] > 128)
     assert ys.max() == pytest.approx(39, abs=1) and xs.max() == pytest.approx(39, abs=1)
     assert f.small.shape == (80, 80, 3) and f.scale == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("name,fmt,codec,size,pix", [
+    ("v.y4m", "yuv4mpegpipe", "rawvideo", (96, 64), "yuv420p"),
+    ("cam.dv", "dv", "dvvideo", (720, 576), "yuv420p"),  # DV camcorder footage
+])
+def test_plain_video_formats_are_read(tmp_path, name, fmt, codec, size, pix):
+    # Both were refused as "not a video file (... Invalid argument)": their demuxers were
+    # missing from the format whitelist although they reference no other file.
+    path = tmp_path / name
+    with av.open(str(path), "w", format=fmt) as c:
+        s = c.add_stream(codec, rate=25)
+        s.width, s.height, s.pix_fmt = *size, pix
+        for i in range(6):
+            img = np.zeros((size[1], size[0], 3), np.uint8)
+            img[..., 0] = i * 8
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    s = FrameSampler(path, frames=3)
+    got = list(s)
+    assert s.index.frames == 6 and [frame_id(f.image) for f in got] == [f.index for f in got] == [0, 2, 5]
+
+
+def test_image_file_says_it_is_an_image(tmp_path):
+    jpg = next((DATA / "mesonet" / "real").glob("*.jpg")).read_bytes()
+    for name in ("photo.jpg", "photo.mp4"):
+        with pytest.raises(VideoError, match=r"an image file \(JPEG\), not a video") as e:
+            list(FrameSampler(_bad(tmp_path, name, jpg)))
+        assert e.value.kind == "not_video"
