@@ -153,6 +153,23 @@ def flat_row(row: dict) -> dict:
     return finite(out)
 
 
+def csv_record(fieldnames: list[str], row: dict | None) -> str:
+    r"""One CSV record of ``row`` (the header for None), ending in ``\n``.
+
+    The csv module quotes a field holding a character of the line terminator only: with
+    ``\n`` a file name holding ``\r`` went out bare and every reader split the record
+    there (resume re-scanned it each run). Formatted with ``\r\n``, such a field is
+    quoted; the record's own terminator is then turned back into ``\n``.
+    """
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fieldnames, lineterminator="\r\n")
+    if row is None:
+        w.writeheader()
+    else:
+        w.writerow(row)
+    return buf.getvalue()[:-2] + "\n"
+
+
 def _check_header(path: Path) -> None:
     """Refuse to append to a CSV with other columns (an older version's): the rows would sit
     under the wrong names. ``--resume`` checks the primary output; this covers every CSV."""
@@ -179,13 +196,7 @@ class CsvSink(Sink):
 
     def _record(self, row: dict | None) -> str:
         """One CSV record (the header for None), formatted in memory to be written whole."""
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
-        if row is None:
-            w.writeheader()
-        else:
-            w.writerow(flat_row(row))
-        return buf.getvalue()
+        return csv_record(CSV_COLUMNS, None if row is None else flat_row(row))
 
     def write(self, row: dict) -> None:
         self._file.append(self._record(row))

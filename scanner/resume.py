@@ -138,12 +138,13 @@ def _rewrite_without(path: Path, drop: set[str]) -> None:
     text = {"newline": "", "encoding": "utf-8", "errors": "surrogateescape"}  # CSV: a name's own bytes
     with open(path, **text) as src, open(tmp, "w", **text) as dst:
         if path.suffix.lower() == ".csv":
+            from .output import csv_record  # quotes a file name holding \r, as the scan wrote it
+
             rows = csv.DictReader(src)
-            w = csv.DictWriter(dst, fieldnames=rows.fieldnames or [], lineterminator="\n")
-            w.writeheader()
+            dst.write(csv_record(rows.fieldnames or [], None))
             for r in rows:
                 if not (r.get("verdict") == "error" and input_key(r.get("path") or "") in drop):
-                    w.writerow(r)
+                    dst.write(csv_record(rows.fieldnames or [], r))
         else:
             for line in src:
                 try:

@@ -173,3 +173,30 @@ def test_resume_refuses_a_secondary_csv_with_older_columns(tmp_path, capsys):
     assert main(["scan", str(DATA / "d1.mp4"), str(DATA / "d2.mp4"), *common, "--resume"]) == EXIT_OUTPUT
     assert "has other CSV columns" in capsys.readouterr().err
     assert cs.read_bytes() == before
+
+
+def test_csv_name_with_carriage_return_is_one_record(tmp_path):
+    """A file name holding \\r went out unquoted (the csv module quotes only the line
+    terminator's characters): every CSV reader split the row there and --resume re-scanned
+    the video on each run; --retry-errors' rewrite did the same to a kept row."""
+    import csv
+
+    from scanner.resume import input_key, prepare_resume
+
+    names = [f"/v/a\rb{i}.mp4" for i in range(2)] + ['/v/q"\r\n.mp4']
+    out = tmp_path / "r.csv"
+    sink = open_sink(str(out))
+    sink.write({"path": names[0], "verdict": "real", "score": 0.1})
+    sink.write({"path": names[1], "verdict": "error", "error": {"kind": "not_found", "message": f"x\r{names[1]}"}})
+    sink.write({"path": names[2], "verdict": "real", "score": 0.2})
+    sink.close()
+
+    def read():
+        with open(out, newline="") as f:
+            return [(r["path"], r["verdict"]) for r in csv.DictReader(f)]
+    assert read() == [(names[0], "real"), (names[1], "error"), (names[2], "real")]
+    state = prepare_resume(out, retry_errors=True)
+    assert state.done == {input_key(names[0]), input_key(names[2])} and state.retry == {input_key(names[1])}
+    state.drop_retried()
+    assert read() == [(names[0], "real"), (names[2], "real")]
+    assert out.read_bytes().count(b"\r\n") == 1  # records end in \n; \r\n only inside the quoted name
