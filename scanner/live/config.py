@@ -50,7 +50,9 @@ class _Renamed:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # inf/nan are no setting: an infinite verdict window or track age keeps every sample and
+    # every face track of a stream forever (memory and per-frame matching grow without end).
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class StreamDefaults(_Model):
@@ -127,7 +129,7 @@ class FaceConfig(_Renamed, _Model):
 
 
 class VerdictConfig(_Model):
-    window_s: float = Field(10.0, gt=0)
+    window_s: float = Field(10.0, gt=0, le=3600)  # samples held: sample_fps * window_s per stream/track
     # None: the detector's threshold +/- band (the dead band is the hysteresis)
     fake_above: float | None = Field(None, ge=0, le=1)
     real_below: float | None = Field(None, ge=0, le=1)
@@ -135,7 +137,7 @@ class VerdictConfig(_Model):
     min_samples: int = Field(3, ge=1)
     emit_interval_s: float = Field(30.0, gt=0)
     track_iou: float = Field(0.3, gt=0, le=1)
-    track_max_age_s: float = Field(3.0, gt=0)
+    track_max_age_s: float = Field(3.0, gt=0, le=3600)
 
     def resolved(self, threshold: float) -> dict:
         """Settings with unset bounds placed ``band`` around the detector's ``threshold``."""

@@ -1,0 +1,53 @@
+"""Limits of ``dfscan serve``/``watch`` settings that used to pass unchecked."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from scanner.live.config import ConfigError, parse_config
+from scanner.live.rolling import StreamVerdicts, VerdictSettings
+
+
+@pytest.mark.parametrize("section,key", [("verdict", "window_s"), ("verdict", "track_max_age_s"),
+                                         ("verdict", "emit_interval_s"), ("defaults", "stall_s")])
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_infinite_or_nan_settings_refused(section, key, value):
+    with pytest.raises(ConfigError, match=f"{section}.{key}: .*finite"):
+        parse_config({section: {key: value}})
+
+
+def test_verdict_window_and_track_age_bounded():
+    """``window_s: .inf`` (or ``watch --window inf``) was accepted: every sample and every face
+    track of a stream was then kept for the life of the service."""
+    for key in ("window_s", "track_max_age_s"):
+        with pytest.raises(ConfigError, match=f"verdict.{key}: .*less than or equal to 3600"):
+            parse_config({"verdict": {key: 1e9}})
+    v = StreamVerdicts("s", VerdictSettings(**parse_config({"verdict": {"window_s": 3600}}).verdict.resolved(0.5)))
+    for t in range(100):  # a new face every sample: tracks end after track_max_age_s
+        v.update(float(t * 10), np.array([[t * 50, 0, t * 50 + 10, 10]], np.float32), np.array([0.5]))
+    assert len(v.tracks) <= 2
+
+
+def test_watch_target_errors_one_line_without_the_url():
+    """A bad name or an over-long URL printed pydantic's multi-line error, which quotes the input:
+    the URL with its password."""
+    from scanner.live.watch import parse_targets
+
+    for target in ("bad/name=rtsp://u:hunter2-pw@h/x", "cam=rtsp://u:hunter2-pw@h/" + "x" * 5000):
+        with pytest.raises(ConfigError) as e:
+            parse_targets([target])
+        assert "\n" not in str(e.value) and "hunter2" not in str(e.value) and "stream 1" in str(e.value)
+
+
+@pytest.mark.parametrize("value", ["nan", "-1", "0", "inf"])
+def test_watch_duration_must_be_positive(value, capsys):
+    """``--duration nan`` ran forever (no time is >= nan); -1 stopped at once with exit 0."""
+    import argparse
+
+    from scanner.live.cli import add_watch_parser
+
+    parser = argparse.ArgumentParser(prog="dfscan")
+    add_watch_parser(parser.add_subparsers())
+    with pytest.raises(SystemExit) as e:
+        parser.parse_args(["watch", "rtsp://h/x", "--duration", value])
+    assert e.value.code == 2 and "--duration" in capsys.readouterr().err
