@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import signal
 import sys
 import threading
@@ -34,12 +35,23 @@ def add_watch_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--real-below", type=float, default=None, help="default: detector threshold - 0.1")
     p.add_argument("--out", "--jsonl", dest="jsonl", default=None, metavar="FILE.jsonl",
                    help="also append verdict events to this JSONL file (--jsonl: old name)")
-    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--duration", type=_seconds, default=None, help="stop after this many seconds")
     p.add_argument("--allow-files", action="store_true", help="accept local files (played in real time)")
     p.add_argument("--rtsp-transport", default="auto", choices=("auto", "tcp", "udp", "udp_multicast", "http", "https"),
                    help="RTSP lower transport; auto: TCP, then UDP if the server refuses TCP or sends nothing")
     p.set_defaults(func=watch_main)
     return p
+
+
+def _seconds(value: str) -> float:
+    """A positive, finite duration: ``nan`` never compared as reached (watch ran forever)."""
+    try:
+        v = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {value!r}")
+    return v
 
 
 def add_serve_parser(subparsers) -> argparse.ArgumentParser:

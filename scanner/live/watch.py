@@ -9,7 +9,9 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from .config import ServeConfig, StreamConfig
+from pydantic import ValidationError
+
+from .config import ConfigError, ServeConfig, StreamConfig, format_errors
 from .service import LiveService
 
 VERDICT_STYLE = {"fake": "bold red", "real": "green", "uncertain": "yellow", "unknown": "dim"}
@@ -39,7 +41,10 @@ def parse_targets(targets: list[str]) -> list[StreamConfig]:
     out = []
     for i, t in enumerate(targets, 1):
         name, url = (t.split("=", 1) if "=" in t.split("://", 1)[0] else (f"s{i}", t))
-        out.append(StreamConfig(name=name, url=url))
+        try:
+            out.append(StreamConfig(name=name, url=url))
+        except ValidationError as e:  # one line naming the key, never the URL (it may hold a password)
+            raise ConfigError(f"stream {i} ({name!r}): {format_errors(e)}") from None
     return out
 
 
