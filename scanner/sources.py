@@ -36,7 +36,11 @@ def _read_list(path: Path) -> list[Path]:
     out = []
     # utf-8-sig: a BOM (Notepad, Excel) would otherwise become part of the first path;
     # surrogateescape: a non-UTF-8 file name maps back to its bytes, as os paths do.
-    for line in path.read_text(encoding="utf-8-sig", errors="surrogateescape").splitlines():
+    # Lines end at \n, \r\n or \r only (text mode): str.splitlines also splits at U+2028,
+    # U+0085 or \x1c, which a file name may hold (e.g. a list made from a scan's JSONL).
+    with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:
+        lines = f.read().split("\n")
+    for line in lines:
         line = line.strip()
         if line and not line.startswith("#"):
             p = Path(line)

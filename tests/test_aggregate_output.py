@@ -200,3 +200,17 @@ def test_csv_name_with_carriage_return_is_one_record(tmp_path):
     state.drop_retried()
     assert read() == [(names[0], "real"), (names[2], "real")]
     assert out.read_bytes().count(b"\r\n") == 1  # records end in \n; \r\n only inside the quoted name
+
+
+def test_list_file_name_with_a_unicode_line_separator(tmp_path):
+    """str.splitlines cut a listed name at U+2028/U+0085/\\x1c: two not_found rows, the
+    video never scanned (such names come back from a scan's JSONL, which keeps them raw)."""
+    names = ["a\u2028b.mp4", "c\x85d.mp4", "e\x1cf.mp4", "g\u2029h.mp4"]
+    for n in names:
+        (tmp_path / n).write_bytes(b"x")
+    lst = tmp_path / "list.txt"
+    lst.write_text("\r\n".join(names) + "\r\n", encoding="utf-8")
+    assert expand_inputs([str(lst)]) == [tmp_path / n for n in names]
+    cr = tmp_path / "cr.txt"  # classic Mac line ends still separate names
+    cr.write_bytes(b"a.mp4\rb.mp4\r")
+    assert expand_inputs([str(cr)]) == [tmp_path / "a.mp4", tmp_path / "b.mp4"]
