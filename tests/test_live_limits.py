@@ -1,6 +1,8 @@
 """Limits of ``dfscan serve``/``watch`` settings that used to pass unchecked."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -51,3 +53,26 @@ def test_watch_duration_must_be_positive(value, capsys):
     with pytest.raises(SystemExit) as e:
         parser.parse_args(["watch", "rtsp://h/x", "--duration", value])
     assert e.value.code == 2 and "--duration" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("port", [99999, -1])
+def test_serve_port_override_validated(port, tmp_path, capsys):
+    """``dfscan serve --port 99999`` loaded the models, then died in bind() with an OverflowError
+    traceback: --host/--port skipped the config's validation."""
+    import argparse
+
+    from scanner.live.cli import serve_main
+
+    cfg = tmp_path / "serve.yaml"
+    cfg.write_text("model: {detector: test_tiny}\napi: {port: 0}\n")
+    args = argparse.Namespace(config=str(cfg), host=None, port=port, log_level="WARNING")
+    assert serve_main(args) == 2
+    assert "api.port" in capsys.readouterr().err
+
+
+def test_serve_overrides_keep_the_config(tmp_path):
+    from scanner.live.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "serve.yaml")
+    again = parse_config({**cfg.model_dump(), "api": {**cfg.api.model_dump(), "port": 9999}})
+    assert again.api.port == 9999 and again.model_dump(exclude={"api"}) == cfg.model_dump(exclude={"api"})

@@ -129,9 +129,9 @@ def serve_main(args) -> int:
 
         for device in cfg.model.devices:
             check_device(device)
-        if args.host is not None or args.port is not None:
-            api = cfg.api.model_copy(update={k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None})
-            cfg = cfg.model_copy(update={"api": api})
+        overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+        if overrides:  # validated like the file (model_copy does not: --port 99999 was a traceback)
+            cfg = parse_config({**cfg.model_dump(), "api": {**cfg.api.model_dump(), **overrides}})
         stop = threading.Event()
         for s in (signal.SIGTERM, signal.SIGINT):
             signal.signal(s, lambda *_: stop.set())
