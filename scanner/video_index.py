@@ -92,6 +92,17 @@ def _matroska_cut(container) -> bool:
     return ebml == 0x1A45DFA3 and seg == 0x18538067 and not unknown and pos + length > size
 
 
+def _decodable(shown: np.ndarray, pts: np.ndarray, key: np.ndarray) -> np.ndarray:
+    """``shown`` without the lead-in of a stream cut or recorded mid-GOP (an MPEG-TS):
+    the frames before its first keyframe, and that keyframe's leading pictures, refer to
+    pictures the file lacks; H.264, HEVC and MPEG-2 decoders drop them, so sampling them
+    lost frames. A stream that starts on a keyframe (or has none flagged) is unchanged."""
+    if not len(key) or key[0] or not key.any():
+        return shown
+    first = int(np.argmax(key))
+    return shown[(shown >= pts[first]) & ~np.isin(shown, pts[:first])]
+
+
 def build_index(container, stream) -> VideoIndex:
     """Demux the whole video stream (no decoding) and record pts + keyframe flags.
 
@@ -131,7 +142,7 @@ def build_index(container, stream) -> VideoIndex:
     pts_a, key_a = np.frombuffer(pts, np.int64).copy(), np.frombuffer(key, np.int8).astype(bool)
     tb = float(stream.time_base) if stream.time_base else 1.0 / 25
     cc = stream.codec_context
-    presentation = np.unique(np.frombuffer(shown, np.int64))
+    presentation = _decodable(np.unique(np.frombuffer(shown, np.int64)), pts_a, key_a)
     ordinal = len(np.unique(pts_a)) < len(pts_a)
     if ordinal:
         # Broken timestamps (duplicates): frames are identified by output order and

@@ -348,3 +348,22 @@ def test_image_file_says_it_is_an_image(tmp_path):
         with pytest.raises(VideoError, match=r"an image file \(JPEG\), not a video") as e:
             list(FrameSampler(_bad(tmp_path, name, jpg)))
         assert e.value.kind == "not_video"
+
+
+@pytest.mark.parametrize("codec", ["libx264", "mpeg2video"])
+def test_stream_cut_mid_gop_samples_only_decodable_frames(tmp_path, codec):
+    # An MPEG-TS recorded or cut mid-GOP: frames before the first keyframe (and its
+    # leading B-frames) have lost their references and decoders drop them. They were
+    # indexed as frames, so 8 of 32 sampled frames (2 of 6 at --fps 2) were lost.
+    src = make_video(tmp_path / "full.ts", frames=60, gop=20, codec=codec)
+    data = src.read_bytes()
+    cut = tmp_path / "cut.ts"
+    cut.write_bytes(data[len(data) // 188 // 4 * 188:])  # a quarter in: mid-GOP
+    for kw in ({"frames": 32}, {"frames": None, "fps": 10}):
+        s = FrameSampler(cut, **kw)
+        got = list(s)
+        assert s.missed == 0 and len(got) == s.requested > 0
+        ids = [frame_id(f.image) for f in got]
+        first_key = s.index.pts[np.argmax(s.index.keyframe)]
+        assert s.index.presentation[0] == first_key and got[0].index == 0 and got[0].time_s == 0.0
+        assert ids == [(ids[0] + f.index) % 32 for f in got]
