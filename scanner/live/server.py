@@ -164,13 +164,15 @@ def create_app(svc: LiveService, token: str | None = None, max_body: int = 65536
     app = FastAPI(title="dfscan serve", version="1", docs_url="/docs", redoc_url=None)
     _handlers(app)
 
+    # The probes are async (run on the event loop, not in the worker-thread pool): DELETEs each
+    # waiting out a stream's open can fill that pool, and a liveness probe must still answer.
     @app.get("/healthz", response_model=Health, responses={503: {"model": Health}}, tags=["probes"])
-    def healthz():
+    async def healthz():
         ok = svc.healthy
         return JSONResponse({"status": "ok" if ok else "unhealthy"}, status_code=200 if ok else 503)
 
     @app.get("/readyz", response_model=Ready, responses={503: {"model": Ready}}, tags=["probes"])
-    def readyz():
+    async def readyz():
         ok = svc.ready and svc.healthy
         return JSONResponse({"ready": ok, "streams": len(svc.names())}, status_code=200 if ok else 503)
 

@@ -1,0 +1,44 @@
+"""The probes answer while every worker thread of the API waits on a stream removal.
+
+DELETE /streams/{name} runs in Starlette's thread pool (40 threads) and waits for the stream's
+decode thread, up to open_timeout + 2 * stall_s + 5 s when the stream is connecting. Removing
+many connecting streams at once (an orchestrator reconciling a dead site) filled the pool, and
+/healthz and /readyz, run in the same pool, waited behind them: a liveness probe timed out.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+
+from test_api import _serve
+
+
+def test_probes_answer_while_removals_fill_the_thread_pool():
+    svc, server = _serve(None, limit_concurrency=200)
+    base = f"http://127.0.0.1:{server.port}"
+    release, waiting = threading.Event(), []
+
+    def slow_remove(name):  # a removal waiting on a decode thread stuck in FFmpeg's open
+        waiting.append(name)
+        release.wait(20)
+
+    svc.remove_stream = slow_remove
+    deletes = [threading.Thread(target=httpx.delete, args=(f"{base}/streams/s{i}",), kwargs={"timeout": 30})
+               for i in range(60)]
+    try:
+        for t in deletes:
+            t.start()
+        end = time.monotonic() + 10
+        while len(waiting) < 40 and time.monotonic() < end:  # the pool is full
+            time.sleep(0.05)
+        assert len(waiting) >= 40
+        for path in ("/healthz", "/readyz"):
+            assert httpx.get(base + path, timeout=2).status_code == 200
+    finally:
+        release.set()
+        for t in deletes:
+            t.join(30)
+        server.stop()
+        svc.stop()
