@@ -36,8 +36,9 @@ from .config import ScanConfig
 log = logging.getLogger("dfscan")
 RAY_IN_FLIGHT = 2  # videos queued per actor: one scanning, one ready (no idle round trip)
 # Fields that make no sense inside a worker (the driver owns outputs, metrics and Ray).
-DRIVER_ONLY = {"out": None, "resume": False, "metrics_port": None, "progress": False, "ray": None,
-               "workers": 1}
+# metrics_push may hold user:password@: never shipped to every actor on every node.
+DRIVER_ONLY = {"out": None, "resume": False, "metrics_port": None, "metrics_push": None,
+               "progress": False, "ray": None, "workers": 1}
 
 
 class RayUnavailable(DfscanError):
