@@ -41,6 +41,7 @@ class Sink:
         self.delivered = self.failed = self.dropped = 0
         self._thread = threading.Thread(target=self._run, name=f"dfscan-sink-{name}", daemon=True)
         self._stopping = threading.Event()
+        self._delivering = False  # an event is inside deliver() (lost too if the process exits now)
 
     def start(self) -> "Sink":
         self._thread.start()
@@ -68,6 +69,7 @@ class Sink:
             event = self._q.get()
             if event is None:
                 break
+            self._delivering = True
             try:
                 self.deliver(event)
                 self.delivered += 1
@@ -76,17 +78,31 @@ class Sink:
                 self.failed += 1
                 self._count("sink_failures")
                 log.warning("sink %s: delivery failed: %s", self.name, mask_text(str(e)))
+            finally:
+                self._delivering = False
         self.close()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Deliver what is queued (up to ``timeout``), then end the thread."""
+        """Deliver what is queued (up to ``timeout``), then end the thread.
+
+        Events still queued or in delivery after that are lost with the process: they are
+        logged and counted as dropped instead of vanishing silently.
+        """
         if not self._thread.is_alive():
             return
         try:
             self._q.put(None, timeout=timeout)
+            sentinel = 1
         except queue.Full:
-            pass
+            sentinel = 0
         self._thread.join(timeout)
+        if self._thread.is_alive():
+            left = max(0, self._q.qsize() - sentinel) + self._delivering
+            if left:
+                self.dropped += left
+                if self._m is not None:
+                    self._m.sink_dropped.labels(self.name).inc(left)
+                log.warning("sink %s: still delivering at shutdown; %d event(s) not delivered", self.name, left)
 
     def close(self) -> None:
         pass
