@@ -20,6 +20,7 @@ swscale for the face detector.
 from __future__ import annotations
 
 import errno
+import math
 import os
 import stat
 from contextlib import contextmanager
@@ -185,15 +186,26 @@ def _has_exact_seek(container) -> bool:
     return any(k in name for k in ("mp4", "mov", "matroska", "webm"))
 
 
-def display_size(width: int, height: int, sar) -> tuple[int, int]:
-    """Frame size in square pixels: an anamorphic video (sample aspect ratio not 1, e.g.
-    DV, HDV, broadcast) stores faces squeezed, which detectors score as distorted. The
-    longest side is kept (no frame grows beyond it) and the other one follows the
-    display aspect ratio."""
-    if not sar or sar <= 0 or sar == 1:
-        return width, height
-    dar, side = width * float(sar) / height, max(width, height)
-    return (side, max(2, round(side / dar))) if dar >= 1 else (max(2, round(side * dar)), side)
+# Frames beyond 8K UHD's pixel count are scaled down to it before conversion to RGB: a
+# 7.6 MB MJPEG AVI of 16000x16000 frames took 768 MB per RGB frame (4.6 GB for 4 frames)
+# and the frame queue holds a dozen per worker: an input-sized kill of the whole scan.
+# Faces in such frames stay far larger than the crops the detectors take.
+MAX_PIXELS = 7680 * 4320
+
+
+def display_size(width: int, height: int, sar, max_pixels: int | None = None) -> tuple[int, int]:
+    """Frame size in square pixels, at most ``max_pixels``: an anamorphic video (sample
+    aspect ratio not 1, e.g. DV, HDV, broadcast) stores faces squeezed, which detectors
+    score as distorted. The longest side is kept (no frame grows beyond it) and the
+    other one follows the display aspect ratio."""
+    if sar and sar > 0 and sar != 1:
+        dar, side = width * float(sar) / height, max(width, height)
+        width, height = (side, max(2, round(side / dar))) if dar >= 1 else (max(2, round(side * dar)), side)
+    max_pixels = max_pixels or MAX_PIXELS
+    if width * height > max_pixels:
+        f = math.sqrt(max_pixels / (width * height))
+        width, height = max(2, int(width * f)), max(2, int(height * f))
+    return width, height
 
 
 def _to_frame(av_frame, idx: int, time_s: float, det_max_side: int | None, sar=None) -> Frame:
@@ -204,7 +216,9 @@ def _to_frame(av_frame, idx: int, time_s: float, det_max_side: int | None, sar=N
     if (w, h) == (av_frame.width, av_frame.height):
         image = av_frame.to_ndarray(format="rgb24")
     else:
-        image = av_frame.reformat(width=w, height=h, format="rgb24", interpolation="BICUBIC").to_ndarray()
+        shrink = w * h < av_frame.width * av_frame.height
+        image = av_frame.reformat(width=w, height=h, format="rgb24",
+                                  interpolation="AREA" if shrink else "BICUBIC").to_ndarray()
     if det_max_side and max(w, h) > det_max_side:
         scale = det_max_side / max(w, h)
         sw, sh = max(2, round(w * scale)), max(2, round(h * scale))
