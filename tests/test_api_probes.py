@@ -4,6 +4,7 @@ DELETE /streams/{name} runs in Starlette's thread pool (40 threads) and waits fo
 decode thread, up to open_timeout + 2 * stall_s + 5 s when the stream is connecting. Removing
 many connecting streams at once (an orchestrator reconciling a dead site) filled the pool, and
 /healthz and /readyz, run in the same pool, waited behind them: a liveness probe timed out.
+Also: a bearer token that is not ASCII.
 """
 from __future__ import annotations
 
@@ -40,5 +41,18 @@ def test_probes_answer_while_removals_fill_the_thread_pool():
         release.set()
         for t in deletes:
             t.join(30)
+        server.stop()
+        svc.stop()
+
+
+def test_non_ascii_token_accepted():
+    """A token with a non-ASCII character (UTF-8 from a token file) was refused on every request."""
+    token = "pässwörd-token-0123456789"
+    svc, server = _serve(token)
+    try:
+        url = f"http://127.0.0.1:{server.port}/streams"
+        assert httpx.get(url, headers={"Authorization": b"Bearer " + token.encode()}).status_code == 200
+        assert httpx.get(url, headers={"Authorization": b"Bearer " + token.encode("latin-1")}).status_code == 401
+    finally:
         server.stop()
         svc.stop()
