@@ -3,6 +3,7 @@
 Exit codes of ``dfscan scan`` (the first that applies):
     130 / 143  interrupted by SIGINT / SIGTERM (128 + signal number): every finished
         row is written, the outputs are closed, ``--resume`` continues
+    141  standard output was closed (a pipe into ``head``): stopped the same way
     4  an output could not be written: the primary output (first .jsonl/.csv) stops
        the scan at once; a secondary one (e.g. .html) is disabled and reported
     2  bad usage or configuration, nothing scanned: unknown option or key, bad value,

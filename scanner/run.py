@@ -24,6 +24,8 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
                            TimeRemainingColumn)
 from rich.table import Table
 
+from engines.errors import DfscanError
+
 from . import metrics, metrics_push
 from .config import ConfigError, build_config, check_device
 from .distributed import open_context, scan_rows
@@ -44,6 +46,22 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+
+
+class StdoutClosed(DfscanError):
+    """Standard output went away mid-scan (piped into ``head``, ``less`` quit)."""
+
+    exit_code = 128 + signal.SIGPIPE  # 141: what a shell reports for a writer killed by SIGPIPE
+
+
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        # rich's default raises SystemExit(1): the scan vanished without a word and exit 1
+        # read as "an input failed". Stop like an interrupt instead (rows kept, outputs
+        # closed); stdout goes to /dev/null, as rich does, so no later flush fails.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise StdoutClosed("standard output was closed (broken pipe): scan stopped, finished rows "
+                           "are kept in the outputs (rerun with --resume)")
 
 
 def config_from_args(args):
@@ -186,7 +204,7 @@ def run_scan(args) -> int:
 def _run(args, stop: GracefulStop) -> int:
     cfg = config_from_args(args)
     interactive = sys.stdout.isatty()
-    console = Console(highlight=False, soft_wrap=not interactive)
+    console = _Console(highlight=False, soft_wrap=not interactive)
     paths = _inputs(args, console)
     if not cfg.ray:
         check_device(cfg.device)

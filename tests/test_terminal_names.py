@@ -29,3 +29,25 @@ def test_control_and_non_utf8_names_are_escaped_on_stdout(tmp_path):
     assert "bad\\udcff.mp4" in stdout
     names = {os.path.basename(json.loads(ln)["path"]) for ln in out.read_text().splitlines()}
     assert names == {hostile, "bad\udcff.mp4"}  # the outputs keep the exact names
+
+
+def test_closed_stdout_stops_like_an_interrupt(tmp_path):
+    """`dfscan scan ... | head -2`: rich's SystemExit(1) ended the scan without a word, and
+    exit 1 read as 'an input failed'; now exit 141 with one line, rows whole, resumable."""
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for i in range(6):
+        os.link(DATA / "d1.mp4", clips / f"v{i:02d}.mp4")
+    out = tmp_path / "r.jsonl"
+    cmd = [sys.executable, "-m", "scanner.cli", "scan", str(clips), "--out", str(out), *FAST]
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    while b"v00.mp4" not in p.stdout.readline():  # the first video's line, then the reader goes
+        pass
+    p.stdout.close()
+    assert p.wait(timeout=300) == 141
+    err = p.stderr.read().decode()
+    assert "Traceback" not in err and "dfscan: error: standard output was closed (broken pipe)" in err
+    rows = [json.loads(ln) for ln in out.read_text().splitlines()]  # every row whole
+    assert 1 <= len(rows) < 6
+    r = subprocess.run(cmd + ["--resume"], cwd=ROOT, capture_output=True, timeout=300)
+    assert r.returncode == EXIT_OK and len(out.read_text().splitlines()) == 6
