@@ -52,3 +52,27 @@ def test_readd_while_removing_refused_and_stale_frames_ignored():
     finally:
         svc.stop()
         silent.close()
+
+
+def test_list_while_a_stream_is_removed():
+    """GET /streams listed the names, then looked each one up: a stream removed in between made
+    the whole listing a 404 'no stream named ...' (the status page polling it showed an error)."""
+    cfg = parse_config({"model": {"detector": "test_tiny"}, "api": {"enabled": False},
+                        "defaults": {"open_timeout_s": 1.0, "stall_s": 1.0}})
+    svc = LiveService(cfg, analyzer_factory=lambda dev: (lambda frames: [_result() for _ in frames])).start()
+    try:
+        for name in ("a", "b"):
+            svc.add_stream(StreamConfig(name=name, url="rtsp://127.0.0.1:1/x"))
+        a, b = svc._streams["a"].source, svc._streams["b"].source
+        describe_a = a.describe
+
+        def removed_meanwhile():  # "b" is removed while "a" is being described
+            with svc._lock:
+                svc._streams.pop("b", None)
+            return describe_a()
+
+        a.describe = removed_meanwhile
+        assert [s["name"] for s in svc.describe()][0] == "a"
+    finally:
+        svc.stop()
+        b.stop()

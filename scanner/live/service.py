@@ -186,12 +186,17 @@ class LiveService:
             return [s.source for s in self._streams.values()]
 
     def describe(self, name: str | None = None) -> dict | list[dict]:
-        if name is None:
-            return [self.describe(n) for n in self.names()]
+        if name is None:  # one lookup per stream: one removed meanwhile is left out, not a 404
+            with self._lock:
+                streams = list(self._streams.values())
+            return [self._describe(st) for st in streams]
         with self._lock:
             st = self._streams.get(name)
         if st is None:
             raise StreamNotFound(f"no stream named {name!r}")
+        return self._describe(st)
+
+    def _describe(self, st: _Stream) -> dict:
         with st.lock:
             summary = st.verdicts.summary
         return {**st.source.describe(), "device": st.worker.device, **summary}
