@@ -76,3 +76,17 @@ def test_serve_overrides_keep_the_config(tmp_path):
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "serve.yaml")
     again = parse_config({**cfg.model_dump(), "api": {**cfg.api.model_dump(), "port": 9999}})
     assert again.api.port == 9999 and again.model_dump(exclude={"api"}) == cfg.model_dump(exclude={"api"})
+
+
+@pytest.mark.parametrize("error", ["cannot fetch http://[fe80::1]:8080/x.m3u8", "/srv/cam[/b].ts: no video stream"])
+def test_watch_table_shows_errors_verbatim(error):
+    """The table read each error as Rich markup: an IPv6 host vanished, '[/b]' raised MarkupError."""
+    from rich.console import Console
+
+    from scanner.live.watch import stream_table
+
+    row = dict(name="s1", state="backoff", fps=0.0, frames_sampled=0, frames_dropped=0, reconnects=1,
+               faces=0, score=None, verdict="unknown", last_error=error)
+    console = Console(width=300, record=True)
+    console.print(stream_table([row]))
+    assert error[:48] in console.export_text()

@@ -8,6 +8,7 @@ import time
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from pydantic import ValidationError
 
@@ -31,7 +32,8 @@ def stream_table(rows: list[dict]) -> Table:
         t.add_row(
             r["name"], f"[{STATE_STYLE.get(r['state'], '')}]{r['state']}[/]", f"{r['fps']:.1f}",
             str(r["frames_sampled"]), str(r["frames_dropped"]), str(r["reconnects"]), str(r["faces"]), score,
-            f"[{VERDICT_STYLE.get(r['verdict'], '')}]{r['verdict']}[/]", (r["last_error"] or "")[:48],
+            # Text, not markup: an error quoting "[fe80::1]" or "[/x]" lost it or raised MarkupError.
+            f"[{VERDICT_STYLE.get(r['verdict'], '')}]{r['verdict']}[/]", Text((r["last_error"] or "")[:48]),
         )
     return t
 
