@@ -308,12 +308,14 @@ def _fetch_playlist(client: httpx.Client, url: str, sniff: bool = False) -> str 
 def precheck_playlist(src: SourceURL, timeout_s: float, depth: int = 2) -> None:
     """Fetch an HLS playlist (and its variant playlists) and refuse foreign schemes.
 
-    Credentials go in the Authorization header; httpx drops that header on a
-    redirect to another origin. Every error message is redacted.
+    Credentials go in the Authorization header and then no redirect is followed.
+    Every error message is redacted.
     """
     headers = {"Authorization": src.auth} if src.auth else {}
     todo, seen = [src.url], set()
-    with httpx.Client(timeout=timeout_s, headers=headers, follow_redirects=True, max_redirects=3) as client:
+    # With credentials, no redirect is followed, as FFmpeg's open that comes next (max_redirects 0).
+    with httpx.Client(timeout=timeout_s, headers=headers, follow_redirects=src.auth is None,
+                      max_redirects=3) as client:
         while todo and depth >= 0:
             nxt = []
             for url in todo:
@@ -325,7 +327,8 @@ def precheck_playlist(src: SourceURL, timeout_s: float, depth: int = 2) -> None:
                     # the source itself may be a video: only named playlists are taken as one
                     text = _fetch_playlist(client, url, sniff=url == src.url and not is_playlist(src))
                 except httpx.HTTPStatusError as e:
-                    raise SourceError(f"cannot fetch {shown}: HTTP {e.response.status_code}") from e
+                    hint = "; a stream with credentials follows no redirect" if e.response.is_redirect else ""
+                    raise SourceError(f"cannot fetch {shown}: HTTP {e.response.status_code}{hint}") from e
                 except httpx.HTTPError as e:
                     raise SourceError(src.redact(f"cannot fetch {shown}: {type(e).__name__}: {e}")) from e
                 if text is not None:
