@@ -250,3 +250,27 @@ def test_validation_bench_scores_other_weights_of_an_architecture(tmp_path):
     a = [v["frames"] for v in res[other]["videos"]]
     b = [v["frames"] for v in res["meso4_df"]["videos"]]
     assert all(x is not None for x in a + b) and not np.allclose(a, b, atol=1e-3)
+
+
+def test_jsonl_is_read_as_utf8_whatever_the_locale(tmp_path):
+    """The JSONL (UTF-8, text raw) was opened in the locale's encoding: under an ASCII locale
+    any non-ASCII byte (here an error message) was a UnicodeDecodeError traceback, under
+    Latin-1 a non-ASCII name matched nothing."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    jl = tmp_path / "r.jsonl"
+    rows = [{"path": str(tmp_path / "a.mp4"), "verdict": "real", "score": 0.25},
+            {"path": str(tmp_path / "b.mp4"), "verdict": "error", "score": None,
+             "error": {"kind": "not_video", "message": "a directory, not a video file: /x/café"}}]
+    jl.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    code = ("import sys; from pathlib import Path; from scanner.research.evaluate import _jsonl_scores; "
+            "print(sorted(_jsonl_scores(Path(sys.argv[1]), 'score')))")
+    env = {**os.environ, "PYTHONUTF8": "0", "LC_ALL": "C", "PYTHONCOERCECLOCALE": "0"}  # ASCII locale
+    r = subprocess.run([sys.executable, "-c", code, str(jl)], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str([str((tmp_path / "a.mp4").resolve())])

@@ -128,7 +128,7 @@ class _OneScan:
 def _jsonl_scores(jsonl: Path, key: str) -> dict[str, tuple[dict, float]]:
     """Resolved path -> (row, finite score) of one scan's JSONL (see :class:`_OneScan`)."""
     out, one = {}, _OneScan(jsonl)
-    with open(jsonl) as f:
+    with open(jsonl, encoding="utf-8") as f:  # as the scan wrote it, whatever the locale
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
