@@ -607,3 +607,34 @@ def test_live_service_on_cuda(clip):
     finally:
         svc.stop()
         pub.stop()
+
+
+def test_live_anamorphic_stream_is_unsqueezed_like_a_scan(tmp_path):
+    # Batch scans stretch non-square pixels to square ones before detection; a live
+    # stream of the same video took the squeezed frames (faces half as wide).
+    from fractions import Fraction
+
+    import av
+
+    path = tmp_path / "sar.mp4"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = 80, 160, "yuv420p"
+        s.codec_context.sample_aspect_ratio = Fraction(2, 1)
+        img = np.zeros((160, 80, 3), np.uint8)
+        img[:40, :20, 1] = 255  # a 40 x 40 marker as displayed
+        for _ in range(10):
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    src = LiveSource("sar", str(path), SourceSettings(allow_files=True, max_retries=0, det_max_side=80)).start()
+    try:
+        wait_for(lambda: src.state == "stopped", 10, what="file to end")
+    finally:
+        src.stop()
+    item = src.buffer.get()
+    assert item is not None
+    assert item.frame.image.shape == (160, 160, 3) and item.frame.small.shape == (80, 80, 3)
+    ys, xs = np.nonzero(item.frame.image[..., 1] > 128)
+    assert ys.max() == pytest.approx(39, abs=1) and xs.max() == pytest.approx(39, abs=1)

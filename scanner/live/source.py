@@ -373,14 +373,14 @@ class LiveSource:
             if next_t is None or t >= next_t:
                 next_t = (t if next_t is None else next_t) + period
                 next_t = max(next_t, t)  # never try to "catch up" a backlog of samples
-                self._push(frame, t, now)
+                self._push(frame, t, now, stream.sample_aspect_ratio)
             if self._stop.is_set():
                 return
 
-    def _push(self, frame, t: float, now: float) -> None:
-        # Conversion (RGB + detector-size copy + rotation) happens here, in the
-        # stream's own thread, so it scales with streams instead of loading the worker.
-        fr = _to_frame(frame, self._seq, float(t), self.settings.det_max_side)
+    def _push(self, frame, t: float, now: float, sar) -> None:
+        # Conversion (RGB + square pixels + detector-size copy + rotation) happens here, in
+        # the stream's own thread, so it scales with streams instead of loading the worker.
+        fr = _to_frame(frame, self._seq, float(t), self.settings.det_max_side, sar)
         self._seq += 1
         self.stats.sampled += 1
         self._m.sampled.inc()
