@@ -254,11 +254,13 @@ def link_reports(sinks: list[Sink]) -> None:
 
 
 def with_report_source(paths: list[str]) -> list[str]:
-    """``paths`` plus ``<name>.jsonl`` for the first ``.html`` when no JSONL output is given."""
+    """``paths`` plus ``<name>.jsonl`` for the first ``.html`` when no JSONL output is given.
+
+    It goes last, so a ``.csv`` the user named stays the primary output."""
     html = next((p for p in paths if Path(p).suffix.lower() == ".html"), None)
     if html is None or any(Path(p).suffix.lower() == ".jsonl" for p in paths):
         return paths
-    return [str(Path(html).with_suffix(".jsonl"))] + paths
+    return paths + [str(Path(html).with_suffix(".jsonl"))]
 
 
 SINKS = {".jsonl": JsonlSink, ".csv": CsvSink, ".html": HtmlSink}

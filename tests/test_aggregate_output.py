@@ -214,3 +214,14 @@ def test_list_file_name_with_a_unicode_line_separator(tmp_path):
     cr = tmp_path / "cr.txt"  # classic Mac line ends still separate names
     cr.write_bytes(b"a.mp4\rb.mp4\r")
     assert expand_inputs([str(cr)]) == [tmp_path / "a.mp4", tmp_path / "b.mp4"]
+
+
+def test_csv_named_with_a_lone_html_stays_primary():
+    # `--out a.csv --out r.html`: the report's implied r.jsonl took the primary's place,
+    # although the README says the first .jsonl/.csv named is primary (--resume reads it).
+    from scanner.output import order_outputs
+
+    assert order_outputs(["a.csv", "r.html"]) == ["a.csv", "r.html", "r.jsonl"]
+    assert order_outputs(["r.html", "a.csv"]) == ["a.csv", "r.html", "r.jsonl"]
+    assert order_outputs(["r.html"]) == ["r.jsonl", "r.html"]
+    assert order_outputs(["r.html", "x.jsonl"]) == ["x.jsonl", "r.html"]
