@@ -9,7 +9,6 @@ acts at once. Exit codes are listed in :mod:`scanner.cli`.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import sys
 import threading
@@ -30,8 +29,9 @@ from . import metrics, metrics_push
 from .config import ConfigError, build_config, check_device
 from .distributed import open_context, scan_rows
 from .output import PRIMARY_SUFFIXES, OutputError, open_outputs, order_outputs
-from .resume import ResumeState, input_key, prepare_resume
+from .resume import ResumedOutputs, prepare_outputs
 from .sources import bundled_samples, expand_inputs
+from .terminal import terminal_safe
 from .warmstart import close_all, prestart
 
 OPTION_KEYS = ("frames", "fps", "detector", "weights", "device", "engine", "precision", "batch_size",
@@ -104,29 +104,21 @@ def _inputs(args, console: Console) -> list[Path]:
     return [Path(os.path.abspath(p)) for p in paths]
 
 
-def _to_scan(paths: list[Path], cfg, console: Console) -> tuple[list[Path], ResumeState | None]:
-    """``paths`` minus those already in the primary output (``--resume``)."""
+def _to_scan(paths: list[Path], cfg, console: Console) -> tuple[list[Path], ResumedOutputs | None]:
+    """``paths`` minus those whose row every existing JSONL/CSV output holds (``--resume``)."""
     outs = order_outputs(cfg.outputs)
     if not (cfg.resume or cfg.retry_errors) or not outs or Path(outs[0]).suffix.lower() not in PRIMARY_SUFFIXES:
         return paths, None
-    state = prepare_resume(outs[0], {"detector": cfg.detector, "sampling": sampling_of(cfg)}, cfg.retry_errors)
-    todo = [p for p in paths if input_key(p) not in state.done]
+    state = prepare_outputs(outs, {"detector": cfg.detector, "sampling": sampling_of(cfg)}, cfg.retry_errors)
+    todo = state.todo(paths)
     if len(todo) < len(paths):
         console.print(f"[dim]--resume: {len(paths) - len(todo)} input(s) already in {printable(outs[0])}[/dim]")
     return todo, state
 
 
-# What a file name may hold but a terminal must not receive raw: C0/C1 controls (ESC
-# sequences could retitle the terminal or rewrite a printed verdict), line separators,
-# bidirectional overrides (reorder the text shown), and lone surrogates (a non-UTF-8 name:
-# a UnicodeEncodeError traceback on a strict UTF-8 stdout, e.g. LANG=en_US.UTF-8).
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e"
-                          "\u2066-\u2069\ud800-\udfff]")
-
-
 def printable(text: str) -> str:
-    """``text`` with those characters as Python escapes (``\\x1b``, ``\\udcff``), markup escaped."""
-    return escape(_UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text))
+    """``text`` safe for the terminal (:func:`terminal_safe`), Rich markup escaped."""
+    return escape(terminal_safe(text))
 
 
 def _line(row: dict) -> str:
@@ -225,7 +217,8 @@ def _run(args, stop: GracefulStop) -> int:
         if resumed is not None:
             resumed.check_weights(ctx.detector.weights_hash)
             resumed.drop_retried()
-        sinks = open_outputs(cfg.outputs, append=cfg.resume or cfg.retry_errors)
+        sinks = open_outputs(cfg.outputs, append=cfg.resume or cfg.retry_errors,
+                             skip=resumed.skip() if resumed is not None else None)
         tally, t_scan = Tally(), time.perf_counter()
         stop.arm(ctx)
         try:

@@ -51,3 +51,16 @@ def test_closed_stdout_stops_like_an_interrupt(tmp_path):
     assert 1 <= len(rows) < 6
     r = subprocess.run(cmd + ["--resume"], cwd=ROOT, capture_output=True, timeout=300)
     assert r.returncode == EXIT_OK and len(out.read_text().splitlines()) == 6
+
+
+def test_report_out_with_a_non_utf8_name_prints_an_escape(tmp_path):
+    # The report was written, then printing its path raised UnicodeEncodeError (traceback,
+    # exit 1) on a strict UTF-8 stdout.
+    src = tmp_path / "r.jsonl"
+    src.write_text("")
+    out = os.fsencode(tmp_path) + b"/rep\xff\x1b.html"
+    r = subprocess.run([sys.executable, "-m", "scanner.cli", "report", str(src), "--out", os.fsdecode(out)],
+                       cwd=ROOT, capture_output=True, timeout=120, env={**os.environ, "PYTHONIOENCODING": "utf-8"})
+    assert r.returncode == EXIT_OK, r.stderr.decode()
+    assert os.path.exists(out)
+    assert "rep\\udcff\\x1b.html: 0 videos" in r.stdout.decode("utf-8")

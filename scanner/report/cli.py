@@ -34,11 +34,12 @@ def add_report_parser(sub) -> argparse.ArgumentParser:
 
 def run_report(args) -> int:
     from ..cli import EXIT_OK, EXIT_OUTPUT, EXIT_USAGE
+    from ..terminal import terminal_safe
     from .render import ReportOptions
 
     src = Path(args.results)
     if not src.is_file():
-        print(f"dfscan report: results file not found: {src}", file=sys.stderr)
+        print(f"dfscan report: results file not found: {terminal_safe(str(src))}", file=sys.stderr)
         return EXIT_USAGE
     if args.top_k < 0 or args.open_sections < 0:
         print("dfscan report: --top-k and --open must be >= 0", file=sys.stderr)
@@ -53,10 +54,10 @@ def run_report(args) -> int:
     try:
         stats = _render(src, out, opts)
     except OSError as e:  # --out a folder, unwritable, disk full: one line, not a traceback
-        print(f"dfscan report: cannot write {out}: {e.strerror or e}"
-              + (f" ({e.filename})" if e.filename and str(e.filename) != str(out) else ""), file=sys.stderr)
+        print(f"dfscan report: cannot write {terminal_safe(str(out))}: {e.strerror or e}"
+              + (f" ({terminal_safe(str(e.filename))})" if e.filename and str(e.filename) != str(out) else ""), file=sys.stderr)
         return EXIT_OUTPUT
-    print(f"{out}: {stats['videos']} videos, {stats['bytes'] / 1e6:.2f} MB"
+    print(f"{terminal_safe(str(out))}: {stats['videos']} videos, {stats['bytes'] / 1e6:.2f} MB"
           + (f" ({stats['bad_lines']} unreadable lines skipped)" if stats["bad_lines"] else ""))
     return EXIT_OK
 
