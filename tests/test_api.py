@@ -252,6 +252,20 @@ def test_buffer_sizes_capped(open_api):
     assert svc.names() == []
 
 
+
+def test_duplicate_json_key_refused(open_api):
+    # json keeps the last of two equal keys silently: the stream added was another URL than
+    # the first one a reviewer of the request reads.
+    svc, server, base = open_api
+    body = b'{"name": "cam", "url": "rtsp://first/x", "url": "rtsp://second/x"}'
+    r = httpx.post(f"{base}/streams", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"] == "the JSON body names 'url' twice"
+    nested = b'{"name": "cam", "url": "rtsp://h/x", "x": {"\u00e9": 1, "\u00e9": 2}}'
+    r = httpx.post(f"{base}/streams", content=nested, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"] == "the JSON body names a key twice"
+    assert svc.names() == []
+
+
 # ---------------------------------------------------------------- credentials
 class _AuthServer:
     """HTTP server requiring Basic auth; serves ``files``; records every request."""

@@ -26,7 +26,9 @@ Stream URLs are only ever returned with credentials masked.
 from __future__ import annotations
 
 import hmac
+import json
 import logging
+import re
 import socket
 import threading
 import time
@@ -93,6 +95,8 @@ class _Gate:
         if scope["method"] not in WRITE_METHODS:
             return await self.app(scope, receive, send)
         body = await self._read_body(h, receive)
+        if not isinstance(body, Response) and (dup := _duplicate_key(body)) is not None:
+            body = _err(400, f"the JSON body names {dup} twice")
         if isinstance(body, Response):
             return await body(scope, receive, send)
         replayed = False
@@ -144,6 +148,32 @@ class _Gate:
             chunks.append(chunk)
             more = msg.get("more_body", False)
         return b"".join(chunks)
+
+
+def _duplicate_key(body: bytes) -> str | None:
+    """How to name a key that appears twice in one JSON object of ``body``, else None.
+
+    json (and so FastAPI) keeps the last value silently: ``{"url": A, "url": B}`` would
+    add a stream other than the one a reviewer of the request reads first.
+    """
+    class _Dup(Exception):
+        pass
+
+    def pairs(items):
+        obj = dict(items)
+        if len(obj) < len(items):
+            seen: set = set()
+            k = next(k for k, _ in items if k in seen or seen.add(k))
+            raise _Dup(repr(k) if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,40}", k) else "a key")
+        return obj
+
+    try:
+        json.loads(body, object_pairs_hook=pairs)
+    except _Dup as e:
+        return str(e)
+    except ValueError:  # not JSON: FastAPI says so
+        return None
+    return None
 
 
 # ---- the app ----------------------------------------------------------------
