@@ -125,3 +125,15 @@ def test_url_with_control_or_space_characters_refused(bad):
     with pytest.raises(SourceError, match="control characters"):
         parse_source(f"rtsp://cam.local/live{bad}x")
     assert parse_source("http://cam.local/caf\u00e9/live.ts").kind == "network"  # non-ASCII text is fine
+
+
+def test_udp_buffer_sizes_in_the_url_are_bounded():
+    # FFmpeg's UDP reader takes fifo_size/buffer_size from the URL over dfscan's options:
+    # udp://...?fifo_size=2000000000 asked FFmpeg for a 376 GB ring buffer for one stream.
+    from scanner.live.urls import SourceError, parse_source
+
+    assert parse_source("udp://239.0.0.1:5000?fifo_size=50000&localaddr=10.0.0.2").scheme == "udp"
+    for bad in ("udp://239.0.0.1:5000?fifo_size=2000000000", "rtp://127.0.0.1:5004?buffer_size=1e12",
+                "udp://:5000?FIFO_SIZE=-1", "udp://@:5000?buffer_size="):
+        with pytest.raises(SourceError, match="must be a whole number up to"):
+            parse_source(bad)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import re
 from dataclasses import dataclass, field
-from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urljoin, urlsplit, urlunsplit
 
 import httpx
 
@@ -181,8 +181,22 @@ def parse_source(url: str, allow_files: bool = False) -> SourceURL:
         raise RefusedURL(f"unsupported stream scheme {scheme!r}; allowed: {', '.join(sorted(NETWORK_SCHEMES))}")
     if scheme != "udp" and scheme != "rtp" and not parts.hostname:
         raise SourceError(f"stream URL has no host: {mask_credentials(url)}")
+    if scheme in ("udp", "rtp"):
+        _check_udp_query(parts.query, url)
     ffmpeg_url, auth, secrets = _split_credentials(url, parts)
     return SourceURL(ffmpeg_url, scheme, "network", auth=auth, secrets=secrets, shown=mask_credentials(url))
+
+
+# FFmpeg's UDP reader takes buffer sizes from the URL's query, over the options dfscan
+# sets: bounded here so one stream cannot make FFmpeg reserve gigabytes.
+_UDP_LIMITS = {"fifo_size": 1_000_000, "buffer_size": 64 << 20}  # 188-byte packets; bytes
+
+
+def _check_udp_query(query: str, url: str) -> None:
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        limit = _UDP_LIMITS.get(key.lower())
+        if limit is not None and not (value.isdigit() and int(value) <= limit):
+            raise SourceError(f"{key} must be a whole number up to {limit} in {mask_credentials(url)}")
 
 
 def open_options(src: SourceURL, timeout_s: float, rtsp_transport: str = "tcp") -> dict[str, str]:
