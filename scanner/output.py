@@ -308,10 +308,11 @@ class SinkSet:
     a secondary that fails is logged, counted, disabled and listed in ``failures``.
     """
 
-    def __init__(self, sinks: Iterable[Sink]):
+    def __init__(self, sinks: Iterable[Sink], skip: dict[Path, set[str]] | None = None):
         self.sinks = list(sinks)
         self.primary = self.sinks[0] if self.sinks else None
         self.failures: list[str] = []
+        self.skip = skip or {}  # resumed: output path -> inputs whose row it already holds
 
     def _failed(self, sink: Sink, e: BaseException, what: str) -> None:
         SINK_FAILURES.labels(sink=sink.name).inc()
@@ -323,7 +324,12 @@ class SinkSet:
         self.failures.append(msg)
 
     def write(self, row: dict) -> None:
+        from .resume import input_key
+
+        key = input_key(row["path"]) if self.skip else None
         for sink in list(self.sinks):
+            if key is not None and key in self.skip.get(sink.path, ()):
+                continue  # rescanned for another output that lacked its row: no duplicate here
             try:
                 sink.write(row)
                 SINK_EVENTS.labels(sink=sink.name).inc()
@@ -347,8 +353,10 @@ class SinkSet:
             raise err
 
 
-def open_outputs(paths: Iterable[str | Path], append: bool = False) -> SinkSet:
-    """A :class:`SinkSet` for ``--out`` paths (primary first, see :func:`order_outputs`)."""
+def open_outputs(paths: Iterable[str | Path], append: bool = False,
+                 skip: dict[Path, set[str]] | None = None) -> SinkSet:
+    """A :class:`SinkSet` for ``--out`` paths (primary first, see :func:`order_outputs`);
+    ``skip``: see :meth:`scanner.resume.ResumedOutputs.skip`."""
     opened: list[Sink] = []
     try:
         for p in order_outputs(paths):
@@ -358,7 +366,7 @@ def open_outputs(paths: Iterable[str | Path], append: bool = False) -> SinkSet:
         for s in opened:
             s.close()
         raise
-    return SinkSet(opened)
+    return SinkSet(opened, skip)
 
 
 def done_paths(path: str | Path) -> set[str]:

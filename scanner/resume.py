@@ -183,6 +183,42 @@ class ResumeState:
             log.warning("--retry-errors: %d input(s) with an error row are scanned again", len(self.retry))
 
 
+@dataclass
+class ResumedOutputs:
+    """The resume state of the primary output and of every JSONL/CSV secondary that exists.
+
+    Rows go to the primary first, then to each secondary: a kill between two writes left a
+    secondary a row short for good (resume read the primary only), and ``--retry-errors``
+    dropped error rows from the primary only (the retried input then had two rows in the
+    others). An input is now scanned unless every such output holds its row, and that row
+    goes only to the outputs that lack it (:meth:`skip`), so each has one row per input."""
+
+    states: list[ResumeState]
+
+    def todo(self, paths: list[Path]) -> list[Path]:
+        return [p for p in paths if any(input_key(p) not in s.done for s in self.states)]
+
+    def check_weights(self, weights_hash: str) -> None:
+        for s in self.states:
+            s.check_weights(weights_hash)
+
+    def drop_retried(self) -> None:
+        for s in self.states:
+            s.drop_retried()
+
+    def skip(self) -> dict[Path, set[str]]:
+        """Per output path, the inputs whose row it already holds."""
+        return {s.path: s.done for s in self.states}
+
+
+def prepare_outputs(paths: list[str], expected: dict | None = None,
+                    retry_errors: bool = False) -> ResumedOutputs:
+    """:func:`prepare_resume` for ``paths[0]`` (the primary) and each later ``.jsonl``/``.csv``
+    that exists (one added on this run gets this run's rows only)."""
+    secondaries = [p for p in paths[1:] if Path(p).suffix.lower() in (".jsonl", ".csv") and os.path.isfile(p)]
+    return ResumedOutputs([prepare_resume(p, expected, retry_errors) for p in [paths[0], *secondaries]])
+
+
 def prepare_resume(path: str | Path, expected: dict | None = None, retry_errors: bool = False) -> ResumeState:
     """Read ``path`` for a resumed scan: cut a torn tail, check ``expected`` fields.
 

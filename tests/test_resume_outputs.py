@@ -1,0 +1,67 @@
+"""--resume / --retry-errors keep one row per input in *every* JSONL/CSV output, not only the
+primary: rows go to the primary first, so a kill between two writes left a secondary a row
+short, and --retry-errors removed error rows from the primary only."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+from conftest import DATA
+from scanner.cli import EXIT_INPUT_ERROR, EXIT_OK, main
+
+FAST = ["--detector", "test_tiny", "--frames", "2", "--no-progress", "--workers", "1"]
+
+
+def _paths(out: Path) -> list[str]:
+    if out.suffix == ".csv":
+        with open(out, newline="") as f:
+            return sorted(r["path"] for r in csv.DictReader(f))
+    return sorted(json.loads(line)["path"] for line in out.read_text().splitlines())
+
+
+def _inputs(tmp_path: Path, names=("a.mp4", "b.mp4", "c.mp4")) -> Path:
+    src = tmp_path / "src"
+    src.mkdir()
+    for n in names:
+        os.link(DATA / "d1.mp4", src / n)
+    return src
+
+
+def test_retry_errors_rewrites_every_output(tmp_path):
+    src = _inputs(tmp_path, ("a.mp4",))
+    (src / "bad.mp4").write_bytes(b"not a video")
+    outs = [tmp_path / "o.jsonl", tmp_path / "o.csv", tmp_path / "copy.jsonl"]
+    args = ["scan", str(src), *(x for o in outs for x in ("--out", str(o))), *FAST]
+    assert main(args) == EXIT_INPUT_ERROR
+    assert main([*args, "--retry-errors"]) == EXIT_INPUT_ERROR  # still not a video
+    want = sorted(str(src / n) for n in ("a.mp4", "bad.mp4"))
+    for o in outs:  # the secondaries kept the old error row next to the new one
+        assert _paths(o) == want, o
+
+
+def test_resume_fills_secondaries_a_kill_left_a_row_short(tmp_path):
+    src = _inputs(tmp_path)
+    prim, sec_csv, sec_jsonl = tmp_path / "o.jsonl", tmp_path / "o.csv", tmp_path / "copy.jsonl"
+    args = ["scan", str(src), "--out", str(prim), "--out", str(sec_csv), "--out", str(sec_jsonl), *FAST]
+    assert main(args) == EXIT_OK
+    # Killed after the last row reached the primary, before the secondaries got it (and the
+    # JSONL copy was also one row behind): what a SIGKILL between two sink writes leaves.
+    lines = sec_csv.read_text().splitlines(keepends=True)
+    sec_csv.write_text("".join(lines[:-1]))
+    lines = sec_jsonl.read_text().splitlines(keepends=True)
+    sec_jsonl.write_text("".join(lines[:-2]))
+    assert main([*args, "--resume"]) == EXIT_OK
+    want = sorted(str(p) for p in src.iterdir())
+    for o in (prim, sec_csv, sec_jsonl):  # every output whole, the primary not duplicated
+        assert _paths(o) == want, o
+
+
+def test_resume_with_a_new_secondary_rescans_nothing(tmp_path):
+    src = _inputs(tmp_path)
+    prim, new = tmp_path / "o.jsonl", tmp_path / "new.csv"
+    assert main(["scan", str(src), "--out", str(prim), *FAST]) == EXIT_OK
+    before = prim.read_bytes()
+    assert main(["scan", str(src), "--out", str(prim), "--out", str(new), "--resume", *FAST]) == EXIT_OK
+    assert prim.read_bytes() == before and _paths(new) == []  # an output added now gets new rows only
