@@ -29,6 +29,7 @@ from . import metrics, metrics_push
 from .config import ConfigError, build_config, check_device
 from .distributed import open_context, scan_rows
 from .output import PRIMARY_SUFFIXES, OutputError, open_outputs, order_outputs
+from .outlock import OutputLocks
 from .resume import ResumedOutputs, prepare_outputs
 from .sources import bundled_samples, expand_inputs
 from .terminal import terminal_safe
@@ -189,11 +190,11 @@ class GracefulStop:
 
 
 def run_scan(args) -> int:
-    with GracefulStop() as stop:
-        return _run(args, stop)
+    with GracefulStop() as stop, OutputLocks() as locks:
+        return _run(args, stop, locks)
 
 
-def _run(args, stop: GracefulStop) -> int:
+def _run(args, stop: GracefulStop, locks: OutputLocks) -> int:
     cfg = config_from_args(args)
     interactive = sys.stdout.isatty()
     console = _Console(highlight=False, soft_wrap=not interactive)
@@ -207,6 +208,7 @@ def _run(args, stop: GracefulStop) -> int:
     pusher = metrics_push.start_for(cfg, console)
     pre: dict = {}
     try:
+        locks.acquire(order_outputs(cfg.outputs))  # held until the outputs are closed
         paths, resumed = _to_scan(paths, cfg, console)
         t0 = time.perf_counter()
         pre = prestart(paths, cfg)  # decode the first videos while the model loads

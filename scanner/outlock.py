@@ -1,0 +1,83 @@
+"""One scan at a time per output file.
+
+Two ``dfscan scan --out r.jsonl --resume`` started together each read the file, found
+the same inputs missing, scanned them all and appended: every row twice, exit 0. (And a
+``--retry-errors`` rewrite replaced the file under the other scan's open descriptor.)
+A scan now holds an exclusive ``flock`` on ``.NAME.lock`` beside each output from before
+it reads them (resume) until they are closed; a second scan is refused at once.
+
+The lock is a file of its own because ``--retry-errors`` replaces the output (a lock on
+the output's inode would go with the old file). It is removed on release; a kill leaves
+it behind unlocked (the kernel drops the lock), and the next scan takes it over.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+from .output import OutputError
+
+
+def _lock_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.lock")
+
+
+def _take(path: Path) -> tuple[Path, int] | None:
+    """Lock ``path``'s lock file; None when it cannot be created (a read-only folder: the
+    output's own open then reports the reason, as before)."""
+    lock = _lock_path(path)
+    while True:
+        try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip()
+            os.close(fd)
+            raise OutputError(f"cannot write {path}: another dfscan scan (pid {holder or '?'}) is writing "
+                              f"it; wait for it to end or use another --out (lock file {lock})") from None
+        except OSError:  # a file system without locks
+            os.close(fd)
+            return None
+        try:  # the previous holder may have removed the file we opened: lock the one in place
+            if os.path.samestat(os.fstat(fd), os.stat(lock)):
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+                return lock, fd
+        except OSError:
+            pass
+        os.close(fd)
+
+
+class OutputLocks:
+    """Context manager: :meth:`acquire` output paths, all released on exit."""
+
+    def __init__(self):
+        self._held: list[tuple[Path, int]] = []
+
+    def acquire(self, paths) -> None:
+        for p in paths:
+            if os.path.exists(p) and not os.path.isfile(p):
+                continue  # /dev/stdout, a FIFO: nothing to resume or duplicate in
+            taken = _take(Path(p))
+            if taken is not None:
+                self._held.append(taken)
+
+    def release(self) -> None:
+        while self._held:
+            lock, fd = self._held.pop()
+            try:  # removed while still locked, so no one locks a file about to vanish
+                lock.unlink()
+            except OSError:
+                pass
+            os.close(fd)
+
+    def __enter__(self) -> "OutputLocks":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()

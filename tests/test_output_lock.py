@@ -1,0 +1,49 @@
+"""Two scans into one output: the second is refused at once instead of duplicating every row."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from conftest import DATA, ROOT
+from scanner.cli import EXIT_OK, EXIT_OUTPUT, main
+
+FAST = ["--detector", "test_tiny", "--frames", "2", "--no-progress", "--workers", "1"]
+CLIP = str(DATA / "d1.mp4")
+
+
+def test_second_scan_into_the_same_output_is_refused(tmp_path, capsys):
+    out, report = tmp_path / "o.jsonl", tmp_path / "o.html"
+    holder = subprocess.Popen(  # another scan holding the output (its lock, as a scan takes it)
+        [sys.executable, "-c", "import sys, time; from scanner.outlock import OutputLocks\n"
+         f"OutputLocks().acquire([{str(out)!r}]); print('locked', flush=True); time.sleep(60)"],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        code = main(["scan", CLIP, "--out", str(out), "--out", str(report), "--resume", *FAST])
+    finally:
+        holder.kill()
+        holder.wait()
+    err = capsys.readouterr().err
+    assert code == EXIT_OUTPUT
+    assert f"cannot write {out}: another dfscan scan (pid {holder.pid}) is writing it" in err
+    assert not out.exists() and not report.exists()  # nothing read, scanned or appended
+    # The holder was killed: its lock file stays but no longer locks; the next scan takes it
+    # over and removes it when done.
+    assert (tmp_path / ".o.jsonl.lock").exists()
+    assert main(["scan", CLIP, "--out", str(out), "--resume", *FAST]) == EXIT_OK
+    assert len(out.read_text().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.jsonl"]
+
+
+def test_two_scans_started_together_write_each_row_once(tmp_path):
+    out = tmp_path / "o.jsonl"
+    clips = [str(p) for p in sorted(DATA.glob("*.mp4"))]
+    cmd = [sys.executable, "-m", "scanner.cli", "scan", *clips, "--out", str(out), "--resume", *FAST]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    codes = sorted(c for c, _ in results)
+    lines = out.read_text().splitlines()
+    # Before: both scanned every clip and appended (each row twice, both exit 0).
+    assert len(lines) == len(clips), lines
+    assert codes in ([EXIT_OK, EXIT_OK], [EXIT_OK, EXIT_OUTPUT]), results
