@@ -146,6 +146,20 @@ def cache_key(fields: dict) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
+class CacheUnwritable(EngineError):
+    """No entry can be written under the cache root (read-only or full file system, no
+    permission, a path that is not a folder): callers build without the cache."""
+
+
+def _os_error(e: BaseException) -> OSError | None:
+    """``e`` or the error it was raised from, when that is an OSError (a backend's export
+    wraps a failed write in an EngineError)."""
+    for x in (e, e.__cause__):
+        if isinstance(x, OSError):
+            return x
+    return None
+
+
 class EngineCache:
     """Artifact store rooted at ``root`` (see module docstring)."""
 
@@ -189,36 +203,48 @@ class EngineCache:
         """Create the entry: ``write(path)`` writes the artifact; returns its final path.
 
         Written into a temporary directory and renamed, so a crash never leaves
-        a half-written entry that looks valid.
+        a half-written entry that looks valid. :class:`CacheUnwritable` when the cache
+        cannot take it (the write's own OSError, e.g. a full disk, included).
         """
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
         try:
-            write(tmp / name)
-            if not (tmp / name).is_file():
-                raise EngineError(f"engine artifact {name} was not written")
-            meta = {
-                "key": key,
-                "artifact": name,
-                "sha256": _sha256_file(tmp / name),
-                "size_bytes": (tmp / name).stat().st_size,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "fields": fields,
-                **(extra or {}),
-            }
-            (tmp / META).write_text(json.dumps(meta, indent=1, sort_keys=True))
-            final = self.entry_dir(key)
-            shutil.rmtree(final, ignore_errors=True)
-            try:
-                os.replace(tmp, final)
-            except OSError:
-                # Another process stored the same key meanwhile: keep theirs if it is valid.
-                if self._validate(final, fields) is not None:
-                    raise
-                shutil.rmtree(tmp, ignore_errors=True)
-        except BaseException:
+            self.root.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
+        except OSError as e:
+            raise CacheUnwritable(f"engine cache {self.root} cannot be written: {e.strerror or e}") from e
+        try:
+            return self._fill(tmp, key, fields, name, write, extra)
+        except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)
+            err = _os_error(e)
+            if err is not None and not isinstance(e, CacheUnwritable):
+                raise CacheUnwritable(f"engine cache {self.root} cannot be written: {err.strerror or err}") from e
             raise
+
+    def _fill(self, tmp: Path, key: str, fields: dict, name: str, write: Callable[[Path], None],
+              extra: dict | None) -> Path:
+        """Write the entry into ``tmp``, then move it to its place."""
+        write(tmp / name)
+        if not (tmp / name).is_file():
+            raise EngineError(f"engine artifact {name} was not written")
+        meta = {
+            "key": key,
+            "artifact": name,
+            "sha256": _sha256_file(tmp / name),
+            "size_bytes": (tmp / name).stat().st_size,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "fields": fields,
+            **(extra or {}),
+        }
+        (tmp / META).write_text(json.dumps(meta, indent=1, sort_keys=True))
+        final = self.entry_dir(key)
+        shutil.rmtree(final, ignore_errors=True)
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            # Another process stored the same key meanwhile: keep theirs if it is valid.
+            if self._validate(final, fields) is not None:
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
         return final / name
 
     def update_meta(self, key: str, **extra) -> bool:

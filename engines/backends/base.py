@@ -13,6 +13,7 @@ rows are sliced off before anything is returned.
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Sequence
@@ -21,6 +22,8 @@ import torch
 
 from ..detector import Detector, Output
 from ..errors import EngineError
+
+log = logging.getLogger(__name__)
 
 KINDS = ("eager", "compile", "onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -288,23 +291,33 @@ class ArtifactEngine(Engine):
         return key_fields(self.detector, self.kind, cfg, self.versions(), self.device,
                           code=code_hash(type(self), EagerEngine))
 
-    def _build(self) -> None:
+    def _build_uncached(self) -> None:
         import tempfile
         from pathlib import Path
 
-        from ..cache import EngineCache, cache_key
+        with tempfile.TemporaryDirectory(prefix="dfscan-engine-") as tmp:
+            path = Path(tmp) / self.artifact_name
+            self._export(path)
+            self._load(path)
+
+    def _build(self) -> None:
+        from ..cache import CacheUnwritable, EngineCache, cache_key
 
         if not self.cfg.use_cache:
-            with tempfile.TemporaryDirectory(prefix="dfscan-engine-") as tmp:
-                path = Path(tmp) / self.artifact_name
-                self._export(path)
-                self._load(path)
-            return
+            return self._build_uncached()
         cache = EngineCache(self.cfg.cache_dir)
         fields = self._key_fields()
         key = cache_key(fields)
         path, status = cache.lookup(key, fields)
         if path is None:
-            path = cache.store(key, fields, self.artifact_name, self._export)
+            try:
+                path = cache.store(key, fields, self.artifact_name, self._export)
+            except CacheUnwritable as e:
+                # The cache only saves the next start an export: a read-only or full one must
+                # not stop a scan (auto is the cached ONNX engine on CPU), as it did.
+                log.warning("%s; the %s engine is built without it", e, self.kind)
+                self._build_uncached()
+                self.info.cache = "none (cache not writable)"
+                return
         self._load(path)
         self.info.cache, self.info.cache_key, self.info.artifact = status, key, str(path)

@@ -1,0 +1,64 @@
+"""Engine cache drills: a cache that cannot take an entry, entries raced by other processes."""
+from __future__ import annotations
+
+import errno
+import logging
+
+import pytest
+import torch
+
+from engines.backends import build_engine, engine_config
+from engines.backends.onnxrt import OnnxRuntimeEngine
+from engines.errors import EngineError
+from engines.registry import create_detector
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return create_detector("test_tiny")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_unwritable_cache_builds_the_engine_without_it(tiny, tmp_path, caplog):
+    blocker = tmp_path / "file"
+    blocker.write_text("")  # the cache folder would be below a file: never creatable, even as root
+    cfg = engine_config("onnxruntime", batch_sizes=(1, 8), cache_dir=str(blocker / "cache"))
+    with caplog.at_level(logging.WARNING):
+        e = build_engine(tiny, cfg)  # was EngineError: building ... failed: NotADirectoryError
+    assert e.info.cache == "none (cache not writable)" and e.info.parity["passed"]
+    assert "cannot be written" in caplog.text and str(blocker / "cache") in caplog.text
+    x = tiny.spec.example_input(3)
+    torch.testing.assert_close(e.p_fake(x), tiny.p_fake(tiny(x)), atol=1e-4, rtol=1e-4)
+
+
+def test_full_cache_disk_builds_the_engine_without_it(tiny, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    real = OnnxRuntimeEngine._export
+
+    def export(self, path):
+        if cache in path.parents:  # writing into the cache: the disk is full
+            raise EngineError(f"could not write the ONNX file {path}") from OSError(errno.ENOSPC, "No space left on device")
+        real(self, path)
+
+    monkeypatch.setattr(OnnxRuntimeEngine, "_export", export)
+    e = build_engine(tiny, engine_config("onnxruntime", batch_sizes=(2,), cache_dir=str(cache)))
+    assert e.info.cache == "none (cache not writable)" and e.info.parity["passed"]
+    assert [p.name for p in cache.iterdir()] == []  # no half-written entry left behind
+
+
+def test_an_export_bug_is_still_an_error(tiny, tmp_path, monkeypatch):
+    def export(self, path):
+        raise EngineError("exporter bug")  # not the cache's fault: no silent uncached retry
+
+    monkeypatch.setattr(OnnxRuntimeEngine, "_export", export)
+    with pytest.raises(EngineError, match="exporter bug"):
+        build_engine(tiny, engine_config("onnxruntime", batch_sizes=(2,), cache_dir=str(tmp_path / "c")))
