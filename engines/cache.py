@@ -237,6 +237,11 @@ class EngineCache:
         }
         (tmp / META).write_text(json.dumps(meta, indent=1, sort_keys=True))
         final = self.entry_dir(key)
+        if self._validate(final, fields) is None:
+            # Another process stored this key meanwhile and may be loading it: deleting its
+            # entry to put ours in place made that load fail (file not found). Keep theirs.
+            shutil.rmtree(tmp, ignore_errors=True)
+            return final / name
         shutil.rmtree(final, ignore_errors=True)
         try:
             os.replace(tmp, final)

@@ -62,3 +62,27 @@ def test_an_export_bug_is_still_an_error(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(OnnxRuntimeEngine, "_export", export)
     with pytest.raises(EngineError, match="exporter bug"):
         build_engine(tiny, engine_config("onnxruntime", batch_sizes=(2,), cache_dir=str(tmp_path / "c")))
+
+
+def test_a_second_store_keeps_the_valid_entry_another_process_may_be_loading(tmp_path, monkeypatch):
+    import os
+
+    from engines.cache import EngineCache, cache_key
+
+    cache, fields = EngineCache(tmp_path), {"detector": "x"}
+    key = cache_key(fields)
+    # Two processes missed the cache and exported; the first stored its entry and is loading it.
+    first = cache.store(key, fields, "model.onnx", lambda p: p.write_bytes(b"graph"))
+    inode = first.stat().st_ino
+    present, replace = [], os.replace
+
+    def watched(src, dst):  # the first process's load would run now: is its file there?
+        present.append(first.is_file())
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", watched)
+    second = cache.store(key, fields, "model.onnx", lambda p: p.write_bytes(b"graph"))
+    monkeypatch.undo()
+    assert second == first and all(present) and first.stat().st_ino == inode
+    assert cache.lookup(key, fields)[1] == "hit"
+    assert [p.name for p in tmp_path.iterdir()] == [key]  # the second export was discarded
