@@ -19,6 +19,7 @@ inputs (``tests/test_mtcnn_engine.py``).
 """
 from __future__ import annotations
 
+import hashlib
 import warnings
 from pathlib import Path
 
@@ -66,10 +67,14 @@ def exported_net(net: torch.nn.Module, name: str, cache_dir: str | Path | None =
     """ONNX file of facenet's ``name`` net (``pnet``/``rnet``/``onet``), from the cache."""
     import copy
 
-    from engines.cache import EngineCache, cache_key, package_version, state_dict_hash
+    from engines.cache import EngineCache, cache_key, dfscan_version, package_version, state_dict_hash
 
+    # The dfscan version and this file's hash, as the detector engines' key has: a changed
+    # export (axes, opset, a fix) must not keep serving the file an older version wrote.
+    code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
     fields = {"kind": "mtcnn-onnx", "net": name, "weights": state_dict_hash(net),
-              "versions": {"torch": torch.__version__, "onnx": package_version("onnx")}, "opset": 17}
+              "versions": {"torch": torch.__version__, "onnx": package_version("onnx")}, "opset": 17,
+              "dfscan": dfscan_version(), "code": code}
     cache = EngineCache(cache_dir)
     key = cache_key(fields)
     path, _ = cache.lookup(key, fields)

@@ -1,6 +1,8 @@
 """MTCNN's nets on ONNX Runtime: parity with facenet-pytorch's nets, same faces, cached export."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -61,3 +63,18 @@ def test_face_engine_names():
         resolve_face_engine("onnxruntime", "cuda")
     with pytest.raises(EngineError):
         resolve_face_engine("tensorflow", "cpu")
+
+
+def test_export_key_follows_the_dfscan_version_and_export_code(detectors, monkeypatch, tmp_path):
+    import engines.cache
+    import scanner.mtcnn_engine as me
+
+    eager, _, _ = detectors
+    path = exported_net(eager.mtcnn.onet, "onet", tmp_path)
+    monkeypatch.setattr(engines.cache, "dfscan_version", lambda: "9.9.9")  # an upgrade
+    assert exported_net(eager.mtcnn.onet, "onet", tmp_path).parent != path.parent
+    monkeypatch.undo()
+    changed = tmp_path / "mtcnn_engine.py"  # the export code edited, same version
+    changed.write_text(Path(me.__file__).read_text() + "\n# changed\n")
+    monkeypatch.setattr(me, "__file__", str(changed))
+    assert exported_net(eager.mtcnn.onet, "onet", tmp_path).parent != path.parent
