@@ -20,6 +20,8 @@ inputs (``tests/test_mtcnn_engine.py``).
 from __future__ import annotations
 
 import hashlib
+import logging
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -27,6 +29,7 @@ import torch
 
 from engines.errors import EngineError, EngineUnavailable
 
+log = logging.getLogger(__name__)
 FACE_ENGINES = ("auto", "eager", "onnxruntime")
 # name -> (example input shape, output names, dynamic axes of the input).
 _NETS = {
@@ -63,11 +66,14 @@ def _export(net: torch.nn.Module, name: str, path: Path) -> None:
                           output_names=list(outs), dynamic_axes={"x": axes, **out_axes}, opset_version=17)
 
 
-def exported_net(net: torch.nn.Module, name: str, cache_dir: str | Path | None = None) -> Path:
-    """ONNX file of facenet's ``name`` net (``pnet``/``rnet``/``onet``), from the cache."""
+def exported_net(net: torch.nn.Module, name: str, cache_dir: str | Path | None = None,
+                 spare: Path | None = None) -> Path:
+    """ONNX file of facenet's ``name`` net (``pnet``/``rnet``/``onet``), from the cache; in
+    the folder ``spare`` when the cache cannot take it (read-only, full)."""
     import copy
 
-    from engines.cache import EngineCache, cache_key, dfscan_version, package_version, state_dict_hash
+    from engines.cache import (CacheUnwritable, EngineCache, cache_key, dfscan_version, package_version,
+                               state_dict_hash)
 
     # The dfscan version and this file's hash, as the detector engines' key has: a changed
     # export (axes, opset, a fix) must not keep serving the file an older version wrote.
@@ -80,7 +86,14 @@ def exported_net(net: torch.nn.Module, name: str, cache_dir: str | Path | None =
     path, _ = cache.lookup(key, fields)
     if path is None:
         # Export a copy: the live net keeps its channels_last layout.
-        path = cache.store(key, fields, f"{name}.onnx", lambda p: _export(copy.deepcopy(net), name, p))
+        try:
+            path = cache.store(key, fields, f"{name}.onnx", lambda p: _export(copy.deepcopy(net), name, p))
+        except CacheUnwritable as e:  # a cache only spares the next start an export
+            if spare is None:
+                raise
+            log.warning("%s; MTCNN's %s is exported without it", e, name)
+            path = spare / f"{name}.onnx"
+            _export(copy.deepcopy(net), name, path)
     return path
 
 
@@ -119,8 +132,9 @@ def use_face_engine(mtcnn, engine: str, device: str = "cpu", cache_dir: str | Pa
     """Swap ``mtcnn``'s nets for ``engine``'s (in place); returns the engine used."""
     engine = resolve_face_engine(engine, device)
     if engine == "onnxruntime":
-        for name in _NETS:
-            setattr(mtcnn, name, OrtNet(exported_net(getattr(mtcnn, name), name, cache_dir)))
+        with tempfile.TemporaryDirectory(prefix="dfscan-mtcnn-") as spare:  # sessions hold their graph
+            for name in _NETS:
+                setattr(mtcnn, name, OrtNet(exported_net(getattr(mtcnn, name), name, cache_dir, Path(spare))))
     return engine
 
 

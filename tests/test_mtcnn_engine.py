@@ -78,3 +78,15 @@ def test_export_key_follows_the_dfscan_version_and_export_code(detectors, monkey
     changed.write_text(Path(me.__file__).read_text() + "\n# changed\n")
     monkeypatch.setattr(me, "__file__", str(changed))
     assert exported_net(eager.mtcnn.onet, "onet", tmp_path).parent != path.parent
+
+
+def test_unwritable_cache_still_runs_the_onnx_nets(tmp_path):
+    from scanner.mtcnn_engine import use_face_engine
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")  # a cache folder below a file cannot be made, even as root
+    ort = FaceDetector(max_side=4096, min_face=30, max_faces=20)
+    # Was an error (the cache's OSError) that stopped the scan.
+    assert use_face_engine(ort.mtcnn, "onnxruntime", "cpu", blocker / "cache") == "onnxruntime"
+    img = np.asarray(Image.open(DATA / "multiface.jpg").convert("RGB"))
+    assert len(ort.detect([Frame(0, 0.0, img)])[0]) >= 4
