@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -160,6 +161,21 @@ def _os_error(e: BaseException) -> OSError | None:
     return None
 
 
+def _foreign(*paths: Path) -> str | None:
+    """Why files another user could have written are not to be trusted, else None
+    (a shared, world-writable ``DFSCAN_CACHE_DIR`` would let anyone plant an entry)."""
+    if not hasattr(os, "getuid"):
+        return None
+    for p in paths:
+        if p.stat().st_uid != os.getuid():
+            return "entry owned by another user"
+    # Entries are made by mkdtemp (0700); the files' own modes follow the umask and do not
+    # matter inside a folder only its owner can write.
+    if paths[0].stat().st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return "entry writable by other users"
+    return None
+
+
 class EngineCache:
     """Artifact store rooted at ``root`` (see module docstring)."""
 
@@ -192,9 +208,15 @@ class EngineCache:
             return f"unreadable metadata: {type(e).__name__}"
         if not isinstance(meta, dict) or meta.get("fields") != json.loads(json.dumps(fields)):
             return "metadata does not match the requested engine"
-        art = d / str(meta.get("artifact", ""))
-        if not meta.get("artifact") or not art.is_file():
+        name = str(meta.get("artifact", ""))
+        if name in ("", ".", "..") or Path(name).name != name:  # e.g. "../../x": not this entry's
+            return "artifact is not a file of the entry"
+        art = d / name
+        if not art.is_file():
             return "artifact missing"
+        foreign = _foreign(d, d / META, art)
+        if foreign:  # a TensorRT program is loaded as code: only from entries only we could write
+            return foreign
         if _sha256_file(art) != meta.get("sha256"):
             return "artifact checksum mismatch"
         return None

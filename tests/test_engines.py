@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -215,6 +216,26 @@ def test_cache_bad_metadata_is_rebuilt(tiny, damage):
     again = build_engine(tiny, cfg)
     assert again.info.cache.startswith("rebuilt (")
     _assert_parity(again)
+
+
+
+def test_cache_entry_others_could_write_is_not_loaded(tiny, tmp_path):
+    # A planted entry (shared, world-writable DFSCAN_CACHE_DIR) was loaded when its
+    # meta.json matched; its artifact name could even point outside the entry ("../x").
+    import os
+
+    cfg = engine_config("onnxruntime", batch_sizes=(2,))
+    first = build_engine(tiny, cfg)
+    d = EngineCache().entry_dir(first.info.cache_key)
+    outside = tmp_path / "elsewhere.onnx"
+    outside.write_bytes(Path(first.info.artifact).read_bytes())
+    meta = json.loads((d / "meta.json").read_text())
+    (d / "meta.json").write_text(json.dumps({**meta, "artifact": os.path.relpath(outside, d)}))
+    again = build_engine(tiny, cfg)
+    assert again.info.cache == "rebuilt (artifact is not a file of the entry)"
+    d.chmod(0o777)
+    assert build_engine(tiny, cfg).info.cache == "rebuilt (entry writable by other users)"
+    assert build_engine(tiny, cfg).info.cache == "hit"  # the rebuilt entry is the owner's alone
 
 
 def test_cache_key_has_dfscan_version_and_code(tiny, monkeypatch, tmp_path):
