@@ -170,8 +170,9 @@ def _foreign(*paths: Path) -> str | None:
         if p.stat().st_uid != os.getuid():
             return "entry owned by another user"
     # Entries are made by mkdtemp (0700); the files' own modes follow the umask and do not
-    # matter inside a folder only its owner can write.
-    if paths[0].stat().st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+    # matter inside a folder only its owner can write. Group write is allowed: Kubernetes'
+    # fsGroup makes every volume folder group-writable at each mount (a rebuild per pod).
+    if paths[0].stat().st_mode & stat.S_IWOTH:
         return "entry writable by other users"
     return None
 

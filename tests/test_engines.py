@@ -233,6 +233,8 @@ def test_cache_entry_others_could_write_is_not_loaded(tiny, tmp_path):
     (d / "meta.json").write_text(json.dumps({**meta, "artifact": os.path.relpath(outside, d)}))
     again = build_engine(tiny, cfg)
     assert again.info.cache == "rebuilt (artifact is not a file of the entry)"
+    d.chmod(0o770)  # group-writable, as Kubernetes' fsGroup leaves a volume: still ours
+    assert build_engine(tiny, cfg).info.cache == "hit"
     d.chmod(0o777)
     assert build_engine(tiny, cfg).info.cache == "rebuilt (entry writable by other users)"
     assert build_engine(tiny, cfg).info.cache == "hit"  # the rebuilt entry is the owner's alone
