@@ -63,7 +63,7 @@ class OutputLocks:
         for p in paths:
             if os.path.exists(p) and not os.path.isfile(p):
                 continue  # /dev/stdout, a FIFO: nothing to resume or duplicate in
-            taken = _take(Path(p))
+            taken = _take(Path(os.path.realpath(p)))  # one lock however the file is reached
             if taken is not None:
                 self._held.append(taken)
 

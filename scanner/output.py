@@ -290,7 +290,11 @@ def order_outputs(paths: Iterable[str | Path]) -> list[str]:
     paths = [str(p) for p in paths]
     seen: set[str] = set()
     for p in paths:
-        key = os.path.realpath(p)
+        try:  # hard links too: one file under two names
+            st = os.stat(p)
+            key = (st.st_dev, st.st_ino) if os.path.isfile(p) else os.path.realpath(p)
+        except OSError:
+            key = os.path.realpath(p)
         if key in seen:
             raise OutputError(f"--out {p} is given twice")
         seen.add(key)

@@ -1,11 +1,15 @@
 """Two scans into one output: the second is refused at once instead of duplicating every row."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import DATA, ROOT
 from scanner.cli import EXIT_OK, EXIT_OUTPUT, main
+from scanner.output import OutputError
 
 FAST = ["--detector", "test_tiny", "--frames", "2", "--no-progress", "--workers", "1"]
 CLIP = str(DATA / "d1.mp4")
@@ -47,3 +51,25 @@ def test_two_scans_started_together_write_each_row_once(tmp_path):
     # Before: both scanned every clip and appended (each row twice, both exit 0).
     assert len(lines) == len(clips), lines
     assert codes in ([EXIT_OK, EXIT_OK], [EXIT_OK, EXIT_OUTPUT]), results
+
+
+def test_an_output_reached_through_a_symlink_shares_the_lock(tmp_path):
+    # The lock sat beside the name given, so a scan writing real.jsonl and another writing
+    # it through link.jsonl each took a lock of their own and both appended.
+    from scanner.outlock import OutputLocks
+
+    real, link = tmp_path / "real.jsonl", tmp_path / "link.jsonl"
+    real.write_text("")
+    link.symlink_to(real)
+    with OutputLocks() as held:
+        held.acquire([str(real)])
+        with pytest.raises(OutputError, match="another dfscan scan"):
+            OutputLocks().acquire([str(link)])
+
+
+def test_one_output_under_two_hard_link_names_is_given_twice(tmp_path, capsys):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text("")
+    os.link(a, b)
+    assert main(["scan", CLIP, "--out", str(a), "--out", str(b), "--resume", *FAST]) == EXIT_OUTPUT
+    assert f"--out {b} is given twice" in capsys.readouterr().err
