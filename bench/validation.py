@@ -154,7 +154,7 @@ def _video_scores(row: dict) -> dict[str, float | None]:
     faces = [[(np.array(f["box"]), f["score"]) for f in fr.get("faces", [])] for fr in det]
     per_frame = [max(s for _, s in fs) for fs in faces if fs]
     frames = float(np.mean(per_frame)) if per_frame else None
-    tracks = decide_tracks(build_tracks(faces), 0.5, 3).score if per_frame else None
+    tracks = decide_tracks(build_tracks(faces), 0.5, 3, len(faces)).score if per_frame else None
     return {"frames": frames, "tracks": tracks}
 
 

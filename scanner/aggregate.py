@@ -51,16 +51,23 @@ def video_score(frame_scores: list[float], mode: str, topk: int = 5) -> float:
     raise ValueError(f"unknown video aggregation {mode!r}")
 
 
+def frames_needed(min_face_frames: int, sampled: int) -> int:
+    """Frames with a scored face a verdict needs: ``min_face_frames``, capped at the
+    number of sampled frames (so a 2-frame clip can still get a verdict).
+
+    Shared by frame and track aggregation: both must call the same video ``no_face``.
+    """
+    return min(min_face_frames, max(1, sampled))
+
+
 def decide(frame_scores: list[float | None], threshold: float, video_mode: str,
            topk: int, min_face_frames: int) -> Verdict:
     """Verdict of a video from its frames' scores (None = frame without a face).
 
-    ``no_face`` when fewer than ``min_face_frames`` frames had a face (capped at
-    the number of sampled frames, so a 2-frame clip can still get a verdict).
+    ``no_face`` when fewer than :func:`frames_needed` frames had a face.
     """
     valid = [s for s in frame_scores if s is not None and np.isfinite(s)]
-    need = min(min_face_frames, max(1, len(frame_scores)))
-    if len(valid) < need:
+    if len(valid) < frames_needed(min_face_frames, len(frame_scores)):
         return Verdict("no_face", None, len(valid))
     score = video_score(valid, video_mode, topk)
     return Verdict("fake" if score >= threshold else "real", score, len(valid))

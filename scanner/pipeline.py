@@ -237,7 +237,7 @@ def _summarise(state: _VideoState, ctx: ScanContext) -> dict:
         from .tracks import build_tracks, decide_tracks
 
         tracks = build_tracks([[(r.box, r.score) for r in recs] for recs in per_frame])
-        v = decide_tracks(tracks, ctx.threshold, cfg.min_face_frames)
+        v = decide_tracks(tracks, ctx.threshold, cfg.min_face_frames, len(per_frame))
     if dropped and v.verdict == "no_face":
         raise VideoError("non_finite", f"the detector scored {dropped} of {len(state.faces)} face "
                          "crops NaN/inf; too few finite scores left for a verdict")

@@ -7,7 +7,8 @@ score is the mean of its top half of face scores (robust to a few bad crops,
 sensitive to a face that is fake only part of the time); the video score is
 the maximum over tracks seen in enough frames (``min_frames``, capped at the
 longest track's length, so short clips still get a verdict and a one-frame
-false detection cannot decide a long video).
+false detection cannot decide a long video). A video is ``no_face`` exactly
+when frame aggregation calls it so.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .aggregate import Verdict
+from .aggregate import Verdict, frames_needed
 
 
 @dataclass
@@ -24,6 +25,11 @@ class FaceTrack:
     id: int
     frames: list[int] = field(default_factory=list)  # positions in the sampled-frame list
     scores: list[float] = field(default_factory=list)
+
+    @property
+    def scored(self) -> int:
+        """Faces of this track with a finite score (what its score is made of)."""
+        return sum(1 for v in self.scores if math.isfinite(v))
 
     @property
     def score(self) -> float | None:
@@ -56,14 +62,18 @@ def build_tracks(frames: list[list[tuple[np.ndarray, float]]], iou: float = 0.3)
     return list(tracks.values())
 
 
-def decide_tracks(tracks: list[FaceTrack], threshold: float, min_frames: int) -> Verdict:
-    """Verdict = max track score over tracks with at least ``min_frames`` faces (capped)."""
+def decide_tracks(tracks: list[FaceTrack], threshold: float, min_frames: int, sampled: int) -> Verdict:
+    """Verdict = max track score over tracks with at least ``min_frames`` scored faces (capped).
+
+    ``no_face`` exactly when frame aggregation says so (fewer frames with a scored face
+    than :func:`scanner.aggregate.frames_needed` asks of ``sampled`` frames): capping
+    only at the longest track let one face in 1 of 32 frames decide the video.
+    """
+    face_frames = {f for t in tracks for f, s in zip(t.frames, t.scores) if math.isfinite(s)}
+    if len(face_frames) < frames_needed(min_frames, sampled):
+        return Verdict("no_face", None, len(face_frames))
     scored = [t for t in tracks if t.score is not None]
-    if not scored:
-        return Verdict("no_face", None, 0)
-    longest = max(len(t.frames) for t in scored)
-    need = min(min_frames, longest)
-    eligible = [t for t in scored if len(t.frames) >= need]
+    longest = max(t.scored for t in scored)
+    eligible = [t for t in scored if t.scored >= min(min_frames, longest)]
     score = max(t.score for t in eligible)
-    frames_with_faces = len({f for t in scored for f in t.frames})
-    return Verdict("fake" if score >= threshold else "real", score, frames_with_faces)
+    return Verdict("fake" if score >= threshold else "real", score, len(face_frames))
