@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from .errors import DetectorOutputError
 from .spec import InputSpec
 
 Output = torch.Tensor | Sequence[torch.Tensor]
@@ -92,3 +93,19 @@ class Detector(nn.Module):
             "cam_layer": self.cam_layer,
             "input": self.spec.to_dict(),
         }
+
+
+def scores_for(detector: Detector, out: Output, n: int) -> torch.Tensor:
+    """``detector.p_fake(out)`` as ``float32 (n,)``, one P(fake) per crop, on the CPU.
+
+    Scores are paired with faces by position, so any other shape is an error: a
+    network with two logits per crop and the default ``p_fake`` gives ``2n`` values,
+    which would silently pair face k with another crop's logit, and ``n - 1`` would
+    leave a face unscored.
+    """
+    p = detector.p_fake(out)
+    if not isinstance(p, torch.Tensor) or tuple(p.shape) != (n,):
+        got = tuple(p.shape) if isinstance(p, torch.Tensor) else type(p).__name__
+        raise DetectorOutputError(f"detector {detector.name} returned scores of shape {got} for {n} "
+                                  f"face crop(s); expected ({n},): one P(fake) per crop")
+    return p.float().cpu()

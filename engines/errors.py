@@ -30,3 +30,7 @@ class EngineUnavailable(EngineError):
 
 class ParityError(EngineError):
     """A compiled engine disagrees with eager fp32 PyTorch beyond the allowed tolerance."""
+
+
+class DetectorOutputError(EngineError):
+    """A detector gave another number of scores than it was given face crops."""

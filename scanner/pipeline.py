@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from engines import create_detector
-from engines.detector import Detector
+from engines.detector import Detector, scores_for
 from engines.registry import file_hash
 
 from . import metrics
@@ -169,7 +169,7 @@ def _infer(state: _VideoState, ctx: ScanContext) -> None:
         return
     crops = torch.cat(state.crops)
     out = ctx.engine(crops)
-    p = ctx.detector.p_fake(out).float().cpu()
+    p = scores_for(ctx.detector, out, len(state.pending))
     extras = ctx.detector.extras(out, p)
     for rec, s, ex in zip(state.pending, p.tolist(), extras):
         rec.score, rec.extras = s, ex

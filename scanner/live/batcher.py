@@ -19,6 +19,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from engines.detector import scores_for
+
 from .source import LiveFrame, LiveSource
 
 log = logging.getLogger(__name__)
@@ -78,8 +80,8 @@ class FrameAnalyzer:
     def _score(self, crops: torch.Tensor) -> np.ndarray:
         ps = []
         for k in range(0, crops.shape[0], self.max_crops):
-            out = self.engine(crops[k:k + self.max_crops])
-            ps.append(self.model.p_fake(out).float().cpu())
+            chunk = crops[k:k + self.max_crops]
+            ps.append(scores_for(self.model, self.engine(chunk), len(chunk)))
         p = torch.cat(ps).numpy()
         bad = int((~np.isfinite(p)).sum())
         if bad:  # kept in the result (boxes still track), ignored by the rolling verdicts
