@@ -174,6 +174,50 @@ def test_stream_verdict_events():
     assert ev[0]["reason"] == "interval" and ev[0]["tracks"] == {"1": pytest.approx(0.8, abs=1e-3)}
 
 
+def test_verdict_of_a_stream_whose_frames_stop_lapses():
+    """A fake stream whose frames stop (publisher gone, reconnecting): windows aged only
+    when a frame arrived, so /streams and dfscan_stream_fake kept 'fake' (and the last
+    score) for as long as the stream stayed down; a track without a finite score read
+    0.0 (real). The watchdog's tick now ages the windows."""
+    from types import SimpleNamespace
+
+    from scanner.decode import Frame
+    from scanner.live.service import _Stream
+    from scanner.live.source import LiveFrame
+
+    s = VerdictSettings(window_s=5, fake_above=0.6, real_below=0.4, min_samples=2, emit_interval_s=3600)
+    svc = LiveService(parse_config({}))
+    sm = svc.metrics.stream("cam")
+    st = _Stream(None, SimpleNamespace(_m=sm, state="backoff"), StreamVerdicts("cam", s), None)
+    svc._streams["cam"] = st
+    box, img = np.array([[10, 10, 90, 90]], np.float32), np.zeros((8, 8, 3), np.uint8)
+    t0 = time.monotonic()
+    for k in range(3):
+        svc._on_result(LiveFrame("cam", k, k, t0 + k * 0.5, Frame(k, 0.0, img)),
+                       FrameResult(box, np.ones(1), np.array([0.9])))
+    gauge = lambda g: svc.metrics.registry.get_sample_value(g, {"stream": "cam"})  # noqa: E731
+    assert st.verdicts.summary["verdict"] == "fake" and gauge("dfscan_stream_fake") == 1.0
+    svc._tick(t0 + 3)  # still inside the window: nothing changes
+    assert st.verdicts.summary["verdict"] == "fake" and gauge("dfscan_stream_fake") == 1.0
+    svc._tick(t0 + 10)  # every sample older than the window: no verdict left
+    sm_ = st.verdicts.summary
+    assert sm_["verdict"] == "unknown" and sm_["score"] is None and sm_["samples"] == 0
+    assert sm_["tracks"] == {"1": {"verdict": "unknown", "score": None}}
+    assert gauge("dfscan_stream_fake") == 0.0 and np.isnan(gauge("dfscan_stream_score_ratio"))
+    events = st.verdicts.expire(t0 + 11)
+    assert events == []  # already lapsed: no repeated change events
+    sv = StreamVerdicts("n", s)
+    sv.update(0.0, box, np.array([np.nan]))
+    assert sv.summary["tracks"] == {"1": {"verdict": "unknown", "score": None}}
+    lapsed = StreamVerdicts("e", s)
+    for k in range(3):
+        lapsed.update(t0 + k * 0.5, box, np.array([0.9]))
+    ev = lapsed.expire(t0 + 10)
+    assert {(e["track"], e["previous"], e["verdict"], e["alert"]) for e in ev} == {
+        (None, "fake", "unknown", False), (1, "fake", "unknown", False)}
+    json.dumps(ev, allow_nan=False)
+
+
 def test_cross_stream_batching():
     """Frames from several streams share one analyzer call; every stream is served."""
     calls: list[int] = []

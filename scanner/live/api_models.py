@@ -22,7 +22,7 @@ class Ready(BaseModel):
 
 class TrackInfo(BaseModel):
     verdict: str
-    score: float
+    score: float | None  # None: no finite score in the track's window
 
 
 class StreamInfo(BaseModel):

@@ -83,6 +83,10 @@ class _Judge:
     hyst: Hysteresis
 
 
+def _rounded(v: float | None) -> float | None:
+    return None if v is None else round(v, 4)
+
+
 def _utc() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
@@ -137,6 +141,23 @@ class StreamVerdicts:
             events.append(self._event("change", self.stream, prev, None, t))
         return events + self.tick(time.monotonic())
 
+    def expire(self, now: float) -> list[dict]:
+        """Age the stream's and tracks' windows to ``now`` without a frame; change events.
+
+        Windows otherwise age only when a frame arrives: a stream whose frames stop
+        (publisher gone, reconnecting) kept its last verdict, score and tracks in the
+        API and the ``dfscan_stream_fake`` gauge for as long as it stayed down.
+        """
+        events = []
+        for tid, j in [(None, self.stream), *self.tracks.items()]:
+            j.roll.expire(now)
+            prev, cur = j.hyst.update(j.roll.value, j.roll.count)
+            if cur != prev:
+                ev = self._event("change", j, prev, tid, now)
+                ev.pop("latency_s")  # no triggering frame: the window ran out
+                events.append(ev)
+        return events
+
     def tick(self, now: float) -> list[dict]:
         """Periodic summary event when ``emit_interval_s`` has passed since the last one."""
         if now - self.last_emit < self.s.emit_interval_s:
@@ -151,8 +172,8 @@ class StreamVerdicts:
 
     @property
     def summary(self) -> dict:
-        v = self.stream.roll.value
-        return {"verdict": self.stream.hyst.verdict, "score": None if v is None else round(v, 4),
+        # A track without a score in its window (all NaN, or expired) has none: not 0.0 (real).
+        return {"verdict": self.stream.hyst.verdict, "score": _rounded(self.stream.roll.value),
                 "samples": self.stream.roll.count, "faces": self.faces_last,
-                "tracks": {str(k): {"verdict": j.hyst.verdict, "score": round(j.roll.value or 0.0, 4)}
+                "tracks": {str(k): {"verdict": j.hyst.verdict, "score": _rounded(j.roll.value)}
                            for k, j in self.tracks.items()}}

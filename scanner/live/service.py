@@ -209,15 +209,20 @@ class LiveService:
             return  # removed (perhaps re-added since) while its frame was in flight
         with st.lock:
             events = st.verdicts.update(frame.t_capture, r.boxes, r.p_fake)
-            score = st.verdicts.stream.roll.value
-            fake = st.verdicts.stream.hyst.verdict == "fake"
+            self._set_gauges(st)
         sm = st.source._m
         sm.faces.inc(len(r.p_fake))
         sm.latency.observe(time.monotonic() - frame.t_capture)
-        if score is not None:
-            sm.score.set(score)
-        sm.fake.set(1.0 if fake else 0.0)
         self._publish(events)
+
+    @staticmethod
+    def _set_gauges(st: _Stream) -> None:
+        """Score and fake gauges from the stream's verdict (caller holds ``st.lock``).
+
+        No score in the window is NaN, not the last score seen (a stale number)."""
+        v = st.verdicts.stream
+        st.source._m.score.set(float("nan") if v.roll.value is None else v.roll.value)
+        st.source._m.fake.set(1.0 if v.hyst.verdict == "fake" else 0.0)
 
     def _on_error(self, batch, e: Exception) -> None:
         with self._lock:
@@ -235,8 +240,9 @@ class LiveService:
         with self._lock:
             streams = list(self._streams.values())
         for st in streams:
-            with st.lock:
-                events = st.verdicts.tick(now)
+            with st.lock:  # windows age without frames too: a dead stream's verdict lapses
+                events = st.verdicts.expire(now) + st.verdicts.tick(now)
+                self._set_gauges(st)
             for ev in events:
                 ev["state"] = st.source.state
             self._publish(events)
