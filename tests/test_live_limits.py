@@ -90,3 +90,27 @@ def test_watch_table_shows_errors_verbatim(error):
     console = Console(width=300, record=True)
     console.print(stream_table([row]))
     assert error[:48] in console.export_text()
+
+
+def test_window_that_can_never_hold_min_samples_refused():
+    """sample_fps 0.1 with the default 10 s window holds at most 2 sampled frames, fewer than
+    min_samples 3: every verdict of the stream stayed 'unknown' for good, a deepfake included,
+    without a word. Refused in the config and for a stream added through the API."""
+    from types import SimpleNamespace
+
+    from scanner.live.config import StreamConfig
+    from scanner.live.service import LiveService
+
+    with pytest.raises(ConfigError, match=r"defaults: at sample_fps 0.1 .* at most 2 sampled frame\(s\), fewer than verdict.min_samples 3"):
+        parse_config({"defaults": {"sample_fps": 0.1}})
+    with pytest.raises(ConfigError, match="stream 'cam': at sample_fps 0.05"):
+        parse_config({"streams": [{"name": "cam", "url": "rtsp://h/x", "sample_fps": 0.05}]})
+    for ok in ({"defaults": {"sample_fps": 0.1}, "verdict": {"window_s": 20}},  # 3 samples fit
+               {"defaults": {"sample_fps": 0.1}, "verdict": {"min_samples": 2}},
+               {"defaults": {"sample_fps": 0}}):  # 0: every frame
+        parse_config(ok)
+    svc = LiveService(parse_config({}))
+    svc.workers = [SimpleNamespace(sources=[])]  # never reached: refused before any source starts
+    with pytest.raises(ConfigError, match="stream 'slow': at sample_fps 0.1"):
+        svc.add_stream(StreamConfig(name="slow", url="rtsp://h/x", sample_fps=0.1))
+    assert not svc._streams

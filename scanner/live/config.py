@@ -7,6 +7,7 @@ requires a bearer token (from an environment variable or a file, never inline).
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 from pathlib import Path
@@ -151,6 +152,15 @@ class VerdictConfig(_Model):
             raise ConfigError("verdict.real_below must be <= verdict.fake_above")
         return d
 
+    def check_rate(self, sample_fps: float, where: str) -> None:
+        """ValueError when a window can never hold ``min_samples`` frames at ``sample_fps``:
+        every verdict of such a stream stays ``unknown`` for good, without a word."""
+        most = math.floor(sample_fps * self.window_s) + 1  # samples at both ends of the window
+        if sample_fps > 0 and most < self.min_samples:
+            raise ValueError(f"{where}: at sample_fps {sample_fps:g} a verdict.window_s of {self.window_s:g} s "
+                             f"holds at most {most} sampled frame(s), fewer than verdict.min_samples "
+                             f"{self.min_samples}: no verdict could ever be reached (widen the window)")
+
     @model_validator(mode="after")
     def _band(self):
         if self.real_below is not None and self.fake_above is not None and self.real_below > self.fake_above:
@@ -260,6 +270,10 @@ class ServeConfig(_Model):
                 parse_source(s.url, allow_files=self.allow_files)
             except SourceError as e:
                 raise ValueError(f"stream {s.name!r}: {e}") from e
+        self.verdict.check_rate(self.defaults.sample_fps, "defaults")
+        for s in self.streams:
+            if s.sample_fps is not None:
+                self.verdict.check_rate(s.sample_fps, f"stream {s.name!r}")
         return self
 
 

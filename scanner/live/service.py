@@ -16,7 +16,7 @@ from typing import Callable
 from engines.errors import DfscanError
 
 from .batcher import FrameAnalyzer, FrameResult, InferenceWorker
-from .config import ServeConfig, SinkConfig, StreamConfig
+from .config import ConfigError, ServeConfig, SinkConfig, StreamConfig
 from .metrics import LiveMetrics, set_build_info
 from .rolling import StreamVerdicts, VerdictSettings
 from .sinks import JsonlSink, Sink, SinkSet, StdoutSink, WebhookSink
@@ -146,6 +146,10 @@ class LiveService:
             if len(self._streams) >= self.cfg.max_streams:
                 raise StreamLimit(f"already {len(self._streams)} streams (max_streams={self.cfg.max_streams})")
             parse_source(sc.url, allow_files=self.cfg.allow_files)  # before any metric series exists
+            try:  # a stream added through the API, with its own rate
+                self.cfg.verdict.check_rate(self._settings(sc).sample_fps, f"stream {sc.name!r}")
+            except ValueError as e:
+                raise ConfigError(str(e)) from e
             worker = min(self.workers, key=lambda w: len(w.sources))
             src = LiveSource(sc.name, sc.url, self._settings(sc), notify=worker.wake,
                              metrics=self.metrics.stream(sc.name))
