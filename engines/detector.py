@@ -96,7 +96,7 @@ class Detector(nn.Module):
 
 
 def scores_for(detector: Detector, out: Output, n: int) -> torch.Tensor:
-    """``detector.p_fake(out)`` as ``float32 (n,)``, one P(fake) per crop, on the CPU.
+    """``detector.p_fake(out)`` as ``float32 (n,)``, one P(fake) in [0, 1] per crop, on the CPU.
 
     Scores are paired with faces by position, so any other shape is an error: a
     network with two logits per crop and the default ``p_fake`` gives ``2n`` values,
@@ -108,4 +108,11 @@ def scores_for(detector: Detector, out: Output, n: int) -> torch.Tensor:
         got = tuple(p.shape) if isinstance(p, torch.Tensor) else type(p).__name__
         raise DetectorOutputError(f"detector {detector.name} returned scores of shape {got} for {n} "
                                   f"face crop(s); expected ({n},): one P(fake) per crop")
-    return p.float().cpu()
+    p = p.float().cpu()
+    finite = p[torch.isfinite(p)]  # NaN/inf are dropped and counted downstream
+    if len(finite) and (finite.min() < 0 or finite.max() > 1):
+        # e.g. raw logits: every verdict would compare them with a P(fake) threshold
+        raise DetectorOutputError(f"detector {detector.name} returned scores outside [0, 1] "
+                                  f"({float(finite.min()):.4g} to {float(finite.max()):.4g}): "
+                                  "p_fake must return probabilities")
+    return p

@@ -112,11 +112,12 @@ def test_aggregation_ignores_non_finite_scores():
     assert v.verdict == "fake" and v.score == pytest.approx(0.99) and v.frames_with_faces == 2
 
 
-@pytest.mark.parametrize("shape", ["fewer", "two_per_crop", "column"])
+@pytest.mark.parametrize("shape", ["fewer", "two_per_crop", "column", "logits"])
 def test_detector_scores_not_one_per_face_is_an_error(ctx, monkeypatch, shape):
     """Scores pair with faces by position: a detector giving N-1 scores left a face
     unscored (counted as NaN), 2N (two logits per crop, default p_fake) paired faces
-    with other crops' logits silently, (N, 1) was a TypeError. Now a specific error,
+    with other crops' logits silently, (N, 1) was a TypeError, raw logits (< 0) read as
+    real. Now a specific error,
     in batch and live alike."""
     import torch
 
@@ -127,14 +128,16 @@ def test_detector_scores_not_one_per_face_is_an_error(ctx, monkeypatch, shape):
 
     orig = ctx.detector.p_fake
     bad = {"fewer": lambda out: orig(out)[:-1], "two_per_crop": lambda out: orig(out).repeat(2),
-           "column": lambda out: orig(out)[:, None]}[shape]
+           "column": lambda out: orig(out)[:, None],
+           "logits": lambda out: torch.logit(orig(out)) - 3.0}[shape]  # all < 0: all 'real' before
     monkeypatch.setattr(ctx.detector, "p_fake", bad)
     row = scan_video(DATA / "d2.mp4", ctx)
     assert row["verdict"] == "error" and row["score"] is None
-    assert row["error"]["message"].startswith("DetectorOutputError: detector test_tiny returned scores of shape")
+    what = "outside [0, 1]" if shape == "logits" else "of shape"
+    assert row["error"]["message"].startswith(f"DetectorOutputError: detector test_tiny returned scores {what}")
     live = object.__new__(FrameAnalyzer)  # the live scoring path, without its face detector
     live.model, live.engine, live.max_crops = ctx.detector, ctx.engine, 4
-    with pytest.raises(DetectorOutputError, match=r"for 4 face crop\(s\)"):
+    with pytest.raises(DetectorOutputError, match=r"outside|for 4 face crop\(s\)"):
         live._score(torch.zeros(6, 3, ctx.detector.spec.size, ctx.detector.spec.size))
     monkeypatch.setattr(ctx.detector, "p_fake", orig)
     assert scores_for(ctx.detector, ctx.engine(torch.zeros(3, 3, ctx.detector.spec.size, ctx.detector.spec.size)), 3).shape == (3,)
