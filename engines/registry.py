@@ -7,6 +7,7 @@ every engine and pipeline path can be tested in seconds.
 from __future__ import annotations
 
 import hashlib
+import io
 import warnings
 from dataclasses import dataclass
 from importlib import resources
@@ -105,29 +106,48 @@ def load_error_reason(e: Exception) -> str:
     return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a state dict from ``.safetensors`` or a torch file, never unpickling code."""
+class StateDict(dict):
+    """A state dict and ``sha256``, the hex digest of the very bytes it was read from."""
+
+    sha256: str = ""
+
+
+def read_weights_file(path: str | Path, what: str = "only tensors/dicts are accepted") -> tuple[object, str]:
+    """The object stored in ``path`` (``.safetensors``, or a torch file read with
+    ``weights_only=True``: never unpickling code) and the SHA-256 of its bytes.
+
+    The file is read once: a hash taken by a second read could be that of a file replaced
+    meanwhile (a training run writing the weights a scan loads), and rows would name
+    weights other than those used. ``what`` goes into a refused torch file's message.
+    """
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from safetensors.torch import load
 
         try:  # an empty or truncated file raises SafetensorError (not an OSError)
-            return load_file(str(path))
+            return load(data), digest
         except Exception as e:
             raise WeightsError(f"{path}: not a readable safetensors file: {load_error_reason(e)}") from e
     try:
         with warnings.catch_warnings():  # its pickle-protocol notice would precede our one-line error
             warnings.simplefilter("ignore", UserWarning)
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), digest
     except Exception as e:  # pickle.UnpicklingError and friends
-        raise WeightsError(
-            f"{path}: refused to load (only tensors/dicts are accepted, weights_only=True): {load_error_reason(e)}"
-        ) from e
+        raise WeightsError(f"{path}: refused to load ({what}, weights_only=True): {load_error_reason(e)}") from e
+
+
+def read_state_dict(path: str | Path) -> StateDict:
+    """Read a state dict from ``.safetensors`` or a torch file (see :func:`read_weights_file`)."""
+    obj, digest = read_weights_file(path)
     if not isinstance(obj, dict):
         raise WeightsError(f"{path}: expected a state dict, got {type(obj).__name__}")
-    return obj
+    sd = StateDict(obj)
+    sd.sha256 = digest
+    return sd
 
 
 def _mismatch(e: RuntimeError) -> str:
@@ -140,11 +160,13 @@ def _mismatch(e: RuntimeError) -> str:
 def load_weights(model: torch.nn.Module, weights: str | Path) -> None:
     """Load ``weights`` into ``model`` strictly; a file that does not fit, or whose values
     are NaN/inf (every score would be NaN), is a one-line :class:`WeightsError`."""
+    sd = read_state_dict(weights)
     try:
-        model.load_state_dict(read_state_dict(weights))
+        model.load_state_dict(sd)
     except RuntimeError as e:  # missing/unexpected keys or shape mismatch
         raise WeightsError(f"{weights}: does not fit {type(model).__name__}: {_mismatch(e)}") from e
     check_finite(model, weights)
+    model.weights_hash = sd.sha256[:16]  # of the bytes loaded (see read_weights_file)
 
 
 def check_finite(model: torch.nn.Module, source: str | Path) -> None:
@@ -179,6 +201,6 @@ def create_detector(
     if weights is not None:
         p = Path(weights)
         model.weights_source = str(p)
-        if p.is_file():
+        if p.is_file() and model.weights_hash == "random-init":  # a loader that did not set it
             model.weights_hash = file_hash(p)
     return model.eval().to(device)

@@ -144,3 +144,28 @@ def test_cache_list_survives_foreign_metadata(tmp_path):
         (tmp_path / name / "meta.json").write_text(text)
     rows = EngineCache(tmp_path).list()
     assert [r["key"] for r in rows] == ["a", "b", "c"] and all("unreadable" in r["error"] for r in rows)
+
+
+def test_weights_hash_is_of_the_bytes_loaded(tiny_weights, tmp_path, monkeypatch):
+    # The file was read to load the weights and read again to hash them: a file replaced in
+    # between (a training run rewriting the weights a scan loads) gave rows the hash of
+    # weights other than those used.
+    import hashlib
+
+    import engines.registry as registry
+    from safetensors.torch import save_file
+
+    path, sd = tiny_weights
+    loaded = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    other = tmp_path / "other.safetensors"
+    save_file({k: v + 1 for k, v in sd.items()}, str(other))
+    check = registry.check_finite
+
+    def replace_after_load(model, source):  # runs between the load and the old second read
+        check(model, source)
+        os.replace(other, path)
+
+    monkeypatch.setattr(registry, "check_finite", replace_after_load)
+    det = create_detector("test_tiny", weights=path)
+    assert det.weights_hash == loaded
+    assert torch.equal(next(iter(det.state_dict().values())), next(iter(sd.values())))

@@ -66,6 +66,7 @@ def build_adm(variant: str, weights: str | Path | None = None, random_init: bool
     if weights is not None:
         sd = read_checkpoint(weights)
         model.dropped_keys = load_checkpoint_into(model, sd, source=str(weights))
+        model.weights_hash = sd.sha256[:16]  # of the bytes loaded
     return model.eval()
 
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ...errors import WeightsError
-from ...registry import load_error_reason
+from ...registry import StateDict, read_weights_file
 
 # ImageNet heads of the backbones, present in CADDM checkpoints, unused.
 OPTIONAL_PREFIXES = ("base_model.fc.", "base_model._fc.")
@@ -36,29 +36,14 @@ def _listing(keys) -> str:
     return ", ".join(keys[:_MAX_LISTED]) + more
 
 
-def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+def read_checkpoint(path: str | Path) -> StateDict:
     """Return the network state dict of a CADDM checkpoint file.
 
     Accepts ``{'network': sd[, 'opt_state': ..., 'epoch': ...]}`` or a bare
     state dict (``.safetensors`` or torch file). Raises :class:`WeightsError`
     for a missing/unsafe/unrecognised file or non-tensor entries.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except Exception as e:
-            raise WeightsError(f"{path}: not a readable safetensors file: {e}") from e
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError for code objects, zip errors, ...
-        raise WeightsError(
-            f"{path}: refused to load: only tensors, dicts and plain numbers are "
-            f"accepted (torch.load weights_only=True): {load_error_reason(e)}") from e
+    obj, digest = read_weights_file(path, "only tensors, dicts and plain numbers are accepted")
     if not isinstance(obj, Mapping):
         raise WeightsError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
     if "network" in obj:
@@ -72,7 +57,9 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     bad = [str(k) for k, v in obj.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))]
     if bad:
         raise WeightsError(f"{path}: entries that are not named tensors: {_listing(bad)}")
-    return dict(obj)
+    sd = StateDict(obj)
+    sd.sha256 = digest
+    return sd
 
 
 def strip_module_prefix(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
