@@ -68,3 +68,23 @@ def test_scanning_with_a_baseline_says_its_verdicts_mean_nothing(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "shortcut baseline, not a detector" in " ".join((r.stdout + r.stderr).split())
     assert len(out.read_text().splitlines()) == 1
+
+
+def test_eval_scores_images_with_the_baseline(tmp_path):
+    """`dfscan eval IMAGES --detector baseline_sharpness` (the README's shortcut check):
+    the baseline has no parameters, so the image path must not take its device from them
+    (it was a StopIteration traceback)."""
+    from types import SimpleNamespace
+
+    from scanner.research.evaluate import score_items
+
+    det = create_detector("baseline_sharpness")
+    assert not list(det.parameters())
+    faces = torch.from_numpy(_faces(det.spec.size)).permute(0, 3, 1, 2).float()[:3]
+
+    class Source:
+        def crops(self, item, spec):
+            return np.array([0, 0, 1], np.int64), faces
+
+    got = score_items([SimpleNamespace(path=tmp_path / "a.png")], det, Source())
+    assert set(got) == {0} and math.isfinite(got[0])

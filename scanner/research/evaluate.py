@@ -17,6 +17,7 @@ Files without a score (no face, error) are excluded and counted.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -191,6 +192,9 @@ def score_items(items: list[Item], det, source, progress=lambda x: x) -> dict[in
     """Video score per item: mean over frames of the largest face's P(fake)."""
     import torch
 
+    # A detector without parameters (baseline_sharpness) runs on its buffers' device, or the CPU.
+    tensor = next(itertools.chain(det.parameters(), det.buffers()), None)
+    device = tensor.device if tensor is not None else torch.device("cpu")
     out = {}
     for i, it in enumerate(progress(items)):
         try:
@@ -201,7 +205,7 @@ def score_items(items: list[Item], det, source, progress=lambda x: x) -> dict[in
         if len(frames) == 0:
             continue
         with torch.inference_mode():
-            p = det.p_fake(det(crops.to(next(det.parameters()).device))).cpu().numpy()
+            p = det.p_fake(det(crops.to(device))).cpu().numpy()
         first = np.unique(frames, return_index=True)[1]  # largest face = first crop of a frame
         score = float(p[first].mean())
         if not math.isfinite(score):  # as the scan does: a non-finite score is no score
