@@ -27,7 +27,7 @@ from engines.detector import Detector, scores_for
 from engines.registry import file_hash
 
 from . import metrics
-from .aggregate import decide, frame_score
+from .aggregate import decide, frame_score, frames_needed
 from .align import align_faces, invert_affine, map_boxes
 from .config import ScanConfig
 from .decode import Frame, FrameSampler, VideoError, check_regular_file, classify_os_error
@@ -238,7 +238,9 @@ def _summarise(state: _VideoState, ctx: ScanContext) -> dict:
 
         tracks = build_tracks([[(r.box, r.score) for r in recs] for recs in per_frame])
         v = decide_tracks(tracks, ctx.threshold, cfg.min_face_frames, len(per_frame))
-    if dropped and v.verdict == "no_face":
+    # non_finite only when the NaNs cost the verdict: too few frames had a face at all is no_face.
+    if dropped and v.verdict == "no_face" and sum(map(bool, per_frame)) >= frames_needed(
+            cfg.min_face_frames, len(per_frame)):
         raise VideoError("non_finite", f"the detector scored {dropped} of {len(state.faces)} face "
                          "crops NaN/inf; too few finite scores left for a verdict")
     row = {"verdict": v.verdict, "score": None if v.score is None else round(v.score, 6),

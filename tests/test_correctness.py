@@ -102,6 +102,30 @@ def test_all_scores_non_finite_is_an_error(ctx, monkeypatch, bad):
     json.dumps(row, allow_nan=False)
 
 
+def test_no_face_video_with_a_nan_face_stays_no_face(ctx, monkeypatch):
+    """A face in 1 of 6 sampled frames is no_face whatever its score; when the detector
+    scored that face NaN the row became a non_finite error (exit 1) saying too few finite
+    scores were left for a verdict, though no score could have given one."""
+    from scanner import pipeline
+    from scanner.faces import Faces
+
+    orig, seen = pipeline.detect_and_align, []
+
+    def faces_in_first_frame_only(batch, *a, **k):
+        out = []
+        for fr, fc, crops, mats in orig(batch, *a, **k):
+            keep = not seen and len(fc)
+            seen.append(fr.index)
+            out.append((fr, fc, crops, mats) if keep else (fr, Faces.empty(), crops[:0], mats[:0]))
+        return out
+
+    monkeypatch.setattr(pipeline, "detect_and_align", faces_in_first_frame_only)
+    _forced_scores(monkeypatch, ctx, [float("nan")])
+    row = pipeline.scan_video(DATA / "d2.mp4", ctx)
+    assert row["verdict"] == "no_face" and row["error"] is None, row["error"]
+    assert row["faces"] == 1 and row["nonfinite_scores"] == 1 and row["frames_with_faces"] == 0
+
+
 def test_aggregation_ignores_non_finite_scores():
     from scanner.aggregate import decide, frame_score
 
