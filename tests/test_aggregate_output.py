@@ -154,7 +154,7 @@ def test_resume_refuses_a_secondary_csv_with_older_columns(tmp_path, capsys):
     import csv
 
     from conftest import DATA
-    from scanner.cli import EXIT_OK, EXIT_OUTPUT, main
+    from scanner.cli import EXIT_OK, EXIT_USAGE, main
     from scanner.output import CSV_COLUMNS
 
     jl, cs = tmp_path / "r.jsonl", tmp_path / "r.csv"
@@ -170,7 +170,8 @@ def test_resume_refuses_a_secondary_csv_with_older_columns(tmp_path, capsys):
         w.writerows(rows)
     before = cs.read_bytes()
     capsys.readouterr()
-    assert main(["scan", str(DATA / "d1.mp4"), str(DATA / "d2.mp4"), *common, "--resume"]) == EXIT_OUTPUT
+    # Refused while resume reads the outputs (1b7b3d5), as the primary's columns are: exit 2.
+    assert main(["scan", str(DATA / "d1.mp4"), str(DATA / "d2.mp4"), *common, "--resume"]) == EXIT_USAGE
     assert "has other CSV columns" in capsys.readouterr().err
     assert cs.read_bytes() == before
 
