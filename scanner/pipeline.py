@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import os
 import threading
 import time
@@ -19,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-import numpy as np
 import torch
 
 from engines import create_detector
@@ -27,14 +25,14 @@ from engines.detector import Detector, scores_for
 from engines.registry import file_hash
 
 from . import metrics
-from .aggregate import decide, frame_score, frames_needed
-from .align import align_faces, invert_affine, map_boxes
+from .align import align_faces
 from .config import ScanConfig
 from .decode import Frame, FrameSampler, VideoError, check_regular_file, classify_os_error
 from .faces import FaceDetector, Faces
 from .orientation import Orientation
 from .region import region_search
 from .streaming import BoundedPrefetch, Inline
+from .summary import FaceRec, video_row
 
 log = logging.getLogger("dfscan")
 DETECT_BATCH = 4  # frames per MTCNN call: 4 measured fastest on CPU (cache-friendly, still batched)
@@ -107,21 +105,11 @@ def file_sha256(path: Path) -> str:
 
 
 @dataclass
-class _FaceRec:
-    frame: int  # position in the video's sampled-frame list
-    box: np.ndarray
-    prob: float
-    matrix: torch.Tensor
-    score: float = float("nan")
-    extras: dict = field(default_factory=dict)
-
-
-@dataclass
 class _VideoState:
     frames: list[dict] = field(default_factory=list)
-    faces: list[_FaceRec] = field(default_factory=list)
+    faces: list[FaceRec] = field(default_factory=list)
     crops: list[torch.Tensor] = field(default_factory=list)
-    pending: list[_FaceRec] = field(default_factory=list)
+    pending: list[FaceRec] = field(default_factory=list)
     t: dict = field(default_factory=lambda: dict.fromkeys(("detect", "align", "infer", "aggregate"), 0.0))
     region: object = None  # scanner.region.RegionSearch of this video (None: whole frames)
     orientation: Orientation | None = None  # upright check of this video (None: frames as stored)
@@ -185,87 +173,13 @@ def _process_batch(batch: list[Frame], state: _VideoState, ctx: ScanContext) -> 
         state.frames.append({"index": fr.index, "time_s": round(fr.time_s, 4)})
         if len(fc) == 0:
             continue
-        recs = [_FaceRec(pos, fc.boxes[k], float(fc.probs[k]), mats[k]) for k in range(len(fc))]
+        recs = [FaceRec(pos, fc.boxes[k], float(fc.probs[k]), mats[k]) for k in range(len(fc))]
         state.faces += recs
         state.pending += recs
         state.crops.append(crops)
         metrics.FACES_DETECTED.inc(len(fc))
     if len(state.pending) >= cfg.batch_size:
         _timed(state, "infer", _infer, state, ctx)
-
-
-def _artifact_boxes(rec: _FaceRec) -> list | None:
-    boxes = rec.extras.get("artifact_boxes")
-    if not boxes:
-        return None
-    b = torch.tensor(boxes, dtype=torch.float32)
-    b = b[torch.isfinite(b).all(1)]  # an untrained/diverging head can emit inf boxes
-    if len(b) == 0:
-        return None
-    framed = map_boxes(b[None, :, :4], invert_affine(rec.matrix[None]))[0]
-    return [[*map(lambda v: round(float(v), 1), fb), round(float(s), 4)]
-            for fb, s in zip(framed, b[:, 4])]
-
-
-def _finite_faces(state: _VideoState) -> int:
-    """Drop non-finite crop scores (a NaN would otherwise pass every max/mean and
-    compare False with the threshold, i.e. read as ``real``); returns how many."""
-    bad = [r for r in state.faces if not math.isfinite(r.score)]
-    if bad:
-        metrics.NONFINITE_SCORES.inc(len(bad))
-        log.warning("%d face crop(s) scored NaN/inf by the detector: dropped", len(bad))
-    return len(bad)
-
-
-def _summarise(state: _VideoState, ctx: ScanContext) -> dict:
-    cfg = ctx.cfg
-    order = sorted(range(len(state.frames)), key=lambda k: state.frames[k]["index"])
-    per_frame: list[list[_FaceRec]] = [[] for _ in state.frames]
-    for rec in state.faces:
-        per_frame[rec.frame].append(rec)
-    frames, per_frame = [state.frames[k] for k in order], [per_frame[k] for k in order]
-    dropped = _finite_faces(state)
-    scores = []
-    for recs in per_frame:
-        recs = [r for r in recs if math.isfinite(r.score)]
-        s = np.array([r.score for r in recs], np.float64)
-        areas = np.array([(r.box[2] - r.box[0]) * (r.box[3] - r.box[1]) for r in recs])
-        scores.append(frame_score(s, areas, cfg.frame_agg))
-    v = decide(scores, ctx.threshold, cfg.video_agg, cfg.topk, cfg.min_face_frames)
-    tracks = None
-    if cfg.aggregate == "tracks":  # one fake face among real ones makes the video fake (scanner.tracks)
-        from .tracks import build_tracks, decide_tracks
-
-        tracks = build_tracks([[(r.box, r.score) for r in recs] for recs in per_frame])
-        v = decide_tracks(tracks, ctx.threshold, cfg.min_face_frames, len(per_frame))
-    # non_finite only when the NaNs cost the verdict: too few frames had a face at all is no_face.
-    if dropped and v.verdict == "no_face" and sum(map(bool, per_frame)) >= frames_needed(
-            cfg.min_face_frames, len(per_frame)):
-        raise VideoError("non_finite", f"the detector scored {dropped} of {len(state.faces)} face "
-                         "crops NaN/inf; too few finite scores left for a verdict")
-    row = {"verdict": v.verdict, "score": None if v.score is None else round(v.score, 6),
-           "frames": len(state.frames), "frames_with_faces": v.frames_with_faces,
-           "faces": len(state.faces), "nonfinite_scores": dropped,
-           "orientation_deg": state.orientation.degrees if state.orientation else 0}
-    if tracks is not None:
-        row["tracks"] = [t.to_dict() for t in tracks]
-    if cfg.details:
-        for meta, recs, s in zip(frames, per_frame, scores):
-            meta["score"] = None if s is None else round(s, 6)
-            meta["faces"] = [_face_detail(r, ctx.threshold) for r in recs]
-        row["frames_detail"] = frames
-    return row
-
-
-def _face_detail(r: _FaceRec, threshold: float) -> dict:
-    finite = math.isfinite(r.score)
-    d = {"box": [round(float(v), 1) for v in r.box], "prob": round(r.prob, 4),
-         "score": round(r.score, 6) if finite else None}
-    if finite and r.score >= threshold:
-        boxes = _artifact_boxes(r)
-        if boxes:
-            d["artifact_boxes"] = boxes
-    return d
 
 
 def _analyse(path: Path, ctx: ScanContext, row: dict) -> dict:
@@ -301,7 +215,7 @@ def _analyse(path: Path, ctx: ScanContext, row: dict) -> dict:
             decode_s = frames.busy_s
     finally:
         _record_sampling(row, sampler)
-    result = _timed(state, "aggregate", _summarise, state, ctx)
+    result = _timed(state, "aggregate", video_row, state, ctx.cfg, ctx.threshold)
     if sampler.index is not None:
         ix = sampler.index
         result["video"] = {"width": ix.width, "height": ix.height, "codec": ix.codec,

@@ -1,0 +1,108 @@
+"""A video's verdict row from its scored faces: frame scores, face tracks, details.
+
+Shared by every scan (batch workers, Ray actors): non-finite scores are dropped and
+counted here, never read as ``real``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from . import metrics
+from .aggregate import decide, frame_score, frames_needed
+from .align import invert_affine, map_boxes
+from .decode import VideoError
+
+log = logging.getLogger("dfscan")
+
+
+@dataclass
+class FaceRec:
+    """One detected face of a sampled frame: full-frame box, MTCNN probability, the
+    frame-to-crop affine ``matrix`` and its detector score (NaN until scored)."""
+
+    frame: int  # position in the video's sampled-frame list
+    box: np.ndarray
+    prob: float
+    matrix: torch.Tensor
+    score: float = float("nan")
+    extras: dict = field(default_factory=dict)
+
+
+def _artifact_boxes(rec: FaceRec) -> list | None:
+    boxes = rec.extras.get("artifact_boxes")
+    if not boxes:
+        return None
+    b = torch.tensor(boxes, dtype=torch.float32)
+    b = b[torch.isfinite(b).all(1)]  # an untrained/diverging head can emit inf boxes
+    if len(b) == 0:
+        return None
+    framed = map_boxes(b[None, :, :4], invert_affine(rec.matrix[None]))[0]
+    return [[*map(lambda v: round(float(v), 1), fb), round(float(s), 4)]
+            for fb, s in zip(framed, b[:, 4])]
+
+
+def _finite_faces(state) -> int:
+    """Drop non-finite crop scores (a NaN would otherwise pass every max/mean and
+    compare False with the threshold, i.e. read as ``real``); returns how many."""
+    bad = [r for r in state.faces if not math.isfinite(r.score)]
+    if bad:
+        metrics.NONFINITE_SCORES.inc(len(bad))
+        log.warning("%d face crop(s) scored NaN/inf by the detector: dropped", len(bad))
+    return len(bad)
+
+
+def video_row(state, cfg, threshold: float) -> dict:
+    """The verdict part of a video's row from its sampled frames and scored faces
+    (``state``: the pipeline's per-video record; ``cfg``: the scan config)."""
+    order = sorted(range(len(state.frames)), key=lambda k: state.frames[k]["index"])
+    per_frame: list[list[FaceRec]] = [[] for _ in state.frames]
+    for rec in state.faces:
+        per_frame[rec.frame].append(rec)
+    frames, per_frame = [state.frames[k] for k in order], [per_frame[k] for k in order]
+    dropped = _finite_faces(state)
+    scores = []
+    for recs in per_frame:
+        recs = [r for r in recs if math.isfinite(r.score)]
+        s = np.array([r.score for r in recs], np.float64)
+        areas = np.array([(r.box[2] - r.box[0]) * (r.box[3] - r.box[1]) for r in recs])
+        scores.append(frame_score(s, areas, cfg.frame_agg))
+    v = decide(scores, threshold, cfg.video_agg, cfg.topk, cfg.min_face_frames)
+    tracks = None
+    if cfg.aggregate == "tracks":  # one fake face among real ones makes the video fake (scanner.tracks)
+        from .tracks import build_tracks, decide_tracks
+
+        tracks = build_tracks([[(r.box, r.score) for r in recs] for recs in per_frame])
+        v = decide_tracks(tracks, threshold, cfg.min_face_frames, len(per_frame))
+    # non_finite only when the NaNs cost the verdict: too few frames had a face at all is no_face.
+    if dropped and v.verdict == "no_face" and sum(map(bool, per_frame)) >= frames_needed(
+            cfg.min_face_frames, len(per_frame)):
+        raise VideoError("non_finite", f"the detector scored {dropped} of {len(state.faces)} face "
+                         "crops NaN/inf; too few finite scores left for a verdict")
+    row = {"verdict": v.verdict, "score": None if v.score is None else round(v.score, 6),
+           "frames": len(state.frames), "frames_with_faces": v.frames_with_faces,
+           "faces": len(state.faces), "nonfinite_scores": dropped,
+           "orientation_deg": state.orientation.degrees if state.orientation else 0}
+    if tracks is not None:
+        row["tracks"] = [t.to_dict() for t in tracks]
+    if cfg.details:
+        for meta, recs, s in zip(frames, per_frame, scores):
+            meta["score"] = None if s is None else round(s, 6)
+            meta["faces"] = [_face_detail(r, threshold) for r in recs]
+        row["frames_detail"] = frames
+    return row
+
+
+def _face_detail(r: FaceRec, threshold: float) -> dict:
+    finite = math.isfinite(r.score)
+    d = {"box": [round(float(v), 1) for v in r.box], "prob": round(r.prob, 4),
+         "score": round(r.score, 6) if finite else None}
+    if finite and r.score >= threshold:
+        boxes = _artifact_boxes(r)
+        if boxes:
+            d["artifact_boxes"] = boxes
+    return d
