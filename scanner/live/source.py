@@ -28,7 +28,8 @@ import av
 import numpy as np
 
 from ..decode import FILE_OPEN_OPTIONS, Frame, _to_frame, pick_video_stream
-from .urls import SourceError, SourceURL, Unsupported, needs_precheck, open_options, parse_source, precheck_playlist
+from .urls import (SourceError, SourceURL, Unsupported, error_reason, needs_precheck, open_options, parse_source,
+                   precheck_playlist, unsupported_reason)
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +256,7 @@ class LiveSource:
                 # Retrying cannot help: say why and stop this stream (others are unaffected).
                 self.stats.errors += 1
                 self._m.errors.inc()
-                self.stats.last_error = self.src.redact(_unsupported(e, self.src.scheme))[:300]
+                self.stats.last_error = self.src.redact(unsupported_reason(e, self.src.scheme))[:300]
                 log.error("stream %s (%s): %s", self.name, self.src.masked, self.stats.last_error)
                 break
             except SourceError as e:  # refused or invalid: still retried, the message says why
@@ -263,7 +264,7 @@ class LiveSource:
             except av.error.ExitError:  # PyAV's interrupt callback: open/read timeout
                 reason = f"timeout: no data within {s.open_timeout_s:g}s (open) / {2 * s.stall_s:g}s (read)"
             except Exception as e:  # noqa: BLE001 - any FFmpeg/IO failure means "reconnect"
-                reason = _reason(e)
+                reason = error_reason(e)
                 if self._first is not None and getattr(e, "errno", None) == errno.EPROTONOSUPPORT:
                     reason = f"RTSP over {self._first.upper()}: {reason}; try rtsp_transport: auto"
                 elif self.src.auth and getattr(e, "errno", None) == errno.EIO:  # FFmpeg's max_redirects error
@@ -314,15 +315,15 @@ class LiveSource:
             if self._went_live or self._stop.is_set() or not is_transport_refusal(e):
                 raise
             log.info("stream %s: RTSP over %s failed (%s), trying %s", self.name, first.upper(),
-                     self.src.redact(_reason(e))[:200], other.upper())
+                     self.src.redact(error_reason(e))[:200], other.upper())
             e1 = e
         try:
             return self._connect(other)
         except Exception as e2:  # noqa: BLE001 - the message names both attempts
             if self._went_live or self._stop.is_set():
                 raise
-            raise SourceError(self.src.redact(f"RTSP over {first.upper()}: {_reason(e1)}; over "
-                                              f"{other.upper()}: {_reason(e2)}")) from e2
+            raise SourceError(self.src.redact(f"RTSP over {first.upper()}: {error_reason(e1)}; over "
+                                              f"{other.upper()}: {error_reason(e2)}")) from e2
 
     def _connect(self, transport: str | None) -> None:
         """Open, decode until EOF/error/abort; ``transport`` is remembered once a frame arrives."""
@@ -387,25 +388,3 @@ class LiveSource:
         if self.buffer.put(LiveFrame(self.name, self._seq, float(t), now, fr)):
             self._m.dropped.inc()
         self._notify()
-
-
-# How to read a protocol PyAV's bundled FFmpeg lacks (its wheels are built without libsrt).
-_RELAY_HINT = {
-    "srt": "relay it to UDP, e.g. `srt-live-transmit srt://HOST:PORT udp://127.0.0.1:5000`, and read "
-           "udp://127.0.0.1:5000",
-}
-
-
-def _unsupported(e: BaseException, scheme: str) -> str:
-    if not isinstance(e, av.error.ProtocolNotFoundError):
-        return f"unsupported by this FFmpeg build: {e}"
-    hint = _RELAY_HINT.get(scheme)
-    return f"unsupported by this FFmpeg build: it has no {scheme!r} protocol" + (f"; {hint}" if hint else "")
-
-
-def _reason(e: BaseException) -> str:
-    if isinstance(e, av.error.ExitError) or getattr(e, "errno", None) == errno.ETIMEDOUT:
-        return "timeout: no data in time"
-    if getattr(e, "errno", None) == errno.EPROTONOSUPPORT:
-        return "the server refused this transport (RTSP 461 Unsupported transport)"
-    return f"{type(e).__name__}: {e}"

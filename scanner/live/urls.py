@@ -9,6 +9,7 @@ refusal carries a clear message instead of FFmpeg's generic "invalid data".
 from __future__ import annotations
 
 import base64
+import errno
 import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, unquote, urljoin, urlsplit, urlunsplit
@@ -348,3 +349,31 @@ def precheck_playlist(src: SourceURL, timeout_s: float, depth: int = 2) -> None:
                 if text is not None:
                     nxt += check_playlist(url, text, same_origin=src.auth is not None)
             todo, depth = nxt, depth - 1
+
+
+# How to read a protocol PyAV's bundled FFmpeg lacks (its wheels are built without libsrt).
+_RELAY_HINT = {
+    "srt": "relay it to UDP, e.g. `srt-live-transmit srt://HOST:PORT udp://127.0.0.1:5000`, and read "
+           "udp://127.0.0.1:5000",
+}
+
+
+def unsupported_reason(e: BaseException, scheme: str) -> str:
+    """Why FFmpeg could not open a stream of ``scheme`` (a protocol this build lacks), with a way round."""
+    import av  # loaded already by the source that failed
+
+    if not isinstance(e, av.error.ProtocolNotFoundError):
+        return f"unsupported by this FFmpeg build: {e}"
+    hint = _RELAY_HINT.get(scheme)
+    return f"unsupported by this FFmpeg build: it has no {scheme!r} protocol" + (f"; {hint}" if hint else "")
+
+
+def error_reason(e: BaseException) -> str:
+    """One line saying why a stream failed (timeout, refused transport, or the error itself)."""
+    import av
+
+    if isinstance(e, av.error.ExitError) or getattr(e, "errno", None) == errno.ETIMEDOUT:
+        return "timeout: no data in time"
+    if getattr(e, "errno", None) == errno.EPROTONOSUPPORT:
+        return "the server refused this transport (RTSP 461 Unsupported transport)"
+    return f"{type(e).__name__}: {e}"
