@@ -43,11 +43,11 @@ def wait_for(pred, timeout: float, what: str = "condition", step: float = 0.05):
 
 def make_video(path: Path, frames: int = 30, size=(160, 120), fps: int = 25, gop: int = 12,
                codec: str = "libx264", rotation: int | None = None, pattern=None,
-               pts_step=None) -> Path:
+               pts_step=None, sar: Fraction | None = None) -> Path:
     """Write a synthetic clip whose frame i has red channel = i (mod 256).
 
     ``pattern(i) -> HxWx3 uint8`` overrides the content; ``pts_step(i)`` gives a
-    variable frame rate (pts increments in 1/fps units).
+    variable frame rate (pts increments in 1/fps units); ``sar``: non-square pixels.
     """
     w, h = size
     with av.open(str(path), "w") as c:
@@ -56,6 +56,8 @@ def make_video(path: Path, frames: int = 30, size=(160, 120), fps: int = 25, gop
         s.options = {"g": str(gop), "bf": "2"} if codec == "libx264" else {}
         if rotation is not None:
             s.set_display_rotation(rotation)
+        if sar is not None:
+            s.codec_context.sample_aspect_ratio = sar
         pts = 0
         for i in range(frames):
             img = pattern(i) if pattern else _default_pattern(i, w, h)

@@ -300,18 +300,8 @@ def test_anamorphic_video_is_unsqueezed_to_square_pixels(tmp_path):
     # width; the detector scored such faces of a real clip 5x higher (0.075 vs 0.014).
     from fractions import Fraction
 
-    path = tmp_path / "sar.mp4"
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=25)
-        s.width, s.height, s.pix_fmt = 80, 160, "yuv420p"
-        s.codec_context.sample_aspect_ratio = Fraction(2, 1)
-        img = np.zeros((160, 80, 3), np.uint8)
-        img[:40, :20, 1] = 255  # a marker 40 x 40 as displayed
-        for i in range(3):
-            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
+    # 80 x 160 stored, 160 x 160 displayed; make_video's marker is 20 x 40 stored, 40 x 40 shown
+    path = make_video(tmp_path / "sar.mp4", frames=3, size=(80, 160), sar=Fraction(2, 1))
     f = next(iter(FrameSampler(path, frames=1, det_max_side=80)))
     assert f.image.shape == (160, 160, 3)
     ys, xs = np.nonzero(f.image[..., 1] > 128)

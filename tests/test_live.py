@@ -658,20 +658,10 @@ def test_live_anamorphic_stream_is_unsqueezed_like_a_scan(tmp_path):
     # stream of the same video took the squeezed frames (faces half as wide).
     from fractions import Fraction
 
-    import av
+    from conftest import make_video
 
-    path = tmp_path / "sar.mp4"
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=25)
-        s.width, s.height, s.pix_fmt = 80, 160, "yuv420p"
-        s.codec_context.sample_aspect_ratio = Fraction(2, 1)
-        img = np.zeros((160, 80, 3), np.uint8)
-        img[:40, :20, 1] = 255  # a 40 x 40 marker as displayed
-        for _ in range(10):
-            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
+    # 80 x 160 stored, 160 x 160 displayed; make_video's marker is 20 x 40 stored, 40 x 40 shown
+    path = make_video(tmp_path / "sar.mp4", frames=10, size=(80, 160), sar=Fraction(2, 1))
     src = LiveSource("sar", str(path), SourceSettings(allow_files=True, max_retries=0, det_max_side=80)).start()
     try:
         wait_for(lambda: src.state == "stopped", 10, what="file to end")
