@@ -43,17 +43,19 @@ def wait_for(pred, timeout: float, what: str = "condition", step: float = 0.05):
 
 def make_video(path: Path, frames: int = 30, size=(160, 120), fps: int = 25, gop: int = 12,
                codec: str = "libx264", rotation: int | None = None, pattern=None,
-               pts_step=None, sar: Fraction | None = None) -> Path:
+               pts_step=None, sar: Fraction | None = None, fmt: str | None = None,
+               options: dict | None = None) -> Path:
     """Write a synthetic clip whose frame i has red channel = i (mod 256).
 
     ``pattern(i) -> HxWx3 uint8`` overrides the content; ``pts_step(i)`` gives a
-    variable frame rate (pts increments in 1/fps units); ``sar``: non-square pixels.
+    variable frame rate (pts increments in 1/fps units); ``sar``: non-square pixels;
+    ``fmt``: container format (default: by extension); ``options``: encoder options.
     """
     w, h = size
-    with av.open(str(path), "w") as c:
+    with av.open(str(path), "w", format=fmt) as c:
         s = c.add_stream(codec, rate=fps)
         s.width, s.height, s.pix_fmt = w, h, "yuv420p"
-        s.options = {"g": str(gop), "bf": "2"} if codec == "libx264" else {}
+        s.options = options if options is not None else {"g": str(gop), "bf": "2"} if codec == "libx264" else {}
         if rotation is not None:
             s.set_display_rotation(rotation)
         if sar is not None:
@@ -105,3 +107,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def start_http(handler) -> tuple:
+    """A ThreadingHTTPServer for ``handler`` on a free loopback port, serving in a daemon
+    thread: ``(server, port)``; stop it with :func:`stop_http`."""
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+    return httpd, httpd.server_address[1]
+
+
+def stop_http(httpd) -> None:
+    httpd.shutdown()
+    httpd.server_close()

@@ -27,7 +27,7 @@ from scanner.live.config import ConfigError, parse_config
 from scanner.live.server import ApiServer
 from scanner.live.service import LiveService
 from scanner.live.sinks import WebhookSink
-from conftest import wait_for
+from conftest import start_http, stop_http, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "api-test-token-0123456789abcdef"
@@ -295,13 +295,10 @@ class _AuthServer:
                 self.end_headers()
                 self.wfile.write(data or b"")
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.port = self.httpd.server_address[1]
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+        self.httpd, self.port = start_http(H)
 
     def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        stop_http(self.httpd)
 
 
 def _hls(clip: str, d: Path) -> dict[str, bytes]:

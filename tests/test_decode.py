@@ -276,18 +276,8 @@ def test_mp4_edit_list_skips_the_frames_before_its_start(tmp_path):
 def test_raw_elementary_stream_is_read_in_output_order(tmp_path, fmt, codec):
     # A raw .h264/.hevc stream (allowed by the format whitelist) carries no timestamp
     # at all: every packet was dropped from the index and the scan said "no packets".
-    path = tmp_path / f"v.{fmt}"
-    with av.open(str(path), "w", format=fmt) as c:
-        s = c.add_stream(codec, rate=25)
-        s.width, s.height, s.pix_fmt = 160, 120, "yuv420p"
-        s.options = {"x265-params": "log-level=none"} if codec == "libx265" else {"bf": "2"}
-        for i in range(30):
-            img = np.zeros((120, 160, 3), np.uint8)
-            img[..., 0] = i * 8
-            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
+    opts = {"x265-params": "log-level=none"} if codec == "libx265" else {"bf": "2"}
+    path = make_video(tmp_path / f"v.{fmt}", frames=30, codec=codec, fmt=fmt, options=opts)
     s = FrameSampler(path, frames=4)
     got = list(s)
     assert s.index.frames == 30 and s.missed == 0
@@ -309,24 +299,14 @@ def test_anamorphic_video_is_unsqueezed_to_square_pixels(tmp_path):
     assert f.small.shape == (80, 80, 3) and f.scale == pytest.approx(0.5)
 
 
-@pytest.mark.parametrize("name,fmt,codec,size,pix", [
-    ("v.y4m", "yuv4mpegpipe", "rawvideo", (96, 64), "yuv420p"),
-    ("cam.dv", "dv", "dvvideo", (720, 576), "yuv420p"),  # DV camcorder footage
+@pytest.mark.parametrize("name,fmt,codec,size", [
+    ("v.y4m", "yuv4mpegpipe", "rawvideo", (96, 64)),
+    ("cam.dv", "dv", "dvvideo", (720, 576)),  # DV camcorder footage
 ])
-def test_plain_video_formats_are_read(tmp_path, name, fmt, codec, size, pix):
+def test_plain_video_formats_are_read(tmp_path, name, fmt, codec, size):
     # Both were refused as "not a video file (... Invalid argument)": their demuxers were
     # missing from the format whitelist although they reference no other file.
-    path = tmp_path / name
-    with av.open(str(path), "w", format=fmt) as c:
-        s = c.add_stream(codec, rate=25)
-        s.width, s.height, s.pix_fmt = *size, pix
-        for i in range(6):
-            img = np.zeros((size[1], size[0], 3), np.uint8)
-            img[..., 0] = i * 8
-            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
+    path = make_video(tmp_path / name, frames=6, size=size, codec=codec, fmt=fmt, options={})
     s = FrameSampler(path, frames=3)
     got = list(s)
     assert s.index.frames == 6 and [frame_id(f.image) for f in got] == [f.index for f in got] == [0, 2, 5]

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import logging
 import socket
-import threading
 from pathlib import Path
 
 import pytest
 
+from conftest import start_http, stop_http
 from scanner.live.source import LiveSource, SourceSettings
 from scanner.live.urls import SourceError, mask_credentials, mask_text, parse_source
 
@@ -51,7 +51,7 @@ class _Server:
     """HTTP server answering ``routes[path] = (content type, body)``; records (path, Authorization)."""
 
     def __init__(self, routes: dict[str, tuple[str, bytes]]):
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from http.server import BaseHTTPRequestHandler
 
         self.requests: list[tuple[str, str | None]] = []
         srv = self
@@ -69,13 +69,10 @@ class _Server:
                 self.end_headers()
                 self.wfile.write(body or b"")
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.port = self.httpd.server_address[1]
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+        self.httpd, self.port = start_http(H)
 
     def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        stop_http(self.httpd)
 
 
 def _play(url: str) -> LiveSource:
