@@ -129,7 +129,7 @@ def bench_command(args) -> int:
                               allow_parity_failure=args.allow_parity_failure, progress=console.print,
                               on_update=lambda partial: B.write_json(partial, path))
     except DfscanError as e:
-        console.print(f"[red]error:[/] {e}")
+        print(f"dfscan: error: {e}", file=sys.stderr)  # one line, as every command's
         return 2
     B.print_table(res)
     js = B.write_json(res, path)
@@ -213,7 +213,7 @@ def engines_build(args) -> int:
                             allow_parity_failure=args.allow_parity_failure)
         engine = build_engine(det, cfg)
     except DfscanError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"dfscan: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(engine.describe(), indent=1))
     return 0
@@ -273,7 +273,7 @@ def engines_clear(args) -> int:
     from engines.cache import EngineCache
 
     if not args.keys and not args.all:
-        print("error: give key prefixes or --all", file=sys.stderr)
+        print("dfscan: error: give key prefixes or --all", file=sys.stderr)
         return 2
     cache = EngineCache(args.cache_dir)
     n = cache.clear(None if args.all else args.keys)

@@ -30,3 +30,18 @@ def test_engine_config_caps_batch_sizes():
     assert EngineConfig(batch_sizes=(1, MAX_BATCH)).batch_sizes == (1, MAX_BATCH)
     with pytest.raises(EngineError, match="1..4096"):
         EngineConfig(batch_sizes=(1, MAX_BATCH + 1))
+
+
+@pytest.mark.parametrize("argv", [
+    ["engines", "build", "--detector", "test_tiny", "--weights", "/nonexistent/w.safetensors"],
+    ["bench", "--detectors", "test_tiny", "--weights", "no-equals-sign"],
+    ["engines", "clear"],
+])
+def test_engines_and_bench_errors_are_one_dfscan_error_line(argv, tmp_path, capsys, monkeypatch):
+    """As every other command's (README: `dfscan: error: ...`, one line): engines build/clear
+    printed a bare `error: ...`, and bench a rich line wrapped at the console's width."""
+    monkeypatch.setenv("COLUMNS", "40")
+    assert main([*argv, "--cache-dir", str(tmp_path)] if argv[0] == "engines" else
+                [*argv, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dfscan: error: ") and err.count("\n") == 1, err
