@@ -96,7 +96,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="alternating 1-/2-node measurements")
     ap.add_argument("--out", default=str(ROOT / "bench/results/ray_scale_cpu.json"))
     args = ap.parse_args()
-    import ray
+    try:
+        import ray
+    except ImportError:
+        raise SystemExit("bench/ray_scale.py needs Ray: pip install 'ray>=2.9'") from None
 
     inputs = [str(CLIPS[i % len(CLIPS)]) for i in range(args.videos)]
     cfg_kw = {"frames": args.frames, "details": False}

@@ -94,7 +94,7 @@ def _add_scan_parser(sub) -> None:
                    help="push metrics to this Prometheus Pushgateway periodically and at the end")
     p.add_argument("--fail-on-fake", action="store_true", default=S, help="exit 3 if any video is fake")
     p.add_argument("--ray", default=S, metavar="ADDRESS",
-                   help="scan on a Ray cluster: auto (RAY_ADDRESS), local, or host:port (needs dfscan[ray])")
+                   help="scan on a Ray cluster: auto (RAY_ADDRESS), local, or host:port (needs Ray: pip install 'ray>=2.9')")
     p.add_argument("--ray-cpus-per-actor", type=float, default=S, help="CPUs per Ray scan actor (default 1)")
     p.add_argument("--ray-gpus-per-actor", type=float, default=S, help="GPUs per Ray scan actor (default 0)")
     p.add_argument("--ray-actors", type=int, default=S, help="Ray scan actors (default: cluster CPUs / CPUs per actor)")

@@ -230,7 +230,7 @@ def backend_availability() -> dict[str, str]:
         gpu = "CUDAExecutionProvider" in ort.get_available_providers()
         out["onnxruntime"] = f"ok ({'cpu+cuda' if gpu else 'cpu only'})"
     except Exception as e:
-        out["onnxruntime"] = f"unavailable: {type(e).__name__} (pip install 'dfscan[onnx]')"
+        out["onnxruntime"] = f"unavailable: {type(e).__name__} (pip install onnxruntime)"
     from engines.backends.tensorrt import tensorrt_available
 
     ok, why = tensorrt_available()

@@ -49,7 +49,7 @@ def _ray():
     try:
         import ray
     except ImportError as e:
-        raise RayUnavailable("--ray needs Ray: pip install 'dfscan[ray]'") from e
+        raise RayUnavailable("--ray needs Ray: pip install 'ray>=2.9'") from e
     return ray
 
 

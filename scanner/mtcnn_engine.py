@@ -52,7 +52,7 @@ def _ort():
     try:
         import onnxruntime as ort
     except Exception as e:  # ImportError, or a broken native library
-        raise EngineUnavailable("onnxruntime is not installed: pip install 'dfscan[onnx]'") from e
+        raise EngineUnavailable("onnxruntime is not installed: pip install onnxruntime") from e
     return ort
 
 

@@ -334,7 +334,7 @@ def test_tensorrt_absence_is_one_clear_line(monkeypatch):
     with pytest.raises(EngineUnavailable) as ei:
         import_torch_tensorrt()
     msg = str(ei.value)
-    assert "dfscan[tensorrt]" in msg and "\n" not in msg
+    assert "pip install torch-tensorrt tensorrt" in msg and "\n" not in msg
 
 
 def test_unsupported_combinations_are_typed(tiny):

@@ -169,7 +169,7 @@ def test_eval_refuses_a_nan_acc_threshold(tmp_path, capsys):
     assert "not a finite number" in capsys.readouterr().err
 
 
-def test_eval_cli_from_jsonl(tmp_path):
+def test_eval_cli_from_jsonl(tmp_path, capsys):
     from scanner.research.commands import main
 
     rng = np.random.default_rng(0)
@@ -188,6 +188,8 @@ def test_eval_cli_from_jsonl(tmp_path):
     assert res["overall"]["auc"] == roc_auc_score(y, s)
     assert set(res["subsets"]) == {"s1", "s2"}
     assert (tmp_path / "ev.png").stat().st_size > 1000
+    lo, hi = res["overall"]["auc_ci95"]  # the printed table shows the interval beside the AUC
+    assert f"[{lo:.3f}, {hi:.3f}]" in capsys.readouterr().out
 
 
 def test_separability_hand_case():

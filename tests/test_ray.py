@@ -24,7 +24,7 @@ import torch
 os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 os.environ["RAY_AUTH_MODE"] = "token"
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-ray = pytest.importorskip("ray", reason="Ray not installed (pip install 'dfscan[ray]')")
+ray = pytest.importorskip("ray", reason="Ray not installed (pip install 'ray>=2.9')")
 
 from scanner import metrics  # noqa: E402
 from scanner.cli import main  # noqa: E402

@@ -5,7 +5,7 @@ import pytest
 
 from scanner.distributed import RayUnavailable, connect
 
-ray = pytest.importorskip("ray", reason="Ray not installed (pip install 'dfscan[ray]')")
+ray = pytest.importorskip("ray", reason="Ray not installed (pip install 'ray>=2.9')")
 
 
 def test_ray_startup_timeout_is_a_one_line_error(monkeypatch):

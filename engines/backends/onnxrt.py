@@ -32,7 +32,7 @@ def _ort():
     try:
         import onnxruntime as ort
     except Exception as e:  # ImportError, or a broken native library
-        raise EngineUnavailable("onnxruntime is not installed: pip install 'dfscan[onnx]' "
+        raise EngineUnavailable("onnxruntime is not installed: pip install onnxruntime "
                                 "(or onnxruntime-gpu for CUDA)") from e
     return ort
 

@@ -23,7 +23,7 @@ from ..errors import EngineError, EngineUnavailable
 from .base import ArtifactEngine, EngineConfig
 from .eager import prepare_input, prepared_module
 
-INSTALL_HINT = ("TensorRT engine unavailable: pip install 'dfscan[tensorrt]' "
+INSTALL_HINT = ("TensorRT engine unavailable: pip install torch-tensorrt tensorrt "
                 "(needs the NVIDIA TensorRT libraries and a CUDA GPU)")
 
 

@@ -321,12 +321,20 @@ def _print(res: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    cols = ["n", "acc", "auc", "eer", "eer_threshold", "hter", "hter_at_eer_threshold", "tpr", "tnr"]
+    cols = ["n", "acc", "auc", "auc_ci95", "eer", "eer_threshold", "hter", "hter_at_eer_threshold", "tpr", "tnr"]
     table = Table(title=f"video-level metrics ({res['excluded']} excluded: no score)")
     table.add_column("set")
     for c in cols:
         table.add_column(c, justify="right")
     rows = [("overall", res["overall"])] + list(res["subsets"].items())
-    for name, m in rows:
-        table.add_row(name, *[("-" if m[c] is None else f"{m[c]:.4g}") for c in cols])
+    for name, m in rows:  # the AUC's bootstrap interval beside it: an AUC alone over-claims
+        table.add_row(name, *[_cell(m.get(c)) for c in cols])
     Console(width=max(Console().width, 150)).print(table)
+
+
+def _cell(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, (list, tuple)):  # an interval
+        return "[" + ", ".join(f"{x:.3f}" for x in v) + "]"
+    return f"{v:.4g}"
