@@ -22,6 +22,7 @@ import torch
 
 from engines import create_detector
 from engines.detector import Detector, scores_for
+from engines.errors import EngineUnavailable
 from engines.registry import file_hash
 
 from . import metrics
@@ -81,8 +82,14 @@ def build_context(cfg: ScanConfig) -> ScanContext:
     # eager/ONNX Runtime CPU engine's first batch costs ~0.2 s more, its warm-up 1.2 s.
     warm = cfg.device.startswith("cuda") or not resolve_engine_name(cfg.engine, cfg.device).startswith(
         ("eager", "onnx", "ort"))
-    engine = prepare_engine(detector, cfg.engine, precision=cfg.precision, batch_sizes=sizes,
-                            device=cfg.device, warmup=warm)
+    try:
+        engine = prepare_engine(detector, cfg.engine, precision=cfg.precision, batch_sizes=sizes,
+                                device=cfg.device, warmup=warm)
+    except EngineUnavailable as e:  # say which engine auto chose: the user named none
+        if cfg.engine != "auto":
+            raise
+        chosen = resolve_engine_name(cfg.engine, cfg.device)
+        raise EngineUnavailable(f"engine auto (here {chosen}): {e}; choose one with --engine") from e
     faces = FaceDetector(device=cfg.device, max_side=cfg.det_max_side, min_face=cfg.min_face,
                          min_prob=cfg.face_prob, max_faces=cfg.max_faces, engine=cfg.face_engine)
     threshold = cfg.threshold if cfg.threshold is not None else detector.threshold

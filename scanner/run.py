@@ -239,11 +239,13 @@ def _run(args, stop: GracefulStop, locks: OutputLocks) -> int:
 
 def _announce(ctx, cfg, console: Console, elapsed_s: float) -> None:
     """The "ready" line (detector, weights, engine, workers) and a shortcut baseline's warning."""
-    from engines.registry import detector_entry  # loaded with the detector by now
+    from engines.backends import resolve_engine_name  # loaded with the detector by now
+    from engines.registry import detector_entry
 
     info = ctx.engine_info
+    engine = resolve_engine_name(cfg.engine, cfg.device) + (" (auto)" if cfg.engine == "auto" else "")
     console.print(f"[dim]detector {cfg.detector} ({ctx.detector.weights_hash}) on {cfg.device}, "
-                  f"engine {info.get('backend')} {cfg.precision}, {ctx.workers} worker(s): ready in "
+                  f"engine {engine} {cfg.precision}, {ctx.workers} worker(s): ready in "
                   f"{info.get('ready_s') or elapsed_s:.1f}s[/dim]")
     if detector_entry(cfg.detector).shortcut:  # registered like detectors, for evaluations only
         console.print(f"[yellow]{cfg.detector} is a shortcut baseline, not a detector: its verdicts say "

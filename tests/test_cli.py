@@ -29,6 +29,19 @@ def test_cuda_without_a_gpu(capsys):
     assert "no CUDA GPU is available" in _one_error_line(capsys.readouterr().err)
 
 
+def test_auto_engine_names_its_choice(tmp_path, capsys):
+    # fp16 on CPU under the default engine said "onnxruntime engine: fp16 needs a CUDA
+    # device" to a user who never chose onnxruntime; the ready line said "engine eager" for
+    # --engine eager-cl.
+    out = str(tmp_path / "r.jsonl")
+    assert main(["scan", str(DATA / "d1.mp4"), "--detector", "test_tiny", "--precision", "fp16",
+                 "--no-progress", "--out", out]) == EXIT_USAGE
+    assert "engine auto (here onnxruntime): onnxruntime engine: fp16 needs a CUDA device" in \
+        _one_error_line(capsys.readouterr().err)
+    assert main(["scan", str(DATA / "d1.mp4"), *FAST, "--engine", "eager-cl", "--out", out]) == EXIT_OK
+    assert "engine eager-cl fp32" in capsys.readouterr().out
+
+
 def test_busy_metrics_port(capsys):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
