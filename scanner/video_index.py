@@ -103,6 +103,11 @@ def _decodable(shown: np.ndarray, pts: np.ndarray, key: np.ndarray) -> np.ndarra
     return shown[(shown >= pts[first]) & ~np.isin(shown, pts[:first])]
 
 
+def _lead_in(key: Sequence[int]) -> int:
+    """Packets (decode order) before the first keyframe; 0 when none is flagged."""
+    return next((i for i, k in enumerate(key) if k), 0)
+
+
 def build_index(container, stream) -> VideoIndex:
     """Demux the whole video stream (no decoding) and record pts + keyframe flags.
 
@@ -114,8 +119,8 @@ def build_index(container, stream) -> VideoIndex:
     cut on a sample boundary, which no read error reveals; a Matroska file cut between
     clusters is shorter than its Segment's declared size.
     """
-    pts, key, shown = array("q"), array("b"), array("q")
-    truncated, empty, short_read, untimed = False, 0, False, 0
+    pts, key, shown, untimed_key = array("q"), array("b"), array("q"), array("b")
+    truncated, empty, short_read = False, 0, False
     try:
         for pkt in container.demux(stream):
             if pkt.size == 0:
@@ -123,7 +128,7 @@ def build_index(container, stream) -> VideoIndex:
                 continue
             short_read = bool(pkt.is_corrupt)
             if pkt.pts is None:
-                untimed += 1
+                untimed_key.append(bool(pkt.is_keyframe))
                 continue
             pts.append(int(pkt.pts))
             key.append(bool(pkt.is_keyframe))
@@ -135,10 +140,12 @@ def build_index(container, stream) -> VideoIndex:
         truncated = True  # data ends before the container says it should
     truncated |= (short_read or _samples_missing(container, stream, len(pts) + empty)
                   or _matroska_cut(container))
-    if untimed and not len(pts):
+    if len(untimed_key) and not len(pts):
         # A raw elementary stream (.h264, .hevc) has no timestamps at all: its packets
-        # are frames in order, handled like the all-at-pts-0 case below.
-        pts, key, shown = array("q", [0] * untimed), array("b", [0] * untimed), array("q", [0] * untimed)
+        # are frames in order, handled like the all-at-pts-0 case below. One cut mid-GOP
+        # outputs nothing before its first keyframe (as an MPEG-TS, see _decodable).
+        n, lead = len(untimed_key), _lead_in(untimed_key)
+        pts, key, shown = array("q", [0] * n), untimed_key, array("q", [0] * (n - lead))
     pts_a, key_a = np.frombuffer(pts, np.int64).copy(), np.frombuffer(key, np.int8).astype(bool)
     tb = float(stream.time_base) if stream.time_base else 1.0 / 25
     cc = stream.codec_context

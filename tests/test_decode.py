@@ -285,6 +285,27 @@ def test_raw_elementary_stream_is_read_in_output_order(tmp_path, fmt, codec):
     assert [frame_id(f.image) for f in got] == [0, 10, 19, 29]
 
 
+@pytest.mark.parametrize("fmt,codec", [("h264", "libx264"), ("hevc", "libx265")])
+def test_raw_stream_cut_mid_gop_counts_only_decodable_frames(tmp_path, fmt, codec):
+    # A raw stream cut mid-GOP (a byte-cut dump): the decoder outputs nothing before the
+    # first keyframe, yet those packets were counted as frames: 15 of 35 indexed frames
+    # never came out, so 3 of 8 sampled frames were missed and frames_total was 35.
+    opts = {"x265-params": "log-level=none:keyint=20"} if codec == "libx265" else {"g": "20", "bf": "2"}
+    src = make_video(tmp_path / f"full.{fmt}", frames=60, codec=codec, fmt=fmt, options=opts)
+    with av.open(str(src)) as c:
+        pos = [p.pos for p in c.demux(video=0) if p.size]
+    cut = tmp_path / f"cut.{fmt}"
+    cut.write_bytes(src.read_bytes()[pos[25]:])  # inside the second GOP
+    with av.open(str(cut)) as c:
+        decodable = sum(1 for _ in c.decode(video=0))
+    s = FrameSampler(cut, frames=8)
+    got = list(s)
+    assert s.index.frames == decodable and s.missed == 0 and len(got) == 8
+    first = frame_id(got[0].image)
+    assert [frame_id(f.image) for f in got] == [(first + f.index) % 32 for f in got]
+    assert got[-1].index == decodable - 1
+
+
 def test_anamorphic_video_is_unsqueezed_to_square_pixels(tmp_path):
     # Non-square pixels (sample aspect ratio 2:1) store every face squeezed to half its
     # width; the detector scored such faces of a real clip 5x higher (0.075 vs 0.014).
