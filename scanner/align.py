@@ -83,29 +83,34 @@ def _compose(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
     return torch.cat([a, t[:, None]], 1)
 
 
-def _roi(m_inv: torch.Tensor, size: int, h: int, w: int) -> tuple[int, int, int, int]:
+def _roi(m_inv: torch.Tensor, size: int, h: int, w: int, pad: int = 2) -> tuple[int, int, int, int]:
     corners = torch.tensor([[0, 0], [size - 1, 0], [0, size - 1], [size - 1, size - 1]],
                            dtype=m_inv.dtype)
     src = corners @ m_inv[:, :2].T + m_inv[:, 2]
-    x0 = max(0, math.floor(src[:, 0].min().item()) - 2)
-    y0 = max(0, math.floor(src[:, 1].min().item()) - 2)
-    x1 = min(w, math.ceil(src[:, 0].max().item()) + 3)
-    y1 = min(h, math.ceil(src[:, 1].max().item()) + 3)
+    x0 = max(0, math.floor(src[:, 0].min().item()) - pad)
+    y0 = max(0, math.floor(src[:, 1].min().item()) - pad)
+    x1 = min(w, math.ceil(src[:, 0].max().item()) + pad + 1)
+    y1 = min(h, math.ceil(src[:, 1].max().item()) + pad + 1)
     return x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)
 
 
 def _warp_one(image, m: torch.Tensor, size: int, device, antialias: bool) -> torch.Tensor:
     """Crop the ROI of one face from a ``uint8 (H, W, 3)`` frame and warp it."""
     h, w = image.shape[:2]
-    x0, y0, x1, y1 = _roi(invert_affine(m[None])[0], size, h, w)
+    scale = float(torch.linalg.det(m[:, :2]).abs().sqrt())
+    shrink = antialias and 0 < scale < 0.5
+    # Why a wider margin for a strong shrink: a crop edge sample ``pad`` ROI px inside the
+    # patch lands at (pad + 0.5) * 2 * scale - 0.5 px of the shrunk patch, outside it (and
+    # blended with black) unless pad >= 0.25 / scale - 0.5; 2 px hold down to scale 0.1.
+    pad = max(2, math.ceil(0.25 / scale)) if shrink else 2
+    x0, y0, x1, y1 = _roi(invert_affine(m[None])[0], size, h, w, pad)
     if x1 <= x0 or y1 <= y0 or x0 >= w or y0 >= h:
         return torch.zeros(3, size, size, device=device)
     patch = torch.as_tensor(np.ascontiguousarray(image[y0:y1, x0:x1]), device=device).permute(2, 0, 1)[None]
     # Frame->crop becomes ROI->crop by shifting the origin to the ROI corner.
     shift = torch.tensor([[1.0, 0.0, x0], [0.0, 1.0, y0]])
     mm = _compose(m, shift)
-    scale = float(torch.linalg.det(m[:, :2]).abs().sqrt())
-    if antialias and scale < 0.5:
+    if shrink:
         # Shrink to ~2x the crop's sampling density with an antialiased resize, then
         # warp. Half-pixel convention of align_corners=False interpolation:
         # x_small = (x + 0.5) * r - 0.5.

@@ -64,6 +64,22 @@ def test_antialias_only_changes_large_faces(photo):
     assert b.std().item() < a.std().item()
 
 
+@pytest.mark.parametrize("scale", [0.3, 0.1, 0.05, 0.03])
+@pytest.mark.parametrize("angle", [0.0, 0.3])
+def test_large_face_crop_of_a_uniform_frame_is_uniform(scale, angle):
+    # The antialiased pre-shrink kept the ROI margin of the plain warp (2 frame px), which
+    # at a strong shrink is under one pixel of the shrunk patch: the crop's edge samples
+    # fell outside it and were blended with black (edge rows at 113 instead of 200 for a
+    # face shrunk 20x, e.g. a close-up in 4K).
+    spec = InputSpec(size=64)
+    frame = np.full((3000, 3000, 3), 200, np.uint8)
+    m = _similarity(scale, angle, 0, 0)
+    m[:, 2] = 31.5 - apply_affine(m[None], torch.tensor([[[1500.0, 1500.0]]]))[0, 0]  # centred
+    lm = apply_affine(invert_affine(m[None]), spec.template_tensor()[None])
+    crops, _ = align_faces([frame], [0], lm, spec, antialias=True)
+    assert (crops - 200).abs().max().item() < 1.0
+
+
 @pytest.mark.gpu
 def test_large_faces_align_the_same_on_cuda(photo):
     """A face shrunk by more than 2 takes the antialiased pre-shrink, which on the CPU runs on
