@@ -41,7 +41,8 @@ def _artifact_boxes(rec: FaceRec) -> list | None:
     b = b[torch.isfinite(b).all(1)]  # an untrained/diverging head can emit inf boxes
     if len(b) == 0:
         return None
-    framed = map_boxes(b[None, :, :4], invert_affine(rec.matrix[None]))[0]
+    # Why the half-pixel shifts: the boxes are crop pixel edges, the matrix maps pixel centres.
+    framed = map_boxes(b[None, :, :4] - 0.5, invert_affine(rec.matrix[None]))[0] + 0.5
     return [[*map(lambda v: round(float(v), 1), fb), round(float(s), 4)]
             for fb, s in zip(framed, b[:, 4])]
 

@@ -285,6 +285,22 @@ def test_map_boxes_scale_and_shift():
     assert torch.allclose(edges[0], torch.tensor([5.25, 10.25, 117.25, 122.25]))
 
 
+def test_row_artifact_boxes_are_mapped_as_pixel_edges():
+    # The ADM's boxes are crop pixel edges ((0, 0, 224, 224) = the whole crop) while the
+    # alignment matrix maps pixel centres: mapped as if they were centres, every box in a
+    # row sat 0.5 crop px (1.5 frame px at a 4x shrink) right of and below its pixels.
+    from scanner.summary import FaceRec, _face_detail
+
+    m = torch.tensor([[0.25, 0.0, 10.0], [0.0, 0.25, -20.0]])  # frame -> crop, 4x shrink
+    boxes = [[0.0, 0.0, 224.0, 224.0, 0.9], [50.0, 60.0, 70.0, 100.0, 0.8]]
+    rec = FaceRec(0, np.array([0, 0, 900, 900], np.float32), 0.99, m, score=0.9,
+                  extras={"artifact_boxes": boxes})
+    got = _face_detail(rec, 0.5)["artifact_boxes"]
+    assert got[0] == [-41.5, 78.5, 854.5, 974.5, 0.9]  # (e - 0.5 - t) / s + 0.5
+    want = map_boxes_to_frame(torch.tensor(boxes)[:, :4], m)
+    assert np.allclose([b[:4] for b in got], want.numpy(), atol=0.051)
+
+
 def test_map_boxes_rotation_bounds_corners():
     a = math.radians(90)
     m = torch.tensor([[math.cos(a), math.sin(a), 0.0], [-math.sin(a), math.cos(a), 100.0]])
