@@ -111,8 +111,8 @@ def _stage1(imgs: torch.Tensor, pnet, minsize: int, th: float, factor: float, fi
 def _crops(imgs: torch.Tensor, boxes: torch.Tensor, inds: torch.Tensor, size: int,
            samples: int) -> torch.Tensor:
     # Same region as facenet: integer box clamped to the image, pixels x1-1..x2-1
-    # (1-based boxes), i.e. pixel edges [x1-1, x2]; roi_align(aligned=False) takes
-    # box corners as pixel edges.
+    # (1-based boxes), i.e. pixel edges [x1-1, x2]; roi_align(aligned=True) takes box
+    # corners as pixel edges (aligned=False reads them as pixel centres: half a pixel off).
     h, w = imgs.shape[2:]
     b = boxes[:, :4].trunc()
     x0, y0 = b[:, 0].clamp(min=1) - 1, b[:, 1].clamp(min=1) - 1
@@ -121,7 +121,7 @@ def _crops(imgs: torch.Tensor, boxes: torch.Tensor, inds: torch.Tensor, size: in
     # ``samples``^2 bilinear samples per output cell: a cheap area filter (adaptive
     # sampling, ceil(box/size)^2 samples, costs 4x more on large faces for no gain).
     out = roi_align(imgs, rois, output_size=(size, size), spatial_scale=1.0,
-                    sampling_ratio=samples, aligned=False)
+                    sampling_ratio=samples, aligned=True)
     return _nhwc((out - 127.5) * 0.0078125)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from conftest import DATA
@@ -89,6 +90,25 @@ def test_batched_cascade_agrees_with_facenet(group):
         assert _iou(rb, boxes[best]) > 0.8
         side = rb[2] - rb[0]
         assert np.abs(pts[best] - rp).max() < 0.1 * side  # landmarks within 10% of face size
+
+
+@pytest.mark.parametrize("size,samples", [(24, 1), (48, 2)])
+def test_cascade_crops_cover_facenets_region(size, samples):
+    # R/O-Net see each candidate as facenet crops it: pixels x1-1..x2-1 (1-based box)
+    # area-resized. roi_align(aligned=False) reads box corners as pixel centres, so every
+    # crop was taken half a pixel right of and below that region (landmarks -0.5 px).
+    from scanner import mtcnn as cascade
+
+    h, w = 120, 160
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
+                            indexing="ij")
+    img = torch.stack([xs, ys, xs + ys])[None]  # linear ramps: an area mean is a point sample
+    boxes = torch.tensor([[11.0, 21.0, 58.0, 68.0], [61.0, 21.0, 156.0, 116.0]])  # 48 and 96 px
+    got = cascade._crops(img, boxes, torch.zeros(2, dtype=torch.long), size, samples)
+    for k, (x1, y1, x2, y2) in enumerate(boxes.int().tolist()):
+        region = img[:, :, y1 - 1:min(y2, h), x1 - 1:min(x2, w)]  # facenet's pad() + slice
+        ref = (F.interpolate(region, size=(size, size), mode="area") - 127.5) * 0.0078125
+        assert torch.allclose(got[k], ref[0], atol=1e-4)
 
 
 def test_missing_facenet_weights_is_one_clear_error(monkeypatch):

