@@ -3,12 +3,12 @@
 Each Ray actor builds the pipeline once (:func:`~scanner.pipeline.build_context`:
 detector, engine, face detector) and scans one video at a time; rows stream back
 to the driver, which alone writes the sinks, so ``--resume`` and "one row per
-input" hold exactly as in a local scan. Videos are handed out a few at a time
-(at most ``RAY_IN_FLIGHT`` per actor), so a slow node takes fewer.
+input" hold exactly as in a local scan. Videos are handed out one at a time per
+actor (``RAY_IN_FLIGHT``), so a slow node takes fewer.
 
 A worker that dies mid-scan (killed, out of memory, node lost) is restarted by
-Ray (``max_restarts``) and Ray resubmits the videos it held to the restarted
-actor (``max_task_retries``); a video is attempted at most ``ray_max_attempts``
+Ray (``max_restarts``) and the driver sends the video it held again once the
+restarted actor answers; a video is attempted at most ``ray_max_attempts``
 times (a file that crashes the decoder every time must not loop forever) and
 then becomes an ``error`` row of kind ``worker_lost``. The driver holds exactly
 one task per video and writes its row once, so no row is duplicated or lost.
@@ -19,11 +19,13 @@ driver). The driver sends absolute paths; rows carry the path as given.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import socket
 import threading
+from collections import deque
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Iterable, Iterator
@@ -34,7 +36,11 @@ from . import metrics
 from .config import ScanConfig
 
 log = logging.getLogger("dfscan")
-RAY_IN_FLIGHT = 2  # videos queued per actor: one scanning, one ready (no idle round trip)
+# Videos held per actor: one. Every video an actor holds fails with it when it dies; with
+# two held, the one queued behind a video that crashes the worker each time used up its
+# attempts without ever running (an innocent worker_lost row). With one, the failed video
+# is the one that was running. The next is sent as soon as a row arrives, before it is written.
+RAY_IN_FLIGHT = 1
 # Fields that make no sense inside a worker (the driver owns outputs, metrics and Ray).
 # metrics_push may hold user:password@: never shipped to every actor on every node.
 DRIVER_ONLY = {"out": None, "resume": False, "metrics_port": None, "metrics_push": None,
@@ -125,12 +131,14 @@ class RayScanContext:
         ray = _ray()
         self.cfg = cfg
         self._started = connect(cfg.ray)
+        try:
+            n = _actor_count(ray, cfg)
+        except RayUnavailable:
+            self.close()  # stops the private cluster connect() started
+            raise
         cpus, gpus = cfg.ray_cpus_per_actor, cfg.ray_gpus_per_actor
-        n = cfg.ray_actors or max(1, int(ray.cluster_resources().get("CPU", 1) // cpus))
-        if gpus:
-            n = min(n, max(1, int(ray.cluster_resources().get("GPU", 0) // gpus)))
         remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_restarts=-1,
-                            max_task_retries=cfg.ray_max_attempts - 1)(_ScanWorker)
+                            max_task_retries=0)(_ScanWorker)  # attempts: see _lost
         wcfg = cfg.model_dump(exclude={k for k in cfg.model_dump() if k.startswith("ray")})
         wcfg.update({k: v for k, v in DRIVER_ONLY.items() if k in wcfg})
         self.actors = [remote.remote(wcfg, max(1, int(cpus))) for _ in range(n)]
@@ -157,40 +165,76 @@ class RayScanContext:
         ``paths`` is consumed lazily: at most ``RAY_IN_FLIGHT`` videos per actor are out.
         """
         ray = _ray()
-        todo = iter(paths)
-        load = [0] * len(self.actors)
-        pending: dict = {}  # ObjectRef -> (actor index, path as given)
-        while True:
-            self._submit(todo, load, pending)
-            if not pending:
-                return
-            ref = ray.wait(list(pending), num_returns=1)[0][0]
-            k, path = pending.pop(ref)
-            load[k] -= 1
-            row = self._result(ref, path)
+        self._todo, self._retry = iter(paths), deque()  # retry: (path, attempts so far)
+        self._load = [0] * len(self.actors)
+        self._pending = {}  # ObjectRef -> (actor index, path as given or None: a ping, attempts)
+        self._submit()
+        # Pings of an actor Ray cannot place again (its node gone) must not hold the scan open.
+        while self._pending and (self._scanning() or self._more()):
+            ref = ray.wait(list(self._pending), num_returns=1)[0][0]
+            row = self._result(ref, *self._pending.pop(ref))
+            self._submit()  # the freed actor's next video goes out before this row is written
+            if row is not None:
+                _record(row)
+                yield row
+        for path, _ in [*self._retry, *((str(p), 0) for p in self._todo)]:  # no actor left
+            row = self._error_row(path, "worker_lost", "no Ray scan actor is left to scan it")
             _record(row)
             yield row
 
-    def _submit(self, todo: Iterator, load: list[int], pending: dict) -> None:
-        while min(load) < RAY_IN_FLIGHT:
-            path = next(todo, None)
-            if path is None:
-                return
-            k = load.index(min(load))  # the least busy actor
-            pending[self.actors[k].scan.remote(os.path.abspath(path))] = (k, str(path))
-            load[k] += 1
+    def _scanning(self) -> bool:
+        return any(path is not None for _, path, _ in self._pending.values())
 
-    def _result(self, ref, path: str) -> dict:
+    def _more(self) -> bool:
+        """Whether a video is still to be sent (looks ahead one input into the retry queue)."""
+        if not self._retry:
+            path = next(self._todo, None)
+            if path is not None:
+                self._retry.append((str(path), 0))
+        return bool(self._retry)
+
+    def _submit(self) -> None:
+        while min(self._load) < RAY_IN_FLIGHT and self._more():
+            path, attempts = self._retry.popleft()
+            k = self._load.index(min(self._load))  # the least busy actor
+            self._pending[self.actors[k].scan.remote(os.path.abspath(path))] = (k, path, attempts)
+            self._load[k] += 1
+
+    def _result(self, ref, k: int, path: str | None, attempts: int) -> dict | None:
+        """The row of a finished task; None for a ping or a video sent out again."""
         ray = _ray()
+        if path is None:  # the restarted actor answers: it takes videos again
+            with contextlib.suppress(ray.exceptions.RayError):  # else dead for good: stays idle
+                ray.get(ref)
+                self._load[k] = 0
+            return None
+        self._load[k] -= 1
         try:
             row = ray.get(ref)
-        except ray.exceptions.RayActorError as e:  # Ray's retries on restarted actors ran out
-            return self._error_row(path, "worker_lost", f"the Ray worker died on each of "
-                                   f"{self.cfg.ray_max_attempts} attempts ({type(e).__name__})")
+        except ray.exceptions.RayActorError as e:  # the actor died while holding this video
+            return self._lost(k, path, attempts + 1, e)
         except ray.exceptions.RayError as e:  # scan_video returns error rows; this is a bug
-            return self._error_row(path, "internal", f"{type(e).__name__}: {e}".splitlines()[0])
+            # A RayTaskError's first line names only the actor (pid, ip): say what it raised.
+            cause = getattr(e, "cause", None) or e
+            return self._error_row(path, "internal", f"{type(cause).__name__}: {cause}".splitlines()[0])
         row["path"] = path  # as given, like a local scan's rows (the worker got it absolute)
         return row
+
+    def _lost(self, k: int, path: str, attempts: int, e: Exception) -> dict | None:
+        """Retry ``path`` unless out of attempts; ``k`` gets no video until it answers again.
+
+        Ray's own task retries counted an attempt for every video a dead actor held, and a
+        video sent while the actor was restarting failed at once: videos that never ran
+        became worker_lost rows. Attempts are counted here, for the video that was running.
+        """
+        self._load[k] = RAY_IN_FLIGHT
+        ping = self.actors[k].info.options(max_task_retries=-1).remote()  # waits for the restart
+        self._pending[ping] = (k, None, 0)
+        if attempts < self.cfg.ray_max_attempts:
+            self._retry.append((path, attempts))
+            return None
+        return self._error_row(path, "worker_lost", f"the Ray worker died on each of {attempts} "
+                               f"attempts ({type(e).__name__})")
 
     def _error_row(self, path: str, kind: str, message: str) -> dict:
         from .pipeline import _base_row  # the one error-row layout (fields as local scans)
@@ -206,6 +250,32 @@ class RayScanContext:
         self.actors = []
         if self._started:
             ray.shutdown()
+
+
+def _actor_count(ray, cfg: ScanConfig) -> int:
+    """``cfg.ray_actors`` (default: all that fit), capped at what the cluster's nodes can hold.
+
+    Ray waits forever for an actor no node can place (``--ray-gpus-per-actor 1`` on CPU
+    nodes, more actors than CPUs): the scan hung before its first video. Actors are
+    placed whole on one node, so the fit is counted per node.
+    """
+    cpus, gpus = cfg.ray_cpus_per_actor, cfg.ray_gpus_per_actor
+    fits, total = 0, {"CPU": 0.0, "GPU": 0.0}
+    for node in ray.nodes():
+        res = node.get("Resources") or {}
+        if node.get("Alive"):
+            total = {k: v + res.get(k, 0.0) for k, v in total.items()}
+            per = [res.get("CPU", 0.0) / cpus] + ([res.get("GPU", 0.0) / gpus] if gpus else [])
+            fits += int(min(per) + 1e-9)  # 2 / 0.1 is 19.999...
+    if not fits:
+        need = f"{cpus:g} CPU(s)" + (f" and {gpus:g} GPU(s)" if gpus else "")
+        raise RayUnavailable(f"no node of the Ray cluster has {need} for a scan actor (cluster: "
+                             f"{total['CPU']:g} CPU(s), {total['GPU']:g} GPU(s)); lower "
+                             "--ray-cpus-per-actor / --ray-gpus-per-actor or add such nodes")
+    if cfg.ray_actors and cfg.ray_actors > fits:
+        log.warning("--ray-actors %d: the Ray cluster's nodes hold only %d actor(s) of %g CPU(s) "
+                    "/ %g GPU(s); starting %d", cfg.ray_actors, fits, cpus, gpus, fits)
+    return min(cfg.ray_actors or fits, fits)
 
 
 def _record(row: dict) -> None:

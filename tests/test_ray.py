@@ -29,7 +29,8 @@ ray = pytest.importorskip("ray", reason="Ray not installed (pip install 'ray>=2.
 from scanner import metrics  # noqa: E402
 from scanner.cli import main  # noqa: E402
 from scanner.config import ScanConfig  # noqa: E402
-from scanner.distributed import RayScanContext  # noqa: E402
+import scanner.distributed  # noqa: E402
+from scanner.distributed import RayScanContext, RayUnavailable  # noqa: E402
 from scanner.pipeline import build_context, scan_paths  # noqa: E402
 from conftest import free_port
 
@@ -85,7 +86,7 @@ def test_killed_worker_videos_are_rescanned_with_identical_rows(cluster, local_r
         rows, killed = [], None
         for row in ctx.rows(inputs):
             rows.append(row)
-            if killed is None:  # both actors are mid-video now (two videos are queued per actor)
+            if killed is None:  # both actors are mid-video now (the next one is sent before a row is out)
                 killed = ctx.actor_info[1]["pid"]
                 os.kill(killed, signal.SIGKILL)
         assert killed not in ctx.pids()  # Ray restarted the killed actor
@@ -142,3 +143,59 @@ def test_unreachable_cluster_is_a_usage_error(capsys):
     code = main(["scan", str(CLIPS[0]), "--ray", f"127.0.0.1:{port}", "--no-progress"])
     assert code == 2
     assert "cannot reach the Ray cluster" in capsys.readouterr().err
+
+
+class _PoisonWorker(scanner.distributed._ScanWorker):
+    """An actor that dies on every attempt at a 'poison' input (as a decoder segfault
+    or an out-of-memory kill would) and raises on a 'raise' input."""
+
+    def scan(self, path: str) -> dict:
+        if "poison" in path:
+            with open(path + ".attempts", "a") as f:
+                f.write("x")
+            os._exit(1)
+        if "raise" in path:
+            raise MemoryError("cannot allocate 12 GiB for the frame buffer")
+        return super().scan(path)
+
+
+def test_a_video_that_crashes_its_worker_costs_no_other_video_its_attempts(cluster, monkeypatch, tmp_path):
+    """Ray re-runs every task a dead actor held and counts an attempt for each: the video
+    queued behind one that kills the worker every time became worker_lost without having
+    run. Only the crashing video may become an error row (and one raising in the actor
+    says why)."""
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
+    monkeypatch.setattr(scanner.distributed, "_ScanWorker", _PoisonWorker)
+    inputs = [str(tmp_path / "poison.mp4"), str(CLIPS[0]), str(tmp_path / "raise.mp4"), str(CLIPS[1])]
+    ctx = RayScanContext(ScanConfig(ray=cluster, ray_actors=1, ray_max_attempts=1,
+                                    detector="test_tiny", frames=4))
+    try:
+        rows = {r["path"]: r for r in ctx.rows(inputs)}
+    finally:
+        ctx.close()
+    assert sorted(rows) == sorted(inputs)
+    assert rows[inputs[0]]["error"]["kind"] == "worker_lost"
+    assert (tmp_path / "poison.mp4.attempts").read_text() == "x"  # tried ray_max_attempts times
+    assert rows[inputs[1]]["verdict"] != "error" and rows[inputs[3]]["verdict"] != "error", [r["error"] for r in rows.values()]
+    err = rows[inputs[2]]["error"]
+    assert err["kind"] == "internal" and "MemoryError: cannot allocate 12 GiB" in err["message"], err
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"ray_gpus_per_actor": 1}, r"no node of the Ray cluster has 1 CPU\(s\) and 1 GPU\(s\).*0 GPU"),
+    ({"ray_cpus_per_actor": 2}, r"no node of the Ray cluster has 2 CPU\(s\).*cluster: 2 CPU"),
+])
+def test_actors_no_node_can_hold_are_an_error_not_a_hang(cluster, kw, match):
+    """Ray waits forever for an actor no node can place: the scan hung before its first video."""
+    with pytest.raises(RayUnavailable, match=match):
+        RayScanContext(ScanConfig(ray=cluster, detector="test_tiny", **kw))
+    assert not ray.is_initialized()  # the connection is closed again
+
+
+def test_more_actors_than_the_cluster_holds_start_what_fits(cluster):
+    ctx = RayScanContext(ScanConfig(ray=cluster, ray_actors=5, detector="test_tiny", frames=4))
+    try:
+        assert ctx.workers == 2  # two one-CPU nodes (five actors waited forever for CPUs)
+        assert [r["verdict"] for r in ctx.rows([str(CLIPS[0])])] != ["error"]
+    finally:
+        ctx.close()

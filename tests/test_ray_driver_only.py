@@ -21,7 +21,8 @@ def test_ray_actors_get_no_pushgateway_credentials(monkeypatch):
             sent.append(wcfg)
             return Handle()
 
-    fake = SimpleNamespace(remote=lambda **_kw: (lambda _cls: Remote()), cluster_resources=lambda: {"CPU": 2},
+    fake = SimpleNamespace(remote=lambda **_kw: (lambda _cls: Remote()),
+                           nodes=lambda: [{"Alive": True, "Resources": {"CPU": 2.0}}],
                            get=lambda refs: list(refs), exceptions=SimpleNamespace(RayError=RuntimeError))
     monkeypatch.setattr(dist, "_ray", lambda: fake)
     monkeypatch.setattr(dist, "connect", lambda _address: False)
