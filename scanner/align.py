@@ -62,20 +62,6 @@ def apply_affine(m: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:
     return pts @ m[:, :, :2].transpose(1, 2) + m[:, None, :, 2]
 
 
-def map_boxes(boxes: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """Map ``(K, B, 4)`` xyxy boxes through ``(K, 2, 3)`` matrices.
-
-    Returns the axis-aligned bounding box of the four mapped corners (exact for
-    pure scale/translation, enclosing under rotation).
-    """
-    x1, y1, x2, y2 = boxes.unbind(-1)
-    corners = torch.stack([torch.stack([x1, y1], -1), torch.stack([x2, y1], -1),
-                           torch.stack([x1, y2], -1), torch.stack([x2, y2], -1)], -2)
-    k, b = boxes.shape[:2]
-    mapped = apply_affine(m, corners.reshape(k, b * 4, 2)).reshape(k, b, 4, 2)
-    return torch.cat([mapped.amin(2), mapped.amax(2)], -1)
-
-
 def _compose(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
     """``outer ∘ inner`` for single ``(2, 3)`` matrices."""
     a = outer[:, :2] @ inner[:, :2]

@@ -14,7 +14,6 @@ import torch
 
 from . import metrics
 from .aggregate import decide, frame_score, frames_needed
-from .align import invert_affine, map_boxes
 from .decode import VideoError
 
 log = logging.getLogger("dfscan")
@@ -41,8 +40,9 @@ def _artifact_boxes(rec: FaceRec) -> list | None:
     b = b[torch.isfinite(b).all(1)]  # an untrained/diverging head can emit inf boxes
     if len(b) == 0:
         return None
-    # Why the half-pixel shifts: the boxes are crop pixel edges, the matrix maps pixel centres.
-    framed = map_boxes(b[None, :, :4] - 0.5, invert_affine(rec.matrix[None]))[0] + 0.5
+    from engines.detectors.adm.boxes import map_boxes_to_frame  # loaded with the ADM detector
+
+    framed = map_boxes_to_frame(b[:, :4], rec.matrix, pixel_edges=True)  # crop pixel edges
     return [[*map(lambda v: round(float(v), 1), fb), round(float(s), 4)]
             for fb, s in zip(framed, b[:, 4])]
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from engines.spec import InputSpec
-from scanner.align import align_faces, apply_affine, invert_affine, map_boxes, umeyama_similarity
+from scanner.align import align_faces, apply_affine, invert_affine, umeyama_similarity
 
 
 def _similarity(scale, angle, tx, ty) -> torch.Tensor:
@@ -95,11 +95,3 @@ def test_large_faces_align_the_same_on_cuda(photo):
 def test_empty_landmarks():
     crops, mats = align_faces([], [], np.zeros((0, 5, 2)), InputSpec(size=32))
     assert crops.shape == (0, 3, 32, 32) and mats.shape == (0, 2, 3)
-
-
-def test_box_mapping_round_trip():
-    m = _similarity(0.5, 0.0, 20, 30)[None]
-    boxes = torch.tensor([[[10.0, 20.0, 50.0, 80.0]]])
-    crop = map_boxes(boxes, m)
-    assert torch.allclose(crop, torch.tensor([[[25.0, 40.0, 45.0, 70.0]]]))
-    assert torch.allclose(map_boxes(crop, invert_affine(m)), boxes, atol=1e-4)
