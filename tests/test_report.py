@@ -260,3 +260,32 @@ def test_report_out_that_cannot_be_written_is_one_line(tmp_path, capsys, where):
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert err.startswith(f"dfscan report: cannot write {out}: ")
+
+
+def test_sigterm_while_writing_leaves_no_temporary_file(tmp_path):
+    # The report streams into .NAME.PID.tmp and renames it; SIGTERM killed the process
+    # mid-write and left that file behind (the finally that removes it never ran).
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    row = {"path": "", "verdict": "real", "score": 0.1, "frames": 32, "frames_with_faces": 32,
+           "faces": 32, "error": None, "detector": "test_tiny", "weights_hash": "h",
+           "sampling": {"frames": 32}}
+    src = tmp_path / "big.jsonl"
+    with open(src, "w") as f:
+        for i in range(60000):
+            f.write(json.dumps({**row, "path": f"/v/{i:06d}.mp4", "score": (i % 997) / 997}) + "\n")
+    out = tmp_path / "r.html"
+    p = subprocess.Popen([sys.executable, "-m", "scanner.cli", "report", str(src), "--out", str(out),
+                          "--top-k", "0"], cwd=ROOT, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".r.html.*.tmp")) and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert p.poll() is None, "the report finished before it could be interrupted"
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(60) == 128 + signal.SIGTERM
+    assert not list(tmp_path.glob(".r.html.*")) and not out.exists()

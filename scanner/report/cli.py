@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
 from pathlib import Path
 
@@ -52,7 +54,8 @@ def run_report(args) -> int:
                          verify_hash=args.verify_hash, thumbnails=args.thumbnails and args.top_k > 0,
                          explain=args.explain, weights=args.weights, device=args.device)
     try:
-        stats = _render(src, out, opts)
+        with _sigterm_interrupts():
+            stats = _render(src, out, opts)
     except OSError as e:  # --out a folder, unwritable, disk full: one line, not a traceback
         print(f"dfscan report: cannot write {terminal_safe(str(out))}: {e.strerror or e}"
               + (f" ({terminal_safe(str(e.filename))})" if e.filename and str(e.filename) != str(out) else ""), file=sys.stderr)
@@ -60,6 +63,26 @@ def run_report(args) -> int:
     print(f"{terminal_safe(str(out))}: {stats['videos']} videos, {stats['bytes'] / 1e6:.2f} MB"
           + (f" ({stats['bad_lines']} unreadable lines skipped)" if stats["bad_lines"] else ""))
     return EXIT_OK
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """SIGTERM raises KeyboardInterrupt (exit 143, see scanner.cli) while the report is
+    written, so the half-written ``.NAME.PID.tmp`` beside it is removed, not left behind."""
+    def interrupt(signum, frame):
+        e = KeyboardInterrupt()
+        e.signum = signum
+        raise e
+
+    try:
+        old = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def _render(src: Path, out: Path, opts) -> dict:
