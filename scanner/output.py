@@ -170,12 +170,16 @@ def csv_record(fieldnames: list[str], row: dict | None) -> str:
     return buf.getvalue()[:-2] + "\n"
 
 
+def has_csv_columns(path: Path) -> bool:
+    """Whether the CSV at ``path`` has this version's header (``CSV_COLUMNS``)."""
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
+        return next(csv.reader(f), []) == CSV_COLUMNS
+
+
 def _check_header(path: Path) -> None:
     """Refuse to append to a CSV with other columns (an older version's): the rows would sit
     under the wrong names. ``--resume`` checks the primary output; this covers every CSV."""
-    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
-        header = next(csv.reader(f), [])
-    if header != CSV_COLUMNS:
+    if not has_csv_columns(path):
         raise OutputError(f"cannot append to {path}: it has other CSV columns than this version "
                           "writes; use another --out file")
 

@@ -123,11 +123,9 @@ def check_compatible(path: Path, row: dict, expected: dict) -> None:
 def _check_csv_header(path: Path) -> None:
     if path.suffix.lower() != ".csv":
         return
-    from .output import CSV_COLUMNS
+    from .output import has_csv_columns
 
-    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
-        header = next(csv.reader(f), [])
-    if header != CSV_COLUMNS:
+    if not has_csv_columns(path):
         raise ConfigError(f"--resume: {path} has other CSV columns than this version writes; "
                           "scan into another --out file")
 
