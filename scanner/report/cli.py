@@ -70,9 +70,9 @@ def _sigterm_interrupts():
     """SIGTERM raises KeyboardInterrupt (exit 143, see scanner.cli) while the report is
     written, so the half-written ``.NAME.PID.tmp`` beside it is removed, not left behind."""
     def interrupt(signum, frame):
-        e = KeyboardInterrupt()
-        e.signum = signum
-        raise e
+        from ..run import Interrupted  # the scan's (exit code from its signum)
+
+        raise Interrupted(signum)
 
     try:
         old = signal.signal(signal.SIGTERM, interrupt)
