@@ -266,6 +266,16 @@ def test_duplicate_json_key_refused(open_api):
     assert svc.names() == []
 
 
+def test_deeply_nested_json_body_is_a_400_not_a_500(open_api):
+    # The duplicate-key check parses the body before FastAPI: 64 KiB of "[" was a
+    # RecursionError there (500, a traceback in the log) where FastAPI answers 400.
+    svc, server, base = open_api
+    for body in (b"[" * 60000, b'{"name": "cam", "url": "rtsp://h/x", "x": ' + b"[" * 20000 + b"]" * 20000 + b"}"):
+        r = httpx.post(f"{base}/streams", content=body, headers={"Content-Type": "application/json"})
+        assert r.status_code == 400 and r.json()["error"] == "the JSON body is nested too deeply"
+    assert svc.names() == []
+
+
 # ---------------------------------------------------------------- credentials
 class _AuthServer:
     """HTTP server requiring Basic auth; serves ``files``; records every request."""

@@ -95,8 +95,8 @@ class _Gate:
         if scope["method"] not in WRITE_METHODS:
             return await self.app(scope, receive, send)
         body = await self._read_body(h, receive)
-        if not isinstance(body, Response) and (dup := _duplicate_key(body)) is not None:
-            body = _err(400, f"the JSON body names {dup} twice")
+        if not isinstance(body, Response) and (problem := _body_problem(body)) is not None:
+            body = _err(400, problem)
         if isinstance(body, Response):
             return await body(scope, receive, send)
         replayed = False
@@ -150,8 +150,9 @@ class _Gate:
         return b"".join(chunks)
 
 
-def _duplicate_key(body: bytes) -> str | None:
-    """How to name a key that appears twice in one JSON object of ``body``, else None.
+def _body_problem(body: bytes) -> str | None:
+    """Why ``body`` is refused before FastAPI reads it (a key twice in one JSON object,
+    nesting too deep for Python's parser), else None.
 
     json (and so FastAPI) keeps the last value silently: ``{"url": A, "url": B}`` would
     add a stream other than the one a reviewer of the request reads first.
@@ -170,7 +171,9 @@ def _duplicate_key(body: bytes) -> str | None:
     try:
         json.loads(body, object_pairs_hook=pairs)
     except _Dup as e:
-        return str(e)
+        return f"the JSON body names {e} twice"
+    except RecursionError:  # "[[[[..." (64 KiB of it): was a 500 and a traceback in the log
+        return "the JSON body is nested too deeply"
     except ValueError:  # not JSON: FastAPI says so
         return None
     return None
