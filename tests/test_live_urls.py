@@ -131,6 +131,8 @@ def test_udp_buffer_sizes_in_the_url_are_bounded():
 
     assert parse_source("udp://239.0.0.1:5000?fifo_size=50000&localaddr=10.0.0.2").scheme == "udp"
     for bad in ("udp://239.0.0.1:5000?fifo_size=2000000000", "rtp://127.0.0.1:5004?buffer_size=1e12",
-                "udp://:5000?FIFO_SIZE=-1", "udp://@:5000?buffer_size="):
+                "udp://:5000?FIFO_SIZE=-1", "udp://@:5000?buffer_size=",
+                # not ASCII digits: "²" was a ValueError (POST /streams: 500), "٣" passed as 3
+                "udp://@:5000?fifo_size=%C2%B2", "udp://@:5000?fifo_size=²", "udp://@:5000?buffer_size=٣"):
         with pytest.raises(SourceError, match="must be a whole number up to"):
             parse_source(bad)

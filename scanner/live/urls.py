@@ -196,7 +196,9 @@ _UDP_LIMITS = {"fifo_size": 1_000_000, "buffer_size": 64 << 20}  # 188-byte pack
 def _check_udp_query(query: str, url: str) -> None:
     for key, value in parse_qsl(query, keep_blank_values=True):
         limit = _UDP_LIMITS.get(key.lower())
-        if limit is not None and not (value.isdigit() and int(value) <= limit):
+        # ASCII digits only: str.isdigit() takes "²" (int() then raised ValueError: a 500 from
+        # POST /streams) and "٣" (3 to Python, 0 to FFmpeg's strtol).
+        if limit is not None and not (re.fullmatch(r"[0-9]+", value) and int(value) <= limit):
             raise SourceError(f"{key} must be a whole number up to {limit} in {mask_credentials(url)}")
 
 
