@@ -142,7 +142,7 @@ def _summary(t: Tally, wall: float, console: Console) -> None:
     total = sum(t.stages.values()) or 1.0
     share = "  ".join(f"{k} {100 * v / total:.0f}%" for k, v in t.stages.items())
     if not console.is_terminal:  # in a pipe rich assumes 80 columns and clips the headers
-        console = Console(file=console.file, highlight=False, soft_wrap=True, width=max(console.width, 110))
+        console = _Console(file=console.file, highlight=False, soft_wrap=True, width=max(console.width, 110))
     console.print(tab)
     if share:
         console.print(f"[dim]stage share: {share}[/dim]")
@@ -233,7 +233,10 @@ def _run(args, stop: GracefulStop, locks: OutputLocks) -> int:
             server.shutdown()
         if pusher is not None:
             pusher.stop()  # the final values, also after an interrupt
-    _summary(tally, time.perf_counter() - t_scan, console)
+    try:
+        _summary(tally, time.perf_counter() - t_scan, console)
+    except StdoutClosed:  # the reader left after the last row: the exit code is the scan's own
+        pass
     return _exit_code(stop, tally, sinks, cfg, len(paths))
 
 

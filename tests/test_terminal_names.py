@@ -53,6 +53,26 @@ def test_closed_stdout_stops_like_an_interrupt(tmp_path):
     assert r.returncode == EXIT_OK and len(out.read_text().splitlines()) == 6
 
 
+def test_stdout_closed_after_the_last_row_keeps_the_scans_exit_code(tmp_path):
+    """The reader leaves after the last row (`| head -n 3`), while the HTML report renders:
+    the summary table went through a plain rich Console, whose broken-pipe SystemExit(1)
+    made a finished, all-fine scan exit 1 ('an input failed') without a word."""
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for i in range(2):
+        os.link(DATA / "d1.mp4", clips / f"v{i:02d}.mp4")
+    out = tmp_path / "r.jsonl"
+    cmd = [sys.executable, "-m", "scanner.cli", "scan", str(clips), "--out", str(out),
+           "--out", str(tmp_path / "r.html"), *FAST]
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen = 0
+    while seen < 2:  # both videos' lines, then the reader goes (the report is still rendering)
+        seen += b".mp4" in p.stdout.readline()
+    p.stdout.close()
+    assert p.wait(timeout=300) == EXIT_OK, p.stderr.read().decode()
+    assert len(out.read_text().splitlines()) == 2
+
+
 def test_report_out_with_a_non_utf8_name_prints_an_escape(tmp_path):
     # The report was written, then printing its path raised UnicodeEncodeError (traceback,
     # exit 1) on a strict UTF-8 stdout.
