@@ -132,6 +132,7 @@ def _check_csv_header(path: Path) -> None:
 
 def _rewrite_without(path: Path, drop: set[str]) -> None:
     """Atomically rewrite ``path`` without the error rows of inputs in ``drop``."""
+    path = Path(os.path.realpath(path))  # a symlinked output: replace the file, not the link
     tmp = path.with_name(path.name + ".resume-tmp")
     text = {"newline": "", "encoding": "utf-8", "errors": "surrogateescape"}  # CSV: a name's own bytes
     with open(path, **text) as src, open(tmp, "w", **text) as dst:

@@ -65,3 +65,23 @@ def test_resume_with_a_new_secondary_rescans_nothing(tmp_path):
     before = prim.read_bytes()
     assert main(["scan", str(src), "--out", str(prim), "--out", str(new), "--resume", *FAST]) == EXIT_OK
     assert prim.read_bytes() == before and _paths(new) == []  # an output added now gets new rows only
+
+
+def test_retry_errors_through_a_symlink_rewrites_the_file_it_points_to(tmp_path):
+    # --retry-errors rewrote the output with os.replace onto the name given: a symlink
+    # (latest.jsonl -> runs/1/r.jsonl) became a file of its own, so the retried rows went
+    # there and the file it pointed to kept the old error rows for good.
+    src = _inputs(tmp_path, ("a.mp4",))
+    (src / "late.mp4").write_bytes(b"still being copied")
+    (tmp_path / "runs").mkdir()
+    real, link = tmp_path / "runs" / "r.jsonl", tmp_path / "latest.jsonl"
+    link.symlink_to(real)
+    args = ["scan", str(src), "--out", str(link), *FAST]
+    assert main(args) == EXIT_INPUT_ERROR
+    (src / "late.mp4").unlink()
+    os.link(DATA / "d1.mp4", src / "late.mp4")  # the copy finished
+    assert main([*args, "--retry-errors"]) == EXIT_OK
+    assert link.is_symlink() and os.path.realpath(link) == str(real)
+    rows = [json.loads(line) for line in real.read_text().splitlines()]
+    assert sorted(r["path"] for r in rows) == sorted(str(p) for p in src.iterdir())
+    assert all(r["verdict"] != "error" for r in rows)
