@@ -56,3 +56,17 @@ def test_non_ascii_token_accepted():
     finally:
         server.stop()
         svc.stop()
+
+
+def test_token_ending_in_a_utf8_byte_latin1_calls_whitespace_accepted():
+    """The header's latin-1 text was str.strip()ped: "à" is UTF-8 C3 A0, and A0 (NBSP in
+    latin-1) was stripped, so a token ending in "à" was refused on every request."""
+    token = "token-0123456789-voilà"
+    svc, server = _serve(token)
+    try:
+        url = f"http://127.0.0.1:{server.port}/streams"
+        assert httpx.get(url, headers={"Authorization": b"Bearer " + token.encode()}).status_code == 200
+        assert httpx.get(url, headers={"Authorization": b"Bearer " + token.encode()[:-1]}).status_code == 401
+    finally:
+        server.stop()
+        svc.stop()

@@ -64,9 +64,9 @@ def check_bearer(header: str | None, token: str | None) -> bool:
         return True
     if not header or not header.startswith("Bearer "):
         return False
-    # Starlette decodes header bytes as latin-1: back to the bytes sent, compared with the
-    # token's UTF-8 bytes (a non-ASCII token never matched when re-encoded as UTF-8).
-    return hmac.compare_digest(header[7:].strip().encode("latin-1"), token.encode())
+    # Starlette decodes header bytes as latin-1: back to the bytes sent, compared with the token's
+    # UTF-8 bytes. Only SP/HTAB are stripped: str.strip() took a last UTF-8 byte 0x85/0xA0 (NEL/NBSP).
+    return hmac.compare_digest(header[7:].strip(" \t").encode("latin-1"), token.encode())
 
 
 def _err(code: int, message: str, **headers: str) -> JSONResponse:
