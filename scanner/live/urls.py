@@ -182,8 +182,8 @@ def parse_source(url: str, allow_files: bool = False) -> SourceURL:
         raise RefusedURL(f"unsupported stream scheme {scheme!r}; allowed: {', '.join(sorted(NETWORK_SCHEMES))}")
     if scheme != "udp" and scheme != "rtp" and not parts.hostname:
         raise SourceError(f"stream URL has no host: {mask_credentials(url)}")
-    if scheme in ("udp", "rtp"):
-        _check_udp_query(parts.query, url)
+    if scheme in ("udp", "rtp"):  # FFmpeg reads options after the first '?', a '#' before it too
+        _check_udp_query(url.partition("?")[2], url)
     ffmpeg_url, auth, secrets = _split_credentials(url, parts)
     return SourceURL(ffmpeg_url, scheme, "network", auth=auth, secrets=secrets, shown=mask_credentials(url))
 
