@@ -132,11 +132,26 @@ def _check_csv_header(path: Path) -> None:
 
 def _rewrite_without(path: Path, drop: set[str]) -> None:
     """Atomically rewrite ``path`` without the error rows of inputs in ``drop``."""
+    is_csv = path.suffix.lower() == ".csv"  # the name given says the format, as for the sinks
     path = Path(os.path.realpath(path))  # a symlinked output: replace the file, not the link
     tmp = path.with_name(path.name + ".resume-tmp")
+    try:
+        _write_without(path, tmp, drop, is_csv)
+        os.replace(tmp, path)
+    except BaseException as e:  # disk full, interrupted: the output is unchanged, no copy is left
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            from .output import OutputError
+
+            raise OutputError(f"--retry-errors: cannot rewrite {path} without its error rows: "
+                              f"{e.strerror or e} (the file is unchanged)") from e
+        raise
+
+
+def _write_without(path: Path, tmp: Path, drop: set[str], is_csv: bool) -> None:
     text = {"newline": "", "encoding": "utf-8", "errors": "surrogateescape"}  # CSV: a name's own bytes
     with open(path, **text) as src, open(tmp, "w", **text) as dst:
-        if path.suffix.lower() == ".csv":
+        if is_csv:
             from .output import csv_record  # quotes a file name holding \r, as the scan wrote it
 
             rows = csv.DictReader(src)
@@ -155,7 +170,6 @@ def _rewrite_without(path: Path, drop: set[str]) -> None:
                     dst.write(line)
         dst.flush()
         os.fsync(dst.fileno())
-    os.replace(tmp, path)
 
 
 @dataclass

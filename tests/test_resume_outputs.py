@@ -85,3 +85,28 @@ def test_retry_errors_through_a_symlink_rewrites_the_file_it_points_to(tmp_path)
     rows = [json.loads(line) for line in real.read_text().splitlines()]
     assert sorted(r["path"] for r in rows) == sorted(str(p) for p in src.iterdir())
     assert all(r["verdict"] != "error" for r in rows)
+
+
+def test_retry_errors_on_a_full_disk_is_an_output_error_and_leaves_no_copy(tmp_path, monkeypatch):
+    # The rewrite without the error rows failing (disk full) was an OSError traceback (exit 1,
+    # 'an input failed') that left the partial o.jsonl.resume-tmp beside the output.
+    import errno
+
+    from scanner.cli import EXIT_OUTPUT
+
+    src = _inputs(tmp_path, ("a.mp4",))
+    (src / "bad.mp4").write_bytes(b"not a video")
+    out = tmp_path / "o.jsonl"
+    args = ["scan", str(src), "--out", str(out), *FAST]
+    assert main(args) == EXIT_INPUT_ERROR
+    before = out.read_bytes()
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".resume-tmp"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    assert main([*args, "--retry-errors"]) == EXIT_OUTPUT
+    assert out.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["o.jsonl", "src"]
