@@ -242,7 +242,12 @@ def prepare_resume(path: str | Path, expected: dict | None = None, retry_errors:
     state = ResumeState(path)
     if not path.exists() or path.stat().st_size == 0:
         return state
-    cut_torn_tail(path)
+    try:
+        cut_torn_tail(path)
+    except OSError as e:  # read-only, gone: the error opening it for appending would say as much
+        from .output import OutputError
+
+        raise OutputError(f"--resume: cannot write {path}: {e.strerror or e}") from e
     _check_csv_header(path)
     errors = set()
     for row in read_rows(path):

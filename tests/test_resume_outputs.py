@@ -110,3 +110,26 @@ def test_retry_errors_on_a_full_disk_is_an_output_error_and_leaves_no_copy(tmp_p
     monkeypatch.setattr(os, "fsync", fsync)
     assert main([*args, "--retry-errors"]) == EXIT_OUTPUT
     assert out.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["o.jsonl", "src"]
+
+
+def test_resume_into_a_read_only_output_is_an_output_error(tmp_path, monkeypatch):
+    # Repairing a torn tail opens each output read-write: a read-only secondary (now read by
+    # --resume too) was a PermissionError traceback instead of the sink's 'cannot write' (exit 4).
+    import builtins
+    import errno
+
+    import scanner.resume
+    from scanner.cli import EXIT_OUTPUT
+
+    src = _inputs(tmp_path, ("a.mp4",))
+    prim, sec = tmp_path / "o.jsonl", tmp_path / "ro.csv"
+    args = ["scan", str(src), "--out", str(prim), "--out", str(sec), *FAST]
+    assert main(args) == EXIT_OK
+
+    def read_only(file, mode="r", *a, **k):  # as for a non-root user after chmod a-w (tests run as root)
+        if os.fspath(file) == str(sec) and any(c in mode for c in "+wa"):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(file))
+        return builtins.open(file, mode, *a, **k)
+
+    monkeypatch.setattr(scanner.resume, "open", read_only, raising=False)
+    assert main([*args, "--resume"]) == EXIT_OUTPUT
