@@ -90,6 +90,29 @@ def test_probe_directory_round_trip(tmp_path, r18_file):
     assert card["backbone"]["source"] == "torchvision" and card["backbone"]["feature_dim"] == 512
 
 
+def test_probe_weights_hash_is_of_the_bytes_loaded(tmp_path, r18_file, monkeypatch):
+    # As load_weights before f2b2212: the head's file was read to load it and read again to
+    # hash it, so a probe rewritten in between put another probe's hash in every row.
+    import hashlib
+    import os
+
+    import engines.detectors.probe as probe
+
+    _save(tmp_path, r18_file)
+    head = tmp_path / "probe" / probe.WEIGHTS
+    loaded = hashlib.sha256(head.read_bytes()).hexdigest()[:16]
+    _save(tmp_path / "other", r18_file)
+    check = probe.check_finite
+
+    def replace_after_load(model, source):  # between the load and the old second read
+        check(model, source)
+        os.replace(tmp_path / "other" / "probe" / probe.WEIGHTS, head)
+
+    monkeypatch.setattr(probe, "check_finite", replace_after_load)
+    det = create_detector("probe", tmp_path / "probe")
+    assert det.weights_hash.split("+")[0] == loaded
+
+
 def test_probe_needs_directory_and_matching_backbone(tmp_path, r18_file):
     with pytest.raises(WeightsError, match="needs a weights file"):
         create_detector("probe")
