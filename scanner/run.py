@@ -114,7 +114,20 @@ def _to_scan(paths: list[Path], cfg, console: Console) -> tuple[list[Path], Resu
     todo = state.todo(paths)
     if len(todo) < len(paths):
         console.print(f"[dim]--resume: {len(paths) - len(todo)} input(s) already in {printable(outs[0])}[/dim]")
+        _warn_new_outputs(outs, len(paths) - len(todo), console)
     return todo, state
+
+
+def _warn_new_outputs(outs: list[str], done: int, console: Console) -> None:
+    """An output added on a resumed run gets this run's rows only (done inputs are not
+    scanned again for it): say so, or its report would silently show part of the scan."""
+    new = [p for p in outs[1:] if Path(p).suffix.lower() in (".jsonl", ".csv") and not os.path.isfile(p)]
+    for p in new:
+        source = next((j for j in outs if Path(j).suffix.lower() == ".jsonl"), None)  # the report's
+        report = next((h for h in outs if Path(h).suffix.lower() == ".html"), None) if source == p else None
+        also = f" (and the report {printable(report)} rendered from it)" if report else ""
+        console.print(f"[yellow]--resume: {printable(p)} is new: it{also} gets only the inputs scanned now, "
+                      f"not the {done} already in {printable(outs[0])}[/yellow]")
 
 
 def printable(text: str) -> str:

@@ -133,3 +133,16 @@ def test_resume_into_a_read_only_output_is_an_output_error(tmp_path, monkeypatch
 
     monkeypatch.setattr(scanner.resume, "open", read_only, raising=False)
     assert main([*args, "--resume"]) == EXIT_OUTPUT
+
+
+def test_resume_warns_that_a_new_report_gets_only_this_runs_rows(tmp_path, capsys):
+    # `--out a.csv` killed, then `--resume --out a.csv --out r.html`: the report is rendered
+    # from the new r.jsonl, which gets this run's rows only, and said '0 videos' with exit 0.
+    src = _inputs(tmp_path)
+    prim, html = tmp_path / "a.csv", tmp_path / "r.html"
+    assert main(["scan", str(src), "--out", str(prim), *FAST]) == EXIT_OK
+    capsys.readouterr()
+    assert main(["scan", str(src), "--out", str(prim), "--out", str(html), "--resume", *FAST]) == EXIT_OK
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"{tmp_path / 'r.jsonl'} is new" in out and f"the report {html}" in out
+    assert "not the 3 already in" in out
