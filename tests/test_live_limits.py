@@ -35,7 +35,9 @@ def test_watch_target_errors_one_line_without_the_url():
     the URL with its password."""
     from scanner.live.watch import parse_targets
 
-    for target in ("bad/name=rtsp://u:hunter2-pw@h/x", "cam=rtsp://u:hunter2-pw@h/" + "x" * 5000):
+    # The last: a URL without its scheme, cut at the query's '=' into name 'u:hunter2-pw@h/x?ch'.
+    for target in ("bad/name=rtsp://u:hunter2-pw@h/x", "cam=rtsp://u:hunter2-pw@h/" + "x" * 5000,
+                   "u:hunter2-pw@h:554/x?ch=1"):
         with pytest.raises(ConfigError) as e:
             parse_targets([target])
         assert "\n" not in str(e.value) and "hunter2" not in str(e.value) and "stream 1" in str(e.value)

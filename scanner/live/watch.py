@@ -46,7 +46,10 @@ def parse_targets(targets: list[str]) -> list[StreamConfig]:
         try:
             out.append(StreamConfig(name=name, url=url))
         except ValidationError as e:  # one line naming the key, never the URL (it may hold a password)
-            raise ConfigError(f"stream {i} ({name!r}): {format_errors(e)}") from None
+            # An invalid name may be a URL cut at a '=' ('u:pw@cam/x?ch=1'): not shown either.
+            bad_name = any(err["loc"][:1] == ("name",) for err in e.errors())
+            label = "" if bad_name else f" ({name!r})"
+            raise ConfigError(f"stream {i}{label}: {format_errors(e)}") from None
     return out
 
 
