@@ -112,6 +112,19 @@ class StateDict(dict):
     sha256: str = ""
 
 
+def _check_format(path: Path, head: bytes, size: int) -> None:
+    """Refuse a file that cannot be weights from its first bytes, before reading it whole
+    (a video given as ``--weights`` would be read into memory, gigabytes, only to fail)."""
+    if path.suffix == ".safetensors":
+        n = int.from_bytes(head[:8], "little") if len(head) >= 8 else -1
+        if 0 < n <= size - 8 and head[8:9] == b"{":
+            return
+        raise WeightsError(f"{path}: not a readable safetensors file: no safetensors header")
+    if not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):  # zip (torch.save) or pickle
+        raise WeightsError(f"{path}: refused to load: not a torch weights file (neither a torch.save "
+                           "zip archive nor a pickle)")
+
+
 def read_weights_file(path: str | Path, what: str = "only tensors/dicts are accepted") -> tuple[object, str]:
     """The object stored in ``path`` (``.safetensors``, or a torch file read with
     ``weights_only=True``: never unpickling code) and the SHA-256 of its bytes.
@@ -123,7 +136,10 @@ def read_weights_file(path: str | Path, what: str = "only tensors/dicts are acce
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
-    data = path.read_bytes()
+    with open(path, "rb") as f:
+        head = f.read(16)
+        _check_format(path, head, path.stat().st_size)
+        data = head + f.read()
     digest = hashlib.sha256(data).hexdigest()
     if path.suffix == ".safetensors":
         from safetensors.torch import load

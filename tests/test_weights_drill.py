@@ -169,3 +169,25 @@ def test_weights_hash_is_of_the_bytes_loaded(tiny_weights, tmp_path, monkeypatch
     det = create_detector("test_tiny", weights=path)
     assert det.weights_hash == loaded
     assert torch.equal(next(iter(det.state_dict().values())), next(iter(sd.values())))
+
+
+@pytest.mark.parametrize("name", ["clip.safetensors", "clip.pt"])
+def test_a_large_non_weights_file_is_refused_before_it_is_read_whole(tmp_path, name):
+    """A video given as --weights was read into memory whole (gigabytes) only to fail to parse:
+    the first bytes now decide."""
+    import tracemalloc
+
+    from engines.registry import read_weights_file
+
+    bad = tmp_path / name
+    with open(bad, "wb") as f:  # an MP4's first box, then 64 MiB (sparse)
+        f.write(b"\x00\x00\x00\x20ftypisom" + bytes(20))
+        f.truncate(64 << 20)
+    tracemalloc.start()
+    try:
+        with pytest.raises(WeightsError, match="not a readable safetensors|not a torch weights file"):
+            read_weights_file(bad)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20
