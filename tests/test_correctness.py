@@ -320,3 +320,25 @@ def test_rows_count_requested_and_missed_frames(ctx, monkeypatch, tmp_path):
     row = scan_video(DATA / "d18.mp4", ctx)
     assert (row["frames_requested"], row["frames_missed"], row["frames"]) == (6, 1, 5)
     assert [f["index"] for f in row["frames_detail"]] == [0, 43, 129, 172, 215]
+
+
+def test_live_inference_failing_on_every_frame_logs_once_not_per_frame(caplog):
+    # A detector failing on every frame logged a traceback per frame of every stream
+    # (plus a warning per batch): the log buried everything else at frame rate.
+    from scanner.decode import Frame
+    from scanner.live.batcher import InferenceWorker
+    from scanner.live.source import LiveFrame
+
+    def analyzer(frames):
+        raise ValueError("detector returned 3 scores for 2 faces")
+
+    failed = []
+    w = InferenceWorker("cpu", analyzer, lambda f, r: None, on_error=lambda b, e: failed.extend(b))
+    img = np.zeros((8, 8, 3), np.uint8)
+    with caplog.at_level("WARNING", logger="scanner.live.batcher"):
+        for k in range(50):
+            w._process([LiveFrame(s, k, 0.0, time.monotonic(), Frame(k, 0.0, img)) for s in ("a", "b")])
+    assert len(failed) == 100  # every frame still reported to its stream
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 2 and {r.args[1] for r in errors} == {"a", "b"} and errors[0].exc_info
+    assert len([r for r in caplog.records if r.levelname == "WARNING"]) == 1

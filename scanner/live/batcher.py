@@ -91,6 +91,29 @@ class FrameAnalyzer:
         return p
 
 
+class _LogThrottle:
+    """Whether to log a failure of ``key`` now: the first, then at most one per ``every_s``.
+
+    A detector that fails on every frame (bad weights, wrong output shape) otherwise
+    logs a traceback per frame of every stream, burying everything else."""
+
+    def __init__(self, every_s: float = 60.0, max_keys: int = 256):
+        self.every_s, self.max_keys = every_s, max_keys
+        self._seen: dict = {}  # key -> (time logged, failures not logged since)
+
+    def __call__(self, key) -> int | None:
+        """None: stay quiet; else the number of failures not logged since the last one."""
+        now = time.monotonic()
+        last, quiet = self._seen.get(key, (None, 0))
+        if last is not None and now - last < self.every_s:
+            self._seen[key] = (last, quiet + 1)
+            return None
+        if len(self._seen) >= self.max_keys:  # keys come from streams: bounded memory
+            self._seen.clear()
+        self._seen[key] = (now, 0)
+        return quiet
+
+
 class InferenceWorker:
     """Batches frames from the sources assigned to one device; calls ``on_result`` per frame."""
 
@@ -109,6 +132,7 @@ class InferenceWorker:
         self._stop = threading.Event()
         self._rr = 0
         self._m = metrics
+        self._throttle = _LogThrottle()
         self.batches = self.frames = 0
         self._thread = threading.Thread(target=self._run, name=f"dfscan-infer-{device}", daemon=True)
 
@@ -185,12 +209,17 @@ class InferenceWorker:
             return list(zip(batch, self.analyzer([f.frame for f in batch])))
         except Exception as e:  # noqa: BLE001 - a bad batch must not kill the worker
             if len(batch) == 1:
-                log.exception("inference failed on %s for stream %s", self.device, batch[0].stream)
+                quiet = self._throttle((batch[0].stream, type(e).__name__))
+                if quiet is not None:
+                    log.error("inference failed on %s for stream %s%s", self.device, batch[0].stream,
+                              f" ({quiet} more such failures not logged)" if quiet else "",
+                              exc_info=e)
                 if self.on_error:
                     self.on_error(batch, e)
                 return []
-            log.warning("inference batch failed on %s (%s: %s); retrying frame by frame",
-                        self.device, type(e).__name__, e)
+            if self._throttle(("batch", type(e).__name__)) is not None:
+                log.warning("inference batch failed on %s (%s: %s); retrying frame by frame",
+                            self.device, type(e).__name__, e)
         return [r for f in batch for r in self._analyse([f])]
 
     def _process(self, batch: list[LiveFrame]) -> None:
