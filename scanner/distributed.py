@@ -41,6 +41,9 @@ log = logging.getLogger("dfscan")
 # attempts without ever running (an innocent worker_lost row). With one, the failed video
 # is the one that was running. The next is sent as soon as a row arrives, before it is written.
 RAY_IN_FLIGHT = 1
+# How long the scan waits when every actor is being restarted (none holds a video): an
+# actor whose node is gone for good is never placed again, and the scan hung forever.
+RESTART_WAIT_S = 600.0
 # Fields that make no sense inside a worker (the driver owns outputs, metrics and Ray).
 # metrics_push may hold user:password@: never shipped to every actor on every node.
 DRIVER_ONLY = {"out": None, "resume": False, "metrics_port": None, "metrics_push": None,
@@ -171,7 +174,13 @@ class RayScanContext:
         self._submit()
         # Pings of an actor Ray cannot place again (its node gone) must not hold the scan open.
         while self._pending and (self._scanning() or self._more()):
-            ref = ray.wait(list(self._pending), num_returns=1)[0][0]
+            wait_s = None if self._scanning() else RESTART_WAIT_S  # only restart pings out
+            ready = ray.wait(list(self._pending), num_returns=1, timeout=wait_s)[0]
+            if not ready:
+                log.error("no Ray scan actor came back within %.0f s of its restart; "
+                          "the videos left get worker_lost rows", RESTART_WAIT_S)
+                break
+            ref = ready[0]
             row = self._result(ref, *self._pending.pop(ref))
             self._submit()  # the freed actor's next video goes out before this row is written
             if row is not None:

@@ -1,6 +1,7 @@
 """What a --ray scan ships to its actors (no Ray needed: a stand-in records the calls)."""
 from __future__ import annotations
 
+import os
 from types import SimpleNamespace
 
 import scanner.distributed as dist
@@ -33,3 +34,37 @@ def test_ray_actors_get_no_pushgateway_credentials(monkeypatch):
     for wcfg in sent:
         assert "s3cret" not in repr(wcfg)
         assert wcfg["metrics_push"] is None and wcfg["out"] is None and wcfg["metrics_port"] is None
+
+
+def test_videos_left_when_no_actor_comes_back_get_rows_not_a_hang(monkeypatch):
+    """The only actor died and Ray could not place it again (its node gone): the driver
+    waited on the restart ping forever with videos left, no row for them, no end."""
+    class Lost(Exception):
+        pass
+
+    scans, pings = [], []
+
+    class Actor:
+        scan = SimpleNamespace(remote=lambda path: scans.append(path) or ("scan", path))
+        info = SimpleNamespace(options=lambda **_kw: SimpleNamespace(
+            remote=lambda: pings.append(1) or ("ping", len(pings))))
+
+    def wait(refs, num_returns=1, timeout=None):
+        ready = [r for r in refs if r[0] == "scan"]
+        if not ready and timeout is None:
+            raise AssertionError("the driver would wait for the restart forever")
+        return ready[:num_returns], [r for r in refs if r not in ready[:num_returns]]
+
+    def get(ref):
+        raise Lost("actor died")
+
+    fake = SimpleNamespace(wait=wait, get=get, exceptions=SimpleNamespace(RayActorError=Lost, RayError=Lost))
+    monkeypatch.setattr(dist, "_ray", lambda: fake)
+    ctx = object.__new__(dist.RayScanContext)
+    ctx.cfg, ctx.actors = ScanConfig(detector="test_tiny", ray_max_attempts=2), [Actor()]
+    ctx.threshold, ctx.engine_info = 0.5, {}
+    ctx.detector = SimpleNamespace(name="test_tiny", weights_hash="h")
+    rows = list(ctx.rows(["a.mp4", "b.mp4"]))
+    assert sorted(r["path"] for r in rows) == ["a.mp4", "b.mp4"]
+    assert all(r["verdict"] == "error" and r["error"]["kind"] == "worker_lost" for r in rows)
+    assert scans == [os.path.abspath("a.mp4")] and pings == [1]
