@@ -113,6 +113,29 @@ def test_probe_weights_hash_is_of_the_bytes_loaded(tmp_path, r18_file, monkeypat
     assert det.weights_hash.split("+")[0] == loaded
 
 
+def test_probe_backbone_is_checked_on_the_bytes_it_is_built_from(tmp_path, r18_file, monkeypatch):
+    # The backbone file was hashed by one read and built from another: a file replaced in
+    # between ran unchecked under the probe (rows naming the probe, scores of another model).
+    import os
+    import shutil
+
+    import engines.detectors.probe as probe
+
+    mine = shutil.copy(r18_file, tmp_path / "r18.pth")
+    _save(tmp_path, mine)
+    torch.manual_seed(5)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "other.pth")
+    build = probe.create_backbone
+
+    def replaced_before_the_build(source, path, *args):
+        os.replace(tmp_path / "other.pth", path)
+        return build(source, path, *args)
+
+    monkeypatch.setattr(probe, "create_backbone", replaced_before_the_build)
+    with pytest.raises(WeightsError, match="hash"):
+        create_detector("probe", tmp_path / "probe")
+
+
 def test_probe_needs_directory_and_matching_backbone(tmp_path, r18_file):
     with pytest.raises(WeightsError, match="needs a weights file"):
         create_detector("probe")

@@ -107,6 +107,7 @@ def build_resnet(source: str, path: str | Path, arch: str = "resnet50", size: in
     model = ResNetFeatures(arch)
     # ``net.`` is our wrapper's attribute; the file uses bare torchvision names.
     load_strict(model.net, sd, str(path))
+    model.weights_sha256 = raw.sha256  # of the bytes built from (a second read could differ)
     info = BackboneInfo(source, arch, model.feature_dim, norm)
     return model, input_spec(norm, size or 224, RESNET_MARGIN), info
 
@@ -125,6 +126,7 @@ def build_facenet(source: str, path: str | Path, arch: str = "inception_resnet_v
     sd = select_encoder(raw, CheckpointFormat(("state_dict", None), ("",), classifier=("logits.",)), str(path))
     model = InceptionResnetV1(pretrained=None, classify=False)
     load_strict(model, sd, str(path))
+    model.weights_sha256 = raw.sha256  # of the bytes built from (a second read could differ)
     model.feature_dim = 512
     info = BackboneInfo(source, arch, 512, "facenet")
     return model, input_spec("facenet", size or 160, FACENET_MARGIN), info
@@ -147,6 +149,7 @@ def build_timm(source: str, path: str | Path, arch: str, size: int | None = None
     sd = select_encoder(raw, CheckpointFormat(("state_dict", "model", None), ("module.", ""), classifier=heads, aux=False),
                         str(path))
     load_strict(model, sd, str(path))
+    model.weights_sha256 = raw.sha256  # of the bytes built from (a second read could differ)
     dim = int(model.num_features)
     model.feature_dim = dim
     side = size or int(cfg.get("input_size", (3, 224, 224))[-1])

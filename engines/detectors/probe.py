@@ -81,10 +81,12 @@ def load_probe(probe_dir: str | Path, backbone_weights: str | Path | None = None
     card = read_card(probe_dir)
     bb = card["backbone"]
     path = _find_backbone_file(probe_dir, card, backbone_weights)
-    digest = file_hash(path)
+    backbone, spec = create_backbone(bb["source"], path, bb["arch"], card["input"]["size"])
+    # Checked on the bytes the backbone was built from: a hash of a separate read could be
+    # of a file replaced in between, and the probe would run on a backbone never checked.
+    digest = backbone.weights_sha256[:16]
     if digest != bb["weights_hash"]:
         raise WeightsError(f"backbone file {path} has hash {digest}, the probe was trained on {bb['weights_hash']}")
-    backbone, spec = create_backbone(bb["source"], path, bb["arch"], card["input"]["size"])
     if json.loads(json.dumps(spec.to_dict())) != card["input"]:
         raise WeightsError(f"{probe_dir}: backbone input spec {spec.to_dict()} differs from the card's {card['input']}")
     sd = read_state_dict(probe_dir / WEIGHTS)  # a truncated file is a WeightsError, not a traceback
@@ -112,6 +114,7 @@ def save_probe(probe_dir: str | Path, backbone: nn.Module, spec: InputSpec, back
     probe_dir = Path(probe_dir)
     probe_dir.mkdir(parents=True, exist_ok=True)
     info = backbone.info
+    sha = getattr(backbone, "weights_sha256", None)  # of the bytes it was built from
     w = torch.as_tensor(weight, dtype=torch.float32).reshape(1, -1).contiguous()
     if w.shape[1] != info.feature_dim:
         raise WeightsError(f"probe weight has {w.shape[1]} features, backbone gives {info.feature_dim}")
@@ -121,7 +124,7 @@ def save_probe(probe_dir: str | Path, backbone: nn.Module, spec: InputSpec, back
         "format": FORMAT,
         "backbone": {"source": info.source, "arch": info.arch, "feature_dim": info.feature_dim,
                      "normalisation": info.normalisation, "weights": str(Path(backbone_weights).resolve()),
-                     "weights_hash": file_hash(backbone_weights)},
+                     "weights_hash": sha[:16] if sha else file_hash(backbone_weights)},
         "input": spec.to_dict(),
         "threshold": float(threshold),
         **(extra or {}),
