@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 import socket
 import threading
@@ -149,7 +150,7 @@ class RayScanContext:
             self.actor_info = ray.get([a.info.remote() for a in self.actors])
         except ray.exceptions.RayError as e:
             self.close()
-            raise RayUnavailable(f"Ray workers could not build the pipeline: {e}") from e
+            raise RayUnavailable(f"Ray workers could not build the pipeline: {_remote_error(e)}") from e
         first = self.actor_info[0]
         self.engine_info = dict(first["engine_info"], actors=n,
                                 nodes=len({i["node"] for i in self.actor_info}))
@@ -259,6 +260,19 @@ class RayScanContext:
         self.actors = []
         if self._started:
             ray.shutdown()
+
+
+def _remote_error(e: Exception) -> str:
+    """One line naming what an actor raised. Ray's error text is the whole remote traceback
+    (with colour codes); the exception is the first line after its last indented one."""
+    lines = [ln for ln in re.sub(r"\x1b\[[0-9;]*m", "", str(e)).splitlines() if ln.strip()]
+    frames = [i for i, ln in enumerate(lines) if ln[:1].isspace()]
+    tail = lines[frames[-1] + 1:] if frames else []
+    line = tail[0] if tail else (lines[0] if lines else type(e).__name__)
+    name, sep, msg = line.partition(": ")
+    if sep and name.replace(".", "").replace("_", "").isalnum():  # engines.errors.WeightsError
+        return f"{name.rsplit('.', 1)[-1]}: {msg}"
+    return line
 
 
 def _actor_count(ray, cfg: ScanConfig) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 from types import SimpleNamespace
 
+import pytest
+
 import scanner.distributed as dist
 from scanner.config import ScanConfig
 
@@ -68,3 +70,32 @@ def test_videos_left_when_no_actor_comes_back_get_rows_not_a_hang(monkeypatch):
     assert sorted(r["path"] for r in rows) == ["a.mp4", "b.mp4"]
     assert all(r["verdict"] == "error" and r["error"]["kind"] == "worker_lost" for r in rows)
     assert scans == [os.path.abspath("a.mp4")] and pings == [1]
+
+
+def test_an_actor_that_cannot_start_is_one_line_naming_its_error(monkeypatch):
+    """A worker whose pipeline failed to build (bad --weights) made the scan's error Ray's
+    whole remote traceback, colour codes and all, instead of one line."""
+    text = ("The actor died because of an error raised in its creation task, \x1b[36mray::_ScanWorker.__init__()"
+            "\x1b[39m (pid=1, ip=10.0.0.2)\n  File \"/w/scanner/distributed.py\", line 74, in __init__\n"
+            "    self.ctx = build_context(ScanConfig(**cfg))\n           ^^^^^^^^^^\n"
+            "engines.errors.WeightsError: /w/bad.safetensors: not a readable safetensors file\nmore detail")
+
+    class Died(RuntimeError):
+        pass
+
+    class Remote:
+        def remote(self, wcfg, _threads):
+            return SimpleNamespace(info=SimpleNamespace(remote=lambda: None))
+
+    def get(refs):
+        raise Died(text)
+
+    fake = SimpleNamespace(remote=lambda **_kw: (lambda _cls: Remote()), kill=lambda *a, **k: None,
+                           nodes=lambda: [{"Alive": True, "Resources": {"CPU": 2.0}}],
+                           get=get, exceptions=SimpleNamespace(RayError=RuntimeError))
+    monkeypatch.setattr(dist, "_ray", lambda: fake)
+    monkeypatch.setattr(dist, "connect", lambda _address: False)
+    with pytest.raises(dist.RayUnavailable) as e:
+        dist.RayScanContext(ScanConfig(detector="test_tiny", ray="auto", ray_actors=1))
+    assert str(e.value) == ("Ray workers could not build the pipeline: "
+                            "WeightsError: /w/bad.safetensors: not a readable safetensors file")
