@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import warnings
 from dataclasses import dataclass
 from importlib import resources
@@ -138,7 +139,7 @@ def read_weights_file(path: str | Path, what: str = "only tensors/dicts are acce
         raise WeightsError(f"weights file not found: {path}")
     with open(path, "rb") as f:
         head = f.read(16)
-        _check_format(path, head, path.stat().st_size)
+        _check_format(path, head, os.fstat(f.fileno()).st_size)  # the file being read
         data = head + f.read()
     digest = hashlib.sha256(data).hexdigest()
     if path.suffix == ".safetensors":

@@ -224,9 +224,7 @@ class RayScanContext:
         except ray.exceptions.RayActorError as e:  # the actor died while holding this video
             return self._lost(k, path, attempts + 1, e)
         except ray.exceptions.RayError as e:  # scan_video returns error rows; this is a bug
-            # A RayTaskError's first line names only the actor (pid, ip): say what it raised.
-            cause = getattr(e, "cause", None) or e
-            return self._error_row(path, "internal", f"{type(cause).__name__}: {cause}".splitlines()[0])
+            return self._error_row(path, "internal", _remote_error(e))
         row["path"] = path  # as given, like a local scan's rows (the worker got it absolute)
         return row
 
@@ -263,8 +261,12 @@ class RayScanContext:
 
 
 def _remote_error(e: Exception) -> str:
-    """One line naming what an actor raised. Ray's error text is the whole remote traceback
-    (with colour codes); the exception is the first line after its last indented one."""
+    """One line naming what an actor raised: a RayTaskError carries it (``cause``; its own
+    first line names only the actor); otherwise Ray's text is the whole remote traceback
+    (with colour codes) and the exception is the first line after its last indented one."""
+    cause = getattr(e, "cause", None)
+    if isinstance(cause, BaseException):
+        return f"{type(cause).__name__}: {cause}".splitlines()[0]
     lines = [ln for ln in re.sub(r"\x1b\[[0-9;]*m", "", str(e)).splitlines() if ln.strip()]
     frames = [i for i, ln in enumerate(lines) if ln[:1].isspace()]
     tail = lines[frames[-1] + 1:] if frames else []

@@ -122,10 +122,10 @@ def _warn_new_outputs(outs: list[str], done: int, console: Console) -> None:
     """An output added on a resumed run gets this run's rows only (done inputs are not
     scanned again for it): say so, or its report would silently show part of the scan."""
     new = [p for p in outs[1:] if Path(p).suffix.lower() in (".jsonl", ".csv") and not os.path.isfile(p)]
+    source = next((j for j in outs if Path(j).suffix.lower() == ".jsonl"), None)  # the report's
+    report = next((h for h in outs if Path(h).suffix.lower() == ".html"), None)
     for p in new:
-        source = next((j for j in outs if Path(j).suffix.lower() == ".jsonl"), None)  # the report's
-        report = next((h for h in outs if Path(h).suffix.lower() == ".html"), None) if source == p else None
-        also = f" (and the report {printable(report)} rendered from it)" if report else ""
+        also = f" (and the report {printable(report)} rendered from it)" if report and p == source else ""
         console.print(f"[yellow]--resume: {printable(p)} is new: it{also} gets only the inputs scanned now, "
                       f"not the {done} already in {printable(outs[0])}[/yellow]")
 

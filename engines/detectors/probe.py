@@ -25,7 +25,7 @@ from torch import nn
 from ..backbones import create_backbone
 from ..detector import Detector
 from ..errors import WeightsError
-from ..registry import check_finite, file_hash, read_state_dict, register_detector
+from ..registry import check_finite, read_state_dict, register_detector
 from ..spec import InputSpec
 
 CARD = "card.json"
@@ -114,7 +114,6 @@ def save_probe(probe_dir: str | Path, backbone: nn.Module, spec: InputSpec, back
     probe_dir = Path(probe_dir)
     probe_dir.mkdir(parents=True, exist_ok=True)
     info = backbone.info
-    sha = getattr(backbone, "weights_sha256", None)  # of the bytes it was built from
     w = torch.as_tensor(weight, dtype=torch.float32).reshape(1, -1).contiguous()
     if w.shape[1] != info.feature_dim:
         raise WeightsError(f"probe weight has {w.shape[1]} features, backbone gives {info.feature_dim}")
@@ -124,7 +123,7 @@ def save_probe(probe_dir: str | Path, backbone: nn.Module, spec: InputSpec, back
         "format": FORMAT,
         "backbone": {"source": info.source, "arch": info.arch, "feature_dim": info.feature_dim,
                      "normalisation": info.normalisation, "weights": str(Path(backbone_weights).resolve()),
-                     "weights_hash": sha[:16] if sha else file_hash(backbone_weights)},
+                     "weights_hash": backbone.weights_sha256[:16]},  # of the bytes it was built from
         "input": spec.to_dict(),
         "threshold": float(threshold),
         **(extra or {}),
