@@ -95,9 +95,14 @@ class Tally:
 
 def _inputs(args, console: Console) -> list[Path]:
     if args.paths:
-        paths = expand_inputs(args.paths)
+        aliases: list[tuple[Path, Path]] = []
+        paths = expand_inputs(args.paths, aliases)
         if not paths:
             raise ConfigError(f"no video files found in {' '.join(args.paths)}")
+        if aliases:
+            alias, kept = aliases[0]
+            console.print(f"[dim]{len(aliases)} input(s) name a file listed before (e.g. {printable(str(alias))} is "
+                          f"{printable(str(kept))}): scanned once, under the first name[/dim]")
     else:
         paths = bundled_samples()
         console.print(f"[dim]no PATH given: scanning the {len(paths)} bundled sample clips[/dim]")

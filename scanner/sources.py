@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterable
 
 from .decode import is_video_path
+from .resume import input_key
 
 LIST_SUFFIXES = (".txt", ".list", ".lst")
 
@@ -48,8 +49,13 @@ def _read_list(path: Path) -> list[Path]:
     return out
 
 
-def expand_inputs(items: Iterable[str]) -> list[Path]:
-    """Ordered, de-duplicated video paths for ``items`` (see module doc)."""
+def expand_inputs(items: Iterable[str], aliases: list[tuple[Path, Path]] | None = None) -> list[Path]:
+    """Ordered, de-duplicated video paths for ``items`` (see module doc).
+
+    Two names of one file (a symlink, a folder reached through a symlinked folder) are one
+    input, kept under the first name, as ``--resume`` matches inputs: they were scanned
+    twice and made two rows. ``aliases``, when given, receives ``(dropped, kept)`` pairs.
+    """
     paths: list[Path] = []
     for item in items:
         p = Path(item)
@@ -63,10 +69,9 @@ def expand_inputs(items: Iterable[str]) -> list[Path]:
                 paths += _walk(mp) if mp.is_dir() else [mp] if is_video_path(mp) else []
         else:
             paths.append(p)
-    seen, unique = set(), []
+    first: dict[str, Path] = {}
     for p in paths:
-        key = os.path.abspath(p)
-        if key not in seen:
-            seen.add(key)
-            unique.append(p)
-    return unique
+        kept = first.setdefault(input_key(p), p)
+        if kept is not p and aliases is not None and os.path.abspath(kept) != os.path.abspath(p):
+            aliases.append((p, kept))
+    return list(first.values())

@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 
+from conftest import DATA
 from scanner import metrics
 from scanner.aggregate import decide, frame_score, video_score
 from scanner.output import JsonlSink, Sink, SinkSet, done_paths, open_sink, render_html
@@ -138,6 +139,32 @@ def test_expand_inputs(tmp_path):
     got = expand_inputs([str(tmp_path / "a"), str(lst), str(tmp_path / "a" / "*.mp4")])
     names = [p.name for p in got]
     assert names == ["x.mp4", "y.MKV", "w.webm", "missing.mp4"]  # de-duplicated, missing kept
+
+
+def test_a_video_under_two_names_is_one_input_under_the_first(tmp_path, capsys):
+    # A folder given together with a symlink to it (or a symlinked file beside its target)
+    # was two inputs: the video was scanned twice and made two rows, while --resume
+    # (resolved paths) took them for one.
+    import shutil
+
+    from scanner.cli import EXIT_OK, main
+
+    real = tmp_path / "real"
+    real.mkdir()
+    shutil.copy(DATA / "d1.mp4", real / "d1.mp4")
+    (tmp_path / "link").symlink_to(real)
+    (real / "latest.mp4").symlink_to(real / "d1.mp4")
+    aliases: list = []
+    got = expand_inputs([str(real), str(tmp_path / "link")], aliases)
+    assert got == [real / "d1.mp4"]
+    assert sorted(a.name for a, _ in aliases) == ["d1.mp4", "latest.mp4", "latest.mp4"]
+    out = tmp_path / "o.jsonl"
+    args = ["scan", str(real), str(tmp_path / "link"), "--out", str(out), "--detector", "test_tiny",
+            "--frames", "2", "--no-progress", "--workers", "1"]
+    assert main(args) == EXIT_OK
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["path"] for r in rows] == [str(real / "d1.mp4")]
+    assert "3 input(s) name a file listed before" in capsys.readouterr().out
 
 
 def test_non_finite_values_never_lose_a_row(tmp_path):
