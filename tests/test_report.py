@@ -141,6 +141,29 @@ def test_rows_of_the_wrong_types_are_skipped_not_a_traceback(tmp_path):
     assert len(sections(html)) == 1 and f"{len(odd)} unreadable line(s)" in html and "<script>alert" not in html
 
 
+
+def test_rows_with_an_odd_error_kind_or_track_are_skipped_not_a_traceback(tmp_path):
+    """A non-string error kind or a non-integer face track id crashed the header's counts and
+    the timeline (AttributeError, TypeError, ValueError); a face-tracked frame without
+    ``time_s`` (None is allowed) crashed the timeline with a KeyError."""
+    face = {"box": [1, 2, 30, 40], "prob": 0.9, "score": 0.1}
+    ok = {"path": "ok.mp4", "verdict": "real", "score": 0.1, "frames": 2, "faces": 2,
+          "frames_detail": [{"index": 0, "score": 0.1, "faces": [{**face, "track": 1},
+                                                                  {**face, "box": [50, 2, 80, 40], "track": 2}]}]}
+    err = {"path": "e.mp4", "verdict": "error", "error": {"kind": None, "message": "m"}}
+    odd = [{**err, "path": "k.mp4", "error": {"kind": 5, "message": "m"}},
+           {**err, "path": "l.mp4", "error": {"kind": ["a"], "message": "m"}}]
+    for i, track in enumerate(["x", None, 1.5, True]):
+        odd.append({**ok, "path": f"t{i}.mp4", "frames_detail": [
+            {**ok["frames_detail"][0], "faces": [{**face, "track": track}]}]})
+    p = tmp_path / "r.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in [ok, err, *odd]))
+    rows, bad = load_rows(p)
+    assert bad == len(odd) and [r["path"] for r in rows] == ["ok.mp4", "e.mp4"]
+    html = _report(p, tmp_path)
+    assert len(sections(html)) == 2 and html.count('class="track"') == 2
+    assert "errors by kind</dt><dd>unknown: 1" in html
+
 def _two_faces(n=6, with_ids=False):
     frames = []
     for i in range(n):

@@ -62,10 +62,15 @@ def _num(v) -> bool:
     return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
 
 
+def _int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def _face_ok(face) -> bool:
     box = face.get("box") if isinstance(face, dict) else None
     return (isinstance(box, list) and len(box) == 4 and all(_num(v) and v is not None for v in box)
             and _num(face.get("score")) and _num(face.get("prob"))
+            and ("track" not in face or _int(face["track"]))  # the timeline groups by it
             and all(isinstance(a, list) and len(a) in (4, 5) and all(_num(v) and v is not None for v in a)
                     for a in face.get("artifact_boxes") or []))
 
@@ -79,6 +84,8 @@ def well_formed(row: dict) -> bool:
     if not all(isinstance(row.get(k) or {}, dict) for k in ("error", "timings", "video", "sampling")):
         return False
     if not _num((row.get("timings") or {}).get("total")):
+        return False
+    if not isinstance((row.get("error") or {}).get("kind") or "", str):  # counted and shown by kind
         return False
     detail = row.get("frames_detail") or []
     return isinstance(detail, list) and all(

@@ -30,7 +30,8 @@ def face_tracks(frames: list[dict]) -> dict[int, list[tuple[float, float, float]
         for fr in frames:
             for fc in fr.get("faces") or []:
                 if fc.get("score") is not None:
-                    out.setdefault(int(fc.get("track", -1)), []).append((fr["time_s"], fc["score"], fc.get("prob")))
+                    out.setdefault(fc.get("track", -1), []).append((fr.get("time_s") or 0.0, fc["score"],
+                                                                     fc.get("prob")))
         return out
     from ..tracks import build_tracks  # the scan's own tracking: ids match the row's "tracks"
 
