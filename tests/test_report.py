@@ -6,6 +6,7 @@ import io
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ from report_data import CLIPS, ERROR_INPUT, scan_corpus, sections
 from scanner.cli import EXIT_OK, EXIT_USAGE, main
 from scanner.decode import FrameSampler
 from scanner.report import ReportOptions, load_rows, write_report
-from scanner.report.thumbnails import crop_box
+from scanner.report.thumbnails import crop_box, evidence, remap
 from scanner.report.timeline import face_tracks, timeline_svg
 
 
@@ -96,6 +97,26 @@ def test_report_without_the_videos_then_with_video_root(corpus, tmp_path):
         html = _report(gone, tmp_path, video_root=root)
         assert html.count("<img ") == 4 * len(CLIPS), root
 
+
+
+def test_video_root_never_leads_out_of_itself(tmp_path):
+    """A row path with ``..`` was followed out of --video-root NEW, and OLD=NEW cut OLD
+    mid-name (OLD=/a/b turned /a/bc/x.mp4 into NEWc/x.mp4): both found a video outside NEW."""
+    (tmp_path / "root").mkdir()
+    for d in ("secret", "rootc"):
+        (tmp_path / d).mkdir()
+        shutil.copy(DATA / "d1.mp4", tmp_path / d / "d1.mp4")
+    root = str(tmp_path / "root")
+    assert remap("../secret/d1.mp4", root) == [tmp_path / "root" / "secret" / "d1.mp4", tmp_path / "root" / "d1.mp4"]
+    assert remap("/old/../secret/d1.mp4", f"/old={root}") == []
+    assert remap("/oldc/d1.mp4", f"/old={root}") == [Path("/oldc/d1.mp4")]
+    assert remap("/old/c/d1.mp4", f"/old/={root}") == [tmp_path / "root" / "c" / "d1.mp4"]
+    row = {"path": "../secret/d1.mp4", "verdict": "real", "frames_detail": [
+        {"index": 0, "time_s": 0.0, "score": 0.1, "faces": [{"box": [0, 0, 60, 60], "score": 0.1}]}]}
+    for path, video_root in (("../secret/d1.mp4", root), ("/old/../secret/d1.mp4", f"/old={root}"),
+                             ("/mnt/rootc/d1.mp4", f"/mnt/root={root}")):
+        ev = evidence({**row, "path": path}, 1, video_root)
+        assert not ev.thumbs and ev.note.startswith("video not found"), path
 
 def test_changed_video_gives_no_thumbnails(corpus, tmp_path):
     rows = [json.loads(x) for x in corpus.read_text().splitlines()]

@@ -18,7 +18,7 @@ def add_report_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("results", help="JSONL results written by dfscan scan")
     p.add_argument("--out", "-o", help="HTML file to write (default: RESULTS with .html)")
     p.add_argument("--video-root", help="where the videos are now: NEW (the longest trailing part of "
-                   "each recorded path found under NEW) or OLD=NEW (prefix replacement)")
+                   "each recorded path found under NEW) or OLD=NEW (leading folders OLD replaced)")
     p.add_argument("--top-k", type=int, default=4, help="face thumbnails per video (default 4)")
     p.add_argument("--open", dest="open_sections", type=int, default=50,
                    help="sections shown expanded; later ones start collapsed (default 50)")

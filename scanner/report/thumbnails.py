@@ -62,19 +62,21 @@ class IndexSampler(FrameSampler):
 def remap(path: str, video_root: str | None) -> list[Path]:
     """Candidate locations of ``path``: itself, or under ``video_root``.
 
-    ``OLD=NEW`` replaces the prefix ``OLD``; a plain ``NEW`` tries the longest
-    trailing part of ``path`` that exists under ``NEW`` first.
+    ``OLD=NEW`` replaces the leading folders ``OLD``; a plain ``NEW`` tries the longest
+    trailing part of ``path`` that exists under ``NEW`` first. A candidate never leaves
+    ``NEW``: a part with ``..`` (a hand-made row) is not followed out of it.
     """
     if not video_root:
         return [Path(path)]
+    parts = Path(path).parts
     if "=" in video_root:
         old, new = video_root.split("=", 1)
-        if path.startswith(old):
-            return [Path(new + path[len(old):])]
-        return [Path(path)]
-    parts = Path(path).parts
+        n = len(Path(old).parts)
+        if parts[:n] != Path(old).parts:  # whole folders: OLD=/a/b does not map /a/bc/x.mp4
+            return [Path(path)]
+        return [Path(new).joinpath(*parts[n:])] if ".." not in parts[n:] else []
     parts = parts[1:] if Path(path).is_absolute() else parts
-    return [Path(video_root).joinpath(*parts[i:]) for i in range(len(parts))]
+    return [Path(video_root).joinpath(*parts[i:]) for i in range(len(parts)) if ".." not in parts[i:]]
 
 
 def locate(row: dict, video_root: str | None, verify_hash: bool) -> tuple[Path | None, str | None]:
