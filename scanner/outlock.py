@@ -9,11 +9,16 @@ it reads them (resume) until they are closed; a second scan is refused at once.
 The lock is a file of its own because ``--retry-errors`` replaces the output (a lock on
 the output's inode would go with the old file). It is removed on release; a kill leaves
 it behind unlocked (the kernel drops the lock), and the next scan takes it over.
+
+A second hard-link name of an output has a lock file of its own, so the scan also locks
+the output file itself (its inode) once it exists: a scan writing ``b.jsonl``, another name
+of ``a.jsonl``, is then refused while a scan of ``a.jsonl`` runs.
 """
 from __future__ import annotations
 
 import fcntl
 import os
+import stat
 from pathlib import Path
 
 from .output import OutputError
@@ -53,11 +58,34 @@ def _take(path: Path) -> tuple[Path, int] | None:
         os.close(fd)
 
 
+def _take_inode(path: str) -> tuple[tuple[int, int], int] | None:
+    """Lock the regular file ``path`` itself (all its names): its (st_dev, st_ino) and
+    locked descriptor; None when it is not there, not a regular file or not lockable."""
+    try:  # O_NONBLOCK: a FIFO put there meanwhile must not block the open
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    st = os.fstat(fd)
+    try:
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError("not a regular file")
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return (st.st_dev, st.st_ino), fd
+    except BlockingIOError:
+        os.close(fd)
+        raise OutputError(f"cannot write {path}: another dfscan scan is writing this file under another "
+                          "name (a hard link); wait for it to end or use another --out") from None
+    except OSError:  # a file system without locks
+        os.close(fd)
+        return None
+
+
 class OutputLocks:
     """Context manager: :meth:`acquire` output paths, all released on exit."""
 
     def __init__(self):
         self._held: list[tuple[Path, int]] = []
+        self._files: dict[tuple[int, int], int] = {}  # (st_dev, st_ino) -> locked descriptor
 
     def acquire(self, paths) -> None:
         for p in paths:
@@ -66,6 +94,20 @@ class OutputLocks:
             taken = _take(Path(os.path.realpath(p)))  # one lock however the file is reached
             if taken is not None:
                 self._held.append(taken)
+        self.acquire_files(paths)
+
+    def acquire_files(self, paths) -> None:
+        """Lock the output files that exist (again after they were created or rewritten)."""
+        for p in map(str, paths):
+            try:
+                st = os.stat(p)
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) in self._files:  # flock twice on one file would refuse us
+                continue
+            taken = _take_inode(p)
+            if taken is not None:
+                self._files[taken[0]] = taken[1]
 
     def release(self) -> None:
         while self._held:
@@ -75,6 +117,8 @@ class OutputLocks:
             except OSError:
                 pass
             os.close(fd)
+        while self._files:
+            os.close(self._files.popitem()[1])
 
     def __enter__(self) -> "OutputLocks":
         return self

@@ -239,6 +239,7 @@ def _run(args, stop: GracefulStop, locks: OutputLocks) -> int:
             resumed.drop_retried()
         sinks = open_outputs(cfg.outputs, append=cfg.resume or cfg.retry_errors,
                              skip=resumed.skip() if resumed is not None else None)
+        locks.acquire_files(order_outputs(cfg.outputs))  # created or rewritten just now
         tally, t_scan = Tally(), time.perf_counter()
         stop.arm(ctx)
         try:

@@ -73,3 +73,41 @@ def test_one_output_under_two_hard_link_names_is_given_twice(tmp_path, capsys):
     os.link(a, b)
     assert main(["scan", CLIP, "--out", str(a), "--out", str(b), "--resume", *FAST]) == EXIT_OUTPUT
     assert f"--out {b} is given twice" in capsys.readouterr().err
+
+
+def test_a_scan_through_a_second_hard_link_name_is_refused(tmp_path, capsys):
+    # Each name had a lock file of its own, so a scan writing b.jsonl (another name of
+    # a.jsonl) ran beside the scan of a.jsonl and both appended to the one file.
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text("")
+    os.link(a, b)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time; from scanner.outlock import OutputLocks\n"
+         f"OutputLocks().acquire([{str(a)!r}]); print('locked', flush=True); time.sleep(60)"],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        code = main(["scan", CLIP, "--out", str(b), "--resume", *FAST])
+    finally:
+        holder.kill()
+        holder.wait()
+    assert code == EXIT_OUTPUT
+    assert "another dfscan scan is writing this file under another name" in capsys.readouterr().err
+    assert a.read_text() == ""
+    assert main(["scan", CLIP, "--out", str(b), "--resume", *FAST]) == EXIT_OK  # free again
+    assert len(a.read_text().splitlines()) == 1
+
+
+def test_an_output_created_by_the_scan_is_locked_under_every_name(tmp_path):
+    from scanner.outlock import OutputLocks
+
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    with OutputLocks() as held:
+        held.acquire([str(a)])  # not there yet: only its lock file
+        a.write_text("")  # the sink creates it
+        held.acquire_files([str(a)])
+        os.link(a, b)
+        with OutputLocks() as other, pytest.raises(OutputError, match="under another name"):
+            other.acquire([str(b)])
+    with OutputLocks() as again:  # released on exit
+        again.acquire([str(b)])
