@@ -238,8 +238,9 @@ class HtmlSink(Sink):
         if not self.source.exists():
             raise FileNotFoundError(f"results file {self.source} to render the report from is missing")
         write_report(self.source, self.path, ReportOptions(thumbnails=False), meta)
-        # The scan has just hashed these files: check sizes only.
-        write_report(self.source, self.path, ReportOptions(verify_hash=False), meta)
+        # The scan has just hashed these files: check sizes only, unless resumed (the
+        # earlier runs' rows are of files this run did not read, which may have changed).
+        write_report(self.source, self.path, ReportOptions(verify_hash=self._append), meta)
 
 
 def render_html(rows: list[dict]) -> str:

@@ -264,6 +264,23 @@ def test_scan_out_html_writes_jsonl_and_resume_keeps_every_row(tmp_path):
     assert len(sections(out.read_text())) == 2  # regenerated from the whole JSONL
 
 
+
+def test_resumed_scan_report_checks_the_earlier_videos_hash(tmp_path):
+    """scan --resume --out x.html rendered the earlier runs' rows without the SHA-256 check
+    ("the scan has just hashed these files"): a video changed in place since (same size)
+    showed its new frames as the scan's evidence."""
+    vid, out = tmp_path / "a.mp4", tmp_path / "x.html"
+    shutil.copy(DATA / "d1.mp4", vid)
+    common = ["--detector", "test_tiny", "--frames", "4", "--no-progress", "--workers", "1"]
+    assert main(["scan", str(vid), "--out", str(out), *common]) == EXIT_OK
+    data = bytearray(vid.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    vid.write_bytes(bytes(data))
+    assert main(["scan", str(vid), str(DATA / "d2.mp4"), "--out", str(out), "--resume", *common]) == EXIT_OK
+    sec = {("a.mp4" in s): s for s in sections(out.read_text())}
+    assert "<img " not in sec[True] and "SHA-256 differs" in sec[True]
+    assert "<img " in sec[False]  # the video this run scanned
+
 def test_report_command(corpus, tmp_path):
     out = tmp_path / "cli.html"
     assert main(["report", str(corpus), "--out", str(out), "--no-thumbnails"]) == EXIT_OK
