@@ -276,3 +276,20 @@ def test_jsonl_is_read_as_utf8_whatever_the_locale(tmp_path):
                        text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == str([str((tmp_path / "a.mp4").resolve())])
+
+
+@pytest.mark.parametrize("flags", [["--perturb", "jpeg:40"], ["--detector", "meso4_f2f"], ["--frames", "8"],
+                                   ["--config", "configs/x.yaml"]])
+def test_eval_from_jsonl_refuses_scan_options_it_would_ignore(tmp_path, capsys, flags):
+    """--perturb (or --detector, --frames ...) with --from-jsonl was ignored: the report of
+    the clean scan was written as if it were the perturbed one."""
+    from scanner.cli import main
+
+    (tmp_path / "a.mp4").write_bytes(b"x")
+    (tmp_path / "s.jsonl").write_text(json.dumps({"path": str(tmp_path / "a.mp4"), "score": 0.9}) + "\n")
+    m = _csv(tmp_path, "path,label\na.mp4,fake\n")
+    assert main(["eval", str(m), "--from-jsonl", str(tmp_path / "s.jsonl"), "--quiet",
+                 "--out", str(tmp_path / "e.json"), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dfscan: error: eval: --from-jsonl") and flags[0] in err and "\n" not in err
+    assert not (tmp_path / "e.json").exists()

@@ -289,8 +289,23 @@ def scan_scores(items: list[Item], args) -> tuple[dict[int, float], str, dict]:
             dict(verdicts))
 
 
+def _refuse_scan_options(args) -> None:
+    """Scores read from a JSONL were made by that scan: a --perturb, --detector, --frames ...
+    given with --from-jsonl was ignored, and the report read as if they had been applied."""
+    from ..run import OPTION_KEYS
+
+    given = [k for k in OPTION_KEYS if k != "out" and hasattr(args, k)]
+    given += [k for k in ("config", "perturb") if getattr(args, k, None)]
+    if given:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise DfscanError(f"eval: --from-jsonl reads the scores as they were scanned; {flags} would be "
+                          "ignored: leave them out, or scan here without --from-jsonl")
+
+
 def run_eval(args) -> int:
     """CLI handler of ``dfscan eval`` (see :func:`scanner.research.commands.add_eval_parser`)."""
+    if args.from_jsonl:
+        _refuse_scan_options(args)
     items = read_labelled(args.labels)
     verdicts = {}
     if args.from_jsonl:
