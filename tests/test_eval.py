@@ -293,3 +293,22 @@ def test_eval_from_jsonl_refuses_scan_options_it_would_ignore(tmp_path, capsys, 
     err = capsys.readouterr().err.strip()
     assert err.startswith("dfscan: error: eval: --from-jsonl") and flags[0] in err and "\n" not in err
     assert not (tmp_path / "e.json").exists()
+
+
+def test_eval_says_which_labelled_inputs_have_no_row_in_the_jsonl(tmp_path, capsys, caplog):
+    """A labelled video missing from the JSONL (another set's scan, a scan cut short) was
+    counted as 'excluded: no score' like a no-face video, unnamed and indistinguishable."""
+    from scanner.research.commands import main
+
+    for n in ("a", "b", "c", "d"):
+        (tmp_path / f"{n}.mp4").write_bytes(n.encode())
+    rows = [{"path": str(tmp_path / "a.mp4"), "score": 0.9}, {"path": str(tmp_path / "b.mp4"), "score": 0.1},
+            {"path": str(tmp_path / "c.mp4"), "score": None, "verdict": "no_face"}]
+    (tmp_path / "s.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    m = _csv(tmp_path, "path,label\na.mp4,fake\nb.mp4,real\nc.mp4,fake\nd.mp4,real\n")
+    assert main(["eval", str(m), "--from-jsonl", str(tmp_path / "s.jsonl"), "--quiet",
+                 "--out", str(tmp_path / "e.json")]) == 0
+    res = json.loads((tmp_path / "e.json").read_text())
+    assert (res["excluded"], res["not_in_jsonl"]) == (2, 1)
+    assert "1 of 4 labelled inputs have no row" in caplog.text and "d.mp4" in caplog.text
+    assert "1 of them not in the JSONL" in capsys.readouterr().out

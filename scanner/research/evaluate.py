@@ -126,8 +126,9 @@ class _OneScan:
                               f"{self.scored_by[0]} ({', '.join(COMPAT_FIELDS)}); evaluate one scan's output")
 
 
-def _jsonl_scores(jsonl: Path, key: str) -> dict[str, tuple[dict, float]]:
-    """Resolved path -> (row, finite score) of one scan's JSONL (see :class:`_OneScan`)."""
+def _jsonl_scores(jsonl: Path, key: str, seen: set | None = None) -> dict[str, tuple[dict, float]]:
+    """Resolved path -> (row, finite score) of one scan's JSONL (see :class:`_OneScan`);
+    ``seen``, when given, gets the resolved path and the file name of every row."""
     out, one = {}, _OneScan(jsonl)
     with open(jsonl, encoding="utf-8") as f:  # as the scan wrote it, whatever the locale
         for n, line in enumerate(f, 1):
@@ -142,6 +143,8 @@ def _jsonl_scores(jsonl: Path, key: str) -> dict[str, tuple[dict, float]]:
             if "path" not in row:
                 continue
             one.check(n, row)
+            if seen is not None:
+                seen.update((str(Path(row["path"]).resolve()), Path(row["path"]).name))
             if row.get(key) is None:
                 continue
             try:
@@ -166,12 +169,19 @@ def _same_file(path: Path, row: dict) -> bool:
     return not row.get("sha256") or row["sha256"] == file_sha256(path)
 
 
-def scores_from_jsonl(items: list[Item], jsonl: Path, key: str = "score") -> dict[int, float]:
+def scores_from_jsonl(items: list[Item], jsonl: Path, key: str = "score",
+                      rowless: list | None = None) -> dict[int, float]:
     """Scores of ``items`` from a scan JSONL: rows matched by resolved path, else by file
     name (scanned from another folder), but only a row no other item matched, the only
     row of that name for the only item of that name, and of the same size and SHA-256:
-    a same-named different video must never lend its score."""
-    rows = _jsonl_scores(jsonl, key)
+    a same-named different video must never lend its score.
+
+    ``rowless``, when given, gets the indices of items no row names by path or file name:
+    never scanned (another set's JSONL, a scan cut short), unlike a no_face or error row."""
+    seen: set[str] = set()
+    rows = _jsonl_scores(jsonl, key, seen)
+    if rowless is not None:
+        rowless += [i for i, it in enumerate(items) if not {str(it.path.resolve()), it.path.name} & seen]
     out = {i: rows[str(it.path.resolve())][1] for i, it in enumerate(items) if str(it.path.resolve()) in rows}
     claimed = {str(items[i].path.resolve()) for i in out}
     by_name = defaultdict(list)
@@ -308,13 +318,17 @@ def run_eval(args) -> int:
         _refuse_scan_options(args)
     items = read_labelled(args.labels)
     verdicts = {}
+    rowless: list[int] = []
     if args.from_jsonl:
-        scores = scores_from_jsonl(items, Path(args.from_jsonl), args.score_key)
+        scores = scores_from_jsonl(items, Path(args.from_jsonl), args.score_key, rowless)
         scored_by = f"jsonl:{args.from_jsonl}"
     else:
         scores, scored_by, verdicts = scan_scores(items, args)
+    if rowless:  # counted with the no-face inputs, they passed for files the scan could not score
+        log.warning("%d of %d labelled inputs have no row in %s (e.g. %s): excluded from the metrics",
+                    len(rowless), len(items), args.from_jsonl, items[rowless[0]].path)
     res = {"labels": str(args.labels), "scored_by": scored_by, **report(items, scores, args.acc_threshold),
-           "video_verdicts": verdicts,
+           "not_in_jsonl": len(rowless), "video_verdicts": verdicts,
            "scores": [{"path": str(items[i].path), "label": items[i].label, "subset": items[i].subset,
                        "score": scores.get(i)} for i in range(len(items))]}
     out = write_json(res, args.out)
@@ -337,7 +351,8 @@ def _print(res: dict) -> None:
     from rich.table import Table
 
     cols = ["n", "acc", "auc", "auc_ci95", "eer", "eer_threshold", "hter", "hter_at_eer_threshold", "tpr", "tnr"]
-    table = Table(title=f"video-level metrics ({res['excluded']} excluded: no score)")
+    rowless = f", {res['not_in_jsonl']} of them not in the JSONL" if res.get("not_in_jsonl") else ""
+    table = Table(title=f"video-level metrics ({res['excluded']} excluded: no score{rowless})")
     table.add_column("set")
     for c in cols:
         table.add_column(c, justify="right")
