@@ -185,6 +185,42 @@ def test_rows_with_an_odd_error_kind_or_track_are_skipped_not_a_traceback(tmp_pa
     assert len(sections(html)) == 2 and html.count('class="track"') == 2
     assert "errors by kind</dt><dd>unknown: 1" in html
 
+
+@pytest.mark.parametrize("how", ["load_rows", "write_report"])
+def test_results_replaced_while_indexed_are_not_mixed(tmp_path, monkeypatch, how):
+    """The rows were indexed through one open of the file and read back (by byte offset)
+    through another: a file replaced in between (scan --retry-errors rewrites it without
+    the error rows) gave a JSONDecodeError traceback, or one video's section the
+    per-frame details of another."""
+    import scanner.report.rows as rows_mod
+
+    def row(name, score):
+        return {"path": f"/v/{name}.mp4", "verdict": "real", "score": score, "frames": 1, "faces": 1,
+                "frames_detail": [{"index": 0, "time_s": 0.5, "score": score,
+                                   "faces": [{"box": [1, 2, 30, 40], "prob": 0.9, "score": score}]}]}
+    p = tmp_path / "r.jsonl"
+    err = {"path": "/v/e.mp4", "verdict": "error", "error": {"kind": "not_video", "message": "m"}}
+    p.write_text("".join(json.dumps(r) + "\n" for r in [err, row("a", 0.111), row("b", 0.222)]))
+    rewritten = tmp_path / "new.jsonl"
+    rewritten.write_text("".join(json.dumps(r) + "\n" for r in [row("b", 0.222), row("a", 0.111)]))
+    real_check = rows_mod.well_formed
+
+    def replaced_meanwhile(r):
+        if rewritten.exists():
+            os.replace(rewritten, p)
+        return real_check(r)
+
+    monkeypatch.setattr(rows_mod, "well_formed", replaced_meanwhile)
+    if how == "load_rows":
+        got = load_rows(p)[0]
+        assert [(r["path"], (r.get("frames_detail") or [{}])[0].get("score")) for r in got] == [
+            ("/v/e.mp4", None), ("/v/a.mp4", 0.111), ("/v/b.mp4", 0.222)]
+        return
+    html = _report(p, tmp_path, thumbnails=False)
+    for name, score in (("a", "0.111"), ("b", "0.222")):
+        sec = next(s for s in sections(html) if f"/v/{name}.mp4" in s)
+        assert f"P(fake)={score}" in sec
+
 def _two_faces(n=6, with_ids=False):
     frames = []
     for i in range(n):

@@ -201,35 +201,43 @@ def write_report(results: str | Path, out: str | Path, options: ReportOptions | 
     Memory holds the rows without their per-frame details plus one full row at a
     time; the HTML is streamed to a temporary file renamed over ``out`` at the end.
     """
-    entries, bad = index_rows(results)
-    if bad and not entries:  # e.g. the scan's CSV: an empty report would pass for "0 videos"
-        raise DfscanError(f"{results} holds no dfscan result row ({bad} unreadable line(s)); the report "
-                          "is rendered from the JSONL a scan writes (a CSV has no per-frame details)")
-    slim = [row for _, row in entries]
-    opts, meta = options or ReportOptions(), dict(meta or {})
-    meta.setdefault("source", str(results))
-    if bad:
-        meta.setdefault("notes", []).append(f"{bad} unreadable line(s) in {results} skipped "
-                                            "(e.g. a row torn by a kill)")
-    out = Path(out)
+    with open(results, "rb") as src:  # indexed and read through one handle (see index_rows)
+        entries, bad = index_rows(src)
+        if bad and not entries:  # e.g. the scan's CSV: an empty report would pass for "0 videos"
+            raise DfscanError(f"{results} holds no dfscan result row ({bad} unreadable line(s)); the report "
+                              "is rendered from the JSONL a scan writes (a CSV has no per-frame details)")
+        slim = [row for _, row in entries]
+        opts, meta = options or ReportOptions(), dict(meta or {})
+        meta.setdefault("source", str(results))
+        if bad:
+            meta.setdefault("notes", []).append(f"{bad} unreadable line(s) in {results} skipped "
+                                                "(e.g. a row torn by a kill)")
+
+        def chunks() -> Iterator[str]:
+            explainer = _explainer(opts, meta, slim)
+            yield from _chunks(slim, lambda i: read_row(src, entries[i][0]), opts, meta, explainer, progress)
+
+        _write_atomic(Path(out), chunks)
+    return {"videos": len(slim), "bad_lines": bad, "bytes": Path(out).stat().st_size}
+
+
+def _write_atomic(out: Path, chunks: Callable[[], Iterator[str]]) -> None:
+    """Stream ``chunks()`` into ``out``: written beside and renamed over it, so a reader
+    never sees half a report. A symlink or device at ``out`` is written through instead
+    of being replaced."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    # Written beside and renamed over ``out``: a reader never sees half a report. A
-    # symlink or device at ``out`` is written through instead of being replaced.
     direct = out.is_symlink() or (out.exists() and not out.is_file())
     tmp = out if direct else out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
         # backslashreplace: a non-UTF-8 file name (lone surrogates) shows as \udcXX, not a crash.
-        with open(results, "rb") as src, open(tmp, "w", encoding="utf-8", errors="backslashreplace") as dst:
-            explainer = _explainer(opts, meta, slim)
-            for chunk in _chunks(slim, lambda i: read_row(src, entries[i][0]), opts, meta,
-                                 explainer, progress):
+        with open(tmp, "w", encoding="utf-8", errors="backslashreplace") as dst:
+            for chunk in chunks():
                 dst.write(chunk)
         if not direct:
             os.replace(tmp, out)
     finally:
         if not direct:
             tmp.unlink(missing_ok=True)
-    return {"videos": len(slim), "bad_lines": bad, "bytes": out.stat().st_size}
 
 
 def _explainer(opts: ReportOptions, meta: dict, slim: list[dict]):

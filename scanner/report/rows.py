@@ -16,13 +16,17 @@ VERDICTS = ("fake", "real", "no_face", "error")
 
 def load_rows(path: str | Path) -> tuple[list[dict], int]:
     """Rows of a JSONL results file (see :func:`index_rows`) and the unreadable line count."""
-    entries, bad = index_rows(path)
     with open(path, "rb") as f:
+        entries, bad = index_rows(f)
         return [read_row(f, off) for off, _ in entries], bad
 
 
-def index_rows(path: str | Path) -> tuple[list[tuple[int, dict]], int]:
+def index_rows(path) -> tuple[list[tuple[int, dict]], int]:
     """``[(byte offset, row without frames_detail), ...]`` and the unreadable line count.
+
+    ``path`` may be a file opened in binary mode: index it through the handle the rows
+    are then read from, as a results file can be replaced meanwhile (``scan
+    --retry-errors`` rewrites it), and offsets into the old file would read other rows.
 
     Only slim rows stay in memory (per-frame details are read again, one row at
     a time, with :func:`read_row`), so a report of 100,000 videos stays small.
@@ -30,26 +34,30 @@ def index_rows(path: str | Path) -> tuple[list[tuple[int, dict]], int]:
     appends a new row for a rescanned input) but keeps the first one's position.
     A torn last line (a scan killed mid-write) is counted, not fatal.
     """
+    if not hasattr(path, "read"):
+        with open(path, "rb") as f:
+            return index_rows(f)
+    f = path
     by_path: dict[str, tuple[int, dict]] = {}
     bad, off = 0, 0
-    with open(path, "rb") as f:
-        for line in f:
-            start, off = off, off + len(line)
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError:
-                bad += 1
-                continue
-            if not isinstance(row, dict) or "path" not in row or "verdict" not in row:
-                bad += 1  # e.g. a header/metadata line written by another tool
-                continue
-            if not well_formed(row):
-                bad += 1  # hand-edited or foreign: a string score would crash the sort and sums
-                continue
-            row.pop("frames_detail", None)
-            by_path[str(row["path"])] = (start, row)
+    f.seek(0)
+    for line in f:
+        start, off = off, off + len(line)
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            bad += 1
+            continue
+        if not isinstance(row, dict) or "path" not in row or "verdict" not in row:
+            bad += 1  # e.g. a header/metadata line written by another tool
+            continue
+        if not well_formed(row):
+            bad += 1  # hand-edited or foreign: a string score would crash the sort and sums
+            continue
+        row.pop("frames_detail", None)
+        by_path[str(row["path"])] = (start, row)
     return list(by_path.values()), bad
 
 
