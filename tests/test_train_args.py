@@ -122,6 +122,23 @@ def test_probe_heldout_share_is_checked_before_features(tmp_path, capsys, share)
     assert e.value.code == 2 and "not a share in (0, 1)" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("cmd, flag, value, msg", [
+    ("probe", "--C", "1,,10", "not comma-separated numbers"), ("probe", "--C", "abc", "not comma-separated"),
+    ("probe", "--C", "0", "positive finite"), ("probe", "--C", "nan", "positive finite"),
+    ("probe", "--seed", "-1", "not a seed"), ("separability", "--seed", "-1", "not a seed"),
+    ("separability", "--seed", str(2**32), "not a seed"), ("synth", "--seed", "-5", "not a seed")])
+def test_research_c_and_seed_are_checked_before_features(tmp_path, capsys, cmd, flag, value, msg):
+    """--C abc / 0 / nan and --seed -1 were a ValueError or scikit-learn traceback, only after
+    every feature (or chip) was computed."""
+    args = {"probe": ["probe", "fit", str(tmp_path), "--backbone", "torchvision", "--backbone-weights", "x",
+                      "--out", str(tmp_path / "p")],
+            "separability": ["separability", str(tmp_path), "--detector", "meso4_df"],
+            "synth": ["synth", str(tmp_path), "--out", str(tmp_path / "s")]}[cmd]
+    with pytest.raises(SystemExit) as e:
+        main([*args, flag, value])
+    assert e.value.code == 2 and msg in capsys.readouterr().err
+
+
 def test_card_commit_says_when_the_code_was_not_committed(tmp_path):
     """The card named HEAD even when the training code had uncommitted changes."""
     import subprocess

@@ -54,6 +54,26 @@ def _share(value: str) -> float:
     return v
 
 
+def _strengths(value: str) -> tuple[float, ...]:
+    """A C that was not a positive number (or an empty item) was a traceback, after every
+    feature was computed."""
+    try:
+        cs = tuple(float(c) for c in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not comma-separated numbers: {value!r}") from None
+    if not all(0 < c < math.inf for c in cs):  # NaN fails too
+        raise argparse.ArgumentTypeError(f"every C must be a positive finite number: {value!r}")
+    return cs
+
+
+def _seed(value: str) -> int:
+    """scikit-learn and numpy take seeds in [0, 2**32): another one was a traceback at the end."""
+    v = int(value)
+    if not 0 <= v < 2**32:
+        raise argparse.ArgumentTypeError(f"not a seed in [0, 2**32): {value!r}")
+    return v
+
+
 def add_probe_parser(subparsers) -> argparse.ArgumentParser:
     """``dfscan probe fit LABELS --backbone SRC --backbone-weights FILE --out DIR``."""
     p = subparsers.add_parser("probe", help="linear probes on frozen backbones")
@@ -62,9 +82,9 @@ def add_probe_parser(subparsers) -> argparse.ArgumentParser:
     f.add_argument("labels", help=LABELS_HELP)
     _add_backbone_args(f, required=True)
     f.add_argument("--out", required=True, metavar="DIR", help="probe directory to write")
-    f.add_argument("--C", help="comma-separated inverse L2 strengths to select from (default 1e-4..10)")
+    f.add_argument("--C", type=_strengths, help="comma-separated inverse L2 strengths to select from (default 1e-4..10)")
     f.add_argument("--heldout", type=_share, default=0.3, help="held-out share of groups (default 0.3)")
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--seed", type=_seed, default=0)
     f.add_argument("--batch-size", type=int, default=32)
     f.add_argument("--json", metavar="FILE", help="also write the training summary here")
     _add_common(f)
@@ -134,7 +154,7 @@ def add_separability_parser(subparsers) -> argparse.ArgumentParser:
     _add_backbone_args(p, required=False)
     p.add_argument("--detector", help="registered detector (its penultimate features)")
     p.add_argument("--weights", help="detector weights")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", default="separability.json", help="JSON result; the scatter plot goes next to it")
     _add_common(p)
     _cache_arg(p)
@@ -158,7 +178,7 @@ def add_synth_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--context", type=float, default=1.8, help="chip side / face box side (default 1.8)")
     p.add_argument("--mode", choices=["global", "partial", "mixed"], default="mixed")
     p.add_argument("--max-faces", type=int, default=1, help="faces per frame (largest first)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_synth)
     return p

@@ -114,8 +114,7 @@ def run_probe_fit(args) -> int:
                                    args.batch_size)
     src = CropSource(CropConfig(frames=args.frames, max_faces=1, device=args.device))
     fs = embed_items(items, emb, src, args.cache, _progress(args))
-    Cs = tuple(float(c) for c in args.C.split(",")) if args.C else DEFAULT_CS
-    fit = fit_probe(fs.X, fs.y, fs.groups, fs.item, Cs, args.heldout, args.seed)
+    fit = fit_probe(fs.X, fs.y, fs.groups, fs.item, args.C or DEFAULT_CS, args.heldout, args.seed)
     extra = {"training": {
         "labels": str(args.labels), "classifier": "sklearn LogisticRegression(class_weight=balanced), "
         "standardisation folded into the weights", "C": fit.C, "selection": fit.selection,
