@@ -139,6 +139,17 @@ def test_research_c_and_seed_are_checked_before_features(tmp_path, capsys, cmd, 
     assert e.value.code == 2 and msg in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("args, msg", [
+    (["separability", "."], "give exactly one of --backbone or --detector"),
+    (["separability", ".", "--backbone", "torchvision"], "--backbone-weights FILE is required"),
+    (["probe", "fit", ".", "--backbone", "torchvision", "--out", "p"], "--backbone-weights FILE is required")])
+def test_research_usage_errors_are_one_dfscan_error_line(capsys, args, msg):
+    """These printed their bare text and exited 1 (SystemExit), unlike every other usage error."""
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dfscan: error: ") and msg in err and err.count("\n") == 1
+
+
 def test_card_commit_says_when_the_code_was_not_committed(tmp_path):
     """The card named HEAD even when the training code had uncommitted changes."""
     import subprocess

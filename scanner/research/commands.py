@@ -37,10 +37,13 @@ def _cache_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _probe(args) -> int:
+    # DfscanError, not SystemExit(text): that printed the bare text and exited 1, not as a usage error
+    from engines.errors import DfscanError
+
     if args.probe_cmd != "fit":
-        raise SystemExit("usage: dfscan probe fit ...")
+        raise DfscanError("usage: dfscan probe fit ...")
     if not args.backbone_weights:
-        raise SystemExit("dfscan probe fit: --backbone-weights FILE is required")
+        raise DfscanError("probe fit: --backbone-weights FILE is required")
     from .probe import run_probe_fit
 
     return run_probe_fit(args)
@@ -138,10 +141,12 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _separability(args) -> int:
+    from engines.errors import DfscanError
+
     if bool(args.backbone) == bool(args.detector):
-        raise SystemExit("dfscan separability: give exactly one of --backbone or --detector")
+        raise DfscanError("separability: give exactly one of --backbone or --detector")
     if args.backbone and not args.backbone_weights:
-        raise SystemExit("dfscan separability: --backbone-weights FILE is required with --backbone")
+        raise DfscanError("separability: --backbone-weights FILE is required with --backbone")
     from .separability import run_separability
 
     return run_separability(args)
