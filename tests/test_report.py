@@ -133,6 +133,25 @@ def test_changed_video_gives_no_thumbnails(corpus, tmp_path):
     assert "<img " not in html and "changed since the scan (size" in html and "SHA-256 differs" in html
 
 
+
+def test_thumbnails_of_a_row_without_sha256_say_they_are_unchecked(corpus, tmp_path):
+    """A row without SHA-256 (hash off, an older or foreign row) had its video checked by size
+    only, or not at all, and its thumbnails were shown as the scan's evidence without a word."""
+    rows = [json.loads(x) for x in corpus.read_text().splitlines()]
+    d1 = next(r for r in rows if r["path"].endswith("d1.mp4"))
+    res = tmp_path / "nohash.jsonl"
+    res.write_text(json.dumps({**d1, "sha256": None}) + "\n"
+                   + json.dumps({**d1, "path": d1["path"] + ".x", "sha256": None, "size_bytes": None}) + "\n")
+    os.link(d1["path"], d1["path"] + ".x")
+    try:
+        secs = sections(_report(res, tmp_path, top_k=1))
+    finally:
+        os.unlink(d1["path"] + ".x")
+    assert all(s.count("<img ") == 1 for s in secs)
+    assert "no SHA-256: only its size was checked" in secs[0]
+    assert "no SHA-256: neither size nor hash was checked" in secs[1]
+    assert "no SHA-256" not in _report(corpus, tmp_path)
+
 def test_rows_torn_line_and_rescanned_input(tmp_path):
     p = tmp_path / "r.jsonl"
     p.write_text('{"path": "a.mp4", "verdict": "error"}\n{"path": "b.mp4", "verdict": "real"}\n'

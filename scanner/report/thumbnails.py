@@ -97,6 +97,16 @@ def locate(row: dict, video_root: str | None, verify_hash: bool) -> tuple[Path |
     return path, None
 
 
+def unchecked(row: dict, verify_hash: bool) -> str | None:
+    """Why the file shown may not be the one scanned, or None: :func:`locate` checks a row
+    without SHA-256 (a scan with ``hash: false``, an older or foreign row) by size, or not
+    at all, and thumbnails shown as the scan's evidence must say so."""
+    if not verify_hash or row.get("sha256"):
+        return None
+    what = "only its size was checked" if row.get("size_bytes") is not None else "neither size nor hash was checked"
+    return f"the row has no SHA-256: {what}, so these frames may not be the ones the scan saw"
+
+
 def top_faces(row: dict, k: int) -> list[tuple[dict, dict]]:
     """The ``k`` faces with the highest P(fake): ``[(frame_detail, face), ...]``."""
     faces = [(fr, fc) for fr in row.get("frames_detail") or [] for fc in fr.get("faces") or []
@@ -165,11 +175,11 @@ def evidence(row: dict, k: int, video_root: str | None = None, verify_hash: bool
                   for f in IndexSampler(path, [fr["index"] for fr, _ in picks], 960)}
     except VideoError as e:
         return Evidence(note=f"could not re-decode {path}: {e.kind}: {e}", video=str(path))
-    out = Evidence(video=str(path))
+    out = Evidence(video=str(path), note=unchecked(row, verify_hash))
     for fr, face in picks:
         frame = frames.get(fr["index"])
         if frame is None:
-            out.note = f"frame {fr['index']} could not be re-decoded"
+            out.note = "; ".join(filter(None, [out.note, f"frame {fr['index']} could not be re-decoded"]))
             continue
         th = make_thumb(frame, fr, face, px)
         if explainer is not None:
