@@ -378,6 +378,17 @@ def test_report_out_that_cannot_be_written_is_one_line(tmp_path, capsys, where):
     assert err.startswith(f"dfscan report: cannot write {out}: ")
 
 
+
+@pytest.mark.parametrize("stem", ["a" * 250, "é" * 125])
+def test_report_out_with_a_long_name_is_written(tmp_path, stem):
+    """An --out name near the 255-byte limit failed with 'File name too long': the
+    temporary file beside it (.NAME.PID.tmp) is longer than the name itself."""
+    res = tmp_path / "r.jsonl"
+    res.write_text(json.dumps({"path": "/x/a.mp4", "verdict": "real", "score": 0.1}) + "\n")
+    out = tmp_path / f"{stem}.html"
+    assert main(["report", str(res), "--out", str(out), "--no-thumbnails"]) == EXIT_OK
+    assert len(sections(out.read_text())) == 1 and sorted(os.listdir(tmp_path)) == sorted([out.name, "r.jsonl"])
+
 def test_sigterm_while_writing_leaves_no_temporary_file(tmp_path):
     # The report streams into .NAME.PID.tmp and renames it; SIGTERM killed the process
     # mid-write and left that file behind (the finally that removes it never ran).

@@ -227,7 +227,8 @@ def _write_atomic(out: Path, chunks: Callable[[], Iterator[str]]) -> None:
     of being replaced."""
     out.parent.mkdir(parents=True, exist_ok=True)
     direct = out.is_symlink() or (out.exists() and not out.is_file())
-    tmp = out if direct else out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    # At most 200 bytes of the name: ``out``'s own may use up to the 255 a name can have.
+    tmp = out if direct else out.with_name(f".{os.fsdecode(os.fsencode(out.name)[:200])}.{os.getpid()}.tmp")
     try:
         # backslashreplace: a non-UTF-8 file name (lone surrogates) shows as \udcXX, not a crash.
         with open(tmp, "w", encoding="utf-8", errors="backslashreplace") as dst:
