@@ -152,6 +152,21 @@ def test_thumbnails_of_a_row_without_sha256_say_they_are_unchecked(corpus, tmp_p
     assert "no SHA-256: neither size nor hash was checked" in secs[1]
     assert "no SHA-256" not in _report(corpus, tmp_path)
 
+
+def test_frames_missed_and_nonfinite_scores_are_shown(tmp_path):
+    """The rows count frames no decoder pass produced and NaN/inf face scores ("a lost frame
+    is counted, never silent"), but the report showed neither: a verdict on 4 of 32 frames
+    read like any other."""
+    row = {"path": "/v/a.mp4", "verdict": "fake", "score": 0.9, "frames": 4, "frames_with_faces": 4,
+           "faces": 4, "frames_requested": 32, "frames_missed": 28, "nonfinite_scores": 2}
+    p = tmp_path / "r.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in [
+        row, {**row, "path": "/v/b.mp4", "frames_missed": 0, "nonfinite_scores": 0},
+        {**row, "path": "/v/c.mp4", "nonfinite_scores": "2"}]))
+    secs = sections(_report(p, tmp_path))
+    assert len(secs) == 2 and "28 of 32 requested frames could not be decoded" in secs[0]
+    assert "2 face score(s) NaN/inf, left out of the verdict" in secs[0] and "losses" not in secs[1]
+
 def test_rows_torn_line_and_rescanned_input(tmp_path):
     p = tmp_path / "r.jsonl"
     p.write_text('{"path": "a.mp4", "verdict": "error"}\n{"path": "b.mp4", "verdict": "real"}\n'

@@ -125,6 +125,18 @@ def _thumb(t: Thumb) -> str:
     return f'<div class="pair">{fig}{cam}</div>'
 
 
+def _losses(r: dict) -> str:
+    """What the verdict had to do without: frames no decoder pass produced and faces the
+    detector scored NaN/inf (the row counts both so a loss is never silent; nor is the page)."""
+    lost = []
+    if r.get("frames_missed"):
+        lost.append(f'{r["frames_missed"]} of {_fmt(r.get("frames_requested"))} requested frames '
+                    "could not be decoded")
+    if r.get("nonfinite_scores"):
+        lost.append(f'{r["nonfinite_scores"]} face score(s) NaN/inf, left out of the verdict')
+    return f'<p class="note losses">{escape("; ".join(lost))}</p>' if lost else ""
+
+
 def _section(i: int, r: dict, ev: Evidence | None, is_open: bool) -> str:
     v = escape(str(r.get("verdict")))
     vid = r.get("video") or {}
@@ -138,6 +150,7 @@ def _section(i: int, r: dict, ev: Evidence | None, is_open: bool) -> str:
     parts = [f'<details class="video {v}" id="v{i}" data-verdict="{v}"{" open" if is_open else ""}>'
              f'<summary><span class="badge {v}">{v}</span><span class="score">{_fmt(r.get("score"))}</span>'
              f'{escape(str(r["path"]))}</summary><p class="facts">{escape(" · ".join(facts))}</p>']
+    parts.append(_losses(r))
     if r.get("error"):
         e = r["error"]
         parts.append(f'<p class="errmsg"><b>{escape(str(e.get("kind")))}</b>: {escape(str(e.get("message")))}</p>')

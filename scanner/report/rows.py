@@ -62,7 +62,7 @@ def index_rows(path) -> tuple[list[tuple[int, dict]], int]:
 
 
 NUMBERS = ("score", "threshold", "frames", "frames_with_faces", "faces", "frames_requested",
-           "frames_missed", "size_bytes")
+           "frames_missed", "nonfinite_scores", "size_bytes")
 
 
 def _num(v) -> bool:
