@@ -150,6 +150,23 @@ def test_research_usage_errors_are_one_dfscan_error_line(capsys, args, msg):
     assert err.startswith("dfscan: error: ") and msg in err and err.count("\n") == 1
 
 
+@pytest.mark.parametrize("cmd", [["eval", "m.csv", "--from-jsonl", "s.jsonl"], ["synth", "in.png"],
+                                 ["separability", "m.csv", "--detector", "meso4_df"],
+                                 ["probe", "fit", "m.csv", "--backbone", "torchvision", "--backbone-weights", "x"]])
+@pytest.mark.parametrize("out", ["a_file/x.json", "a_dir"])
+def test_research_unwritable_out_is_one_line_before_any_work(tmp_path, capsys, monkeypatch, cmd, out):
+    """An --out under a file, or a directory as a report file, was an OSError traceback (after
+    every input was scored, or at synth's first chip)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "a_dir").mkdir()
+    if cmd[0] in ("synth", "probe") and out == "a_dir":  # --out names a folder there: a file is wrong
+        out = "a_file"
+    assert main([*cmd, "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"dfscan: error: cannot write {out}") and err.count("\n") == 1
+
+
 def test_card_commit_says_when_the_code_was_not_committed(tmp_path):
     """The card named HEAD even when the training code had uncommitted changes."""
     import subprocess

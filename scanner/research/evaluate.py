@@ -312,10 +312,28 @@ def _refuse_scan_options(args) -> None:
                           "ignored: leave them out, or scan here without --from-jsonl")
 
 
+def writable(path: str | Path) -> Path:
+    """``path``, once a file could be created beside it: an unwritable --out (a directory, a
+    read-only or missing place) was an OSError traceback after every input was scored."""
+    import tempfile
+
+    path = Path(path)
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(21, "is a directory")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path.parent).close()
+    except OSError as e:
+        where = f" ({e.filename})" if e.filename and e.filename != str(path) else ""
+        raise DfscanError(f"cannot write {path}: {e.strerror or e}{where}") from e
+    return path
+
+
 def run_eval(args) -> int:
     """CLI handler of ``dfscan eval`` (see :func:`scanner.research.commands.add_eval_parser`)."""
     if args.from_jsonl:
         _refuse_scan_options(args)
+    writable(args.out)
     items = read_labelled(args.labels)
     verdicts = {}
     rowless: list[int] = []

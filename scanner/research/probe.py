@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
@@ -30,7 +31,7 @@ from sklearn.preprocessing import StandardScaler
 from engines.errors import DfscanError
 from engines.files import write_json
 
-from .evaluate import binary_metrics, eer
+from .evaluate import binary_metrics, eer, writable
 
 log = logging.getLogger(__name__)
 DEFAULT_CS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
@@ -104,11 +105,14 @@ def fit_probe(X: np.ndarray, y: np.ndarray, groups: np.ndarray, item: np.ndarray
 
 def run_probe_fit(args) -> int:
     """CLI handler of ``dfscan probe fit``."""
-    from engines.detectors.probe import save_probe
+    from engines.detectors.probe import CARD, save_probe
 
     from .features import CropConfig, CropSource, backbone_embedder, embed_items
     from .labelled import read_labelled
 
+    writable(Path(args.out) / CARD)  # the directory's files, and --json, before any feature is made
+    if args.json:
+        writable(args.json)
     items = read_labelled(args.labels)
     emb, model = backbone_embedder(args.backbone, args.backbone_weights, args.arch, args.size, args.device,
                                    args.batch_size)

@@ -101,6 +101,9 @@ def run_separability(args) -> int:
     from .features import CropConfig, CropSource, backbone_embedder, detector_embedder, embed_items
     from .labelled import read_labelled
 
+    from .evaluate import writable
+
+    out = writable(args.out)
     items = read_labelled(args.labels)
     if args.backbone:
         emb, _ = backbone_embedder(args.backbone, args.backbone_weights, args.arch, args.size, args.device)
@@ -110,8 +113,6 @@ def run_separability(args) -> int:
         what = f"detector {args.detector} (penultimate features)"
     fs = embed_items(items, emb, CropSource(CropConfig(frames=args.frames, device=args.device)), args.cache)
     res = separability(fs.X, fs.y, args.seed)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     plot(res, fs.y, out.with_suffix(".png"), what)
     summary = {k: v for k, v in res.items() if k not in ("points", "clusters", "centres")}
     summary.update({"model": what, "feature_dim": int(fs.X.shape[1]), "labels": str(args.labels),

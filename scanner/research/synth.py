@@ -275,6 +275,9 @@ def run_synth(args) -> int:
         raise DfscanError("synth: --size must be >= 16, --frames and --max-faces >= 1, --context > 0")
     cfg = SynthConfig(frames=args.frames, size=args.size, context=args.context, mode=args.mode,
                       seed=args.seed, max_faces=args.max_faces, device=args.device)
+    from .evaluate import writable
+
+    writable(Path(args.out) / "manifest.csv")  # a file as --out was a traceback at the first write
     res = synthesize(args.inputs, args.out, cfg)
     print(f"{res['faces']} faces from {res['sources']} files -> {res['rows']} chips "
           f"({res['faces']} real, {res['faces']} self-blended) in {args.out}/ (manifest.csv)")
