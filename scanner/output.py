@@ -237,7 +237,10 @@ class HtmlSink(Sink):
         meta = {} if self._append else {"wall_seconds": time.perf_counter() - self._t0}
         if not self.source.exists():
             raise FileNotFoundError(f"results file {self.source} to render the report from is missing")
-        write_report(self.source, self.path, ReportOptions(thumbnails=False), meta)
+        # Its note is read only if the report with thumbnails never replaces it (interrupted).
+        quick = {**meta, "notes": [f"no thumbnails: rendering them was interrupted; dfscan report "
+                                   f"{self.source} renders them"]}
+        write_report(self.source, self.path, ReportOptions(thumbnails=False), quick)
         # The scan has just hashed these files: check sizes only, unless resumed (the
         # earlier runs' rows are of files this run did not read, which may have changed).
         write_report(self.source, self.path, ReportOptions(verify_hash=self._append), meta)
