@@ -6,6 +6,7 @@ import io
 import json
 import os
 import shutil
+from html import escape
 from pathlib import Path
 
 import numpy as np
@@ -166,6 +167,19 @@ def test_frames_missed_and_nonfinite_scores_are_shown(tmp_path):
     secs = sections(_report(p, tmp_path))
     assert len(secs) == 2 and "28 of 32 requested frames could not be decoded" in secs[0]
     assert "2 face score(s) NaN/inf, left out of the verdict" in secs[0] and "losses" not in secs[1]
+
+
+def test_a_verdict_of_a_newer_version_is_counted_and_filterable(tmp_path):
+    """A verdict this version does not know (a newer scan's) was in no header count (the
+    counts did not add up to the videos) and had no filter box (it could not be hidden)."""
+    x = '<i>"new'
+    p = tmp_path / "r.jsonl"
+    p.write_text("".join(json.dumps({"path": f"/v/{n}.mp4", "verdict": v, "score": 0.5}) + "\n"
+                         for n, v in enumerate(["real", "uncertain", "uncertain", x])))
+    html = _report(p, tmp_path)
+    assert '<b class="count-uncertain">2</b>' in html and '<b class="count-real">1</b>' in html
+    assert 'class="verdict-filter" value="uncertain" checked> uncertain</label>' in html
+    assert f'value="{escape(x)}"' in html and "<i>" not in html
 
 def test_rows_torn_line_and_rescanned_input(tmp_path):
     p = tmp_path / "r.jsonl"

@@ -60,8 +60,8 @@ def ordered(rows: list[dict]) -> list[tuple[int, dict]]:
 
 
 def _header(s: dict, meta: dict, explain_note: str | None) -> str:
-    counts = "".join(f'<span><span class="badge {v}">{v.replace("_", " ")}</span> '
-                     f'<b class="count-{v}">{s["counts"][v]}</b></span>' for v in VERDICTS)
+    counts = "".join(f'<span><span class="badge {escape(v)}">{escape(v.replace("_", " "))}</span> '
+                     f'<b class="count-{escape(v)}">{n}</b></span>' for v, n in s["counts"].items())
     errs = ", ".join(f"{escape(k)}: {n}" for k, n in s["errors"].items()) or "none"
     wall = meta.get("wall_seconds")
     time_s = f'{s["video_seconds"]:.1f} s summed over videos' + (f", {wall:.1f} s wall" if wall else "")
@@ -95,8 +95,9 @@ def _table(items: list[tuple[int, dict]]) -> str:
             f'<td class="num">{r.get("frames_with_faces", 0)}/{r.get("frames", 0)}</td>'
             f'<td class="num">{r.get("faces", 0)}</td><td>{escape(err)}</td>'
             f'<td class="num" data-v="{"" if total is None else total}">{_fmt(total, 2)}</td></tr>')
-    boxes = "".join(f'<label><input type="checkbox" class="verdict-filter" value="{v}" checked> '
-                    f'{v.replace("_", " ")}</label>' for v in VERDICTS)
+    other = sorted({str(r.get("verdict")) for _, r in items} - set(VERDICTS))  # e.g. a newer dfscan's
+    boxes = "".join(f'<label><input type="checkbox" class="verdict-filter" value="{escape(v)}" checked> '
+                    f'{escape(v.replace("_", " "))}</label>' for v in [*VERDICTS, *other])
     return (f'<section class="overview"><div class="controls"><b>show</b>{boxes}'
             '<input type="search" class="text-filter" placeholder="filter by path" aria-label="filter by path">'
             f'<span><span class="shown-count">{len(items)}</span> of {len(items)} shown</span></div>'

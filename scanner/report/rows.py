@@ -142,7 +142,9 @@ def summarise(rows: list[dict], meta: dict | None = None) -> dict:
     busy = sum(((r.get("timings") or {}).get("total") or 0.0) for r in rows)
     return {
         "videos": len(rows),
-        "counts": {v: counts.get(v, 0) for v in VERDICTS},
+        # A verdict this version does not know (a newer scan's) is counted too, after ours.
+        "counts": {**{v: counts.get(v, 0) for v in VERDICTS},
+                   **{v: n for v, n in counts.items() if v not in VERDICTS}},
         "errors": dict(errors.most_common()),
         "detectors": list(detectors) or ["unknown"],
         "engines": _distinct(rows, "engine") or ["unknown"],
