@@ -312,3 +312,24 @@ def test_eval_says_which_labelled_inputs_have_no_row_in_the_jsonl(tmp_path, caps
     assert (res["excluded"], res["not_in_jsonl"]) == (2, 1)
     assert "1 of 4 labelled inputs have no row" in caplog.text and "d.mp4" in caplog.text
     assert "1 of them not in the JSONL" in capsys.readouterr().out
+
+
+def test_jsonl_rows_are_not_held_whole_in_memory(tmp_path):
+    """Every row was kept whole (per-frame details) while matching: ~10x the JSONL in memory,
+    gigabytes for a large scan's output."""
+    import tracemalloc
+
+    (tmp_path / "a.mp4").write_bytes(b"x")
+    frames = [{"index": i, "faces": [{"box": [1.0, 2.0, 3.0, 4.0], "landmarks": [[1.0, 2.0]] * 5}]}
+              for i in range(32)]
+    with open(tmp_path / "s.jsonl", "w") as f:
+        for i in range(1000):
+            f.write(json.dumps({"path": str(tmp_path / f"v{i}.mp4"), "score": 0.5, "details": frames}) + "\n")
+    size = (tmp_path / "s.jsonl").stat().st_size
+    tracemalloc.start()
+    try:
+        scores_from_jsonl([Item(tmp_path / "a.mp4", 1, "a")], tmp_path / "s.jsonl")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < size / 2, (peak, size)

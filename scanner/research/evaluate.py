@@ -126,8 +126,11 @@ class _OneScan:
                               f"{self.scored_by[0]} ({', '.join(COMPAT_FIELDS)}); evaluate one scan's output")
 
 
+_MATCH_FIELDS = ("path", "size_bytes", "sha256")  # what _same_file and name matching read of a row
+
+
 def _jsonl_scores(jsonl: Path, key: str, seen: set | None = None) -> dict[str, tuple[dict, float]]:
-    """Resolved path -> (row, finite score) of one scan's JSONL (see :class:`_OneScan`);
+    """Resolved path -> (row's _MATCH_FIELDS, finite score) of one scan's JSONL (see :class:`_OneScan`);
     ``seen``, when given, gets the resolved path and the file name of every row."""
     out, one = {}, _OneScan(jsonl)
     with open(jsonl, encoding="utf-8") as f:  # as the scan wrote it, whatever the locale
@@ -156,7 +159,8 @@ def _jsonl_scores(jsonl: Path, key: str, seen: set | None = None) -> dict[str, t
             if not math.isfinite(score):  # never read as a verdict either way: excluded, like an error row
                 log.warning("%s:%d: %s has a non-finite %s (%s): excluded", jsonl, n, row["path"], key, score)
                 continue
-            out[str(Path(row["path"]).resolve())] = (row, score)
+            # Only what matching needs: whole rows (per-frame details) held ~10x the file in memory.
+            out[str(Path(row["path"]).resolve())] = ({k: row.get(k) for k in _MATCH_FIELDS}, score)
     return out
 
 
