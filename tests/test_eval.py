@@ -333,3 +333,12 @@ def test_jsonl_rows_are_not_held_whole_in_memory(tmp_path):
     finally:
         tracemalloc.stop()
     assert peak < size / 2, (peak, size)
+
+
+@pytest.mark.parametrize("spec", [",", " , ", ",,"])
+def test_perturb_spec_without_items_is_refused(spec):
+    """--perturb ',' parsed to no perturbation: a clean scan reported as 'perturb:,'."""
+    from scanner.research.augment import parse_perturb
+
+    with pytest.raises(DfscanError, match="no perturbation in"):
+        parse_perturb(spec)

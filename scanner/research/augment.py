@@ -111,6 +111,8 @@ def parse_perturb(spec: str) -> list[Perturb]:
         if not lo <= v <= hi:
             raise DfscanError(f"perturbation {item!r}: value outside [{lo}, {hi}]")
         out.append(Perturb(name, v))
+    if not out:  # "," ran the clean scan, reported as perturbed
+        raise DfscanError(f"no perturbation in {spec!r}; e.g. jpeg:40,blur:1.5")
     return out
 
 
