@@ -342,3 +342,13 @@ def test_perturb_spec_without_items_is_refused(spec):
 
     with pytest.raises(DfscanError, match="no perturbation in"):
         parse_perturb(spec)
+
+
+@pytest.mark.parametrize("spec", ["jpeg:40.5", "h264:23.9"])
+def test_perturb_quality_must_be_whole(spec):
+    """jpeg:40.5 ran as JPEG quality 40 (int()) while the report named 40.5."""
+    from scanner.research.augment import parse_perturb
+
+    with pytest.raises(DfscanError, match="takes a whole number"):
+        parse_perturb(spec)
+    assert parse_perturb(spec.split(".")[0] + ".0")[0].value == int(spec.split(":")[1].split(".")[0])

@@ -110,6 +110,8 @@ def parse_perturb(spec: str) -> list[Perturb]:
         lo, hi = _RANGES[name]
         if not lo <= v <= hi:
             raise DfscanError(f"perturbation {item!r}: value outside [{lo}, {hi}]")
+        if name in ("jpeg", "h264") and v != int(v):  # applied as int(v): 40.5 ran (and read) as 40
+            raise DfscanError(f"perturbation {item!r}: {name} takes a whole number")
         out.append(Perturb(name, v))
     if not out:  # "," ran the clean scan, reported as perturbed
         raise DfscanError(f"no perturbation in {spec!r}; e.g. jpeg:40,blur:1.5")
