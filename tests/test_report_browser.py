@@ -222,3 +222,13 @@ def test_status_page_asks_for_the_token(browser, service):
     page.wait_for_function("() => document.querySelectorAll('#streams tbody tr').length == 2", timeout=30_000)
     assert page.locator("#token-form").is_hidden()
     page.close()
+
+
+def test_status_page_survives_a_malformed_token_in_the_address(browser, service):
+    """#token=50%-off (a stray %) made decodeURIComponent throw before anything ran: the
+    page never polled, stayed at 'loading…' and left the token in the address bar."""
+    page = browser.new_page()
+    page.goto(service + "#token=50%-off")
+    page.wait_for_selector("#token-form:not([hidden])", timeout=15_000)
+    assert page.url == service and "bearer token" in page.locator("#api-status").inner_text()
+    page.close()

@@ -7,7 +7,9 @@
   var KEY = "dfscan-token", PERIOD_MS = 2000;
   var m = /(?:^#|&)token=([^&]+)/.exec(location.hash);
   if (m) {
-    sessionStorage.setItem(KEY, decodeURIComponent(m[1]));
+    var given = m[1];
+    try { given = decodeURIComponent(given); } catch (e) { /* a stray "%": the token as typed */ }
+    sessionStorage.setItem(KEY, given);
     history.replaceState(null, "", location.pathname + location.search);
   }
   var tbody = document.querySelector("#streams tbody");
