@@ -181,6 +181,23 @@ def test_a_verdict_of_a_newer_version_is_counted_and_filterable(tmp_path):
     assert 'class="verdict-filter" value="uncertain" checked> uncertain</label>' in html
     assert f'value="{escape(x)}"' in html and "<i>" not in html
 
+
+def test_thumbnail_warning_puts_no_raw_escape_on_the_terminal(tmp_path, caplog):
+    """The warning for a video whose thumbnails failed printed the row's path and the error
+    (which quotes a row value) raw: a hand-made row could retitle or rewrite the terminal."""
+    esc = "\x1b]0;owned\x07"
+    vid = tmp_path / f"a{esc}.mp4"
+    shutil.copy(DATA / "d1.mp4", vid)
+    row = {"path": str(vid), "verdict": "real", "score": 0.1, "orientation_deg": esc, "frames_detail": [
+        {"index": 0, "time_s": 0.0, "score": 0.1, "faces": [{"box": [0, 0, 60, 60], "score": 0.1}]}]}
+    p = tmp_path / "r.jsonl"
+    p.write_text(json.dumps(row) + "\n")
+    with caplog.at_level("WARNING", logger="dfscan"):
+        html = _report(p, tmp_path)
+    assert "thumbnails failed: ValueError" in html
+    msgs = [r.getMessage() for r in caplog.records if "no thumbnails for" in r.getMessage()]
+    assert len(msgs) == 1 and "\x1b" not in msgs[0] and "\\x1b]0;owned\\x07.mp4" in msgs[0]
+
 def test_rows_torn_line_and_rescanned_input(tmp_path):
     p = tmp_path / "r.jsonl"
     p.write_text('{"path": "a.mp4", "verdict": "error"}\n{"path": "b.mp4", "verdict": "real"}\n'

@@ -19,6 +19,7 @@ from typing import Callable, Iterator
 from engines.errors import DfscanError
 
 from .. import __version__
+from ..terminal import terminal_safe
 from .rows import VERDICTS, index_rows, read_row, summarise
 from .thumbnails import THUMB_PX, Evidence, Thumb, evidence
 from .timeline import timeline_svg
@@ -204,7 +205,9 @@ def _evidence(r: dict, opts: ReportOptions, explainer) -> Evidence:
     try:
         return evidence(r, opts.top_k, opts.video_root, opts.verify_hash, opts.thumb_px, use)
     except Exception as e:  # one video's evidence never costs the whole report
-        log.warning("report: no thumbnails for %s: %s", r.get("path"), e, exc_info=log.isEnabledFor(logging.DEBUG))
+        # Row values reach the terminal here (the path, a field in the message): no raw ESC.
+        log.warning("report: no thumbnails for %s: %s", terminal_safe(str(r.get("path"))),
+                    terminal_safe(str(e)), exc_info=log.isEnabledFor(logging.DEBUG))
         return Evidence(note=f"thumbnails failed: {type(e).__name__}: {e}")
 
 
