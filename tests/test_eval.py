@@ -352,3 +352,15 @@ def test_perturb_quality_must_be_whole(spec):
     with pytest.raises(DfscanError, match="takes a whole number"):
         parse_perturb(spec)
     assert parse_perturb(spec.split(".")[0] + ".0")[0].value == int(spec.split(":")[1].split(".")[0])
+
+
+def test_manifest_with_non_utf8_file_names_is_read(tmp_path):
+    """A manifest naming a file by its non-UTF-8 bytes (a Latin-1 name) was a UnicodeDecodeError
+    traceback; it names that file, as the file system spells it."""
+    import os
+
+    name = os.fsdecode(b"caf\xe9.mp4")  # 'caf\udce9.mp4': the bytes as Python keeps them
+    (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "m.csv").write_bytes(b"path,label\ncaf\xe9.mp4,fake\n")
+    items = read_labelled(tmp_path / "m.csv")
+    assert [(it.path, it.label) for it in items] == [(tmp_path / name, 1)]

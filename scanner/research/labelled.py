@@ -124,8 +124,10 @@ def parse_landmarks(value: str, where: str) -> np.ndarray | None:
 
 def read_manifest(path: Path) -> list[Item]:
     """Items of a CSV manifest (header ``path,label[,group][,subset][,landmarks]``)."""
-    # utf-8-sig: a spreadsheet's byte-order mark would otherwise hide the 'path' header.
-    with open(path, newline="", encoding="utf-8-sig") as f:
+    # utf-8-sig: a spreadsheet's byte-order mark would otherwise hide the 'path' header;
+    # surrogateescape: bytes that are not UTF-8 (a Latin-1 file name) were a UnicodeDecodeError
+    # traceback, and now name the file as the file system spells it, as Python's own paths do.
+    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
             raise DatasetError(f"{path}: CSV needs a header with at least 'path' and 'label'")
