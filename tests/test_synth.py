@@ -97,3 +97,30 @@ def test_synthesize_writes_labelled_manifest(tmp_path, monkeypatch):
     # landmarks follow the chip: centre of box -> centre of the chip, scale 128 / (1.5 * 170)
     s = 128 / (1.5 * 170)
     assert np.allclose(lm, (LM - [128, 135]) * s + 64, atol=0.01)
+
+
+def test_synth_of_a_non_utf8_file_name(tmp_path):
+    """cv2.imwrite crashed the process (SIGSEGV) on a chip named after a source whose file name
+    is not UTF-8 (Latin-1 bytes); the manifest could not hold that name either."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.fromarray(_texture()).save(src / os.fsdecode(b"caf\xe9.png"), format="PNG")
+    code = ("import sys, numpy as np, scanner.faces; from scanner.faces import Faces; "
+            "from scanner.research import synth\n"
+            "class Stub:\n    def __init__(self, **kw): pass\n"
+            "    def detect(self, frames): return [Faces(np.array([[60, 50, 196, 220]], np.float32), "
+            f"np.ones(1, np.float32), np.array({LM.tolist()}, np.float32)[None]) for _ in frames]\n"
+            "scanner.faces.FaceDetector = Stub\n"
+            "print(synth.synthesize([sys.argv[1]], sys.argv[2], synth.SynthConfig(size=128))['faces'])")
+    r = subprocess.run([sys.executable, "-c", code, str(src), str(tmp_path / "out")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "1", (r.returncode, r.stderr[-500:])
+    items = read_labelled(tmp_path / "out")
+    assert [it.label for it in items] == [0, 1] and all(it.path.is_file() for it in items)
+    assert os.fsencode(items[0].path.name).startswith(b"caf\xe9_")

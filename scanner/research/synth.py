@@ -246,7 +246,8 @@ def synthesize(inputs: list[str], out_dir: str | Path, cfg: SynthConfig = SynthC
             rows.append({"path": f"fake/{stem}_{mode}.png", "label": "fake", **base,
                          "box": " ".join(map(str, fbox)), "blend": f"{mode}:{ratio:g}"})
             n += 1
-    with open(out / "manifest.csv", "w", newline="") as f:
+    # UTF-8 as read_manifest reads it (not the locale's); a non-UTF-8 file name keeps its bytes
+    with open(out / "manifest.csv", "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
         w = csv.DictWriter(f, fieldnames=["path", "label", "group", "subset", "landmarks", "box", "blend"])
         w.writeheader()
         w.writerows(rows)
@@ -264,8 +265,15 @@ def _blend(chip: np.ndarray, lm: np.ndarray, mode: str, rng: np.random.Generator
 
 
 def _write(path: Path, rgb: np.ndarray) -> None:
-    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-        raise DfscanError(f"could not write {path}")
+    """Encoded by cv2, written by Python: cv2.imwrite crashed the process (SIGSEGV) on a
+    path holding a file name that is not UTF-8 (a Latin-1 source name)."""
+    ok, buf = cv2.imencode(path.suffix, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    try:
+        if not ok:
+            raise OSError("encoding failed")
+        path.write_bytes(buf.tobytes())
+    except OSError as e:
+        raise DfscanError(f"could not write {path}: {e}") from e
 
 
 def run_synth(args) -> int:
