@@ -198,6 +198,31 @@ def test_thumbnail_warning_puts_no_raw_escape_on_the_terminal(tmp_path, caplog):
     msgs = [r.getMessage() for r in caplog.records if "no thumbnails for" in r.getMessage()]
     assert len(msgs) == 1 and "\x1b" not in msgs[0] and "\\x1b]0;owned\\x07.mp4" in msgs[0]
 
+
+def test_video_replaced_after_its_hash_check_gives_no_thumbnails(corpus, tmp_path, monkeypatch):
+    """The video was hashed against its row, then opened again by name to be decoded: a file
+    replaced in between had its frames shown as the scanned video's."""
+    import engines.registry
+
+    rows = [json.loads(x) for x in corpus.read_text().splitlines()]
+    d1 = next(r for r in rows if r["path"].endswith("d1.mp4"))
+    vid = tmp_path / "a.mp4"
+    shutil.copy(d1["path"], vid)
+    res = tmp_path / "r.jsonl"
+    res.write_text(json.dumps({**d1, "path": str(vid)}) + "\n")
+    real_hash = engines.registry.file_hash
+
+    def hash_then_replace(path, *a):
+        digest = real_hash(path, *a)
+        other = tmp_path / "other.mp4"
+        shutil.copy(DATA / "d18.mp4", other)
+        os.replace(other, vid)
+        return digest
+
+    monkeypatch.setattr(engines.registry, "file_hash", hash_then_replace)
+    html = _report(res, tmp_path, top_k=1)
+    assert "<img " not in html and "changed while the report read it" in html
+
 def test_rows_torn_line_and_rescanned_input(tmp_path):
     p = tmp_path / "r.jsonl"
     p.write_text('{"path": "a.mp4", "verdict": "error"}\n{"path": "b.mp4", "verdict": "real"}\n'

@@ -79,22 +79,33 @@ def remap(path: str, video_root: str | None) -> list[Path]:
     return [Path(video_root).joinpath(*parts[i:]) for i in range(len(parts)) if ".." not in parts[i:]]
 
 
-def locate(row: dict, video_root: str | None, verify_hash: bool) -> tuple[Path | None, str | None]:
-    """The readable file holding ``row``'s video, or ``(None, reason)``."""
+def locate(row: dict, video_root: str | None, verify_hash: bool) -> tuple[Path | None, str | None, tuple]:
+    """The readable file holding ``row``'s video, or ``(None, reason)``; third, the file's
+    identity before it was checked (see :func:`identity`)."""
     candidates = [p for p in remap(str(row["path"]), video_root) if p.is_file()]
-    if not candidates:
+    seen = identity(candidates[0]) if candidates else None
+    if seen is None:
         where = f" under {video_root}" if video_root else ""
-        return None, f"video not found{where} (thumbnails need the original file; see --video-root)"
-    path = candidates[0]
-    size = row.get("size_bytes")
-    if size is not None and path.stat().st_size != size:
-        return None, f"{path} changed since the scan (size {path.stat().st_size} != {size} bytes)"
+        return None, f"video not found{where} (thumbnails need the original file; see --video-root)", ()
+    path, size = candidates[0], row.get("size_bytes")
+    if size is not None and seen[2] != size:
+        return None, f"{path} changed since the scan (size {seen[2]} != {size} bytes)", seen
     if verify_hash and row.get("sha256"):
         from engines.registry import file_hash
 
         if file_hash(path, None) != row["sha256"]:
-            return None, f"{path} changed since the scan (SHA-256 differs)"
-    return path, None
+            return None, f"{path} changed since the scan (SHA-256 differs)", seen
+    return path, None, seen
+
+
+def identity(path: Path) -> tuple | None:
+    """``(device, inode, size, mtime)`` of ``path``, or None: the file checked against the row
+    is reopened to be decoded, and one replaced or rewritten in between must not be shown."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def unchecked(row: dict, verify_hash: bool) -> str | None:
@@ -166,7 +177,7 @@ def evidence(row: dict, k: int, video_root: str | None = None, verify_hash: bool
         why = "no per-frame details in the results (scanned with --no-details)" \
             if not row.get("frames_detail") and row.get("faces") else "no face was found"
         return Evidence(note=why)
-    path, why = locate(row, video_root, verify_hash)
+    path, why, seen = locate(row, video_root, verify_hash)
     if path is None:
         return Evidence(note=why)
     try:
@@ -175,6 +186,8 @@ def evidence(row: dict, k: int, video_root: str | None = None, verify_hash: bool
                   for f in IndexSampler(path, [fr["index"] for fr, _ in picks], 960)}
     except VideoError as e:
         return Evidence(note=f"could not re-decode {path}: {e.kind}: {e}", video=str(path))
+    if identity(path) != seen:
+        return Evidence(note=f"{path} changed while the report read it", video=str(path))
     out = Evidence(video=str(path), note=unchecked(row, verify_hash))
     for fr, face in picks:
         frame = frames.get(fr["index"])
