@@ -28,6 +28,7 @@ from engines.errors import DfscanError
 from . import __version__
 
 EXIT_OK, EXIT_INPUT_ERROR, EXIT_USAGE, EXIT_FAKE, EXIT_OUTPUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+EXIT_STDOUT_CLOSED = 141  # 128 + SIGPIPE, as a shell reports a writer killed by it
 
 # Sub-commands defined in other modules: name -> (module, parser adder, one-line help).
 # Only the module of the command being run is imported; every other command gets a
@@ -174,6 +175,18 @@ def main(argv: list[str] | None = None) -> int:
     except DfscanError as e:
         print(f"dfscan: error: {e}", file=sys.stderr)
         return getattr(e, "exit_code", EXIT_USAGE)
+    except BrokenPipeError:  # e.g. `dfscan detectors | head`: the reader left (scan has its own)
+        _stdout_gone()
+        print(f"dfscan: {args.command}: standard output was closed (broken pipe)", file=sys.stderr)
+        return EXIT_STDOUT_CLOSED
+
+
+def _stdout_gone() -> None:
+    """Point stdout at /dev/null: its buffered rest would raise again when flushed at exit."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def entry() -> None:

@@ -129,3 +129,13 @@ def test_bench_default_detectors_all_run_without_a_weights_file():
     for n in names:
         assert create_detector(n).weights_hash != "random-init", n
         assert detector_entry(n).default_weights
+
+
+def test_a_listing_into_a_closed_pipe_is_one_line_not_a_traceback():
+    # `dfscan detectors | head -1` ended in a BrokenPipeError traceback (exit 1).
+    p = subprocess.Popen([sys.executable, "-m", "scanner.cli", "detectors"], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # the reader left before the first line
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "standard output was closed" in err
