@@ -364,3 +364,18 @@ def test_manifest_with_non_utf8_file_names_is_read(tmp_path):
     (tmp_path / "m.csv").write_bytes(b"path,label\ncaf\xe9.mp4,fake\n")
     items = read_labelled(tmp_path / "m.csv")
     assert [(it.path, it.label) for it in items] == [(tmp_path / name, 1)]
+
+
+def test_an_interval_from_a_handful_of_videos_says_it_is_too_narrow(capsys):
+    # 1 real and 1 fake (or any small, perfectly separated set) gave AUC 1.0 [1.0, 1.0],
+    # a certainty that two videos cannot give, with nothing to say so.
+    from scanner.research.evaluate import _print, binary_metrics
+
+    tiny = binary_metrics([0, 1], [0.1, 0.9])
+    assert tiny["auc_ci95"] == [1.0, 1.0] and "understates" in tiny["auc_ci95_note"]
+    rng = np.random.default_rng(0)
+    big = binary_metrics([0] * 12 + [1] * 12, rng.random(24))
+    assert "auc_ci95_note" not in big and big["auc_ci95"][0] < big["auc_ci95"][1]
+    _print({"excluded": 0, "overall": big, "subsets": {"tiny": tiny}})
+    out = capsys.readouterr().out
+    assert "[1.000, 1.000]*" in out and "too narrow" in out

@@ -32,6 +32,7 @@ from engines.files import write_json
 
 from ..resume import COMPAT_FIELDS  # the fields that make two rows' scores comparable
 from .labelled import Item, read_labelled
+from .stats import SMALL_CLASS, auc_ci
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +67,12 @@ def binary_metrics(y, s, threshold: float = 0.5) -> dict:
     if out["n_fake"] and out["n_real"]:
         e, t = eer(y, s)
         at_eer = rates(y, s, t)
-        from .stats import auc_ci
-
-        out.update({"auc": float(roc_auc_score(y, s)), "auc_ci95": auc_ci(y, s, n=1000)["ci"], "eer": e,
+        ci = auc_ci(y, s, n=1000)
+        out.update({"auc": float(roc_auc_score(y, s)), "auc_ci95": ci["ci"], "eer": e,
                     "eer_threshold": t, "hter_at_eer_threshold": at_eer["hter"],
                     "acc_at_eer_threshold": at_eer["acc"]})
+        if "ci_note" in ci:
+            out["auc_ci95_note"] = ci["ci_note"]
     else:  # AUC/EER need both classes
         out.update({"auc": None, "auc_ci95": None, "eer": None, "eer_threshold": None,
                     "hter_at_eer_threshold": None, "acc_at_eer_threshold": None})
@@ -380,7 +382,11 @@ def _print(res: dict) -> None:
         table.add_column(c, justify="right")
     rows = [("overall", res["overall"])] + list(res["subsets"].items())
     for name, m in rows:  # the AUC's bootstrap interval beside it: an AUC alone over-claims
-        table.add_row(name, *[_cell(m.get(c)) for c in cols])
+        cells = [_cell(m.get(c)) + ("*" if c == "auc_ci95" and m.get("auc_ci95_note") else "") for c in cols]
+        table.add_row(name, *cells)
+    if any(m.get("auc_ci95_note") for _, m in rows):
+        table.caption = (f"* fewer than {SMALL_CLASS} real or fake videos in the set: "
+                         "its bootstrap interval is too narrow")
     Console(width=max(Console().width, 150)).print(table)
 
 
