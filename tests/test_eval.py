@@ -379,3 +379,23 @@ def test_an_interval_from_a_handful_of_videos_says_it_is_too_narrow(capsys):
     _print({"excluded": 0, "overall": big, "subsets": {"tiny": tiny}})
     out = capsys.readouterr().out
     assert "[1.000, 1.000]*" in out and "too narrow" in out
+
+
+def test_a_missing_labelled_file_names_the_one_it_likely_meant(tmp_path):
+    # "file not found: .../c.mp4 " hid the trailing space, and a name typed in the other
+    # Unicode form (é as one code point vs e + U+0301) gave no hint that the file exists.
+    import unicodedata
+
+    from scanner.research.labelled import DatasetError, read_manifest
+
+    (tmp_path / "c.mp4").write_bytes(b"0")
+    composed = unicodedata.normalize("NFC", "caf\u00e9.mp4")
+    (tmp_path / composed).write_bytes(b"0")
+    cases = {"c.mp4 ": "the name has spaces around it; 'c.mp4' exists",
+             unicodedata.normalize("NFD", composed): "Unicode NFC form exists"}
+    for name, hint in cases.items():
+        csv = tmp_path / "labels.csv"
+        csv.write_text(f"path,label\n{name},real\n", encoding="utf-8")
+        with pytest.raises(DatasetError) as e:
+            read_manifest(csv)
+        assert f"file not found: {str(tmp_path / name)!r}" in str(e.value) and hint in str(e.value)

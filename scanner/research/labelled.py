@@ -17,6 +17,7 @@ Two ways to name a labelled set:
 from __future__ import annotations
 
 import csv
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,6 +123,21 @@ def parse_landmarks(value: str, where: str) -> np.ndarray | None:
     return pts.reshape(5, 2)
 
 
+def _missing(p: Path) -> str:
+    """``p`` quoted (a trailing space is invisible otherwise), and the file the name most
+    likely meant when one exists: the name without surrounding spaces, or the same name in
+    the other Unicode normal form (macOS writes decomposed, most editors composed)."""
+    text = repr(str(p))
+    stripped = p.with_name(p.name.strip())
+    if stripped != p and stripped.is_file():
+        return f"{text} (the name has spaces around it; {stripped.name!r} exists)"
+    for form in ("NFC", "NFD"):
+        other = Path(unicodedata.normalize(form, str(p)))
+        if other != p and other.is_file():
+            return f"{text} (a file of the same name in Unicode {form} form exists: the label's spelling differs)"
+    return text
+
+
 def read_manifest(path: Path) -> list[Item]:
     """Items of a CSV manifest (header ``path,label[,group][,subset][,landmarks]``)."""
     # utf-8-sig: a spreadsheet's byte-order mark would otherwise hide the 'path' header;
@@ -137,7 +153,7 @@ def read_manifest(path: Path) -> list[Item]:
             p = Path(row["path"])
             p = p if p.is_absolute() else path.parent / p
             if not p.is_file():
-                raise DatasetError(f"{where}: file not found: {p}")
+                raise DatasetError(f"{where}: file not found: {_missing(p)}")
             items.append(Item(p, parse_label(row["label"], where), row.get("group") or str(p),
                               row.get("subset") or "", parse_landmarks(row.get("landmarks") or "", where)))
     return items
