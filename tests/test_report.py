@@ -332,6 +332,21 @@ def test_timeline_has_one_line_per_face_track(with_ids):
     assert svg.count('class="track"') == 2 and 'class="threshold"' in svg
 
 
+def test_faces_without_a_track_id_and_boxes_without_a_confidence_are_named_so():
+    # A face without a track id, among faces with one, was drawn as "face track -1"; an
+    # ADM artifact box without a confidence showed "confidence nan".
+    from scanner.report.render import _thumb
+    from scanner.report.thumbnails import Thumb
+
+    frames = _two_faces(with_ids=True)
+    for fr in frames:
+        del fr["faces"][1]["track"]
+    svg = timeline_svg({"frames_detail": frames}, 0.5)
+    assert "face track -1" not in svg and "faces without a track id" in svg and "face track 7" in svg
+    t = Thumb(0, 0.0, 0.9, "data:,", 10, 10, (1.0, 1.0, 5.0, 5.0), [(1.0, 1.0, 2.0, 2.0, float("nan"))])
+    assert "confidence not recorded" in _thumb(t) and "nan" not in _thumb(t)
+
+
 class _Spot(Detector):
     """logit = mean of a ReLU'd 1x1 conv map: evidence is wherever the input is bright."""
 

@@ -110,7 +110,8 @@ def _thumb(t: Thumb) -> str:
              f'width="{round(t.face_box[2] - t.face_box[0], 1)}" height="{round(t.face_box[3] - t.face_box[1], 1)}"/>']
     for x1, y1, x2, y2, sc in t.artifact_boxes:
         rects.append(f'<rect class="artifact" x="{x1}" y="{y1}" width="{round(x2 - x1, 1)}" '
-                     f'height="{round(y2 - y1, 1)}"><title>ADM artifact box, confidence {sc:.2f}</title></rect>')
+                     f'height="{round(y2 - y1, 1)}"><title>ADM artifact box, confidence '
+                     f'{"not recorded" if sc != sc else f"{sc:.2f}"}</title></rect>')  # NaN: none in the row
     fig = (f'<figure class="thumb"><div class="frame" style="width:{t.width}px;height:{t.height}px">'
            f'<img src="{t.uri}" width="{t.width}" height="{t.height}" loading="lazy" '
            f'alt="face at {t.time_s:.2f} s"><svg viewBox="0 0 {t.width} {t.height}" '

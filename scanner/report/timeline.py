@@ -67,6 +67,11 @@ def _series(points, t_max: float, colour: str, cls: str, label: str, dots: bool)
     return "".join(parts)
 
 
+def _track_label(tid: int) -> str:
+    # -1 gathers the faces a row gave no track id (see face_tracks): not a track of its own.
+    return "faces without a track id" if tid == -1 else f"face track {tid}"
+
+
 def timeline_svg(row: dict, threshold: float | None) -> str | None:
     """SVG markup for ``row`` (and a legend of its face tracks); ``None`` without per-frame details."""
     frames = row.get("frames_detail")
@@ -80,8 +85,8 @@ def timeline_svg(row: dict, threshold: float | None) -> str | None:
     if len(tracks) > 1:
         shown = sorted(tracks.items(), key=lambda kv: -len(kv[1]))[:MAX_TRACKS]  # longest first
         for n, (tid, pts) in enumerate(shown):
-            body.append(_series(pts, t_max, TRACK_COLOURS[n], "track", f"face track {tid}", True))
-        keys = "".join(f'<span style="color:{TRACK_COLOURS[n]}">&#9679; face track {tid}</span> '
+            body.append(_series(pts, t_max, TRACK_COLOURS[n], "track", _track_label(tid), True))
+        keys = "".join(f'<span style="color:{TRACK_COLOURS[n]}">&#9679; {_track_label(tid)}</span> '
                        for n, (tid, _) in enumerate(shown))
         more = f" ({len(tracks) - len(shown)} shorter tracks not drawn)" if len(tracks) > len(shown) else ""
         legend = f'<p class="legend tracks">{keys}<span>&#9644; frame score</span>{more}</p>'
