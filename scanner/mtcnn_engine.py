@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -66,6 +67,15 @@ def _export(net: torch.nn.Module, name: str, path: Path) -> None:
                           output_names=list(outs), dynamic_axes={"x": axes, **out_axes}, opset_version=17)
 
 
+def _code_hash(net: torch.nn.Module) -> str:
+    """Hash of this file and of the file defining ``net``'s class (``scanner/mtcnn_nets.py``):
+    the graph is traced from that class's ``forward``, so a fix there (e.g. ``_flat``'s
+    order) must not keep serving an ONNX file exported from the older code."""
+    h = hashlib.sha256(Path(__file__).read_bytes())
+    h.update(Path(sys.modules[type(net).__module__].__file__).read_bytes())
+    return h.hexdigest()[:16]
+
+
 def exported_net(net: torch.nn.Module, name: str, cache_dir: str | Path | None = None,
                  spare: Path | None = None) -> Path:
     """ONNX file of facenet's ``name`` net (``pnet``/``rnet``/``onet``), from the cache; in
@@ -77,7 +87,7 @@ def exported_net(net: torch.nn.Module, name: str, cache_dir: str | Path | None =
 
     # The dfscan version and this file's hash, as the detector engines' key has: a changed
     # export (axes, opset, a fix) must not keep serving the file an older version wrote.
-    code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+    code = _code_hash(net)
     fields = {"kind": "mtcnn-onnx", "net": name, "weights": state_dict_hash(net),
               "versions": {"torch": torch.__version__, "onnx": package_version("onnx")}, "opset": 17,
               "dfscan": dfscan_version(), "code": code}

@@ -90,3 +90,16 @@ def test_unwritable_cache_still_runs_the_onnx_nets(tmp_path):
     assert use_face_engine(ort.mtcnn, "onnxruntime", "cpu", blocker / "cache") == "onnxruntime"
     img = np.asarray(Image.open(DATA / "multiface.jpg").convert("RGB"))
     assert len(ort.detect([Frame(0, 0.0, img)])[0]) >= 4
+
+
+def test_export_key_follows_the_nets_code(detectors, monkeypatch, tmp_path):
+    """The ONNX graph is traced from scanner/mtcnn_nets.py's forward: a fix there (same
+    dfscan version, as an editable install keeps) kept serving the file the older code exported."""
+    import scanner.mtcnn_nets as nets
+
+    eager, _, _ = detectors
+    path = exported_net(eager.mtcnn.rnet, "rnet", tmp_path)
+    changed = tmp_path / "mtcnn_nets.py"
+    changed.write_text(Path(nets.__file__).read_text() + "\n# _flat's order fixed\n")
+    monkeypatch.setattr(nets, "__file__", str(changed))
+    assert exported_net(eager.mtcnn.rnet, "rnet", tmp_path).parent != path.parent
