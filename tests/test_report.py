@@ -119,6 +119,25 @@ def test_video_root_never_leads_out_of_itself(tmp_path):
         ev = evidence({**row, "path": path}, 1, video_root)
         assert not ev.thumbs and ev.note.startswith("video not found"), path
 
+def test_video_root_tries_every_match_before_calling_the_video_changed(tmp_path):
+    # Only the longest match under NEW was tried: another video of the same name there made
+    # the report say "changed since the scan" though the scanned file was a shorter match.
+    from engines.registry import file_hash
+    from scanner.report.thumbnails import locate
+
+    root = tmp_path / "root"
+    (root / "batch1").mkdir(parents=True)
+    shutil.copy(DATA / "d2.mp4", root / "batch1" / "d1.mp4")  # same name, other video
+    shutil.copy(DATA / "d1.mp4", root / "d1.mp4")
+    row = {"path": "/mnt/old/batch1/d1.mp4", "size_bytes": (DATA / "d1.mp4").stat().st_size,
+           "sha256": file_hash(DATA / "d1.mp4", None)}
+    path, reason, _ = locate(row, str(root), verify_hash=True)
+    assert (path, reason) == (root / "d1.mp4", None)
+    (root / "d1.mp4").unlink()
+    path, reason, _ = locate(row, str(root), verify_hash=True)
+    assert path is None and reason.startswith(f"{root / 'batch1' / 'd1.mp4'} changed since the scan")
+
+
 def test_changed_video_gives_no_thumbnails(corpus, tmp_path):
     rows = [json.loads(x) for x in corpus.read_text().splitlines()]
     d1 = next(r for r in rows if r["path"].endswith("d1.mp4"))

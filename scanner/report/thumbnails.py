@@ -81,21 +81,35 @@ def remap(path: str, video_root: str | None) -> list[Path]:
 
 def locate(row: dict, video_root: str | None, verify_hash: bool) -> tuple[Path | None, str | None, tuple]:
     """The readable file holding ``row``'s video, or ``(None, reason)``; third, the file's
-    identity before it was checked (see :func:`identity`)."""
-    candidates = [p for p in remap(str(row["path"]), video_root) if p.is_file()]
-    seen = identity(candidates[0]) if candidates else None
-    if seen is None:
-        where = f" under {video_root}" if video_root else ""
-        return None, f"video not found{where} (thumbnails need the original file; see --video-root)", ()
-    path, size = candidates[0], row.get("size_bytes")
+    identity before it was checked (see :func:`identity`). Every candidate is tried in
+    order (under ``NEW``, a longer match can be another video of the same name); the
+    reason given is the first candidate's."""
+    first: tuple | None = None
+    for path in remap(str(row["path"]), video_root):
+        seen = identity(path) if path.is_file() else None
+        if seen is None:
+            continue
+        reason = _mismatch(path, seen, row, verify_hash)
+        if reason is None:
+            return path, None, seen
+        first = first or (reason, seen)
+    if first is not None:
+        return None, first[0], first[1]
+    where = f" under {video_root}" if video_root else ""
+    return None, f"video not found{where} (thumbnails need the original file; see --video-root)", ()
+
+
+def _mismatch(path: Path, seen: tuple, row: dict, verify_hash: bool) -> str | None:
+    """Why the file at ``path`` is not the row's video (size, then SHA-256), or None."""
+    size = row.get("size_bytes")
     if size is not None and seen[2] != size:
-        return None, f"{path} changed since the scan (size {seen[2]} != {size} bytes)", seen
+        return f"{path} changed since the scan (size {seen[2]} != {size} bytes)"
     if verify_hash and row.get("sha256"):
         from engines.registry import file_hash
 
         if file_hash(path, None) != row["sha256"]:
-            return None, f"{path} changed since the scan (SHA-256 differs)", seen
-    return path, None, seen
+            return f"{path} changed since the scan (SHA-256 differs)"
+    return None
 
 
 def identity(path: Path) -> tuple | None:
