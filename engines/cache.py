@@ -116,12 +116,29 @@ def _code_files(cls: type) -> set[Path]:
     return files
 
 
+def _packages(classes) -> set[str]:
+    """Top-level packages outside dfscan and torch (versioned by the key) that define
+    ``classes`` or their bases: e.g. a probe's timm or facenet-pytorch backbone."""
+    mods = {c.__module__.split(".")[0] for cls in classes for c in cls.__mro__}
+    return mods - {"engines", "scanner", "torch", "builtins", "__main__"}
+
+
 def code_hash(*classes: type, n: int = 16) -> str:
-    """SHA-256 (first ``n`` hex digits) of the source of ``classes`` (see :func:`_code_files`)."""
+    """SHA-256 (first ``n`` hex digits) of the source of ``classes`` (see :func:`_code_files`),
+    and the version of each other package defining one of them."""
     h = hashlib.sha256()
     for f in sorted(set().union(*(_code_files(c) for c in classes))):
         h.update(f.relative_to(_ENGINES_DIR).as_posix().encode() + b"\0" + f.read_bytes())
+    for pkg in sorted(_packages(classes)):
+        h.update(f"{pkg}=={package_version(pkg)}\0".encode())
     return h.hexdigest()[:n]
+
+
+def model_code_hash(detector: Detector) -> str:
+    """:func:`code_hash` of the class of every submodule of ``detector``, not only its own:
+    a probe's backbone (``engines/backbones/``, timm, facenet-pytorch) is traced into the
+    artifact too, and a change there kept the key, so an engine of the older graph was served."""
+    return code_hash(*{type(m) for m in detector.modules()})
 
 
 def key_fields(detector: Detector, backend: str, cfg_fields: dict, versions: dict, device,
@@ -131,7 +148,7 @@ def key_fields(detector: Detector, backend: str, cfg_fields: dict, versions: dic
     return {
         "format": FORMAT,
         "dfscan": dfscan_version(),
-        "code": code_hash(type(detector)) + (f"+{code}" if code else ""),
+        "code": model_code_hash(detector) + (f"+{code}" if code else ""),
         "detector": detector.name,
         "detector_class": f"{type(detector).__module__}.{type(detector).__qualname__}",
         "weights": state_dict_hash(detector),

@@ -281,6 +281,42 @@ def test_code_hash_follows_the_detector_source(tmp_path, monkeypatch):
     assert cache.code_hash(load()) != before
 
 
+def test_cache_key_follows_the_code_of_every_submodule(tmp_path, monkeypatch):
+    """A probe's backbone (engines/backbones/sources.py, or timm/facenet-pytorch) is traced
+    into the artifact, but only the detector's own class was hashed: a changed backbone kept
+    the key and the engine of the older graph (with its stored parity) was served."""
+    import importlib.util
+
+    import engines.cache as cache
+
+    pkg = tmp_path / "engines"
+    pkg.mkdir()
+    src = pkg / "mybackbone.py"
+    src.write_text("import torch\nclass BB(torch.nn.Module):\n    def forward(self, x):\n        return x\n")
+    monkeypatch.setattr(cache, "_ENGINES_DIR", pkg.resolve())
+
+    def code():
+        spec = importlib.util.spec_from_file_location("mybackbone_under_test", src)
+        mod = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, "mybackbone_under_test", mod)
+        spec.loader.exec_module(mod)
+        det = create_detector("test_tiny")
+        det.backbone = mod.BB()
+        return cache.key_fields(det, "onnxruntime", {}, {}, "cpu")["code"]
+
+    before = code()
+    assert code() == before
+    src.write_text(src.read_text().replace("return x", "return -x"))
+    assert code() != before
+    # a backbone class of another package (timm): its version is part of the key
+    det = create_detector("test_tiny")
+    det.backbone = type("Vit", (torch.nn.Identity,), {"__module__": "timm.models.vit"})()
+    monkeypatch.setattr(cache, "package_version", lambda name: {"timm": "1.0"}.get(name, "x"))
+    old = cache.key_fields(det, "onnxruntime", {}, {}, "cpu")["code"]
+    monkeypatch.setattr(cache, "package_version", lambda name: {"timm": "1.1"}.get(name, "x"))
+    assert cache.key_fields(det, "onnxruntime", {}, {}, "cpu")["code"] != old
+
+
 def test_stale_cached_engine_is_rebuilt_not_refused(tiny):
     """An entry whose artifact no longer matches the eager model (built by other code
     under the same key) fails parity on load: it is rebuilt, and the scan goes on."""
