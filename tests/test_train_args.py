@@ -185,3 +185,27 @@ def test_card_commit_says_when_the_code_was_not_committed(tmp_path):
     (tmp_path / "scanner" / "x.py").write_text("a = 2\n")
     assert _git_commit(tmp_path) == head + "-dirty"
     assert _git_commit(tmp_path / "scanner").endswith("-dirty")  # also from inside
+
+
+def _faces(d: Path, n: int = 12, side: int = 96) -> Path:
+    """A complete face cache of ``n`` random crops, two per identity, one family."""
+    d.mkdir()
+    lm = np.array([[33, 40], [63, 40], [48, 56], [36, 70], [60, 70]], np.float32) * side / 96
+    np.save(d / "crops.npy", np.random.default_rng(0).integers(0, 255, (n, side, side, 3), dtype=np.uint8))
+    np.save(d / "landmarks.npy", np.repeat(lm[None], n, 0))
+    with open(d / "index.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["source", "group", "frame"]] + [[f"v{i}.mp4", f"f:p{i // 2}", 0] for i in range(n)])
+    return d
+
+
+def test_a_diverging_loss_stops_with_one_line_and_saves_no_weights(tmp_path, capsys):
+    """A NaN loss was trained on for the rest of the epoch, then validation ended in a
+    scikit-learn 'Input contains NaN' traceback; no weights of a diverged step may be saved."""
+    cache = _faces(tmp_path / "c")
+    run = tmp_path / "run"
+    assert main(["train", "--cache", str(cache), "--out", str(run), *TINY, "--threads", "1",
+                 "--lr", "1e30", "--steps", "4"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dfscan: error: train: the loss is nan at epoch 0, step ") and "lower --lr" in err
+    assert err.count("\n") == 1
+    assert not (run / "best.safetensors").exists() and not (run / "last.pt").exists()

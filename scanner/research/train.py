@@ -306,6 +306,7 @@ def _train_epoch(run: _Run, cfg: TrainConfig, epoch: int, progress=None):
     for x, y, box, _ in it:
         x, y, box = x.to(cfg.device).float(), y.to(cfg.device), box.to(cfg.device)
         loss, _parts = loss_of(run.model, run.model(x), y, box)
+        _check_finite(loss, epoch, len(losses))
         run.opt.zero_grad(set_to_none=True)
         loss.backward()
         run.opt.step()
@@ -314,6 +315,14 @@ def _train_epoch(run: _Run, cfg: TrainConfig, epoch: int, progress=None):
         if progress:
             it.set_postfix(loss=float(np.mean(losses[-20:])))
     return float(np.mean(losses)), (it if progress else None)
+
+
+def _check_finite(loss: torch.Tensor, epoch: int, step: int) -> None:
+    """Stop at a NaN or infinite loss: one more step makes every weight NaN, and the epoch
+    ended in a scikit-learn traceback at validation (``last.pt`` keeps the previous epoch)."""
+    if not torch.isfinite(loss):
+        raise DfscanError(f"train: the loss is {loss.item()} at epoch {epoch}, step {step} (diverged): "
+                          "lower --lr; the run folder keeps the last finished epoch")
 
 
 def train(cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, progress=None) -> dict:
