@@ -37,6 +37,13 @@ def _cache(d: Path, sources: list[str]) -> Path:
     ("--p-mfs", "-1", "--p-mfs must be a probability"),  # were taken silently
     ("--p-edge", "nan", "--p-edge must be a probability"),
     ("--p-low-res", "2", "--p-low-res must be a probability"),
+    # tracebacks from torch or numpy once the cache was loaded, or taken silently:
+    ("--threads", "0", "--threads must be >= 1"), ("--workers", "-1", "--workers must be >= 0"),
+    ("--cache-frames", "0", "--cache-frames must be >= 1"), ("--freeze", "-1", "--freeze must be >= 0"),
+    ("--freeze", "99", "--freeze 99: this backbone has"), ("--seed", "-1", "--seed must be in [0, 2**32)"),
+    ("--lr", "nan", "--lr must be a positive number"), ("--lr", "-0.1", "--lr must be a positive number"),
+    ("--max-minutes", "0", "--max-minutes must be a positive number"),  # was: no budget at all
+    ("--max-minutes", "nan", "--max-minutes must be a positive number"),
 ])
 def test_bad_numbers_are_one_line_errors(tmp_path, capsys, opt, value, says):
     cache = _cache(tmp_path / "c", ["a.mp4", "b.mp4"])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from pathlib import Path
 
@@ -51,12 +52,23 @@ def _files(args) -> list[Path]:
 
 def _check_numbers(args) -> None:
     """Counts below 1 divided by zero in the schedule or left validation without both classes
-    (no AUC, no best.safetensors); probabilities outside [0, 1] or NaN were taken silently."""
+    (no AUC, no best.safetensors); probabilities outside [0, 1] or NaN were taken silently.
+    Bad threads, workers, freeze, seed or learning rate were tracebacks from torch or numpy
+    (after the cache was loaded); --max-minutes 0 or NaN meant no budget at all."""
     from engines.errors import DfscanError
 
-    for name in ("epochs", "steps", "batch_size", "every"):
+    for name in ("epochs", "steps", "batch_size", "every", "threads", "cache_frames"):
         if getattr(args, name) < 1:
             raise DfscanError(f"train: --{name.replace('_', '-')} must be >= 1")
+    for name in ("workers", "freeze"):
+        if getattr(args, name) < 0:
+            raise DfscanError(f"train: --{name} must be >= 0")
+    if not 0 <= args.seed < 2**32:
+        raise DfscanError(f"train: --seed must be in [0, 2**32), not {args.seed}")
+    for name in ("lr", "max_minutes"):
+        v = getattr(args, name)
+        if v is not None and not 0 < v < math.inf:  # NaN fails too
+            raise DfscanError(f"train: --{name.replace('_', '-')} must be a positive number, not {v}")
     if args.val_size < 2:
         raise DfscanError("train: --val-size must be >= 2 (a real and a fake)")
     for name in ("p_mfs", "p_global", "p_recon", "p_edge", "p_low_res"):

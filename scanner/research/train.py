@@ -123,6 +123,8 @@ def freeze_stages(model, n: int) -> list[torch.nn.Module]:
     bb = backbone_of(model)
     if n <= 0:
         return []
+    if n > len(bb.stage_ends):  # was an IndexError traceback
+        raise DfscanError(f"train: --freeze {n}: this backbone has {len(bb.stage_ends)} stages")
     frozen = [bb._conv_stem, bb._bn0] + list(bb._blocks[: bb.stage_ends[n - 1]])
     for m in frozen:
         for p in m.parameters():
@@ -331,8 +333,8 @@ def train(cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, progress
     Each epoch ends with the best weights (if improved) and then ``last.pt`` written, each
     replaced atomically, so a run killed at any point resumes to the same weights."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     run = _prepare(cfg, cache_dir)
+    out.mkdir(parents=True, exist_ok=True)  # after the checks of _prepare: a refused run leaves none
     recipe = recipe_of(cfg, run)
     start, history, best = _resume(out, run, cfg)
     t_start = time.time()
