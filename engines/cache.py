@@ -209,17 +209,24 @@ class EngineCache:
         The second value is ``"hit"``, ``"miss"`` or ``"rebuilt (<why>)"``; an
         invalid entry is deleted before returning.
         """
+        path, status, _ = self.lookup_entry(key, fields)
+        return path, status
+
+    def lookup_entry(self, key: str, fields: dict) -> tuple[Path | None, str, dict | None]:
+        """:meth:`lookup` plus the metadata it validated (its checksum, stored parity). Read
+        once: a second read could be of an entry replaced since, e.g. by another process."""
         d = self.entry_dir(key)
         if not d.exists():
-            return None, "miss"
-        problem = self._validate(d, fields)
+            return None, "miss", None
+        meta: dict = {}
+        problem = self._validate(d, fields, meta)
         if problem is None:
-            meta = json.loads((d / META).read_text())
-            return d / meta["artifact"], "hit"
+            return d / meta["artifact"], "hit", meta
         shutil.rmtree(d, ignore_errors=True)
-        return None, f"rebuilt ({problem})"
+        return None, f"rebuilt ({problem})", None
 
-    def _validate(self, d: Path, fields: dict) -> str | None:
+    def _validate(self, d: Path, fields: dict, out: dict | None = None) -> str | None:
+        """Why the entry ``d`` cannot be used, else None (and its metadata put in ``out``)."""
         try:
             meta = json.loads((d / META).read_text())
         except (OSError, ValueError) as e:
@@ -237,6 +244,8 @@ class EngineCache:
             return foreign
         if _sha256_file(art) != meta.get("sha256"):
             return "artifact checksum mismatch"
+        if out is not None:
+            out.update(meta)
         return None
 
     def store(self, key: str, fields: dict, name: str, write: Callable[[Path], None], extra: dict | None = None) -> Path:

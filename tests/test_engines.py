@@ -345,6 +345,34 @@ def test_stale_cached_engine_is_rebuilt_not_refused(tiny):
     assert build_engine(tiny, cfg).info.cache == "hit"
 
 
+def test_a_stored_parity_of_another_artifact_is_not_reused(tiny):
+    """The parity stored in an entry named no artifact: one replaced after its check (another
+    process rebuilt it, the ONNX file was edited and its checksum refreshed) was used on the
+    record's word, and an engine flipping every verdict scored videos."""
+    cfg = engine_config("onnxruntime", batch_sizes=(1, 8))
+    first = build_engine(tiny, cfg)
+    cache = EngineCache()
+    meta = cache.entry_dir(first.info.cache_key) / "meta.json"
+    assert json.loads(meta.read_text())["parity"]["artifact_sha256"] == first.info.artifact_sha256
+    assert build_engine(tiny, cfg).info.parity["cached"]  # the record of this very file is reused
+    other = create_detector("test_tiny")
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_(-3.0)
+    flipped = build_engine(other, engine_config("onnxruntime", batch_sizes=(1, 8), use_cache=False,
+                                                check_parity=False))
+    art = Path(first.info.artifact)
+    flipped._export(art)
+    m = json.loads(meta.read_text())  # the parity record of the previous file is kept
+    m["sha256"] = cache._validate.__globals__["_sha256_file"](art)
+    meta.write_text(json.dumps(m))
+    again = build_engine(tiny, cfg)
+    assert again.info.cache == "rebuilt (cached engine failed parity)"
+    _assert_parity(again)
+    x = tiny.spec.example_input(3)
+    torch.testing.assert_close(again.p_fake(x), tiny.p_fake(tiny(x)), atol=1e-4, rtol=1e-4)
+
+
 class _Scaled(EagerEngine):
     def _run(self, x):
         return super()._run(x) * 1.05  # same direction and signs: cosine 1, no flips

@@ -16,7 +16,6 @@ tensorrt        torch-tensorrt dynamo path (alias ``trt``)
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import time
 
@@ -114,6 +113,7 @@ def build_engine(detector: Detector, cfg: EngineConfig) -> Engine:
             res = check_parity(engine)
         if engine.info.cache_key:
             res["faces_sha256"] = _parity_faces_sha()
+            res["artifact_sha256"] = engine.info.artifact_sha256  # what was checked
             EngineCache(cfg.cache_dir).update_meta(engine.info.cache_key, parity=res)
     return engine
 
@@ -139,17 +139,18 @@ def _parity_faces_sha() -> str:
 def _cached_parity(engine: Engine, cfg: EngineConfig) -> bool:
     """On a cache hit, reuse the parity this very artifact passed (same key: same
     weights, backend, precision, shapes and library versions; same reference faces),
-    instead of running eager and the engine again on every start."""
+    instead of running eager and the engine again on every start.
+
+    The record is the one in the metadata validated on load, and must name the loaded
+    artifact's checksum: the entry re-read here could have been replaced in between, and a
+    record written for another artifact (a process that checked the file before it was
+    rebuilt, an edited file) let an engine that disagrees with eager score videos."""
     if engine.info.cache != "hit" or not engine.info.cache_key:
         return False
-    from ..cache import META, EngineCache
-
-    try:
-        meta = json.loads((EngineCache(cfg.cache_dir).entry_dir(engine.info.cache_key) / META).read_text())
-    except (OSError, ValueError):
-        return False
-    res = meta.get("parity") if isinstance(meta, dict) else None
+    res = engine.info.stored_parity
     if not isinstance(res, dict) or res.get("passed") is not True or res.get("faces_sha256") != _parity_faces_sha():
+        return False
+    if not engine.info.artifact_sha256 or res.get("artifact_sha256") != engine.info.artifact_sha256:
         return False
     from ..parity import MAX_P_FAKE_DIFF, MIN_COSINE
 

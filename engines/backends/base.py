@@ -147,6 +147,8 @@ class BuildInfo:
     cache: str = "none"  # "none" | "hit" | "miss" | "rebuilt (<reason>)"
     cache_key: str | None = None
     artifact: str | None = None
+    artifact_sha256: str | None = None  # of the artifact loaded: the one a stored parity must name
+    stored_parity: dict | None = None  # from the cache entry's metadata, as validated on load
     parity: dict | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -301,14 +303,14 @@ class ArtifactEngine(Engine):
             self._load(path)
 
     def _build(self) -> None:
-        from ..cache import CacheUnwritable, EngineCache, cache_key
+        from ..cache import CacheUnwritable, EngineCache, _sha256_file, cache_key
 
         if not self.cfg.use_cache:
             return self._build_uncached()
         cache = EngineCache(self.cfg.cache_dir)
         fields = self._key_fields()
         key = cache_key(fields)
-        path, status = cache.lookup(key, fields)
+        path, status, meta = cache.lookup_entry(key, fields)
         if path is None:
             try:
                 path = cache.store(key, fields, self.artifact_name, self._export)
@@ -319,5 +321,7 @@ class ArtifactEngine(Engine):
                 self._build_uncached()
                 self.info.cache = "none (cache not writable)"
                 return
+        self.info.artifact_sha256 = meta["sha256"] if meta else _sha256_file(path)
+        self.info.stored_parity = (meta or {}).get("parity")
         self._load(path)
         self.info.cache, self.info.cache_key, self.info.artifact = status, key, str(path)
