@@ -44,6 +44,7 @@ def _cache(d: Path, sources: list[str]) -> Path:
     ("--lr", "nan", "--lr must be a positive number"), ("--lr", "-0.1", "--lr must be a positive number"),
     ("--max-minutes", "0", "--max-minutes must be a positive number"),  # was: no budget at all
     ("--max-minutes", "nan", "--max-minutes must be a positive number"),
+    ("--size", "0", "--size must be >= 32"),  # trained at the default side, the card saying 0
 ])
 def test_bad_numbers_are_one_line_errors(tmp_path, capsys, opt, value, says):
     cache = _cache(tmp_path / "c", ["a.mp4", "b.mp4"])
@@ -216,3 +217,12 @@ def test_a_diverging_loss_stops_with_one_line_and_saves_no_weights(tmp_path, cap
     assert err.startswith("dfscan: error: train: the loss is nan at epoch 0, step ") and "lower --lr" in err
     assert err.count("\n") == 1
     assert not (run / "best.safetensors").exists() and not (run / "last.pt").exists()
+
+
+def test_adm_size_is_refused_not_ignored(tmp_path, capsys):
+    """--size 160 with an ADM architecture trained at 224 under a recipe (and card) saying 160."""
+    cache = _faces(tmp_path / "c")
+    args = ["train", "--cache", str(cache), "--out", str(tmp_path / "run"), *TINY, "--arch", "test_effnet_lite_adm"]
+    assert main([*args, "--size", "160"]) == 2
+    assert "the ADM head needs 224 px crops" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -69,6 +69,8 @@ def _check_numbers(args) -> None:
         v = getattr(args, name)
         if v is not None and not 0 < v < math.inf:  # NaN fails too
             raise DfscanError(f"train: --{name.replace('_', '-')} must be a positive number, not {v}")
+    if args.size is not None and args.size < 32:  # --size 0 trained at 160 under a recipe saying 0
+        raise DfscanError(f"train: --size must be >= 32, not {args.size}")
     if args.val_size < 2:
         raise DfscanError("train: --val-size must be >= 2 (a real and a fake)")
     for name in ("p_mfs", "p_global", "p_recon", "p_edge", "p_low_res"):

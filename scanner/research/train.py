@@ -83,7 +83,8 @@ def build_model(cfg: TrainConfig):
     """The architecture with random head, ImageNet backbone (or a full checkpoint) loaded."""
     from engines.registry import detector_entry
 
-    kw = {"size": cfg.size} if cfg.size and not cfg.arch.endswith("adm") else {}
+    # Given to ADM models too: they refuse any side but 224, where one was silently ignored.
+    kw = {"size": cfg.size} if cfg.size is not None else {}
     model = detector_entry(cfg.arch).factory(weights=None, **kw) if cfg.arch.startswith("test_") else \
         _fresh(cfg.arch, **kw)
     init = cfg.init or default_init(cfg.arch)
