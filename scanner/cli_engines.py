@@ -275,6 +275,10 @@ def engines_clear(args) -> int:
     if not args.keys and not args.all:
         print("dfscan: error: give key prefixes or --all", file=sys.stderr)
         return 2
+    if not all(k.strip() for k in args.keys):
+        # Every key starts with "": `engines clear "$KEY"` with KEY unset deleted the whole cache.
+        print("dfscan: error: an empty key prefix would match every entry; use --all for that", file=sys.stderr)
+        return 2
     cache = EngineCache(args.cache_dir)
     n = cache.clear(None if args.all else args.keys)
     print(f"removed {n} entr{'y' if n == 1 else 'ies'} from {cache.root}")

@@ -45,3 +45,15 @@ def test_engines_and_bench_errors_are_one_dfscan_error_line(argv, tmp_path, caps
                 [*argv, "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("dfscan: error: ") and err.count("\n") == 1, err
+
+
+def test_engines_clear_with_an_empty_key_prefix_deletes_nothing(tmp_path, capsys):
+    """Every key starts with "": `dfscan engines clear "$KEY"` with KEY unset removed every entry."""
+    for key in ("ab12", "cd34"):
+        (tmp_path / key).mkdir()
+    assert main(["engines", "clear", "", "--cache-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dfscan: error: ") and "--all" in err and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ab12", "cd34"]
+    assert main(["engines", "clear", "ab", "--cache-dir", str(tmp_path)]) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["cd34"]
