@@ -226,3 +226,11 @@ def test_adm_size_is_refused_not_ignored(tmp_path, capsys):
     assert main([*args, "--size", "160"]) == 2
     assert "the ADM head needs 224 px crops" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_caches_of_other_crop_sizes_are_one_line(tmp_path, capsys):
+    """--cache A B with crops of other sizes was a numpy concatenate traceback."""
+    a, b = _faces(tmp_path / "a"), _faces(tmp_path / "b", side=64)
+    assert main(["train", "--cache", str(a), str(b), "--out", str(tmp_path / "run"), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dfscan: error: ") and "its crops are 64 px" in err and err.count("\n") == 1

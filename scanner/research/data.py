@@ -217,6 +217,9 @@ class FaceCache:
         rows, crops, lms = [], [], []
         for path in paths:
             r, c, lm = _load_one(path)
+            if crops and c.shape[1:] != crops[0].shape[1:]:  # was a numpy ValueError traceback
+                raise CacheError(f"{path}: its crops are {c.shape[1]} px, those of {paths[0]} {crops[0].shape[1]} px: "
+                                 "train on caches built alike, or rebuild one")
             rows += r
             crops.append(c)
             lms.append(lm)
