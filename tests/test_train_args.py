@@ -234,3 +234,23 @@ def test_caches_of_other_crop_sizes_are_one_line(tmp_path, capsys):
     assert main(["train", "--cache", str(a), str(b), "--out", str(tmp_path / "run"), *TINY]) == 2
     err = capsys.readouterr().err
     assert err.startswith("dfscan: error: ") and "its crops are 64 px" in err and err.count("\n") == 1
+
+
+def test_unwritable_run_folder_and_full_disk_are_one_line(tmp_path, capsys, monkeypatch):
+    """An --out under a file, or a disk full while saving last.pt, was an OSError traceback."""
+    from scanner.research import train
+
+    cache = _faces(tmp_path / "c")
+    (tmp_path / "afile").write_text("x")
+    assert main(["train", "--cache", str(cache), "--out", str(tmp_path / "afile" / "run"), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dfscan: error: train: cannot write the run folder") and err.count("\n") == 1
+
+    def full(obj, f):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(train.torch, "save", full)
+    assert main(["train", "--cache", str(cache), "--out", str(tmp_path / "run"), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and err.count("\n") == 1
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["best.safetensors"]  # no torn last.pt

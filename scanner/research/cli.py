@@ -127,8 +127,13 @@ def _train(args) -> int:
                       device=args.device, val_size=args.val_size, workers=args.workers)
     cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             TextColumn("{task.fields[info]}"))
-    with Progress(*cols, disable=args.quiet) as progress:
-        card = train(cfg, caches, args.out, lambda loader, ep: _Bar(loader, ep, cfg.epochs, progress))
+    try:
+        with Progress(*cols, disable=args.quiet) as progress:
+            card = train(cfg, caches, args.out, lambda loader, ep: _Bar(loader, ep, cfg.epochs, progress))
+    except OSError as e:  # an --out under a file, a read-only folder, a full disk: were tracebacks
+        where = f" ({e.filename})" if e.filename else ""
+        raise DfscanError(f"train: cannot write the run folder {args.out}: {e.strerror or e}{where}; "
+                          "files already there are whole (a resume continues from last.pt)") from e
     print(f"best validation AUC {card['best_val_auc']:.4f} (epoch {card['best_epoch']}); "
           f"weights {args.out}/best.safetensors, card {args.out}/card.json")
     return 0
