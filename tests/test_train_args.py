@@ -254,3 +254,21 @@ def test_unwritable_run_folder_and_full_disk_are_one_line(tmp_path, capsys, monk
     err = capsys.readouterr().err
     assert "No space left on device" in err and err.count("\n") == 1
     assert [p.name for p in (tmp_path / "run").iterdir()] == ["best.safetensors"]  # no torn last.pt
+
+
+def test_a_foreign_or_other_model_last_pt_is_one_line(tmp_path, capsys):
+    """A last.pt of another tool (no 'model'), or one from before the recipe check of another
+    architecture, was a KeyError / load_state_dict traceback."""
+    cache = _faces(tmp_path / "c")
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"epoch": 0, "state": {}}, run / "last.pt")
+    assert main(["train", "--cache", str(cache), "--out", str(run), *TINY]) == 2
+    assert "last.pt is not a dfscan train checkpoint" in capsys.readouterr().err
+    lin = torch.nn.Linear(2, 2)
+    opt = torch.optim.AdamW(lin.parameters())
+    torch.save({"model": lin.state_dict(), "opt": opt.state_dict(), "epoch": 0, "history": "[]", "best": 0.5},
+               run / "last.pt")
+    assert main(["train", "--cache", str(cache), "--out", str(run), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "last.pt does not fit --arch test_effnet_lite" in err and err.count("\n") == 1

@@ -273,10 +273,17 @@ def _resume(out: Path, run: _Run, cfg: TrainConfig) -> tuple[int, list, float]:
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as e:  # damaged, or not plain tensors
         raise DfscanError(f"{out}/last.pt is unreadable ({type(e).__name__}: {str(e)[:120]}); delete it to "
                           "train from the start, or train into a new --out folder") from e
+    if not isinstance(ck, dict) or not {"model", "opt", "epoch", "history", "best"} <= set(ck):
+        raise DfscanError(f"{out}/last.pt is not a dfscan train checkpoint (another tool's?): "
+                          "train into a new --out folder")
     if "recipe" in ck:  # checkpoints from before this check carry none
         _same_recipe(out, json.loads(ck["recipe"]), recipe_of(cfg, run))
-    run.model.load_state_dict(ck["model"])
-    run.opt.load_state_dict(ck["opt"])
+    try:
+        run.model.load_state_dict(ck["model"])
+        run.opt.load_state_dict(ck["opt"])
+    except (RuntimeError, ValueError, KeyError) as e:  # an older checkpoint (no recipe) of another model
+        raise DfscanError(f"{out}/last.pt does not fit --arch {cfg.arch} ({str(e).splitlines()[0][:120]}): "
+                          "resume with its options, or train into a new --out folder") from e
     start = ck["epoch"] + 1
     run.sched.last_epoch = start * cfg.steps - 1
     with warnings.catch_warnings():  # sets the resumed step's rate; no optimizer step is skipped
