@@ -10,7 +10,8 @@ Checks (all must hold):
 - no verdict flips: ``p_fake >= detector.threshold`` is the same for every crop;
 - max |P(fake) - P(fake) eager fp32| <= :data:`MAX_P_FAKE_DIFF` of the precision
   (cosine ignores scale: logits x1.05 keep cosine 1 and every verdict, yet move
-  every score).
+  every score);
+- cosine of every other output (ADM's box offsets and scores) >= ``min_cosine``.
 The maximum absolute difference of the primary outputs is recorded as well.
 
 Per-precision limits, with what the bundled detectors measured on CPU (eager and
@@ -89,7 +90,26 @@ def compare(detector: Detector, ref_out, out) -> dict:
         "max_abs_diff_p_fake": float((pa - pb).abs().max()),
         "verdict_flips": flips,
         "threshold": detector.threshold,
+        "secondary_cosine": _secondary_cosine(ref_out, out),
     }
+
+
+def _secondary_cosine(ref_out, out) -> list[float]:
+    """Cosine of each output after the primary one (ADM's box offsets and scores, which
+    ``extras`` turns into the artifact boxes written with every face): an engine that gets
+    them wrong (an export that swaps or drops them) passed on the primary output alone."""
+    refs = [] if isinstance(ref_out, torch.Tensor) else list(ref_out)[1:]
+    outs = [] if isinstance(out, torch.Tensor) else list(out)[1:]
+    if len(refs) != len(outs):
+        return [float("nan")]
+    res = []
+    for a, b in zip(refs, outs):
+        a, b = a.detach().double().reshape(-1).cpu(), b.detach().double().reshape(-1).cpu()
+        if a.shape != b.shape or not bool(torch.isfinite(b).all()):
+            res.append(float("nan"))
+        else:  # equal (e.g. all-zero) outputs agree, though their cosine is 0
+            res.append(1.0 if torch.equal(a, b) else float(F.cosine_similarity(a, b, dim=0, eps=1e-12)))
+    return res
 
 
 def check_parity(engine, *, min_cosine: float = MIN_COSINE, faces: str | Path | None = None,
@@ -109,7 +129,8 @@ def check_parity(engine, *, min_cosine: float = MIN_COSINE, faces: str | Path | 
     res["min_cosine"], res["max_p_fake_diff_allowed"] = min_cosine, limit
     # Written so that NaN fails every comparison.
     res["passed"] = bool(res["cosine"] >= min_cosine and res["verdict_flips"] == 0
-                         and res["max_abs_diff_p_fake"] <= limit)
+                         and res["max_abs_diff_p_fake"] <= limit
+                         and all(c >= min_cosine for c in res["secondary_cosine"]))
     engine.info.parity = res
     allow = engine.cfg.allow_parity_failure if allow_failure is None else allow_failure
     if not res["passed"] and not allow:
@@ -117,7 +138,8 @@ def check_parity(engine, *, min_cosine: float = MIN_COSINE, faces: str | Path | 
             f"{engine.kind} engine for {det.name} ({engine.cfg.precision}) failed parity vs eager fp32 on "
             f"{res['n']} real faces: cosine {res['cosine']:.5f} (need >= {min_cosine}), "
             f"{res['verdict_flips']} verdict flips at {det.threshold}, max |diff| {res['max_abs_diff']:.4g}, "
-            f"max |dP(fake)| {res['max_abs_diff_p_fake']:.3g} (need <= {limit:g}); "
+            f"max |dP(fake)| {res['max_abs_diff_p_fake']:.3g} (need <= {limit:g}), "
+            f"other outputs' cosine {[round(c, 5) for c in res['secondary_cosine']]}; "
             "pass allow_parity_failure / --allow-parity-failure to keep it anyway"
         )
     return res

@@ -388,6 +388,25 @@ def test_parity_refuses_a_scale_error(tiny):
     assert check_parity(engine, max_p_diff=0.5, allow_failure=False)["passed"]
 
 
+class _WrongBoxes(EagerEngine):
+    def _run(self, x):
+        logits, loc, conf = super()._run(x)
+        return logits, -loc, conf  # the score is right, every artifact box is wrong
+
+
+def test_parity_refuses_wrong_secondary_outputs():
+    """Parity compared the primary output only: an engine whose ADM box outputs disagree
+    with eager passed, and its artifact boxes were written with every face of a scan."""
+    det = create_detector("test_adm")
+    engine = _WrongBoxes(det, EngineConfig(batch_sizes=(4,))).build()
+    with pytest.raises(ParityError, match="other outputs' cosine"):
+        check_parity(engine)
+    res = check_parity(engine, allow_failure=True)
+    assert res["cosine"] > 0.9999 and res["verdict_flips"] == 0 and res["secondary_cosine"][0] < 0
+    good = check_parity(EagerEngine(det, EngineConfig(batch_sizes=(4,))).build())
+    assert good["passed"] and all(c > 0.9999 for c in good["secondary_cosine"])
+
+
 # -- optional backends ------------------------------------------------------------
 
 

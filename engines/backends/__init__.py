@@ -156,7 +156,8 @@ def _cached_parity(engine: Engine, cfg: EngineConfig) -> bool:
 
     try:  # passed by today's criteria, not only by those it was stored with
         if not (res["cosine"] >= MIN_COSINE and res["verdict_flips"] == 0
-                and res["max_abs_diff_p_fake"] <= MAX_P_FAKE_DIFF[cfg.precision]):
+                and res["max_abs_diff_p_fake"] <= MAX_P_FAKE_DIFF[cfg.precision]
+                and all(c >= MIN_COSINE for c in res["secondary_cosine"])):
             return False
     except (KeyError, TypeError):
         return False
