@@ -352,6 +352,27 @@ def test_card_check_tells_whether_a_run_reproduced_the_shipped_weights(cache_dir
     assert card.main([str(tmp_path / "b"), "--name", "test_model", "--check"]) == 1
 
 
+def test_card_check_other_shapes_or_dtypes_are_not_identical(tmp_path, monkeypatch):
+    """A (1,) run tensor broadcast against a (3,) shipped one, or run floats truncated to a
+    shipped integer tensor, compared "identical"; other shapes were a RuntimeError traceback."""
+    from safetensors.torch import save_file
+
+    from scanner.research import card
+
+    monkeypatch.setattr(card, "WEIGHTS", tmp_path)
+    (tmp_path / "run").mkdir()
+    for shipped, run in ((torch.full((3,), 0.5), torch.full((1,), 0.5)),
+                         (torch.tensor([1, 0, 2]), torch.tensor([1.2, 0.4, 2.9])),
+                         (torch.zeros(2, 3), torch.zeros(3, 2))):
+        save_file({"a": shipped, "b": torch.zeros(0)}, tmp_path / "m.safetensors")
+        save_file({"a": run, "b": torch.zeros(0)}, tmp_path / "run" / "best.safetensors")
+        res = card.check_run(tmp_path / "run", "m")
+        assert not res["identical"] and res["shapes_or_dtypes_differ"] == ["a"]
+    save_file({"a": torch.zeros(2, 3, dtype=torch.float16), "b": torch.zeros(0)}, tmp_path / "m.safetensors")
+    save_file({"a": torch.zeros(2, 3), "b": torch.zeros(0)}, tmp_path / "run" / "best.safetensors")
+    assert card.check_run(tmp_path / "run", "m")["identical"]  # float16 storage; an empty tensor
+
+
 def test_reconstruction_fakes(cache_dir, tmp_path):
     """--recon/--p-recon: an autoencoder trained on the cache's training identities; its
     reconstruction of face i is a fake of face i (box = whole crop); without it the samples
