@@ -373,6 +373,32 @@ def test_a_stored_parity_of_another_artifact_is_not_reused(tiny):
     torch.testing.assert_close(again.p_fake(x), tiny.p_fake(tiny(x)), atol=1e-4, rtol=1e-4)
 
 
+def test_an_artifact_swapped_after_its_check_is_not_loaded(tiny, monkeypatch):
+    """The ONNX file was hashed, then opened again by name: one swapped in between (an entry
+    of a shared cache renamed away and replaced) ran with the stored parity of the checked file."""
+    cfg = engine_config("onnxruntime", batch_sizes=(1, 8))
+    first = build_engine(tiny, cfg)
+    other = create_detector("test_tiny")
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_(-3.0)
+    flipped = build_engine(other, engine_config("onnxruntime", batch_sizes=(1, 8), use_cache=False,
+                                                check_parity=False))
+    swapped = Path(first.info.artifact).with_name("swapped.onnx")
+    flipped._export(swapped)
+    lookup = EngineCache.lookup_entry
+
+    def checked_then_swapped(self, key, fields):
+        found = lookup(self, key, fields)
+        if found[0] is not None:
+            swapped.replace(found[0])
+        return found
+
+    monkeypatch.setattr(EngineCache, "lookup_entry", checked_then_swapped)
+    with pytest.raises(EngineError, match="changed after its checksum was checked"):
+        build_engine(tiny, cfg)
+
+
 class _Scaled(EagerEngine):
     def _run(self, x):
         return super()._run(x) * 1.05  # same direction and signs: cosine 1, no flips

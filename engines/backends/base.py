@@ -285,6 +285,20 @@ class ArtifactEngine(Engine):
     def _load(self, path) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _artifact_bytes(self, path) -> bytes:
+        """The artifact's bytes, checked against the checksum it was validated or stored with.
+
+        Loaded from these bytes, not by name again: a file swapped after the check (an entry
+        of a shared cache renamed away and replaced) ran on its own, with the stored parity
+        of the file that was checked."""
+        import hashlib
+        from pathlib import Path
+
+        data = Path(path).read_bytes()
+        if self.info.artifact_sha256 and hashlib.sha256(data).hexdigest() != self.info.artifact_sha256:
+            raise EngineError(f"engine artifact {path} changed after its checksum was checked; not loaded")
+        return data
+
     def _key_fields(self) -> dict:
         from ..cache import code_hash, key_fields
         from .eager import EagerEngine  # prepared_module: the export code every backend uses
