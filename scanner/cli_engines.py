@@ -239,6 +239,16 @@ def backend_availability() -> dict[str, str]:
     return out
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _number(v, fmt: str) -> str:
+    """``v`` formatted when it is a number, else as text: a hand-edited or foreign meta.json
+    (``"size_bytes": "big"``, ``"parity": "ok"``) made `engines list` a ValueError traceback."""
+    return format(v, fmt) if _is_number(v) else str(v)
+
+
 def engines_list(args) -> int:
     from engines.cache import EngineCache
 
@@ -255,11 +265,12 @@ def engines_list(args) -> int:
     for col in ("key", "detector", "backend", "precision", "batch sizes", "arch", "MB", "parity cos", "created"):
         t.add_column(col)
     for r in rows:
-        par = r.get("parity") or {}
+        par = r.get("parity") if isinstance(r.get("parity"), dict) else {}
+        size = r.get("size_bytes")
         t.add_row(r["key"][:12], str(r.get("detector")), str(r.get("backend")), str(r.get("precision")),
                   str(r.get("batch_sizes")), str(r.get("arch")),
-                  f"{(r.get('size_bytes') or 0) / 2**20:.1f}", f"{par['cosine']:.5f}" if "cosine" in par else "-",
-                  str(r.get("created") or r.get("error")))
+                  _number(size / 2**20 if _is_number(size) else size or 0, ".1f"),
+                  _number(par.get("cosine", "-"), ".5f"), str(r.get("created") or r.get("error")))
     console = Console()
     if not console.is_terminal:
         console = Console(width=170)

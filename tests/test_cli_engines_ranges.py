@@ -57,3 +57,16 @@ def test_engines_clear_with_an_empty_key_prefix_deletes_nothing(tmp_path, capsys
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ab12", "cd34"]
     assert main(["engines", "clear", "ab", "--cache-dir", str(tmp_path)]) == 0
     assert [p.name for p in tmp_path.iterdir()] == ["cd34"]
+
+
+def test_engines_list_of_foreign_numbers_is_a_table_not_a_traceback(tmp_path, capsys):
+    """A hand-edited or foreign meta.json with text where numbers go was a ValueError traceback."""
+    import json
+
+    for key, meta in {"k1": {"fields": {"detector": "x"}, "parity": {"cosine": "high"}},
+                      "k2": {"fields": {}, "size_bytes": "big", "parity": "ok"}}.items():
+        (tmp_path / key).mkdir()
+        (tmp_path / key / "meta.json").write_text(json.dumps(meta))
+    assert main(["engines", "list", "--cache-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "high" in out and "big" in out
