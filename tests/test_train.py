@@ -373,6 +373,35 @@ def test_card_check_other_shapes_or_dtypes_are_not_identical(tmp_path, monkeypat
     assert card.check_run(tmp_path / "run", "m")["identical"]  # float16 storage; an empty tensor
 
 
+def test_card_failing_keeps_the_shipped_weights_and_is_one_line(tmp_path, monkeypatch, capsys):
+    """A run whose face cache was since deleted: the shipped weights were replaced first, then
+    a FileNotFoundError traceback left them under the old card; a damaged run file was a
+    SafetensorError traceback (with --check too)."""
+    from safetensors.torch import save_file
+
+    from scanner.research import card
+
+    monkeypatch.setattr(card, "WEIGHTS", tmp_path / "w")
+    (tmp_path / "w").mkdir()
+    save_file({"a": torch.zeros(3)}, tmp_path / "w" / "m.safetensors")
+    shipped = (tmp_path / "w" / "m.safetensors").read_bytes()
+    run = tmp_path / "run"
+    run.mkdir()
+    save_file({"a": torch.ones(3)}, run / "best.safetensors")
+    (run / "card.json").write_text(json.dumps({"data": {"cache": [str(tmp_path / "gone")]}}))
+    assert card.main([str(run), "--name", "m"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dfscan: error: card: FileNotFoundError") and "gone" in err and err.count("\n") == 1
+    assert (tmp_path / "w" / "m.safetensors").read_bytes() == shipped
+    (tmp_path / "gone").mkdir()
+    (tmp_path / "gone" / "index.csv").write_text("source,group,frame\n")
+    (run / "best.safetensors").write_bytes(b"torn")
+    for args in ([], ["--check"]):
+        assert card.main([str(run), "--name", "m", *args]) == 2
+        assert capsys.readouterr().err.startswith("dfscan: error: card: SafetensorError")
+    assert (tmp_path / "w" / "m.safetensors").read_bytes() == shipped
+
+
 def test_reconstruction_fakes(cache_dir, tmp_path):
     """--recon/--p-recon: an autoencoder trained on the cache's training identities; its
     reconstruction of face i is a fake of face i (box = whole crop); without it the samples

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from engines.registry import file_hash
-from engines.files import write_json, write_text
+from engines.files import replacing, write_json, write_text
 
 WEIGHTS = Path(__file__).resolve().parents[2] / "engines" / "weights"
 
@@ -54,21 +54,24 @@ def _training_data(train_card: dict) -> tuple[dict, str]:
 
 
 def write_card(run: Path, name: str, command: str, results: list[Path], fp16: bool = False) -> dict:
-    train_card = json.loads((run / "card.json").read_text())
-    dst = WEIGHTS / f"{name}.safetensors"
-    extra = {}
-    if fp16:
-        from safetensors.torch import load_file, save_file
+    """Ship ``run``'s weights as ``name``. Everything that can fail is read first: a missing face
+    cache or results file used to fail after the shipped weights were replaced, leaving new
+    weights under the old card; the weights are replaced whole (never torn by a kill)."""
+    from safetensors.torch import load_file, save_file
 
-        save_file({k: v.half() if v.is_floating_point() else v
-                   for k, v in load_file(run / "best.safetensors").items()}, dst)
-        extra["stored_as"] = "float16 (loaded into float32; the run wrote float32)"
-    else:
-        shutil.copyfile(run / "best.safetensors", dst)
+    train_card = json.loads((run / "card.json").read_text())
     data, license_ = _training_data(train_card)
+    evaluation = {p.name: _summary(json.loads(p.read_text())) for p in results}
+    dst = WEIGHTS / f"{name}.safetensors"
+    extra = {"stored_as": "float16 (loaded into float32; the run wrote float32)"} if fp16 else {}
+    tensors = load_file(run / "best.safetensors")  # a damaged file fails here, before any write
+    with replacing(dst) as tmp:
+        if fp16:
+            save_file({k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}, str(tmp))
+        else:  # the run's file byte for byte
+            shutil.copyfile(run / "best.safetensors", tmp)
     card = {"name": name, "weights": dst.name, "sha256": file_hash(dst, None), "license": license_,
-            "training_data": data, "command": command, **train_card,
-            "evaluation": {p.name: _summary(json.loads(p.read_text())) for p in results}, **extra}
+            "training_data": data, "command": command, **train_card, "evaluation": evaluation, **extra}
     write_json(card, WEIGHTS / f"{name}.card.json")
     write_text(WEIGHTS / f"{name}.card.md", _markdown(card))
     return card
@@ -184,15 +187,17 @@ def main(argv=None) -> int:
     ap.add_argument("--fp16", action="store_true", help="store the weights as float16")
     ap.add_argument("--check", action="store_true", help="compare the run with the shipped weights")
     args = ap.parse_args(argv)
-    if args.check:
-        try:
+    from safetensors import SafetensorError
+
+    try:
+        if args.check:
             res = check_run(args.run, args.name)
-        except FileNotFoundError as e:
-            print(f"card --check: {e}", file=sys.stderr)
-            return 2
-        print(json.dumps(res))
-        return 0 if res["identical"] else 1
-    card = write_card(args.run, args.name, args.command, args.results, args.fp16)
+            print(json.dumps(res))
+            return 0 if res["identical"] else 1
+        card = write_card(args.run, args.name, args.command, args.results, args.fp16)
+    except (OSError, ValueError, KeyError, SafetensorError) as e:  # were tracebacks (but a missing file)
+        print(f"dfscan: error: card: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", file=sys.stderr)
+        return 2
     print(f"wrote {card['weights']} and its card (best epoch {card['best_epoch']}, val AUC {card['best_val_auc']:.4f})")
     return 0
 
