@@ -468,6 +468,30 @@ def test_resume_with_another_recipe_is_refused(cache_dir, tmp_path):
     assert [r["epoch"] for r in resumed["history"]] == [0, 1]
 
 
+def test_resume_with_a_rebuilt_cache_of_other_crops_is_refused(cache_dir, tmp_path):
+    """A cache rebuilt from the same files (e.g. by another dfscan version) has the same index
+    but other crops: the resume trained on both silently. Checkpoints from before the crops
+    hash still resume."""
+    import shutil
+
+    from engines.errors import DfscanError
+
+    cfg = dict(arch="test_effnet_lite", size=64, epochs=2, steps=1, batch_size=8, val_size=16, freeze=1,
+               threads=1, seed=5)
+    train(TrainConfig(**cfg, max_minutes=1e-9), cache_dir, tmp_path / "run")  # epoch 0 only
+    stale = tmp_path / "stale"
+    shutil.copytree(cache_dir, stale)
+    crops = np.load(stale / "crops.npy")
+    np.save(stale / "crops.npy", crops // 2 + 10)
+    with pytest.raises(DfscanError, match="crops_sha256"):
+        train(TrainConfig(**cfg), stale, tmp_path / "run")
+    ck = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    recipe = json.loads(ck["recipe"])
+    del recipe["crops_sha256"]
+    torch.save({**ck, "recipe": json.dumps(recipe)}, tmp_path / "run" / "last.pt")
+    assert [r["epoch"] for r in train(TrainConfig(**cfg), cache_dir, tmp_path / "run")["history"]] == [0, 1]
+
+
 def test_frame_edge_blackens_beyond_a_straight_edge_and_keeps_old_recipes(cache_dir):
     """--p-edge: black beyond 1-2 sides of a rotated frame (as the aligner fills context past
     the frame), 0-30 % in from a side, the centre kept; off, samples are those of earlier recipes."""

@@ -192,7 +192,17 @@ def recipe_of(cfg: TrainConfig, run: "_Run") -> dict:
     # surrogateescape: a non-UTF-8 file name hashes as its bytes (UTF-8 names hash as before)
     rec["faces_index_sha256"] = hashlib.sha256(index.encode(errors="surrogateescape")).hexdigest()
     rec["recon_sha256"] = file_hash(cfg.recon, None) if cfg.recon else None
+    rec["crops_sha256"] = _crops_hash(run.cache)
     return rec
+
+
+def _crops_hash(cache: FaceCache) -> str:
+    """The faces themselves: a cache rebuilt from the same files (another dfscan's detection or
+    alignment) has the same index but other crops, and a resume trained on both silently."""
+    h = hashlib.sha256()
+    for a in (cache.crops, cache.landmarks):
+        h.update(memoryview(np.ascontiguousarray(a)).cast("B"))
+    return h.hexdigest()
 
 
 def _save_last(out: Path, model, opt, epoch: int, history: list, best: float, recipe: dict) -> None:
@@ -295,7 +305,8 @@ def _resume(out: Path, run: _Run, cfg: TrainConfig) -> tuple[int, list, float]:
 def _same_recipe(out: Path, old: dict, new: dict) -> None:
     """Refuse to resume a run with another recipe: its weights would come from two recipes
     while its card names only the last one."""
-    diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    # A key a checkpoint lacks was added to the recipe later: not a difference.
+    diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(old) if old[k] != new.get(k)]
     if diff:
         raise DfscanError(f"{out}/last.pt was trained with another recipe ({'; '.join(diff)}): "
                           "resume with the same options and face caches, or train into a new --out folder")
