@@ -32,6 +32,9 @@ from engines.errors import EngineError, EngineUnavailable
 
 log = logging.getLogger(__name__)
 FACE_ENGINES = ("auto", "eager", "onnxruntime")
+# Largest |difference| allowed between an ONNX net's outputs and the torch net's (measured
+# < 1e-5 here; probabilities and box offsets are O(1), so 1e-3 never moves a face).
+PARITY_MAX_ABS = 1e-3
 # name -> (example input shape, output names, dynamic axes of the input).
 _NETS = {
     "pnet": ((1, 3, 60, 80), ("reg", "prob"), {0: "batch", 2: "height", 3: "width"}),
@@ -122,8 +125,9 @@ class OrtNet(torch.nn.Module):
         so.intra_op_num_threads = threads or torch.get_num_threads()
         so.enable_mem_pattern = False  # batch (and P-Net's size) change on every call
         so.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+        try:  # from the bytes read once: what use_face_engine's parity check then runs
+            self.session = ort.InferenceSession(Path(path).read_bytes(), sess_options=so,
+                                                providers=["CPUExecutionProvider"])
         except Exception as e:
             raise EngineError(f"onnxruntime could not load {path}: {e}") from e
         self.outputs = [o.name for o in self.session.get_outputs()]
@@ -143,9 +147,25 @@ def use_face_engine(mtcnn, engine: str, device: str = "cpu", cache_dir: str | Pa
     engine = resolve_face_engine(engine, device)
     if engine == "onnxruntime":
         with tempfile.TemporaryDirectory(prefix="dfscan-mtcnn-") as spare:  # sessions hold their graph
-            for name in _NETS:
-                setattr(mtcnn, name, OrtNet(exported_net(getattr(mtcnn, name), name, cache_dir, Path(spare))))
+            nets = {name: OrtNet(exported_net(getattr(mtcnn, name), name, cache_dir, Path(spare)))
+                    for name in _NETS}
+        _check_parity(mtcnn, nets)
+        for name, net in nets.items():
+            setattr(mtcnn, name, net)
     return engine
+
+
+def _check_parity(mtcnn, nets: dict) -> None:
+    """Refuse ONNX nets whose outputs differ from facenet's torch nets (as every detector
+    engine is checked): a cached file edited, or replaced, would otherwise find other faces."""
+    from types import SimpleNamespace
+
+    diffs = net_parity(mtcnn, SimpleNamespace(**nets))
+    bad = {k: v for k, v in diffs.items() if not v <= PARITY_MAX_ABS}  # NaN fails too
+    if bad:
+        raise EngineError("face_engine onnxruntime: MTCNN's ONNX nets differ from facenet's torch nets "
+                          f"(max |difference| {', '.join(f'{k} {v:.3g}' for k, v in bad.items())}; "
+                          f"allowed {PARITY_MAX_ABS}); clear the engine cache (dfscan engines clear --all)")
 
 
 @torch.inference_mode()

@@ -103,3 +103,30 @@ def test_export_key_follows_the_nets_code(detectors, monkeypatch, tmp_path):
     changed.write_text(Path(nets.__file__).read_text() + "\n# _flat's order fixed\n")
     monkeypatch.setattr(nets, "__file__", str(changed))
     assert exported_net(eager.mtcnn.rnet, "rnet", tmp_path).parent != path.parent
+
+
+def test_onnx_nets_that_differ_from_facenets_are_refused(tmp_path, monkeypatch):
+    # The ONNX nets were loaded with no parity check (every detector engine has one): a
+    # cached file that computes something else (edited, replaced with a valid checksum)
+    # ran, and MTCNN found other faces with no error.
+    import copy
+
+    import torch
+
+    from scanner import mtcnn_engine
+
+    export = mtcnn_engine._export
+
+    def wrong_export(net, name, path):
+        if name == "onet":
+            net = copy.deepcopy(net)
+            with torch.no_grad():
+                next(net.parameters()).mul_(-1)  # first conv's weights sign-flipped
+        export(net, name, path)
+
+    monkeypatch.setattr(mtcnn_engine, "_export", wrong_export)
+    det = FaceDetector()
+    nets = (det.mtcnn.pnet, det.mtcnn.rnet, det.mtcnn.onet)
+    with pytest.raises(EngineError, match="onet .*differ|differ.*onet"):
+        mtcnn_engine.use_face_engine(det.mtcnn, "onnxruntime", "cpu", tmp_path)
+    assert (det.mtcnn.pnet, det.mtcnn.rnet, det.mtcnn.onet) == nets  # torch nets kept
