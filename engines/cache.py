@@ -34,6 +34,8 @@ from .registry import file_hash
 log = logging.getLogger(__name__)
 META = "meta.json"
 FORMAT = 2
+# A build folder untouched this long was left by a crashed build (engines take minutes).
+STALE_BUILD_S = 6 * 3600.0
 _ENGINES_DIR = Path(__file__).resolve().parent
 
 
@@ -312,6 +314,8 @@ class EngineCache:
         p = self.entry_dir(key) / META
         try:
             meta = json.loads(p.read_text())
+            if not isinstance(meta, dict):  # replaced by foreign JSON meanwhile
+                raise ValueError("metadata is not an object")
             meta.update(extra)
             write_text(p, json.dumps(meta, indent=1, sort_keys=True))
         except (OSError, ValueError) as e:
@@ -341,14 +345,29 @@ class EngineCache:
         return rows
 
     def clear(self, keys: list[str] | None = None) -> int:
-        """Delete the given entries (key prefixes accepted), or all; returns how many."""
+        """Delete the given entries (key prefixes accepted), or all; returns how many.
+
+        A build in progress (``.tmp-*``, see :meth:`store`) is not an entry: deleting it
+        made that build fall back to running uncached. ``clear()`` removes only those a
+        crashed build left (untouched for :data:`STALE_BUILD_S`), without counting them."""
         if not self.root.is_dir():
             return 0
         n = 0
         for d in list(self.root.iterdir()):
             if not d.is_dir():
                 continue
-            if keys is None or any(d.name.startswith(k) for k in keys):
+            if d.name.startswith(".tmp-"):
+                if keys is None and _age_s(d) > STALE_BUILD_S:
+                    shutil.rmtree(d, ignore_errors=True)
+            elif keys is None or any(d.name.startswith(k) for k in keys):
                 shutil.rmtree(d, ignore_errors=True)
                 n += 1
         return n
+
+
+def _age_s(path: Path) -> float:
+    """Seconds since ``path`` last changed (0 when it is gone)."""
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return 0.0

@@ -86,3 +86,26 @@ def test_a_second_store_keeps_the_valid_entry_another_process_may_be_loading(tmp
     assert second == first and all(present) and first.stat().st_ino == inode
     assert cache.lookup(key, fields)[1] == "hit"
     assert [p.name for p in tmp_path.iterdir()] == [key]  # the second export was discarded
+
+
+def test_clear_all_spares_builds_in_progress_and_foreign_metadata_is_not_a_crash(tmp_path):
+    # `engines clear --all` deleted other processes' build folders (.tmp-*) and counted them
+    # as entries (those builds then ran uncached); update_meta on a meta.json replaced by
+    # a JSON list crashed with AttributeError instead of its warning.
+    import os
+    import time
+
+    from engines.cache import STALE_BUILD_S, EngineCache, cache_key
+
+    cache, fields = EngineCache(tmp_path), {"detector": "x"}
+    key = cache_key(fields)
+    cache.store(key, fields, "a.bin", lambda p: p.write_bytes(b"1"))
+    (tmp_path / key / "meta.json").write_text("[1, 2]")
+    assert cache.update_meta(key, parity={"cos": 1.0}) is False
+    live, stale = tmp_path / ".tmp-live", tmp_path / ".tmp-stale"
+    live.mkdir()
+    stale.mkdir()
+    old = time.time() - STALE_BUILD_S - 60
+    os.utime(stale, (old, old))
+    assert cache.clear() == 1  # the entry, not the build folders
+    assert live.is_dir() and not stale.exists() and not (tmp_path / key).exists()
