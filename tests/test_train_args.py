@@ -272,3 +272,13 @@ def test_a_foreign_or_other_model_last_pt_is_one_line(tmp_path, capsys):
     assert main(["train", "--cache", str(cache), "--out", str(run), *TINY]) == 2
     err = capsys.readouterr().err
     assert "last.pt does not fit --arch test_effnet_lite" in err and err.count("\n") == 1
+
+
+def test_a_run_stopped_by_its_budget_says_so(tmp_path, capsys):
+    """--max-minutes ended the run after an epoch with the same message as a finished run."""
+    cache = _faces(tmp_path / "c")
+    args = ["train", "--cache", str(cache), "--out", str(tmp_path / "run"), *TINY, "--epochs", "2"]
+    assert main([*args, "--max-minutes", "1e-9"]) == 0
+    assert "stopped by --max-minutes after 1 of 2 epochs: the same command continues" in capsys.readouterr().out
+    assert main(args) == 0
+    assert "stopped by --max-minutes" not in capsys.readouterr().out

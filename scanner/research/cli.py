@@ -136,6 +136,9 @@ def _train(args) -> int:
                           "files already there are whole (a resume continues from last.pt)") from e
     print(f"best validation AUC {card['best_val_auc']:.4f} (epoch {card['best_epoch']}); "
           f"weights {args.out}/best.safetensors, card {args.out}/card.json")
+    if len(card["history"]) < cfg.epochs:  # read as a finished run, then shipped as one
+        print(f"stopped by --max-minutes after {len(card['history'])} of {cfg.epochs} epochs: "
+              "the same command continues the run")
     return 0
 
 
