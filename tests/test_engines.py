@@ -257,51 +257,52 @@ def test_cache_key_has_dfscan_version_and_code(tiny, monkeypatch, tmp_path):
     assert fields["dfscan"] == cache.dfscan_version() and fields["code"]
 
 
-def test_code_hash_follows_the_detector_source(tmp_path, monkeypatch):
+def _module_in_engines(tmp_path, monkeypatch, name: str, source: str):
+    """A module file ``name``.py under a stand-in engines/ folder (as the code hash sees
+    it), and a function that (re)imports it from its current source."""
     import importlib.util
 
     import engines.cache as cache
 
     pkg = tmp_path / "engines"
     pkg.mkdir()
-    src = pkg / "mydet.py"
-    src.write_text("class MyDet:\n    def f(self):\n        return 1\n")
+    src = pkg / f"{name}.py"
+    src.write_text(source)
     monkeypatch.setattr(cache, "_ENGINES_DIR", pkg.resolve())
 
     def load():
-        spec = importlib.util.spec_from_file_location("mydet_under_test", src)
+        spec = importlib.util.spec_from_file_location(f"{name}_under_test", src)
         mod = importlib.util.module_from_spec(spec)
-        monkeypatch.setitem(sys.modules, "mydet_under_test", mod)
+        monkeypatch.setitem(sys.modules, f"{name}_under_test", mod)
         spec.loader.exec_module(mod)
-        return mod.MyDet
+        return mod
 
-    before = cache.code_hash(load())
-    assert cache.code_hash(load()) == before
+    return src, load
+
+
+def test_code_hash_follows_the_detector_source(tmp_path, monkeypatch):
+    import engines.cache as cache
+
+    src, load = _module_in_engines(tmp_path, monkeypatch, "mydet",
+                                   "class MyDet:\n    def f(self):\n        return 1\n")
+    before = cache.code_hash(load().MyDet)
+    assert cache.code_hash(load().MyDet) == before
     src.write_text(src.read_text().replace("return 1", "return 2"))
-    assert cache.code_hash(load()) != before
+    assert cache.code_hash(load().MyDet) != before
 
 
 def test_cache_key_follows_the_code_of_every_submodule(tmp_path, monkeypatch):
     """A probe's backbone (engines/backbones/sources.py, or timm/facenet-pytorch) is traced
     into the artifact, but only the detector's own class was hashed: a changed backbone kept
     the key and the engine of the older graph (with its stored parity) was served."""
-    import importlib.util
-
     import engines.cache as cache
 
-    pkg = tmp_path / "engines"
-    pkg.mkdir()
-    src = pkg / "mybackbone.py"
-    src.write_text("import torch\nclass BB(torch.nn.Module):\n    def forward(self, x):\n        return x\n")
-    monkeypatch.setattr(cache, "_ENGINES_DIR", pkg.resolve())
+    src, load = _module_in_engines(tmp_path, monkeypatch, "mybackbone", "import torch\n"
+                                   "class BB(torch.nn.Module):\n    def forward(self, x):\n        return x\n")
 
     def code():
-        spec = importlib.util.spec_from_file_location("mybackbone_under_test", src)
-        mod = importlib.util.module_from_spec(spec)
-        monkeypatch.setitem(sys.modules, "mybackbone_under_test", mod)
-        spec.loader.exec_module(mod)
         det = create_detector("test_tiny")
-        det.backbone = mod.BB()
+        det.backbone = load().BB()
         return cache.key_fields(det, "onnxruntime", {}, {}, "cpu")["code"]
 
     before = code()
