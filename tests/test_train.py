@@ -492,6 +492,16 @@ def test_resume_with_a_rebuilt_cache_of_other_crops_is_refused(cache_dir, tmp_pa
     assert [r["epoch"] for r in train(TrainConfig(**cfg), cache_dir, tmp_path / "run")["history"]] == [0, 1]
 
 
+def test_resume_with_other_threads_is_said_and_recorded(cache_dir, tmp_path, caplog):
+    """--threads (and --device) may change on resume, but the weights then rebuild bit for bit
+    with neither setting, while the card named only the last one, silently."""
+    cfg = dict(arch="test_effnet_lite", size=64, epochs=2, steps=1, batch_size=8, val_size=16, freeze=1, seed=5)
+    train(TrainConfig(**cfg, threads=1, max_minutes=1e-9), cache_dir, tmp_path / "run")
+    card = train(TrainConfig(**cfg, threads=2), cache_dir, tmp_path / "run")
+    assert [(r["threads"], r["device"]) for r in card["history"]] == [(1, "cpu"), (2, "cpu")]
+    assert "resuming with threads 1 -> 2: the weights will not rebuild bit for bit" in caplog.text
+
+
 def test_frame_edge_blackens_beyond_a_straight_edge_and_keeps_old_recipes(cache_dir):
     """--p-edge: black beyond 1-2 sides of a rotated frame (as the aligner fills context past
     the frame), 0-30 % in from a side, the centre kept; off, samples are those of earlier recipes."""

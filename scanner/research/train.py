@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import pickle
 import subprocess
@@ -35,6 +36,8 @@ from engines.files import replacing, write_json, write_text
 
 from .data import FaceCache, split_groups
 from .samples import FaceSamples
+
+log = logging.getLogger("dfscan")
 
 
 @dataclass
@@ -312,6 +315,18 @@ def _same_recipe(out: Path, old: dict, new: dict) -> None:
                           "resume with the same options and face caches, or train into a new --out folder")
 
 
+def _say_other_settings(history: list, cfg: TrainConfig) -> None:
+    """A resume may change threads or device (see :data:`_RESUMABLE_CHANGES`), but the weights
+    are then no longer bit-for-bit those of either setting alone, while the card named only
+    the last: each epoch's record keeps its own, and the change is logged."""
+    last = history[-1] if history else {}
+    changed = [f"{k} {last[k]} -> {getattr(cfg, k)}" for k in ("threads", "device")
+               if last.get(k) is not None and last[k] != getattr(cfg, k)]
+    if changed:
+        log.warning("resuming with %s: the weights will not rebuild bit for bit with one setting "
+                    "(each epoch's record in card.json names its own)", ", ".join(changed))
+
+
 def _train_epoch(run: _Run, cfg: TrainConfig, epoch: int, progress=None):
     """One epoch of optimiser steps; returns (mean loss, the progress bar or None)."""
     run.train_ds.epoch = epoch
@@ -356,12 +371,14 @@ def train(cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, progress
     out.mkdir(parents=True, exist_ok=True)  # after the checks of _prepare: a refused run leaves none
     recipe = recipe_of(cfg, run)
     start, history, best = _resume(out, run, cfg)
+    _say_other_settings(history, cfg)
     t_start = time.time()
     for epoch in range(start, cfg.epochs):
         t0 = time.time()
         loss, bar = _train_epoch(run, cfg, epoch, progress)
         rec = {"epoch": epoch, "loss": loss, "seconds": round(time.time() - t0, 1),
-               "lr": run.opt.param_groups[0]["lr"], **validate(run.model, run.val_loader, cfg.device)}
+               "lr": run.opt.param_groups[0]["lr"], **validate(run.model, run.val_loader, cfg.device),
+               "threads": cfg.threads, "device": cfg.device}
         history.append(rec)
         if rec["auc"] > best:
             best = rec["auc"]
