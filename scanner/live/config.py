@@ -85,8 +85,9 @@ class StreamConfig(_Model):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        # Names become Prometheus label values and URL path segments.
-        if not NAME_RE.match(v):
+        # Names become Prometheus label values, URL path segments and log text. fullmatch: the
+        # pattern's '$' also matches before a final newline ("cam\n" was a second, look-alike stream).
+        if not NAME_RE.fullmatch(v):
             raise ValueError("name must be 1-64 chars of letters, digits, '_', '.', '-' (starting alphanumeric)")
         return v
 
