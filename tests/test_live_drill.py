@@ -5,10 +5,17 @@ name, events written where nobody reads them, a revoked token still accepted.
 """
 from __future__ import annotations
 
+import json
+import os
+import shutil
+from pathlib import Path
+
 import httpx
 import pytest
 
 from scanner.live.config import StreamConfig
+from scanner.live.sinks import JsonlSink
+from conftest import wait_for
 from test_api import _serve
 
 
@@ -27,3 +34,36 @@ def test_stream_name_with_a_final_newline_is_refused(name):
     finally:
         server.stop()
         svc.stop()
+
+
+def _lines(path: Path) -> list[int]:
+    return [json.loads(x)["n"] for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_jsonl_sink_follows_logrotate_and_a_deleted_file(tmp_path):
+    """After logrotate's move-and-create the sink wrote on into the rotated file (compressed
+    or deleted at the next rotation); after an rm every event failed until a restart."""
+    path = tmp_path / "events.jsonl"
+    sink = JsonlSink(path).start()
+    try:
+        def emit(n):
+            sink.emit({"stream": "s", "n": n})
+            wait_for(lambda: sink.delivered + sink.failed >= n, 5, f"event {n}")
+
+        emit(1)
+        path.rename(tmp_path / "events.jsonl.1")  # logrotate 'create'
+        path.touch()
+        emit(2)
+        emit(3)
+        assert _lines(tmp_path / "events.jsonl.1") == [1]
+        assert _lines(path) == [2, 3]
+        path.unlink()  # rm, or logrotate without 'create'
+        emit(4)
+        assert _lines(path) == [4]
+        shutil.copy(path, tmp_path / "events.jsonl.2")  # logrotate 'copytruncate'
+        os.truncate(path, 0)
+        emit(5)
+        assert _lines(path) == [5]
+        assert sink.failed == 0
+    finally:
+        sink.stop()
