@@ -282,3 +282,29 @@ def test_a_run_stopped_by_its_budget_says_so(tmp_path, capsys):
     assert "stopped by --max-minutes after 1 of 2 epochs: the same command continues" in capsys.readouterr().out
     assert main(args) == 0
     assert "stopped by --max-minutes" not in capsys.readouterr().out
+
+
+def test_identity_folder_keeps_each_person_on_one_side_of_the_split(tmp_path, capsys):
+    # Each clip or still was its own identity (MEAD/GRID aside), so a user's several clips of
+    # one person landed in both training and validation, and validation AUC (which picks
+    # the exported epoch) was measured on people the model had trained on.
+    import shutil
+
+    from scanner.research.data import FaceCache, identity
+
+    data = tmp_path / "data"
+    for person in ("alice", "bob"):
+        (data / person).mkdir(parents=True)
+        for n in range(2):
+            shutil.copy(ROOT / "tests" / "data" / "d1.mp4", data / person / f"clip{n}.mp4")
+    assert identity(data / "alice" / "clip0.mp4") != identity(data / "alice" / "clip1.mp4")  # the default
+    assert identity(data / "alice" / "clip0.mp4", "folder") == identity(data / "alice" / "clip1.mp4", "folder")
+    cache = tmp_path / "cache"
+    build = ["train", "--cache-only", "--cache", str(cache), "--data", str(data), "--cache-frames", "2"]
+    assert main([*build, "--identity", "folder"]) == 0
+    groups = set(FaceCache.load(cache).groups.tolist())
+    assert groups == {f"folder:{os.path.realpath(data / p)}" for p in ("alice", "bob")}
+    assert main(build) == 2  # the same files, identities by name: not this cache
+    assert "identities by folder" in capsys.readouterr().err
+    assert main(["train", "--cache", str(cache), "--identity", "folder", "--out", str(tmp_path / "r"), *TINY]) == 2
+    assert "give --data too" in capsys.readouterr().err  # --identity shapes a build, as --every does

@@ -36,6 +36,7 @@ class _Bar:
 
 
 CACHE_FRAMES = 24  # frames per clip in a face cache, unless --cache-frames
+IDENTITY_MODES = ("name", "folder")  # see scanner.research.data.identity
 
 
 def _roots(args) -> list:
@@ -89,9 +90,14 @@ def _build_cache(args, cache: Path) -> None:
     if not files:
         raise CacheError(f"no videos or images in {', '.join(map(str, roots))}")
     print(f"building the face cache {cache} from {len(files)} files of {', '.join(map(str, roots))} (once)")
-    res = build_cache(files, cache, lite_spec(224), CacheConfig(frames=args.cache_frames, device=args.device))
+    res = build_cache(files, cache, lite_spec(224),
+                      CacheConfig(frames=args.cache_frames, device=args.device, identity=args.identity))
     print(f"{res['faces']} faces of {res['groups']} identities from {res['files']} files; "
           f"{len(res['skipped'])} skipped")
+    if args.identity == "name":  # validation is only held out if no person has two files
+        print("identities by file name: each clip or still is one person (MEAD and GRID by their names); "
+              "several files of one person? put each person's files in a folder of their own and use "
+              "--identity folder, or one person lands on both sides of the split")
 
 
 def _train(args) -> int:
@@ -112,9 +118,9 @@ def _train(args) -> int:
     if len(caches) == 1 and not (caches[0] / "index.csv").is_file():  # written last: a complete cache
         _build_cache(args, caches[0])
     elif len(caches) == 1 and args.data:
-        check_built_from(caches[0], _files(args), args.cache_frames)
-    elif args.every != 1 or args.cache_frames != CACHE_FRAMES:  # they shape a build from --data
-        raise DfscanError("train: --every and --cache-frames choose what a cache is built from: "
+        check_built_from(caches[0], _files(args), args.cache_frames, args.identity)
+    elif args.every != 1 or args.cache_frames != CACHE_FRAMES or args.identity != "name":  # they shape a build
+        raise DfscanError("train: --every, --cache-frames and --identity choose what a cache is built from: "
                           "give --data too (the cache is checked against them), or leave them out")
     if args.cache_only:
         print(f"face cache ready: {caches[0]}")
@@ -156,6 +162,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--cache-frames", type=int, default=CACHE_FRAMES, help="frames per clip in the cache (default 24)")
     p.add_argument("--every", type=int, default=1, metavar="N",
                    help="build the cache from every N-th file of --data, in sorted order (default 1: all)")
+    p.add_argument("--identity", choices=IDENTITY_MODES, default="name",
+                   help="who is who, for the identity split: name (default: each file is one person, MEAD/GRID "
+                        "by their file names) or folder (each folder holds one person's files)")
     p.add_argument("--cache-only", action="store_true", help="build the face cache from --data, then stop")
     p.add_argument("--init", help="ImageNet backbone (.safetensors/.pth) or a trained detector to start from")
     p.add_argument("--size", type=int, help="input side (binary models; default 160)")

@@ -37,8 +37,13 @@ SAME_PERSON = {"id2_vcd_swwp2s": "pwij3p"}
 INDEX_ENCODING = {"encoding": "utf-8", "errors": "surrogateescape"}
 
 
-def identity(path: Path) -> str:
-    """Identity group of a training file: MEAD actor, GRID speaker, one per still/other clip."""
+def identity(path: Path, mode: str = "name") -> str:
+    """Identity group of a training file. ``name``: MEAD actor, GRID speaker (from their file
+    names), else one per still or clip, so several files of one person would land on both
+    sides of the split; ``folder``: the folder holding the file is one person
+    (``data/alice/*.mp4``), for footage laid out that way."""
+    if mode == "folder":
+        return f"folder:{os.path.realpath(path.parent)}"
     stem, folder = path.stem, path.parent.name
     m = re.match(r"([MW]\d{3})_", stem)
     if m:  # MEAD: M030_front_angry_level3_001
@@ -81,6 +86,7 @@ class CacheConfig:
     pad: float = 1.8
     det_max_side: int = 480  # the training clips have large faces; 4x cheaper MTCNN than 960
     device: str = "cpu"
+    identity: str = "name"  # how files map to people (see identity())
 
 
 def _batches(files: list[Path], cfg: CacheConfig, skipped: list):
@@ -131,11 +137,12 @@ def build_cache(roots: list[str | Path], out: str | Path, spec: InputSpec, cfg: 
             crops.append(c[0].round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy())
             m = mats[0].numpy().astype(np.float64)
             lms.append((fc.landmarks[0] @ m[:, :2].T + m[:, 2]).astype(np.float32))
-            rows.append({"source": str(path), "group": identity(path), "frame": fr.index})
+            rows.append({"source": str(path), "group": identity(path, cfg.identity), "frame": fr.index})
     if not rows:
         why = f" ({len(skipped)} unreadable, e.g. {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
         raise CacheError(f"no faces found in the {len(files)} files{why}; the cache needs real faces")
-    _store(out, np.stack(crops), np.stack(lms), rows, {"files": _resolved(files), "frames": cfg.frames})
+    _store(out, np.stack(crops), np.stack(lms), rows,
+           {"files": _resolved(files), "frames": cfg.frames, "identity": cfg.identity})
     return {"faces": len(rows), "files": len(files), "groups": len({r["group"] for r in rows}),
             "skipped": skipped}
 
@@ -167,22 +174,26 @@ def _resolved(files) -> list[str]:
     return [os.path.realpath(f) for f in files]
 
 
-def check_built_from(cache: Path, files: list[Path], frames: int) -> None:
+def check_built_from(cache: Path, files: list[Path], frames: int, ident: str = "name") -> None:
     """Refuse a complete cache built from other inputs than ``files`` (or other frames per
-    clip): reused silently, it would train on data the command does not name. Caches from
-    before ``build.json`` are checked by their sources only (each must be among ``files``)."""
+    clip, or identities): reused silently, it would train on data the command does not name.
+    Caches from before ``build.json`` are checked by their sources only (each must be among
+    ``files``), those from before ``identity`` was recorded as ``name``."""
     want = _resolved(files)  # the same files named relative or absolute are the same inputs
     if (cache / "build.json").is_file():
         built = json.loads((cache / "build.json").read_text(encoding="utf-8"))
-        same = built.get("files") == want and built.get("frames") == frames
-        had = f"{len(built.get('files', []))} files, {built.get('frames')} frames per clip"
+        same = (built.get("files") == want and built.get("frames") == frames
+                and built.get("identity", "name") == ident)
+        had = (f"{len(built.get('files', []))} files, {built.get('frames')} frames per clip, "
+               f"identities by {built.get('identity', 'name')}")
     else:
         with open(cache / "index.csv", newline="", **INDEX_ENCODING) as f:
             stray = set(_resolved(r["source"] for r in csv.DictReader(f))) - set(want)
         same, had = not stray, f"other files, e.g. {min(stray, default='')}"
     if not same:
         raise CacheError(f"{cache}: this face cache was built from {had}, not the {len(want)} files "
-                         f"({frames} frames per clip) asked for: give another --cache folder, or delete it to rebuild")
+                         f"({frames} frames per clip, identities by {ident}) asked for: give another --cache "
+                         "folder, or delete it to rebuild")
 
 
 def _load_one(path: Path) -> tuple[list[dict], np.ndarray, np.ndarray]:
