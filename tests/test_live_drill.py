@@ -6,6 +6,7 @@ name, events written where nobody reads them, a revoked token still accepted.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -67,3 +68,33 @@ def test_jsonl_sink_follows_logrotate_and_a_deleted_file(tmp_path):
         assert sink.failed == 0
     finally:
         sink.stop()
+
+
+def test_a_changed_token_file_revokes_the_old_token(tmp_path, caplog):
+    """The token file was read once at start: a token rotated after a leak (a Kubernetes Secret
+    updated in place) went on being accepted until a restart."""
+    old, new = "old-token-0123456789abcdef", "new-token-0123456789abcdef"
+    token_file = tmp_path / "token"
+    token_file.write_text(old + "\n")
+    svc, server = _serve(None, token_env=None, token_file=str(token_file))
+    url = f"http://127.0.0.1:{server.port}/streams"
+
+    def status(tok):
+        return httpx.get(url, headers={"Authorization": f"Bearer {tok}"} if tok else {}, timeout=10).status_code
+
+    try:
+        assert status(old) == 200
+        tmp = tmp_path / "token.new"  # replaced whole, as Kubernetes and editors do
+        tmp.write_text(new)
+        tmp.replace(token_file)
+        assert (status(old), status(new)) == (401, 200)
+        token_file.write_text("short")  # no valid token now: nothing is accepted, not everything
+        with caplog.at_level(logging.ERROR, logger="scanner.live.server"):
+            assert (status(new), status("short"), status("")) == (401, 401, 401)
+        assert "holds no token" in caplog.text
+        token_file.unlink()
+        assert status(new) == 401
+        assert httpx.get(f"http://127.0.0.1:{server.port}/healthz", timeout=10).status_code == 200
+    finally:
+        server.stop()
+        svc.stop()

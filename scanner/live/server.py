@@ -28,10 +28,12 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import os
 import re
 import socket
 import threading
 import time
+from pathlib import Path
 
 import h11
 import uvicorn
@@ -69,6 +71,48 @@ def check_bearer(header: str | None, token: str | None) -> bool:
     return hmac.compare_digest(header[7:].strip(" \t").encode("latin-1"), token.encode())
 
 
+class TokenFile:
+    """The bearer token of ``api.token_file``, read again whenever the file changes.
+
+    A rotated token (a Kubernetes Secret is updated in place, an operator rewrites the file
+    after a leak) must stop the old one at once, not at the next restart. A file that turns
+    unreadable, empty or shorter than 16 characters accepts no token at all (fail closed).
+    """
+
+    def __init__(self, path: str, token: str | None):
+        self.path, self._token = path, token
+        self._key = self._stat()
+        self._lock = threading.Lock()
+
+    def _stat(self) -> tuple | None:
+        try:
+            st = os.stat(self.path)  # follows the ..data symlink Kubernetes swaps
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+    def __call__(self) -> str | None:
+        key = self._stat()
+        with self._lock:
+            if key != self._key:
+                self._key, self._token = key, self._read()
+            return self._token
+
+    def _read(self) -> str | None:
+        try:
+            tok = Path(self.path).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            log.error("api.token_file %s cannot be read (%s): every request needing the token is refused",
+                      self.path, type(e).__name__)
+            return None
+        if len(tok) < 16:
+            log.error("api.token_file %s now holds no token of at least 16 characters: every request "
+                      "needing the token is refused", self.path)
+            return None
+        log.info("api.token_file %s changed: the new token is in use", self.path)
+        return tok
+
+
 def _err(code: int, message: str, **headers: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=code, headers={"Cache-Control": "no-store", **headers})
 
@@ -81,8 +125,11 @@ def _doc(*codes: int) -> dict:
 class _Gate:
     """Pure ASGI middleware: Origin check, bearer auth, JSON-only bounded writes."""
 
-    def __init__(self, app, token: str | None, max_body: int, hosts: list[str], max_header: int = 16384):
-        self.app, self.token, self.max_body, self.max_header = app, token, max_body, max_header
+    def __init__(self, app, token: str | TokenFile | None, max_body: int, hosts: list[str],
+                 max_header: int = 16384):
+        self.app, self.max_body, self.max_header = app, max_body, max_header
+        # A TokenFile is asked on every request; None from it (no valid token) refuses them all.
+        self.required, self.token = token is not None, token if callable(token) else (lambda: token)
         self.hosts = None if "*" in hosts else {h.lower() for h in hosts}
 
     async def __call__(self, scope, receive, send):
@@ -122,8 +169,8 @@ class _Gate:
             parsed = parse_host_header(origin.split("://", 1)[-1])
             if parsed is None or parsed.host.lower() not in self.hosts:
                 return _err(403, "cross-origin requests are not allowed")
-        if self.token is not None and scope["path"] not in PUBLIC and \
-                not check_bearer(h.get("authorization"), self.token):
+        if self.required and scope["path"] not in PUBLIC and \
+                ((tok := self.token()) is None or not check_bearer(h.get("authorization"), tok)):
             return _err(401, "missing or invalid bearer token", **{"WWW-Authenticate": 'Bearer realm="dfscan"'})
         if scope["method"] in WRITE_METHODS:
             ctype = h.get("content-type", "").split(";", 1)[0].strip().lower()
@@ -190,7 +237,7 @@ def _status_page() -> str:
     return status_html()
 
 
-def create_app(svc: LiveService, token: str | None = None, max_body: int = 65536,
+def create_app(svc: LiveService, token: str | TokenFile | None = None, max_body: int = 65536,
                hosts: list[str] | None = None, max_header: int = 16384) -> FastAPI:
     """The API as an ASGI app (uvicorn serves it; tests may call it in-process)."""
     hosts = list(hosts or LOOPBACK_HOSTS)
@@ -363,6 +410,8 @@ class ApiServer:
                  api: ApiConfig | None = None):
         api = api or ApiConfig(host=host, port=port, max_body_bytes=max(max_body, 1024))
         self.service, self.token = service, token
+        if token is not None and api.token_file:
+            token = TokenFile(api.token_file, token)
         self.app = create_app(service, token, max_body, api.model_copy(update={"host": host}).hosts(),
                               api.max_header_bytes)
         self._sock = _bind(host, port)
