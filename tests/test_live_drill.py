@@ -5,6 +5,7 @@ name, events written where nobody reads them, a revoked token still accepted.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -14,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from scanner.live.cli import serve_main
 from scanner.live.config import StreamConfig
 from scanner.live.sinks import JsonlSink
 from conftest import wait_for
@@ -98,3 +100,18 @@ def test_a_changed_token_file_revokes_the_old_token(tmp_path, caplog):
     finally:
         server.stop()
         svc.stop()
+
+
+@pytest.mark.parametrize("content", [None, b"\xff\xfe-not-utf-8-0123456789"])
+def test_unreadable_token_file_is_one_config_line(tmp_path, content, capsys):
+    """A token file that is not UTF-8 was a UnicodeDecodeError traceback from dfscan serve (a
+    missing one an errno line naming no setting)."""
+    token_file = tmp_path / "token"
+    if content is not None:
+        token_file.write_bytes(content)
+    cfg = tmp_path / "serve.yaml"
+    cfg.write_text(f"api: {{token_file: '{token_file}', token_env: null}}\nmodel: {{detector: test_tiny}}\n")
+    args = argparse.Namespace(config=str(cfg), host=None, port=None, log_level="ERROR")
+    assert serve_main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "api.token_file" in err[0] and "Traceback" not in err[0], err

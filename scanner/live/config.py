@@ -228,7 +228,11 @@ class ApiConfig(_Model):
     def token(self) -> str | None:
         """The bearer token from ``token_file`` or ``$token_env``; None when unset."""
         if self.token_file:
-            tok = Path(self.token_file).read_text(encoding="utf-8").strip()
+            try:
+                tok = Path(self.token_file).read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as e:  # a traceback (not UTF-8), or an errno line
+                why = e.strerror if isinstance(e, OSError) and e.strerror else "not UTF-8 text"
+                raise ConfigError(f"api.token_file {self.token_file}: cannot read the token: {why}") from None
             return tok or None
         if self.token_env:
             return os.environ.get(self.token_env) or None
