@@ -108,6 +108,16 @@ def _lead_in(key: Sequence[int]) -> int:
     return next((i for i, k in enumerate(key) if k), 0)
 
 
+def _jumps_back(container, dts: array) -> bool:
+    """Decode timestamps that go back in a format whose clock may restart (MPEG-TS/PS,
+    Ogg: ``ts_discont``), e.g. recordings joined with ``cat``: sorting by pts would put
+    the later part's frames first, so presentation order is not pts order there."""
+    if not container.format.flags & av.format.Flags.ts_discont.value or len(dts) < 2:
+        return False
+    d = np.frombuffer(dts, np.int64)
+    return bool(np.any(d[1:] < d[:-1]))
+
+
 def build_index(container, stream) -> VideoIndex:
     """Demux the whole video stream (no decoding) and record pts + keyframe flags.
 
@@ -120,7 +130,7 @@ def build_index(container, stream) -> VideoIndex:
     clusters is shorter than its Segment's declared size.
     """
     pts, key, shown, untimed_key = array("q"), array("b"), array("q"), array("b")
-    truncated, empty, short_read = False, 0, False
+    truncated, empty, short_read, dts = False, 0, False, array("q")
     try:
         for pkt in container.demux(stream):
             if pkt.size == 0:
@@ -132,6 +142,8 @@ def build_index(container, stream) -> VideoIndex:
                 continue
             pts.append(int(pkt.pts))
             key.append(bool(pkt.is_keyframe))
+            if pkt.dts is not None:
+                dts.append(int(pkt.dts))
             if not pkt.is_discard:
                 # Why: an MP4 edit list starting mid-GOP marks the frames before its start
                 # "discard": decoded as references, never output, not part of the video.
@@ -150,10 +162,10 @@ def build_index(container, stream) -> VideoIndex:
     tb = float(stream.time_base) if stream.time_base else 1.0 / 25
     cc = stream.codec_context
     presentation = _decodable(np.unique(np.frombuffer(shown, np.int64)), pts_a, key_a)
-    ordinal = len(np.unique(pts_a)) < len(pts_a)
+    ordinal = len(np.unique(pts_a)) < len(pts_a) or _jumps_back(container, dts)
     if ordinal:
-        # Broken timestamps (duplicates): frames are identified by output order and
-        # timed by the nominal rate instead.
+        # Broken timestamps (duplicates, a clock that restarts): frames are identified
+        # by output order and timed by the nominal rate instead.
         rate = stream.guessed_rate or stream.average_rate or 25
         presentation, tb = np.arange(len(shown), dtype=np.int64), 1.0 / float(rate)
     start = int(presentation[0]) if len(presentation) else 0

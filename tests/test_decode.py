@@ -6,7 +6,7 @@ import av
 import numpy as np
 import pytest
 
-from conftest import DATA, frame_id, make_video
+from conftest import DATA, _default_pattern, frame_id, make_video
 from scanner.decode import FrameSampler, VideoError, build_index, choose_targets, open_file
 
 
@@ -372,3 +372,39 @@ def test_frames_beyond_8k_are_scaled_down_before_rgb(tmp_path, monkeypatch):
     f = next(iter(FrameSampler(path, frames=1, det_max_side=40)))
     assert f.image.shape == (60, 80, 3) and frame_id(f.image) == 0
     assert f.small.shape == (30, 40, 3) and f.scale == pytest.approx(0.5)
+
+
+def _ts_segment(path, first, n, first_pts, size):
+    """An MPEG-TS of frames ``first..first+n-1`` (default pattern) from ``first_pts``
+    in 90 kHz ticks: one recording segment."""
+    from fractions import Fraction
+
+    with av.open(str(path), "w", format="mpegts") as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt, s.options = size[0], size[1], "yuv420p", {"g": "10", "bf": "2"}
+        for i in range(n):
+            f = av.VideoFrame.from_ndarray(_default_pattern(first + i, *size), format="rgb24")
+            f.pts, f.time_base = first_pts + i * 3600, Fraction(1, 90000)
+            for p in s.encode(f):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path.read_bytes()
+
+
+def test_ts_whose_timestamps_jump_back_keeps_playback_order(tmp_path):
+    # Recordings joined with `cat` (a camera's TS segments, a broadcast capture across a
+    # clock reset): the second part's timestamps restart lower, off the first part's grid.
+    # Sorted by pts, its frames were numbered first: indices and times said the last
+    # frames came first (and the other way round) with no error.
+    path = tmp_path / "joined.ts"
+    path.write_bytes(_ts_segment(tmp_path / "a.ts", 0, 20, 900_000, (96, 64))
+                     + _ts_segment(tmp_path / "b.ts", 20, 20, 450_123, (80, 48)))
+    s = FrameSampler(path, frames=40)
+    got = list(s)
+    assert s.index.frames == 40 and s.missed == 0
+    assert [f.index for f in got] == list(range(40))
+    assert [frame_id(f.image) for f in got] == [i % 32 for i in range(40)]
+    assert [f.image.shape[1] for f in got] == [96] * 20 + [80] * 20
+    times = [f.time_s for f in got]
+    assert times[0] == 0.0 and all(b > a for a, b in zip(times, times[1:]))
