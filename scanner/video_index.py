@@ -92,6 +92,27 @@ def _matroska_cut(container) -> bool:
     return ebml == 0x1A45DFA3 and seg == 0x18538067 and not unknown and pos + length > size
 
 
+def _mpegts_cut(container) -> bool:
+    """An MPEG-TS that does not end on a whole packet (188 bytes, 192 in M2TS, 204 with
+    FEC): cut mid-packet, e.g. still being written, where FFmpeg's demuxer stops without
+    an error and passes on the last frame's partial data. A cut at a packet boundary is
+    not visible (no header gives the length): no claim."""
+    if "mpegts" not in container.format.name:
+        return False
+    try:
+        with open(container.name, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            f.seek(max(0, size - 2 * 204))
+            tail = f.read()
+    except OSError:
+        return False  # not a plain file: no claim
+    if size < 2 * 204:
+        return False
+    n = len(tail)
+    return not any(tail[n - p + sync] == tail[n - 2 * p + sync] == 0x47
+                   for p, sync in ((188, 0), (192, 4), (204, 0)))
+
+
 def _decodable(shown: np.ndarray, pts: np.ndarray, key: np.ndarray) -> np.ndarray:
     """``shown`` without the lead-in of a stream cut or recorded mid-GOP (an MPEG-TS):
     the frames before its first keyframe, and that keyframe's leading pictures, refer to
@@ -127,7 +148,8 @@ def build_index(container, stream) -> VideoIndex:
     write empty "dropped frame" chunks that it counts as frames), but an MP4/MOV
     sample table lists every sample: fewer packets than it lists means the file was
     cut on a sample boundary, which no read error reveals; a Matroska file cut between
-    clusters is shorter than its Segment's declared size.
+    clusters is shorter than its Segment's declared size; an MPEG-TS cut mid-packet does
+    not end on a whole one.
     """
     pts, key, shown, untimed_key = array("q"), array("b"), array("q"), array("b")
     truncated, empty, short_read, dts = False, 0, False, array("q")
@@ -151,7 +173,7 @@ def build_index(container, stream) -> VideoIndex:
     except av.error.FFmpegError:
         truncated = True  # data ends before the container says it should
     truncated |= (short_read or _samples_missing(container, stream, len(pts) + empty)
-                  or _matroska_cut(container))
+                  or _matroska_cut(container) or _mpegts_cut(container))
     if len(untimed_key) and not len(pts):
         # A raw elementary stream (.h264, .hevc) has no timestamps at all: its packets
         # are frames in order, handled like the all-at-pts-0 case below. One cut mid-GOP

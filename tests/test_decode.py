@@ -408,3 +408,19 @@ def test_ts_whose_timestamps_jump_back_keeps_playback_order(tmp_path):
     assert [f.image.shape[1] for f in got] == [96] * 20 + [80] * 20
     times = [f.time_s for f in got]
     assert times[0] == 0.0 and all(b > a for a, b in zip(times, times[1:]))
+
+
+def test_mpegts_cut_mid_packet_is_truncated(tmp_path):
+    # A TS still being written or cut by a download ends inside a 188-byte packet; the
+    # demuxer stops quietly and the last frame decodes from half its data: a scan judged
+    # the part read with no warning. Whole packets at the end (also 192-byte M2TS, and a
+    # file whose start was cut anywhere) make no claim.
+    data = _x264(tmp_path / "full.ts", fmt="mpegts").read_bytes()
+    for share in (3, 6, 9):
+        end = len(data) * share // 10 // 188 * 188 + 100
+        assert _kind(_bad(tmp_path, f"cut{share}.ts", data[:end])) == "truncated"
+    for name, whole in (("head.ts", data[: len(data) // 2 // 188 * 188]), ("tail.ts", data[1000:]),
+                        ("m2ts.m2ts", _x264(tmp_path / "f.m2ts", fmt="mpegts",
+                                            options={"mpegts_m2ts_mode": "1"}).read_bytes())):
+        s = FrameSampler(_bad(tmp_path, name, whole), frames=4)
+        assert len(list(s)) == 4 and not s.index.truncated, name
