@@ -26,6 +26,7 @@ from engines.errors import EngineUnavailable
 from engines.registry import file_hash
 
 from . import metrics
+from .aggregate import frames_needed
 from .align import align_faces
 from .config import ScanConfig
 from .decode import Frame, FrameSampler, VideoError, check_regular_file, classify_os_error
@@ -222,6 +223,7 @@ def _analyse(path: Path, ctx: ScanContext, row: dict) -> dict:
             decode_s = frames.busy_s
     finally:
         _record_sampling(row, sampler)
+    _check_decoded(sampler, len(state.frames), cfg.min_face_frames)
     result = _timed(state, "aggregate", video_row, state, ctx.cfg, ctx.threshold)
     if sampler.index is not None:
         ix = sampler.index
@@ -241,6 +243,17 @@ def _record_sampling(row: dict, sampler: FrameSampler) -> None:
     if sampler.missed:
         log.warning("%s: %d of %d sampled frames could not be decoded", sampler.path,
                     sampler.missed, sampler.requested)
+
+
+def _check_decoded(sampler: FrameSampler, decoded: int, min_face_frames: int) -> None:
+    """Too few sampled frames decoded for a verdict is an error, not a verdict: the
+    frames a verdict needs are capped at the frames sampled (a 2-frame clip), not at the
+    ones a damaged file let through, where 2 faces of 32 sampled frames would decide."""
+    need = frames_needed(min_face_frames, sampler.requested)
+    if decoded < need:
+        raise VideoError("frames_missed", f"only {decoded} of {sampler.requested} sampled frames "
+                         f"could be decoded ({sampler.decode_errors} corrupt packets); a verdict "
+                         f"needs {need}")
 
 
 def _decode_in_thread(cfg: ScanConfig) -> bool:

@@ -322,6 +322,25 @@ def test_rows_count_requested_and_missed_frames(ctx, monkeypatch, tmp_path):
     assert [f["index"] for f in row["frames_detail"]] == [0, 43, 129, 172, 215]
 
 
+def test_a_verdict_needs_enough_decoded_frames_not_just_enough_faces_of_them(ctx, monkeypatch):
+    # A damaged file whose decoder returned 2 of 6 sampled frames: frames_needed was
+    # capped at the 2 decoded (a rule for 2-frame clips), so 2 faces made a verdict where
+    # 3 are asked of a 6-frame sample. Too few decoded frames is an error row saying so.
+    from scanner.decode import FrameSampler
+    from scanner.pipeline import scan_video
+
+    real = FrameSampler._decode_packet
+
+    def keep_two(self, pkt):
+        return [f for f in real(self, pkt) if self.index.rank(f.pts) in (0, 215)]
+
+    monkeypatch.setattr(FrameSampler, "_decode_packet", keep_two)
+    row = scan_video(DATA / "d18.mp4", ctx)
+    assert row["verdict"] == "error" and row["error"]["kind"] == "frames_missed", row
+    assert "2 of 6" in row["error"]["message"]
+    assert (row["frames_requested"], row["frames_missed"]) == (6, 4)
+
+
 def test_live_inference_failing_on_every_frame_logs_once_not_per_frame(caplog):
     # A detector failing on every frame logged a traceback per frame of every stream
     # (plus a warning per batch): the log buried everything else at frame rate.
