@@ -13,12 +13,14 @@ import shutil
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from scanner.live.cli import serve_main
 from scanner.live.config import StreamConfig
 from scanner.live.sinks import JsonlSink
-from conftest import wait_for
+from scanner.live.source import LiveSource, SourceSettings
+from conftest import make_video, wait_for
 from test_api import _serve
 
 
@@ -115,3 +117,29 @@ def test_unreadable_token_file_is_one_config_line(tmp_path, content, capsys):
     assert serve_main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "api.token_file" in err[0] and "Traceback" not in err[0], err
+
+
+def _still(i: int) -> np.ndarray:
+    img = np.zeros((120, 160, 3), np.uint8)
+    img[30:90, 50:110] = (200, 150, 120)
+    return img
+
+
+def _played(path: Path) -> LiveSource:
+    src = LiveSource("cam", str(path), SourceSettings(allow_files=True, max_retries=0, sample_fps=5, stall_s=0.5))
+    src.start()
+    try:
+        wait_for(lambda: src.state == "stopped", 15, what="file to end")
+    finally:
+        src.stop()
+    return src
+
+
+def test_a_stream_frozen_on_one_picture_is_not_live_evidence(tmp_path):
+    """A camera stuck on one picture (same frame sent again and again) stayed 'live' and every
+    sampled copy of it renewed the verdict's window: a verdict of a moment long gone."""
+    frozen = _played(make_video(tmp_path / "frozen.mp4", frames=75, pattern=_still, options={"g": "1000"}))
+    assert len(frozen.buffer) == 1  # the picture once, not once per sample
+    assert frozen.stats.last_error.startswith("frozen: the same picture")
+    moving = _played(make_video(tmp_path / "moving.mp4", frames=75))
+    assert len(moving.buffer) == 4 and moving.buffer.dropped > 0 and moving.stats.last_error == "end of stream"

@@ -16,6 +16,7 @@ remembered and tried first on every reconnect.
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import random
 import threading
@@ -182,6 +183,9 @@ class LiveSource:
         self.transport: str | None = None
         self._first: str | None = None
         self._went_live = False  # the current connection decoded a frame
+        # Digest of the last sampled picture, and since when it repeats (kept across reconnects).
+        self._picture: bytes | None = None
+        self._same_since: float | None = None
         if self.src.scheme in ("rtsp", "rtsps"):
             self._first = "tcp" if s.rtsp_transport == "auto" else s.rtsp_transport
 
@@ -378,10 +382,30 @@ class LiveSource:
             if self._stop.is_set():
                 return
 
+    def _same_picture(self, image: np.ndarray, now: float) -> bool:
+        """True when ``image`` is the last sampled picture again: no new evidence, not pushed.
+
+        A camera stuck on one picture keeps sending it: the stream stayed ``live`` and its
+        verdict was renewed from that one picture for as long as it lasted. Left out, the
+        verdict lapses with its window; after ``stall_s`` of it the connection is dropped
+        like a stalled one (a stuck encoder often recovers in a new session).
+        """
+        digest = hashlib.blake2b(np.ascontiguousarray(image).data, digest_size=16).digest()
+        if digest != self._picture:
+            self._picture, self._same_since = digest, None
+            return False
+        if self._same_since is None:
+            self._same_since = now
+        if now - self._same_since > self.settings.stall_s:
+            raise SourceError(f"frozen: the same picture for {now - self._same_since:.0f}s")
+        return True
+
     def _push(self, frame, t: float, now: float, sar) -> None:
         # Conversion (RGB + square pixels + detector-size copy + rotation) happens here, in
         # the stream's own thread, so it scales with streams instead of loading the worker.
         fr = _to_frame(frame, self._seq, float(t), self.settings.det_max_side, sar)
+        if self._same_picture(fr.image, now):
+            return
         self._seq += 1
         self.stats.sampled += 1
         self._m.sampled.inc()
