@@ -10,16 +10,19 @@ import json
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
+from scanner.live.batcher import FrameResult
 from scanner.live.cli import serve_main
-from scanner.live.config import StreamConfig
-from scanner.live.sinks import JsonlSink
-from scanner.live.source import LiveSource, SourceSettings
+from scanner.live.config import StreamConfig, parse_config
+from scanner.live.service import LiveService
+from scanner.live.sinks import JsonlSink, Sink
+from scanner.live.source import LiveFrame, LiveSource, SourceSettings
 from conftest import make_video, wait_for
 from test_api import _serve
 
@@ -143,3 +146,42 @@ def test_a_stream_frozen_on_one_picture_is_not_live_evidence(tmp_path):
     assert frozen.stats.last_error.startswith("frozen: the same picture")
     moving = _played(make_video(tmp_path / "moving.mp4", frames=75))
     assert len(moving.buffer) == 4 and moving.buffer.dropped > 0 and moving.stats.last_error == "end of stream"
+
+
+class _Collect(Sink):
+    def __init__(self):
+        super().__init__("collect")
+        self.events: list[dict] = []
+
+    def deliver(self, event):
+        self.events.append(event)
+
+
+def _fake_face() -> FrameResult:
+    return FrameResult(np.array([[0, 0, 10, 10]], np.float32), np.ones(1, np.float32), np.full(1, 0.9, np.float32))
+
+
+def test_removed_and_shut_down_streams_end_their_verdict_with_an_event():
+    """A stream removed (DELETE /streams/x) or shut down sent no more events: a consumer of
+    the JSONL or webhook kept its last verdict ('fake') as current for good."""
+    sink = _Collect()
+    cfg = parse_config({"model": {"detector": "test_tiny"}, "api": {"enabled": False},
+                        "defaults": {"open_timeout_s": 1.0, "stall_s": 1.0}})
+    svc = LiveService(cfg, analyzer_factory=lambda dev: (lambda frames: [_fake_face() for _ in frames]),
+                      extra_sinks=[sink]).start()
+    try:
+        for name in ("a", "b"):
+            svc.add_stream(StreamConfig(name=name, url="rtsp://127.0.0.1:1/x"))
+            for i in range(3):
+                svc._on_result(LiveFrame(name, i, 0.0, time.monotonic(), None), _fake_face())
+            assert svc.describe(name)["verdict"] == "fake"
+        svc.remove_stream("a")
+    finally:
+        svc.stop()
+    last = {}
+    for ev in sink.events:
+        last[(ev["stream"], ev["track"])] = ev
+    assert {k: (v["verdict"], v["reason"], v["previous"]) for k, v in last.items()} == {
+        ("a", None): ("unknown", "removed", "fake"), ("a", 1): ("unknown", "removed", "fake"),
+        ("b", None): ("unknown", "shutdown", "fake"), ("b", 1): ("unknown", "shutdown", "fake")}
+    assert all(v["score"] is None and v["samples"] == 0 and v["state"] == "stopped" for v in last.values())

@@ -158,6 +158,22 @@ class StreamVerdicts:
                 events.append(ev)
         return events
 
+    def close(self, reason: str, now: float) -> list[dict]:
+        """Change events to ``unknown`` for the stream and each track that had a verdict.
+
+        A removed or shut-down stream gets no more events: a consumer of the events kept
+        its last verdict (``fake``, ``real``) as the current one for good.
+        """
+        events = []
+        for tid, j in [(None, self.stream), *self.tracks.items()]:
+            j.roll = RollingScore(self.s.window_s)
+            prev, j.hyst.verdict = j.hyst.verdict, "unknown"
+            if prev != "unknown":
+                ev = self._event(reason, j, prev, tid, now)
+                ev.pop("latency_s")  # no triggering frame
+                events.append(ev)
+        return events
+
     def tick(self, now: float) -> list[dict]:
         """Periodic summary event when ``emit_interval_s`` has passed since the last one."""
         if now - self.last_emit < self.s.emit_interval_s:

@@ -121,6 +121,8 @@ class LiveService:
         self.watchdog.stop()
         for w in self.workers:
             w.stop()
+        for st in streams:  # no result can arrive now: the verdicts end here
+            self._close(st, "shutdown")
         self.sinks.stop()
 
     @property
@@ -175,6 +177,7 @@ class LiveService:
             st.source.stop(timeout=s.open_timeout_s + 2 * s.stall_s + 5.0)
             if st.source.alive:
                 log.warning("stream %s: decode thread still running after removal", name)
+            self._close(st, "removed")
             self.metrics.remove_stream(name)
         finally:
             with self._lock:
@@ -227,6 +230,14 @@ class LiveService:
         v = st.verdicts.stream
         st.source._m.score.set(float("nan") if v.roll.value is None else v.roll.value)
         st.source._m.fake.set(1.0 if v.hyst.verdict == "fake" else 0.0)
+
+    def _close(self, st: _Stream, reason: str) -> None:
+        """Emit the end of ``st``'s verdicts (``unknown``, ``reason``) to every sink."""
+        with st.lock:
+            events = st.verdicts.close(reason, time.monotonic())
+        for ev in events:
+            ev["state"] = "stopped"
+            self.sinks.emit(ev)
 
     def _on_error(self, batch, e: Exception) -> None:
         with self._lock:
