@@ -139,6 +139,15 @@ def _jumps_back(container, dts: array) -> bool:
     return bool(np.any(d[1:] < d[:-1]))
 
 
+def _decode_order_stamps(container, stream, pts: np.ndarray) -> bool:
+    """AVI and ASF keep no presentation times: packets carry decode-order stamps, and a
+    codec that reorders (H.264 B-frames) outputs pictures in another order than those
+    stamps, each with its packet's stamp; ranked by them, frame 4 was another picture."""
+    name = container.format.name
+    return (name in ("avi", "asf") and bool(stream.codec_context.has_b_frames)
+            and bool(np.all(np.diff(pts) > 0)))
+
+
 def build_index(container, stream) -> VideoIndex:
     """Demux the whole video stream (no decoding) and record pts + keyframe flags.
 
@@ -184,10 +193,11 @@ def build_index(container, stream) -> VideoIndex:
     tb = float(stream.time_base) if stream.time_base else 1.0 / 25
     cc = stream.codec_context
     presentation = _decodable(np.unique(np.frombuffer(shown, np.int64)), pts_a, key_a)
-    ordinal = len(np.unique(pts_a)) < len(pts_a) or _jumps_back(container, dts)
+    ordinal = (len(np.unique(pts_a)) < len(pts_a) or _jumps_back(container, dts)
+               or _decode_order_stamps(container, stream, pts_a))
     if ordinal:
-        # Broken timestamps (duplicates, a clock that restarts): frames are identified
-        # by output order and timed by the nominal rate instead.
+        # Broken timestamps (duplicates, a clock that restarts, decode-order stamps):
+        # frames are identified by output order and timed by the nominal rate instead.
         rate = stream.guessed_rate or stream.average_rate or 25
         presentation, tb = np.arange(len(shown), dtype=np.int64), 1.0 / float(rate)
     start = int(presentation[0]) if len(presentation) else 0

@@ -424,3 +424,18 @@ def test_mpegts_cut_mid_packet_is_truncated(tmp_path):
                                             options={"mpegts_m2ts_mode": "1"}).read_bytes())):
         s = FrameSampler(_bad(tmp_path, name, whole), frames=4)
         assert len(list(s)) == 4 and not s.index.truncated, name
+
+
+@pytest.mark.parametrize("name", ["b.avi", "b.wmv"])
+def test_b_frames_in_avi_or_asf_come_out_in_display_order(tmp_path, name):
+    # AVI and ASF store no presentation times: with H.264 B-frames the packets carry
+    # decode-order stamps, and pictures leave the decoder reordered with those stamps.
+    # Ranked by them, "frame 4" was another picture (the red channel said 2, 3, 1 ...).
+    path = make_video(tmp_path / name, frames=40, options={"g": "12", "bf": "3"})
+    full = _all_frames(path)
+    for kw in ({"frames": 40}, {"frames": 7}):
+        got = list(FrameSampler(path, **kw))
+        assert [f.index for f in got] == sorted({f.index for f in got})
+        assert [frame_id(f.image) for f in got] == [f.index % 32 for f in got]  # id wraps at 32
+        for f in got:
+            assert np.array_equal(f.image, full[f.index])
