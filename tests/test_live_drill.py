@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import time
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from scanner.live.batcher import FrameResult
 from scanner.live.cli import serve_main
 from scanner.live.config import StreamConfig, parse_config
 from scanner.live.service import LiveService
-from scanner.live.sinks import JsonlSink, Sink
+from scanner.live.sinks import JsonlSink, Sink, WebhookSink
 from scanner.live.source import LiveFrame, LiveSource, SourceSettings
 from conftest import make_video, wait_for
 from test_api import _serve
@@ -185,3 +186,18 @@ def test_removed_and_shut_down_streams_end_their_verdict_with_an_event():
         ("a", None): ("unknown", "removed", "fake"), ("a", 1): ("unknown", "removed", "fake"),
         ("b", None): ("unknown", "shutdown", "fake"), ("b", 1): ("unknown", "shutdown", "fake")}
     assert all(v["score"] is None and v["samples"] == 0 and v["state"] == "stopped" for v in last.values())
+
+
+def test_webhook_retry_waits_are_capped():
+    """retries 20 with backoff_s 60 (both allowed) waited 60 * 2**19 s before the last attempt:
+    one event held the webhook for a year, every alert queued behind it was dropped."""
+    waits: list[float] = []
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    port = silent.getsockname()[1]
+    silent.close()  # nothing listens: every attempt is refused at once
+    sink = WebhookSink(f"http://127.0.0.1:{port}/hook", retries=20, backoff_s=60, sleep=waits.append)
+    with pytest.raises(ConnectionError, match="after 21 attempt"):
+        sink.deliver({"stream": "s", "alert": True})
+    assert len(waits) == 20 and max(waits) == 60 and waits[:2] == [60, 60]
+    sink.close()

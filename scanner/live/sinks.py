@@ -169,6 +169,9 @@ class StdoutSink(Sink):
         self._w.write(event)
 
 
+MAX_BACKOFF_S = 60.0  # longest wait between two attempts of one webhook delivery
+
+
 class WebhookSink(Sink):
     """POSTs each event as JSON (httpx); retries with exponential backoff; counts failures.
 
@@ -189,8 +192,8 @@ class WebhookSink(Sink):
         body = json_line(event).encode()  # NaN/Inf as null, like every other sink
         err = ""
         for attempt in range(self.retries + 1):
-            if attempt:
-                self._sleep(self.backoff_s * 2 ** (attempt - 1))
+            if attempt:  # capped: retries 20 x backoff_s 60 was a 1-year wait, every alert behind it dropped
+                self._sleep(min(self.backoff_s * 2 ** (attempt - 1), max(self.backoff_s, MAX_BACKOFF_S)))
             try:
                 r = self._client.post(self.url, content=body)
             except httpx.HTTPError as e:  # refused connections, timeouts, protocol errors
