@@ -148,6 +148,13 @@ def _decode_order_stamps(container, stream, pts: np.ndarray) -> bool:
             and bool(np.all(np.diff(pts) > 0)))
 
 
+def _broken_stamps(container, stream, pts: np.ndarray, dts: array) -> bool:
+    """Timestamps that do not give presentation order: duplicates, a clock that
+    restarts, decode-order stamps."""
+    return (len(np.unique(pts)) < len(pts) or _jumps_back(container, dts)
+            or _decode_order_stamps(container, stream, pts))
+
+
 def build_index(container, stream) -> VideoIndex:
     """Demux the whole video stream (no decoding) and record pts + keyframe flags.
 
@@ -183,6 +190,9 @@ def build_index(container, stream) -> VideoIndex:
         truncated = True  # data ends before the container says it should
     truncated |= (short_read or _samples_missing(container, stream, len(pts) + empty)
                   or _matroska_cut(container) or _mpegts_cut(container))
+    # Frames without a pts among timed ones (H.264 in MPEG-PS: one pts per PES packet of
+    # several pictures) are frames all the same, in an order only the decoder knows.
+    untimed = len(untimed_key) if len(pts) else 0
     if len(untimed_key) and not len(pts):
         # A raw elementary stream (.h264, .hevc) has no timestamps at all: its packets
         # are frames in order, handled like the all-at-pts-0 case below. One cut mid-GOP
@@ -193,13 +203,11 @@ def build_index(container, stream) -> VideoIndex:
     tb = float(stream.time_base) if stream.time_base else 1.0 / 25
     cc = stream.codec_context
     presentation = _decodable(np.unique(np.frombuffer(shown, np.int64)), pts_a, key_a)
-    ordinal = (len(np.unique(pts_a)) < len(pts_a) or _jumps_back(container, dts)
-               or _decode_order_stamps(container, stream, pts_a))
+    ordinal = untimed > 0 or _broken_stamps(container, stream, pts_a, dts)
     if ordinal:
-        # Broken timestamps (duplicates, a clock that restarts, decode-order stamps):
-        # frames are identified by output order and timed by the nominal rate instead.
+        # Frames are identified by output order and timed by the nominal rate instead.
         rate = stream.guessed_rate or stream.average_rate or 25
-        presentation, tb = np.arange(len(shown), dtype=np.int64), 1.0 / float(rate)
+        presentation, tb = np.arange(len(shown) + untimed, dtype=np.int64), 1.0 / float(rate)
     start = int(presentation[0]) if len(presentation) else 0
     return VideoIndex(pts_a, key_a, truncated, tb, start, cc.width, cc.height, cc.name, presentation,
                       ordinal, empty)

@@ -439,3 +439,17 @@ def test_b_frames_in_avi_or_asf_come_out_in_display_order(tmp_path, name):
         assert [frame_id(f.image) for f in got] == [f.index % 32 for f in got]  # id wraps at 32
         for f in got:
             assert np.array_equal(f.image, full[f.index])
+
+
+def test_h264_in_mpeg_ps_counts_frames_without_timestamps(tmp_path):
+    # FFmpeg's MPEG-PS muxer packs several H.264 pictures in one PES packet, and only the
+    # first gets a pts: the others (57 of 60 here) were left out of the index, so the
+    # video had 3 frames, and the samples were other pictures than their index said.
+    path = make_video(tmp_path / "v.mpg", frames=60, fmt="mpeg")
+    full = _all_frames(path)
+    s = FrameSampler(path, frames=8)
+    got = list(s)
+    assert s.index.frames == 60 and s.missed == 0
+    assert [f.index for f in got] == list(np.linspace(0, 59, 8).round().astype(int))
+    for f in got:
+        assert np.array_equal(f.image, full[f.index])
