@@ -129,13 +129,11 @@ def _lead_in(key: Sequence[int]) -> int:
     return next((i for i, k in enumerate(key) if k), 0)
 
 
-def _jumps_back(container, dts: array) -> bool:
+def _jumps_back(dts: array) -> bool:
     """Decode timestamps that go back in a format whose clock may restart (MPEG-TS/PS,
     Ogg: ``ts_discont``), e.g. recordings joined with ``cat``: sorting by pts would put
     the later part's frames first, so presentation order is not pts order there."""
-    if not container.format.flags & av.format.Flags.ts_discont.value or len(dts) < 2:
-        return False
-    d = np.frombuffer(dts, np.int64)
+    d = np.frombuffer(dts, np.int64)  # collected for ts_discont formats only
     return bool(np.any(d[1:] < d[:-1]))
 
 
@@ -151,7 +149,7 @@ def _decode_order_stamps(container, stream, pts: np.ndarray) -> bool:
 def _broken_stamps(container, stream, pts: np.ndarray, dts: array) -> bool:
     """Timestamps that do not give presentation order: duplicates, a clock that
     restarts, decode-order stamps."""
-    return (len(np.unique(pts)) < len(pts) or _jumps_back(container, dts)
+    return (len(np.unique(pts)) < len(pts) or _jumps_back(dts)
             or _decode_order_stamps(container, stream, pts))
 
 
@@ -169,6 +167,7 @@ def build_index(container, stream) -> VideoIndex:
     """
     pts, key, shown, untimed_key = array("q"), array("b"), array("q"), array("b")
     truncated, empty, short_read, dts = False, 0, False, array("q")
+    discont = container.format.flags & av.format.Flags.ts_discont.value  # see _jumps_back
     try:
         for pkt in container.demux(stream):
             if pkt.size == 0:
@@ -180,7 +179,7 @@ def build_index(container, stream) -> VideoIndex:
                 continue
             pts.append(int(pkt.pts))
             key.append(bool(pkt.is_keyframe))
-            if pkt.dts is not None:
+            if discont and pkt.dts is not None:
                 dts.append(int(pkt.dts))
             if not pkt.is_discard:
                 # Why: an MP4 edit list starting mid-GOP marks the frames before its start
