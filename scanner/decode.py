@@ -306,6 +306,7 @@ class FrameSampler:
                 seekable: bool, pending: set[int]) -> Iterator[Frame]:
         """Frames of ``targets``; each one output is removed from ``pending``."""
         self._sar = stream.sample_aspect_ratio  # container's (MP4 pasp, MKV display size) or codec's
+        self._codec_sar = stream.codec_context.sample_aspect_ratio
         if index.ordinal:
             yield from self._decode_by_order(container, stream, index, set(targets), pending)
             return
@@ -335,7 +336,8 @@ class FrameSampler:
             for f in self._decode_packet(pkt):
                 if f.pts in pending:
                     pending.discard(f.pts)
-                    yield _to_frame(f, index.rank(f.pts), index.time_of(f.pts), self.det_max_side, self._sar)
+                    yield _to_frame(f, index.rank(f.pts), index.time_of(f.pts), self.det_max_side,
+                                    self._frame_sar(cc))
             if not (wanted & pending) or budget <= 0:
                 break
 
@@ -347,10 +349,19 @@ class FrameSampler:
             for f in self._decode_packet(pkt):
                 if n in targets:
                     pending.discard(n)
-                    yield _to_frame(f, n, n * index.time_base, self.det_max_side, self._sar)
+                    yield _to_frame(f, n, n * index.time_base, self.det_max_side,
+                                    self._frame_sar(stream.codec_context))
                 n += 1
             if n > max(targets):
                 break
+
+    def _frame_sar(self, cc):
+        """The SAR of the picture just decoded: the container's when it declares one of
+        its own (FFmpeg's rule), else the decoder's current one, which follows the stream
+        (a broadcast switching between 4:3 and 16:9 pictures of one stored size)."""
+        if self._sar != self._codec_sar:
+            return self._sar
+        return cc.sample_aspect_ratio or self._sar
 
     def _threads(self, stream) -> None:
         stream.thread_type = "AUTO"  # frame + slice threads

@@ -374,14 +374,16 @@ def test_frames_beyond_8k_are_scaled_down_before_rgb(tmp_path, monkeypatch):
     assert f.small.shape == (30, 40, 3) and f.scale == pytest.approx(0.5)
 
 
-def _ts_segment(path, first, n, first_pts, size):
+def _ts_segment(path, first, n, first_pts, size, sar=None):
     """An MPEG-TS of frames ``first..first+n-1`` (default pattern) from ``first_pts``
-    in 90 kHz ticks: one recording segment."""
+    in 90 kHz ticks: one recording segment (``sar``: its pixels' aspect ratio)."""
     from fractions import Fraction
 
     with av.open(str(path), "w", format="mpegts") as c:
         s = c.add_stream("libx264", rate=25)
         s.width, s.height, s.pix_fmt, s.options = size[0], size[1], "yuv420p", {"g": "10", "bf": "2"}
+        if sar is not None:
+            s.codec_context.sample_aspect_ratio = sar
         for i in range(n):
             f = av.VideoFrame.from_ndarray(_default_pattern(first + i, *size), format="rgb24")
             f.pts, f.time_base = first_pts + i * 3600, Fraction(1, 90000)
@@ -453,3 +455,19 @@ def test_h264_in_mpeg_ps_counts_frames_without_timestamps(tmp_path):
     assert [f.index for f in got] == list(np.linspace(0, 59, 8).round().astype(int))
     for f in got:
         assert np.array_equal(f.image, full[f.index])
+
+
+def test_broadcast_switching_aspect_ratio_mid_stream_is_unsqueezed_per_part(tmp_path):
+    # DVB broadcasts switch between 4:3 and 16:9 pictures of the same stored size (a
+    # programme after an advert): the SAR read when the file was opened was applied to
+    # every frame, so the 16:9 part's faces came out squeezed to 3/4 of their width.
+    from fractions import Fraction
+
+    path = tmp_path / "switch.ts"
+    path.write_bytes(_ts_segment(tmp_path / "a.ts", 0, 20, 90_000, (96, 64), Fraction(1, 1))
+                     + _ts_segment(tmp_path / "b.ts", 20, 20, 90_000 + 20 * 3600, (96, 64), Fraction(2, 1)))
+    got = list(FrameSampler(path, frames=40))
+    assert [frame_id(f.image) for f in got] == [i % 32 for i in range(40)]
+    shapes = [f.image.shape[:2] for f in got]
+    # Decoders report a new SAR with a frame or two of reorder delay: the boundary is loose.
+    assert shapes[:16] == [(64, 96)] * 16 and shapes[-16:] == [(32, 96)] * 16
