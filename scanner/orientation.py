@@ -11,7 +11,11 @@ without any error. The scan therefore checks the orientation once per video:
 - otherwise that frame is also searched turned by 90, 180 and 270 degrees, and
   votes for the turn with the most probable face if that face is confident and far
   more probable than the best face as stored; two votes adopt a turn for the video;
-- a video whose first ``max_probes`` frames settle nothing is taken as stored.
+- a video whose first ``max_probes`` frames with a face at some turn settle nothing
+  is taken as stored; frames with no face at any turn (a black intro, the camera
+  pointing elsewhere) say nothing about the turn and do not count, up to ``max_empty``
+  of them: a video without faces then costs 8 x 3 extra detections (56 instead of 41
+  on 32 samples), and an intro of up to a quarter of 32 samples is passed over.
 
 The turn applied is reported in the row (``orientation_deg``, counter-clockwise)
 so reports can draw boxes on the same pixels.
@@ -56,10 +60,12 @@ def _odds(p: float) -> float:
 class Orientation:
     """Per-video orientation state; ``k`` is None until settled, then quarter turns (CCW)."""
 
-    def __init__(self, faces: FaceDetector, confident: float = CONFIDENT, max_probes: int = 3):
-        self.faces, self.confident, self.max_probes = faces, confident, max_probes
+    def __init__(self, faces: FaceDetector, confident: float = CONFIDENT, max_probes: int = 3,
+                 max_empty: int = 8):
+        self.faces, self.confident, self.max_probes, self.max_empty = faces, confident, max_probes, max_empty
         self.k: int | None = None
         self.probes = 0
+        self.empty = 0  # probed frames without a face at any turn
         self.votes = [0, 0, 0, 0]
 
     @property
@@ -78,8 +84,12 @@ class Orientation:
             if stored >= self.confident:  # the usual case: no extra search
                 self.k = 0
                 break
-            self.probes += 1
             probs = [stored, *map(_best, self.faces.detect([rotate_frame(fr, k) for k in (1, 2, 3)]))]
+            if max(probs) == 0.0:  # no face at any turn: no evidence either way
+                self.empty += 1
+                self.k = 0 if self.empty >= self.max_empty else None
+                continue
+            self.probes += 1
             k = int(np.argmax(probs))
             if probs[k] >= self.confident and _odds(probs[k]) >= ODDS_RATIO * _odds(stored):
                 self.votes[k] += 1

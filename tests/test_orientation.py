@@ -150,7 +150,7 @@ def test_one_frame_does_not_turn_the_video():
     o = Orientation(det)
     frames = [_marked(i) for i in range(3)]
     assert o.settle(frames, [det._faces(f) for f in frames]) is False
-    assert o.k == 0 and o.probes == 3
+    assert o.k is None and o.probes == 2 and o.empty == 1  # a frame without faces is no probe
 
 
 def test_two_agreeing_frames_turn_the_video():
@@ -175,3 +175,21 @@ def test_upright_real_clips_stay_as_stored():
     for name, frames in rows.items():
         o = Orientation(faces)
         assert o.settle(frames, faces.detect(frames)) is False and o.k == 0, name
+
+
+def test_frames_without_a_face_at_any_turn_do_not_settle_the_video():
+    # A sideways phone clip whose first samples show no face at all (a black intro, the
+    # camera still pointing elsewhere) was settled "as stored" by those empty probes: the
+    # faces after them were never searched turned, and a clip full of faces was no_face.
+    det = ScriptedFaces({**{i: [0, 0, 0, 0] for i in range(5)},
+                         5: [0, 0.9999, 0, 0], 6: [0, 1.0, 0, 0]})
+    o = Orientation(det)
+    frames = [_marked(i) for i in range(7)]
+    assert o.settle(frames, [det._faces(f) for f in frames]) is True
+    assert o.k == 1 and o.probes == 2
+    # A video with no face anywhere is settled as stored after a bounded number of them.
+    det = ScriptedFaces({i: [0, 0, 0, 0] for i in range(40)})
+    o = Orientation(det)
+    frames = [_marked(i) for i in range(40)]
+    assert o.settle(frames, [det._faces(f) for f in frames]) is False
+    assert o.k == 0 and det.calls == 3 * o.max_empty
