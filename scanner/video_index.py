@@ -113,6 +113,21 @@ def _mpegts_cut(container) -> bool:
                    for p, sync in ((188, 0), (192, 4), (204, 0)))
 
 
+def _dv_cut(container, stream) -> bool:
+    """A raw DV file that is not a whole number of frames (DV frames have one fixed size:
+    the bit rate over the frame rate, e.g. 144000 bytes in PAL DV25): cut mid-frame, whose
+    last packet the demuxer pads to full size without a word."""
+    if container.format.name != "dv":
+        return False
+    rate, bits = stream.guessed_rate, stream.codec_context.bit_rate
+    try:
+        size = os.stat(container.name).st_size
+    except OSError:
+        return False
+    frame = round(bits / 8 / float(rate)) if rate and bits else 0
+    return frame > 0 and size % frame != 0
+
+
 def _decodable(shown: np.ndarray, pts: np.ndarray, key: np.ndarray) -> np.ndarray:
     """``shown`` without the lead-in of a stream cut or recorded mid-GOP (an MPEG-TS):
     the frames before its first keyframe, and that keyframe's leading pictures, refer to
@@ -163,7 +178,7 @@ def build_index(container, stream) -> VideoIndex:
     sample table lists every sample: fewer packets than it lists means the file was
     cut on a sample boundary, which no read error reveals; a Matroska file cut between
     clusters is shorter than its Segment's declared size; an MPEG-TS cut mid-packet does
-    not end on a whole one.
+    not end on a whole one, nor raw DV on a whole frame.
     """
     pts, key, shown, untimed_key = array("q"), array("b"), array("q"), array("b")
     truncated, empty, short_read, dts = False, 0, False, array("q")
@@ -188,7 +203,8 @@ def build_index(container, stream) -> VideoIndex:
     except av.error.FFmpegError:
         truncated = True  # data ends before the container says it should
     truncated |= (short_read or _samples_missing(container, stream, len(pts) + empty)
-                  or _matroska_cut(container) or _mpegts_cut(container))
+                  or _matroska_cut(container) or _mpegts_cut(container)
+                  or _dv_cut(container, stream))
     # Frames without a pts among timed ones (H.264 in MPEG-PS: one pts per PES packet of
     # several pictures) are frames all the same, in an order only the decoder knows.
     untimed = len(untimed_key) if len(pts) else 0

@@ -471,3 +471,14 @@ def test_broadcast_switching_aspect_ratio_mid_stream_is_unsqueezed_per_part(tmp_
     shapes = [f.image.shape[:2] for f in got]
     # Decoders report a new SAR with a frame or two of reorder delay: the boundary is loose.
     assert shapes[:16] == [(64, 96)] * 16 and shapes[-16:] == [(32, 96)] * 16
+
+
+def test_raw_dv_cut_mid_frame_is_truncated(tmp_path):
+    # The DV demuxer pads a last frame cut short to its full size: a byte-cut capture was
+    # judged with a half-grey last frame, no warning.
+    full = make_video(tmp_path / "full.dv", frames=5, size=(720, 576), codec="dvvideo")
+    data = full.read_bytes()
+    assert len(data) == 5 * 144000
+    s = FrameSampler(full, frames=5)
+    assert len(list(s)) == 5 and not s.index.truncated
+    assert _kind(_bad(tmp_path, "cut.dv", data[: 3 * 144000 + 50000])) == "truncated"
