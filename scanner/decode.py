@@ -96,6 +96,8 @@ def _classify_open_error(path: Path, e: Exception) -> VideoError:
     if isinstance(e, av.error.FFmpegError) and _looks_like_mp4(path):
         return VideoError("truncated", "MP4/MOV file without a usable index (moov): truncated "
                           f"or still being written ({e})")
+    if isinstance(e, av.error.FFmpegError) and _avi_cut(path):
+        return VideoError("truncated", f"AVI file cut inside its header (shorter than its RIFF size: {e})")
     image = _image_kind(path)
     if image:  # FFmpeg would say only "Invalid argument" (image demuxers are not allowed)
         return VideoError("not_video", f"an image file ({image}), not a video: dfscan scans video files")
@@ -126,6 +128,17 @@ def _looks_like_mp4(path: Path) -> bool:
     except OSError:
         return False
     return head[4:8] in (b"ftyp", b"mdat", b"moov", b"wide", b"free")
+
+
+def _avi_cut(path: Path) -> bool:
+    """An AVI shorter than its first RIFF chunk says: one cut in its header (a download
+    that stopped early) is unreadable, but it is a truncated video, not 'not a video'."""
+    try:
+        with open(path, "rb") as f:
+            head, size = f.read(12), os.fstat(f.fileno()).st_size
+    except OSError:
+        return False
+    return head[:4] == b"RIFF" and head[8:12] == b"AVI " and int.from_bytes(head[4:8], "little") + 8 > size
 
 
 def check_regular_file(path: Path) -> None:

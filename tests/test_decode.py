@@ -482,3 +482,14 @@ def test_raw_dv_cut_mid_frame_is_truncated(tmp_path):
     s = FrameSampler(full, frames=5)
     assert len(list(s)) == 5 and not s.index.truncated
     assert _kind(_bad(tmp_path, "cut.dv", data[: 3 * 144000 + 50000])) == "truncated"
+
+
+def test_avi_cut_inside_its_header_is_truncated_not_not_a_video(tmp_path):
+    # A download that stopped in the first kilobytes of an AVI: FFmpeg cannot parse the
+    # header, and the row said "not a video file" (a cut further on was already truncated).
+    data = _x264(tmp_path / "full.avi", fmt="avi", codec="mpeg4").read_bytes()
+    for end in (2000, 5000):
+        assert _kind(_bad(tmp_path, f"cut{end}.avi", data[:end])) == "truncated"
+    riff = bytearray(data[:5000])
+    riff[4:8] = (5000 - 8).to_bytes(4, "little")  # a complete (if broken) header: no claim
+    assert _kind(_bad(tmp_path, "broken.avi", bytes(riff))) == "not_video"
