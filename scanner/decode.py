@@ -33,6 +33,7 @@ import numpy as np
 
 from engines.errors import DfscanError
 
+from .interlace import deinterlace
 from .video_index import MAX_SAMPLED_FRAMES, Run, VideoIndex, build_index, choose_targets, gop_plan  # noqa: F401 (re-exported)
 
 VIDEO_EXTENSIONS = frozenset(
@@ -66,6 +67,8 @@ class Frame:
         image: RGB ``uint8 (H, W, 3)`` at full resolution.
         small: RGB ``uint8 (h, w, 3)`` downscaled copy for face detection, or None.
         scale: ``small`` size / ``image`` size (1.0 when ``small`` is None).
+        deinterlaced: the decoder flagged the frame interlaced and it was made progressive
+            (:mod:`scanner.interlace`).
     """
 
     index: int
@@ -73,6 +76,7 @@ class Frame:
     image: np.ndarray
     small: np.ndarray | None = None
     scale: float = 1.0
+    deinterlaced: bool = False
 
 
 def classify_os_error(path: Path, e: OSError) -> VideoError:
@@ -223,7 +227,9 @@ def display_size(width: int, height: int, sar, max_pixels: int | None = None) ->
 
 def _to_frame(av_frame, idx: int, time_s: float, det_max_side: int | None, sar=None) -> Frame:
     """``sar``: the stream's sample aspect ratio (PyAV's frames do not carry it)."""
-    rot = int(round((getattr(av_frame, "rotation", 0) or 0) / 90.0)) % 4
+    rot = int(round((getattr(av_frame, "rotation", 0) or 0) / 90.0)) % 4  # before: yadif drops it
+    progressive = deinterlace(av_frame)
+    av_frame = av_frame if progressive is None else progressive
     small, scale = None, 1.0
     w, h = display_size(av_frame.width, av_frame.height, sar)
     if (w, h) == (av_frame.width, av_frame.height):
@@ -241,7 +247,7 @@ def _to_frame(av_frame, idx: int, time_s: float, det_max_side: int | None, sar=N
         # Display matrix angle is counter-clockwise; np.rot90 turns CCW for k > 0.
         image = np.ascontiguousarray(np.rot90(image, rot))
         small = None if small is None else np.ascontiguousarray(np.rot90(small, rot))
-    return Frame(idx, time_s, image, small, scale)
+    return Frame(idx, time_s, image, small, scale, progressive is not None)
 
 
 class FrameSampler:
@@ -275,6 +281,7 @@ class FrameSampler:
         self.requested = 0  # sampled frames chosen (after the index pass)
         self.missed = 0  # targets that never came out of the decoder
         self.refetched = 0
+        self.deinterlaced = 0  # sampled frames flagged interlaced, made progressive
         self._sar = None
 
     def __iter__(self) -> Iterator[Frame]:
@@ -287,6 +294,7 @@ class FrameSampler:
             seekable = self.seek and _has_exact_seek(container) and not index.ordinal
             for fr in self._decode(container, stream, index, targets, seekable, pending):
                 yielded += 1
+                self.deinterlaced += fr.deinterlaced
                 yield fr
         if pending and seekable:
             # Whatever seeking lost (a decoder that drops pictures after a seek, a
@@ -295,6 +303,7 @@ class FrameSampler:
             with _opened(self.path) as (container, stream):
                 for fr in self._decode(container, stream, index, sorted(pending), False, pending):
                     yielded += 1
+                    self.deinterlaced += fr.deinterlaced
                     yield fr
             self.refetched = lost - len(pending)
         self.missed = len(pending)

@@ -493,3 +493,48 @@ def test_avi_cut_inside_its_header_is_truncated_not_not_a_video(tmp_path):
     riff = bytearray(data[:5000])
     riff[4:8] = (5000 - 8).to_bytes(4, "little")  # a complete (if broken) header: no claim
     assert _kind(_bad(tmp_path, "broken.avi", bytes(riff))) == "not_video"
+
+
+def _woven_clip(path, interlaced: bool):
+    """Every frame weaves two fields of one photo 8 px apart, as a moving subject is
+    captured interlaced; x264 stores it as interlaced (tff) or as a plain progressive picture."""
+    import av
+    from PIL import Image
+
+    img = np.asarray(Image.open(DATA / "multiface.jpg").convert("RGB").resize((320, 240)))
+    woven = img.copy()
+    woven[1::2] = np.roll(img, 8, axis=1)[1::2]
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = 320, 240, "yuv420p"
+        s.options = {"crf": "10", **({"x264-params": "interlaced=1:tff=1"} if interlaced else {})}
+        for i in range(10):
+            f = av.VideoFrame.from_ndarray(woven, format="rgb24")
+            f.pts = i
+            out.mux(s.encode(f))
+        out.mux(s.encode())
+    return img
+
+
+def test_interlaced_frames_are_deinterlaced_and_counted(tmp_path):
+    # Interlaced video (1080i broadcast, camcorders) was read as woven pictures: on motion
+    # the two fields comb every edge, MTCNN lost faces (53 of 82 on a crowd clip re-encoded
+    # interlaced) and a real talking head was called fake (0.32 -> 0.54).
+    comb = lambda x: float(np.abs(np.diff(x.astype(np.float64), axis=0)).mean())  # noqa: E731
+    img = _woven_clip(tmp_path / "i.mp4", interlaced=True)
+    _woven_clip(tmp_path / "p.mp4", interlaced=False)
+    sampler = FrameSampler(tmp_path / "i.mp4", 3)
+    frames = list(sampler)
+    assert [f.deinterlaced for f in frames] == [True] * 3 and sampler.deinterlaced == 3
+    assert all(comb(f.image) < 1.3 * comb(img) for f in frames)  # the comb (4.7x the photo's) is gone
+    progressive = FrameSampler(tmp_path / "p.mp4", 3)  # the same weave, not flagged: left as it is
+    assert all(not f.deinterlaced and comb(f.image) > 4 * comb(img) for f in progressive)
+    assert progressive.deinterlaced == 0
+    import json
+
+    from scanner.cli import main
+
+    out = tmp_path / "o.jsonl"
+    main(["scan", str(tmp_path / "i.mp4"), "--out", str(out), "--detector", "test_tiny", "--frames", "4",
+          "--no-progress", "--workers", "1"])
+    assert json.loads(out.read_text())["video"]["deinterlaced"] == 4  # the row says so
