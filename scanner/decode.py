@@ -250,6 +250,16 @@ def _to_frame(av_frame, idx: int, time_s: float, det_max_side: int | None, sar=N
     return Frame(idx, time_s, image, small, scale, progressive is not None)
 
 
+def picture_sar(stream_sar, opened_codec_sar, cc):
+    """The SAR of the picture just decoded by ``cc``: the container's (``stream_sar``) when it
+    declares one of its own, i.e. differs from the codec's at open (FFmpeg's rule), else the
+    decoder's current one, which follows the stream (a broadcast switching between 4:3 and
+    16:9 pictures of one stored size). Batch files and live streams alike."""
+    if stream_sar != opened_codec_sar:
+        return stream_sar
+    return cc.sample_aspect_ratio or stream_sar
+
+
 class FrameSampler:
     """Sample frames of one video file (see module docstring).
 
@@ -378,12 +388,7 @@ class FrameSampler:
                 break
 
     def _frame_sar(self, cc):
-        """The SAR of the picture just decoded: the container's when it declares one of
-        its own (FFmpeg's rule), else the decoder's current one, which follows the stream
-        (a broadcast switching between 4:3 and 16:9 pictures of one stored size)."""
-        if self._sar != self._codec_sar:
-            return self._sar
-        return cc.sample_aspect_ratio or self._sar
+        return picture_sar(self._sar, self._codec_sar, cc)
 
     def _threads(self, stream) -> None:
         stream.thread_type = "AUTO"  # frame + slice threads

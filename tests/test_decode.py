@@ -1,6 +1,7 @@
 """Frame sampling: exact frames, seek == sequential, rotation, VFR, bad inputs."""
 from __future__ import annotations
 
+import time
 
 import av
 import numpy as np
@@ -470,6 +471,28 @@ def test_broadcast_switching_aspect_ratio_mid_stream_is_unsqueezed_per_part(tmp_
     assert [frame_id(f.image) for f in got] == [i % 32 for i in range(40)]
     shapes = [f.image.shape[:2] for f in got]
     # Decoders report a new SAR with a frame or two of reorder delay: the boundary is loose.
+    assert shapes[:16] == [(64, 96)] * 16 and shapes[-16:] == [(32, 96)] * 16
+
+
+def test_a_live_stream_switching_aspect_ratio_is_unsqueezed_per_part(tmp_path):
+    # Live sources passed the SAR of the stream as opened for every picture: after a 4:3 ->
+    # 16:9 switch a broadcast's faces stayed squeezed (the batch reader's fix, shared).
+    from fractions import Fraction
+
+    from scanner.live.source import LiveSource, SourceSettings
+
+    path = tmp_path / "switch.ts"
+    path.write_bytes(_ts_segment(tmp_path / "a.ts", 0, 20, 90_000, (96, 64), Fraction(1, 1))
+                     + _ts_segment(tmp_path / "b.ts", 20, 20, 90_000 + 20 * 3600, (96, 64), Fraction(2, 1)))
+    src = LiveSource("switch", str(path), SourceSettings(allow_files=True, max_retries=0, sample_fps=0,
+                                                         buffer_frames=64)).start()
+    deadline = time.monotonic() + 20
+    while src.state != "stopped" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    shapes = []
+    while (item := src.buffer.get()) is not None:
+        shapes.append(item.frame.image.shape[:2])
+    assert len(shapes) >= 36, shapes
     assert shapes[:16] == [(64, 96)] * 16 and shapes[-16:] == [(32, 96)] * 16
 
 

@@ -28,7 +28,7 @@ from typing import Callable
 import av
 import numpy as np
 
-from ..decode import FILE_OPEN_OPTIONS, Frame, _to_frame, pick_video_stream
+from ..decode import FILE_OPEN_OPTIONS, Frame, _to_frame, pick_video_stream, picture_sar
 from .urls import (SourceError, SourceURL, Unsupported, error_reason, needs_precheck, open_options, parse_source,
                    precheck_playlist, unsupported_reason)
 
@@ -355,6 +355,8 @@ class LiveSource:
         next_t = None
         realtime = self.src.kind == "file"  # files play at their own rate, like a live feed
         t0_wall = t0_media = None
+        # The pixel aspect ratio may change mid-stream (4:3 <-> 16:9 broadcast): per picture.
+        stream_sar, codec_sar = stream.sample_aspect_ratio, stream.codec_context.sample_aspect_ratio
         for frame in container.decode(stream):
             if self._abort.is_set():
                 raise SourceError("stalled: no frames within the watchdog limit")
@@ -378,7 +380,7 @@ class LiveSource:
             if next_t is None or t >= next_t:
                 next_t = (t if next_t is None else next_t) + period
                 next_t = max(next_t, t)  # never try to "catch up" a backlog of samples
-                self._push(frame, t, now, stream.sample_aspect_ratio)
+                self._push(frame, t, now, picture_sar(stream_sar, codec_sar, stream.codec_context))
             if self._stop.is_set():
                 return
 
