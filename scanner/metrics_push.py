@@ -33,7 +33,12 @@ def split_url(url: str) -> tuple[str, str | None, str | None, str]:
     p = urlsplit(url)
     if p.scheme not in ("http", "https") or not p.hostname:
         raise ValueError("--metrics-push needs an http(s)://host:port URL of a Pushgateway")
-    p.port  # noqa: B018 - raises ValueError on a malformed port
+    try:
+        p.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:  # its text quotes what follows the host's ':' -- with a '/', '?' or
+        # '#' in a password, that is part of the password (user:pa/ss@gw: "as 'pa'")
+        raise ValueError("--metrics-push: the port is not a number 0-65535 (a '/', '?', '#' or '@' "
+                         "in the user or password must be percent-encoded)") from None
     host = p.netloc.rsplit("@", 1)[-1]
     bare = urlunsplit((p.scheme, host, p.path.rstrip("/"), "", ""))
     masked = urlunsplit((p.scheme, ("***@" if "@" in p.netloc else "") + host, p.path.rstrip("/"), "", ""))

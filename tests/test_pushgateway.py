@@ -114,3 +114,17 @@ def test_bad_push_url_is_a_usage_error():
     with pytest.raises(ConfigError, match="metrics_push"):
         build_config(None, {"metrics_push": "ftp://gw:9091"})
     assert build_config(None, {"metrics_push": "gw.internal:9091"}).metrics_push == "gw.internal:9091"
+
+
+@pytest.mark.parametrize("url", ["http://pusher:hunter2/x@gw:9091", "https://pusher:hunter2#x@gw",
+                                 "http://pusher:hunter2?x@gw:9091/", "http://hunter2@gw:99999"])
+def test_a_bad_push_url_error_shows_no_part_of_the_password(url, capsys):
+    """urllib's port error quotes the text after the first ':' of what it took for the host:
+    with a '/', '?' or '#' in the password that was the password ('as 'hunter2''), printed
+    as `dfscan: error: ...` and kept in CI logs."""
+    from scanner.cli import main
+
+    assert main(["scan", "--metrics-push", url, "--detector", "test_tiny", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dfscan: error: ") and err.count("\n") == 1 and "metrics_push" in err, err
+    assert "hunter2" not in err, err
