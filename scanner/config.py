@@ -164,9 +164,11 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def load_yaml(path: str | Path) -> dict:
     """Read a YAML mapping (empty file -> {}; a key given twice is an error)."""
     try:
-        data = yaml.load(Path(path).read_text(), Loader=_UniqueKeyLoader) or {}
+        data = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
     except OSError as e:
-        raise ConfigError(f"cannot read config {path}: {e}") from e
+        raise ConfigError(f"cannot read config {path}: {e.strerror or e}") from e
+    except UnicodeDecodeError as e:  # a ValueError: it escaped as a traceback
+        raise ConfigError(f"cannot read config {path}: not UTF-8 text (byte {e.start})") from e
     except yaml.YAMLError as e:  # one line: PyYAML's own message draws the line with a caret
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
