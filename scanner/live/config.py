@@ -13,12 +13,11 @@ import re
 from pathlib import Path
 from typing import ClassVar, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 import logging
 
-from ..config import DEFAULT_DETECTOR, ConfigError
+from ..config import DEFAULT_DETECTOR, ConfigError, load_yaml
 
 from .urls import NAME_RE, SourceError, parse_source
 
@@ -54,6 +53,14 @@ class _Model(BaseModel):
     # inf/nan are no setting: an infinite verdict window or track age keeps every sample and
     # every face track of a stream forever (memory and per-frame matching grow without end).
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_number(cls, v, info):
+        # As in dfscan scan: lax mode read `sample_fps: yes` as 1 and `min_samples: true` as 1.
+        if isinstance(v, bool) and "bool" not in str(cls.model_fields[info.field_name].annotation):
+            raise ValueError("must not be true/false")
+        return v
 
 
 class StreamDefaults(_Model):
@@ -294,11 +301,9 @@ def format_errors(e: ValidationError) -> str:
 
 def load_config(path: str | Path) -> ServeConfig:
     """Read and validate a YAML config; raise :class:`ConfigError` with all problems."""
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"cannot read config {path}: {e}") from e
-    return parse_config(data)
+    # The batch reader: a key given twice is an error (safe_load kept the last one), a file
+    # not UTF-8 is one line (it was a traceback), and so is a YAML error (it was five).
+    return parse_config(load_yaml(path))
 
 
 def parse_config(data: dict) -> ServeConfig:
