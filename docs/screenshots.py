@@ -92,11 +92,25 @@ def status(tmp: Path, chromium: str) -> None:
             p.stop()
 
 
+def _missing(chromium: str) -> str | None:
+    """What the screenshots need and this machine lacks, checked before any scan is run."""
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError as e:
+        return f"needs Playwright (the test extra: pip install -e '.[test]') and Debian's chromium: {e}"
+    if not (Path(chromium).is_file() or shutil.which(chromium)):
+        return f"needs Chromium: {chromium} not found (apt-get install chromium, or pass --chromium PATH)"
+    return None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     ap.add_argument("--only", choices=["report", "status"])
     args = ap.parse_args()
+    missing = _missing(args.chromium)
+    if missing:
+        sys.exit(f"docs/screenshots.py: {missing}")
     with tempfile.TemporaryDirectory() as d:
         if args.only in (None, "report"):
             report(Path(d), args.chromium)

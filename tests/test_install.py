@@ -165,3 +165,32 @@ def test_readme_commands_without_the_test_extra(tmp_path):
     assert json.loads((tmp_path / "eval.json").read_text())
     assert (tmp_path / "eval.png").exists()  # matplotlib is a core dependency: the plot is drawn
     assert any((tmp_path / "synth").rglob("*.png")) or any((tmp_path / "synth").rglob("*.jpg"))
+
+
+SCRIPT_BLOCKED = """
+import runpy, sys
+from importlib.abc import MetaPathFinder
+class Block(MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {blocked!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}} (blocked)")
+        return None
+sys.meta_path.insert(0, Block())
+sys.argv = {argv!r}
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("blocked,chromium,needs", [(["playwright"], "/usr/bin/chromium", "Playwright"),
+                                                    ([], "/nonexistent/chromium", "Chromium")])
+def test_screenshots_without_playwright_or_chromium_is_one_line(tmp_path, blocked, chromium, needs):
+    """`python docs/screenshots.py` (README) without the test extra's Playwright scanned and
+    rendered a report for 10 s, then ended in a ModuleNotFoundError traceback; what it needs
+    is now checked first and named in one line."""
+    argv = [str(ROOT / "docs/screenshots.py"), "--chromium", chromium]
+    code = SCRIPT_BLOCKED.format(blocked=blocked, argv=argv)
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                       env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and needs in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "results.jsonl").exists()
