@@ -26,6 +26,7 @@ import re
 import signal
 import socket
 import threading
+import time
 from collections import deque
 from pathlib import Path
 from types import SimpleNamespace
@@ -45,6 +46,9 @@ RAY_IN_FLIGHT = 1
 # How long the scan waits when every actor is being restarted (none holds a video): an
 # actor whose node is gone for good is never placed again, and the scan hung forever.
 RESTART_WAIT_S = 600.0
+# ray.wait in steps this long: SIGINT/SIGTERM only set ``stop`` (finished rows are still
+# written, as in a local scan), and one wait without a limit would never see it.
+STOP_POLL_S = 0.5
 # Fields that make no sense inside a worker (the driver owns outputs, metrics and Ray).
 # metrics_push may hold user:password@: never shipped to every actor on every node.
 DRIVER_ONLY = {"out": None, "resume": False, "metrics_port": None, "metrics_push": None,
@@ -134,6 +138,7 @@ class RayScanContext:
     def __init__(self, cfg: ScanConfig):
         ray = _ray()
         self.cfg = cfg
+        self.stop = threading.Event()  # set by dfscan scan's first SIGINT/SIGTERM
         self._started = connect(cfg.ray)
         try:
             n = _actor_count(ray, cfg)
@@ -168,29 +173,42 @@ class RayScanContext:
 
         ``paths`` is consumed lazily: at most ``RAY_IN_FLIGHT`` videos per actor are out.
         """
-        ray = _ray()
         self._todo, self._retry = iter(paths), deque()  # retry: (path, attempts so far)
         self._load = [0] * len(self.actors)
         self._pending = {}  # ObjectRef -> (actor index, path as given or None: a ping, attempts)
         self._submit()
         # Pings of an actor Ray cannot place again (its node gone) must not hold the scan open.
-        while self._pending and (self._scanning() or self._more()):
-            wait_s = None if self._scanning() else RESTART_WAIT_S  # only restart pings out
-            ready = ray.wait(list(self._pending), num_returns=1, timeout=wait_s)[0]
-            if not ready:
-                log.error("no Ray scan actor came back within %.0f s of its restart; "
-                          "the videos left get worker_lost rows", RESTART_WAIT_S)
+        while self._pending and (self._scanning() or self._more()) and not self.stop.is_set():
+            ref = self._next_done(None if self._scanning() else RESTART_WAIT_S)  # only pings out
+            if ref is None:
+                if not self.stop.is_set():
+                    log.error("no Ray scan actor came back within %.0f s of its restart; "
+                              "the videos left get worker_lost rows", RESTART_WAIT_S)
                 break
-            ref = ready[0]
             row = self._result(ref, *self._pending.pop(ref))
             self._submit()  # the freed actor's next video goes out before this row is written
             if row is not None:
                 _record(row)
                 yield row
+        if self.stop.is_set():  # interrupted: videos in flight are abandoned (no row), as locally
+            return
         for path, _ in [*self._retry, *((str(p), 0) for p in self._todo)]:  # no actor left
             row = self._error_row(path, "worker_lost", "no Ray scan actor is left to scan it")
             _record(row)
             yield row
+
+    def _next_done(self, wait_s: float | None):
+        """The next finished task; None after ``wait_s`` seconds (None: no limit) or on ``stop``."""
+        ray = _ray()
+        end = None if wait_s is None else time.monotonic() + wait_s
+        while not self.stop.is_set():
+            step = STOP_POLL_S if end is None else max(0.0, min(STOP_POLL_S, end - time.monotonic()))
+            ready = ray.wait(list(self._pending), num_returns=1, timeout=step)[0]
+            if ready:
+                return ready[0]
+            if end is not None and time.monotonic() >= end:
+                return None
+        return None
 
     def _scanning(self) -> bool:
         return any(path is not None for _, path, _ in self._pending.values())

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import threading
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -62,8 +65,10 @@ def test_videos_left_when_no_actor_comes_back_get_rows_not_a_hang(monkeypatch):
 
     fake = SimpleNamespace(wait=wait, get=get, exceptions=SimpleNamespace(RayActorError=Lost, RayError=Lost))
     monkeypatch.setattr(dist, "_ray", lambda: fake)
+    monkeypatch.setattr(dist, "RESTART_WAIT_S", 0.2)  # waited in steps of STOP_POLL_S
     ctx = object.__new__(dist.RayScanContext)
     ctx.cfg, ctx.actors = ScanConfig(detector="test_tiny", ray_max_attempts=2), [Actor()]
+    ctx.stop = threading.Event()
     ctx.threshold, ctx.engine_info = 0.5, {}
     ctx.detector = SimpleNamespace(name="test_tiny", weights_hash="h")
     rows = list(ctx.rows(["a.mp4", "b.mp4"]))
@@ -99,3 +104,49 @@ def test_an_actor_that_cannot_start_is_one_line_naming_its_error(monkeypatch):
         dist.RayScanContext(ScanConfig(detector="test_tiny", ray="auto", ray_actors=1))
     assert str(e.value) == ("Ray workers could not build the pipeline: "
                             "WeightsError: /w/bad.safetensors: not a readable safetensors file")
+
+
+def test_sigint_during_a_ray_scan_stops_it_gracefully_like_a_local_scan(monkeypatch):
+    """A Ray context had no ``stop`` event, so dfscan scan's first SIGINT/SIGTERM raised
+    KeyboardInterrupt wherever the driver was (in ray.wait, in a sink's write, after a row
+    was counted and before it was written): no summary, no "N rows written" line. Now the
+    first signal ends the scan after the rows already finished; the videos in flight or
+    not sent get no row (not worker_lost rows: --resume scans them)."""
+    from scanner.run import GracefulStop
+
+    done = os.path.abspath("a.mp4")
+
+    class Actor:
+        scan = SimpleNamespace(remote=lambda path: ("scan", path))
+        info = SimpleNamespace(remote=lambda: {"engine_info": {}, "node": "n", "detector": "d",
+                                               "weights_hash": "h", "threshold": 0.5})
+
+    def wait(refs, num_returns=1, timeout=None):
+        if ("scan", done) in refs:
+            return [("scan", done)], []
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while deadline is None or time.monotonic() < deadline:  # b.mp4 never finishes
+            time.sleep(0.01)
+        return [], refs
+
+    def get(ref):
+        return list(ref) if isinstance(ref, list) else {"path": ref[1], "verdict": "real", "frames": 4, "faces": 1}
+
+    fake = SimpleNamespace(remote=lambda **_kw: (lambda _cls: SimpleNamespace(remote=lambda *_a: Actor())),
+                           nodes=lambda: [{"Alive": True, "Resources": {"CPU": 1.0}}], wait=wait, get=get,
+                           exceptions=SimpleNamespace(RayError=RuntimeError, RayActorError=RuntimeError))
+    monkeypatch.setattr(dist, "_ray", lambda: fake)
+    monkeypatch.setattr(dist, "connect", lambda _address: False)
+    ctx = dist.RayScanContext(ScanConfig(detector="test_tiny", ray="auto", ray_actors=1))
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    with GracefulStop() as stop:
+        stop.arm(ctx)
+        timer.start()
+        try:
+            rows = list(ctx.rows(["a.mp4", "b.mp4", "c.mp4"]))
+        except KeyboardInterrupt:
+            pytest.fail("the first SIGINT of a Ray scan raised KeyboardInterrupt in the driver")
+        finally:
+            timer.cancel()
+    assert stop.signum == signal.SIGINT
+    assert [r["path"] for r in rows] == ["a.mp4"]
