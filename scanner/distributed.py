@@ -244,6 +244,7 @@ class RayScanContext:
         except ray.exceptions.RayError as e:  # scan_video returns error rows; this is a bug
             return self._error_row(path, "internal", _remote_error(e))
         row["path"] = path  # as given, like a local scan's rows (the worker got it absolute)
+        _worker_view(row)
         return row
 
     def _lost(self, k: int, path: str, attempts: int, e: Exception) -> dict | None:
@@ -293,6 +294,15 @@ def _remote_error(e: Exception) -> str:
     if sep and name.replace(".", "").replace("_", "").isalnum():  # engines.errors.WeightsError
         return f"{name.rsplit('.', 1)[-1]}: {msg}"
     return line
+
+
+def _worker_view(row: dict) -> None:
+    """Say so when a worker could not find or read a file this driver reads: a node without
+    the inputs' mount gave 'file not found' rows for files that exist, with no hint why."""
+    err = row.get("error") or {}
+    if err.get("kind") in ("not_found", "permission") and os.access(row["path"], os.R_OK):
+        err["message"] += (" (on a Ray worker; this driver can read it: every node must see "
+                           "the inputs at the same paths)")
 
 
 def _actor_count(ray, cfg: ScanConfig) -> int:

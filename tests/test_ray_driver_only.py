@@ -150,3 +150,21 @@ def test_sigint_during_a_ray_scan_stops_it_gracefully_like_a_local_scan(monkeypa
             timer.cancel()
     assert stop.signum == signal.SIGINT
     assert [r["path"] for r in rows] == ["a.mp4"]
+
+
+def test_a_file_the_worker_cannot_see_but_the_driver_can_says_so(monkeypatch, tmp_path):
+    """Nodes that see different files (the inputs' mount missing on one node): the worker's
+    row said 'file not found' for a file that exists, a wrong reason without a hint."""
+    clip, gone = tmp_path / "here.mp4", tmp_path / "gone.mp4"
+    clip.write_bytes(b"x")
+
+    def get(ref):
+        return {"path": ref, "verdict": "error", "error": {"kind": "not_found", "message": f"file not found: {ref}"}}
+
+    monkeypatch.setattr(dist, "_ray", lambda: SimpleNamespace(get=get))
+    ctx = object.__new__(dist.RayScanContext)
+    ctx._load = [1, 1]
+    here = ctx._result(str(clip), 0, str(clip), 0)["error"]
+    assert here["kind"] == "not_found" and "every node must see the inputs at the same paths" in here["message"]
+    missing = ctx._result(str(gone), 1, str(gone), 0)["error"]
+    assert missing == {"kind": "not_found", "message": f"file not found: {gone}"}  # as in a local scan
