@@ -162,6 +162,9 @@ class RayScanContext:
         self.detector = SimpleNamespace(name=first["detector"], weights_hash=first["weights_hash"])
         self.threshold = first["threshold"]
         self.workers = n
+        # Locally build_context fills dfscan_build_info; here the actors did, in registries
+        # nobody scrapes: the driver's (scraped, pushed) had none and the dashboard's panel was empty.
+        metrics.set_build_info(first["detector"], cfg.engine, cfg.device)
 
     def pids(self) -> list[int]:
         """Current process id of every actor (changes when Ray restarts one)."""

@@ -168,3 +168,25 @@ def test_a_file_the_worker_cannot_see_but_the_driver_can_says_so(monkeypatch, tm
     assert here["kind"] == "not_found" and "every node must see the inputs at the same paths" in here["message"]
     missing = ctx._result(str(gone), 1, str(gone), 0)["error"]
     assert missing == {"kind": "not_found", "message": f"file not found: {gone}"}  # as in a local scan
+
+
+def test_a_ray_scan_fills_the_drivers_build_info(monkeypatch):
+    """dfscan_build_info (detector, engine, versions: the dashboard's build panel) was set by
+    build_context, which a Ray scan runs only in its actors: the driver's registry, the one
+    scraped and pushed, had no build info for Ray scans."""
+    from scanner import metrics
+
+    class Handle:
+        info = SimpleNamespace(remote=lambda: {"engine_info": {}, "node": "n", "detector": "remote_det",
+                                               "weights_hash": "h", "threshold": 0.5})
+
+    fake = SimpleNamespace(remote=lambda **_kw: (lambda _cls: SimpleNamespace(remote=lambda *_a: Handle())),
+                           nodes=lambda: [{"Alive": True, "Resources": {"CPU": 1.0}}],
+                           get=lambda refs: list(refs), exceptions=SimpleNamespace(RayError=RuntimeError))
+    monkeypatch.setattr(dist, "_ray", lambda: fake)
+    monkeypatch.setattr(dist, "connect", lambda _address: False)
+    metrics.BUILD.info({"detector": "unset"})
+    dist.RayScanContext(ScanConfig(detector="test_tiny", ray="auto", engine="eager", ray_actors=1))
+    [sample] = [s for f in metrics.REGISTRY.collect() if f.name == "dfscan_build" for s in f.samples]
+    assert sample.labels["detector"] == "remote_det" and sample.labels["engine"] == "eager", sample.labels
+    assert sample.labels["version"] and sample.labels["torch"]
