@@ -173,19 +173,36 @@ def _metrics(labels: list[dict], scores: dict[str, float | None]) -> dict:
 
 
 def _as_eval_row(r: dict, base: Path) -> dict:
-    """A row of a normalised ``labels.csv``, or of the shipped one (``path,label,...,generator``,
-    paths relative to its folder), as ``path,label,group,subset``."""
+    """A row of a normalised ``labels.csv``, of the shipped one (``path,label,...,generator``),
+    or of a plain ``path,label`` CSV (fakes then form one subset, ``fake``), paths relative to
+    its folder, as ``path,label,group,subset``."""
     if "subset" in r:
         return r
-    return {"path": str(base / r["path"]), "label": r["label"], "group": r["path"],
-            "subset": r["generator"] if r["label"] == "fake" else "real"}
+    return {"path": str(base / r["path"]), "label": r["label"], "group": r.get("group") or r["path"],
+            "subset": (r.get("generator") or "fake") if r["label"] == "fake" else "real"}
+
+
+def _read_labels(path: str) -> list[dict]:
+    """The labels CSV's rows, or one line naming what it lacks (not a KeyError traceback)."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError) as e:
+        raise SystemExit(f"bench/validation.py eval: cannot read {path}: {e}") from None
+    missing = {"path", "label"} - set(rows[0] if rows else ())
+    bad = sorted({r["label"] for r in rows} - {"real", "fake"}) if not missing else []
+    if not rows or missing or bad:
+        what = ("no rows" if not rows else f"no column {', '.join(sorted(missing))}" if missing
+                else f"labels {bad} (need real or fake)")
+        raise SystemExit(f"bench/validation.py eval: {path}: {what}; expected path,label[,group,subset] "
+                         "or the shipped path,label,...,generator")
+    return [_as_eval_row(r, Path(path).parent) for r in rows]
 
 
 def evaluate(args) -> int:
     from scanner.research.stats import paired_auc_diff
 
-    with open(args.labels) as f:
-        labels = [_as_eval_row(r, Path(args.labels).parent) for r in csv.DictReader(f)]
+    labels = _read_labels(args.labels)
     paths = [Path(r["path"]) for r in labels]
     res = {"labels": str(args.labels), "perturb": args.perturb, "frames": args.frames, "detectors": {},
            "machine": {"cpu_count": __import__("os").cpu_count(), "platform": platform.platform(),
@@ -269,7 +286,8 @@ def main(argv=None) -> int:
     n.add_argument("--seconds", type=float, default=8.0)
     n.set_defaults(func=normalise)
     e = sub.add_parser("eval")
-    e.add_argument("labels", help="labels.csv (normalised copy, or the original with path,label,group,subset)")
+    e.add_argument("labels", help="labels.csv: the normalised copy (path,label,group,subset), the shipped one "
+                   "(path,label,...,generator) or any path,label CSV")
     e.add_argument("--detectors", nargs="+", default=["effnet_lite0_sbi", "meso4_df"],
                    help="registered names, or NAME=WEIGHTS for other weights of that architecture")
     e.add_argument("--frames", type=int, default=32)

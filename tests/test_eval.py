@@ -399,3 +399,28 @@ def test_a_missing_labelled_file_names_the_one_it_likely_meant(tmp_path):
         with pytest.raises(DatasetError) as e:
             read_manifest(csv)
         assert f"file not found: {str(tmp_path / name)!r}" in str(e.value) and hint in str(e.value)
+
+
+def test_validation_bench_reads_a_plain_labels_csv_and_names_a_bad_one(tmp_path):
+    """bench/validation.py eval on a `path,label` CSV (what `dfscan eval` takes) ended in a
+    KeyError 'generator' traceback, and its --help named the shipped CSV's columns wrongly;
+    such a CSV is read (fakes as one subset) and one without a label column is one line."""
+    import subprocess
+    import sys
+
+    from conftest import DATA, ROOT
+
+    run = lambda labels, out: subprocess.run(  # noqa: E731
+        [sys.executable, str(ROOT / "bench/validation.py"), "eval", str(labels), "--frames", "2",
+         "--detectors", "test_tiny", "--json", str(out)], cwd=tmp_path, capture_output=True, text=True)
+    plain = tmp_path / "plain.csv"
+    plain.write_text(f"path,label\n{DATA / 'd1.mp4'},real\n{DATA / 'd2.mp4'},fake\n")
+    r = run(plain, tmp_path / "res.json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    vids = json.loads((tmp_path / "res.json").read_text())["detectors"]["test_tiny"]["videos"]
+    assert sorted(v["subset"] for v in vids) == ["fake", "real"]
+    bad = tmp_path / "bad.csv"
+    bad.write_text(f"path,kind\n{DATA / 'd1.mp4'},real\n")
+    r = run(bad, tmp_path / "bad.json")
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "no column label" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
