@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from prometheus_client import CollectorRegistry, push_to_gateway
@@ -65,11 +66,11 @@ class MetricsPusher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def push(self) -> bool:
+    def push(self, timeout_s: float | None = None) -> bool:
         """One push; False (logged, counted) when the gateway cannot take it."""
         try:
             push_to_gateway(self.gateway, job=self.job, registry=self.registry, grouping_key=self.grouping_key,
-                            timeout=self.timeout_s, handler=self._handler)
+                            timeout=timeout_s or self.timeout_s, handler=self._handler)
         except Exception as e:  # noqa: BLE001 - URLError, HTTP errors, timeouts: never fatal
             self.failures += 1  # the gateway URL holds no credentials (they went to the handler)
             log.warning("metrics push to %s failed: %s: %s", self.masked, type(e).__name__, e)
@@ -88,11 +89,16 @@ class MetricsPusher:
             self.push()
 
     def stop(self) -> bool:
-        """End the periodic pushes and push the final values; returns the final push's success."""
+        """End the periodic pushes and push the final values; returns the final push's success.
+
+        Takes about ``timeout_s`` at most: with a gateway that does not answer, the end of a
+        scan (an interrupted one too) waited for the periodic push in flight, then as long
+        again for the final one (20 s by default)."""
         self._stop.set()
+        end = time.monotonic() + self.timeout_s
         if self._thread is not None:
-            self._thread.join(self.timeout_s + 1)
-        return self.push()
+            self._thread.join(self.timeout_s + 1)  # a push in flight lands before the final one
+        return self.push(max(1.0, end - time.monotonic()))
 
 
 def start_for(cfg, console=None) -> MetricsPusher | None:

@@ -128,3 +128,24 @@ def test_a_bad_push_url_error_shows_no_part_of_the_password(url, capsys):
     err = capsys.readouterr().err
     assert err.startswith("dfscan: error: ") and err.count("\n") == 1 and "metrics_push" in err, err
     assert "hunter2" not in err, err
+
+
+def test_a_gateway_that_never_answers_delays_the_end_by_one_timeout_not_two():
+    """A gateway that accepts connections and never answers (hung, or a firewall that
+    swallows packets): stop() waited for the periodic push in flight and then as long
+    again for the final push -- 20 s at the end of every scan with the default timeout."""
+    import threading
+    import time
+
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(16)
+        held = []
+        threading.Thread(target=lambda: [held.append(srv.accept()) for _ in range(16)], daemon=True).start()
+        reg = CollectorRegistry()
+        Counter("dfscan_push_test_hung", "test counter", registry=reg)
+        p = MetricsPusher(f"http://127.0.0.1:{srv.getsockname()[1]}", reg, interval_s=0.1, timeout_s=3).start()
+        time.sleep(0.3)  # a periodic push is in flight, waiting on the gateway
+        t0 = time.monotonic()
+        assert p.stop() is False
+        assert time.monotonic() - t0 < 4.9  # one timeout (3 s) and the final push's 1 s; was ~6 s
