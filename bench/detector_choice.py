@@ -46,6 +46,8 @@ def video_scores(clips: list[Path], dets: dict) -> dict[str, dict[str, float]]:
 def image_auc(dets: dict, reals: Path, fakes: Path) -> dict[str, float]:
     def load(folder):
         files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".jpg"))
+        if not files:
+            raise SystemExit(f"bench/detector_choice.py: no .png/.jpg face images in {folder}")
         return np.stack([np.asarray(Image.open(p).convert("RGB").resize((256, 256))) for p in files])
 
     r, f = load(reals), load(fakes)
@@ -54,14 +56,21 @@ def image_auc(dets: dict, reals: Path, fakes: Path) -> dict[str, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared"))
-    ap.add_argument("--reals")
-    ap.add_argument("--fakes")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared"),
+                    help="shared/ folder holding media/portrait/*.mp4 and media/crowd_1080p.mp4")
+    ap.add_argument("--reals", help="real face images (e.g. dfscan synth's real/), with --fakes")
+    ap.add_argument("--fakes", help="fake face images (e.g. dfscan synth's fake/), with --reals")
     ap.add_argument("--out", default="bench/results/detector_choice.json")
     args = ap.parse_args()
     media = Path(args.shared) / "media"
     clips = sorted((media / "portrait").glob("*.mp4")) + [media / "crowd_1080p.mp4"]
+    missing = [str(c) for c in clips if not c.is_file()] + ([] if len(clips) > 1 else [f"{media}/portrait/*.mp4"])
+    if missing:
+        raise SystemExit(f"bench/detector_choice.py: real clips not found: {', '.join(missing)} "
+                         "(--shared PATH names the folder that holds media/)")
+    if bool(args.reals) != bool(args.fakes):
+        raise SystemExit("bench/detector_choice.py: --reals and --fakes go together (folders of face images)")
     dets = {n: create_detector(n) for n in VARIANTS}
     scores = video_scores(clips, dets)
     res = {"machine": machine_info("cpu"), "real_clips": len(clips), "variants": {}}

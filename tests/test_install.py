@@ -194,3 +194,15 @@ def test_screenshots_without_playwright_or_chromium_is_one_line(tmp_path, blocke
     assert r.returncode == 1, r.stderr[-2000:]
     assert "Traceback" not in r.stderr and needs in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "results.jsonl").exists()
+
+
+def test_detector_choice_bench_without_its_clips_is_one_line(tmp_path):
+    """`python bench/detector_choice.py` (README) with no shared media where --shared points
+    ended in numpy's 'zero-size array' traceback after loading the four detectors; the missing
+    clips are now named in one line."""
+    r = subprocess.run([sys.executable, str(ROOT / "bench/detector_choice.py"), "--shared", str(tmp_path / "none"),
+                        "--out", str(tmp_path / "dc.json")], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=300, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "real clips not found" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "dc.json").exists()
