@@ -59,7 +59,7 @@ def time_scan(clips: list[str], runs: int, env: dict) -> list[dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--shared", default=str(ROOT.parent / "shared"))
     ap.add_argument("--out", default="bench/results/startup_cpu.json")
@@ -67,9 +67,11 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     from engines.benchmark import machine_info
 
+    cases = {"crowd_1080p": [str(Path(args.shared) / "media" / "crowd_1080p.mp4")], "bundled_samples": []}
+    if not Path(cases["crowd_1080p"][0]).is_file():  # else every timed scan of it is an exit-2 run, recorded
+        raise SystemExit(f"bench/startup.py: {cases['crowd_1080p'][0]} not found (--shared PATH names shared/)")
     cache = tempfile.mkdtemp(prefix="dfscan-startup-cache-")
     env = {**os.environ, "DFSCAN_CACHE_DIR": cache}
-    cases = {"crowd_1080p": [str(Path(args.shared) / "media" / "crowd_1080p.mp4")], "bundled_samples": []}
     load0 = os.getloadavg()[0]
     res = {"machine": machine_info("cpu"), "help_s": time_help(args.runs), "scan": {}}
     try:

@@ -131,3 +131,17 @@ def test_the_command_exits_at_once_with_its_code_and_every_output_flushed(tmp_pa
     assert sorted(r["verdict"] for r in got) == ["error", "real"]
     assert "dfscan summary" in out.stdout and "stage share" in out.stdout
     assert (tmp_path / "atexit").read_text() == "ran"
+
+
+def test_startup_bench_help_is_whole_and_a_missing_clip_stops_it(tmp_path):
+    """bench/startup.py's --help stopped mid-sentence ("... ``dfscan scan`` until its"), and
+    without the shared crowd clip it timed six exit-2 scans of it and wrote them as results;
+    it now says what it measures and names the missing clip in one line, writing nothing."""
+    h = subprocess.run([sys.executable, str(ROOT / "bench/startup.py"), "--help"], capture_output=True, text=True,
+                       timeout=60)
+    assert h.returncode == 0 and "first decoded" in " ".join(h.stdout.split())
+    out = tmp_path / "s.json"
+    r = subprocess.run([sys.executable, str(ROOT / "bench/startup.py"), "--shared", str(tmp_path / "none"),
+                        "--runs", "1", "--out", str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "crowd_1080p.mp4 not found" in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists()
