@@ -69,7 +69,9 @@ def test_serve_port_override_validated(port, tmp_path, capsys):
     cfg.write_text("model: {detector: test_tiny}\napi: {port: 0}\n")
     args = argparse.Namespace(config=str(cfg), host=None, port=port, log_level="WARNING")
     assert serve_main(args) == 2
-    assert "api.port" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    # The one error line every dfscan command prints (it was 'dfscan serve: invalid config: ...').
+    assert "api.port" in err and err.startswith("dfscan: error: serve: invalid config:")
 
 
 def test_serve_overrides_keep_the_config(tmp_path):

@@ -89,7 +89,7 @@ def watch_main(args) -> int:
         })
         run_watch(cfg, duration_s=args.duration)
     except (DfscanError, ValueError) as e:
-        print(f"dfscan watch: {e}", file=sys.stderr)
+        print(f"dfscan: error: watch: {e}", file=sys.stderr)  # the one error line every command prints
         return 2
     return 0
 
@@ -137,11 +137,8 @@ def serve_main(args) -> int:
             signal.signal(s, lambda *_: stop.set())
         return serve(cfg, stop)
     except ConfigError as e:
-        print(f"dfscan serve: invalid config: {e}", file=sys.stderr)
+        print(f"dfscan: error: serve: invalid config: {e}", file=sys.stderr)
         return 2
-    except DfscanError as e:
-        print(f"dfscan serve: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:  # e.g. the API port is already in use
-        print(f"dfscan serve: {e}", file=sys.stderr)
+    except (DfscanError, OSError) as e:  # OSError: e.g. the API port is already in use
+        print(f"dfscan: error: serve: {e}", file=sys.stderr)
         return 1
