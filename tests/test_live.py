@@ -608,9 +608,9 @@ def test_udp_stream_and_restart(clip):
 
 def test_unsupported_source_stops_with_reason():
     """A protocol/device this FFmpeg build lacks is reported once, not retried forever."""
-    import av
+    from scanner.live.source import has_format
 
-    url = "srt://127.0.0.1:9" if "v4l2" in av.formats_available else "/dev/video0"
+    url = "srt://127.0.0.1:9" if has_format("v4l2") else "/dev/video0"
     src = LiveSource("x", url, SourceSettings(open_timeout_s=1, backoff_initial_s=0.05)).start()
     try:
         wait_for(lambda: src.state == "stopped" or src.stats.reconnects > 0, 10, what="first attempt")
@@ -672,3 +672,31 @@ def test_live_anamorphic_stream_is_unsqueezed_like_a_scan(tmp_path):
     assert item.frame.image.shape == (160, 160, 3) and item.frame.small.shape == (80, 80, 3)
     ys, xs = np.nonzero(item.frame.image[..., 1] > 128)
     assert ys.max() == pytest.approx(39, abs=1) and xs.max() == pytest.approx(39, abs=1)
+
+
+def test_webcams_are_not_refused_when_ffmpeg_has_v4l2(monkeypatch):
+    """PyAV lists the device as 'video4linux2,v4l2'; the check looked for 'v4l2' itself, so
+    /dev/videoN was always "unsupported" (no webcam could be watched)."""
+    import av
+
+    from scanner.live.source import has_format
+
+    monkeypatch.setattr(av, "formats_available", {"mp4", "video4linux2,v4l2"})
+    assert has_format("v4l2") and has_format("video4linux2") and not has_format("v4l")
+    src = LiveSource("cam", "/dev/video99", SourceSettings(open_timeout_s=1, max_retries=0)).start()
+    try:
+        wait_for(lambda: src.state == "stopped", 10, what="the missing device to fail")
+        assert "no v4l2 input device" not in (src.stats.last_error or "")  # opened, not refused
+    finally:
+        src.stop()
+
+
+def test_a_file_given_to_watch_says_how_to_allow_it(capsys, tmp_path):
+    """'dfscan watch FILE' said "(root): Value error, stream 's1': local files are not allowed"
+    (pydantic's wording) and not how to allow one."""
+    from scanner.cli import main
+
+    assert main(["watch", str(tmp_path / "clip.mp4"), "--duration", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dfscan: error: watch: stream 's1': local files are not allowed")
+    assert "--allow-files" in err and "Value error" not in err and "(root)" not in err

@@ -22,8 +22,9 @@ log = logging.getLogger("dfscan.live")
 
 def add_watch_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("watch", help="watch live streams/webcams in a terminal table",
-                              description="Scan live streams (rtsp, rtmp, http(s)/HLS, udp, srt) or "
-                                          "/dev/videoN; arguments are URL or name=URL.")
+                              description="Scan live streams (rtsp, rtmp, http(s)/HLS, udp; srt only through a "
+                                          "relay to udp, see the README) or /dev/videoN; arguments are URL or "
+                                          "name=URL.")
     p.add_argument("targets", nargs="+", metavar="URL|DEVICE")
     p.add_argument("--detector", default=DEFAULT_DETECTOR)
     p.add_argument("--engine", default="auto", help="auto | eager | compile | onnxruntime | tensorrt")

@@ -293,9 +293,11 @@ def format_errors(e: ValidationError) -> str:
     """One line per problem, naming the key (``streams.0.url: ...``)."""
     lines = []
     for err in e.errors(include_url=False):
-        key = ".".join(str(x) for x in err["loc"]) or "(root)"
+        key = ".".join(str(x) for x in err["loc"])
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        lines.append(f"{key}: {msg}")
+        if err["type"] == "value_error":  # our own message: pydantic prefixes "Value error, "
+            msg = msg.removeprefix("Value error, ")
+        lines.append(f"{key}: {msg}" if key else msg)  # a whole-config check names its key itself
     return "; ".join(lines)
 
 

@@ -38,6 +38,13 @@ STATES = ("connecting", "live", "stalled", "backoff", "stopped")
 STABLE_S = 1.0  # a connection live this long resets the backoff
 
 
+def has_format(name: str) -> bool:
+    """Whether PyAV's FFmpeg has the format ``name``. Formats with several names are listed
+    as one entry (``'video4linux2,v4l2'``): a plain ``in`` missed them, and every webcam was
+    refused as unsupported."""
+    return any(name in entry.split(",") for entry in av.formats_available)
+
+
 @dataclass
 class LiveFrame:
     """One sampled frame of a stream.
@@ -300,7 +307,7 @@ class LiveSource:
         if needs_precheck(self.src):
             precheck_playlist(self.src, s.open_timeout_s)
         kw = {"format": "v4l2"} if self.src.kind == "device" else {}
-        if self.src.kind == "device" and "v4l2" not in av.formats_available:
+        if self.src.kind == "device" and not has_format("v4l2"):
             raise Unsupported("this FFmpeg build has no v4l2 input device; webcams are unavailable")
         opts = open_options(self.src, s.open_timeout_s, transport or "tcp")
         if self.src.kind == "file":  # same demuxer restrictions as batch scanning of files

@@ -176,7 +176,8 @@ def parse_source(url: str, allow_files: bool = False) -> SourceURL:
     scheme = parts.scheme.lower()
     if scheme in ("", "file") or url.startswith("/"):
         if not allow_files:
-            raise RefusedURL(f"local files are not allowed as live sources: {mask_credentials(url)}")
+            raise RefusedURL(f"local files are not allowed as live sources: {mask_credentials(url)} "
+                             "(allow_files: true in the config, dfscan watch --allow-files)")
         return SourceURL(url, "file", "file")
     if scheme not in NETWORK_SCHEMES:
         raise RefusedURL(f"unsupported stream scheme {scheme!r}; allowed: {', '.join(sorted(NETWORK_SCHEMES))}")
