@@ -20,7 +20,20 @@ class ConfigError(DfscanError):
     """Invalid configuration (message names the offending key)."""
 
 
-class ScanConfig(BaseModel):
+class NoBoolNumbers(BaseModel):
+    """Base of every config model (scan and serve): ``true``/``false`` only for booleans."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_number(cls, v, info):
+        # pydantic's lax mode reads `frames: true` as 1 and `threshold: false` as 0, and
+        # `sample_fps: yes` as 1: a slip in the YAML would silently become a setting.
+        if isinstance(v, bool) and "bool" not in str(cls.model_fields[info.field_name].annotation):
+            raise ValueError("must not be true/false")
+        return v
+
+
+class ScanConfig(NoBoolNumbers):
     """Every knob of ``dfscan scan`` (YAML keys use these names)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -85,15 +98,6 @@ class ScanConfig(BaseModel):
                                    "ray_cpus_per_actor)")
     ray_max_attempts: int = Field(3, ge=1, le=100, description="scans of a video whose worker died "
                                   "before it becomes an error row (worker_lost)")
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_bool_number(cls, v, info):
-        # pydantic's lax mode reads `frames: true` as 1 and `threshold: false` as 0: a slip
-        # in the YAML would silently become a setting (and change every verdict).
-        if isinstance(v, bool) and "bool" not in str(cls.model_fields[info.field_name].annotation):
-            raise ValueError("must not be true/false")
-        return v
 
     @field_validator("metrics_push")
     @classmethod

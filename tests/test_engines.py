@@ -318,17 +318,23 @@ def test_cache_key_follows_the_code_of_every_submodule(tmp_path, monkeypatch):
     assert cache.key_fields(det, "onnxruntime", {}, {}, "cpu")["code"] != old
 
 
+def _other_weights_engine():
+    """An uncached, unchecked ONNX Runtime engine of test_tiny with its weights x -3: an
+    artifact that computes something else than the cached one."""
+    other = create_detector("test_tiny")
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_(-3.0)
+    return build_engine(other, engine_config("onnxruntime", batch_sizes=(1, 8), use_cache=False,
+                                             check_parity=False))
+
+
 def test_stale_cached_engine_is_rebuilt_not_refused(tiny):
     """An entry whose artifact no longer matches the eager model (built by other code
     under the same key) fails parity on load: it is rebuilt, and the scan goes on."""
     cfg = engine_config("onnxruntime", batch_sizes=(1, 8))
     first = build_engine(tiny, cfg)
-    other = create_detector("test_tiny")
-    with torch.no_grad():
-        for p in other.parameters():
-            p.mul_(-3.0)
-    stale = build_engine(other, engine_config("onnxruntime", batch_sizes=(1, 8), use_cache=False,
-                                              check_parity=False))
+    stale = _other_weights_engine()
     art = first.info.artifact
     stale._export(art + ".new")
     import os
@@ -379,12 +385,7 @@ def test_an_artifact_swapped_after_its_check_is_not_loaded(tiny, monkeypatch):
     of a shared cache renamed away and replaced) ran with the stored parity of the checked file."""
     cfg = engine_config("onnxruntime", batch_sizes=(1, 8))
     first = build_engine(tiny, cfg)
-    other = create_detector("test_tiny")
-    with torch.no_grad():
-        for p in other.parameters():
-            p.mul_(-3.0)
-    flipped = build_engine(other, engine_config("onnxruntime", batch_sizes=(1, 8), use_cache=False,
-                                                check_parity=False))
+    flipped = _other_weights_engine()
     swapped = Path(first.info.artifact).with_name("swapped.onnx")
     flipped._export(swapped)
     lookup = EngineCache.lookup_entry

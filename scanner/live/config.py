@@ -13,11 +13,11 @@ import re
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 import logging
 
-from ..config import DEFAULT_DETECTOR, ConfigError, load_yaml
+from ..config import DEFAULT_DETECTOR, ConfigError, NoBoolNumbers, load_yaml
 
 from .urls import NAME_RE, SourceError, parse_source
 
@@ -49,18 +49,10 @@ class _Renamed:
         return data
 
 
-class _Model(BaseModel):
+class _Model(NoBoolNumbers):  # as dfscan scan's: `sample_fps: yes` was read as 1
     # inf/nan are no setting: an infinite verdict window or track age keeps every sample and
     # every face track of a stream forever (memory and per-frame matching grow without end).
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_bool_number(cls, v, info):
-        # As in dfscan scan: lax mode read `sample_fps: yes` as 1 and `min_samples: true` as 1.
-        if isinstance(v, bool) and "bool" not in str(cls.model_fields[info.field_name].annotation):
-            raise ValueError("must not be true/false")
-        return v
 
 
 class StreamDefaults(_Model):
