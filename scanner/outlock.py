@@ -103,8 +103,8 @@ class OutputLocks:
                 st = os.stat(p)
             except OSError:
                 continue
-            if (st.st_dev, st.st_ino) in self._files:  # flock twice on one file would refuse us
-                continue
+            if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) in self._files:
+                continue  # /dev/stdout, a FIFO: never opened; flock twice on one file would refuse us
             taken = _take_inode(p)
             if taken is not None:
                 self._files[taken[0]] = taken[1]
