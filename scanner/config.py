@@ -142,13 +142,16 @@ def check_device(device: str) -> None:
         raise ConfigError(f"device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
 
 
-def _format_errors(e: ValidationError, source: str) -> str:
-    parts = []
-    for err in e.errors():
-        key = ".".join(str(x) for x in err["loc"]) or "(root)"
+def format_errors(e: ValidationError) -> str:
+    """One part per problem, naming the key (``streams.0.url: ...``); scan and serve configs."""
+    lines = []
+    for err in e.errors(include_url=False):
+        key = ".".join(str(x) for x in err["loc"])
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        parts.append(f"{key}: {msg}")
-    return f"invalid configuration in {source}: " + "; ".join(parts)
+        if err["type"] == "value_error":  # our own message: pydantic prefixes "Value error, "
+            msg = msg.removeprefix("Value error, ")
+        lines.append(f"{key}: {msg}" if key else msg)  # a whole-config check names its key itself
+    return "; ".join(lines)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -189,4 +192,4 @@ def build_config(yaml_path: str | Path | None = None, overrides: dict | None = N
     try:
         return ScanConfig(**data)
     except ValidationError as e:
-        raise ConfigError(_format_errors(e, str(yaml_path or "command line"))) from e
+        raise ConfigError(f"invalid configuration in {yaml_path or 'command line'}: {format_errors(e)}") from e

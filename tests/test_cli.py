@@ -139,3 +139,11 @@ def test_a_listing_into_a_closed_pipe_is_one_line_not_a_traceback():
     err = p.stderr.read().decode()
     assert p.wait(timeout=120) == 141, err
     assert "Traceback" not in err and "standard output was closed" in err
+
+
+def test_a_whole_config_check_is_said_plainly(capsys, tmp_path):
+    # A check of the whole config printed pydantic's wording: "(root): Value error, out ... must end".
+    assert main(["scan", str(DATA / "d1.mp4"), "--out", str(tmp_path / "r.txt")]) == EXIT_USAGE
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dfscan: error: invalid configuration in command line: out ")
+    assert "(root)" not in err and "Value error" not in err

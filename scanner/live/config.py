@@ -17,7 +17,7 @@ from pydantic import ConfigDict, Field, ValidationError, field_validator, model_
 
 import logging
 
-from ..config import DEFAULT_DETECTOR, ConfigError, NoBoolNumbers, load_yaml
+from ..config import DEFAULT_DETECTOR, ConfigError, NoBoolNumbers, format_errors, load_yaml
 
 from .urls import NAME_RE, SourceError, parse_source
 
@@ -279,18 +279,6 @@ class ServeConfig(_Model):
             if s.sample_fps is not None:
                 self.verdict.check_rate(s.sample_fps, f"stream {s.name!r}")
         return self
-
-
-def format_errors(e: ValidationError) -> str:
-    """One line per problem, naming the key (``streams.0.url: ...``)."""
-    lines = []
-    for err in e.errors(include_url=False):
-        key = ".".join(str(x) for x in err["loc"])
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        if err["type"] == "value_error":  # our own message: pydantic prefixes "Value error, "
-            msg = msg.removeprefix("Value error, ")
-        lines.append(f"{key}: {msg}" if key else msg)  # a whole-config check names its key itself
-    return "; ".join(lines)
 
 
 def load_config(path: str | Path) -> ServeConfig:
