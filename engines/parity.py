@@ -112,6 +112,14 @@ def _secondary_cosine(ref_out, out) -> list[float]:
     return res
 
 
+def passes(res: dict, min_cosine: float, max_p_diff: float) -> bool:
+    """Whether the numbers of :func:`compare` meet the limits (written so that NaN fails
+    every comparison). The one test of a fresh check and of a stored result alike."""
+    return bool(res["cosine"] >= min_cosine and res["verdict_flips"] == 0
+                and res["max_abs_diff_p_fake"] <= max_p_diff
+                and all(c >= min_cosine for c in res["secondary_cosine"]))
+
+
 def check_parity(engine, *, min_cosine: float = MIN_COSINE, faces: str | Path | None = None,
                  allow_failure: bool | None = None, max_p_diff: float | None = None) -> dict:
     """Compare ``engine`` with eager fp32; store and return the numbers.
@@ -127,10 +135,7 @@ def check_parity(engine, *, min_cosine: float = MIN_COSINE, faces: str | Path | 
     res = compare(det, _reference(det, x), engine(x))
     limit = MAX_P_FAKE_DIFF[engine.cfg.precision] if max_p_diff is None else max_p_diff
     res["min_cosine"], res["max_p_fake_diff_allowed"] = min_cosine, limit
-    # Written so that NaN fails every comparison.
-    res["passed"] = bool(res["cosine"] >= min_cosine and res["verdict_flips"] == 0
-                         and res["max_abs_diff_p_fake"] <= limit
-                         and all(c >= min_cosine for c in res["secondary_cosine"]))
+    res["passed"] = passes(res, min_cosine, limit)
     engine.info.parity = res
     allow = engine.cfg.allow_parity_failure if allow_failure is None else allow_failure
     if not res["passed"] and not allow:

@@ -226,7 +226,8 @@ def _run(args, stop: GracefulStop, locks: OutputLocks) -> int:
     pusher = metrics_push.start_for(cfg, console)
     pre: dict = {}
     try:
-        locks.acquire(order_outputs(cfg.outputs))  # held until the outputs are closed
+        outs = order_outputs(cfg.outputs)
+        locks.acquire(outs)  # held until the outputs are closed
         paths, resumed = _to_scan(paths, cfg, console)
         t0 = time.perf_counter()
         pre = prestart(paths, cfg)  # decode the first videos while the model loads
@@ -239,7 +240,7 @@ def _run(args, stop: GracefulStop, locks: OutputLocks) -> int:
             resumed.drop_retried()
         sinks = open_outputs(cfg.outputs, append=cfg.resume or cfg.retry_errors,
                              skip=resumed.skip() if resumed is not None else None)
-        locks.acquire_files(order_outputs(cfg.outputs))  # created or rewritten just now
+        locks.acquire_files(outs)  # created or rewritten just now
         tally, t_scan = Tally(), time.perf_counter()
         stop.arm(ctx)
         try:

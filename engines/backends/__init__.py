@@ -152,12 +152,10 @@ def _cached_parity(engine: Engine, cfg: EngineConfig) -> bool:
         return False
     if not engine.info.artifact_sha256 or res.get("artifact_sha256") != engine.info.artifact_sha256:
         return False
-    from ..parity import MAX_P_FAKE_DIFF, MIN_COSINE
+    from ..parity import MAX_P_FAKE_DIFF, MIN_COSINE, passes
 
     try:  # passed by today's criteria, not only by those it was stored with
-        if not (res["cosine"] >= MIN_COSINE and res["verdict_flips"] == 0
-                and res["max_abs_diff_p_fake"] <= MAX_P_FAKE_DIFF[cfg.precision]
-                and all(c >= MIN_COSINE for c in res["secondary_cosine"])):
+        if not passes(res, MIN_COSINE, MAX_P_FAKE_DIFF[cfg.precision]):
             return False
     except (KeyError, TypeError):
         return False

@@ -21,12 +21,12 @@ def load_rows(path: str | Path) -> tuple[list[dict], int]:
         return [read_row(f, off) for off, _ in entries], bad
 
 
-def index_rows(path) -> tuple[list[tuple[int, dict]], int]:
+def index_rows(f) -> tuple[list[tuple[int, dict]], int]:
     """``[(byte offset, row without frames_detail), ...]`` and the unreadable line count.
 
-    ``path`` may be a file opened in binary mode: index it through the handle the rows
-    are then read from, as a results file can be replaced meanwhile (``scan
-    --retry-errors`` rewrites it), and offsets into the old file would read other rows.
+    ``f``: the results file opened in binary mode, the handle the rows are then read from,
+    as a results file can be replaced meanwhile (``scan --retry-errors`` rewrites it), and
+    offsets into another open of it would read other rows.
 
     Only slim rows stay in memory (per-frame details are read again, one row at
     a time, with :func:`read_row`), so a report of 100,000 videos stays small.
@@ -34,10 +34,6 @@ def index_rows(path) -> tuple[list[tuple[int, dict]], int]:
     appends a new row for a rescanned input) but keeps the first one's position.
     A torn last line (a scan killed mid-write) is counted, not fatal.
     """
-    if not hasattr(path, "read"):
-        with open(path, "rb") as f:
-            return index_rows(f)
-    f = path
     by_path: dict[str, tuple[int, dict]] = {}
     bad, off = 0, 0
     f.seek(0)

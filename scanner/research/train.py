@@ -277,8 +277,9 @@ def _reconstructions(cfg: TrainConfig, cache: FaceCache) -> np.ndarray | None:
     return reconstruct(cache.crops, model)
 
 
-def _resume(out: Path, run: _Run, cfg: TrainConfig) -> tuple[int, list, float]:
-    """First epoch to run, history so far and best validation AUC (from ``last.pt`` if any)."""
+def _resume(out: Path, run: _Run, cfg: TrainConfig, recipe: dict) -> tuple[int, list, float]:
+    """First epoch to run, history so far and best validation AUC (from ``last.pt`` if any);
+    ``recipe``: this run's (:func:`recipe_of`), which a checkpoint's must equal."""
     if not (out / "last.pt").is_file():
         return 0, [], -1.0
     try:
@@ -290,7 +291,7 @@ def _resume(out: Path, run: _Run, cfg: TrainConfig) -> tuple[int, list, float]:
         raise DfscanError(f"{out}/last.pt is not a dfscan train checkpoint (another tool's?): "
                           "train into a new --out folder")
     if "recipe" in ck:  # checkpoints from before this check carry none
-        _same_recipe(out, json.loads(ck["recipe"]), recipe_of(cfg, run))
+        _same_recipe(out, json.loads(ck["recipe"]), recipe)
     try:
         run.model.load_state_dict(ck["model"])
         run.opt.load_state_dict(ck["opt"])
@@ -342,22 +343,23 @@ def _train_epoch(run: _Run, cfg: TrainConfig, epoch: int, progress=None):
     for x, y, box, _ in it:
         x, y, box = x.to(cfg.device).float(), y.to(cfg.device), box.to(cfg.device)
         loss, _parts = loss_of(run.model, run.model(x), y, box)
-        _check_finite(loss, epoch, len(losses))
+        value = loss.item()  # one device sync per step, for the check and the log alike
+        _check_finite(value, epoch, len(losses))
         run.opt.zero_grad(set_to_none=True)
         loss.backward()
         run.opt.step()
         run.sched.step()
-        losses.append(loss.item())
+        losses.append(value)
         if progress:
             it.set_postfix(loss=float(np.mean(losses[-20:])))
     return float(np.mean(losses)), (it if progress else None)
 
 
-def _check_finite(loss: torch.Tensor, epoch: int, step: int) -> None:
+def _check_finite(loss: float, epoch: int, step: int) -> None:
     """Stop at a NaN or infinite loss: one more step makes every weight NaN, and the epoch
     ended in a scikit-learn traceback at validation (``last.pt`` keeps the previous epoch)."""
-    if not torch.isfinite(loss):
-        raise DfscanError(f"train: the loss is {loss.item()} at epoch {epoch}, step {step} (diverged): "
+    if not math.isfinite(loss):
+        raise DfscanError(f"train: the loss is {loss} at epoch {epoch}, step {step} (diverged): "
                           "lower --lr; the run folder keeps the last finished epoch")
 
 
@@ -370,7 +372,7 @@ def train(cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, progress
     run = _prepare(cfg, cache_dir)
     out.mkdir(parents=True, exist_ok=True)  # after the checks of _prepare: a refused run leaves none
     recipe = recipe_of(cfg, run)
-    start, history, best = _resume(out, run, cfg)
+    start, history, best = _resume(out, run, cfg, recipe)
     _say_other_settings(history, cfg)
     t_start = time.time()
     for epoch in range(start, cfg.epochs):
