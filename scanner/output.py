@@ -22,6 +22,7 @@ from typing import IO, Iterable
 
 from engines.errors import DfscanError
 
+from .durable import DurableFile
 from .metrics import SINK_EVENTS, SINK_FAILURES
 
 log = logging.getLogger("dfscan")
@@ -76,50 +77,19 @@ def json_line(row: dict) -> str:
     return line.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-class _DurableFile:
-    """A text file whose every row is written whole, fsync'ed, and noticed if deleted.
-
-    A row that cannot be written whole (disk full) is cut off again, so the file
-    ends on a row boundary: readers never meet a torn row, only ``--resume`` would.
-    """
-
-    def __init__(self, path: Path, append: bool, errors: str = "strict"):
-        self.path, self.errors = path, errors
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (0 if append else os.O_TRUNC)
-        self.fd = os.open(path, flags, 0o666)
-        # /dev/null, pipes and ttys cannot be fsync'ed, truncated or "deleted".
-        self._regular = os.path.isfile(path)
-
-    def append(self, text: str) -> None:
-        data = memoryview(text.encode("utf-8", self.errors))
-        start = os.fstat(self.fd).st_size if self._regular else 0
-        try:
-            while data:  # unbuffered: nothing is left behind to be written at close
-                data = data[os.write(self.fd, data):]
-            if self._regular:
-                os.fsync(self.fd)  # a finished video survives a crash or kill
-        except OSError:
-            if self._regular:
-                os.ftruncate(self.fd, start)
-            raise
-        if self._regular and os.fstat(self.fd).st_nlink == 0:  # writes would vanish silently
-            raise FileNotFoundError(f"{self.path} was deleted during the scan")
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-
 class JsonlSink(Sink):
-    """One JSON object per line; ``stream`` (e.g. stdout) instead of a file path."""
+    """One JSON object per line; ``stream`` (e.g. stdout) instead of a file path.
+
+    ``reopen_on_rotate``: see :class:`DurableFile` (the live service's event file only).
+    """
 
     name = "jsonl"
 
-    def __init__(self, path: str | Path | None = None, append: bool = False, stream: IO[str] | None = None):
+    def __init__(self, path: str | Path | None = None, append: bool = False, stream: IO[str] | None = None,
+                 reopen_on_rotate: bool = False):
         self.path = Path(path) if path is not None else None
-        self._file = _DurableFile(self.path, append) if self.path is not None else None
+        self._file = DurableFile(self.path, append, reopen_on_rotate=reopen_on_rotate) \
+            if self.path is not None else None
         self._stream = stream if stream is not None else sys.stdout
 
     def write(self, row: dict) -> None:
@@ -194,7 +164,7 @@ class CsvSink(Sink):
             _check_header(self.path)
         # surrogateescape: a non-UTF-8 file name is written as its own bytes (CSV has no
         # escape for it); scanner.resume reads it back the same way.
-        self._file = _DurableFile(self.path, append, errors="surrogateescape")
+        self._file = DurableFile(self.path, append, errors="surrogateescape")
         if new:
             self._file.append(self._record(None))
 

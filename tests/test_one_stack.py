@@ -9,6 +9,7 @@ import pytest
 
 import scanner.config
 import scanner.output
+from scanner.durable import DurableFile
 from scanner.live import sinks as live_sinks
 from scanner.live.config import ConfigError as LiveConfigError
 from scanner.live.config import parse_config
@@ -35,6 +36,25 @@ def test_live_jsonl_sink_is_the_batch_writer(tmp_path, monkeypatch):
     event = _strict(line)
     assert event["score"] is None and event["faces"][0]["score"] is None
     assert sink.delivered == 1 and len(synced) >= 1
+
+
+def test_live_event_file_and_batch_outputs_share_the_writer_and_only_live_follows_rotation(tmp_path):
+    """The live JSONL sink writes through the batch writer (one class: fsync, torn-row cut, errors);
+    only it reopens a moved file: a batch output holds a lock on the file it opened and keeps
+    writing into it (a deleted one is an error, see test_output_deleted_during_scan_is_noticed)."""
+    live = live_sinks.JsonlSink(tmp_path / "live.jsonl")
+    assert isinstance(live._w._file, DurableFile) and live._w._file.reopen_on_rotate
+    live.close()
+    outs = [scanner.output.JsonlSink(tmp_path / "o.jsonl"), scanner.output.CsvSink(tmp_path / "o.csv")]
+    for sink in outs:
+        assert isinstance(sink._file, DurableFile) and not sink._file.reopen_on_rotate
+        sink.write({"path": "a.mp4", "verdict": "real"})
+        moved = sink.path.with_name(sink.path.name + ".1")
+        sink.path.rename(moved)
+        sink.write({"path": "b.mp4", "verdict": "fake"})
+        sink.close()
+        assert not sink.path.exists()
+        assert "b.mp4" in moved.read_text()
 
 
 def test_live_stdout_sink_writes_valid_json(capsys):

@@ -11,7 +11,6 @@ and the same error type, so a fix reaches both modes.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import sys
 import threading
@@ -118,43 +117,20 @@ class JsonlSink(Sink):
 
     A service runs for months: when ``path`` stops naming the open file (logrotate's
     move-and-create, or a deleted file) the next event reopens ``path``, instead of
-    going on into the rotated file or failing for every event until a restart.
+    going on into the rotated file or failing for every event until a restart
+    (``reopen_on_rotate`` of the batch writer, :class:`scanner.durable.DurableFile`).
     """
 
     def __init__(self, path: str | Path, **kw):
         super().__init__(kw.pop("name", "jsonl"), **kw)
         self.path = Path(path)
         try:
-            self._open()
+            self._w = _JsonlWriter(self.path, append=True, reopen_on_rotate=True)
         except OSError as e:
             raise SinkError(f"jsonl sink cannot write {self.path}: {e.strerror or e}") from e
 
-    def _open(self) -> None:
-        self._w = _JsonlWriter(self.path, append=True)
-        st = os.stat(self.path)
-        self._id = (st.st_dev, st.st_ino)
-
-    def _moved(self) -> bool:
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return True
-        return (st.st_dev, st.st_ino) != self._id
-
-    def _reopen(self) -> None:
-        old = self._w
-        self._open()  # an OSError here fails this event (counted); the next one tries again
-        old.close()
-        log.info("sink %s: %s was moved or deleted; writing a new file", self.name, self.path)
-
     def deliver(self, event: dict) -> None:
-        if self._moved():
-            self._reopen()
-        try:
-            self._w.write(event)
-        except FileNotFoundError:  # deleted between the check and the write: its line went with it
-            self._reopen()
-            self._w.write(event)
+        self._w.write(event)
 
     def close(self) -> None:
         self._w.close()
