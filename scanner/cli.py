@@ -141,7 +141,9 @@ def selected_command(argv: list[str]) -> str | None:
 def build_parser(command: str | None = "*") -> argparse.ArgumentParser:
     """The ``dfscan`` parser. ``command`` names the one sub-command whose module is
     imported for its full parser (``"*"``: all of them, ``None``: none)."""
-    parser = argparse.ArgumentParser(prog="dfscan", description="High-throughput deepfake video scanner.")
+    from .argtypes import Parser  # one-line usage errors, the sub-commands' too
+
+    parser = Parser(prog="dfscan", description="High-throughput deepfake video scanner.")
     parser.add_argument("--version", action="version", version=f"dfscan {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -13,6 +13,8 @@ from pathlib import Path
 from engines.errors import DfscanError
 from engines.files import write_json
 
+from .argtypes import int_in
+
 DEFAULT_ENGINES = ["eager", "eager-cl", "compile", "onnxruntime"]
 # = engines.backends.base.MAX_BATCH (and scan's --batch-size cap); not imported, as that
 # module imports torch and building this parser should not.
@@ -49,30 +51,16 @@ def _device(v: str) -> str:
     return v
 
 
-def _int_in(lo: int, hi: int | None = None):
-    """argparse type: an int in [lo, hi]; out of range was a traceback (--iters 0: numpy
-    percentile of no timings; --threads -1: torch) or an OOM kill (--batch-sizes 100000)."""
-    def parse(v: str) -> int:
-        try:
-            n = int(v)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{v!r} is not an integer") from None
-        if n < lo or (hi is not None and n > hi):
-            raise argparse.ArgumentTypeError(f"{n}: must be {lo}..{hi}" if hi is not None else f"{n}: must be >= {lo}")
-        return n
-    return parse
-
-
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
-    p.add_argument("--batch-sizes", type=_int_in(1, MAX_BATCH), nargs="+", default=[1, 8, 32], metavar="N",
+    p.add_argument("--batch-sizes", type=int_in(1, MAX_BATCH), nargs="+", default=[1, 8, 32], metavar="N",
                    help="allowed batch sizes; other batches are padded up to the next one")
     p.add_argument("--device", default="cpu", type=_device, help="cpu, cuda or cuda:N")
     p.add_argument("--cache-dir", default=None, help="engine cache (default: $DFSCAN_CACHE_DIR or "
                                                       "$XDG_CACHE_HOME/dfscan/engines)")
     p.add_argument("--allow-parity-failure", action="store_true",
                    help="keep engines that disagree with eager fp32 (numbers are still reported)")
-    p.add_argument("--threads", type=_int_in(1), default=None, help="torch/onnxruntime intra-op threads")
+    p.add_argument("--threads", type=int_in(1), default=None, help="torch/onnxruntime intra-op threads")
 
 
 def _set_threads(args) -> None:
@@ -96,8 +84,8 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
                    help="engine names: eager eager-cl compile compile-cl compile-cg onnxruntime ort-trt tensorrt "
                         f"(default: {' '.join(DEFAULT_ENGINES)}; with --pipeline: auto, as dfscan scan)")
     _common(p)
-    p.add_argument("--iters", type=_int_in(1), default=50, help="timed calls per batch size")
-    p.add_argument("--warmup", type=_int_in(0), default=5, help="untimed calls per batch size")
+    p.add_argument("--iters", type=int_in(1), default=50, help="timed calls per batch size")
+    p.add_argument("--warmup", type=int_in(0), default=5, help="untimed calls per batch size")
     p.add_argument("--out", type=Path, default=Path("bench/results"), help="directory for JSON and PNG")
     p.add_argument("--name", default=None, help="file stem (default engines_<device type>)")
     p.add_argument("--pipeline", nargs="+", metavar="VIDEO", default=None,

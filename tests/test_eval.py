@@ -166,7 +166,7 @@ def test_eval_refuses_a_nan_acc_threshold(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["eval", str(_csv(tmp_path, "path,label\na.mp4,fake\n")), "--from-jsonl", "x.jsonl",
               "--acc-threshold", "nan"])
-    assert "not a finite number" in capsys.readouterr().err
+    assert "argument --acc-threshold: must be a finite number, not 'nan'" in capsys.readouterr().err
 
 
 def test_eval_cli_from_jsonl(tmp_path, capsys):

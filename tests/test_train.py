@@ -316,8 +316,9 @@ def test_cache_only_builds_a_fixed_subset_of_real_footage(tmp_path, capsys):
     (cache / "index.csv").unlink()  # as a build killed before its last file leaves it
     assert main(args) == 0 and "building the face cache" in capsys.readouterr().out
     assert len(FaceCache.load(cache)) == 6
-    assert main([*args[:-5], "--every", "0"]) == 2
-    assert "--every must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main([*args[:-5], "--every", "0"])
+    assert e.value.code == 2 and "argument --every: must be an integer >= 1" in capsys.readouterr().err
     assert main(["train", "--cache", str(cache)]) == 2  # training needs its run folder
     assert "--out DIR is required" in capsys.readouterr().err
 

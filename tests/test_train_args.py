@@ -29,27 +29,40 @@ def _cache(d: Path, sources: list[str]) -> Path:
     return d
 
 
+def _code(argv: list[str]) -> int:
+    """main's exit code, also when argparse refuses an argument (SystemExit)."""
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code
+
+
 @pytest.mark.parametrize("opt,value,says", [
-    ("--epochs", "0", "--epochs must be >= 1"),  # was ZeroDivisionError in the schedule
-    ("--steps", "0", "--steps must be >= 1"),
-    ("--batch-size", "0", "--batch-size must be >= 1"),
-    ("--val-size", "1", "--val-size must be >= 2"),  # one class: no AUC, no best.safetensors
-    ("--p-mfs", "-1", "--p-mfs must be a probability"),  # were taken silently
-    ("--p-edge", "nan", "--p-edge must be a probability"),
-    ("--p-low-res", "2", "--p-low-res must be a probability"),
+    ("--epochs", "0", "argument --epochs: must be an integer >= 1, not '0'"),  # was ZeroDivisionError in the schedule
+    ("--steps", "0", "argument --steps: must be an integer >= 1"),
+    ("--batch-size", "0", "argument --batch-size: must be an integer >= 1"),
+    ("--val-size", "1", "argument --val-size: must be an integer >= 2"),  # one class: no AUC, no best.safetensors
+    ("--p-mfs", "-1", "argument --p-mfs: must be a number in [0, 1]"),  # were taken silently
+    ("--p-edge", "nan", "argument --p-edge: must be a number in [0, 1], not 'nan'"),
+    ("--p-low-res", "2", "argument --p-low-res: must be a number in [0, 1]"),
     # tracebacks from torch or numpy once the cache was loaded, or taken silently:
-    ("--threads", "0", "--threads must be >= 1"), ("--workers", "-1", "--workers must be >= 0"),
-    ("--cache-frames", "0", "--cache-frames must be >= 1"), ("--freeze", "-1", "--freeze must be >= 0"),
-    ("--freeze", "99", "--freeze 99: this backbone has"), ("--seed", "-1", "--seed must be in [0, 2**32)"),
-    ("--lr", "nan", "--lr must be a positive number"), ("--lr", "-0.1", "--lr must be a positive number"),
-    ("--max-minutes", "0", "--max-minutes must be a positive number"),  # was: no budget at all
-    ("--max-minutes", "nan", "--max-minutes must be a positive number"),
-    ("--size", "0", "--size must be >= 32"),  # trained at the default side, the card saying 0
+    ("--threads", "0", "argument --threads: must be an integer >= 1"),
+    ("--workers", "-1", "argument --workers: must be an integer >= 0"),
+    ("--cache-frames", "0", "argument --cache-frames: must be an integer >= 1"),
+    ("--freeze", "-1", "argument --freeze: must be an integer >= 0"),
+    ("--freeze", "99", "--freeze 99: this backbone has"),
+    ("--seed", "-1", "argument --seed: must be an integer from 0 to 4294967295"),
+    ("--lr", "nan", "argument --lr: must be a positive finite number"),
+    ("--lr", "-0.1", "argument --lr: must be a positive finite number"),
+    ("--max-minutes", "0", "argument --max-minutes: must be a positive finite number"),  # was: no budget at all
+    ("--max-minutes", "nan", "argument --max-minutes: must be a positive finite number"),
+    ("--size", "0", "argument --size: must be an integer >= 32"),  # trained at the default side, the card saying 0
 ])
 def test_bad_numbers_are_one_line_errors(tmp_path, capsys, opt, value, says):
     cache = _cache(tmp_path / "c", ["a.mp4", "b.mp4"])
-    assert main(["train", "--cache", str(cache), "--out", str(tmp_path / "run"), *TINY, opt, value]) == 2
-    assert says in capsys.readouterr().err
+    assert _code(["train", "--cache", str(cache), "--out", str(tmp_path / "run"), *TINY, opt, value]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dfscan: error: train: ") and says in err and err.count("\n") == 1, err
     assert not (tmp_path / "run").exists()
 
 
@@ -117,8 +130,9 @@ def test_non_utf8_file_name_in_a_face_cache(tmp_path):
 def test_synth_size_zero_is_refused(tmp_path, capsys):
     """--size 0 wrote whole frames as 'chips' (cv2 takes dsize 0 as the source size)."""
     img = str(ROOT / "tests" / "data" / "multiface.jpg")
-    assert main(["synth", img, "--out", str(tmp_path / "s"), "--size", "0"]) == 2
-    assert "--size must be >= 16" in capsys.readouterr().err
+    assert _code(["synth", img, "--out", str(tmp_path / "s"), "--size", "0"]) == 2
+    assert "argument --size: must be an integer >= 16" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
 
 
 @pytest.mark.parametrize("share", ["0", "1.5", "nan"])
@@ -127,14 +141,17 @@ def test_probe_heldout_share_is_checked_before_features(tmp_path, capsys, share)
     with pytest.raises(SystemExit) as e:
         main(["probe", "fit", str(tmp_path), "--backbone", "torchvision", "--backbone-weights", "x",
               "--out", str(tmp_path / "p"), "--heldout", share])
-    assert e.value.code == 2 and "not a share in (0, 1)" in capsys.readouterr().err
+    assert e.value.code == 2 and "argument --heldout: must be a number in (0, 1)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("cmd, flag, value, msg", [
-    ("probe", "--C", "1,,10", "not comma-separated numbers"), ("probe", "--C", "abc", "not comma-separated"),
+    ("probe", "--C", "1,,10", "must be a positive finite number, not '' (in '1,,10')"),
+    ("probe", "--C", "abc", "must be a positive finite number, not 'abc'"),
     ("probe", "--C", "0", "positive finite"), ("probe", "--C", "nan", "positive finite"),
-    ("probe", "--seed", "-1", "not a seed"), ("separability", "--seed", "-1", "not a seed"),
-    ("separability", "--seed", str(2**32), "not a seed"), ("synth", "--seed", "-5", "not a seed")])
+    ("probe", "--seed", "-1", "must be an integer from 0 to 4294967295"),
+    ("separability", "--seed", "-1", "must be an integer from 0 to 4294967295"),
+    ("separability", "--seed", str(2**32), "must be an integer from 0 to"),
+    ("synth", "--seed", "-5", "must be an integer from 0 to")])
 def test_research_c_and_seed_are_checked_before_features(tmp_path, capsys, cmd, flag, value, msg):
     """--C abc / 0 / nan and --seed -1 were a ValueError or scikit-learn traceback, only after
     every feature (or chip) was computed."""

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import signal
 import sys
 import threading
 
 from engines.errors import DfscanError
 
+from ..argtypes import positive
 from ..config import DEFAULT_DETECTOR
 from .config import ConfigError, ServeConfig, load_config, parse_config
 
@@ -36,23 +36,13 @@ def add_watch_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--real-below", type=float, default=None, help="default: detector threshold - 0.1")
     p.add_argument("--out", "--jsonl", dest="jsonl", default=None, metavar="FILE.jsonl",
                    help="also append verdict events to this JSONL file (--jsonl: old name)")
-    p.add_argument("--duration", type=_seconds, default=None, help="stop after this many seconds")
+    # nan never compared as reached (watch ran forever); -1 or 0 stopped at once with exit 0
+    p.add_argument("--duration", type=positive, default=None, help="stop after this many seconds")
     p.add_argument("--allow-files", action="store_true", help="accept local files (played in real time)")
     p.add_argument("--rtsp-transport", default="auto", choices=("auto", "tcp", "udp", "udp_multicast", "http", "https"),
                    help="RTSP lower transport; auto: TCP, then UDP if the server refuses TCP or sends nothing")
     p.set_defaults(func=watch_main)
     return p
-
-
-def _seconds(value: str) -> float:
-    """A positive, finite duration: ``nan`` never compared as reached (watch ran forever)."""
-    try:
-        v = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
-    if not (math.isfinite(v) and v > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {value!r}")
-    return v
 
 
 def add_serve_parser(subparsers) -> argparse.ArgumentParser:

@@ -7,6 +7,8 @@ import signal
 import sys
 from pathlib import Path
 
+from ..argtypes import int_in
+
 
 def add_report_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -19,8 +21,8 @@ def add_report_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--out", "-o", help="HTML file to write (default: RESULTS with .html)")
     p.add_argument("--video-root", help="where the videos are now: NEW (the longest trailing part of "
                    "each recorded path found under NEW) or OLD=NEW (leading folders OLD replaced)")
-    p.add_argument("--top-k", type=int, default=4, help="face thumbnails per video (default 4)")
-    p.add_argument("--open", dest="open_sections", type=int, default=50,
+    p.add_argument("--top-k", type=int_in(0), default=4, help="face thumbnails per video (default 4)")
+    p.add_argument("--open", dest="open_sections", type=int_in(0), default=50,
                    help="sections shown expanded; later ones start collapsed (default 50)")
     p.add_argument("--no-thumbnails", dest="thumbnails", action="store_false",
                    help="do not open the videos (timelines and tables only)")
@@ -42,9 +44,6 @@ def run_report(args) -> int:
     src = Path(args.results)
     if not src.is_file():
         print(f"dfscan report: results file not found: {terminal_safe(str(src))}", file=sys.stderr)
-        return EXIT_USAGE
-    if args.top_k < 0 or args.open_sections < 0:
-        print("dfscan report: --top-k and --open must be >= 0", file=sys.stderr)
         return EXIT_USAGE
     out = Path(args.out) if args.out else src.with_suffix(".html")
     if out.resolve() == src.resolve():

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import math
 import os
 from pathlib import Path
+
+from ..argtypes import SEED, fraction, int_in, positive
 
 MEDIA = "../shared/media"
 
@@ -51,35 +52,6 @@ def _files(args) -> list[Path]:
     return sources(_roots(args))[::args.every]
 
 
-def _check_numbers(args) -> None:
-    """Counts below 1 divided by zero in the schedule or left validation without both classes
-    (no AUC, no best.safetensors); probabilities outside [0, 1] or NaN were taken silently.
-    Bad threads, workers, freeze, seed or learning rate were tracebacks from torch or numpy
-    (after the cache was loaded); --max-minutes 0 or NaN meant no budget at all."""
-    from engines.errors import DfscanError
-
-    for name in ("epochs", "steps", "batch_size", "every", "threads", "cache_frames"):
-        if getattr(args, name) < 1:
-            raise DfscanError(f"train: --{name.replace('_', '-')} must be >= 1")
-    for name in ("workers", "freeze"):
-        if getattr(args, name) < 0:
-            raise DfscanError(f"train: --{name} must be >= 0")
-    if not 0 <= args.seed < 2**32:
-        raise DfscanError(f"train: --seed must be in [0, 2**32), not {args.seed}")
-    for name in ("lr", "max_minutes"):
-        v = getattr(args, name)
-        if v is not None and not 0 < v < math.inf:  # NaN fails too
-            raise DfscanError(f"train: --{name.replace('_', '-')} must be a positive number, not {v}")
-    if args.size is not None and args.size < 32:  # --size 0 trained at 160 under a recipe saying 0
-        raise DfscanError(f"train: --size must be >= 32, not {args.size}")
-    if args.val_size < 2:
-        raise DfscanError("train: --val-size must be >= 2 (a real and a fake)")
-    for name in ("p_mfs", "p_global", "p_recon", "p_edge", "p_low_res"):
-        v = getattr(args, name)
-        if not 0.0 <= v <= 1.0:  # NaN fails too
-            raise DfscanError(f"train: --{name.replace('_', '-')} must be a probability in [0, 1], not {v}")
-
-
 def _build_cache(args, cache: Path) -> None:
     from engines.detectors.effnet_lite import lite_spec
 
@@ -110,7 +82,6 @@ def _train(args) -> int:
     from .data import check_built_from
 
     caches = [Path(c) for c in args.cache]
-    _check_numbers(args)
     if not args.cache_only and not args.out:
         raise DfscanError("train: --out DIR is required (or --cache-only to build a face cache)")
     if (args.cache_only or args.data) and len(caches) != 1:  # --data would be ignored
@@ -159,38 +130,43 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                                              "portrait, train_stills)")
     p.add_argument("--cache", nargs="+", default=[_default_cache()],
                    help="face-crop cache folder (built from --data when missing), or several built ones")
-    p.add_argument("--cache-frames", type=int, default=CACHE_FRAMES, help="frames per clip in the cache (default 24)")
-    p.add_argument("--every", type=int, default=1, metavar="N",
+    # Numbers are refused as they are parsed, before any work (scanner.argtypes): counts below 1
+    # divided by zero in the schedule, a --val-size below 2 left validation without both classes,
+    # shares outside [0, 1] or NaN were taken silently, bad threads/workers/freeze/seed/lr were
+    # torch or numpy tracebacks once the cache was loaded, --max-minutes 0 or NaN meant no budget,
+    # and --size 0 trained at the default side under a recipe saying 0.
+    p.add_argument("--cache-frames", type=int_in(1), default=CACHE_FRAMES, help="frames per clip in the cache (default 24)")
+    p.add_argument("--every", type=int_in(1), default=1, metavar="N",
                    help="build the cache from every N-th file of --data, in sorted order (default 1: all)")
     p.add_argument("--identity", choices=IDENTITY_MODES, default="name",
                    help="who is who, for the identity split: name (default: each file is one person, MEAD/GRID "
                         "by their file names) or folder (each folder holds one person's files)")
     p.add_argument("--cache-only", action="store_true", help="build the face cache from --data, then stop")
     p.add_argument("--init", help="ImageNet backbone (.safetensors/.pth) or a trained detector to start from")
-    p.add_argument("--size", type=int, help="input side (binary models; default 160)")
-    p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--steps", type=int, default=150, help="batches per epoch")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--freeze", type=int, default=3, help="frozen backbone stages (default 3 of 7)")
-    p.add_argument("--p-mfs", type=float, default=0.35, help="share of fakes made by MFS (rest self-blended)")
-    p.add_argument("--p-global", type=float, default=0.0,
+    p.add_argument("--size", type=int_in(32), help="input side (binary models; default 160)")
+    p.add_argument("--epochs", type=int_in(1), default=8)
+    p.add_argument("--steps", type=int_in(1), default=150, help="batches per epoch")
+    p.add_argument("--batch-size", type=int_in(1), default=32)
+    p.add_argument("--lr", type=positive, default=1e-3)
+    p.add_argument("--freeze", type=int_in(0), default=3, help="frozen backbone stages (default 3 of 7)")
+    p.add_argument("--p-mfs", type=fraction, default=0.35, help="share of fakes made by MFS (rest self-blended)")
+    p.add_argument("--p-global", type=fraction, default=0.0,
                    help="share of real faces given the self-blend colour/scale/blur change over the whole crop")
     p.add_argument("--recon", metavar="AE", help="autoencoder weights for reconstruction fakes "
                                                  "(python -m scanner.research.recon)")
-    p.add_argument("--p-recon", type=float, default=0.0, help="share of fakes that are --recon reconstructions")
-    p.add_argument("--p-edge", type=float, default=0.0,
+    p.add_argument("--p-recon", type=fraction, default=0.0, help="share of fakes that are --recon reconstructions")
+    p.add_argument("--p-edge", type=fraction, default=0.0,
                    help="share of training crops (real and fake alike) cut by a simulated frame edge, black "
                         "beyond it as when a face's context runs past the video frame")
-    p.add_argument("--p-low-res", type=float, default=0.0,
+    p.add_argument("--p-low-res", type=fraction, default=0.0,
                    help="share of training crops (real and fake alike) degraded as a small face of a compressed "
                         "video: shrunk, compressed at that size, magnified back")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--max-minutes", type=float, help="stop after the epoch that crosses this budget")
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--threads", type=int_in(1), default=2)
+    p.add_argument("--max-minutes", type=positive, help="stop after the epoch that crosses this budget")
     p.add_argument("--device", default="cpu", help="training device (and face detection when building the cache)")
-    p.add_argument("--val-size", type=int, default=600, help="held-out-identity validation samples (default 600)")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes making fakes (GPU recipe)")
+    p.add_argument("--val-size", type=int_in(2), default=600, help="held-out-identity validation samples (default 600)")
+    p.add_argument("--workers", type=int_in(0), default=0, help="DataLoader worker processes making fakes (GPU recipe)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_train)
     return p

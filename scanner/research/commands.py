@@ -7,7 +7,8 @@ lazily, so ``dfscan scan`` never pays for scikit-learn or matplotlib.
 from __future__ import annotations
 
 import argparse
-import math
+
+from ..argtypes import SEED, Parser, comma_list, finite, float_in, int_in, positive
 
 LABELS_HELP = ("labelled set: a folder with real/ and fake/ sub-folders (or a manifest.csv inside), "
                "or a CSV with path,label[,group][,subset][,landmarks]")
@@ -20,11 +21,11 @@ def _add_backbone_args(p: argparse.ArgumentParser, required: bool) -> None:
                    help="backbone source / checkpoint format")
     p.add_argument("--backbone-weights", metavar="FILE", help="local backbone checkpoint file")
     p.add_argument("--arch", help="resnet18..resnet152 (default resnet50), or the timm model name")
-    p.add_argument("--size", type=int, help="crop side in pixels (default 224; facenet 160)")
+    p.add_argument("--size", type=int_in(32), help="crop side in pixels (default 224; facenet 160)")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--frames", type=int, default=32, help="frames sampled per video (default 32)")
+    p.add_argument("--frames", type=int_in(1), default=32, help="frames sampled per video (default 32)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -49,34 +50,6 @@ def _probe(args) -> int:
     return run_probe_fit(args)
 
 
-def _share(value: str) -> float:
-    """A held-out share outside (0, 1) or NaN failed in scikit-learn after every feature was computed."""
-    v = float(value)
-    if not 0.0 < v < 1.0:  # NaN fails too
-        raise argparse.ArgumentTypeError(f"not a share in (0, 1): {value!r}")
-    return v
-
-
-def _strengths(value: str) -> tuple[float, ...]:
-    """A C that was not a positive number (or an empty item) was a traceback, after every
-    feature was computed."""
-    try:
-        cs = tuple(float(c) for c in value.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not comma-separated numbers: {value!r}") from None
-    if not all(0 < c < math.inf for c in cs):  # NaN fails too
-        raise argparse.ArgumentTypeError(f"every C must be a positive finite number: {value!r}")
-    return cs
-
-
-def _seed(value: str) -> int:
-    """scikit-learn and numpy take seeds in [0, 2**32): another one was a traceback at the end."""
-    v = int(value)
-    if not 0 <= v < 2**32:
-        raise argparse.ArgumentTypeError(f"not a seed in [0, 2**32): {value!r}")
-    return v
-
-
 def add_probe_parser(subparsers) -> argparse.ArgumentParser:
     """``dfscan probe fit LABELS --backbone SRC --backbone-weights FILE --out DIR``."""
     p = subparsers.add_parser("probe", help="linear probes on frozen backbones")
@@ -85,10 +58,14 @@ def add_probe_parser(subparsers) -> argparse.ArgumentParser:
     f.add_argument("labels", help=LABELS_HELP)
     _add_backbone_args(f, required=True)
     f.add_argument("--out", required=True, metavar="DIR", help="probe directory to write")
-    f.add_argument("--C", type=_strengths, help="comma-separated inverse L2 strengths to select from (default 1e-4..10)")
-    f.add_argument("--heldout", type=_share, default=0.3, help="held-out share of groups (default 0.3)")
-    f.add_argument("--seed", type=_seed, default=0)
-    f.add_argument("--batch-size", type=int, default=32)
+    # A C that is not a positive number, a held-out share outside (0, 1) or a seed outside
+    # [0, 2**32) failed in scikit-learn after every feature was computed: refused as parsed.
+    f.add_argument("--C", type=comma_list(positive),
+                   help="comma-separated inverse L2 strengths to select from (default 1e-4..10)")
+    f.add_argument("--heldout", type=float_in(0.0, 1.0, open_=True), default=0.3,
+                   help="held-out share of groups (default 0.3)")
+    f.add_argument("--seed", type=SEED, default=0)
+    f.add_argument("--batch-size", type=int_in(1), default=32)
     f.add_argument("--json", metavar="FILE", help="also write the training summary here")
     _add_common(f)
     _cache_arg(f)
@@ -103,14 +80,6 @@ def _eval(args) -> int:
     from .evaluate import run_eval
 
     return run_eval(args)
-
-
-def _finite(value: str) -> float:
-    """A NaN threshold calls every video real (s >= nan is false) and reports no threshold."""
-    v = float(value)
-    if not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"not a finite number: {value!r}")
-    return v
 
 
 def add_eval_parser(subparsers) -> argparse.ArgumentParser:
@@ -129,7 +98,8 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     add_scan_options(p)
     p.add_argument("--from-jsonl", metavar="FILE", help="read video scores from a `dfscan scan` JSONL")
     p.add_argument("--score-key", default="score", help="JSONL field holding P(fake) (default score)")
-    p.add_argument("--acc-threshold", type=_finite, default=0.5,
+    # A NaN threshold called every video real (s >= nan is false) and reported no threshold.
+    p.add_argument("--acc-threshold", type=finite, default=0.5,
                    help="P(fake) threshold for ACC/TPR/TNR/HTER (default 0.5)")
     p.add_argument("--out", default="eval.json", help="JSON report; the ROC plot goes next to it as .png")
     p.add_argument("--perturb", metavar="SPEC",
@@ -159,7 +129,7 @@ def add_separability_parser(subparsers) -> argparse.ArgumentParser:
     _add_backbone_args(p, required=False)
     p.add_argument("--detector", help="registered detector (its penultimate features)")
     p.add_argument("--weights", help="detector weights")
-    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--out", default="separability.json", help="JSON result; the scatter plot goes next to it")
     _add_common(p)
     _cache_arg(p)
@@ -178,12 +148,13 @@ def add_synth_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("synth", help="self-blended fake faces from real images/videos")
     p.add_argument("inputs", nargs="+", help="real face images/videos or folders of them")
     p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--frames", type=int, default=8, help="frames sampled per video (default 8)")
-    p.add_argument("--size", type=int, default=256, help="chip side in pixels (default 256)")
-    p.add_argument("--context", type=float, default=1.8, help="chip side / face box side (default 1.8)")
+    # --size 0 made cv2 keep the whole frame as the "chip"; counts below 1 or a context <= 0 make no chips.
+    p.add_argument("--frames", type=int_in(1), default=8, help="frames sampled per video (default 8)")
+    p.add_argument("--size", type=int_in(16), default=256, help="chip side in pixels (default 256)")
+    p.add_argument("--context", type=positive, default=1.8, help="chip side / face box side (default 1.8)")
     p.add_argument("--mode", choices=["global", "partial", "mixed"], default="mixed")
-    p.add_argument("--max-faces", type=int, default=1, help="faces per frame (largest first)")
-    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--max-faces", type=int_in(1), default=1, help="faces per frame (largest first)")
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_synth)
     return p
@@ -197,7 +168,7 @@ def add_research_parsers(subparsers) -> None:
 
 def main(argv=None) -> int:
     """Stand-alone entry (``python -m scanner.research.commands ...``); ``dfscan`` wires them in lazily."""
-    parser = argparse.ArgumentParser(prog="dfscan")
+    parser = Parser(prog="dfscan")
     add_research_parsers(parser.add_subparsers(dest="cmd", required=True))
     args = parser.parse_args(argv)
     return args.func(args)

@@ -27,6 +27,7 @@ from torch import nn
 
 from engines.files import replacing, write_json
 
+from ..argtypes import SEED, int_in
 from .data import FaceCache, split_groups
 
 
@@ -127,9 +128,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m scanner.research.recon", description=__doc__.split("\n")[0])
     p.add_argument("--cache", nargs="+", required=True, help="face caches (dfscan train --cache-only)")
     p.add_argument("--out", required=True, help="weights file to write (.safetensors)")
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--steps", type=int_in(1), default=2000)
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--threads", type=int_in(1), default=2)
     a = p.parse_args(argv)
     print(json.dumps(train_ae(a.cache, a.out, steps=a.steps, seed=a.seed, threads=a.threads)))
     return 0

@@ -278,9 +278,7 @@ def _write(path: Path, rgb: np.ndarray) -> None:
 
 def run_synth(args) -> int:
     """CLI handler of ``dfscan synth``."""
-    # --size 0 made cv2 keep the whole frame as the "chip"; counts below 1 or a context <= 0 make no chips
-    if args.size < 16 or args.frames < 1 or args.max_faces < 1 or not args.context > 0:
-        raise DfscanError("synth: --size must be >= 16, --frames and --max-faces >= 1, --context > 0")
+    # --size, --frames, --max-faces and --context are checked as they are parsed (commands.py)
     cfg = SynthConfig(frames=args.frames, size=args.size, context=args.context, mode=args.mode,
                       seed=args.seed, max_faces=args.max_faces, device=args.device)
     from .evaluate import writable

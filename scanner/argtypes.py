@@ -1,0 +1,97 @@
+"""argparse value types of every dfscan command line, and the parser that reports them.
+
+A number a command cannot use (NaN, inf, zero or a negative where they mean nothing,
+an integer out of range) is refused while the arguments are parsed, before any work,
+always in the same words: ``argument --epochs: must be an integer >= 1, not '0'``.
+NaN never compares as in range, so every check here refuses it. Imports nothing
+heavy: ``dfscan --help`` builds every parser.
+
+``dfscan scan``'s own numbers are checked by :class:`scanner.config.ScanConfig`
+(they may come from a YAML file as well), not here.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Callable
+
+
+class Parser(argparse.ArgumentParser):
+    """``dfscan``'s parser (its sub-commands' too: argparse makes them of this class).
+
+    A usage error is one line, ``dfscan: error: COMMAND: ...``, exit 2, as every other
+    dfscan error: argparse printed the whole usage first, many lines for ``train``."""
+
+    def error(self, message: str):
+        command = self.prog.partition(" ")[2]  # "dfscan probe fit" -> "probe fit"
+        self.exit(2, f"dfscan: error: {command + ': ' if command else ''}{message}\n")
+
+
+def _refuse(what: str, value: str):
+    return argparse.ArgumentTypeError(f"must be {what}, not {value!r}")
+
+
+def _float(value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        return math.nan  # refused by every range below
+
+
+def int_in(lo: int, hi: int | None = None) -> Callable[[str], int]:
+    """An integer in ``[lo, hi]`` (no upper bound when ``hi`` is None)."""
+    what = f"an integer from {lo} to {hi}" if hi is not None else f"an integer >= {lo}"
+
+    def parse(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            raise _refuse(what, value) from None
+        if n < lo or (hi is not None and n > hi):
+            raise _refuse(what, value)
+        return n
+    return parse
+
+
+SEED = int_in(0, 2**32 - 1)  # numpy, torch and scikit-learn all take these
+
+
+def float_in(lo: float, hi: float, open_: bool = False) -> Callable[[str], float]:
+    """A number in ``[lo, hi]``, or in ``(lo, hi)`` with ``open_``."""
+    what = f"a number in ({lo:g}, {hi:g})" if open_ else f"a number in [{lo:g}, {hi:g}]"
+
+    def parse(value: str) -> float:
+        v = _float(value)
+        if not (lo < v < hi if open_ else lo <= v <= hi):
+            raise _refuse(what, value)
+        return v
+    return parse
+
+
+fraction = float_in(0.0, 1.0)  # a probability or a share that may be all or nothing
+
+
+def positive(value: str) -> float:
+    """A finite number > 0 (a rate, a duration, a learning rate, a budget)."""
+    v = _float(value)
+    if not 0 < v < math.inf:
+        raise _refuse("a positive finite number", value)
+    return v
+
+
+def finite(value: str) -> float:
+    """Any finite number."""
+    v = _float(value)
+    if not math.isfinite(v):
+        raise _refuse("a finite number", value)
+    return v
+
+
+def comma_list(item: Callable[[str], float]) -> Callable[[str], tuple]:
+    """Comma-separated values, each checked by ``item``: ``1e-3,0.1,10``."""
+    def parse(value: str) -> tuple:
+        try:
+            return tuple(item(v) for v in value.split(","))
+        except argparse.ArgumentTypeError as e:
+            raise argparse.ArgumentTypeError(f"{e} (in {value!r})") from None
+    return parse
