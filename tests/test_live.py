@@ -218,6 +218,35 @@ def test_verdict_of_a_stream_whose_frames_stop_lapses():
     json.dumps(ev, allow_nan=False)
 
 
+def test_verdicts_judged_without_a_frame_close_and_lapse_alike():
+    """expire (windows aged) and close (windows emptied: removed / shut down) share one path:
+    an event per verdict that changed, none for one already unknown, no latency_s (no frame
+    triggered it), as the interval summary; events of a frame carry their latency."""
+    s = VerdictSettings(window_s=5, fake_above=0.6, real_below=0.4, min_samples=2, emit_interval_s=3600)
+    box = np.array([[10, 10, 90, 90]], np.float32)
+    t0 = time.monotonic()
+    sv = StreamVerdicts("cam", s)
+    changed = [e for k in range(3) for e in sv.update(t0 + k * 0.5, box, np.array([0.9]))]
+    assert changed and all("latency_s" in e for e in changed)
+    sv.update(t0 + 1.5, np.array([[200, 200, 260, 260]], np.float32), np.array([0.9]))  # track 2: one sample
+    assert sv.summary["tracks"]["2"]["verdict"] == "unknown"
+    assert sv.expire(t0 + 3) == []  # inside the window: nothing lapses
+    ev = sv.close("removed", t0 + 3)
+    assert [(e["track"], e["reason"], e["previous"], e["verdict"], e["score"], e["samples"], e["alert"])
+            for e in ev] == [(None, "removed", "fake", "unknown", None, 0, False),
+                             (1, "removed", "fake", "unknown", None, 0, False)]  # none for track 2
+    assert not any("latency_s" in e for e in ev)
+    assert sv.close("shutdown", t0 + 4) == [] and sv.expire(t0 + 20) == []
+    assert sv.summary["verdict"] == "unknown" and sv.summary["samples"] == 0
+    assert "latency_s" not in sv.tick(time.monotonic() + 7200)[0]
+    lapsed = StreamVerdicts("e", s)
+    for k in range(3):
+        lapsed.update(t0 + k * 0.5, box, np.array([0.9]))
+    ev = lapsed.expire(t0 + 10)
+    assert [(e["track"], e["reason"], e["verdict"]) for e in ev] == [(None, "change", "unknown"), (1, "change", "unknown")]
+    assert not any("latency_s" in e for e in ev)
+
+
 def test_cross_stream_batching():
     """Frames from several streams share one analyzer call; every stream is served."""
     calls: list[int] = []

@@ -105,15 +105,19 @@ class StreamVerdicts:
         self.last_emit = time.monotonic()
         self.faces_last = 0
 
-    def _event(self, reason: str, judge: _Judge, prev: str, track: int | None, t: float) -> dict:
+    def _event(self, reason: str, judge: _Judge, prev: str, track: int | None, t: float | None) -> dict:
+        """A verdict event; ``latency_s`` since the triggering frame's capture ``t``, none without one."""
         v = judge.roll.value
-        return {
+        ev = {
             "event": "verdict", "reason": reason, "time": _utc(), "stream": self.name, "track": track,
             "verdict": judge.hyst.verdict, "previous": prev,
             "score": None if v is None else round(v, 4), "samples": judge.roll.count,
-            "window_s": self.s.window_s, "latency_s": round(time.monotonic() - t, 4),
-            "alert": judge.hyst.verdict == "fake" and prev != "fake",
+            "window_s": self.s.window_s,
         }
+        if t is not None:
+            ev["latency_s"] = round(time.monotonic() - t, 4)
+        ev["alert"] = judge.hyst.verdict == "fake" and prev != "fake"
+        return ev
 
     def update(self, t: float, boxes: np.ndarray, p_fake: np.ndarray) -> list[dict]:
         """Add one sampled frame (capture time ``t``, monotonic s; ``boxes (K,4)``, ``p_fake (K,)``)."""
@@ -148,15 +152,7 @@ class StreamVerdicts:
         (publisher gone, reconnecting) kept its last verdict, score and tracks in the
         API and the ``dfscan_stream_fake`` gauge for as long as it stayed down.
         """
-        events = []
-        for tid, j in [(None, self.stream), *self.tracks.items()]:
-            j.roll.expire(now)
-            prev, cur = j.hyst.update(j.roll.value, j.roll.count)
-            if cur != prev:
-                ev = self._event("change", j, prev, tid, now)
-                ev.pop("latency_s")  # no triggering frame: the window ran out
-                events.append(ev)
-        return events
+        return self._without_frame("change", now, empty=False)
 
     def close(self, reason: str, now: float) -> list[dict]:
         """Change events to ``unknown`` for the stream and each track that had a verdict.
@@ -164,14 +160,21 @@ class StreamVerdicts:
         A removed or shut-down stream gets no more events: a consumer of the events kept
         its last verdict (``fake``, ``real``) as the current one for good.
         """
+        return self._without_frame(reason, now, empty=True)
+
+    def _without_frame(self, reason: str, now: float, empty: bool) -> list[dict]:
+        """Re-judge the stream and every track with no new frame: their windows aged to
+        ``now``, or ``empty`` (every sample dropped: the verdict becomes ``unknown``).
+        One event (``reason``, no ``latency_s``: no frame triggered it) per changed verdict."""
         events = []
         for tid, j in [(None, self.stream), *self.tracks.items()]:
-            j.roll = RollingScore(self.s.window_s)
-            prev, j.hyst.verdict = j.hyst.verdict, "unknown"
-            if prev != "unknown":
-                ev = self._event(reason, j, prev, tid, now)
-                ev.pop("latency_s")  # no triggering frame
-                events.append(ev)
+            if empty:
+                j.roll = RollingScore(self.s.window_s)
+            else:
+                j.roll.expire(now)
+            prev, cur = j.hyst.update(j.roll.value, j.roll.count)
+            if cur != prev:
+                events.append(self._event(reason, j, prev, tid, None))
         return events
 
     def tick(self, now: float) -> list[dict]:
@@ -181,8 +184,7 @@ class StreamVerdicts:
         self.last_emit = now
         self.stream.roll.expire(now)
         prev, _ = self.stream.hyst.update(self.stream.roll.value, self.stream.roll.count)
-        ev = self._event("interval", self.stream, prev, None, now)
-        ev.pop("latency_s")  # a summary has no triggering frame
+        ev = self._event("interval", self.stream, prev, None, None)  # a summary: no triggering frame
         ev["tracks"] = {str(k): round(j.roll.value, 4) for k, j in self.tracks.items() if j.roll.value is not None}
         return [ev]
 

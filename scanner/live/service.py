@@ -237,7 +237,7 @@ class LiveService:
             events = st.verdicts.close(reason, time.monotonic())
         for ev in events:
             ev["state"] = "stopped"
-            self.sinks.emit(ev)
+        self._publish(events)  # never an alert: every verdict ends as unknown
 
     def _on_error(self, batch, e: Exception) -> None:
         with self._lock:
