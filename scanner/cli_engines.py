@@ -104,6 +104,11 @@ def bench_command(args) -> int:
         from .config import check_device  # ConfigError (one line, exit 2) without the GPU
 
         check_device(args.device)
+        from .output import writable
+
+        # An --out under a file was an OSError traceback once the engines were built (or the
+        # pipeline timed): checked before any of it.
+        writable(args.out / f"{stem}.json")
         if args.pipeline:
             return _bench_pipeline(args, stem)
         from engines import benchmark as B

@@ -260,6 +260,25 @@ def open_sink(path: str | Path, append: bool = False) -> Sink:
         raise OutputError(f"cannot write {path}: {_reason(e)}") from e
 
 
+def writable(path: str | Path) -> Path:
+    """``path``, once a file could be created beside it; else a one-line :class:`DfscanError`
+    (exit 2: nothing was done yet). For commands that write their output only after long
+    work (eval, probe fit, separability, synth, bench): an --out under a file, a directory
+    as a file, a read-only or missing place was an OSError traceback once the work was done."""
+    import tempfile
+
+    path = Path(path)
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(21, "is a directory")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path.parent).close()
+    except OSError as e:
+        where = f" ({e.filename})" if e.filename and e.filename != str(path) else ""
+        raise DfscanError(f"cannot write {path}: {_reason(e)}{where}") from e
+    return path
+
+
 def order_outputs(paths: Iterable[str | Path]) -> list[str]:
     """Outputs with the primary (first .jsonl/.csv, else the first given) first.
 

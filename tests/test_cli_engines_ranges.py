@@ -70,3 +70,14 @@ def test_engines_list_of_foreign_numbers_is_a_table_not_a_traceback(tmp_path, ca
     assert main(["engines", "list", "--cache-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "high" in out and "big" in out
+
+
+@pytest.mark.parametrize("pipeline", [[], ["--pipeline", "v.mp4"]])
+def test_bench_out_that_cannot_be_written_is_one_line_before_any_work(tmp_path, capsys, pipeline):
+    """An --out under a file was an OSError traceback once the engines were built and timed
+    (or the pipeline benchmarked); checked first, as the research commands do (output.writable)."""
+    (tmp_path / "afile").write_text("x")
+    out = tmp_path / "afile" / "results"
+    assert main(["bench", "--detectors", "test_tiny", "--engines", "eager", "--out", str(out), *pipeline]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"dfscan: error: cannot write {out}/") and err.count("\n") == 1, err

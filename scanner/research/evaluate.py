@@ -30,6 +30,7 @@ from sklearn.metrics import accuracy_score, recall_score, roc_auc_score, roc_cur
 from engines.errors import DfscanError
 from engines.files import write_json
 
+from ..output import writable
 from ..resume import COMPAT_FIELDS  # the fields that make two rows' scores comparable
 from .labelled import Item, read_labelled
 from .stats import SMALL_CLASS, auc_ci
@@ -316,23 +317,6 @@ def _refuse_scan_options(args) -> None:
         flags = ", ".join("--" + k.replace("_", "-") for k in given)
         raise DfscanError(f"eval: --from-jsonl reads the scores as they were scanned; {flags} would be "
                           "ignored: leave them out, or scan here without --from-jsonl")
-
-
-def writable(path: str | Path) -> Path:
-    """``path``, once a file could be created beside it: an unwritable --out (a directory, a
-    read-only or missing place) was an OSError traceback after every input was scored."""
-    import tempfile
-
-    path = Path(path)
-    try:
-        if path.is_dir():
-            raise IsADirectoryError(21, "is a directory")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=path.parent).close()
-    except OSError as e:
-        where = f" ({e.filename})" if e.filename and e.filename != str(path) else ""
-        raise DfscanError(f"cannot write {path}: {e.strerror or e}{where}") from e
-    return path
 
 
 def run_eval(args) -> int:

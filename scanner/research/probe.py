@@ -31,7 +31,8 @@ from sklearn.preprocessing import StandardScaler
 from engines.errors import DfscanError
 from engines.files import write_json
 
-from .evaluate import binary_metrics, eer, writable
+from ..output import writable
+from .evaluate import binary_metrics, eer
 
 log = logging.getLogger(__name__)
 DEFAULT_CS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)

@@ -101,7 +101,7 @@ def run_separability(args) -> int:
     from .features import CropConfig, CropSource, backbone_embedder, detector_embedder, embed_items
     from .labelled import read_labelled
 
-    from .evaluate import writable
+    from ..output import writable
 
     out = writable(args.out)
     items = read_labelled(args.labels)

@@ -281,7 +281,7 @@ def run_synth(args) -> int:
     # --size, --frames, --max-faces and --context are checked as they are parsed (commands.py)
     cfg = SynthConfig(frames=args.frames, size=args.size, context=args.context, mode=args.mode,
                       seed=args.seed, max_faces=args.max_faces, device=args.device)
-    from .evaluate import writable
+    from ..output import writable
 
     writable(Path(args.out) / "manifest.csv")  # a file as --out was a traceback at the first write
     res = synthesize(args.inputs, args.out, cfg)
