@@ -6,7 +6,9 @@ input spec, precision, backend, batch sizes, library versions, device
 architecture, the dfscan version and a hash of the detector's and backend's
 source code, so an upgrade never reuses an artifact built by older code). ``meta.json`` stores those fields and the artifact's SHA-256; on
 every load both are re-checked, and an entry that does not match exactly is
-deleted and rebuilt, never trusted.
+deleted and rebuilt, never trusted. Lookup and store hand back the artifact's bytes
+with their checksum (:class:`Artifact`): each artifact is read and hashed once per
+engine start, and what is loaded is what was hashed.
 
 Default root: ``$DFSCAN_CACHE_DIR``, else ``$XDG_CACHE_HOME/dfscan/engines``,
 else ``~/.cache/dfscan/engines``.
@@ -22,6 +24,7 @@ import stat
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -29,7 +32,6 @@ import torch
 
 from .detector import Detector
 from .errors import EngineError
-from .registry import file_hash
 
 log = logging.getLogger(__name__)
 META = "meta.json"
@@ -79,8 +81,27 @@ def device_arch(device: str | torch.device) -> str:
     return f"sm_{major}{minor} {torch.cuda.get_device_name(dev)}"
 
 
-def _sha256_file(path: Path) -> str:
-    return file_hash(path, None)
+def _sha256(data: bytes) -> str:
+    """Checksum of artifact bytes: taken by lookup (a hit) or store (a miss) only, once per
+    engine start; callers reuse it from the :class:`Artifact` rather than hash again."""
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A checked entry's artifact: ``data`` is the very bytes whose SHA-256 is ``sha256``.
+
+    Loaders take ``data``, never the file by name again: a file swapped after the check (an
+    entry of a shared cache renamed away and replaced) would run under the stored parity of
+    the checked one, and reading it again only to re-hash it cost every start a pass."""
+
+    path: Path
+    data: bytes = field(repr=False)  # megabytes: not for logs
+    meta: dict  # the entry's metadata as validated (fields, checksum, stored parity)
+
+    @property
+    def sha256(self) -> str:
+        return self.meta["sha256"]
 
 
 def package_version(name: str) -> str:
@@ -211,47 +232,51 @@ class EngineCache:
         The second value is ``"hit"``, ``"miss"`` or ``"rebuilt (<why>)"``; an
         invalid entry is deleted before returning.
         """
-        path, status, _ = self.lookup_entry(key, fields)
-        return path, status
+        art, status = self.lookup_entry(key, fields)
+        return (art.path if art else None), status
 
-    def lookup_entry(self, key: str, fields: dict) -> tuple[Path | None, str, dict | None]:
-        """:meth:`lookup` plus the metadata it validated (its checksum, stored parity). Read
-        once: a second read could be of an entry replaced since, e.g. by another process."""
+    def lookup_entry(self, key: str, fields: dict) -> tuple[Artifact | None, str]:
+        """:meth:`lookup`, with the artifact's bytes and the metadata they were checked against
+        (its checksum, stored parity), both of one read: a second read could be of an entry
+        replaced since, e.g. by another process."""
         d = self.entry_dir(key)
         if not d.exists():
-            return None, "miss", None
-        meta: dict = {}
-        problem = self._validate(d, fields, meta)
-        if problem is None:
-            return d / meta["artifact"], "hit", meta
+            return None, "miss"
+        art, problem = self._read(d, fields)
+        if art is not None:
+            return art, "hit"
         shutil.rmtree(d, ignore_errors=True)
-        return None, f"rebuilt ({problem})", None
+        return None, f"rebuilt ({problem})"
 
-    def _validate(self, d: Path, fields: dict, out: dict | None = None) -> str | None:
-        """Why the entry ``d`` cannot be used, else None (and its metadata put in ``out``)."""
+    def _read(self, d: Path, fields: dict) -> tuple[Artifact | None, str | None]:
+        """The artifact of entry ``d``, read and checked; else None and why it cannot be used."""
         try:
             meta = json.loads((d / META).read_text())
         except (OSError, ValueError) as e:
-            return f"unreadable metadata: {type(e).__name__}"
+            return None, f"unreadable metadata: {type(e).__name__}"
         if not isinstance(meta, dict) or meta.get("fields") != json.loads(json.dumps(fields)):
-            return "metadata does not match the requested engine"
+            return None, "metadata does not match the requested engine"
         name = str(meta.get("artifact", ""))
         if name in ("", ".", "..") or Path(name).name != name:  # e.g. "../../x": not this entry's
-            return "artifact is not a file of the entry"
+            return None, "artifact is not a file of the entry"
         art = d / name
         if not art.is_file():
-            return "artifact missing"
+            return None, "artifact missing"
         foreign = _foreign(d, d / META, art)
         if foreign:  # a TensorRT program is loaded as code: only from entries only we could write
-            return foreign
-        if _sha256_file(art) != meta.get("sha256"):
-            return "artifact checksum mismatch"
-        if out is not None:
-            out.update(meta)
-        return None
+            return None, foreign
+        data = art.read_bytes()
+        if _sha256(data) != meta.get("sha256"):
+            return None, "artifact checksum mismatch"
+        return Artifact(art, data, meta), None
 
     def store(self, key: str, fields: dict, name: str, write: Callable[[Path], None], extra: dict | None = None) -> Path:
-        """Create the entry: ``write(path)`` writes the artifact; returns its final path.
+        """:meth:`store_entry`, for callers that need only the artifact's final path."""
+        return self.store_entry(key, fields, name, write, extra).path
+
+    def store_entry(self, key: str, fields: dict, name: str, write: Callable[[Path], None],
+                    extra: dict | None = None) -> Artifact:
+        """Create the entry: ``write(path)`` writes the artifact; returns it, read and hashed once.
 
         Written into a temporary directory and renamed, so a crash never leaves
         a half-written entry that looks valid. :class:`CacheUnwritable` when the cache
@@ -272,36 +297,33 @@ class EngineCache:
             raise
 
     def _fill(self, tmp: Path, key: str, fields: dict, name: str, write: Callable[[Path], None],
-              extra: dict | None) -> Path:
+              extra: dict | None) -> Artifact:
         """Write the entry into ``tmp``, then move it to its place."""
         write(tmp / name)
         if not (tmp / name).is_file():
             raise EngineError(f"engine artifact {name} was not written")
-        meta = {
-            "key": key,
-            "artifact": name,
-            "sha256": _sha256_file(tmp / name),
-            "size_bytes": (tmp / name).stat().st_size,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "fields": fields,
-            **(extra or {}),
-        }
-        (tmp / META).write_text(json.dumps(meta, indent=1, sort_keys=True))
         final = self.entry_dir(key)
-        if self._validate(final, fields) is None:
+        theirs, _ = self._read(final, fields)
+        if theirs is not None:
             # Another process stored this key meanwhile and may be loading it: deleting its
             # entry to put ours in place made that load fail (file not found). Keep theirs.
             shutil.rmtree(tmp, ignore_errors=True)
-            return final / name
+            return theirs
+        data = (tmp / name).read_bytes()  # hashed here, and loaded by the caller: one read
+        meta = {"key": key, "artifact": name, "sha256": _sha256(data), "size_bytes": len(data),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "fields": fields, **(extra or {})}
+        (tmp / META).write_text(json.dumps(meta, indent=1, sort_keys=True))
         shutil.rmtree(final, ignore_errors=True)
         try:
             os.replace(tmp, final)
         except OSError:
             # Another process stored the same key meanwhile: keep theirs if it is valid.
-            if self._validate(final, fields) is not None:
+            theirs, _ = self._read(final, fields)
+            if theirs is None:
                 raise
             shutil.rmtree(tmp, ignore_errors=True)
-        return final / name
+            return theirs
+        return Artifact(final / name, data, meta)
 
     def update_meta(self, key: str, **extra) -> bool:
         """Add fields (e.g. parity numbers) to an entry's metadata; False when it cannot.

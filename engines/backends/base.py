@@ -282,22 +282,12 @@ class ArtifactEngine(Engine):
     def _export(self, path) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _load(self, path) -> None:  # pragma: no cover - abstract
+    def _load(self, path, data: bytes) -> None:  # pragma: no cover - abstract
+        """Make the engine runnable from ``data``, the artifact's bytes as checked (``path``:
+        where they were read, for messages). Never from the file by name: one swapped after
+        its check (an entry of a shared cache renamed away and replaced) would run under the
+        stored parity of the checked file."""
         raise NotImplementedError
-
-    def _artifact_bytes(self, path) -> bytes:
-        """The artifact's bytes, checked against the checksum it was validated or stored with.
-
-        Loaded from these bytes, not by name again: a file swapped after the check (an entry
-        of a shared cache renamed away and replaced) ran on its own, with the stored parity
-        of the file that was checked."""
-        import hashlib
-        from pathlib import Path
-
-        data = Path(path).read_bytes()
-        if self.info.artifact_sha256 and hashlib.sha256(data).hexdigest() != self.info.artifact_sha256:
-            raise EngineError(f"engine artifact {path} changed after its checksum was checked; not loaded")
-        return data
 
     def _key_fields(self) -> dict:
         from ..cache import code_hash, key_fields
@@ -314,20 +304,20 @@ class ArtifactEngine(Engine):
         with tempfile.TemporaryDirectory(prefix="dfscan-engine-") as tmp:
             path = Path(tmp) / self.artifact_name
             self._export(path)
-            self._load(path)
+            self._load(path, path.read_bytes())
 
     def _build(self) -> None:
-        from ..cache import CacheUnwritable, EngineCache, _sha256_file, cache_key
+        from ..cache import CacheUnwritable, EngineCache, cache_key
 
         if not self.cfg.use_cache:
             return self._build_uncached()
         cache = EngineCache(self.cfg.cache_dir)
         fields = self._key_fields()
         key = cache_key(fields)
-        path, status, meta = cache.lookup_entry(key, fields)
-        if path is None:
+        art, status = cache.lookup_entry(key, fields)
+        if art is None:
             try:
-                path = cache.store(key, fields, self.artifact_name, self._export)
+                art = cache.store_entry(key, fields, self.artifact_name, self._export)
             except CacheUnwritable as e:
                 # The cache only saves the next start an export: a read-only or full one must
                 # not stop a scan (auto is the cached ONNX engine on CPU), as it did.
@@ -335,7 +325,9 @@ class ArtifactEngine(Engine):
                 self._build_uncached()
                 self.info.cache = "none (cache not writable)"
                 return
-        self.info.artifact_sha256 = meta["sha256"] if meta else _sha256_file(path)
-        self.info.stored_parity = (meta or {}).get("parity")
-        self._load(path)
-        self.info.cache, self.info.cache_key, self.info.artifact = status, key, str(path)
+        # Lookup or store read the artifact once and hashed those bytes: they are what is
+        # loaded, and their checksum is what a stored parity must name (no second hash).
+        self.info.artifact_sha256 = art.sha256
+        self.info.stored_parity = art.meta.get("parity") if status == "hit" else None
+        self._load(art.path, art.data)
+        self.info.cache, self.info.cache_key, self.info.artifact = status, key, str(art.path)

@@ -108,10 +108,15 @@ class TensorRTEngine(ArtifactEngine):
             # Older releases: keep the graph's symbolic batch without re-tracing.
             self.trt.save(gm, str(path), output_format="exported_program", inputs=[example], retrace=False)
 
-    def _load(self, path: Path) -> None:
+    def _load(self, path: Path, data: bytes) -> None:
+        import io
+
         try:
-            loader = getattr(self.trt, "load", None)
-            prog = loader(str(path)) if loader else torch.export.load(str(path))
+            # From the checked bytes (see ArtifactEngine._load): a TensorRT program is loaded as
+            # code, and opening it by name again would run a file swapped in after the check.
+            # Both loaders take a buffer (torch_tensorrt.load hands it to torch.export.load).
+            loader = getattr(self.trt, "load", None) or torch.export.load
+            prog = loader(io.BytesIO(data))
             self.model = prog.module() if hasattr(prog, "module") else prog
         except Exception as e:
             raise EngineError(f"could not load TensorRT program {path}: {e}") from e
