@@ -20,7 +20,7 @@ import pytest
 
 from scanner.live.batcher import FrameResult
 from scanner.live.cli import serve_main
-from scanner.live.config import StreamConfig, parse_config
+from scanner.live.config import ConfigError, StreamConfig, parse_config
 from scanner.live.service import LiveService
 from scanner.live.sinks import JsonlSink, Sink, WebhookSink
 from scanner.live.source import LiveFrame, LiveSource, SourceSettings
@@ -103,6 +103,42 @@ def test_a_changed_token_file_revokes_the_old_token(tmp_path, caplog):
         token_file.unlink()
         assert status(new) == 401
         assert httpx.get(f"http://127.0.0.1:{server.port}/healthz", timeout=10).status_code == 200
+    finally:
+        server.stop()
+        svc.stop()
+
+
+@pytest.mark.parametrize("bad", [b"tok-2short-9\n", b"\xff\xfe-tok-not-utf-8-0123456789"])
+def test_a_token_file_reloaded_bad_is_refused_as_at_start(tmp_path, caplog, bad):
+    """TokenFile had its own reader (strip, length, words): one function now reads the file at
+    start and on every reload, so a token refused at start is refused on reload with the same
+    message, and the token itself is in neither. On reload nothing is accepted (fail closed)
+    until the file holds a valid token again."""
+    token_file = tmp_path / "token"
+    token_file.write_bytes(bad)
+    with pytest.raises(ConfigError) as at_start:
+        parse_config({"api": {"token_env": None, "token_file": str(token_file)}, "model": {"detector": "test_tiny"}})
+    refused = str(at_start.value)
+    assert refused.startswith(f"api.token_file {token_file}: ")
+    good, again = "good-token-0123456789abcdef", "again-token-0123456789abcdef"
+    token_file.write_text(good)
+    svc, server = _serve(None, token_env=None, token_file=str(token_file))
+    url = f"http://127.0.0.1:{server.port}/streams"
+
+    def status(tok: str | bytes):
+        tok = tok if isinstance(tok, bytes) else tok.encode()
+        return httpx.get(url, headers={"Authorization": b"Bearer " + tok}, timeout=10).status_code
+
+    try:
+        assert status(good) == 200
+        token_file.write_bytes(bad)
+        with caplog.at_level(logging.ERROR):
+            assert (status(good), status(bad.strip())) == (401, 401)
+        assert refused in caplog.text and "holds no token" in caplog.text
+        for secret in ("tok-2short-9", "tok-not-utf-8", good):
+            assert secret not in refused and secret not in caplog.text
+        token_file.write_text(again)
+        assert (status(good), status(again)) == (401, 200)
     finally:
         server.stop()
         svc.stop()

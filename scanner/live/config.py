@@ -199,6 +199,38 @@ def is_loopback(host: str) -> bool:
         return False  # a host name other than localhost may resolve anywhere
 
 
+MIN_TOKEN_CHARS = 16
+
+
+def checked_token(token: str | None, where: str = "") -> str | None:
+    """``token`` (None stays None); :class:`ConfigError` when shorter than ``MIN_TOKEN_CHARS``.
+
+    The message says where the token came from (``where``), never the token itself."""
+    if token is not None and len(token) < MIN_TOKEN_CHARS:
+        raise ConfigError(f"{where}API token must be at least {MIN_TOKEN_CHARS} characters")
+    return token
+
+
+def read_token_file(path: str, empty_ok: bool = True) -> str | None:
+    """The token in ``api.token_file`` ``path`` (surrounding whitespace stripped).
+
+    One reader for the start (:meth:`ApiConfig.token`) and every reload
+    (:class:`scanner.live.auth.TokenFile`), so both refuse the same files with the same
+    words: :class:`ConfigError` naming the file (never its content) when it cannot be read
+    or holds a token shorter than ``MIN_TOKEN_CHARS``. An empty file is no token (None),
+    unless ``empty_ok`` is False: then it is refused as too short.
+    """
+    where = f"api.token_file {path}: "
+    try:
+        tok = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:  # a traceback (not UTF-8), or an errno line
+        why = e.strerror if isinstance(e, OSError) and e.strerror else "not UTF-8 text"
+        raise ConfigError(f"{where}cannot read the token: {why}") from None
+    if not tok and empty_ok:
+        return None
+    return checked_token(tok, where)
+
+
 class ApiConfig(_Model):
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -225,23 +257,18 @@ class ApiConfig(_Model):
         return sorted(set(LOOPBACK_HOSTS) | {self.host if ":" not in self.host else f"[{self.host}]"})
 
     def token(self) -> str | None:
-        """The bearer token from ``token_file`` or ``$token_env``; None when unset."""
+        """The bearer token from ``token_file`` or ``$token_env``; None when unset or empty.
+
+        :class:`ConfigError` when the file cannot be read or the token is too short."""
         if self.token_file:
-            try:
-                tok = Path(self.token_file).read_text(encoding="utf-8").strip()
-            except (OSError, UnicodeDecodeError) as e:  # a traceback (not UTF-8), or an errno line
-                why = e.strerror if isinstance(e, OSError) and e.strerror else "not UTF-8 text"
-                raise ConfigError(f"api.token_file {self.token_file}: cannot read the token: {why}") from None
-            return tok or None
+            return read_token_file(self.token_file)
         if self.token_env:
-            return os.environ.get(self.token_env) or None
+            return checked_token(os.environ.get(self.token_env) or None)
         return None
 
     def check_auth(self) -> str | None:
         """Token to enforce; raise :class:`ConfigError` if binding off-loopback without one."""
         tok = self.token()
-        if tok is not None and len(tok) < 16:
-            raise ConfigError("API token must be at least 16 characters")
         if self.enabled and not is_loopback(self.host) and tok is None:
             raise ConfigError(
                 f"API binds to {self.host}, not loopback: a bearer token is required "

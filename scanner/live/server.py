@@ -25,15 +25,12 @@ Stream URLs are only ever returned with credentials masked.
 """
 from __future__ import annotations
 
-import hmac
 import json
 import logging
-import os
 import re
 import socket
 import threading
 import time
-from pathlib import Path
 
 import h11
 import uvicorn
@@ -50,6 +47,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from engines.errors import DfscanError
 
 from .api_models import ErrorBody, Health, Ready, Removed, StreamInfo, StreamList
+from .auth import TokenFile, check_bearer
 from .config import LOOPBACK_HOSTS, ApiConfig, StreamConfig
 from .service import LiveService, StreamExists, StreamLimit, StreamNotFound
 from .urls import SourceError, mask_text
@@ -58,59 +56,6 @@ log = logging.getLogger(__name__)
 PROBES = frozenset({"/healthz", "/readyz"})
 PUBLIC = PROBES | {"/"}  # no token needed: probes, and the status page (static, no stream data)
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH"})
-
-
-def check_bearer(header: str | None, token: str | None) -> bool:
-    """True when no token is required or ``header`` is ``Bearer <token>``."""
-    if token is None:
-        return True
-    if not header or not header.startswith("Bearer "):
-        return False
-    # Starlette decodes header bytes as latin-1: back to the bytes sent, compared with the token's
-    # UTF-8 bytes. Only SP/HTAB are stripped: str.strip() took a last UTF-8 byte 0x85/0xA0 (NEL/NBSP).
-    return hmac.compare_digest(header[7:].strip(" \t").encode("latin-1"), token.encode())
-
-
-class TokenFile:
-    """The bearer token of ``api.token_file``, read again whenever the file changes.
-
-    A rotated token (a Kubernetes Secret is updated in place, an operator rewrites the file
-    after a leak) must stop the old one at once, not at the next restart. A file that turns
-    unreadable, empty or shorter than 16 characters accepts no token at all (fail closed).
-    """
-
-    def __init__(self, path: str, token: str | None):
-        self.path, self._token = path, token
-        self._key = self._stat()
-        self._lock = threading.Lock()
-
-    def _stat(self) -> tuple | None:
-        try:
-            st = os.stat(self.path)  # follows the ..data symlink Kubernetes swaps
-        except OSError:
-            return None
-        return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
-
-    def __call__(self) -> str | None:
-        key = self._stat()
-        with self._lock:
-            if key != self._key:
-                self._key, self._token = key, self._read()
-            return self._token
-
-    def _read(self) -> str | None:
-        try:
-            tok = Path(self.path).read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as e:
-            log.error("api.token_file %s cannot be read (%s): every request needing the token is refused",
-                      self.path, type(e).__name__)
-            return None
-        if len(tok) < 16:
-            log.error("api.token_file %s now holds no token of at least 16 characters: every request "
-                      "needing the token is refused", self.path)
-            return None
-        log.info("api.token_file %s changed: the new token is in use", self.path)
-        return tok
 
 
 def _err(code: int, message: str, **headers: str) -> JSONResponse:
