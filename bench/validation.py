@@ -111,18 +111,16 @@ def normalise(args) -> int:
     from scanner.faces import FaceDetector
 
     det = FaceDetector(max_side=640, min_face=40, max_faces=1)
-    out = Path(args.out).expanduser()
+    out = Path(args.out).expanduser().absolute()  # its labels.csv names the clips by absolute paths
     rows = []
-    with open(MEDIA / "labels.csv") as f:
-        items = list(csv.DictReader(f))
-    for it in items:
-        src, dst = MEDIA / it["path"], out / Path(it["path"]).with_suffix(".mp4")
+    for it in _read_labels(MEDIA / "labels.csv", "normalise"):
+        src = Path(it["path"])
+        dst = out / src.relative_to(MEDIA).with_suffix(".mp4")
         frames = _read_frames(src, args.seconds)
         if not dst.exists():
             _encode(frames, _square(frames, det), dst)
-        gen = it["generator"] if it["label"] == "fake" else "real"
-        rows.append({"path": str(dst), "label": it["label"], "group": it["path"], "subset": gen})
-        print(f"{it['path']} -> {dst.name} ({len(frames)} frames)", flush=True)
+        rows.append({"path": str(dst), "label": it["label"], "group": it["group"], "subset": it["subset"]})
+        print(f"{src.relative_to(MEDIA)} -> {dst.name} ({len(frames)} frames)", flush=True)
     with open(out / "labels.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["path", "label", "group", "subset"])
         w.writeheader()
@@ -172,31 +170,33 @@ def _metrics(labels: list[dict], scores: dict[str, float | None]) -> dict:
     return res
 
 
-def _as_eval_row(r: dict, base: Path) -> dict:
-    """A row of a normalised ``labels.csv``, of the shipped one (``path,label,...,generator``),
-    or of a plain ``path,label`` CSV (fakes then form one subset, ``fake``), paths relative to
-    its folder, as ``path,label,group,subset``."""
-    if "subset" in r:
-        return r
-    return {"path": str(base / r["path"]), "label": r["label"], "group": r.get("group") or r["path"],
-            "subset": (r.get("generator") or "fake") if r["label"] == "fake" else "real"}
+def _read_labels(path: str | Path, cmd: str = "eval") -> list[dict]:
+    """The labels CSV's rows as ``path,label,group,subset``, read by ``dfscan eval``'s reader
+    (:func:`scanner.research.labelled.manifest_rows`: paths relative to its folder, labels
+    real/fake/0/1, every file present), or one line naming what is wrong. A normalised
+    ``labels.csv`` has its subsets; in the shipped one (``path,label,...,generator``) a fake's
+    subset is its generator, and a plain ``path,label`` CSV's fakes form one subset, ``fake``.
+    Reals are subset ``real`` in all three: each generator is measured against every real."""
+    from scanner.research.labelled import DatasetError, manifest_rows
 
-
-def _read_labels(path: str) -> list[dict]:
-    """The labels CSV's rows, or one line naming what it lacks (not a KeyError traceback)."""
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError) as e:
-        raise SystemExit(f"bench/validation.py eval: cannot read {path}: {e}") from None
-    missing = {"path", "label"} - set(rows[0] if rows else ())
-    bad = sorted({r["label"] for r in rows} - {"real", "fake"}) if not missing else []
-    if not rows or missing or bad:
-        what = ("no rows" if not rows else f"no column {', '.join(sorted(missing))}" if missing
-                else f"labels {bad} (need real or fake)")
-        raise SystemExit(f"bench/validation.py eval: {path}: {what}; expected path,label[,group,subset] "
-                         "or the shipped path,label,...,generator")
-    return [_as_eval_row(r, Path(path).parent) for r in rows]
+        pairs = list(manifest_rows(Path(path)))
+    except OSError as e:
+        raise SystemExit(f"bench/validation.py {cmd}: cannot read {path}: {e.strerror or e}") from None
+    except DatasetError as e:  # names the file (and row)
+        raise SystemExit(f"bench/validation.py {cmd}: {e}") from None
+    if not pairs:
+        raise SystemExit(f"bench/validation.py {cmd}: {path}: no rows")
+    rows = []
+    for item, row in pairs:
+        label = "fake" if item.label else "real"
+        if "subset" in row:
+            subset = item.subset
+        else:
+            subset = (row.get("generator") or "fake") if item.label else "real"
+        rows.append({"path": str(item.path), "label": label, "group": row.get("group") or row["path"],
+                     "subset": subset})
+    return rows
 
 
 def evaluate(args) -> int:

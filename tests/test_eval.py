@@ -422,5 +422,11 @@ def test_validation_bench_reads_a_plain_labels_csv_and_names_a_bad_one(tmp_path)
     bad = tmp_path / "bad.csv"
     bad.write_text(f"path,kind\n{DATA / 'd1.mp4'},real\n")
     r = run(bad, tmp_path / "bad.json")
-    assert r.returncode == 1 and "Traceback" not in r.stderr and "no column label" in r.stderr
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "needs a header with at least 'path' and 'label'" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+    # Read as dfscan eval reads it: a listed file that is missing is named, not scanned as an error row.
+    missing = tmp_path / "missing.csv"
+    missing.write_text("path,label\nnot_here.mp4,fake\n")
+    r = run(missing, tmp_path / "missing.json")
+    assert r.returncode == 1 and "file not found: " in r.stderr and "not_here.mp4" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "missing.json").exists()

@@ -20,6 +20,7 @@ import csv
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -140,6 +141,12 @@ def _missing(p: Path) -> str:
 
 def read_manifest(path: Path) -> list[Item]:
     """Items of a CSV manifest (header ``path,label[,group][,subset][,landmarks]``)."""
+    return [item for item, _ in manifest_rows(path)]
+
+
+def manifest_rows(path: Path) -> Iterator[tuple[Item, dict]]:
+    """Each row of a CSV manifest as its :class:`Item` and the row's own fields, for a caller
+    that reads a column of its own too (bench/validation.py: the shipped set's ``generator``)."""
     # utf-8-sig: a spreadsheet's byte-order mark would otherwise hide the 'path' header;
     # surrogateescape: bytes that are not UTF-8 (a Latin-1 file name) were a UnicodeDecodeError
     # traceback, and now name the file as the file system spells it, as Python's own paths do.
@@ -147,16 +154,14 @@ def read_manifest(path: Path) -> list[Item]:
         reader = csv.DictReader(f)
         if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
             raise DatasetError(f"{path}: CSV needs a header with at least 'path' and 'label'")
-        items = []
         for n, row in enumerate(reader, start=2):
             where = f"{path}:{n}"
             p = Path(row["path"])
             p = p if p.is_absolute() else path.parent / p
             if not p.is_file():
                 raise DatasetError(f"{where}: file not found: {_missing(p)}")
-            items.append(Item(p, parse_label(row["label"], where), row.get("group") or str(p),
-                              row.get("subset") or "", parse_landmarks(row.get("landmarks") or "", where)))
-    return items
+            yield (Item(p, parse_label(row["label"], where), row.get("group") or str(p),
+                        row.get("subset") or "", parse_landmarks(row.get("landmarks") or "", where)), row)
 
 
 def format_landmarks(lm: np.ndarray) -> str:
