@@ -279,18 +279,20 @@ def heldout(args) -> int:
 
 
 def main(argv=None) -> int:
+    from scanner.argtypes import SEED, int_in, positive
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     n = sub.add_parser("normalise")
     n.add_argument("--out", default="~/.cache/dfscan/validation_norm")
-    n.add_argument("--seconds", type=float, default=8.0)
+    n.add_argument("--seconds", type=positive, default=8.0)
     n.set_defaults(func=normalise)
     e = sub.add_parser("eval")
     e.add_argument("labels", help="labels.csv: the normalised copy (path,label,group,subset), the shipped one "
                    "(path,label,...,generator) or any path,label CSV")
     e.add_argument("--detectors", nargs="+", default=["effnet_lite0_sbi", "meso4_df"],
                    help="registered names, or NAME=WEIGHTS for other weights of that architecture")
-    e.add_argument("--frames", type=int, default=32)
+    e.add_argument("--frames", type=int_in(1), default=32)
     e.add_argument("--perturb")
     e.add_argument("--json", required=True)
     e.set_defaults(func=evaluate)
@@ -298,8 +300,8 @@ def main(argv=None) -> int:
     h.add_argument("--cache", nargs="+", default=[str(Path.home() / ".cache/dfscan/train/clips"),
                                                    str(Path.home() / ".cache/dfscan/train/utk")])
     h.add_argument("--out", default="~/.cache/dfscan/heldout")
-    h.add_argument("--n", type=int, default=300)
-    h.add_argument("--seed", type=int, default=0)
+    h.add_argument("--n", type=int_in(1), default=300)
+    h.add_argument("--seed", type=SEED, default=0)
     h.set_defaults(func=heldout)
     args = ap.parse_args(argv)
     import torch
