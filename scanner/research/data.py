@@ -35,6 +35,7 @@ STILL_GLOBS = ("*.jpg", "*.jpeg", "*.png")
 # GRID clips are named by sentence; LipNet's two samples of one man share a speaker.
 SAME_PERSON = {"id2_vcd_swwp2s": "pwij3p"}
 INDEX_ENCODING = {"encoding": "utf-8", "errors": "surrogateescape"}
+FACE_ARRAYS = ("crops.npy", "landmarks.npy")  # what a train recipe's crops_sha256 covers
 
 
 def identity(path: Path, mode: str = "name") -> str:
@@ -151,19 +152,64 @@ def _store(out: Path, crops: np.ndarray, lms: np.ndarray, rows: list[dict], buil
     """Write a cache so that a kill at any point never pairs one build's rows with another's
     crops: ``index.csv`` (what :meth:`FaceCache.load` starts from) goes first and comes back
     last; each file is replaced whole. ``built`` (input files, frames per clip) goes to
-    ``build.json``, so a later ``--data`` naming other inputs is not served this cache."""
+    ``build.json``, so a later ``--data`` naming other inputs is not served this cache, with
+    the faces' hash (see :func:`_hash_record`), written after the arrays it covers."""
     (out / "index.csv").unlink(missing_ok=True)
     (out / "build.json").unlink(missing_ok=True)
-    if built is not None:
-        write_json(built, out / "build.json")
     for name, arr in (("crops.npy", crops), ("landmarks.npy", lms)):
         with replacing(out / name) as tmp, open(tmp, "wb") as f:
             np.save(f, arr)
+    if built is not None:
+        write_json({**built, **_hash_record(out)}, out / "build.json")
     # surrogateescape: a non-UTF-8 file name is stored as its own bytes and read back alike
     with replacing(out / "index.csv") as tmp, open(tmp, "w", newline="", **INDEX_ENCODING) as f:
         w = csv.DictWriter(f, fieldnames=["source", "group", "frame"])
         w.writeheader()
         w.writerows(rows)
+
+
+def hash_faces(crops: np.ndarray, landmarks: np.ndarray) -> str:
+    """SHA-256 of the crops' bytes, then the landmarks': a train recipe's ``crops_sha256``
+    (run folders and cards record it, so it must never change for the same arrays)."""
+    h = hashlib.sha256()
+    for a in (crops, landmarks):
+        h.update(memoryview(np.ascontiguousarray(a)).cast("B"))
+    return h.hexdigest()
+
+
+def _stamps(cache: Path) -> dict | None:
+    """Size and modification time (ns) of the arrays the faces' hash covers; None when one is
+    missing. An edit or a rebuild changes them, so a hash recorded with them still holds."""
+    stamps = {}
+    for name in FACE_ARRAYS:
+        try:
+            st = os.stat(cache / name)
+        except OSError:
+            return None
+        stamps[name] = [st.st_size, st.st_mtime_ns]  # a list: as build.json gives it back
+    return stamps
+
+
+def _hash_record(cache: Path) -> dict:
+    """``crops_sha256`` of the arrays just written, read back as a train start loads them (the
+    value it would compute, by construction), with their stamps; nothing when they changed
+    while being read (another writer: the train start hashes them itself)."""
+    before = _stamps(cache)
+    digest = hash_faces(np.load(cache / "crops.npy", mmap_mode="r"), np.load(cache / "landmarks.npy"))
+    return {"crops_sha256": digest, "arrays": before} if before and before == _stamps(cache) else {}
+
+
+def _recorded_hash(cache: Path, stamps: dict | None) -> str | None:
+    """The ``crops_sha256`` in ``build.json`` when recorded with ``stamps`` (the arrays' now);
+    None for a cache from before the record, or whose arrays changed since (hash them again)."""
+    try:
+        built = json.loads((cache / "build.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(built, dict) or not stamps or built.get("arrays") != stamps:
+        return None
+    digest = built.get("crops_sha256")
+    return digest if isinstance(digest, str) else None
 
 
 class CacheError(DfscanError):
@@ -196,12 +242,14 @@ def check_built_from(cache: Path, files: list[Path], frames: int, ident: str = "
                          "folder, or delete it to rebuild")
 
 
-def _load_one(path: Path) -> tuple[list[dict], np.ndarray, np.ndarray]:
+def _load_one(path: Path) -> tuple[list[dict], np.ndarray, np.ndarray, str | None]:
+    """Rows, crops, landmarks and their ``crops_sha256`` when ``build.json`` holds a valid one."""
     if not (path / "index.csv").is_file():
         raise CacheError(f"{path}: not a complete face cache (no index.csv: its build was interrupted "
                          "or never ran); build it with `dfscan train --cache-only --cache DIR --data ...`")
     with open(path / "index.csv", newline="", **INDEX_ENCODING) as f:
         rows = list(csv.DictReader(f))
+    before = _stamps(path)
     try:
         crops = np.load(path / "crops.npy", mmap_mode="r")
         lms = np.load(path / "landmarks.npy")
@@ -211,7 +259,9 @@ def _load_one(path: Path) -> tuple[list[dict], np.ndarray, np.ndarray]:
         # Rows matched to the wrong crops would mix identities across the split silently.
         raise CacheError(f"{path}: face cache files disagree ({len(rows)} rows, {len(crops)} crops, "
                          f"{len(lms)} landmark sets); rebuild it")
-    return rows, crops, lms
+    # The recorded hash is of the arrays read only if their files did not change meanwhile.
+    digest = _recorded_hash(path, before) if before == _stamps(path) else None
+    return rows, crops, lms, digest
 
 
 @dataclass
@@ -220,25 +270,35 @@ class FaceCache:
     landmarks: np.ndarray  # float32 (N, 5, 2)
     groups: np.ndarray  # str (N,)
     sources: np.ndarray  # str (N,)
+    recorded_sha256: str | None = None  # crops_sha256 from build.json, valid for these arrays
 
     @classmethod
     def load(cls, paths) -> "FaceCache":
         """One cache folder, or several (concatenated in memory)."""
         paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
-        rows, crops, lms = [], [], []
+        rows, crops, lms, digests = [], [], [], []
         for path in paths:
-            r, c, lm = _load_one(path)
+            r, c, lm, digest = _load_one(path)
             if crops and c.shape[1:] != crops[0].shape[1:]:  # was a numpy ValueError traceback
                 raise CacheError(f"{path}: its crops are {c.shape[1]} px, those of {paths[0]} {crops[0].shape[1]} px: "
                                  "train on caches built alike, or rebuild one")
             rows += r
             crops.append(c)
             lms.append(lm)
+            digests.append(digest)
+        # One cache's recorded hash is the hash of its arrays; that of several caches together
+        # (all crops, then all landmarks) cannot be made from theirs: hashed at train start.
         return cls(crops[0] if len(crops) == 1 else np.concatenate(crops), np.concatenate(lms),
-                   np.array([r["group"] for r in rows]), np.array([r["source"] for r in rows]))
+                   np.array([r["group"] for r in rows]), np.array([r["source"] for r in rows]),
+                   digests[0] if len(digests) == 1 else None)
 
     def __len__(self) -> int:
         return len(self.groups)
+
+    def crops_sha256(self) -> str:
+        """:func:`hash_faces` of the crops and landmarks: recorded at the cache's build when it
+        still holds, else computed (several caches, an older cache, arrays changed since)."""
+        return self.recorded_sha256 or hash_faces(self.crops, self.landmarks)
 
 
 def split_groups(groups: np.ndarray, val_share: float = 0.15, seed: int = 0) -> np.ndarray:

@@ -195,17 +195,10 @@ def recipe_of(cfg: TrainConfig, run: "_Run") -> dict:
     # surrogateescape: a non-UTF-8 file name hashes as its bytes (UTF-8 names hash as before)
     rec["faces_index_sha256"] = hashlib.sha256(index.encode(errors="surrogateescape")).hexdigest()
     rec["recon_sha256"] = file_hash(cfg.recon, None) if cfg.recon else None
-    rec["crops_sha256"] = _crops_hash(run.cache)
+    # The faces themselves: a cache rebuilt from the same files (another dfscan's detection or
+    # alignment) has the same index but other crops, and a resume trained on both silently.
+    rec["crops_sha256"] = run.cache.crops_sha256()
     return rec
-
-
-def _crops_hash(cache: FaceCache) -> str:
-    """The faces themselves: a cache rebuilt from the same files (another dfscan's detection or
-    alignment) has the same index but other crops, and a resume trained on both silently."""
-    h = hashlib.sha256()
-    for a in (cache.crops, cache.landmarks):
-        h.update(memoryview(np.ascontiguousarray(a)).cast("B"))
-    return h.hexdigest()
 
 
 def _save_last(out: Path, model, opt, epoch: int, history: list, best: float, recipe: dict) -> None:

@@ -1,0 +1,98 @@
+"""The faces' hash (a train recipe's ``crops_sha256``) is recorded in ``build.json`` when a face
+cache is built, and read from there at train start while the arrays are unchanged: the value
+is the one a full hash of the arrays gives, byte for byte, and an edited cache is noticed."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from engines.errors import DfscanError
+from scanner.research import data
+from scanner.research.data import FaceCache
+from scanner.research.train import TrainConfig, recipe_of, train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(arch="test_effnet_lite", size=64, epochs=2, steps=1, batch_size=4, val_size=8, freeze=1,
+            threads=1, seed=5)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    """A face cache of two bundled clips (two people), built by `dfscan train --cache-only`."""
+    from scanner.cli import main
+
+    cache = tmp_path_factory.mktemp("faces") / "cache"
+    clips = [str(ROOT / "tests" / "data" / n) for n in ("d1.mp4", "d2.mp4")]
+    assert main(["train", "--cache-only", "--cache", str(cache), "--cache-frames", "2", "--data", *clips]) == 0
+    return cache
+
+
+@pytest.fixture
+def cache(built, tmp_path) -> Path:
+    """A copy of the built cache (copytree keeps the files' sizes and modification times)."""
+    return Path(shutil.copytree(built, tmp_path / "cache"))
+
+
+def _full_hash(caches: list[Path]) -> str:
+    """The recipe's crops_sha256 as train computed it before it was recorded: every crop's
+    bytes of the caches, then every landmark's."""
+    crops = np.concatenate([np.load(c / "crops.npy") for c in caches])
+    lms = np.concatenate([np.load(c / "landmarks.npy") for c in caches])
+    return hashlib.sha256(np.ascontiguousarray(crops).tobytes() + np.ascontiguousarray(lms).tobytes()).hexdigest()
+
+
+def _recipe_hash(caches) -> str:
+    return recipe_of(TrainConfig(**TINY), SimpleNamespace(cache=FaceCache.load(caches)))["crops_sha256"]
+
+
+def test_the_recorded_hash_is_the_full_hash_and_a_train_start_reads_it(cache, monkeypatch):
+    rec = json.loads((cache / "build.json").read_text())
+    assert rec["crops_sha256"] == _full_hash([cache]) and set(rec["arrays"]) == {"crops.npy", "landmarks.npy"}
+    assert np.load(cache / "crops.npy").shape[0] == 4  # 2 frames of 2 clips
+    monkeypatch.setattr(data, "hash_faces", lambda *a: pytest.fail("hashed again although recorded"))
+    assert _recipe_hash(cache) == rec["crops_sha256"]
+
+
+def test_an_older_cache_gives_the_same_hash(cache):
+    rec = json.loads((cache / "build.json").read_text())
+    old = {k: v for k, v in rec.items() if k not in ("crops_sha256", "arrays")}
+    (cache / "build.json").write_text(json.dumps(old))  # as built before the record
+    assert FaceCache.load(cache).recorded_sha256 is None and _recipe_hash(cache) == rec["crops_sha256"]
+    (cache / "build.json").unlink()  # as built before build.json
+    assert _recipe_hash(cache) == rec["crops_sha256"]
+
+
+def test_several_caches_are_hashed_together(cache, built):
+    assert FaceCache.load([built, cache]).recorded_sha256 is None
+    assert _recipe_hash([built, cache]) == _full_hash([built, cache])
+
+
+def test_an_edited_crop_file_is_noticed_by_the_next_train_start(cache, tmp_path):
+    rec = json.loads((cache / "build.json").read_text())
+    train(TrainConfig(**TINY, max_minutes=1e-9), cache, tmp_path / "run")  # epoch 0 only
+    time.sleep(0.02)  # file times tick with the kernel's coarse clock: an edit is a tick later
+    with open(cache / "crops.npy", "r+b") as f:  # one pixel, in place: same size
+        f.seek(-1, 2)
+        last = f.read(1)
+        f.seek(-1, 2)
+        f.write(bytes([last[0] ^ 0xFF]))
+    assert FaceCache.load(cache).recorded_sha256 is None
+    assert _recipe_hash(cache) == _full_hash([cache]) != rec["crops_sha256"]
+    with pytest.raises(DfscanError, match="crops_sha256"):
+        train(TrainConfig(**TINY), cache, tmp_path / "run")
