@@ -282,21 +282,21 @@ class RayScanContext:
             ray.shutdown()
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # colour codes Ray puts in its messages
+
+
 def _remote_error(e: Exception) -> str:
-    """One line naming what an actor raised: a RayTaskError carries it (``cause``; its own
-    first line names only the actor); otherwise Ray's text is the whole remote traceback
-    (with colour codes) and the exception is the first line after its last indented one."""
-    cause = getattr(e, "cause", None)
-    if isinstance(cause, BaseException):
-        return f"{type(cause).__name__}: {cause}".splitlines()[0]
-    lines = [ln for ln in re.sub(r"\x1b\[[0-9;]*m", "", str(e)).splitlines() if ln.strip()]
-    frames = [i for i, ln in enumerate(lines) if ln[:1].isspace()]
-    tail = lines[frames[-1] + 1:] if frames else []
-    line = tail[0] if tail else (lines[0] if lines else type(e).__name__)
-    name, sep, msg = line.partition(": ")
-    if sep and name.replace(".", "").replace("_", "").isalnum():  # engines.errors.WeightsError
-        return f"{name.rsplit('.', 1)[-1]}: {msg}"
-    return line
+    """One line naming what an actor raised, taken from the exception Ray carries, not from
+    its text (the remote traceback, colour codes and all): a task's RayTaskError holds it as
+    ``cause``, and the ActorDiedError of an actor whose ``__init__`` raised holds that
+    RayTaskError as its first argument. Anything else (an actor or a node that died): the
+    first line of its text."""
+    for err in (e, *e.args[:1]):
+        cause = getattr(err, "cause", None)
+        if isinstance(cause, BaseException):
+            return f"{type(cause).__name__}: {cause}".splitlines()[0]
+    lines = [ln for ln in _ANSI.sub("", str(e)).splitlines() if ln.strip()]
+    return lines[0] if lines else type(e).__name__
 
 
 def _worker_view(row: dict) -> None:

@@ -1,10 +1,11 @@
-"""What a --ray scan ships to its actors (no Ray needed: a stand-in records the calls)."""
+"""What a --ray scan ships to its actors (no Ray cluster: a stand-in records the calls)."""
 from __future__ import annotations
 
 import os
 import signal
 import threading
 import time
+import traceback
 from types import SimpleNamespace
 
 import pytest
@@ -77,33 +78,57 @@ def test_videos_left_when_no_actor_comes_back_get_rows_not_a_hang(monkeypatch):
     assert scans == [os.path.abspath("a.mp4")] and pings == [1]
 
 
+def _ray_errors():
+    """What a real Ray hands the driver, made as Ray makes it but without a cluster: an
+    exception raised in an actor task comes as a RayTaskError (its ``cause`` the exception),
+    one raised in an actor's ``__init__`` as an ActorDiedError holding that RayTaskError,
+    pickled on the worker and unpickled on the driver (checked against a local Ray 2.60)."""
+    exc = pytest.importorskip("ray.exceptions", reason="Ray not installed")
+    from engines.errors import WeightsError
+
+    try:
+        raise WeightsError("/w/bad.safetensors: not a readable safetensors file\nmore detail")
+    except WeightsError as e:
+        task = exc.RayTaskError("_ScanWorker.__init__", "".join(traceback.format_exception(e)), e,
+                                proctitle="ray::_ScanWorker.__init__", pid=1, ip="10.0.0.2")
+    died = exc.RayError.from_bytes(exc.ActorDiedError.from_task_error(task).to_bytes())
+    return exc, task.as_instanceof_cause(), died
+
+
 def test_an_actor_that_cannot_start_is_one_line_naming_its_error(monkeypatch):
     """A worker whose pipeline failed to build (bad --weights) made the scan's error Ray's
     whole remote traceback, colour codes and all, instead of one line."""
-    text = ("The actor died because of an error raised in its creation task, \x1b[36mray::_ScanWorker.__init__()"
-            "\x1b[39m (pid=1, ip=10.0.0.2)\n  File \"/w/scanner/distributed.py\", line 74, in __init__\n"
-            "    self.ctx = build_context(ScanConfig(**cfg))\n           ^^^^^^^^^^\n"
-            "engines.errors.WeightsError: /w/bad.safetensors: not a readable safetensors file\nmore detail")
-
-    class Died(RuntimeError):
-        pass
+    exc, _, died = _ray_errors()
+    assert "\x1b[36m" in str(died) and "Traceback" not in str(died)  # what the scan printed once
 
     class Remote:
         def remote(self, wcfg, _threads):
             return SimpleNamespace(info=SimpleNamespace(remote=lambda: None))
 
     def get(refs):
-        raise Died(text)
+        raise died
 
     fake = SimpleNamespace(remote=lambda **_kw: (lambda _cls: Remote()), kill=lambda *a, **k: None,
                            nodes=lambda: [{"Alive": True, "Resources": {"CPU": 2.0}}],
-                           get=get, exceptions=SimpleNamespace(RayError=RuntimeError))
+                           get=get, exceptions=exc)
     monkeypatch.setattr(dist, "_ray", lambda: fake)
     monkeypatch.setattr(dist, "connect", lambda _address: False)
     with pytest.raises(dist.RayUnavailable) as e:
         dist.RayScanContext(ScanConfig(detector="test_tiny", ray="auto", ray_actors=1))
     assert str(e.value) == ("Ray workers could not build the pipeline: "
                             "WeightsError: /w/bad.safetensors: not a readable safetensors file")
+
+
+def test_remote_errors_are_one_line_from_what_ray_carries():
+    exc, task_error, died = _ray_errors()
+    said = "WeightsError: /w/bad.safetensors: not a readable safetensors file"
+    assert dist._remote_error(task_error) == said  # a scan task's error (an 'internal' row)
+    assert dist._remote_error(died) == said
+    # Errors that carry no exception of the actor's: the first line of their text.
+    assert dist._remote_error(exc.ActorDiedError()) == "The actor died unexpectedly before finishing this task."
+    assert dist._remote_error(exc.WorkerCrashedError()).startswith("The worker died unexpectedly")
+    assert dist._remote_error(RuntimeError("\x1b[36mray::x()\x1b[39m (pid=1)\n  detail")) == "ray::x() (pid=1)"
+    assert dist._remote_error(RuntimeError()) == "RuntimeError"
 
 
 def test_sigint_during_a_ray_scan_stops_it_gracefully_like_a_local_scan(monkeypatch):
