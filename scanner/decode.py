@@ -15,7 +15,8 @@ The index and the decode plan live in :mod:`scanner.video_index`.
 
 Frames come out as :class:`Frame` with an RGB ``uint8 (H, W, 3)`` image, upright
 (display-matrix rotation applied), plus an optional downscaled copy made by
-swscale for the face detector.
+swscale for the face detector. HDR is tone-mapped and an untagged HD matrix read as
+BT.709 (:mod:`scanner.colour`).
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ import numpy as np
 
 from engines.errors import DfscanError
 
+from .colour import downscaled, to_rgb
 from .interlace import deinterlace
 from .video_index import MAX_SAMPLED_FRAMES, Run, VideoIndex, build_index, choose_targets, gop_plan  # noqa: F401 (re-exported)
 
@@ -69,6 +71,8 @@ class Frame:
         scale: ``small`` size / ``image`` size (1.0 when ``small`` is None).
         deinterlaced: the decoder flagged the frame interlaced and it was made progressive
             (:mod:`scanner.interlace`).
+        hdr: ``"pq"`` / ``"hlg"``: an HDR frame tone-mapped to SDR (:mod:`scanner.colour`);
+            None for SDR.
     """
 
     index: int
@@ -77,6 +81,7 @@ class Frame:
     small: np.ndarray | None = None
     scale: float = 1.0
     deinterlaced: bool = False
+    hdr: str | None = None
 
 
 def classify_os_error(path: Path, e: OSError) -> VideoError:
@@ -232,22 +237,17 @@ def _to_frame(av_frame, idx: int, time_s: float, det_max_side: int | None, sar=N
     av_frame = av_frame if progressive is None else progressive
     small, scale = None, 1.0
     w, h = display_size(av_frame.width, av_frame.height, sar)
-    if (w, h) == (av_frame.width, av_frame.height):
-        image = av_frame.to_ndarray(format="rgb24")
-    else:
-        shrink = w * h < av_frame.width * av_frame.height
-        image = av_frame.reformat(width=w, height=h, format="rgb24",
-                                  interpolation="AREA" if shrink else "BICUBIC").to_ndarray()
+    image, hdr = to_rgb(av_frame, w, h)
     if det_max_side and max(w, h) > det_max_side:
         scale = det_max_side / max(w, h)
         sw, sh = max(2, round(w * scale)), max(2, round(h * scale))
-        small = av_frame.reformat(width=sw, height=sh, format="rgb24", interpolation="AREA").to_ndarray()
+        small = downscaled(av_frame, image, hdr, sw, sh)
         scale = sw / w  # the exact ratio swscale used horizontally
     if rot:
         # Display matrix angle is counter-clockwise; np.rot90 turns CCW for k > 0.
         image = np.ascontiguousarray(np.rot90(image, rot))
         small = None if small is None else np.ascontiguousarray(np.rot90(small, rot))
-    return Frame(idx, time_s, image, small, scale, progressive is not None)
+    return Frame(idx, time_s, image, small, scale, progressive is not None, hdr)
 
 
 def picture_sar(stream_sar, opened_codec_sar, cc):
@@ -292,6 +292,8 @@ class FrameSampler:
         self.missed = 0  # targets that never came out of the decoder
         self.refetched = 0
         self.deinterlaced = 0  # sampled frames flagged interlaced, made progressive
+        self.tone_mapped = 0  # sampled HDR frames mapped to SDR (scanner.colour)
+        self.hdr: str | None = None  # their transfer: "pq" / "hlg"
         self._sar = None
 
     def __iter__(self) -> Iterator[Frame]:
@@ -304,7 +306,7 @@ class FrameSampler:
             seekable = self.seek and _has_exact_seek(container) and not index.ordinal
             for fr in self._decode(container, stream, index, targets, seekable, pending):
                 yielded += 1
-                self.deinterlaced += fr.deinterlaced
+                self._count(fr)
                 yield fr
         if pending and seekable:
             # Whatever seeking lost (a decoder that drops pictures after a seek, a
@@ -313,13 +315,19 @@ class FrameSampler:
             with _opened(self.path) as (container, stream):
                 for fr in self._decode(container, stream, index, sorted(pending), False, pending):
                     yielded += 1
-                    self.deinterlaced += fr.deinterlaced
+                    self._count(fr)
                     yield fr
             self.refetched = lost - len(pending)
         self.missed = len(pending)
         if yielded == 0:
             raise VideoError("no_frames", f"no frame could be decoded "
                              f"({self.decode_errors} corrupt packets)")
+
+    def _count(self, fr: Frame) -> None:
+        self.deinterlaced += fr.deinterlaced
+        if fr.hdr:
+            self.tone_mapped += 1
+            self.hdr = fr.hdr
 
     def _plan(self) -> tuple[VideoIndex, list[int]]:
         with _opened(self.path) as (container, stream):
