@@ -230,7 +230,8 @@ def _analyse(path: Path, ctx: ScanContext, row: dict) -> dict:
         result["video"] = {"width": ix.width, "height": ix.height, "codec": ix.codec,
                            "frames_total": ix.frames, "duration_s": round(ix.duration_s, 3),
                            "decode_errors": sampler.decode_errors, "seeks": sampler.seeks,
-                           "frames_refetched": sampler.refetched, "deinterlaced": sampler.deinterlaced}
+                           "frames_refetched": sampler.refetched, "deinterlaced": sampler.deinterlaced,
+                           "hdr": sampler.hdr, "tone_mapped": sampler.tone_mapped}
     result["timings"] = {"decode": round(decode_s, 4),
                          **{k: round(v, 4) for k, v in state.t.items()}}
     return result

@@ -161,6 +161,7 @@ class SourceStats:
     errors: int = 0
     decoded: int = 0
     sampled: int = 0
+    tone_mapped: int = 0  # sampled HDR frames mapped to SDR (scanner.colour)
     last_error: str = ""
     last_frame_t: float = 0.0  # monotonic, heartbeat
     state_since: float = field(default_factory=time.monotonic)
@@ -248,7 +249,7 @@ class LiveSource:
             "name": self.name, "url": self.src.masked, "state": st.state,
             "state_for_s": round(time.monotonic() - st.state_since, 3),
             "connects": st.connects, "reconnects": st.reconnects, "errors": st.errors,
-            "frames_decoded": st.decoded, "frames_sampled": st.sampled,
+            "frames_decoded": st.decoded, "frames_sampled": st.sampled, "frames_tone_mapped": st.tone_mapped,
             "frames_dropped": self.buffer.dropped, "fps": round(st.fps, 2),
             "last_error": st.last_error, "sample_fps": self.settings.sample_fps,
             "transport": self.transport,
@@ -410,13 +411,14 @@ class LiveSource:
         return True
 
     def _push(self, frame, t: float, now: float, sar) -> None:
-        # Conversion (RGB + square pixels + detector-size copy + rotation) happens here, in
-        # the stream's own thread, so it scales with streams instead of loading the worker.
+        # Conversion (RGB, HDR tone mapping, square pixels, detector-size copy, rotation) happens
+        # here, in the stream's own thread, so it scales with streams instead of loading the worker.
         fr = _to_frame(frame, self._seq, float(t), self.settings.det_max_side, sar)
         if self._same_picture(fr.image, now):
             return
         self._seq += 1
         self.stats.sampled += 1
+        self.stats.tone_mapped += fr.hdr is not None
         self._m.sampled.inc()
         if self.buffer.put(LiveFrame(self.name, self._seq, float(t), now, fr)):
             self._m.dropped.inc()
