@@ -24,8 +24,9 @@ Two cases swscale alone gets wrong, without any error:
 
 * **Untagged colour matrix**: a YUV frame without a ``colorspace`` tag is converted by
   swscale with BT.601 whatever its size, while players (mpv, browsers) read untagged HD
-  as BT.709 (saturated reds differ by ~13 levels). The rule here: BT.709 when the coded
-  height is >= 720 or the coded width >= 1280, BT.601 below (SD, as before). Tagged
+  as BT.709 (saturated reds differ by ~13 levels). The rule is mpv's: BT.709 when the
+  coded width is >= 1280 or the height above 576 (taller than PAL SD, so phone clips shot
+  in BT.709 and scaled down to 360x640 stay BT.709), BT.601 otherwise (SD, as before). Tagged
   frames, RGB, grey and JPEG-range ``yuvj*`` frames (JFIF: always BT.601) keep swscale's
   reading; an untagged range stays limited (MPEG), as before.
 
@@ -51,7 +52,7 @@ HLG_GAMMA = 1.2  # BT.2100 HLG system gamma at a 1000 cd/m^2 nominal peak
 # signal 0.86 (code 220), so skin and mid-tones map 1:1; reference white ends at signal
 # 0.935 (code 238) and everything up to PEAK fits above it.
 KNEE = 0.7
-HD_HEIGHT, HD_WIDTH = 720, 1280  # untagged matrix: BT.709 from here on, BT.601 below
+SD_HEIGHT, HD_WIDTH = 576, 1280  # untagged matrix: BT.709 above / from here, BT.601 otherwise
 
 # Chromaticities (x, y) of R, G, B and the D65 white point.
 _D65 = (0.3127, 0.3290)
@@ -175,7 +176,7 @@ def sdr_options(frame) -> dict:
     fmt = frame.format
     if fmt.is_rgb or len(fmt.components) < 3 or fmt.name.startswith(("yuvj", "xyz")):
         return {}  # no YUV matrix at all (RGB, grey, palette, XYZ), or JFIF's fixed BT.601 (MJPEG)
-    if frame.height >= HD_HEIGHT or frame.width >= HD_WIDTH:
+    if frame.height > SD_HEIGHT or frame.width >= HD_WIDTH:
         return {"src_colorspace": "ITU709"}
     return {}
 

@@ -210,3 +210,14 @@ def test_untagged_hd_is_bt709_and_untagged_sd_stays_bt601(tmp_path):
     for path in (sd, tagged):
         (fr,) = FrameSampler(path, frames=1)
         assert _bar_error(fr.image).max() <= 3 and np.array_equal(fr.image, _swscale(path))
+
+
+def test_untagged_size_rule_is_mpvs(tmp_path):
+    """BT.709 from 1280 wide or above 576 tall (a BT.709 phone clip scaled to 360x640 stays
+    BT.709), BT.601 up to PAL's 720x576."""
+    portrait = _bars(tmp_path / "portrait.mp4", 360, 640, "ITU709")
+    pal = _bars(tmp_path / "pal.mp4", 720, 576, None)
+    (fr,) = FrameSampler(portrait, frames=1)
+    assert _bar_error(fr.image).max() <= 3
+    (fr,) = FrameSampler(pal, frames=1)
+    assert np.array_equal(fr.image, _swscale(pal))
