@@ -364,11 +364,11 @@ def test_stream_cut_mid_gop_samples_only_decodable_frames(tmp_path, codec):
 def test_frames_beyond_8k_are_scaled_down_before_rgb(tmp_path, monkeypatch):
     # A 7.6 MB MJPEG AVI of 16000x16000 frames took 768 MB per RGB frame (4.6 GB peak for
     # 4 frames; a dozen sit in the queue): memory grew with what the file claims.
-    from scanner import decode
+    from scanner import picture
 
-    assert decode.display_size(16000, 16000, None) == (5760, 5760)
-    assert decode.display_size(7680, 4320, None) == (7680, 4320)  # 8K UHD itself: as stored
-    monkeypatch.setattr(decode, "MAX_PIXELS", 160 * 120 // 4)
+    assert picture.display_size(16000, 16000, None) == (5760, 5760)
+    assert picture.display_size(7680, 4320, None) == (7680, 4320)  # 8K UHD itself: as stored
+    monkeypatch.setattr(picture, "MAX_PIXELS", 160 * 120 // 4)
     path = make_video(tmp_path / "v.mp4", frames=3, size=(160, 120))
     f = next(iter(FrameSampler(path, frames=1, det_max_side=40)))
     assert f.image.shape == (60, 80, 3) and frame_id(f.image) == 0

@@ -28,7 +28,8 @@ from typing import Callable
 import av
 import numpy as np
 
-from ..decode import FILE_OPEN_OPTIONS, Frame, _to_frame, pick_video_stream, picture_sar
+from ..decode import FILE_OPEN_OPTIONS, Frame, pick_video_stream
+from ..picture import picture_sar, to_frame
 from .urls import (SourceError, SourceURL, Unsupported, error_reason, needs_precheck, open_options, parse_source,
                    precheck_playlist, unsupported_reason)
 
@@ -413,7 +414,7 @@ class LiveSource:
     def _push(self, frame, t: float, now: float, sar) -> None:
         # Conversion (RGB, HDR tone mapping, square pixels, detector-size copy, rotation) happens
         # here, in the stream's own thread, so it scales with streams instead of loading the worker.
-        fr = _to_frame(frame, self._seq, float(t), self.settings.det_max_side, sar)
+        fr = to_frame(frame, self._seq, float(t), self.settings.det_max_side, sar)
         if self._same_picture(fr.image, now):
             return
         self._seq += 1

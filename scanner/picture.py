@@ -1,0 +1,94 @@
+"""One decoded picture to a :class:`Frame`: what every reader (files, live streams, report
+thumbnails) does to a decoded ``av.VideoFrame`` before faces are searched.
+
+In this order: rotation read (yadif drops the side data), deinterlacing of frames flagged
+interlaced (:mod:`scanner.interlace`), square pixels at a bounded size (:func:`display_size`:
+anamorphic video stretched, beyond 8K UHD scaled down), RGB in SDR BT.709
+(:mod:`scanner.colour`: HDR tone-mapped, untagged matrices by size), the detector's
+downscaled copy, then the picture turned upright.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .colour import downscaled, to_rgb
+from .interlace import deinterlace
+
+@dataclass
+class Frame:
+    """One decoded, upright video frame.
+
+    Attributes:
+        index: presentation index (0-based) in the video.
+        time_s: presentation time in seconds from the stream start.
+        image: RGB ``uint8 (H, W, 3)`` at full resolution.
+        small: RGB ``uint8 (h, w, 3)`` downscaled copy for face detection, or None.
+        scale: ``small`` size / ``image`` size (1.0 when ``small`` is None).
+        deinterlaced: the decoder flagged the frame interlaced and it was made progressive
+            (:mod:`scanner.interlace`).
+        hdr: ``"pq"`` / ``"hlg"``: an HDR frame tone-mapped to SDR (:mod:`scanner.colour`);
+            None for SDR.
+    """
+
+    index: int
+    time_s: float
+    image: np.ndarray
+    small: np.ndarray | None = None
+    scale: float = 1.0
+    deinterlaced: bool = False
+    hdr: str | None = None
+
+
+# Frames beyond 8K UHD's pixel count are scaled down to it before conversion to RGB: a
+# 7.6 MB MJPEG AVI of 16000x16000 frames took 768 MB per RGB frame (4.6 GB for 4 frames)
+# and the frame queue holds a dozen per worker: an input-sized kill of the whole scan.
+# Faces in such frames stay far larger than the crops the detectors take.
+MAX_PIXELS = 7680 * 4320
+
+
+def display_size(width: int, height: int, sar, max_pixels: int | None = None) -> tuple[int, int]:
+    """Frame size in square pixels, at most ``max_pixels``: an anamorphic video (sample
+    aspect ratio not 1, e.g. DV, HDV, broadcast) stores faces squeezed, which detectors
+    score as distorted. The longest side is kept (no frame grows beyond it) and the
+    other one follows the display aspect ratio."""
+    if sar and sar > 0 and sar != 1:
+        dar, side = width * float(sar) / height, max(width, height)
+        width, height = (side, max(2, round(side / dar))) if dar >= 1 else (max(2, round(side * dar)), side)
+    max_pixels = max_pixels or MAX_PIXELS
+    if width * height > max_pixels:
+        f = math.sqrt(max_pixels / (width * height))
+        width, height = max(2, int(width * f)), max(2, int(height * f))
+    return width, height
+
+
+def to_frame(av_frame, idx: int, time_s: float, det_max_side: int | None, sar=None) -> Frame:
+    """``sar``: the stream's sample aspect ratio (PyAV's frames do not carry it)."""
+    rot = int(round((getattr(av_frame, "rotation", 0) or 0) / 90.0)) % 4  # before: yadif drops it
+    progressive = deinterlace(av_frame)
+    av_frame = av_frame if progressive is None else progressive
+    small, scale = None, 1.0
+    w, h = display_size(av_frame.width, av_frame.height, sar)
+    image, hdr = to_rgb(av_frame, w, h)
+    if det_max_side and max(w, h) > det_max_side:
+        scale = det_max_side / max(w, h)
+        sw, sh = max(2, round(w * scale)), max(2, round(h * scale))
+        small = downscaled(av_frame, image, hdr, sw, sh)
+        scale = sw / w  # the exact ratio swscale used horizontally
+    if rot:
+        # Display matrix angle is counter-clockwise; np.rot90 turns CCW for k > 0.
+        image = np.ascontiguousarray(np.rot90(image, rot))
+        small = None if small is None else np.ascontiguousarray(np.rot90(small, rot))
+    return Frame(idx, time_s, image, small, scale, progressive is not None, hdr)
+
+
+def picture_sar(stream_sar, opened_codec_sar, cc):
+    """The SAR of the picture just decoded by ``cc``: the container's (``stream_sar``) when it
+    declares one of its own, i.e. differs from the codec's at open (FFmpeg's rule), else the
+    decoder's current one, which follows the stream (a broadcast switching between 4:3 and
+    16:9 pictures of one stored size). Batch files and live streams alike."""
+    if stream_sar != opened_codec_sar:
+        return stream_sar
+    return cc.sample_aspect_ratio or stream_sar
