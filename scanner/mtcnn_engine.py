@@ -80,13 +80,20 @@ def _code_hash(net: torch.nn.Module) -> str:
 
 
 def exported_net(net: torch.nn.Module, name: str, cache_dir: str | Path | None = None,
-                 spare: Path | None = None) -> Path:
-    """ONNX file of facenet's ``name`` net (``pnet``/``rnet``/``onet``), from the cache; in
-    the folder ``spare`` when the cache cannot take it (read-only, full)."""
+                 spare: Path | None = None):
+    """:func:`exported_model`'s path only (tests and tools that look at the file)."""
+    return exported_model(net, name, cache_dir, spare).path
+
+
+def exported_model(net: torch.nn.Module, name: str, cache_dir: str | Path | None = None,
+                   spare: Path | None = None):
+    """ONNX model of facenet's ``name`` net (``pnet``/``rnet``/``onet``) as an
+    :class:`engines.cache.Artifact` (its file and the bytes read and hashed once), from the
+    cache; exported into the folder ``spare`` when the cache cannot take it (read-only, full)."""
     import copy
 
-    from engines.cache import (CacheUnwritable, EngineCache, cache_key, dfscan_version, package_version,
-                               state_dict_hash)
+    from engines.cache import (Artifact, CacheUnwritable, EngineCache, cache_key, dfscan_version,
+                               package_version, state_dict_hash)
 
     # The dfscan version and this file's hash, as the detector engines' key has: a changed
     # export (axes, opset, a fix) must not keep serving the file an older version wrote.
@@ -96,18 +103,19 @@ def exported_net(net: torch.nn.Module, name: str, cache_dir: str | Path | None =
               "dfscan": dfscan_version(), "code": code}
     cache = EngineCache(cache_dir)
     key = cache_key(fields)
-    path, _ = cache.lookup(key, fields)
-    if path is None:
+    art, _ = cache.lookup_entry(key, fields)
+    if art is None:
         # Export a copy: the live net keeps its channels_last layout.
         try:
-            path = cache.store(key, fields, f"{name}.onnx", lambda p: _export(copy.deepcopy(net), name, p))
+            art = cache.store_entry(key, fields, f"{name}.onnx", lambda p: _export(copy.deepcopy(net), name, p))
         except CacheUnwritable as e:  # a cache only spares the next start an export
             if spare is None:
                 raise
             log.warning("%s; MTCNN's %s is exported without it", e, name)
             path = spare / f"{name}.onnx"
             _export(copy.deepcopy(net), name, path)
-    return path
+            art = Artifact(path, path.read_bytes(), {})
+    return art
 
 
 class OrtNet(torch.nn.Module):
@@ -117,7 +125,9 @@ class OrtNet(torch.nn.Module):
     any memory layout; outputs are the torch net's tuple, ``float32`` CPU tensors.
     """
 
-    def __init__(self, path: Path, threads: int | None = None):
+    def __init__(self, model, threads: int | None = None):
+        """``model``: an :class:`engines.cache.Artifact` (its checked bytes are what runs:
+        a cached file swapped after its check is never read) or a path to an ONNX file."""
         super().__init__()
         ort = _ort()
         so = ort.SessionOptions()
@@ -125,9 +135,10 @@ class OrtNet(torch.nn.Module):
         so.intra_op_num_threads = threads or torch.get_num_threads()
         so.enable_mem_pattern = False  # batch (and P-Net's size) change on every call
         so.log_severity_level = 3
-        try:  # from the bytes read once: what use_face_engine's parity check then runs
-            self.session = ort.InferenceSession(Path(path).read_bytes(), sess_options=so,
-                                                providers=["CPUExecutionProvider"])
+        path, data = (model, None) if isinstance(model, (str, Path)) else (model.path, model.data)
+        try:  # from bytes read once: what use_face_engine's parity check then runs
+            data = Path(path).read_bytes() if data is None else data
+            self.session = ort.InferenceSession(data, sess_options=so, providers=["CPUExecutionProvider"])
         except Exception as e:
             raise EngineError(f"onnxruntime could not load {path}: {e}") from e
         self.outputs = [o.name for o in self.session.get_outputs()]
@@ -147,7 +158,7 @@ def use_face_engine(mtcnn, engine: str, device: str = "cpu", cache_dir: str | Pa
     engine = resolve_face_engine(engine, device)
     if engine == "onnxruntime":
         with tempfile.TemporaryDirectory(prefix="dfscan-mtcnn-") as spare:  # sessions hold their graph
-            nets = {name: OrtNet(exported_net(getattr(mtcnn, name), name, cache_dir, Path(spare)))
+            nets = {name: OrtNet(exported_model(getattr(mtcnn, name), name, cache_dir, Path(spare)))
                     for name in _NETS}
         _check_parity(mtcnn, nets)
         for name, net in nets.items():

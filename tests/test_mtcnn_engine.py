@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import DATA
@@ -130,3 +131,17 @@ def test_onnx_nets_that_differ_from_facenets_are_refused(tmp_path, monkeypatch):
     with pytest.raises(EngineError, match="onet .*differ|differ.*onet"):
         mtcnn_engine.use_face_engine(det.mtcnn, "onnxruntime", "cpu", tmp_path)
     assert (det.mtcnn.pnet, det.mtcnn.rnet, det.mtcnn.onet) == nets  # torch nets kept
+
+
+def test_the_checked_bytes_run_not_the_file_by_name(detectors):
+    """The cache checked the ONNX file's hash, then OrtNet opened the file again by name: a
+    file swapped in between ran under the check of the one before (as detector engines)."""
+    from scanner.mtcnn_engine import exported_model
+
+    eager, _, cache = detectors
+    art = exported_model(eager.mtcnn.rnet, "rnet", cache)
+    art.path.write_bytes(b"not the checked model")
+    net = OrtNet(art)
+    x = torch.randn(3, 3, 24, 24)
+    for a, b in zip(net(x), eager.mtcnn.rnet(x)):
+        assert torch.allclose(a, b, atol=1e-4)
