@@ -10,7 +10,7 @@ import os
 import stat
 from pathlib import Path
 
-log = logging.getLogger("dfscan")
+log = logging.getLogger(__name__)  # scanner.durable: serve sets its level with scanner.live
 
 
 class DurableFile:

@@ -112,7 +112,7 @@ def serve(cfg: ServeConfig, stop: threading.Event, on_ready=None) -> int:
 def serve_main(args) -> int:
     level = getattr(logging, str(args.log_level).upper(), logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for name in ("scanner.live", "dfscan.live"):  # the root logger may already be configured
+    for name in ("scanner.live", "scanner.durable", "dfscan.live"):  # the root logger may be configured already
         logging.getLogger(name).setLevel(level)
     try:
         cfg = load_config(args.config)
