@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from typing import Callable
 
 
@@ -24,7 +25,21 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         command = self.prog.partition(" ")[2]  # "dfscan probe fit" -> "probe fit"
-        self.exit(2, f"dfscan: error: {command + ': ' if command else ''}{message}\n")
+        hint = f"(options: {self._helped()} --help)"  # what the usage block used to show
+        self.exit(2, f"dfscan: error: {command + ': ' if command else ''}{message} {hint}\n")
+
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._given = [str(a) for a in (sys.argv[1:] if args is None else args)]  # for _helped
+        return super().parse_known_args(args, namespace)
+
+    def _helped(self) -> str:
+        """The command whose ``--help`` answers: the top parser reports a sub-command's
+        unrecognized arguments, so its first argument naming a sub-command is meant."""
+        subs = [a for a in self._actions if isinstance(a, argparse._SubParsersAction)]
+        args = getattr(self, "_given", []) if subs else []
+        named = next((a for a in args if not a.startswith("-")), None)
+        return f"{self.prog} {named}" if subs and named in subs[0].choices else self.prog
 
 
 def _refuse(what: str, value: str):

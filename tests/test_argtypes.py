@@ -141,3 +141,15 @@ def test_the_types():
     with pytest.raises(argparse.ArgumentTypeError, match=r"not 'nan' \(in '1,nan'\)"):
         argtypes.comma_list(argtypes.positive)("1,nan")
     assert math.isnan(argtypes._float("x"))
+
+
+@pytest.mark.parametrize("argv, helped", [(["scan", "--bogus"], "dfscan scan --help"),
+                                          (["-v", "probe", "fit"], "dfscan probe fit --help"),
+                                          (["--bogus"], "dfscan --help")])
+def test_a_usage_error_names_the_help_that_answers_it(argv, helped, capsys):
+    """Usage errors are one line (no usage block), so the line says where the options are:
+    the top parser reports a sub-command's unrecognized arguments, yet its help is meant."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and err.rstrip().endswith(f"(options: {helped})"), err
