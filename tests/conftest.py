@@ -23,6 +23,17 @@ torch.set_num_threads(2)
 os.environ.setdefault("DFSCAN_CACHE_DIR", tempfile.mkdtemp(prefix="dfscan-test-cache-"))
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch on one thread for a module's tests (the CI box has 2 shared cores; tiny models
+    gain nothing from more), restored after. Use: ``pytestmark = pytest.mark.usefixtures(
+    "one_torch_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def free_port(kind=socket.SOCK_STREAM) -> int:
     """A port on 127.0.0.1 that was free a moment ago (TCP by default)."""
     with socket.socket(socket.AF_INET, kind) as s:

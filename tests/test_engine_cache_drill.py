@@ -20,12 +20,7 @@ def tiny():
     return create_detector("test_tiny")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_unwritable_cache_builds_the_engine_without_it(tiny, tmp_path, caplog):

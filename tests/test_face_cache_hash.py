@@ -12,7 +12,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 
 from engines.errors import DfscanError
 from scanner.research import data
@@ -24,12 +23,7 @@ TINY = dict(arch="test_effnet_lite", size=64, epochs=2, steps=1, batch_size=4, v
             threads=1, seed=5)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -27,12 +27,7 @@ ATOL = 1e-4
 N_IMAGES = 4  # the first inputs are the authors' crops, the rest noise
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _load_inputs() -> np.ndarray:

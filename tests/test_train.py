@@ -25,12 +25,7 @@ S = 96
 LM = np.array([[33, 40], [63, 40], [48, 56], [36, 70], [60, 70]], np.float32)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _face(seed: int) -> np.ndarray:
