@@ -221,3 +221,36 @@ def test_untagged_size_rule_is_mpvs(tmp_path):
     assert _bar_error(fr.image).max() <= 3
     (fr,) = FrameSampler(pal, frames=1)
     assert np.array_equal(fr.image, _swscale(pal))
+
+
+def _zscale_ok() -> bool:
+    import shutil
+    import subprocess
+
+    if not shutil.which("ffmpeg"):
+        return False
+    out = subprocess.run(["ffmpeg", "-hide_banner", "-filters"], capture_output=True, text=True).stdout
+    encoders = subprocess.run(["ffmpeg", "-hide_banner", "-encoders"], capture_output=True, text=True).stdout
+    return " zscale " in out and "libx265" in encoders
+
+
+@pytest.mark.skipif(not _zscale_ok(), reason="ffmpeg with zscale (zimg) and libx265 is not installed")
+@pytest.mark.parametrize("kind, transfer, limit", [("pq", "smpte2084", 1.5), ("hlg", "arib-std-b67", 3.0)])
+def test_hdr_made_by_ffmpeg_zscale_reads_as_its_sdr_source(tmp_path, kind, transfer, limit):
+    """An independent HDR encoder: the clips above are made with this module's own curves,
+    so a constant wrong the same way both ways would pass them. FFmpeg's zscale (zimg)
+    converts the SDR clip to 10-bit BT.2020 PQ / HLG (SDR white at 203 cd/m^2) as HDR
+    masters are made; read back it must match the SDR frames (HLG within zimg's and this
+    module's readings of the BT.2100 OOTF: 2.3 levels, PQ 1.1; 17 and 31 without)."""
+    import subprocess
+
+    out = tmp_path / f"{kind}.mp4"
+    chain = (f"zscale=t={transfer}:p=bt2020:m=bt2020nc:tin=bt709:pin=bt709:min=170m:npl=203,"  # d5 is untagged SD: BT.601
+             "format=yuv420p10le")
+    params = f"log-level=error:crf=12:colorprim=bt2020:transfer={transfer}:colormatrix=bt2020nc"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(SAMPLES / "d5.mp4"), "-frames:v", "3", "-vf", chain,
+                    "-c:v", "libx265", "-x265-params", params, str(out)], check=True)
+    got = list(FrameSampler(out, frames=3))
+    assert [f.hdr for f in got] == [kind] * 3
+    for sdr, f in zip(_sdr_frames(3), got):
+        assert _mad(f.image, sdr) < limit
