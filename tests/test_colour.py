@@ -254,3 +254,19 @@ def test_hdr_made_by_ffmpeg_zscale_reads_as_its_sdr_source(tmp_path, kind, trans
     assert [f.hdr for f in got] == [kind] * 3
     for sdr, f in zip(_sdr_frames(3), got):
         assert _mad(f.image, sdr) < limit
+
+
+def test_test_streams_are_encoded_and_tagged_bt709(tmp_path):
+    """scanner.live.publish.transcode_clip makes the live tests' and bench's 720p streams: it
+    encoded RGB with swscale's BT.601 and left the stream untagged, so read back as HD
+    (BT.709) its saturated colours were off by up to 41 levels."""
+    from scanner.live.publish import _letterbox, transcode_clip
+
+    src = _bars(tmp_path / "bars.mp4", 640, 480, None)
+    (want,) = FrameSampler(src, frames=1)
+    (tmp_path / "hd.mp4").write_bytes(transcode_clip(str(src), 1280, 720, seconds=0.04, fmt="mp4"))
+    (got,) = FrameSampler(tmp_path / "hd.mp4", frames=1)
+    ref = _letterbox(want.image, 1280, 720).astype(int)
+    flat = (ref[:, :-8] == ref[:, 8:]).all(axis=2)  # away from the bars' edges (chroma bleeds)
+    diff = np.abs(got.image[:, 4:-4].astype(int) - ref[:, 4:-4])[flat]
+    assert diff.max() <= 8, diff.max()  # 41 before (x264 ultrafast alone: 5)

@@ -50,8 +50,15 @@ def transcode_clip(path: str, width: int, height: int, fps: int = 25, seconds: f
         st = out.add_stream("libx264", rate=fps, options={"preset": "ultrafast", "tune": "zerolatency"})
         st.width, st.height, st.pix_fmt = width, height, "yuv420p"
         st.codec_context.gop_size = gop
+        # BT.709, tagged: untagged, swscale's BT.601 encoding of a 720p stream would be read
+        # back as BT.709 (what players and dfscan assume for HD), with shifted colours.
+        cc = st.codec_context
+        cc.colorspace = cc.color_primaries = cc.color_trc = 1
+        cc.color_range = 1
         for n, img in enumerate(frames * max(1, loops)):
-            vf = av.VideoFrame.from_ndarray(img, format="rgb24")
+            vf = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(
+                format="yuv420p", dst_colorspace="ITU709", dst_color_range="MPEG")
+            vf.colorspace, vf.color_range = 1, 1
             vf.pts, vf.time_base = n, Fraction(1, fps)
             for p in st.encode(vf):
                 out.mux(p)
