@@ -17,10 +17,33 @@ def test_replicate_aucs_equal_sklearn_with_ties():
     rng = np.random.default_rng(3)
     y = np.r_[np.ones(23, int), np.zeros(31, int)]
     s = np.round(rng.normal(size=len(y)) + y * 0.5, 1)  # rounded: many ties across classes
-    idx = stats._replicates(y, 300, seed=1)
+    idx = np.concatenate(list(stats._replicates(y, 300, seed=1)))
     fast = stats._replicate_aucs(s, idx, int(y.sum()))
     slow = [roc_auc_score(y[i], s[i]) for i in idx]
     np.testing.assert_allclose(fast, slow, rtol=0, atol=1e-12)
+
+
+def test_bootstrap_memory_does_not_grow_with_replicates(monkeypatch):
+    """Replicates are drawn and ranked a chunk at a time: all 2000 of them held at once as
+    (replicates x videos) indices grew without bound (1.6 GB of indices for 100k videos).
+    The chunk size changes nothing but memory: the same replicates, the same interval."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(1000, int), np.zeros(1000, int)]
+    s = rng.normal(size=len(y)) + y
+    peaks = {}
+    for n in (400, 3200):
+        tracemalloc.start()
+        ci = stats.auc_ci(y, s, n=n)
+        peaks[n] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peaks[3200] < 1.5 * peaks[400], peaks
+    s_b = s + rng.normal(size=len(y))
+    paired = stats.paired_auc_diff(y, s, s_b, n=300)
+    monkeypatch.setattr(stats, "_CHUNK_CELLS", 3 * len(y))  # chunks of 3 replicates
+    assert stats.auc_ci(y, s, n=3200) == ci
+    assert stats.paired_auc_diff(y, s, s_b, n=300) == paired
 
 
 def test_nan_scores_are_refused_not_ranked():

@@ -17,16 +17,21 @@ from sklearn.metrics import roc_auc_score
 SMALL_CLASS = 10
 
 
-# Replicates scored per chunk: bounds memory (chunk x videos ranks) for large evaluations.
-_CHUNK = 256
+# Index and rank arrays of one chunk of replicates hold about this many numbers each: the
+# memory of an interval is bounded however many videos and replicates (2000 x 100k videos
+# held at once was 1.6 GB of indices alone).
+_CHUNK_CELLS = 1 << 20
 
 
-def _replicates(y: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """``(n, len(y))`` int indices, positives first in each row (their count is ``y.sum()``)."""
+def _replicates(y: np.ndarray, n: int, seed: int):
+    """The ``n`` replicates as chunks of ``(rows, len(y))`` int indices, positives first in each
+    row (their count is ``y.sum()``); drawn in the same order whatever the chunk size."""
     rng = np.random.default_rng(seed)
     pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
-    return np.stack([np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
-                     for _ in range(n)])
+    rows = max(1, _CHUNK_CELLS // max(len(y), 1))
+    for k in range(0, n, rows):
+        yield np.stack([np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
+                        for _ in range(min(rows, n - k))])
 
 
 def _replicate_aucs(s: np.ndarray, idx: np.ndarray, n_pos: int) -> np.ndarray:
@@ -37,12 +42,17 @@ def _replicate_aucs(s: np.ndarray, idx: np.ndarray, n_pos: int) -> np.ndarray:
     sklearn's per-call input validation made 2000 replicates take ~10 s per interval.
     """
     n_neg = idx.shape[1] - n_pos
-    out = np.empty(len(idx))
-    for k in range(0, len(idx), _CHUNK):
-        ranks = rankdata(s[idx[k:k + _CHUNK]], axis=1)
-        u = ranks[:, :n_pos].sum(axis=1) - n_pos * (n_pos + 1) / 2
-        out[k:k + _CHUNK] = u / (n_pos * n_neg)
-    return out
+    ranks = rankdata(s[idx], axis=1)
+    return (ranks[:, :n_pos].sum(axis=1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def _bootstrap(y: np.ndarray, scores: list, n: int, seed: int) -> list[np.ndarray]:
+    """Each score array's AUC on the same ``n`` replicates, one chunk of them at a time."""
+    n_pos, out = int(y.sum()), [[] for _ in scores]
+    for idx in _replicates(y, n, seed):
+        for aucs, s in zip(out, scores):
+            aucs.append(_replicate_aucs(s, idx, n_pos))
+    return [np.concatenate(a) for a in out]
 
 
 def auc_ci(y, s, n: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
@@ -52,7 +62,7 @@ def auc_ci(y, s, n: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
     if y.min(initial=1) == y.max(initial=0):
         return {"auc": None, "ci": None, "n_boot": 0}
     auc = float(roc_auc_score(y, s))  # first: it refuses NaN scores, which ranks would spread
-    reps = _replicate_aucs(s, _replicates(y, n, seed), int(y.sum()))
+    (reps,) = _bootstrap(y, [s], n, seed)
     a = (1 - level) / 2
     lo, hi = np.quantile(reps, [a, 1 - a])
     out = {"auc": auc, "ci": [float(lo), float(hi)], "n_boot": n}
@@ -68,8 +78,8 @@ def paired_auc_diff(y, s_a, s_b, n: int = 2000, seed: int = 0, level: float = 0.
     replicates where a does not beat b (a one-sided bootstrap p-value)."""
     y, s_a, s_b = np.asarray(y, int), np.asarray(s_a, float), np.asarray(s_b, float)
     diff = float(roc_auc_score(y, s_a) - roc_auc_score(y, s_b))  # refuses NaN scores
-    idx, n_pos = _replicates(y, n, seed), int(y.sum())
-    d = _replicate_aucs(s_a, idx, n_pos) - _replicate_aucs(s_b, idx, n_pos)
+    reps_a, reps_b = _bootstrap(y, [s_a, s_b], n, seed)
+    d = reps_a - reps_b
     a = (1 - level) / 2
     lo, hi = np.quantile(d, [a, 1 - a])
     return {"diff": diff, "ci": [float(lo), float(hi)],
