@@ -81,17 +81,21 @@ class _Doubler(torch.nn.Module):
         return x * 2
 
 
-@pytest.mark.parametrize("has_load", [True, False])
-def test_a_tensorrt_program_is_loaded_from_the_checked_bytes(tmp_path, has_load):
+def test_a_tensorrt_program_is_loaded_from_the_checked_bytes(tmp_path):
     """The TensorRT backend (no GPU here: its loader alone) loads the bytes it is given,
-    not the file by name, which may have been swapped since its check."""
+    not the file by name, which may have been swapped since its check; with
+    torch.export.load itself, as some torch_tensorrt.load releases try torch.jit.load
+    first, which reads the whole buffer and leaves the export loader nothing."""
     from engines.backends.tensorrt import TensorRTEngine
+
+    def jit_first(f):
+        f.read()
+        raise RuntimeError("not a TorchScript archive")
 
     buf = io.BytesIO()
     torch.export.save(torch.export.export(_Doubler(), (torch.ones(2, 3),)), buf)
     path = tmp_path / "model.ep"
     path.write_bytes(b"swapped in after the check")
-    trt = SimpleNamespace(load=torch.export.load) if has_load else SimpleNamespace()
-    stub = SimpleNamespace(trt=trt, model=None)
+    stub = SimpleNamespace(trt=SimpleNamespace(load=jit_first), model=None)
     TensorRTEngine._load(stub, path, buf.getvalue())
     assert torch.equal(stub.model(torch.ones(2, 3)), torch.full((2, 3), 2.0))

@@ -114,9 +114,10 @@ class TensorRTEngine(ArtifactEngine):
         try:
             # From the checked bytes (see ArtifactEngine._load): a TensorRT program is loaded as
             # code, and opening it by name again would run a file swapped in after the check.
-            # Both loaders take a buffer (torch_tensorrt.load hands it to torch.export.load).
-            loader = getattr(self.trt, "load", None) or torch.export.load
-            prog = loader(io.BytesIO(data))
+            # torch.export.load itself: _save always writes an ExportedProgram, and some
+            # torch_tensorrt.load releases try torch.jit.load first, which drains a buffer
+            # (importing torch_tensorrt, done by self.trt, registers the TensorRT ops).
+            prog = torch.export.load(io.BytesIO(data))
             self.model = prog.module() if hasattr(prog, "module") else prog
         except Exception as e:
             raise EngineError(f"could not load TensorRT program {path}: {e}") from e
