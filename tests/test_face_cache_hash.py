@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -26,20 +27,24 @@ TINY = dict(arch="test_effnet_lite", size=64, epochs=2, steps=1, batch_size=4, v
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory) -> Path:
+def _build(cache: Path) -> Path:
     """A face cache of two bundled clips (two people), built by `dfscan train --cache-only`."""
     from scanner.cli import main
 
-    cache = tmp_path_factory.mktemp("faces") / "cache"
     clips = [str(ROOT / "tests" / "data" / n) for n in ("d1.mp4", "d2.mp4")]
     assert main(["train", "--cache-only", "--cache", str(cache), "--cache-frames", "2", "--data", *clips]) == 0
     return cache
 
 
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    """Built once for the module and never changed: tests that change a cache copy it."""
+    return _build(tmp_path_factory.mktemp("faces") / "cache")
+
+
 @pytest.fixture
 def cache(built, tmp_path) -> Path:
-    """A copy of the built cache (copytree keeps the files' sizes and modification times)."""
+    """A copy of the built cache: new files (inode, change time), so its record is not used."""
     return Path(shutil.copytree(built, tmp_path / "cache"))
 
 
@@ -55,12 +60,15 @@ def _recipe_hash(caches) -> str:
     return recipe_of(TrainConfig(**TINY), SimpleNamespace(cache=FaceCache.load(caches)))["crops_sha256"]
 
 
-def test_the_recorded_hash_is_the_full_hash_and_a_train_start_reads_it(cache, monkeypatch):
-    rec = json.loads((cache / "build.json").read_text())
-    assert rec["crops_sha256"] == _full_hash([cache]) and set(rec["arrays"]) == {"crops.npy", "landmarks.npy"}
-    assert np.load(cache / "crops.npy").shape[0] == 4  # 2 frames of 2 clips
-    monkeypatch.setattr(data, "hash_faces", lambda *a: pytest.fail("hashed again although recorded"))
-    assert _recipe_hash(cache) == rec["crops_sha256"]
+def test_the_recorded_hash_is_the_full_hash_and_a_train_start_reads_it(built, monkeypatch):
+    rec = json.loads((built / "build.json").read_text())
+    assert rec["crops_sha256"] == _full_hash([built]) and set(rec["arrays"]) == {"crops.npy", "landmarks.npy"}
+    assert np.load(built / "crops.npy").shape[0] == 4  # 2 frames of 2 clips
+    with monkeypatch.context() as m:
+        m.setattr(data, "hash_faces", lambda *a: pytest.fail("hashed again although recorded"))
+        assert _recipe_hash(built) == rec["crops_sha256"]
+    copy = Path(shutil.copytree(built, built.parent / "copy"))  # as cp -p: the same times
+    assert FaceCache.load(copy).recorded_sha256 is None and _recipe_hash(copy) == rec["crops_sha256"]
 
 
 def test_an_older_cache_gives_the_same_hash(cache):
@@ -77,15 +85,21 @@ def test_several_caches_are_hashed_together(cache, built):
     assert _recipe_hash([built, cache]) == _full_hash([built, cache])
 
 
-def test_an_edited_crop_file_is_noticed_by_the_next_train_start(cache, tmp_path):
+def test_an_edited_crop_file_is_noticed_by_the_next_train_start(tmp_path):
+    """Also when the edit puts the file's modification time back (touch -d, cp -p, rsync -t):
+    the change time, which no tool sets back, is part of the record."""
+    cache = _build(tmp_path / "cache")
     rec = json.loads((cache / "build.json").read_text())
     train(TrainConfig(**TINY, max_minutes=1e-9), cache, tmp_path / "run")  # epoch 0 only
+    assert FaceCache.load(cache).recorded_sha256 == rec["crops_sha256"]
+    st = os.stat(cache / "crops.npy")
     time.sleep(0.02)  # file times tick with the kernel's coarse clock: an edit is a tick later
     with open(cache / "crops.npy", "r+b") as f:  # one pixel, in place: same size
         f.seek(-1, 2)
         last = f.read(1)
         f.seek(-1, 2)
         f.write(bytes([last[0] ^ 0xFF]))
+    os.utime(cache / "crops.npy", ns=(st.st_atime_ns, st.st_mtime_ns))  # the time put back
     assert FaceCache.load(cache).recorded_sha256 is None
     assert _recipe_hash(cache) == _full_hash([cache]) != rec["crops_sha256"]
     with pytest.raises(DfscanError, match="crops_sha256"):

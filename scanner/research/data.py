@@ -178,15 +178,18 @@ def hash_faces(crops: np.ndarray, landmarks: np.ndarray) -> str:
 
 
 def _stamps(cache: Path) -> dict | None:
-    """Size and modification time (ns) of the arrays the faces' hash covers; None when one is
-    missing. An edit or a rebuild changes them, so a hash recorded with them still holds."""
+    """Inode, size, modification and change times (ns) of the arrays the faces' hash covers;
+    None when one is missing. An edit or a rebuild changes them, so a hash recorded with them
+    still holds: the change time too, as a tool that puts the modification time back
+    (``touch -d``, ``cp -p``, ``rsync -t``) cannot set it (any metadata change, e.g. chmod or a
+    hard link, only costs a rehash)."""
     stamps = {}
     for name in FACE_ARRAYS:
         try:
             st = os.stat(cache / name)
         except OSError:
             return None
-        stamps[name] = [st.st_size, st.st_mtime_ns]  # a list: as build.json gives it back
+        stamps[name] = [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]  # a list, as JSON gives back
     return stamps
 
 
