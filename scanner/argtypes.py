@@ -28,18 +28,21 @@ class Parser(argparse.ArgumentParser):
         hint = f"(options: {self._helped()} --help)"  # what the usage block used to show
         self.exit(2, f"dfscan: error: {command + ': ' if command else ''}{message} {hint}\n")
 
-
     def parse_known_args(self, args=None, namespace=None):
         self._given = [str(a) for a in (sys.argv[1:] if args is None else args)]  # for _helped
         return super().parse_known_args(args, namespace)
 
     def _helped(self) -> str:
-        """The command whose ``--help`` answers: the top parser reports a sub-command's
-        unrecognized arguments, so its first argument naming a sub-command is meant."""
-        subs = [a for a in self._actions if isinstance(a, argparse._SubParsersAction)]
-        args = getattr(self, "_given", []) if subs else []
-        named = next((a for a in args if not a.startswith("-")), None)
-        return f"{self.prog} {named}" if subs and named in subs[0].choices else self.prog
+        """The command whose ``--help`` answers: a parent parser reports its sub-commands'
+        unrecognized arguments, so the sub-commands named in the arguments are meant, nested
+        ones too (``dfscan probe fit``)."""
+        parser, rest = self, [a for a in getattr(self, "_given", []) if not a.startswith("-")]
+        while rest:
+            subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+            if not subs or rest[0] not in subs[0].choices:
+                break
+            parser, rest = subs[0].choices[rest[0]], rest[1:]
+        return parser.prog
 
 
 def _refuse(what: str, value: str):

@@ -145,6 +145,8 @@ def test_the_types():
 
 @pytest.mark.parametrize("argv, helped", [(["scan", "--bogus"], "dfscan scan --help"),
                                           (["-v", "probe", "fit"], "dfscan probe fit --help"),
+                                          (["probe", "fit", "x.csv", "--backbone", "dino", "--out", "o", "--bogus"],
+                                           "dfscan probe fit --help"),
                                           (["--bogus"], "dfscan --help")])
 def test_a_usage_error_names_the_help_that_answers_it(argv, helped, capsys):
     """Usage errors are one line (no usage block), so the line says where the options are:
