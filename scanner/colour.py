@@ -1,6 +1,6 @@
 """Decoded frames to the 8-bit BT.709 (SDR) RGB every detector was trained on.
 
-Two cases swscale alone gets wrong, without any error:
+Three cases swscale alone gets wrong, without any error:
 
 * **HDR** (PQ, SMPTE ST 2084 / BT.2100; HLG, ARIB STD-B67 / BT.2100; usually BT.2020
   primaries and 10-bit; iPhones record HLG HEVC by default). swscale converts the matrix
@@ -33,7 +33,12 @@ Two cases swscale alone gets wrong, without any error:
   frames, RGB, grey and JPEG-range ``yuvj*`` frames (JFIF: always BT.601) keep swscale's
   reading; an untagged range stays limited (MPEG), as before.
 
-SDR frames take swscale's own path unchanged (the same call as before this module
+* **Wide-gamut SDR** (BT.2020 or Display P3 / SMPTE EG 432-1 primaries, SDR transfer):
+  swscale converts the matrix, not the primaries, so colours come out desaturated. The
+  16-bit R'G'B' is taken to display light by BT.1886 (gamma 2.4), through the gamut matrix
+  (BT.2087) and back, clipped; steps 3 and 5 above without tone mapping.
+
+Other SDR frames take swscale's own path unchanged (the same call as before this module
 existed, only ``src_colorspace`` is added for untagged HD), so SD and tagged footage,
 and every detector's training crops, decode to the same bytes as before.
 """
@@ -128,12 +133,14 @@ def hlg_oetf(scene: np.ndarray) -> np.ndarray:
 
 
 def _decode_tables() -> dict[str, np.ndarray]:
-    """``float32 (65536,)`` per HDR kind: 16-bit R'G'B' code -> linear light per channel.
+    """``float32 (65536,)`` per kind: 16-bit R'G'B' code -> linear light per channel.
     PQ: display light relative to reference white (1.0 = 203 cd/m^2); HLG: scene light E
-    in [0, 1] (its OOTF mixes the channels, so it is applied per pixel later)."""
+    in [0, 1] (its OOTF mixes the channels, so it is applied per pixel later); SDR: the
+    BT.1886 EOTF with black at 0 (display light, 1.0 = white), the inverse of step 5."""
     signal = np.arange(65536, dtype=np.float64) / 65535
     return {"pq": (pq_eotf(signal) / REFERENCE_WHITE).astype(np.float32),
-            "hlg": hlg_inverse_oetf(signal).astype(np.float32)}
+            "hlg": hlg_inverse_oetf(signal).astype(np.float32),
+            "sdr": np.power(signal, 2.4).astype(np.float32)}
 
 
 _DECODE = _decode_tables()
@@ -170,6 +177,15 @@ def hdr_kind(frame) -> str | None:
     return HDR_KINDS.get(int(frame.color_trc))
 
 
+def wide_gamut(frame) -> int | None:
+    """The primaries of an SDR ``frame`` that are wider than BT.709 (BT.2020, Display P3:
+    FFmpeg codes), else None. swscale converts matrix and range only, so their colours came
+    out desaturated (a BT.2020 SDR copy of a real face clip: 6.7 grey levels off on the face,
+    P3: 3.8); BT.709, unspecified and other primaries keep swscale's exact bytes."""
+    primaries = int(frame.color_primaries)
+    return primaries if primaries in _PRIMARIES and primaries != PRI_BT709 and not hdr_kind(frame) else None
+
+
 def sdr_options(frame) -> dict:
     """Extra ``reformat`` arguments for an SDR ``frame``: ``src_colorspace`` BT.709 for an
     untagged HD YUV frame (what players assume; swscale would take BT.601), else none, so
@@ -194,6 +210,9 @@ def to_rgb(frame, width: int, height: int) -> tuple[np.ndarray, str | None]:
     hdr = hdr_kind(frame)
     if hdr:
         return tone_map(frame, width, height, interpolation), hdr
+    primaries = wide_gamut(frame)
+    if primaries:  # BT.1886 display light, primaries to BT.709 (BT.2087), BT.1886 again
+        return to_sdr(_rgb16(frame, width, height, interpolation, sdr_options(frame)), "sdr", primaries), None
     if same:
         return frame.to_ndarray(format="rgb24", **sdr_options(frame)), None
     return frame.reformat(width=width, height=height, format="rgb24", interpolation=interpolation,
@@ -202,9 +221,9 @@ def to_rgb(frame, width: int, height: int) -> tuple[np.ndarray, str | None]:
 
 def downscaled(frame, image: np.ndarray, hdr: str | None, width: int, height: int) -> np.ndarray:
     """RGB ``uint8 (height, width, 3)`` copy for the face detector (swscale AREA): from the
-    YUV ``frame`` for SDR, as ever; from the tone-mapped ``image`` for HDR (mapping the
-    PQ/HLG frame twice would cost twice)."""
-    if hdr:
+    YUV ``frame`` for SDR, as ever; from the converted ``image`` for HDR and wide-gamut SDR
+    (swscale alone would leave the primaries unconverted; mapping twice would cost twice)."""
+    if hdr or wide_gamut(frame):
         frame, kw = av.VideoFrame.from_ndarray(image, format="rgb24"), {}
     else:
         kw = sdr_options(frame)
@@ -224,20 +243,27 @@ def tone_map(frame, width: int, height: int, interpolation: str | None) -> np.nd
     kept) while converting to planar 16-bit R'G'B', so a frame shrunk for size never exists
     at full size in RGB; :func:`to_sdr` then maps strips of rows.
     """
+    primaries = int(frame.color_primaries)
+    rgb = _rgb16(frame, width, height, interpolation, _hdr_colorspace(frame))
+    return to_sdr(rgb, hdr_kind(frame), primaries if primaries in _PRIMARIES else PRI_BT2020)
+
+
+def _rgb16(frame, width: int, height: int, interpolation: str | None, options: dict) -> tuple:
+    """(R, G, B) ``uint16 (height, width)`` planes of ``frame`` by swscale (matrix, range,
+    resampling; ``options`` for the source matrix), read in place."""
     kw = {} if interpolation is None else {"interpolation": interpolation}
     if (width, height) != (frame.width, frame.height):
         kw.update(width=width, height=height)
-    gbr = frame.reformat(format="gbrp16le", **kw, **_hdr_colorspace(frame))
+    gbr = frame.reformat(format="gbrp16le", **kw, **options)
     # Planar, read in place (no interleaving copy): gbrp's planes are G, B, R.
     g, b, r = (np.frombuffer(p, np.uint16).reshape(p.height, -1)[:, :p.width] for p in gbr.planes)
-    primaries = int(frame.color_primaries)
-    return to_sdr((r, g, b), hdr_kind(frame), primaries if primaries in _PRIMARIES else PRI_BT2020)
+    return r, g, b
 
 
 def to_sdr(rgb, kind: str, primaries: int = PRI_BT2020) -> np.ndarray:
-    """Non-linear HDR R'G'B' planes ``rgb`` = (R, G, B), each ``uint16 (H, W)`` (full range
-    0..65535; transfer ``kind`` ``"pq"`` / ``"hlg"``; ``primaries`` an FFmpeg code) -> SDR
-    BT.709 ``uint8 (H, W, 3)``."""
+    """Non-linear R'G'B' planes ``rgb`` = (R, G, B), each ``uint16 (H, W)`` (full range
+    0..65535; transfer ``kind`` ``"pq"`` / ``"hlg"``, or ``"sdr"``: BT.1886, no roll-off;
+    ``primaries`` an FFmpeg code) -> SDR BT.709 ``uint8 (H, W, 3)``."""
     h, w = rgb[0].shape
     out = np.empty((h, w, 3), np.uint8)
     gamut = None if primaries == PRI_BT709 else gamut_matrix(primaries).astype(np.float32)
@@ -255,7 +281,7 @@ def _strip(code: list, kind: str, gamut: np.ndarray | None, out: np.ndarray) -> 
     x = np.empty((3, *code[0].shape), np.float32)
     for i in range(3):  # linear light per channel (step 1; PQ: also step 2)
         np.take(_DECODE[kind], code[i], out=x[i], mode="clip")
-    if gamut is not None:  # step 3: BT.2020 -> BT.709, linear; negative = out of gamut
+    if gamut is not None:  # step 3: to BT.709 primaries, linear; negative = out of gamut
         x = np.stack([gamut[i, 0] * x[0] + gamut[i, 1] * x[1] + gamut[i, 2] * x[2] for i in range(3)])
     gain = np.float32(1.0)
     if kind == "hlg":
@@ -264,16 +290,19 @@ def _strip(code: list, kind: str, gamut: np.ndarray | None, out: np.ndarray) -> 
         y = np.maximum(_Y709[0] * x[0] + _Y709[1] * x[1] + _Y709[2] * x[2], 0.0)
         gain = np.power(y, np.float32(HLG_GAMMA - 1), out=y)
         gain *= np.float32(PEAK / REFERENCE_WHITE)
-    # max(R, G, B) >= Y >= 0: the gamut matrix keeps luminance, so no pixel is all negative.
-    peak = np.maximum(np.maximum(x[0], x[1]), x[2])
-    peak *= gain
     # Step 4: one gain for all three channels keeps their ratios (hue, saturation). The
     # table's scale (sqrt(level) * N) is folded in: sqrt(level * N**2) = sqrt(level) * N.
     full = np.float32((_ENCODE_STEPS - 1) ** 2)
-    roll = rolloff(peak)
-    roll /= np.maximum(peak, np.float32(1e-6))
-    roll *= gain * full
-    level = np.empty(peak.shape, np.uint8)
+    if kind == "sdr":  # already SDR: out-of-gamut and over-white values are only clipped
+        roll = full
+    else:
+        # max(R, G, B) >= Y >= 0: the gamut matrix keeps luminance, so no pixel is all negative.
+        peak = np.maximum(np.maximum(x[0], x[1]), x[2])
+        peak *= gain
+        roll = rolloff(peak)
+        roll /= np.maximum(peak, np.float32(1e-6))
+        roll *= gain * full
+    level = np.empty(x[0].shape, np.uint8)
     for i in range(3):
         c = x[i]
         c *= roll
