@@ -30,8 +30,8 @@ Three cases swscale alone gets wrong, without any error:
   as BT.709 (saturated reds differ by ~13 levels). The rule is mpv's: BT.709 when the
   coded width is >= 1280 or the height above 576 (taller than PAL SD, so phone clips shot
   in BT.709 and scaled down to 360x640 stay BT.709), BT.601 otherwise (SD, as before). Tagged
-  frames, RGB, grey and JPEG-range ``yuvj*`` frames (JFIF: always BT.601) keep swscale's
-  reading; an untagged range stays limited (MPEG), as before.
+  frames (MJPEG's too: FFmpeg tags JFIF's BT.601), RGB and grey keep swscale's reading;
+  an untagged range stays limited (MPEG), as before.
 
 * **Wide-gamut SDR** (BT.2020 or Display P3 / SMPTE EG 432-1 primaries, SDR transfer):
   swscale converts the matrix, not the primaries, so colours come out desaturated. The
@@ -193,8 +193,10 @@ def sdr_options(frame) -> dict:
     if int(frame.colorspace) != SPC_UNSPECIFIED:
         return {}
     fmt = frame.format
-    if fmt.is_rgb or len(fmt.components) < 3 or fmt.name.startswith(("yuvj", "xyz")):
-        return {}  # no YUV matrix at all (RGB, grey, palette, XYZ), or JFIF's fixed BT.601 (MJPEG)
+    # yuvj* is no sign of JFIF: FFmpeg's H.264/HEVC decoders give it for any full-range
+    # stream, and its MJPEG decoder tags JFIF's fixed BT.601 (colorspace 5) anyway.
+    if fmt.is_rgb or len(fmt.components) < 3 or fmt.name.startswith("xyz"):
+        return {}  # no YUV matrix at all (RGB, grey, palette, XYZ)
     if frame.height > SD_HEIGHT or frame.width >= HD_WIDTH:
         return {"src_colorspace": "ITU709"}
     return {}

@@ -4,9 +4,8 @@ thumbnails) does to a decoded ``av.VideoFrame`` before faces are searched.
 In this order: rotation read (yadif drops the side data), deinterlacing of frames flagged
 interlaced (:mod:`scanner.interlace`), square pixels at a bounded size (:func:`display_size`:
 anamorphic video stretched, beyond 8K UHD scaled down), RGB in SDR BT.709
-(:mod:`scanner.colour`: HDR tone-mapped, wide gamut converted, untagged matrices
-by size), the detector's
-downscaled copy, then the picture turned upright.
+(:mod:`scanner.colour`: HDR tone-mapped, wide gamut converted, untagged matrices by
+size), the detector's downscaled copy, then the picture turned upright.
 """
 from __future__ import annotations
 

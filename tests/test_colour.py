@@ -170,14 +170,16 @@ BARS = np.array([(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 
                  (255, 255, 255), (40, 40, 40)], np.uint8)
 
 
-def _bars(path, w: int, h: int, matrix: str | None, tag: int = 2):
-    """Colour bars encoded with ``matrix`` (None: swscale's BT.601), stream tagged ``tag``."""
+def _bars(path, w: int, h: int, matrix: str | None, tag: int = 2, full: bool = False):
+    """Colour bars encoded with ``matrix`` (None: swscale's BT.601), stream tagged ``tag``;
+    ``full``: full range (flagged by color_range alone, as phones do)."""
     img = np.repeat(BARS, w // len(BARS), axis=0)[None].repeat(h, axis=0)
     with av.open(str(path), "w") as out:
         s = out.add_stream("libx264", rate=25)
         s.width, s.height, s.pix_fmt, s.options = w, h, "yuv420p", {"crf": "10"}
-        s.codec_context.colorspace = tag
-        f = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuv420p", dst_colorspace=matrix)
+        s.codec_context.colorspace, s.codec_context.color_range = tag, 2 if full else 0
+        f = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(
+            format="yuv420p", dst_colorspace=matrix, dst_color_range="JPEG" if full else None)
         f.colorspace, f.pts = tag, 0
         out.mux(s.encode(f))
         out.mux(s.encode())
@@ -193,7 +195,7 @@ def _bar_error(image: np.ndarray) -> np.ndarray:
 def _swscale(path) -> np.ndarray:
     with av.open(str(path)) as c:
         f = next(c.decode(video=0))
-        assert f.colorspace in (1, 2) and not colour.hdr_kind(f)
+        assert f.colorspace in (1, 2, 5) and not colour.hdr_kind(f)
         return f.to_ndarray(format="rgb24")
 
 
@@ -210,6 +212,30 @@ def test_untagged_hd_is_bt709_and_untagged_sd_stays_bt601(tmp_path):
     for path in (sd, tagged):
         (fr,) = FrameSampler(path, frames=1)
         assert _bar_error(fr.image).max() <= 3 and np.array_equal(fr.image, _swscale(path))
+
+
+def test_untagged_full_range_hd_is_bt709_too(tmp_path):
+    # FFmpeg's H.264/HEVC decoders give full-range streams as yuvj420p, which was taken for
+    # JFIF (MJPEG) and kept BT.601 at any size: untagged full-range HD bars 23 levels off,
+    # the face of a 720p clip 2.6 (0.9 as BT.709). A 10-bit one was already BT.709.
+    hd = _bars(tmp_path / "hd.mp4", 1280, 720, "ITU709", full=True)
+    (fr,) = FrameSampler(hd, frames=1, det_max_side=640)
+    assert _bar_error(fr.image).max() <= 3 and _bar_error(fr.small).max() <= 3
+    # MJPEG (FFmpeg tags its JFIF BT.601) and SD keep swscale's reading.
+    sd = _bars(tmp_path / "sd.mp4", 640, 480, None, full=True)
+    (fr,) = FrameSampler(sd, frames=1)
+    assert _bar_error(fr.image).max() <= 3 and np.array_equal(fr.image, _swscale(sd))
+    mjpeg = tmp_path / "hd.avi"
+    with av.open(str(mjpeg), "w") as out:
+        s = out.add_stream("mjpeg", rate=25)
+        s.width, s.height, s.pix_fmt, s.options = 1280, 720, "yuvj420p", {"qmin": "1", "qmax": "1"}
+        img = np.repeat(BARS, 1280 // len(BARS), axis=0)[None].repeat(720, axis=0)
+        f = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuvj420p")
+        f.pts = 0
+        out.mux(s.encode(f))
+        out.mux(s.encode())
+    (fr,) = FrameSampler(mjpeg, frames=1)
+    assert _bar_error(fr.image).max() <= 3 and np.array_equal(fr.image, _swscale(mjpeg))
 
 
 def test_untagged_size_rule_is_mpvs(tmp_path):
