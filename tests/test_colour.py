@@ -267,7 +267,8 @@ def test_hdr_made_by_ffmpeg_zscale_reads_as_its_sdr_source(tmp_path, kind, trans
     so a constant wrong the same way both ways would pass them. FFmpeg's zscale (zimg)
     converts the SDR clip to 10-bit BT.2020 PQ / HLG (SDR white at 203 cd/m^2) as HDR
     masters are made; read back it must match the SDR frames (HLG within zimg's and this
-    module's readings of the BT.2100 OOTF: 2.3 levels, PQ 1.1; 17 and 31 without)."""
+    module's readings of the BT.2100 OOTF: zimg applies HLG's gamma 1.2 per channel, BT.2100
+    on luminance, 2.3 levels on this clip; PQ 1.1; 17 and 31 without)."""
     import subprocess
 
     out = tmp_path / f"{kind}.mp4"
