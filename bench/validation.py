@@ -177,10 +177,11 @@ def _read_labels(path: str | Path, cmd: str = "eval") -> list[dict]:
     ``labels.csv`` has its subsets; in the shipped one (``path,label,...,generator``) a fake's
     subset is its generator, and a plain ``path,label`` CSV's fakes form one subset, ``fake``.
     Reals are subset ``real`` in all three: each generator is measured against every real."""
-    from scanner.research.labelled import DatasetError, manifest_rows
+    from scanner.research.labelled import DatasetError, manifest_rows, refuse_duplicates
 
     try:
         pairs = list(manifest_rows(Path(path)))
+        refuse_duplicates([item for item, _ in pairs], Path(path))  # as dfscan eval: counted once
     except OSError as e:
         raise SystemExit(f"bench/validation.py {cmd}: cannot read {path}: {e.strerror or e}") from None
     except DatasetError as e:  # names the file (and row)

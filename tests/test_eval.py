@@ -430,3 +430,20 @@ def test_validation_bench_reads_a_plain_labels_csv_and_names_a_bad_one(tmp_path)
     r = run(missing, tmp_path / "missing.json")
     assert r.returncode == 1 and "file not found: " in r.stderr and "not_here.mp4" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "missing.json").exists()
+
+
+def test_validation_bench_refuses_a_file_listed_twice(tmp_path):
+    """bench/validation.py reads labels with dfscan eval's reader but skipped its duplicate
+    check: a file listed twice was scored and counted twice in every AUC."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("validation_bench", root / "bench/validation.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    labels = tmp_path / "labels.csv"
+    clip = root / "tests/data/d1.mp4"
+    labels.write_text(f"path,label\n{clip},real\n{root / 'tests/data/d2.mp4'},fake\n{clip},real\n")
+    with pytest.raises(SystemExit, match="listed twice"):
+        bench._read_labels(labels)

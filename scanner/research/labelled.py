@@ -70,11 +70,11 @@ def read_labelled(source: str | Path) -> list[Item]:
         raise DatasetError(f"labelled set not found: {source}")
     if not items:
         raise DatasetError(f"{source}: no labelled videos or images found")
-    _refuse_duplicates(items, source)
+    refuse_duplicates(items, source)
     return items
 
 
-def _refuse_duplicates(items: list[Item], source: Path) -> None:
+def refuse_duplicates(items: list[Item], source: Path) -> None:
     """One file listed twice would be counted twice in every metric (or, with two labels,
     be both real and fake); one image with two landmark sets is two faces, and allowed."""
     labels: dict[Path, Item] = {}
