@@ -226,19 +226,11 @@ class EngineCache:
     def entry_dir(self, key: str) -> Path:
         return self.root / key
 
-    def lookup(self, key: str, fields: dict) -> tuple[Path | None, str]:
-        """Artifact path of a valid entry, else ``None``; plus what happened.
-
-        The second value is ``"hit"``, ``"miss"`` or ``"rebuilt (<why>)"``; an
-        invalid entry is deleted before returning.
-        """
-        art, status = self.lookup_entry(key, fields)
-        return (art.path if art else None), status
-
-    def lookup_entry(self, key: str, fields: dict) -> tuple[Artifact | None, str]:
-        """:meth:`lookup`, with the artifact's bytes and the metadata they were checked against
-        (its checksum, stored parity), both of one read: a second read could be of an entry
-        replaced since, e.g. by another process."""
+    def lookup(self, key: str, fields: dict) -> tuple[Artifact | None, str]:
+        """The artifact of a valid entry (its bytes and the metadata they were checked against:
+        checksum, stored parity, both of one read, as a second read could be of an entry
+        replaced since, e.g. by another process), else ``None``; plus what happened:
+        ``"hit"``, ``"miss"`` or ``"rebuilt (<why>)"`` (an invalid entry is deleted first)."""
         d = self.entry_dir(key)
         if not d.exists():
             return None, "miss"
@@ -270,12 +262,8 @@ class EngineCache:
             return None, "artifact checksum mismatch"
         return Artifact(art, data, meta), None
 
-    def store(self, key: str, fields: dict, name: str, write: Callable[[Path], None], extra: dict | None = None) -> Path:
-        """:meth:`store_entry`, for callers that need only the artifact's final path."""
-        return self.store_entry(key, fields, name, write, extra).path
-
-    def store_entry(self, key: str, fields: dict, name: str, write: Callable[[Path], None],
-                    extra: dict | None = None) -> Artifact:
+    def store(self, key: str, fields: dict, name: str, write: Callable[[Path], None],
+              extra: dict | None = None) -> Artifact:
         """Create the entry: ``write(path)`` writes the artifact; returns it, read and hashed once.
 
         Written into a temporary directory and renamed, so a crash never leaves

@@ -103,11 +103,11 @@ def exported_model(net: torch.nn.Module, name: str, cache_dir: str | Path | None
               "dfscan": dfscan_version(), "code": code}
     cache = EngineCache(cache_dir)
     key = cache_key(fields)
-    art, _ = cache.lookup_entry(key, fields)
+    art, _ = cache.lookup(key, fields)
     if art is None:
         # Export a copy: the live net keeps its channels_last layout.
         try:
-            art = cache.store_entry(key, fields, f"{name}.onnx", lambda p: _export(copy.deepcopy(net), name, p))
+            art = cache.store(key, fields, f"{name}.onnx", lambda p: _export(copy.deepcopy(net), name, p))
         except CacheUnwritable as e:  # a cache only spares the next start an export
             if spare is None:
                 raise

@@ -67,7 +67,7 @@ def test_a_second_store_keeps_the_valid_entry_another_process_may_be_loading(tmp
     cache, fields = EngineCache(tmp_path), {"detector": "x"}
     key = cache_key(fields)
     # Two processes missed the cache and exported; the first stored its entry and is loading it.
-    first = cache.store(key, fields, "model.onnx", lambda p: p.write_bytes(b"graph"))
+    first = cache.store(key, fields, "model.onnx", lambda p: p.write_bytes(b"graph")).path
     inode = first.stat().st_ino
     present, replace = [], os.replace
 
@@ -76,7 +76,7 @@ def test_a_second_store_keeps_the_valid_entry_another_process_may_be_loading(tmp
         replace(src, dst)
 
     monkeypatch.setattr(os, "replace", watched)
-    second = cache.store(key, fields, "model.onnx", lambda p: p.write_bytes(b"graph"))
+    second = cache.store(key, fields, "model.onnx", lambda p: p.write_bytes(b"graph")).path
     monkeypatch.undo()
     assert second == first and all(present) and first.stat().st_ino == inode
     assert cache.lookup(key, fields)[1] == "hit"

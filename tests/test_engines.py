@@ -384,7 +384,7 @@ def test_an_artifact_swapped_after_its_check_is_not_loaded(tiny, monkeypatch):
     flipped = _other_weights_engine()
     swapped = Path(first.info.artifact).with_name("swapped.onnx")
     flipped._export(swapped)
-    lookup = EngineCache.lookup_entry
+    lookup = EngineCache.lookup
 
     def checked_then_swapped(self, key, fields):
         found = lookup(self, key, fields)
@@ -392,7 +392,7 @@ def test_an_artifact_swapped_after_its_check_is_not_loaded(tiny, monkeypatch):
             swapped.replace(found[0].path)
         return found
 
-    monkeypatch.setattr(EngineCache, "lookup_entry", checked_then_swapped)
+    monkeypatch.setattr(EngineCache, "lookup", checked_then_swapped)
     again = build_engine(tiny, cfg)
     assert again.info.cache == "hit" and again.info.parity["cached"]
     assert again.info.artifact_sha256 == first.info.artifact_sha256

@@ -314,10 +314,10 @@ class ArtifactEngine(Engine):
         cache = EngineCache(self.cfg.cache_dir)
         fields = self._key_fields()
         key = cache_key(fields)
-        art, status = cache.lookup_entry(key, fields)
+        art, status = cache.lookup(key, fields)
         if art is None:
             try:
-                art = cache.store_entry(key, fields, self.artifact_name, self._export)
+                art = cache.store(key, fields, self.artifact_name, self._export)
             except CacheUnwritable as e:
                 # The cache only saves the next start an export: a read-only or full one must
                 # not stop a scan (auto is the cached ONNX engine on CPU), as it did.
