@@ -138,3 +138,20 @@ def test_udp_buffer_sizes_in_the_url_are_bounded():
                 "udp://239.0.0.1:5000#?fifo_size=2000000000", "rtp://127.0.0.1:5004#x?buffer_size=1e12"):
         with pytest.raises(SourceError, match="must be a whole number up to"):
             parse_source(bad)
+
+
+@pytest.mark.parametrize("url", [f"rtsp://admin:{SECRET}?x@cam.local/live", f"rtsp://admin:{SECRET}#x@cam.local/live",
+                                 "rtsp://admin:1234/Sup3r-Secret-9@cam.local/live",
+                                 f"http://viewer:{SECRET}/x@cam.local:8080/live.m3u8"])
+def test_password_with_an_unencoded_delimiter_never_shown(url):
+    """A password holding '/', '?' or '#' (not percent-encoded) ends the authority early, for
+    Python and FFmpeg alike: 'admin:...?' was refused as malformed with the password in the
+    error (a 400 body, the config error line), and 'admin:1234/...' was accepted, shown whole
+    in /streams and the log, and opened on host 'admin'. Refused now, quoting none of it."""
+    with pytest.raises(SourceError, match="percent-encode") as e:
+        parse_source(url)
+    assert SECRET not in str(e.value) and "1234" not in str(e.value)
+    assert SECRET not in mask_credentials(url) and SECRET not in mask_text(f"error opening '{url}'", url)
+    assert parse_source("rtsp://admin:Sup3r%2FSecret%3F9@cam.local/live").masked == "rtsp://***@cam.local/live"
+    assert parse_source("udp://@:5000").kind == "network"  # '@' inside the authority is fine
+

@@ -94,6 +94,11 @@ def mask_credentials(url: str) -> str:
     except ValueError:
         return "<invalid url>"
     netloc = parts.netloc
+    tail = url.partition("://")[2]
+    if "@" not in netloc and "@" in tail:
+        # A password holding '/', '?' or '#' unencoded ends the authority early ('u:p/w@h'):
+        # everything up to the last '@' may be part of it.
+        return mask_credentials(f"{parts.scheme}://***@{tail.rsplit('@', 1)[1]}")
     if "@" in netloc:
         netloc = "***@" + netloc.rsplit("@", 1)[1]
     query = _QUERY_SECRET_RE.sub(r"\1***", parts.query)
@@ -170,10 +175,12 @@ def parse_source(url: str, allow_files: bool = False) -> SourceURL:
         return SourceURL(url, "v4l2", "device")
     try:
         parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme in NETWORK_SCHEMES:
+            _check_authority(url, parts)
         parts.port  # noqa: B018 - raises ValueError on a malformed port
     except ValueError as e:  # e.g. "http://[" or a non-numeric port
         raise SourceError(f"malformed stream URL {mask_credentials(url)}") from e
-    scheme = parts.scheme.lower()
     if scheme in ("", "file") or url.startswith("/"):
         if not allow_files:
             raise RefusedURL(f"local files are not allowed as live sources: {mask_credentials(url)} "
@@ -187,6 +194,15 @@ def parse_source(url: str, allow_files: bool = False) -> SourceURL:
         _check_udp_query(url.partition("?")[2], url)
     ffmpeg_url, auth, secrets = _split_credentials(url, parts)
     return SourceURL(ffmpeg_url, scheme, "network", auth=auth, secrets=secrets, shown=mask_credentials(url))
+
+
+def _check_authority(url: str, parts) -> None:
+    """Refuse a '@' after the host: the sign of a user name or password holding '/', '?' or
+    '#' unencoded. Python and FFmpeg both end the authority at that character, so such a URL
+    opens another host (the user name) and shows the password as part of the path or query."""
+    if "@" in url.partition("://")[2] and "@" not in parts.netloc:
+        raise SourceError(f"{parts.scheme}:// URL with a '@' after its host: percent-encode '/', '?', '#' "
+                          "and '@' in a user name or password (%2F, %3F, %23, %40), and a '@' elsewhere as %40")
 
 
 # FFmpeg's UDP reader takes buffer sizes from the URL's query, over the options dfscan
