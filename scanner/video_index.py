@@ -246,9 +246,14 @@ def choose_targets(index: VideoIndex, frames: int | None, fps: float | None,
             raise ValueError(f"frame indices must lie in [0, {len(pres)})")
         return [int(pres[i]) for i in idx]
     if fps:
-        times = np.arange(0.0, index.duration_s + 1e-9, 1.0 / fps)
-        if len(times) > max_frames:
+        # Count the times before making them (numpy's own arange length): a crafted 3-packet
+        # file whose last pts lies 10^9 s on made arange allocate gigabytes (up to an OOM
+        # kill of the whole scan) before the cap below was even checked.
+        n = int(np.ceil((index.duration_s + 1e-9) / (1.0 / fps)))
+        if n > max_frames:
             times = np.linspace(0.0, index.duration_s, max_frames)
+        else:
+            times = np.arange(0.0, index.duration_s + 1e-9, 1.0 / fps)
         want = index.start + times / index.time_base
         return sorted({_nearest(pres, w) for w in want})
     n = min(frames or 32, len(pres))
