@@ -155,3 +155,17 @@ def test_password_with_an_unencoded_delimiter_never_shown(url):
     assert parse_source("rtsp://admin:Sup3r%2FSecret%3F9@cam.local/live").masked == "rtsp://***@cam.local/live"
     assert parse_source("udp://@:5000").kind == "network"  # '@' inside the authority is fine
 
+
+@pytest.mark.parametrize("query", [f"md5={SECRET}&expires=1700000000",  # nginx secure_link
+                                   f"hdnts=exp=1700000000~acl=/*~hmac={SECRET}",  # Akamai token auth
+                                   f"hdnea=st=1~exp=2~hmac={SECRET}", f"jwt={SECRET}", f"hash={SECRET}&e=1",
+                                   f"hmac={SECRET}"])
+def test_signed_url_parameters_masked(query):
+    """Signed CDN/HLS URLs carry their signature in parameters named md5 (nginx secure_link),
+    hdnts/hdnea/hmac (Akamai), jwt or hash: shown as given in /streams, the log and errors."""
+    url = f"https://cdn.example/live/index.m3u8?{query}"
+    src = parse_source(url)
+    assert SECRET not in src.masked and src.masked.startswith("https://cdn.example/live/index.m3u8?")
+    assert SECRET not in src.redact(f"HTTP error 403 Forbidden: '{url}'")
+    assert SECRET not in mask_text(f"Connection refused: 'https://other/seg.ts?{query}'")
+

@@ -106,13 +106,15 @@ def mask_credentials(url: str) -> str:
 
 
 # Query parameters that carry credentials (?token=, ?api_key=, ?password=, and the cameras'
-# ?usr=admin&pwd=..., SRT's ?passphrase=): any parameter whose name contains one of these.
-_QUERY_SECRET_RE = re.compile(r"(?i)((?:^|(?<=[&;]))[^=&;]*(?:token|key|pass|pwd|secret|auth|sig|credential)[^=&;]*=)[^&;]*")
+# ?usr=admin&pwd=..., SRT's ?passphrase=, signed HLS/CDN URLs' ?md5= (nginx secure_link),
+# ?hdnts=/?hdnea=/?hmac= (Akamai), ?jwt=, ?hash=): any parameter whose name contains one of these.
+_SECRET_NAMES = r"(?:token|key|pass|pwd|secret|auth|sig|credential|hmac|hash|md5|jwt|hdnts|hdnea)"
+_QUERY_SECRET_RE = re.compile(rf"(?i)((?:^|(?<=[&;]))[^=&;]*{_SECRET_NAMES}[^=&;]*=)[^&;]*")
 
 
 # The same parameters inside free text (an error quoting some other URL).
 _TEXT_QUERY_SECRET_RE = re.compile(
-    r"(?i)([?&;][^=&;\s'\"?]*(?:token|key|pass|pwd|secret|auth|sig|credential)[^=&;\s'\"?]*=)[^&;\s'\"]*")
+    rf"(?i)([?&;][^=&;\s'\"?]*{_SECRET_NAMES}[^=&;\s'\"?]*=)[^&;\s'\"]*")
 
 
 def _query_secrets(query: str) -> tuple[str, ...]:
