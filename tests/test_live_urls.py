@@ -169,3 +169,17 @@ def test_signed_url_parameters_masked(query):
     assert SECRET not in src.redact(f"HTTP error 403 Forbidden: '{url}'")
     assert SECRET not in mask_text(f"Connection refused: 'https://other/seg.ts?{query}'")
 
+
+@pytest.mark.parametrize("url", ["HTTP://127.0.0.1:{port}/video.mp4", "Http://127.0.0.1:{port}/video.mp4"])
+def test_uppercase_scheme_plays(url):
+    """Schemes are case-insensitive (RFC 3986) and dfscan accepted 'HTTP://...', but FFmpeg looks
+    protocols up by exact name: the stream stopped for good with "this FFmpeg build has no
+    'http' protocol", a false reason, and was never scored."""
+    clip = (Path(__file__).parent / "data" / "d1.mp4").read_bytes()
+    cam = _Server({"/video.mp4": ("video/mp4", clip)})
+    try:
+        src = _play(url.format(port=cam.port))
+        assert src.stats.sampled >= 1 and src.stats.errors == 0, src.describe()
+    finally:
+        cam.close()
+    assert parse_source("RTSP://cam.local/live").url == "rtsp://cam.local/live"

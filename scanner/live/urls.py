@@ -183,6 +183,8 @@ def parse_source(url: str, allow_files: bool = False) -> SourceURL:
         parts.port  # noqa: B018 - raises ValueError on a malformed port
     except ValueError as e:  # e.g. "http://[" or a non-numeric port
         raise SourceError(f"malformed stream URL {mask_credentials(url)}") from e
+    # Schemes are case-insensitive, FFmpeg's protocol names are not: "HTTP://" was "no 'http' protocol".
+    url = scheme + url[len(scheme):]
     if scheme in ("", "file") or url.startswith("/"):
         if not allow_files:
             raise RefusedURL(f"local files are not allowed as live sources: {mask_credentials(url)} "
