@@ -42,11 +42,27 @@ def _read_list(path: Path) -> list[Path]:
     with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:
         lines = f.read().split("\n")
     for line in lines:
-        line = line.strip()
-        if line and not line.startswith("#"):
-            p = Path(line)
-            out.append(p if p.is_absolute() else path.parent / p)
+        entry = _list_entry(line, path.parent)
+        if entry is not None:
+            out.append(entry)
     return out
+
+
+def _list_entry(line: str, folder: Path) -> Path | None:
+    """The path a list line names; None for a blank or ``#`` comment line.
+
+    Surrounding blanks and a leading ``#`` are list syntax, unless the line as written names
+    a file: ``#shorts.mp4`` (hashtags in downloaded titles) was dropped as a comment without
+    a row, and `` intro.mp4`` was read as ``intro.mp4`` (another file, or not_found).
+    """
+    def at(text: str) -> Path:
+        p = Path(text)
+        return p if p.is_absolute() else folder / p
+
+    if line and os.path.lexists(at(line)):
+        return at(line)
+    line = line.strip()
+    return at(line) if line and not line.startswith("#") else None
 
 
 def expand_inputs(items: Iterable[str], aliases: list[tuple[Path, Path]] | None = None) -> list[Path]:

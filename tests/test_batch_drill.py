@@ -23,3 +23,19 @@ def test_fps_sampling_of_a_video_whose_last_pts_is_absurd_stays_bounded():
     # Below the cap the times are those of before (one every 1/fps s).
     short = _index(list(range(0, 10_001, 40)), 1e-3)  # 10 s at 25 fps
     assert len(choose_targets(short, None, 2.0)) == 21
+
+
+def test_list_file_names_starting_with_a_hash_or_blank_are_files(tmp_path):
+    # `ls > list.txt` beside "#shorts.mp4" (a hashtag title) and " intro.mp4": the first
+    # line was taken for a comment (no row at all), the second stripped to "intro.mp4",
+    # another video, scanned in its place without a word.
+    from scanner.sources import expand_inputs
+
+    for n in ("#shorts.mp4", " intro.mp4", "intro.mp4", "tail.mp4\t"):
+        (tmp_path / n).write_bytes(b"x")
+    lst = tmp_path / "list.txt"
+    lst.write_text("#shorts.mp4\n intro.mp4\ntail.mp4\t\n# a comment\n  \n #old.mp4\n", encoding="utf-8")
+    assert expand_inputs([str(lst)]) == [tmp_path / n for n in ("#shorts.mp4", " intro.mp4", "tail.mp4\t")]
+    # Blanks a hand-written list adds around a name that has none are still list syntax.
+    lst.write_text("  intro.mp4  \r\n", encoding="utf-8")
+    assert expand_inputs([str(lst)]) == [tmp_path / "intro.mp4"]
