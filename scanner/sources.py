@@ -27,7 +27,15 @@ def bundled_samples() -> list[Path]:
 
 def _walk(folder: Path) -> list[Path]:
     found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
+
+    def unlisted(e: OSError) -> None:
+        # A folder that cannot be listed (no permission, removed meanwhile) is an input of
+        # its own, so its error row says why: os.walk skipped it without a word, and every
+        # video under it was missing from the results of a scan that exited 0.
+        if e.filename is not None:
+            found.append(Path(e.filename))
+
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=unlisted):
         dirnames.sort()
         found += [Path(dirpath) / f for f in sorted(filenames) if is_video_path(Path(f))]
     return found

@@ -39,3 +39,24 @@ def test_list_file_names_starting_with_a_hash_or_blank_are_files(tmp_path):
     # Blanks a hand-written list adds around a name that has none are still list syntax.
     lst.write_text("  intro.mp4  \r\n", encoding="utf-8")
     assert expand_inputs([str(lst)]) == [tmp_path / "intro.mp4"]
+
+
+def test_a_folder_that_cannot_be_listed_is_an_input_not_skipped(tmp_path, monkeypatch):
+    # A subfolder without read permission (another user's, mode 000): os.walk skipped it
+    # silently, so its videos had no row and the scan exited 0. (Simulated: root reads it.)
+    import os
+
+    from scanner.sources import expand_inputs
+
+    (tmp_path / "locked").mkdir()
+    for n in ("a.mp4", "locked/b.mp4", "z.mp4"):
+        (tmp_path / n).write_bytes(b"x")
+    real = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path) == str(tmp_path / "locked"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    assert expand_inputs([str(tmp_path)]) == [tmp_path / "a.mp4", tmp_path / "z.mp4", tmp_path / "locked"]
