@@ -248,6 +248,8 @@ def prepare_resume(path: str | Path, expected: dict | None = None, retry_errors:
         from .output import OutputError
 
         raise OutputError(f"--resume: cannot write {path}: {e.strerror or e}") from e
+    if path.stat().st_size == 0:  # all of it was torn (a CSV killed writing its header): new
+        return state
     _check_csv_header(path)
     errors = set()
     for row in read_rows(path):

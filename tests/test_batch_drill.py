@@ -60,3 +60,18 @@ def test_a_folder_that_cannot_be_listed_is_an_input_not_skipped(tmp_path, monkey
 
     monkeypatch.setattr(os, "scandir", scandir)
     assert expand_inputs([str(tmp_path)]) == [tmp_path / "a.mp4", tmp_path / "z.mp4", tmp_path / "locked"]
+
+
+def test_resume_into_a_csv_torn_inside_its_header(tmp_path):
+    # Killed while the header went out: --resume cut the torn record (the whole file) and
+    # then refused the now empty file for having "other CSV columns" (exit 2).
+    from scanner.output import CsvSink
+    from scanner.resume import prepare_resume
+
+    out = tmp_path / "r.csv"
+    out.write_bytes(b"path,verdict,sco")
+    state = prepare_resume(out, {"detector": "test_tiny"})
+    assert state.done == set() and out.read_bytes() == b""
+    sink = CsvSink(out, append=True)  # the resumed scan then starts the file afresh
+    sink.close()
+    assert out.read_text().startswith("path,verdict,score,")
