@@ -366,9 +366,7 @@ class LiveSource:
         t0_wall = t0_media = None
         # The pixel aspect ratio may change mid-stream (4:3 <-> 16:9 broadcast): per picture.
         stream_sar, codec_sar = stream.sample_aspect_ratio, stream.codec_context.sample_aspect_ratio
-        for frame in container.decode(stream):
-            if self._abort.is_set():
-                raise SourceError("stalled: no frames within the watchdog limit")
+        for frame in self._frames(container, stream):
             now = time.monotonic()
             t = frame.time if frame.time is not None else now
             if realtime:
@@ -392,6 +390,28 @@ class LiveSource:
                 self._push(frame, t, now, picture_sar(stream_sar, codec_sar, stream.codec_context))
             if self._stop.is_set():
                 return
+
+    def _frames(self, container, stream):
+        """``stream``'s frames; a stall is checked on every packet of *any* stream.
+
+        ``container.decode(stream)`` reads the other streams' packets inside PyAV: with the
+        video gone and the audio still flowing, the read timeout never fired and the
+        watchdog's abort (seen per frame) never came, so the stream stayed ``stalled`` for good.
+        """
+        s = self.settings
+        # Before the first frame (the watchdog leaves 'connecting' alone) a long GOP may delay it.
+        limit, last = s.open_timeout_s + 2 * s.stall_s, time.monotonic()
+        for packet in container.demux():
+            if self._abort.is_set():
+                raise SourceError("stalled: no frames within the watchdog limit")
+            if time.monotonic() - last > limit:
+                raise SourceError(f"stalled: packets arrive but no video frame for {limit:g}s")
+            if packet.stream_index != stream.index:
+                continue
+            for frame in packet.decode():
+                yield frame
+                # as the read timeout; the time spent with the frame is not the stream's
+                limit, last = 2 * s.stall_s, time.monotonic()
 
     def _same_picture(self, image: np.ndarray, now: float) -> bool:
         """True when ``image`` is the last sampled picture again: no new evidence, not pushed.

@@ -1,0 +1,101 @@
+"""Live streams that stop delivering video without the connection going quiet.
+
+A camera whose video encoder hangs while its audio goes on, or one that sends audio (or
+data) and never a picture: packets keep arriving, so FFmpeg's read timeout never fires.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from fractions import Fraction
+from http.server import BaseHTTPRequestHandler
+
+import av
+import numpy as np
+import pytest
+
+from conftest import make_video, start_http, stop_http, wait_for
+from scanner.live.publish import _Clip
+from scanner.live.source import LiveSource, SourceSettings
+from scanner.live.watchdog import Watchdog
+
+RATE, SAMPLES = 48000, 1152  # one MP2 audio frame: 24 ms
+
+
+def _audio_frame(n: int) -> av.AudioFrame:
+    f = av.AudioFrame.from_ndarray(np.zeros((1, SAMPLES), np.int16), format="s16", layout="mono")
+    f.sample_rate, f.pts, f.time_base = RATE, n * SAMPLES, Fraction(1, RATE)
+    return f
+
+
+class _AudioGoesOn:
+    """MPEG-TS over HTTP: ``clip``'s video (or none) with audio, then audio alone, in real time."""
+
+    def __init__(self, clip: _Clip | None):
+        self.stop = threading.Event()
+        outer = self
+
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):  # noqa: N802
+                self.send_response(200)
+                self.send_header("Content-Type", "video/mp2t")
+                self.end_headers()
+                try:
+                    outer._serve(self.wfile, clip)
+                except (OSError, av.error.FFmpegError):
+                    pass  # the reader hung up
+
+        self.httpd, self.port = start_http(H)
+
+    def _serve(self, wfile, clip: _Clip | None) -> None:
+        # max_interleave_delta: the muxer would otherwise hold the audio back, waiting for video.
+        with av.open(wfile, "w", format="mpegts", buffer_size=4096, options={"max_interleave_delta": "1000"},
+                     container_options={"flush_packets": "1"}) as out:
+            v = out.add_stream_from_template(clip.stream) if clip else out.add_stream("mpeg2video", rate=25)
+            a = out.add_stream("mp2", rate=RATE, layout="mono")
+            video = list(clip.packets) if clip else []
+            t0, n = time.monotonic(), 0
+            while not self.stop.is_set():
+                t = n * SAMPLES / RATE
+                while video and float((video[0].pts - clip.start) * clip.time_base) <= t:
+                    p = video.pop(0)
+                    q = av.Packet(bytes(p))
+                    q.pts, q.dts, q.time_base, q.is_keyframe, q.stream = p.pts, p.dts, p.time_base, p.is_keyframe, v
+                    out.mux(q)
+                for p in a.encode(_audio_frame(n)):
+                    out.mux(p)
+                n += 1
+                time.sleep(max(0.0, t0 + t - time.monotonic()))
+
+    def close(self) -> None:
+        self.stop.set()
+        stop_http(self.httpd)
+
+
+@pytest.mark.parametrize("video", [True, False], ids=["video-stops", "never-video"])
+def test_a_stream_whose_video_stops_while_audio_flows_reconnects(tmp_path, video):
+    """The watchdog flagged the stream 'stalled', but its abort was seen only when a video frame
+    came: with audio packets still flowing, no read timed out and the stream stayed 'stalled'
+    (or 'connecting', never having had a picture) for good, never reconnecting, never scored."""
+    clip = _Clip(str(make_video(tmp_path / "v.mp4", frames=10, fps=25, size=(64, 48)))) if video else None
+    cam = _AudioGoesOn(clip)
+    src = LiveSource("cam", f"http://127.0.0.1:{cam.port}/live.ts",
+                     SourceSettings(sample_fps=5, open_timeout_s=1, stall_s=0.5, backoff_initial_s=0.1,
+                                    backoff_max_s=0.2))
+    dog = Watchdog(lambda: [src], interval_s=0.1).start()
+    try:
+        src.start()
+        if video:
+            wait_for(lambda: src.stats.decoded > 0, 5, "the first video frames")
+        end = time.monotonic() + 6
+        while src.stats.reconnects < 1 and time.monotonic() < end:
+            time.sleep(0.05)
+        assert src.stats.reconnects >= 1, src.describe()
+        assert "video frame" in src.stats.last_error or "stalled" in src.stats.last_error, src.describe()
+    finally:
+        cam.close()
+        src.stop()
+        dog.stop()
