@@ -26,6 +26,7 @@ import threading
 from engines.errors import DfscanError
 
 from . import __version__
+from .terminal import SafeFormatter, terminal_safe
 
 EXIT_OK, EXIT_INPUT_ERROR, EXIT_USAGE, EXIT_FAKE, EXIT_OUTPUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 EXIT_STDOUT_CLOSED = 141  # 128 + SIGPIPE, as a shell reports a writer killed by it
@@ -160,9 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(selected_command(argv))
     args = parser.parse_args(argv)
+    handler = logging.StreamHandler()  # stderr; file names in messages are made terminal-safe
+    handler.setFormatter(SafeFormatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.DEBUG if args.verbose > 1 else
-                        logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+                        logging.INFO if args.verbose else logging.WARNING, handlers=[handler])
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
@@ -175,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         print("dfscan: interrupted; rows already written are kept", file=sys.stderr)
         return 128 + getattr(e, "signum", 2)
     except DfscanError as e:
-        print(f"dfscan: error: {e}", file=sys.stderr)
+        print(f"dfscan: error: {terminal_safe(str(e))}", file=sys.stderr)  # it may quote a file name
         return getattr(e, "exit_code", EXIT_USAGE)
     except BrokenPipeError:  # e.g. `dfscan detectors | head`: the reader left (scan has its own)
         _stdout_gone()

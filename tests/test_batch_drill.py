@@ -75,3 +75,29 @@ def test_resume_into_a_csv_torn_inside_its_header(tmp_path):
     sink = CsvSink(out, append=True)  # the resumed scan then starts the file afresh
     sink.close()
     assert out.read_text().startswith("path,verdict,score,")
+
+
+def test_file_names_in_stderr_warnings_and_errors_are_terminal_safe(tmp_path):
+    # stdout was escaped (test_terminal_names), stderr was not: the warning about frames a
+    # damaged video lost, and a 'dfscan: error:' line, printed a file name's ESC raw.
+    import os
+    import subprocess
+    import sys
+
+    from conftest import DATA, ROOT
+
+    data = bytearray((DATA / "d1.mp4").read_bytes())
+    data[25000:28000] = bytes(3000)  # a few packets zeroed: some sampled frames lost
+    bad = tmp_path / "c\x1b[31mRED.mp4"
+    bad.write_bytes(data)
+    empty = tmp_path / "e\x1b]0;pwned\x07"
+    empty.mkdir()
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
+    for args, said in (([str(bad), "--frames", "16"], "could not be decoded"),
+                       ([str(empty)], "no video files found")):
+        r = subprocess.run([sys.executable, "-m", "scanner.cli", "scan", *args, "--detector", "test_tiny",
+                            "--workers", "1", "--out", str(tmp_path / "r.jsonl")],
+                           cwd=ROOT, capture_output=True, timeout=120, env=env)
+        err = r.stderr.decode("utf-8")
+        assert said in err and "\x1b" not in err and "\x07" not in err, err
+        assert "\\x1b" in err
