@@ -99,3 +99,55 @@ def test_a_stream_whose_video_stops_while_audio_flows_reconnects(tmp_path, video
         cam.close()
         src.stop()
         dog.stop()
+
+
+class _Drip(BaseHTTPRequestHandler):
+    """An HLS playlist that never ends: a byte every 0.2 s (httpx's timeout is per read)."""
+
+    def log_message(self, *a):
+        pass
+
+    def do_GET(self):  # noqa: N802
+        self.send_response(200)
+        self.send_header("Content-Type", "application/vnd.apple.mpegurl")
+        self.end_headers()
+        self.wfile.write(b"#EXTM3U\n")
+        try:
+            for _ in range(300):
+                self.wfile.flush()
+                time.sleep(0.2)
+                self.wfile.write(b"#")
+        except OSError:
+            pass
+
+
+def test_a_playlist_dripped_byte_by_byte_times_out_and_the_stream_can_be_removed():
+    """The HLS pre-check read the playlist with httpx's per-read timeout only: a server sending
+    a byte now and then kept the stream 'connecting' for days without an error, and its
+    decode thread outlived DELETE /streams (one thread leaked per add and remove)."""
+    httpd, port = start_http(_Drip)
+    src = LiveSource("cam", f"http://127.0.0.1:{port}/live.m3u8",
+                     SourceSettings(open_timeout_s=1, stall_s=0.5, backoff_initial_s=5, backoff_max_s=5))
+    try:
+        src.start()
+        wait_for(lambda: src.stats.errors >= 1, 4, "the playlist check to time out")
+        assert src.stats.last_error.startswith("timeout:"), src.describe()
+        assert src.stats.connects == 0  # FFmpeg never opened it
+    finally:
+        src.stop(timeout=3)
+        alive = src.alive
+        stop_http(httpd)
+    assert not alive, "the stream's thread outlived its removal"
+
+
+def test_a_stream_removed_during_a_dripped_playlist_check_ends_at_once():
+    httpd, port = start_http(_Drip)
+    src = LiveSource("cam", f"http://127.0.0.1:{port}/live.m3u8", SourceSettings(open_timeout_s=30))
+    try:
+        src.start()
+        time.sleep(0.8)  # inside the check
+        t0 = time.monotonic()
+        src.stop(timeout=5)
+        assert not src.alive and time.monotonic() - t0 < 2
+    finally:
+        stop_http(httpd)

@@ -307,7 +307,7 @@ class LiveSource:
     def _open(self, transport: str | None):
         s = self.settings
         if needs_precheck(self.src):
-            precheck_playlist(self.src, s.open_timeout_s)
+            precheck_playlist(self.src, s.open_timeout_s, cancelled=self._stop.is_set)
         kw = {"format": "v4l2"} if self.src.kind == "device" else {}
         if self.src.kind == "device" and not has_format("v4l2"):
             raise Unsupported("this FFmpeg build has no v4l2 input device; webcams are unavailable")

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import base64
 import errno
+import math
 import re
+import time
 from dataclasses import dataclass, field
+from typing import Callable
 from urllib.parse import parse_qsl, unquote, urljoin, urlsplit, urlunsplit
 
 import httpx
@@ -326,12 +329,20 @@ def check_playlist(url: str, text: str, same_origin: bool = False) -> list[str]:
     return nested
 
 
-def _fetch_playlist(client: httpx.Client, url: str, sniff: bool = False) -> str | None:
-    """The playlist text (first MiB); with ``sniff``, None as soon as the body is not M3U."""
+def _fetch_playlist(client: httpx.Client, url: str, sniff: bool = False, deadline: float = math.inf,
+                    cancelled: Callable[[], bool] = lambda: False) -> str | None:
+    """The playlist text (first MiB); with ``sniff``, None as soon as the body is not M3U.
+
+    httpx's timeout is per read: a server dripping a byte a second kept the stream
+    'connecting' for days, its thread deaf to removal. ``deadline`` bounds the whole read."""
     with client.stream("GET", url) as r:
         r.raise_for_status()
         data = b""
         for chunk in r.iter_bytes():
+            if cancelled():
+                raise SourceError("stopped while the playlist was read")
+            if time.monotonic() > deadline:
+                raise SourceError(f"timeout: {mask_credentials(url)} not read whole in time (a slow or endless body)")
             data += chunk
             head = data.lstrip(b"\xef\xbb\xbf \t\r\n")
             if sniff and len(head) >= 7 and not head.startswith(b"#EXTM3U"):
@@ -343,14 +354,16 @@ def _fetch_playlist(client: httpx.Client, url: str, sniff: bool = False) -> str 
     return data[:PLAYLIST_MAX_BYTES].decode("utf-8", "replace")
 
 
-def precheck_playlist(src: SourceURL, timeout_s: float, depth: int = 2) -> None:
+def precheck_playlist(src: SourceURL, timeout_s: float, depth: int = 2,
+                      cancelled: Callable[[], bool] = lambda: False) -> None:
     """Fetch an HLS playlist (and its variant playlists) and refuse foreign schemes.
 
     Credentials go in the Authorization header and then no redirect is followed.
-    Every error message is redacted.
+    Every error message is redacted. The whole check takes at most about ``timeout_s``;
+    ``cancelled()`` true (the stream is being removed) ends it at the next chunk.
     """
     headers = {"Authorization": src.auth} if src.auth else {}
-    todo, seen = [src.url], set()
+    todo, seen, deadline = [src.url], set(), time.monotonic() + timeout_s
     # With credentials, no redirect is followed, as FFmpeg's open that comes next (max_redirects 0).
     with httpx.Client(timeout=timeout_s, headers=headers, follow_redirects=src.auth is None,
                       max_redirects=3) as client:
@@ -363,7 +376,8 @@ def precheck_playlist(src: SourceURL, timeout_s: float, depth: int = 2) -> None:
                 shown = src.masked if url == src.url else mask_credentials(url)
                 try:
                     # the source itself may be a video: only named playlists are taken as one
-                    text = _fetch_playlist(client, url, sniff=url == src.url and not is_playlist(src))
+                    text = _fetch_playlist(client, url, sniff=url == src.url and not is_playlist(src),
+                                           deadline=deadline, cancelled=cancelled)
                 except httpx.HTTPStatusError as e:
                     hint = "; a stream with credentials follows no redirect" if e.response.is_redirect else ""
                     raise SourceError(f"cannot fetch {shown}: HTTP {e.response.status_code}{hint}") from e
