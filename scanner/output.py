@@ -131,12 +131,13 @@ def csv_record(fieldnames: list[str], row: dict | None) -> str:
     there (resume re-scanned it each run). Formatted with ``\r\n``, such a field is
     quoted; the record's own terminator is then turned back into ``\n``.
     """
+    return csv_values(list(fieldnames) if row is None else [row.get(k) for k in fieldnames])
+
+
+def csv_values(values: list) -> str:
+    r"""One CSV record of the field ``values`` (None as empty), quoted as :func:`csv_record` says."""
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=fieldnames, lineterminator="\r\n")
-    if row is None:
-        w.writeheader()
-    else:
-        w.writerow(row)
+    csv.writer(buf, lineterminator="\r\n").writerow(values)
     return buf.getvalue()[:-2] + "\n"
 
 

@@ -152,13 +152,18 @@ def _write_without(path: Path, tmp: Path, drop: set[str], is_csv: bool) -> None:
     text = {"newline": "", "encoding": "utf-8", "errors": "surrogateescape"}  # CSV: a name's own bytes
     with open(path, **text) as src, open(tmp, "w", **text) as dst:
         if is_csv:
-            from .output import csv_record  # quotes a file name holding \r, as the scan wrote it
+            from .output import csv_values  # quotes a file name holding \r, as the scan wrote it
 
-            rows = csv.DictReader(src)
-            dst.write(csv_record(rows.fieldnames or [], None))
-            for r in rows:
-                if not (r.get("verdict") == "error" and input_key(r.get("path") or "") in drop):
-                    dst.write(csv_record(rows.fieldnames or [], r))
+            # Records as lists, written back whole: a foreign record with more fields than
+            # the header (hand-edited, two writers interleaved) made DictWriter raise, a
+            # traceback; like a foreign JSONL line it is kept as it is.
+            records = csv.reader(src)
+            header = next(records, [])
+            dst.write(csv_values(header))
+            for rec in records:
+                r = dict(zip(header, rec))
+                if rec and not (r.get("verdict") == "error" and input_key(r.get("path") or "") in drop):
+                    dst.write(csv_values(rec))
         else:
             for line in src:
                 try:

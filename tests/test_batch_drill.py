@@ -101,3 +101,23 @@ def test_file_names_in_stderr_warnings_and_errors_are_terminal_safe(tmp_path):
         err = r.stderr.decode("utf-8")
         assert said in err and "\x1b" not in err and "\x07" not in err, err
         assert "\\x1b" in err
+
+
+def test_retry_errors_keeps_a_csv_record_with_extra_fields(tmp_path):
+    # A record with more fields than the header (hand-edited, or two writers interleaved on
+    # a file system without locks) made --retry-errors' rewrite a ValueError traceback.
+    from scanner.output import open_sink
+    from scanner.resume import prepare_resume
+
+    out = tmp_path / "r.csv"
+    sink = open_sink(out)
+    ok = {"path": str(tmp_path / "a.mp4"), "verdict": "real", "score": 0.1}
+    sink.write(ok)
+    sink.write({"path": str(tmp_path / "e\r.mp4"), "verdict": "error", "error": {"kind": "not_found"}})
+    sink.close()
+    lines = out.read_bytes().decode().split("\n")
+    foreign = lines[1] + ',extra,"x ""y"""'
+    out.write_bytes("\n".join([lines[0], foreign, *lines[1:]]).encode())
+    state = prepare_resume(out, retry_errors=True)
+    state.drop_retried()
+    assert out.read_bytes().decode() == "\n".join([lines[0], foreign, lines[1], ""])
