@@ -70,3 +70,44 @@ def test_token_ending_in_a_utf8_byte_latin1_calls_whitespace_accepted():
     finally:
         server.stop()
         svc.stop()
+
+
+def test_healthz_fails_while_an_inference_batch_hangs():
+    """A detector or device that hangs inside a batch (a wedged GPU, a deadlocked engine) left
+    the worker thread alive: /healthz answered ok forever while no stream was scored, so no
+    liveness probe ever restarted the service."""
+    import numpy as np
+    from pathlib import Path
+
+    from scanner.live.batcher import FrameResult
+    from scanner.live.config import parse_config
+    from scanner.live.server import ApiServer
+    from scanner.live.service import LiveService
+
+    release, entered = threading.Event(), threading.Event()
+
+    def hanging(frames):
+        entered.set()
+        release.wait(30)
+        return [FrameResult(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32))
+                for _ in frames]
+
+    clip = Path(__file__).parent / "data" / "d1.mp4"
+    cfg = parse_config({"api": {"port": 0}, "model": {"detector": "test_tiny", "batch_timeout_s": 0.5},
+                        "allow_files": True, "streams": [{"name": "cam", "url": str(clip)}]})
+    svc = LiveService(cfg, analyzer_factory=lambda dev: hanging).start()
+    server = ApiServer(svc, "127.0.0.1", 0, None, api=cfg.api).start()
+    try:
+        assert entered.wait(10), "no batch reached the detector"
+        time.sleep(0.7)
+        r = httpx.get(f"http://127.0.0.1:{server.port}/healthz", timeout=5)
+        assert (r.status_code, r.json()) == (503, {"status": "unhealthy"})
+        release.set()  # the batch ends: healthy again
+        end = time.monotonic() + 5
+        while httpx.get(f"http://127.0.0.1:{server.port}/healthz", timeout=5).status_code != 200:
+            assert time.monotonic() < end
+            time.sleep(0.05)
+    finally:
+        release.set()
+        server.stop()
+        svc.stop()

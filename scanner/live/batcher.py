@@ -134,6 +134,7 @@ class InferenceWorker:
         self._m = metrics
         self._throttle = _LogThrottle()
         self.batches = self.frames = 0
+        self._busy_since: float | None = None  # monotonic start of the batch in progress
         self._thread = threading.Thread(target=self._run, name=f"dfscan-infer-{device}", daemon=True)
 
     def assign(self, src: LiveSource) -> None:
@@ -160,6 +161,13 @@ class InferenceWorker:
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
+
+    def stuck(self, limit_s: float, now: float | None = None) -> bool:
+        """True when one batch has run longer than ``limit_s``: a hung device or detector.
+
+        The thread is alive then, yet no stream is scored: without this, /healthz said ok."""
+        t = self._busy_since
+        return t is not None and (now or time.monotonic()) - t > limit_s
 
     def _take_round(self, batch: list[LiveFrame]) -> bool:
         """One fair pass over the sources (rotating start); True if anything was taken."""
@@ -224,7 +232,11 @@ class InferenceWorker:
 
     def _process(self, batch: list[LiveFrame]) -> None:
         t0 = time.perf_counter()
-        done = self._analyse(batch)
+        self._busy_since = time.monotonic()
+        try:
+            done = self._analyse(batch)
+        finally:
+            self._busy_since = None
         if not done:
             return
         dt = time.perf_counter() - t0

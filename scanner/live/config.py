@@ -102,6 +102,8 @@ class ModelConfig(_Renamed, _Model):
     batch_frames: int = Field(8, ge=1, le=256)
     max_wait_ms: float = Field(50.0, ge=0, le=5000)
     batch_size: int = Field(64, ge=1, le=4096, description="face crops per detector call (as dfscan scan)")
+    # One batch running longer than this fails /healthz: a hung GPU or detector scores nothing.
+    batch_timeout_s: float = Field(120.0, gt=0, le=3600)
 
     @field_validator("devices")
     @classmethod

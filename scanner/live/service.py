@@ -127,7 +127,9 @@ class LiveService:
 
     @property
     def healthy(self) -> bool:
-        return not self._stopped.is_set() and all(w.alive for w in self.workers) and self.watchdog.alive
+        limit = self.cfg.model.batch_timeout_s
+        return (not self._stopped.is_set() and all(w.alive and not w.stuck(limit) for w in self.workers)
+                and self.watchdog.alive)
 
     # ---- streams ---------------------------------------------------------
     def _settings(self, sc: StreamConfig) -> SourceSettings:
