@@ -96,9 +96,12 @@ class Tally:
 def _inputs(args, console: Console) -> list[Path]:
     if args.paths:
         aliases: list[tuple[Path, Path]] = []
-        paths = expand_inputs(args.paths, aliases)
+        unmatched: list[str] = []
+        paths = expand_inputs(args.paths, aliases, unmatched)
         if not paths:
             raise ConfigError(f"no video files found in {' '.join(args.paths)}")
+        for item in unmatched:  # the other inputs are scanned; this one gets no row to show it
+            console.print(f"[yellow]{printable(item)}: no video file found there[/yellow]")
         if aliases:
             alias, kept = aliases[0]
             console.print(f"[dim]{len(aliases)} input(s) name a file listed before (e.g. {printable(str(alias))} is "

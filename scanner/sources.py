@@ -73,26 +73,38 @@ def _list_entry(line: str, folder: Path) -> Path | None:
     return at(line) if line and not line.startswith("#") else None
 
 
-def expand_inputs(items: Iterable[str], aliases: list[tuple[Path, Path]] | None = None) -> list[Path]:
+def _expand(item: str) -> tuple[list[Path], bool]:
+    """The paths ``item`` names, and whether it is a folder or pattern (may name none)."""
+    p = Path(item)
+    if p.is_dir():
+        return _walk(p), True
+    if p.is_file() and p.suffix.lower() in LIST_SUFFIXES:
+        return _read_list(p), False
+    if not p.exists() and glob.has_magic(item):
+        found: list[Path] = []
+        for m in sorted(glob.glob(item, recursive=True)):
+            mp = Path(m)
+            found += _walk(mp) if mp.is_dir() else [mp] if is_video_path(mp) else []
+        return found, True
+    return [p], False
+
+
+def expand_inputs(items: Iterable[str], aliases: list[tuple[Path, Path]] | None = None,
+                  unmatched: list[str] | None = None) -> list[Path]:
     """Ordered, de-duplicated video paths for ``items`` (see module doc).
 
     Two names of one file (a symlink, a folder reached through a symlinked folder) are one
     input, kept under the first name, as ``--resume`` matches inputs: they were scanned
-    twice and made two rows. ``aliases``, when given, receives ``(dropped, kept)`` pairs.
+    twice and made two rows. ``aliases``, when given, receives ``(dropped, kept)`` pairs;
+    ``unmatched`` the folders and patterns that named no video (a missing file is kept as an
+    input and gets its row; a pattern like ``clips/*.MP4`` vanished without a word).
     """
     paths: list[Path] = []
     for item in items:
-        p = Path(item)
-        if p.is_dir():
-            paths += _walk(p)
-        elif p.is_file() and p.suffix.lower() in LIST_SUFFIXES:
-            paths += _read_list(p)
-        elif not p.exists() and glob.has_magic(item):
-            for m in sorted(glob.glob(item, recursive=True)):
-                mp = Path(m)
-                paths += _walk(mp) if mp.is_dir() else [mp] if is_video_path(mp) else []
-        else:
-            paths.append(p)
+        found, pattern = _expand(item)
+        if pattern and not found and unmatched is not None:
+            unmatched.append(item)
+        paths += found
     first: dict[str, Path] = {}
     for p in paths:
         kept = first.setdefault(input_key(p), p)

@@ -121,3 +121,25 @@ def test_retry_errors_keeps_a_csv_record_with_extra_fields(tmp_path):
     state = prepare_resume(out, retry_errors=True)
     state.drop_retried()
     assert out.read_bytes().decode() == "\n".join([lines[0], foreign, lines[1], ""])
+
+
+def test_a_pattern_or_folder_naming_no_video_is_reported(tmp_path, capsys):
+    # `dfscan scan 'clips/*.MP4' other.mp4` with clips/ holding .mp4 only (a case slip), or an
+    # empty folder next to others: the scan went on without a word of the input that named
+    # nothing (a missing file gets a not_found row; a pattern has no file to give one).
+    from conftest import DATA
+    from scanner.cli import EXIT_OK, main
+    from scanner.sources import expand_inputs
+
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "clips" / "a.mp4").symlink_to(DATA / "d1.mp4")
+    items = [str(tmp_path / "clips" / "*.MP4"), str(tmp_path / "empty"), str(tmp_path / "clips")]
+    unmatched: list[str] = []
+    assert expand_inputs(items, unmatched=unmatched) == [tmp_path / "clips" / "a.mp4"]
+    assert unmatched == items[:2]
+    out = tmp_path / "r.jsonl"
+    assert main(["scan", *items, "--out", str(out), "--detector", "test_tiny", "--frames", "1",
+                 "--workers", "1", "--no-progress"]) == EXIT_OK
+    said = capsys.readouterr().out
+    assert f"{items[0]}: no video file found there" in said and f"{items[1]}: no video" in said
