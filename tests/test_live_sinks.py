@@ -32,3 +32,42 @@ def test_undelivered_events_at_shutdown_are_logged_and_counted(caplog):
         assert b'dfscan_sink_dropped_total{sink="hook"} 3.0' in m.render()
     finally:
         sink.release.set()
+
+
+def test_a_webhook_dripping_its_response_body_does_not_hold_the_sink():
+    """The webhook read each response body whole with httpx's per-read timeout: a receiver (or
+    proxy) that answered 200 and then dripped its body, or sent an endless one, held the sink
+    for good; every later alert waited, then was dropped. Only the status is read now."""
+    import time
+    from http.server import BaseHTTPRequestHandler
+
+    from conftest import start_http, stop_http, wait_for
+    from scanner.live.sinks import WebhookSink
+
+    class Drip(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Length", str(1 << 30))
+            self.end_headers()
+            try:
+                for _ in range(100):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            except OSError:
+                pass
+
+    httpd, port = start_http(Drip)
+    sink = WebhookSink(f"http://127.0.0.1:{port}/hook", timeout_s=1, retries=0).start()
+    try:
+        for i in range(2):
+            sink.emit({"stream": "s", "alert": True, "n": i})
+        wait_for(lambda: sink.delivered == 2, 4, "both events delivered")
+        assert sink.failed == 0
+    finally:
+        sink.stop(timeout=1)
+        stop_http(httpd)

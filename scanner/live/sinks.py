@@ -171,7 +171,10 @@ class WebhookSink(Sink):
             if attempt:  # capped: retries 20 x backoff_s 60 was a 1-year wait, every alert behind it dropped
                 self._sleep(min(self.backoff_s * 2 ** (attempt - 1), max(self.backoff_s, MAX_BACKOFF_S)))
             try:
-                r = self._client.post(self.url, content=body)
+                # The status is all we need: a response body is never read. httpx's timeout is per
+                # read, so a body dripped (or endless, or gigabytes long) held the sink for good.
+                with self._client.stream("POST", self.url, content=body) as r:
+                    pass
             except httpx.HTTPError as e:  # refused connections, timeouts, protocol errors
                 err = f"{type(e).__name__}: {e}"
                 continue
