@@ -18,10 +18,8 @@ from __future__ import annotations
 import errno
 import hashlib
 import logging
-import random
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -30,6 +28,7 @@ import numpy as np
 
 from ..decode import FILE_OPEN_OPTIONS, Frame, pick_video_stream
 from ..picture import picture_sar, to_frame
+from .buffers import Backoff, DropOldestBuffer  # noqa: F401 - Backoff: re-exported
 from .urls import (SourceError, SourceURL, Unsupported, error_reason, needs_precheck, open_options, parse_source,
                    precheck_playlist, unsupported_reason)
 
@@ -68,35 +67,6 @@ class LiveFrame:
         return self.frame.image
 
 
-class DropOldestBuffer:
-    """Thread-safe bounded FIFO: a put into a full buffer evicts the oldest item."""
-
-    def __init__(self, maxlen: int):
-        self._q: deque = deque(maxlen=max(1, int(maxlen)))
-        self._lock = threading.Lock()
-        self.dropped = 0
-
-    def put(self, item) -> bool:
-        """Append ``item``; return True when an old item had to be dropped."""
-        with self._lock:
-            full = len(self._q) == self._q.maxlen
-            self._q.append(item)
-            self.dropped += full
-            return full
-
-    def get(self):
-        """Oldest item or None."""
-        with self._lock:
-            return self._q.popleft() if self._q else None
-
-    def clear(self) -> None:
-        with self._lock:
-            self._q.clear()
-
-    def __len__(self) -> int:
-        return len(self._q)
-
-
 @dataclass
 class SourceSettings:
     """Per-stream behaviour; seconds everywhere."""
@@ -113,24 +83,6 @@ class SourceSettings:
     decode_threads: int = 1
     allow_files: bool = False
     det_max_side: int = 960  # the face detector's input size (a downscaled copy is made at decode)
-
-
-class Backoff:
-    """Exponential backoff ``initial * 2**n`` capped at ``maximum``, +/- ``jitter`` fraction."""
-
-    def __init__(self, initial: float, maximum: float, jitter: float, rng: random.Random | None = None):
-        self.initial, self.maximum, self.jitter = initial, maximum, jitter
-        self.attempt = 0
-        self._rng = rng or random.Random()
-
-    def next(self) -> float:
-        base = min(self.maximum, self.initial * (2 ** min(self.attempt, 30)))
-        self.attempt += 1
-        # Jitter spreads reconnects of many streams that dropped together (one server restart).
-        return max(0.0, base * (1.0 + self._rng.uniform(-self.jitter, self.jitter)))
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 def is_transport_refusal(e: BaseException) -> bool:
