@@ -15,7 +15,7 @@ import pytest
 
 from conftest import start_http, stop_http
 from scanner.live.source import LiveSource, SourceSettings
-from scanner.live.urls import SourceError, mask_credentials, mask_text, parse_source
+from scanner.live.urls import SourceError, mask_credentials, mask_text, open_options, parse_source
 
 SECRET = "Sup3r-Secret-9"
 
@@ -183,3 +183,40 @@ def test_uppercase_scheme_plays(url):
     finally:
         cam.close()
     assert parse_source("RTSP://cam.local/live").url == "rtsp://cam.local/live"
+
+
+def test_an_http_playlist_may_list_https_segments():
+    """The pre-check accepts an http playlist listing https segments (CDNs serve them so), but
+    FFmpeg's whitelist for http:// sources held no https/tls: the stream never played and was
+    retried forever as "Invalid data found when processing input". Seen here by the TLS hello
+    that reaches the segment's port."""
+    import threading
+
+    hello = socket.socket()
+    hello.bind(("127.0.0.1", 0))
+    hello.listen(4)
+    hello.settimeout(8)
+    got: list[bytes] = []
+
+    def accept():
+        try:
+            conn, _ = hello.accept()
+            conn.settimeout(3)
+            got.append(conn.recv(5))
+            conn.close()
+        except OSError:
+            pass
+
+    waiter = threading.Thread(target=accept, daemon=True)
+    waiter.start()
+    media = (f"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1,\nhttps://127.0.0.1:{hello.getsockname()[1]}/seg0.ts\n"
+             "#EXT-X-ENDLIST\n").encode()
+    cam = _Server({"/live.m3u8": ("application/vnd.apple.mpegurl", media)})
+    try:
+        _play(f"http://127.0.0.1:{cam.port}/live.m3u8")
+        waiter.join(10)
+        assert got and got[0][:1] == b"\x16", got  # a TLS handshake record: FFmpeg went to the https segment
+    finally:
+        cam.close()
+        hello.close()
+    assert "file" not in open_options(parse_source("http://cam/live.m3u8"), 5)["protocol_whitelist"].split(",")

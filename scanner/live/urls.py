@@ -40,7 +40,7 @@ WHITELISTS: dict[str, str] = {
     "rtsps": "rtsps,rtsp,rtp,udp,tcp,tls",
     "rtmp": "rtmp,tcp",
     "rtmps": "rtmps,rtmp,tcp,tls",
-    "http": "http,tcp,crypto",
+    "http": "http,https,tcp,tls,crypto",  # an http playlist may list https segments
     "https": "https,http,tcp,tls,crypto",
     "udp": "udp",
     "rtp": "rtp,udp",
