@@ -28,6 +28,7 @@ from engines.registry import file_hash
 from . import metrics
 from .aggregate import frames_needed
 from .align import align_faces
+from .appearance import face_look
 from .config import ScanConfig
 from .decode import Frame, FrameSampler, VideoError, check_regular_file, classify_os_error
 from .faces import FaceDetector, Faces
@@ -181,7 +182,8 @@ def _process_batch(batch: list[Frame], state: _VideoState, ctx: ScanContext) -> 
         state.frames.append({"index": fr.index, "time_s": round(fr.time_s, 4)})
         if len(fc) == 0:
             continue
-        recs = [FaceRec(pos, fc.boxes[k], float(fc.probs[k]), mats[k]) for k in range(len(fc))]
+        recs = [FaceRec(pos, fc.boxes[k], float(fc.probs[k]), mats[k], look=face_look(fr, fc.boxes[k]))
+                for k in range(len(fc))]
         state.faces += recs
         state.pending += recs
         state.crops.append(crops)

@@ -22,7 +22,8 @@ log = logging.getLogger("dfscan")
 @dataclass
 class FaceRec:
     """One detected face of a sampled frame: full-frame box, MTCNN probability, the
-    frame-to-crop affine ``matrix`` and its detector score (NaN until scored)."""
+    frame-to-crop affine ``matrix``, its detector score (NaN until scored) and its look
+    (:func:`scanner.appearance.look`, which keeps tracks to one person)."""
 
     frame: int  # position in the video's sampled-frame list
     box: np.ndarray
@@ -30,6 +31,7 @@ class FaceRec:
     matrix: torch.Tensor
     score: float = float("nan")
     extras: dict = field(default_factory=dict)
+    look: np.ndarray | None = None
 
 
 def _artifact_boxes(rec: FaceRec) -> list | None:
@@ -74,10 +76,11 @@ def video_row(state, cfg, threshold: float) -> dict:
         scores.append(frame_score(s, areas, cfg.frame_agg))
     v = decide(scores, threshold, cfg.video_agg, cfg.topk, cfg.min_face_frames)
     tracks = None
-    if cfg.aggregate == "tracks":  # one fake face among real ones makes the video fake (scanner.tracks)
+    if cfg.aggregate == "tracks" or cfg.details:  # details name each face's track (the report draws them)
         from .tracks import build_tracks, decide_tracks
 
-        tracks = build_tracks([[(r.box, r.score) for r in recs] for recs in per_frame])
+        tracks = build_tracks([[(r.box, r.score, r.look) for r in recs] for recs in per_frame])
+    if cfg.aggregate == "tracks":  # one fake face among real ones makes the video fake (scanner.tracks)
         v = decide_tracks(tracks, threshold, cfg.min_face_frames, len(per_frame))
     # non_finite only when the NaNs cost the verdict: too few frames had a face at all is no_face.
     if dropped and v.verdict == "no_face" and sum(map(bool, per_frame)) >= frames_needed(
@@ -88,14 +91,22 @@ def video_row(state, cfg, threshold: float) -> dict:
            "frames": len(state.frames), "frames_with_faces": v.frames_with_faces,
            "faces": len(state.faces), "nonfinite_scores": dropped,
            "orientation_deg": state.orientation.degrees if state.orientation else 0}
-    if tracks is not None:
+    if cfg.aggregate == "tracks":
         row["tracks"] = [t.to_dict() for t in tracks]
     if cfg.details:
-        for meta, recs, s in zip(frames, per_frame, scores):
-            meta["score"] = None if s is None else round(s, 6)
-            meta["faces"] = [_face_detail(r, threshold) for r in recs]
-        row["frames_detail"] = frames
+        row["frames_detail"] = _frames_detail(frames, per_frame, scores, tracks, threshold)
     return row
+
+
+def _frames_detail(frames: list[dict], per_frame: list[list[FaceRec]], scores: list, tracks,
+                   threshold: float) -> list[dict]:
+    """Each sampled frame's score and faces, each face with its track id (the report's
+    timeline draws the scan's own tracks from these)."""
+    track_of = {(pos, slot): t.id for t in tracks for pos, slot in zip(t.frames, t.slots)}
+    for pos, (meta, recs, s) in enumerate(zip(frames, per_frame, scores)):
+        meta["score"] = None if s is None else round(s, 6)
+        meta["faces"] = [dict(_face_detail(r, threshold), track=track_of[pos, k]) for k, r in enumerate(recs)]
+    return frames
 
 
 def _face_detail(r: FaceRec, threshold: float) -> dict:

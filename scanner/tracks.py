@@ -2,7 +2,9 @@
 
 Faces of the sampled frames are grouped into tracks with the live mode's greedy
 IoU tracker (:class:`scanner.live.tracker.IoUTracker`; tracks never expire
-within a video, so a face missed in a few samples keeps its track). A track's
+within a video, so a face missed in a few samples keeps its track; a face whose
+look differs from the track's, :mod:`scanner.appearance`, starts a new one, so a cut
+to another person framed the same way does not join them). A track's
 score is the mean of its top half of face scores (robust to a few bad crops,
 sensitive to a face that is fake only part of the time); the video score is
 the maximum over tracks seen in enough frames (``min_frames``, capped at the
@@ -25,6 +27,7 @@ class FaceTrack:
     id: int
     frames: list[int] = field(default_factory=list)  # positions in the sampled-frame list
     scores: list[float] = field(default_factory=list)
+    slots: list[int] = field(default_factory=list)  # the face's place in its frame's list
 
     @property
     def scored(self) -> int:
@@ -45,8 +48,9 @@ class FaceTrack:
                 "last_frame": self.frames[-1], "score": None if sc is None else round(sc, 6)}
 
 
-def build_tracks(frames: list[list[tuple[np.ndarray, float]]], iou: float = 0.3) -> list[FaceTrack]:
-    """Tracks from per-sampled-frame ``[(box xyxy (4,), score), ...]`` lists, in frame order."""
+def build_tracks(frames: list[list[tuple]], iou: float = 0.3) -> list[FaceTrack]:
+    """Tracks from per-sampled-frame ``[(box xyxy (4,), score[, look]), ...]`` lists, in
+    frame order (``look``: :func:`scanner.appearance.look` of the face, or None)."""
     from .live.tracker import IoUTracker
 
     tracker = IoUTracker(iou, max_age_s=math.inf)
@@ -54,11 +58,13 @@ def build_tracks(frames: list[list[tuple[np.ndarray, float]]], iou: float = 0.3)
     for pos, faces in enumerate(frames):
         if not faces:
             continue
-        ids, _ = tracker.update(np.array([b for b, _ in faces], np.float32).reshape(-1, 4), float(pos))
-        for tid, (_, s) in zip(ids, faces):
+        boxes = np.array([f[0] for f in faces], np.float32).reshape(-1, 4)
+        ids, _ = tracker.update(boxes, float(pos), [f[2] if len(f) > 2 else None for f in faces])
+        for slot, (tid, (_, s, *_)) in enumerate(zip(ids, faces)):
             tr = tracks.setdefault(tid, FaceTrack(tid))
             tr.frames.append(pos)
             tr.scores.append(float(s))
+            tr.slots.append(slot)
     return list(tracks.values())
 
 

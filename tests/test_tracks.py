@@ -94,3 +94,94 @@ def test_scan_with_track_aggregation_reports_tracks(tmp_path):
     assert abs(row["score"] - max(t["score"] for t in row["tracks"])) < 1e-5
     frames_row = next(scan_paths([clip], cfg.model_copy(update={"aggregate": "frames"})))
     assert "tracks" not in frames_row and frames_row["faces"] == row["faces"]
+
+
+def _look(hue_bin: int) -> np.ndarray:
+    h = np.zeros(128, np.float32)
+    h[hue_bin * 8:(hue_bin + 1) * 8] = 1 / 8
+    return h
+
+
+def test_a_cut_to_another_person_in_the_same_place_does_not_dilute_a_fake_face():
+    """Host (real, 26 samples) then, after a cut, a guest (fake, 6 samples) framed the same
+    way: by IoU alone they were one track whose top half mixed both (0.4, "real")."""
+    host, guest = [(LEFT, 0.1, _look(2))] * 26, [(LEFT + 2, 0.9, _look(9))] * 6
+    frames = [[f] for f in host + guest]
+    blind = build_tracks([[(b, s)] for (b, s, _), in frames])
+    assert len(blind) == 1 and decide_tracks(blind, 0.5, 3, 32).verdict == "real"
+    tracks = build_tracks(frames)
+    assert sorted(len(t.frames) for t in tracks) == [6, 26]
+    v = decide_tracks(tracks, 0.5, 3, 32)
+    assert v.verdict == "fake" and abs(v.score - 0.9) < 1e-6
+    same = [[(LEFT + k % 2, 0.1, _look(2) * 0.9 + _look(3) * 0.1)] for k in range(6)]
+    assert len(build_tracks(same)) == 1  # a look that changes a little keeps its track
+
+
+def _joined(out, clips):
+    """One H.264 clip playing ``clips`` one after another: a hard cut between them."""
+    import av
+
+    with av.open(str(out), "w") as oc:
+        s = oc.add_stream("libx264", rate=30)
+        s.width = s.height = 512
+        s.pix_fmt = "yuv420p"
+        for c in clips:
+            with av.open(str(c)) as ic:
+                for f in ic.decode(video=0):
+                    img = f.to_ndarray(format="rgb24")
+                    oc.mux(s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+        oc.mux(s.encode())
+
+
+def test_scan_splits_tracks_at_a_cut_between_two_people_framed_alike(tmp_path):
+    """Real footage: d1 and d2 show two men in the same grey studio, faces in the same place.
+    Joined by a cut, the scan's tracks held both men as one (one track of 32 faces)."""
+    from pathlib import Path
+
+    from scanner.config import ScanConfig
+    from scanner.pipeline import scan_paths
+
+    data = Path(__file__).parent / "data"
+    clip = tmp_path / "cut.mp4"
+    _joined(clip, [data / "d1.mp4", data / "d2.mp4"])
+    cfg = ScanConfig(detector="test_tiny", frames=32, aggregate="tracks", workers=1, hash=False, progress=False)
+    row = next(scan_paths([clip], cfg))
+    assert row["faces"] == 32 and len(row["tracks"]) == 2, row["tracks"]
+    by_track = {}
+    for fr in row["frames_detail"]:
+        for fc in fr["faces"]:
+            by_track.setdefault(fc["track"], []).append(fr["index"])
+    assert sorted(by_track.values()) == [list(range(16)), list(range(16, 32))]
+    assert {t["id"]: t["frames"] for t in row["tracks"]} == {k: len(v) for k, v in by_track.items()}
+
+
+def test_live_cut_to_another_person_framed_alike_starts_a_new_track():
+    """Live: the anchor (real) cut to a guest in the same place within track_max_age_s; by IoU
+    alone the guest inherited the anchor's rolling window and track id."""
+    from scanner.live.rolling import StreamVerdicts, VerdictSettings
+
+    sv = StreamVerdicts("s", VerdictSettings(window_s=100, min_samples=2, emit_interval_s=1e9))
+    for k in range(4):
+        sv.update(float(k), LEFT[None], np.array([0.1]), [_look(2)])
+    sv.update(4.0, (LEFT + 2)[None], np.array([0.9]), [_look(9)])
+    tracks = sv.summary["tracks"]
+    assert len(tracks) == 2 and tracks["1"]["score"] == 0.1 and tracks["2"]["score"] == 0.9
+    blind = StreamVerdicts("s", VerdictSettings(window_s=100, min_samples=2, emit_interval_s=1e9))
+    for k in range(5):
+        blind.update(float(k), (LEFT + 2 * (k == 4))[None], np.array([0.9 if k == 4 else 0.1]))
+    assert list(blind.summary["tracks"]) == ["1"]
+
+
+def test_live_analyzer_gives_each_face_its_look():
+    """The live analyzer hands the tracker a look per face (same function as file scans)."""
+    from pathlib import Path
+
+    from scanner.appearance import face_look
+    from scanner.decode import FrameSampler
+    from scanner.live.batcher import FrameAnalyzer
+
+    frames = list(FrameSampler(Path(__file__).parent / "data" / "d1.mp4", 2, det_max_side=960))
+    res = FrameAnalyzer("test_tiny")(frames)
+    for fr, r in zip(frames, res):
+        assert len(r.looks) == len(r.boxes) >= 1
+        np.testing.assert_array_equal(r.looks[0], face_look(fr, r.boxes[0]))

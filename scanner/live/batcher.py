@@ -28,11 +28,13 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class FrameResult:
-    """Faces of one frame: ``boxes (K,4)`` xyxy frame px, ``probs (K,)`` face prob, ``p_fake (K,)``."""
+    """Faces of one frame: ``boxes (K,4)`` xyxy frame px, ``probs (K,)`` face prob, ``p_fake (K,)``,
+    ``looks`` (K :func:`scanner.appearance.look` histograms or None: tracks stay one person)."""
 
     boxes: np.ndarray
     probs: np.ndarray
     p_fake: np.ndarray
+    looks: list | None = None
 
 
 class FrameAnalyzer:
@@ -64,15 +66,16 @@ class FrameAnalyzer:
         and file scans see identical crops; all crops of the batch go to the
         detector together (``max_crops`` per call).
         """
+        from ..appearance import face_look
         from ..pipeline import detect_and_align
 
         found = detect_and_align(list(frames), self.faces, self.spec, self.device)
         crops = [c for _, fc, c, _ in found if len(fc)]
         p = self._score(torch.cat(crops)) if crops else np.zeros(0, np.float32)
         out, k = [], 0
-        for _, fc, _, _ in found:
+        for fr, fc, _, _ in found:
             n = len(fc)
-            out.append(FrameResult(fc.boxes, fc.probs, p[k:k + n]))
+            out.append(FrameResult(fc.boxes, fc.probs, p[k:k + n], [face_look(fr, b) for b in fc.boxes]))
             k += n
         return out
 

@@ -119,10 +119,12 @@ class StreamVerdicts:
         ev["alert"] = judge.hyst.verdict == "fake" and prev != "fake"
         return ev
 
-    def update(self, t: float, boxes: np.ndarray, p_fake: np.ndarray) -> list[dict]:
-        """Add one sampled frame (capture time ``t``, monotonic s; ``boxes (K,4)``, ``p_fake (K,)``)."""
+    def update(self, t: float, boxes: np.ndarray, p_fake: np.ndarray, looks: list | None = None) -> list[dict]:
+        """Add one sampled frame (capture time ``t``, monotonic s; ``boxes (K,4)``, ``p_fake (K,)``,
+        ``looks``: the faces' :func:`scanner.appearance.look`, so a cut to another person framed
+        alike starts a new track instead of inheriting the previous person's window)."""
         events = []
-        ids, ended = self.tracker.update(boxes, t)
+        ids, ended = self.tracker.update(boxes, t, looks)
         for i in ended:
             self.tracks.pop(i, None)
         self.faces_last = len(ids)

@@ -217,7 +217,7 @@ class LiveService:
         if st is None or frame.t_capture < st.added:
             return  # removed (perhaps re-added since) while its frame was in flight
         with st.lock:
-            events = st.verdicts.update(frame.t_capture, r.boxes, r.p_fake)
+            events = st.verdicts.update(frame.t_capture, r.boxes, r.p_fake, r.looks)
             self._set_gauges(st)
         sm = st.source._m
         sm.faces.inc(len(r.p_fake))

@@ -21,9 +21,9 @@ MAX_TRACKS = len(TRACK_COLOURS)
 def face_tracks(frames: list[dict]) -> dict[int, list[tuple[float, float, float]]]:
     """``{track: [(time_s, score, prob), ...]}`` for the faces of ``frames_detail``.
 
-    Faces carrying a ``track`` id keep it; otherwise faces are linked across
-    sampled frames exactly as the scan links them (:func:`scanner.tracks.build_tracks`),
-    so track ids match the row's ``tracks``.
+    Faces carrying a ``track`` id (the scan's own tracks, :mod:`scanner.tracks`) keep
+    it; faces of rows written before faces carried one are linked by box overlap
+    (:func:`scanner.tracks.build_tracks` without looks), as those scans linked them.
     """
     if any("track" in fc for fr in frames for fc in fr.get("faces") or []):
         out: dict[int, list] = {}
@@ -33,7 +33,7 @@ def face_tracks(frames: list[dict]) -> dict[int, list[tuple[float, float, float]
                     out.setdefault(fc.get("track", -1), []).append((fr.get("time_s") or 0.0, fc["score"],
                                                                      fc.get("prob")))
         return out
-    from ..tracks import build_tracks  # the scan's own tracking: ids match the row's "tracks"
+    from ..tracks import build_tracks  # the tracking of such rows: ids match their "tracks"
 
     faces = [fr.get("faces") or [] for fr in frames]
     nan = float("nan")
