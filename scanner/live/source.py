@@ -29,8 +29,8 @@ import numpy as np
 from ..decode import FILE_OPEN_OPTIONS, Frame, pick_video_stream
 from ..picture import picture_sar, to_frame
 from .buffers import Backoff, DropOldestBuffer  # noqa: F401 - Backoff: re-exported
-from .urls import (SourceError, SourceURL, Unsupported, error_reason, needs_precheck, open_options, parse_source,
-                   precheck_playlist, unsupported_reason)
+from .hls import needs_precheck, precheck_playlist
+from .urls import SourceError, SourceURL, Unsupported, error_reason, open_options, parse_source, unsupported_reason
 
 log = logging.getLogger(__name__)
 

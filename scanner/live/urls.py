@@ -3,21 +3,16 @@
 FFmpeg follows URLs found *inside* media (HLS playlists, RTSP redirects, concat
 lists), so each source is opened with a ``protocol_whitelist`` limited to what its
 own scheme needs: an HTTP(S) HLS playlist can then never make FFmpeg read
-``file:`` or talk ``udp:``. HLS playlists are additionally pre-checked here so a
-refusal carries a clear message instead of FFmpeg's generic "invalid data".
+``file:`` or talk ``udp:``. HLS playlists are additionally pre-checked (:mod:`.hls`) so
+a refusal carries a clear message instead of FFmpeg's generic "invalid data".
 """
 from __future__ import annotations
 
 import base64
 import errno
-import math
 import re
-import time
 from dataclasses import dataclass, field
-from typing import Callable
-from urllib.parse import parse_qsl, unquote, urljoin, urlsplit, urlunsplit
-
-import httpx
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from engines.errors import DfscanError
 
@@ -54,7 +49,6 @@ RTSP_TRANSPORTS = ("auto", "tcp", "udp", "udp_multicast", "http", "https")
 _TUNNEL_PROTOCOLS = {"http": "http", "https": "https,http,tls"}
 DEVICE_RE = re.compile(r"^/dev/video\d{1,3}$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-PLAYLIST_MAX_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -267,125 +261,18 @@ def open_options(src: SourceURL, timeout_s: float, rtsp_transport: str = "tcp") 
     return opts
 
 
-def is_playlist(src: SourceURL) -> bool:
-    return src.scheme in ("http", "https") and urlsplit(src.url).path.lower().endswith((".m3u8", ".m3u"))
+# The HLS pre-check lives in hls.py (which imports this module); its names stay importable
+# from here, resolved on first use so that either module may be imported first.
+_HLS_NAMES = frozenset({"PLAYLIST_MAX_BYTES", "is_playlist", "needs_precheck", "check_playlist",
+                        "precheck_playlist"})
 
 
-def needs_precheck(src: SourceURL) -> bool:
-    """An HLS playlist by name, or any HTTP(S) source with credentials: FFmpeg also takes a
-    playlist served under another name (by its MIME type) and would send the credentials
-    to every host it lists, so such a source's response is sniffed."""
-    return is_playlist(src) or (src.scheme in ("http", "https") and src.auth is not None)
+def __getattr__(name: str):
+    if name in _HLS_NAMES:
+        from . import hls
 
-
-# Tags whose URI="..." is itself a playlist (FFmpeg opens it as one, whatever its name).
-_PLAYLIST_TAGS = ("#EXT-X-MEDIA:", "#EXT-X-I-FRAME-STREAM-INF:")
-
-
-def _playlist_uris(text: str) -> list[tuple[str, bool]]:
-    """(URI, is a playlist) of an M3U8 text: segment/variant lines and ``URI="..."`` attributes."""
-    uris, variant = [], False
-    for line in text.splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        if line.startswith("#"):
-            nested = line.upper().startswith(_PLAYLIST_TAGS)
-            uris += [(u, nested) for u in re.findall(r'URI="([^"]*)"', line)]
-            variant = variant or line.upper().startswith("#EXT-X-STREAM-INF:")
-        else:
-            uris.append((line, variant))  # the line after #EXT-X-STREAM-INF is a variant playlist
-            variant = False
-    return uris
-
-
-def _origin(url: str) -> tuple:
-    p = urlsplit(url)
-    return p.scheme.lower(), p.hostname, p.port or {"http": 80, "https": 443}.get(p.scheme.lower())
-
-
-def check_playlist(url: str, text: str, same_origin: bool = False) -> list[str]:
-    """Refuse a playlist that references anything but HTTP(S); return nested playlists.
-
-    ``same_origin``: also refuse references to other hosts (set when the source
-    carries credentials, which FFmpeg would send along with every segment request).
-    """
-    nested = []
-    for ref, is_nested in _playlist_uris(text):
-        full = urljoin(url, ref)
-        scheme = urlsplit(full).scheme.lower()
-        if scheme not in ("http", "https"):
-            raise RefusedURL(
-                f"HLS playlist {mask_credentials(url)} references a {scheme or 'local'}: URI "
-                f"({mask_credentials(ref)[:80]}); only http/https are allowed"
-            )
-        if same_origin and _origin(full) != _origin(url):
-            raise RefusedURL(
-                f"HLS playlist {mask_credentials(url)} references another host ({mask_credentials(full)[:80]}); "
-                "refused because the stream's credentials would be sent there"
-            )
-        if is_nested or urlsplit(full).path.lower().endswith((".m3u8", ".m3u")):
-            nested.append(full)
-    return nested
-
-
-def _fetch_playlist(client: httpx.Client, url: str, sniff: bool = False, deadline: float = math.inf,
-                    cancelled: Callable[[], bool] = lambda: False) -> str | None:
-    """The playlist text (first MiB); with ``sniff``, None as soon as the body is not M3U.
-
-    httpx's timeout is per read: a server dripping a byte a second kept the stream
-    'connecting' for days, its thread deaf to removal. ``deadline`` bounds the whole read."""
-    with client.stream("GET", url) as r:
-        r.raise_for_status()
-        data = b""
-        for chunk in r.iter_bytes():
-            if cancelled():
-                raise SourceError("stopped while the playlist was read")
-            if time.monotonic() > deadline:
-                raise SourceError(f"timeout: {mask_credentials(url)} not read whole in time (a slow or endless body)")
-            data += chunk
-            head = data.lstrip(b"\xef\xbb\xbf \t\r\n")
-            if sniff and len(head) >= 7 and not head.startswith(b"#EXTM3U"):
-                return None  # a video (progressive HTTP, MPEG-TS): stop reading it here
-            if len(data) >= PLAYLIST_MAX_BYTES:
-                break
-    if sniff and not data.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"#EXTM3U"):
-        return None
-    return data[:PLAYLIST_MAX_BYTES].decode("utf-8", "replace")
-
-
-def precheck_playlist(src: SourceURL, timeout_s: float, depth: int = 2,
-                      cancelled: Callable[[], bool] = lambda: False) -> None:
-    """Fetch an HLS playlist (and its variant playlists) and refuse foreign schemes.
-
-    Credentials go in the Authorization header and then no redirect is followed.
-    Every error message is redacted. The whole check takes at most about ``timeout_s``;
-    ``cancelled()`` true (the stream is being removed) ends it at the next chunk.
-    """
-    headers = {"Authorization": src.auth} if src.auth else {}
-    todo, seen, deadline = [src.url], set(), time.monotonic() + timeout_s
-    # With credentials, no redirect is followed, as FFmpeg's open that comes next (max_redirects 0).
-    with httpx.Client(timeout=timeout_s, headers=headers, follow_redirects=src.auth is None,
-                      max_redirects=3) as client:
-        while todo and depth >= 0:
-            nxt = []
-            for url in todo:
-                if url in seen:
-                    continue
-                seen.add(url)
-                shown = src.masked if url == src.url else mask_credentials(url)
-                try:
-                    # the source itself may be a video: only named playlists are taken as one
-                    text = _fetch_playlist(client, url, sniff=url == src.url and not is_playlist(src),
-                                           deadline=deadline, cancelled=cancelled)
-                except httpx.HTTPStatusError as e:
-                    hint = "; a stream with credentials follows no redirect" if e.response.is_redirect else ""
-                    raise SourceError(f"cannot fetch {shown}: HTTP {e.response.status_code}{hint}") from e
-                except httpx.HTTPError as e:
-                    raise SourceError(src.redact(f"cannot fetch {shown}: {type(e).__name__}: {e}")) from e
-                if text is not None:
-                    nxt += check_playlist(url, text, same_origin=src.auth is not None)
-            todo, depth = nxt, depth - 1
+        return getattr(hls, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # How to read a protocol PyAV's bundled FFmpeg lacks (its wheels are built without libsrt).
