@@ -151,3 +151,40 @@ def test_a_stream_removed_during_a_dripped_playlist_check_ends_at_once():
         assert not src.alive and time.monotonic() - t0 < 2
     finally:
         stop_http(httpd)
+
+
+class _FakeSource:
+    """What the watchdog reads of a source: a live one whose last frame is 5 s old."""
+
+    def __init__(self, name: str, fail: bool = False):
+        self.name, self.fail, self.state, self.alive, self.stalls = name, fail, "live", True, 0
+        self.settings = SourceSettings(stall_s=1.0)
+        self._m = type("M", (), {"heartbeat_age": type("G", (), {"set": lambda self, v: None})()})()
+        self._stop = threading.Event()
+
+    def update_fps(self, now: float) -> None:
+        if self.fail:
+            raise RuntimeError("broken source state")
+
+    def heartbeat_age(self, now: float) -> float:
+        return 5.0
+
+    def flag_stall(self) -> None:
+        self.stalls += 1
+        self.state = "stalled"
+
+
+def test_a_source_whose_check_raises_does_not_stop_the_others_or_verdict_expiry(caplog):
+    """One source raising inside the watchdog's round ended the round: the streams after it
+    were never flagged stalled and no verdict expired (on_tick) while it kept failing."""
+    bad, good = _FakeSource("bad", fail=True), _FakeSource("good")
+    ticks: list[float] = []
+    dog = Watchdog(lambda: [bad, good], on_tick=ticks.append)
+    with caplog.at_level("ERROR", logger="scanner.live.source"):
+        dog.check(100.0)
+        dog.check(100.5)  # the same failure again: not logged again (throttled)
+    assert good.state == "stalled" and good.stalls == 1
+    assert ticks == [100.0, 100.5]
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "stream bad" in errors[0].getMessage(), [r.getMessage() for r in errors]
+    assert errors[0].exc_info is not None

@@ -1,0 +1,28 @@
+"""Throttled logging of repeated failures in the live service's threads."""
+from __future__ import annotations
+
+import time
+
+
+class LogThrottle:
+    """Whether to log a failure of ``key`` now: the first, then at most one per ``every_s``.
+
+    A failure that repeats on every frame or watchdog round (twice a second, per stream)
+    otherwise logs a traceback each time, burying everything else. Same rule as the
+    inference worker's ``batcher._LogThrottle``."""
+
+    def __init__(self, every_s: float = 60.0, max_keys: int = 256):
+        self.every_s, self.max_keys = every_s, max_keys
+        self._seen: dict = {}  # key -> (time logged, failures not logged since)
+
+    def __call__(self, key) -> int | None:
+        """None: stay quiet; else the number of failures not logged since the last one."""
+        now = time.monotonic()
+        last, quiet = self._seen.get(key, (None, 0))
+        if last is not None and now - last < self.every_s:
+            self._seen[key] = (last, quiet + 1)
+            return None
+        if len(self._seen) >= self.max_keys:  # keys come from streams: bounded memory
+            self._seen.clear()
+        self._seen[key] = (now, 0)
+        return quiet
