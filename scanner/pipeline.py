@@ -32,6 +32,7 @@ from .appearance import face_look
 from .config import ScanConfig
 from .decode import Frame, FrameSampler, VideoError, check_regular_file, classify_os_error
 from .faces import FaceDetector, Faces
+from .identity import FileIdentity, describe_change, file_identity
 from .orientation import Orientation
 from .region import region_search
 from .streaming import BoundedPrefetch, Inline
@@ -266,11 +267,10 @@ def _decode_in_thread(cfg: ScanConfig) -> bool:
     return cfg.decode_thread is not False
 
 
-def _base_row(path: Path, ctx: ScanContext) -> dict:
-    try:
-        size = path.stat().st_size
-    except OSError:
-        size = None
+def _base_row(path: Path, ctx: ScanContext, ident: FileIdentity | None = None) -> dict:
+    """The row's fields before analysis; ``ident`` (the row's start identity) gives the
+    size, so a regular file is stat'ed once at the start (a FIFO or device: again here)."""
+    size = ident.size if ident is not None else _stat_size(path)
     return {"path": str(path), "size_bytes": size, "sha256": None, "verdict": "error",
             "score": None, "threshold": ctx.threshold, "frames": 0, "frames_with_faces": 0,
             "faces": 0, "frames_requested": None, "frames_missed": None, "detector": ctx.detector.name, "weights_hash": ctx.detector.weights_hash,
@@ -278,13 +278,43 @@ def _base_row(path: Path, ctx: ScanContext) -> dict:
             "error": None}
 
 
+def _stat_size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
+def _start_identity(path: Path, ctx: ScanContext) -> FileIdentity | None:
+    """The file's identity before anything read it: a video decoded while the model
+    loaded (scanner.warmstart) was stat'ed before its decode thread opened it."""
+    pre = ctx.prestarted.get(str(path))
+    return pre.identity if pre is not None else file_identity(path)
+
+
+def _unless_changed(path: Path, ctx: ScanContext, start: FileIdentity | None, row: dict) -> dict:
+    """``row``, or a ``changed`` error row when the file is no longer the one the row
+    started on: then its size, hash and frames may each describe another state of it,
+    so nothing of the analysis is kept (the hash names no verified bytes either)."""
+    why = describe_change(start, file_identity(path))
+    if why is None:
+        return row
+    out = _base_row(path, ctx, start)
+    out.update(error={"kind": "changed", "message": why}, timings=row.get("timings") or {})
+    return out
+
+
 def scan_video(path: str | Path, ctx: ScanContext) -> dict:
-    """Scan one video; always returns a row (``verdict == "error"`` on failure)."""
+    """Scan one video; always returns a row (``verdict == "error"`` on failure).
+
+    Every read of the file (hash, index, decode passes) happens between two stats of
+    its identity; a file that changed in between gets a ``changed`` error row."""
     path = Path(path)
     if ctx.stop.is_set():
         raise ScanInterrupted(str(path))
     t0 = time.perf_counter()
-    row = _base_row(path, ctx)
+    start = _start_identity(path, ctx)
+    row = _base_row(path, ctx, start)
     try:
         row.update(_analyse(path, ctx, row))
     except VideoError as e:
@@ -293,6 +323,7 @@ def scan_video(path: str | Path, ctx: ScanContext) -> dict:
         log.warning("scan of %s failed: %s: %s", path, type(e).__name__, e, exc_info=True)
         row.update(verdict="error", score=None)
         row["error"] = {"kind": "internal", "message": f"{type(e).__name__}: {e}"}
+    row = _unless_changed(path, ctx, start, row)  # after the last read: decode threads are done
     row.setdefault("timings", {})["total"] = round(time.perf_counter() - t0, 4)
     metrics.record_row(row)
     return row

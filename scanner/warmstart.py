@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from .decode import Frame, FrameSampler
+from .identity import FileIdentity, file_identity
 from .streaming import BoundedPrefetch
 
 log = logging.getLogger("dfscan.startup")
@@ -55,6 +56,7 @@ class Prestarted:
 
     sampler: FrameSampler
     frames: BoundedPrefetch
+    identity: FileIdentity | None = None  # stat'ed before the decode thread opened it (the row's start)
 
     def take(self, produce: Callable[[], object]) -> BoundedPrefetch:
         """The running decode thread; ``produce`` (the pipeline's per-video set-up,
@@ -82,9 +84,10 @@ def prestart(paths: Sequence[str | Path], cfg) -> dict[str, Prestarted]:
     for p in list(paths)[: prestart_count(cfg, len(paths))]:
         if str(p) in out:
             continue
+        ident = file_identity(p)  # before any read, so a change during this early decode is seen
         sampler = FrameSampler(p, cfg.frames, cfg.fps, cfg.det_max_side, cfg.seek)
         frames = BoundedPrefetch(lambda s=sampler: _traced(s), maxsize=cfg.queue_frames, name="decode")
-        out[str(p)] = Prestarted(sampler, frames)
+        out[str(p)] = Prestarted(sampler, frames, ident)
     return out
 
 
