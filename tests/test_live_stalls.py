@@ -188,3 +188,50 @@ def test_a_source_whose_check_raises_does_not_stop_the_others_or_verdict_expiry(
     errors = [r for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and "stream bad" in errors[0].getMessage(), [r.getMessage() for r in errors]
     assert errors[0].exc_info is not None
+
+
+def test_a_hung_inference_batch_is_logged_once_when_seen_and_when_it_ends(caplog):
+    """A batch over model.batch_timeout_s turned /healthz 503 without a word in the log: an
+    operator saw the service restarted (or failing) and no reason. One error line when the
+    hang is first seen (by the watchdog, no probe needed), however often /healthz asks, and
+    one info line when the batch ends."""
+    from pathlib import Path
+
+    from scanner.live.batcher import FrameResult
+    from scanner.live.config import parse_config
+    from scanner.live.service import LiveService
+
+    release, entered = threading.Event(), threading.Event()
+
+    def hanging(frames):
+        if not entered.is_set():
+            entered.set()
+            release.wait(30)
+        return [FrameResult(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32))
+                for _ in frames]
+
+    clip = Path(__file__).parent / "data" / "d1.mp4"
+    cfg = parse_config({"api": {"enabled": False}, "model": {"detector": "test_tiny", "batch_timeout_s": 0.3},
+                        "allow_files": True, "streams": [{"name": "cam", "url": str(clip)}]})
+
+    def lines(level):
+        return [r.getMessage() for r in caplog.records if r.name == "scanner.live.batcher" and r.levelname == level]
+
+    with caplog.at_level("INFO", logger="scanner.live.batcher"):
+        svc = LiveService(cfg, analyzer_factory=lambda dev: hanging).start()
+        try:
+            assert entered.wait(10), "no batch reached the detector"
+            wait_for(lambda: lines("ERROR"), 3, "the hang to be logged by the watchdog")
+            for _ in range(20):  # liveness probes
+                assert not svc.healthy
+            time.sleep(0.6)  # more watchdog rounds
+            release.set()
+            wait_for(lambda: svc.healthy, 5, "the batch to end")
+            wait_for(lambda: lines("INFO") and any("ended" in m for m in lines("INFO")), 3, "the end line")
+            time.sleep(0.6)  # later batches are quick: nothing more is logged
+        finally:
+            release.set()
+            svc.stop()
+    errors, ended = lines("ERROR"), [m for m in lines("INFO") if "ended" in m]
+    assert len(errors) == 1 and "cpu" in errors[0] and "running for" in errors[0], errors
+    assert len(ended) == 1 and "cpu" in ended[0] and "ended after" in ended[0], ended

@@ -138,6 +138,8 @@ class InferenceWorker:
         self._throttle = _LogThrottle()
         self.batches = self.frames = 0
         self._busy_since: float | None = None  # monotonic start of the batch in progress
+        self._busy_lock = threading.Lock()  # the hang is seen by probe/watchdog threads, ended by ours
+        self._batch_no = self._hang_logged = 0  # the hung batch logged: once, however often asked
         self._thread = threading.Thread(target=self._run, name=f"dfscan-infer-{device}", daemon=True)
 
     def assign(self, src: LiveSource) -> None:
@@ -168,9 +170,32 @@ class InferenceWorker:
     def stuck(self, limit_s: float, now: float | None = None) -> bool:
         """True when one batch has run longer than ``limit_s``: a hung device or detector.
 
-        The thread is alive then, yet no stream is scored: without this, /healthz said ok."""
-        t = self._busy_since
-        return t is not None and (now or time.monotonic()) - t > limit_s
+        The thread is alive then, yet no stream is scored: without this, /healthz said ok.
+        The first call that sees a batch hung logs it (not every probe: they come each second)."""
+        now = now or time.monotonic()
+        with self._busy_lock:  # logged outside it: a blocked log handler must not block the worker
+            t = self._busy_since
+            hung = t is not None and now - t > limit_s
+            first = hung and self._hang_logged != self._batch_no
+            if first:
+                self._hang_logged = self._batch_no
+        if first:
+            log.error("inference batch on %s running for %.1fs (over model.batch_timeout_s %gs): "
+                      "the device or detector hangs, no stream is scored and /healthz fails until it ends",
+                      self.device, now - t, limit_s)
+        return hung
+
+    def _batch_started(self) -> None:
+        with self._busy_lock:
+            self._batch_no += 1
+            self._busy_since = time.monotonic()
+
+    def _batch_ended(self) -> None:
+        with self._busy_lock:
+            t, self._busy_since = self._busy_since, None
+            was_logged = t is not None and self._hang_logged == self._batch_no
+        if was_logged:
+            log.info("inference batch on %s ended after %.1fs: scoring resumes", self.device, time.monotonic() - t)
 
     def _take_round(self, batch: list[LiveFrame]) -> bool:
         """One fair pass over the sources (rotating start); True if anything was taken."""
@@ -235,11 +260,11 @@ class InferenceWorker:
 
     def _process(self, batch: list[LiveFrame]) -> None:
         t0 = time.perf_counter()
-        self._busy_since = time.monotonic()
+        self._batch_started()
         try:
             done = self._analyse(batch)
         finally:
-            self._busy_since = None
+            self._batch_ended()
         if not done:
             return
         dt = time.perf_counter() - t0

@@ -254,6 +254,9 @@ class LiveService:
             self.sinks.emit(ev)
 
     def _tick(self, now: float) -> None:
+        limit = self.cfg.model.batch_timeout_s
+        for w in self.workers:  # a hung batch is logged even if no probe asks /healthz
+            w.stuck(limit, now)
         with self._lock:
             streams = list(self._streams.values())
         for st in streams:
