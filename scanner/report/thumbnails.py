@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 
 from ..decode import Frame, FrameSampler, VideoError
+from ..identity import FileIdentity, file_identity
 from ..orientation import rotate_frame
 
 THUMB_PX = 144  # longest side of a face thumbnail (JPEG): ~4-6 KB each
@@ -81,12 +82,14 @@ def remap(path: str, video_root: str | None) -> list[Path]:
 
 def locate(row: dict, video_root: str | None, verify_hash: bool) -> tuple[Path | None, str | None, tuple]:
     """The readable file holding ``row``'s video, or ``(None, reason)``; third, the file's
-    identity before it was checked (see :func:`identity`). Every candidate is tried in
+    identity before it was checked (:func:`scanner.identity.file_identity`: the file checked
+    against the row is reopened to be decoded, and one replaced or rewritten in between must
+    not be shown). Every candidate is tried in
     order (under ``NEW``, a longer match can be another video of the same name); the
     reason given is the first candidate's."""
     first: tuple | None = None
     for path in remap(str(row["path"]), video_root):
-        seen = identity(path) if path.is_file() else None
+        seen = file_identity(path)
         if seen is None:
             continue
         reason = _mismatch(path, seen, row, verify_hash)
@@ -99,27 +102,17 @@ def locate(row: dict, video_root: str | None, verify_hash: bool) -> tuple[Path |
     return None, f"video not found{where} (thumbnails need the original file; see --video-root)", ()
 
 
-def _mismatch(path: Path, seen: tuple, row: dict, verify_hash: bool) -> str | None:
+def _mismatch(path: Path, seen: FileIdentity, row: dict, verify_hash: bool) -> str | None:
     """Why the file at ``path`` is not the row's video (size, then SHA-256), or None."""
     size = row.get("size_bytes")
-    if size is not None and seen[2] != size:
-        return f"{path} changed since the scan (size {seen[2]} != {size} bytes)"
+    if size is not None and seen.size != size:
+        return f"{path} changed since the scan (size {seen.size} != {size} bytes)"
     if verify_hash and row.get("sha256"):
         from engines.registry import file_hash
 
         if file_hash(path, None) != row["sha256"]:
             return f"{path} changed since the scan (SHA-256 differs)"
     return None
-
-
-def identity(path: Path) -> tuple | None:
-    """``(device, inode, size, mtime)`` of ``path``, or None: the file checked against the row
-    is reopened to be decoded, and one replaced or rewritten in between must not be shown."""
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def unchecked(row: dict, verify_hash: bool) -> str | None:
@@ -200,7 +193,7 @@ def evidence(row: dict, k: int, video_root: str | None = None, verify_hash: bool
                   for f in IndexSampler(path, [fr["index"] for fr, _ in picks], 960)}
     except VideoError as e:
         return Evidence(note=f"could not re-decode {path}: {e.kind}: {e}", video=str(path))
-    if identity(path) != seen:
+    if file_identity(path) != seen:
         return Evidence(note=f"{path} changed while the report read it", video=str(path))
     out = Evidence(video=str(path), note=unchecked(row, verify_hash))
     for fr, face in picks:
