@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import socket
 import sys
 import threading
 import time
@@ -148,6 +149,53 @@ class StdoutSink(Sink):
 MAX_BACKOFF_S = 60.0  # longest wait between two attempts of one webhook delivery
 
 
+class _Deadline:
+    """Shuts down the connection of one webhook POST once ``seconds`` have passed.
+
+    httpx's timeout is per read: a receiver sending its status line and then a header byte now
+    and then held the POST, and so the sink, for as long as it dripped. The sockets come from
+    httpx's ``trace`` request extension; shutting one down ends a blocked read at once."""
+
+    def __init__(self, seconds: float):
+        self.fired = False
+        self._socks: list = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> "_Deadline":
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._timer.cancel()
+
+    def trace(self, event: str, info: dict) -> None:
+        # TLS wraps (and takes over) the TCP socket: both are kept, the live one is shut down.
+        if not event.endswith(("connect_tcp.complete", "start_tls.complete")) or info.get("return_value") is None:
+            return
+        sock = info["return_value"].get_extra_info("socket")
+        with self._lock:
+            self._socks.append(sock)
+            late = self.fired  # connected just after the deadline
+        if late:
+            self._shutdown(sock)
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            socks = list(self._socks)
+        for sock in socks:
+            self._shutdown(sock)
+
+    @staticmethod
+    def _shutdown(sock) -> None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except (OSError, AttributeError):
+            pass  # closed already (the POST ended meanwhile), or a socket taken over by TLS
+
+
 class WebhookSink(Sink):
     """POSTs each event as JSON (httpx); retries with exponential backoff; counts failures.
 
@@ -162,7 +210,9 @@ class WebhookSink(Sink):
         self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
         self.headers = {"Content-Type": "application/json", "User-Agent": "dfscan-live", **(headers or {})}
         self._sleep = sleep
-        self._client = httpx.Client(timeout=timeout_s, follow_redirects=False, headers=self.headers)
+        # No kept-alive connection: a reused one reports no connect to _Deadline, which could not end it.
+        self._client = httpx.Client(timeout=timeout_s, follow_redirects=False, headers=self.headers,
+                                    limits=httpx.Limits(max_keepalive_connections=0))
 
     def deliver(self, event: dict) -> None:
         body = json_line(event).encode()  # NaN/Inf as null, like every other sink
@@ -171,10 +221,7 @@ class WebhookSink(Sink):
             if attempt:  # capped: retries 20 x backoff_s 60 was a 1-year wait, every alert behind it dropped
                 self._sleep(min(self.backoff_s * 2 ** (attempt - 1), max(self.backoff_s, MAX_BACKOFF_S)))
             try:
-                # The status is all we need: a response body is never read. httpx's timeout is per
-                # read, so a body dripped (or endless, or gigabytes long) held the sink for good.
-                with self._client.stream("POST", self.url, content=body) as r:
-                    pass
+                r = self._post(body)
             except httpx.HTTPError as e:  # refused connections, timeouts, protocol errors
                 err = f"{type(e).__name__}: {e}"
                 continue
@@ -187,6 +234,21 @@ class WebhookSink(Sink):
             if 400 <= r.status_code < 500 and r.status_code not in (408, 429):
                 break  # the receiver rejected the event; retrying will not help
         raise ConnectionError(f"webhook POST failed after {attempt + 1} attempt(s): {mask_text(err, self.url)}")
+
+    def _post(self, body: bytes) -> httpx.Response:
+        """One POST, over within about ``timeout_s`` in all (its status read, never its body)."""
+        with _Deadline(self.timeout_s) as deadline:
+            try:
+                # The status is all we need: a response body is never read. httpx's timeout is per
+                # read, so a body dripped (or endless, or gigabytes long) held the sink for good.
+                with self._client.stream("POST", self.url, content=body,
+                                         extensions={"trace": deadline.trace}) as r:
+                    return r
+            except httpx.HTTPError as e:
+                if deadline.fired:  # what the shut-down socket raised is not the reason
+                    raise httpx.ReadTimeout(f"no whole response within {self.timeout_s:g}s "
+                                            "(a slow or dripping receiver)") from e
+                raise
 
     def close(self) -> None:
         self._client.close()
