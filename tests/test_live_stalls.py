@@ -235,3 +235,33 @@ def test_a_hung_inference_batch_is_logged_once_when_seen_and_when_it_ends(caplog
     errors, ended = lines("ERROR"), [m for m in lines("INFO") if "ended" in m]
     assert len(errors) == 1 and "cpu" in errors[0] and "running for" in errors[0], errors
     assert len(ended) == 1 and "cpu" in ended[0] and "ended after" in ended[0], ended
+
+
+def test_one_stream_failing_to_age_its_verdicts_does_not_keep_the_others_current(caplog):
+    """The service's watchdog tick aged every stream's verdicts in one loop: one stream whose
+    ageing raised left every stream after it with its last verdict for as long as it failed."""
+    from types import SimpleNamespace
+
+    from scanner.live.config import parse_config
+    from scanner.live.rolling import StreamVerdicts, VerdictSettings
+    from scanner.live.service import LiveService, _Stream
+
+    s = VerdictSettings(window_s=5, fake_above=0.6, real_below=0.4, min_samples=2, emit_interval_s=3600)
+    svc = LiveService(parse_config({}))
+    box = np.array([[10, 10, 90, 90]], np.float32)
+    for name in ("bad", "good"):
+        st = _Stream(None, SimpleNamespace(_m=svc.metrics.stream(name), state="live"), StreamVerdicts(name, s), None)
+        for k in range(3):
+            st.verdicts.update(100.0 + k * 0.5, box, np.array([0.9]))
+        svc._streams[name] = st
+
+    def broken(now):
+        raise RuntimeError("ageing failed")
+
+    svc._streams["bad"].verdicts.expire = broken
+    with caplog.at_level("ERROR", logger="scanner.live.service"):
+        svc._tick(110.0)
+        svc._tick(110.5)
+    assert svc._streams["good"].verdicts.summary["verdict"] == "unknown"
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "stream bad" in errors[0].getMessage()

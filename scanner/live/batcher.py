@@ -22,6 +22,7 @@ import torch
 from engines.detector import scores_for
 
 from .source import LiveFrame, LiveSource
+from .throttle import LogThrottle
 
 log = logging.getLogger(__name__)
 
@@ -94,29 +95,6 @@ class FrameAnalyzer:
         return p
 
 
-class _LogThrottle:
-    """Whether to log a failure of ``key`` now: the first, then at most one per ``every_s``.
-
-    A detector that fails on every frame (bad weights, wrong output shape) otherwise
-    logs a traceback per frame of every stream, burying everything else."""
-
-    def __init__(self, every_s: float = 60.0, max_keys: int = 256):
-        self.every_s, self.max_keys = every_s, max_keys
-        self._seen: dict = {}  # key -> (time logged, failures not logged since)
-
-    def __call__(self, key) -> int | None:
-        """None: stay quiet; else the number of failures not logged since the last one."""
-        now = time.monotonic()
-        last, quiet = self._seen.get(key, (None, 0))
-        if last is not None and now - last < self.every_s:
-            self._seen[key] = (last, quiet + 1)
-            return None
-        if len(self._seen) >= self.max_keys:  # keys come from streams: bounded memory
-            self._seen.clear()
-        self._seen[key] = (now, 0)
-        return quiet
-
-
 class InferenceWorker:
     """Batches frames from the sources assigned to one device; calls ``on_result`` per frame."""
 
@@ -135,7 +113,7 @@ class InferenceWorker:
         self._stop = threading.Event()
         self._rr = 0
         self._m = metrics
-        self._throttle = _LogThrottle()
+        self._throttle = LogThrottle()
         self.batches = self.frames = 0
         self._busy_since: float | None = None  # monotonic start of the batch in progress
         self._busy_lock = threading.Lock()  # the hang is seen by probe/watchdog threads, ended by ours

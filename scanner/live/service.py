@@ -21,6 +21,7 @@ from .metrics import LiveMetrics, set_build_info
 from .rolling import StreamVerdicts, VerdictSettings
 from .sinks import JsonlSink, Sink, SinkSet, StdoutSink, WebhookSink
 from .source import LiveFrame, LiveSource, SourceSettings
+from .throttle import LogThrottle
 from .watchdog import Watchdog
 from .urls import parse_source
 
@@ -77,6 +78,7 @@ class LiveService:
         self._removing: set[str] = set()
         self._lock = threading.RLock()
         self.watchdog = Watchdog(self._sources, interval_s=0.5, on_tick=self._tick)
+        self._tick_throttle = LogThrottle()  # a stream failing every round logs once a minute
         self.ready = False
         self.started_at = time.time()
         self._stopped = threading.Event()
@@ -259,10 +261,19 @@ class LiveService:
             w.stuck(limit, now)
         with self._lock:
             streams = list(self._streams.values())
-        for st in streams:
-            with st.lock:  # windows age without frames too: a dead stream's verdict lapses
-                events = st.verdicts.expire(now) + st.verdicts.tick(now)
-                self._set_gauges(st)
-            for ev in events:
-                ev["state"] = st.source.state
-            self._publish(events)
+        for st in streams:  # each on its own: one failing must not keep the others' verdicts current
+            try:
+                self._age(st, now)
+            except Exception:  # noqa: BLE001 - logged; the watchdog round goes on
+                quiet = self._tick_throttle((st.verdicts.name, "tick"))
+                if quiet is not None:
+                    log.exception("stream %s: ageing its verdicts failed (%d more not logged)",
+                                  st.verdicts.name, quiet)
+
+    def _age(self, st: _Stream, now: float) -> None:
+        with st.lock:  # windows age without frames too: a dead stream's verdict lapses
+            events = st.verdicts.expire(now) + st.verdicts.tick(now)
+            self._set_gauges(st)
+        for ev in events:
+            ev["state"] = st.source.state
+        self._publish(events)

@@ -8,8 +8,9 @@ class LogThrottle:
     """Whether to log a failure of ``key`` now: the first, then at most one per ``every_s``.
 
     A failure that repeats on every frame or watchdog round (twice a second, per stream)
-    otherwise logs a traceback each time, burying everything else. Same rule as the
-    inference worker's ``batcher._LogThrottle``."""
+    otherwise logs a traceback each time, burying everything else (a detector failing on
+    every frame: bad weights, a wrong output shape). The inference worker and the
+    watchdog use it."""
 
     def __init__(self, every_s: float = 60.0, max_keys: int = 256):
         self.every_s, self.max_keys = every_s, max_keys
