@@ -220,3 +220,18 @@ def test_an_http_playlist_may_list_https_segments():
         cam.close()
         hello.close()
     assert "file" not in open_options(parse_source("http://cam/live.m3u8"), 5)["protocol_whitelist"].split(",")
+
+
+def test_rtmp_stream_key_is_masked_like_a_password():
+    """rtmp://host/app/KEY: the key is what nginx-rtmp, SRS and ingest services take as the
+    credential to publish under that name; it was shown as given in /streams, logs and errors."""
+    from scanner.live.urls import mask_text, parse_source
+
+    key = "x7Kq-93pa-Zr1t-mm0e"
+    src = parse_source(f"rtmp://media.example:1935/live/{key}")
+    assert src.masked == "rtmp://media.example:1935/live/***"
+    assert key not in src.redact(f"rtmp://media.example:1935/live/{key}: Input/output error (key {key})")
+    assert key not in repr(src) and src.url.endswith(key)  # FFmpeg still gets it
+    assert mask_text(f"failed: rtmps://h/app/{key}", f"rtmps://h/app/{key}") == "failed: rtmps://h/app/***"
+    assert parse_source("rtmp://h/live").masked == "rtmp://h/live"  # no key, only the application
+    assert parse_source("rtsp://h/live/cam1").masked == "rtsp://h/live/cam1"  # RTSP paths are not keys

@@ -99,7 +99,21 @@ def mask_credentials(url: str) -> str:
     if "@" in netloc:
         netloc = "***@" + netloc.rsplit("@", 1)[1]
     query = _QUERY_SECRET_RE.sub(r"\1***", parts.query)
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    path = parts.path
+    if _stream_key(parts):
+        path = path.rsplit("/", 1)[0] + "/***"
+    return urlunsplit((parts.scheme, netloc, path, query, parts.fragment))
+
+
+def _stream_key(parts) -> str | None:
+    """The stream key of an RTMP URL (``rtmp://host/app/KEY``: the path after the
+    application), or None. Servers (nginx-rtmp, SRS, the platforms' ingest) take it as the
+    credential to publish under that name, so it is shown as ``***`` like a password; the
+    stream's own ``name`` tells streams apart."""
+    if not parts.scheme.lower().startswith("rtmp"):
+        return None
+    segments = parts.path.strip("/").split("/")
+    return segments[-1] if len(segments) >= 2 and segments[-1] else None
 
 
 # Query parameters that carry credentials (?token=, ?api_key=, ?password=, and the cameras'
@@ -135,14 +149,15 @@ def mask_text(text: str, url: str | None = None) -> str:
             parts = urlsplit(url)
         except ValueError:
             parts = None
-        for secret in _secrets(parts.netloc, parts.query) if parts else ():
+        for secret in _secrets(parts.netloc, parts.query, _stream_key(parts)) if parts else ():
             text = text.replace(secret, "***")
     return _TEXT_QUERY_SECRET_RE.sub(r"\1***", _USERINFO_RE.sub(r"\1***@", text))
 
 
-def _secrets(netloc: str, query: str = "") -> tuple[str, ...]:
-    """Literal credential strings of a URL's ``user:password@`` part and query, longest first."""
-    found = set(_query_secrets(query))
+def _secrets(netloc: str, query: str = "", key: str | None = None) -> tuple[str, ...]:
+    """Literal credential strings of a URL's ``user:password@`` part, query and RTMP stream
+    ``key``, longest first."""
+    found = set(_query_secrets(query)) | {x for x in ((key, unquote(key)) if key else ()) if len(x) >= 3}
     if "@" in netloc:
         userinfo = netloc.rsplit("@", 1)[0]
         pw = userinfo.partition(":")[2]
@@ -153,7 +168,7 @@ def _secrets(netloc: str, query: str = "") -> tuple[str, ...]:
 
 def _split_credentials(url: str, parts) -> tuple[str, str | None, tuple[str, ...]]:
     """(url for FFmpeg, Basic auth header or None, literal secrets) of a network URL."""
-    secrets = _secrets(parts.netloc, parts.query)
+    secrets = _secrets(parts.netloc, parts.query, _stream_key(parts))
     if "@" not in parts.netloc:
         return url, None, secrets
     user, _, pw = parts.netloc.rsplit("@", 1)[0].partition(":")
