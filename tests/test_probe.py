@@ -83,7 +83,9 @@ def test_probe_directory_round_trip(tmp_path, r18_file):
     with torch.no_grad():
         ref = model(normalize(x, spec)) @ w + 0.25
         assert torch.allclose(det(x), ref, atol=1e-4)
-        assert torch.allclose(det.embed(x), model(normalize(x, spec)), atol=1e-6)
+        # Same backbone and weights; a few float32 ulps apart (features up to ~2.5), as the
+        # normalisation's op order or oneDNN's kernel choice may differ: 1e-6 failed in CI.
+        assert torch.allclose(det.embed(x), model(normalize(x, spec)), rtol=1e-5, atol=1e-5)
     assert det.p_fake(det(x)).shape == (3,)
     assert "+" in det.weights_hash
     card = json.loads((tmp_path / "probe" / "card.json").read_text())
