@@ -233,5 +233,8 @@ def test_rtmp_stream_key_is_masked_like_a_password():
     assert key not in src.redact(f"rtmp://media.example:1935/live/{key}: Input/output error (key {key})")
     assert key not in repr(src) and src.url.endswith(key)  # FFmpeg still gets it
     assert mask_text(f"failed: rtmps://h/app/{key}", f"rtmps://h/app/{key}") == "failed: rtmps://h/app/***"
+    assert parse_source(f"rtmp://h/app/{key}/").masked == "rtmp://h/app/***/"  # a trailing '/' too
+    common = parse_source("rtmp://h/live/stream")  # a common play name: masked in URLs only
+    assert common.redact("rtmp://h/live/stream: no video stream found") == "rtmp://h/live/***: no video stream found"
     assert parse_source("rtmp://h/live").masked == "rtmp://h/live"  # no key, only the application
     assert parse_source("rtsp://h/live/cam1").masked == "rtsp://h/live/cam1"  # RTSP paths are not keys

@@ -100,8 +100,9 @@ def mask_credentials(url: str) -> str:
         netloc = "***@" + netloc.rsplit("@", 1)[1]
     query = _QUERY_SECRET_RE.sub(r"\1***", parts.query)
     path = parts.path
-    if _stream_key(parts):
-        path = path.rsplit("/", 1)[0] + "/***"
+    if _stream_key(parts):  # the last non-empty segment ('/app/KEY/' too)
+        head, key, tail = re.match(r"(.*/)([^/]+)(/*)$", path).groups()
+        path = f"{head}***{tail}"
     return urlunsplit((parts.scheme, netloc, path, query, parts.fragment))
 
 
@@ -149,15 +150,26 @@ def mask_text(text: str, url: str | None = None) -> str:
             parts = urlsplit(url)
         except ValueError:
             parts = None
-        for secret in _secrets(parts.netloc, parts.query, _stream_key(parts)) if parts else ():
+        for secret in _secrets(parts.netloc, parts.query) if parts else ():
             text = text.replace(secret, "***")
+        text = _scrub_stream_key(text, _stream_key(parts) if parts else None)
     return _TEXT_QUERY_SECRET_RE.sub(r"\1***", _USERINFO_RE.sub(r"\1***@", text))
 
 
-def _secrets(netloc: str, query: str = "", key: str | None = None) -> tuple[str, ...]:
-    """Literal credential strings of a URL's ``user:password@`` part, query and RTMP stream
-    ``key``, longest first."""
-    found = set(_query_secrets(query)) | {x for x in ((key, unquote(key)) if key else ()) if len(x) >= 3}
+def _scrub_stream_key(text: str, key: str | None) -> str:
+    """``text`` with an RTMP stream ``key`` masked, raw or percent-decoded: everywhere when
+    it is 8 characters or more (platform keys are long and random), else only where it ends
+    a path ('/KEY'): a short play name like 'stream' scrubbed as a bare word mangled every
+    message ('no video *** found')."""
+    for k in {key, unquote(key)} if key else ():
+        text = text.replace(k, "***") if len(k) >= 8 else \
+            re.sub(rf"(?<=/){re.escape(k)}(?=$|[/?#\s'\"])", "***", text)
+    return text
+
+
+def _secrets(netloc: str, query: str = "") -> tuple[str, ...]:
+    """Literal credential strings of a URL's ``user:password@`` part and query, longest first."""
+    found = set(_query_secrets(query))
     if "@" in netloc:
         userinfo = netloc.rsplit("@", 1)[0]
         pw = userinfo.partition(":")[2]
@@ -168,7 +180,7 @@ def _secrets(netloc: str, query: str = "", key: str | None = None) -> tuple[str,
 
 def _split_credentials(url: str, parts) -> tuple[str, str | None, tuple[str, ...]]:
     """(url for FFmpeg, Basic auth header or None, literal secrets) of a network URL."""
-    secrets = _secrets(parts.netloc, parts.query, _stream_key(parts))
+    secrets = _secrets(parts.netloc, parts.query)
     if "@" not in parts.netloc:
         return url, None, secrets
     user, _, pw = parts.netloc.rsplit("@", 1)[0].partition(":")
