@@ -29,10 +29,12 @@ SAME_FACE_DISTANCE = 0.35
 def look(image: np.ndarray, box) -> np.ndarray | None:
     """Appearance of the face at ``box`` (xyxy pixels of ``image``) in ``image``
     (RGB ``uint8 (H, W, 3)``): a ``float32 (12*4*4,)`` hue x saturation x value histogram
-    summing to 1, or None when the square around the box lies outside the image."""
+    summing to 1, or None when the box is not finite or its square lies outside the image."""
     from PIL import Image  # Pillow's HSV and box filter; cv2 would add 0.2 s to each scan's start
 
     x0, y0, x1, y1 = (float(v) for v in box[:4])
+    if not all(map(np.isfinite, (x0, y0, x1, y1))):
+        return None  # no look rather than a failed row (or a failed live batch)
     cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, y1 - y0) * MARGIN / 2
     h, w = image.shape[:2]
     left, top = max(0, int(cx - half)), max(0, int(cy - half))

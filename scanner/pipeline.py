@@ -175,6 +175,11 @@ def _infer(state: _VideoState, ctx: ScanContext) -> None:
     state.crops, state.pending = [], []
 
 
+def _add_looks(frame: Frame, recs: list[FaceRec]) -> None:
+    for r in recs:
+        r.look = face_look(frame, r.box)
+
+
 def _process_batch(batch: list[Frame], state: _VideoState, ctx: ScanContext) -> None:
     cfg = ctx.cfg
     for fr, fc, crops, mats in detect_and_align(batch, ctx.faces, ctx.detector.spec, ctx.device,
@@ -183,8 +188,9 @@ def _process_batch(batch: list[Frame], state: _VideoState, ctx: ScanContext) -> 
         state.frames.append({"index": fr.index, "time_s": round(fr.time_s, 4)})
         if len(fc) == 0:
             continue
-        recs = [FaceRec(pos, fc.boxes[k], float(fc.probs[k]), mats[k], look=face_look(fr, fc.boxes[k]))
-                for k in range(len(fc))]
+        recs = [FaceRec(pos, fc.boxes[k], float(fc.probs[k]), mats[k]) for k in range(len(fc))]
+        if cfg.aggregate == "tracks" or cfg.details:  # only tracks use looks (scanner.tracks)
+            _timed(state, "aggregate", _add_looks, fr, recs)
         state.faces += recs
         state.pending += recs
         state.crops.append(crops)
@@ -301,6 +307,8 @@ def _unless_changed(path: Path, ctx: ScanContext, start: FileIdentity | None, ro
         return row
     out = _base_row(path, ctx, start)
     out.update(error={"kind": "changed", "message": why}, timings=row.get("timings") or {})
+    if start is None:
+        out["size_bytes"] = None  # no regular file at the start: a size now is the end state's
     return out
 
 

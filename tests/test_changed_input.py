@@ -177,3 +177,12 @@ def test_missing_file_and_fifo_keep_their_own_errors(ctx, tmp_path):
     os.mkfifo(fifo)
     rows = list(scan_paths([tmp_path / "gone.mp4", fifo], ctx=ctx))
     assert [r["error"]["kind"] for r in rows] == ["not_found", "not_video"]
+
+
+def test_file_appearing_during_its_scan_has_no_start_size(ctx, clip, monkeypatch):
+    """No regular file when the row started (copied in after the listing): the row said
+    'keeps the size from the start' but took a size stat'ed at the end."""
+    monkeypatch.setattr(pipeline, "_start_identity", lambda path, ctx: None)
+    row = _scan(ctx, clip)
+    _assert_changed(row, "appeared")
+    assert row["size_bytes"] is None

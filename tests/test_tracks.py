@@ -185,3 +185,15 @@ def test_live_analyzer_gives_each_face_its_look():
     for fr, r in zip(frames, res):
         assert len(r.looks) == len(r.boxes) >= 1
         np.testing.assert_array_equal(r.looks[0], face_look(fr, r.boxes[0]))
+
+
+def test_look_of_a_non_finite_or_outside_box_is_none():
+    """A diverging detector can emit inf boxes: int(inf) raised, failing the whole row (or a
+    live batch of every stream); such a face has no look and tracks by box overlap."""
+    from scanner.appearance import look
+
+    img = np.full((100, 100, 3), 128, np.uint8)
+    assert look(img, [np.nan, 10, 50, 60]) is None and look(img, [10, 10, np.inf, 60]) is None
+    assert look(img, [300, 300, 350, 350]) is None
+    h = look(img, [20, 20, 60, 60])
+    assert h.shape == (192,) and abs(float(h.sum()) - 1) < 1e-6
