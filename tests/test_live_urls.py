@@ -156,6 +156,13 @@ def test_password_with_an_unencoded_delimiter_never_shown(url):
     assert parse_source("udp://@:5000").kind == "network"  # '@' inside the authority is fine
 
 
+def test_at_sign_in_a_path_or_query_of_a_host_without_credentials_is_fine():
+    """A '@' after a host with no ':' cannot end a cut password: '@handle' paths and e-mail
+    query values were refused (and masked as 'https://***@b.example')."""
+    for url in ("https://cdn.example/@channel/index.m3u8", "https://cdn.example/live.m3u8?mail=a@b.example"):
+        assert parse_source(url).masked == url and mask_credentials(url) == url
+
+
 @pytest.mark.parametrize("query", [f"md5={SECRET}&expires=1700000000",  # nginx secure_link
                                    f"hdnts=exp=1700000000~acl=/*~hmac={SECRET}",  # Akamai token auth
                                    f"hdnea=st=1~exp=2~hmac={SECRET}", f"jwt={SECRET}", f"hash={SECRET}&e=1",

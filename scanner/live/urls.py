@@ -92,9 +92,7 @@ def mask_credentials(url: str) -> str:
         return "<invalid url>"
     netloc = parts.netloc
     tail = url.partition("://")[2]
-    if "@" not in netloc and "@" in tail:
-        # A password holding '/', '?' or '#' unencoded ends the authority early ('u:p/w@h'):
-        # everything up to the last '@' may be part of it.
+    if _cut_userinfo(url, parts):  # everything up to the last '@' may be the password
         return mask_credentials(f"{parts.scheme}://***@{tail.rsplit('@', 1)[1]}")
     if "@" in netloc:
         netloc = "***@" + netloc.rsplit("@", 1)[1]
@@ -224,11 +222,18 @@ def parse_source(url: str, allow_files: bool = False) -> SourceURL:
     return SourceURL(ffmpeg_url, scheme, "network", auth=auth, secrets=secrets, shown=mask_credentials(url))
 
 
+def _cut_userinfo(url: str, parts) -> bool:
+    """Whether ``user:password@`` may have been cut short: a password holding '/', '?' or '#'
+    unencoded ends the authority there for Python and FFmpeg alike ('u:p/w@h' opens host 'u',
+    port 'p'). Only then can a later '@' belong to a password: an authority without ':' holds
+    none, so '@' in a path or query ('https://cdn/@channel/', '?mail=a@b') is just that."""
+    return "@" in url.partition("://")[2] and "@" not in parts.netloc and ":" in parts.netloc
+
+
 def _check_authority(url: str, parts) -> None:
-    """Refuse a '@' after the host: the sign of a user name or password holding '/', '?' or
-    '#' unencoded. Python and FFmpeg both end the authority at that character, so such a URL
-    opens another host (the user name) and shows the password as part of the path or query."""
-    if "@" in url.partition("://")[2] and "@" not in parts.netloc:
+    """Refuse a URL whose ``user:password@`` may have been cut short (:func:`_cut_userinfo`):
+    it would open another host (the user name) and show the password in its path or query."""
+    if _cut_userinfo(url, parts):
         raise SourceError(f"{parts.scheme}:// URL with a '@' after its host: percent-encode '/', '?', '#' "
                           "and '@' in a user name or password (%2F, %3F, %23, %40), and a '@' elsewhere as %40")
 
