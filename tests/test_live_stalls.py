@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 
 from conftest import make_video, start_http, stop_http, wait_for
+from scanner.live.hls import precheck_playlist
 from scanner.live.publish import _Clip
 from scanner.live.source import LiveSource, SourceSettings
+from scanner.live.urls import SourceError, parse_source
 from scanner.live.watchdog import Watchdog
 
 RATE, SAMPLES = 48000, 1152  # one MP2 audio frame: 24 ms
@@ -153,6 +155,53 @@ def test_a_stream_removed_during_a_dripped_playlist_check_ends_at_once():
         stop_http(httpd)
 
 
+class _DripHeaders(BaseHTTPRequestHandler):
+    """An HLS server sending its status line, then a header byte every 0.2 s."""
+
+    def log_message(self, *a):
+        pass
+
+    def do_GET(self):  # noqa: N802
+        try:
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            for _ in range(150):  # 30 s of header bytes, each well within the per-read timeout
+                self.wfile.flush()
+                time.sleep(0.2)
+                self.wfile.write(b"a")
+        except OSError:
+            pass  # the check hung up
+
+
+def test_a_playlist_server_dripping_its_headers_times_out_within_open_timeout():
+    """The pre-check's total deadline was only tested between body chunks: a server dripping
+    its headers kept client.stream(...) open (8 s with timeout_s=1, httpx's timeout being per
+    read), and DELETE /streams could not end it meanwhile."""
+    httpd, port = start_http(_DripHeaders)
+    src = parse_source(f"http://127.0.0.1:{port}/live.m3u8")
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(SourceError) as e:
+            precheck_playlist(src, 1.0)
+        took = time.monotonic() - t0
+    finally:
+        stop_http(httpd)
+    assert str(e.value).startswith("timeout:"), e.value
+    assert took < 2.0, f"the check took {took:.1f}s"
+
+
+def test_a_stream_removed_while_its_playlist_headers_drip_ends_at_once():
+    httpd, port = start_http(_DripHeaders)
+    src = LiveSource("cam", f"http://127.0.0.1:{port}/live.m3u8", SourceSettings(open_timeout_s=30))
+    try:
+        src.start()
+        time.sleep(0.8)  # inside the check, waiting for the headers
+        t0 = time.monotonic()
+        src.stop(timeout=5)
+        assert not src.alive and time.monotonic() - t0 < 2
+    finally:
+        stop_http(httpd)
+
+
 class _FakeSource:
     """What the watchdog reads of a source: a live one whose last frame is 5 s old."""
 
@@ -265,3 +314,4 @@ def test_one_stream_failing_to_age_its_verdicts_does_not_keep_the_others_current
     assert svc._streams["good"].verdicts.summary["verdict"] == "unknown"
     errors = [r for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and "stream bad" in errors[0].getMessage()
+

@@ -16,6 +16,7 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
+from .deadline import Deadline
 from .urls import RefusedURL, SourceError, SourceURL, mask_credentials
 
 PLAYLIST_MAX_BYTES = 1 << 20
@@ -84,12 +85,13 @@ def check_playlist(url: str, text: str, same_origin: bool = False) -> list[str]:
 
 
 def _fetch_playlist(client: httpx.Client, url: str, sniff: bool = False, deadline: float = math.inf,
-                    cancelled: Callable[[], bool] = lambda: False) -> str | None:
+                    cancelled: Callable[[], bool] = lambda: False, trace: Callable | None = None) -> str | None:
     """The playlist text (first MiB); with ``sniff``, None as soon as the body is not M3U.
 
     httpx's timeout is per read: a server dripping a byte a second kept the stream
-    'connecting' for days, its thread deaf to removal. ``deadline`` bounds the whole read."""
-    with client.stream("GET", url) as r:
+    'connecting' for days, its thread deaf to removal. ``deadline`` bounds the body read
+    here; a :class:`.deadline.Deadline`'s ``trace`` also ends a read blocked on dripped headers."""
+    with client.stream("GET", url, extensions={"trace": trace} if trace else None) as r:
         r.raise_for_status()
         data = b""
         for chunk in r.iter_bytes():
@@ -108,19 +110,28 @@ def _fetch_playlist(client: httpx.Client, url: str, sniff: bool = False, deadlin
     return data[:PLAYLIST_MAX_BYTES].decode("utf-8", "replace")
 
 
+def _ended(stop: Deadline, shown: str, timeout_s: float) -> SourceError:
+    if not stop.expired:
+        return SourceError("stopped while the playlist was read")
+    return SourceError(f"timeout: no whole playlist from {shown} within {timeout_s:g}s (a slow or dripping server)")
+
+
 def precheck_playlist(src: SourceURL, timeout_s: float, depth: int = 2,
                       cancelled: Callable[[], bool] = lambda: False) -> None:
     """Fetch an HLS playlist (and its variant playlists) and refuse foreign schemes.
 
     Credentials go in the Authorization header and then no redirect is followed.
-    Every error message is redacted. The whole check takes at most about ``timeout_s``;
-    ``cancelled()`` true (the stream is being removed) ends it at the next chunk.
+    Every error message is redacted. The whole check takes at most about ``timeout_s``, even
+    while a server drips its headers (a :class:`.deadline.Deadline` then shuts the socket down);
+    ``cancelled()`` true (the stream is being removed) ends it within 0.1 s.
     """
     headers = {"Authorization": src.auth} if src.auth else {}
     todo, seen, deadline = [src.url], set(), time.monotonic() + timeout_s
     # With credentials, no redirect is followed, as FFmpeg's open that comes next (max_redirects 0).
-    with httpx.Client(timeout=timeout_s, headers=headers, follow_redirects=src.auth is None,
-                      max_redirects=3) as client:
+    # A fresh client under the Deadline: every connection it uses reports its socket there.
+    with Deadline(timeout_s, cancelled) as stop, \
+            httpx.Client(timeout=timeout_s, headers=headers, follow_redirects=src.auth is None,
+                         max_redirects=3) as client:
         while todo and depth >= 0:
             nxt = []
             for url in todo:
@@ -131,12 +142,16 @@ def precheck_playlist(src: SourceURL, timeout_s: float, depth: int = 2,
                 try:
                     # the source itself may be a video: only named playlists are taken as one
                     text = _fetch_playlist(client, url, sniff=url == src.url and not is_playlist(src),
-                                           deadline=deadline, cancelled=cancelled)
+                                           deadline=deadline, cancelled=cancelled, trace=stop.trace)
                 except httpx.HTTPStatusError as e:
                     hint = "; a stream with credentials follows no redirect" if e.response.is_redirect else ""
                     raise SourceError(f"cannot fetch {shown}: HTTP {e.response.status_code}{hint}") from e
                 except httpx.HTTPError as e:
+                    if stop.fired:  # what the shut-down socket raised is not the reason
+                        raise _ended(stop, shown, timeout_s) from e
                     raise SourceError(src.redact(f"cannot fetch {shown}: {type(e).__name__}: {e}")) from e
+                if stop.fired:  # a body cut off by the shutdown reads as a whole one when it has no length
+                    raise _ended(stop, shown, timeout_s)
                 if text is not None:
                     nxt += check_playlist(url, text, same_origin=src.auth is not None)
             todo, depth = nxt, depth - 1

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import socket
 import sys
 import threading
 import time
@@ -23,6 +22,7 @@ import httpx
 
 from ..output import JsonlSink as _JsonlWriter
 from ..output import OutputError, json_line
+from .deadline import Deadline
 from .urls import mask_text
 
 log = logging.getLogger(__name__)
@@ -149,53 +149,6 @@ class StdoutSink(Sink):
 MAX_BACKOFF_S = 60.0  # longest wait between two attempts of one webhook delivery
 
 
-class _Deadline:
-    """Shuts down the connection of one webhook POST once ``seconds`` have passed.
-
-    httpx's timeout is per read: a receiver sending its status line and then a header byte now
-    and then held the POST, and so the sink, for as long as it dripped. The sockets come from
-    httpx's ``trace`` request extension; shutting one down ends a blocked read at once."""
-
-    def __init__(self, seconds: float):
-        self.fired = False
-        self._socks: list = []
-        self._lock = threading.Lock()
-        self._timer = threading.Timer(seconds, self._fire)
-        self._timer.daemon = True
-
-    def __enter__(self) -> "_Deadline":
-        self._timer.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._timer.cancel()
-
-    def trace(self, event: str, info: dict) -> None:
-        # TLS wraps (and takes over) the TCP socket: both are kept, the live one is shut down.
-        if not event.endswith(("connect_tcp.complete", "start_tls.complete")) or info.get("return_value") is None:
-            return
-        sock = info["return_value"].get_extra_info("socket")
-        with self._lock:
-            self._socks.append(sock)
-            late = self.fired  # connected just after the deadline
-        if late:
-            self._shutdown(sock)
-
-    def _fire(self) -> None:
-        with self._lock:
-            self.fired = True
-            socks = list(self._socks)
-        for sock in socks:
-            self._shutdown(sock)
-
-    @staticmethod
-    def _shutdown(sock) -> None:
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except (OSError, AttributeError):
-            pass  # closed already (the POST ended meanwhile), or a socket taken over by TLS
-
-
 class WebhookSink(Sink):
     """POSTs each event as JSON (httpx); retries with exponential backoff; counts failures.
 
@@ -210,7 +163,7 @@ class WebhookSink(Sink):
         self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
         self.headers = {"Content-Type": "application/json", "User-Agent": "dfscan-live", **(headers or {})}
         self._sleep = sleep
-        # No kept-alive connection: a reused one reports no connect to _Deadline, which could not end it.
+        # No kept-alive connection: a reused one reports no connect to the Deadline, which could not end it.
         self._client = httpx.Client(timeout=timeout_s, follow_redirects=False, headers=self.headers,
                                     limits=httpx.Limits(max_keepalive_connections=0))
 
@@ -237,7 +190,7 @@ class WebhookSink(Sink):
 
     def _post(self, body: bytes) -> httpx.Response:
         """One POST, over within about ``timeout_s`` in all (its status read, never its body)."""
-        with _Deadline(self.timeout_s) as deadline:
+        with Deadline(self.timeout_s) as deadline:
             try:
                 # The status is all we need: a response body is never read. httpx's timeout is per
                 # read, so a body dripped (or endless, or gigabytes long) held the sink for good.

@@ -1,0 +1,74 @@
+"""A total deadline for httpx requests, whose own timeout is per read.
+
+A server sending its status line and then a header byte now and then keeps
+``client.stream(...)`` blocked for as long as it drips: each read is well within the
+timeout. :class:`Deadline` shuts the request's sockets down once the time is up (or,
+polled, once ``cancelled()`` turns true), which ends a blocked read at once. The sockets
+come from httpx's ``trace`` request extension: pass ``extensions={"trace": d.trace}``
+to every request made under the deadline. A kept-alive connection reused from before
+the deadline reports no connect, so it cannot be ended: use a fresh client (or none kept
+alive). Used by the webhook sink and the HLS playlist pre-check.
+"""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from typing import Callable
+
+
+class Deadline:
+    """Shuts down every connection made under it once ``seconds`` have passed, or (checked
+    every ``poll_s``) once ``cancelled()`` is true. ``fired``: it did; ``expired``: the time
+    was up (else it was cancelled)."""
+
+    def __init__(self, seconds: float, cancelled: Callable[[], bool] | None = None, poll_s: float = 0.1):
+        self.fired = self.expired = False
+        self._end = time.monotonic() + seconds
+        self._cancelled, self._poll_s = cancelled, poll_s
+        self._socks: list = []
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="deadline", daemon=True)
+
+    def __enter__(self) -> "Deadline":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+
+    def trace(self, event: str, info: dict) -> None:
+        # TLS wraps (and takes over) the TCP socket: both are kept, the live one is shut down.
+        if not event.endswith(("connect_tcp.complete", "start_tls.complete")) or info.get("return_value") is None:
+            return
+        sock = info["return_value"].get_extra_info("socket")
+        with self._lock:
+            self._socks.append(sock)
+            late = self.fired  # connected just after the deadline
+        if late:
+            self._shutdown(sock)
+
+    def _watch(self) -> None:
+        while True:
+            left = self._end - time.monotonic()
+            wait = left if self._cancelled is None else min(left, self._poll_s)
+            if self._done.wait(max(wait, 0.0)):
+                return
+            if time.monotonic() >= self._end:
+                self.expired = True
+                break
+            if self._cancelled is not None and self._cancelled():
+                break
+        with self._lock:
+            self.fired = True
+            socks = list(self._socks)
+        for sock in socks:
+            self._shutdown(sock)
+
+    @staticmethod
+    def _shutdown(sock) -> None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except (OSError, AttributeError):
+            pass  # closed already (the request ended meanwhile), or a socket taken over by TLS
