@@ -315,3 +315,26 @@ def test_one_stream_failing_to_age_its_verdicts_does_not_keep_the_others_current
     errors = [r for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and "stream bad" in errors[0].getMessage()
 
+
+def test_log_throttle_logs_the_first_failure_then_one_per_period_with_the_count(caplog):
+    """LogThrottle.log, shared by the service's tick, the watchdog and the inference worker:
+    the traceback inside an except block, the count of failures left out only when there are some."""
+    import logging
+
+    from scanner.live.throttle import LogThrottle
+
+    throttle, logger = LogThrottle(every_s=0.2), logging.getLogger("test.throttle")
+    with caplog.at_level(logging.ERROR, logger="test.throttle"):
+        for _ in range(3):
+            try:
+                raise RuntimeError("boom")
+            except RuntimeError:
+                throttle.log(logger, "k", "stream %s failed", "cam")
+        time.sleep(0.25)
+        try:
+            raise RuntimeError("boom")
+        except RuntimeError:
+            assert throttle.log(logger, "k", "stream %s failed", "cam")
+    msgs = [r.getMessage() for r in caplog.records]
+    assert msgs == ["stream cam failed", "stream cam failed (2 more not logged)"], msgs
+    assert all(r.exc_info and r.exc_info[0] is RuntimeError for r in caplog.records)

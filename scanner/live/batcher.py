@@ -223,11 +223,8 @@ class InferenceWorker:
             return list(zip(batch, self.analyzer([f.frame for f in batch])))
         except Exception as e:  # noqa: BLE001 - a bad batch must not kill the worker
             if len(batch) == 1:
-                quiet = self._throttle((batch[0].stream, type(e).__name__))
-                if quiet is not None:
-                    log.error("inference failed on %s for stream %s%s", self.device, batch[0].stream,
-                              f" ({quiet} more such failures not logged)" if quiet else "",
-                              exc_info=e)
+                self._throttle.log(log, (batch[0].stream, type(e).__name__), "inference failed on %s for stream %s",
+                                   self.device, batch[0].stream)
                 if self.on_error:
                     self.on_error(batch, e)
                 return []

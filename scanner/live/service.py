@@ -265,10 +265,8 @@ class LiveService:
             try:
                 self._age(st, now)
             except Exception:  # noqa: BLE001 - logged; the watchdog round goes on
-                quiet = self._tick_throttle((st.verdicts.name, "tick"))
-                if quiet is not None:
-                    log.exception("stream %s: ageing its verdicts failed (%d more not logged)",
-                                  st.verdicts.name, quiet)
+                self._tick_throttle.log(log, (st.verdicts.name, "tick"), "stream %s: ageing its verdicts failed",
+                                        st.verdicts.name)
 
     def _age(self, st: _Stream, now: float) -> None:
         with st.lock:  # windows age without frames too: a dead stream's verdict lapses

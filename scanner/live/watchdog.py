@@ -71,10 +71,7 @@ class Watchdog:
         # No stream error counter tick: dfscan_stream_errors_total counts the stream's own
         # open/read/decode failures, and this one repeats every round (a service bug).
         name = getattr(src, "name", "?")
-        quiet = self._throttle((name, type(e).__name__))
-        if quiet is not None:
-            log.error("watchdog: check of stream %s failed%s", name,
-                      f" ({quiet} more such failures not logged)" if quiet else "", exc_info=e)
+        self._throttle.log(log, (name, type(e).__name__), "watchdog: check of stream %s failed", name)
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
