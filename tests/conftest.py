@@ -134,3 +134,29 @@ def start_http(handler) -> tuple:
 def stop_http(httpd) -> None:
     httpd.shutdown()
     httpd.server_close()
+
+
+def drip_headers_handler():
+    """An HTTP handler answering any GET or POST with its status line, then one header byte
+    every 0.2 s for 30 s: each read well within a per-read timeout, the response never whole."""
+    from http.server import BaseHTTPRequestHandler
+
+    class DripHeaders(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):  # noqa: N802
+            try:
+                self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                for _ in range(150):
+                    self.wfile.flush()
+                    time.sleep(0.2)
+                    self.wfile.write(b"a")
+            except OSError:
+                pass  # the client hung up
+
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.do_GET()
+
+    return DripHeaders

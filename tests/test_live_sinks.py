@@ -79,27 +79,10 @@ def test_a_webhook_dripping_its_response_headers_does_not_hold_the_sink(caplog):
     holding the sink; every later alert waited, then was dropped. Each POST now has a total
     deadline of timeout_s."""
     import time
-    from http.server import BaseHTTPRequestHandler
-
-    from conftest import start_http, stop_http, wait_for
+    from conftest import drip_headers_handler, start_http, stop_http, wait_for
     from scanner.live.sinks import WebhookSink
 
-    class DripHeaders(BaseHTTPRequestHandler):
-        def log_message(self, *a):
-            pass
-
-        def do_POST(self):  # noqa: N802
-            self.rfile.read(int(self.headers["Content-Length"]))
-            try:
-                self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
-                for _ in range(150):  # 30 s of header bytes, each well within the per-read timeout
-                    self.wfile.flush()
-                    time.sleep(0.2)
-                    self.wfile.write(b"a")
-            except OSError:
-                pass  # the sink hung up
-
-    httpd, port = start_http(DripHeaders)
+    httpd, port = start_http(drip_headers_handler())
     sink = WebhookSink(f"http://127.0.0.1:{port}/hook", timeout_s=1, retries=0, name="hook").start()
     t0 = time.monotonic()
     try:

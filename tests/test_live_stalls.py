@@ -14,7 +14,7 @@ import av
 import numpy as np
 import pytest
 
-from conftest import make_video, start_http, stop_http, wait_for
+from conftest import drip_headers_handler, make_video, start_http, stop_http, wait_for
 from scanner.live.hls import precheck_playlist
 from scanner.live.publish import _Clip
 from scanner.live.source import LiveSource, SourceSettings
@@ -155,28 +155,11 @@ def test_a_stream_removed_during_a_dripped_playlist_check_ends_at_once():
         stop_http(httpd)
 
 
-class _DripHeaders(BaseHTTPRequestHandler):
-    """An HLS server sending its status line, then a header byte every 0.2 s."""
-
-    def log_message(self, *a):
-        pass
-
-    def do_GET(self):  # noqa: N802
-        try:
-            self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
-            for _ in range(150):  # 30 s of header bytes, each well within the per-read timeout
-                self.wfile.flush()
-                time.sleep(0.2)
-                self.wfile.write(b"a")
-        except OSError:
-            pass  # the check hung up
-
-
 def test_a_playlist_server_dripping_its_headers_times_out_within_open_timeout():
     """The pre-check's total deadline was only tested between body chunks: a server dripping
     its headers kept client.stream(...) open (8 s with timeout_s=1, httpx's timeout being per
     read), and DELETE /streams could not end it meanwhile."""
-    httpd, port = start_http(_DripHeaders)
+    httpd, port = start_http(drip_headers_handler())
     src = parse_source(f"http://127.0.0.1:{port}/live.m3u8")
     t0 = time.monotonic()
     try:
@@ -190,7 +173,7 @@ def test_a_playlist_server_dripping_its_headers_times_out_within_open_timeout():
 
 
 def test_a_stream_removed_while_its_playlist_headers_drip_ends_at_once():
-    httpd, port = start_http(_DripHeaders)
+    httpd, port = start_http(drip_headers_handler())
     src = LiveSource("cam", f"http://127.0.0.1:{port}/live.m3u8", SourceSettings(open_timeout_s=30))
     try:
         src.start()
