@@ -263,7 +263,9 @@ def test_trained_lite_detector_on_engines(engine):
     if engine == "onnxruntime":
         pytest.importorskip("onnxruntime")
     det = create_detector("effnet_lite0_sbi")
-    e = build_engine(det, engine_config(engine, batch_sizes=(1, 8)))
+    # compile builds a program per batch size (~40 s each here): one is enough to check the
+    # shipped weights' parity under compile (eager and ONNX Runtime keep both sizes).
+    e = build_engine(det, engine_config(engine, batch_sizes=(8,) if engine == "compile" else (1, 8)))
     p = e.describe()["parity"]
     assert p["passed"] and p["cosine"] >= 0.99 and p["verdict_flips"] == 0 and p["max_abs_diff"] < 1e-3
     x = parity_batch(det.spec.size)
