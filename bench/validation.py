@@ -146,13 +146,14 @@ def _scan(paths: list[Path], detector: str, perturb: str | None, frames: int) ->
 
 def _video_scores(row: dict) -> dict[str, float | None]:
     """Frame-level (max face per frame, mean over frames) and track-level video scores."""
-    from scanner.tracks import build_tracks, decide_tracks
+    from scanner.tracks import decide_tracks, tracks_of_detail
 
     det = row.get("frames_detail") or []
-    faces = [[(np.array(f["box"]), f["score"]) for f in fr.get("faces", [])] for fr in det]
-    per_frame = [max(s for _, s in fs) for fs in faces if fs]
+    faces = [[f["score"] for f in fr.get("faces", [])] for fr in det]
+    per_frame = [max(fs) for fs in faces if fs]
     frames = float(np.mean(per_frame)) if per_frame else None
-    tracks = decide_tracks(build_tracks(faces), 0.5, 3, len(faces)).score if per_frame else None
+    # the scan's own tracks (stored per face), not boxes re-linked without their looks
+    tracks = decide_tracks(tracks_of_detail(det), 0.5, 3, len(det)).score if per_frame else None
     return {"frames": frames, "tracks": tracks}
 
 

@@ -68,6 +68,26 @@ def build_tracks(frames: list[list[tuple]], iou: float = 0.3) -> list[FaceTrack]
     return list(tracks.values())
 
 
+def tracks_of_detail(frames_detail: list[dict]) -> list[FaceTrack]:
+    """A row's tracks from its ``frames_detail``: by each face's stored ``track`` id (the
+    scan's own tracks, looks included), or, for rows written before faces carried one, by
+    box overlap as those scans linked them."""
+    faces = [fr.get("faces") or [] for fr in frames_detail]
+    nan = float("nan")
+    score = lambda fc: nan if fc.get("score") is None else float(fc["score"])  # noqa: E731
+    if not any("track" in fc for ff in faces for fc in ff):
+        return build_tracks([[(np.asarray(fc["box"], np.float32), score(fc)) for fc in ff] for ff in faces])
+    tracks: dict[int, FaceTrack] = {}
+    for pos, ff in enumerate(faces):
+        for slot, fc in enumerate(ff):
+            tid = fc.get("track", -1)
+            tr = tracks.setdefault(tid, FaceTrack(tid))
+            tr.frames.append(pos)
+            tr.scores.append(score(fc))
+            tr.slots.append(slot)
+    return list(tracks.values())
+
+
 def decide_tracks(tracks: list[FaceTrack], threshold: float, min_frames: int, sampled: int) -> Verdict:
     """Verdict = max track score over tracks with at least ``min_frames`` scored faces (capped).
 

@@ -153,6 +153,13 @@ def test_scan_splits_tracks_at_a_cut_between_two_people_framed_alike(tmp_path):
             by_track.setdefault(fc["track"], []).append(fr["index"])
     assert sorted(by_track.values()) == [list(range(16)), list(range(16, 32))]
     assert {t["id"]: t["frames"] for t in row["tracks"]} == {k: len(v) for k, v in by_track.items()}
+    # what reads rows back (bench/validation.py) gets the scan's tracks, not boxes re-linked
+    from scanner.tracks import tracks_of_detail
+
+    assert [t.to_dict() for t in tracks_of_detail(row["frames_detail"])] == row["tracks"]
+    old = [dict(fr, faces=[{k: v for k, v in fc.items() if k != "track"} for fc in fr["faces"]])
+           for fr in row["frames_detail"]]
+    assert len(tracks_of_detail(old)) == 1  # rows written before faces carried a track id
 
 
 def test_live_cut_to_another_person_framed_alike_starts_a_new_track():

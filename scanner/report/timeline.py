@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from html import escape
 
-import numpy as np
 
 W, H = 560, 120
 PAD_L, PAD_R, PAD_T, PAD_B = 34, 8, 8, 18
@@ -19,29 +18,15 @@ MAX_TRACKS = len(TRACK_COLOURS)
 
 
 def face_tracks(frames: list[dict]) -> dict[int, list[tuple[float, float, float]]]:
-    """``{track: [(time_s, score, prob), ...]}`` for the faces of ``frames_detail``.
+    """``{track: [(time_s, score, prob), ...]}`` for the faces of ``frames_detail``: the
+    row's own tracks (:func:`scanner.tracks.tracks_of_detail`: each face's stored ``track``
+    id, or box overlap for rows written before faces carried one)."""
+    from ..tracks import tracks_of_detail
 
-    Faces carrying a ``track`` id (the scan's own tracks, :mod:`scanner.tracks`) keep
-    it; faces of rows written before faces carried one are linked by box overlap
-    (:func:`scanner.tracks.build_tracks` without looks), as those scans linked them.
-    """
-    if any("track" in fc for fr in frames for fc in fr.get("faces") or []):
-        out: dict[int, list] = {}
-        for fr in frames:
-            for fc in fr.get("faces") or []:
-                if fc.get("score") is not None:
-                    out.setdefault(fc.get("track", -1), []).append((fr.get("time_s") or 0.0, fc["score"],
-                                                                     fc.get("prob")))
-        return out
-    from ..tracks import build_tracks  # the tracking of such rows: ids match their "tracks"
-
-    faces = [fr.get("faces") or [] for fr in frames]
-    nan = float("nan")
-    tracks = build_tracks([[(np.asarray(fc["box"], np.float32), nan if fc.get("score") is None else fc["score"])
-                            for fc in ff] for ff in faces])
     out = {}
-    for tr in tracks:
-        pts = [(frames[pos].get("time_s") or 0.0, s, None) for pos, s in zip(tr.frames, tr.scores) if s == s]
+    for tr in tracks_of_detail(frames):
+        pts = [(frames[pos].get("time_s") or 0.0, s, frames[pos]["faces"][slot].get("prob"))
+               for pos, s, slot in zip(tr.frames, tr.scores, tr.slots) if s == s]
         if pts:
             out[tr.id] = pts
     return out
