@@ -30,7 +30,8 @@ from scanner.live.server import ApiServer, check_bearer
 from scanner.live.service import LiveService
 from scanner.live.source import Backoff, DropOldestBuffer, LiveSource, SourceSettings
 from scanner.live.tracker import IoUTracker
-from scanner.live.urls import RefusedURL, SourceError, check_playlist, mask_credentials, open_options, parse_source
+from scanner.live.hls import check_playlist
+from scanner.live.urls import RefusedURL, SourceError, mask_credentials, open_options, parse_source
 from conftest import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -293,20 +293,6 @@ def open_options(src: SourceURL, timeout_s: float, rtsp_transport: str = "tcp") 
     return opts
 
 
-# The HLS pre-check lives in hls.py (which imports this module); its names stay importable
-# from here, resolved on first use so that either module may be imported first.
-_HLS_NAMES = frozenset({"PLAYLIST_MAX_BYTES", "is_playlist", "needs_precheck", "check_playlist",
-                        "precheck_playlist"})
-
-
-def __getattr__(name: str):
-    if name in _HLS_NAMES:
-        from . import hls
-
-        return getattr(hls, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 # How to read a protocol PyAV's bundled FFmpeg lacks (its wheels are built without libsrt).
 _RELAY_HINT = {
     "srt": "relay it to UDP, e.g. `srt-live-transmit srt://HOST:PORT udp://127.0.0.1:5000`, and read "
