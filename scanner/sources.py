@@ -75,16 +75,21 @@ def _list_entry(line: str, folder: Path) -> Path | None:
 
 def _expand(item: str) -> tuple[list[Path], bool]:
     """The paths ``item`` names, and whether it is a folder or pattern (may name none)."""
+    # os.path's tests, not Path's: Path.is_dir() raises PermissionError for a name inside a
+    # folder that cannot be searched, and the whole scan ended in a traceback without a row.
     p = Path(item)
-    if p.is_dir():
+    if os.path.isdir(p):
         return _walk(p), True
-    if p.is_file() and p.suffix.lower() in LIST_SUFFIXES:
-        return _read_list(p), False
-    if not p.exists() and glob.has_magic(item):
+    if os.path.isfile(p) and p.suffix.lower() in LIST_SUFFIXES:
+        try:
+            return _read_list(p), False
+        except OSError:  # unreadable: the list is an input of its own, its row says why
+            return [p], False
+    if not os.path.exists(p) and glob.has_magic(item):
         found: list[Path] = []
         for m in sorted(glob.glob(item, recursive=True)):
             mp = Path(m)
-            found += _walk(mp) if mp.is_dir() else [mp] if is_video_path(mp) else []
+            found += _walk(mp) if os.path.isdir(mp) else [mp] if is_video_path(mp) else []
         return found, True
     return [p], False
 

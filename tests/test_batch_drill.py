@@ -145,3 +145,56 @@ def test_a_pattern_or_folder_naming_no_video_is_reported(tmp_path, capsys):
                  "--workers", "1", "--no-progress"]) == EXIT_OK
     said = capsys.readouterr().out
     assert f"{items[0]}: no video file found there" in said and f"{items[1]}: no video" in said
+
+
+def _deny(monkeypatch, folder, search=True):
+    """``folder`` as a user other than root sees it at mode 000 (root reads anything): it
+    cannot be listed nor read, and with ``search`` no name inside it can be looked up
+    either (``search=False``: mode 111, names inside still reachable)."""
+    import os
+
+    top = os.path.abspath(folder)
+    real = {n: getattr(os, n) for n in ("scandir", "stat", "lstat", "access")}
+
+    def under(path, strictly):
+        if isinstance(path, int):
+            return False
+        p = os.path.abspath(os.fspath(path))
+        return p.startswith(top + os.sep) or (not strictly and p == top)
+
+    def denying(name, strictly):
+        def call(path=".", *a, **k):
+            if under(path, strictly):
+                raise PermissionError(13, "Permission denied", os.fspath(path))
+            return real[name](path, *a, **k)
+        return call
+
+    monkeypatch.setattr(os, "scandir", denying("scandir", False))
+    monkeypatch.setattr(os, "access", lambda p, m, *a, **k: not under(p, False) and real["access"](p, m, *a, **k))
+    if search:
+        monkeypatch.setattr(os, "stat", denying("stat", True))
+        monkeypatch.setattr(os, "lstat", denying("lstat", True))
+
+
+def test_a_named_file_in_a_folder_that_cannot_be_searched_or_an_unreadable_list_gets_a_row(tmp_path, monkeypatch):
+    # `dfscan scan locked/clip.mp4 list.txt` with locked/ at mode 000 or list.txt at 600 (another
+    # user's): Path.is_dir() / open() raised PermissionError and the whole scan was a traceback.
+    import builtins
+
+    from scanner.sources import expand_inputs
+
+    (tmp_path / "locked").mkdir()
+    for n in ("locked/clip.mp4", "a.mp4"):
+        (tmp_path / n).write_bytes(b"x")
+    lst = tmp_path / "list.txt"
+    lst.write_text("a.mp4\n")
+    _deny(monkeypatch, tmp_path / "locked")
+    real_open = builtins.open
+
+    def open_(file, *a, **k):
+        if str(file) == str(lst):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", open_)
+    assert expand_inputs([str(tmp_path / "locked" / "clip.mp4"), str(lst)]) == [tmp_path / "locked" / "clip.mp4", lst]
