@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import socket
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 
@@ -245,3 +246,46 @@ def test_rtmp_stream_key_is_masked_like_a_password():
     assert common.redact("rtmp://h/live/stream: no video stream found") == "rtmp://h/live/***: no video stream found"
     assert parse_source("rtmp://h/live").masked == "rtmp://h/live"  # no key, only the application
     assert parse_source("rtsp://h/live/cam1").masked == "rtsp://h/live/cam1"  # RTSP paths are not keys
+
+
+@pytest.mark.parametrize("streamid", ["#!::r=live/cam1,u=alice,s=SESSION123,m=request",  # access control
+                                      "LIVEKEY-abcdef123456",  # platform ingest: the key is the streamid
+                                      "#!::r=live/livestream,secret=abc123",  # SRS
+                                      "%23%21%3A%3Ar%3Dlive%2Flivestream%2Csecret%3Dabc123"])
+def test_srt_streamid_is_masked_like_a_stream_key(streamid):
+    """SRT servers and platforms take the streamid as the credential to publish or read, like an
+    RTMP stream key: it was shown as given in /streams, logs and errors, and a '#' in it (the
+    '#!::' syntax) made the rest of the options, a passphrase too, a fragment no mask looked at."""
+    url = f"srt://ingest.example:9000?mode=caller&streamid={streamid}&latency=200&passphrase={SECRET}"
+    src = parse_source(url)
+    assert src.masked == "srt://ingest.example:9000?mode=caller&streamid=***&latency=200&passphrase=***"
+    assert src.url == url and src.kind == "network"  # FFmpeg still gets it as given
+    forms = {streamid, unquote(streamid)}  # FFmpeg percent-decodes it and may quote either
+    for form in forms:
+        err = f"Connection to '{url}' failed: streamid '{form}' rejected ({SECRET})"
+        for shown in (src.redact(err), mask_text(err, url)):
+            assert not any(f in shown for f in forms) and SECRET not in shown, shown
+            assert shown.startswith("Connection to 'srt://ingest.example:9000?mode=caller&streamid=***&"), shown
+    assert not any(f in mask_text(f"error opening '{url}'") for f in forms)  # no URL known: the API's 400s
+    assert not any(f in repr(src) for f in forms)
+
+
+def test_a_short_srt_streamid_is_masked_only_as_the_parameter_value():
+    src = parse_source("srt://h:9000?streamid=live")
+    assert src.masked == "srt://h:9000?streamid=***"
+    assert src.redact("srt://h:9000?streamid=live: no live video") == "srt://h:9000?streamid=***: no live video"
+    assert parse_source("srt://h:9000?mode=listener").masked == "srt://h:9000?mode=listener"
+
+
+def test_srt_streamid_not_in_stream_listing_error_or_log(caplog):
+    """What GET /streams lists (LiveSource.describe) and the log: without a real SRT server (PyAV's
+    FFmpeg has no libsrt: the stream stops at once, else its connect times out)."""
+    caplog.set_level(logging.DEBUG)
+    streamid = "#!::r=live/cam1,u=alice,s=SESSION123,m=request"
+    src = LiveSource("cam", f"srt://127.0.0.1:9?streamid={streamid}", SourceSettings(open_timeout_s=1, max_retries=0))
+    src.start()
+    src._thread.join(10)
+    info = src.describe()
+    assert info["state"] == "stopped" and info["errors"] == 1 and info["last_error"], info
+    assert info["url"] == "srt://127.0.0.1:9?streamid=***" and info["name"] == "cam"
+    assert "SESSION123" not in repr(info) and "SESSION123" not in caplog.text

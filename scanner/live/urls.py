@@ -12,7 +12,7 @@ import base64
 import errno
 import re
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, unquote_plus, urlsplit, urlunsplit
 
 from engines.errors import DfscanError
 
@@ -94,6 +94,10 @@ def mask_credentials(url: str) -> str:
     tail = url.partition("://")[2]
     if _cut_userinfo(url, parts):  # everything up to the last '@' may be the password
         return mask_credentials(f"{parts.scheme}://***@{tail.rsplit('@', 1)[1]}")
+    if parts.scheme.lower() == "srt" and "?" in url:  # its options may hold a '#' (:func:`_ffmpeg_query`)
+        head, _, query = url.partition("?")
+        query = _QUERY_SECRET_RE.sub(r"\1***", _STREAMID_RE.sub(r"\1***", query))
+        return f"{mask_credentials(head)}?{query}"
     if "@" in netloc:
         netloc = "***@" + netloc.rsplit("@", 1)[1]
     query = _QUERY_SECRET_RE.sub(r"\1***", parts.query)
@@ -126,6 +130,27 @@ _QUERY_SECRET_RE = re.compile(rf"(?i)((?:^|(?<=[&;]))[^=&;]*{_SECRET_NAMES}[^=&;
 _TEXT_QUERY_SECRET_RE = re.compile(
     rf"(?i)([?&;][^=&;\s'\"?]*{_SECRET_NAMES}[^=&;\s'\"?]*=)[^&;\s'\"]*")
 
+# SRT's streamid: what platforms' ingest (the stream key itself), SRS ('#!::r=live/x,secret=...')
+# and access-controlled servers ('#!::r=...,u=alice,s=SESSION') take as the credential, like an
+# RTMP stream key. FFmpeg reads SRT options from the text after the first '?', each up to the
+# next '&' ('#', ';' and ',' included), percent-decoded.
+_STREAMID_RE = re.compile(r"(?i)((?:^|(?<=&))[^=&]*streamid[^=&]*=)[^&]*")
+# (Not one masked already: its value would take the ':' or ',' after it, which SRT values hold.)
+_TEXT_STREAMID_RE = re.compile(r"(?i)([?&][^=&\s'\"?]*streamid[^=&\s'\"?]*=)(?!\*\*\*)[^&\s'\"]*")
+
+
+def _ffmpeg_query(url: str, parts) -> str:
+    """The query as FFmpeg reads it: for SRT all after the first '?', where Python's urlsplit
+    ends it at a '#' (the '#!::' streamid syntax: the rest, a passphrase too, became a fragment)."""
+    return url.partition("?")[2] if parts.scheme.lower() == "srt" else parts.query
+
+
+def _stream_ids(url: str, parts) -> list[str]:
+    """The streamid values of an SRT URL (none for other schemes)."""
+    if parts.scheme.lower() != "srt":
+        return []
+    return [m.group(0)[len(m.group(1)):] for m in _STREAMID_RE.finditer(_ffmpeg_query(url, parts))]
+
 
 def _query_secrets(query: str) -> tuple[str, ...]:
     """Values of credential query parameters, raw and percent-decoded (to scrub from free text)."""
@@ -148,9 +173,12 @@ def mask_text(text: str, url: str | None = None) -> str:
             parts = urlsplit(url)
         except ValueError:
             parts = None
-        for secret in _secrets(parts.netloc, parts.query) if parts else ():
+        for secret in _secrets(parts.netloc, _ffmpeg_query(url, parts)) if parts else ():
             text = text.replace(secret, "***")
         text = _scrub_stream_key(text, _stream_key(parts) if parts else None)
+        for sid in _stream_ids(url, parts) if parts else ():
+            text = _scrub_long(text, sid)
+    text = _TEXT_STREAMID_RE.sub(r"\1***", text)  # a short streamid only as the parameter's value
     return _TEXT_QUERY_SECRET_RE.sub(r"\1***", _USERINFO_RE.sub(r"\1***@", text))
 
 
@@ -162,6 +190,16 @@ def _scrub_stream_key(text: str, key: str | None) -> str:
     for k in {key, unquote(key)} if key else ():
         text = text.replace(k, "***") if len(k) >= 8 else \
             re.sub(rf"(?<=/){re.escape(k)}(?=$|[/?#\s'\"])", "***", text)
+    return text
+
+
+def _scrub_long(text: str, value: str) -> str:
+    """``text`` with ``value`` replaced by ``***`` in each form FFmpeg may quote it (raw, '+' as a
+    space, percent-decoded) that is 8 characters or more: shorter ones are masked only as a
+    parameter's value (a bare 'live' scrubbed everywhere mangled every message)."""
+    for v in sorted({value, value.replace("+", " "), unquote(value), unquote_plus(value)}, key=len, reverse=True):
+        if len(v) >= 8:
+            text = text.replace(v, "***")
     return text
 
 
@@ -178,7 +216,7 @@ def _secrets(netloc: str, query: str = "") -> tuple[str, ...]:
 
 def _split_credentials(url: str, parts) -> tuple[str, str | None, tuple[str, ...]]:
     """(url for FFmpeg, Basic auth header or None, literal secrets) of a network URL."""
-    secrets = _secrets(parts.netloc, parts.query)
+    secrets = _secrets(parts.netloc, _ffmpeg_query(url, parts))
     if "@" not in parts.netloc:
         return url, None, secrets
     user, _, pw = parts.netloc.rsplit("@", 1)[0].partition(":")
