@@ -7,10 +7,12 @@ exist is kept, so it yields an ``error`` row instead of vanishing silently.
 """
 from __future__ import annotations
 
+import fnmatch
 import glob
 import os
 from importlib import resources
 from pathlib import Path
+from stat import S_ISDIR
 from typing import Iterable
 
 from .decode import is_video_path
@@ -39,6 +41,101 @@ def _walk(folder: Path) -> list[Path]:
         dirnames.sort()
         found += [Path(dirpath) / f for f in sorted(filenames) if is_video_path(Path(f))]
     return found
+
+
+def _pattern_blocked(pattern: str) -> list[Path]:
+    """The folders ``pattern`` would have to list, or pass through, and cannot.
+
+    glob skips such a folder without a word, so the videos under it had no row and the scan
+    exited 0; each becomes an input of its own whose error row says why, as in :func:`_walk`.
+    Only folders a match could lie under are looked at (``a*/x.mp4`` never needs ``b/``).
+    """
+    p = Path(pattern)
+    parts = p.parts[1:] if p.anchor else p.parts
+    blocked: list[Path] = []
+    seen: set[tuple[int, int, frozenset[int]]] = set()
+    todo = [(p.anchor, _closure({0}, parts))]
+    while todo:
+        folder, states = todo.pop()
+        try:
+            st = os.stat(folder or os.curdir)
+        except PermissionError:  # a name leading through a folder that cannot be searched
+            blocked.append(Path(folder))
+            continue
+        except OSError:  # gone or a dangling link: glob finds nothing there either
+            continue
+        if (st.st_dev, st.st_ino, states) in seen or not S_ISDIR(st.st_mode):
+            continue  # seen: a symlink cycle under ``**`` ends here
+        seen.add((st.st_dev, st.st_ino, states))
+        names = _pattern_children(folder, states, parts)
+        if names is None:
+            blocked.append(Path(folder))
+            continue
+        nexts = [(os.path.join(folder, n), _step(n, states, parts)) for n in names]
+        todo += reversed([(child, s) for child, s in nexts if s])  # popped in sorted order
+    return blocked
+
+
+def _pattern_children(folder: str, states: frozenset[int], parts: tuple[str, ...]) -> list[str] | None:
+    """The names under ``folder`` glob looks at for ``states``; None if it cannot.
+
+    A wildcard needs the folder listed; a literal name is only looked up (glob's lexists),
+    which a folder without read but with search permission allows: no error there."""
+    wanted = sorted({parts[i] for i in states})
+    if any(glob.has_magic(w) for w in wanted):
+        try:
+            with os.scandir(folder or os.curdir) as entries:
+                return sorted(e.name for e in entries if _maybe_dir(e))
+        except OSError:  # any reason, as in _walk: the folder's own row tells which
+            return None
+    for name in wanted:
+        try:
+            os.lstat(os.path.join(folder, name))
+        except PermissionError:
+            return None
+        except OSError:  # absent: nothing to match there
+            pass
+    return wanted
+
+
+def _maybe_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:  # kept: stat'ed when visited, where a denial is reported
+        return True
+
+
+def _closure(states: set[int], parts: tuple[str, ...]) -> frozenset[int]:
+    """``states`` (indices of the pattern part to match next) with those a ``**`` may skip
+    to, as it matches zero folders too; the end state (the folder itself is a match, and is
+    expanded as one) is left out."""
+    out, todo = set(states), list(states)
+    while todo:
+        i = todo.pop()
+        if i < len(parts) and parts[i] == "**" and i + 1 not in out:
+            out.add(i + 1)
+            todo.append(i + 1)
+    out.discard(len(parts))
+    return frozenset(out)
+
+
+def _step(name: str, states: frozenset[int], parts: tuple[str, ...]) -> frozenset[int]:
+    """The states in subfolder ``name`` of a folder in ``states`` (empty: no match below)."""
+    nxt = set()
+    for i in states:
+        if parts[i] == "**":
+            if not name.startswith("."):  # glob's ** skips hidden folders
+                nxt.add(i)
+        elif _part_matches(name, parts[i]):
+            nxt.add(i + 1)
+    return _closure(nxt, parts)
+
+
+def _part_matches(name: str, part: str) -> bool:
+    if not glob.has_magic(part):
+        return name == part
+    # As glob: a wildcard matches a leading dot only where the pattern part has one.
+    return (part.startswith(".") or not name.startswith(".")) and fnmatch.fnmatch(name, part)
 
 
 def _read_list(path: Path) -> list[Path]:
@@ -90,7 +187,7 @@ def _expand(item: str) -> tuple[list[Path], bool]:
         for m in sorted(glob.glob(item, recursive=True)):
             mp = Path(m)
             found += _walk(mp) if os.path.isdir(mp) else [mp] if is_video_path(mp) else []
-        return found, True
+        return found + _pattern_blocked(item), True
     return [p], False
 
 

@@ -198,3 +198,58 @@ def test_a_named_file_in_a_folder_that_cannot_be_searched_or_an_unreadable_list_
 
     monkeypatch.setattr(builtins, "open", open_)
     assert expand_inputs([str(tmp_path / "locked" / "clip.mp4"), str(lst)]) == [tmp_path / "locked" / "clip.mp4", lst]
+
+
+def _archive(root):
+    for n in ("a1/clip.mp4", "b/clip.mp4", "locked/clip.mp4", "locked/deep/x.mp4", "top.mp4"):
+        (root / n).parent.mkdir(parents=True, exist_ok=True)
+        (root / n).write_bytes(b"x")
+
+
+def test_a_pattern_makes_a_folder_it_cannot_list_an_input(tmp_path, monkeypatch):
+    # `dfscan scan 'archive/**/*.mp4'` (or 'archive/*/clip.mp4') with archive/locked at mode
+    # 000: glob skipped it without a word, its videos had no row and the scan exited 0, while
+    # `dfscan scan archive/` gave it an error row. Now a pattern does as the folder does.
+    from scanner.sources import expand_inputs
+
+    _archive(tmp_path)
+    _deny(monkeypatch, tmp_path / "locked")
+    a1, b, locked, top = (tmp_path / n for n in ("a1/clip.mp4", "b/clip.mp4", "locked", "top.mp4"))
+    cases = {"**/*.mp4": [a1, b, top, locked], "*/clip.mp4": [a1, b, locked], "*/deep/*.mp4": [locked],
+             "locked/*.mp4": [locked], "a*/clip.mp4": [a1], "[ab]*/*.mp4": [a1, b], ".*/*.mp4": []}
+    for pattern, want in cases.items():  # a folder no match could lie under is not looked at
+        unmatched: list[str] = []
+        assert expand_inputs([str(tmp_path / pattern)], unmatched=unmatched) == want, pattern
+        assert unmatched == ([] if want else [str(tmp_path / pattern)]), pattern
+
+
+def test_a_pattern_passing_through_a_folder_it_may_search_but_not_list_adds_no_row(tmp_path, monkeypatch):
+    # Mode 111 (search without read): glob looks literal names up there and finds them, so
+    # 'archive/*/clip.mp4' misses nothing and gets no error row; '**' finds locked/clip.mp4
+    # too, but must list the folder for those below it (locked/deep/clip.mp4): a row.
+    from scanner.sources import expand_inputs
+
+    _archive(tmp_path)
+    _deny(monkeypatch, tmp_path / "locked", search=False)
+    clips = [tmp_path / n for n in ("a1/clip.mp4", "b/clip.mp4", "locked/clip.mp4")]
+    assert expand_inputs([str(tmp_path / "*" / "clip.mp4")]) == clips
+    assert expand_inputs([str(tmp_path / "*" / "deep" / "x.mp4")]) == [tmp_path / "locked/deep/x.mp4"]
+    assert expand_inputs([str(tmp_path / "**" / "clip.mp4")]) == clips + [tmp_path / "locked"]
+
+
+def test_scan_of_a_pattern_gives_a_folder_it_cannot_list_a_permission_row(tmp_path, monkeypatch):
+    import json
+
+    from conftest import DATA
+    from scanner.cli import EXIT_INPUT_ERROR, main
+
+    for n in ("a", "locked"):
+        (tmp_path / n).mkdir()
+        (tmp_path / n / "clip.mp4").symlink_to(DATA / "d1.mp4")
+    _deny(monkeypatch, tmp_path / "locked")
+    out = tmp_path / "r.jsonl"
+    assert main(["scan", str(tmp_path / "*" / "clip.mp4"), "--out", str(out), "--detector", "test_tiny",
+                 "--frames", "1", "--workers", "1", "--no-progress"]) == EXIT_INPUT_ERROR
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["path"] for r in rows] == [str(tmp_path / "a" / "clip.mp4"), str(tmp_path / "locked")]
+    assert rows[0]["verdict"] != "error" and rows[1]["error"]["kind"] == "permission"
