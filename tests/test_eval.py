@@ -447,3 +447,28 @@ def test_validation_bench_refuses_a_file_listed_twice(tmp_path):
     labels.write_text(f"path,label\n{clip},real\n{root / 'tests/data/d2.mp4'},fake\n{clip},real\n")
     with pytest.raises(SystemExit, match="listed twice"):
         bench._read_labels(labels)
+
+
+def test_images_are_scored_on_the_engine_and_precision_the_report_names(tmp_path):
+    """Images (synth chips) were scored by the eager fp32 detector whatever --engine and
+    --precision said, under a report naming that engine ('engine:auto' at that)."""
+    import shutil
+    from pathlib import Path
+
+    from scanner.research.commands import main
+
+    face = Path(__file__).parent / "data" / "multiface.jpg"
+    for sub in ("real", "fake"):
+        (tmp_path / "set" / sub).mkdir(parents=True)
+        shutil.copy(face, tmp_path / "set" / sub / "a.jpg")
+    scores = {}
+    for prec in ("fp32", "bf16"):
+        out = tmp_path / f"{prec}.json"
+        assert main(["eval", str(tmp_path / "set"), "--detector", "test_tiny", "--engine", "eager",
+                     "--precision", prec, "--out", str(out), "--quiet"]) == 0
+        res = json.loads(out.read_text())
+        assert res["scored_by"].endswith(f"engine:eager {prec}")
+        scores[prec] = [s["score"] for s in res["scores"]]
+    assert None not in scores["fp32"]
+    assert scores["bf16"] != scores["fp32"]  # bf16 logits keep 8 bits: not the fp32 numbers
+    assert np.allclose(scores["bf16"], scores["fp32"], atol=0.02)

@@ -12,7 +12,7 @@ Definitions (label 1 = fake, score = P(fake), predicted fake when score >= t):
 Scores come from a JSONL written by ``dfscan scan`` (``--from-jsonl``), or from
 running the scan here: videos go through ``scanner.pipeline.scan_paths`` (the
 scan's own sampling, faces, engine and frame/video aggregation); images (e.g.
-``dfscan synth`` chips) are scored on their largest face with the same detector.
+``dfscan synth`` chips) are scored on their largest face with the same detector and engine.
 Files without a score (no face, error) are excluded and counted.
 """
 from __future__ import annotations
@@ -205,13 +205,19 @@ def scores_from_jsonl(items: list[Item], jsonl: Path, key: str = "score",
     return out
 
 
-def score_items(items: list[Item], det, source, progress=lambda x: x) -> dict[int, float]:
-    """Video score per item: mean over frames of the largest face's P(fake)."""
+def score_items(items: list[Item], det, source, progress=lambda x: x, engine=None) -> dict[int, float]:
+    """Video score per item: mean over frames of the largest face's P(fake).
+
+    ``engine`` (the scan's, which moves crops to its own device): what computes the
+    outputs ``det`` maps to P(fake); without one, ``det`` itself runs eager."""
     import torch
+
+    from engines.detector import scores_for
 
     # A detector without parameters (baseline_sharpness) runs on its buffers' device, or the CPU.
     tensor = next(itertools.chain(det.parameters(), det.buffers()), None)
     device = tensor.device if tensor is not None else torch.device("cpu")
+    run = engine if engine is not None else (lambda x: det(x.to(device)))
     out = {}
     for i, it in enumerate(progress(items)):
         try:
@@ -222,7 +228,7 @@ def score_items(items: list[Item], det, source, progress=lambda x: x) -> dict[in
         if len(frames) == 0:
             continue
         with torch.inference_mode():
-            p = det.p_fake(det(crops.to(device))).cpu().numpy()
+            p = scores_for(det, run(crops), len(crops)).numpy()
         first = np.unique(frames, return_index=True)[1]  # largest face = first crop of a frame
         score = float(p[first].mean())
         if not math.isfinite(score):  # as the scan does: a non-finite score is no score
@@ -265,7 +271,9 @@ def roc_plot(items: list[Item], scores: dict[int, float], metrics: dict, path: P
 def scan_scores(items: list[Item], args) -> tuple[dict[int, float], str, dict]:
     """Score items with the scan itself: videos through ``scanner.pipeline.scan_paths``
     (same sampling, faces, engine and aggregation as ``dfscan scan``), images with
-    the same detector on their largest face (``score_items``)."""
+    the same detector and engine on their largest face (``score_items``)."""
+    from engines.backends import resolve_engine_name
+
     from .features import CropConfig, CropSource
     from ..pipeline import build_context, scan_paths
     from ..config import build_config
@@ -276,13 +284,15 @@ def scan_scores(items: list[Item], args) -> tuple[dict[int, float], str, dict]:
     overrides = {k: getattr(args, k) for k in keys if hasattr(args, k)}
     cfg = build_config(getattr(args, "config", None), {**overrides, "hash": False, "progress": False})
     ctx = build_context(cfg)
-    det = ctx.detector
+    # Images run on the scan's engine too: they ran on the eager fp32 detector whatever
+    # --engine/--precision said, under a report naming that engine.
+    image_engine = ctx.engine
     if getattr(args, "perturb", None):  # degrade every aligned crop (see scanner.research.perturb)
         from .augment import parse_perturb
         from .perturb import Perturbed
 
         perturbs = parse_perturb(args.perturb)
-        ctx.engine, det = Perturbed(ctx.engine, perturbs, 0), Perturbed(ctx.detector, perturbs, 1)
+        ctx.engine, image_engine = Perturbed(ctx.engine, perturbs, 0), Perturbed(ctx.engine, perturbs, 1)
     videos = [i for i, it in enumerate(items) if not it.is_image]
     scores, verdicts = {}, defaultdict(int)
     # Rows arrive in completion order with several workers: pair them with their
@@ -299,11 +309,12 @@ def scan_scores(items: list[Item], args) -> tuple[dict[int, float], str, dict]:
     images = [i for i, it in enumerate(items) if it.is_image]
     if images:
         src = CropSource(CropConfig(frames=cfg.frames, min_face=cfg.min_face, device=cfg.device))
-        got = score_items([items[i] for i in images], det, src, _progress(args))
+        got = score_items([items[i] for i in images], ctx.detector, src, _progress(args), image_engine)
         scores.update({images[k]: v for k, v in got.items()})
     perturbed = f" perturb:{args.perturb}" if getattr(args, "perturb", None) else ""
-    return (scores, f"detector:{cfg.detector}:{det.weights_hash} engine:{cfg.engine}{perturbed}",
-            dict(verdicts))
+    engine = resolve_engine_name(cfg.engine, cfg.device)  # what ran, not 'auto'
+    return (scores, f"detector:{cfg.detector}:{ctx.detector.weights_hash} engine:{engine} {cfg.precision}"
+            f"{perturbed}", dict(verdicts))
 
 
 def _refuse_scan_options(args) -> None:
