@@ -5,6 +5,7 @@ data) and never a picture: packets keep arriving, so FFmpeg's read timeout never
 """
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from fractions import Fraction
@@ -183,6 +184,80 @@ def test_a_stream_removed_while_its_playlist_headers_drip_ends_at_once():
         assert not src.alive and time.monotonic() - t0 < 2
     finally:
         stop_http(httpd)
+
+
+@pytest.fixture
+def stalled_port(monkeypatch):
+    """A loopback port whose TCP connects hang as if no SYN were answered: a listener with backlog
+    0 that accepts nothing, its queue filled by one connect (Linux then drops further SYNs). Where
+    a kernel answers anyway, socket.create_connection to it is made to hang for its timeout."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(0)
+    port = srv.getsockname()[1]
+    fill = socket.create_connection(("127.0.0.1", port), 2)
+    probe = socket.socket()
+    probe.settimeout(0.3)
+    try:
+        probe.connect(("127.0.0.1", port))
+        stalls = False
+    except TimeoutError:
+        stalls = True
+    except OSError:
+        stalls = False
+    finally:
+        probe.close()
+    if not stalls:
+        real = socket.create_connection
+
+        def hang(address, timeout=None, *a, **kw):
+            if address[1] != port:
+                return real(address, timeout, *a, **kw)
+            time.sleep(timeout if timeout is not None else 60)
+            raise TimeoutError("timed out")
+
+        monkeypatch.setattr(socket, "create_connection", hang)
+    yield port
+    fill.close()
+    srv.close()
+
+
+def test_a_playlist_check_whose_connect_stalls_ends_within_open_timeout(stalled_port):
+    """The pre-check's deadline did not cover TCP connects (no socket to shut down until one is
+    made): a master playlist served late listing a variant on a host that never answers the SYN
+    gave that connect httpx's whole timeout anew, 5.5 s for a 3 s open_timeout_s."""
+    master = f"#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1\nhttp://127.0.0.1:{stalled_port}/low.m3u8\n".encode()
+
+    class Late(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):  # noqa: N802
+            time.sleep(2.5)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(master)))
+            self.end_headers()
+            self.wfile.write(master)
+
+    httpd, port = start_http(Late)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(SourceError) as e:
+            precheck_playlist(parse_source(f"http://127.0.0.1:{port}/live.m3u8"), 3.0)
+        took = time.monotonic() - t0
+    finally:
+        stop_http(httpd)
+    assert str(e.value).startswith("timeout:"), e.value
+    assert took < 3.0 + 1.5, f"the check took {took:.1f}s"
+
+
+def test_a_stream_removed_while_its_playlist_connect_stalls_ends_at_once(stalled_port):
+    src = LiveSource("cam", f"http://127.0.0.1:{stalled_port}/live.m3u8", SourceSettings(open_timeout_s=30))
+    src.start()
+    time.sleep(0.8)  # inside the check, its connect unanswered
+    t0 = time.monotonic()
+    src.stop(timeout=5)
+    assert not src.alive and time.monotonic() - t0 < 2
 
 
 class _FakeSource:

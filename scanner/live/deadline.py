@@ -8,13 +8,24 @@ come from httpx's ``trace`` request extension: pass ``extensions={"trace": d.tra
 to every request made under the deadline. A kept-alive connection reused from before
 the deadline reports no connect, so it cannot be ended: use a fresh client (or none kept
 alive). Used by the webhook sink and the HLS playlist pre-check.
+
+A TCP connect whose SYN goes unanswered (and a DNS lookup) blocks before there is any socket
+to shut down: :meth:`Deadline.run` runs such work in a helper thread and returns when the
+deadline fires, leaving the helper to end on its own (bound its connect timeout by the
+time left; a connection it makes late is shut down at once).
 """
 from __future__ import annotations
 
 import socket
 import threading
 import time
-from typing import Callable
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
+
+
+class Abandoned(Exception):
+    """The deadline fired while :meth:`Deadline.run`'s work was still blocked (a stalled connect)."""
 
 
 class Deadline:
@@ -37,6 +48,36 @@ class Deadline:
 
     def __exit__(self, *exc) -> None:
         self._done.set()
+
+    @property
+    def left(self) -> float:
+        """Seconds until the time is up (0 once it is)."""
+        return max(self._end - time.monotonic(), 0.0)
+
+    def run(self, work: Callable[[], T], grace_s: float = 0.3) -> T:
+        """``work()``'s result (or exception), run in a helper thread; :class:`Abandoned` when the
+        deadline fires and ``work`` has not ended ``grace_s`` later (time for a read ended by the
+        shutdown to raise its own error, which says more)."""
+        out: list = []
+        done = threading.Event()
+
+        def helper() -> None:
+            try:
+                out.append((True, work()))
+            except BaseException as e:  # handed to the caller (or dropped once it has gone)
+                out.append((False, e))
+            finally:
+                done.set()
+
+        threading.Thread(target=helper, name="deadline-work", daemon=True).start()
+        while not done.wait(self._poll_s) and not self.fired:
+            pass
+        if not done.wait(grace_s):
+            raise Abandoned()
+        ok, value = out[0]
+        if not ok:
+            raise value
+        return value
 
     def trace(self, event: str, info: dict) -> None:
         # TLS wraps (and takes over) the TCP socket: both are kept, the live one is shut down.

@@ -3,8 +3,7 @@
 FFmpeg follows every URI a playlist lists with the source's ``protocol_whitelist``
 and headers: this check refuses a playlist (or one it nests) that names anything
 but http/https, or, for a source with credentials, another host, with a clear
-message instead of FFmpeg's generic "invalid data". Moved out of :mod:`.urls`,
-which still re-exports these names.
+message instead of FFmpeg's generic "invalid data".
 """
 from __future__ import annotations
 
@@ -16,7 +15,7 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
-from .deadline import Deadline
+from .deadline import Abandoned, Deadline
 from .urls import RefusedURL, SourceError, SourceURL, mask_credentials
 
 PLAYLIST_MAX_BYTES = 1 << 20
@@ -90,8 +89,11 @@ def _fetch_playlist(client: httpx.Client, url: str, sniff: bool = False, deadlin
 
     httpx's timeout is per read: a server dripping a byte a second kept the stream
     'connecting' for days, its thread deaf to removal. ``deadline`` bounds the body read
-    here; a :class:`.deadline.Deadline`'s ``trace`` also ends a read blocked on dripped headers."""
-    with client.stream("GET", url, extensions={"trace": trace} if trace else None) as r:
+    here; a :class:`.deadline.Deadline`'s ``trace`` also ends a read blocked on dripped headers.
+    The request's timeouts (its connect's too) are bounded by the time left before ``deadline``."""
+    left = deadline - time.monotonic()
+    timeout = max(left, 0.01) if left < math.inf else httpx.USE_CLIENT_DEFAULT
+    with client.stream("GET", url, timeout=timeout, extensions={"trace": trace} if trace else None) as r:
         r.raise_for_status()
         data = b""
         for chunk in r.iter_bytes():
@@ -113,7 +115,8 @@ def _fetch_playlist(client: httpx.Client, url: str, sniff: bool = False, deadlin
 def _ended(stop: Deadline, shown: str, timeout_s: float) -> SourceError:
     if not stop.expired:
         return SourceError("stopped while the playlist was read")
-    return SourceError(f"timeout: no whole playlist from {shown} within {timeout_s:g}s (a slow or dripping server)")
+    return SourceError(f"timeout: no whole playlist from {shown} within {timeout_s:g}s "
+                       "(a slow, dripping or unanswering server)")
 
 
 def precheck_playlist(src: SourceURL, timeout_s: float, depth: int = 2,
@@ -122,36 +125,51 @@ def precheck_playlist(src: SourceURL, timeout_s: float, depth: int = 2,
 
     Credentials go in the Authorization header and then no redirect is followed.
     Every error message is redacted. The whole check takes at most about ``timeout_s``, even
-    while a server drips its headers (a :class:`.deadline.Deadline` then shuts the socket down);
-    ``cancelled()`` true (the stream is being removed) ends it within 0.1 s.
+    while a server drips its headers (a :class:`.deadline.Deadline` then shuts the socket down)
+    or never answers a connect (the check runs in :meth:`.deadline.Deadline.run`, which stops
+    waiting for it); ``cancelled()`` true (the stream is being removed) ends it within 0.5 s.
     """
+    with Deadline(timeout_s, cancelled) as stop:
+        try:
+            stop.run(lambda: _check_all(src, timeout_s, depth, cancelled, stop))
+        except Abandoned:  # blocked in a connect (or DNS lookup) no socket shutdown reaches
+            raise _ended(stop, src.masked, timeout_s) from None
+
+
+def _check_all(src: SourceURL, timeout_s: float, depth: int, cancelled: Callable[[], bool], stop: Deadline) -> None:
     headers = {"Authorization": src.auth} if src.auth else {}
-    todo, seen, deadline = [src.url], set(), time.monotonic() + timeout_s
+    todo, seen, deadline = [src.url], set(), time.monotonic() + stop.left
     # With credentials, no redirect is followed, as FFmpeg's open that comes next (max_redirects 0).
     # A fresh client under the Deadline: every connection it uses reports its socket there.
-    with Deadline(timeout_s, cancelled) as stop, \
-            httpx.Client(timeout=timeout_s, headers=headers, follow_redirects=src.auth is None,
-                         max_redirects=3) as client:
+    with httpx.Client(timeout=timeout_s, headers=headers, follow_redirects=src.auth is None,
+                      max_redirects=3) as client:
         while todo and depth >= 0:
             nxt = []
             for url in todo:
                 if url in seen:
                     continue
                 seen.add(url)
-                shown = src.masked if url == src.url else mask_credentials(url)
-                try:
-                    # the source itself may be a video: only named playlists are taken as one
-                    text = _fetch_playlist(client, url, sniff=url == src.url and not is_playlist(src),
-                                           deadline=deadline, cancelled=cancelled, trace=stop.trace)
-                except httpx.HTTPStatusError as e:
-                    hint = "; a stream with credentials follows no redirect" if e.response.is_redirect else ""
-                    raise SourceError(f"cannot fetch {shown}: HTTP {e.response.status_code}{hint}") from e
-                except httpx.HTTPError as e:
-                    if stop.fired:  # what the shut-down socket raised is not the reason
-                        raise _ended(stop, shown, timeout_s) from e
-                    raise SourceError(src.redact(f"cannot fetch {shown}: {type(e).__name__}: {e}")) from e
-                if stop.fired:  # a body cut off by the shutdown reads as a whole one when it has no length
-                    raise _ended(stop, shown, timeout_s)
+                text = _fetch_checked(client, src, url, deadline, cancelled, stop, timeout_s)
                 if text is not None:
                     nxt += check_playlist(url, text, same_origin=src.auth is not None)
             todo, depth = nxt, depth - 1
+
+
+def _fetch_checked(client: httpx.Client, src: SourceURL, url: str, deadline: float,
+                   cancelled: Callable[[], bool], stop: Deadline, timeout_s: float) -> str | None:
+    """:func:`_fetch_playlist` of ``url``; its errors raised as redacted SourceErrors."""
+    shown = src.masked if url == src.url else mask_credentials(url)
+    try:
+        # the source itself may be a video: only named playlists are taken as one
+        text = _fetch_playlist(client, url, sniff=url == src.url and not is_playlist(src),
+                               deadline=deadline, cancelled=cancelled, trace=stop.trace)
+    except httpx.HTTPStatusError as e:
+        hint = "; a stream with credentials follows no redirect" if e.response.is_redirect else ""
+        raise SourceError(f"cannot fetch {shown}: HTTP {e.response.status_code}{hint}") from e
+    except httpx.HTTPError as e:
+        if stop.fired:  # what the shut-down socket raised is not the reason
+            raise _ended(stop, shown, timeout_s) from e
+        raise SourceError(src.redact(f"cannot fetch {shown}: {type(e).__name__}: {e}")) from e
+    if stop.fired:  # a body cut off by the shutdown reads as a whole one when it has no length
+        raise _ended(stop, shown, timeout_s)
+    return text
