@@ -84,8 +84,9 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
                    help="engine names: eager eager-cl compile compile-cl compile-cg onnxruntime ort-trt tensorrt "
                         f"(default: {' '.join(DEFAULT_ENGINES)}; with --pipeline: auto, as dfscan scan)")
     _common(p)
-    p.add_argument("--iters", type=int_in(1), default=50, help="timed calls per batch size")
-    p.add_argument("--warmup", type=int_in(0), default=5, help="untimed calls per batch size")
+    # None = not given: --pipeline refuses them (see _pipeline_ignores) instead of ignoring them.
+    p.add_argument("--iters", type=int_in(1), default=None, help="timed calls per batch size (default 50)")
+    p.add_argument("--warmup", type=int_in(0), default=None, help="untimed calls per batch size (default 5)")
     p.add_argument("--out", type=Path, default=Path("bench/results"), help="directory for JSON and PNG")
     p.add_argument("--name", default=None, help="file stem (default engines_<device type>)")
     p.add_argument("--pipeline", nargs="+", metavar="VIDEO", default=None,
@@ -110,6 +111,7 @@ def bench_command(args) -> int:
         # pipeline timed): checked before any of it.
         writable(args.out / f"{stem}.json")
         if args.pipeline:
+            _pipeline_ignores(args)
             return _bench_pipeline(args, stem)
         from engines import benchmark as B
 
@@ -117,7 +119,8 @@ def bench_command(args) -> int:
         path = args.out / f"{stem}.json"
         # Written as it goes: a bench killed by a time limit keeps the sizes it timed.
         res = B.bench_engines(args.detectors or _default_detectors(), engines, args.batch_sizes,
-                              args.precision, args.device, args.iters, args.warmup,
+                              args.precision, args.device, 50 if args.iters is None else args.iters,
+                              5 if args.warmup is None else args.warmup,
                               weights=_weights_map(args.weights), cache_dir=args.cache_dir,
                               allow_parity_failure=args.allow_parity_failure, progress=console.print,
                               on_update=lambda partial: B.write_json(partial, path))
@@ -131,14 +134,24 @@ def bench_command(args) -> int:
     return 0 if res["results"] else 1
 
 
+def _pipeline_ignores(args) -> None:
+    """--pipeline times whole scans as `dfscan scan` runs them (threads per worker, one
+    warm-up video, engines that pass parity): these engine-timing options were ignored."""
+    given = [flag for flag, v in (("--iters", args.iters), ("--warmup", args.warmup), ("--threads", args.threads),
+                                  ("--allow-parity-failure", args.allow_parity_failure or None)) if v is not None]
+    if given:
+        raise DfscanError(f"--pipeline scans as dfscan scan does and would ignore {', '.join(given)}; "
+                          "leave them out (they time engines without --pipeline)")
+
+
 def _bench_pipeline(args, stem: str) -> int:
     # Lazy: the pipeline (decode, face detection) is heavy and only needed here.
     from scanner.pipeline_bench import benchmark_pipeline
 
     cfg = {
-        "detectors": args.detectors, "weights": _weights_map(args.weights),
-        "engine": (args.engines or [None])[0], "precision": args.precision, "batch_sizes": args.batch_sizes,
-        "device": args.device, "cache_dir": args.cache_dir, "allow_parity_failure": args.allow_parity_failure,
+        "detectors": args.detectors, "weights": _weights_map(args.weights), "engines": args.engines,
+        "precision": args.precision, "batch_sizes": args.batch_sizes, "device": args.device,
+        "cache_dir": args.cache_dir,
     }
     res = benchmark_pipeline(args.pipeline, cfg)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -147,7 +160,7 @@ def _bench_pipeline(args, stem: str) -> int:
     _pipeline_table(res)
     print(f"wrote {path}", file=sys.stderr)
     # Exit 1 (as bench without results) when no video could be scanned: the numbers are empty.
-    return 1 if any(r["errors"] == r["videos"] for r in res["results"]) else 0
+    return 1 if not res["results"] or any(r["errors"] == r["videos"] for r in res["results"]) else 0
 
 
 def _pipeline_table(res: dict) -> None:
@@ -164,7 +177,9 @@ def _pipeline_table(res: dict) -> None:
     console.print(t)
     for r in res["results"]:
         share = "  ".join(f"{k} {100 * v:.0f}%" for k, v in r["stage_share"].items())
-        console.print(f"{r['detector']}: ready in {r['ready_s']:.1f} s; stage share: {share}")
+        console.print(f"{r['detector']} / {r['engine']}: ready in {r['ready_s']:.1f} s; stage share: {share}")
+    for s in res["skipped"]:
+        console.print(f"[yellow]skipped[/] {s['detector']} / {s['engine']}: {s['error']}")
 
 
 # -- engines ------------------------------------------------------------------

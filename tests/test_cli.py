@@ -114,7 +114,11 @@ def test_bench_pipeline_prints_a_table_with_the_scan_engine(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "videos/s" in out and "test_tiny" in out and not out.lstrip().startswith("{")
     (res,) = json.loads((tmp_path / "p.json").read_text())["results"]
-    assert res["engine"] == ScanConfig().engine
+    from engines.backends import resolve_engine_name
+
+    # the engine that ran ('auto' names none), beside the one asked for
+    assert res["engine_requested"] == ScanConfig().engine
+    assert res["engine"] == resolve_engine_name(ScanConfig().engine, "cpu") != "auto"
 
 
 def test_bench_default_detectors_all_run_without_a_weights_file():

@@ -81,3 +81,31 @@ def test_bench_out_that_cannot_be_written_is_one_line_before_any_work(tmp_path, 
     assert main(["bench", "--detectors", "test_tiny", "--engines", "eager", "--out", str(out), *pipeline]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"dfscan: error: cannot write {out}/") and err.count("\n") == 1, err
+
+
+def test_bench_pipeline_runs_every_engine_named_in_the_cache_named(tmp_path, capsys):
+    """--pipeline ran the first of --engines only (the others dropped without a word), built
+    it in the default cache whatever --cache-dir said, and reported 'auto' for the engine."""
+    import json
+
+    from conftest import DATA
+
+    cache = tmp_path / "cache"
+    assert main(["bench", "--pipeline", str(DATA / "d1.mp4"), "--detectors", "test_tiny", "--engines", "eager",
+                 "onnxruntime", "--cache-dir", str(cache), "--out", str(tmp_path), "--name", "p"]) == 0
+    res = json.loads((tmp_path / "p.json").read_text())
+    assert [(r["detector"], r["engine"]) for r in res["results"]] == [("test_tiny", "eager"),
+                                                                      ("test_tiny", "onnxruntime")]
+    assert all(r["videos"] == 1 and r["errors"] == 0 for r in res["results"])
+    from engines.cache import EngineCache
+
+    assert [r["backend"] for r in EngineCache(cache).list() if r.get("detector") == "test_tiny"] == ["onnxruntime"]
+
+
+@pytest.mark.parametrize("extra", [["--iters", "3"], ["--warmup", "0"], ["--threads", "1"], ["--allow-parity-failure"]])
+def test_bench_pipeline_refuses_engine_timing_options_it_would_ignore(extra, tmp_path, capsys):
+    assert main(["bench", "--pipeline", "v.mp4", "--detectors", "test_tiny", "--out", str(tmp_path), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dfscan: error: --pipeline scans as dfscan scan does and would ignore "
+                          f"{extra[0]}") and err.count("\n") == 1, err
+    assert not list(tmp_path.iterdir())
