@@ -455,6 +455,18 @@ def test_unsupported_combinations_are_typed(tiny):
         build_engine(tiny, engine_config("tensorrt", device="cpu"))
 
 
+def test_compile_with_cuda_graphs_on_cpu_is_unavailable_not_plain_compile(tiny):
+    """compile-cg on CPU ran as plain compile (mode reduce-overhead, no freezing, no CUDA
+    graphs) while bench and scan rows named it compile-cg; refused as ort-trt is on CPU."""
+    from engines import benchmark as B
+
+    with pytest.raises(EngineUnavailable, match="compile-cg .* needs a CUDA device"):
+        build_engine(tiny, engine_config("compile-cg"))
+    res = B.bench_engines([tiny], ["eager", "compile-cg"], (1,), iters=1, warmup=0)
+    assert [r["engine"] for r in res["results"]] == ["eager"]
+    assert [(s["engine"], s["status"]) for s in res["skipped"]] == [("compile-cg", "unavailable")]
+
+
 @pytest.mark.gpu
 @cuda
 @pytest.mark.parametrize("name,prec", [("eager", "fp16"), ("eager-cl", "fp16"), ("compile-cg", "fp32"),

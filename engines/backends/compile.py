@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..detector import Detector, Output
-from ..errors import EngineError
+from ..errors import EngineError, EngineUnavailable
 from .base import Engine, EngineConfig
 from .eager import prepare_input, prepared_module
 
@@ -41,11 +41,14 @@ class CompileEngine(Engine):
 
     def __init__(self, detector: Detector, cfg: EngineConfig):
         super().__init__(detector, cfg)
+        if cfg.compile_mode == "reduce-overhead" and not cfg.is_cuda:
+            # As ort-trt and tensorrt on CPU: it ran as plain compile without freezing, and
+            # bench rows and scan rows named it compile-cg (CUDA graphs) all the same.
+            raise EngineUnavailable("compile-cg (torch.compile with CUDA graphs) needs a CUDA device "
+                                    "(--device cuda); on CPU use compile")
         self.model = None
 
     def _build(self) -> None:
-        if self.cfg.compile_mode == "reduce-overhead" and not self.cfg.is_cuda:
-            self.info.notes.append("reduce-overhead (CUDA graphs) has no effect on CPU")
         eager = prepared_module(self.detector, self.cfg)
         kwargs = _compile_kwargs(self.cfg)
         _raise_recompile_limit(2 * len(self.cfg.batch_sizes))
