@@ -124,3 +124,29 @@ def test_synth_of_a_non_utf8_file_name(tmp_path):
     items = read_labelled(tmp_path / "out")
     assert [it.label for it in items] == [0, 1] and all(it.path.is_file() for it in items)
     assert os.fsencode(items[0].path.name).startswith(b"caf\xe9_")
+
+
+def test_an_interrupted_synth_keeps_a_manifest_of_the_pairs_it_wrote(tmp_path, monkeypatch):
+    """The manifest was written only at the end: Ctrl-C after hours left chips without one,
+    or, in a folder used before, the older run's manifest naming chips since overwritten."""
+    monkeypatch.setattr("scanner.faces.FaceDetector", _StubDetector)
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        Image.fromarray(_texture(i)).save(src / f"p{i}.png")
+    out = tmp_path / "out"
+    synth.synthesize([str(src)], out, synth.SynthConfig(size=64, seed=1))  # an earlier run there
+    faces = synth._faces
+
+    def interrupted_at_the_third(path, cfg, detector):
+        if path.name == "p2.png":
+            raise KeyboardInterrupt
+        return faces(path, cfg, detector)
+
+    monkeypatch.setattr(synth, "_faces", interrupted_at_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        synth.synthesize([str(src)], out, synth.SynthConfig(size=128, seed=3))
+    items = read_labelled(out)
+    assert [(it.path.parent.name, it.path.name.split("_")[0]) for it in items] == \
+        [("real", "p0"), ("fake", "p0"), ("real", "p1"), ("fake", "p1")]
+    assert all(Image.open(it.path).size == (128, 128) for it in items)  # this run's chips

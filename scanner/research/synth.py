@@ -210,48 +210,67 @@ def _faces(path: Path, cfg: SynthConfig, detector) -> list[tuple[int, np.ndarray
     return out
 
 
+MANIFEST_FIELDS = ["path", "label", "group", "subset", "landmarks", "box", "blend"]
+
+
 def synthesize(inputs: list[str], out_dir: str | Path, cfg: SynthConfig = SynthConfig(), progress=lambda x: x) -> dict:
-    """Write real/ and fake/ chips + manifest.csv for every detected face; returns counts."""
+    """Write real/ and fake/ chips + manifest.csv for every detected face; returns counts.
+
+    The manifest gets each pair's rows once both chips are written, and is flushed: a run
+    interrupted (Ctrl-C, a kill, a full disk) keeps a manifest of every pair it wrote. It was
+    written only at the end, so such a run left chips without one, or (into a used folder)
+    the previous run's manifest describing chips since overwritten."""
     from ..faces import FaceDetector
 
     out = Path(out_dir)
+    sources = _sources(inputs)
     (out / "real").mkdir(parents=True, exist_ok=True)
     (out / "fake").mkdir(parents=True, exist_ok=True)
     detector = FaceDetector(device=cfg.device, min_face=40, max_faces=cfg.max_faces)
-    rows, skipped, n = [], [], 0
-    for src in progress(_sources(inputs)):
-        try:
-            faces = _faces(src, cfg, detector)
-        except DfscanError as e:
-            skipped.append((str(src), str(e)))
-            continue
-        if not faces:
-            skipped.append((str(src), "no face found"))
-        for fidx, image, box, lm in faces:
-            rng = np.random.default_rng([cfg.seed, n])
-            mode = cfg.mode if cfg.mode != "mixed" else ("global", "partial")[n % 2]
-            chip, lm_chip = face_chip(image, box, lm, cfg.size, cfg.context)
-            try:
-                fake, fbox, ratio = _blend(chip, lm_chip, mode, rng)
-            except DfscanError as e:  # a tiny face at --size 16: no pair rather than a traceback
-                skipped.append((f"{src} frame {fidx}", str(e)))
-                continue
-            stem = f"{src.stem}_f{fidx:05d}_{n:05d}"
-            _write(out / "real" / f"{stem}.png", chip)
-            _write(out / "fake" / f"{stem}_{mode}.png", fake)
-            # A real chip and its fake share group (never split apart) and subset (the
-            # blend mode), so `eval` reports each mode with its own reals.
-            base = {"group": str(src), "subset": f"sbi-{mode}", "landmarks": format_landmarks(lm_chip)}
-            rows.append({"path": f"real/{stem}.png", "label": "real", **base, "box": "", "blend": ""})
-            rows.append({"path": f"fake/{stem}_{mode}.png", "label": "fake", **base,
-                         "box": " ".join(map(str, fbox)), "blend": f"{mode}:{ratio:g}"})
-            n += 1
+    groups, skipped, n = set(), [], 0
     # UTF-8 as read_manifest reads it (not the locale's); a non-UTF-8 file name keeps its bytes
     with open(out / "manifest.csv", "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
-        w = csv.DictWriter(f, fieldnames=["path", "label", "group", "subset", "landmarks", "box", "blend"])
+        w = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
         w.writeheader()
-        w.writerows(rows)
-    return {"faces": n, "rows": len(rows), "sources": len({r["group"] for r in rows}), "skipped": skipped}
+        f.flush()
+        for src in progress(sources):
+            try:
+                faces = _faces(src, cfg, detector)
+            except DfscanError as e:
+                skipped.append((str(src), str(e)))
+                continue
+            if not faces:
+                skipped.append((str(src), "no face found"))
+            for fidx, image, box, lm in faces:
+                rows = _pair(out, src, fidx, image, box, lm, n, cfg, skipped)
+                if rows:
+                    w.writerows(rows)
+                    f.flush()
+                    groups.add(str(src))
+                    n += 1
+    return {"faces": n, "rows": 2 * n, "sources": len(groups), "skipped": skipped}
+
+
+def _pair(out: Path, src: Path, fidx: int, image, box, lm, n: int, cfg: SynthConfig, skipped: list) -> list[dict]:
+    """Write the n-th real chip and its self-blended fake; their two manifest rows, or none
+    (the face is skipped with its reason)."""
+    rng = np.random.default_rng([cfg.seed, n])
+    mode = cfg.mode if cfg.mode != "mixed" else ("global", "partial")[n % 2]
+    chip, lm_chip = face_chip(image, box, lm, cfg.size, cfg.context)
+    try:
+        fake, fbox, ratio = _blend(chip, lm_chip, mode, rng)
+    except DfscanError as e:  # a tiny face at --size 16: no pair rather than a traceback
+        skipped.append((f"{src} frame {fidx}", str(e)))
+        return []
+    stem = f"{src.stem}_f{fidx:05d}_{n:05d}"
+    _write(out / "real" / f"{stem}.png", chip)
+    _write(out / "fake" / f"{stem}_{mode}.png", fake)
+    # A real chip and its fake share group (never split apart) and subset (the
+    # blend mode), so `eval` reports each mode with its own reals.
+    base = {"group": str(src), "subset": f"sbi-{mode}", "landmarks": format_landmarks(lm_chip)}
+    return [{"path": f"real/{stem}.png", "label": "real", **base, "box": "", "blend": ""},
+            {"path": f"fake/{stem}_{mode}.png", "label": "fake", **base,
+             "box": " ".join(map(str, fbox)), "blend": f"{mode}:{ratio:g}"}]
 
 
 def _blend(chip: np.ndarray, lm: np.ndarray, mode: str, rng: np.random.Generator):
