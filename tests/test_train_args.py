@@ -167,6 +167,10 @@ def test_research_c_and_seed_are_checked_before_features(tmp_path, capsys, cmd, 
 @pytest.mark.parametrize("args, msg", [
     (["separability", "."], "give exactly one of --backbone or --detector"),
     (["separability", ".", "--backbone", "torchvision"], "--backbone-weights FILE is required"),
+    (["separability", ".", "--detector", "test_tiny", "--size", "128", "--arch", "resnet18"],
+     "separability: --arch, --size would be ignored with --detector: leave them out"),
+    (["separability", ".", "--backbone", "torchvision", "--backbone-weights", "x", "--weights", "w"],
+     "separability: --weights would be ignored with --backbone: leave it out"),
     (["probe", "fit", ".", "--backbone", "torchvision", "--out", "p"], "--backbone-weights FILE is required")])
 def test_research_usage_errors_are_one_dfscan_error_line(capsys, args, msg):
     """These printed their bare text and exited 1 (SystemExit), unlike every other usage error."""

@@ -117,6 +117,14 @@ def _separability(args) -> int:
         raise DfscanError("separability: give exactly one of --backbone or --detector")
     if args.backbone and not args.backbone_weights:
         raise DfscanError("separability: --backbone-weights FILE is required with --backbone")
+    # Given to the other model kind they were ignored: a detector's crops kept its own size
+    # under a result read as of the --size asked for.
+    other = (["--backbone-weights", "--arch", "--size"] if args.detector else ["--weights"])
+    given = [f for f in other if getattr(args, f[2:].replace("-", "_")) is not None]
+    if given:
+        raise DfscanError(f"separability: {', '.join(given)} would be ignored with "
+                          f"{'--detector' if args.detector else '--backbone'}: leave "
+                          f"{'them' if len(given) > 1 else 'it'} out")
     from .separability import run_separability
 
     return run_separability(args)
