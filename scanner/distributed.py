@@ -86,10 +86,14 @@ class _ScanWorker:
                 "detector": self.ctx.detector.name, "weights_hash": self.ctx.detector.weights_hash,
                 "threshold": self.ctx.threshold}
 
-    def scan(self, path: str) -> dict:
+    def scan(self, path: str) -> tuple[dict, dict]:
+        """The row of ``path`` and what scanning it added to the pipeline's counters: this
+        process's registry is not scraped, the driver adds them to its own."""
         from .pipeline import scan_video
 
-        return scan_video(path, self.ctx)
+        before = metrics.pipeline_counts()
+        row = scan_video(path, self.ctx)
+        return row, metrics.counts_since(before)
 
 
 def connect(address: str, **init_kwargs) -> bool:
@@ -176,9 +180,11 @@ class RayScanContext:
 
         ``paths`` is consumed lazily: at most ``RAY_IN_FLIGHT`` videos per actor are out.
         """
-        self._todo, self._retry = iter(paths), deque()  # retry: (path, attempts so far)
+        # retry: (path, attempts so far, when first sent or None); the time makes error rows'
+        # timings total, as a local scan's
+        self._todo, self._retry = iter(paths), deque()
         self._load = [0] * len(self.actors)
-        self._pending = {}  # ObjectRef -> (actor index, path as given or None: a ping, attempts)
+        self._pending = {}  # ObjectRef -> (actor index, path as given or None: a ping, attempts, sent)
         self._submit()
         # Pings of an actor Ray cannot place again (its node gone) must not hold the scan open.
         while self._pending and (self._scanning() or self._more()) and not self.stop.is_set():
@@ -191,13 +197,13 @@ class RayScanContext:
             row = self._result(ref, *self._pending.pop(ref))
             self._submit()  # the freed actor's next video goes out before this row is written
             if row is not None:
-                _record(row)
+                metrics.record_row(row)
                 yield row
         if self.stop.is_set():  # interrupted: videos in flight are abandoned (no row), as locally
             return
-        for path, _ in [*self._retry, *((str(p), 0) for p in self._todo)]:  # no actor left
-            row = self._error_row(path, "worker_lost", "no Ray scan actor is left to scan it")
-            _record(row)
+        for path, _, sent in [*self._retry, *((str(p), 0, None) for p in self._todo)]:  # no actor left
+            row = self._error_row(path, "worker_lost", "no Ray scan actor is left to scan it", sent)
+            metrics.record_row(row)
             yield row
 
     def _next_done(self, wait_s: float | None):
@@ -214,25 +220,27 @@ class RayScanContext:
         return None
 
     def _scanning(self) -> bool:
-        return any(path is not None for _, path, _ in self._pending.values())
+        return any(path is not None for _, path, _, _ in self._pending.values())
 
     def _more(self) -> bool:
         """Whether a video is still to be sent (looks ahead one input into the retry queue)."""
         if not self._retry:
             path = next(self._todo, None)
             if path is not None:
-                self._retry.append((str(path), 0))
+                self._retry.append((str(path), 0, None))
         return bool(self._retry)
 
     def _submit(self) -> None:
         while min(self._load) < RAY_IN_FLIGHT and self._more():
-            path, attempts = self._retry.popleft()
+            path, attempts, sent = self._retry.popleft()
             k = self._load.index(min(self._load))  # the least busy actor
-            self._pending[self.actors[k].scan.remote(os.path.abspath(path))] = (k, path, attempts)
+            ref = self.actors[k].scan.remote(os.path.abspath(path))
+            self._pending[ref] = (k, path, attempts, time.perf_counter() if sent is None else sent)
             self._load[k] += 1
 
-    def _result(self, ref, k: int, path: str | None, attempts: int) -> dict | None:
-        """The row of a finished task; None for a ping or a video sent out again."""
+    def _result(self, ref, k: int, path: str | None, attempts: int, sent: float | None) -> dict | None:
+        """The row of a finished task (its pipeline counts added to the driver's metrics);
+        None for a ping or a video sent out again."""
         ray = _ray()
         if path is None:  # the restarted actor answers: it takes videos again
             with contextlib.suppress(ray.exceptions.RayError):  # else dead for good: stays idle
@@ -241,16 +249,17 @@ class RayScanContext:
             return None
         self._load[k] -= 1
         try:
-            row = ray.get(ref)
+            row, counts = ray.get(ref)
         except ray.exceptions.RayActorError as e:  # the actor died while holding this video
-            return self._lost(k, path, attempts + 1, e)
+            return self._lost(k, path, attempts + 1, sent, e)
         except ray.exceptions.RayError as e:  # scan_video returns error rows; this is a bug
-            return self._error_row(path, "internal", _remote_error(e))
+            return self._error_row(path, "internal", _remote_error(e), sent)
+        metrics.add_counts(counts)
         row["path"] = path  # as given, like a local scan's rows (the worker got it absolute)
         _worker_view(row)
         return row
 
-    def _lost(self, k: int, path: str, attempts: int, e: Exception) -> dict | None:
+    def _lost(self, k: int, path: str, attempts: int, sent: float, e: Exception) -> dict | None:
         """Retry ``path`` unless out of attempts; ``k`` gets no video until it answers again.
 
         Ray's own task retries counted an attempt for every video a dead actor held, and a
@@ -259,19 +268,20 @@ class RayScanContext:
         """
         self._load[k] = RAY_IN_FLIGHT
         ping = self.actors[k].info.options(max_task_retries=-1).remote()  # waits for the restart
-        self._pending[ping] = (k, None, 0)
+        self._pending[ping] = (k, None, 0, None)
         if attempts < self.cfg.ray_max_attempts:
-            self._retry.append((path, attempts))
+            self._retry.append((path, attempts, sent))
             return None
         return self._error_row(path, "worker_lost", f"the Ray worker died on each of {attempts} "
-                               f"attempts ({type(e).__name__})")
+                               f"attempts ({type(e).__name__})", sent)
 
-    def _error_row(self, path: str, kind: str, message: str) -> dict:
-        from .pipeline import _base_row  # the one error-row layout (fields as local scans)
+    def _error_row(self, path: str, kind: str, message: str, sent: float | None) -> dict:
+        """A row for a video no worker returned one for. Its timings hold the total from when
+        it was first sent (never sent: zero), as a local error row's: with none it had no
+        total in the outputs and was missing from dfscan_video_duration_seconds."""
+        from .pipeline import error_row  # the one error-row layout (fields as local scans)
 
-        row = _base_row(Path(path), self)
-        row.update(path=path, error={"kind": kind, "message": message}, timings={})
-        return row
+        return error_row(path, self, kind, message, time.perf_counter() if sent is None else sent)
 
     def close(self) -> None:
         ray = _ray()
@@ -332,14 +342,6 @@ def _actor_count(ray, cfg: ScanConfig) -> int:
         log.warning("--ray-actors %d: the Ray cluster's nodes hold only %d actor(s) of %g CPU(s) "
                     "/ %g GPU(s); starting %d", cfg.ray_actors, fits, cpus, gpus, fits)
     return min(cfg.ray_actors or fits, fits)
-
-
-def _record(row: dict) -> None:
-    """Count a row in the driver's metrics (the worker's own counters are not scraped)."""
-    metrics.record_row(row)
-    metrics.FRAMES_DECODED.inc(row.get("frames") or 0)
-    metrics.FACES_DETECTED.inc(row.get("faces") or 0)
-    metrics.CROPS_INFERRED.inc(row.get("faces") or 0)
 
 
 def open_context(cfg: ScanConfig):

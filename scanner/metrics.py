@@ -75,6 +75,32 @@ def serve(port: int, host: str = "127.0.0.1"):
     return server, server.server_address[1]
 
 
+# Counted by the pipeline while it scans (frames decoded before a video failed count too),
+# not read back from rows. A Ray actor's registry is not scraped: it ships what one video
+# added (counts_since) and the driver adds that to its own (add_counts), so both scans
+# count the same wherever these counters are incremented.
+PIPELINE_COUNTERS = {c.describe()[0].name: c
+                     for c in (FRAMES_DECODED, FACES_DETECTED, CROPS_INFERRED, NONFINITE_SCORES)}
+
+
+def pipeline_counts() -> dict[str, float]:
+    """Current totals of :data:`PIPELINE_COUNTERS`, by metric name."""
+    return {name: next(s.value for s in c.collect()[0].samples if s.name.endswith("_total"))
+            for name, c in PIPELINE_COUNTERS.items()}
+
+
+def counts_since(before: dict[str, float]) -> dict[str, float]:
+    """What :data:`PIPELINE_COUNTERS` gained since ``before`` (a :func:`pipeline_counts`)."""
+    return {name: v - before.get(name, 0.0) for name, v in pipeline_counts().items()}
+
+
+def add_counts(delta: dict[str, float]) -> None:
+    """Add a :func:`counts_since` (from another process) to this registry's counters."""
+    for name, v in delta.items():
+        if v > 0 and name in PIPELINE_COUNTERS:
+            PIPELINE_COUNTERS[name].inc(v)
+
+
 def record_row(row: dict) -> None:
     """Count one finished video's row."""
     VIDEOS.labels(verdict=row["verdict"]).inc()

@@ -332,9 +332,22 @@ def scan_video(path: str | Path, ctx: ScanContext) -> dict:
         row.update(verdict="error", score=None)
         row["error"] = {"kind": "internal", "message": f"{type(e).__name__}: {e}"}
     row = _unless_changed(path, ctx, start, row)  # after the last read: decode threads are done
-    row.setdefault("timings", {})["total"] = round(time.perf_counter() - t0, 4)
+    _set_total(row, t0)
     metrics.record_row(row)
     return row
+
+
+def error_row(path: str, ctx, kind: str, message: str, t0: float) -> dict:
+    """An error row made without scanning (a Ray driver's ``worker_lost``), laid out as
+    :func:`scan_video`'s: its fields, and timings holding the total since ``t0``."""
+    row = _base_row(Path(path), ctx)
+    row.update(path=path, error={"kind": kind, "message": message})
+    _set_total(row, t0)
+    return row
+
+
+def _set_total(row: dict, t0: float) -> None:
+    row.setdefault("timings", {})["total"] = round(time.perf_counter() - t0, 4)
 
 
 def scan_paths(paths: Iterable[str | Path], cfg: ScanConfig | None = None,

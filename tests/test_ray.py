@@ -6,6 +6,7 @@ machines; the scan's driver is this test process. Skipped when Ray is absent.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -31,7 +32,7 @@ from scanner.cli import main  # noqa: E402
 from scanner.config import ScanConfig  # noqa: E402
 import scanner.distributed  # noqa: E402
 from scanner.distributed import RayScanContext, RayUnavailable  # noqa: E402
-from scanner.pipeline import build_context, scan_paths  # noqa: E402
+from scanner.pipeline import build_context, scan_paths, scan_video  # noqa: E402
 from conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,6 +77,19 @@ def local_rows():
     ctx = build_context(ScanConfig(workers=min(64, os.cpu_count() or 1)))  # -> 1 thread each
     assert torch.get_num_threads() == 1
     return {r["path"]: _comparable(r) for r in scan_paths(CLIPS, ctx=ctx)}
+
+
+def _videos_timed() -> float:
+    return metrics.REGISTRY.get_sample_value("dfscan_video_duration_seconds_count") or 0.0
+
+
+def _local_rows(inputs: list[str], cfg: ScanConfig) -> dict:
+    """Rows of a local scan of ``inputs`` by path, 'nan' inputs scored NaN as _PoisonWorker does."""
+    ctx, rows = build_context(cfg), {}
+    for p in inputs:
+        with _nan_scores_for(p, ctx.detector):
+            rows[p] = scan_video(p, ctx)
+    return rows
 
 
 def test_killed_worker_videos_are_rescanned_with_identical_rows(cluster, local_rows):
@@ -145,34 +159,63 @@ def test_unreachable_cluster_is_a_usage_error(capsys):
     assert "cannot reach the Ray cluster" in capsys.readouterr().err
 
 
+@contextlib.contextmanager
+def _nan_scores_for(path: str, detector):
+    """Inside, ``detector`` scores every crop NaN (as a diverging model would) when ``path``
+    is a 'nan' input: a non_finite error row after frames were decoded and faces scored."""
+    if not Path(path).name.startswith("nan"):
+        yield
+        return
+    detector.p_fake = lambda out: torch.full((len(out),), float("nan"))
+    try:
+        yield
+    finally:
+        del detector.p_fake
+
+
 class _PoisonWorker(scanner.distributed._ScanWorker):
     """An actor that dies on every attempt at a 'poison' input (as a decoder segfault
-    or an out-of-memory kill would) and raises on a 'raise' input."""
+    or an out-of-memory kill would), raises on a 'raise' input and scores 'nan' ones NaN."""
 
-    def scan(self, path: str) -> dict:
+    def scan(self, path: str) -> tuple[dict, dict]:
         if "poison" in path:
             with open(path + ".attempts", "a") as f:
                 f.write("x")
             os._exit(1)
         if "raise" in path:
             raise MemoryError("cannot allocate 12 GiB for the frame buffer")
-        return super().scan(path)
+        with _nan_scores_for(path, self.ctx.detector):
+            return super().scan(path)
 
 
 def test_a_video_that_crashes_its_worker_costs_no_other_video_its_attempts(cluster, monkeypatch, tmp_path):
     """Ray re-runs every task a dead actor held and counts an attempt for each: the video
     queued behind one that kills the worker every time became worker_lost without having
     run. Only the crashing video may become an error row (and one raising in the actor
-    says why)."""
+    says why).
+
+    Its counters and timings are a local scan's: the driver counted frames, faces and crops
+    from rows (none for a video that failed after decoding, no NaN scores at all), and its
+    own error rows had no timings (no total, missing from the video duration histogram)."""
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
     monkeypatch.setattr(scanner.distributed, "_ScanWorker", _PoisonWorker)
-    inputs = [str(tmp_path / "poison.mp4"), str(CLIPS[0]), str(tmp_path / "raise.mp4"), str(CLIPS[1])]
+    shutil.copy(CLIPS[0], tmp_path / "nan.mp4")
+    inputs = [str(tmp_path / "poison.mp4"), str(CLIPS[0]), str(tmp_path / "raise.mp4"), str(CLIPS[1]),
+              str(tmp_path / "nan.mp4")]
     ctx = RayScanContext(ScanConfig(ray=cluster, ray_actors=1, ray_max_attempts=1,
                                     detector="test_tiny", frames=4))
+    before, videos = metrics.pipeline_counts(), _videos_timed()
     try:
         rows = {r["path"]: r for r in ctx.rows(inputs)}
     finally:
         ctx.close()
+    counts, videos = metrics.counts_since(before), _videos_timed() - videos
+    before = metrics.pipeline_counts()
+    local = _local_rows(inputs, ScanConfig(detector="test_tiny", frames=4, workers=min(64, os.cpu_count() or 1)))
+    assert counts == metrics.counts_since(before) and counts["dfscan_nonfinite_scores"] > 0, counts
+    assert rows[inputs[4]]["error"]["kind"] == local[inputs[4]]["error"]["kind"] == "non_finite"
+    assert set(rows[inputs[0]]["timings"]) == set(local[inputs[0]]["timings"])  # a not_found row here
+    assert videos == len(inputs)
     assert sorted(rows) == sorted(inputs)
     assert rows[inputs[0]]["error"]["kind"] == "worker_lost"
     assert (tmp_path / "poison.mp4.attempts").read_text() == "x"  # tried ray_max_attempts times

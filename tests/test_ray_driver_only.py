@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 import scanner.distributed as dist
+from scanner import metrics
 from scanner.config import ScanConfig
 
 
@@ -72,9 +73,15 @@ def test_videos_left_when_no_actor_comes_back_get_rows_not_a_hang(monkeypatch):
     ctx.stop = threading.Event()
     ctx.threshold, ctx.engine_info = 0.5, {}
     ctx.detector = SimpleNamespace(name="test_tiny", weights_hash="h")
+    before = metrics.REGISTRY.get_sample_value("dfscan_video_duration_seconds_count")
     rows = list(ctx.rows(["a.mp4", "b.mp4"]))
     assert sorted(r["path"] for r in rows) == ["a.mp4", "b.mp4"]
     assert all(r["verdict"] == "error" and r["error"]["kind"] == "worker_lost" for r in rows)
+    # timings as a local error row's (the driver's had none: no total in the JSONL, the rows
+    # missing from dfscan_video_duration_seconds); a.mp4's runs from when it was sent
+    assert [set(r["timings"]) for r in rows] == [{"total"}, {"total"}]
+    assert rows[0]["timings"]["total"] >= 0.2 > rows[1]["timings"]["total"]
+    assert metrics.REGISTRY.get_sample_value("dfscan_video_duration_seconds_count") == before + 2
     assert scans == [os.path.abspath("a.mp4")] and pings == [1]
 
 
@@ -155,7 +162,9 @@ def test_sigint_during_a_ray_scan_stops_it_gracefully_like_a_local_scan(monkeypa
         return [], refs
 
     def get(ref):
-        return list(ref) if isinstance(ref, list) else {"path": ref[1], "verdict": "real", "frames": 4, "faces": 1}
+        if isinstance(ref, list):
+            return list(ref)
+        return {"path": ref[1], "verdict": "real", "frames": 4, "faces": 1}, {}  # row, pipeline counts
 
     fake = SimpleNamespace(remote=lambda **_kw: (lambda _cls: SimpleNamespace(remote=lambda *_a: Actor())),
                            nodes=lambda: [{"Alive": True, "Resources": {"CPU": 1.0}}], wait=wait, get=get,
@@ -184,14 +193,14 @@ def test_a_file_the_worker_cannot_see_but_the_driver_can_says_so(monkeypatch, tm
     clip.write_bytes(b"x")
 
     def get(ref):
-        return {"path": ref, "verdict": "error", "error": {"kind": "not_found", "message": f"file not found: {ref}"}}
+        return {"path": ref, "verdict": "error", "error": {"kind": "not_found", "message": f"file not found: {ref}"}}, {}
 
     monkeypatch.setattr(dist, "_ray", lambda: SimpleNamespace(get=get))
     ctx = object.__new__(dist.RayScanContext)
     ctx._load = [1, 1]
-    here = ctx._result(str(clip), 0, str(clip), 0)["error"]
+    here = ctx._result(str(clip), 0, str(clip), 0, 0.0)["error"]
     assert here["kind"] == "not_found" and "every node must see the inputs at the same paths" in here["message"]
-    missing = ctx._result(str(gone), 1, str(gone), 0)["error"]
+    missing = ctx._result(str(gone), 1, str(gone), 0, 0.0)["error"]
     assert missing == {"kind": "not_found", "message": f"file not found: {gone}"}  # as in a local scan
 
 
@@ -199,8 +208,6 @@ def test_a_ray_scan_fills_the_drivers_build_info(monkeypatch):
     """dfscan_build_info (detector, engine, versions: the dashboard's build panel) was set by
     build_context, which a Ray scan runs only in its actors: the driver's registry, the one
     scraped and pushed, had no build info for Ray scans."""
-    from scanner import metrics
-
     class Handle:
         info = SimpleNamespace(remote=lambda: {"engine_info": {}, "node": "n", "detector": "remote_det",
                                                "weights_hash": "h", "threshold": 0.5})
