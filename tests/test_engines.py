@@ -119,12 +119,6 @@ def test_parity_bf16_tiny(tiny):
     assert e.describe()["parity"]["passed"] and e(tiny.spec.example_input(3)).dtype == torch.float32
 
 
-def test_parity_compile_tiny(tiny):
-    e = build_engine(tiny, engine_config("compile", batch_sizes=(4,)))
-    _assert_parity(e)
-    assert any("torch.compile" in n for n in e.describe()["notes"])
-
-
 @pytest.mark.parametrize("name", ["eager", "onnxruntime"])
 def test_parity_real_detector(name):
     det = _real("meso4_df")
@@ -136,9 +130,11 @@ def test_parity_real_detector(name):
     assert torch.equal(e.p_fake(x) >= det.threshold, ref >= det.threshold)
 
 
-@pytest.mark.slow
 def test_parity_compile_real_detector():
-    _assert_parity(build_engine(_real("mesoinception4_df"), engine_config("compile", batch_sizes=(8,))))
+    # One compiled program for the CPU compile path (a tiny model compiled too cost CI ~20 s).
+    e = build_engine(_real("mesoinception4_df"), engine_config("compile", batch_sizes=(8,)))
+    _assert_parity(e)
+    assert any("torch.compile" in n for n in e.describe()["notes"])
 
 
 class _Broken(EagerEngine):
