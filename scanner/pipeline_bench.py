@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -29,20 +30,43 @@ def decode_only_s(path, cfg: ScanConfig) -> float:
     return time.perf_counter() - t0
 
 
-def decode_ratios(rows: list[dict], cfg: ScanConfig) -> dict:
-    """Per video: pure decode seconds, pipeline seconds and their ratio."""
+def video_labels(paths: list) -> dict[str, str]:
+    """Path -> the shortest tail of it no other video shares: ``clip.mp4``, or ``a/clip.mp4``
+    and ``b/clip.mp4`` when two folders hold one. Per-video results were keyed by file name
+    alone, so one of two same-named videos silently overwrote the other's."""
+    parts = {str(p): Path(p).parts for p in paths}
+    labels: dict[str, str] = {}
+    depth = 0
+    while len(labels) < len(parts):
+        depth += 1
+        tails = Counter(v[-depth:] for v in parts.values())
+        for k, v in parts.items():
+            if k in labels:
+                continue
+            if tails[v[-depth:]] == 1:
+                labels[k] = str(Path(*v[-depth:]))
+            elif depth >= len(v):  # all of it is the tail of another path ("x/a.mp4", "/r/x/a.mp4")
+                labels[k] = k
+    return labels
+
+
+def decode_ratios(rows: list[dict], cfg: ScanConfig, labels: dict[str, str] | None = None) -> dict:
+    """Per video (keyed by ``labels``, default :func:`video_labels`): pure decode seconds,
+    pipeline seconds and their ratio."""
+    labels = labels or video_labels([r["path"] for r in rows])
     out = {}
     for r in rows:
         if r["verdict"] == "error":
             continue
         dec = round(decode_only_s(r["path"], cfg), 4)  # the ratio uses the figure reported
         total = r["timings"]["total"]
-        out[Path(r["path"]).name] = {"decode_only_s": dec, "pipeline_s": total,
-                                     "pipeline_over_decode": round(total / max(dec, 1e-9), 2)}
+        out[labels[r["path"]]] = {"decode_only_s": dec, "pipeline_s": total,
+                                  "pipeline_over_decode": round(total / max(dec, 1e-9), 2)}
     return out
 
 
-def _summarise(rows: list[dict], wall: float) -> dict:
+def _summarise(rows: list[dict], wall: float, labels: dict[str, str] | None = None) -> dict:
+    labels = labels or video_labels([r["path"] for r in rows])
     ok = [r for r in rows if r["verdict"] != "error"]
     stages = {s: sum((r.get("timings") or {}).get(s, 0.0) for r in ok) for s in STAGES}
     total = sum(stages.values()) or 1.0
@@ -55,7 +79,7 @@ def _summarise(rows: list[dict], wall: float) -> dict:
         "faces_per_s": round(faces / wall, 2), "frames": frames, "faces": faces,
         "stage_s": {k: round(v, 3) for k, v in stages.items()},
         "stage_share": {k: round(v / total, 3) for k, v in stages.items()},
-        "per_video_s": {Path(r["path"]).name: r["timings"]["total"] for r in rows},
+        "per_video_s": {labels[r["path"]]: r["timings"]["total"] for r in rows},
     }
 
 
@@ -97,11 +121,12 @@ def _bench_one(videos: list, cfg: ScanConfig, cache_dir: str | None) -> dict:
     scan_video(videos[0], ctx)  # warm-up: thread pools, allocator, lazy inits
     t0 = time.perf_counter()
     rows = [scan_video(v, ctx) for v in videos]
-    res = _summarise(rows, time.perf_counter() - t0)
+    labels = video_labels(videos)
+    res = _summarise(rows, time.perf_counter() - t0, labels)
     # The engine that ran ('auto' named none), and the name asked for.
     return {"detector": cfg.detector, "engine": resolve_engine_name(cfg.engine, cfg.device),
             "engine_requested": cfg.engine, "precision": cfg.precision, "ready_s": round(ready, 3), **res,
-            "decode": decode_ratios(rows, cfg)}
+            "decode": decode_ratios(rows, cfg, labels)}
 
 
 @contextmanager

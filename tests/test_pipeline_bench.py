@@ -21,3 +21,24 @@ def test_decode_floor_decodes_what_the_scan_samples():
     cfg = ScanConfig(frames=7)
     frames = list(FrameSampler(DATA / "d18.mp4", cfg.frames, cfg.fps, cfg.det_max_side, cfg.seek))
     assert len(frames) == 7 and all(f.small is not None or max(f.image.shape) <= 960 for f in frames)
+
+
+def test_same_named_videos_in_two_folders_both_keep_their_results(tmp_path):
+    """Per-video results were keyed by file name: a/clip.mp4's were overwritten by b/clip.mp4's."""
+    import shutil
+
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        shutil.copy(DATA / "d1.mp4", tmp_path / d / "clip.mp4")
+    shutil.copy(DATA / "d18.mp4", tmp_path / "a" / "other.mp4")
+    res = benchmark_pipeline([str(tmp_path / "a"), str(tmp_path / "b")],
+                             {"detectors": ["test_tiny"], "batch_sizes": [8]})["results"][0]
+    want = {"a/clip.mp4", "b/clip.mp4", "other.mp4"}
+    assert res["videos"] == 3 and set(res["per_video_s"]) == want and set(res["decode"]) == want
+
+
+def test_video_labels_are_the_shortest_unique_tails():
+    from scanner.pipeline_bench import video_labels
+
+    assert video_labels(["x/a.mp4", "/r/x/a.mp4", "y/b.mp4"]) == {
+        "x/a.mp4": "x/a.mp4", "/r/x/a.mp4": "r/x/a.mp4", "y/b.mp4": "b.mp4"}
