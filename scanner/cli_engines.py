@@ -177,7 +177,8 @@ def _pipeline_table(res: dict) -> None:
     console.print(t)
     for r in res["results"]:
         share = "  ".join(f"{k} {100 * v:.0f}%" for k, v in r["stage_share"].items())
-        console.print(f"{r['detector']} / {r['engine']}: ready in {r['ready_s']:.1f} s; stage share: {share}")
+        console.print(f"{r['detector']} / {r['engine']}: ready in {r['ready_s']:.1f} s; {r['workers']} worker(s) "
+                      f"x {r['threads']} thread(s), as dfscan scan; stage share: {share}")
     for s in res["skipped"]:
         console.print(f"[yellow]skipped[/] {s['detector']} / {s['engine']}: {s['error']}")
 

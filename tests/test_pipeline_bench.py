@@ -42,3 +42,32 @@ def test_video_labels_are_the_shortest_unique_tails():
 
     assert video_labels(["x/a.mp4", "/r/x/a.mp4", "y/b.mp4"]) == {
         "x/a.mp4": "x/a.mp4", "/r/x/a.mp4": "r/x/a.mp4", "y/b.mp4": "b.mp4"}
+
+
+def test_pipeline_bench_scans_with_the_workers_and_threads_of_dfscan_scan(monkeypatch):
+    """build_context sets torch to cores/workers threads, and the bench then scanned one video
+    at a time: on 2 cores one thread did all the work and videos/s read half a real scan's."""
+    import threading
+
+    import torch
+
+    from scanner import pipeline
+    from scanner.pipeline import resolve_workers
+
+    monkeypatch.setattr(pipeline.os, "cpu_count", lambda: 2)
+    scanned_in, real_scan = [], pipeline.scan_video
+
+    def recording(path, ctx):
+        scanned_in.append(threading.current_thread().name)
+        return real_scan(path, ctx)
+
+    monkeypatch.setattr(pipeline, "scan_video", recording)
+    threads = torch.get_num_threads()
+    try:
+        res = benchmark_pipeline([str(DATA / "d1.mp4"), str(DATA / "d18.mp4")],
+                                 {"detectors": ["test_tiny"], "batch_sizes": [8]})["results"][0]
+    finally:
+        torch.set_num_threads(threads)
+    want = resolve_workers(ScanConfig(detector="test_tiny"), res["engine"])
+    assert want == 2 and (res["workers"], res["threads"]) == (2, 1)
+    assert len(scanned_in) == 2 and all(n.startswith("scan") for n in scanned_in)  # the scan's pool
