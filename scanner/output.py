@@ -268,6 +268,10 @@ def writable(path: str | Path) -> Path:
     as a file, a read-only or missing place was an OSError traceback once the work was done."""
     import tempfile
 
+    text = os.fspath(path)
+    # Path() drops a trailing "/": `--out ev_dir/` wrote a file named ev_dir.
+    if text.endswith(("/", os.sep)) or os.path.basename(text) in (".", ".."):
+        raise DfscanError(f"cannot write {text}: names a directory, and a file name is needed here")
     path = Path(path)
     try:
         if path.is_dir():

@@ -472,3 +472,25 @@ def test_images_are_scored_on_the_engine_and_precision_the_report_names(tmp_path
     assert None not in scores["fp32"]
     assert scores["bf16"] != scores["fp32"]  # bf16 logits keep 8 bits: not the fp32 numbers
     assert np.allclose(scores["bf16"], scores["fp32"], atol=0.02)
+
+
+@pytest.mark.parametrize("out, make_dir", [("ev_dir/", False), ("ev_dir/", True), ("ev_dir", True),
+                                           ("ev_dir/.", True)])
+def test_eval_out_naming_a_directory_is_one_error_line_and_writes_nothing(tmp_path, capsys, out, make_dir):
+    """`--out ev_dir/` wrote a file named ev_dir (and ev_dir.png): Path() drops the slash.
+    --out names the JSON file; a directory is refused before any work, as an existing one was."""
+    from scanner.cli import main
+
+    for name, score in (("a.mp4", 0.9), ("b.mp4", 0.1)):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "s.jsonl").write_text("".join(json.dumps({"path": str(tmp_path / n), "score": s}) + "\n"
+                                              for n, s in (("a.mp4", 0.9), ("b.mp4", 0.1))))
+    m = _csv(tmp_path, "path,label\na.mp4,fake\nb.mp4,real\n")
+    if make_dir:
+        (tmp_path / "ev_dir").mkdir()
+    assert main(["eval", str(m), "--from-jsonl", str(tmp_path / "s.jsonl"), "--quiet",
+                 "--out", f"{tmp_path}/{out}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"dfscan: error: cannot write {tmp_path}/ev_dir") and err.count("\n") == 1, err
+    assert (tmp_path / "ev_dir").is_dir() == make_dir and not (tmp_path / "ev_dir.png").exists()
+    assert not make_dir or not list((tmp_path / "ev_dir").iterdir())

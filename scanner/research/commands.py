@@ -101,7 +101,8 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     # A NaN threshold called every video real (s >= nan is false) and reported no threshold.
     p.add_argument("--acc-threshold", type=finite, default=0.5,
                    help="P(fake) threshold for ACC/TPR/TNR/HTER (default 0.5)")
-    p.add_argument("--out", default="eval.json", help="JSON report; the ROC plot goes next to it as .png")
+    p.add_argument("--out", default="eval.json", metavar="FILE",
+                   help="JSON report file (not a folder); the ROC plot goes next to it as .png")
     p.add_argument("--perturb", metavar="SPEC",
                    help="degrade every aligned face crop first, e.g. jpeg:40,blur:1.5,downscale:0.5,noise:5 "
                         "(also h264:CRF); applied in the order given")
@@ -138,7 +139,8 @@ def add_separability_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--detector", help="registered detector (its penultimate features)")
     p.add_argument("--weights", help="detector weights")
     p.add_argument("--seed", type=SEED, default=0)
-    p.add_argument("--out", default="separability.json", help="JSON result; the scatter plot goes next to it")
+    p.add_argument("--out", default="separability.json", metavar="FILE",
+                   help="JSON result file (not a folder); the scatter plot goes next to it")
     _add_common(p)
     _cache_arg(p)
     p.set_defaults(func=_separability)
