@@ -245,6 +245,7 @@ def bench_engines(detectors: Iterable, kinds: Iterable[str], batch_sizes=(1, 8, 
         "results": [], "skipped": [], "complete": False,
     }
     update = on_update or (lambda result: None)
+    update(out)  # at once: a run stopped while building must not leave an earlier run's complete file
     opts = {"cache_dir": cache_dir, "allow_parity_failure": allow_parity_failure}
     for d in detectors:
         det = _detector(d, device, weights)

@@ -54,6 +54,33 @@ EXTRA_COMMANDS = {
 }
 
 
+# What a command interrupted by Ctrl-C leaves behind, said after "dfscan: interrupted"
+# ("rows already written are kept" was said for every command, though only scan writes
+# rows as it goes). Commands not named (detectors, engines, watch, serve) say nothing more.
+INTERRUPTED_KEEPS = {
+    "scan": "rows already written are kept",
+    "eval": "nothing written (the report and its plot are written once every video is scored)",
+    "probe": "nothing written to --out; embeddings already computed stay in --cache for the next run",
+    "separability": "nothing written to --out; embeddings already computed stay in --cache for the next run",
+    "synth": "chips already written are kept, each finished pair listed in --out's manifest.csv",
+    "train": "finished epochs are kept in --out's last.pt (the same command resumes from it); "
+             "a face cache left unfinished is built again",
+    "report": "the report was not written (a file of that name from before is left as it was)",
+}
+
+
+def interrupted_note(args) -> str:
+    """The line printed when ``args.command`` is interrupted (see :data:`INTERRUPTED_KEEPS`)."""
+    keeps = INTERRUPTED_KEEPS.get(args.command)
+    if args.command == "bench":  # the bench module is loaded by now: it was running
+        from .cli_engines import bench_json
+
+        path = terminal_safe(str(bench_json(args)))
+        keeps = (f"nothing written (--pipeline writes {path} at the end)" if args.pipeline else
+                 f"{path} holds what was measured so far, marked complete: false")
+    return "dfscan: interrupted" + (f"; {keeps}" if keeps else "")
+
+
 def add_scan_options(p: argparse.ArgumentParser) -> None:
     """Scan options shared by ``scan`` and commands that run scans (defaults come from ScanConfig)."""
     S = argparse.SUPPRESS
@@ -174,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt as e:  # SIGTERM arrives as one too while a scan sets up
-        print("dfscan: interrupted; rows already written are kept", file=sys.stderr)
+        print(interrupted_note(args), file=sys.stderr)
         return 128 + getattr(e, "signum", 2)
     except DfscanError as e:
         print(f"dfscan: error: {terminal_safe(str(e))}", file=sys.stderr)  # it may quote a file name

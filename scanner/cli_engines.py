@@ -95,12 +95,18 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def bench_json(args) -> Path:
+    """The JSON file bench writes: ``--out/--name.json``, by default named after the mode and device."""
+    stem = args.name or f"{'pipeline' if args.pipeline else 'engines'}_{args.device.split(':')[0]}"
+    return args.out / f"{stem}.json"
+
+
 def bench_command(args) -> int:
     from rich.console import Console
 
     console = Console(stderr=True)
     _set_threads(args)
-    stem = args.name or f"{'pipeline' if args.pipeline else 'engines'}_{args.device.split(':')[0]}"
+    stem = bench_json(args).stem
     try:
         from .config import check_device  # ConfigError (one line, exit 2) without the GPU
 

@@ -489,7 +489,7 @@ def test_bench_structure(tmp_path):
     res = B.bench_engines(["test_tiny"], ["eager", "onnxruntime", "tensorrt"], (1, 4), iters=6, warmup=1,
                           on_update=lambda r: seen.append(json.loads(json.dumps(r))))
     assert [(len(r["results"]), len(r["skipped"]), r["complete"]) for r in seen] == \
-        [(0, 1, False), (2, 1, False), (4, 1, False)]  # builds, then batch 1, then batch 4
+        [(0, 0, False), (0, 1, False), (2, 1, False), (4, 1, False)]  # start, builds, batch 1, batch 4
     assert res["complete"] and res["machine"]["cpu"] and res["machine"]["versions"]["torch"]
     assert len(res["results"]) == 4 and [s["engine"] for s in res["skipped"]] == ["tensorrt"]
     for r in res["results"]:
