@@ -6,16 +6,9 @@ loaded, accepting streams), ``GET /metrics`` (Prometheus text), ``GET /streams``
 ``DELETE /streams/{name}``, ``GET /`` (status page) and the OpenAPI schema at
 ``/openapi.json``.
 
-Every request passes one gate before any route runs, in this order:
-
-1. ``Host`` allowlist (Starlette's ``TrustedHostMiddleware``): loopback names
-   plus configured ones, so a DNS-rebinding page cannot reach a loopback API;
-2. a cross-site ``Origin`` is refused (403);
-3. ``Authorization: Bearer <token>`` on every route but the two probes and the
-   static status page, when a token is set (required off loopback; constant-time);
-4. writes must be ``application/json`` (415), so an HTML form or a ``text/plain``
-   ``fetch`` from another site -- both sent without a CORS preflight -- are
-   refused; bodies are capped (413).
+Every request passes the gate of :mod:`scanner.live.gate` before any route runs: the
+``Host`` allowlist (a DNS-rebinding page cannot reach a loopback API), cross-site
+``Origin``, the bearer token, JSON-only bounded writes.
 
 uvicorn frames requests with h11 (a body is never parsed as a second request),
 limits connections (``limit_concurrency``: 503 beyond), closes idle keep-alive
@@ -25,9 +18,7 @@ Stream URLs are only ever returned with credentials masked.
 """
 from __future__ import annotations
 
-import json
 import logging
-import re
 import socket
 import threading
 import time
@@ -39,136 +30,24 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPBearer
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.middleware.trustedhost import TrustedHostMiddleware, parse_host_header
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from engines.errors import DfscanError
 
 from .api_models import ErrorBody, Health, Ready, Removed, StreamInfo, StreamList
-from .auth import TokenFile, check_bearer
+from .auth import TokenFile, check_bearer  # noqa: F401 (check_bearer: re-exported)
 from .config import LOOPBACK_HOSTS, ApiConfig, StreamConfig
+from .gate import Gate, error_json
 from .service import LiveService, StreamExists, StreamLimit, StreamNotFound
 from .urls import SourceError, mask_text
 
 log = logging.getLogger(__name__)
-PROBES = frozenset({"/healthz", "/readyz"})
-PUBLIC = PROBES | {"/"}  # no token needed: probes, and the status page (static, no stream data)
-WRITE_METHODS = frozenset({"POST", "PUT", "PATCH"})
-
-
-def _err(code: int, message: str, **headers: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=code, headers={"Cache-Control": "no-store", **headers})
 
 
 def _doc(*codes: int) -> dict:
     return {c: {"model": ErrorBody} for c in codes}
-
-
-# ---- the gate ---------------------------------------------------------------
-class _Gate:
-    """Pure ASGI middleware: Origin check, bearer auth, JSON-only bounded writes."""
-
-    def __init__(self, app, token: str | TokenFile | None, max_body: int, hosts: list[str],
-                 max_header: int = 16384):
-        self.app, self.max_body, self.max_header = app, max_body, max_header
-        # A TokenFile is asked on every request; None from it (no valid token) refuses them all.
-        self.required, self.token = token is not None, token if callable(token) else (lambda: token)
-        self.hosts = None if "*" in hosts else {h.lower() for h in hosts}
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        h = Headers(scope=scope)
-        refusal = self._refusal(scope, h)
-        if refusal is not None:
-            return await refusal(scope, receive, send)
-        if scope["method"] not in WRITE_METHODS:
-            return await self.app(scope, receive, send)
-        body = await self._read_body(h, receive)
-        if not isinstance(body, Response) and (problem := _body_problem(body)) is not None:
-            body = _err(400, problem)
-        if isinstance(body, Response):
-            return await body(scope, receive, send)
-        replayed = False
-
-        async def replay():
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        return await self.app(scope, replay, send)
-
-    def _refusal(self, scope, h: Headers) -> Response | None:
-        # h11 bounds only a head still arriving; one that arrived whole is measured here.
-        if sum(len(k) + len(v) + 4 for k, v in scope["headers"]) > self.max_header:
-            return _err(431, "request headers too large", Connection="close")
-        if "transfer-encoding" in h and "content-length" in h:
-            # RFC 9112 6.1: a proxy may frame this request differently; refuse and close.
-            return _err(400, "both Content-Length and Transfer-Encoding", Connection="close")
-        origin = h.get("origin")
-        if origin is not None and self.hosts is not None:
-            parsed = parse_host_header(origin.split("://", 1)[-1])
-            if parsed is None or parsed.host.lower() not in self.hosts:
-                return _err(403, "cross-origin requests are not allowed")
-        if self.required and scope["path"] not in PUBLIC and \
-                ((tok := self.token()) is None or not check_bearer(h.get("authorization"), tok)):
-            return _err(401, "missing or invalid bearer token", **{"WWW-Authenticate": 'Bearer realm="dfscan"'})
-        if scope["method"] in WRITE_METHODS:
-            ctype = h.get("content-type", "").split(";", 1)[0].strip().lower()
-            if ctype != "application/json":
-                return _err(415, "request body must be application/json")
-            length = h.get("content-length")
-            if length is not None and (not length.isdigit() or int(length) > self.max_body):
-                return _err(413, f"body must be at most {self.max_body} bytes of JSON")
-        return None
-
-    async def _read_body(self, h: Headers, receive) -> bytes | Response:
-        """The whole body, at most ``max_body`` bytes (chunked uploads counted too)."""
-        chunks, size, more = [], 0, True
-        while more:
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                return _err(400, "client disconnected")
-            chunk = msg.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body:
-                return _err(413, f"body must be at most {self.max_body} bytes of JSON")
-            chunks.append(chunk)
-            more = msg.get("more_body", False)
-        return b"".join(chunks)
-
-
-def _body_problem(body: bytes) -> str | None:
-    """Why ``body`` is refused before FastAPI reads it (a key twice in one JSON object,
-    nesting too deep for Python's parser), else None.
-
-    json (and so FastAPI) keeps the last value silently: ``{"url": A, "url": B}`` would
-    add a stream other than the one a reviewer of the request reads first.
-    """
-    class _Dup(Exception):
-        pass
-
-    def pairs(items):
-        obj = dict(items)
-        if len(obj) < len(items):
-            seen: set = set()
-            k = next(k for k, _ in items if k in seen or seen.add(k))
-            raise _Dup(repr(k) if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,40}", k) else "a key")
-        return obj
-
-    try:
-        json.loads(body, object_pairs_hook=pairs)
-    except _Dup as e:
-        return f"the JSON body names {e} twice"
-    except RecursionError:  # "[[[[..." (64 KiB of it): was a 500 and a traceback in the log
-        return "the JSON body is nested too deeply"
-    except ValueError:  # not JSON: FastAPI says so
-        return None
-    return None
 
 
 # ---- the app ----------------------------------------------------------------
@@ -233,7 +112,7 @@ def create_app(svc: LiveService, token: str | TokenFile | None = None, max_body:
         return HTMLResponse(_status_page(), headers={"Cache-Control": "no-store"})
 
     _strip_422(app)
-    app.add_middleware(_Gate, token=token, max_body=max_body, hosts=hosts, max_header=max_header)
+    app.add_middleware(Gate, token=token, max_body=max_body, hosts=hosts, max_header=max_header)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts)  # added last = runs first
     return app
 
@@ -250,21 +129,21 @@ def _handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StreamNotFound)
     async def _not_found(request, e):
-        return _err(404, str(e))
+        return error_json(404, str(e))
 
     @app.exception_handler(StreamExists)
     @app.exception_handler(StreamLimit)
     async def _conflict(request, e):
-        return _err(409, str(e))
+        return error_json(409, str(e))
 
     @app.exception_handler(SourceError)
     @app.exception_handler(DfscanError)
     async def _bad(request, e):
-        return _err(400, mask_text(str(e)))
+        return error_json(400, mask_text(str(e)))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request, e: StarletteHTTPException):
-        return _err(e.status_code, str(e.detail), **(e.headers or {}))
+        return error_json(e.status_code, str(e.detail), **(e.headers or {}))
 
 
 def _strip_422(app: FastAPI) -> None:

@@ -1,0 +1,137 @@
+"""The gate every request of the ``dfscan serve`` API passes before any route runs.
+
+In this order (after Starlette's ``TrustedHostMiddleware``, the ``Host`` allowlist that
+keeps a DNS-rebinding page off a loopback API):
+
+1. a request head too large, or framed by both ``Content-Length`` and
+   ``Transfer-Encoding``, is refused (431, 400) and the connection closed;
+2. a cross-site ``Origin`` is refused (403);
+3. ``Authorization: Bearer <token>`` on every route but the two probes and the
+   static status page, when a token is set (required off loopback; constant-time);
+4. writes must be ``application/json`` (415), so an HTML form or a ``text/plain``
+   ``fetch`` from another site -- both sent without a CORS preflight -- are
+   refused; bodies are capped (413), and a JSON object naming a key twice or
+   nested too deeply for Python's parser is a 400.
+"""
+from __future__ import annotations
+
+import json
+import re
+
+from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import Headers
+from starlette.middleware.trustedhost import parse_host_header
+
+from .auth import TokenFile, check_bearer
+
+PROBES = frozenset({"/healthz", "/readyz"})
+PUBLIC = PROBES | {"/"}  # no token needed: probes, and the status page (static, no stream data)
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+def error_json(code: int, message: str, **headers: str) -> JSONResponse:
+    """The API's one error shape: ``{"error": message}``, never cached."""
+    return JSONResponse({"error": message}, status_code=code, headers={"Cache-Control": "no-store", **headers})
+
+
+class Gate:
+    """Pure ASGI middleware: size/framing, Origin, bearer auth, JSON-only bounded writes."""
+
+    def __init__(self, app, token: str | TokenFile | None, max_body: int, hosts: list[str],
+                 max_header: int = 16384):
+        self.app, self.max_body, self.max_header = app, max_body, max_header
+        # A TokenFile is asked on every request; None from it (no valid token) refuses them all.
+        self.required, self.token = token is not None, token if callable(token) else (lambda: token)
+        self.hosts = None if "*" in hosts else {h.lower() for h in hosts}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        refusal = self._refusal(scope, Headers(scope=scope))
+        if refusal is not None:
+            return await refusal(scope, receive, send)
+        if scope["method"] not in WRITE_METHODS:
+            return await self.app(scope, receive, send)
+        body = await self._read_body(receive)
+        if not isinstance(body, Response) and (problem := _body_problem(body)) is not None:
+            body = error_json(400, problem)
+        if isinstance(body, Response):
+            return await body(scope, receive, send)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return await self.app(scope, replay, send)
+
+    def _refusal(self, scope, h: Headers) -> Response | None:
+        # h11 bounds only a head still arriving; one that arrived whole is measured here.
+        if sum(len(k) + len(v) + 4 for k, v in scope["headers"]) > self.max_header:
+            return error_json(431, "request headers too large", Connection="close")
+        if "transfer-encoding" in h and "content-length" in h:
+            # RFC 9112 6.1: a proxy may frame this request differently; refuse and close.
+            return error_json(400, "both Content-Length and Transfer-Encoding", Connection="close")
+        origin = h.get("origin")
+        if origin is not None and self.hosts is not None:
+            parsed = parse_host_header(origin.split("://", 1)[-1])
+            if parsed is None or parsed.host.lower() not in self.hosts:
+                return error_json(403, "cross-origin requests are not allowed")
+        if self.required and scope["path"] not in PUBLIC and \
+                ((tok := self.token()) is None or not check_bearer(h.get("authorization"), tok)):
+            return error_json(401, "missing or invalid bearer token", **{"WWW-Authenticate": 'Bearer realm="dfscan"'})
+        if scope["method"] in WRITE_METHODS:
+            ctype = h.get("content-type", "").split(";", 1)[0].strip().lower()
+            if ctype != "application/json":
+                return error_json(415, "request body must be application/json")
+            length = h.get("content-length")
+            if length is not None and (not length.isdigit() or int(length) > self.max_body):
+                return error_json(413, f"body must be at most {self.max_body} bytes of JSON")
+        return None
+
+    async def _read_body(self, receive) -> bytes | Response:
+        """The whole body, at most ``max_body`` bytes (chunked uploads counted too)."""
+        chunks, size, more = [], 0, True
+        while more:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return error_json(400, "client disconnected")
+            chunk = msg.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                return error_json(413, f"body must be at most {self.max_body} bytes of JSON")
+            chunks.append(chunk)
+            more = msg.get("more_body", False)
+        return b"".join(chunks)
+
+
+def _body_problem(body: bytes) -> str | None:
+    """Why ``body`` is refused before FastAPI reads it (a key twice in one JSON object,
+    nesting too deep for Python's parser), else None.
+
+    json (and so FastAPI) keeps the last value silently: ``{"url": A, "url": B}`` would
+    add a stream other than the one a reviewer of the request reads first.
+    """
+    class _Dup(Exception):
+        pass
+
+    def pairs(items):
+        obj = dict(items)
+        if len(obj) < len(items):
+            seen: set = set()
+            k = next(k for k, _ in items if k in seen or seen.add(k))
+            raise _Dup(repr(k) if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,40}", k) else "a key")
+        return obj
+
+    try:
+        json.loads(body, object_pairs_hook=pairs)
+    except _Dup as e:
+        return f"the JSON body names {e} twice"
+    except RecursionError:  # "[[[[..." (64 KiB of it): was a 500 and a traceback in the log
+        return "the JSON body is nested too deeply"
+    except ValueError:  # not JSON: FastAPI says so
+        return None
+    return None
