@@ -8,7 +8,10 @@ keeps a DNS-rebinding page off a loopback API):
 2. a cross-site ``Origin`` is refused (403);
 3. ``Authorization: Bearer <token>`` on every route but the two probes and the
    static status page, when a token is set (required off loopback; constant-time);
-4. writes must be ``application/json`` (415), so an HTML form or a ``text/plain``
+4. a method the path's routes do not take is a 405 naming those that they do
+   (``Allow``), before any body is looked at; ``HEAD`` is taken wherever ``GET`` is
+   (the route runs as ``GET``; uvicorn sends no body for a ``HEAD``);
+5. writes must be ``application/json`` (415), so an HTML form or a ``text/plain``
    ``fetch`` from another site -- both sent without a CORS preflight -- are
    refused; bodies are capped (413), and a JSON object naming a key twice or
    nested too deeply for Python's parser is a 400.
@@ -21,6 +24,7 @@ import re
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import Headers
 from starlette.middleware.trustedhost import parse_host_header
+from starlette.routing import Match
 
 from .auth import TokenFile, check_bearer
 
@@ -35,11 +39,14 @@ def error_json(code: int, message: str, **headers: str) -> JSONResponse:
 
 
 class Gate:
-    """Pure ASGI middleware: size/framing, Origin, bearer auth, JSON-only bounded writes."""
+    """Pure ASGI middleware: size/framing, Origin, bearer auth, methods, JSON-only bounded writes.
+
+    ``routes`` are the app's (``app.router.routes``): what each path takes is read from them.
+    """
 
     def __init__(self, app, token: str | TokenFile | None, max_body: int, hosts: list[str],
-                 max_header: int = 16384):
-        self.app, self.max_body, self.max_header = app, max_body, max_header
+                 routes: list, max_header: int = 16384):
+        self.app, self.max_body, self.max_header, self.routes = app, max_body, max_header, routes
         # A TokenFile is asked on every request; None from it (no valid token) refuses them all.
         self.required, self.token = token is not None, token if callable(token) else (lambda: token)
         self.hosts = None if "*" in hosts else {h.lower() for h in hosts}
@@ -47,11 +54,14 @@ class Gate:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        refusal = self._refusal(scope, Headers(scope=scope))
+        methods = self._methods(scope)
+        refusal = self._refusal(scope, Headers(scope=scope), methods)
         if refusal is not None:
             return await refusal(scope, receive, send)
-        if scope["method"] not in WRITE_METHODS:
-            return await self.app(scope, receive, send)
+        if scope["method"] == "HEAD":  # uvicorn's own scope still says HEAD: it sends no body
+            scope = {**scope, "method": "GET"}
+        if scope["method"] not in WRITE_METHODS or not methods:
+            return await self.app(scope, receive, send)  # no route at all: the app's 404
         body = await self._read_body(receive)
         if not isinstance(body, Response) and (problem := _body_problem(body)) is not None:
             body = error_json(400, problem)
@@ -68,7 +78,18 @@ class Gate:
 
         return await self.app(scope, replay, send)
 
-    def _refusal(self, scope, h: Headers) -> Response | None:
+    def _methods(self, scope) -> frozenset[str]:
+        """The methods the routes of ``scope``'s path take (HEAD wherever GET); none: no such path.
+
+        Starlette's own 405 names only the first route matching the path (GET of /streams),
+        and it comes after this gate has judged a PUT's missing JSON body (415)."""
+        probe, found = {**scope, "method": "GET"}, set()
+        for route in self.routes:
+            if route.matches(probe)[0] is not Match.NONE:
+                found |= set(getattr(route, "methods", None) or ())
+        return frozenset(found | {"HEAD"} if "GET" in found else found)
+
+    def _refusal(self, scope, h: Headers, methods: frozenset[str]) -> Response | None:
         # h11 bounds only a head still arriving; one that arrived whole is measured here.
         if sum(len(k) + len(v) + 4 for k, v in scope["headers"]) > self.max_header:
             return error_json(431, "request headers too large", Connection="close")
@@ -83,7 +104,11 @@ class Gate:
         if self.required and scope["path"] not in PUBLIC and \
                 ((tok := self.token()) is None or not check_bearer(h.get("authorization"), tok)):
             return error_json(401, "missing or invalid bearer token", **{"WWW-Authenticate": 'Bearer realm="dfscan"'})
-        if scope["method"] in WRITE_METHODS:
+        method = scope["method"]
+        if methods and method not in methods:
+            allow = ", ".join(sorted(methods))
+            return error_json(405, f"method {method[:16]} is not allowed here (allowed: {allow})", Allow=allow)
+        if method in WRITE_METHODS and methods:
             ctype = h.get("content-type", "").split(";", 1)[0].strip().lower()
             if ctype != "application/json":
                 return error_json(415, "request body must be application/json")

@@ -8,7 +8,8 @@ loaded, accepting streams), ``GET /metrics`` (Prometheus text), ``GET /streams``
 
 Every request passes the gate of :mod:`scanner.live.gate` before any route runs: the
 ``Host`` allowlist (a DNS-rebinding page cannot reach a loopback API), cross-site
-``Origin``, the bearer token, JSON-only bounded writes.
+``Origin``, the bearer token, the methods each path takes (405 with ``Allow``; ``HEAD``
+wherever ``GET``), JSON-only bounded writes.
 
 uvicorn frames requests with h11 (a body is never parsed as a second request),
 limits connections (``limit_concurrency``: 503 beyond), closes idle keep-alive
@@ -112,7 +113,8 @@ def create_app(svc: LiveService, token: str | TokenFile | None = None, max_body:
         return HTMLResponse(_status_page(), headers={"Cache-Control": "no-store"})
 
     _strip_422(app)
-    app.add_middleware(Gate, token=token, max_body=max_body, hosts=hosts, max_header=max_header)
+    app.add_middleware(Gate, token=token, max_body=max_body, hosts=hosts, routes=app.router.routes,
+                       max_header=max_header)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts)  # added last = runs first
     return app
 

@@ -1,0 +1,63 @@
+"""Findings of fuzzing the ``dfscan serve`` API (schemathesis plus hand-made requests),
+pinned with plain httpx and raw sockets so that schemathesis stays a dev tool.
+
+Each test names what was answered before its fix. Everything binds to 127.0.0.1;
+every wait is bounded.
+"""
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from test_api import AUTH, TOKEN, _serve
+
+
+@pytest.fixture()
+def api():
+    svc, server = _serve(TOKEN)  # request_timeout_s 1 s
+    try:
+        yield svc, server, f"http://127.0.0.1:{server.port}"
+    finally:
+        server.stop()
+        svc.stop()
+
+
+def _allow(r: httpx.Response) -> set[str]:
+    return {m.strip() for m in r.headers.get("allow", "").split(",") if m.strip()}
+
+
+def test_a_method_a_route_lacks_is_a_405_naming_every_allowed_one(api):
+    """PUT/PATCH were checked for a JSON body before routing, so PUT /healthz (no body) was a
+    415 'request body must be application/json', as if JSON would have done; and the 405 of
+    OPTIONS /streams said 'Allow: GET' though POST /streams adds streams."""
+    svc, server, base = api
+    expect = {"/healthz": {"GET", "HEAD"}, "/": {"GET", "HEAD"}, "/metrics": {"GET", "HEAD"},
+              "/streams": {"GET", "HEAD", "POST"}, "/streams/x": {"GET", "HEAD", "DELETE"}}
+    for path, allowed in expect.items():
+        for method in ("PUT", "PATCH", "OPTIONS", "TRACE"):
+            r = httpx.request(method, base + path, headers=AUTH, timeout=5)
+            assert (r.status_code, _allow(r)) == (405, allowed), (method, path, r.text)
+            assert method in r.json()["error"]
+    r = httpx.put(f"{base}/streams", json={"name": "cam", "url": "rtsp://h/x"}, headers=AUTH, timeout=5)
+    assert (r.status_code, _allow(r)) == (405, {"GET", "HEAD", "POST"})
+    # a path no route has is a 404 whatever the method and body; the token is still asked first
+    r = httpx.post(f"{base}/nope", content=b"x", headers={**AUTH, "Content-Type": "text/plain"}, timeout=5)
+    assert r.status_code == 404, r.text
+    assert httpx.put(f"{base}/healthz", timeout=5).status_code == 405  # a probe: no token asked
+    assert httpx.put(f"{base}/streams", timeout=5).status_code == 401
+    # the routes' own methods are unchanged
+    assert httpx.post(f"{base}/streams", content=b"{}", headers={**AUTH, "Content-Type": "text/plain"},
+                      timeout=5).status_code == 415
+    assert svc.names() == []
+
+
+def test_head_is_answered_as_get_without_a_body(api):
+    """HEAD (every HTTP server must support it, RFC 9110 9.1; uptime checkers send it) was a 405
+    on every route but /openapi.json, so a HEAD /healthz check saw the service as down."""
+    svc, server, base = api
+    for path, headers in (("/healthz", {}), ("/readyz", {}), ("/", {}), ("/streams", AUTH), ("/metrics", AUTH)):
+        got, head = httpx.get(base + path, headers=headers, timeout=5), httpx.head(base + path, headers=headers, timeout=5)
+        assert (head.status_code, head.content) == (200, b""), path
+        assert head.headers["content-type"] == got.headers["content-type"], path
+    assert httpx.head(f"{base}/streams", timeout=5).status_code == 401  # no token, no answer
+    assert httpx.head(f"{base}/streams/nope", headers=AUTH, timeout=5).status_code == 404
