@@ -6,6 +6,10 @@ every wait is bounded.
 """
 from __future__ import annotations
 
+import logging
+import socket
+import time
+
 import httpx
 import pytest
 
@@ -61,3 +65,36 @@ def test_head_is_answered_as_get_without_a_body(api):
         assert head.headers["content-type"] == got.headers["content-type"], path
     assert httpx.head(f"{base}/streams", timeout=5).status_code == 401  # no token, no answer
     assert httpx.head(f"{base}/streams/nope", headers=AUTH, timeout=5).status_code == 404
+
+
+def _raw(port: int, data: bytes, timeout: float) -> tuple[bytes, float]:
+    t0 = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        out = b""
+        while chunk := s.recv(65536):  # socket.timeout here: the server never closed
+            out += chunk
+    return out, time.monotonic() - t0
+
+
+def test_a_body_that_never_arrives_in_full_gets_a_408(api, caplog):
+    """A POST whose Content-Length promised more than was sent (or whose chunked body never
+    ended) was closed at request_timeout_s without a word: the client saw a reset connection,
+    not why. It is now a 408 with a JSON reason, then the close."""
+    svc, server, base = api
+    caplog.set_level(logging.ERROR)
+    head = (b"POST /streams HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " + TOKEN.encode() +
+            b"\r\nContent-Type: application/json\r\n")
+    for framing, body in ((b"Content-Length: 100\r\n\r\n", b'{"name": "cam"'),
+                          (b"Transfer-Encoding: chunked\r\n\r\n", b'5\r\n{"nam\r\n'),
+                          (b"Transfer-Encoding: chunked\r\n\r\n", b"ffffffffffff\r\n{}")):
+        out, took = _raw(server.port, head + framing + body, timeout=8)
+        assert out.startswith(b"HTTP/1.1 408 "), out
+        assert out.count(b"HTTP/1.1 ") == 1 and b'{"error":"the request did not arrive in full' in out, out
+        assert took < 5
+    # a head that never ends is still just closed (no request to answer yet)
+    out, _ = _raw(server.port, b"GET /healthz HTTP/1.1\r\nHost: 127", timeout=8)
+    assert out == b""
+    assert svc.names() == []
+    time.sleep(0.2)  # the app's own answer to the disconnect is dropped, not an ASGI error
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text

@@ -14,11 +14,13 @@ wherever ``GET``), JSON-only bounded writes.
 uvicorn frames requests with h11 (a body is never parsed as a second request),
 limits connections (``limit_concurrency``: 503 beyond), closes idle keep-alive
 connections, and -- through :class:`_TimedH11` -- closes connections whose
-request has not fully arrived within ``request_timeout_s`` (slowloris, half-open).
+request has not fully arrived within ``request_timeout_s`` (slowloris, half-open),
+with a 408 first when its head had arrived.
 Stream URLs are only ever returned with credentials masked.
 """
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import threading
@@ -194,8 +196,24 @@ class _TimedH11(H11Protocol):
 
     def _expire(self) -> None:
         self._deadline = None
-        if self.conn.their_state is not h11.DONE and not self.transport.is_closing():
-            self.transport.close()  # a request still in flight sees http.disconnect
+        if self.conn.their_state is h11.DONE or self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if self.conn.our_state is h11.SEND_RESPONSE and cycle is not None and not cycle.response_started:
+            self._send_408(cycle)  # a head arrived, its body did not: say why before closing
+        self.transport.close()  # a request still in flight sees http.disconnect
+
+    def _send_408(self, cycle) -> None:
+        body = json.dumps({"error": f"the request did not arrive in full within {self.request_timeout_s:g} s"},
+                          separators=(",", ":"))
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                   (b"cache-control", b"no-store"), (b"connection", b"close")]
+        # The app (waiting for the rest of the body) then sees a disconnect: its own answer is
+        # dropped, not sent after this one (uvicorn would log that as an ASGI error).
+        cycle.response_started = cycle.response_complete = cycle.disconnected = True
+        for event in (h11.Response(status_code=408, headers=headers, reason=b"Request Timeout"),
+                      h11.Data(data=body.encode()), h11.EndOfMessage()):
+            self.transport.write(self.conn.send(event))
 
     def handle_events(self) -> None:
         super().handle_events()
