@@ -70,7 +70,10 @@ def create_app(svc: LiveService, token: str | TokenFile | None = None, max_body:
     hosts = list(hosts or LOOPBACK_HOSTS)
     secured = [Security(HTTPBearer(auto_error=False, description="API token"))] if token else []
     auth = _doc(401) if token else {}
-    app = FastAPI(title="dfscan serve", version="1", docs_url="/docs", redoc_url=None)
+    # No /docs: Swagger UI loads its scripts from a CDN (blank on the offline hosts a service
+    # runs on) and cannot send the bearer token to fetch /openapi.json, so with a token set it
+    # never showed the API; the schema itself stays at /openapi.json (token required).
+    app = FastAPI(title="dfscan serve", version="1", docs_url=None, redoc_url=None)
     _handlers(app)
 
     # The probes are async (run on the event loop, not in the worker-thread pool): DELETEs each
