@@ -289,3 +289,17 @@ def test_srt_streamid_not_in_stream_listing_error_or_log(caplog):
     assert info["state"] == "stopped" and info["errors"] == 1 and info["last_error"], info
     assert info["url"] == "srt://127.0.0.1:9?streamid=***" and info["name"] == "cam"
     assert "SESSION123" not in repr(info) and "SESSION123" not in caplog.text
+
+
+def test_an_srt_passphrase_holding_a_semicolon_is_masked_whole():
+    """FFmpeg's SRT reader takes an option's value up to the next '&' only: a passphrase
+    'ab;cd...' is all one. The generic mask also ended a value at ';' (as some HTTP servers
+    split a query), so /streams, logs and errors showed 'passphrase=***;cd...'."""
+    url = "srt://h:9000?passphrase=ab;cdSECRETPART&streamid=x&latency=200"
+    src = parse_source(url)
+    assert src.masked == "srt://h:9000?passphrase=***&streamid=***&latency=200"
+    err = f"Connection to '{url}' failed (passphrase 'ab;cdSECRETPART' rejected)"
+    for shown in (src.redact(err), mask_text(err, url)):
+        assert "SECRETPART" not in shown, shown
+    # an HTTP query keeps ';' as a separator there
+    assert mask_credentials("https://h/x.m3u8?token=abc;v=1") == "https://h/x.m3u8?token=***;v=1"

@@ -96,7 +96,7 @@ def mask_credentials(url: str) -> str:
         return mask_credentials(f"{parts.scheme}://***@{tail.rsplit('@', 1)[1]}")
     if parts.scheme.lower() == "srt" and "?" in url:  # its options may hold a '#' (:func:`_ffmpeg_query`)
         head, _, query = url.partition("?")
-        query = _QUERY_SECRET_RE.sub(r"\1***", _STREAMID_RE.sub(r"\1***", query))
+        query = _SRT_SECRET_RE.sub(r"\1***", _STREAMID_RE.sub(r"\1***", query))
         return f"{mask_credentials(head)}?{query}"
     if "@" in netloc:
         netloc = "***@" + netloc.rsplit("@", 1)[1]
@@ -124,6 +124,9 @@ def _stream_key(parts) -> str | None:
 # ?hdnts=/?hdnea=/?hmac= (Akamai), ?jwt=, ?hash=): any parameter whose name contains one of these.
 _SECRET_NAMES = r"(?:token|key|pass|pwd|secret|auth|sig|credential|hmac|hash|md5|jwt|hdnts|hdnea)"
 _QUERY_SECRET_RE = re.compile(rf"(?i)((?:^|(?<=[&;]))[^=&;]*{_SECRET_NAMES}[^=&;]*=)[^&;]*")
+# FFmpeg's SRT reader ends an option's value at '&' only: a ';' is part of the passphrase,
+# and '?passphrase=ab;cdef' was shown as 'passphrase=***;cdef'.
+_SRT_SECRET_RE = re.compile(rf"(?i)((?:^|(?<=&))[^=&]*{_SECRET_NAMES}[^=&]*=)[^&]*")
 
 
 # The same parameters inside free text (an error quoting some other URL).
@@ -145,6 +148,11 @@ def _ffmpeg_query(url: str, parts) -> str:
     return url.partition("?")[2] if parts.scheme.lower() == "srt" else parts.query
 
 
+def _secret_re(parts) -> re.Pattern:
+    """What finds credential parameters in the query of a URL of ``parts``' scheme."""
+    return _SRT_SECRET_RE if parts.scheme.lower() == "srt" else _QUERY_SECRET_RE
+
+
 def _stream_ids(url: str, parts) -> list[str]:
     """The streamid values of an SRT URL (none for other schemes)."""
     if parts.scheme.lower() != "srt":
@@ -152,9 +160,9 @@ def _stream_ids(url: str, parts) -> list[str]:
     return [m.group(0)[len(m.group(1)):] for m in _STREAMID_RE.finditer(_ffmpeg_query(url, parts))]
 
 
-def _query_secrets(query: str) -> tuple[str, ...]:
+def _query_secrets(query: str, secret_re: re.Pattern = _QUERY_SECRET_RE) -> tuple[str, ...]:
     """Values of credential query parameters, raw and percent-decoded (to scrub from free text)."""
-    vals = (m.group(0)[len(m.group(1)):] for m in _QUERY_SECRET_RE.finditer(query))
+    vals = (m.group(0)[len(m.group(1)):] for m in secret_re.finditer(query))
     return tuple({x for v in vals for x in (v, unquote(v)) if len(x) >= 3})
 
 
@@ -173,7 +181,7 @@ def mask_text(text: str, url: str | None = None) -> str:
             parts = urlsplit(url)
         except ValueError:
             parts = None
-        for secret in _secrets(parts.netloc, _ffmpeg_query(url, parts)) if parts else ():
+        for secret in _secrets(parts.netloc, _ffmpeg_query(url, parts), _secret_re(parts)) if parts else ():
             text = text.replace(secret, "***")
         text = _scrub_stream_key(text, _stream_key(parts) if parts else None)
         for sid in _stream_ids(url, parts) if parts else ():
@@ -203,9 +211,9 @@ def _scrub_long(text: str, value: str) -> str:
     return text
 
 
-def _secrets(netloc: str, query: str = "") -> tuple[str, ...]:
+def _secrets(netloc: str, query: str = "", secret_re: re.Pattern = _QUERY_SECRET_RE) -> tuple[str, ...]:
     """Literal credential strings of a URL's ``user:password@`` part and query, longest first."""
-    found = set(_query_secrets(query))
+    found = set(_query_secrets(query, secret_re))
     if "@" in netloc:
         userinfo = netloc.rsplit("@", 1)[0]
         pw = userinfo.partition(":")[2]
@@ -216,7 +224,7 @@ def _secrets(netloc: str, query: str = "") -> tuple[str, ...]:
 
 def _split_credentials(url: str, parts) -> tuple[str, str | None, tuple[str, ...]]:
     """(url for FFmpeg, Basic auth header or None, literal secrets) of a network URL."""
-    secrets = _secrets(parts.netloc, _ffmpeg_query(url, parts))
+    secrets = _secrets(parts.netloc, _ffmpeg_query(url, parts), _secret_re(parts))
     if "@" not in parts.netloc:
         return url, None, secrets
     user, _, pw = parts.netloc.rsplit("@", 1)[0].partition(":")
