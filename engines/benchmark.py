@@ -173,6 +173,18 @@ def _detector(d, device: str, weights: dict | None) -> Detector:
     return create_detector(d, weights=(weights or {}).get(d), device=device)
 
 
+def _known(detectors: Iterable) -> list:
+    """``detectors`` as a list, every name looked up: an unknown one is an error before the
+    result file is written (it replaced an earlier run's with an empty one) or anything built."""
+    from .registry import detector_entry
+
+    detectors = list(detectors)
+    for d in detectors:
+        if not isinstance(d, Detector):
+            detector_entry(d)
+    return detectors
+
+
 def _build_all(det: Detector, names, batch_sizes, precision, device, opts) -> tuple[dict, list]:
     """Build + warm every engine name; unavailable/failed ones go to the skip list."""
     from .backends import build_engine, engine_config
@@ -236,7 +248,7 @@ def bench_engines(detectors: Iterable, kinds: Iterable[str], batch_sizes=(1, 8, 
     ``on_update(result)`` is called with the result so far (``complete`` False) after each
     detector's builds and each timed batch size, so a run cut short keeps what it measured.
     """
-    kinds, batch_sizes = list(kinds), sorted({int(b) for b in batch_sizes})
+    kinds, batch_sizes, detectors = list(kinds), sorted({int(b) for b in batch_sizes}), _known(detectors)
     out = {
         "machine": machine_info(device),
         "settings": {"engines": kinds, "batch_sizes": batch_sizes, "precision": precision, "device": device,
@@ -245,10 +257,11 @@ def bench_engines(detectors: Iterable, kinds: Iterable[str], batch_sizes=(1, 8, 
         "results": [], "skipped": [], "complete": False,
     }
     update = on_update or (lambda result: None)
-    update(out)  # at once: a run stopped while building must not leave an earlier run's complete file
     opts = {"cache_dir": cache_dir, "allow_parity_failure": allow_parity_failure}
-    for d in detectors:
+    for n, d in enumerate(detectors):
         det = _detector(d, device, weights)
+        if n == 0:  # once a detector loads (a weights error leaves an earlier run's file as it was)
+            update(out)  # and before any build: a run stopped building must not leave it marked complete
         if progress:
             progress(f"{det.name}: building {', '.join(kinds)} ({precision}, {device}) ...")
         engines, skipped = _build_all(det, kinds, batch_sizes, precision, device, opts)
