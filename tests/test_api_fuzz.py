@@ -108,3 +108,16 @@ def test_no_swagger_page_that_could_never_show_the_api(api):
     assert httpx.get(f"{base}/docs", headers=AUTH, timeout=5).status_code == 404
     assert httpx.get(f"{base}/openapi.json", timeout=5).status_code == 401
     assert "/streams" in httpx.get(f"{base}/openapi.json", headers=AUTH, timeout=5).json()["paths"]
+
+
+def test_two_authorization_headers_are_a_400(api):
+    """A request with two Authorization headers was judged on the first, so which credential
+    counted depended on header order (a proxy adding its own, a client library merging);
+    an ambiguous credential is now refused, whichever comes first."""
+    svc, server, base = api
+    for pair in ((AUTH["Authorization"], "Bearer wrong"), ("Bearer wrong", AUTH["Authorization"]),
+                 (AUTH["Authorization"], AUTH["Authorization"])):
+        for path in ("/streams", "/metrics", "/healthz"):
+            r = httpx.get(base + path, headers=[("Authorization", v) for v in pair], timeout=5)
+            assert r.status_code == 400 and "Authorization" in r.json()["error"], (path, pair, r.text)
+    assert httpx.get(f"{base}/streams", headers=AUTH, timeout=5).status_code == 200

@@ -6,12 +6,14 @@ keeps a DNS-rebinding page off a loopback API):
 1. a request head too large, or framed by both ``Content-Length`` and
    ``Transfer-Encoding``, is refused (431, 400) and the connection closed;
 2. a cross-site ``Origin`` is refused (403);
-3. ``Authorization: Bearer <token>`` on every route but the two probes and the
+3. two ``Authorization`` headers are a 400 (which credential counts would be a guess: the
+   first was), on every route;
+4. ``Authorization: Bearer <token>`` on every route but the two probes and the
    static status page, when a token is set (required off loopback; constant-time);
-4. a method the path's routes do not take is a 405 naming those that they do
+5. a method the path's routes do not take is a 405 naming those that they do
    (``Allow``), before any body is looked at; ``HEAD`` is taken wherever ``GET`` is
    (the route runs as ``GET``; uvicorn sends no body for a ``HEAD``);
-5. writes must be ``application/json`` (415), so an HTML form or a ``text/plain``
+6. writes must be ``application/json`` (415), so an HTML form or a ``text/plain``
    ``fetch`` from another site -- both sent without a CORS preflight -- are
    refused; bodies are capped (413), and a JSON object naming a key twice or
    nested too deeply for Python's parser is a 400.
@@ -101,6 +103,8 @@ class Gate:
             parsed = parse_host_header(origin.split("://", 1)[-1])
             if parsed is None or parsed.host.lower() not in self.hosts:
                 return error_json(403, "cross-origin requests are not allowed")
+        if sum(k == b"authorization" for k, _ in scope["headers"]) > 1:
+            return error_json(400, "more than one Authorization header")
         if self.required and scope["path"] not in PUBLIC and \
                 ((tok := self.token()) is None or not check_bearer(h.get("authorization"), tok)):
             return error_json(401, "missing or invalid bearer token", **{"WWW-Authenticate": 'Bearer realm="dfscan"'})
