@@ -101,6 +101,8 @@ def benchmark_pipeline(paths: list[str], options: dict) -> dict:
     from engines.errors import DfscanError
 
     videos = expand_inputs(paths)
+    if not videos:  # the warm-up scan of the first was an IndexError traceback
+        raise DfscanError(f"bench --pipeline: no video file found in {' '.join(map(str, paths))}")
     device = options.get("device") or "cpu"
     out = {"machine": machine_info(device), "videos": [str(v) for v in videos], "results": [], "skipped": []}
     # Every engine asked for: only the first was run, the others dropped without a word.

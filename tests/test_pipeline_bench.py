@@ -71,3 +71,15 @@ def test_pipeline_bench_scans_with_the_workers_and_threads_of_dfscan_scan(monkey
     want = resolve_workers(ScanConfig(detector="test_tiny"), res["engine"])
     assert want == 2 and (res["workers"], res["threads"]) == (2, 1)
     assert len(scanned_in) == 2 and all(n.startswith("scan") for n in scanned_in)  # the scan's pool
+
+
+def test_bench_pipeline_of_inputs_naming_no_video_is_one_error_line(tmp_path, capsys):
+    """A pattern or folder with no video in it made the warm-up scan an IndexError traceback."""
+    from scanner.cli import main
+
+    (tmp_path / "notes.txt").write_text("")
+    assert main(["bench", "--pipeline", str(tmp_path / "*.mp4"), str(tmp_path), "--detectors", "test_tiny",
+                 "--engines", "eager", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dfscan: error: bench --pipeline: no video file found in ") and err.count("\n") == 1, err
+    assert not list(tmp_path.glob("out/*.json"))
