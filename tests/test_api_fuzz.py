@@ -6,13 +6,16 @@ every wait is bounded.
 """
 from __future__ import annotations
 
+import json
 import logging
+import select
 import socket
 import time
 
 import httpx
 import pytest
 
+from conftest import wait_for
 from test_api import AUTH, TOKEN, _serve
 
 
@@ -108,6 +111,92 @@ def test_no_swagger_page_that_could_never_show_the_api(api):
     assert httpx.get(f"{base}/docs", headers=AUTH, timeout=5).status_code == 404
     assert httpx.get(f"{base}/openapi.json", timeout=5).status_code == 401
     assert "/streams" in httpx.get(f"{base}/openapi.json", headers=AUTH, timeout=5).json()["paths"]
+
+
+def _json_error(out: bytes) -> str:
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert b"content-type: application/json" in head.lower(), out
+    return json.loads(body)["error"]
+
+
+def _slow_post(port: int) -> socket.socket:
+    """An authenticated POST whose body never arrives in full: a request in progress in the app."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(b"POST /streams HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " + TOKEN.encode() +
+              b"\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"name\":")
+    return s
+
+
+def test_a_connection_flood_leaves_the_probes_answering(caplog):
+    """Past api.limit_concurrency, uvicorn answered EVERY request 503 -- /healthz and /readyz
+    too -- counting merely open connections: a burst of idle ones failed the liveness probe and
+    Kubernetes restarted a healthy pod. Its 503 was plain text without Retry-After, with a log
+    warning per refused request. Now the probes (and /metrics) answer from the event loop, other
+    requests past the limit get a JSON 503 with Retry-After, and the log says so once."""
+    caplog.set_level(logging.INFO)
+    limit = 8
+    svc, server = _serve(TOKEN, limit_concurrency=limit, request_timeout_s=30.0)
+    base, socks = f"http://127.0.0.1:{server.port}", []
+    try:
+        socks += [_slow_post(server.port) for _ in range(limit)]  # every slot held...
+        wait_for(lambda: httpx.get(f"{base}/streams", headers=AUTH, timeout=5).status_code == 503, 10,
+                 what="the slow requests to take every slot")
+        for i in range(300):  # ...and a flood of idle and half-sent connections on top
+            s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            s.sendall(b"" if i % 2 else b"GET /streams HTTP/1.1\r\nHost: 127")
+            socks.append(s)
+        for path in ("/healthz", "/readyz", "/metrics"):
+            t0 = time.monotonic()
+            r = httpx.get(base + path, headers=AUTH, timeout=5)
+            assert r.status_code == 200 and time.monotonic() - t0 < 5, (path, r.text)
+        for _ in range(20):
+            r = httpx.get(f"{base}/streams", headers=AUTH, timeout=5)
+            assert r.status_code == 503 and "busy" in r.json()["error"], r.text
+            assert r.headers["retry-after"].isdigit() and r.headers["connection"] == "close"
+        # the open connections stay bounded (2 x limit): the longest idle ones were closed
+        wait_for(lambda: sum(_closed(s) for s in socks[limit:]) >= 300 - 2 * limit, 10, what="idle closed")
+        assert not any(_closed(s) for s in socks[:limit])  # never a request in progress
+    finally:
+        for s in socks:
+            s.close()
+        server.stop()
+        svc.stop()
+    refused = [r for r in caplog.records if "refused with 503" in r.getMessage()]
+    assert len(refused) == 1, caplog.text  # one line per interval, not 21
+    assert "Exceeded concurrency limit" not in caplog.text
+    assert len([r for r in caplog.records if "connections open" in r.getMessage()]) == 1, caplog.text
+
+
+def _closed(s: socket.socket) -> bool:
+    """True once the server has closed ``s`` (EOF or reset); never blocks."""
+    if not select.select([s], [], [], 0)[0]:
+        return False
+    try:
+        return s.recv(65536, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
+
+
+def test_unparsable_requests_and_unknown_hosts_get_a_json_400(api, caplog):
+    """uvicorn answered a request h11 cannot parse, and Starlette's TrustedHostMiddleware an
+    unknown Host, with plain-text 400s ("Invalid HTTP request received.", "Invalid host
+    header") where every other error of this API is {"error": ...} JSON; uvicorn also logged a
+    warning per bad request, so a flood of them flooded the log (now one line per interval)."""
+    svc, server, base = api
+    caplog.set_level(logging.INFO)
+    bad = (b"GARBAGE\r\n\r\n", b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nBad Header: x\r\n\r\n",
+           b"GET /healthz HTTP/1.1\r\nX-Pad: " + b"a" * 40000)  # a head past max_header_bytes, unended
+    for data in bad * 10:
+        out, took = _raw(server.port, data, timeout=8)
+        assert out.startswith(b"HTTP/1.1 400 ") and out.count(b"HTTP/1.1 ") == 1, out
+        assert "invalid HTTP request" in _json_error(out) and took < 5
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING and "Invalid HTTP" in r.getMessage()]
+    assert len(warned) == 1, caplog.text
+    for host in ("evil.example", "127.0.0.1.evil.example", "bad host"):
+        out, _ = _raw(server.port, b"GET /healthz HTTP/1.1\r\nHost: " + host.encode() + b"\r\n\r\n", timeout=8)
+        assert out.startswith(b"HTTP/1.1 400 ") and "Host" in _json_error(out), out
+    assert httpx.get(f"{base}/healthz", timeout=5).status_code == 200  # loopback names still served
+    assert httpx.get(f"http://localhost:{server.port}/healthz", timeout=5).status_code == 200
 
 
 def test_two_authorization_headers_are_a_400(api):

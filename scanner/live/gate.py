@@ -1,19 +1,21 @@
 """The gate every request of the ``dfscan serve`` API passes before any route runs.
 
-In this order (after Starlette's ``TrustedHostMiddleware``, the ``Host`` allowlist that
-keeps a DNS-rebinding page off a loopback API):
+In this order:
 
-1. a request head too large, or framed by both ``Content-Length`` and
+1. a ``Host`` not in the allowlist (which keeps a DNS-rebinding page off a loopback API;
+   matched as Starlette's ``TrustedHostMiddleware`` does, ``*.example.org`` included) is
+   a 400 -- JSON, where Starlette's was plain text;
+2. a request head too large, or framed by both ``Content-Length`` and
    ``Transfer-Encoding``, is refused (431, 400) and the connection closed;
-2. a cross-site ``Origin`` is refused (403);
-3. two ``Authorization`` headers are a 400 (which credential counts would be a guess: the
+3. a cross-site ``Origin`` is refused (403);
+4. two ``Authorization`` headers are a 400 (which credential counts would be a guess: the
    first was), on every route;
-4. ``Authorization: Bearer <token>`` on every route but the two probes and the
+5. ``Authorization: Bearer <token>`` on every route but the two probes and the
    static status page, when a token is set (required off loopback; constant-time);
-5. a method the path's routes do not take is a 405 naming those that they do
+6. a method the path's routes do not take is a 405 naming those that they do
    (``Allow``), before any body is looked at; ``HEAD`` is taken wherever ``GET`` is
    (the route runs as ``GET``; uvicorn sends no body for a ``HEAD``);
-6. writes must be ``application/json`` (415), so an HTML form or a ``text/plain``
+7. writes must be ``application/json`` (415), so an HTML form or a ``text/plain``
    ``fetch`` from another site -- both sent without a CORS preflight -- are
    refused; bodies are capped (413), and a JSON object naming a key twice or
    nested too deeply for Python's parser is a 400.
@@ -52,6 +54,7 @@ class Gate:
         # A TokenFile is asked on every request; None from it (no valid token) refuses them all.
         self.required, self.token = token is not None, token if callable(token) else (lambda: token)
         self.hosts = None if "*" in hosts else {h.lower() for h in hosts}
+        self.domains = tuple(h[1:].lower() for h in hosts if h.startswith("*."))  # "*.x.org" -> ".x.org"
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -91,7 +94,16 @@ class Gate:
                 found |= set(getattr(route, "methods", None) or ())
         return frozenset(found | {"HEAD"} if "GET" in found else found)
 
+    def _host_ok(self, value: str | None) -> bool:
+        if self.hosts is None:
+            return True
+        parsed = parse_host_header(value)
+        host = parsed.host.lower() if parsed is not None else None
+        return host is not None and (host in self.hosts or host.endswith(self.domains))
+
     def _refusal(self, scope, h: Headers, methods: frozenset[str]) -> Response | None:
+        if not self._host_ok(h.get("host")):
+            return error_json(400, "the Host header names no host this API serves (api.allowed_hosts)")
         # h11 bounds only a head still arriving; one that arrived whole is measured here.
         if sum(len(k) + len(v) + 4 for k, v in scope["headers"]) > self.max_header:
             return error_json(431, "request headers too large", Connection="close")

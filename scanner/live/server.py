@@ -6,16 +6,20 @@ loaded, accepting streams), ``GET /metrics`` (Prometheus text), ``GET /streams``
 ``DELETE /streams/{name}``, ``GET /`` (status page) and the OpenAPI schema at
 ``/openapi.json``.
 
-Every request passes the gate of :mod:`scanner.live.gate` before any route runs: the
+Every request passes the load bound of :mod:`scanner.live.limits` (beyond
+``limit_concurrency`` requests in progress: a JSON 503 with ``Retry-After``; the probes
+and ``/metrics`` exempt), then the gate of :mod:`scanner.live.gate` before any route runs: the
 ``Host`` allowlist (a DNS-rebinding page cannot reach a loopback API), cross-site
 ``Origin``, the bearer token, the methods each path takes (405 with ``Allow``; ``HEAD``
 wherever ``GET``), JSON-only bounded writes.
 
-uvicorn frames requests with h11 (a body is never parsed as a second request),
-limits connections (``limit_concurrency``: 503 beyond), closes idle keep-alive
-connections, and -- through :class:`_TimedH11` -- closes connections whose
-request has not fully arrived within ``request_timeout_s`` (slowloris, half-open),
-with a 408 first when its head had arrived.
+uvicorn frames requests with h11 (a body is never parsed as a second request) and
+closes idle keep-alive connections; through :class:`_TimedH11` it also closes
+connections whose request has not fully arrived within ``request_timeout_s``
+(slowloris, half-open), with a 408 first when its head had arrived, holds at most
+``2 x limit_concurrency`` connections (the longest idle closed first), and answers a
+request h11 cannot parse with a JSON 400. uvicorn's own ``limit_concurrency`` is off:
+it answered the probes 503 too, once enough connections were merely open.
 Stream URLs are only ever returned with credentials masked.
 """
 from __future__ import annotations
@@ -25,6 +29,7 @@ import logging
 import socket
 import threading
 import time
+from http import HTTPStatus
 
 import h11
 import uvicorn
@@ -34,7 +39,6 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPBearer
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from engines.errors import DfscanError
@@ -43,6 +47,8 @@ from .api_models import ErrorBody, Health, Ready, Removed, StreamInfo, StreamLis
 from .auth import TokenFile, check_bearer  # noqa: F401 (check_bearer: re-exported)
 from .config import LOOPBACK_HOSTS, ApiConfig, StreamConfig
 from .gate import Gate, error_json
+from .limits import CONNECTIONS_PER_REQUEST, LOG_EVERY_S, ConnectionCap, InFlightLimit, QuietLog
+from .throttle import LogThrottle
 from .service import LiveService, StreamExists, StreamLimit, StreamNotFound
 from .urls import SourceError, mask_text
 
@@ -65,7 +71,8 @@ def _status_page() -> str:
 
 
 def create_app(svc: LiveService, token: str | TokenFile | None = None, max_body: int = 65536,
-               hosts: list[str] | None = None, max_header: int = 16384) -> FastAPI:
+               hosts: list[str] | None = None, max_header: int = 16384,
+               limit_concurrency: int | None = None) -> FastAPI:
     """The API as an ASGI app (uvicorn serves it; tests may call it in-process)."""
     hosts = list(hosts or LOOPBACK_HOSTS)
     secured = [Security(HTTPBearer(auto_error=False, description="API token"))] if token else []
@@ -120,7 +127,8 @@ def create_app(svc: LiveService, token: str | TokenFile | None = None, max_body:
     _strip_422(app)
     app.add_middleware(Gate, token=token, max_body=max_body, hosts=hosts, routes=app.router.routes,
                        max_header=max_header)
-    app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts)  # added last = runs first
+    if limit_concurrency is not None:  # added last = runs first: a refusal costs no more than this
+        app.add_middleware(InFlightLimit, limit=limit_concurrency)
     return app
 
 
@@ -174,19 +182,28 @@ def _strip_422(app: FastAPI) -> None:
 
 # ---- uvicorn in a thread ------------------------------------------------------
 class _TimedH11(H11Protocol):
-    """uvicorn's h11 protocol plus a deadline for each request to arrive in full.
+    """uvicorn's h11 protocol plus a deadline for each request to arrive in full, a bound
+    on open connections (:attr:`cap`) and JSON for the 400 of a request h11 cannot parse.
 
     uvicorn only times out *idle* keep-alive connections; one that sends half a
-    request (or nothing) would otherwise stay open forever and count against
-    ``limit_concurrency``.
+    request (or nothing) would otherwise stay open forever.
     """
 
     request_timeout_s = 10.0
+    cap: ConnectionCap | None = None  # one per server (see ApiServer)
+    log_throttle: LogThrottle | None = None  # likewise: uvicorn's warnings, one per interval
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if self.log_throttle is not None:
+            self.logger = QuietLog(self.logger, self.log_throttle)
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
         self._deadline = None
         self._arm()
+        if self.cap is not None:
+            self.cap.opened(self)
 
     def _arm(self) -> None:
         self._disarm()
@@ -207,29 +224,43 @@ class _TimedH11(H11Protocol):
         self.transport.close()  # a request still in flight sees http.disconnect
 
     def _send_408(self, cycle) -> None:
-        body = json.dumps({"error": f"the request did not arrive in full within {self.request_timeout_s:g} s"},
-                          separators=(",", ":"))
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                   (b"cache-control", b"no-store"), (b"connection", b"close")]
         # The app (waiting for the rest of the body) then sees a disconnect: its own answer is
         # dropped, not sent after this one (uvicorn would log that as an ASGI error).
         cycle.response_started = cycle.response_complete = cycle.disconnected = True
-        for event in (h11.Response(status_code=408, headers=headers, reason=b"Request Timeout"),
-                      h11.Data(data=body.encode()), h11.EndOfMessage()):
+        self._write_error(408, f"the request did not arrive in full within {self.request_timeout_s:g} s")
+
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn's is plain text ("Invalid HTTP request received."); every other error is JSON.
+        self._write_error(400, "invalid HTTP request (h11 could not parse it)")
+        self.transport.close()
+
+    def _write_error(self, status: int, message: str) -> None:
+        """``{"error": message}`` written outside any ASGI cycle; the connection closes after."""
+        body = json.dumps({"error": message}, separators=(",", ":")).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                   (b"cache-control", b"no-store"), (b"connection", b"close")]
+        for event in (h11.Response(status_code=status, headers=headers, reason=HTTPStatus(status).phrase.encode()),
+                      h11.Data(data=body), h11.EndOfMessage()):
             self.transport.write(self.conn.send(event))
 
     def handle_events(self) -> None:
         super().handle_events()
         if self.conn.their_state is h11.DONE:
             self._disarm()
+        if self.cap is not None and self.cycle is not None and not self.cycle.response_complete:
+            self.cap.busy(self)  # a request is in the app: not to be closed to make room
 
     def on_response_complete(self) -> None:
+        if self.cap is not None and not self.transport.is_closing():
+            self.cap.idle(self)  # first: a pipelined request that super() starts is busy again
         super().on_response_complete()
         if self.conn.their_state in (h11.IDLE, h11.SEND_BODY) and not self.transport.is_closing():
             self._arm()  # the next (or a pipelined, half-sent) request gets the same deadline
 
     def connection_lost(self, exc) -> None:
         self._disarm()
+        if self.cap is not None:
+            self.cap.closed(self)
         super().connection_lost(exc)
 
 
@@ -260,12 +291,16 @@ class ApiServer:
         if token is not None and api.token_file:
             token = TokenFile(api.token_file, token)
         self.app = create_app(service, token, max_body, api.model_copy(update={"host": host}).hosts(),
-                              api.max_header_bytes)
+                              api.max_header_bytes, limit_concurrency=api.limit_concurrency)
         self._sock = _bind(host, port)
-        protocol = type("DfscanH11", (_TimedH11,), {"request_timeout_s": api.request_timeout_s})
+        cap = ConnectionCap(CONNECTIONS_PER_REQUEST * api.limit_concurrency)
+        protocol = type("DfscanH11", (_TimedH11,), {"request_timeout_s": api.request_timeout_s, "cap": cap,
+                                                   "log_throttle": LogThrottle(LOG_EVERY_S)})
+        # limit_concurrency=None: uvicorn's limit refused the probes too (the app's InFlightLimit
+        # exempts them; ConnectionCap bounds sockets). ws="none": the API has no WebSocket route.
         config = uvicorn.Config(
             self.app, http=protocol, lifespan="off", log_config=None, access_log=False, server_header=False,
-            proxy_headers=False, limit_concurrency=api.limit_concurrency, timeout_keep_alive=api.keep_alive_s,
+            proxy_headers=False, limit_concurrency=None, ws="none", timeout_keep_alive=api.keep_alive_s,
             h11_max_incomplete_event_size=api.max_header_bytes, timeout_graceful_shutdown=5,
         )
         self._server = uvicorn.Server(config)
