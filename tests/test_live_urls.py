@@ -164,6 +164,19 @@ def test_at_sign_in_a_path_or_query_of_a_host_without_credentials_is_fine():
         assert parse_source(url).masked == url and mask_credentials(url) == url
 
 
+def test_an_srt_passphrase_or_udp_option_holding_an_at_sign_is_accepted_and_masked():
+    """SRT/UDP/RTP take no user:password@, and FFmpeg copies their options as written, so
+    'srt://h:9000?passphrase=a@b' (a port, then '@') was refused as a cut password with advice
+    to write %40, which SRT would then use literally: such a passphrase was unusable."""
+    url = f"srt://ingest.example:9000?passphrase=Ab@{SECRET}"
+    src = parse_source(url)
+    assert src.url == url and SECRET not in src.masked and "passphrase=***" in src.masked
+    assert SECRET not in src.redact(f"Connection setup failure: '{url}'")
+    assert parse_source("udp://239.0.0.1:5000?localaddr=a@b").kind == "network"
+    with pytest.raises(SourceError, match="percent-encode"):  # where credentials may stand: unchanged
+        parse_source(f"rtsp://admin:1234/x@cam.local:554/live?k={SECRET}")
+
+
 @pytest.mark.parametrize("query", [f"md5={SECRET}&expires=1700000000",  # nginx secure_link
                                    f"hdnts=exp=1700000000~acl=/*~hmac={SECRET}",  # Akamai token auth
                                    f"hdnea=st=1~exp=2~hmac={SECRET}", f"jwt={SECRET}", f"hash={SECRET}&e=1",

@@ -268,12 +268,19 @@ def parse_source(url: str, allow_files: bool = False) -> SourceURL:
     return SourceURL(ffmpeg_url, scheme, "network", auth=auth, secrets=secrets, shown=mask_credentials(url))
 
 
+# FFmpeg's SRT, UDP and RTP readers take no ``user:password@``: their secrets are options
+# (``?passphrase=``), copied as written, so a '@' in one cannot be percent-encoded away and is
+# no sign of a cut password ('srt://h:9000?passphrase=a@b' was refused, the passphrase unusable).
+_NO_USERINFO = frozenset({"srt", "udp", "rtp"})
+
+
 def _cut_userinfo(url: str, parts) -> bool:
     """Whether ``user:password@`` may have been cut short: a password holding '/', '?' or '#'
     unencoded ends the authority there for Python and FFmpeg alike ('u:p/w@h' opens host 'u',
     port 'p'). Only then can a later '@' belong to a password: an authority without ':' holds
     none, so '@' in a path or query ('https://cdn/@channel/', '?mail=a@b') is just that."""
-    return "@" in url.partition("://")[2] and "@" not in parts.netloc and ":" in parts.netloc
+    return ("@" in url.partition("://")[2] and "@" not in parts.netloc and ":" in parts.netloc
+            and parts.scheme.lower() not in _NO_USERINFO)
 
 
 def _check_authority(url: str, parts) -> None:
