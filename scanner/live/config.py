@@ -243,7 +243,7 @@ class ApiConfig(_Model):
     # Host header allowlist (DNS-rebinding guard); loopback names are always allowed.
     # Default off loopback: any Host (the bearer token guards that bind).
     allowed_hosts: list[str] | None = None
-    limit_concurrency: int = Field(64, ge=4, le=10_000)  # connections + requests; beyond: 503
+    limit_concurrency: int = Field(64, ge=4, le=10_000)  # requests in progress (probes exempt); beyond: 503
     request_timeout_s: float = Field(10.0, gt=0, le=300)  # a request must arrive within this
     keep_alive_s: float = Field(5.0, gt=0, le=300)  # idle keep-alive connections closed after this
     max_header_bytes: int = Field(16384, ge=1024, le=1 << 20)
