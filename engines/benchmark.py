@@ -165,24 +165,16 @@ def peak_memory(engine, x: torch.Tensor, calls: int = 2) -> tuple[float, str]:
 # -- driver -----------------------------------------------------------------
 
 
-def _detector(d, device: str, weights: dict | None) -> Detector:
-    if isinstance(d, Detector):
-        return d
+def load_detectors(detectors: Iterable, device: str = "cpu", weights: dict | None = None) -> list[Detector]:
+    """Every detector (a name, or a :class:`Detector` as is) created up front through
+    ``create_detector``: an unknown name, a detector needing --weights without them or a
+    weights file that does not load is an error before any result is written or engine
+    built. Created one at a time, a later one failed after the first's results had
+    replaced an earlier run's file (``--detectors test_tiny probe``)."""
     from .registry import create_detector
 
-    return create_detector(d, weights=(weights or {}).get(d), device=device)
-
-
-def _known(detectors: Iterable) -> list:
-    """``detectors`` as a list, every name looked up: an unknown one is an error before the
-    result file is written (it replaced an earlier run's with an empty one) or anything built."""
-    from .registry import detector_entry
-
-    detectors = list(detectors)
-    for d in detectors:
-        if not isinstance(d, Detector):
-            detector_entry(d)
-    return detectors
+    return [d if isinstance(d, Detector) else create_detector(d, weights=(weights or {}).get(d), device=device)
+            for d in detectors]
 
 
 def _build_all(det: Detector, names, batch_sizes, precision, device, opts) -> tuple[dict, list]:
@@ -248,7 +240,8 @@ def bench_engines(detectors: Iterable, kinds: Iterable[str], batch_sizes=(1, 8, 
     ``on_update(result)`` is called with the result so far (``complete`` False) after each
     detector's builds and each timed batch size, so a run cut short keeps what it measured.
     """
-    kinds, batch_sizes, detectors = list(kinds), sorted({int(b) for b in batch_sizes}), _known(detectors)
+    kinds, batch_sizes = list(kinds), sorted({int(b) for b in batch_sizes})
+    detectors = load_detectors(detectors, device, weights)
     out = {
         "machine": machine_info(device),
         "settings": {"engines": kinds, "batch_sizes": batch_sizes, "precision": precision, "device": device,
@@ -258,10 +251,11 @@ def bench_engines(detectors: Iterable, kinds: Iterable[str], batch_sizes=(1, 8, 
     }
     update = on_update or (lambda result: None)
     opts = {"cache_dir": cache_dir, "allow_parity_failure": allow_parity_failure}
-    for n, d in enumerate(detectors):
-        det = _detector(d, device, weights)
-        if n == 0:  # once a detector loads (a weights error leaves an earlier run's file as it was)
-            update(out)  # and before any build: a run stopped building must not leave it marked complete
+    # Once every detector loaded (a refused one leaves an earlier run's file as it was) and
+    # before any build: a run stopped while building must not leave that file marked complete.
+    update(out)
+    while detectors:
+        det = detectors.pop(0)  # dropped once timed: a detector's weights are not held to the end
         if progress:
             progress(f"{det.name}: building {', '.join(kinds)} ({precision}, {device}) ...")
         engines, skipped = _build_all(det, kinds, batch_sizes, precision, device, opts)
@@ -321,9 +315,12 @@ def print_table(result: dict, console=None) -> None:
 
 
 def write_json(result: dict, path: str | Path) -> Path:
+    """``result`` replacing ``path`` whole (temp file + rename: a kill mid-write keeps the
+    previous file); both bench modes write through it. ``default=str``: a value JSON has no
+    type for is written as text rather than losing the run at its last write."""
     from .files import write_json as write
 
-    return write(result, path, indent=1)
+    return write(result, path, indent=1, default=str)
 
 
 def plot(result: dict, path: str | Path) -> Path | None:

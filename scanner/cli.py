@@ -73,11 +73,9 @@ def interrupted_note(args) -> str:
     """The line printed when ``args.command`` is interrupted (see :data:`INTERRUPTED_KEEPS`)."""
     keeps = INTERRUPTED_KEEPS.get(args.command)
     if args.command == "bench":  # the bench module is loaded by now: it was running
-        from .cli_engines import bench_json
+        from .cli_engines import bench_interrupted_note
 
-        path = terminal_safe(str(bench_json(args)))
-        keeps = (f"nothing written (--pipeline writes {path} at the end)" if args.pipeline else
-                 f"{path} holds what was measured so far, marked complete: false")
+        keeps = bench_interrupted_note(args)  # names the file only once this run wrote it
     return "dfscan: interrupted" + (f"; {keeps}" if keeps else "")
 
 

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 from engines.errors import DfscanError
-from engines.files import write_json
 
 from .argtypes import int_in
 
@@ -101,6 +100,32 @@ def bench_json(args) -> Path:
     return args.out / f"{stem}.json"
 
 
+def _writer(args, path: Path):
+    """``result -> None`` writing the JSON (engines.benchmark.write_json, one writer for both
+    modes) and recording on ``args`` that it did, for :func:`bench_interrupted_note`."""
+    from engines import benchmark as B
+
+    def write(result: dict) -> None:
+        B.write_json(result, path)
+        args.bench_wrote = {"path": path, "complete": bool(result.get("complete"))}
+
+    return write
+
+
+def bench_interrupted_note(args) -> str:
+    """What a bench stopped by Ctrl-C leaves: the file is named as holding this run's results
+    only once it does (before the first write it said so of an earlier run's file)."""
+    from .terminal import terminal_safe
+
+    wrote = getattr(args, "bench_wrote", None)
+    if wrote:
+        return f"{terminal_safe(str(wrote['path']))} holds what was measured so far" + (
+            "" if wrote["complete"] else ", marked complete: false")
+    path = bench_json(args)
+    return "nothing written" + (f" ({terminal_safe(str(path))} from before is left as it was)"
+                                if path.exists() else "")
+
+
 def bench_command(args) -> int:
     from rich.console import Console
 
@@ -123,20 +148,21 @@ def bench_command(args) -> int:
 
         engines = args.engines or DEFAULT_ENGINES
         path = args.out / f"{stem}.json"
+        write = _writer(args, path)
         # Written as it goes: a bench killed by a time limit keeps the sizes it timed.
         res = B.bench_engines(args.detectors or _default_detectors(), engines, args.batch_sizes,
                               args.precision, args.device, 50 if args.iters is None else args.iters,
                               5 if args.warmup is None else args.warmup,
                               weights=_weights_map(args.weights), cache_dir=args.cache_dir,
                               allow_parity_failure=args.allow_parity_failure, progress=console.print,
-                              on_update=lambda partial: B.write_json(partial, path))
+                              on_update=write)
     except DfscanError as e:
         print(f"dfscan: error: {e}", file=sys.stderr)  # one line, as every command's
         return 2
     B.print_table(res)
-    js = B.write_json(res, path)
+    write(res)
     png = B.plot(res, args.out / f"{stem}.png")
-    console.print(f"wrote {js}" + (f" and {png}" if png else " (no plot: pip install matplotlib)"))
+    console.print(f"wrote {path}" + (f" and {png}" if png else " (no plot: pip install matplotlib)"))
     return 0 if res["results"] else 1
 
 
@@ -159,10 +185,10 @@ def _bench_pipeline(args, stem: str) -> int:
         "precision": args.precision, "batch_sizes": args.batch_sizes, "device": args.device,
         "cache_dir": args.cache_dir,
     }
-    res = benchmark_pipeline(args.pipeline, cfg)
-    args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{stem}.json"
-    write_json(res, path, indent=1, default=str)
+    write = _writer(args, path)  # after each detector x engine, as engine mode (it wrote only at the end)
+    res = benchmark_pipeline(args.pipeline, cfg, on_update=write)
+    write(res)
     _pipeline_table(res)
     print(f"wrote {path}", file=sys.stderr)
     # Exit 1 (as bench without results) when no video could be scanned: the numbers are empty.

@@ -17,6 +17,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 from .decode import FrameSampler
 
@@ -90,26 +91,35 @@ def _summarise(rows: list[dict], wall: float, labels: dict[str, str] | None = No
     }
 
 
-def benchmark_pipeline(paths: list[str], options: dict) -> dict:
+def benchmark_pipeline(paths: list[str], options: dict, on_update: Callable[[dict], None] | None = None) -> dict:
     """Scan ``paths`` once per detector x engine (after one warm-up video) and report throughput.
 
     ``options``: detectors, weights (name -> path), engines (names; default the scan's),
     precision, batch_sizes, device, cache_dir. A detector x engine that cannot be built
     (unavailable here, failed parity) is listed under ``skipped``, as ``dfscan bench`` does.
+    ``on_update(result)`` is called with the result so far (``complete`` False) after each
+    detector x engine, so a run interrupted or crashing after an hour keeps what it measured;
+    never before the first, so an earlier run's file is only replaced by one with results.
     """
-    from engines.benchmark import machine_info
+    from engines.benchmark import load_detectors, machine_info
     from engines.errors import DfscanError
 
     videos = expand_inputs(paths)
     if not videos:  # the warm-up scan of the first was an IndexError traceback
         raise DfscanError(f"bench --pipeline: no video file found in {' '.join(map(str, paths))}")
-    device = options.get("device") or "cpu"
-    out = {"machine": machine_info(device), "videos": [str(v) for v in videos], "results": [], "skipped": []}
+    device, weights = options.get("device") or "cpu", options.get("weights") or {}
+    detectors = options.get("detectors") or [ScanConfig().detector]
+    # Each one created once before any scan, and dropped (build_context creates its own): a
+    # later one needing --weights was listed as skipped after the first's results were in.
+    load_detectors(detectors, device, weights)
+    out = {"machine": machine_info(device), "videos": [str(v) for v in videos], "results": [], "skipped": [],
+           "complete": False}
+    update = on_update or (lambda result: None)
     # Every engine asked for: only the first was run, the others dropped without a word.
     engines = options.get("engines") or [ScanConfig().engine]  # as dfscan scan
-    for det in options.get("detectors") or [ScanConfig().detector]:
+    for det in detectors:
         for engine in engines:
-            cfg = ScanConfig(detector=det, weights=(options.get("weights") or {}).get(det), engine=engine,
+            cfg = ScanConfig(detector=det, weights=weights.get(det), engine=engine,
                              precision=options.get("precision") or "fp32",
                              batch_size=max(options.get("batch_sizes") or [32]), device=device,
                              details=False, progress=False)
@@ -117,6 +127,8 @@ def benchmark_pipeline(paths: list[str], options: dict) -> dict:
                 out["results"].append(_bench_one(videos, cfg, options.get("cache_dir")))
             except DfscanError as e:
                 out["skipped"].append({"detector": det, "engine": engine, "error": str(e)})
+            update(out)
+    out["complete"] = True
     return out
 
 

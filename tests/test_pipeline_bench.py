@@ -1,6 +1,7 @@
 """Pipeline benchmark: pure decode time of the frames a scan decodes, and the ratio."""
 from __future__ import annotations
 
+import pytest
 from conftest import DATA
 from scanner.config import ScanConfig
 from scanner.decode import FrameSampler
@@ -83,3 +84,58 @@ def test_bench_pipeline_of_inputs_naming_no_video_is_one_error_line(tmp_path, ca
     err = capsys.readouterr().err
     assert err.startswith("dfscan: error: bench --pipeline: no video file found in ") and err.count("\n") == 1, err
     assert not list(tmp_path.glob("out/*.json"))
+
+
+def _bench_pipeline_p(tmp_path) -> list[str]:
+    return ["bench", "--pipeline", str(DATA / "d1.mp4"), "--detectors", "test_tiny", "--engines", "eager",
+            "onnxruntime", "--out", str(tmp_path), "--name", "p"]
+
+
+def test_an_interrupted_pipeline_bench_keeps_its_first_result_marked_incomplete(tmp_path, monkeypatch, capsys):
+    """bench --pipeline wrote its JSON only at the end: stopped (or crashed) after an hour of
+    detectors x engines, it kept nothing, and the Ctrl-C note said so."""
+    import json
+
+    from scanner import pipeline_bench
+    from scanner.cli import main
+
+    (tmp_path / "p.json").write_text('{"complete": true, "results": []}')
+    real, calls = pipeline_bench._bench_one, []
+
+    def first_then_interrupt(*a):
+        calls.append(a[1].engine)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return real(*a)
+
+    monkeypatch.setattr(pipeline_bench, "_bench_one", first_then_interrupt)
+    assert main(_bench_pipeline_p(tmp_path)) == 130
+    res = json.loads((tmp_path / "p.json").read_text())
+    assert calls == ["eager", "onnxruntime"] and res["complete"] is False
+    assert [(r["detector"], r["engine_requested"], r["videos"]) for r in res["results"]] == [("test_tiny", "eager", 1)]
+    assert [p.name for p in tmp_path.iterdir()] == ["p.json"]  # written whole: no temp file left
+    assert capsys.readouterr().err.endswith(f"dfscan: interrupted; {tmp_path}/p.json holds what was measured "
+                                            "so far, marked complete: false\n")
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, RuntimeError])
+def test_a_pipeline_bench_stopped_before_its_first_result_leaves_an_earlier_file(stop, tmp_path, monkeypatch,
+                                                                                capsys):
+    from scanner import pipeline_bench
+    from scanner.cli import main
+
+    earlier = '{"complete": true, "results": [{"old": 1}]}'
+    (tmp_path / "p.json").write_text(earlier)
+
+    def fail(*_a):
+        raise stop
+
+    monkeypatch.setattr(pipeline_bench, "_bench_one", fail)
+    if stop is KeyboardInterrupt:
+        assert main(_bench_pipeline_p(tmp_path)) == 130
+        assert capsys.readouterr().err.endswith(f"dfscan: interrupted; nothing written ({tmp_path}/p.json from "
+                                                "before is left as it was)\n")
+    else:
+        with pytest.raises(RuntimeError):
+            main(_bench_pipeline_p(tmp_path))
+    assert (tmp_path / "p.json").read_text() == earlier and [p.name for p in tmp_path.iterdir()] == ["p.json"]

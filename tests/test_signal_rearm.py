@@ -69,9 +69,17 @@ def test_an_interrupted_bench_leaves_its_json_marked_incomplete(tmp_path, monkey
     assert res["complete"] is False and res["results"] == []
     assert capsys.readouterr().err.endswith(f"dfscan: interrupted; {tmp_path}/b.json holds what was measured "
                                             "so far, marked complete: false\n")
+
+    # Before its first write (detectors loading) it said that of the earlier file too.
+    earlier = (tmp_path / "b.json").read_text()
+    monkeypatch.setattr(benchmark, "load_detectors", _interrupt)
+    assert main(["bench", "--detectors", "test_tiny", "--engines", "eager", "--out", str(tmp_path),
+                 "--name", "b"]) == 130
+    assert capsys.readouterr().err.endswith(f"dfscan: interrupted; nothing written ({tmp_path}/b.json from "
+                                            "before is left as it was)\n")
+    assert (tmp_path / "b.json").read_text() == earlier
     from scanner import pipeline_bench
 
     monkeypatch.setattr(pipeline_bench, "benchmark_pipeline", _interrupt)
     assert main(["bench", "--pipeline", "v.mp4", "--detectors", "test_tiny", "--out", str(tmp_path)]) == 130
-    assert capsys.readouterr().err.endswith(f"nothing written (--pipeline writes {tmp_path}/pipeline_cpu.json "
-                                            "at the end)\n")
+    assert capsys.readouterr().err.endswith("dfscan: interrupted; nothing written\n")
