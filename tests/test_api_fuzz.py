@@ -210,3 +210,63 @@ def test_two_authorization_headers_are_a_400(api):
             r = httpx.get(base + path, headers=[("Authorization", v) for v in pair], timeout=5)
             assert r.status_code == 400 and "Authorization" in r.json()["error"], (path, pair, r.text)
     assert httpx.get(f"{base}/streams", headers=AUTH, timeout=5).status_code == 200
+
+
+def _never_reading(port: int, path: str, requests: int = 3000) -> socket.socket:
+    """A client that pipelines ``requests`` GETs of ``path`` and never reads an answer: sends
+    until the server stops reading (its answers fill the socket buffers) or all are sent."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    s.connect(("127.0.0.1", port))
+    s.setblocking(False)
+    data = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode() * requests
+    sent, last = 0, time.monotonic()
+    while sent < len(data) and time.monotonic() - last < 0.3:
+        try:
+            sent += s.send(data[sent:sent + 65536])
+            last = time.monotonic()
+        except BlockingIOError:
+            time.sleep(0.02)
+    return s
+
+
+def test_clients_that_never_read_cannot_shut_the_probes_out():
+    """2 x limit_concurrency connections each pipelining GET /metrics (exempt from the limit,
+    no token on loopback) and never reading: each kept a request 'in progress' (waiting to
+    write) for good, so ConnectionCap found none idle and closed every new connection at once --
+    the liveness probe's too, on every try, for as long as the clients stayed."""
+    limit = 4
+    svc, server = _serve(None, limit_concurrency=limit, request_timeout_s=60.0, keep_alive_s=60.0)
+    base, socks = f"http://127.0.0.1:{server.port}", []
+    try:
+        socks += [_never_reading(server.port, "/metrics") for _ in range(2 * limit)]
+        for path in ("/healthz", "/readyz", "/healthz"):
+            r = httpx.get(base + path, timeout=5)  # was: connection reset, every time
+            assert r.status_code == 200, (path, r.text)
+    finally:
+        for s in socks:
+            s.close()
+        server.stop()
+        svc.stop()
+
+
+def test_an_answer_never_read_is_cut_at_request_timeout_s():
+    """A GET / (public) pipelined by a client that never reads waited to write for good: it held
+    one of api.limit_concurrency slots (4 such clients: every other request a 503 until they
+    left), and uvicorn's close() of such a connection waited for the unsent bytes, so the socket
+    was never released. request_timeout_s without progress in writing now aborts it."""
+    limit = 4
+    svc, server = _serve(None, limit_concurrency=limit, request_timeout_s=1.0, keep_alive_s=60.0)
+    base, cap = f"http://127.0.0.1:{server.port}", server._server.config.http.cap
+    socks = []
+    try:
+        socks += [_never_reading(server.port, "/") for _ in range(limit)]
+        wait_for(lambda: httpx.get(f"{base}/streams", timeout=5).status_code == 200, 20,
+                 what="the stalled requests to be cut (was: 503 for as long as they stayed)")
+        wait_for(lambda: not cap._open, 20, what="every stalled connection to be released")
+    finally:
+        for s in socks:
+            s.close()
+        server.stop()
+        svc.stop()

@@ -60,22 +60,28 @@ class ConnectionCap:
     The HTTP protocol reports each connection: :meth:`opened`, :meth:`busy` (a request
     reached the app), :meth:`idle` (its response was sent), :meth:`closed`. All on the
     event loop.
+
+    With none idle, a busy connection whose client does not play by the rules goes next --
+    one not reading its answers, or with more requests sent behind the one in progress
+    (``conn.shed_first()``): many of those, each always busy, once filled the cap for good and
+    every new connection (a probe's) was closed at once. Only when every open one is a
+    request answered to a client that reads it is the new connection the one refused.
     """
 
     def __init__(self, max_open: int, throttle: LogThrottle | None = None):
         self.max_open = max_open
         self.throttle = throttle or LogThrottle(LOG_EVERY_S)
-        self._open: set = set()
+        self._open: dict = {}  # insertion order: the oldest first
         self._closing: set = set()  # closed by us, connection_lost not yet called
         self._idle: dict = {}  # insertion order: the longest idle first
 
     def opened(self, conn) -> None:
-        self._open.add(conn)
+        self._open[conn] = None
         self._idle[conn] = None
         shed = 0
         while len(self._open) - len(self._closing) > self.max_open:
             # conn is the newest idle one: another goes first (only requests in progress else)
-            victim = next((c for c in self._idle if c is not conn), conn)
+            victim = next((c for c in self._idle if c is not conn), None) or self._misbehaving(conn) or conn
             self._close(victim)
             shed += 1
             if victim is conn:
@@ -83,6 +89,10 @@ class ConnectionCap:
         if shed:
             self.throttle.log(log, "connections", "API: more than %d connections open, "
                               "closing the longest idle ones", self.max_open, level=logging.WARNING)
+
+    def _misbehaving(self, conn):
+        shed_first = (c for c in self._open if c is not conn and c not in self._closing and c not in self._idle)
+        return next((c for c in shed_first if getattr(c, "shed_first", bool)()), None)
 
     def busy(self, conn) -> None:
         self._idle.pop(conn, None)
@@ -93,14 +103,20 @@ class ConnectionCap:
             self._idle[conn] = None  # to the end: idle since now
 
     def closed(self, conn) -> None:
-        self._open.discard(conn)
+        self._open.pop(conn, None)
         self._closing.discard(conn)
         self._idle.pop(conn, None)
 
     def _close(self, conn) -> None:
+        busy = conn not in self._idle
         self._idle.pop(conn, None)
         self._closing.add(conn)
-        conn.transport.close()
+        # close() waits for the unsent answer to go out -- forever, to a client that never reads
+        # (and connection_lost never comes): such a one, or one in a request, is aborted.
+        if busy or conn.transport.get_write_buffer_size():
+            conn.transport.abort()
+        else:
+            conn.transport.close()
 
 
 class QuietLog(logging.LoggerAdapter):

@@ -16,8 +16,10 @@ wherever ``GET``), JSON-only bounded writes.
 uvicorn frames requests with h11 (a body is never parsed as a second request) and
 closes idle keep-alive connections; through :class:`_TimedH11` it also closes
 connections whose request has not fully arrived within ``request_timeout_s``
-(slowloris, half-open), with a 408 first when its head had arrived, holds at most
-``2 x limit_concurrency`` connections (the longest idle closed first), and answers a
+(slowloris, half-open), with a 408 first when its head had arrived, aborts those whose
+answers have not been read for ``request_timeout_s`` (slow reader), holds at most
+``2 x limit_concurrency`` connections (the longest idle closed first, then a client not
+reading or pipelining; never a request a client reads), and answers a
 request h11 cannot parse with a JSON 400. uvicorn's own ``limit_concurrency`` is off:
 it answered the probes 503 too, once enough connections were merely open.
 Stream URLs are only ever returned with credentials masked.
@@ -27,9 +29,16 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import struct
 import threading
 import time
 from http import HTTPStatus
+
+try:
+    import fcntl
+    import termios
+except ImportError:  # not POSIX: pipelined bytes still unread are not looked for
+    fcntl = termios = None
 
 import h11
 import uvicorn
@@ -200,7 +209,7 @@ class _TimedH11(H11Protocol):
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
-        self._deadline = None
+        self._deadline = self._stall = None
         self._arm()
         if self.cap is not None:
             self.cap.opened(self)
@@ -222,6 +231,7 @@ class _TimedH11(H11Protocol):
         if self.conn.our_state is h11.SEND_RESPONSE and cycle is not None and not cycle.response_started:
             self._send_408(cycle)  # a head arrived, its body did not: say why before closing
         self.transport.close()  # a request still in flight sees http.disconnect
+        self._bound_close()
 
     def _send_408(self, cycle) -> None:
         # The app (waiting for the rest of the body) then sees a disconnect: its own answer is
@@ -233,6 +243,52 @@ class _TimedH11(H11Protocol):
         # uvicorn's is plain text ("Invalid HTTP request received."); every other error is JSON.
         self._write_error(400, "invalid HTTP request (h11 could not parse it)")
         self.transport.close()
+        self._bound_close()
+
+    # A client that does not read its answers: once the socket's buffers are full a response
+    # waits to be written (the request holds its place in the app, and in the cap, as busy),
+    # and transport.close() waits for the unsent bytes -- neither ever ended, so connection_lost
+    # never came and the socket stayed open. request_timeout_s without progress aborts it.
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._watch_writes()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._stall is not None and not self.transport.is_closing():
+            self._stall.cancel()
+            self._stall = None
+
+    def _watch_writes(self) -> None:
+        if getattr(self, "_stall", None) is None and self.transport is not None:
+            self._stall = self.loop.call_later(self.request_timeout_s, self._write_stalled)
+
+    def _bound_close(self) -> None:
+        """A connection closing with bytes still unsent is aborted if they are not gone in time."""
+        if self.transport.is_closing() and self.transport.get_write_buffer_size():
+            self._watch_writes()
+
+    def _write_stalled(self) -> None:
+        self._stall = None
+        if self.transport.get_write_buffer_size() or self.flow.write_paused:
+            self.transport.abort()  # connection_lost: a request waiting to write sees a disconnect
+
+    def shed_first(self) -> bool:
+        """Busy, but the first to close when :attr:`cap` is full: the client is not reading its
+        answers, or has sent more requests behind the one in progress (pipelined)."""
+        if self.flow.write_paused or self.transport.get_write_buffer_size():
+            return True
+        if self.conn.their_state not in (h11.DONE, h11.MUST_CLOSE):
+            return False  # its request (a body) is still arriving
+        return bool(self.conn.trailing_data[0]) or _unread(self.transport) > 0
+
+    def timeout_keep_alive_handler(self) -> None:
+        super().timeout_keep_alive_handler()
+        self._bound_close()
+
+    def shutdown(self) -> None:
+        super().shutdown()
+        self._bound_close()
 
     def _write_error(self, status: int, message: str) -> None:
         """``{"error": message}`` written outside any ASGI cycle; the connection closes after."""
@@ -256,12 +312,27 @@ class _TimedH11(H11Protocol):
         super().on_response_complete()
         if self.conn.their_state in (h11.IDLE, h11.SEND_BODY) and not self.transport.is_closing():
             self._arm()  # the next (or a pipelined, half-sent) request gets the same deadline
+        self._bound_close()  # a "Connection: close" answer not yet sent
 
     def connection_lost(self, exc) -> None:
         self._disarm()
+        if getattr(self, "_stall", None) is not None:
+            self._stall.cancel()
+            self._stall = None
         if self.cap is not None:
             self.cap.closed(self)
         super().connection_lost(exc)
+
+
+def _unread(transport) -> int:
+    """Bytes received on ``transport``'s socket and not yet read (0 where it cannot tell)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or not hasattr(termios, "FIONREAD"):
+        return 0
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+    except (OSError, ValueError):
+        return 0
 
 
 def _bind(host: str, port: int) -> socket.socket:
