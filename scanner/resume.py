@@ -73,16 +73,24 @@ def _last_record_end(f, size: int) -> int:
 
 def cut_torn_tail(path: Path) -> int:
     """Truncate ``path`` after its last complete row (line; CSV record); returns bytes cut."""
+    cut = cut_after_last_row(path, csv_records=path.suffix.lower() == ".csv")
+    if cut:
+        log.warning("--resume: cut a torn last row (%d bytes) from %s; that input is scanned again", cut, path)
+    return cut
+
+
+def cut_after_last_row(path: Path, csv_records: bool = False) -> int:
+    """Truncate ``path`` after its last complete line (CSV record), fsync'ed; returns bytes cut.
+
+    Also the live service's JSONL sink, before appending to an event file a kill left torn."""
     with open(path, "rb+") as f:
         size = f.seek(0, os.SEEK_END)
-        keep = (_last_record_end if path.suffix.lower() == ".csv" else _last_line_end)(f, size)
+        keep = (_last_record_end if csv_records else _last_line_end)(f, size)
         if keep == size:
             return 0
         f.truncate(keep)
         f.flush()
         os.fsync(f.fileno())
-    log.warning("--resume: cut a torn last row (%d bytes) from %s; that input is scanned again",
-                size - keep, path)
     return size - keep
 
 

@@ -63,6 +63,8 @@ def watch_main(args) -> int:
     # Errors only: the table already shows each stream's state and last error.
     logging.basicConfig(level=logging.ERROR, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("scanner.live").setLevel(logging.ERROR)
+    # ...but a sink that cannot deliver (a full disk under --out) says so: events are being lost.
+    logging.getLogger("scanner.live.sinks").setLevel(logging.WARNING)
     try:
         from ..config import check_device
 
@@ -78,10 +80,15 @@ def watch_main(args) -> int:
             "sinks": sinks, "allow_files": args.allow_files,
             "streams": [s.model_dump(exclude_none=True) for s in streams],
         })
-        run_watch(cfg, duration_s=args.duration)
+        signals: list[int] = []
+        run_watch(cfg, duration_s=args.duration, signals=signals)
     except (DfscanError, ValueError) as e:
         print(f"dfscan: error: watch: {e}", file=sys.stderr)  # the one error line every command prints
         return 2
+    if signals:  # 130 / 143 as dfscan scan: a script can tell a stop from a --duration run's end
+        kept = f"; events already written to {args.jsonl} are kept" if args.jsonl else ""
+        print(f"dfscan: interrupted{kept}", file=sys.stderr)
+        return 128 + signals[0]
     return 0
 
 

@@ -22,6 +22,7 @@ import httpx
 
 from ..output import JsonlSink as _JsonlWriter
 from ..output import OutputError, json_line
+from ..resume import cut_after_last_row
 from .deadline import Deadline
 from .urls import mask_text
 
@@ -43,6 +44,7 @@ class Sink:
         self._thread = threading.Thread(target=self._run, name=f"dfscan-sink-{name}", daemon=True)
         self._stopping = threading.Event()
         self._delivering = False  # an event is inside deliver() (lost too if the process exits now)
+        self._failing = 0  # events failed in a row (the first one is logged)
 
     def start(self) -> "Sink":
         self._thread.start()
@@ -75,13 +77,34 @@ class Sink:
                 self.deliver(event)
                 self.delivered += 1
                 self._count("sink_events")
+                self._recovered()
             except Exception as e:  # noqa: BLE001 - a failing sink must not die
-                self.failed += 1
-                self._count("sink_failures")
-                log.warning("sink %s: delivery failed: %s", self.name, mask_text(str(e)))
+                self._failed(e)
             finally:
                 self._delivering = False
         self.close()
+
+    @property
+    def label(self) -> str:
+        """The sink in log lines (two jsonl sinks are told apart by their files)."""
+        return self.name
+
+    def _failed(self, e: Exception) -> None:
+        """Count a failed event; say so once per run of failures, not once per event.
+
+        A full disk fails every event (several a second): a warning each buried the log,
+        and `dfscan watch`'s table hid them all. The metrics still count every one."""
+        self.failed += 1
+        self._count("sink_failures")
+        self._failing += 1
+        if self._failing == 1:
+            log.warning("sink %s: delivery failed: %s (events are lost until it works again; "
+                        "further failures are counted, not logged)", self.label, mask_text(str(e)))
+
+    def _recovered(self) -> None:
+        if self._failing:
+            log.warning("sink %s: delivering again; %d event(s) failed meanwhile", self.label, self._failing)
+            self._failing = 0
 
     def stop(self, timeout: float = 5.0) -> None:
         """Deliver what is queued (up to ``timeout``), then end the thread.
@@ -126,9 +149,21 @@ class JsonlSink(Sink):
         super().__init__(kw.pop("name", "jsonl"), **kw)
         self.path = Path(path)
         try:
+            self._cut_torn_tail()
             self._w = _JsonlWriter(self.path, append=True, reopen_on_rotate=True)
         except OSError as e:
             raise SinkError(f"jsonl sink cannot write {self.path}: {e.strerror or e}") from e
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.path})"
+
+    def _cut_torn_tail(self) -> None:
+        """Cut a last line torn by a kill mid-write (as ``--resume`` does a scan's), so this
+        run's first event does not glue onto it and turn both into one unreadable line."""
+        if self.path.is_file() and (cut := cut_after_last_row(self.path)):
+            log.warning("sink %s: cut %d byte(s) of a torn last line (an event cut short by a kill "
+                        "or a full disk)", self.label, cut)
 
     def deliver(self, event: dict) -> None:
         self._w.write(event)

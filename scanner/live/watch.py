@@ -54,11 +54,24 @@ def parse_targets(targets: list[str]) -> list[StreamConfig]:
 
 
 def run_watch(cfg: ServeConfig, duration_s: float | None = None, refresh_s: float = 0.5,
-              console: Console | None = None) -> list[dict]:
-    """Run ``cfg``'s streams showing a live table until Ctrl-C/SIGTERM or ``duration_s``."""
+              console: Console | None = None, signals: list[int] | None = None) -> list[dict]:
+    """Run ``cfg``'s streams showing a live table until Ctrl-C/SIGTERM or ``duration_s``.
+
+    The signal that stopped it is appended to ``signals`` (the exit code is 128 + it, as
+    ``dfscan scan``'s). As in a scan, the first signal stops gracefully (sinks drained) and
+    puts the previous handlers back, so a second one acts at once if the stop hangs.
+    """
     console = console or Console()
     done = threading.Event()
-    old = {s: signal.signal(s, lambda *_: done.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def stop(signum, _frame):
+        if signals is not None:
+            signals.append(signum)
+        for s, h in old.items():
+            signal.signal(s, h)
+        done.set()
+
+    old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     svc = LiveService(cfg)
     try:
         with console.status("loading models..."):
