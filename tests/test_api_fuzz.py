@@ -270,3 +270,26 @@ def test_an_answer_never_read_is_cut_at_request_timeout_s():
             s.close()
         server.stop()
         svc.stop()
+
+
+def test_clients_that_never_read_the_public_page_hold_no_request_slot():
+    """Off loopback (a token set), limit_concurrency clients pipelining GET / (the public status
+    page) and never reading each held a slot of api.limit_concurrency while their answers waited
+    to be written (until request_timeout_s): every authenticated request was a 503 meanwhile,
+    and again as soon as they reconnected. A request whose answer has started no longer counts."""
+    limit = 4
+    svc, server = _serve(TOKEN, limit_concurrency=limit, request_timeout_s=60.0, keep_alive_s=60.0)
+    base, socks = f"http://127.0.0.1:{server.port}", []
+    try:
+        socks += [_never_reading(server.port, "/") for _ in range(limit)]
+        cap = server._server.config.http.cap
+        wait_for(lambda: sum(c.flow.write_paused for c in list(cap._open)) >= limit, 30,
+                 what="every answer to wait on its client")  # the pipelined ones before: in progress
+        for _ in range(3):
+            r = httpx.get(f"{base}/streams", headers=AUTH, timeout=5)
+            assert r.status_code == 200, r.text  # was: 503 'the API is busy'
+    finally:
+        for s in socks:
+            s.close()
+        server.stop()
+        svc.stop()

@@ -5,7 +5,8 @@ and answered every request beyond it -- ``/healthz`` and ``/readyz`` included --
 plain-text 503 and a warning each: a burst of idle connections failed the liveness probe
 (Kubernetes restarted a healthy pod) and flooded the log. Instead:
 
-* :class:`InFlightLimit` (ASGI) counts the requests in progress in the app; beyond
+* :class:`InFlightLimit` (ASGI) counts the requests in progress in the app (until their
+  answer starts: sending it waits on the client, not on the app); beyond
   ``api.limit_concurrency`` the others get ``503 {"error": ...}`` with ``Retry-After`` and
   the connection is closed, with one log line per interval. The probes and ``/metrics``
   are neither counted nor refused: they are answered on the event loop, whatever the load.
@@ -48,10 +49,23 @@ class InFlightLimit:
                                                                    "Connection": "close"})
             return await refusal(scope, receive, send)
         self.in_flight += 1  # the event loop is the only thread here: no lock needed
+        held = True
+
+        async def answer(message):
+            # Its answer ready, a request no longer counts: writing it waits on the client, and
+            # one that never reads held its slot until request_timeout_s (a few such clients,
+            # on the public status page: every other request a 503, for as long as they came).
+            nonlocal held
+            if held and message["type"] == "http.response.start":
+                held = False
+                self.in_flight -= 1
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, answer)
         finally:
-            self.in_flight -= 1
+            if held:
+                self.in_flight -= 1
 
 
 class ConnectionCap:
