@@ -3,7 +3,7 @@
 `dfscan watch --out` stopped by SIGINT/SIGTERM exits 130/143 as a scan does, with every
 event written; a restart appending to a file a kill left torn cuts the torn line first;
 a sink on a full disk says so once (and once more when it works again), never stopping
-the other sinks.
+the other sinks, and `watch` then exits 4 as a scan whose output failed.
 """
 from __future__ import annotations
 
@@ -60,11 +60,11 @@ def test_a_restart_on_a_file_torn_by_a_kill_cuts_the_torn_line(tmp_path, caplog)
     assert f"cut {len(torn)} byte(s) of a torn last line" in caplog.text
 
 
-def _watch(out, clip) -> subprocess.Popen:
+def _watch(out, clip, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
         [sys.executable, "-m", "scanner.cli", "watch", "--detector", "test_tiny", "--allow-files",
-         "--window", "1", "--sample-fps", "4", "--out", str(out), f"cam={clip}"],
+         "--window", "1", "--sample-fps", "4", "--out", str(out), *extra, f"cam={clip}"],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -87,3 +87,18 @@ def test_watch_stopped_by_a_signal_exits_as_a_scan_and_keeps_every_event(tmp_pat
     assert out.read_text().startswith(seen) and events[0] == {"run": 0} and len(events) >= 2
     assert all(e["event"] == "verdict" for e in events[1:])
     assert "interrupted; events already written to" in proc.stderr.read()
+
+
+def test_watch_whose_out_disk_is_full_says_so_once_and_exits_4(tmp_path, real_clips):
+    out = tmp_path / "ev.jsonl"
+    out.symlink_to("/dev/full")  # every write fails with ENOSPC
+    proc = _watch(out, real_clips[0], "--duration", "8")
+    try:
+        assert proc.wait(timeout=120) == 4  # as a scan whose output failed, not a clean 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    err = proc.stderr.read()
+    assert err.count("No space left on device") == 1, err[-2000:]
+    assert f"event(s) could not be written to {out}" in err

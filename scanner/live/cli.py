@@ -15,9 +15,12 @@ from engines.errors import DfscanError
 
 from ..argtypes import positive
 from ..config import DEFAULT_DETECTOR
+from ..output import OutputError
 from .config import ConfigError, ServeConfig, load_config, parse_config
 
 log = logging.getLogger("dfscan.live")
+
+EXIT_OUTPUT = OutputError.exit_code  # 4, as dfscan scan
 
 
 def add_watch_parser(subparsers) -> argparse.ArgumentParser:
@@ -81,15 +84,19 @@ def watch_main(args) -> int:
             "streams": [s.model_dump(exclude_none=True) for s in streams],
         })
         signals: list[int] = []
-        run_watch(cfg, duration_s=args.duration, signals=signals)
+        sink_stats: list[dict] = []
+        run_watch(cfg, duration_s=args.duration, signals=signals, sink_stats=sink_stats)
     except (DfscanError, ValueError) as e:
         print(f"dfscan: error: watch: {e}", file=sys.stderr)  # the one error line every command prints
         return 2
+    lost = sum(s["failed"] + s["dropped"] for s in sink_stats)
+    if lost:  # as a scan whose output failed: exit 4, not a clean 0 over a file missing events
+        print(f"dfscan: error: watch: {lost} event(s) could not be written to {args.jsonl}", file=sys.stderr)
     if signals:  # 130 / 143 as dfscan scan: a script can tell a stop from a --duration run's end
         kept = f"; events already written to {args.jsonl} are kept" if args.jsonl else ""
         print(f"dfscan: interrupted{kept}", file=sys.stderr)
         return 128 + signals[0]
-    return 0
+    return EXIT_OUTPUT if lost else 0
 
 
 def serve(cfg: ServeConfig, stop: threading.Event, on_ready=None) -> int:

@@ -54,8 +54,11 @@ def parse_targets(targets: list[str]) -> list[StreamConfig]:
 
 
 def run_watch(cfg: ServeConfig, duration_s: float | None = None, refresh_s: float = 0.5,
-              console: Console | None = None, signals: list[int] | None = None) -> list[dict]:
+              console: Console | None = None, signals: list[int] | None = None,
+              sink_stats: list[dict] | None = None) -> list[dict]:
     """Run ``cfg``'s streams showing a live table until Ctrl-C/SIGTERM or ``duration_s``.
+
+    ``sink_stats`` gets each sink's counts once stopped (delivered, failed, dropped).
 
     The signal that stopped it is appended to ``signals`` (the exit code is 128 + it, as
     ``dfscan scan``'s). As in a scan, the first signal stops gracefully (sinks drained) and
@@ -85,5 +88,7 @@ def run_watch(cfg: ServeConfig, duration_s: float | None = None, refresh_s: floa
         return svc.describe()
     finally:
         svc.stop()
+        if sink_stats is not None:
+            sink_stats.extend(s.describe() for s in svc.sinks.sinks)
         for s, h in old.items():
             signal.signal(s, h)
