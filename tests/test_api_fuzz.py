@@ -293,3 +293,14 @@ def test_clients_that_never_read_the_public_page_hold_no_request_slot():
             s.close()
         server.stop()
         svc.stop()
+
+
+def test_a_cross_site_origin_behind_a_same_site_one_is_a_403(api):
+    """Only the first Origin header was checked: 'Origin: http://127.0.0.1' followed by
+    'Origin: http://evil.example' passed as same-site."""
+    svc, server, base = api
+    for pair in (("http://127.0.0.1", "http://evil.example"), ("http://evil.example", "http://127.0.0.1")):
+        r = httpx.get(f"{base}/streams", headers=[("Origin", o) for o in pair] + list(AUTH.items()), timeout=5)
+        assert r.status_code == 403 and "cross-origin" in r.json()["error"], (pair, r.text)
+    r = httpx.get(f"{base}/streams", headers=[("Origin", "http://127.0.0.1")] * 2 + list(AUTH.items()), timeout=5)
+    assert r.status_code == 200, r.text

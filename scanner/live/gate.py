@@ -110,8 +110,8 @@ class Gate:
         if "transfer-encoding" in h and "content-length" in h:
             # RFC 9112 6.1: a proxy may frame this request differently; refuse and close.
             return error_json(400, "both Content-Length and Transfer-Encoding", Connection="close")
-        origin = h.get("origin")
-        if origin is not None and self.hosts is not None:
+        # Every Origin, not the first only: a second one (a proxy's) must not hide a cross-site one.
+        for origin in (h.getlist("origin") if self.hosts is not None else ()):
             parsed = parse_host_header(origin.split("://", 1)[-1])
             if parsed is None or parsed.host.lower() not in self.hosts:
                 return error_json(403, "cross-origin requests are not allowed")
