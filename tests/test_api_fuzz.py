@@ -304,3 +304,32 @@ def test_a_cross_site_origin_behind_a_same_site_one_is_a_403(api):
         assert r.status_code == 403 and "cross-origin" in r.json()["error"], (pair, r.text)
     r = httpx.get(f"{base}/streams", headers=[("Origin", "http://127.0.0.1")] * 2 + list(AUTH.items()), timeout=5)
     assert r.status_code == 200, r.text
+
+
+
+def test_metrics_answer_while_the_worker_threads_are_all_taken(monkeypatch):
+    """/metrics is exempt from api.limit_concurrency as 'answered on the event loop', but ran in
+    the worker-thread pool (40 threads): DELETEs each waiting for a stream's decode thread to end
+    (or any 40 slow sync requests) held every thread, and the scrape waited behind them."""
+    import threading
+
+    svc, server = _serve(TOKEN, limit_concurrency=64, request_timeout_s=30.0)
+    base, release, waiting = f"http://127.0.0.1:{server.port}", threading.Event(), []
+
+    def remove_stream(name):
+        waiting.append(name)
+        release.wait(20)
+
+    monkeypatch.setattr(svc, "remove_stream", remove_stream)
+    try:
+        for i in range(45):
+            threading.Thread(target=httpx.delete, args=(f"{base}/streams/s{i}",),
+                             kwargs={"headers": AUTH, "timeout": 30}, daemon=True).start()
+        wait_for(lambda: len(waiting) >= 40, 20, what="the DELETEs to take every worker thread")
+        r = httpx.get(f"{base}/metrics", headers=AUTH, timeout=5)  # was: a timeout
+        assert r.status_code == 200 and r.text, r.text
+        assert httpx.get(f"{base}/healthz", timeout=5).status_code == 200
+    finally:
+        release.set()
+        server.stop()
+        svc.stop()

@@ -107,7 +107,8 @@ def create_app(svc: LiveService, token: str | TokenFile | None = None, max_body:
     @app.get("/metrics", dependencies=secured, response_class=Response, responses={
         200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text"},
         **auth})
-    def metrics():
+    async def metrics():  # on the event loop like the probes (exempt from the limit as they are):
+        # a render is well under a millisecond, and DELETEs filling the worker-thread pool held it up
         return Response(svc.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/streams", response_model=StreamList, dependencies=secured, responses=auth)
