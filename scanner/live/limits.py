@@ -13,7 +13,8 @@ plain-text 503 and a warning each: a burst of idle connections failed the livene
 * :class:`ConnectionCap` bounds the open connections (so memory, under a flood) at
   ``CONNECTIONS_PER_REQUEST`` times that limit: past it, the connection idle the longest
   (no request in the app: nothing sent yet, half a head, keep-alive between requests) is
-  closed to make room, so that a new connection -- a probe's -- always gets in.
+  closed to make room, with none idle one whose client is not reading its answers or has
+  pipelined more requests, so that a new connection -- a probe's -- always gets in.
 """
 from __future__ import annotations
 
