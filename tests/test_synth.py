@@ -69,13 +69,18 @@ class _StubDetector:
         return [Faces(box, np.ones(1, np.float32), LM[None].copy()) for _ in frames]
 
 
-def test_synthesize_writes_labelled_manifest(tmp_path, monkeypatch):
+def _three_stills(tmp_path, monkeypatch) -> tuple:
+    """(src, out) folders: three textured stills, faces found by the stub detector."""
     monkeypatch.setattr("scanner.faces.FaceDetector", _StubDetector)
     src = tmp_path / "src"
     src.mkdir()
     for i in range(3):
         Image.fromarray(_texture(i)).save(src / f"p{i}.png")
-    out = tmp_path / "out"
+    return src, tmp_path / "out"
+
+
+def test_synthesize_writes_labelled_manifest(tmp_path, monkeypatch):
+    src, out = _three_stills(tmp_path, monkeypatch)
     res = synth.synthesize([str(src)], out, synth.SynthConfig(size=128, context=1.5, seed=3))
     assert res == {"faces": 3, "rows": 6, "sources": 3, "skipped": []}
     rows = list(csv.DictReader(open(out / "manifest.csv")))
@@ -129,12 +134,7 @@ def test_synth_of_a_non_utf8_file_name(tmp_path):
 def test_an_interrupted_synth_keeps_a_manifest_of_the_pairs_it_wrote(tmp_path, monkeypatch):
     """The manifest was written only at the end: Ctrl-C after hours left chips without one,
     or, in a folder used before, the older run's manifest naming chips since overwritten."""
-    monkeypatch.setattr("scanner.faces.FaceDetector", _StubDetector)
-    src = tmp_path / "src"
-    src.mkdir()
-    for i in range(3):
-        Image.fromarray(_texture(i)).save(src / f"p{i}.png")
-    out = tmp_path / "out"
+    src, out = _three_stills(tmp_path, monkeypatch)
     synth.synthesize([str(src)], out, synth.SynthConfig(size=64, seed=1))  # an earlier run there
     faces = synth._faces
 
