@@ -59,9 +59,17 @@ class VideoIndex:
 
 
 def _samples_missing(container, stream, packets: int) -> bool:
-    """An MP4/MOV whose sample table lists more samples than could be read."""
+    """An MP4/MOV whose sample table lists more samples than could be read.
+
+    Why the demuxer's index and not only the header's count (``stream.frames``): an edit
+    list starting past whole GOPs (a cut of a cut, a phone's trim) leaves samples no shown
+    frame needs; FFmpeg drops them from its index, so they are never read, and counting
+    them called a complete video truncated. A fragmented MP4 (no count) makes no claim.
+    """
     name = container.format.name
-    return ("mp4" in name or "mov" in name) and packets < (stream.frames or 0)
+    if "mp4" not in name and "mov" not in name:
+        return False
+    return packets < min(stream.frames or 0, len(stream.index_entries))
 
 
 def _vint(data: bytes, pos: int, keep_marker: bool) -> tuple[int, int, bool]:
