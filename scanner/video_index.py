@@ -152,6 +152,46 @@ def _lead_in(key: Sequence[int]) -> int:
     return next((i for i, k in enumerate(key) if k), 0)
 
 
+class _LeadingRasl:
+    """Spots the HEVC RASL pictures of a stream's first keyframe (a CRA: open GOP).
+
+    Why: they refer to pictures before the cut, so decoders drop them. Timed ones are
+    dropped by pts (:func:`_decodable`); but a cut remuxed to Matroska (no edit list)
+    keeps them with no pts at all (theirs was negative), and counted as untimed frames
+    they made frames_total too high and the last targets missing in output order.
+    """
+
+    def __init__(self, stream):
+        extra = stream.codec_context.extradata or b""
+        self.hevc = stream.codec_context.name == "hevc"
+        # hvcC: NAL units behind a length field; no extradata or Annex B: start codes.
+        self.length_size = (extra[21] & 3) + 1 if len(extra) > 22 and extra[0] == 1 else 0
+        self.keyframes = 0
+
+    def skip(self, pkt) -> bool:
+        """Count ``pkt``'s keyframe flag; True for an untimed RASL picture of the first."""
+        self.keyframes += bool(pkt.is_keyframe)
+        return (self.hevc and self.keyframes == 1 and pkt.pts is None
+                and _first_vcl_type(bytes(pkt), self.length_size) in (8, 9))
+
+
+def _first_vcl_type(data: bytes, length_size: int) -> int | None:
+    """HEVC NAL unit type of the first slice (types 0-31) in an access unit."""
+    pos = 0
+    while pos < len(data) - 1:
+        if length_size:
+            start = pos + length_size
+            pos = start + int.from_bytes(data[pos:start], "big")
+        else:
+            start = data.find(b"\x00\x00\x01", pos) + 3
+            if start < 3:
+                return None
+            pos = start
+        if start < len(data) and (data[start] >> 1) & 0x3F < 32:
+            return (data[start] >> 1) & 0x3F
+    return None
+
+
 def _jumps_back(dts: array) -> bool:
     """Decode timestamps that go back in a format whose clock may restart (MPEG-TS/PS,
     Ogg: ``ts_discont``), e.g. recordings joined with ``cat``: sorting by pts would put
@@ -191,12 +231,15 @@ def build_index(container, stream) -> VideoIndex:
     pts, key, shown, untimed_key = array("q"), array("b"), array("q"), array("b")
     truncated, empty, short_read, dts = False, 0, False, array("q")
     discont = container.format.flags & av.format.Flags.ts_discont.value  # see _jumps_back
+    rasl = _LeadingRasl(stream)
     try:
         for pkt in container.demux(stream):
             if pkt.size == 0:
                 empty += pkt.pts is not None or pkt.dts is not None  # not the flush packet
                 continue
             short_read = bool(pkt.is_corrupt)
+            if rasl.skip(pkt):
+                continue  # never output (timed ones: _decodable)
             if pkt.pts is None:
                 untimed_key.append(bool(pkt.is_keyframe))
                 continue

@@ -76,3 +76,26 @@ def test_cut_of_a_cut_of_a_real_face_clip_samples_the_frames_a_player_shows(tmp_
     for f in got:
         err = ((shown - f.image.astype(np.float32)) ** 2).mean(axis=(1, 2, 3))
         assert err[f.index] < 2.0 and int(np.argmin(err)) == f.index, f.index
+
+
+@pytest.mark.skipif(not shutil.which("ffmpeg"), reason="needs the ffmpeg CLI")
+def test_open_gop_hevc_cut_remuxed_to_matroska_counts_only_frames_shown(tmp_path):
+    # x265's default open GOPs: a cut's first keyframe is a CRA whose leading (RASL)
+    # pictures the decoder drops. Matroska has no edit list and their pts would be
+    # negative, so they come with none: counted as untimed frames, frames_total was 72
+    # for 70 shown, and sampling by output order asked for frames that never came.
+    src = tmp_path / "hevc.mp4"
+    _ffmpeg("-i", str(DATA / "d18.mp4"), "-an", "-r", "25", "-c:v", "libx265", "-preset", "fast",
+            "-x265-params", "keyint=15:open-gop=1:bframes=3:log-level=error", "-t", "4", str(src))
+    path = tmp_path / "cut.mkv"
+    _ffmpeg("-ss", "1.3", "-i", str(src), "-c", "copy", str(path))
+    with av.open(str(path)) as c:
+        assert any(p.pts is None and p.size for p in c.demux(video=0))  # the case at hand
+    shown = _player_frames(path)
+    s = FrameSampler(path, frames=7)
+    got = list(s)
+    assert s.index.frames == len(shown) and s.missed == 0 and len(got) == 7
+    assert got[-1].index == len(shown) - 1
+    for f in got:
+        err = ((shown - f.image.astype(np.float32)) ** 2).mean(axis=(1, 2, 3))
+        assert err[f.index] < 2.0 and int(np.argmin(err)) == f.index, f.index
