@@ -158,7 +158,8 @@ class _LeadingRasl:
     Why: they refer to pictures before the cut, so decoders drop them. Timed ones are
     dropped by pts (:func:`_decodable`); but a cut remuxed to Matroska (no edit list)
     keeps them with no pts at all (theirs was negative), and counted as untimed frames
-    they made frames_total too high and the last targets missing in output order.
+    they made frames_total too high and the last targets missing in output order; that
+    file remuxed to MP4 gives them invented pts (one a duplicate, so output order again).
     """
 
     def __init__(self, stream):
@@ -169,9 +170,9 @@ class _LeadingRasl:
         self.keyframes = 0
 
     def skip(self, pkt) -> bool:
-        """Count ``pkt``'s keyframe flag; True for an untimed RASL picture of the first."""
+        """Count ``pkt``'s keyframe flag; True for a RASL picture of the first keyframe."""
         self.keyframes += bool(pkt.is_keyframe)
-        return (self.hevc and self.keyframes == 1 and pkt.pts is None
+        return (self.hevc and self.keyframes == 1
                 and _first_vcl_type(bytes(pkt), self.length_size) in (8, 9))
 
 
@@ -238,16 +239,16 @@ def build_index(container, stream) -> VideoIndex:
                 empty += pkt.pts is not None or pkt.dts is not None  # not the flush packet
                 continue
             short_read = bool(pkt.is_corrupt)
-            if rasl.skip(pkt):
-                continue  # never output (timed ones: _decodable)
+            leading = rasl.skip(pkt)  # never output: not a frame shown
             if pkt.pts is None:
-                untimed_key.append(bool(pkt.is_keyframe))
+                if not leading:
+                    untimed_key.append(bool(pkt.is_keyframe))
                 continue
             pts.append(int(pkt.pts))
             key.append(bool(pkt.is_keyframe))
             if discont and pkt.dts is not None:
                 dts.append(int(pkt.dts))
-            if not pkt.is_discard:
+            if not pkt.is_discard and not leading:
                 # Why: an MP4 edit list starting mid-GOP marks the frames before its start
                 # "discard": decoded as references, never output, not part of the video.
                 shown.append(int(pkt.pts))

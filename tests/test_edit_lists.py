@@ -79,11 +79,13 @@ def test_cut_of_a_cut_of_a_real_face_clip_samples_the_frames_a_player_shows(tmp_
 
 
 @pytest.mark.skipif(not shutil.which("ffmpeg"), reason="needs the ffmpeg CLI")
-def test_open_gop_hevc_cut_remuxed_to_matroska_counts_only_frames_shown(tmp_path):
+@pytest.mark.parametrize("remux_to_mp4", [False, True])
+def test_open_gop_hevc_cut_remuxed_to_matroska_counts_only_frames_shown(tmp_path, remux_to_mp4):
     # x265's default open GOPs: a cut's first keyframe is a CRA whose leading (RASL)
     # pictures the decoder drops. Matroska has no edit list and their pts would be
     # negative, so they come with none: counted as untimed frames, frames_total was 72
     # for 70 shown, and sampling by output order asked for frames that never came.
+    # Remuxed on to MP4 they get invented pts, one equal to the CRA's: 71 in output order.
     src = tmp_path / "hevc.mp4"
     _ffmpeg("-i", str(DATA / "d18.mp4"), "-an", "-r", "25", "-c:v", "libx265", "-preset", "fast",
             "-x265-params", "keyint=15:open-gop=1:bframes=3:log-level=error", "-t", "4", str(src))
@@ -91,6 +93,9 @@ def test_open_gop_hevc_cut_remuxed_to_matroska_counts_only_frames_shown(tmp_path
     _ffmpeg("-ss", "1.3", "-i", str(src), "-c", "copy", str(path))
     with av.open(str(path)) as c:
         assert any(p.pts is None and p.size for p in c.demux(video=0))  # the case at hand
+    if remux_to_mp4:
+        _ffmpeg("-i", str(path), "-c", "copy", str(tmp_path / "cut.mp4"))
+        path = tmp_path / "cut.mp4"
     shown = _player_frames(path)
     s = FrameSampler(path, frames=7)
     got = list(s)
