@@ -102,3 +102,21 @@ def test_watch_whose_out_disk_is_full_says_so_once_and_exits_4(tmp_path, real_cl
     err = proc.stderr.read()
     assert err.count("No space left on device") == 1, err[-2000:]
     assert f"event(s) could not be written to {out}" in err
+
+
+def test_watch_names_its_out_file_escaped_on_the_terminal(tmp_path, monkeypatch, capsys):
+    """The exit-4 and interrupt lines printed --out raw, so a file name holding ESC sequences
+    (a scripted name) could rewrite the terminal, where every other dfscan line escapes it."""
+    import scanner.live.watch as watch
+    from scanner.cli import build_parser
+
+    def lossy(cfg, duration_s, signals, sink_stats):
+        sink_stats.append({"failed": 2, "dropped": 0})
+        signals.append(int(signal.SIGINT))
+
+    monkeypatch.setattr(watch, "run_watch", lossy)
+    out = tmp_path / "ev\x1b[2J.jsonl"
+    args = build_parser().parse_args(["watch", "rtsp://127.0.0.1:1/x", "--out", str(out)])
+    assert args.func(args) == 130
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "2 event(s) could not be written" in err and "ev\\x1b[2J.jsonl" in err

@@ -16,6 +16,7 @@ from engines.errors import DfscanError
 from ..argtypes import positive
 from ..config import DEFAULT_DETECTOR
 from ..output import OutputError
+from ..terminal import terminal_safe
 from .config import ConfigError, ServeConfig, load_config, parse_config
 
 log = logging.getLogger("dfscan.live")
@@ -91,9 +92,10 @@ def watch_main(args) -> int:
         return 2
     lost = sum(s["failed"] + s["dropped"] for s in sink_stats)
     if lost:  # as a scan whose output failed: exit 4, not a clean 0 over a file missing events
-        print(f"dfscan: error: watch: {lost} event(s) could not be written to {args.jsonl}", file=sys.stderr)
+        print(f"dfscan: error: watch: {lost} event(s) could not be written to {terminal_safe(str(args.jsonl))}",
+              file=sys.stderr)
     if signals:  # 130 / 143 as dfscan scan: a script can tell a stop from a --duration run's end
-        kept = f"; events already written to {args.jsonl} are kept" if args.jsonl else ""
+        kept = f"; events already written to {terminal_safe(str(args.jsonl))} are kept" if args.jsonl else ""
         print(f"dfscan: interrupted{kept}", file=sys.stderr)
         return 128 + signals[0]
     return EXIT_OUTPUT if lost else 0
