@@ -34,16 +34,22 @@ from engines.errors import DfscanError
 from .picture import Frame, picture_sar, to_frame  # noqa: F401 (Frame re-exported)
 from .video_index import MAX_SAMPLED_FRAMES, Run, VideoIndex, build_index, choose_targets, gop_plan  # noqa: F401 (re-exported)
 
+# Every folder walk's list (scan, labelled sets; scanner.folder_walk). Each extension's
+# container is one FFmpeg may read here (FILE_OPEN_OPTIONS): .qt .f4v .3g2 are MP4/MOV;
+# .vob .mod (JVC/Panasonic camcorders) MPEG-PS; .tod MPEG-TS; .divx .xvid AVI; .ogm Ogg;
+# .h264/.264/.hevc/.h265/.265 raw streams (DVR/CCTV exports); .m2v raw MPEG-2 video.
 VIDEO_EXTENSIONS = frozenset(
-    ".mp4 .m4v .mov .mkv .webm .avi .mpg .mpeg .ts .mts .m2ts .flv .wmv .3gp .ogv .dv .y4m".split()
+    ".mp4 .m4v .mov .qt .f4v .3gp .3g2 .mkv .webm .avi .divx .xvid .mpg .mpeg .vob .mod .m2v "
+    ".ts .mts .m2ts .tod .flv .wmv .asf .ogv .ogm .mxf .dv .y4m .ivf .mjpeg .h264 .264 .hevc "
+    ".h265 .265".split()
 )
 # Local files may only be read through the file protocol and by ordinary container
 # demuxers: a playlist (HLS, concat) disguised as .mp4 must not reach the network
-# or other local files.
+# or other local files. mpegvideo (raw MPEG-1/2 video, .m2v) reads its one file only.
 FILE_OPEN_OPTIONS = {
     "protocol_whitelist": "file",
     "format_whitelist": "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,mpegts,flv,asf,mpeg,ogg,"
-    "h264,hevc,mjpeg,rawvideo,ivf,mxf,m4v,dv,yuv4mpegpipe",
+    "h264,hevc,mjpeg,rawvideo,ivf,mxf,m4v,dv,yuv4mpegpipe,mpegvideo",
 }
 
 

@@ -28,6 +28,7 @@ from engines.errors import DfscanError
 from . import metrics, metrics_push
 from .config import ConfigError, build_config, check_device
 from .distributed import open_context, scan_rows
+from .folder_walk import Skipped, skipped_line
 from .output import PRIMARY_SUFFIXES, OutputError, open_outputs, order_outputs
 from .outlock import OutputLocks
 from .resume import ResumedOutputs, prepare_outputs
@@ -39,6 +40,10 @@ OPTION_KEYS = ("frames", "fps", "detector", "weights", "device", "engine", "prec
                "threshold", "max_faces", "min_face", "det_max_side", "frame_agg", "video_agg", "aggregate", "workers", "out",
                "resume", "retry_errors", "metrics_port", "metrics_host", "metrics_push", "fail_on_fake", "progress", "details",
                "ray", "ray_cpus_per_actor", "ray_gpus_per_actor", "ray_actors", "ray_max_attempts")
+
+
+SCAN_ANYWAY = ("to scan one anyway, name it on the command line or in a .txt list file "
+               "(a named file of any extension is scanned; one that is not a video gets a not_video row)")
 
 
 class Interrupted(KeyboardInterrupt):
@@ -97,11 +102,17 @@ def _inputs(args, console: Console) -> list[Path]:
     if args.paths:
         aliases: list[tuple[Path, Path]] = []
         unmatched: list[str] = []
-        paths = expand_inputs(args.paths, aliases, unmatched)
+        skipped = Skipped()
+        paths = expand_inputs(args.paths, aliases, unmatched, skipped)
         if not paths:
             raise ConfigError(f"no video files found in {' '.join(args.paths)}")
         for item in unmatched:  # the other inputs are scanned; this one gets no row to show it
             console.print(f"[yellow]{printable(item)}: no video file found there[/yellow]")
+        # Left out without a row: a video saved under no or an unlisted extension must not
+        # pass for scanned.
+        line = skipped_line(skipped, SCAN_ANYWAY, printable)
+        if line:
+            console.print(f"[yellow]{line}[/yellow]")
         if aliases:
             alias, kept = aliases[0]
             console.print(f"[dim]{len(aliases)} input(s) name a file listed before (e.g. {printable(str(alias))} is "

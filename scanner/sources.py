@@ -1,9 +1,11 @@
 """Expand command-line inputs into a list of video paths.
 
 Accepted: files (any extension when named explicitly), folders (recursive, by
-video extension), glob patterns, and text files of paths (``.txt``/``.list``,
-one per line, ``#`` comments, relative to the list file). A path that does not
-exist is kept, so it yields an ``error`` row instead of vanishing silently.
+video extension, extensionless files by their first bytes: :mod:`scanner.folder_walk`),
+glob patterns, and text files of paths (``.txt``/``.list``, one per line, ``#``
+comments, relative to the list file). A path that does not exist is kept, so it
+yields an ``error`` row instead of vanishing silently; the files a folder or pattern
+held that were left out as not video are counted (:class:`~scanner.folder_walk.Skipped`).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from stat import S_ISDIR
 from typing import Iterable
 
 from .decode import is_video_path
+from .folder_walk import Skipped, is_video_file, walk_videos
 from .resume import input_key
 
 LIST_SUFFIXES = (".txt", ".list", ".lst")
@@ -27,8 +30,8 @@ def bundled_samples() -> list[Path]:
     return sorted(p for p in root.iterdir() if is_video_path(p))
 
 
-def _walk(folder: Path) -> list[Path]:
-    found = []
+def _walk(folder: Path, skipped: Skipped | None) -> list[Path]:
+    found: list[Path] = []
 
     def unlisted(e: OSError) -> None:
         # A folder that cannot be listed (no permission, removed meanwhile) is an input of
@@ -37,9 +40,8 @@ def _walk(folder: Path) -> list[Path]:
         if e.filename is not None:
             found.append(Path(e.filename))
 
-    for dirpath, dirnames, filenames in os.walk(folder, onerror=unlisted):
-        dirnames.sort()
-        found += [Path(dirpath) / f for f in sorted(filenames) if is_video_path(Path(f))]
+    for path in walk_videos(folder, skipped, unlisted=unlisted):  # lazy: unlisted ones in walk order
+        found.append(path)
     return found
 
 
@@ -170,13 +172,13 @@ def _list_entry(line: str, folder: Path) -> Path | None:
     return at(line) if line and not line.startswith("#") else None
 
 
-def _expand(item: str) -> tuple[list[Path], bool]:
+def _expand(item: str, skipped: Skipped | None) -> tuple[list[Path], bool]:
     """The paths ``item`` names, and whether it is a folder or pattern (may name none)."""
     # os.path's tests, not Path's: Path.is_dir() raises PermissionError for a name inside a
     # folder that cannot be searched, and the whole scan ended in a traceback without a row.
     p = Path(item)
     if os.path.isdir(p):
-        return _walk(p), True
+        return _walk(p, skipped), True
     if os.path.isfile(p) and p.suffix.lower() in LIST_SUFFIXES:
         try:
             return _read_list(p), False
@@ -186,24 +188,30 @@ def _expand(item: str) -> tuple[list[Path], bool]:
         found: list[Path] = []
         for m in sorted(glob.glob(item, recursive=True)):
             mp = Path(m)
-            found += _walk(mp) if os.path.isdir(mp) else [mp] if is_video_path(mp) else []
+            if os.path.isdir(mp):
+                found += _walk(mp, skipped)
+            elif is_video_file(mp):
+                found.append(mp)
+            elif skipped is not None:
+                skipped.add(mp)
         return found + _pattern_blocked(item), True
     return [p], False
 
 
 def expand_inputs(items: Iterable[str], aliases: list[tuple[Path, Path]] | None = None,
-                  unmatched: list[str] | None = None) -> list[Path]:
+                  unmatched: list[str] | None = None, skipped: Skipped | None = None) -> list[Path]:
     """Ordered, de-duplicated video paths for ``items`` (see module doc).
 
     Two names of one file (a symlink, a folder reached through a symlinked folder) are one
     input, kept under the first name, as ``--resume`` matches inputs: they were scanned
     twice and made two rows. ``aliases``, when given, receives ``(dropped, kept)`` pairs;
     ``unmatched`` the folders and patterns that named no video (a missing file is kept as an
-    input and gets its row; a pattern like ``clips/*.MP4`` vanished without a word).
+    input and gets its row; a pattern like ``clips/*.MP4`` vanished without a word);
+    ``skipped`` counts the files folders and patterns held that were not taken as video.
     """
     paths: list[Path] = []
     for item in items:
-        found, pattern = _expand(item)
+        found, pattern = _expand(item, skipped)
         if pattern and not found and unmatched is not None:
             unmatched.append(item)
         paths += found

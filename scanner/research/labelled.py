@@ -3,8 +3,10 @@
 Two ways to name a labelled set:
 
 * a folder with ``real/`` and ``fake/`` sub-folders (searched recursively for
-  videos and images); each file is its own group. If the folder holds a
-  ``manifest.csv`` (as ``dfscan synth`` writes), that manifest is used instead.
+  videos and images, by the rule ``dfscan scan`` walks folders by:
+  :mod:`scanner.folder_walk`; the files left out are counted in one warning); each
+  file is its own group. If the folder holds a ``manifest.csv`` (as ``dfscan synth``
+  writes), that manifest is used instead.
 * a CSV manifest with a header: ``path,label`` and optional ``group``,
   ``subset`` and ``landmarks`` columns. ``label`` is ``real``/``fake`` or
   ``0``/``1`` (1 = fake); ``group`` keeps related rows (frames of one video, a
@@ -17,6 +19,7 @@ Two ways to name a labelled set:
 from __future__ import annotations
 
 import csv
+import logging
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +29,10 @@ import numpy as np
 
 from engines.errors import DfscanError
 
+from ..folder_walk import Skipped, skipped_line, walk_videos
+from ..terminal import terminal_safe
+
 IMAGE_EXTENSIONS = frozenset(".jpg .jpeg .png .bmp .webp".split())
-VIDEO_EXTENSIONS = frozenset(".mp4 .m4v .mov .mkv .webm .avi .mpg .mpeg .ts .flv .wmv .3gp .ogv".split())
 LABELS = {"real": 0, "0": 0, "fake": 1, "1": 1}
 
 
@@ -93,13 +98,17 @@ def refuse_duplicates(items: list[Item], source: Path) -> None:
 
 def _read_folder(root: Path) -> list[Item]:
     items: list[Item] = []
+    skipped = Skipped()
     for name, label in (("real", 0), ("fake", 1)):
         sub = root / name
         if not sub.is_dir():
             raise DatasetError(f"{root}: expected sub-folders real/ and fake/ (or a CSV manifest)")
-        for p in sorted(sub.rglob("*")):
-            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS:
+        for p in sorted(walk_videos(sub, skipped, also=IMAGE_EXTENSIONS)):  # sorted: as rglob was
+            if p.is_file():
                 items.append(Item(p, label, group=str(p.relative_to(root).with_suffix(""))))
+    line = skipped_line(skipped, "to use one anyway, list it in a CSV manifest (path,label)", terminal_safe)
+    if line:  # a set missing files it seems to hold would be measured without a word
+        logging.getLogger(__name__).warning("%s", line)
     return items
 
 

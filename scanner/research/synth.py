@@ -34,7 +34,8 @@ import numpy as np
 
 from engines.errors import DfscanError
 
-from .labelled import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, format_landmarks
+from ..decode import VIDEO_EXTENSIONS
+from .labelled import IMAGE_EXTENSIONS, format_landmarks
 
 BLEND_RATIOS = (0.25, 0.5, 0.75, 1.0, 1.0, 1.0)
 
