@@ -1,6 +1,6 @@
 """Decoded frames to the 8-bit BT.709 (SDR) RGB every detector was trained on.
 
-Three cases swscale alone gets wrong, without any error:
+Four cases swscale alone gets wrong, without any error:
 
 * **HDR** (PQ, SMPTE ST 2084 / BT.2100; HLG, ARIB STD-B67 / BT.2100; usually BT.2020
   primaries and 10-bit; iPhones record HLG HEVC by default). swscale converts the matrix
@@ -33,6 +33,13 @@ Three cases swscale alone gets wrong, without any error:
   frames (MJPEG's too: FFmpeg tags JFIF's BT.601), RGB and grey keep swscale's reading;
   an untagged range stays limited (MPEG), as before.
 
+* **Limited-range grey**: swscale reads every grey format as full range, whatever the
+  frame's range tag (and ``src_color_range``), so a monochrome stream in limited range
+  (black 16, white 235; HEVC 4:0:0 and AV1 monochrome default to it, FFV1 and Y4M may
+  say so) came out with grey blacks and dim whites: 4.2 levels too dark and 5.3 off on
+  average on a real face clip. :func:`gray_full_range` expands it first, as swscale
+  expands limited-range YUV.
+
 * **Wide-gamut SDR** (BT.2020 or Display P3 / SMPTE EG 432-1 primaries, SDR transfer):
   swscale converts the matrix, not the primaries, so colours come out desaturated. The
   16-bit R'G'B' is taken to display light by BT.1886 (gamma 2.4), through the gamut matrix
@@ -44,12 +51,15 @@ and every detector's training crops, decode to the same bytes as before.
 """
 from __future__ import annotations
 
+import functools
+
 import av
 import numpy as np
 
 # FFmpeg's AVColorTransferCharacteristic / AVColorSpace / AVColorPrimaries codes.
 TRC_PQ, TRC_HLG = 16, 18  # SMPTE ST 2084, ARIB STD-B67
 SPC_UNSPECIFIED = 2
+RANGE_MPEG, RANGE_JPEG = 1, 2  # AVColorRange: limited ("tv") / full ("pc")
 PRI_BT709, PRI_BT2020, PRI_P3_D65 = 1, 9, 12
 HDR_KINDS = {TRC_PQ: "pq", TRC_HLG: "hlg"}
 
@@ -200,6 +210,34 @@ def sdr_options(frame) -> dict:
     if frame.height > SD_HEIGHT or frame.width >= HD_WIDTH:
         return {"src_colorspace": "ITU709"}
     return {}
+
+
+@functools.lru_cache(maxsize=None)
+def _gray_expansion(bits: int) -> np.ndarray:
+    """Limited-range grey code -> full-range code at ``bits`` (BT.601/709 levels scaled by
+    depth: black 16 << (bits - 8), white 235 << (bits - 8)), rounded and clipped."""
+    top = (1 << bits) - 1
+    black, span = 16 << (bits - 8), 219 << (bits - 8)
+    full = np.round((np.arange(1 << bits) - black) * (top / span))
+    return np.clip(full, 0, top).astype(np.uint8 if bits <= 8 else np.uint16)
+
+
+def gray_full_range(frame):
+    """A grey ``frame`` tagged limited range as a new full-range frame of the same format
+    and colour tags; any other frame as it is. swscale cannot do it (see the module
+    docstring), so the codes go through one lookup table."""
+    fmt = frame.format
+    if int(frame.color_range) != RANGE_MPEG or not fmt.name.startswith("gray") or fmt.name.startswith("grayf"):
+        return frame  # float grey has no code range to expand
+    bits = fmt.components[0].bits
+    dtype = np.dtype(np.uint8) if bits <= 8 else np.dtype(">u2" if fmt.name.endswith("be") else "<u2")
+    out = av.VideoFrame(frame.width, frame.height, fmt.name)
+    src, dst = (np.frombuffer(p, dtype).reshape(p.height, -1)[:, :frame.width]
+                for p in (frame.planes[0], out.planes[0]))
+    dst[...] = _gray_expansion(bits).take(src, mode="clip")
+    out.color_range = RANGE_JPEG
+    out.colorspace, out.color_trc, out.color_primaries = frame.colorspace, frame.color_trc, frame.color_primaries
+    return out
 
 
 def to_rgb(frame, width: int, height: int) -> tuple[np.ndarray, str | None]:

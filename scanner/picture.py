@@ -2,7 +2,8 @@
 thumbnails) does to a decoded ``av.VideoFrame`` before faces are searched.
 
 In this order: rotation read (yadif drops the side data), deinterlacing of frames flagged
-interlaced (:mod:`scanner.interlace`), square pixels at a bounded size (:func:`display_size`:
+interlaced (:mod:`scanner.interlace`), limited-range grey expanded (swscale reads grey as
+full range: :func:`scanner.colour.gray_full_range`), square pixels at a bounded size (:func:`display_size`:
 anamorphic video stretched, beyond 8K UHD scaled down), RGB in SDR BT.709
 (:mod:`scanner.colour`: HDR tone-mapped, wide gamut converted, untagged matrices by
 size), the detector's downscaled copy, then the picture turned upright.
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .colour import downscaled, to_rgb
+from .colour import downscaled, gray_full_range, to_rgb
 from .interlace import deinterlace
 
 @dataclass
@@ -68,7 +69,7 @@ def to_frame(av_frame, idx: int, time_s: float, det_max_side: int | None, sar=No
     """``sar``: the stream's sample aspect ratio (PyAV's frames do not carry it)."""
     rot = int(round((getattr(av_frame, "rotation", 0) or 0) / 90.0)) % 4  # before: yadif drops it
     progressive = deinterlace(av_frame)
-    av_frame = av_frame if progressive is None else progressive
+    av_frame = gray_full_range(av_frame if progressive is None else progressive)
     small, scale = None, 1.0
     w, h = display_size(av_frame.width, av_frame.height, sar)
     image, hdr = to_rgb(av_frame, w, h)
