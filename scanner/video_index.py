@@ -2,9 +2,10 @@
 
 :func:`build_index` reads every video packet's pts and keyframe flag without
 decoding (exact frame count and times even when the header lies, variable frame
-rate, truncation as the demuxer reports it); :func:`choose_targets` picks the
-presentation times to sample; :func:`gop_plan` groups the GOPs that must be
-decoded for them into runs read with one seek each.
+rate, truncation as the demuxer reports it; only the first packets are decoded when
+they may hold pictures the decoder drops: :mod:`scanner.leading`);
+:func:`choose_targets` picks the presentation times to sample; :func:`gop_plan`
+groups the GOPs that must be decoded for them into runs read with one seek each.
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from typing import Sequence
 
 import av
 import numpy as np
+
+from .leading import FirstGop, LeadingRasl, decodable
 
 @dataclass
 class VideoIndex:
@@ -136,63 +139,6 @@ def _dv_cut(container, stream) -> bool:
     return frame > 0 and size % frame != 0
 
 
-def _decodable(shown: np.ndarray, pts: np.ndarray, key: np.ndarray) -> np.ndarray:
-    """``shown`` without the lead-in of a stream cut or recorded mid-GOP (an MPEG-TS):
-    the frames before its first keyframe, and that keyframe's leading pictures, refer to
-    pictures the file lacks; H.264, HEVC and MPEG-2 decoders drop them, so sampling them
-    lost frames. A stream that starts on a keyframe (or has none flagged) is unchanged."""
-    if not len(key) or key[0] or not key.any():
-        return shown
-    first = int(np.argmax(key))
-    return shown[(shown >= pts[first]) & ~np.isin(shown, pts[:first])]
-
-
-def _lead_in(key: Sequence[int]) -> int:
-    """Packets (decode order) before the first keyframe; 0 when none is flagged."""
-    return next((i for i, k in enumerate(key) if k), 0)
-
-
-class _LeadingRasl:
-    """Spots the HEVC RASL pictures of a stream's first keyframe (a CRA: open GOP).
-
-    Why: they refer to pictures before the cut, so decoders drop them. Timed ones are
-    dropped by pts (:func:`_decodable`); but a cut remuxed to Matroska (no edit list)
-    keeps them with no pts at all (theirs was negative), and counted as untimed frames
-    they made frames_total too high and the last targets missing in output order; that
-    file remuxed to MP4 gives them invented pts (one a duplicate, so output order again).
-    """
-
-    def __init__(self, stream):
-        extra = stream.codec_context.extradata or b""
-        self.hevc = stream.codec_context.name == "hevc"
-        # hvcC: NAL units behind a length field; no extradata or Annex B: start codes.
-        self.length_size = (extra[21] & 3) + 1 if len(extra) > 22 and extra[0] == 1 else 0
-        self.keyframes = 0
-
-    def skip(self, pkt) -> bool:
-        """Count ``pkt``'s keyframe flag; True for a RASL picture of the first keyframe."""
-        self.keyframes += bool(pkt.is_keyframe)
-        return (self.hevc and self.keyframes == 1
-                and _first_vcl_type(bytes(pkt), self.length_size) in (8, 9))
-
-
-def _first_vcl_type(data: bytes, length_size: int) -> int | None:
-    """HEVC NAL unit type of the first slice (types 0-31) in an access unit."""
-    pos = 0
-    while pos < len(data) - 1:
-        if length_size:
-            start = pos + length_size
-            pos = start + int.from_bytes(data[pos:start], "big")
-        else:
-            start = data.find(b"\x00\x00\x01", pos) + 3
-            if start < 3:
-                return None
-            pos = start
-        if start < len(data) and (data[start] >> 1) & 0x3F < 32:
-            return (data[start] >> 1) & 0x3F
-    return None
-
-
 def _jumps_back(dts: array) -> bool:
     """Decode timestamps that go back in a format whose clock may restart (MPEG-TS/PS,
     Ogg: ``ts_discont``), e.g. recordings joined with ``cat``: sorting by pts would put
@@ -217,8 +163,55 @@ def _broken_stamps(container, stream, pts: np.ndarray, dts: array) -> bool:
             or _decode_order_stamps(container, stream, pts))
 
 
+@dataclass
+class _Packets:
+    """What the demux pass collected (decode order)."""
+
+    pts: array = field(default_factory=lambda: array("q"))  # timed packets
+    key: array = field(default_factory=lambda: array("b"))
+    shown: array = field(default_factory=lambda: array("q"))  # pts of timed frames counted
+    untimed_key: array = field(default_factory=lambda: array("b"))  # untimed frames counted
+    dts: array = field(default_factory=lambda: array("q"))  # ts_discont formats only
+    first_gop: FirstGop = field(default_factory=FirstGop)
+    empty: int = 0
+    truncated: bool = False
+
+
+def _demux(container, stream) -> _Packets:
+    got, short_read = _Packets(), False
+    discont = container.format.flags & av.format.Flags.ts_discont.value  # see _jumps_back
+    rasl = LeadingRasl(stream)
+    try:
+        for pkt in container.demux(stream):
+            if pkt.size == 0:
+                got.empty += pkt.pts is not None or pkt.dts is not None  # not the flush packet
+                continue
+            short_read = bool(pkt.is_corrupt)
+            leading = rasl.skip(pkt)  # never output: not a frame shown
+            # Why not discard ones: an MP4 edit list starting mid-GOP marks the frames
+            # before its start "discard": decoded as references, never output.
+            counted = not leading and (pkt.pts is None or not pkt.is_discard)
+            got.first_gop.add(pkt, counted)
+            if pkt.pts is None:
+                if counted:
+                    got.untimed_key.append(bool(pkt.is_keyframe))
+                continue
+            got.pts.append(int(pkt.pts))
+            got.key.append(bool(pkt.is_keyframe))
+            if discont and pkt.dts is not None:
+                got.dts.append(int(pkt.dts))
+            if counted:
+                got.shown.append(int(pkt.pts))
+    except av.error.FFmpegError:
+        got.truncated = True  # data ends before the container says it should
+    got.truncated |= short_read
+    return got
+
+
 def build_index(container, stream) -> VideoIndex:
-    """Demux the whole video stream (no decoding) and record pts + keyframe flags.
+    """Demux the whole video stream (decoding only the first packets, and only when they
+    may hold pictures the decoder drops: :mod:`scanner.leading`) and record pts + keyframe
+    flags.
 
     Truncation is what the demuxer reports: an error, or a last packet cut short by
     the end of the file (FFmpeg flags that short read as corrupt; MP4 and AVI demuxers
@@ -229,55 +222,38 @@ def build_index(container, stream) -> VideoIndex:
     clusters is shorter than its Segment's declared size; an MPEG-TS cut mid-packet does
     not end on a whole one, nor raw DV on a whole frame.
     """
-    pts, key, shown, untimed_key = array("q"), array("b"), array("q"), array("b")
-    truncated, empty, short_read, dts = False, 0, False, array("q")
-    discont = container.format.flags & av.format.Flags.ts_discont.value  # see _jumps_back
-    rasl = _LeadingRasl(stream)
-    try:
-        for pkt in container.demux(stream):
-            if pkt.size == 0:
-                empty += pkt.pts is not None or pkt.dts is not None  # not the flush packet
-                continue
-            short_read = bool(pkt.is_corrupt)
-            leading = rasl.skip(pkt)  # never output: not a frame shown
-            if pkt.pts is None:
-                if not leading:
-                    untimed_key.append(bool(pkt.is_keyframe))
-                continue
-            pts.append(int(pkt.pts))
-            key.append(bool(pkt.is_keyframe))
-            if discont and pkt.dts is not None:
-                dts.append(int(pkt.dts))
-            if not pkt.is_discard and not leading:
-                # Why: an MP4 edit list starting mid-GOP marks the frames before its start
-                # "discard": decoded as references, never output, not part of the video.
-                shown.append(int(pkt.pts))
-    except av.error.FFmpegError:
-        truncated = True  # data ends before the container says it should
-    truncated |= (short_read or _samples_missing(container, stream, len(pts) + empty)
-                  or _matroska_cut(container) or _mpegts_cut(container)
-                  or _dv_cut(container, stream))
+    got = _demux(container, stream)
+    truncated = got.truncated or (_samples_missing(container, stream, len(got.pts) + got.empty)
+                                  or _matroska_cut(container) or _mpegts_cut(container)
+                                  or _dv_cut(container, stream))
+    pts_a, key_a = np.frombuffer(got.pts, np.int64).copy(), np.frombuffer(got.key, np.int8).astype(bool)
+    cc = stream.codec_context
+    broken = _broken_stamps(container, stream, pts_a, got.dts)
+    # A reordering codec whose pts rise in decode order: real stamps of a clip without
+    # B-frames, or decode-order stamps (the composition offsets lost) only decoding tells.
+    reorder = not broken and bool(cc.has_b_frames) and len(pts_a) > 1 and bool(np.all(np.diff(pts_a) > 0))
+    gone, untimed_gone, backwards = got.first_gop.decode(cc, reorder)
+    lead_in = got.first_gop.lead_in if got.first_gop.started else 0  # none flagged: no claim
     # Frames without a pts among timed ones (H.264 in MPEG-PS: one pts per PES packet of
     # several pictures) are frames all the same, in an order only the decoder knows.
-    untimed = len(untimed_key) if len(pts) else 0
-    if len(untimed_key) and not len(pts):
+    untimed = len(got.untimed_key) - untimed_gone
+    if untimed and not len(pts_a):
         # A raw elementary stream (.h264, .hevc) has no timestamps at all: its packets
-        # are frames in order, handled like the all-at-pts-0 case below. One cut mid-GOP
-        # outputs nothing before its first keyframe (as an MPEG-TS, see _decodable).
-        n, lead = len(untimed_key), _lead_in(untimed_key)
-        pts, key, shown = array("q", [0] * n), untimed_key, array("q", [0] * (n - lead))
-    pts_a, key_a = np.frombuffer(pts, np.int64).copy(), np.frombuffer(key, np.int8).astype(bool)
+        # are frames in order, identified by output order as below.
+        pts_a, key_a = np.zeros(len(got.untimed_key), np.int64), np.frombuffer(got.untimed_key, np.int8).astype(bool)
+    shown = np.frombuffer(got.shown, np.int64)
     tb = float(stream.time_base) if stream.time_base else 1.0 / 25
-    cc = stream.codec_context
-    presentation = _decodable(np.unique(np.frombuffer(shown, np.int64)), pts_a, key_a)
-    ordinal = untimed > 0 or _broken_stamps(container, stream, pts_a, dts)
+    presentation = decodable(np.unique(shown[~np.isin(shown, list(gone))]), pts_a, key_a)
+    ordinal = untimed > 0 or broken or backwards
     if ordinal:
-        # Frames are identified by output order and timed by the nominal rate instead.
+        # Frames are identified by output order and timed by the nominal rate instead;
+        # the decoder outputs nothing before the first keyframe nor the pictures it drops.
         rate = stream.guessed_rate or stream.average_rate or 25
-        presentation, tb = np.arange(len(shown) + untimed, dtype=np.int64), 1.0 / float(rate)
+        n = len(shown) - len(gone) + untimed - lead_in
+        presentation, tb = np.arange(max(n, 0), dtype=np.int64), 1.0 / float(rate)
     start = int(presentation[0]) if len(presentation) else 0
     return VideoIndex(pts_a, key_a, truncated, tb, start, cc.width, cc.height, cc.name, presentation,
-                      ordinal, empty)
+                      ordinal, got.empty)
 
 
 # --fps on a long video must not grow per-video state without bound: at most this many
