@@ -419,22 +419,26 @@ def test_validation_bench_reads_a_plain_labels_csv_and_names_a_bad_one(tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     vids = json.loads((tmp_path / "res.json").read_text())["detectors"]["test_tiny"]["videos"]
     assert sorted(v["subset"] for v in vids) == ["fake", "real"]
+    # The refusals run in-process (a SystemExit message is Python's one stderr line and exit 1).
+    bench = _validation_bench()
     bad = tmp_path / "bad.csv"
     bad.write_text(f"path,kind\n{DATA / 'd1.mp4'},real\n")
-    r = run(bad, tmp_path / "bad.json")
-    assert r.returncode == 1 and "Traceback" not in r.stderr and "needs a header with at least 'path' and 'label'" in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1
+    with pytest.raises(SystemExit) as e:
+        bench.main(["eval", str(bad), "--frames", "2", "--detectors", "test_tiny", "--json", str(tmp_path / "bad.json")])
+    assert isinstance(e.value.code, str) and "needs a header with at least 'path' and 'label'" in e.value.code
+    assert len(e.value.code.strip().splitlines()) == 1
     # Read as dfscan eval reads it: a listed file that is missing is named, not scanned as an error row.
     missing = tmp_path / "missing.csv"
     missing.write_text("path,label\nnot_here.mp4,fake\n")
-    r = run(missing, tmp_path / "missing.json")
-    assert r.returncode == 1 and "file not found: " in r.stderr and "not_here.mp4" in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "missing.json").exists()
+    with pytest.raises(SystemExit) as e:
+        bench.main(["eval", str(missing), "--frames", "2", "--detectors", "test_tiny",
+                    "--json", str(tmp_path / "missing.json")])
+    assert isinstance(e.value.code, str) and "file not found: " in e.value.code and "not_here.mp4" in e.value.code
+    assert len(e.value.code.strip().splitlines()) == 1 and not (tmp_path / "missing.json").exists()
 
 
-def test_validation_bench_refuses_a_file_listed_twice(tmp_path):
-    """bench/validation.py reads labels with dfscan eval's reader but skipped its duplicate
-    check: a file listed twice was scored and counted twice in every AUC."""
+def _validation_bench():
+    """bench/validation.py loaded as a module (it is a script, not a package)."""
     import importlib.util
     from pathlib import Path
 
@@ -442,6 +446,16 @@ def test_validation_bench_refuses_a_file_listed_twice(tmp_path):
     spec = importlib.util.spec_from_file_location("validation_bench", root / "bench/validation.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_validation_bench_refuses_a_file_listed_twice(tmp_path):
+    """bench/validation.py reads labels with dfscan eval's reader but skipped its duplicate
+    check: a file listed twice was scored and counted twice in every AUC."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    bench = _validation_bench()
     labels = tmp_path / "labels.csv"
     clip = root / "tests/data/d1.mp4"
     labels.write_text(f"path,label\n{clip},real\n{root / 'tests/data/d2.mp4'},fake\n{clip},real\n")

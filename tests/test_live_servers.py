@@ -467,7 +467,7 @@ def test_hls_live_playlist_rolls_over_and_restarts(media, tmp_path):
 def test_srt_via_srt_live_transmit(media, tmp_path):
     """SRT from srt-live-transmit (relaying an ffmpeg MPEG-TS feed). PyAV's bundled FFmpeg has no
     SRT: then ``srt://`` must stop at once with a specific reason, and the documented relay
-    (``srt-live-transmit srt://... udp://...``, dfscan reading UDP) must work through 5 crashes
+    (``srt-live-transmit srt://... udp://...``, dfscan reading UDP) must work through 3 crashes
     of the SRT server."""
     need("srt-live-transmit", "ffmpeg")
     feed_port, srt_port, out_port = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
@@ -492,7 +492,9 @@ def test_srt_via_srt_live_transmit(media, tmp_path):
             svc = service([{"name": "srt", "url": f"udp://127.0.0.1:{out_port}"}])
         try:
             go_live(svc, "srt")
-            drill(svc, "srt", server)
+            # Three cycles (CI time): the thread/RSS baseline is taken after the first, so a
+            # decoder's threads leaked on each UDP reconnect (2+ per connection) still show.
+            drill(svc, "srt", server, cycles=3)
         finally:
             svc.stop()
     finally:
