@@ -68,6 +68,7 @@ def display_size(width: int, height: int, sar, max_pixels: int | None = None) ->
 def to_frame(av_frame, idx: int, time_s: float, det_max_side: int | None, sar=None) -> Frame:
     """``sar``: the stream's sample aspect ratio (PyAV's frames do not carry it)."""
     rot = int(round((getattr(av_frame, "rotation", 0) or 0) / 90.0)) % 4  # before: yadif drops it
+    check_palette(av_frame)
     progressive = deinterlace(av_frame)
     av_frame = gray_full_range(av_frame if progressive is None else progressive)
     small, scale = None, 1.0
@@ -83,6 +84,19 @@ def to_frame(av_frame, idx: int, time_s: float, det_max_side: int | None, sar=No
         image = np.ascontiguousarray(np.rot90(image, rot))
         small = None if small is None else np.ascontiguousarray(np.rot90(small, rot))
     return Frame(idx, time_s, image, small, scale, progressive is not None, hdr)
+
+
+def check_palette(av_frame) -> None:
+    """A ``VideoError`` for a palette frame (pal8) whose palette is all zero, i.e. missing:
+    FFmpeg's AVI muxer stores raw 8-bit RGB (bgr8, rgb8) without one and its demuxer reads
+    that back as pal8 with an empty palette, so every pixel read black and a face clip came
+    out ``no_face`` without an error. No real palette is all transparent black."""
+    if av_frame.format.name != "pal8" or np.frombuffer(av_frame.planes[1], np.uint8).any():
+        return
+    from .decode import VideoError  # here: scanner.decode imports this module
+
+    raise VideoError("unsupported_format", "8-bit palette video without its palette (raw 8-bit RGB "
+                     "in AVI?): every pixel would read black")
 
 
 def picture_sar(stream_sar, opened_codec_sar, cc):

@@ -155,3 +155,18 @@ def test_scans_of_unusual_formats_find_the_same_faces_and_scores(tmp_path):
         for a, b in zip(got["frames_detail"], want["frames_detail"]):
             assert a["index"] == b["index"] and len(a["faces"]) == len(b["faces"]) == 1, name
             assert _iou(a["faces"][0]["box"], b["faces"][0]["box"]) >= 0.8, name
+
+
+def test_palette_video_without_its_palette_is_an_error_not_a_black_picture(tmp_path):
+    """ffmpeg stores raw 8-bit RGB (bgr8) in AVI without a palette and reads it back as pal8
+    with an all-zero one: every pixel black, and the face clip was scanned as no_face with
+    no error. Now a specific error; a palette video with its palette reads as ever."""
+    from scanner.decode import VideoError
+
+    with pytest.raises(VideoError) as e:
+        list(FrameSampler(_variant(tmp_path, "bgr8.avi", ["-c:v", "rawvideo", "-pix_fmt", "bgr8"], "rawvideo"),
+                          frames=FRAMES))
+    assert e.value.kind == "unsupported_format" and "palette" in str(e.value)
+    # pal8 with its palette (in the same AVI stream kind): ffmpeg's fixed 8-bit palette, 15 levels off
+    mad, _ = _differences(_variant(tmp_path, "pal8.avi", ["-c:v", "rawvideo", "-pix_fmt", "pal8"], "rawvideo"))
+    assert mad < 20
