@@ -240,7 +240,10 @@ def _analyse(path: Path, ctx: ScanContext, row: dict) -> dict:
                            "frames_total": ix.frames, "duration_s": round(ix.duration_s, 3),
                            "decode_errors": sampler.decode_errors, "seeks": sampler.seeks,
                            "frames_refetched": sampler.refetched, "deinterlaced": sampler.deinterlaced,
-                           "hdr": sampler.hdr, "tone_mapped": sampler.tone_mapped}
+                           "hdr": sampler.hdr, "tone_mapped": sampler.tone_mapped,
+                           # Why: time_s of output-order frames is ordinal / nominal rate, not
+                           # the file's clock; the row must say which a reader is looking at.
+                           "timing": "output_order" if ix.ordinal else "pts"}
     result["timings"] = {"decode": round(decode_s, 4),
                          **{k: round(v, 4) for k, v in state.t.items()}}
     return result

@@ -20,9 +20,9 @@ from test_edit_lists import _ffmpeg, _player_frames
 pytestmark = pytest.mark.skipif(not shutil.which("ffmpeg"), reason="needs the ffmpeg CLI")
 
 
-def _real_clip(path, codec="libx264", opts=("-g", "25", "-bf", "2"), start=0.0):
-    _ffmpeg("-ss", str(start), "-i", str(DATA / "d18.mp4"), "-an", "-vf", "scale=160:160", "-r", "25", "-t", "4",
-            "-c:v", codec, *opts, str(path))
+def _real_clip(path, codec="libx264", opts=("-g", "25", "-bf", "2"), start=0.0, seconds=4):
+    _ffmpeg("-ss", str(start), "-i", str(DATA / "d18.mp4"), "-an", "-vf", "scale=160:160", "-r", "25",
+            "-t", str(seconds), "-c:v", codec, *opts, str(path))
     return path
 
 
@@ -120,3 +120,24 @@ def test_a_b_frame_clip_with_real_timestamps_stays_timed(tmp_path):
     for name in ("plain.mp4", "plain.mkv", "plain.ts"):
         s = _samples_what_a_player_shows(_real_clip(tmp_path / name))
         assert not s.index.ordinal, name
+
+
+def test_the_row_says_whether_times_are_the_files_or_output_order(tmp_path):
+    # Frames read in output order (a clock that restarts, duplicate or missing pts) are
+    # timed at the nominal rate, as documented, but the row did not say which videos
+    # were: their time_s looked like the file's own clock.
+    import json
+
+    from scanner.cli import main
+
+    first = _real_clip(tmp_path / "first.ts", seconds=1)
+    joined = tmp_path / "joined.ts"
+    second = _real_clip(tmp_path / "second.ts", start=3.2, seconds=1)
+    joined.write_bytes(first.read_bytes() + second.read_bytes())
+    out = tmp_path / "o.jsonl"
+    main(["scan", str(first), str(joined), "--out", str(out), "--detector", "test_tiny", "--frames", "4",
+          "--no-progress", "--workers", "1"])
+    rows = {json.loads(line)["path"]: json.loads(line) for line in out.read_text().splitlines()}
+    assert rows[str(first)]["video"]["timing"] == "pts"
+    assert rows[str(joined)]["video"]["timing"] == "output_order"
+    assert rows[str(joined)]["video"]["frames_total"] == 50 and rows[str(joined)]["frames_missed"] == 0
