@@ -307,18 +307,32 @@ class FrameSampler:
                 break
 
     def _decode_by_order(self, container, stream, index: VideoIndex, targets: set[int], pending: set[int]):
-        """Fallback for broken timestamps: decode in order, count output frames."""
+        """Fallback for broken timestamps: decode in order, count output frames.
+
+        A decoder may still drop pictures mid-stream (at the splice of recordings joined
+        with ``cat``, where the second starts on an open-GOP keyframe), which no index
+        foresees: the stream then ends before the last targets. frames_total becomes the
+        count output and the last frame shown stands in for the last target (``--frames``
+        always samples it); any other target past the end is missed, and counted so.
+        """
         self._threads(stream)
-        n = 0
+        n, last, claimed_last = 0, None, max(targets) == len(index.presentation) - 1
         for pkt in container.demux(stream):
             for f in self._decode_packet(pkt):
+                last = f if n not in targets else None
                 if n in targets:
                     pending.discard(n)
-                    yield to_frame(f, n, n * index.time_base, self.det_max_side,
-                                    self._frame_sar(stream.codec_context))
+                    yield self._ordinal_frame(f, n, index, stream)
                 n += 1
             if n > max(targets):
-                break
+                return
+        index.presentation = index.presentation[:n]
+        if last is not None and claimed_last and pending:
+            pending.discard(max(pending))
+            yield self._ordinal_frame(last, n - 1, index, stream)
+
+    def _ordinal_frame(self, f, n: int, index: VideoIndex, stream) -> Frame:
+        return to_frame(f, n, n * index.time_base, self.det_max_side, self._frame_sar(stream.codec_context))
 
     def _frame_sar(self, cc):
         return picture_sar(self._sar, self._codec_sar, cc)

@@ -41,11 +41,12 @@ def _player_times(path) -> list[float | None]:
         return [f.time for f in c.decode(video=0)]
 
 
-def _samples_what_a_player_shows(path, frames=9) -> FrameSampler:
+def _samples_what_a_player_shows(path, frames=9, missed=0) -> FrameSampler:
     shown = _player_frames(path)
     s = FrameSampler(path, frames=frames)
     got = list(s)
-    assert s.index.frames == len(shown) and s.missed == 0 and len(got) == min(frames, len(shown))
+    assert s.index.frames == len(shown) and s.missed == missed
+    assert len(got) == min(frames, len(shown)) - missed
     assert got[-1].index == len(shown) - 1  # evenly spread to the last frame shown
     for f in got:
         err = ((shown - f.image.astype(np.float32)) ** 2).mean(axis=(1, 2, 3))
@@ -101,6 +102,26 @@ def test_recordings_joined_with_cat_count_no_lead_in(tmp_path):
     path.write_bytes(src.read_bytes()[pos[10]:] + second.read_bytes())  # frame 10: mid-GOP
     s = _samples_what_a_player_shows(path, frames=32)
     assert s.index.ordinal
+
+
+def test_a_splice_whose_decoder_drops_pictures_still_samples_the_last_frame_shown(tmp_path):
+    # A stream-copied recording joined with one starting on an open-GOP keyframe: at the
+    # splice the decoder drops the leading B-frame and more pictures (their order clashes
+    # with the first recording's), which no index foresees. frames_total said 128 for 123
+    # shown and the last 2 of 32 samples (the last frame shown among them) were missed;
+    # now the count is what came out and the last frame shown is sampled (one target
+    # past the end is still missed, and counted).
+    first = tmp_path / "first.ts"
+    _ffmpeg("-i", str(_real_clip(tmp_path / "full.mp4")), "-t", "2", "-c", "copy", str(first))
+    src = _real_clip(tmp_path / "src.ts", opts=("-g", "25", "-bf", "2", "-x264-params", "open-gop=1"),
+                     start=3.2)
+    (pos, _), *_ = _open_gop_keyframes(src)
+    path = tmp_path / "joined.ts"
+    path.write_bytes(first.read_bytes() + src.read_bytes()[pos:])
+    with av.open(str(path)) as c:
+        packets = sum(1 for p in c.demux(video=0) if p.size)
+    s = _samples_what_a_player_shows(path, frames=32, missed=1)
+    assert s.index.ordinal and s.index.frames < packets - 1  # the case at hand: drops mid-stream
 
 
 def test_mp4_with_decode_order_timestamps_samples_in_output_order(tmp_path):
