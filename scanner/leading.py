@@ -17,8 +17,11 @@ import av
 import numpy as np
 
 # Leading pictures are decoded right after their keyframe (within its reorder depth,
-# 16 at most in H.264/HEVC); decoding this many from it finds them all.
+# 16 at most in H.264/HEVC); decoding this many from it finds them all. The byte cap
+# bounds what is held during the index pass (64 frames of 4K ProRes would be ~250 MB;
+# intra-only codecs have no leading pictures anyway).
 PROBE_PACKETS = 64
+PROBE_BYTES = 16 << 20
 
 
 class LeadingRasl:
@@ -77,6 +80,7 @@ class FirstGop:
         self.lead_in = 0  # frames counted before the first keyframe (decode order)
         self.key_pts: int | None = None
         self.leading = False  # a counted picture that may be shown before the keyframe
+        self.bytes, self.full = 0, False
 
     @property
     def started(self) -> bool:
@@ -86,8 +90,13 @@ class FirstGop:
         if not self.packets and not pkt.is_keyframe:
             self.lead_in += counted
             return
-        if len(self.packets) >= PROBE_PACKETS:
+        # A contiguous run from the keyframe (kept whatever its size) to the first packet
+        # over a cap.
+        self.full |= bool(self.packets) and (len(self.packets) >= PROBE_PACKETS
+                                             or self.bytes + pkt.size > PROBE_BYTES)
+        if self.full:
             return
+        self.bytes += pkt.size if self.packets else 0
         if not self.packets:
             self.key_pts = pkt.pts
         elif counted and (pkt.pts is None or self.key_pts is None or pkt.pts < self.key_pts):

@@ -162,3 +162,18 @@ def test_the_row_says_whether_times_are_the_files_or_output_order(tmp_path):
     assert rows[str(first)]["video"]["timing"] == "pts"
     assert rows[str(joined)]["video"]["timing"] == "output_order"
     assert rows[str(joined)]["video"]["frames_total"] == 50 and rows[str(joined)]["frames_missed"] == 0
+
+
+def test_the_first_gop_probe_holds_a_bounded_contiguous_run(monkeypatch):
+    # The probe keeps PyAV packets during the whole index pass: 64 frames of 4K ProRes
+    # would hold ~250 MB. It keeps the keyframe whatever its size, then stops for good at
+    # the first packet over the byte cap (a gap would make it decode a broken run).
+    from types import SimpleNamespace
+
+    from scanner import leading
+
+    monkeypatch.setattr(leading, "PROBE_BYTES", 100)
+    g = leading.FirstGop()
+    for pts, key, size in ((5, False, 10), (10, True, 500), (8, False, 60), (9, False, 50), (11, False, 5)):
+        g.add(SimpleNamespace(pts=pts, is_keyframe=key, size=size), True)
+    assert g.lead_in == 1 and [p.pts for p, _ in g.packets] == [10, 8] and g.leading and g.full
