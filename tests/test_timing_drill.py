@@ -165,8 +165,8 @@ def test_the_row_says_whether_times_are_the_files_or_output_order(tmp_path):
 
 
 def test_the_first_gop_probe_holds_a_bounded_contiguous_run(monkeypatch):
-    # The probe keeps PyAV packets during the whole index pass: 64 frames of 4K ProRes
-    # would hold ~250 MB. It keeps the keyframe whatever its size, then stops for good at
+    # The probe keeps PyAV packets during the whole index pass: 32 frames of 4K ProRes
+    # would hold ~120 MB. It keeps the keyframe whatever its size, then stops for good at
     # the first packet over the byte cap (a gap would make it decode a broken run).
     from types import SimpleNamespace
 
