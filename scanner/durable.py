@@ -5,12 +5,25 @@ service's JSONL event sink (:mod:`scanner.live.sinks`), so a fix reaches both.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat
 from pathlib import Path
 
 log = logging.getLogger(__name__)  # scanner.durable: serve sets its level with scanner.live
+
+
+def make_parent(path: str | Path) -> None:
+    """Create the folder ``path`` goes into. Where that name is a file, the error says so:
+    ``mkdir`` reports EEXIST ("File exists"), which read as if the output itself existed
+    (`--out results.jsonl/x.html`: "cannot write ...: File exists")."""
+    parent = Path(path).parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as e:
+        raise NotADirectoryError(errno.ENOTDIR, "Not a directory (a file has that name)",
+                                 os.fspath(parent)) from e
 
 
 class DurableFile:
@@ -32,7 +45,7 @@ class DurableFile:
         self._open(append)
 
     def _open(self, append: bool) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_parent(self.path)
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (0 if append else os.O_TRUNC)
         fd = os.open(self.path, flags, 0o666)
         st = os.fstat(fd)

@@ -22,7 +22,7 @@ from typing import IO, Iterable
 
 from engines.errors import DfscanError
 
-from .durable import DurableFile
+from .durable import DurableFile, make_parent
 from .metrics import SINK_EVENTS, SINK_FAILURES
 
 log = logging.getLogger("dfscan")
@@ -196,7 +196,7 @@ class HtmlSink(Sink):
     def __init__(self, path: str | Path, append: bool = False, source: str | Path | None = None):
         self.path = Path(path)
         self.source = Path(source) if source is not None else self.path.with_suffix(".jsonl")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_parent(self.path)
         self._append, self._t0 = append, time.perf_counter()
 
     def write(self, row: dict) -> None:
@@ -276,7 +276,7 @@ def writable(path: str | Path) -> Path:
     try:
         if path.is_dir():
             raise IsADirectoryError(21, "is a directory")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_parent(path)
         tempfile.TemporaryFile(dir=path.parent).close()
     except OSError as e:
         where = f" ({e.filename})" if e.filename and e.filename != str(path) else ""

@@ -11,6 +11,7 @@ and the same error type, so a fix reaches both modes.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import sys
 import threading
@@ -147,6 +148,10 @@ class JsonlSink(Sink):
 
     def __init__(self, path: str | Path, **kw):
         super().__init__(kw.pop("name", "jsonl"), **kw)
+        text = os.fspath(path)
+        # Path() drops a trailing "/": `dfscan watch --out events/` appended to a file named events.
+        if text.endswith(("/", os.sep)) or os.path.basename(text) in (".", ".."):
+            raise SinkError(f"jsonl sink cannot write {text}: names a directory, and a file name is needed here")
         self.path = Path(path)
         try:
             self._cut_torn_tail()

@@ -19,6 +19,7 @@ from typing import Callable, Iterator
 from engines.errors import DfscanError
 
 from .. import __version__
+from ..durable import make_parent
 from ..terminal import terminal_safe
 from .rows import VERDICTS, index_rows, read_row, summarise
 from .thumbnails import THUMB_PX, Evidence, Thumb, evidence
@@ -243,7 +244,7 @@ def _write_atomic(out: Path, chunks: Callable[[], Iterator[str]]) -> None:
     """Stream ``chunks()`` into ``out``: written beside and renamed over it, so a reader
     never sees half a report. A symlink or device at ``out`` is written through instead
     of being replaced."""
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_parent(out)
     direct = out.is_symlink() or (out.exists() and not out.is_file())
     # At most 200 bytes of the name: ``out``'s own may use up to the 255 a name can have.
     tmp = out if direct else out.with_name(f".{os.fsdecode(os.fsencode(out.name)[:200])}.{os.getpid()}.tmp")
