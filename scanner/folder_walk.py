@@ -124,11 +124,12 @@ def walk_videos(folder: Path, skipped: Skipped | None = None, also: frozenset[st
         hidden = _hidden_below(Path(dirpath), folder)
         for name in sorted(filenames):
             path = Path(dirpath) / name
-            if path.suffix.lower() in VIDEO_EXTENSIONS or path.suffix.lower() in also:
+            suffix = path.suffix.lower()
+            if suffix in VIDEO_EXTENSIONS or suffix in also:
                 yield path
             elif hidden:
                 continue  # app/system data: neither sniffed nor counted
-            elif is_video_file(path, also):
+            elif not suffix and not name.startswith(".") and sniff_video(path):
                 yield path
             elif skipped is not None:
                 skipped.add(path)
