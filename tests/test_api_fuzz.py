@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from conftest import wait_for
+from scanner.live.server import ApiServer
 from test_api import AUTH, TOKEN, _serve
 
 
@@ -305,6 +306,40 @@ def test_a_cross_site_origin_behind_a_same_site_one_is_a_403(api):
     r = httpx.get(f"{base}/streams", headers=[("Origin", "http://127.0.0.1")] * 2 + list(AUTH.items()), timeout=5)
     assert r.status_code == 200, r.text
 
+
+def test_any_host_bind_still_refuses_a_cross_site_origin(api, monkeypatch):
+    """Bound to 0.0.0.0 (or ::) without api.allowed_hosts, any Host is taken (the token guards
+    that bind), and the Origin check was skipped with it: a page on any site could send requests
+    to the API. Now every Origin must name the request's Host (host[:port]); 'null' is cross-site."""
+    from scanner.live import server as server_mod
+    from scanner.live.config import ApiConfig
+
+    same = [([], "scanner.lan:8787"), (["http://scanner.lan:8787"], "scanner.lan:8787"),
+            (["http://SCANNER.lan:8787"], "Scanner.LAN:8787"), (["http://scanner.lan"], "scanner.lan:80"),
+            (["https://scanner.lan"], "scanner.lan"), (["https://scanner.lan:443"], "scanner.lan"),
+            (["http://[::1]:8787"], "[::1]:8787"), (["http://10.0.0.5:8787"] * 2, "10.0.0.5:8787"),
+            ([], "anything.example")]  # the Host itself is still not checked
+    cross = [(["http://evil.example"], "scanner.lan:8787"), (["null"], "scanner.lan:8787"),
+             (["http://scanner.lan:8787", "http://evil.example"], "scanner.lan:8787"),
+             (["http://evil.example", "http://scanner.lan:8787"], "scanner.lan:8787"),
+             (["http://scanner.lan:9999"], "scanner.lan:8787"), (["http://scanner.lan"], "scanner.lan:8787"),
+             (["https://scanner.lan"], "scanner.lan:80"), (["http://[::2]:8787"], "[::1]:8787"),
+             (["http://scanner.lan.evil.example:8787"], "scanner.lan:8787"),
+             (["http://evil@scanner.lan:8787"], "scanner.lan:8787"), (["scanner.lan:8787"], "scanner.lan:8787")]
+    bind = server_mod._bind
+    monkeypatch.setattr(server_mod, "_bind", lambda host, port: bind("127.0.0.1", port))  # 0.0.0.0's config only
+    assert ApiConfig(host="0.0.0.0").hosts() == ["*"]
+    svc, _, _ = api
+    server = ApiServer(svc, "0.0.0.0", 0, TOKEN, api=ApiConfig(host="0.0.0.0", port=0, token_env=None)).start()
+    try:
+        for origins, host in same + cross:
+            headers = [("Host", host), *AUTH.items(), *(("Origin", o) for o in origins)]
+            r = httpx.get(f"http://127.0.0.1:{server.port}/streams", headers=headers, timeout=5)
+            want = 200 if (origins, host) in same else 403
+            assert r.status_code == want, (origins, host, r.text)
+            assert want == 200 or "cross-origin" in r.json()["error"], r.text
+    finally:
+        server.stop()
 
 
 def test_metrics_answer_while_the_worker_threads_are_all_taken(monkeypatch):

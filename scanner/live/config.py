@@ -240,8 +240,9 @@ class ApiConfig(_Model):
     token_env: str | None = "DFSCAN_API_TOKEN"
     token_file: str | None = None
     max_body_bytes: int = Field(65536, ge=1024, le=1 << 24)
-    # Host header allowlist (DNS-rebinding guard); loopback names are always allowed.
-    # Default off loopback: any Host (the bearer token guards that bind).
+    # Host header allowlist (DNS-rebinding guard); loopback names are always allowed; an Origin
+    # must name one of them. Default off loopback: any Host (the bearer token guards that bind),
+    # and an Origin must then name the request's own Host (same-origin), so no other site's page gets in.
     allowed_hosts: list[str] | None = None
     limit_concurrency: int = Field(64, ge=4, le=10_000)  # requests in progress (probes exempt); beyond: 503
     request_timeout_s: float = Field(10.0, gt=0, le=300)  # a request must arrive within this

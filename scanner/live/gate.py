@@ -7,7 +7,9 @@ In this order:
    a 400 -- JSON, where Starlette's was plain text;
 2. a request head too large, or framed by both ``Content-Length`` and
    ``Transfer-Encoding``, is refused (431, 400) and the connection closed;
-3. a cross-site ``Origin`` is refused (403);
+3. a cross-site ``Origin`` is refused (403): its host must be in the allowlist or, where any
+   ``Host`` is taken (a 0.0.0.0 or :: bind without ``api.allowed_hosts``), its host[:port]
+   must be the request's ``Host`` (same-origin; ``Origin: null`` is cross-site);
 4. two ``Authorization`` headers are a 400 (which credential counts would be a guess: the
    first was), on every route;
 5. ``Authorization: Bearer <token>`` on every route but the two probes and the
@@ -35,6 +37,7 @@ from .auth import TokenFile, check_bearer
 PROBES = frozenset({"/healthz", "/readyz"})
 PUBLIC = PROBES | {"/"}  # no token needed: probes, and the status page (static, no stream data)
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH"})
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def error_json(code: int, message: str, **headers: str) -> JSONResponse:
@@ -101,6 +104,12 @@ class Gate:
         host = parsed.host.lower() if parsed is not None else None
         return host is not None and (host in self.hosts or host.endswith(self.domains))
 
+    def _origin_ok(self, origin: str, host: str | None) -> bool:
+        if self.hosts is None:  # any Host taken: without same-origin, any site's page could call the API
+            return _same_origin(origin, host)
+        parsed = parse_host_header(origin.split("://", 1)[-1])
+        return parsed is not None and parsed.host.lower() in self.hosts
+
     def _refusal(self, scope, h: Headers, methods: frozenset[str]) -> Response | None:
         if not self._host_ok(h.get("host")):
             return error_json(400, "the Host header names no host this API serves (api.allowed_hosts)")
@@ -111,10 +120,8 @@ class Gate:
             # RFC 9112 6.1: a proxy may frame this request differently; refuse and close.
             return error_json(400, "both Content-Length and Transfer-Encoding", Connection="close")
         # Every Origin, not the first only: a second one (a proxy's) must not hide a cross-site one.
-        for origin in (h.getlist("origin") if self.hosts is not None else ()):
-            parsed = parse_host_header(origin.split("://", 1)[-1])
-            if parsed is None or parsed.host.lower() not in self.hosts:
-                return error_json(403, "cross-origin requests are not allowed")
+        if not all(self._origin_ok(origin, h.get("host")) for origin in h.getlist("origin")):
+            return error_json(403, "cross-origin requests are not allowed")
         if sum(k == b"authorization" for k, _ in scope["headers"]) > 1:
             return error_json(400, "more than one Authorization header")
         if self.required and scope["path"] not in PUBLIC and \
@@ -147,6 +154,20 @@ class Gate:
             chunks.append(chunk)
             more = msg.get("more_body", False)
         return b"".join(chunks)
+
+
+def _same_origin(origin: str, host: str | None) -> bool:
+    """Whether the ``Origin`` value names the ``Host`` header's host[:port].
+
+    Case-insensitive; a port left out, on either side, is the Origin scheme's default
+    (``http://x`` is ``x:80``); ``null``, and anything not ``scheme://host[:port]``, is cross-site."""
+    scheme, sep, rest = origin.partition("://")
+    o, h = parse_host_header(rest) if sep else None, parse_host_header(host)
+    if o is None or h is None:
+        return False
+    default = DEFAULT_PORTS.get(scheme.lower())
+    return (o.host.lower(), int(o.port) if o.port else default) == \
+        (h.host.lower(), int(h.port) if h.port else default)
 
 
 def _body_problem(body: bytes) -> str | None:
