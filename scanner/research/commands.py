@@ -7,6 +7,7 @@ lazily, so ``dfscan scan`` never pays for scikit-learn or matplotlib.
 from __future__ import annotations
 
 import argparse
+import os
 
 from ..argtypes import SEED, Parser, comma_list, finite, float_in, int_in, positive
 
@@ -35,6 +36,24 @@ def _cache_arg(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--cache", default=str(cache_root() / "features"),
                    help="feature cache folder ('' disables)")
+
+
+def _default_out(args, command: str, name: str) -> None:
+    """``--out`` left out: ``name`` in the current folder, unless that file or its plot is
+    there already. The second run in a folder replaced the first one's report and plot without
+    a word; now it is refused before any work (exit 2). An --out given is replaced, as
+    ``dfscan scan --out`` replaces its file without --resume."""
+    if args.out is not None:
+        return
+    png = os.path.splitext(name)[0] + ".png"
+    there = [f for f in (name, png) if os.path.lexists(f)]
+    if there:
+        from engines.errors import DfscanError
+
+        raise DfscanError(f"{command}: {' and '.join(there)} from an earlier run "
+                          f"{'are' if len(there) > 1 else 'is'} in this folder and would be replaced: "
+                          "pass --out FILE.json (a new name, or that one to replace it)")
+    args.out = name
 
 
 def _probe(args) -> int:
@@ -79,6 +98,7 @@ def _eval(args) -> int:
     # (ScanConfig), so `dfscan eval` measures exactly what `dfscan scan` reports.
     from .evaluate import run_eval
 
+    _default_out(args, "eval", "eval.json")
     return run_eval(args)
 
 
@@ -101,8 +121,9 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     # A NaN threshold called every video real (s >= nan is false) and reported no threshold.
     p.add_argument("--acc-threshold", type=finite, default=0.5,
                    help="P(fake) threshold for ACC/TPR/TNR/HTER (default 0.5)")
-    p.add_argument("--out", default="eval.json", metavar="FILE",
-                   help="JSON report file (not a folder); the ROC plot goes next to it as .png")
+    p.add_argument("--out", metavar="FILE",
+                   help="JSON report file (not a folder; default eval.json here, refused when an earlier "
+                        "run's eval.json or eval.png is there); the ROC plot goes next to it as .png")
     p.add_argument("--perturb", metavar="SPEC",
                    help="degrade every aligned face crop first, e.g. jpeg:40,blur:1.5,downscale:0.5,noise:5 "
                         "(also h264:CRF); applied in the order given")
@@ -128,6 +149,7 @@ def _separability(args) -> int:
                           f"{'them' if len(given) > 1 else 'it'} out")
     from .separability import run_separability
 
+    _default_out(args, "separability", "separability.json")
     return run_separability(args)
 
 
@@ -139,8 +161,9 @@ def add_separability_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--detector", help="registered detector (its penultimate features)")
     p.add_argument("--weights", help="detector weights")
     p.add_argument("--seed", type=SEED, default=0)
-    p.add_argument("--out", default="separability.json", metavar="FILE",
-                   help="JSON result file (not a folder); the scatter plot goes next to it")
+    p.add_argument("--out", metavar="FILE",
+                   help="JSON result file (not a folder; default separability.json here, refused when an "
+                        "earlier run's separability.json or .png is there); the scatter plot goes next to it")
     _add_common(p)
     _cache_arg(p)
     p.set_defaults(func=_separability)

@@ -134,9 +134,10 @@ def run_probe_fit(args) -> int:
           f"{len(items) - len(fs.skipped)} files ({len(fs.skipped)} skipped); C={fit.C:g}")
     print(f"held-out frames: AUC {_f(hf['auc'])}  EER {_f(hf['eer'])}  |  held-out files ({hv['n']}): "
           f"AUC {_f(hv['auc'])}  EER {_f(hv['eer'])}  ACC@thr {_f(hv['acc'])}  threshold {fit.threshold:.4f}")
-    print(f"wrote {out}/ (scan with: dfscan scan --detector probe --weights {out} ...)")
-    if args.json:
+    if args.json:  # written after the line that named only the probe folder
         write_json(extra["training"], args.json)
+    also = f" and {args.json}" if args.json else ""
+    print(f"wrote {out}/{also} (scan with: dfscan scan --detector probe --weights {out} ...)")
     return 0
 
 
