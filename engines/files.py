@@ -39,3 +39,17 @@ def write_text(path: str | Path, text: str) -> Path:
 def write_json(obj, path: str | Path, indent: int = 2, **kw) -> Path:
     """``obj`` as indented JSON with a final newline, replacing ``path`` whole."""
     return write_text(path, json.dumps(obj, indent=indent, **kw) + "\n")
+
+
+def write_safetensors(tensors: dict, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
+    """``tensors`` (name -> contiguous CPU tensor) as safetensors, replacing ``path`` whole.
+
+    Serialised in memory and written here, not with ``safetensors.torch.save_file``: that
+    creates its file with mode 0600 whatever the umask, so weights trained by one user
+    (or written for a service account) could not be read by another."""
+    from safetensors.torch import save
+
+    data = save(tensors, metadata=metadata)
+    with replacing(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)

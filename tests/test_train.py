@@ -179,13 +179,13 @@ def test_train_resumes_to_the_same_weights(cache_dir, tmp_path):
     cfg = dict(arch="test_effnet_lite", size=64, epochs=2, steps=2, batch_size=8, val_size=16,
                freeze=1, threads=1, seed=5)
     full = train(TrainConfig(**cfg), cache_dir, tmp_path / "full")
-    assert [r["epoch"] for r in full["history"]] == [0, 1]
-    part = train(TrainConfig(**cfg, max_minutes=1e-9), cache_dir, tmp_path / "part")  # stops after epoch 0
-    assert [r["epoch"] for r in part["history"]] == [0]
+    assert [r["epoch"] for r in full["history"]] == [1, 2]
+    part = train(TrainConfig(**cfg, max_minutes=1e-9), cache_dir, tmp_path / "part")  # stops after epoch 1
+    assert [r["epoch"] for r in part["history"]] == [1]
     resumed = train(TrainConfig(**cfg), cache_dir, tmp_path / "part")
-    assert [r["epoch"] for r in resumed["history"]] == [0, 1]
+    assert [r["epoch"] for r in resumed["history"]] == [1, 2]
     log = [json.loads(line)["epoch"] for line in (tmp_path / "part" / "log.jsonl").read_text().splitlines()]
-    assert log == [0, 1]  # one line per epoch across the resume
+    assert log == [1, 2]  # one line per epoch across the resume
     a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "part" / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -206,11 +206,11 @@ def test_export_killed_mid_write_keeps_the_previous_best(tmp_path, monkeypatch):
     _export(tmp_path, torch.nn.Linear(3, 2))
     before = (tmp_path / "best.safetensors").read_bytes()
 
-    def torn(sd, path):  # a full disk: part of the file written, then the error
-        open(path, "wb").write(b"partial")
+    def torn(path, data):  # a full disk: part of the file written, then the error
+        open(path, "wb").write(data[:7])
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(st, "save_file", torn)
+    monkeypatch.setattr(Path, "write_bytes", torn)  # how engines.files.write_safetensors writes
     with pytest.raises(OSError):
         _export(tmp_path, torch.nn.Linear(3, 2))
     assert (tmp_path / "best.safetensors").read_bytes() == before
@@ -453,7 +453,7 @@ def test_resume_with_another_recipe_is_refused(cache_dir, tmp_path):
 
     cfg = dict(arch="test_effnet_lite", size=64, epochs=2, steps=1, batch_size=8, val_size=16, freeze=1,
                threads=1, seed=5)
-    card = train(TrainConfig(**cfg, max_minutes=1e-9), cache_dir, tmp_path / "run")  # epoch 0 only
+    card = train(TrainConfig(**cfg, max_minutes=1e-9), cache_dir, tmp_path / "run")  # epoch 1 only
     assert len(card["data"]["faces_index_sha256"]) == 64
     with pytest.raises(DfscanError, match=r"p_global: 0.0 -> 0.5"):
         train(TrainConfig(**cfg, p_global=0.5), cache_dir, tmp_path / "run")
@@ -466,7 +466,7 @@ def test_resume_with_another_recipe_is_refused(cache_dir, tmp_path):
     with pytest.raises(DfscanError, match="faces_index_sha256"):
         train(TrainConfig(**cfg), other, tmp_path / "run")
     resumed = train(TrainConfig(**{**cfg, "threads": 2}), cache_dir, tmp_path / "run")
-    assert [r["epoch"] for r in resumed["history"]] == [0, 1]
+    assert [r["epoch"] for r in resumed["history"]] == [1, 2]
 
 
 def test_resume_with_a_rebuilt_cache_of_other_crops_is_refused(cache_dir, tmp_path):
@@ -479,7 +479,7 @@ def test_resume_with_a_rebuilt_cache_of_other_crops_is_refused(cache_dir, tmp_pa
 
     cfg = dict(arch="test_effnet_lite", size=64, epochs=2, steps=1, batch_size=8, val_size=16, freeze=1,
                threads=1, seed=5)
-    train(TrainConfig(**cfg, max_minutes=1e-9), cache_dir, tmp_path / "run")  # epoch 0 only
+    train(TrainConfig(**cfg, max_minutes=1e-9), cache_dir, tmp_path / "run")  # epoch 1 only
     stale = tmp_path / "stale"
     shutil.copytree(cache_dir, stale)
     crops = np.load(stale / "crops.npy")
@@ -490,7 +490,7 @@ def test_resume_with_a_rebuilt_cache_of_other_crops_is_refused(cache_dir, tmp_pa
     recipe = json.loads(ck["recipe"])
     del recipe["crops_sha256"]
     torch.save({**ck, "recipe": json.dumps(recipe)}, tmp_path / "run" / "last.pt")
-    assert [r["epoch"] for r in train(TrainConfig(**cfg), cache_dir, tmp_path / "run")["history"]] == [0, 1]
+    assert [r["epoch"] for r in train(TrainConfig(**cfg), cache_dir, tmp_path / "run")["history"]] == [1, 2]
 
 
 def test_resume_with_other_threads_is_said_and_recorded(cache_dir, tmp_path, caplog):
@@ -542,3 +542,50 @@ def test_low_res_source_magnifies_compression_and_keeps_old_recipes(cache_dir):
     on = FaceSamples(cache, pool, 64, 16, seed=3, p_low_res=1.0)
     assert [on[k][1] for k in range(16)] == [base[k][1] for k in range(16)]
     assert any(not torch.equal(on[k][0], base[k][0]) for k in range(16))
+
+
+def test_epochs_are_numbered_from_1_in_the_bar_the_card_and_the_log(cache_dir, tmp_path):
+    """The progress bar said "epoch 1/2" and "epoch 2/2" of epochs that card.json, log.jsonl,
+    best_epoch and the model card's table called 0 and 1."""
+    import io
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from scanner.research.card import _markdown
+    from scanner.research.cli import _Bar
+
+    cfg = TrainConfig(arch="test_effnet_lite", size=64, epochs=2, steps=1, batch_size=8, val_size=16,
+                      freeze=1, threads=1, seed=5)
+    bars = []
+    with Progress(console=Console(file=io.StringIO())) as progress:
+        card = train(cfg, cache_dir, tmp_path / "run",
+                     lambda loader, ep: bars.append(_Bar(loader, ep, cfg.epochs, progress)) or bars[-1])
+    assert [progress.tasks[b.task].description for b in bars] == ["epoch 1/2", "epoch 2/2"]
+    assert [r["epoch"] for r in card["history"]] == [1, 2]
+    log = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in log] == [1, 2]
+    assert card["history"][card["best_epoch"] - 1]["auc"] == card["best_val_auc"]
+    table = _markdown({**card, "name": "n", "weights": "w", "sha256": "s", "license": "l", "command": "c",
+                       "training_data": {}}).split("| epoch |")[1]
+    assert [line.split("|")[1].strip() for line in table.splitlines()[2:4]] == ["1", "2"]
+
+
+def test_a_checkpoint_numbering_epochs_from_0_resumes_at_the_next_epoch(cache_dir, tmp_path):
+    """last.pt keeps the 0-based index of the epoch it ends ("epoch"), as before, so older
+    checkpoints resume where they stopped; their history (numbered from 0) is renumbered."""
+    cfg = dict(arch="test_effnet_lite", size=64, epochs=2, steps=1, batch_size=8, val_size=16, freeze=1,
+               threads=1, seed=5)
+    full = train(TrainConfig(**cfg), cache_dir, tmp_path / "full")
+    part = train(TrainConfig(**cfg, max_minutes=1e-9), cache_dir, tmp_path / "old")  # the first epoch
+    ck = torch.load(tmp_path / "old" / "last.pt", weights_only=True)
+    assert ck["epoch"] == 0 and [r["epoch"] for r in json.loads(ck["history"])] == [1]
+    old = [{**r, "epoch": 0} for r in json.loads(ck["history"])]  # as an older dfscan wrote it
+    torch.save({**ck, "history": json.dumps(old)}, tmp_path / "old" / "last.pt")
+    resumed = train(TrainConfig(**cfg), cache_dir, tmp_path / "old")
+    assert [r["epoch"] for r in resumed["history"]] == [1, 2]
+    assert resumed["history"][0]["loss"] == part["history"][0]["loss"]  # kept, not trained again
+    assert [r["loss"] for r in resumed["history"]] == [r["loss"] for r in full["history"]]
+    log = (tmp_path / "old" / "log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in log] == [1, 2]
+    assert torch.load(tmp_path / "old" / "last.pt", weights_only=True)["epoch"] == 1

@@ -235,7 +235,7 @@ def test_a_diverging_loss_stops_with_one_line_and_saves_no_weights(tmp_path, cap
     assert main(["train", "--cache", str(cache), "--out", str(run), *TINY, "--threads", "1",
                  "--lr", "1e30", "--steps", "4"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("dfscan: error: train: the loss is nan at epoch 0, step ") and "lower --lr" in err
+    assert err.startswith("dfscan: error: train: the loss is nan at epoch 1, step ") and "lower --lr" in err
     assert err.count("\n") == 1
     assert not (run / "best.safetensors").exists() and not (run / "last.pt").exists()
 
@@ -329,3 +329,14 @@ def test_identity_folder_keeps_each_person_on_one_side_of_the_split(tmp_path, ca
     assert "identities by folder" in capsys.readouterr().err
     assert main(["train", "--cache", str(cache), "--identity", "folder", "--out", str(tmp_path / "r"), *TINY]) == 2
     assert "give --data too" in capsys.readouterr().err  # --identity shapes a build, as --every does
+
+
+def test_the_best_epoch_is_said_as_the_progress_bar_counts(tmp_path, capsys):
+    """The bar counts epochs from 1 ("epoch 1/1"); the closing line said "(epoch 0)"."""
+    import json
+
+    cache = _faces(tmp_path / "c")
+    assert main(["train", "--cache", str(cache), "--out", str(tmp_path / "run"), *TINY]) == 0
+    assert "(epoch 1); weights " in capsys.readouterr().out
+    card = json.loads((tmp_path / "run" / "card.json").read_text())
+    assert card["best_epoch"] == 1 and [r["epoch"] for r in card["history"]] == [1]

@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("out", type=Path, help="output .safetensors")
     ap.add_argument("--arch", required=True, choices=sorted(LAYOUT))
     args = ap.parse_args(argv)
-    from safetensors.torch import save_file
+    from engines.files import write_safetensors
 
     try:
         state = convert(args.src, args.arch)
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         "keras_output": "sigmoid = P(real); dfscan negates the logit to report P(fake)",
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(args.out), metadata=meta)
+    write_safetensors(state, args.out, metadata=meta)
     print(f"wrote {args.out} ({len(state)} tensors, {sum(t.numel() for t in state.values())} values)")
     return 0
 

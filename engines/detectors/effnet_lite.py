@@ -211,10 +211,10 @@ def convert_imagenet(src: str | Path, dst: str | Path) -> int:
     Keeps the ImageNet classifier (``_fc.*``) for the top-5 sanity check; drops
     ``num_batches_tracked``. Returns the number of tensors written.
     """
-    from safetensors.torch import save_file
+    from ..files import write_safetensors
 
     sd = {k: v.contiguous() for k, v in read_state_dict(src).items() if not k.endswith("num_batches_tracked")}
-    save_file(sd, str(dst))
+    write_safetensors(sd, dst)
     return len(sd)
 
 

@@ -109,7 +109,7 @@ def save_probe(probe_dir: str | Path, backbone: nn.Module, spec: InputSpec, back
     ``weight``: ``(D,)`` float on raw backbone features; ``bias``: scalar;
     ``threshold``: P(fake) decision threshold (e.g. at the held-out EER).
     """
-    from safetensors.torch import save_file
+    from ..files import write_safetensors
 
     probe_dir = Path(probe_dir)
     probe_dir.mkdir(parents=True, exist_ok=True)
@@ -117,8 +117,8 @@ def save_probe(probe_dir: str | Path, backbone: nn.Module, spec: InputSpec, back
     w = torch.as_tensor(weight, dtype=torch.float32).reshape(1, -1).contiguous()
     if w.shape[1] != info.feature_dim:
         raise WeightsError(f"probe weight has {w.shape[1]} features, backbone gives {info.feature_dim}")
-    save_file({"linear.weight": w, "linear.bias": torch.tensor([float(bias)], dtype=torch.float32)},
-              str(probe_dir / WEIGHTS))
+    write_safetensors({"linear.weight": w, "linear.bias": torch.tensor([float(bias)], dtype=torch.float32)},
+                      probe_dir / WEIGHTS)
     card = {
         "format": FORMAT,
         "backbone": {"source": info.source, "arch": info.arch, "feature_dim": info.feature_dim,

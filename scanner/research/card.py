@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from engines.registry import file_hash
-from engines.files import replacing, write_json, write_text
+from engines.files import replacing, write_json, write_safetensors, write_text
 
 WEIGHTS = Path(__file__).resolve().parents[2] / "engines" / "weights"
 
@@ -57,7 +57,7 @@ def write_card(run: Path, name: str, command: str, results: list[Path], fp16: bo
     """Ship ``run``'s weights as ``name``. Everything that can fail is read first: a missing face
     cache or results file used to fail after the shipped weights were replaced, leaving new
     weights under the old card; the weights are replaced whole (never torn by a kill)."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     train_card = json.loads((run / "card.json").read_text())
     data, license_ = _training_data(train_card)
@@ -65,10 +65,10 @@ def write_card(run: Path, name: str, command: str, results: list[Path], fp16: bo
     dst = WEIGHTS / f"{name}.safetensors"
     extra = {"stored_as": "float16 (loaded into float32; the run wrote float32)"} if fp16 else {}
     tensors = load_file(run / "best.safetensors")  # a damaged file fails here, before any write
-    with replacing(dst) as tmp:
-        if fp16:
-            save_file({k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}, str(tmp))
-        else:  # the run's file byte for byte
+    if fp16:
+        write_safetensors({k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}, dst)
+    else:  # the run's file byte for byte
+        with replacing(dst) as tmp:
             shutil.copyfile(run / "best.safetensors", tmp)
     card = {"name": name, "weights": dst.name, "sha256": file_hash(dst, None), "license": license_,
             "training_data": data, "command": command, **train_card, "evaluation": evaluation, **extra}

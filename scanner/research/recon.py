@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from engines.files import replacing, write_json
+from engines.files import write_json, write_safetensors
 
 from ..argtypes import SEED, int_in
 from .data import FaceCache, split_groups
@@ -71,7 +71,6 @@ def train_ae(cache_dirs, out: str | Path, steps: int = 2000, batch: int = 16, si
     """Train :class:`FaceAE` (L1) on the training identities of the caches (the split of
     ``dfscan train`` with the same seed and ``val_share``, so its held-out people stay unseen);
     writes ``out`` (safetensors) and ``out`` + ``.json``; returns that summary."""
-    from safetensors.torch import save_file
 
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -93,8 +92,7 @@ def train_ae(cache_dirs, out: str | Path, steps: int = 2000, batch: int = 16, si
             print(f"step {step}: L1 {np.mean(losses[-200:]):.4f} ({time.time() - t0:.0f} s)", flush=True)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with replacing(out) as tmp:
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    write_safetensors({k: v.contiguous() for k, v in model.state_dict().items()}, out)
     summary = {"what": "FaceAE (scanner.research.recon)", "steps": steps, "batch": batch, "side": side,
                "lr": lr, "seed": seed, "val_share": val_share, "threads": threads,
                "cache": [str(c) for c in ([cache_dirs] if isinstance(cache_dirs, (str, Path)) else cache_dirs)],

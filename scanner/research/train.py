@@ -32,7 +32,7 @@ from sklearn.metrics import roc_auc_score
 
 from engines.detectors.effnet_lite import backbone_of, load_imagenet
 from engines.errors import DfscanError
-from engines.files import replacing, write_json, write_text
+from engines.files import replacing, write_json, write_safetensors, write_text
 
 from .data import FaceCache, split_groups
 from .samples import FaceSamples
@@ -202,6 +202,7 @@ def recipe_of(cfg: TrainConfig, run: "_Run") -> dict:
 
 
 def _save_last(out: Path, model, opt, epoch: int, history: list, best: float, recipe: dict) -> None:
+    # "epoch": the 0-based index of the epoch just finished, as last.pt always stored it
     with replacing(out / "last.pt") as tmp:  # a run killed mid-save resumes from the previous epoch
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch,
                     "history": json.dumps(history), "best": best, "recipe": json.dumps(recipe)}, tmp)
@@ -209,11 +210,8 @@ def _save_last(out: Path, model, opt, epoch: int, history: list, best: float, re
 
 def _export(out: Path, model) -> None:
     """``best.safetensors``, replaced whole: a run killed mid-write keeps the previous best."""
-    from safetensors.torch import save_file
-
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
-    with replacing(out / "best.safetensors") as tmp:
-        save_file(sd, str(tmp))
+    write_safetensors(sd, out / "best.safetensors")
 
 
 @dataclass
@@ -291,12 +289,14 @@ def _resume(out: Path, run: _Run, cfg: TrainConfig, recipe: dict) -> tuple[int, 
     except (RuntimeError, ValueError, KeyError) as e:  # an older checkpoint (no recipe) of another model
         raise DfscanError(f"{out}/last.pt does not fit --arch {cfg.arch} ({str(e).splitlines()[0][:120]}): "
                           "resume with its options, or train into a new --out folder") from e
-    start = ck["epoch"] + 1
+    start = ck["epoch"] + 1  # the stored index is 0-based (see _save_last)
     run.sched.last_epoch = start * cfg.steps - 1
     with warnings.catch_warnings():  # sets the resumed step's rate; no optimizer step is skipped
         warnings.simplefilter("ignore", UserWarning)
         run.sched.step()
-    return start, json.loads(ck["history"]), ck["best"]
+    # Records number epochs from 1, as the progress bar; older checkpoints' from 0: the n-th
+    # record is epoch n either way (one per finished epoch, in order).
+    return start, [{**r, "epoch": i} for i, r in enumerate(json.loads(ck["history"]), 1)], ck["best"]
 
 
 def _same_recipe(out: Path, old: dict, new: dict) -> None:
@@ -337,7 +337,7 @@ def _train_epoch(run: _Run, cfg: TrainConfig, epoch: int, progress=None):
         x, y, box = x.to(cfg.device).float(), y.to(cfg.device), box.to(cfg.device)
         loss, _parts = loss_of(run.model, run.model(x), y, box)
         value = loss.item()  # one device sync per step, for the check and the log alike
-        _check_finite(value, epoch, len(losses))
+        _check_finite(value, epoch + 1, len(losses) + 1)
         run.opt.zero_grad(set_to_none=True)
         loss.backward()
         run.opt.step()
@@ -350,7 +350,8 @@ def _train_epoch(run: _Run, cfg: TrainConfig, epoch: int, progress=None):
 
 def _check_finite(loss: float, epoch: int, step: int) -> None:
     """Stop at a NaN or infinite loss: one more step makes every weight NaN, and the epoch
-    ended in a scikit-learn traceback at validation (``last.pt`` keeps the previous epoch)."""
+    ended in a scikit-learn traceback at validation (``last.pt`` keeps the previous epoch).
+    ``epoch`` and ``step`` count from 1, as the progress bar and card.json do."""
     if not math.isfinite(loss):
         raise DfscanError(f"train: the loss is {loss} at epoch {epoch}, step {step} (diverged): "
                           "lower --lr; the run folder keeps the last finished epoch")
@@ -371,7 +372,7 @@ def train(cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, progress
     for epoch in range(start, cfg.epochs):
         t0 = time.time()
         loss, bar = _train_epoch(run, cfg, epoch, progress)
-        rec = {"epoch": epoch, "loss": loss, "seconds": round(time.time() - t0, 1),
+        rec = {"epoch": epoch + 1, "loss": loss, "seconds": round(time.time() - t0, 1),
                "lr": run.opt.param_groups[0]["lr"], **validate(run.model, run.val_loader, cfg.device),
                "threads": cfg.threads, "device": cfg.device}
         history.append(rec)
