@@ -118,3 +118,52 @@ def test_window_that_can_never_hold_min_samples_refused():
     with pytest.raises(ConfigError, match="stream 'slow': at sample_fps 0.1"):
         svc.add_stream(StreamConfig(name="slow", url="rtsp://h/x", sample_fps=0.1))
     assert not svc._streams
+
+
+def _long_row() -> dict:
+    return dict(name="lobby-camera-north-entrance-4k", state="connecting", fps=12.5, frames_sampled=123456,
+                frames_dropped=7890, reconnects=3, faces=42, score=0.876, verdict="uncertain",
+                last_error="connection refused by rtsp://cam.local:554/stream1 after 3 tries")
+
+
+def test_watch_into_a_pipe_prints_the_whole_table(monkeypatch):
+    """Piped (`dfscan watch ... | tee`), Rich took 80 columns: the stream name ended in "…" and
+    the fps/sampled/dropped/reconn./faces/score columns were squeezed to nothing."""
+    import io
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from scanner.live import watch
+
+    class Service:  # LiveService's face, without streams or models
+        def __init__(self, cfg):
+            self.sinks = SimpleNamespace(sinks=[])
+
+        start = stop = lambda self: None
+        describe = lambda self: [_long_row()]  # noqa: E731
+
+    monkeypatch.setattr(watch, "LiveService", Service)
+    buf = io.StringIO()
+    console = Console(file=buf, width=80)
+    assert not console.is_terminal
+    rows = watch.run_watch(parse_config({"api": {"enabled": False}, "streams": []}), duration_s=0.05,
+                           refresh_s=0.01, console=console)
+    assert rows == [_long_row()]
+    lines = buf.getvalue().splitlines()
+    row = next(line for line in lines if "lobby" in line)
+    cells = [c.strip() for c in row.split("│")[1:-1]]
+    assert cells == ["lobby-camera-north-entrance-4k", "connecting", "12.5", "123456", "7890", "3", "42",
+                     "0.876", "uncertain", _long_row()["last_error"][:48]]
+    header = next(line for line in lines if "stream" in line)
+    assert [c.strip() for c in header.split("┃")[1:-1]] == [
+        "stream", "state", "fps", "sampled", "dropped", "reconn.", "faces", "score", "verdict", "last error"]
+
+
+def test_watch_in_a_terminal_keeps_the_terminal_width():
+    from rich.console import Console
+
+    from scanner.live.watch import fitting, stream_table
+
+    console = Console(width=80, force_terminal=True)
+    assert fitting(console, stream_table([_long_row()])) is console

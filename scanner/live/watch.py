@@ -38,6 +38,35 @@ def stream_table(rows: list[dict]) -> Table:
     return t
 
 
+def fitting(console: Console, table: Table) -> Console:
+    """``console``, or for a file or pipe one as wide as ``table``. Rich takes 80 columns
+    there: `dfscan watch ... | tee` cut stream names to "…" and squeezed the number columns
+    to nothing. A terminal keeps its width (the table follows a resized window)."""
+    if console.is_terminal:
+        return console
+    need = console.measure(table, options=console.options.update_width(10_000)).maximum
+    if need <= console.width:
+        return console
+    return Console(file=console.file, width=need, highlight=False, no_color=console.no_color)
+
+
+def _show(svc: LiveService, console: Console, done: threading.Event, refresh_s: float,
+          t_end: float | None) -> None:
+    """The table, redrawn in a terminal until ``done`` or ``t_end``; to a file or pipe, where
+    nothing is redrawn, the last table once (as Rich's Live did), whole."""
+    if not console.is_terminal:
+        while not done.wait(refresh_s) and (t_end is None or time.monotonic() < t_end):
+            pass
+        table = stream_table(svc.describe())
+        fitting(console, table).print(table)
+        return
+    with Live(stream_table(svc.describe()), console=console, refresh_per_second=4) as live:
+        while not done.wait(refresh_s):
+            live.update(stream_table(svc.describe()))
+            if t_end is not None and time.monotonic() >= t_end:
+                break
+
+
 def parse_targets(targets: list[str]) -> list[StreamConfig]:
     """``URL`` or ``name=URL`` arguments -> stream configs (auto names ``s1``, ``s2``...)."""
     out = []
@@ -79,12 +108,7 @@ def run_watch(cfg: ServeConfig, duration_s: float | None = None, refresh_s: floa
     try:
         with console.status("loading models..."):
             svc.start()
-        t_end = None if duration_s is None else time.monotonic() + duration_s
-        with Live(stream_table(svc.describe()), console=console, refresh_per_second=4) as live:
-            while not done.wait(refresh_s):
-                live.update(stream_table(svc.describe()))
-                if t_end is not None and time.monotonic() >= t_end:
-                    break
+        _show(svc, console, done, refresh_s, None if duration_s is None else time.monotonic() + duration_s)
         return svc.describe()
     finally:
         svc.stop()
