@@ -7,7 +7,8 @@ Exit codes of ``dfscan scan`` (the first that applies):
     4  an output could not be written: the primary output (first .jsonl/.csv) stops
        the scan at once; a secondary one (e.g. .html) is disabled and reported
     2  bad usage or configuration, nothing scanned: unknown option or key, bad value,
-       no video among the inputs, --device cuda without a GPU, --metrics-port busy,
+       no video among the inputs, a URL among them (scan reads local files; live streams
+       are dfscan watch's), --device cuda without a GPU, --metrics-port busy,
        --resume into a file written with another detector, weights or sampling
     1  at least one input produced an ``error`` row
     3  ``--fail-on-fake`` and at least one video was judged fake

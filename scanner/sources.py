@@ -6,6 +6,10 @@ glob patterns, and text files of paths (``.txt``/``.list``, one per line, ``#``
 comments, relative to the list file). A path that does not exist is kept, so it
 yields an ``error`` row instead of vanishing silently; the files a folder or pattern
 held that were left out as not video are counted (:class:`~scanner.folder_walk.Skipped`).
+
+A URL (``scheme://...``, on the command line or a list's line) is refused before any
+work, its credentials masked: it was taken as a path ('http://h/x.mp4' became
+'http:/h/x.mp4', a not_found row). Live streams are ``dfscan watch``'s.
 """
 from __future__ import annotations
 
@@ -16,9 +20,12 @@ from importlib import resources
 from pathlib import Path
 from stat import S_ISDIR
 from typing import Iterable
+from urllib.parse import unquote, urlsplit
 
+from .config import ConfigError
 from .decode import is_video_path
 from .folder_walk import Skipped, is_video_file, walk_videos
+from .live.urls import is_url, mask_credentials
 from .resume import input_key
 
 LIST_SUFFIXES = (".txt", ".list", ".lst")
@@ -140,6 +147,19 @@ def _part_matches(name: str, part: str) -> bool:
     return (part.startswith(".") or not name.startswith(".")) and fnmatch.fnmatch(name, part)
 
 
+def url_refused(url: str, where: str = "") -> ConfigError:
+    """The error for a URL given to scan (``where``: ", line N of LIST"), credentials masked."""
+    hint = "for a live stream: dfscan watch URL; an archived file: download it first"
+    if url[:7].lower() == "file://":  # refused too, rather than read: say which path it means
+        try:
+            parts = urlsplit(url)
+        except ValueError:  # 'file://[x': mask_credentials says '<invalid url>'
+            parts = None
+        local = unquote(parts.path) if parts and parts.netloc.lower() in ("", "localhost") else ""
+        hint = f"give the file's path itself{': ' + local if local else ''}"
+    return ConfigError(f"scan reads local files and folders, not URLs: {mask_credentials(url)}{where} ({hint})")
+
+
 def _read_list(path: Path) -> list[Path]:
     out = []
     # utf-8-sig: a BOM (Notepad, Excel) would otherwise become part of the first path;
@@ -148,7 +168,9 @@ def _read_list(path: Path) -> list[Path]:
     # U+0085 or \x1c, which a file name may hold (e.g. a list made from a scan's JSONL).
     with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:
         lines = f.read().split("\n")
-    for line in lines:
+    for n, line in enumerate(lines, 1):
+        if is_url(line.strip()):
+            raise url_refused(line.strip(), f", line {n} of {path}")
         entry = _list_entry(line, path.parent)
         if entry is not None:
             out.append(entry)
@@ -208,7 +230,12 @@ def expand_inputs(items: Iterable[str], aliases: list[tuple[Path, Path]] | None 
     ``unmatched`` the folders and patterns that named no video (a missing file is kept as an
     input and gets its row; a pattern like ``clips/*.MP4`` vanished without a word);
     ``skipped`` counts the files folders and patterns held that were not taken as video.
+    A URL among ``items`` or in a list raises :class:`~scanner.config.ConfigError`.
     """
+    items = list(items)
+    for item in items:  # all refused before any folder is walked
+        if is_url(item):
+            raise url_refused(item)
     paths: list[Path] = []
     for item in items:
         found, pattern = _expand(item, skipped)

@@ -84,6 +84,17 @@ class SourceURL:
         return f"SourceURL({self.masked!r}, scheme={self.scheme!r}, kind={self.kind!r})"
 
 
+# ``scheme://`` opening a command-line argument: a URL, not a path. Two characters or more,
+# so a Windows drive ('C://x') stays a path; 'http:/x' (one slash) and a file named 'http:'
+# inside a folder are paths too.
+_URL_START_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
+
+
+def is_url(text: str) -> bool:
+    """Whether ``text`` starts with ``scheme://`` (any scheme, not only the ones dfscan opens)."""
+    return bool(_URL_START_RE.match(text))
+
+
 def mask_credentials(url: str) -> str:
     """``rtsp://user:pass@host/x`` -> ``rtsp://***@host/x``; query secrets masked too."""
     try:
