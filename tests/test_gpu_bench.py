@@ -124,3 +124,31 @@ def test_every_result_of_the_plan_is_packed_for_the_way_back():
     assert len(written) > 8  # more than $OUT may return one by one
     missed = [j for j in written if not fnmatch.fnmatch(f"bench/results/{j}", glob)]
     assert not missed, f"{glob} misses {missed}"
+
+
+def test_pack_carries_a_stand_in_for_kornia_rs_that_kornia_loads_with(tmp_path):
+    """kornia_rs's 14 MiB native module does not travel; kornia (and dfscan's alignment)
+    still import with the stand-in first on the path, and a use of it says why it fails."""
+    import subprocess
+    import sys
+    import tarfile
+    import zipfile
+
+    pack = _gpu_module("pack")
+    whl = tmp_path / "kornia_rs-0.2.0-cp312-cp312-manylinux_2_28_x86_64.whl"
+    with zipfile.ZipFile(whl, "w") as z:
+        z.writestr("kornia_rs/__init__.py", "raise ImportError('the real one')\n")
+        z.writestr("kornia_rs/kornia_rs.cpython-312-x86_64-linux-gnu.so", b"\0" * 64)
+        z.writestr("kornia_rs-0.2.0.dist-info/METADATA", "Name: kornia_rs\n")
+    pack.pack([whl], tmp_path / "site.tar.xz")
+    with tarfile.open(tmp_path / "site.tar.xz") as t:
+        assert sorted(t.getnames()) == ["kornia_rs-0.2.0.dist-info/METADATA", "kornia_rs/__init__.py"]
+        t.extractall(tmp_path / "site", filter="data")
+    code = ("import kornia_rs, torch; assert kornia_rs.__file__.startswith(%r)\n"
+            "from scanner.align import warp_affine\n"
+            "print(tuple(warp_affine(torch.rand(1, 3, 8, 8), torch.eye(2, 3)[None], (8, 8)).shape))\n"
+            "try:\n    kornia_rs.io.read_image\nexcept RuntimeError as e:\n    print(e)\n") % str(tmp_path / "site")
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                       env={**__import__("os").environ, "PYTHONPATH": f"{tmp_path / 'site'}:{ROOT}"})
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "(1, 3, 8, 8)" in p.stdout and "kornia_rs was not carried to this machine" in p.stdout
