@@ -31,6 +31,7 @@ import av
 
 from engines.errors import DfscanError
 
+from .edit_list import unsupported_edits
 from .picture import Frame, picture_sar, to_frame  # noqa: F401 (Frame re-exported)
 from .video_index import MAX_SAMPLED_FRAMES, Run, VideoIndex, build_index, choose_targets, gop_plan  # noqa: F401 (re-exported)
 
@@ -170,6 +171,12 @@ def pick_video_stream(container) -> av.video.stream.VideoStream | None:
     return next((s for s in streams if best is not None and s.index == best.index), streams[0])
 
 
+def count_video_streams(container) -> int:
+    """Video streams of ``container``, cover art / attached pictures not counted: only the
+    one :func:`pick_video_stream` chooses is judged, the row says how many others exist."""
+    return sum(1 for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic)
+
+
 def _video_stream(container) -> av.video.stream.VideoStream:
     stream = pick_video_stream(container)
     if stream is None:
@@ -219,6 +226,8 @@ class FrameSampler:
         self.deinterlaced = 0  # sampled frames flagged interlaced, made progressive
         self.tone_mapped = 0  # sampled HDR frames mapped to SDR (scanner.colour)
         self.hdr: str | None = None  # their transfer: "pq" / "hlg"
+        self.stream_index: int | None = None  # container index of the video stream judged
+        self.video_streams = 0  # video streams in the file (count_video_streams)
         self._sar = None
 
     def __iter__(self) -> Iterator[Frame]:
@@ -257,6 +266,8 @@ class FrameSampler:
     def _plan(self) -> tuple[VideoIndex, list[int]]:
         with _opened(self.path) as (container, stream):
             self.index = index = build_index(container, stream)
+            self.stream_index, self.video_streams = stream.index, count_video_streams(container)
+            _check_edit_list(self.path, container, stream)
         if index.truncated:
             # A verdict on part of a video could mislead; report it instead.
             raise VideoError("truncated", f"file ends after {len(index.pts)} video packets "
@@ -348,6 +359,16 @@ class FrameSampler:
         except av.error.FFmpegError:
             self.decode_errors += 1  # corrupt packet: skip it, keep going
             return []
+
+
+def _check_edit_list(path: Path, container, stream) -> None:
+    """Refuse an MP4/MOV edit list FFmpeg would present wrongly (:mod:`scanner.edit_list`):
+    judged as FFmpeg reads it, frames no player shows would decide the verdict."""
+    name = container.format.name
+    why = ("mp4" in name or "mov" in name) and unsupported_edits(path, stream.id)
+    if why:
+        raise VideoError("unsupported_format", f"MP4/MOV edit list with {why}: FFmpeg would "
+                         "show frames the edit list hides (its edit list support lacks this)")
 
 
 @contextmanager

@@ -344,13 +344,14 @@ def _actor_count(ray, cfg: ScanConfig) -> int:
     return min(cfg.ray_actors or fits, fits)
 
 
-def open_context(cfg: ScanConfig):
-    """The scan context for ``cfg``: a Ray one with ``cfg.ray``, else a local one."""
+def open_context(cfg: ScanConfig, inputs: int | None = None):
+    """The scan context for ``cfg``: a Ray one with ``cfg.ray``, else a local one
+    (``inputs``: the number of videos to scan, when known: no more local workers)."""
     if cfg.ray:
         return RayScanContext(cfg)
     from .pipeline import build_context
 
-    return build_context(cfg)
+    return build_context(cfg, inputs)
 
 
 def scan_rows(paths: Iterable[str | Path], ctx) -> Iterator[dict]:

@@ -245,7 +245,7 @@ def _run(args, stop: GracefulStop, locks: OutputLocks) -> int:
         paths, resumed = _to_scan(paths, cfg, console)
         t0 = time.perf_counter()
         pre = prestart(paths, cfg)  # decode the first videos while the model loads
-        ctx = open_context(cfg)  # local pipeline, or Ray actors with --ray
+        ctx = open_context(cfg, len(paths))  # local pipeline, or Ray actors with --ray
         if pre:
             ctx.prestarted = pre
         _announce(ctx, cfg, console, time.perf_counter() - t0)

@@ -282,17 +282,25 @@ def choose_targets(index: VideoIndex, frames: int | None, fps: float | None,
             times = np.linspace(0.0, index.duration_s, max_frames)
         else:
             times = np.arange(0.0, index.duration_s + 1e-9, 1.0 / fps)
-        want = index.start + times / index.time_base
-        return sorted({_nearest(pres, w) for w in want})
+        return sorted({int(v) for v in _shown_at(pres, index.start, index.time_base, times)})
     n = min(frames or 32, len(pres))
     idx = np.unique(np.linspace(0, len(pres) - 1, n).round().astype(int))
     return [int(pres[i]) for i in idx]
 
 
-def _nearest(sorted_vals: np.ndarray, x: float) -> int:
-    i = int(np.searchsorted(sorted_vals, x))
-    cands = sorted_vals[max(0, i - 1): i + 1]
-    return int(cands[np.argmin(np.abs(cands - x))])
+def _shown_at(pres: np.ndarray, start: int, time_base: float, times: np.ndarray) -> np.ndarray:
+    """Pts of the frame on screen at each time (s from ``start``): the last one starting at
+    or before it.
+
+    Why not the nearest frame: half a frame interval past a frame's start, the nearest is
+    one not shown yet, and a grid time exactly between two frames (--fps 10 on 25 fps, or
+    on a phone's 15 fps stretch) went to either one by float rounding (PAL at --fps 10
+    gave frames 2, 5, 8 at 0.1, 0.2, 0.3 s). Compared in seconds with 1 us of slack, so a
+    frame starting exactly on a grid time (or ending the video) is the one sampled there.
+    """
+    shown = (pres - start) * time_base
+    i = np.searchsorted(shown, times + 1e-6, side="right") - 1
+    return pres[np.maximum(i, 0)]
 
 
 @dataclass

@@ -151,3 +151,21 @@ def test_a_whole_config_check_is_said_plainly(capsys, tmp_path):
     err = capsys.readouterr().err.strip()
     assert err.startswith("dfscan: error: invalid configuration in command line: out ")
     assert "(root)" not in err and "Value error" not in err
+
+
+def test_default_workers_are_at_most_one_per_input(tmp_path, capsys, monkeypatch):
+    # An idle worker still took its share of the cores (threads = cores / workers): one
+    # video alone ran its face detection and detector on 1 thread of 2.
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    threads = torch.get_num_threads()
+    args = ["--detector", "test_tiny", "--frames", "2", "--no-progress"]
+    try:
+        for inputs, extra, workers, want_threads in ((["d1.mp4"], [], 1, 4), (["d1.mp4", "d2.mp4"], [], 2, 2),
+                                                     (["d1.mp4"], ["--workers", "2"], 2, 2)):
+            out = str(tmp_path / f"{len(inputs)}{len(extra)}.jsonl")
+            assert main(["scan", *[str(DATA / n) for n in inputs], *args, *extra, "--out", out]) == EXIT_OK
+            assert f"{workers} worker(s)" in capsys.readouterr().out
+            assert torch.get_num_threads() == want_threads
+            assert sum(1 for _ in open(out)) == len(inputs)
+    finally:
+        torch.set_num_threads(threads)
