@@ -279,7 +279,7 @@ class RayScanContext:
         """A row for a video no worker returned one for. Its timings hold the total from when
         it was first sent (never sent: zero), as a local error row's: with none it had no
         total in the outputs and was missing from dfscan_video_duration_seconds."""
-        from .pipeline import error_row  # the one error-row layout (fields as local scans)
+        from .rows import error_row  # the one error-row layout (fields as local scans)
 
         return error_row(path, self, kind, message, time.perf_counter() if sent is None else sent)
 

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from conftest import DATA, make_video
-from scanner import decode, metrics, pipeline
+from scanner import decode, metrics, pipeline, rows
 from scanner.config import ScanConfig
 from scanner.pipeline import build_context, scan_paths
 from scanner.warmstart import close_all, prestart
@@ -143,7 +143,7 @@ def test_unchanged_file_keeps_its_verdict_and_costs_no_extra_read(ctx, tmp_path,
     video = tmp_path / "d1.mp4"
     shutil.copy(DATA / "d1.mp4", video)
     stats, opened, av_opened = [], [], []
-    real_identity, real_open, real_av_open = pipeline.file_identity, builtins.open, av.open
+    real_identity, real_open, real_av_open = rows.file_identity, builtins.open, av.open
 
     def identity(path):
         stats.append(path)
@@ -158,7 +158,7 @@ def test_unchanged_file_keeps_its_verdict_and_costs_no_extra_read(ctx, tmp_path,
         if str(file) == str(video):
             av_opened.append(file)
         return real_av_open(file, *a, **k)
-    monkeypatch.setattr(pipeline, "file_identity", identity)
+    monkeypatch.setattr(rows, "file_identity", identity)
     monkeypatch.setattr(builtins, "open", spy_open)
     monkeypatch.setattr(av, "open", spy_av_open)
     row = _scan(ctx, video)
@@ -167,7 +167,7 @@ def test_unchanged_file_keeps_its_verdict_and_costs_no_extra_read(ctx, tmp_path,
     assert row["size_bytes"] == video.stat().st_size
     assert row["sha256"] == hashlib.sha256(video.read_bytes()).hexdigest()
     # The check is two stats (row start, row end); reads stay the hash's one open, the edit
-    # list check's walk to the moov box (scanner.edit_list, 143dfb7) and the decoder's two
+    # list check's walk to the moov box (scanner.edit_list) and the decoder's two
     # (index pass, decode pass).
     assert len(stats) == 2
     assert len(opened) == 2 and row["video"]["frames_refetched"] == 0 and len(av_opened) == 2
@@ -183,7 +183,7 @@ def test_missing_file_and_fifo_keep_their_own_errors(ctx, tmp_path):
 def test_file_appearing_during_its_scan_has_no_start_size(ctx, clip, monkeypatch):
     """No regular file when the row started (copied in after the listing): the row said
     'keeps the size from the start' but took a size stat'ed at the end."""
-    monkeypatch.setattr(pipeline, "_start_identity", lambda path, ctx: None)
+    monkeypatch.setattr(pipeline, "start_identity", lambda path, ctx: None)
     row = _scan(ctx, clip)
     _assert_changed(row, "appeared")
     assert row["size_bytes"] is None
