@@ -132,9 +132,10 @@ class _OneScan:
 _MATCH_FIELDS = ("path", "size_bytes", "sha256")  # what _same_file and name matching read of a row
 
 
-def _jsonl_scores(jsonl: Path, key: str, seen: set | None = None) -> dict[str, tuple[dict, float]]:
+def _jsonl_scores(jsonl: Path, key: str, unscored: dict | None = None) -> dict[str, tuple[dict, float]]:
     """Resolved path -> (row's _MATCH_FIELDS, finite score) of one scan's JSONL (see :class:`_OneScan`);
-    ``seen``, when given, gets the resolved path and the file name of every row."""
+    ``unscored``, when given, gets resolved path -> _MATCH_FIELDS of every row without a score
+    (no face, error, non-finite)."""
     out, one = {}, _OneScan(jsonl)
     with open(jsonl, encoding="utf-8") as f:  # as the scan wrote it, whatever the locale
         for n, line in enumerate(f, 1):
@@ -149,22 +150,30 @@ def _jsonl_scores(jsonl: Path, key: str, seen: set | None = None) -> dict[str, t
             if "path" not in row:
                 continue
             one.check(n, row)
-            if seen is not None:
-                seen.update((str(Path(row["path"]).resolve()), Path(row["path"]).name))
-            if row.get(key) is None:
-                continue
-            try:
-                if isinstance(row[key], bool):  # a JSON true is an int to Python: P(fake) = 1
-                    raise TypeError
-                score = float(row[key])
-            except (TypeError, ValueError) as e:
-                raise DfscanError(f"{jsonl}:{n}: {key} is not a number: {row[key]!r}") from e
-            if not math.isfinite(score):  # never read as a verdict either way: excluded, like an error row
-                log.warning("%s:%d: %s has a non-finite %s (%s): excluded", jsonl, n, row["path"], key, score)
-                continue
             # Only what matching needs: whole rows (per-frame details) held ~10x the file in memory.
-            out[str(Path(row["path"]).resolve())] = ({k: row.get(k) for k in _MATCH_FIELDS}, score)
+            path, fields = str(Path(row["path"]).resolve()), {k: row.get(k) for k in _MATCH_FIELDS}
+            score = _row_score(jsonl, n, row, key)
+            if score is not None:
+                out[path] = (fields, score)
+            elif unscored is not None:
+                unscored[path] = fields
     return out
+
+
+def _row_score(jsonl: Path, n: int, row: dict, key: str) -> float | None:
+    """The row's finite ``key``, or None (no face, error, non-finite)."""
+    if row.get(key) is None:
+        return None
+    try:
+        if isinstance(row[key], bool):  # a JSON true is an int to Python: P(fake) = 1
+            raise TypeError
+        score = float(row[key])
+    except (TypeError, ValueError) as e:
+        raise DfscanError(f"{jsonl}:{n}: {key} is not a number: {row[key]!r}") from e
+    if not math.isfinite(score):  # never read as a verdict either way: excluded, like an error row
+        log.warning("%s:%d: %s has a non-finite %s (%s): excluded", jsonl, n, row["path"], key, score)
+        return None
+    return score
 
 
 def _same_file(path: Path, row: dict) -> bool:
@@ -176,33 +185,40 @@ def _same_file(path: Path, row: dict) -> bool:
     return not row.get("sha256") or row["sha256"] == file_sha256(path)
 
 
-def scores_from_jsonl(items: list[Item], jsonl: Path, key: str = "score",
-                      rowless: list | None = None) -> dict[int, float]:
-    """Scores of ``items`` from a scan JSONL: rows matched by resolved path, else by file
-    name (scanned from another folder), but only a row no other item matched, the only
-    row of that name for the only item of that name, and of the same size and SHA-256:
-    a same-named different video must never lend its score.
-
-    ``rowless``, when given, gets the indices of items no row names by path or file name:
-    never scanned (another set's JSONL, a scan cut short), unlike a no_face or error row."""
-    seen: set[str] = set()
-    rows = _jsonl_scores(jsonl, key, seen)
-    if rowless is not None:
-        rowless += [i for i, it in enumerate(items) if not {str(it.path.resolve()), it.path.name} & seen]
-    out = {i: rows[str(it.path.resolve())][1] for i, it in enumerate(items) if str(it.path.resolve()) in rows}
-    claimed = {str(items[i].path.resolve()) for i in out}
+def _match_rows(items: list[Item], rows: dict[str, dict]) -> dict[int, str]:
+    """Item index -> resolved path of its row (``rows``: resolved path -> _MATCH_FIELDS): by
+    resolved path, else by file name, but only a row no other item matched, the only row of
+    that name (scored or not) for the only item of that name, and of the same size and SHA-256."""
+    matched = {i: str(it.path.resolve()) for i, it in enumerate(items) if str(it.path.resolve()) in rows}
+    claimed = set(matched.values())
     by_name = defaultdict(list)
-    for p, (row, _) in rows.items():
+    for p, row in rows.items():
         if p not in claimed:
             by_name[Path(row["path"]).name].append(p)
     wanted = defaultdict(int)
     for i, it in enumerate(items):
-        wanted[it.path.name] += i not in out
+        wanted[it.path.name] += i not in matched
     for i, it in enumerate(items):
         cands = by_name.get(it.path.name, ())
-        if i not in out and len(cands) == 1 and wanted[it.path.name] == 1 and _same_file(it.path, rows[cands[0]][0]):
-            out[i] = rows[cands[0]][1]
-    return out
+        if i not in matched and len(cands) == 1 and wanted[it.path.name] == 1 and _same_file(it.path, rows[cands[0]]):
+            matched[i] = cands[0]
+    return matched
+
+
+def scores_from_jsonl(items: list[Item], jsonl: Path, key: str = "score",
+                      rowless: list | None = None) -> dict[int, float]:
+    """Scores of ``items`` from a scan JSONL: rows matched by resolved path, else by file
+    name (scanned from another folder; see :func:`_match_rows`): a same-named different
+    video must never lend its score.
+
+    ``rowless``, when given, gets the indices of items no row matches by those same rules:
+    never scanned (another set's JSONL, a scan cut short), unlike a no_face or error row."""
+    unscored: dict[str, dict] = {}
+    scored = _jsonl_scores(jsonl, key, unscored)
+    matched = _match_rows(items, {**unscored, **{p: fields for p, (fields, _) in scored.items()}})
+    if rowless is not None:
+        rowless += [i for i in range(len(items)) if i not in matched]
+    return {i: scored[p][1] for i, p in matched.items() if p in scored}
 
 
 def score_items(items: list[Item], det, source, progress=lambda x: x, engine=None) -> dict[int, float]:
