@@ -49,13 +49,26 @@ def _take(path: Path) -> tuple[Path, int] | None:
             os.close(fd)
             return None
         try:  # the previous holder may have removed the file we opened: lock the one in place
-            if os.path.samestat(os.fstat(fd), os.stat(lock)):
-                os.ftruncate(fd, 0)
-                os.write(fd, f"{os.getpid()}\n".encode())
-                return lock, fd
+            in_place = os.path.samestat(os.fstat(fd), os.stat(lock))
         except OSError:
-            pass
+            in_place = False
+        if in_place:
+            _write_pid(fd)
+            return lock, fd
         os.close(fd)
+
+
+def _write_pid(fd: int) -> None:
+    """Record our pid in the lock file we hold, for the refusal message of a second scan.
+
+    Best effort: on a full disk the write fails with ENOSPC. That failure used to send
+    :func:`_take` round its loop again (it read as "lock file replaced"), forever: the scan
+    hung instead of stopping with exit 4 once its first row could not be written."""
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+    except OSError:
+        pass
 
 
 def _take_inode(path: str) -> tuple[tuple[int, int], int] | None:
