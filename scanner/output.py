@@ -198,6 +198,7 @@ class HtmlSink(Sink):
         self.source = Path(source) if source is not None else self.path.with_suffix(".jsonl")
         make_parent(self.path)
         self._append, self._t0 = append, time.perf_counter()
+        self.notes: list[str] = []  # shown in the report's header (see SinkSet._warn_reports)
 
     def write(self, row: dict) -> None:
         pass  # the JSONL sink writes the row; the report is rendered from that file
@@ -209,12 +210,13 @@ class HtmlSink(Sink):
         if not self.source.exists():
             raise FileNotFoundError(f"results file {self.source} to render the report from is missing")
         # Its note is read only if the report with thumbnails never replaces it (interrupted).
-        quick = {**meta, "notes": [f"no thumbnails: rendering them was interrupted; dfscan report "
-                                   f"{self.source} renders them"]}
+        quick = {**meta, "notes": [*self.notes, f"no thumbnails: rendering them was interrupted; dfscan "
+                                                f"report {self.source} renders them"]}
         write_report(self.source, self.path, ReportOptions(thumbnails=False), quick)
         # The scan has just hashed these files: check sizes only, unless resumed (the
         # earlier runs' rows are of files this run did not read, which may have changed).
-        write_report(self.source, self.path, ReportOptions(verify_hash=self._append), meta)
+        write_report(self.source, self.path, ReportOptions(verify_hash=self._append),
+                     {**meta, "notes": list(self.notes)})  # a copy: write_report adds its own
 
 
 def render_html(rows: list[dict]) -> str:
@@ -325,9 +327,20 @@ class SinkSet:
         where = f"{sink.name} output {sink.path}" if sink.path else f"{sink.name} output"
         if sink is self.primary:
             raise OutputError(f"cannot {what} {where}: {_reason(e)}") from e
-        msg = f"{where} failed to {what} and is disabled: {_reason(e)}"
+        msg = f"{where} failed to {what} and is disabled: {_reason(e)}" + self._warn_reports(sink)
         log.error(msg)
         self.failures.append(msg)
+
+    def _warn_reports(self, failed: Sink) -> str:
+        """Mark the HTML reports rendered from ``failed`` (a secondary JSONL that stopped
+        taking rows, e.g. on a full disk) as incomplete. They showed the rows written before
+        the failure as the whole scan ("3 videos" of 6 scanned), without a word."""
+        reports = [s for s in self.sinks if isinstance(s, HtmlSink) and s.source == failed.path]
+        for s in reports:
+            s.notes.append(f"incomplete: {failed.path}, the results file this report is rendered from, "
+                           "failed during the scan and lacks the rows after that (the scan's primary "
+                           "output holds them)")
+        return "".join(f"; the report {s.path} rendered from it is incomplete" for s in reports)
 
     def write(self, row: dict) -> None:
         from .resume import input_key

@@ -89,3 +89,32 @@ def test_scan_into_a_disk_full_from_the_start_exits_4_then_resumes(tmp_path):
         assert r.returncode == EXIT_OK, r.stderr
         rows = [json.loads(line) for line in out.read_text().splitlines()]
         assert [row["path"] for row in rows] == [CLIP]
+
+
+def test_report_rendered_from_a_failed_secondary_jsonl_says_it_is_incomplete(tmp_path, monkeypatch, capsys):
+    """``--out r.csv --out r.jsonl --out r.html`` with r.jsonl filling its disk: the scan goes
+    on (r.csv holds every row) but the report, rendered from r.jsonl, showed its first rows as
+    the whole scan ("1 videos" of 3), no note. It now says it is incomplete, and so does the
+    error line."""
+    from scanner.cli import main
+    from scanner.durable import DurableFile
+
+    csv_out, jsonl, html = tmp_path / "r.csv", tmp_path / "r.jsonl", tmp_path / "r.html"
+    real_append, rows = DurableFile.append, []
+
+    def append(self, text):
+        if self.path == jsonl:
+            if rows:  # the disk fills after the first row
+                raise OSError(errno.ENOSPC, "No space left on device")
+            rows.append(text)
+        return real_append(self, text)
+
+    monkeypatch.setattr(DurableFile, "append", append)
+    clips = [str(DATA / n) for n in ("d1.mp4", "d2.mp4", "d18.mp4")]
+    code = main(["scan", *clips, "--out", str(csv_out), "--out", str(jsonl), "--out", str(html), *FAST])
+    err = capsys.readouterr().err
+    assert code == EXIT_OUTPUT
+    assert len(jsonl.read_text().splitlines()) == 1 and len(csv_out.read_text().splitlines()) == 4
+    assert f"the report {html} rendered from it is incomplete" in err
+    report = html.read_text()
+    assert "dfscan report (1 videos)" in report and f"incomplete: {jsonl}" in report
