@@ -8,7 +8,7 @@ Rules (also in the README):
   ``/data/clips/a.mp4`` are the same input.
 * ``retry_errors``: rows whose verdict is ``error`` are removed (atomically) and
   their inputs scanned again, so each input still has exactly one row.
-* A file written with another detector, weights hash or sampling is refused
+* A file written with another detector, weights hash, sampling or aggregation is refused
   (its scores would not be comparable); rows from older versions without one
   of these fields are not checked on that field.
 """
@@ -27,7 +27,7 @@ from .config import ConfigError
 log = logging.getLogger("dfscan")
 
 # Row fields that must match for rows of two runs to share one file.
-COMPAT_FIELDS = ("detector", "weights_hash", "sampling")
+COMPAT_FIELDS = ("detector", "weights_hash", "sampling", "aggregation")
 
 
 def input_key(path: str | Path) -> str:
@@ -114,7 +114,7 @@ def read_rows(path: Path) -> Iterator[dict]:
 def _norm(field: str, value) -> str | None:
     if value in (None, ""):
         return None
-    if field == "sampling" and isinstance(value, dict):
+    if isinstance(value, dict):  # sampling, aggregation
         return ",".join(f"{k}={v}" for k, v in sorted(value.items()))
     return str(value)
 

@@ -80,6 +80,15 @@ def sampling_of(cfg) -> dict:
     return {"fps": cfg.fps} if cfg.fps else {"frames": cfg.frames}
 
 
+def aggregation_of(cfg) -> dict:
+    """How a video's score is made of its faces' scores: rows of two scans are comparable
+    only if this matches too (a resumed scan mixed means and maxima in one file)."""
+    if cfg.aggregate == "tracks":
+        return {"aggregate": "tracks"}
+    out = {"aggregate": "frames", "frame_agg": cfg.frame_agg, "video_agg": cfg.video_agg}
+    return {**out, "topk": cfg.topk} if cfg.video_agg == "topk" else out
+
+
 @dataclass
 class Tally:
     """What the summary needs from the rows (counters, not the rows themselves)."""
@@ -129,7 +138,8 @@ def _to_scan(paths: list[Path], cfg, console: Console) -> tuple[list[Path], Resu
     outs = order_outputs(cfg.outputs)
     if not (cfg.resume or cfg.retry_errors) or not outs or Path(outs[0]).suffix.lower() not in PRIMARY_SUFFIXES:
         return paths, None
-    state = prepare_outputs(outs, {"detector": cfg.detector, "sampling": sampling_of(cfg)}, cfg.retry_errors)
+    expected = {"detector": cfg.detector, "sampling": sampling_of(cfg), "aggregation": aggregation_of(cfg)}
+    state = prepare_outputs(outs, expected, cfg.retry_errors)
     todo = state.todo(paths)
     if len(todo) < len(paths):
         console.print(f"[dim]--resume: {len(paths) - len(todo)} input(s) already in {printable(outs[0])}[/dim]")
@@ -320,17 +330,18 @@ def _scan_all(paths, ctx, cfg, sinks, tally: Tally, console: Console, show_progr
     cols = [TextColumn("[bold]scanning"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[vps]:.2f} videos/s"), TimeElapsedColumn(), TextColumn("ETA"),
             TimeRemainingColumn(), TextColumn("{task.fields[current]}")]
-    sampling = sampling_of(cfg)
+    sampling, aggregation = sampling_of(cfg), aggregation_of(cfg)
     with Progress(*cols, console=console, transient=True, disable=not show_progress) as prog:
         task = prog.add_task("scan", total=len(paths), vps=0.0, current="")
         t0 = time.perf_counter()
         source = _tracked(paths, prog, task) if show_progress else paths
         for row in scan_rows(source, ctx):
             row.setdefault("sampling", sampling)
+            row.setdefault("aggregation", aggregation)
             sinks.write(row)  # OutputError (primary failed) ends the scan here
             tally.add(row)
             prog.update(task, advance=1, vps=tally.videos / max(time.perf_counter() - t0, 1e-9))
             prog.console.print(_line(row))
 
 
-__all__ = ["run_scan", "OPTION_KEYS", "OutputError", "Tally", "sampling_of"]
+__all__ = ["run_scan", "OPTION_KEYS", "OutputError", "Tally", "sampling_of", "aggregation_of"]

@@ -60,3 +60,34 @@ def test_perturbed_noise_does_not_depend_on_crop_order_or_batching():
     assert not torch.equal(Perturbed(lambda x: x, perturbs, seed=1)(crops), whole)  # the seed counts
     u8 = crops.round().clamp(0, 255)
     assert np.abs((whole - u8).numpy()).mean() > 5
+
+
+def test_resume_with_another_aggregation_is_refused_and_eval_refuses_such_a_file(tmp_path, capsys):
+    """Rows did not record how a video's score was made of its frames: a scan resumed with
+    --video-agg max after a mean scan appended maxima to means without a word, and
+    `dfscan eval --from-jsonl` ranked them together in one AUC."""
+    import pytest
+
+    from conftest import DATA
+    from engines.errors import DfscanError
+    from scanner.cli import EXIT_OK, EXIT_USAGE
+    from scanner.cli import main as dfscan
+    from scanner.research.evaluate import scores_from_jsonl
+    from scanner.research.labelled import Item
+
+    fast = ["--detector", "test_tiny", "--frames", "2", "--no-progress", "--workers", "1"]
+    clips = [str(DATA / n) for n in ("d1.mp4", "d2.mp4")]
+    out = tmp_path / "o.jsonl"
+    assert dfscan(["scan", clips[0], "--out", str(out), *fast]) == EXIT_OK
+    row = json.loads(out.read_text())
+    assert row["aggregation"] == {"aggregate": "frames", "frame_agg": "max", "video_agg": "mean"}
+    before = out.read_bytes()
+    assert dfscan(["scan", *clips, "--out", str(out), "--resume", *fast, "--video-agg", "max"]) == EXIT_USAGE
+    assert "aggregation" in capsys.readouterr().err and out.read_bytes() == before
+    assert dfscan(["scan", *clips, "--out", str(out), "--resume", *fast]) == EXIT_OK  # same settings: fine
+    # a file mixing them anyway (concatenated, or written before rows recorded it) is refused by eval
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    rows[1]["aggregation"] = {"aggregate": "tracks"}
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DfscanError, match="aggregation"):
+        scores_from_jsonl([Item(DATA / "d1.mp4", 1, "a")], out)

@@ -147,6 +147,7 @@ def test_cli_scan_on_ray_writes_sinks_once_and_resumes(cluster, local_rows, tmp_
     assert sorted(r["path"] for r in rows) == sorted(map(str, CLIPS))
     for r in rows:
         assert r.pop("sampling") == {"frames": 32}  # added by dfscan scan to every row
+        assert r.pop("aggregation") == {"aggregate": "frames", "frame_agg": "max", "video_agg": "mean"}  # as well
         want = local_rows[r["path"]]
         assert _comparable(r) == want, [k for k in want if want[k] != r.get(k)]
     assert "--resume: 2 input(s) already in" in capsys.readouterr().out

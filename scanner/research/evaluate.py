@@ -109,7 +109,8 @@ def report(items: list[Item], scores: dict[int, float], threshold: float = 0.5) 
 
 class _OneScan:
     """Refuses a JSONL that is not one scan's output: a second row for an input (which one
-    would count?), or scores from another detector, weights or sampling (concatenated files)."""
+    would count?), or scores from another detector, weights, sampling or aggregation (concatenated
+    or resumed with other settings)."""
 
     def __init__(self, jsonl: Path):
         self.jsonl, self.lines, self.scored_by = jsonl, {}, None
@@ -125,8 +126,8 @@ class _OneScan:
         by = tuple(json.dumps(row.get(k), sort_keys=True) for k in COMPAT_FIELDS)
         self.scored_by = self.scored_by or (n, by)
         if by != self.scored_by[1]:
-            raise DfscanError(f"{self.jsonl}:{n}: scored by another detector, weights or sampling than line "
-                              f"{self.scored_by[0]} ({', '.join(COMPAT_FIELDS)}); evaluate one scan's output")
+            raise DfscanError(f"{self.jsonl}:{n}: scored by another detector, weights, sampling or aggregation "
+                              f"than line {self.scored_by[0]} ({', '.join(COMPAT_FIELDS)}); evaluate one scan's output")
 
 
 _MATCH_FIELDS = ("path", "size_bytes", "sha256")  # what _same_file and name matching read of a row
