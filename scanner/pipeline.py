@@ -63,10 +63,6 @@ class ScanContext:
     stop: threading.Event = field(default_factory=threading.Event)
     # Decode threads started before the context was built (scanner.warmstart), by str(path).
     prestarted: dict = field(default_factory=dict)
-    # Intra-op threads each scanning thread should use on CPU (0: leave torch's setting);
-    # raised by scan_paths when fewer videos than workers are left (see _widen_tail).
-    cpu_threads: int = 0
-    base_threads: int = 0  # cpu_threads at the start of every scan_paths call
 
     @property
     def device(self) -> torch.device:
@@ -101,10 +97,7 @@ def build_context(cfg: ScanConfig, inputs: int | None = None) -> ScanContext:
                          min_prob=cfg.face_prob, max_faces=cfg.max_faces, engine=cfg.face_engine)
     threshold = cfg.threshold if cfg.threshold is not None else detector.threshold
     metrics.set_build_info(cfg.detector, cfg.engine, cfg.device)
-    ctx = ScanContext(cfg, detector, engine, faces, threshold, engine.describe(), workers)
-    if not cfg.device.startswith("cuda"):
-        ctx.cpu_threads = ctx.base_threads = torch.get_num_threads()
-    return ctx
+    return ScanContext(cfg, detector, engine, faces, threshold, engine.describe(), workers)
 
 
 def resolve_workers(cfg: ScanConfig, engine_name: str, inputs: int | None = None) -> int:
@@ -190,21 +183,8 @@ def _add_looks(frame: Frame, recs: list[FaceRec]) -> None:
         r.look = face_look(frame, r.box)
 
 
-_THREADS = threading.local()  # the intra-op thread count this scanning thread last set
-
-
-def _match_threads(ctx: ScanContext) -> None:
-    """Use ``ctx.cpu_threads`` intra-op threads in this thread. torch's OpenMP setting is
-    per thread: only the thread that runs the nets can widen them for itself."""
-    want = ctx.cpu_threads
-    if want and getattr(_THREADS, "n", None) != want:
-        torch.set_num_threads(want)
-        _THREADS.n = want
-
-
 def _process_batch(batch: list[Frame], state: _VideoState, ctx: ScanContext) -> None:
     cfg = ctx.cfg
-    _match_threads(ctx)
     for fr, fc, crops, mats in detect_and_align(batch, ctx.faces, ctx.detector.spec, ctx.device,
                                                 cfg.antialias, state.t, state.region, state.orientation):
         pos = len(state.frames)
@@ -296,15 +276,6 @@ def scan_video(path: str | Path, ctx: ScanContext) -> dict:
     return row
 
 
-def _widen_tail(ctx: ScanContext, running: int) -> None:
-    """No input left and fewer videos running than workers: give the cores of the idle
-    workers to those still running. Why: threads are set to cores / workers, so the last
-    video of a scan ran on one core of two (a 1080p crowd clip alone: 4.2 s on two
-    threads, 4.9-6.4 s on one). Only ever widened: a new input never follows."""
-    if ctx.cpu_threads and 0 < running < ctx.workers:
-        ctx.cpu_threads = max(ctx.cpu_threads, (os.cpu_count() or 1) // running)
-
-
 def scan_paths(paths: Iterable[str | Path], cfg: ScanConfig | None = None,
                ctx: ScanContext | None = None) -> Iterator[dict]:
     """Rows for ``paths`` (builds the context once when not given).
@@ -323,7 +294,6 @@ def scan_paths(paths: Iterable[str | Path], cfg: ScanConfig | None = None,
                 return
         return
     it = iter(paths)
-    ctx.cpu_threads = ctx.base_threads  # a context reused (benchmarks): the last tail's width undone
     with ThreadPoolExecutor(ctx.workers, thread_name_prefix="scan") as pool:
         pending = {pool.submit(scan_video, p, ctx) for p in itertools.islice(it, 2 * ctx.workers)}
         try:
@@ -341,8 +311,6 @@ def _completed(pool, pending, it, ctx: ScanContext) -> Iterator[dict]:
             nxt = None if ctx.stop.is_set() else next(it, None)
             if nxt is not None:
                 pending.add(pool.submit(scan_video, nxt, ctx))
-            else:
-                _widen_tail(ctx, len(pending))
             if fut.cancelled():
                 continue
             try:
