@@ -214,6 +214,14 @@ class GracefulStop:
         # message): take the signals back while ours are still the ones to restore.
         for s in self._old:
             signal.signal(s, self._handle)
+        if self.signum is not None:
+            # A signal came during set-up and its Interrupted was swallowed where Python
+            # ignores exceptions (raised inside a __del__ or a weakref callback): the scan
+            # then ran to its end and exited 143 (seen once in the kill drill). Act on it now.
+            self._old = {}
+            if self._event is None:
+                raise Interrupted(self.signum)
+            self._event.set()
 
     def _handle(self, signum, _frame) -> None:
         self.signum = signum

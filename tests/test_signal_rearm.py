@@ -83,3 +83,20 @@ def test_an_interrupted_bench_leaves_its_json_marked_incomplete(tmp_path, monkey
     monkeypatch.setattr(pipeline_bench, "benchmark_pipeline", _interrupt)
     assert main(["bench", "--pipeline", "v.mp4", "--detectors", "test_tiny", "--out", str(tmp_path)]) == 130
     assert capsys.readouterr().err.endswith("dfscan: interrupted; nothing written\n")
+
+
+def test_a_signal_whose_interrupt_was_swallowed_during_setup_still_stops_the_scan():
+    """A SIGTERM landing in a ``__del__`` during set-up: Python printed and dropped its
+    Interrupted, and the scan ran every video before exiting 143."""
+    import threading
+
+    before = signal.getsignal(signal.SIGTERM)
+    with GracefulStop() as stop:
+        with pytest.raises(Interrupted):  # what Python's finaliser machinery swallows
+            stop._handle(signal.SIGTERM, None)
+        ctx = SimpleNamespace(stop=threading.Event())
+        stop.arm(ctx)
+        assert ctx.stop.is_set()  # the scan starts no video
+        with pytest.raises(Interrupted):
+            stop.arm(SimpleNamespace())  # a Ray context: interrupted at once
+    assert signal.getsignal(signal.SIGTERM) is before
