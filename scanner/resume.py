@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +27,9 @@ from .config import ConfigError
 
 log = logging.getLogger("dfscan")
 
-# Row fields that must match for rows of two runs to share one file.
-COMPAT_FIELDS = ("detector", "weights_hash", "sampling", "aggregation")
+# Row fields that must match for rows of two runs to share one file (their scores comparable).
+# precision: a bf16 scan's scores move by ~1e-2 from an fp32 scan's, more than any engine's.
+COMPAT_FIELDS = ("detector", "weights_hash", "sampling", "aggregation", "precision")
 
 
 def input_key(path: str | Path) -> str:
@@ -187,20 +189,28 @@ def _write_without(path: Path, tmp: Path, drop: set[str], is_csv: bool) -> None:
 
 @dataclass
 class ResumeState:
-    """What an existing output holds: inputs done, error inputs to retry, weights seen."""
+    """What an existing output holds: inputs done, error inputs to retry, weights and
+    verdict thresholds seen."""
 
     path: Path
     done: set[str] = field(default_factory=set)
     retry: set[str] = field(default_factory=set)
     weights: set[str] = field(default_factory=set)
+    thresholds: set[float] = field(default_factory=set)
 
-    def check_weights(self, weights_hash: str) -> None:
-        """Refuse rows scored with other weights (known only once the detector is built)."""
+    def check_detector(self, weights_hash: str, threshold: float | None = None) -> None:
+        """Refuse rows scored with other weights or judged at another threshold (both known
+        only once the detector is built: a detector's own threshold is its card's). Why the
+        threshold: rows judged at 0.5 and at 0.7 in one file gave one score two verdicts."""
         other = self.weights - {weights_hash}
         if other:
             raise ConfigError(f"--resume: {self.path} was written with weights_hash {sorted(other)[0]}, "
                               f"this scan uses {weights_hash}; scan into another --out file, or use the "
                               "same weights")
+        if threshold is not None and self.thresholds - {round(float(threshold), 6)}:
+            raise ConfigError(f"--resume: {self.path} was written with threshold "
+                              f"{min(self.thresholds - {round(float(threshold), 6)}):g}, this scan uses "
+                              f"{threshold:g}; scan into another --out file, or use the same --threshold")
 
     def drop_retried(self) -> None:
         """Remove the error rows of inputs that will be scanned again (atomic rewrite)."""
@@ -224,9 +234,9 @@ class ResumedOutputs:
     def todo(self, paths: list[Path]) -> list[Path]:
         return [p for p in paths if any(input_key(p) not in s.done for s in self.states)]
 
-    def check_weights(self, weights_hash: str) -> None:
+    def check_detector(self, weights_hash: str, threshold: float | None = None) -> None:
         for s in self.states:
-            s.check_weights(weights_hash)
+            s.check_detector(weights_hash, threshold)
 
     def drop_retried(self) -> None:
         for s in self.states:
@@ -272,10 +282,21 @@ def prepare_resume(path: str | Path, expected: dict | None = None, retry_errors:
             check_compatible(path, row, expected)
         if row.get("weights_hash"):
             state.weights.add(str(row["weights_hash"]))
+        _add_threshold(state.thresholds, row.get("threshold"))
         key = input_key(row["path"])
         (errors if retry_errors and row.get("verdict") == "error" else state.done).add(key)
     state.retry = errors - state.done
     return state
+
+
+def _add_threshold(seen: set[float], value) -> None:
+    """A row's threshold (a JSON number, or CSV text), rounded as rows write scores."""
+    try:
+        t = float(value)
+    except (TypeError, ValueError):  # none recorded (older rows), or a hand edit
+        return
+    if math.isfinite(t):
+        seen.add(round(t, 6))
 
 
 def done_inputs(path: str | Path) -> set[str]:

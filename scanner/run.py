@@ -138,7 +138,8 @@ def _to_scan(paths: list[Path], cfg, console: Console) -> tuple[list[Path], Resu
     outs = order_outputs(cfg.outputs)
     if not (cfg.resume or cfg.retry_errors) or not outs or Path(outs[0]).suffix.lower() not in PRIMARY_SUFFIXES:
         return paths, None
-    expected = {"detector": cfg.detector, "sampling": sampling_of(cfg), "aggregation": aggregation_of(cfg)}
+    expected = {"detector": cfg.detector, "sampling": sampling_of(cfg), "aggregation": aggregation_of(cfg),
+                "precision": cfg.precision}
     state = prepare_outputs(outs, expected, cfg.retry_errors)
     todo = state.todo(paths)
     if len(todo) < len(paths):
@@ -268,7 +269,7 @@ def _run(args, stop: GracefulStop, locks: OutputLocks) -> int:
             ctx.prestarted = pre
         _announce(ctx, cfg, console, time.perf_counter() - t0)
         if resumed is not None:
-            resumed.check_weights(ctx.detector.weights_hash)
+            resumed.check_detector(ctx.detector.weights_hash, ctx.threshold)
             resumed.drop_retried()
         sinks = open_outputs(cfg.outputs, append=cfg.resume or cfg.retry_errors,
                              skip=resumed.skip() if resumed is not None else None)
