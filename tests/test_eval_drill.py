@@ -91,3 +91,25 @@ def test_resume_with_another_aggregation_is_refused_and_eval_refuses_such_a_file
     out.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(DfscanError, match="aggregation"):
         scores_from_jsonl([Item(DATA / "d1.mp4", 1, "a")], out)
+
+
+def test_eval_json_records_how_the_scores_were_made(tmp_path):
+    """A direct `dfscan eval` JSON said `scored_by: detector:...` only: frames/fps and the
+    aggregation were missing, so two evals of other sampling read as the same scan. Both ways
+    record the rows' own fields (a --from-jsonl run: what the rows say)."""
+    from conftest import DATA
+    from scanner.cli import main as dfscan
+
+    fast = ["--detector", "test_tiny", "--frames", "2", "--engine", "eager", "--workers", "1"]
+    labels = tmp_path / "m.csv"
+    labels.write_text(f"path,label\n{DATA / 'd1.mp4'},real\n{DATA / 'd2.mp4'},fake\n")
+    assert main(["eval", str(labels), *fast, "--video-agg", "max", "--quiet", "--out", str(tmp_path / "e.json")]) == 0
+    scan = json.loads((tmp_path / "e.json").read_text())["scan"]
+    assert scan["sampling"] == {"frames": 2} and scan["aggregation"]["video_agg"] == "max"
+    assert (scan["detector"], scan["engine"], scan["precision"]) == ("test_tiny", "eager", "fp32")
+    assert scan["weights_hash"] and scan["perturb"] is None
+    rows = tmp_path / "s.jsonl"
+    assert dfscan(["scan", str(DATA / "d1.mp4"), str(DATA / "d2.mp4"), "--out", str(rows), "--no-progress",
+                   *fast, "--video-agg", "max"]) == 0
+    assert main(["eval", str(labels), "--from-jsonl", str(rows), "--quiet", "--out", str(tmp_path / "j.json")]) == 0
+    assert json.loads((tmp_path / "j.json").read_text())["scan"] == scan

@@ -114,6 +114,8 @@ class _OneScan:
 
     def __init__(self, jsonl: Path):
         self.jsonl, self.lines, self.scored_by = jsonl, {}, None
+        self.first: dict = {}  # the first scored row's COMPAT_FIELDS
+        self.engines: set = set()
 
     def check(self, n: int, row: dict) -> None:
         path = str(Path(row["path"]).resolve())
@@ -124,19 +126,29 @@ class _OneScan:
         if row.get("verdict") == "error":
             return
         by = tuple(json.dumps(row.get(k), sort_keys=True) for k in COMPAT_FIELDS)
-        self.scored_by = self.scored_by or (n, by)
+        if self.scored_by is None:
+            self.scored_by, self.first = (n, by), {k: row.get(k) for k in COMPAT_FIELDS}
+        self.engines.add(row.get("engine"))
         if by != self.scored_by[1]:
             raise DfscanError(f"{self.jsonl}:{n}: scored by another detector, weights, sampling or aggregation "
                               f"than line {self.scored_by[0]} ({', '.join(COMPAT_FIELDS)}); evaluate one scan's output")
+
+    def settings(self) -> dict:
+        """What the rows say of how they were scored (field names as in rows; None where no row
+        says): the COMPAT_FIELDS they share, and their engine (a list when a resumed scan changed it)."""
+        engines = sorted(self.engines - {None})
+        return {**{k: self.first.get(k) for k in COMPAT_FIELDS},
+                "engine": engines[0] if len(engines) == 1 else (engines or None), "perturb": None}
 
 
 _MATCH_FIELDS = ("path", "size_bytes", "sha256")  # what _same_file and name matching read of a row
 
 
-def _jsonl_scores(jsonl: Path, key: str, unscored: dict | None = None) -> dict[str, tuple[dict, float]]:
+def _jsonl_scores(jsonl: Path, key: str, unscored: dict | None = None,
+                  settings: dict | None = None) -> dict[str, tuple[dict, float]]:
     """Resolved path -> (row's _MATCH_FIELDS, finite score) of one scan's JSONL (see :class:`_OneScan`);
     ``unscored``, when given, gets resolved path -> _MATCH_FIELDS of every row without a score
-    (no face, error, non-finite)."""
+    (no face, error, non-finite); ``settings`` gets :meth:`_OneScan.settings`."""
     out, one = {}, _OneScan(jsonl)
     with open(jsonl, encoding="utf-8") as f:  # as the scan wrote it, whatever the locale
         for n, line in enumerate(f, 1):
@@ -158,6 +170,8 @@ def _jsonl_scores(jsonl: Path, key: str, unscored: dict | None = None) -> dict[s
                 out[path] = (fields, score)
             elif unscored is not None:
                 unscored[path] = fields
+    if settings is not None:
+        settings.update(one.settings())
     return out
 
 
@@ -207,15 +221,16 @@ def _match_rows(items: list[Item], rows: dict[str, dict]) -> dict[int, str]:
 
 
 def scores_from_jsonl(items: list[Item], jsonl: Path, key: str = "score",
-                      rowless: list | None = None) -> dict[int, float]:
+                      rowless: list | None = None, settings: dict | None = None) -> dict[int, float]:
     """Scores of ``items`` from a scan JSONL: rows matched by resolved path, else by file
     name (scanned from another folder; see :func:`_match_rows`): a same-named different
     video must never lend its score.
 
     ``rowless``, when given, gets the indices of items no row matches by those same rules:
-    never scanned (another set's JSONL, a scan cut short), unlike a no_face or error row."""
+    never scanned (another set's JSONL, a scan cut short), unlike a no_face or error row;
+    ``settings``, when given, gets how the rows say they were scored (:meth:`_OneScan.settings`)."""
     unscored: dict[str, dict] = {}
-    scored = _jsonl_scores(jsonl, key, unscored)
+    scored = _jsonl_scores(jsonl, key, unscored, settings)
     matched = _match_rows(items, {**unscored, **{p: fields for p, (fields, _) in scored.items()}})
     if rowless is not None:
         rowless += [i for i in range(len(items)) if i not in matched]
@@ -285,14 +300,9 @@ def roc_plot(items: list[Item], scores: dict[int, float], metrics: dict, path: P
     plt.close(fig)
 
 
-def scan_scores(items: list[Item], args) -> tuple[dict[int, float], str, dict]:
-    """Score items with the scan itself: videos through ``scanner.pipeline.scan_paths``
-    (same sampling, faces, engine and aggregation as ``dfscan scan``), images with
-    the same detector and engine on their largest face (``score_items``)."""
-    from engines.backends import resolve_engine_name
-
-    from .features import CropConfig, CropSource
-    from ..pipeline import build_context, scan_paths
+def _scan_context(args):
+    """(config, scan context, engine for images) of eval's scan options (``--perturb`` applied)."""
+    from ..pipeline import build_context
     from ..config import build_config
     from ..run import OPTION_KEYS
 
@@ -310,6 +320,49 @@ def scan_scores(items: list[Item], args) -> tuple[dict[int, float], str, dict]:
 
         perturbs = parse_perturb(args.perturb)
         ctx.engine, image_engine = Perturbed(ctx.engine, perturbs, 0), Perturbed(ctx.engine, perturbs, 1)
+    return cfg, ctx, image_engine
+
+
+def scan_settings(cfg, ctx, perturb: str | None = None) -> dict:
+    """How the scores were made, under the field names scan rows use (the COMPAT_FIELDS, which
+    make two scans' scores comparable, and the engine): two eval JSONs can be told apart."""
+    from engines.backends import resolve_engine_name
+
+    from ..run import aggregation_of, sampling_of
+
+    made = {"detector": cfg.detector, "weights_hash": ctx.detector.weights_hash, "sampling": sampling_of(cfg),
+            "aggregation": aggregation_of(cfg), "precision": cfg.precision,
+            "engine": ctx.engine_info.get("backend") or resolve_engine_name(cfg.engine, cfg.device)}
+    return {**made, "perturb": perturb or None}
+
+
+def scan_scores(items: list[Item], args) -> tuple[dict[int, float], str, dict, dict]:
+    """Score items with the scan itself: videos through ``scanner.pipeline.scan_paths``
+    (same sampling, faces, engine and aggregation as ``dfscan scan``), images with
+    the same detector and engine on their largest face (``score_items``).
+    Returns (scores, scored_by, video verdict counts, :func:`scan_settings`)."""
+    from engines.backends import resolve_engine_name
+
+    from .features import CropConfig, CropSource
+
+    cfg, ctx, image_engine = _scan_context(args)
+    scores, verdicts = _scan_videos(items, ctx, args)
+    images = [i for i, it in enumerate(items) if it.is_image]
+    if images:
+        src = CropSource(CropConfig(frames=cfg.frames, min_face=cfg.min_face, device=cfg.device))
+        got = score_items([items[i] for i in images], ctx.detector, src, _progress(args), image_engine)
+        scores.update({images[k]: v for k, v in got.items()})
+    settings = scan_settings(cfg, ctx, getattr(args, "perturb", None))
+    perturbed = f" perturb:{args.perturb}" if settings["perturb"] else ""
+    engine = resolve_engine_name(cfg.engine, cfg.device)  # what ran, not 'auto'
+    return (scores, f"detector:{cfg.detector}:{ctx.detector.weights_hash} engine:{engine} {cfg.precision}"
+            f"{perturbed}", verdicts, settings)
+
+
+def _scan_videos(items: list[Item], ctx, args) -> tuple[dict[int, float], dict]:
+    """(item index -> score, verdict counts) of the videos among ``items``, scanned by ``ctx``."""
+    from ..pipeline import scan_paths
+
     videos = [i for i, it in enumerate(items) if not it.is_image]
     scores, verdicts = {}, defaultdict(int)
     # Rows arrive in completion order with several workers: pair them with their
@@ -323,15 +376,7 @@ def scan_scores(items: list[Item], args) -> tuple[dict[int, float], str, dict]:
         verdicts[row["verdict"]] += 1
         if row.get("score") is not None:
             scores[i] = float(row["score"])
-    images = [i for i, it in enumerate(items) if it.is_image]
-    if images:
-        src = CropSource(CropConfig(frames=cfg.frames, min_face=cfg.min_face, device=cfg.device))
-        got = score_items([items[i] for i in images], ctx.detector, src, _progress(args), image_engine)
-        scores.update({images[k]: v for k, v in got.items()})
-    perturbed = f" perturb:{args.perturb}" if getattr(args, "perturb", None) else ""
-    engine = resolve_engine_name(cfg.engine, cfg.device)  # what ran, not 'auto'
-    return (scores, f"detector:{cfg.detector}:{ctx.detector.weights_hash} engine:{engine} {cfg.precision}"
-            f"{perturbed}", dict(verdicts))
+    return scores, dict(verdicts)
 
 
 def _refuse_scan_options(args) -> None:
@@ -353,17 +398,18 @@ def run_eval(args) -> int:
         _refuse_scan_options(args)
     writable(args.out)
     items = read_labelled(args.labels)
-    verdicts = {}
+    verdicts, settings = {}, {}
     rowless: list[int] = []
     if args.from_jsonl:
-        scores = scores_from_jsonl(items, Path(args.from_jsonl), args.score_key, rowless)
+        scores = scores_from_jsonl(items, Path(args.from_jsonl), args.score_key, rowless, settings)
         scored_by = f"jsonl:{args.from_jsonl}"
     else:
-        scores, scored_by, verdicts = scan_scores(items, args)
+        scores, scored_by, verdicts, settings = scan_scores(items, args)
     if rowless:  # counted with the no-face inputs, they passed for files the scan could not score
         log.warning("%d of %d labelled inputs have no row in %s (e.g. %s): excluded from the metrics",
                     len(rowless), len(items), args.from_jsonl, items[rowless[0]].path)
-    res = {"labels": str(args.labels), "scored_by": scored_by, **report(items, scores, args.acc_threshold),
+    res = {"labels": str(args.labels), "scored_by": scored_by, "scan": settings,
+           **report(items, scores, args.acc_threshold),
            "not_in_jsonl": len(rowless), "video_verdicts": verdicts,
            "scores": [{"path": str(items[i].path), "label": items[i].label, "subset": items[i].subset,
                        "score": scores.get(i)} for i in range(len(items))]}
