@@ -113,3 +113,20 @@ def test_eval_json_records_how_the_scores_were_made(tmp_path):
                    *fast, "--video-agg", "max"]) == 0
     assert main(["eval", str(labels), "--from-jsonl", str(rows), "--quiet", "--out", str(tmp_path / "j.json")]) == 0
     assert json.loads((tmp_path / "j.json").read_text())["scan"] == scan
+
+
+def test_a_subset_without_any_score_is_reported_not_dropped(tmp_path, capsys):
+    """A subset whose videos all had no face (or failed) vanished from `subsets` without a word:
+    the report read as if the set had no such subset."""
+    for n in "abcde":
+        (tmp_path / f"{n}.mp4").write_bytes(n.encode())
+    rows = [{"path": str(tmp_path / "a.mp4"), "score": 0.9}, {"path": str(tmp_path / "b.mp4"), "score": 0.1},
+            {"path": str(tmp_path / "c.mp4"), "score": None, "verdict": "no_face"},
+            {"path": str(tmp_path / "d.mp4"), "score": None, "verdict": "error"},
+            {"path": str(tmp_path / "e.mp4"), "score": 0.3}]
+    res = _eval(tmp_path, "path,label,subset\na.mp4,fake,df\nb.mp4,real,df\nc.mp4,fake,nt\nd.mp4,real,nt\n"
+                          "e.mp4,fake,df\n", rows)
+    nt = res["subsets"]["nt"]
+    assert (nt["n"], nt["excluded"], res["subsets"]["df"]["excluded"]) == (0, 2, 0)
+    assert nt["acc"] is None and nt["auc"] is None and nt["hter"] is None and nt["eer"] is None
+    assert "nt " in capsys.readouterr().out.replace("│", " ")

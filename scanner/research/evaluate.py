@@ -64,7 +64,8 @@ def binary_metrics(y, s, threshold: float = 0.5) -> dict:
     y = np.asarray(y, int)
     s = np.asarray(s, float)
     out = {"n": int(len(y)), "n_fake": int(y.sum()), "n_real": int((1 - y).sum()), "threshold": threshold}
-    out.update(rates(y, s, threshold))
+    # no input scored (a subset of no-face videos): no rates, not those of an empty set
+    out.update(rates(y, s, threshold) if len(y) else dict.fromkeys(("acc", "tpr", "tnr", "hter")))
     if out["n_fake"] and out["n_real"]:
         e, t = eer(y, s)
         at_eer = rates(y, s, t)
@@ -96,12 +97,16 @@ def report(items: list[Item], scores: dict[int, float], threshold: float = 0.5) 
         bad = [str(items[i].path) for i, v in zip(idx, s) if not math.isfinite(v)]
         raise DfscanError(f"non-finite scores for {len(bad)} input(s), e.g. {bad[0]}: exclude them or rescan")
     out = {"overall": binary_metrics(y, s, threshold), "excluded": len(items) - len(idx), "subsets": {}}
-    by_subset = defaultdict(list)
+    # Every labelled subset, scored or not: one whose videos all lack a score (no face, error)
+    # is reported with n 0 and null metrics, never dropped.
+    labelled, by_subset = defaultdict(int), defaultdict(list)
+    for it in items:
+        labelled[it.subset] += bool(it.subset)
     for k, i in enumerate(idx):
-        if items[i].subset:
-            by_subset[items[i].subset].append(k)
-    for name, ks in sorted(by_subset.items()):
-        out["subsets"][name] = binary_metrics(y[ks], s[ks], threshold)
+        by_subset[items[i].subset].append(k)
+    for name in sorted(n for n in labelled if n):
+        ks = by_subset[name]
+        out["subsets"][name] = {**binary_metrics(y[ks], s[ks], threshold), "excluded": labelled[name] - len(ks)}
     return out
 
 
