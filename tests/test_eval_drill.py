@@ -130,3 +130,20 @@ def test_a_subset_without_any_score_is_reported_not_dropped(tmp_path, capsys):
     assert (nt["n"], nt["excluded"], res["subsets"]["df"]["excluded"]) == (0, 2, 0)
     assert nt["acc"] is None and nt["auc"] is None and nt["hter"] is None and nt["eer"] is None
     assert "nt " in capsys.readouterr().out.replace("│", " ")
+
+
+def test_a_file_changed_since_the_scan_does_not_take_its_old_score(tmp_path, capsys, caplog):
+    """A row matched by path lent its score to whatever the file held now: a video re-encoded
+    or replaced after the scan was scored by the old one's row. A row's size_bytes that the file
+    no longer has makes it a changed file: excluded and counted, never scored by that row."""
+    (tmp_path / "a.mp4").write_bytes(b"now longer")  # scanned at 3 bytes
+    (tmp_path / "b.mp4").write_bytes(b"bb")
+    (tmp_path / "c.mp4").write_bytes(b"c")
+    rows = [{"path": str(tmp_path / "a.mp4"), "score": 0.9, "size_bytes": 3},
+            {"path": str(tmp_path / "b.mp4"), "score": 0.1, "size_bytes": 2},
+            {"path": str(tmp_path / "c.mp4"), "score": 0.8}]  # no size recorded: taken as it is
+    res = _eval(tmp_path, "path,label\na.mp4,fake\nb.mp4,real\nc.mp4,fake\n", rows)
+    assert [r["score"] for r in res["scores"]] == [None, 0.1, 0.8]
+    assert (res["excluded"], res["changed_since_scan"], res["not_in_jsonl"]) == (1, 1, 0)
+    assert "1 changed since the scan" in capsys.readouterr().out
+    assert "changed since" in caplog.text and "a.mp4" in caplog.text

@@ -196,49 +196,72 @@ def _row_score(jsonl: Path, n: int, row: dict, key: str) -> float | None:
     return score
 
 
+def _size_differs(path: Path, row: dict) -> bool:
+    """Whether ``row`` records a size that ``path`` no longer has (edited, re-encoded or
+    replaced since the scan; gone counts too): its score is another file's."""
+    if row.get("size_bytes") is None:
+        return False
+    try:
+        return row["size_bytes"] != path.stat().st_size
+    except OSError:
+        return True
+
+
 def _same_file(path: Path, row: dict) -> bool:
     """Whether ``path`` holds the bytes ``row`` was scanned from (as far as the row records)."""
     from ..pipeline import file_sha256
 
-    if row.get("size_bytes") is not None and row["size_bytes"] != path.stat().st_size:
-        return False
-    return not row.get("sha256") or row["sha256"] == file_sha256(path)
+    return not _size_differs(path, row) and (not row.get("sha256") or row["sha256"] == file_sha256(path))
 
 
-def _match_rows(items: list[Item], rows: dict[str, dict]) -> dict[int, str]:
-    """Item index -> resolved path of its row (``rows``: resolved path -> _MATCH_FIELDS): by
-    resolved path, else by file name, but only a row no other item matched, the only row of
-    that name (scored or not) for the only item of that name, and of the same size and SHA-256."""
-    matched = {i: str(it.path.resolve()) for i, it in enumerate(items) if str(it.path.resolve()) in rows}
-    claimed = set(matched.values())
+def _match_rows(items: list[Item], rows: dict[str, dict]) -> tuple[dict[int, str], list[int]]:
+    """(item index -> resolved path of its row, indices of changed items) (``rows``: resolved
+    path -> _MATCH_FIELDS): by resolved path, else by file name, but only a row no other item
+    matched, the only row of that name (scored or not) for the only item of that name, and of
+    the same size and SHA-256. A row of the item's own path whose size the file no longer has
+    matches nothing: the item changed since the scan (size only: hashing every file is too slow)."""
+    matched, stale = {}, set()
+    for i, it in enumerate(items):
+        p = str(it.path.resolve())
+        if p in rows and _size_differs(it.path, rows[p]):
+            stale.add(i)
+        elif p in rows:
+            matched[i] = p
+    claimed = set(matched.values()) | {str(items[i].path.resolve()) for i in stale}
     by_name = defaultdict(list)
     for p, row in rows.items():
         if p not in claimed:
             by_name[Path(row["path"]).name].append(p)
     wanted = defaultdict(int)
     for i, it in enumerate(items):
-        wanted[it.path.name] += i not in matched
+        wanted[it.path.name] += i not in matched and i not in stale
     for i, it in enumerate(items):
         cands = by_name.get(it.path.name, ())
-        if i not in matched and len(cands) == 1 and wanted[it.path.name] == 1 and _same_file(it.path, rows[cands[0]]):
+        if (i not in matched and i not in stale and len(cands) == 1 and wanted[it.path.name] == 1
+                and _same_file(it.path, rows[cands[0]])):
             matched[i] = cands[0]
-    return matched
+    return matched, sorted(stale)
 
 
-def scores_from_jsonl(items: list[Item], jsonl: Path, key: str = "score",
-                      rowless: list | None = None, settings: dict | None = None) -> dict[int, float]:
+def scores_from_jsonl(items: list[Item], jsonl: Path, key: str = "score", rowless: list | None = None,
+                      settings: dict | None = None, changed: list | None = None) -> dict[int, float]:
     """Scores of ``items`` from a scan JSONL: rows matched by resolved path, else by file
     name (scanned from another folder; see :func:`_match_rows`): a same-named different
     video must never lend its score.
 
     ``rowless``, when given, gets the indices of items no row matches by those same rules:
     never scanned (another set's JSONL, a scan cut short), unlike a no_face or error row;
-    ``settings``, when given, gets how the rows say they were scored (:meth:`_OneScan.settings`)."""
+    ``changed`` those whose row records another size than the file has now (changed since the
+    scan: its score is not this file's); ``settings`` how the rows say they were scored
+    (:meth:`_OneScan.settings`)."""
     unscored: dict[str, dict] = {}
     scored = _jsonl_scores(jsonl, key, unscored, settings)
-    matched = _match_rows(items, {**unscored, **{p: fields for p, (fields, _) in scored.items()}})
+    matched, stale = _match_rows(items, {**unscored, **{p: fields for p, (fields, _) in scored.items()}})
     if rowless is not None:
-        rowless += [i for i in range(len(items)) if i not in matched]
+        has_row = set(matched) | set(stale)
+        rowless += [i for i in range(len(items)) if i not in has_row]
+    if changed is not None:
+        changed += stale
     return {i: scored[p][1] for i, p in matched.items() if p in scored}
 
 
@@ -405,17 +428,22 @@ def run_eval(args) -> int:
     items = read_labelled(args.labels)
     verdicts, settings = {}, {}
     rowless: list[int] = []
+    changed: list[int] = []
     if args.from_jsonl:
-        scores = scores_from_jsonl(items, Path(args.from_jsonl), args.score_key, rowless, settings)
+        scores = scores_from_jsonl(items, Path(args.from_jsonl), args.score_key, rowless, settings, changed)
         scored_by = f"jsonl:{args.from_jsonl}"
     else:
         scores, scored_by, verdicts, settings = scan_scores(items, args)
     if rowless:  # counted with the no-face inputs, they passed for files the scan could not score
         log.warning("%d of %d labelled inputs have no row in %s (e.g. %s): excluded from the metrics",
                     len(rowless), len(items), args.from_jsonl, items[rowless[0]].path)
+    if changed:  # the row's score is of the file as it was scanned, not as it is now
+        log.warning("%d of %d labelled inputs changed since %s was scanned (size differs, e.g. %s): "
+                    "excluded from the metrics; rescan them", len(changed), len(items), args.from_jsonl,
+                    items[changed[0]].path)
     res = {"labels": str(args.labels), "scored_by": scored_by, "scan": settings,
-           **report(items, scores, args.acc_threshold),
-           "not_in_jsonl": len(rowless), "video_verdicts": verdicts,
+           **report(items, scores, args.acc_threshold), "not_in_jsonl": len(rowless),
+           "changed_since_scan": len(changed), "video_verdicts": verdicts,
            "scores": [{"path": str(items[i].path), "label": items[i].label, "subset": items[i].subset,
                        "score": scores.get(i)} for i in range(len(items))]}
     out = write_json(res, args.out)
@@ -439,6 +467,8 @@ def _print(res: dict) -> None:
 
     cols = ["n", "acc", "auc", "auc_ci95", "eer", "eer_threshold", "hter", "hter_at_eer_threshold", "tpr", "tnr"]
     rowless = f", {res['not_in_jsonl']} of them not in the JSONL" if res.get("not_in_jsonl") else ""
+    if res.get("changed_since_scan"):
+        rowless += f", {res['changed_since_scan']} changed since the scan"
     table = Table(title=f"video-level metrics ({res['excluded']} excluded: no score{rowless})")
     table.add_column("set")
     for c in cols:
