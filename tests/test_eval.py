@@ -269,7 +269,7 @@ def test_jsonl_is_read_as_utf8_whatever_the_locale(tmp_path):
             {"path": str(tmp_path / "b.mp4"), "verdict": "error", "score": None,
              "error": {"kind": "not_video", "message": "a directory, not a video file: /x/café"}}]
     jl.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    code = ("import sys; from pathlib import Path; from scanner.research.evaluate import _jsonl_scores; "
+    code = ("import sys; from pathlib import Path; from scanner.research.jsonl_scores import _jsonl_scores; "
             "print(sorted(_jsonl_scores(Path(sys.argv[1]), 'score')))")
     env = {**os.environ, "PYTHONUTF8": "0", "LC_ALL": "C", "PYTHONCOERCECLOCALE": "0"}  # ASCII locale
     r = subprocess.run([sys.executable, "-c", code, str(jl)], cwd=ROOT, env=env, capture_output=True,

@@ -147,3 +147,18 @@ def test_a_file_changed_since_the_scan_does_not_take_its_old_score(tmp_path, cap
     assert (res["excluded"], res["changed_since_scan"], res["not_in_jsonl"]) == (1, 1, 0)
     assert "1 changed since the scan" in capsys.readouterr().out
     assert "changed since" in caplog.text and "a.mp4" in caplog.text
+
+
+def test_eval_modules_stay_within_the_size_guideline():
+    """scanner/research/evaluate.py had grown past the ~400-line guideline (JSONL reading and
+    matching now live in scanner/research/jsonl_scores.py); functions stay under ~40 lines."""
+    import ast
+
+    from conftest import ROOT
+
+    for name in ("evaluate.py", "jsonl_scores.py"):
+        text = (ROOT / "scanner" / "research" / name).read_text()
+        assert text.count("\n") <= 400, name
+        long = [(n.name, n.end_lineno - n.lineno + 1) for n in ast.walk(ast.parse(text))
+                if isinstance(n, ast.FunctionDef) and n.end_lineno - n.lineno + 1 > 40]
+        assert not long, (name, long)
