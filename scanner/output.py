@@ -204,19 +204,14 @@ class HtmlSink(Sink):
         pass  # the JSONL sink writes the row; the report is rendered from that file
 
     def close(self) -> None:
-        from .report import ReportOptions, write_report
+        from .report.scan_report import write_scan_report
 
         meta = {} if self._append else {"wall_seconds": time.perf_counter() - self._t0}
         if not self.source.exists():
             raise FileNotFoundError(f"results file {self.source} to render the report from is missing")
-        # Its note is read only if the report with thumbnails never replaces it (interrupted).
-        quick = {**meta, "notes": [*self.notes, f"no thumbnails: rendering them was interrupted; dfscan "
-                                                f"report {self.source} renders them"]}
-        write_report(self.source, self.path, ReportOptions(thumbnails=False), quick)
         # The scan has just hashed these files: check sizes only, unless resumed (the
         # earlier runs' rows are of files this run did not read, which may have changed).
-        write_report(self.source, self.path, ReportOptions(verify_hash=self._append),
-                     {**meta, "notes": list(self.notes)})  # a copy: write_report adds its own
+        write_scan_report(self.source, self.path, self.notes, meta, verify_hash=self._append)
 
 
 def render_html(rows: list[dict]) -> str:
@@ -327,7 +322,12 @@ class SinkSet:
         where = f"{sink.name} output {sink.path}" if sink.path else f"{sink.name} output"
         if sink is self.primary:
             raise OutputError(f"cannot {what} {where}: {_reason(e)}") from e
-        msg = f"{where} failed to {what} and is disabled: {_reason(e)}" + self._warn_reports(sink)
+        from .report.scan_report import ReportWithoutThumbnails
+
+        if isinstance(e, ReportWithoutThumbnails):  # written, only the thumbnails are missing
+            msg = str(e)
+        else:
+            msg = f"{where} failed to {what} and is disabled: {_reason(e)}" + self._warn_reports(sink)
         log.error(msg)
         self.failures.append(msg)
 

@@ -118,3 +118,54 @@ def test_report_rendered_from_a_failed_secondary_jsonl_says_it_is_incomplete(tmp
     assert f"the report {html} rendered from it is incomplete" in err
     report = html.read_text()
     assert "dfscan report (1 videos)" in report and f"incomplete: {jsonl}" in report
+
+
+@pytest.mark.parametrize("room_to_rewrite", [True, False])
+def test_report_whose_thumbnails_do_not_fit_says_so(tmp_path, monkeypatch, capsys, room_to_rewrite):
+    """The report with thumbnails filling the disk after the quick one fitted: the quick one
+    stayed (right) but its note said "rendering them was interrupted" and the error line that
+    the report "failed to close". Both now say it is written without thumbnails, why, and
+    how to add them; with no room to rewrite the quick one, its note stays true (either cause)."""
+    import scanner.report.scan_report as sr
+    from scanner.cli import main
+
+    real_write = sr.write_report
+
+    def write_report(src, out, opts, meta):
+        if opts.thumbnails or (not room_to_rewrite and "could not be written (" in meta["notes"][-1]):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(src, out, opts, meta)
+
+    monkeypatch.setattr(sr, "write_report", write_report)
+    jsonl, html = tmp_path / "r.jsonl", tmp_path / "r.html"
+    assert main(["scan", CLIP, "--out", str(jsonl), "--out", str(html), *FAST]) == EXIT_OUTPUT
+    err, report = capsys.readouterr().err, html.read_text()
+    todo = f"free space, then run `dfscan report {jsonl} --out {html}` to add them"
+    assert (f"html output {html} is written without thumbnails: the report with thumbnails could not "
+            f"be written (No space left on device); {todo}") in err and "failed to close" not in err
+    assert "dfscan report (1 videos)" in report and "<img " not in report
+    assert "interrupted" not in report if room_to_rewrite else "not finished (interrupted, or it could not" in report
+    assert ("could not be written (No space left on device); this one is the same without them; "
+            f"{todo}" in report) == room_to_rewrite
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_report_whose_thumbnails_fill_a_real_disk_says_so(tmp_path):
+    """As above on a tmpfs the quick report fits and the full one does not; then the command
+    the note gives, once there is room, adds the thumbnails."""
+    with _tmpfs(tmp_path / "mnt", "48k") as mnt:  # quick ~3-4 pages, full ~7, locks 2, JSONL 1
+        jsonl, html = mnt / "r.jsonl", mnt / "r.html"
+        clips = [CLIP, str(DATA / "d2.mp4")]
+        r = _cli("scan", *clips, "--out", str(jsonl), "--out", str(html), *FAST)
+        assert r.returncode == EXIT_OUTPUT, r.stderr
+        assert f"html output {html} is written without thumbnails" in r.stderr, r.stderr
+        assert "(No space left on device); free space, then run `dfscan report" in r.stderr
+        report = html.read_text()
+        assert "dfscan report (2 videos)" in report and "<img " not in report
+        assert "could not be written (No space left on device); this one is the same without them" in report
+        assert sorted(p.name for p in mnt.iterdir()) == ["r.html", "r.jsonl"]  # no temp file left
+        subprocess.run(["mount", "-o", "remount,size=4m", str(mnt)], check=True)
+        r = _cli("report", str(jsonl), "--out", str(html))
+        assert r.returncode == EXIT_OK, r.stderr
+        assert "<img " in html.read_text()
+

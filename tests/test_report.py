@@ -445,7 +445,7 @@ def test_resumed_scan_report_checks_the_earlier_videos_hash(tmp_path):
 def test_interrupted_scan_report_says_its_thumbnails_are_missing(tmp_path, monkeypatch):
     """scan --out x.html writes a quick report without thumbnails before the full one; when
     the full one was interrupted, the quick one stayed without saying why it had none."""
-    import scanner.report as report_mod
+    import scanner.report.scan_report as report_mod
 
     real_write, calls = report_mod.write_report, []
 
@@ -460,10 +460,10 @@ def test_interrupted_scan_report_says_its_thumbnails_are_missing(tmp_path, monke
     common = ["--detector", "test_tiny", "--frames", "2", "--no-progress", "--workers", "1"]
     assert main(["scan", str(DATA / "d1.mp4"), "--out", str(out), *common]) == 130
     html = out.read_text()
-    assert "<img " not in html and "no thumbnails: rendering them was interrupted; dfscan report" in html
+    assert "<img " not in html and "no thumbnails: the report with them was not finished (interrupted" in html
     monkeypatch.setattr(report_mod, "write_report", real_write)
     assert main(["scan", str(DATA / "d1.mp4"), "--out", str(out), *common]) == EXIT_OK
-    assert "<img " in out.read_text() and "rendering them was interrupted" not in out.read_text()
+    assert "<img " in out.read_text() and "not finished" not in out.read_text()
 
 def test_report_command(corpus, tmp_path):
     out = tmp_path / "cli.html"
