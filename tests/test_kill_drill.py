@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -169,3 +170,61 @@ def test_report_whose_thumbnails_fill_a_real_disk_says_so(tmp_path):
         assert r.returncode == EXIT_OK, r.stderr
         assert "<img " in html.read_text()
 
+
+KILLED_MID_WRITE = """
+import os, signal, sys
+from pathlib import Path
+from engines.files import replacing
+from scanner.report.render import _write_atomic
+
+def die():
+    yield "<html>half a report"
+    os.kill(os.getpid(), signal.SIGKILL)
+
+if sys.argv[1] == "json":
+    with replacing(sys.argv[2]) as tmp:
+        tmp.write_text('{"auc": 0.')
+        os.kill(os.getpid(), signal.SIGKILL)
+_write_atomic(Path(sys.argv[2]), die)
+"""
+
+
+def _killed_mid_write(kind: str, out: Path) -> int:
+    """The pid of a process SIGKILLed while replacing ``out`` (its temp file stays)."""
+    p = subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, kind, str(out)], cwd=ROOT, capture_output=True)
+    assert p.returncode == -9, p.stderr
+    return int(next(out.parent.glob(f".{out.name}.*.tmp")).name.split(".")[-2])
+
+
+def test_temp_file_of_a_killed_replacement_is_removed_by_the_next_one(tmp_path):
+    """A SIGKILL inside engines.files.replacing (JSON results, checkpoints) or while the HTML
+    report was written left ``.NAME.PID.tmp`` beside it forever: each run's pid names a new
+    one. The next replacement of that file removes it, once old, when that pid is gone; never
+    another target's, another pattern's, a live process's or a recent one."""
+    from engines.files import STALE_TEMP_S, write_json
+    from scanner.report import ReportOptions, write_report
+
+    out = tmp_path / "res.json"  # not written here: this process lists a folder once
+    out.write_text('{"auc": 0.9}')
+    dead, other_dead = _killed_mid_write("json", out), _killed_mid_write("json", tmp_path / "other.json")
+    live = os.getppid()
+    recent = out.with_name(f".res.json.{other_dead}.tmp")
+    kept = [out.with_name(n) for n in (f".other.json.{other_dead}.tmp", f".res.json.{live}.tmp",
+                                       ".res.json.tmp", f".res.json.{dead}.tmp.x")]
+    old = time.time() - STALE_TEMP_S - 60
+    for p in kept:
+        p.touch()
+    for p in [out.with_name(f".res.json.{dead}.tmp"), *kept]:
+        os.utime(p, (old, old))
+    recent.touch()  # a dead pid's, but recent: maybe a writer on another host sharing the folder
+    write_json({"auc": 0.8}, out)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted(["res.json", recent.name, *(p.name for p in kept)])
+
+    jsonl, html = tmp_path / "r" / "r.jsonl", tmp_path / "r" / "r.html"
+    jsonl.parent.mkdir()
+    jsonl.write_text(json.dumps({"path": "/x/a.mp4", "verdict": "real", "score": 0.1}) + "\n")
+    stale = html.with_name(f".r.html.{_killed_mid_write('html', html)}.tmp")
+    os.utime(stale, (old, old))
+    write_report(jsonl, html, ReportOptions(thumbnails=False))
+    assert sorted(p.name for p in html.parent.iterdir()) == ["r.html", "r.jsonl"]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from engines.errors import DfscanError
+from engines.files import remove_stale_temps, temp_beside
 
 from .. import __version__
 from ..durable import make_parent
@@ -246,8 +247,9 @@ def _write_atomic(out: Path, chunks: Callable[[], Iterator[str]]) -> None:
     of being replaced."""
     make_parent(out)
     direct = out.is_symlink() or (out.exists() and not out.is_file())
-    # At most 200 bytes of the name: ``out``'s own may use up to the 255 a name can have.
-    tmp = out if direct else out.with_name(f".{os.fsdecode(os.fsencode(out.name)[:200])}.{os.getpid()}.tmp")
+    if not direct:  # a killed render's temp file stayed forever beside the report
+        remove_stale_temps(out)
+    tmp = out if direct else temp_beside(out)
     try:
         # backslashreplace: a non-UTF-8 file name (lone surrogates) shows as \udcXX, not a crash.
         with open(tmp, "w", encoding="utf-8", errors="backslashreplace") as dst:
