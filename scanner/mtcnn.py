@@ -110,13 +110,15 @@ def _stage1(imgs: torch.Tensor, pnet, minsize: int, th: float, factor: float, fi
 
 def _crops(imgs: torch.Tensor, boxes: torch.Tensor, inds: torch.Tensor, size: int,
            samples: int) -> torch.Tensor:
-    # Same region as facenet: integer box clamped to the image, pixels x1-1..x2-1
-    # (1-based boxes), i.e. pixel edges [x1-1, x2]; roi_align(aligned=True) takes box
-    # corners as pixel edges (aligned=False reads them as pixel centres: half a pixel off).
-    h, w = imgs.shape[2:]
+    # The integer box's pixels x1-1..x2-1 (1-based boxes), i.e. pixel edges [x1-1, x2];
+    # roi_align(aligned=True) takes box corners as pixel edges (aligned=False reads them
+    # as pixel centres: half a pixel off). The box is NOT clamped to the image: the part
+    # outside reads black (roi_align's zeros), as the reference MTCNN pads it. facenet
+    # clamps and stretches what is left to the full crop, while R/O-Net offsets and
+    # landmarks are still read against the whole box: a face cut 10-30 % by the frame
+    # edge got landmarks 40-180 px off (a 280 px face) and a garbage aligned crop.
     b = boxes[:, :4].trunc()
-    x0, y0 = b[:, 0].clamp(min=1) - 1, b[:, 1].clamp(min=1) - 1
-    x1, y1 = b[:, 2].clamp(max=w), b[:, 3].clamp(max=h)
+    x0, y0, x1, y1 = b[:, 0] - 1, b[:, 1] - 1, b[:, 2], b[:, 3]
     rois = torch.stack([inds.to(b.dtype), x0, y0, x1, y1], 1)
     # ``samples``^2 bilinear samples per output cell: a cheap area filter (adaptive
     # sampling, ceil(box/size)^2 samples, costs 4x more on large faces for no gain).
