@@ -56,3 +56,17 @@ def test_face_cut_by_frame_edge_keeps_its_landmarks(clip, side, frac):
         assert err < 0.08 * side_px, f"landmarks {err:.0f} px off on a {side_px:.0f} px face"
         checked += 1
     assert checked  # MTCNN keeps these cut faces (p >= 0.9): the drill must see one
+
+
+@pytest.mark.parametrize("name,k", [("d2.mp4", 2), ("d2.mp4", 1), ("d18.mp4", 2)])
+def test_turned_clip_scoring_confident_as_stored_is_turned_upright(name, k):
+    """A frame stored turned k quarter turns (no rotation metadata) whose face MTCNN still
+    scores >= 0.995 as stored (d2 upside down: 0.996) settled the video "upright" at once;
+    d2 upside down then scanned fake 0.58 (upright: real 0.08) with orientation_deg 0."""
+    from scanner.orientation import Orientation, rotate_frame
+
+    det = FaceDetector()
+    frames = [rotate_frame(f, k) for f in FrameSampler(DATA / name, 4, None, 960)]
+    o = Orientation(det)
+    o.settle(frames, det.detect(frames))
+    assert o.k == (4 - k) % 4
