@@ -183,10 +183,28 @@ def _add_looks(frame: Frame, recs: list[FaceRec]) -> None:
         r.look = face_look(frame, r.box)
 
 
+def _drop_faces_before(state: _VideoState, pos: int) -> None:
+    """Forget the faces of the frames before ``pos``: found in the frame as stored before
+    the video's turn was known, which proved wrong. Why: a sideways clip whose first batch
+    of samples settled nothing (a black intro, then one probe) kept that probe's sideways
+    face (its box in the stored frame, outside the turned one the row describes; scored
+    0.54 where the turned faces scored 0.003-0.07); those frames are gone (not re-detected
+    turned), so they stay faceless."""
+    n = sum(r.frame < pos for r in state.pending)  # pending is in frame order: a prefix
+    if n:
+        rest = torch.cat(state.crops)[n:]
+        state.crops, state.pending = ([rest] if len(rest) else []), state.pending[n:]
+    state.faces = [r for r in state.faces if r.frame >= pos]
+
+
 def _process_batch(batch: list[Frame], state: _VideoState, ctx: ScanContext) -> None:
     cfg = ctx.cfg
-    for fr, fc, crops, mats in detect_and_align(batch, ctx.faces, ctx.detector.spec, ctx.device,
-                                                cfg.antialias, state.t, state.region, state.orientation):
+    unsettled = state.orientation is not None and state.orientation.k is None
+    results = detect_and_align(batch, ctx.faces, ctx.detector.spec, ctx.device, cfg.antialias, state.t,
+                               state.region, state.orientation)
+    if unsettled and state.orientation.k:  # turned just now: earlier faces were found sideways
+        _drop_faces_before(state, len(state.frames))
+    for fr, fc, crops, mats in results:
         pos = len(state.frames)
         state.frames.append({"index": fr.index, "time_s": round(fr.time_s, 4)})
         if len(fc) == 0:
