@@ -109,7 +109,7 @@ def _stage1(imgs: torch.Tensor, pnet, minsize: int, th: float, factor: float, fi
 
 
 def _crops(imgs: torch.Tensor, boxes: torch.Tensor, inds: torch.Tensor, size: int,
-           samples: int) -> torch.Tensor:
+           samples: int, pad: bool = True) -> torch.Tensor:
     # The integer box's pixels x1-1..x2-1 (1-based boxes), i.e. pixel edges [x1-1, x2];
     # roi_align(aligned=True) takes box corners as pixel edges (aligned=False reads them
     # as pixel centres: half a pixel off). The box is NOT clamped to the image: the part
@@ -117,8 +117,12 @@ def _crops(imgs: torch.Tensor, boxes: torch.Tensor, inds: torch.Tensor, size: in
     # clamps and stretches what is left to the full crop, while R/O-Net offsets and
     # landmarks are still read against the whole box: a face cut 10-30 % by the frame
     # edge got landmarks 40-180 px off (a 280 px face) and a garbage aligned crop.
+    # ``pad=False``: facenet's clamp (see _rnet_scores).
     b = boxes[:, :4].trunc()
     x0, y0, x1, y1 = b[:, 0] - 1, b[:, 1] - 1, b[:, 2], b[:, 3]
+    if not pad:
+        h, w = imgs.shape[2:]
+        x0, y0, x1, y1 = x0.clamp(min=0), y0.clamp(min=0), x1.clamp(max=w), y1.clamp(max=h)
     rois = torch.stack([inds.to(b.dtype), x0, y0, x1, y1], 1)
     # ``samples``^2 bilinear samples per output cell: a cheap area filter (adaptive
     # sampling, ceil(box/size)^2 samples, costs 4x more on large faces for no gain).
@@ -144,14 +148,31 @@ def _stage2(imgs, boxes, inds, rnet, th: float):
     # its crops cheap; O-Net (few candidates, landmarks) gets 2x2 samples.
     if len(boxes) == 0:
         return boxes, inds
-    reg, prob = rnet(_crops(imgs, boxes, inds, 24, 1))
-    score = prob[:, 1]
+    reg, score = _rnet_scores(imgs, boxes, inds, rnet)
     keep = score > th
     boxes = torch.cat([boxes[keep, :4], score[keep, None]], 1)
     inds, reg = inds[keep], reg[keep]
     pick = batched_nms(boxes[:, :4], boxes[:, 4], inds, 0.7)
     boxes = _refine(boxes[pick], reg[pick])
     return _square(boxes), inds[pick]
+
+
+def _rnet_scores(imgs, boxes, inds, rnet) -> tuple[torch.Tensor, torch.Tensor]:
+    """R-Net's box offsets (read on the padded box, as O-Net's) and face scores. A candidate
+    running past the frame is scored on its padded and on its clamped crop, and keeps the
+    higher. Why: searched from min_face up, P-Net may leave one coarse candidate there, which
+    R-Net rejects once padded (0.28 vs 0.99 clamped on a grey d1 frame: the face was lost);
+    its offsets still come from the padded crop, so the box O-Net then reads is consistent."""
+    reg, prob = rnet(_crops(imgs, boxes, inds, 24, 1))
+    score = prob[:, 1]
+    h, w = imgs.shape[2:]
+    b = boxes[:, :4].trunc()
+    out = (b[:, 0] < 1) | (b[:, 1] < 1) | (b[:, 2] > w) | (b[:, 3] > h)
+    if out.any():
+        _, clamped = rnet(_crops(imgs, boxes[out], inds[out], 24, 1, pad=False))
+        score = score.clone()
+        score[out] = torch.maximum(score[out], clamped[:, 1])
+    return reg, score
 
 
 def _stage3(imgs, boxes, inds, onet, th: float):
