@@ -209,8 +209,10 @@ def gst_rtsp(media: Path, port: int, lower: str = "tcp") -> Proc:
     if probe.returncode:
         pytest.skip("gst-rtsp-server not installed (python3-gi gir1.2-gst-rtsp-server-1.0 "
                     "gstreamer1.0-plugins-good gstreamer1.0-plugins-bad; .ci/run installs them)")
+    # 40 s: the server's HOME is the test's folder, so GStreamer scans every installed plugin
+    # into a new registry on each start; on a busy 2-core machine that passed 10 s (CI flake).
     return Proc([SYSTEM_PYTHON, str(GST_SERVER), str(port), str(media / "long.mp4"), lower],
-                media / f"gst-{port}.log", ready=lambda: listening(port))
+                media / f"gst-{port}.log", ready=lambda: listening(port), timeout_s=40)
 
 
 # ---------------------------------------------------------------- RTSP
