@@ -108,6 +108,15 @@ def _stage1(imgs: torch.Tensor, pnet, minsize: int, th: float, factor: float, fi
     return _square(boxes), inds
 
 
+def _candidates(imgs, pnet, minsize: int, th: float, factor: float, first_level: int, region):
+    """P-Net's candidates in the images' pixels, searched in ``region`` only (None: all)."""
+    if region is None:
+        return _stage1(imgs, pnet, minsize, th, factor, first_level)
+    x0, y0, x1, y1 = region
+    boxes, inds = _stage1(imgs[:, :, y0:y1, x0:x1], pnet, minsize, th, factor, first_level)
+    return boxes + boxes.new_tensor([x0, y0, x0, y0, 0]), inds
+
+
 def _crops(imgs: torch.Tensor, boxes: torch.Tensor, inds: torch.Tensor, size: int,
            samples: int, pad: bool = True) -> torch.Tensor:
     # The integer box's pixels x1-1..x2-1 (1-based boxes), i.e. pixel edges [x1-1, x2];
@@ -195,13 +204,17 @@ def _stage3(imgs, boxes, inds, onet, th: float):
 
 @torch.inference_mode()
 def detect(mtcnn, images: np.ndarray, minsize: int, thresholds, factor: float = 0.709,
-           first_level: int = 0):
+           first_level: int = 0, region: tuple[int, int, int, int] | None = None):
     """Run the cascade on ``uint8 (B, H, W, 3)`` RGB images.
 
     Returns per image ``(boxes float32 (K, 5) [x1, y1, x2, y2, prob], points (K, 5, 2))``
     in the input images' pixel coordinates. ``first_level`` > 0 runs P-Net only from that
     pyramid level on (faces from ``minsize / factor**first_level`` up); the levels below
-    are still built, so the searched ones are exactly those of a full search.
+    are still built, so the searched ones are exactly those of a full search. ``region``
+    ``(x0, y0, x1, y1)``, pixels: P-Net searches only that rectangle, while R-Net and O-Net
+    read their candidates from the whole images: a candidate running past the rectangle
+    sees the real pixels there (cut from a crop, it read black: faces found in the whole
+    frame were lost; see :mod:`scanner.region`).
     """
     device = next(mtcnn.pnet.parameters()).device
     if not images.flags.writeable:  # e.g. np.asarray(PIL image): torch wants writable memory
@@ -209,7 +222,7 @@ def detect(mtcnn, images: np.ndarray, minsize: int, thresholds, factor: float = 
     # One contiguous NCHW copy: roi_align would otherwise copy the batch on every call.
     # (uint8 permute first: 4x less memory to shuffle than float, measured ~5x faster)
     imgs = torch.as_tensor(images, device=device).permute(0, 3, 1, 2).contiguous().float()
-    boxes, inds = _stage1(imgs, mtcnn.pnet, minsize, thresholds[0], factor, first_level)
+    boxes, inds = _candidates(imgs, mtcnn.pnet, minsize, thresholds[0], factor, first_level, region)
     boxes, inds = _stage2(imgs, boxes, inds, mtcnn.rnet, thresholds[1])
     boxes, inds, points = _stage3(imgs, boxes, inds, mtcnn.onet, thresholds[2])
     boxes, inds, points = boxes.cpu().numpy(), inds.cpu().numpy(), points.cpu().numpy()

@@ -131,15 +131,12 @@ class RegionSearch:
         det, scale = self.faces, frames[0].scale
         if minsize > min(y1 - y0, x1 - x0):  # no pyramid level fits
             return [(Faces.empty(), np.zeros((0, 4), np.float32)) for _ in frames]
-        crops = np.stack([_det_image(f)[y0:y1, x0:x1] for f in frames])
+        # P-Net searches the rectangle; R/O-Net read the whole frame, so a candidate running
+        # past the rectangle sees the frame there, as in a whole-frame search.
+        images = np.stack([_det_image(f) for f in frames])
         out = []
-        for boxes, points in mtcnn_cascade.detect(det.mtcnn, crops, minsize, det.thresholds,
-                                                  FACTOR, first_level):
-            boxes, points = boxes.copy(), points.copy()
-            boxes[:, [0, 2]] += x0
-            boxes[:, [1, 3]] += y0
-            points[..., 0] += x0
-            points[..., 1] += y0
+        for boxes, points in mtcnn_cascade.detect(det.mtcnn, images, minsize, det.thresholds,
+                                                  FACTOR, first_level, region=rect):
             side = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
             real = (boxes[:, 4] >= det.min_prob) & (side >= det.min_face * scale)
             out.append((det._select(boxes, points, scale), boxes[real, :4]))
