@@ -171,9 +171,12 @@ class RayScanContext:
         metrics.set_build_info(first["detector"], cfg.engine, cfg.device)
 
     def pids(self) -> list[int]:
-        """Current process id of every actor (changes when Ray restarts one)."""
+        """Current process id of every actor (changes when Ray restarts one). An actor still
+        restarting is waited for: its actors take no task retries (see _lost), so a plain call
+        failed with ActorUnavailableError when asked right after a restart (a CI flake)."""
         ray = _ray()
-        return [i["pid"] for i in ray.get([a.info.remote() for a in self.actors])]
+        calls = [a.info.options(max_task_retries=-1).remote() for a in self.actors]
+        return [i["pid"] for i in ray.get(calls)]
 
     def rows(self, paths: Iterable[str | Path]) -> Iterator[dict]:
         """One row per path, in completion order; lost workers' videos are rescanned.
