@@ -95,8 +95,11 @@ class FaceDetector:
 
         self.engine = use_face_engine(self.mtcnn, engine, str(device))
 
-    def detect(self, frames: Sequence[Frame]) -> list[Faces]:
-        """Detect faces in ``frames``; one :class:`Faces` per frame, in order."""
+    def detect(self, frames: Sequence[Frame], first_level: int = 0) -> list[Faces]:
+        """Detect faces in ``frames``; one :class:`Faces` per frame, in order.
+
+        ``first_level`` > 0 skips P-Net's finest pyramid levels: only faces larger than
+        about ``min_face / 0.709**first_level`` are searched (see :func:`scanner.mtcnn.detect`)."""
         out: list[Faces | None] = [None] * len(frames)
         groups: dict[tuple, list[int]] = {}
         for i, fr in enumerate(frames):
@@ -106,14 +109,17 @@ class FaceDetector:
             scale = frames[idx[0]].scale
             batch = np.stack([(frames[i].small if frames[i].small is not None else frames[i].image)
                               for i in idx])
-            for i, faces in zip(idx, self._detect_batch(batch, scale)):
+            for i, faces in zip(idx, self._detect_batch(batch, scale, first_level)):
                 out[i] = faces
         return out  # type: ignore[return-value]
 
-    def _detect_batch(self, batch: np.ndarray, scale: float) -> list[Faces]:
-        # P-Net's pyramid starts at min_face in *detection* pixels; 12 is its floor.
-        minsize = max(12, int(self.min_face * scale))
-        found = mtcnn_cascade.detect(self.mtcnn, batch, minsize, self.thresholds)
+    def minsize(self, scale: float) -> int:
+        """Where P-Net's pyramid starts: ``min_face`` in detection pixels (12 is its floor)."""
+        return max(12, int(self.min_face * scale))
+
+    def _detect_batch(self, batch: np.ndarray, scale: float, first_level: int = 0) -> list[Faces]:
+        found = mtcnn_cascade.detect(self.mtcnn, batch, self.minsize(scale), self.thresholds,
+                                     first_level=first_level)
         return [self._select(b, p, scale) for b, p in found]
 
     def _select(self, boxes: np.ndarray, points: np.ndarray, scale: float) -> Faces:

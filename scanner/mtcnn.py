@@ -81,6 +81,13 @@ def _pyramid(h: int, w: int, minsize: int, factor: float) -> list[float]:
     return scales
 
 
+def first_level(face_px: float, minsize: int, factor: float = 0.709) -> int:
+    """Finest pyramid level P-Net needs to find faces of ``face_px`` (detection px) and
+    up: level k searches faces of about ``minsize / factor**k`` px."""
+    ratio = face_px / minsize
+    return int(np.floor(np.log(ratio) / -np.log(factor))) if ratio > 1 else 0
+
+
 def _stage1(imgs: torch.Tensor, pnet, minsize: int, th: float, factor: float, first_level: int = 0):
     h, w = imgs.shape[2:]
     boxes, inds = [], []

@@ -92,16 +92,14 @@ class RegionSearch:
         return [kept for kept, _ in found]
 
     def _base_minsize(self, fr: Frame) -> int:
-        # As FaceDetector: P-Net's pyramid starts at min_face in detection pixels.
-        return max(12, int(self.faces.min_face * fr.scale))
+        return self.faces.minsize(fr.scale)
 
     def _first_level(self, fr: Frame) -> int:
         """First pyramid level searching faces >= size_ratio x the smallest face seen
         (level k searches faces of about minsize / factor**k pixels)."""
         b = self.last
         smallest = float(np.minimum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]).min())
-        ratio = self.size_ratio * smallest / self._base_minsize(fr)
-        return int(np.floor(np.log(ratio) / -np.log(FACTOR))) if ratio > 1 else 0
+        return mtcnn_cascade.first_level(self.size_ratio * smallest, self._base_minsize(fr), FACTOR)
 
     def _region(self, shape: tuple, ahead: int) -> tuple[int, int, int, int] | None:
         """Rectangle ``x0, y0, x1, y1`` (detection px) to search up to ``ahead`` samples

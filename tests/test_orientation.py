@@ -7,6 +7,7 @@ the sideways face at p 0.92-0.99, with landmarks that aligned it badly); upright
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import av
 import numpy as np
@@ -97,11 +98,17 @@ def test_report_thumbnail_of_a_turned_video_is_upright(scanned):
 class ScriptedFaces:
     """Face detector whose best probability per quarter turn is scripted per frame."""
 
-    def __init__(self, probs: dict[int, list[float]]):
-        self.probs, self.calls = probs, 0
+    min_face = 64
 
-    def detect(self, frames):
+    def __init__(self, probs: dict[int, list[float]], side: float = 80):
+        self.probs, self.calls, self.side, self.levels = probs, 0, side, []
+
+    def minsize(self, scale: float) -> int:
+        return max(12, int(self.min_face * scale))
+
+    def detect(self, frames, first_level: int = 0):
         self.calls += len(frames)
+        self.levels.append(first_level)
         return [self._faces(fr) for fr in frames]
 
     def _faces(self, fr: Frame) -> Faces:
@@ -109,7 +116,7 @@ class ScriptedFaces:
         p = self.probs[fr.index][k]
         if p == 0:
             return Faces.empty()
-        return Faces(np.array([[0, 0, 80, 80]], np.float32), np.array([p], np.float32),
+        return Faces(np.array([[0, 0, self.side, self.side]], np.float32), np.array([p], np.float32),
                      np.zeros((1, 5, 2), np.float32))
 
 
@@ -193,3 +200,50 @@ def test_frames_without_a_face_at_any_turn_do_not_settle_the_video():
     frames = [_marked(i) for i in range(40)]
     assert o.settle(frames, [det._faces(f) for f in frames]) is False
     assert o.k == 0 and det.calls == 3 * o.max_empty
+
+
+def test_probes_search_faces_down_to_half_the_stored_face_only():
+    # A 400 px face in a 1080p frame detected at half size (scale 0.5): the probes start at
+    # the pyramid level that finds faces of ~200 px, where the whole pyramid starts at
+    # min_face (64 px); a frame without a face as stored is searched whole.
+    det = ScriptedFaces({0: [0.99, 0, 0, 0]}, side=400)
+    fr = replace(_marked(0), scale=0.5)
+    o = Orientation(det)
+    o.settle([fr], [det._faces(fr)])
+    level, minsize = det.levels[0], det.minsize(0.5)
+    assert level > 0 and minsize / 0.709 ** level <= 0.5 * 400 * 0.5 < minsize / 0.709 ** (level + 1)
+    assert o.probe_level(fr, Faces.empty()) == 0
+    assert Orientation(det, coarse_probes=False).probe_level(fr, det._faces(fr)) == 0
+
+
+def test_coarse_probe_scores_a_real_turned_face_as_the_whole_pyramid_does():
+    from scanner.faces import FaceDetector
+
+    faces = FaceDetector()
+    fr = next(iter(FrameSampler(DATA / "d1.mp4", frames=1, det_max_side=960)))
+    sideways = rotate_frame(fr, 1)  # as a sideways file stores it
+    level = Orientation(faces).probe_level(sideways, faces.detect([sideways])[0])
+    assert level > 0  # the stored (sideways) frame has a face, and it is large
+    back = rotate_frame(sideways, 3)
+    full, coarse = faces.detect([back])[0], faces.detect([back], first_level=level)[0]
+    assert len(full) and len(coarse)
+    assert abs(float(full.probs.max()) - float(coarse.probs.max())) < 1e-3
+
+
+def test_rule_replayed_on_committed_probabilities_of_real_clips():
+    # Per-turn MTCNN probabilities of 12 samples of 115 shared clips and of 200 held-out
+    # pseudo-clips of face photos (bench/orientation_replay.py collect): a change to the
+    # rule or its thresholds is replayed on all of them here.
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("orientation_replay", root / "bench" / "orientation_replay.py")
+    replay = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(replay)
+    data = json.loads((root / "bench" / "results" / "orientation_probs.json").read_text())
+    res = replay.replay(data, "coarse")
+    assert {k: v["clips"] for k, v in res.items()} == {"clips": 58, "validation": 57, "stills": 200}
+    assert all(not v["upright_turned"] for v in res.values())
+    assert res["validation"]["turned_left_turned"] == ["validation/fake/emo/emo_talk_jocker.mp4@270"]
+    assert not res["clips"]["turned_left_turned"] and not res["stills"]["turned_left_turned"]
