@@ -57,13 +57,17 @@ def video_labels(paths: list) -> dict[str, str]:
 
 
 def decode_ratios(rows: list[dict], cfg: ScanConfig, labels: dict[str, str] | None = None,
-                  workers: int = 1) -> dict:
+                  workers: int = 1, decode_s: dict[str, float] | None = None) -> dict:
     """Per video (keyed by ``labels``, default :func:`video_labels`): pure decode seconds,
-    pipeline seconds and their ratio; ``workers`` videos decoded at a time, as scanned."""
+    pipeline seconds and their ratio; ``workers`` videos decoded at a time, as scanned.
+    ``decode_s`` (path -> seconds): decode times measured already (else measured here)."""
     labels = labels or video_labels([r["path"] for r in rows])
     ok = [r for r in rows if r["verdict"] != "error"]
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        decode_s = list(pool.map(lambda r: decode_only_s(r["path"], cfg), ok))
+    if decode_s is not None:
+        decode_s = [decode_s[str(r["path"])] for r in ok]
+    else:
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            decode_s = list(pool.map(lambda r: decode_only_s(r["path"], cfg), ok))
     out = {}
     for r, dec in zip(ok, decode_s):
         dec = round(dec, 4)  # the ratio uses the figure reported
