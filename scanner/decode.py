@@ -219,6 +219,8 @@ class FrameSampler:
         self.max_frames = MAX_SAMPLED_FRAMES
         self.index: VideoIndex | None = None
         self.decode_errors = 0
+        self.corrupt = 0  # sampled frames only decoded damaged (left out, in ``missed``)
+        self._damaged: set[int] = set()  # targets whose last decode was flagged corrupt
         self.seeks = 0
         self.requested = 0  # sampled frames chosen (after the index pass)
         self.missed = 0  # targets that never came out of the decoder
@@ -253,6 +255,7 @@ class FrameSampler:
                     yield fr
             self.refetched = lost - len(pending)
         self.missed = len(pending)
+        self.corrupt = len(self._damaged & pending)
         if yielded == 0:
             raise VideoError("no_frames", f"no frame could be decoded "
                              f"({self.decode_errors} corrupt packets)")
@@ -310,7 +313,7 @@ class FrameSampler:
             # Why: frames that are neither sampled nor referenced need no decoding.
             cc.skip_frame = "DEFAULT" if pkt.pts in pending else "NONREF"
             for f in self._decode_packet(pkt):
-                if f.pts in pending:
+                if f.pts in pending and self._intact(f, f.pts):
                     pending.discard(f.pts)
                     yield to_frame(f, index.rank(f.pts), index.time_of(f.pts), self.det_max_side,
                                     self._frame_sar(cc))
@@ -330,8 +333,8 @@ class FrameSampler:
         n, last, claimed_last = 0, None, max(targets) == len(index.presentation) - 1
         for pkt in container.demux(stream):
             for f in self._decode_packet(pkt):
-                last = f if n not in targets else None
-                if n in targets:
+                last = f if n not in targets and not f.is_corrupt else None
+                if n in targets and self._intact(f, n):
                     pending.discard(n)
                     yield self._ordinal_frame(f, n, index, stream)
                 n += 1
@@ -352,6 +355,18 @@ class FrameSampler:
         stream.thread_type = "AUTO"  # frame + slice threads
         if self.threads:
             stream.codec_context.thread_count = self.threads
+
+    def _intact(self, f, key: int) -> bool:
+        """False for a picture the decoder flags corrupt (concealed: a packet cut short by
+        the end of the file, a lost slice, a missing reference), which is not sampled. Why:
+        concealment smears blocks across the face, and a detector scored that picture as
+        if it were the video's; the target stays pending, so a sequential pass retries a
+        picture that only a seek damaged, and one damaged for good counts as missed."""
+        if f.is_corrupt:
+            self._damaged.add(key)
+            return False
+        self._damaged.discard(key)
+        return True
 
     def _decode_packet(self, pkt):
         try:

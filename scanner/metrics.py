@@ -132,6 +132,7 @@ class StreamMetrics:
         self._m = m
         self.decoded = m.decoded.labels(name)
         self.sampled = m.sampled.labels(name)
+        self.corrupt = m.corrupt.labels(name)
         self.dropped = m.dropped.labels(name)
         self.reconnects = m.reconnects.labels(name)
         self.errors = m.errors.labels(name)
@@ -167,6 +168,8 @@ class LiveMetrics:
         self.state = Gauge("dfscan_stream_state", "1 for the stream's current state, else 0", s + ["state"], registry=r)
         self.decoded = Counter("dfscan_stream_frames_decoded_total", "Frames decoded", s, registry=r)
         self.sampled = Counter("dfscan_stream_frames_sampled_total", "Frames sampled for analysis", s, registry=r)
+        self.corrupt = Counter("dfscan_stream_frames_corrupt_total",
+                               "Decoded frames the decoder flagged corrupt (concealed), never sampled", s, registry=r)
         self.dropped = Counter(
             "dfscan_stream_frames_dropped_total", "Sampled frames dropped (buffer full, oldest first)", s, registry=r
         )
@@ -219,7 +222,7 @@ class LiveMetrics:
             self.streams.set(len(self._children))
 
     def _remove_series(self, name: str) -> None:
-        for metric in (self.decoded, self.sampled, self.dropped, self.reconnects, self.errors, self.faces,
+        for metric in (self.decoded, self.sampled, self.corrupt, self.dropped, self.reconnects, self.errors, self.faces,
                        self.alerts, self.score, self.fake, self.heartbeat_age, self.latency):
             try:
                 metric.remove(name)

@@ -24,7 +24,7 @@ def video_info(sampler: FrameSampler) -> dict | None:
         return None
     return {"width": ix.width, "height": ix.height, "codec": ix.codec,
             "frames_total": ix.frames, "duration_s": round(ix.duration_s, 3),
-            "decode_errors": sampler.decode_errors, "seeks": sampler.seeks,
+            "decode_errors": sampler.decode_errors, "frames_corrupt": sampler.corrupt, "seeks": sampler.seeks,
             "frames_refetched": sampler.refetched, "deinterlaced": sampler.deinterlaced,
             "hdr": sampler.hdr, "tone_mapped": sampler.tone_mapped,
             # Why: time_s of output-order frames is ordinal / nominal rate, not
@@ -54,8 +54,9 @@ def record_sampling(row: dict, sampler: FrameSampler) -> None:
     row["frames_requested"] = sampler.requested
     row["frames_missed"] = sampler.missed
     if sampler.missed:
-        log.warning("%s: %d of %d sampled frames could not be decoded", sampler.path,
-                    sampler.missed, sampler.requested)
+        damaged = f" ({sampler.corrupt} only decoded damaged)" if sampler.corrupt else ""
+        log.warning("%s: %d of %d sampled frames could not be decoded%s", sampler.path,
+                    sampler.missed, sampler.requested, damaged)
 
 
 def check_decoded(sampler: FrameSampler, decoded: int, min_face_frames: int) -> None:

@@ -38,6 +38,7 @@ class StreamInfo(BaseModel):
     errors: int
     frames_decoded: int
     frames_sampled: int
+    frames_corrupt: int = 0  # decoded frames flagged corrupt (concealed), never sampled
     frames_dropped: int
     fps: float
     last_error: str

@@ -114,6 +114,7 @@ class SourceStats:
     errors: int = 0
     decoded: int = 0
     sampled: int = 0
+    corrupt: int = 0  # decoded frames flagged corrupt (concealed): never sampled
     tone_mapped: int = 0  # sampled HDR frames mapped to SDR (scanner.colour)
     last_error: str = ""
     last_frame_t: float = 0.0  # monotonic, heartbeat
@@ -202,7 +203,8 @@ class LiveSource:
             "name": self.name, "url": self.src.masked, "state": st.state,
             "state_for_s": round(time.monotonic() - st.state_since, 3),
             "connects": st.connects, "reconnects": st.reconnects, "errors": st.errors,
-            "frames_decoded": st.decoded, "frames_sampled": st.sampled, "frames_tone_mapped": st.tone_mapped,
+            "frames_decoded": st.decoded, "frames_sampled": st.sampled, "frames_corrupt": st.corrupt,
+            "frames_tone_mapped": st.tone_mapped,
             "frames_dropped": self.buffer.dropped, "fps": round(st.fps, 2),
             "last_error": st.last_error, "sample_fps": self.settings.sample_fps,
             "transport": self.transport,
@@ -334,6 +336,10 @@ class LiveSource:
                 self._went_live_over(transport)
             if self.stats.state != "live":
                 self._set_state("live")
+            if frame.is_corrupt:  # concealed (lost packets): the next intact frame is sampled instead
+                self.stats.corrupt += 1
+                self._m.corrupt.inc()
+                continue
             if next_t is not None and t < next_t - 2 * max(period, 1.0):
                 next_t = None  # timestamps jumped back (publisher restarted): resync
             if next_t is None or t >= next_t:
