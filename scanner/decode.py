@@ -220,7 +220,7 @@ class FrameSampler:
         self.index: VideoIndex | None = None
         self.decode_errors = 0
         self.corrupt = 0  # sampled frames only decoded damaged (left out, in ``missed``)
-        self._damaged: set[int] = set()  # targets whose last decode was flagged corrupt
+        self._damaged: set[int] = set()  # targets decoded flagged corrupt (no longer pending)
         self.seeks = 0
         self.requested = 0  # sampled frames chosen (after the index pass)
         self.missed = 0  # targets that never came out of the decoder
@@ -254,8 +254,8 @@ class FrameSampler:
                     self._count(fr)
                     yield fr
             self.refetched = lost - len(pending)
-        self.missed = len(pending)
-        self.corrupt = len(self._damaged & pending)
+        self.corrupt = len(self._damaged)
+        self.missed = len(pending) + self.corrupt
         if yielded == 0:
             raise VideoError("no_frames", f"no frame could be decoded "
                              f"({self.decode_errors} corrupt packets)")
@@ -313,8 +313,7 @@ class FrameSampler:
             # Why: frames that are neither sampled nor referenced need no decoding.
             cc.skip_frame = "DEFAULT" if pkt.pts in pending else "NONREF"
             for f in self._decode_packet(pkt):
-                if f.pts in pending and self._intact(f, f.pts):
-                    pending.discard(f.pts)
+                if f.pts in pending and self._intact(f, f.pts, pending):
                     yield to_frame(f, index.rank(f.pts), index.time_of(f.pts), self.det_max_side,
                                     self._frame_sar(cc))
             if not (wanted & pending) or budget <= 0:
@@ -334,8 +333,7 @@ class FrameSampler:
         for pkt in container.demux(stream):
             for f in self._decode_packet(pkt):
                 last = f if n not in targets and not f.is_corrupt else None
-                if n in targets and self._intact(f, n):
-                    pending.discard(n)
+                if n in targets and n in pending and self._intact(f, n, pending):
                     yield self._ordinal_frame(f, n, index, stream)
                 n += 1
             if n > max(targets):
@@ -356,16 +354,18 @@ class FrameSampler:
         if self.threads:
             stream.codec_context.thread_count = self.threads
 
-    def _intact(self, f, key: int) -> bool:
-        """False for a picture the decoder flags corrupt (concealed: a packet cut short by
-        the end of the file, a lost slice, a missing reference), which is not sampled. Why:
-        concealment smears blocks across the face, and a detector scored that picture as
-        if it were the video's; the target stays pending, so a sequential pass retries a
-        picture that only a seek damaged, and one damaged for good counts as missed."""
+    def _intact(self, f, key: int, pending: set[int]) -> bool:
+        """Take target ``key`` off ``pending``; False when the decoder flags its picture
+        corrupt (concealed: a packet cut short by the end of the file, a damaged slice),
+        which is then not sampled but counted (``corrupt``, in ``missed``). Why: concealment
+        smears blocks across the face, and a detector scored that picture as the video's.
+        Not retried by the sequential pass: under frame threads FFmpeg flags the same
+        damaged packet in one decode and not always in the next, so a retry made rows
+        differ from run to run (347 or 348 frames of a clip with 5 damaged packets)."""
+        pending.discard(key)
         if f.is_corrupt:
             self._damaged.add(key)
             return False
-        self._damaged.discard(key)
         return True
 
     def _decode_packet(self, pkt):
