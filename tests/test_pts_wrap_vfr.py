@@ -103,6 +103,23 @@ def test_pts_wrap_a_minute_after_the_start_is_unwrapped_upwards(tmp_path):
     assert idx == [int(k / 0.3 * 2 + 1e-9) for k in range(21)]
 
 
+def test_pts_wrapping_twice_is_read_in_output_order(tmp_path):
+    # A clock that wraps twice (a TS recording over 53 h; here 12 frames 5 h apart): FFmpeg
+    # unwraps at most one wrap, so the stamps jump back. Every frame must still come out once
+    # and in order, sampled by its place in the output, with the row saying time_s is
+    # output order at the nominal rate, not the file's clock.
+    path = _numbered(tmp_path / "wrap2.ts", 25, 0.48, ",setpts=N*5*3600/TB",
+                     ("-c:v", "libx264", "-g", "4", "-bf", "0"), "-fps_mode", "passthrough")
+    with av.open(str(path)) as c:
+        pts = [p.pts for p in c.demux(video=0) if p.size]
+    assert len(pts) == 12 and sum(b < a for a, b in zip(pts, pts[1:])) == 2  # two wraps
+    for kw, want in ((dict(frames=12), list(range(12))), (dict(frames=5), [0, 3, 6, 8, 11])):
+        s = FrameSampler(path, **kw)
+        got = list(s)
+        assert s.index.ordinal and s.missed == 0 and not s.index.truncated
+        assert [f.index for f in got] == [_number(f.image) for f in got] == want
+
+
 # 30 fps, then 15 fps from frame 30 (1.0 s), then 30 fps again from frame 45 (2.0 s)
 VFR = ",setpts='if(lt(N\\,30)\\,N\\,if(lt(N\\,45)\\,30+2*(N-30)\\,60+N-45))/(30*TB)'"
 
