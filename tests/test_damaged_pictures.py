@@ -13,7 +13,7 @@ import json
 import av
 import numpy as np
 
-from conftest import DATA
+from conftest import DATA, make_video, wait_for
 from scanner.cli import EXIT_OK, main
 from scanner.decode import FrameSampler
 
@@ -22,21 +22,11 @@ TS_PACKET = 188
 
 def _ts_copy(src, dst, frames: int = 16):
     """``src``'s first ``frames`` pictures as H.264 (no B-frames: the last packet is the last
-    picture shown) in MPEG-TS; returns the sizes of its video packets."""
-    with av.open(str(src)) as inp, av.open(str(dst), "w", format="mpegts") as out:
-        s = out.add_stream("libx264", rate=25, options={"bf": "0", "g": "50"})
-        s.pix_fmt = "yuv420p"
-        for i, f in enumerate(inp.decode(video=0)):
-            if i >= frames:
-                break
-            img = f.to_ndarray(format="rgb24")
-            if i == 0:
-                s.height, s.width = img.shape[:2]
-            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                out.mux(p)
-        for p in s.encode():
-            out.mux(p)
-    return _packet_sizes(dst)
+    picture shown) in MPEG-TS."""
+    with av.open(str(src)) as c:
+        imgs = [f.to_ndarray(format="rgb24") for _, f in zip(range(frames), c.decode(video=0))]
+    h, w = imgs[0].shape[:2]
+    make_video(dst, len(imgs), (w, h), pattern=imgs.__getitem__, fmt="mpegts", options={"bf": "0", "g": "50"})
 
 
 def _packet_sizes(path) -> list[int]:
@@ -92,8 +82,6 @@ def test_scan_row_counts_the_damaged_picture_as_missed(tmp_path):
 
 
 def test_live_source_skips_the_damaged_picture_and_counts_it(tmp_path):
-    import time
-
     from scanner.live.source import LiveSource, SourceSettings
 
     full, cut = tmp_path / "full.ts", tmp_path / "cut.ts"
@@ -101,9 +89,7 @@ def test_live_source_skips_the_damaged_picture_and_counts_it(tmp_path):
     _cut_inside_last_picture(full, cut)
     src = LiveSource("cut", str(cut), SourceSettings(allow_files=True, max_retries=0, sample_fps=0,
                                                      buffer_frames=64)).start()
-    deadline = time.monotonic() + 20
-    while src.state != "stopped" and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: src.state == "stopped", 20, what="the file to end")
     times = []
     while (item := src.buffer.get()) is not None:
         times.append(item.time_s)
