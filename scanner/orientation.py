@@ -8,7 +8,8 @@ without any error. The scan therefore checks the orientation once per video:
 
 - a sampled frame on which MTCNN finds a face with probability >= ``settled``
   (0.9999) settles it as stored at no extra cost (the usual case);
-- otherwise that frame is also searched turned by 90, 180 and 270 degrees, and
+- otherwise that frame is also searched turned by 90, 180 and 270 degrees (for faces
+  down to half the largest one found as stored: P-Net's costly fine levels skipped), and
   votes for the turn with the most probable face if that face is confident and far
   more probable than the best face as stored; two votes adopt a turn for the video;
 - a video whose first ``max_probes`` frames with a face at some turn bring no two
