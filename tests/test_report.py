@@ -186,6 +186,10 @@ def test_frames_missed_and_nonfinite_scores_are_shown(tmp_path):
     secs = sections(_report(p, tmp_path))
     assert len(secs) == 2 and "28 of 32 requested frames could not be decoded" in secs[0]
     assert "2 face score(s) NaN/inf, left out of the verdict" in secs[0] and "losses" not in secs[1]
+    # a picture the decoder could only conceal counts as missed: the page says the file is damaged
+    p.write_text(json.dumps({**row, "frames_missed": 1, "video": {"frames_corrupt": 1}}) + "\n")
+    assert "1 of 32 requested frames could not be decoded (1 only decoded damaged: the file is damaged)" \
+        in sections(_report(p, tmp_path))[0]
 
 
 def test_a_verdict_of_a_newer_version_is_counted_and_filterable(tmp_path):

@@ -135,8 +135,10 @@ def _losses(r: dict) -> str:
     detector scored NaN/inf (the row counts both so a loss is never silent; nor is the page)."""
     lost = []
     if r.get("frames_missed"):
+        damaged = (r.get("video") or {}).get("frames_corrupt")
+        why = f" ({damaged} only decoded damaged: the file is damaged)" if damaged else ""
         lost.append(f'{r["frames_missed"]} of {_fmt(r.get("frames_requested"))} requested frames '
-                    "could not be decoded")
+                    f"could not be decoded{why}")
     if r.get("nonfinite_scores"):
         lost.append(f'{r["nonfinite_scores"]} face score(s) NaN/inf, left out of the verdict')
     return f'<p class="note losses">{escape("; ".join(lost))}</p>' if lost else ""
