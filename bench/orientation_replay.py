@@ -70,7 +70,7 @@ def _best(faces) -> tuple[float, float]:
     """(best probability, largest face side in full-resolution px) of one frame."""
     if not len(faces):
         return 0.0, 0.0
-    side = np.minimum(faces.boxes[:, 2] - faces.boxes[:, 0], faces.boxes[:, 3] - faces.boxes[:, 1])
+    side = faces.sides()
     # 7 decimals keep the rule's thresholds (0.9999, 0.995) exact; float32 has no more
     return round(float(faces.probs.max()), 7), round(float(side.max()), 1)
 
@@ -132,8 +132,8 @@ class _Replayed:
     """Stands in for FaceDetector: returns the collected probabilities of the turn a
     frame is at (read from its 2x2 marker image), full or coarse as the call asks."""
 
-    def __init__(self, records: list[dict], mode: str):
-        self.records, self.mode = records, mode
+    def __init__(self, records: list[dict]):
+        self.records = records
         self.min_face, self.seconds, self.calls = 64, 0.0, 0
 
     def minsize(self, scale: float) -> int:
@@ -170,7 +170,7 @@ def replay_clip(records: list[dict], copy_turn: int, mode: str) -> dict:
     from scanner.faces import Faces
     from scanner.orientation import Orientation, rotate_frame
 
-    det = _Replayed(records, mode)
+    det = _Replayed(records)
     o = Orientation(det, coarse_probes=(mode == "coarse"))
     frames = [rotate_frame(Frame(i, 0.0, _MARK, None, r["scale"]), copy_turn) for i, r in enumerate(records)]
     for b in range(0, len(frames), BATCH):

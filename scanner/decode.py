@@ -219,7 +219,6 @@ class FrameSampler:
         self.max_frames = MAX_SAMPLED_FRAMES
         self.index: VideoIndex | None = None
         self.decode_errors = 0
-        self.corrupt = 0  # sampled frames only decoded damaged (left out, in ``missed``)
         self._damaged: set[int] = set()  # targets decoded flagged corrupt (no longer pending)
         self.seeks = 0
         self.requested = 0  # sampled frames chosen (after the index pass)
@@ -254,11 +253,15 @@ class FrameSampler:
                     self._count(fr)
                     yield fr
             self.refetched = lost - len(pending)
-        self.corrupt = len(self._damaged)
         self.missed = len(pending) + self.corrupt
         if yielded == 0:
             raise VideoError("no_frames", f"no frame could be decoded "
                              f"({self.decode_errors} corrupt packets)")
+
+    @property
+    def corrupt(self) -> int:
+        """Sampled frames only decoded damaged: left out, and counted in ``missed``."""
+        return len(self._damaged)
 
     def _count(self, fr: Frame) -> None:
         self.deinterlaced += fr.deinterlaced
@@ -333,7 +336,7 @@ class FrameSampler:
         for pkt in container.demux(stream):
             for f in self._decode_packet(pkt):
                 last = f if n not in targets and not f.is_corrupt else None
-                if n in targets and n in pending and self._intact(f, n, pending):
+                if n in pending and self._intact(f, n, pending):
                     yield self._ordinal_frame(f, n, index, stream)
                 n += 1
             if n > max(targets):

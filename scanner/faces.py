@@ -42,6 +42,11 @@ def _load_nets(device: str | torch.device):
         raise MissingDependency(FACENET_HINT) from e
 
 
+def box_sides(boxes: np.ndarray) -> np.ndarray:
+    """Shorter side of each ``x1, y1, x2, y2`` box (``(K, 4+)`` -> ``(K,)``), in its pixels."""
+    return np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+
+
 @dataclass
 class Faces:
     """Faces of one frame, largest first, in full-resolution frame pixels.
@@ -59,6 +64,10 @@ class Faces:
 
     def __len__(self) -> int:
         return len(self.probs)
+
+    def sides(self) -> np.ndarray:
+        """``float32 (K,)`` shorter side of each face box, full-resolution pixels."""
+        return box_sides(self.boxes)
 
     @classmethod
     def empty(cls) -> "Faces":
@@ -128,7 +137,7 @@ class FaceDetector:
         probs = boxes[:, 4].copy()
         boxes = boxes[:, :4] / scale
         points = points / scale
-        side = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+        side = box_sides(boxes)
         keep = (probs >= self.min_prob) & (side >= self.min_face)
         boxes, probs, points = boxes[keep], probs[keep], points[keep]
         area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])

@@ -133,8 +133,7 @@ class Orientation:
             return 0
         from .mtcnn import first_level  # not at import: reports use this module without torch
 
-        b = found.boxes
-        side = float(np.minimum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]).max()) * fr.scale
+        side = float(found.sides().max()) * fr.scale
         return first_level(PROBE_RATIO * side, self.faces.minsize(fr.scale))
 
     def _by_log_odds(self) -> int:

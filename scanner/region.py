@@ -28,7 +28,7 @@ import numpy as np
 
 from . import mtcnn as mtcnn_cascade
 from .decode import Frame
-from .faces import FaceDetector, Faces
+from .faces import FaceDetector, Faces, box_sides
 
 FACTOR = 0.709  # MTCNN's pyramid step (scanner.mtcnn.detect's default)
 
@@ -98,7 +98,7 @@ class RegionSearch:
         """First pyramid level searching faces >= size_ratio x the smallest face seen
         (level k searches faces of about minsize / factor**k pixels)."""
         b = self.last
-        smallest = float(np.minimum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]).min())
+        smallest = float(box_sides(b).min())
         return mtcnn_cascade.first_level(self.size_ratio * smallest, self._base_minsize(fr), FACTOR)
 
     def _region(self, shape: tuple, ahead: int) -> tuple[int, int, int, int] | None:
@@ -135,7 +135,7 @@ class RegionSearch:
         out = []
         for boxes, points in mtcnn_cascade.detect(det.mtcnn, images, minsize, det.thresholds,
                                                   FACTOR, first_level, region=rect):
-            side = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+            side = box_sides(boxes)
             real = (boxes[:, 4] >= det.min_prob) & (side >= det.min_face * scale)
             out.append((det._select(boxes, points, scale), boxes[real, :4]))
         return out
