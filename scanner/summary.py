@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from . import metrics
-from .aggregate import decide, frame_score, frames_needed
+from .aggregate import SCORE_DECIMALS, decide, frame_score, frames_needed
 from .decode import VideoError
 
 log = logging.getLogger("dfscan")
@@ -87,7 +87,7 @@ def video_row(state, cfg, threshold: float) -> dict:
             cfg.min_face_frames, len(per_frame)):
         raise VideoError("non_finite", f"the detector scored {dropped} of {len(state.faces)} face "
                          "crops NaN/inf; too few finite scores left for a verdict")
-    row = {"verdict": v.verdict, "score": None if v.score is None else round(v.score, 6),
+    row = {"verdict": v.verdict, "score": None if v.score is None else round(v.score, SCORE_DECIMALS),
            "frames": len(state.frames), "frames_with_faces": v.frames_with_faces,
            "faces": len(state.faces), "nonfinite_scores": dropped,
            "orientation_deg": state.orientation.degrees if state.orientation else 0}
@@ -112,8 +112,8 @@ def _frames_detail(frames: list[dict], per_frame: list[list[FaceRec]], scores: l
 def _face_detail(r: FaceRec, threshold: float) -> dict:
     finite = math.isfinite(r.score)
     d = {"box": [round(float(v), 1) for v in r.box], "prob": round(r.prob, 4),
-         "score": round(r.score, 6) if finite else None}
-    if finite and r.score >= threshold:
+         "score": round(r.score, SCORE_DECIMALS) if finite else None}
+    if finite and d["score"] >= threshold:  # the face's score as written (see aggregate.verdict_of)
         boxes = _artifact_boxes(r)
         if boxes:
             d["artifact_boxes"] = boxes

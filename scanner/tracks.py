@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .aggregate import Verdict, frames_needed
+from .aggregate import Verdict, frames_needed, verdict_of
 
 
 @dataclass
@@ -102,4 +102,4 @@ def decide_tracks(tracks: list[FaceTrack], threshold: float, min_frames: int, sa
     longest = max(t.scored for t in scored)
     eligible = [t for t in scored if t.scored >= min(min_frames, longest)]
     score = max(t.score for t in eligible)
-    return Verdict("fake" if score >= threshold else "real", score, len(face_frames))
+    return Verdict(verdict_of(score, threshold), score, len(face_frames))

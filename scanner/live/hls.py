@@ -4,6 +4,12 @@ FFmpeg follows every URI a playlist lists with the source's ``protocol_whitelist
 and headers: this check refuses a playlist (or one it nests) that names anything
 but http/https, or, for a source with credentials, another host, with a clear
 message instead of FFmpeg's generic "invalid data".
+
+For a source with credentials this check is the only guard (FFmpeg sends them to every
+host a playlist lists), so it reads a playlist as FFmpeg's HLS demuxer does -- lines end at
+a NUL too, attribute values may be unquoted or hold backslash escapes, ``http:host/x`` names
+host ``host`` -- and refuses what it could not read whole (a playlist over
+``PLAYLIST_MAX_BYTES``, playlists nested deeper than it follows).
 """
 from __future__ import annotations
 
@@ -34,23 +40,75 @@ def needs_precheck(src: SourceURL) -> bool:
 
 # Tags whose URI="..." is itself a playlist (FFmpeg opens it as one, whatever its name).
 _PLAYLIST_TAGS = ("#EXT-X-MEDIA:", "#EXT-X-I-FRAME-STREAM-INF:")
+# FFmpeg ends a playlist line at '\n', '\r' or NUL (ff_get_line); splitlines() did not cut at
+# NUL, so '#EXTINF:1,<NUL>http://other/seg.ts' was one comment here and a segment to FFmpeg.
+_LINE_END_RE = re.compile(r"[\r\n\x00]")
+_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def _lines(text: str):
+    """Every line of ``text`` as FFmpeg or Python would cut it (each FFmpeg line starts one)."""
+    for part in _LINE_END_RE.split(text):
+        yield from part.splitlines()
+
+
+def _attributes(text: str) -> list[tuple[str, str]]:
+    """``KEY=value`` pairs of a tag's attribute list as FFmpeg reads them (ff_parse_key_value):
+    a value is quoted (a backslash escapes the next character) or runs to a space or ','.
+    ``URI="...`` only was looked for: ``URI=http://other/key`` and ``URI="http\\://other/key"``
+    were segments FFmpeg fetched, with the credentials, from a host never checked."""
+    pairs, i, n = [], 0, len(text)
+    while True:
+        while i < n and (text[i] in " \t\n\v\f\r,"):
+            i += 1
+        eq = text.find("=", i)
+        if i >= n or eq < 0:
+            return pairs
+        key, i, value = text[i:eq], eq + 1, []
+        if text[i:i + 1] == '"':
+            i += 1
+            while i < n and text[i] != '"':
+                if text[i] == "\\":
+                    i += 1
+                if i < n:
+                    value.append(text[i])
+                i += 1
+            i += 1
+        else:
+            while i < n and text[i] not in " \t\n\v\f\r,":
+                value.append(text[i])
+                i += 1
+        pairs.append((key, "".join(value)))
 
 
 def _playlist_uris(text: str) -> list[tuple[str, bool]]:
-    """(URI, is a playlist) of an M3U8 text: segment/variant lines and ``URI="..."`` attributes."""
+    """(URI, is a playlist) of an M3U8 text: segment/variant lines and ``URI=`` attributes."""
     uris, variant = [], False
-    for line in text.splitlines():
+    for line in _lines(text):
         line = line.strip()
         if not line:
             continue
         if line.startswith("#"):
             nested = line.upper().startswith(_PLAYLIST_TAGS)
-            uris += [(u, nested) for u in re.findall(r'URI="([^"]*)"', line)]
+            found = re.findall(r'URI="([^"]*)"', line) + \
+                [v for k, v in _attributes(line.partition(":")[2]) if k.strip().upper() == "URI"]
+            uris += [(u, nested) for u in found]
             variant = variant or line.upper().startswith("#EXT-X-STREAM-INF:")
         else:
             uris.append((line, variant))  # the line after #EXT-X-STREAM-INF is a variant playlist
             variant = False
     return uris
+
+
+def _target(base: str, ref: str) -> str:
+    """The URL FFmpeg opens for ``ref`` listed in the playlist at ``base``: urljoin's, except that a
+    ``ref`` with a scheme is whole (FFmpeg reads 'http:host/x' and 'http:/host/x' as host 'host',
+    where urljoin put them on the playlist's own host)."""
+    ref = ref.strip()
+    m = _SCHEME_RE.match(ref)
+    if m and not ref.startswith("//", m.end()):
+        return f"{m.group(0)}//{ref[m.end():].lstrip('/')}"
+    return urljoin(base, ref)
 
 
 def _origin(url: str) -> tuple:
@@ -66,7 +124,7 @@ def check_playlist(url: str, text: str, same_origin: bool = False) -> list[str]:
     """
     nested = []
     for ref, is_nested in _playlist_uris(text):
-        full = urljoin(url, ref)
+        full = _target(url, ref)
         scheme = urlsplit(full).scheme.lower()
         if scheme not in ("http", "https"):
             raise RefusedURL(
@@ -84,8 +142,10 @@ def check_playlist(url: str, text: str, same_origin: bool = False) -> list[str]:
 
 
 def _fetch_playlist(client: httpx.Client, url: str, sniff: bool = False, deadline: float = math.inf,
-                    cancelled: Callable[[], bool] = lambda: False, trace: Callable | None = None) -> str | None:
-    """The playlist text (first MiB); with ``sniff``, None as soon as the body is not M3U.
+                    cancelled: Callable[[], bool] = lambda: False, trace: Callable | None = None,
+                    whole: bool = False) -> str | None:
+    """The playlist text (first MiB); with ``sniff``, None as soon as the body is not M3U;
+    with ``whole``, :class:`RefusedURL` when it is longer (FFmpeg reads past the first MiB).
 
     httpx's timeout is per read: a server dripping a byte a second kept the stream
     'connecting' for days, its thread deaf to removal. ``deadline`` bounds the body read
@@ -105,7 +165,10 @@ def _fetch_playlist(client: httpx.Client, url: str, sniff: bool = False, deadlin
             head = data.lstrip(b"\xef\xbb\xbf \t\r\n")
             if sniff and len(head) >= 7 and not head.startswith(b"#EXTM3U"):
                 return None  # a video (progressive HTTP, MPEG-TS): stop reading it here
-            if len(data) >= PLAYLIST_MAX_BYTES:
+            if len(data) > PLAYLIST_MAX_BYTES:
+                if whole:
+                    raise RefusedURL(f"HLS playlist {mask_credentials(url)} is longer than {PLAYLIST_MAX_BYTES} "
+                                     "bytes: refused, as the hosts it lists past that could not be checked")
                 break
     if sniff and not data.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"#EXTM3U"):
         return None
@@ -152,7 +215,12 @@ def _check_all(src: SourceURL, timeout_s: float, depth: int, cancelled: Callable
                 text = _fetch_checked(client, src, url, deadline, cancelled, stop, timeout_s)
                 if text is not None:
                     nxt += check_playlist(url, text, same_origin=src.auth is not None)
-            todo, depth = nxt, depth - 1
+            todo, depth = [u for u in nxt if u not in seen], depth - 1
+    # FFmpeg opens nested playlists at any depth: with credentials, one left unchecked could list any host.
+    if todo and src.auth is not None:
+        raise RefusedURL(f"HLS playlist {src.masked} nests playlists deeper than the check follows "
+                         f"({mask_credentials(todo[0])[:80]}); refused because the stream's credentials "
+                         "would be sent to every host they list")
 
 
 def _fetch_checked(client: httpx.Client, src: SourceURL, url: str, deadline: float,
@@ -162,7 +230,7 @@ def _fetch_checked(client: httpx.Client, src: SourceURL, url: str, deadline: flo
     try:
         # the source itself may be a video: only named playlists are taken as one
         text = _fetch_playlist(client, url, sniff=url == src.url and not is_playlist(src),
-                               deadline=deadline, cancelled=cancelled, trace=stop.trace)
+                               deadline=deadline, cancelled=cancelled, trace=stop.trace, whole=src.auth is not None)
     except httpx.HTTPStatusError as e:
         hint = "; a stream with credentials follows no redirect" if e.response.is_redirect else ""
         raise SourceError(f"cannot fetch {shown}: HTTP {e.response.status_code}{hint}") from e

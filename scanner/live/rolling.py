@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
+from ..aggregate import SCORE_DECIMALS
 from .tracker import IoUTracker
 
 
@@ -65,6 +66,8 @@ class Hysteresis:
     def update(self, score: float | None, n: int) -> tuple[str, str]:
         """Return (previous, current) verdict after seeing ``score`` over ``n`` samples."""
         prev = self.verdict
+        if score is not None:  # compared as a batch scan compares its rows' (aggregate.verdict_of)
+            score = round(score, SCORE_DECIMALS)
         if score is None or n < self.s.min_samples:
             # Too little evidence left in the window: do not keep a stale verdict.
             self.verdict = "unknown" if n == 0 else prev
@@ -126,7 +129,7 @@ class StreamVerdicts:
         events = []
         ids, ended = self.tracker.update(boxes, t, looks)
         for i in ended:
-            self.tracks.pop(i, None)
+            events += self._end_track(i)
         self.faces_last = len(ids)
         p_fake = np.asarray(p_fake, np.float64)
         finite = np.isfinite(p_fake)  # a NaN would freeze the window's mean until it expires
@@ -146,6 +149,19 @@ class StreamVerdicts:
         if cur != prev:
             events.append(self._event("change", self.stream, prev, None, t))
         return events + self.tick(time.monotonic())
+
+    def _end_track(self, tid: int) -> list[dict]:
+        """Forget a track the tracker ended (its face gone for ``track_max_age_s``), with a
+        change event to ``unknown`` when it had a verdict, as :meth:`close` gives each track.
+
+        Why: it was dropped without one (a track ends well inside ``window_s``), and a
+        reader of the events kept that face's ``fake`` as current for good."""
+        j = self.tracks.pop(tid, None)
+        if j is None or j.hyst.verdict == "unknown":
+            return []
+        prev, j.roll = j.hyst.verdict, RollingScore(self.s.window_s)
+        j.hyst.update(None, 0)
+        return [self._event("change", j, prev, tid, None)]  # no latency_s: no frame of this face
 
     def expire(self, now: float) -> list[dict]:
         """Age the stream's and tracks' windows to ``now`` without a frame; change events.

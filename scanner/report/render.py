@@ -56,6 +56,25 @@ def _fmt(v, nd: int = 3) -> str:
     return "–" if v is None else f"{v:.{nd}f}" if isinstance(v, float) else str(v)
 
 
+def _score(r: dict) -> str:
+    """The row's score to 3 decimals, or to as many more (up to 6, as rows hold it) as it
+    takes to read on its verdict's side of the threshold (shown as written): 0.4996,
+    ``real`` at 0.5, read "0.500" next to "threshold 0.500"."""
+    score, thr = r.get("score"), r.get("threshold")
+    if not isinstance(score, float) or not isinstance(thr, (int, float)):
+        return _fmt(score)
+    for nd in range(3, 6):
+        if (float(f"{score:.{nd}f}") >= thr) == (score >= thr):
+            return f"{score:.{nd}f}"
+    return f"{score:.6f}"
+
+
+def _threshold(thr) -> str:
+    """A threshold as written (0.5, a probe's 0.4371829), not to 3 decimals: the score beside
+    it must read on its verdict's side of it (see :func:`_score`)."""
+    return "–" if thr is None else f"{thr:.9g}"
+
+
 def ordered(rows: list[dict]) -> list[tuple[int, dict]]:
     """Sections order: fakes (highest score first), errors, no face, reals."""
     return sorted(enumerate(rows), key=lambda ir: (ORDER.get(ir[1].get("verdict"), 9),
@@ -94,7 +113,7 @@ def _table(items: list[tuple[int, dict]]) -> str:
             f'<tr data-id="v{i}" data-verdict="{escape(str(v))}" data-path="{escape(str(r["path"]))}">'
             f'<td class="path"><a href="#v{i}">{escape(str(r["path"]))}</a></td>'
             f'<td data-v="{ORDER.get(v, 9)}{escape(str(v))}"><span class="badge {escape(str(v))}">{escape(str(v))}</span></td>'
-            f'<td class="num" data-v="{"" if score is None else score}">{_fmt(score)}</td>'
+            f'<td class="num" data-v="{"" if score is None else score}">{_score(r)}</td>'
             f'<td class="num">{r.get("frames_with_faces", 0)}/{r.get("frames", 0)}</td>'
             f'<td class="num">{r.get("faces", 0)}</td><td>{escape(err)}</td>'
             f'<td class="num" data-v="{"" if total is None else total}">{_fmt(total, 2)}</td></tr>')
@@ -148,14 +167,14 @@ def _section(i: int, r: dict, ev: Evidence | None, is_open: bool) -> str:
     v = escape(str(r.get("verdict")))
     vid = r.get("video") or {}
     facts = [f'{r.get("frames_with_faces", 0)}/{r.get("frames", 0)} frames with faces',
-             f'{r.get("faces", 0)} faces', f'threshold {_fmt(r.get("threshold"))}']
+             f'{r.get("faces", 0)} faces', f'threshold {_threshold(r.get("threshold"))}']
     if vid:
         facts.append(f'{vid.get("width")}x{vid.get("height")} {vid.get("codec")}, '
                      f'{vid.get("duration_s")} s, {vid.get("frames_total")} frames')
     if r.get("sha256"):
         facts.append(f'sha256 {str(r["sha256"])[:16]}…')
     parts = [f'<details class="video {v}" id="v{i}" data-verdict="{v}"{" open" if is_open else ""}>'
-             f'<summary><span class="badge {v}">{v}</span><span class="score">{_fmt(r.get("score"))}</span>'
+             f'<summary><span class="badge {v}">{v}</span><span class="score">{_score(r)}</span>'
              f'{escape(str(r["path"]))}</summary><p class="facts">{escape(" · ".join(facts))}</p>']
     parts.append(_losses(r))
     if r.get("error"):

@@ -44,6 +44,13 @@ def _default_out(args, command: str, name: str) -> None:
     a word; now it is refused before any work (exit 2). An --out given is replaced, as
     ``dfscan scan --out`` replaces its file without --resume."""
     if args.out is not None:
+        # The plot goes to --out's .png: `--out roc.png` wrote the JSON and then the plot over
+        # it (the metrics lost, "wrote roc.png and roc.png"); .PNG too (one file where case is folded).
+        if os.path.splitext(args.out)[1].lower() == ".png":
+            from engines.errors import DfscanError
+
+            raise DfscanError(f"{command}: --out {args.out} would be replaced by the plot written beside "
+                              "the JSON as .png: name the JSON file (e.g. --out result.json)")
         return
     png = os.path.splitext(name)[0] + ".png"
     there = [f for f in (name, png) if os.path.lexists(f)]

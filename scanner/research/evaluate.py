@@ -159,11 +159,11 @@ def roc_plot(items: list[Item], scores: dict[int, float], metrics: dict, path: P
             continue
         fpr, tpr, _ = roc_curve(y, [scores[i] for i in ids])
         m = metrics["overall"] if name == "overall" else metrics["subsets"][name]
-        ax.plot(fpr, tpr, label=f"{name} AUC={m['auc']:.3f} EER={m['eer']:.3f}")
+        ax.plot(fpr, tpr, label=plot_text(f"{name} AUC={m['auc']:.3f} EER={m['eer']:.3f}"))
     ax.plot([0, 1], [0, 1], ls=":", c="grey")
     ax.plot([0, 1], [1, 0], ls="--", c="lightgrey", lw=0.8)  # EER line: FPR = FNR
     ax.set(xlabel="false positive rate (real called fake)", ylabel="true positive rate (fake caught)",
-           xlim=(0, 1), ylim=(0, 1), title=title or "ROC")
+           xlim=(0, 1), ylim=(0, 1), title=plot_text(title) or "ROC")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="lower right", fontsize=8)
     else:
@@ -171,6 +171,14 @@ def roc_plot(items: list[Item], scores: dict[int, float], metrics: dict, path: P
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_text(text: str) -> str:
+    """``text`` as matplotlib shows it literally. Two ``$`` in a path, subset or model name
+    started mathtext, and a non-UTF-8 name (a surrogate) was a TypeError: either failed the
+    plot in a traceback after the JSON was written. Such a name shows as ``\\udcXX``, as in
+    the JSONL and the HTML report."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("$", r"\$")
 
 
 def _scan_context(args):

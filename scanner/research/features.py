@@ -113,10 +113,12 @@ class CropSource:
 
         c = self.cfg
         scan_cfg = ScanConfig(frames=c.frames, max_faces=c.max_faces, min_face=c.min_face, det_max_side=c.max_side)
-        idx, crops = [], []
-        for _, frame_index, u8 in iter_face_crops([item.path], spec, scan_cfg, c.device):
+        idx, crops, errors = [], [], []
+        for _, frame_index, u8 in iter_face_crops([item.path], spec, scan_cfg, c.device, errors):
             idx += [frame_index] * len(u8)
             crops.append(torch.from_numpy(u8).permute(0, 3, 1, 2).float())
+        if errors and not crops:  # unreadable: skipped for that reason, never as "no face found" (nor cached so)
+            raise errors[0][1]
         if not crops:
             return np.zeros(0, np.int64), torch.zeros(0, 3, spec.size, spec.size)
         return np.array(idx, np.int64), torch.cat(crops)
@@ -257,12 +259,13 @@ def embed_items(items: list[Item], embedder: Embedder, source: CropSource, cache
                       np.array(fr, np.int64), items, skipped)
 
 
-def iter_face_crops(paths: Iterable[str | Path], spec, cfg: ScanConfig | None = None,
-                    device: str = "cpu") -> Iterator[tuple[Path, int, np.ndarray]]:
+def iter_face_crops(paths: Iterable[str | Path], spec, cfg: ScanConfig | None = None, device: str = "cpu",
+                    errors: list | None = None) -> Iterator[tuple[Path, int, np.ndarray]]:
     """Aligned face crops per sampled frame: ``(path, frame_index, uint8 (K, S, S, 3))``.
 
     Used by probe fitting, separability and synthesis; unreadable videos are
-    skipped with a warning (they have no faces to contribute).
+    skipped with a warning (they have no faces to contribute) and, with ``errors``
+    given, appended to it as ``(path, VideoError)`` for the caller to report.
     """
     from ..config import ScanConfig
     from ..decode import FrameSampler, VideoError
@@ -279,6 +282,8 @@ def iter_face_crops(paths: Iterable[str | Path], spec, cfg: ScanConfig | None = 
                 batch = list(itertools.islice(frames, DETECT_BATCH))
             except VideoError as e:
                 log.warning("skipping %s: %s", path, e)
+                if errors is not None:
+                    errors.append((path, e))
                 break
             if not batch:
                 break

@@ -82,10 +82,10 @@ def read_labelled(source: str | Path) -> list[Item]:
 def refuse_duplicates(items: list[Item], source: Path) -> None:
     """One file listed twice would be counted twice in every metric (or, with two labels,
     be both real and fake); one image with two landmark sets is two faces, and allowed."""
-    labels: dict[Path, Item] = {}
+    labels: dict[object, Item] = {}
     samples: set[tuple] = set()
     for it in items:
-        key = it.path.resolve()
+        key = _file_key(it.path)
         first = labels.setdefault(key, it)
         if first.label != it.label:
             raise DatasetError(f"{source}: {it.path} is labelled both real and fake (also listed as {first.path})")
@@ -94,6 +94,18 @@ def refuse_duplicates(items: list[Item], source: Path) -> None:
             raise DatasetError(f"{source}: {it.path} is listed twice (as {first.path} too): "
                                "it would be counted twice")
         samples.add(sample)
+
+
+def _file_key(path: Path) -> object:
+    """What makes two names one file: its device and inode. A resolved path missed a hard
+    link (``cp -al`` sets, deduplicated stores), and so one video could be both real and fake,
+    as it missed two spellings one case- or normalisation-insensitive file system folds."""
+    try:
+        st = path.stat()
+    except OSError:  # gone since it was listed: its name is all there is
+        return path.resolve()
+    # inode 0: a file system without inode numbers (some FUSE/SMB mounts), where it names nothing
+    return (st.st_dev, st.st_ino) if st.st_ino else path.resolve()
 
 
 def _read_folder(root: Path) -> list[Item]:

@@ -106,7 +106,7 @@ def fit_probe(X: np.ndarray, y: np.ndarray, groups: np.ndarray, item: np.ndarray
 
 def run_probe_fit(args) -> int:
     """CLI handler of ``dfscan probe fit``."""
-    from engines.detectors.probe import CARD, save_probe
+    from engines.detectors.probe import CARD, WEIGHTS, save_probe
 
     from .features import CropConfig, CropSource, backbone_embedder, embed_items
     from .labelled import read_labelled
@@ -114,6 +114,11 @@ def run_probe_fit(args) -> int:
     writable(Path(args.out) / CARD)  # the directory's files, and --json, before any feature is made
     if args.json:
         writable(args.json)
+        # Written last, a --json naming the probe's card (or weights) replaced it with the
+        # summary: the probe just fitted could not be loaded.
+        if Path(args.json).resolve() in {(Path(args.out) / n).resolve() for n in (CARD, WEIGHTS)}:
+            raise DfscanError(f"probe fit: --json {args.json} is a file of the probe folder {args.out}: "
+                              "name another file")
     items = read_labelled(args.labels)
     emb, model = backbone_embedder(args.backbone, args.backbone_weights, args.arch, args.size, args.device,
                                    args.batch_size)

@@ -73,6 +73,8 @@ def plot(res: dict, y: np.ndarray, path: Path, title: str = "") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from .evaluate import plot_text  # a model file name with two '$' is no mathtext
+
     Z, cen = res["points"], res["centres"]
     pad = 0.1 * (np.ptp(Z, axis=0) + 1e-9)
     lo, hi = Z.min(0) - pad, Z.max(0) + pad
@@ -88,7 +90,7 @@ def plot(res: dict, y: np.ndarray, path: Path, title: str = "") -> None:
     ax.scatter(*cen.T, marker="x", s=80, c="k", label="K-means centres")
     ev = res["explained_variance"] + [0.0]
     ax.set(xlabel=f"PC1 ({ev[0]:.1%})", ylabel=f"PC2 ({ev[1]:.1%})", xlim=(lo[0], hi[0]), ylim=(lo[1], hi[1]),
-           title=(title + "\n" if title else "")
+           title=(plot_text(title) + "\n" if title else "")
            + f"acc {res['accuracy']:.3f}  TPR {res['tpr']:.3f}  TNR {res['tnr']:.3f}")
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
