@@ -63,6 +63,18 @@ def verdict_of(score: float, threshold: float) -> str:
     return "fake" if round(score, SCORE_DECIMALS) >= threshold else "real"
 
 
+def score_text(score: float, threshold: float | None, decimals: int = 3) -> str:
+    """``score`` to ``decimals`` places, or to as many more (up to :data:`SCORE_DECIMALS`, as rows
+    hold it) as it takes to read on its verdict's side of ``threshold``: 0.4996, ``real`` at
+    0.5, read "0.500" next to "threshold 0.500" (terminal line, HTML report)."""
+    if not isinstance(threshold, (int, float)):
+        return f"{score:.{decimals}f}"
+    for nd in range(decimals, SCORE_DECIMALS):
+        if (float(f"{score:.{nd}f}") >= threshold) == (score >= threshold):
+            return f"{score:.{nd}f}"
+    return f"{score:.{SCORE_DECIMALS}f}"
+
+
 def frames_needed(min_face_frames: int, sampled: int) -> int:
     """Frames with a scored face a verdict needs: ``min_face_frames``, capped at the
     number of sampled frames (so a 2-frame clip can still get a verdict).

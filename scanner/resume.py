@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -197,6 +198,7 @@ class ResumeState:
     retry: set[str] = field(default_factory=set)
     weights: set[str] = field(default_factory=set)
     thresholds: set[float] = field(default_factory=set)
+    verdicts: dict[str, str] = field(default_factory=dict)  # input key -> its kept row's verdict
 
     def check_detector(self, weights_hash: str, threshold: float | None = None) -> None:
         """Refuse rows scored with other weights or judged at another threshold (both known
@@ -242,6 +244,14 @@ class ResumedOutputs:
         for s in self.states:
             s.drop_retried()
 
+    def kept_verdicts(self, paths: list[Path]) -> Counter:
+        """Verdicts of the primary's rows for those of ``paths`` this scan skips: the exit
+        code answers for every input named, and a resumed scan exited 0 with a fake (or
+        an error row) written by the run it resumed."""
+        todo = {input_key(p) for p in self.todo(paths)}
+        primary = self.states[0].verdicts
+        return Counter(primary[k] for k in {input_key(p) for p in paths} - todo if k in primary)
+
     def skip(self) -> dict[Path, set[str]]:
         """Per output path, the inputs whose row it already holds."""
         return {s.path: s.done for s in self.states}
@@ -284,7 +294,11 @@ def prepare_resume(path: str | Path, expected: dict | None = None, retry_errors:
             state.weights.add(str(row["weights_hash"]))
         _add_threshold(state.thresholds, row.get("threshold"))
         key = input_key(row["path"])
-        (errors if retry_errors and row.get("verdict") == "error" else state.done).add(key)
+        if retry_errors and row.get("verdict") == "error":
+            errors.add(key)
+        else:
+            state.done.add(key)
+            state.verdicts[key] = str(row.get("verdict"))
     state.retry = errors - state.done
     return state
 

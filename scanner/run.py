@@ -26,6 +26,7 @@ from rich.table import Table
 from engines.errors import DfscanError
 
 from . import metrics, metrics_push
+from .aggregate import score_text
 from .config import ConfigError, build_config, check_device
 from .distributed import open_context, scan_rows
 from .folder_walk import Skipped, skipped_line
@@ -143,7 +144,10 @@ def _to_scan(paths: list[Path], cfg, console: Console) -> tuple[list[Path], Resu
     state = prepare_outputs(outs, expected, cfg.retry_errors)
     todo = state.todo(paths)
     if len(todo) < len(paths):
-        console.print(f"[dim]--resume: {len(paths) - len(todo)} input(s) already in {printable(outs[0])}[/dim]")
+        kept = state.kept_verdicts(paths)
+        of = ", ".join(f"{kept[v]} {v}" for v in ("fake", "error") if kept[v])
+        console.print(f"[dim]--resume: {len(paths) - len(todo)} input(s) already in {printable(outs[0])}"
+                      f"{f' ({of}: counted in the exit code)' if of else ''}[/dim]")
         _warn_new_outputs(outs, len(paths) - len(todo), console)
     return todo, state
 
@@ -168,7 +172,7 @@ def printable(text: str) -> str:
 def _line(row: dict) -> str:
     v = row["verdict"]
     colour = {"fake": "red", "real": "green", "no_face": "yellow", "error": "magenta"}[v]
-    score = "  -   " if row["score"] is None else f"{row['score']:.3f}"
+    score = "  -   " if row["score"] is None else score_text(row["score"], row.get("threshold"))
     tail = f"  ({row['error']['kind']}: {row['error']['message']})" if row.get("error") else \
         f"  faces={row['faces']} frames={row['frames_with_faces']}/{row['frames']}"
     return f"[{colour}]{v:8s}[/{colour}] {score}  {printable(row['path'] + tail)}"
@@ -261,6 +265,7 @@ def _run(args, stop: GracefulStop, locks: OutputLocks) -> int:
     try:
         outs = order_outputs(cfg.outputs)
         locks.acquire(outs)  # held until the outputs are closed
+        all_paths = paths
         paths, resumed = _to_scan(paths, cfg, console)
         t0 = time.perf_counter()
         pre = prestart(paths, cfg)  # decode the first videos while the model loads
@@ -290,7 +295,8 @@ def _run(args, stop: GracefulStop, locks: OutputLocks) -> int:
         _summary(tally, time.perf_counter() - t_scan, console)
     except StdoutClosed:  # the reader left after the last row: the exit code is the scan's own
         pass
-    return _exit_code(stop, tally, sinks, cfg, len(paths))
+    kept = resumed.kept_verdicts(all_paths) if resumed is not None else Counter()
+    return _exit_code(stop, tally, sinks, cfg, len(paths), kept)
 
 
 def _announce(ctx, cfg, console: Console, elapsed_s: float) -> None:
@@ -308,8 +314,12 @@ def _announce(ctx, cfg, console: Console, elapsed_s: float) -> None:
                       "nothing about manipulation[/yellow]")
 
 
-def _exit_code(stop: GracefulStop, tally, sinks, cfg, n_inputs: int) -> int:
-    """Interrupted (128 + signal), output failed, an input failed, fakes with --fail-on-fake, else 0."""
+def _exit_code(stop: GracefulStop, tally, sinks, cfg, n_inputs: int, kept: Counter | None = None) -> int:
+    """Interrupted (128 + signal), output failed, an input failed, fakes with --fail-on-fake, else 0.
+
+    ``kept``: verdicts of the rows a ``--resume`` kept for inputs it skipped (they count as
+    this run's: the code answers for every input named)."""
+    kept = kept or Counter()
     from .cli import EXIT_FAKE, EXIT_INPUT_ERROR, EXIT_OK, EXIT_OUTPUT
 
     if stop.signum is not None:
@@ -320,9 +330,9 @@ def _exit_code(stop: GracefulStop, tally, sinks, cfg, n_inputs: int) -> int:
         print(f"dfscan: error: {msg}", file=sys.stderr)
     if sinks.failures:
         return EXIT_OUTPUT
-    if tally.verdicts["error"]:
+    if tally.verdicts["error"] or kept["error"]:
         return EXIT_INPUT_ERROR
-    if cfg.fail_on_fake and tally.verdicts["fake"]:
+    if cfg.fail_on_fake and (tally.verdicts["fake"] or kept["fake"]):
         return EXIT_FAKE
     return EXIT_OK
 

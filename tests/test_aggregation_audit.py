@@ -90,3 +90,14 @@ def test_report_shows_a_score_on_its_verdicts_side_of_the_threshold(score, thres
     html = render_html([row])
     assert f">{shown}</td>" in html and f'<span class="score">{shown}</span>' in html
     assert f"threshold {threshold:.9g}" in html  # as written, not 0.437 for 0.4371829
+
+
+@pytest.mark.parametrize("score, verdict, shown", [(0.4996, "real", "0.4996"), (0.5, "fake", "0.500"),
+                                                   (0.49999949, "real", "0.499999"), (0.91234, "fake", "0.912")])
+def test_terminal_line_shows_a_score_on_its_verdicts_side_of_the_threshold(score, verdict, shown):
+    """The one-line-per-video output rounded to 3 decimals too: 'real 0.500' at threshold 0.5."""
+    from scanner.run import _line
+
+    row = {"verdict": verdict, "score": score, "threshold": 0.5, "path": "/v.mp4", "faces": 4,
+           "frames_with_faces": 4, "frames": 4}
+    assert f"[/{'red' if verdict == 'fake' else 'green'}] {shown}  /v.mp4" in _line(row)

@@ -146,3 +146,25 @@ def test_resume_warns_that_a_new_report_gets_only_this_runs_rows(tmp_path, capsy
     out = " ".join(capsys.readouterr().out.split())
     assert f"{tmp_path / 'r.jsonl'} is new" in out and f"the report {html}" in out
     assert "not the 3 already in" in out
+
+
+def test_resumed_scan_exit_code_counts_the_rows_it_kept(tmp_path, capsys):
+    """A resumed scan's exit code answers for every input named: a fake (with
+    --fail-on-fake) or an error row kept from the run it resumes used to exit 0."""
+    from scanner.cli import EXIT_FAKE
+
+    src = _inputs(tmp_path, ("a.mp4", "b.mp4"))
+    out = tmp_path / "o.jsonl"
+    judged = ["scan", str(src / "a.mp4"), "--out", str(out), "--threshold", "0", "--fail-on-fake", *FAST]
+    assert main(judged) == EXIT_FAKE  # every score reaches threshold 0: a is fake
+    # resumed over both: a is skipped (its fake row kept), b is scanned
+    both = ["scan", str(src), "--out", str(out), "--threshold", "0", "--resume", *FAST]
+    assert main([*both, "--fail-on-fake"]) == EXIT_FAKE
+    assert "(1 fake: counted in the exit code)" in capsys.readouterr().out
+    assert main(both) == EXIT_OK  # without --fail-on-fake a fake is no failure
+    (src / "bad.mp4").write_bytes(b"not a video")
+    assert main(both) == EXIT_INPUT_ERROR
+    assert main(both) == EXIT_INPUT_ERROR  # its error row kept: still an input that failed
+    assert main([*both, "--retry-errors"]) == EXIT_INPUT_ERROR  # retried, still not a video
+    (src / "bad.mp4").unlink()
+    assert main(both) == EXIT_OK  # an input not named now does not count

@@ -20,6 +20,7 @@ from engines.errors import DfscanError
 from engines.files import remove_stale_temps, temp_beside
 
 from .. import __version__
+from ..aggregate import score_text
 from ..durable import make_parent
 from ..terminal import terminal_safe
 from .rows import VERDICTS, index_rows, read_row, summarise
@@ -57,16 +58,9 @@ def _fmt(v, nd: int = 3) -> str:
 
 
 def _score(r: dict) -> str:
-    """The row's score to 3 decimals, or to as many more (up to 6, as rows hold it) as it
-    takes to read on its verdict's side of the threshold (shown as written): 0.4996,
-    ``real`` at 0.5, read "0.500" next to "threshold 0.500"."""
-    score, thr = r.get("score"), r.get("threshold")
-    if not isinstance(score, float) or not isinstance(thr, (int, float)):
-        return _fmt(score)
-    for nd in range(3, 6):
-        if (float(f"{score:.{nd}f}") >= thr) == (score >= thr):
-            return f"{score:.{nd}f}"
-    return f"{score:.6f}"
+    """The row's score as it reads on its verdict's side of the threshold (:func:`score_text`)."""
+    score = r.get("score")
+    return score_text(score, r.get("threshold")) if isinstance(score, (int, float)) else _fmt(score)
 
 
 def _threshold(thr) -> str:
