@@ -112,3 +112,29 @@ def test_plots_take_non_utf8_names(tmp_path):
     assert main(["eval", str(tmp_path / "m.csv"), "--from-jsonl", str(jsonl), "--quiet",
                  "--out", str(tmp_path / "e.json")]) == 0
     assert (tmp_path / "e.png").stat().st_size > 0
+
+
+def test_feature_cache_key_follows_the_crop_code(tmp_path, monkeypatch):
+    """Cached embeddings are keyed by the code that made their crops, not only by settings: a
+    change to alignment (or decoding, detection) kept serving embeddings of the old crops."""
+    from pathlib import Path
+
+    from scanner.research import features
+
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"\0" * 64)
+    emb = Embedder("m", InputSpec(size=32), lambda x: x, "cpu", 4)
+    key = lambda: features._cache_path(tmp_path, emb, CropConfig(), Item(video, 0, "g"))  # noqa: E731
+    features.crop_code_hash.cache_clear()
+    before = key()
+    assert key() == before  # stable for the same code
+    real = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes",
+                        lambda p: real(p) + b"# edited" if p.name == "align.py" else real(p))
+    features.crop_code_hash.cache_clear()
+    try:
+        assert key() != before
+    finally:
+        monkeypatch.undo()
+        features.crop_code_hash.cache_clear()
+    assert key() == before

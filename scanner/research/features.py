@@ -6,12 +6,13 @@ sees at training time exactly the crops ``dfscan scan`` will feed it; faces of
 images go through the same detector and aligner. Images whose manifest row carries
 landmarks (``dfscan synth`` output) are aligned without detection.
 
-Embeddings are cached per (model, crop settings, file content) as ``.npz``
+Embeddings are cached per (model, crop settings, crop code, file content) as ``.npz``
 under the cache folder: a second `probe fit` with other classifier settings,
 or `separability` on the same set, does not touch the backbone again.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -217,10 +218,30 @@ class FeatureSet:
     skipped: list
 
 
+# The scanner modules that turn a file into aligned crops (decode, colour, detection, alignment).
+_CROP_CODE = ("decode", "picture", "colour", "interlace", "edit_list", "leading", "video_index",
+              "faces", "mtcnn", "mtcnn_nets", "mtcnn_engine", "region", "orientation", "align")
+
+
+@functools.lru_cache(maxsize=1)
+def crop_code_hash() -> str:
+    """SHA-256 (16 hex digits) of the crop code (:data:`_CROP_CODE`) and facenet-pytorch's version.
+
+    Part of the cache key: crops depend on that code as much as on the settings, and a change
+    there (e.g. a sub-pixel fix of the MTCNN crop) kept serving embeddings of the old crops."""
+    from engines.cache import package_version
+
+    h = hashlib.sha256(f"facenet-pytorch=={package_version('facenet-pytorch')}\0".encode())
+    root = Path(__file__).resolve().parents[1]
+    for name in _CROP_CODE:
+        h.update(name.encode() + b"\0" + (root / f"{name}.py").read_bytes())
+    return h.hexdigest()[:16]
+
+
 def _cache_path(cache_dir: Path, embedder: Embedder, cfg: CropConfig, item: Item) -> Path:
     lm = "" if item.landmarks is None else item.landmarks.round(2).tobytes().hex()
     crop = {k: v for k, v in asdict(cfg).items() if k != "device"}
-    raw = "|".join([embedder.key, json.dumps(crop, sort_keys=True), file_hash(item.path, 32), lm])
+    raw = "|".join([embedder.key, json.dumps(crop, sort_keys=True), crop_code_hash(), file_hash(item.path, 32), lm])
     digest = hashlib.sha256(raw.encode()).hexdigest()
     return cache_dir / digest[:2] / f"{digest}.npz"
 
