@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -113,6 +114,22 @@ def test_probe_weights_hash_is_of_the_bytes_loaded(tmp_path, r18_file, monkeypat
     monkeypatch.setattr(probe, "check_finite", replace_after_load)
     det = create_detector("probe", tmp_path / "probe")
     assert det.weights_hash.split("+")[0] == loaded
+
+
+def test_probe_weights_not_written_with_the_card_are_refused(tmp_path, r18_file, monkeypatch):
+    """A fit stopped between its two writes (weights, then card) left new weights under the
+    old card and its threshold: the pair loaded without a word. The card names its weights."""
+    import engines.detectors.probe as probe
+
+    _save(tmp_path, r18_file, thr=0.37)
+    _save(tmp_path / "new", r18_file, thr=0.8)
+    os.replace(tmp_path / "new" / "probe" / probe.WEIGHTS, tmp_path / "probe" / probe.WEIGHTS)
+    with pytest.raises(WeightsError, match="not the file card.json was written with"):
+        create_detector("probe", tmp_path / "probe")
+    card = json.loads((tmp_path / "probe" / "card.json").read_text())
+    del card["probe_weights_sha256"]  # a card written before the field: still loads
+    (tmp_path / "probe" / "card.json").write_text(json.dumps(card))
+    assert create_detector("probe", tmp_path / "probe").threshold == pytest.approx(0.37)
 
 
 def test_probe_backbone_is_checked_on_the_bytes_it_is_built_from(tmp_path, r18_file, monkeypatch):

@@ -14,6 +14,7 @@ the card under the same file name, and its hash must match the card's.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -90,6 +91,10 @@ def load_probe(probe_dir: str | Path, backbone_weights: str | Path | None = None
     if json.loads(json.dumps(spec.to_dict())) != card["input"]:
         raise WeightsError(f"{probe_dir}: backbone input spec {spec.to_dict()} differs from the card's {card['input']}")
     sd = read_state_dict(probe_dir / WEIGHTS)  # a truncated file is a WeightsError, not a traceback
+    if card.get("probe_weights_sha256", sd.sha256) != sd.sha256:  # cards before it carry none
+        raise WeightsError(f"{probe_dir / WEIGHTS} is not the file {CARD} was written with (sha256 "
+                           f"{sd.sha256[:16]}, card {str(card['probe_weights_sha256'])[:16]}): a probe fit "
+                           "stopped between its two writes? fit it again")
     dim = backbone.feature_dim
     if set(sd) != {"linear.weight", "linear.bias"} or tuple(sd["linear.weight"].shape) != (1, dim):
         shapes = {k: tuple(v.shape) for k, v in sd.items()}
@@ -109,7 +114,7 @@ def save_probe(probe_dir: str | Path, backbone: nn.Module, spec: InputSpec, back
     ``weight``: ``(D,)`` float on raw backbone features; ``bias``: scalar;
     ``threshold``: P(fake) decision threshold (e.g. at the held-out EER).
     """
-    from ..files import write_safetensors
+    from ..files import write_json, write_safetensors
 
     probe_dir = Path(probe_dir)
     probe_dir.mkdir(parents=True, exist_ok=True)
@@ -119,6 +124,9 @@ def save_probe(probe_dir: str | Path, backbone: nn.Module, spec: InputSpec, back
         raise WeightsError(f"probe weight has {w.shape[1]} features, backbone gives {info.feature_dim}")
     write_safetensors({"linear.weight": w, "linear.bias": torch.tensor([float(bias)], dtype=torch.float32)},
                       probe_dir / WEIGHTS)
+    # The card names the weights it belongs to: a fit stopped between the two writes left new
+    # weights under the old card (its threshold), and the pair loaded without a word.
+    weights_sha256 = hashlib.sha256((probe_dir / WEIGHTS).read_bytes()).hexdigest()
     card = {
         "format": FORMAT,
         "backbone": {"source": info.source, "arch": info.arch, "feature_dim": info.feature_dim,
@@ -126,9 +134,10 @@ def save_probe(probe_dir: str | Path, backbone: nn.Module, spec: InputSpec, back
                      "weights_hash": backbone.weights_sha256[:16]},  # of the bytes it was built from
         "input": spec.to_dict(),
         "threshold": float(threshold),
+        "probe_weights_sha256": weights_sha256,
         **(extra or {}),
     }
-    (probe_dir / CARD).write_text(json.dumps(card, indent=2) + "\n")
+    write_json(card, probe_dir / CARD)
     return probe_dir
 
 
