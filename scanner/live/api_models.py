@@ -43,6 +43,7 @@ class StreamInfo(BaseModel):
     fps: float
     last_error: str
     sample_fps: float
+    tls_verify: bool | None = None  # rtsps/rtmps/https: whether certificates are checked; None: no TLS
     device: str
     verdict: str
     score: float | None

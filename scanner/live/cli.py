@@ -45,6 +45,10 @@ def add_watch_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--allow-files", action="store_true", help="accept local files (played in real time)")
     p.add_argument("--rtsp-transport", default="auto", choices=("auto", "tcp", "udp", "udp_multicast", "http", "https"),
                    help="RTSP lower transport; auto: TCP, then UDP if the server refuses TCP or sends nothing")
+    p.add_argument("--no-tls-verify", dest="tls_verify", action="store_false",
+                   help="take any TLS certificate (a camera's self-signed one); default: verify rtsps/rtmps/https")
+    p.add_argument("--ca-file", default=None, metavar="PEM",
+                   help="trust this CA bundle or camera certificate instead of the public CAs (certifi)")
     p.set_defaults(func=watch_main)
     return p
 
@@ -79,7 +83,8 @@ def watch_main(args) -> int:
             "api": {"enabled": False},
             "model": {"detector": args.detector, "weights": args.weights, "devices": [args.device],
                       "engine": args.engine},
-            "defaults": {"sample_fps": args.sample_fps, "rtsp_transport": args.rtsp_transport},
+            "defaults": {"sample_fps": args.sample_fps, "rtsp_transport": args.rtsp_transport,
+                         "tls_verify": args.tls_verify, "ca_file": args.ca_file},
             "verdict": {"window_s": args.window, "fake_above": args.fake_above, "real_below": args.real_below},
             "sinks": sinks, "allow_files": args.allow_files,
             "streams": [s.model_dump(exclude_none=True) for s in streams],

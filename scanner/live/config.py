@@ -19,6 +19,7 @@ import logging
 
 from ..config import DEFAULT_DETECTOR, ConfigError, NoBoolNumbers, format_errors, load_yaml
 
+from .tls import check_ca_file, check_trust
 from .urls import NAME_RE, SourceError, parse_source
 
 
@@ -55,7 +56,23 @@ class _Model(NoBoolNumbers):  # as dfscan scan's: `sample_fps: yes` was read as 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-class StreamDefaults(_Model):
+class _Trust:
+    """``tls_verify``/``ca_file`` checks shared by the defaults and each stream."""
+
+    @field_validator("ca_file", check_fields=False)
+    @classmethod
+    def _ca_file(cls, v: str | None) -> str | None:
+        return None if v is None else check_ca_file(v)
+
+    @model_validator(mode="after")
+    def _trust(self):
+        if self.ca_file and self.tls_verify is None:
+            self.tls_verify = True  # a stream's own ca_file verifies it, whatever the defaults say
+        check_trust(self.tls_verify, self.ca_file)
+        return self
+
+
+class StreamDefaults(_Trust, _Model):
     sample_fps: float = Field(2.0, ge=0, le=60)
     # Sampled RGB frames held per stream (~6 MB each at 1080p): capped so one stream cannot take the RAM.
     buffer_frames: int = Field(4, ge=1, le=MAX_BUFFER_FRAMES)
@@ -68,9 +85,13 @@ class StreamDefaults(_Model):
     # auto: TCP first, UDP when the server refuses TCP (461) or nothing arrives; the winner is remembered
     rtsp_transport: Literal["auto", "tcp", "udp", "udp_multicast", "http", "https"] = "auto"
     decode_threads: int = Field(1, ge=0, le=16)
+    # Certificates of rtsps/rtmps/https(HLS) streams are checked against certifi's CAs (or ca_file);
+    # false takes any certificate (a camera's self-signed one), credentials then go unverified too.
+    tls_verify: bool = True
+    ca_file: str | None = Field(None, max_length=4096, description="PEM CA bundle or the camera's certificate")
 
 
-class StreamConfig(_Model):
+class StreamConfig(_Trust, _Model):
     name: str = Field(json_schema_extra={"pattern": NAME_RE.pattern},
                       description="stream name: also its metric label and URL path segment")
     url: str = Field(max_length=4096, description="rtsp(s), rtmp(s), http(s)/HLS, udp, rtp, srt URL or "
@@ -80,6 +101,9 @@ class StreamConfig(_Model):
     stall_s: float | None = Field(None, gt=0, le=300)
     max_retries: int | None = Field(None, ge=0)
     rtsp_transport: Literal["auto", "tcp", "udp", "udp_multicast", "http", "https"] | None = None
+    tls_verify: bool | None = Field(None, description="check the server's TLS certificate (default true)")
+    ca_file: str | None = Field(None, max_length=4096, description="PEM CA bundle or the camera's certificate "
+                                "to trust instead of the public CAs (implies tls_verify true)")
 
     @field_validator("name")
     @classmethod

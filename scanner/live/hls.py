@@ -21,6 +21,7 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
+from . import tls
 from .deadline import Abandoned, Deadline
 from .urls import RefusedURL, SourceError, SourceURL, mask_credentials
 
@@ -204,8 +205,9 @@ def _check_all(src: SourceURL, timeout_s: float, depth: int, cancelled: Callable
     todo, seen, deadline = [src.url], set(), time.monotonic() + stop.left
     # With credentials, no redirect is followed, as FFmpeg's open that comes next (max_redirects 0).
     # A fresh client under the Deadline: every connection it uses reports its socket there.
+    # It trusts what FFmpeg is told to trust (tls_verify, ca_file), so the two never disagree.
     with httpx.Client(timeout=timeout_s, headers=headers, follow_redirects=src.auth is None,
-                      max_redirects=3) as client:
+                      max_redirects=3, verify=tls.ssl_context(src)) as client:
         while todo and depth >= 0:
             nxt = []
             for url in todo:
@@ -213,6 +215,8 @@ def _check_all(src: SourceURL, timeout_s: float, depth: int, cancelled: Callable
                     continue
                 seen.add(url)
                 text = _fetch_checked(client, src, url, deadline, cancelled, stop, timeout_s)
+                if text is not None and url == src.url:
+                    tls.refuse_hls_auth(src)  # its segments would get the credentials unverified
                 if text is not None:
                     nxt += check_playlist(url, text, same_origin=src.auth is not None)
             todo, depth = [u for u in nxt if u not in seen], depth - 1
@@ -237,6 +241,9 @@ def _fetch_checked(client: httpx.Client, src: SourceURL, url: str, deadline: flo
     except httpx.HTTPError as e:
         if stop.fired:  # what the shut-down socket raised is not the reason
             raise _ended(stop, shown, timeout_s) from e
+        untrusted = tls.from_ssl_error(src, urlsplit(url).netloc.rpartition("@")[2], e)
+        if untrusted is not None:  # a certificate, not the network: said so, and not retried
+            raise untrusted from e
         raise SourceError(src.redact(f"cannot fetch {shown}: {type(e).__name__}: {e}")) from e
     if stop.fired:  # a body cut off by the shutdown reads as a whole one when it has no length
         raise _ended(stop, shown, timeout_s)

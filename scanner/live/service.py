@@ -136,7 +136,7 @@ class LiveService:
     # ---- streams ---------------------------------------------------------
     def _settings(self, sc: StreamConfig) -> SourceSettings:
         d = self.cfg.defaults.model_dump()
-        for k in ("sample_fps", "buffer_frames", "stall_s", "max_retries", "rtsp_transport"):
+        for k in ("sample_fps", "buffer_frames", "stall_s", "max_retries", "rtsp_transport", "tls_verify", "ca_file"):
             v = getattr(sc, k)
             if v is not None:
                 d[k] = v

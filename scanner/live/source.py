@@ -28,9 +28,11 @@ import numpy as np
 
 from ..decode import FILE_OPEN_OPTIONS, Frame, pick_video_stream
 from ..picture import picture_sar, to_frame
+from . import tls
 from .buffers import Backoff, DropOldestBuffer  # noqa: F401 - Backoff: re-exported
-from .hls import needs_precheck, precheck_playlist
-from .urls import SourceError, SourceURL, Unsupported, error_reason, open_options, parse_source, unsupported_reason
+from .hls import is_playlist, needs_precheck, precheck_playlist
+from .urls import (SourceError, SourceURL, Unsupported, Untrusted, error_reason, open_options, parse_source,
+                   unsupported_reason)
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +85,8 @@ class SourceSettings:
     decode_threads: int = 1
     allow_files: bool = False
     det_max_side: int = 960  # the face detector's input size (a downscaled copy is made at decode)
+    tls_verify: bool = True  # false: any certificate is taken (a camera's self-signed one)
+    ca_file: str | None = None  # trusted instead of certifi's bundle (a CA, or the camera's cert)
 
 
 def is_transport_refusal(e: BaseException) -> bool:
@@ -129,7 +133,8 @@ class LiveSource:
                  notify: Callable[[], None] | None = None, metrics=None):
         self.name = name
         self.settings = s = settings or SourceSettings()
-        self.src: SourceURL = parse_source(url, allow_files=s.allow_files)
+        self.src: SourceURL = tls.with_trust(parse_source(url, allow_files=s.allow_files), s.tls_verify, s.ca_file)
+        tls.warn_unverified(name, self.src, is_playlist(self.src))
         self.buffer = DropOldestBuffer(s.buffer_frames)
         self.stats = SourceStats()
         self._notify = notify or (lambda: None)
@@ -208,6 +213,7 @@ class LiveSource:
             "frames_dropped": self.buffer.dropped, "fps": round(st.fps, 2),
             "last_error": st.last_error, "sample_fps": self.settings.sample_fps,
             "transport": self.transport,
+            "tls_verify": self.src.tls_verify if self.src.scheme in tls.DEFAULT_PORTS else None,
         }
 
     # ---- decode thread ---------------------------------------------------
@@ -219,8 +225,8 @@ class LiveSource:
             try:
                 self._session()
                 reason = "end of stream"
-            except (Unsupported, av.error.ProtocolNotFoundError) as e:
-                # Retrying cannot help: say why and stop this stream (others are unaffected).
+            except (Unsupported, Untrusted, av.error.ProtocolNotFoundError) as e:
+                # Retrying cannot help (a certificate needs the operator): say why and stop this stream.
                 self.stats.errors += 1
                 self._m.errors.inc()
                 self.stats.last_error = self.src.redact(unsupported_reason(e, self.src.scheme))[:300]
@@ -268,7 +274,8 @@ class LiveSource:
         opts = open_options(self.src, s.open_timeout_s, transport or "tcp")
         if self.src.kind == "file":  # same demuxer restrictions as batch scanning of files
             opts.update(FILE_OPEN_OPTIONS)
-        return av.open(self.src.url, options=opts, timeout=(s.open_timeout_s, 2 * s.stall_s), **kw)
+        with tls.diagnosed(self.src, s.open_timeout_s):  # FFmpeg's untrusted certificate is a bare EIO
+            return av.open(self.src.url, options=opts, timeout=(s.open_timeout_s, 2 * s.stall_s), **kw)
 
     def _session(self) -> None:
         """One connection (RTSP ``auto``: up to one per transport). Raises on failure."""

@@ -29,6 +29,11 @@ class RefusedURL(SourceError):
     """The URL (or something it references) uses a protocol this source may not use."""
 
 
+class Untrusted(SourceError):
+    """TLS cannot be verified as the stream asks (an untrusted certificate, or HLS with credentials,
+    whose segments FFmpeg fetches unverified): the operator must decide, so it is never retried."""
+
+
 # FFmpeg protocols each scheme may use (nested opens inherit the whitelist).
 WHITELISTS: dict[str, str] = {
     "rtsp": "rtsp,rtp,udp,tcp",
@@ -68,6 +73,10 @@ class SourceURL:
     auth: str | None = field(default=None, repr=False)  # "Basic ..." for HTTP(S) sources
     secrets: tuple[str, ...] = field(default=(), repr=False)  # literal credentials to scrub from text
     shown: str = ""  # the URL as given, credentials masked
+    # Certificate checks of every TLS connection FFmpeg makes (:func:`tls_options`); the
+    # stream's settings replace these defaults (:func:`scanner.live.tls.with_trust`).
+    tls_verify: bool = True
+    ca_file: str | None = None  # PEM CA bundle or the camera's own certificate; None: certifi's
 
     @property
     def masked(self) -> str:
@@ -354,7 +363,25 @@ def open_options(src: SourceURL, timeout_s: float, rtsp_transport: str = "tcp") 
         opts.update(timeout=us, overrun_nonfatal="1", fifo_size="1000000")
     elif src.scheme in ("rtmp", "rtmps"):
         opts["rtmp_live"] = "live"
+    if "tls" in opts["protocol_whitelist"].split(","):  # an http source too: a redirect may lead to https
+        opts.update(tls_options(src))
     return opts
+
+
+def tls_options(src: SourceURL) -> dict[str, str]:
+    """FFmpeg's certificate options for ``src``.
+
+    FFmpeg verifies nothing unless told (``tls_verify`` is 0 by default): any certificate was
+    taken, and the credentials sent to whoever held it. certifi's bundle is named when no
+    ``ca_file`` is, so FFmpeg trusts what httpx (the HLS pre-check) trusts, whatever system
+    store the bundled GnuTLS build would look for. FFmpeg's HLS demuxer does not pass them on
+    to segment, variant and reload requests (:mod:`.tls` says what follows from that).
+    """
+    if not src.tls_verify:
+        return {"tls_verify": "0"}
+    import certifi  # httpx's own dependency
+
+    return {"tls_verify": "1", "ca_file": src.ca_file or certifi.where()}
 
 
 # How to read a protocol PyAV's bundled FFmpeg lacks (its wheels are built without libsrt).
@@ -368,6 +395,8 @@ def unsupported_reason(e: BaseException, scheme: str) -> str:
     """Why FFmpeg could not open a stream of ``scheme`` (a protocol this build lacks), with a way round."""
     import av  # loaded already by the source that failed
 
+    if isinstance(e, Untrusted):  # says why already, and what to set
+        return str(e)
     if not isinstance(e, av.error.ProtocolNotFoundError):
         return f"unsupported by this FFmpeg build: {e}"
     hint = _RELAY_HINT.get(scheme)
