@@ -95,7 +95,9 @@ def _encode(frames: list[np.ndarray], box, out: Path, size: int = 256) -> None:
         st = c.add_stream("libx264", rate=25)
         st.width = st.height = size
         st.pix_fmt = "yuv420p"
-        st.options = {"crf": "23", "preset": "medium"}
+        # Threads pinned: x264's output depends on its thread count, which defaults to one per CPU
+        # here (2 on the machines that made the committed copies: same bytes as unpinned there).
+        st.options = {"crf": "23", "preset": "medium", "threads": "2"}
         for im in frames:
             crop = im[y0:y0 + side, x0:x0 + side]
             interp = cv2.INTER_AREA if side > size else cv2.INTER_CUBIC

@@ -60,7 +60,10 @@ def h264(img: np.ndarray, crf: float) -> np.ndarray:
     with av.open(buf, "w", format="h264") as out:
         st = out.add_stream("libx264", rate=25)
         st.width, st.height, st.pix_fmt = pad.shape[1], pad.shape[0], "yuv420p"
-        st.options = {"crf": str(int(crf)), "preset": "ultrafast", "tune": "zerolatency"}
+        # Two slice threads, not libx264's default (one per CPU the process may use): the slices
+        # change the pixels, so training and `--perturb h264` differed with the machine's cores.
+        # 2 is what the 2-CPU machines that trained the shipped weights used.
+        st.options = {"crf": str(int(crf)), "preset": "ultrafast", "tune": "zerolatency", "threads": "2"}
         for pkt in st.encode(av.VideoFrame.from_ndarray(pad, format="rgb24")):
             out.mux(pkt)
         for pkt in st.encode():

@@ -195,6 +195,9 @@ def recipe_of(cfg: TrainConfig, run: "_Run") -> dict:
     # surrogateescape: a non-UTF-8 file name hashes as its bytes (UTF-8 names hash as before)
     rec["faces_index_sha256"] = hashlib.sha256(index.encode(errors="surrogateescape")).hexdigest()
     rec["recon_sha256"] = file_hash(cfg.recon, None) if cfg.recon else None
+    # The starting weights by content: a path (or package version) does not say what they held.
+    init = cfg.init or default_init(cfg.arch)
+    rec["init_sha256"] = file_hash(init, None) if init else None
     # The faces themselves: a cache rebuilt from the same files (another dfscan's detection or
     # alignment) has the same index but other crops, and a resume trained on both silently.
     rec["crops_sha256"] = run.cache.crops_sha256()
