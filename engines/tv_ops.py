@@ -43,8 +43,14 @@ def roi_align(images: torch.Tensor, rois: torch.Tensor, output_size: tuple[int, 
 def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, iou: float) -> torch.Tensor:
     """Indices kept by NMS run separately per group, by decreasing score (as
     ``torchvision.ops.batched_nms``): boxes of different groups are shifted apart so
-    that one NMS call never lets them overlap."""
+    that one NMS call never lets them overlap.
+
+    ``boxes``: ``(K, 4)`` ``(x1, y1, x2, y2)``, any sign (ADM boxes are decoded unclipped)."""
     if boxes.numel() == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
-    shift = groups.to(boxes) * (boxes.max() + 1)
+    # torchvision shifts by max + 1, which assumes coordinates >= 0: a box at negative
+    # coordinates landed on the previous group's boxes and suppressed one of another crop.
+    # The shift must span max - min; with no negative coordinate it is torchvision's.
+    span = boxes.max() - boxes.min().clamp(max=0) + 1
+    shift = groups.to(boxes) * span
     return _ops().nms(boxes + shift[:, None], scores, iou)

@@ -138,7 +138,8 @@ def _parity_faces_sha() -> str:
 
 def _cached_parity(engine: Engine, cfg: EngineConfig) -> bool:
     """On a cache hit, reuse the parity this very artifact passed (same key: same
-    weights, backend, precision, shapes and library versions; same reference faces),
+    weights, backend, precision, shapes and library versions; same reference faces and
+    decision threshold),
     instead of running eager and the engine again on every start.
 
     The record is the one in the metadata validated on load, and must name the loaded
@@ -151,6 +152,10 @@ def _cached_parity(engine: Engine, cfg: EngineConfig) -> bool:
     if not isinstance(res, dict) or res.get("passed") is not True or res.get("faces_sha256") != _parity_faces_sha():
         return False
     if not engine.info.artifact_sha256 or res.get("artifact_sha256") != engine.info.artifact_sha256:
+        return False
+    if res.get("threshold") != engine.detector.threshold:
+        # Verdict flips were counted at the stored threshold, which the key does not cover:
+        # a probe's card.json threshold edited (recalibrated) kept the weights and the key.
         return False
     from ..parity import MAX_P_FAKE_DIFF, MIN_COSINE, passes
 

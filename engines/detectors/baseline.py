@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..detector import Detector
+from ..errors import WeightsError
 from ..registry import register_detector
 from ..spec import InputSpec
 
@@ -55,4 +56,8 @@ class SharpnessBaseline(Detector):
     shortcut=True,
 )
 def baseline_sharpness(weights=None, **kw) -> Detector:
+    if weights is not None:
+        # Ignored, the file's hash still became the rows' weights_hash: a scan that loaded
+        # no weights named some (and `--resume` / reports matched on them).
+        raise WeightsError(f"baseline_sharpness takes no weights (got {weights}): it scores pixels only")
     return SharpnessBaseline(**kw)

@@ -142,6 +142,10 @@ class LiteClassifier(Detector):
     :meth:`network` returns ``(N,)`` logits of P(fake).
     """
 
+    # Grad-CAM: head conv + BN, the (N, C, S/32, S/32) map pooled into the logit (ReLU6
+    # follows in forward). Unset, `report --explain gradcam` refused it as having no map.
+    cam_layer = "backbone._bn1"
+
     def __init__(self, variant: str = "lite0", size: int = 160, dropout: float = 0.2):
         super().__init__(lite_spec(size))
         self.backbone = EfficientNetLite(variant)
@@ -163,6 +167,10 @@ class LiteADMBackbone(nn.Module):
     the extra layers); 256 channels keep the head trainable on a CPU.
     ``forward -> (fmap (N, channels, 7, 7), pooled (N, channels, 1, 1))`` for 224 px input.
     """
+
+    # Grad-CAM: the 7x7 map the ADM reads (ReLU6 follows in forward); without it
+    # ADMDetector named a ResNet's "layer4", which this backbone does not have.
+    cam_layer = "reduce_bn"
 
     def __init__(self, variant: str = "lite0", channels: int = 256):
         super().__init__()

@@ -172,8 +172,10 @@ class ADMDetector(Detector):
         self.iou_threshold = float(iou_threshold)
         self.top_k = int(top_k)
         self.box_min_p_fake = float(box_min_p_fake)
-        # Grad-CAM on the backbone's last map (the 7x7 map the ADM reads).
-        self.cam_layer = "base_model." + getattr(self.base_model, "cam_layer", "layer4")
+        # Grad-CAM on the backbone's last map (the 7x7 map the ADM reads); a backbone that
+        # names none has none to explain (a guessed "layer4" is not a submodule of most).
+        bb_layer = getattr(self.base_model, "cam_layer", None)
+        self.cam_layer = f"base_model.{bb_layer}" if bb_layer else None
 
     def network(self, x: torch.Tensor):
         fmap, global_feat = self.base_model(x)
