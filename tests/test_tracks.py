@@ -204,3 +204,71 @@ def test_look_of_a_non_finite_or_outside_box_is_none():
     assert look(img, [300, 300, 350, 350]) is None
     h = look(img, [20, 20, 60, 60])
     assert h.shape == (192,) and abs(float(h.sum()) - 1) < 1e-6
+
+
+def _mover(n, start, step, score, lk, size=50.0):
+    """One face per sample moving ``step`` px right per sample: ``[(box, score, look)]``."""
+    return [(np.array([start[0] + step * k, start[1], start[0] + step * k + size, start[1] + size]),
+             score, lk) for k in range(n)]
+
+
+def test_a_fake_face_moving_far_between_samples_among_still_real_ones_makes_the_video_fake():
+    """Audit: samples of a long video are seconds apart; a fake face moving 40 px (0.8 of
+    its 50 px box) per sample overlapped its track too little and made 32 one-frame
+    tracks, none long enough to count: the video was real (0.1), frames said fake (0.95)."""
+    n = 32
+    still = [(LEFT, 0.1, _look(2))] * n
+    fake = _mover(n, (100, 200), 40, 0.95, _look(9))
+    frames = [[a, b] for a, b in zip(still, fake)]
+    by_frames = decide([max(a[1], b[1]) for a, b in frames], 0.5, "mean", 5, 3)
+    tracks = build_tracks(frames)
+    assert sorted(len(t.frames) for t in tracks) == [n, n]
+    v = decide_tracks(tracks, 0.5, 3, n)
+    assert by_frames.verdict == v.verdict == "fake" and abs(v.score - 0.95) < 1e-9
+    # without looks (rows re-read from frames_detail written before looks) nothing changes
+    blind = build_tracks([[(b, s) for b, s, _ in f] for f in frames])
+    assert len(blind) == n + 1 and decide_tracks(blind, 0.5, 3, n).verdict == "real"
+    # and the IoU pass alone (what live streams use) still splits it
+    assert len(build_tracks(frames, relink=None)) == n + 1
+
+
+def test_two_people_crossing_or_alternating_are_not_merged():
+    n = 16
+    # crossing: one walks right, the other left on the same line, both seen in every sample
+    a = _mover(n, (0, 100), 40, 0.9, _look(2))
+    b = _mover(n, (600, 100), -40, 0.1, _look(9))
+    tracks = build_tracks([[x, y] for x, y in zip(a, b)])
+    assert sorted(len(t.frames) for t in tracks) == [n, n]
+    assert sorted(t.score for t in tracks) == [0.1, 0.9]  # no track mixes the two
+    # alternating: two people two face sizes apart, each detected in every other sample only
+    left, right = (LEFT, 0.9, _look(2)), (LEFT + [110, 0, 110, 0], 0.1, _look(9))
+    tracks = build_tracks([[left] if k % 2 else [right] for k in range(n)])
+    assert sorted((len(t.frames), t.score) for t in tracks) == [(8, 0.1), (8, 0.9)]
+    # two newcomers near one face missed in this sample: the track takes at most one of them
+    frames = [[left], [(LEFT + 60, 0.5, _look(2)), (LEFT - 60, 0.5, _look(2))]]
+    tracks = build_tracks(frames)
+    assert sorted(len(t.frames) for t in tracks) == [1, 2]
+
+
+def test_second_pass_gates_size_look_and_distance():
+    from scanner.live.tracker import Relink
+
+    far, grown = LEFT + [400, 0, 400, 0], np.array([10, 10, 110, 130.0])  # 7 sizes away; twice as big
+    for other in [(far, 0.9, _look(2)), (grown, 0.9, _look(2)), (LEFT + 60, 0.9, _look(9))]:
+        assert len(build_tracks([[(LEFT, 0.1, _look(2))], [other]])) == 2
+    assert len(build_tracks([[(LEFT, 0.1, _look(2))], [(LEFT + 60, 0.9, _look(2))]])) == 1
+    # a face missed for a few samples may have gone further (shift limit grows with the gap)
+    gap = [[(LEFT, 0.1, _look(2))], [], [], [], [(LEFT + [160, 0, 160, 0], 0.1, _look(2))]]
+    assert len(build_tracks(gap)) == 1 and len(build_tracks([gap[0], gap[-1]])) == 2
+    assert len(build_tracks(gap, relink=Relink(shift_growth=0.0))) == 2
+
+
+def test_live_tracks_keep_the_overlap_pass_alone():
+    """Live samples are dense: a face jumping away within track_max_age_s is a new track
+    there, as before (the second pass is for a file scan's sparse samples)."""
+    from scanner.live.rolling import StreamVerdicts, VerdictSettings
+
+    sv = StreamVerdicts("s", VerdictSettings(window_s=100, min_samples=2, emit_interval_s=1e9))
+    for k in range(4):
+        sv.update(k / 2, (LEFT + [40 * k, 0, 40 * k, 0])[None], np.array([0.1]), [_look(2)])
+    assert sv.tracker.relink is None and len(sv.summary["tracks"]) == 4
