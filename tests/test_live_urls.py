@@ -316,3 +316,10 @@ def test_an_srt_passphrase_holding_a_semicolon_is_masked_whole():
         assert "SECRETPART" not in shown, shown
     # an HTTP query keeps ';' as a separator there
     assert mask_credentials("https://h/x.m3u8?token=abc;v=1") == "https://h/x.m3u8?token=***;v=1"
+
+
+@pytest.mark.parametrize("url, shown", [("udp://@:5000", "udp://@:5000"), ("udp://@239.1.1.1:5000", "udp://@239.1.1.1:5000"),
+                                        ("rtsp://cam@h/x", "rtsp://***@h/x"), ("http://:pw@h/x", "http://***@h/x")])
+def test_an_empty_userinfo_is_not_shown_as_a_masked_password(url, shown):
+    """A UDP listen address ('@:5000') read 'udp://***@:5000', as if a password had been hidden."""
+    assert mask_credentials(url) == shown

@@ -132,7 +132,7 @@ def test_metrics_count_the_scan(scanned):
     assert any(k.startswith("dfscan_build_info") for k in after)
 
 
-def test_resume_skips_done_inputs(scanned, corpus):
+def test_resume_skips_done_inputs(scanned, corpus, capsys):
     *_, out = scanned
     n = len(_rows(out))
     extra = make_video(corpus / "later.mp4", frames=10)
@@ -140,7 +140,8 @@ def test_resume_skips_done_inputs(scanned, corpus):
         code = main(["scan", str(corpus), "--out", str(out), "--frames", "8", "--resume",
                      "--no-progress"])
         rows = _rows(out)
-        assert code == EXIT_OK  # only the new input was scanned, and it did not error
+        # only the new input was scanned, and it did not error; the kept error rows still count
+        assert code == EXIT_INPUT_ERROR and "counted in the exit code" in capsys.readouterr().out
         assert len(rows) == n + 1 and rows[-1]["path"].endswith("later.mp4")
     finally:
         extra.unlink()

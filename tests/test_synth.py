@@ -79,6 +79,19 @@ def _three_stills(tmp_path, monkeypatch) -> tuple:
     return src, tmp_path / "out"
 
 
+def test_synth_groups_one_persons_files_together(tmp_path, monkeypatch):
+    """Groups are people as `dfscan train` splits them: by source file, a MEAD actor's clips
+    fell on both sides of a `probe fit` split (and flattered its held-out numbers)."""
+    src, out = _three_stills(tmp_path, monkeypatch)
+    for old, new in (("p0", "M030_front_happy_level1_001"), ("p1", "M030_front_sad_level2_003")):
+        (src / f"{old}.png").rename(src / f"{new}.png")
+    res = synth.synthesize([str(src)], out, synth.SynthConfig(size=128, context=1.5, seed=3))
+    assert res["sources"] == 3
+    groups = {r["path"].split("/")[1][:4]: r["group"] for r in csv.DictReader(open(out / "manifest.csv"))}
+    assert groups["M030"] == "mead:M030" and groups["p2_f"] == "src:p2"
+    assert len(set(groups.values())) == 2
+
+
 def test_synthesize_writes_labelled_manifest(tmp_path, monkeypatch):
     src, out = _three_stills(tmp_path, monkeypatch)
     res = synth.synthesize([str(src)], out, synth.SynthConfig(size=128, context=1.5, seed=3))

@@ -91,10 +91,6 @@ def load_probe(probe_dir: str | Path, backbone_weights: str | Path | None = None
     if json.loads(json.dumps(spec.to_dict())) != card["input"]:
         raise WeightsError(f"{probe_dir}: backbone input spec {spec.to_dict()} differs from the card's {card['input']}")
     sd = read_state_dict(probe_dir / WEIGHTS)  # a truncated file is a WeightsError, not a traceback
-    if card.get("probe_weights_sha256", sd.sha256) != sd.sha256:  # cards before it carry none
-        raise WeightsError(f"{probe_dir / WEIGHTS} is not the file {CARD} was written with (sha256 "
-                           f"{sd.sha256[:16]}, card {str(card['probe_weights_sha256'])[:16]}): a probe fit "
-                           "stopped between its two writes? fit it again")
     dim = backbone.feature_dim
     if set(sd) != {"linear.weight", "linear.bias"} or tuple(sd["linear.weight"].shape) != (1, dim):
         shapes = {k: tuple(v.shape) for k, v in sd.items()}
@@ -102,6 +98,11 @@ def load_probe(probe_dir: str | Path, backbone_weights: str | Path | None = None
     model = ProbeDetector(backbone, spec, dim, float(card["threshold"]))
     model.linear.load_state_dict({"weight": sd["linear.weight"], "bias": sd["linear.bias"]})
     check_finite(model, probe_dir)
+    # After the shape and NaN checks, which say more of a damaged file.
+    if card.get("probe_weights_sha256", sd.sha256) != sd.sha256:  # cards before it carry none
+        raise WeightsError(f"{probe_dir / WEIGHTS} is not the file {CARD} was written with (sha256 "
+                           f"{sd.sha256[:16]}, card {str(card['probe_weights_sha256'])[:16]}): a probe fit "
+                           "stopped between its two writes? fit it again")
     model.weights_hash = sd.sha256[:16] + "+" + digest  # of the bytes loaded, not a second read
     model.card = card
     return model

@@ -11,7 +11,7 @@ A file scan samples frames seconds apart (32 over a minute), so a face that move
 than about half its width between samples overlaps its own track too little and started
 a new track at every sample. With ``relink`` (:class:`Relink`; file scans only,
 :func:`scanner.tracks.build_tracks`) the faces the IoU pass left unmatched are then
-assigned (Hungarian, one face per track) to tracks not seen in this frame whose last face
+assigned (cheapest pair first, one face per track, as the IoU pass) to tracks not seen in this frame whose last face
 is near (centre distance per face size), about as large, and looks alike (a stricter
 look distance than the IoU pass's veto, since no overlap backs it). Faces or tracks
 without a look never take part: rows re-read without looks link as before. Live streams
@@ -72,7 +72,7 @@ class Relink:
 
 
 RELINK = Relink()  # a file scan's gates (scanner.tracks.build_tracks)
-_NO = 1e6  # cost of a pair a gate refuses: the assignment takes one only when it must, and it is dropped
+_NO = 1e6  # cost of a pair a gate refuses: never taken
 
 
 class IoUTracker:
@@ -126,9 +126,7 @@ class IoUTracker:
 
     def _match_motion(self, boxes: np.ndarray, t: float, looks: list, ids: list[int]) -> None:
         """Second pass (``relink``): unmatched faces with a look to tracks with a look not
-        updated at ``t``, as one assignment over gated pairs; fills ``ids`` in place."""
-        from scipy.optimize import linear_sum_assignment
-
+        updated at ``t``, over the pairs every gate allows; fills ``ids`` in place."""
         faces = [k for k, tid in enumerate(ids) if tid < 0 and looks[k] is not None]
         idle = [tr for tr in self.tracks.values() if tr.last_t < t and tr.look is not None]
         if not faces or not idle:
@@ -136,9 +134,12 @@ class IoUTracker:
         gaps = np.array([(t - tr.last_t) / self.relink.sample_s for tr in idle], np.float32)
         cost = relink_cost(self.relink, boxes[faces], np.stack([looks[k] for k in faces]),
                            np.stack([tr.box for tr in idle]), np.stack([tr.look for tr in idle]), gaps)
-        for r, c in zip(*linear_sum_assignment(cost)):
-            if cost[r, c] < _NO:
-                ids[faces[r]] = self._take(idle[c], boxes[faces[r]], t, looks[faces[r]])
+        # Greedy, cheapest pair first (a handful of faces a frame): scipy's Hungarian solver,
+        # imported lazily mid-scan, cost an import of scipy.optimize in every worker.
+        while cost.size and cost.min() < _NO:
+            r, c = np.unravel_index(int(cost.argmin()), cost.shape)
+            ids[faces[r]] = self._take(idle[c], boxes[faces[r]], t, looks[faces[r]])
+            cost[r, :] = cost[:, c] = _NO
 
 
 def relink_cost(rl: Relink, boxes: np.ndarray, looks: np.ndarray, track_boxes: np.ndarray,

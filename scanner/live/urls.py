@@ -118,8 +118,9 @@ def mask_credentials(url: str) -> str:
         head, _, query = url.partition("?")
         query = _SRT_SECRET_RE.sub(r"\1***", _STREAMID_RE.sub(r"\1***", query))
         return f"{mask_credentials(head)}?{query}"
-    if "@" in netloc:
-        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    userinfo, at, host = netloc.rpartition("@")
+    if userinfo:  # an empty one ('udp://@:5000', listen) hides nothing: shown as '***@' it read as a password
+        netloc = "***@" + host
     query = _QUERY_SECRET_RE.sub(r"\1***", parts.query)
     path = parts.path
     if _stream_key(parts):  # the last non-empty segment ('/app/KEY/' too)

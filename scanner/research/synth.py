@@ -20,7 +20,9 @@ with context) and ``manifest.csv`` with ``path,label,group,subset,landmarks,
 box,blend``: ``landmarks`` are the chip's 5 points (so later steps align
 without detection), ``box`` is ``x0 y0 x1 y1`` (chip pixels, exclusive end)
 bounding every pixel the blend changed (empty for real chips), ``group`` is
-the source file, so a real chip and its fake never straddle a split, and
+the source's person as ``dfscan train`` splits them (:func:`scanner.research.data.identity`:
+a MEAD actor, a GRID speaker, else the file), so a real chip and its fake, and one person's
+clips, never straddle a split (by file, an actor's 8 MEAD clips fell on both sides), and
 ``subset`` is ``sbi-global``/``sbi-partial`` for both chips of a pair.
 """
 from __future__ import annotations
@@ -228,7 +230,7 @@ def synthesize(inputs: list[str], out_dir: str | Path, cfg: SynthConfig = SynthC
     (out / "real").mkdir(parents=True, exist_ok=True)
     (out / "fake").mkdir(parents=True, exist_ok=True)
     detector = FaceDetector(device=cfg.device, min_face=40, max_faces=cfg.max_faces)
-    groups, skipped, n = set(), [], 0
+    used, skipped, n = set(), [], 0  # sources that gave a pair
     # UTF-8 as read_manifest reads it (not the locale's); a non-UTF-8 file name keeps its bytes
     with open(out / "manifest.csv", "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
         w = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
@@ -247,9 +249,9 @@ def synthesize(inputs: list[str], out_dir: str | Path, cfg: SynthConfig = SynthC
                 if rows:
                     w.writerows(rows)
                     f.flush()
-                    groups.add(str(src))
+                    used.add(str(src))
                     n += 1
-    return {"faces": n, "rows": 2 * n, "sources": len(groups), "skipped": skipped}
+    return {"faces": n, "rows": 2 * n, "sources": len(used), "skipped": skipped}
 
 
 def _pair(out: Path, src: Path, fidx: int, image, box, lm, n: int, cfg: SynthConfig, skipped: list) -> list[dict]:
@@ -268,7 +270,9 @@ def _pair(out: Path, src: Path, fidx: int, image, box, lm, n: int, cfg: SynthCon
     _write(out / "fake" / f"{stem}_{mode}.png", fake)
     # A real chip and its fake share group (never split apart) and subset (the
     # blend mode), so `eval` reports each mode with its own reals.
-    base = {"group": str(src), "subset": f"sbi-{mode}", "landmarks": format_landmarks(lm_chip)}
+    from .data import identity
+
+    base = {"group": identity(src), "subset": f"sbi-{mode}", "landmarks": format_landmarks(lm_chip)}
     return [{"path": f"real/{stem}.png", "label": "real", **base, "box": "", "blend": ""},
             {"path": f"fake/{stem}_{mode}.png", "label": "fake", **base,
              "box": " ".join(map(str, fbox)), "blend": f"{mode}:{ratio:g}"}]
