@@ -154,12 +154,19 @@ class RayScanContext:
                             max_task_retries=0)(_ScanWorker)  # attempts: see _lost
         wcfg = cfg.model_dump(exclude={k for k in cfg.model_dump() if k.startswith("ray")})
         wcfg.update({k: v for k, v in DRIVER_ONLY.items() if k in wcfg})
+        if wcfg.get("weights") and os.path.exists(wcfg["weights"]):  # absolute, as the inputs: a
+            wcfg["weights"] = os.path.abspath(wcfg["weights"])  # worker's cwd is not the driver's
         self.actors = [remote.remote(wcfg, max(1, int(cpus))) for _ in range(n)]
         try:
             self.actor_info = ray.get([a.info.remote() for a in self.actors])
         except ray.exceptions.RayError as e:
             self.close()
             raise RayUnavailable(f"Ray workers could not build the pipeline: {_remote_error(e)}") from e
+        try:
+            _same_model(self.actor_info)
+        except RayUnavailable:
+            self.close()
+            raise
         first = self.actor_info[0]
         self.engine_info = dict(first["engine_info"], actors=n,
                                 nodes=len({i["node"] for i in self.actor_info}))
@@ -247,8 +254,11 @@ class RayScanContext:
         ray = _ray()
         if path is None:  # the restarted actor answers: it takes videos again
             with contextlib.suppress(ray.exceptions.RayError):  # else dead for good: stays idle
-                ray.get(ref)
-                self._load[k] = 0
+                odd = self._other_model(ray.get(ref))
+                if odd:  # restarted on a node with other weights: its rows would be refused
+                    log.error("a restarted Ray scan actor uses another model (%s): it gets no more videos", odd)
+                else:
+                    self._load[k] = 0
             return None
         self._load[k] -= 1
         try:
@@ -260,7 +270,25 @@ class RayScanContext:
         metrics.add_counts(counts)
         row["path"] = path  # as given, like a local scan's rows (the worker got it absolute)
         _worker_view(row)
-        return row
+        return self._own_model(row)
+
+    def _other_model(self, got: dict) -> str:
+        """How the model of ``got`` (an actor's info or row) differs from this scan's; ''."""
+        want = {"detector": self.detector.name, "weights_hash": self.detector.weights_hash,
+                "threshold": self.threshold}
+        return ", ".join(f"{k} {got[k]}, not {v}" for k, v in want.items() if k in got and got[k] != v)
+
+    def _own_model(self, row: dict) -> dict:
+        """``row``, or an ``internal`` error row when another model scored it (an actor Ray
+        restarted on a node whose weights file differs): its verdict, under another
+        weights_hash, went into this scan's outputs as if this scan's model gave it."""
+        odd = self._other_model(row)
+        if not odd:
+            return row
+        out = self._error_row(row["path"], "internal", f"scored by a Ray worker with another model "
+                              f"({odd}): every node needs the same weights files", None)
+        out["timings"] = row.get("timings") or out["timings"]
+        return out
 
     def _lost(self, k: int, path: str, attempts: int, sent: float, e: Exception) -> dict | None:
         """Retry ``path`` unless out of attempts; ``k`` gets no video until it answers again.
@@ -310,6 +338,20 @@ def _remote_error(e: Exception) -> str:
             return f"{type(cause).__name__}: {cause}".splitlines()[0]
     lines = [ln for ln in _ANSI.sub("", str(e)).splitlines() if ln.strip()]
     return lines[0] if lines else type(e).__name__
+
+
+def _same_model(infos: list[dict]) -> None:
+    """Refuse actors that built different models (another weights file at the same path on
+    some node): the scan reported the first actor's weights_hash and one output mixed the
+    verdicts of both models, the same video judged differently by node."""
+    first = infos[0]
+    for info in infos[1:]:
+        for k in ("detector", "weights_hash", "threshold"):
+            if info[k] != first[k]:
+                raise RayUnavailable(f"Ray scan actors built different models: {k} {first[k]} on node "
+                                     f"{first['node']}, {info[k]} on node {info['node']}; every node "
+                                     "needs the same dfscan and weights files (one image, or the "
+                                     "weights on the shared volume)")
 
 
 def _worker_view(row: dict) -> None:

@@ -98,7 +98,22 @@ class MetricsPusher:
         end = time.monotonic() + self.timeout_s
         if self._thread is not None:
             self._thread.join(self.timeout_s + 1)  # a push in flight lands before the final one
-        return self.push(max(1.0, end - time.monotonic()))
+        return self._bounded_push(max(1.0, end - time.monotonic()))
+
+    def _bounded_push(self, timeout_s: float) -> bool:
+        """:meth:`push` given ``timeout_s`` of wall time. Its timeout is a socket timeout
+        (each connect and read; the name lookup has none): a gateway sending its answer a byte
+        at a time held the end of the scan forever."""
+        done: list[bool] = []
+        t = threading.Thread(target=lambda: done.append(self.push(timeout_s)), daemon=True,
+                             name="dfscan-metrics-push-final")
+        t.start()
+        t.join(timeout_s + 0.5)
+        if done:
+            return done[0]
+        self.failures += 1
+        log.warning("metrics push to %s failed: no answer within %.0f s", self.masked, timeout_s)
+        return False
 
 
 def start_for(cfg, console=None) -> MetricsPusher | None:

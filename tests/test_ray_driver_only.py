@@ -198,6 +198,7 @@ def test_a_file_the_worker_cannot_see_but_the_driver_can_says_so(monkeypatch, tm
     monkeypatch.setattr(dist, "_ray", lambda: SimpleNamespace(get=get))
     ctx = object.__new__(dist.RayScanContext)
     ctx._load = [1, 1]
+    ctx.detector, ctx.threshold = SimpleNamespace(name="test_tiny", weights_hash="h"), 0.5
     here = ctx._result(str(clip), 0, str(clip), 0, 0.0)["error"]
     assert here["kind"] == "not_found" and "every node must see the inputs at the same paths" in here["message"]
     missing = ctx._result(str(gone), 1, str(gone), 0, 0.0)["error"]

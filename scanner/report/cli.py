@@ -54,7 +54,7 @@ def run_report(args) -> int:
                          explain=args.explain, weights=args.weights, device=args.device)
     try:
         with _sigterm_interrupts():
-            stats = _render(src, out, opts)
+            stats = _render(src, out, opts, _notes(opts))
     except OSError as e:  # --out a folder, unwritable, disk full: one line, not a traceback
         print(f"dfscan report: cannot write {terminal_safe(str(out))}: {e.strerror or e}"
               + (f" ({terminal_safe(str(e.filename))})" if e.filename and str(e.filename) != str(out) else ""), file=sys.stderr)
@@ -84,15 +84,25 @@ def _sigterm_interrupts():
         signal.signal(signal.SIGTERM, old)
 
 
-def _render(src: Path, out: Path, opts) -> dict:
+def _notes(opts) -> dict:
+    """Header notes for the flags a reader of the page cannot otherwise see: with
+    ``--no-verify`` the thumbnails came from files checked by size only, and the page
+    read as if each had matched its row's SHA-256."""
+    if opts.verify_hash or not opts.thumbnails:
+        return {}
+    return {"notes": [("--no-verify: each video was checked against its row by size only, not by "
+                       "SHA-256: a thumbnail may show a file changed since the scan")]}
+
+
+def _render(src: Path, out: Path, opts, meta: dict) -> dict:
     """:func:`write_report`, with a progress bar on a terminal."""
     from .render import write_report
 
     if not sys.stderr.isatty():
-        return write_report(src, out, opts)
+        return write_report(src, out, opts, meta)
     from rich.console import Console
     from rich.progress import Progress
 
     with Progress(console=Console(stderr=True), transient=True) as prog:
         task = prog.add_task("rendering", total=None)
-        return write_report(src, out, opts, progress=lambda n, total: prog.update(task, completed=n, total=total))
+        return write_report(src, out, opts, meta, progress=lambda n, total: prog.update(task, completed=n, total=total))

@@ -120,7 +120,9 @@ def _table(items: list[tuple[int, dict]]) -> str:
             f'<table class="videos"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></section>')
 
 
-def _thumb(t: Thumb) -> str:
+def _thumb(t: Thumb, threshold=None) -> str:
+    """``threshold``: the row's, so a face's P(fake) reads on its side of it (see :func:`_score`):
+    a face at 0.4996 read "0.500" beside "threshold 0.5"."""
     rects = [f'<rect class="facebox" x="{t.face_box[0]}" y="{t.face_box[1]}" '
              f'width="{round(t.face_box[2] - t.face_box[0], 1)}" height="{round(t.face_box[3] - t.face_box[1], 1)}"/>']
     for x1, y1, x2, y2, sc in t.artifact_boxes:
@@ -131,7 +133,7 @@ def _thumb(t: Thumb) -> str:
            f'<img src="{t.uri}" width="{t.width}" height="{t.height}" loading="lazy" '
            f'alt="face at {t.time_s:.2f} s"><svg viewBox="0 0 {t.width} {t.height}" '
            f'preserveAspectRatio="none">{"".join(rects)}</svg></div>'
-           f'<figcaption>t={t.time_s:.2f} s · frame {t.frame_index} · P(fake) {t.score:.3f}'
+           f'<figcaption>t={t.time_s:.2f} s · frame {t.frame_index} · P(fake) {score_text(t.score, threshold)}'
            f'{f" · {len(t.artifact_boxes)} artifact box(es)" if t.artifact_boxes else ""}</figcaption></figure>')
     if not t.cam:
         return fig
@@ -183,7 +185,7 @@ def _section(i: int, r: dict, ev: Evidence | None, is_open: bool) -> str:
                      '(scanned with --no-details)</p>')
     if ev is not None:
         if ev.thumbs:
-            parts.append(f'<div class="thumbs">{"".join(_thumb(t) for t in ev.thumbs)}</div>')
+            parts.append(f'<div class="thumbs">{"".join(_thumb(t, r.get("threshold")) for t in ev.thumbs)}</div>')
         if ev.note:
             parts.append(f'<p class="note">{"no thumbnails: " if not ev.thumbs else ""}{escape(ev.note)}</p>')
     parts.append("</details>")

@@ -115,11 +115,13 @@ def _mismatch(path: Path, seen: FileIdentity, row: dict, verify_hash: bool) -> s
     return None
 
 
-def unchecked(row: dict, verify_hash: bool) -> str | None:
+def unchecked(row: dict) -> str | None:
     """Why the file shown may not be the one scanned, or None: :func:`locate` checks a row
     without SHA-256 (a scan with ``hash: false``, an older or foreign row) by size, or not
-    at all, and thumbnails shown as the scan's evidence must say so."""
-    if not verify_hash or row.get("sha256"):
+    at all, and thumbnails shown as the scan's evidence must say so: with ``--no-verify``
+    and in a scan's own report too (they said nothing there), as such a row has no hash
+    to verify either way."""
+    if row.get("sha256"):
         return None
     what = "only its size was checked" if row.get("size_bytes") is not None else "neither size nor hash was checked"
     return f"the row has no SHA-256: {what}, so these frames may not be the ones the scan saw"
@@ -171,6 +173,17 @@ def make_thumb(frame: Frame, fr: dict, face: dict, px: int) -> Thumb:
                  tx(face["box"]), boxes)
 
 
+def _no_picks(row: dict) -> str:
+    """Why ``row`` has no face to show. Faces whose scores are all NaN/inf (null in the row)
+    are no face to rank, but they were found: "no face was found" contradicted the row."""
+    if not row.get("frames_detail"):
+        return "no per-frame details in the results (scanned with --no-details)" if row.get("faces") \
+            else "no face was found"
+    if any(fr.get("faces") for fr in row["frames_detail"]):
+        return "no face has a finite score (the detector scored them NaN/inf)"
+    return "no face was found"
+
+
 Explainer = Callable[[Frame, dict], dict]
 
 
@@ -181,9 +194,7 @@ def evidence(row: dict, k: int, video_root: str | None = None, verify_hash: bool
         return Evidence(note=None)
     picks = top_faces(row, k)
     if not picks:
-        why = "no per-frame details in the results (scanned with --no-details)" \
-            if not row.get("frames_detail") and row.get("faces") else "no face was found"
-        return Evidence(note=why)
+        return Evidence(note=_no_picks(row))
     path, why, seen = locate(row, video_root, verify_hash)
     if path is None:
         return Evidence(note=why)
@@ -195,7 +206,7 @@ def evidence(row: dict, k: int, video_root: str | None = None, verify_hash: bool
         return Evidence(note=f"could not re-decode {path}: {e.kind}: {e}", video=str(path))
     if file_identity(path) != seen:
         return Evidence(note=f"{path} changed while the report read it", video=str(path))
-    out = Evidence(video=str(path), note=unchecked(row, verify_hash))
+    out = Evidence(video=str(path), note=unchecked(row))
     for fr, face in picks:
         frame = frames.get(fr["index"])
         if frame is None:

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from html import escape
 
+# A hovered score reads on its side of the threshold line, as the video's score does.
+from ..aggregate import score_text
+
 
 W, H = 560, 120
 PAD_L, PAD_R, PAD_T, PAD_B = 34, 8, 8, 18
@@ -38,7 +41,7 @@ def _xy(t: float, s: float, t_max: float) -> tuple[float, float]:
     return round(x, 1), round(y, 1)
 
 
-def _series(points, t_max: float, colour: str, cls: str, label: str, dots: bool) -> str:
+def _series(points, t_max: float, colour: str, cls: str, label: str, dots: bool, threshold) -> str:
     xy = [_xy(t, s, t_max) for t, s, *_ in points]
     parts = [f'<g class="{cls}" data-label="{escape(label)}">']
     if len(xy) > 1:
@@ -47,7 +50,7 @@ def _series(points, t_max: float, colour: str, cls: str, label: str, dots: bool)
     if dots:
         for (x, y), (t, s, *_) in zip(xy, points):
             parts.append(f'<circle class="pt" cx="{x}" cy="{y}" r="2.6" fill="{colour}">'
-                         f"<title>{escape(label)}: t={t:.2f} s, P(fake)={s:.3f}</title></circle>")
+                         f"<title>{escape(label)}: t={t:.2f} s, P(fake)={score_text(s, threshold)}</title></circle>")
     parts.append("</g>")
     return "".join(parts)
 
@@ -55,6 +58,16 @@ def _series(points, t_max: float, colour: str, cls: str, label: str, dots: bool)
 def _track_label(tid: int) -> str:
     # -1 gathers the faces a row gave no track id (see face_tracks): not a track of its own.
     return "faces without a track id" if tid == -1 else f"face track {tid}"
+
+
+def _shown_tracks(tracks: dict) -> list:
+    """The tracks drawn: the longest, and always the most suspicious one. Why: in a crowd
+    (more tracks than colours) a short track of a fake face, the one that made an
+    ``--aggregate tracks`` verdict fake, was among the "shorter tracks not drawn"."""
+    by_length = sorted(tracks.items(), key=lambda kv: -len(kv[1]))
+    top = max(by_length, key=lambda kv: max(s for _, s, *_ in kv[1]))
+    shown = by_length[:MAX_TRACKS]
+    return shown if top in shown else [*shown[:-1], top]
 
 
 def timeline_svg(row: dict, threshold: float | None) -> str | None:
@@ -68,14 +81,15 @@ def timeline_svg(row: dict, threshold: float | None) -> str | None:
     tracks = face_tracks(frames)
     legend = ""
     if len(tracks) > 1:
-        shown = sorted(tracks.items(), key=lambda kv: -len(kv[1]))[:MAX_TRACKS]  # longest first
+        shown = _shown_tracks(tracks)
         for n, (tid, pts) in enumerate(shown):
-            body.append(_series(pts, t_max, TRACK_COLOURS[n], "track", _track_label(tid), True))
+            body.append(_series(pts, t_max, TRACK_COLOURS[n], "track", _track_label(tid), True, threshold))
         keys = "".join(f'<span style="color:{TRACK_COLOURS[n]}">&#9679; {_track_label(tid)}</span> '
                        for n, (tid, _) in enumerate(shown))
-        more = f" ({len(tracks) - len(shown)} shorter tracks not drawn)" if len(tracks) > len(shown) else ""
+        hidden = len(tracks) - len(shown)
+        more = f" ({hidden} other tracks not drawn: shorter, less suspicious)" if hidden else ""
         legend = f'<p class="legend tracks">{keys}<span>&#9644; frame score</span>{more}</p>'
-    body.append(_series(scored, t_max, "#222", "frame-score", "frame score", len(tracks) <= 1))
+    body.append(_series(scored, t_max, "#222", "frame-score", "frame score", len(tracks) <= 1, threshold))
     empty = [fr.get("time_s") or 0.0 for fr in frames if fr.get("score") is None]
     for t in empty:  # sampled frames without a face: a tick on the time axis
         x, _ = _xy(t, 0.0, t_max)
