@@ -120,15 +120,39 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-def start_http(handler) -> tuple:
+def start_http(handler, ssl_context=None) -> tuple:
     """A ThreadingHTTPServer for ``handler`` on a free loopback port, serving in a daemon
-    thread: ``(server, port)``; stop it with :func:`stop_http`."""
+    thread: ``(server, port)``; stop it with :func:`stop_http`. With ``ssl_context`` it serves
+    HTTPS (the handshake runs in accept: a client refusing the certificate sends no request)."""
     import threading
     from http.server import ThreadingHTTPServer
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    if ssl_context is not None:
+        httpd.socket = ssl_context.wrap_socket(httpd.socket, server_side=True)
     threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
     return httpd, httpd.server_address[1]
+
+
+def routes_handler(routes: dict, requests: list):
+    """A request handler answering GET ``routes[path] = (content type, body)`` (404 elsewhere)
+    and appending ``(path, Authorization header)`` of every request to ``requests``."""
+    from http.server import BaseHTTPRequestHandler
+
+    class Routes(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):  # noqa: N802
+            requests.append((self.path, self.headers.get("Authorization")))
+            ctype, body = routes.get(self.path, ("text/plain", None))
+            self.send_response(200 if body is not None else 404)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body or b"")))
+            self.end_headers()
+            self.wfile.write(body or b"")
+
+    return Routes
 
 
 def stop_http(httpd) -> None:

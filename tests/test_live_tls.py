@@ -14,12 +14,12 @@ import ssl
 import subprocess
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import av
 import pytest
 
+from conftest import routes_handler, start_http, stop_http
 from scanner.live.source import LiveSource, SourceSettings
 from scanner.live.tls import with_trust
 from scanner.live.urls import open_options, parse_source
@@ -54,32 +54,12 @@ class HTTPSServer:
 
     def __init__(self, cert: tuple[str, str], routes: dict[str, tuple[str, bytes]]):
         self.requests: list[tuple[str, str | None]] = []
-        srv = self
-
-        class H(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_GET(self):
-                srv.requests.append((self.path, self.headers.get("Authorization")))
-                ctype, body = routes.get(self.path, ("text/plain", None))
-                self.send_response(200 if body is not None else 404)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body or b"")))
-                self.end_headers()
-                self.wfile.write(body or b"")
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(*cert)
-        # The handshake runs in accept(): a client refusing the certificate never gets to a request.
-        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
-        self.port = self.httpd.server_address[1]
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+        self.httpd, self.port = start_http(routes_handler(routes, self.requests), ctx)
 
     def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        stop_http(self.httpd)
 
 
 class TLSRecorder:

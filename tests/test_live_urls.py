@@ -14,7 +14,7 @@ from urllib.parse import unquote
 
 import pytest
 
-from conftest import start_http, stop_http
+from conftest import routes_handler, start_http, stop_http
 from scanner.live.source import LiveSource, SourceSettings
 from scanner.live.urls import SourceError, mask_credentials, mask_text, open_options, parse_source
 
@@ -52,25 +52,8 @@ class _Server:
     """HTTP server answering ``routes[path] = (content type, body)``; records (path, Authorization)."""
 
     def __init__(self, routes: dict[str, tuple[str, bytes]]):
-        from http.server import BaseHTTPRequestHandler
-
         self.requests: list[tuple[str, str | None]] = []
-        srv = self
-
-        class H(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_GET(self):  # noqa: N802
-                srv.requests.append((self.path, self.headers.get("Authorization")))
-                ctype, body = routes.get(self.path, ("text/plain", None))
-                self.send_response(200 if body is not None else 404)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body or b"")))
-                self.end_headers()
-                self.wfile.write(body or b"")
-
-        self.httpd, self.port = start_http(H)
+        self.httpd, self.port = start_http(routes_handler(routes, self.requests))
 
     def close(self):
         stop_http(self.httpd)
