@@ -188,7 +188,14 @@ def load_yaml(path: str | Path) -> dict:
 def build_config(yaml_path: str | Path | None = None, overrides: dict | None = None) -> ScanConfig:
     """Defaults < YAML file < ``overrides`` (flags actually given)."""
     data = load_yaml(yaml_path) if yaml_path else {}
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    # fps wins over frames wherever both are set, so `--frames 16` lost to a file's `fps: 2`
+    # (and to `--fps` given with it) without a word: a --frames flag clears the file's fps.
+    if "frames" in given and "fps" in given:
+        raise ConfigError("--frames and --fps both given: give one (--fps samples instead of --frames)")
+    if "frames" in given:
+        data["fps"] = None
+    data.update(given)
     try:
         return ScanConfig(**data)
     except ValidationError as e:

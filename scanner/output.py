@@ -30,7 +30,8 @@ log = logging.getLogger("dfscan")
 CSV_COLUMNS = [
     "path", "verdict", "score", "threshold", "frames", "frames_with_faces", "faces",
     "frames_requested", "frames_missed", "nonfinite_scores", "orientation_deg",
-    "detector", "weights_hash", "engine", "sampling", "size_bytes", "sha256", "error_kind", "error",
+    "detector", "weights_hash", "engine", "precision", "sampling", "aggregation", "size_bytes", "sha256",
+    "error_kind", "error",
     "decode_s", "detect_s", "align_s", "infer_s", "total_s",
 ]
 
@@ -104,8 +105,9 @@ class JsonlSink(Sink):
             self._file.close()
 
 
-def sampling_label(row: dict) -> str | None:
-    s = row.get("sampling")
+def sampling_label(row: dict, key: str = "sampling") -> str | None:
+    """``row[key]`` (``sampling``, ``aggregation``) as ``k=v,...``: the text --resume compares."""
+    s = row.get(key)
     if not isinstance(s, dict):
         return s
     return ",".join(f"{k}={v}" for k, v in sorted(s.items()))
@@ -116,6 +118,7 @@ def flat_row(row: dict) -> dict:
     err = row.get("error") or {}
     out = {k: row.get(k) for k in CSV_COLUMNS}
     out.update(error_kind=err.get("kind"), error=err.get("message"), sampling=sampling_label(row),
+               aggregation=sampling_label(row, "aggregation"),
                decode_s=t.get("decode"), detect_s=t.get("detect"), align_s=t.get("align"),
                infer_s=t.get("infer"), total_s=t.get("total"))
     # Newlines stay (a file name may hold one): the csv module quotes such a field, and

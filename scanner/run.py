@@ -131,7 +131,21 @@ def _inputs(args, console: Console) -> list[Path]:
         paths = bundled_samples()
         console.print(f"[dim]no PATH given: scanning the {len(paths)} bundled sample clips[/dim]")
     # Rows carry absolute paths: a later --resume from another folder still matches them.
-    return [Path(os.path.abspath(p)) for p in paths]
+    return [absolute_input(p) for p in paths]
+
+
+def absolute_input(path: Path) -> Path:
+    """``path`` made absolute, naming the file the system opens for it.
+
+    Why not ``os.path.abspath``: it drops ``dir/..`` as text, while the system goes up from
+    where a symlinked ``dir`` points: ``linkdir/../a.mp4`` (a list's ``../a.mp4`` reached
+    through a symlinked folder) was scanned and reported as another ``a.mp4``. Folders
+    before a ``..`` are resolved; the name itself is kept (a symlinked video keeps its name)."""
+    if ".." not in path.parts:
+        return Path(os.path.abspath(path))
+    if path.name in ("", ".", ".."):
+        return Path(os.path.realpath(path))
+    return Path(os.path.realpath(path.parent)) / path.name
 
 
 def _to_scan(paths: list[Path], cfg, console: Console) -> tuple[list[Path], ResumedOutputs | None]:
