@@ -171,8 +171,9 @@ def test_stream_verdict_events():
     ev2 = sv.update(0.5, box, np.array([0.8]))
     assert ev1 == [] and {(e["track"], e["verdict"], e["alert"]) for e in ev2} == {(1, "fake", True), (None, "fake", True)}
     assert sv.update(1.0, box, np.array([0.7])) == []  # no change, no event
-    ev = sv.tick(time.monotonic() + 7200)
-    assert ev[0]["reason"] == "interval" and ev[0]["tracks"] == {"1": pytest.approx(0.8, abs=1e-3)}
+    ev = sv.tick(time.monotonic() + 7200)  # the window aged out: a change to unknown, then the summary
+    assert [(e["reason"], e["verdict"]) for e in ev] == [("change", "unknown"), ("interval", "unknown")]
+    assert ev[-1]["tracks"] == {"1": pytest.approx(0.8, abs=1e-3)}
 
 
 def test_verdict_of_a_stream_whose_frames_stop_lapses():

@@ -196,15 +196,20 @@ class StreamVerdicts:
         return events
 
     def tick(self, now: float) -> list[dict]:
-        """Periodic summary event when ``emit_interval_s`` has passed since the last one."""
+        """Periodic summary event when ``emit_interval_s`` has passed since the last one.
+
+        A verdict that ageing the window to ``now`` changes gets its own ``change`` event first:
+        :meth:`update` ages to the frame's capture time, and a change seen only here went out
+        as an ``interval`` summary, with no ``change`` event ever after (the verdict had moved)."""
         if now - self.last_emit < self.s.emit_interval_s:
             return []
         self.last_emit = now
         self.stream.roll.expire(now)
-        prev, _ = self.stream.hyst.update(self.stream.roll.value, self.stream.roll.count)
-        ev = self._event("interval", self.stream, prev, None, None)  # a summary: no triggering frame
+        prev, cur = self.stream.hyst.update(self.stream.roll.value, self.stream.roll.count)
+        events = [self._event("change", self.stream, prev, None, None)] if cur != prev else []
+        ev = self._event("interval", self.stream, cur, None, None)  # a summary: no triggering frame
         ev["tracks"] = {str(k): round(j.roll.value, 4) for k, j in self.tracks.items() if j.roll.value is not None}
-        return [ev]
+        return events + [ev]
 
     @property
     def summary(self) -> dict:

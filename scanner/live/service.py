@@ -60,6 +60,7 @@ class _Stream:
         self.lock = threading.Lock()  # verdict state is touched by the worker and the watchdog
         # Frames captured before this are a removed namesake's, still in an inference batch.
         self.added = time.monotonic()
+        self.closed = False  # its verdicts ended (removed, shutdown): a late result must not revive them
 
 
 class LiveService:
@@ -219,12 +220,14 @@ class LiveService:
         if st is None or frame.t_capture < st.added:
             return  # removed (perhaps re-added since) while its frame was in flight
         with st.lock:
+            if st.closed:  # looked up just before its removal closed it: its `removed` is out
+                return
             events = st.verdicts.update(frame.t_capture, r.boxes, r.p_fake, r.looks)
             self._set_gauges(st)
+            self._publish(events)  # under the lock: see _close
         sm = st.source._m
         sm.faces.inc(len(r.p_fake))
         sm.latency.observe(time.monotonic() - frame.t_capture)
-        self._publish(events)
 
     @staticmethod
     def _set_gauges(st: _Stream) -> None:
@@ -236,12 +239,18 @@ class LiveService:
         st.source._m.fake.set(1.0 if v.hyst.verdict == "fake" else 0.0)
 
     def _close(self, st: _Stream, reason: str) -> None:
-        """Emit the end of ``st``'s verdicts (``unknown``, ``reason``) to every sink."""
+        """Emit the end of ``st``'s verdicts (``unknown``, ``reason``) to every sink.
+
+        Events are queued under the stream's lock (``emit`` never blocks), here and wherever
+        they are judged: published after it, the worker's and the watchdog's events reached
+        the sinks in another order than the verdict changed, and a reader's last event (an
+        interval summary, a result's ``fake`` after ``removed``) was not the current verdict."""
         with st.lock:
+            st.closed = True
             events = st.verdicts.close(reason, time.monotonic())
-        for ev in events:
-            ev["state"] = "stopped"
-        self._publish(events)  # never an alert: every verdict ends as unknown
+            for ev in events:
+                ev["state"] = "stopped"
+            self._publish(events)  # never an alert: every verdict ends as unknown
 
     def _on_error(self, batch, e: Exception) -> None:
         with self._lock:
@@ -270,8 +279,10 @@ class LiveService:
 
     def _age(self, st: _Stream, now: float) -> None:
         with st.lock:  # windows age without frames too: a dead stream's verdict lapses
+            if st.closed:  # listed just before its removal: it has ended
+                return
             events = st.verdicts.expire(now) + st.verdicts.tick(now)
             self._set_gauges(st)
-        for ev in events:
-            ev["state"] = st.source.state
-        self._publish(events)
+            for ev in events:
+                ev["state"] = st.source.state
+            self._publish(events)  # under the lock: see _close
