@@ -274,8 +274,7 @@ class RayScanContext:
 
     def _other_model(self, got: dict) -> str:
         """How the model of ``got`` (an actor's info or row) differs from this scan's; ''."""
-        want = {"detector": self.detector.name, "weights_hash": self.detector.weights_hash,
-                "threshold": self.threshold}
+        want = dict(zip(MODEL_FIELDS, (self.detector.name, self.detector.weights_hash, self.threshold)))
         return ", ".join(f"{k} {got[k]}, not {v}" for k, v in want.items() if k in got and got[k] != v)
 
     def _own_model(self, row: dict) -> dict:
@@ -340,13 +339,17 @@ def _remote_error(e: Exception) -> str:
     return lines[0] if lines else type(e).__name__
 
 
+# What an actor's info and every row say of the model that judged: all must be the scan's.
+MODEL_FIELDS = ("detector", "weights_hash", "threshold")
+
+
 def _same_model(infos: list[dict]) -> None:
     """Refuse actors that built different models (another weights file at the same path on
     some node): the scan reported the first actor's weights_hash and one output mixed the
     verdicts of both models, the same video judged differently by node."""
     first = infos[0]
     for info in infos[1:]:
-        for k in ("detector", "weights_hash", "threshold"):
+        for k in MODEL_FIELDS:
             if info[k] != first[k]:
                 raise RayUnavailable(f"Ray scan actors built different models: {k} {first[k]} on node "
                                      f"{first['node']}, {info[k]} on node {info['node']}; every node "

@@ -194,11 +194,15 @@ class ResumeState:
     verdict thresholds seen."""
 
     path: Path
-    done: set[str] = field(default_factory=set)
     retry: set[str] = field(default_factory=set)
     weights: set[str] = field(default_factory=set)
     thresholds: set[float] = field(default_factory=set)
     verdicts: dict[str, str] = field(default_factory=dict)  # input key -> its kept row's verdict
+
+    @property
+    def done(self):
+        """Keys of the inputs whose row this output keeps (a set-like view)."""
+        return self.verdicts.keys()
 
     def check_detector(self, weights_hash: str, threshold: float | None = None) -> None:
         """Refuse rows scored with other weights or judged at another threshold (both known
@@ -244,13 +248,13 @@ class ResumedOutputs:
         for s in self.states:
             s.drop_retried()
 
-    def kept_verdicts(self, paths: list[Path]) -> Counter:
-        """Verdicts of the primary's rows for those of ``paths`` this scan skips: the exit
-        code answers for every input named, and a resumed scan exited 0 with a fake (or
-        an error row) written by the run it resumed."""
-        todo = {input_key(p) for p in self.todo(paths)}
+    def kept_verdicts(self, paths: list[Path], todo: list[Path]) -> Counter:
+        """Verdicts of the primary's rows for those of ``paths`` this scan skips (not in
+        ``todo``, :meth:`todo`'s answer): the exit code answers for every input named, and a
+        resumed scan exited 0 with a fake (or an error row) written by the run it resumed."""
+        skipped = {input_key(p) for p in paths} - {input_key(p) for p in todo}
         primary = self.states[0].verdicts
-        return Counter(primary[k] for k in {input_key(p) for p in paths} - todo if k in primary)
+        return Counter(primary[k] for k in skipped if k in primary)
 
     def skip(self) -> dict[Path, set[str]]:
         """Per output path, the inputs whose row it already holds."""
@@ -297,7 +301,6 @@ def prepare_resume(path: str | Path, expected: dict | None = None, retry_errors:
         if retry_errors and row.get("verdict") == "error":
             errors.add(key)
         else:
-            state.done.add(key)
             state.verdicts[key] = str(row.get("verdict"))
     state.retry = errors - state.done
     return state

@@ -148,22 +148,23 @@ def absolute_input(path: Path) -> Path:
     return Path(os.path.realpath(path.parent)) / path.name
 
 
-def _to_scan(paths: list[Path], cfg, console: Console) -> tuple[list[Path], ResumedOutputs | None]:
-    """``paths`` minus those whose row every existing JSONL/CSV output holds (``--resume``)."""
+def _to_scan(paths: list[Path], cfg, console: Console) -> tuple[list[Path], ResumedOutputs | None, Counter]:
+    """``paths`` minus those whose row every existing JSONL/CSV output holds (``--resume``),
+    the resume state, and the verdicts of the rows kept for the others (for the exit code)."""
     outs = order_outputs(cfg.outputs)
     if not (cfg.resume or cfg.retry_errors) or not outs or Path(outs[0]).suffix.lower() not in PRIMARY_SUFFIXES:
-        return paths, None
+        return paths, None, Counter()
     expected = {"detector": cfg.detector, "sampling": sampling_of(cfg), "aggregation": aggregation_of(cfg),
                 "precision": cfg.precision}
     state = prepare_outputs(outs, expected, cfg.retry_errors)
     todo = state.todo(paths)
+    kept = state.kept_verdicts(paths, todo)
     if len(todo) < len(paths):
-        kept = state.kept_verdicts(paths)
         of = ", ".join(f"{kept[v]} {v}" for v in ("fake", "error") if kept[v])
         console.print(f"[dim]--resume: {len(paths) - len(todo)} input(s) already in {printable(outs[0])}"
                       f"{f' ({of}: counted in the exit code)' if of else ''}[/dim]")
         _warn_new_outputs(outs, len(paths) - len(todo), console)
-    return todo, state
+    return todo, state, kept
 
 
 def _warn_new_outputs(outs: list[str], done: int, console: Console) -> None:
@@ -279,8 +280,7 @@ def _run(args, stop: GracefulStop, locks: OutputLocks) -> int:
     try:
         outs = order_outputs(cfg.outputs)
         locks.acquire(outs)  # held until the outputs are closed
-        all_paths = paths
-        paths, resumed = _to_scan(paths, cfg, console)
+        paths, resumed, kept = _to_scan(paths, cfg, console)
         t0 = time.perf_counter()
         pre = prestart(paths, cfg)  # decode the first videos while the model loads
         ctx = open_context(cfg, len(paths))  # local pipeline, or Ray actors with --ray
@@ -309,7 +309,6 @@ def _run(args, stop: GracefulStop, locks: OutputLocks) -> int:
         _summary(tally, time.perf_counter() - t_scan, console)
     except StdoutClosed:  # the reader left after the last row: the exit code is the scan's own
         pass
-    kept = resumed.kept_verdicts(all_paths) if resumed is not None else Counter()
     return _exit_code(stop, tally, sinks, cfg, len(paths), kept)
 
 
