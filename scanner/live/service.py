@@ -7,10 +7,12 @@ stream's thread, so the count only changes when streams are added or removed.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
 import time
+import uuid
 from typing import Callable
 
 from engines.errors import DfscanError
@@ -83,6 +85,9 @@ class LiveService:
         self.ready = False
         self.started_at = time.time()
         self._stopped = threading.Event()
+        self._run_id = uuid.uuid4().hex[:12]
+        self._event_no = itertools.count(1)
+        self._event_lock = threading.Lock()  # publishers hold only their own stream's lock
 
     def _default_analyzer(self, device: str):
         m, f = self.cfg.model, self.cfg.faces
@@ -262,7 +267,11 @@ class LiveService:
         for ev in events:
             if ev.get("alert") and ev["stream"] in self._streams:
                 self.metrics.stream(ev["stream"]).alerts.inc()
-            self.sinks.emit(ev)
+            # One id per event of this run, rising in every sink's order (emit never blocks): a
+            # receiver drops a retried duplicate and sees a gap where a full sink queue dropped some.
+            with self._event_lock:
+                ev["id"] = f"{self._run_id}-{next(self._event_no)}"
+                self.sinks.emit(ev)
 
     def _tick(self, now: float) -> None:
         limit = self.cfg.model.batch_timeout_s

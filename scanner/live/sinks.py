@@ -52,12 +52,23 @@ class Sink:
         return self
 
     def emit(self, event: dict) -> None:
-        """Queue ``event`` without blocking; drop it (counted) when the queue is full."""
+        """Queue ``event`` without blocking; when the queue is full, drop its oldest event (counted).
+
+        The oldest goes, not the newest: events are verdict changes, and a reader left with an
+        old verdict while the newest was dropped kept a stale verdict as current. The events'
+        ``id`` numbers show the gap."""
         if self.only_alerts and not event.get("alert"):
             return
-        try:
-            self._q.put_nowait(event)
-        except queue.Full:
+        while True:
+            try:
+                self._q.put_nowait(event)
+                return
+            except queue.Full:
+                pass
+            try:
+                self._q.get_nowait()
+            except queue.Empty:  # the sink's thread took one meanwhile: room again
+                continue
             self.dropped += 1
             self._count("sink_dropped")
 
@@ -209,12 +220,15 @@ class WebhookSink(Sink):
 
     def deliver(self, event: dict) -> None:
         body = json_line(event).encode()  # NaN/Inf as null, like every other sink
+        # A retried POST that the receiver had already taken (its answer lost) arrives twice:
+        # the same key on every attempt lets it drop the second one.
+        headers = {"Idempotency-Key": str(event["id"])} if "id" in event else None
         err = ""
         for attempt in range(self.retries + 1):
             if attempt:  # capped: retries 20 x backoff_s 60 was a 1-year wait, every alert behind it dropped
                 self._sleep(min(self.backoff_s * 2 ** (attempt - 1), max(self.backoff_s, MAX_BACKOFF_S)))
             try:
-                r = self._post(body)
+                r = self._post(body, headers)
             except httpx.HTTPError as e:  # refused connections, timeouts, protocol errors
                 err = f"{type(e).__name__}: {e}"
                 continue
@@ -228,13 +242,13 @@ class WebhookSink(Sink):
                 break  # the receiver rejected the event; retrying will not help
         raise ConnectionError(f"webhook POST failed after {attempt + 1} attempt(s): {mask_text(err, self.url)}")
 
-    def _post(self, body: bytes) -> httpx.Response:
+    def _post(self, body: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
         """One POST, over within about ``timeout_s`` in all (its status read, never its body)."""
         with Deadline(self.timeout_s) as deadline:
             try:
                 # The status is all we need: a response body is never read. httpx's timeout is per
                 # read, so a body dripped (or endless, or gigabytes long) held the sink for good.
-                with self._client.stream("POST", self.url, content=body,
+                with self._client.stream("POST", self.url, content=body, headers=headers,
                                          extensions={"trace": deadline.trace}) as r:
                     return r
             except httpx.HTTPError as e:
