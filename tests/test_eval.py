@@ -508,3 +508,18 @@ def test_eval_out_naming_a_directory_is_one_error_line_and_writes_nothing(tmp_pa
     assert err.startswith(f"dfscan: error: cannot write {tmp_path}/ev_dir") and err.count("\n") == 1, err
     assert (tmp_path / "ev_dir").is_dir() == make_dir and not (tmp_path / "ev_dir.png").exists()
     assert not make_dir or not list((tmp_path / "ev_dir").iterdir())
+
+
+def test_from_jsonl_refuses_items_labelled_by_face_landmarks(tmp_path):
+    """One image listed with two landmark sets (two faces) took its one scan row's score twice;
+    a row scores the faces its scan found in the whole file, not the labelled face."""
+    img = tmp_path / "i.png"
+    img.write_bytes(b"x")
+    jsonl = tmp_path / "s.jsonl"
+    jsonl.write_text(json.dumps({"path": str(img), "score": 0.9, "verdict": "fake"}) + "\n")
+    lm = " ".join(["1"] * 10), " ".join(["2"] * 10)
+    items = read_labelled(_csv(tmp_path, f"path,label,landmarks\ni.png,fake,{lm[0]}\ni.png,fake,{lm[1]}\n"))
+    with pytest.raises(DfscanError, match="labelled by face landmarks.*without --from-jsonl"):
+        scores_from_jsonl(items, jsonl)
+    plain = read_labelled(_csv(tmp_path, "path,label\ni.png,fake\n", name="p.csv"))
+    assert scores_from_jsonl(plain, jsonl) == {0: 0.9}

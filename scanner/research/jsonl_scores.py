@@ -159,6 +159,7 @@ def scores_from_jsonl(items: list[Item], jsonl: Path, key: str = "score", rowles
     ``changed`` those whose row records another size than the file has now (changed since the
     scan: its score is not this file's); ``settings`` how the rows say they were scored
     (:meth:`_OneScan.settings`)."""
+    _refuse_labelled_faces(items, jsonl)
     unscored: dict[str, dict] = {}
     scored = _jsonl_scores(jsonl, key, unscored, settings)
     matched, stale = _match_rows(items, {**unscored, **{p: fields for p, (fields, _) in scored.items()}})
@@ -168,3 +169,14 @@ def scores_from_jsonl(items: list[Item], jsonl: Path, key: str = "score", rowles
     if changed is not None:
         changed += stale
     return {i: scored[p][1] for i, p in matched.items() if p in scored}
+
+
+def _refuse_labelled_faces(items: list[Item], jsonl: Path) -> None:
+    """An item with landmarks labels one face of its image; a scan row scores the faces the scan
+    found in the whole file. Its score is not that face's, and an image listed with two landmark
+    sets (two faces, perhaps one real and one fake) took the one row's score twice."""
+    marked = [it for it in items if it.landmarks is not None]
+    if marked:
+        raise DfscanError(f"{marked[0].path} (and {len(marked) - 1} more) is labelled by face landmarks: "
+                          f"a row of {jsonl} scores the faces its scan found in the whole file, not that "
+                          "face; evaluate these without --from-jsonl")
