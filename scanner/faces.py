@@ -12,6 +12,8 @@ the detectors downstream anyway.
 """
 from __future__ import annotations
 
+import logging
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -22,6 +24,8 @@ from engines.errors import DfscanError
 
 from . import mtcnn as mtcnn_cascade
 from .decode import Frame
+
+log = logging.getLogger(__name__)
 
 FACENET_HINT = (
     "facenet-pytorch is not installed; install it without its outdated pins: "
@@ -96,6 +100,7 @@ class FaceDetector:
                  thresholds: Sequence[float] = (0.7, 0.8, 0.9), min_prob: float = 0.9,
                  max_faces: int = 4, engine: str = "eager"):
         self.max_side, self.min_face = max_side, min_face
+        self._floored: set[float] = set()  # scales at which min_face fell below P-Net's 12 px
         self.min_prob, self.max_faces = min_prob, max_faces
         self.thresholds = tuple(thresholds)
         self.mtcnn = _load_nets(device)  # facenet-pytorch's P/R/O-Nets and weights
@@ -113,7 +118,10 @@ class FaceDetector:
         groups: dict[tuple, list[int]] = {}
         for i, fr in enumerate(frames):
             img = fr.small if fr.small is not None else fr.image
-            groups.setdefault(img.shape, []).append(i)
+            # By scale too: live batches mix streams, and a 1280x720 and a 1920x1080 camera
+            # both give 960x540 detection copies; one scale for both mapped the second
+            # stream's boxes and landmarks to the wrong full-resolution pixels.
+            groups.setdefault((img.shape, fr.scale), []).append(i)
         for idx in groups.values():  # MTCNN batches only images of one size
             scale = frames[idx[0]].scale
             batch = np.stack([(frames[i].small if frames[i].small is not None else frames[i].image)
@@ -124,7 +132,13 @@ class FaceDetector:
 
     def minsize(self, scale: float) -> int:
         """Where P-Net's pyramid starts: ``min_face`` in detection pixels (12 is its floor)."""
-        return max(12, int(self.min_face * scale))
+        size = int(self.min_face * scale)
+        if size < 12 and scale not in self._floored:  # said once per scale, not per frame
+            self._floored.add(scale)
+            log.warning("faces smaller than %d px are not found in frames downscaled %.3gx for detection "
+                        "(MTCNN's smallest face is 12 px there; min_face is %d px): raise "
+                        "faces.det_max_side to find them", math.ceil(12 / scale), scale, self.min_face)
+        return max(12, size)
 
     def _detect_batch(self, batch: np.ndarray, scale: float, first_level: int = 0) -> list[Faces]:
         found = mtcnn_cascade.detect(self.mtcnn, batch, self.minsize(scale), self.thresholds,

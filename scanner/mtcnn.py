@@ -57,7 +57,11 @@ def _nms_min(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, th
     sides): MTCNN's last stage drops a box mostly inside a better one."""
     if boxes.numel() == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
-    b = (boxes + (groups.to(boxes) * (boxes.max() + 1))[:, None]).cpu().numpy()
+    # Groups (images of one batch) are shifted apart by the boxes' whole span: a shift of
+    # max + 1 assumed coordinates >= 0, so a face box running past one image's top-left
+    # landed on the previous image's boxes and one of them was dropped (as engines.tv_ops).
+    span = boxes.max() - boxes.min().clamp(max=0) + 1
+    b = (boxes + (groups.to(boxes) * span)[:, None]).cpu().numpy()
     x1, y1, x2, y2 = b[:, 0], b[:, 1], b[:, 2], b[:, 3]
     area = (x2 - x1 + 1) * (y2 - y1 + 1)
     order, keep = np.argsort(scores.cpu().numpy()), []
