@@ -49,7 +49,7 @@ class ScanConfig(NoBoolNumbers):
     max_faces: int = Field(4, ge=1, le=64, description="faces kept per frame, largest first")
     antialias: bool = True
     region_search: bool = Field(True, description="search a sample only around the previous sample's faces")
-    full_search_every: int = Field(8, ge=1, le=10_000, description="whole-frame face search at least every N samples")
+    full_search_every: int = Field(8, ge=1, le=10_000, description="whole-frame face search after every N region-only samples")
     face_engine: Literal["auto", "eager", "onnxruntime"] = Field(
         "auto", description="runs MTCNN's nets: auto (eager) | eager | onnxruntime (CPU)")
     # detector / engine

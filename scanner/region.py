@@ -7,7 +7,8 @@ side, all of them united), and only for faces down to ``size_ratio`` times the
 smallest face seen (P-Net's finest pyramid levels, the costly ones, are skipped).
 The whole frame is searched again
 
-- every ``full_every`` samples (faces that enter the picture are found then),
+- after every ``full_every`` region-only samples, so full searches are at most
+  ``full_every + 1`` samples apart (faces that enter the picture are found then),
 - for every frame in which the region search found nothing.
 
 On a talking head the region is most of the frame; the gain there is the
@@ -41,7 +42,7 @@ class RegionSearch:
 
     Args:
         faces: the (shared, stateless) face detector.
-        full_every: search the whole frame at least every this many samples.
+        full_every: search the whole frame after this many region-only samples.
         margin: region around a face, in face sides on each side.
         size_ratio: inside the region, search faces down to this times the
             smallest face of the previous sample (never below ``faces.min_face``).
