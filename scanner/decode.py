@@ -163,24 +163,29 @@ def open_file(path: str | Path) -> av.container.InputContainer:
 def pick_video_stream(container) -> av.video.stream.VideoStream | None:
     """The video stream FFmpeg itself would play (``av_find_best_stream``: default
     disposition, more than one frame, bitrate), so a cover picture or a one-frame stream
-    listed first is not what gets judged; None when there is no decodable video."""
-    streams = [s for s in container.streams.video if s.codec_context is not None]
+    listed first is not what gets judged; None when there is no decodable video. Never cover
+    art: FFmpeg picks it when it is the only "video" (a song's album cover), judged as a video."""
+    streams = [s for s in container.streams.video if s.codec_context is not None and not _is_cover(s)]
     if not streams:
         return None
     best = container.streams.best("video")
     return next((s for s in streams if best is not None and s.index == best.index), streams[0])
 
 
+def _is_cover(stream) -> bool:
+    return bool(stream.disposition & av.stream.Disposition.attached_pic)
+
+
 def count_video_streams(container) -> int:
     """Video streams of ``container``, cover art / attached pictures not counted: only the
     one :func:`pick_video_stream` chooses is judged, the row says how many others exist."""
-    return sum(1 for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic)
+    return sum(1 for s in container.streams.video if not _is_cover(s))
 
 
 def _video_stream(container) -> av.video.stream.VideoStream:
     stream = pick_video_stream(container)
     if stream is None:
-        kinds = sorted({s.type for s in container.streams}) or ["none"]
+        kinds = sorted({"cover art" if _is_cover(s) else s.type for s in container.streams}) or ["none"]
         raise VideoError("no_video_stream", f"no video stream (streams: {', '.join(kinds)})")
     return stream
 

@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from av.sidedata.sidedata import Type
 
 from .colour import downscaled, gray_full_range, to_rgb
 from .interlace import deinterlace
@@ -67,7 +68,7 @@ def display_size(width: int, height: int, sar, max_pixels: int | None = None) ->
 
 def to_frame(av_frame, idx: int, time_s: float, det_max_side: int | None, sar=None) -> Frame:
     """``sar``: the stream's sample aspect ratio (PyAV's frames do not carry it)."""
-    rot = int(round((getattr(av_frame, "rotation", 0) or 0) / 90.0)) % 4  # before: yadif drops it
+    turn = display_turn(av_frame)  # before: yadif drops the side data
     check_palette(av_frame)
     progressive = deinterlace(av_frame)
     av_frame = gray_full_range(av_frame if progressive is None else progressive)
@@ -79,11 +80,44 @@ def to_frame(av_frame, idx: int, time_s: float, det_max_side: int | None, sar=No
         sw, sh = max(2, round(w * scale)), max(2, round(h * scale))
         small = downscaled(av_frame, image, hdr, sw, sh)
         scale = sw / w  # the exact ratio swscale used horizontally
-    if rot:
-        # Display matrix angle is counter-clockwise; np.rot90 turns CCW for k > 0.
-        image = np.ascontiguousarray(np.rot90(image, rot))
-        small = None if small is None else np.ascontiguousarray(np.rot90(small, rot))
+    if turn != (0, False, False):
+        image = _upright(image, *turn)
+        small = None if small is None else _upright(small, *turn)
     return Frame(idx, time_s, image, small, scale, progressive is not None, hdr)
+
+
+def display_turn(av_frame) -> tuple[int, bool, bool]:
+    """How the display matrix shows the stored picture: (quarter turns counter-clockwise as
+    ``np.rot90`` counts them, then flip rows, then flip columns), decided as FFmpeg's own
+    autorotation does (fftools: transpose/hflip/vflip from the angle and the matrix's signs).
+
+    Why not the angle alone: a mirrored matrix (a front camera's, ``-display_hflip``) has no
+    rotation, yet its angle reads 180 degrees, so a mirrored face was judged upside down;
+    a vertical flip reads 0 and was judged as stored, upside down."""
+    sd = av_frame.side_data.get(Type.DISPLAYMATRIX)
+    if sd is None:
+        return 0, False, False
+    m = np.frombuffer(bytes(sd), np.int32)
+    rotation = getattr(av_frame, "rotation", 0) or 0  # av_display_rotation_get: CCW
+    theta = -rotation % 360  # FFmpeg's get_rotation: clockwise, in [0, 360)
+    if abs(theta - 90) < 1:
+        return (1, True, False) if m[3] > 0 else (3, False, False)  # transpose / turned CW
+    if abs(theta - 180) < 1:
+        return 0, bool(m[4] < 0), bool(m[0] < 0)
+    if abs(theta - 270) < 1:
+        return (3, True, False) if m[3] < 0 else (1, False, False)  # anti-transpose / CCW
+    if abs(theta) < 1 or abs(theta - 360) < 1:
+        return 0, bool(m[4] < 0), False
+    return int(round(rotation / 90.0)) % 4, False, False  # other angles: the nearest quarter turn
+
+
+def _upright(image: np.ndarray, k: int, flip_rows: bool, flip_cols: bool) -> np.ndarray:
+    image = np.rot90(image, k)  # CCW for k > 0, as the display matrix angle
+    if flip_rows:
+        image = image[::-1]
+    if flip_cols:
+        image = image[:, ::-1]
+    return np.ascontiguousarray(image)
 
 
 def check_palette(av_frame) -> None:
