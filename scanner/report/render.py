@@ -166,7 +166,7 @@ def _section(i: int, r: dict, ev: Evidence | None, is_open: bool) -> str:
              f'{r.get("faces", 0)} faces', f'threshold {_threshold(r.get("threshold"))}']
     if vid:
         facts.append(f'{vid.get("width")}x{vid.get("height")} {vid.get("codec")}, '
-                     f'{vid.get("duration_s")} s, {vid.get("frames_total")} frames')
+                     f'{vid.get("frames_total")} frames spanning {vid.get("duration_s")} s')
     if r.get("sha256"):
         facts.append(f'sha256 {str(r["sha256"])[:16]}…')
     parts = [f'<details class="video {v}" id="v{i}" data-verdict="{v}"{" open" if is_open else ""}>'
