@@ -94,11 +94,10 @@ def display_turn(av_frame) -> tuple[int, bool, bool]:
     Why not the angle alone: a mirrored matrix (a front camera's, ``-display_hflip``) has no
     rotation, yet its angle reads 180 degrees, so a mirrored face was judged upside down;
     a vertical flip reads 0 and was judged as stored, upside down."""
-    sd = av_frame.side_data.get(Type.DISPLAYMATRIX)
-    if sd is None:
-        return 0, False, False
-    m = np.frombuffer(bytes(sd), np.int32)
     rotation = getattr(av_frame, "rotation", 0) or 0  # av_display_rotation_get: CCW
+    m = _display_matrix(av_frame)
+    if m is None:  # none, or unreadable: the angle alone (nearest quarter turn)
+        return int(round(rotation / 90.0)) % 4, False, False
     theta = -rotation % 360  # FFmpeg's get_rotation: clockwise, in [0, 360)
     if abs(theta - 90) < 1:
         return (1, True, False) if m[3] > 0 else (3, False, False)  # transpose / turned CW
@@ -109,6 +108,17 @@ def display_turn(av_frame) -> tuple[int, bool, bool]:
     if abs(theta) < 1 or abs(theta - 360) < 1:
         return 0, bool(m[4] < 0), False
     return int(round(rotation / 90.0)) % 4, False, False  # other angles: the nearest quarter turn
+
+
+def _display_matrix(av_frame) -> np.ndarray | None:
+    """The frame's display matrix, ``int32 (9,)`` 16.16 fixed point, or None."""
+    try:
+        sd = av_frame.side_data.get(Type.DISPLAYMATRIX)
+    except ValueError:
+        # PyAV names all of a frame's side data at once and fails on a kind newer than itself
+        # (the EXIF of MJPEG frames, MV-HEVC's view ids): every such frame was a decode error.
+        return None
+    return None if sd is None else np.frombuffer(bytes(sd), np.int32)
 
 
 def _upright(image: np.ndarray, k: int, flip_rows: bool, flip_cols: bool) -> np.ndarray:

@@ -105,3 +105,21 @@ def test_display_matrix_flips_match_the_ffmpeg_cli(tmp_path, name):
                           "-pix_fmt", "rgb24", "-"], check=True, capture_output=True).stdout
     h, w = (160, 96) if swapped else (96, 160)
     assert _marker_corner(np.frombuffer(out, np.uint8).reshape(h, w, 3)) == corner
+
+
+def test_a_frame_with_side_data_newer_than_pyav_is_still_turned(tmp_path):
+    """PyAV fails on a frame's side data of a kind it cannot name (FFmpeg attaches the EXIF of
+    JPEG/MJPEG pictures): reading the display matrix made every such frame an error."""
+    import av
+    from PIL import Image
+
+    from scanner.picture import to_frame
+
+    ex = Image.Exif()
+    ex[0x0112] = 6  # EXIF orientation: turn 90 degrees clockwise to display
+    Image.new("RGB", (64, 32), (200, 30, 30)).save(tmp_path / "o.jpg", exif=ex.tobytes())
+    with av.open(str(tmp_path / "o.jpg")) as c:
+        f = next(c.decode(video=0))
+        fr = to_frame(f, 0, 0.0, None)
+    assert f.rotation == -90  # FFmpeg's reading of the EXIF orientation
+    assert fr.image.shape[:2] == (64, 32)  # turned upright, not an error
