@@ -34,3 +34,17 @@ def test_embed_items_skips_unreadable_image(tmp_path):
     fs = embed_items(items, emb, CropSource(CropConfig()), None)
     assert fs.X.shape == (1, 3) and fs.y.tolist() == [0]
     assert fs.skipped[0][0] == str(bad) and "unreadable image" in fs.skipped[0][1]
+
+
+def test_read_rgb_applies_the_exif_orientation(tmp_path):
+    """A photo stored sideways with an orientation tag (as phones write) was read sideways."""
+    from PIL import Image
+
+    img = np.zeros((20, 40, 3), np.uint8)
+    img[:, :20] = 255  # white on the stored left
+    ex = Image.Exif()
+    ex[0x0112] = 6  # turn 90 degrees clockwise to display
+    Image.fromarray(img).save(tmp_path / "p.png", exif=ex.tobytes())
+    out = read_rgb(tmp_path / "p.png")
+    assert out.shape == (40, 20, 3)
+    assert out[:20].mean() > 200 and out[20:].mean() < 50  # the stored left is on top once turned

@@ -49,13 +49,17 @@ class CropConfig:
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    """Image file -> RGB ``uint8 (H, W, 3)``; DfscanError when it cannot be decoded."""
-    from PIL import Image
+    """Image file -> RGB ``uint8 (H, W, 3)`` as displayed (EXIF orientation applied, so landmarks
+    are in displayed pixels); DfscanError when it cannot be decoded."""
+    from PIL import Image, ImageOps
 
     from engines.errors import DfscanError
 
     try:
         with Image.open(path) as im:
+            # A phone photo stored sideways with an orientation tag was read sideways: its face
+            # was not found, or scored on its side.
+            im = ImageOps.exif_transpose(im)
             return np.array(im.convert("RGB"))  # writable copy (torch refuses read-only arrays)
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         # Callers skip files that raise DfscanError (as they do unreadable videos); PIL's own
@@ -220,7 +224,8 @@ class FeatureSet:
 
 # The scanner modules that turn a file into aligned crops (decode, colour, detection, alignment).
 _CROP_CODE = ("decode", "picture", "colour", "interlace", "edit_list", "leading", "video_index",
-              "faces", "mtcnn", "mtcnn_nets", "mtcnn_engine", "region", "orientation", "align")
+              "faces", "mtcnn", "mtcnn_nets", "mtcnn_engine", "region", "orientation", "align",
+              "research/features")  # this module reads the images (read_rgb)
 
 
 @functools.lru_cache(maxsize=1)
