@@ -1,9 +1,11 @@
-"""Small pieces of a live source: the drop-oldest frame buffer and the reconnect backoff."""
+"""Small pieces of a live source: the drop-oldest frame buffer, the reconnect backoff, its stats."""
 from __future__ import annotations
 
 import random
 import threading
+import time
 from collections import deque
+from dataclasses import dataclass, field
 
 
 class DropOldestBuffer:
@@ -51,3 +53,27 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempt = 0
+
+
+class _NullMetrics:
+    def __getattr__(self, name):
+        return self
+
+    def __call__(self, *a, **k):
+        return None
+
+
+@dataclass
+class SourceStats:
+    state: str = "connecting"
+    connects: int = 0
+    reconnects: int = 0
+    errors: int = 0
+    decoded: int = 0
+    sampled: int = 0
+    corrupt: int = 0  # decoded frames flagged corrupt (concealed): never sampled
+    tone_mapped: int = 0  # sampled HDR frames mapped to SDR (scanner.colour)
+    last_error: str = ""
+    last_frame_t: float = 0.0  # monotonic, heartbeat
+    state_since: float = field(default_factory=time.monotonic)
+    fps: float = 0.0

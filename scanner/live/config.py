@@ -10,6 +10,7 @@ import ipaddress
 import math
 import os
 import re
+from decimal import Decimal
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -155,6 +156,14 @@ class FaceConfig(_Renamed, _Model):
                 "max_faces": self.max_faces}
 
 
+def _decimal_sum(a: float, b: float) -> float:
+    """``a + b`` as the numbers read: in binary 0.2 + 0.1 is 0.30000000000000004, so a score of
+    0.3 (scores are compared at 6 decimals) stayed ``uncertain`` below a ``fake_above`` of
+    "0.3", and 0.35 - 0.1 made 0.25 miss ``real_below``. With ``band`` 0, ``a`` comes back
+    unchanged (as the batch scan's threshold)."""
+    return float(Decimal(repr(a)) + Decimal(repr(b)))
+
+
 class VerdictConfig(_Model):
     window_s: float = Field(10.0, gt=0, le=3600)  # samples held: sample_fps * window_s per stream/track
     # None: the detector's threshold +/- band (the dead band is the hysteresis)
@@ -171,9 +180,9 @@ class VerdictConfig(_Model):
         d = self.model_dump()
         d.pop("band")
         if d["fake_above"] is None:
-            d["fake_above"] = min(1.0, threshold + self.band)
+            d["fake_above"] = min(1.0, _decimal_sum(threshold, self.band))
         if d["real_below"] is None:
-            d["real_below"] = max(0.0, threshold - self.band)
+            d["real_below"] = max(0.0, _decimal_sum(threshold, -self.band))
         if d["real_below"] > d["fake_above"]:
             raise ConfigError("verdict.real_below must be <= verdict.fake_above")
         return d

@@ -20,7 +20,7 @@ import hashlib
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import av
@@ -29,8 +29,9 @@ import numpy as np
 from ..decode import FILE_OPEN_OPTIONS, Frame, pick_video_stream
 from ..picture import picture_sar, to_frame
 from . import tls
-from .buffers import Backoff, DropOldestBuffer  # noqa: F401 - Backoff: re-exported
+from .buffers import Backoff, DropOldestBuffer, SourceStats, _NullMetrics  # noqa: F401 - Backoff: re-exported
 from .hls import is_playlist, needs_precheck, precheck_playlist
+from .timing import MediaClock, Sampler, frame_step
 from .urls import (SourceError, SourceURL, Unsupported, Untrusted, error_reason, open_options, parse_source,
                    unsupported_reason)
 
@@ -102,30 +103,6 @@ def is_transport_refusal(e: BaseException) -> bool:
     return getattr(e, "errno", None) in (errno.EPROTONOSUPPORT, errno.ETIMEDOUT) or " 461 " in str(e)
 
 
-class _NullMetrics:
-    def __getattr__(self, name):
-        return self
-
-    def __call__(self, *a, **k):
-        return None
-
-
-@dataclass
-class SourceStats:
-    state: str = "connecting"
-    connects: int = 0
-    reconnects: int = 0
-    errors: int = 0
-    decoded: int = 0
-    sampled: int = 0
-    corrupt: int = 0  # decoded frames flagged corrupt (concealed): never sampled
-    tone_mapped: int = 0  # sampled HDR frames mapped to SDR (scanner.colour)
-    last_error: str = ""
-    last_frame_t: float = 0.0  # monotonic, heartbeat
-    state_since: float = field(default_factory=time.monotonic)
-    fps: float = 0.0
-
-
 class LiveSource:
     """Decode thread for one stream. ``notify()`` is called after each buffered frame."""
 
@@ -149,7 +126,8 @@ class LiveSource:
         # other schemes); ``_first`` is the one the next connection tries first.
         self.transport: str | None = None
         self._first: str | None = None
-        self._went_live = False  # the current connection decoded a frame
+        self._went_live = False  # the current connection decoded a frame (at _live_since)
+        self._live_since = 0.0
         # Digest of the last sampled picture, and since when it repeats (kept across reconnects).
         self._picture: bytes | None = None
         self._same_since: float | None = None
@@ -244,9 +222,11 @@ class LiveSource:
                     reason += "; if the server redirected: a stream with credentials follows no redirect"
             if self._stop.is_set():
                 break
-            if self.stats.state in ("live", "stalled") and time.monotonic() - self.stats.state_since >= STABLE_S:
+            if self._went_live and time.monotonic() - self._live_since >= STABLE_S:
                 # Only a connection that stayed up resets the backoff; one that drops right
                 # after its first frame keeps backing off instead of hammering the server.
+                # Timed from its first frame: a stall resets the state's clock, so a stream
+                # live for hours that stalled kept the long backoff of its earlier failures.
                 self._backoff.reset()
             self.stats.errors += reason != "end of stream"
             if reason != "end of stream":
@@ -314,28 +294,29 @@ class LiveSource:
             container.close()
 
     def _went_live_over(self, transport: str | None) -> None:
-        self._went_live = True
+        self._went_live, self._live_since = True, time.monotonic()
         if transport is not None and transport != self.transport:
             log.info("stream %s: RTSP over %s", self.name, transport.upper())
         self.transport = self._first = transport  # tried first on every reconnect
         self._m.set_transport(transport)
 
     def _decode(self, container, stream, transport: str | None = None) -> None:
-        period = 1.0 / self.settings.sample_fps if self.settings.sample_fps > 0 else 0.0
-        next_t = None
+        s = self.settings
         realtime = self.src.kind == "file"  # files play at their own rate, like a live feed
-        t0_wall = t0_media = None
+        # One clock per connection: frames without a timestamp get one (nominal rate for a
+        # file, arrival time live), and a jump back does not restart it (.timing says why).
+        clock = MediaClock(frame_step(stream) if realtime else None)
+        sampler = Sampler(1.0 / s.sample_fps if s.sample_fps > 0 else 0.0)
+        t0 = intact = None  # (wall, media) of the first frame; the last picture not concealed
         # The pixel aspect ratio may change mid-stream (4:3 <-> 16:9 broadcast): per picture.
         stream_sar, codec_sar = stream.sample_aspect_ratio, stream.codec_context.sample_aspect_ratio
         for frame in self._frames(container, stream):
-            now = time.monotonic()
-            t = frame.time if frame.time is not None else now
+            t = clock(frame.time, time.monotonic())
             if realtime:
-                t0_wall, t0_media = (now, t) if t0_wall is None else (t0_wall, t0_media)
-                delay = (t - t0_media) - (now - t0_wall)
-                if delay > 0 and self._stop.wait(delay):
+                t0 = t0 or (time.monotonic(), t)
+                if self._pace(t0[0] + (t - t0[1])):
                     return
-                now = time.monotonic()
+            now = time.monotonic()
             self.stats.decoded += 1
             self.stats.last_frame_t = now
             self._m.decoded.inc()
@@ -346,15 +327,27 @@ class LiveSource:
             if frame.is_corrupt:  # concealed (lost packets): the next intact frame is sampled instead
                 self.stats.corrupt += 1
                 self._m.corrupt.inc()
+                intact = now if intact is None else intact
+                if now - intact > s.stall_s:  # as a frozen picture: no evidence, try a new session
+                    raise SourceError(f"corrupt: only damaged pictures for {now - intact:.0f}s")
                 continue
-            if next_t is not None and t < next_t - 2 * max(period, 1.0):
-                next_t = None  # timestamps jumped back (publisher restarted): resync
-            if next_t is None or t >= next_t:
-                next_t = (t if next_t is None else next_t) + period
-                next_t = max(next_t, t)  # never try to "catch up" a backlog of samples
+            intact = now
+            if sampler.take(t):
                 self._push(frame, t, now, picture_sar(stream_sar, codec_sar, stream.codec_context))
             if self._stop.is_set():
                 return
+
+    def _pace(self, until: float) -> bool:
+        """Wait until ``until`` (monotonic), when a file's frame is due; True once stopped.
+
+        The heartbeat is kept meanwhile: the wait is ours, not the source's. A file of under
+        ``1/stall_s`` fps (a slide show) was taken as stalled and reconnected, i.e. played again
+        from its start, for good: its later pictures were never scanned."""
+        while (left := until - time.monotonic()) > 0:
+            self.stats.last_frame_t = time.monotonic()
+            if self._stop.wait(min(left, self.settings.stall_s / 2)):
+                return True
+        return False
 
     def _frames(self, container, stream):
         """``stream``'s frames; a stall is checked on every packet of *any* stream.
