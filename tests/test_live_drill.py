@@ -23,7 +23,7 @@ from scanner.live.cli import serve_main
 from scanner.live.config import ConfigError, StreamConfig, parse_config
 from scanner.live.service import LiveService
 from scanner.live.sinks import JsonlSink, Sink, WebhookSink
-from scanner.live.source import LiveFrame, LiveSource, SourceSettings
+from scanner.live.source import LiveFrame, LiveSource, SourceError, SourceSettings
 from conftest import make_video, wait_for
 from test_api import _serve
 
@@ -178,9 +178,21 @@ def _played(path: Path) -> LiveSource:
 def test_a_stream_frozen_on_one_picture_is_not_live_evidence(tmp_path):
     """A camera stuck on one picture (same frame sent again and again) stayed 'live' and every
     sampled copy of it renewed the verdict's window: a verdict of a moment long gone."""
+    cam = LiveSource("cam", "rtsp://127.0.0.1:9/x", SourceSettings(stall_s=0.5))
+    still = _still(0)
+    assert cam._same_picture(still, 0.0) is False  # the picture once, not once per sample
+    assert cam._same_picture(still, 0.1) is True and cam._same_picture(still, 0.5) is True
+    with pytest.raises(SourceError, match="frozen: the same picture"):
+        cam._same_picture(still, 0.7)  # dropped like a stalled connection: a new session
+
+
+def test_a_file_with_a_still_stretch_plays_on_to_its_end(tmp_path):
+    """A file whose picture stays still longer than stall_s (a title card) was taken for a
+    frozen camera and reconnected: played again from its start and caught there again, for
+    good, so nothing after the still stretch was ever scanned."""
     frozen = _played(make_video(tmp_path / "frozen.mp4", frames=75, pattern=_still, options={"g": "1000"}))
     assert len(frozen.buffer) == 1  # the picture once, not once per sample
-    assert frozen.stats.last_error.startswith("frozen: the same picture")
+    assert frozen.stats.last_error == "end of stream" and frozen.stats.connects == 1
     moving = _played(make_video(tmp_path / "moving.mp4", frames=75))
     assert len(moving.buffer) == 4 and moving.buffer.dropped > 0 and moving.stats.last_error == "end of stream"
 

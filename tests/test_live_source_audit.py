@@ -110,6 +110,18 @@ def test_after_a_gap_the_next_sample_is_a_period_later(monkeypatch):
     assert [round(t, 2) for t in taken] == [0.0, 0.52, 3.0, 3.52]
 
 
+def test_a_file_with_a_damaged_stretch_plays_on(monkeypatch):
+    # Reconnecting a file replays it from its start, where the same damage caught it again.
+    src = LiveSource("cam", "x.mp4", SourceSettings(allow_files=True, stall_s=0.05, sample_fps=25))
+    taken = []
+    monkeypatch.setattr(src, "_frames", lambda container, stream: iter(
+        [SimpleNamespace(time=i / 25, is_corrupt=i < 5) for i in range(8)]))
+    monkeypatch.setattr(src, "_push", lambda frame, t, now, sar: taken.append(t))
+    cc = SimpleNamespace(sample_aspect_ratio=None)
+    src._decode(None, SimpleNamespace(sample_aspect_ratio=None, codec_context=cc, guessed_rate=25))
+    assert [round(t, 2) for t in taken] == [0.2, 0.24, 0.28] and src.stats.corrupt == 5
+
+
 def test_a_stream_of_only_damaged_pictures_reconnects(monkeypatch):
     # Concealed pictures kept the heartbeat going: the stream stayed 'live' for good, no
     # sample taken, never reconnected (a frozen picture reconnects after stall_s).

@@ -328,7 +328,7 @@ class LiveSource:
                 self.stats.corrupt += 1
                 self._m.corrupt.inc()
                 intact = now if intact is None else intact
-                if now - intact > s.stall_s:  # as a frozen picture: no evidence, try a new session
+                if now - intact > s.stall_s and not realtime:  # as a frozen picture (see there)
                     raise SourceError(f"corrupt: only damaged pictures for {now - intact:.0f}s")
                 continue
             intact = now
@@ -377,7 +377,9 @@ class LiveSource:
         A camera stuck on one picture keeps sending it: the stream stayed ``live`` and its
         verdict was renewed from that one picture for as long as it lasted. Left out, the
         verdict lapses with its window; after ``stall_s`` of it the connection is dropped
-        like a stalled one (a stuck encoder often recovers in a new session).
+        like a stalled one (a stuck encoder often recovers in a new session). Not a file's:
+        a new session replays it from its start, and a still stretch longer than ``stall_s``
+        (a title card) caught it again there, for good.
         """
         digest = hashlib.blake2b(np.ascontiguousarray(image).data, digest_size=16).digest()
         if digest != self._picture:
@@ -385,7 +387,7 @@ class LiveSource:
             return False
         if self._same_since is None:
             self._same_since = now
-        if now - self._same_since > self.settings.stall_s:
+        if now - self._same_since > self.settings.stall_s and self.src.kind != "file":
             raise SourceError(f"frozen: the same picture for {now - self._same_since:.0f}s")
         return True
 
