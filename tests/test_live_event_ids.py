@@ -96,3 +96,13 @@ def test_a_retried_webhook_post_carries_the_same_idempotency_key():
     finally:
         sink.stop(timeout=1)
         stop_http(httpd)
+
+
+def test_an_event_after_stop_is_counted_not_queued_behind_the_end_marker():
+    # With a queue of one, dropping the oldest would have dropped the end marker itself and
+    # the sink's thread never ended; any event queued behind the marker was lost uncounted.
+    sink = _Held(queue_size=1).start()
+    sink.release.set()
+    sink.stop(timeout=2)
+    sink.emit({"n": 1})
+    assert sink.dropped == 1 and sink.got == []

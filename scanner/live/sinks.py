@@ -59,6 +59,10 @@ class Sink:
         ``id`` numbers show the gap."""
         if self.only_alerts and not event.get("alert"):
             return
+        if self._stopping.is_set():  # after the end marker: never delivered, so counted here
+            self.dropped += 1
+            self._count("sink_dropped")
+            return
         while True:
             try:
                 self._q.put_nowait(event)
@@ -124,6 +128,7 @@ class Sink:
         Events still queued or in delivery after that are lost with the process: they are
         logged and counted as dropped instead of vanishing silently.
         """
+        self._stopping.set()  # no event is queued after the end marker (or drops it as the oldest)
         if not self._thread.is_alive():
             return
         try:
