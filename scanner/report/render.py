@@ -23,7 +23,7 @@ from .. import __version__
 from ..aggregate import score_text
 from ..durable import make_parent
 from ..terminal import terminal_safe
-from .rows import VERDICTS, index_rows, read_row, summarise
+from .rows import VERDICTS, index_rows, read_row, slim_row, summarise
 from .thumbnails import THUMB_PX, Evidence, Thumb, evidence
 from .timeline import timeline_svg
 
@@ -95,29 +95,37 @@ def _header(s: dict, meta: dict, explain_note: str | None) -> str:
             f'<dl class="meta">{dl}</dl><div class="counts">{counts}</div>{notes}</div></header>')
 
 
-def _table(items: list[tuple[int, dict]]) -> str:
+TABLE_ROWS_PER_CHUNK = 500
+
+
+def _table(items: list[tuple[int, dict]]) -> Iterator[str]:
+    """The overview table in pieces of :data:`TABLE_ROWS_PER_CHUNK` rows. Why pieces: made as
+    one string (then copied into the header's), 100,000 rows held ~3 copies of a 70 MB table."""
     head = ('<th data-type="str">path</th><th data-type="str">verdict</th><th data-type="num">score</th>'
             '<th data-type="num">frames</th><th data-type="num">faces</th><th data-type="str">error</th>'
             '<th data-type="num">time s</th>')
-    body = []
-    for i, r in items:
-        v, err = r.get("verdict"), (r.get("error") or {}).get("kind") or ""
-        score, total = r.get("score"), (r.get("timings") or {}).get("total")
-        body.append(
-            f'<tr data-id="v{i}" data-verdict="{escape(str(v))}" data-path="{escape(str(r["path"]))}">'
+    other = sorted({str(r.get("verdict")) for _, r in items} - set(VERDICTS))  # e.g. a newer dfscan's
+    boxes = "".join(f'<label><input type="checkbox" class="verdict-filter" value="{escape(v)}" checked> '
+                    f'{escape(v.replace("_", " "))}</label>' for v in [*VERDICTS, *other])
+    yield (f'<section class="overview"><div class="controls"><b>show</b>{boxes}'
+           '<input type="search" class="text-filter" placeholder="filter by path" aria-label="filter by path">'
+           f'<span><span class="shown-count">{len(items)}</span> of {len(items)} shown</span></div>'
+           f'<table class="videos"><thead><tr>{head}</tr></thead><tbody>')
+    for k in range(0, len(items), TABLE_ROWS_PER_CHUNK):
+        yield "".join(_table_row(i, r) for i, r in items[k:k + TABLE_ROWS_PER_CHUNK])
+    yield "</tbody></table></section>"
+
+
+def _table_row(i: int, r: dict) -> str:
+    v, err = r.get("verdict"), (r.get("error") or {}).get("kind") or ""
+    score, total = r.get("score"), (r.get("timings") or {}).get("total")
+    return (f'<tr data-id="v{i}" data-verdict="{escape(str(v))}" data-path="{escape(str(r["path"]))}">'
             f'<td class="path"><a href="#v{i}">{escape(str(r["path"]))}</a></td>'
             f'<td data-v="{ORDER.get(v, 9)}{escape(str(v))}"><span class="badge {escape(str(v))}">{escape(str(v))}</span></td>'
             f'<td class="num" data-v="{"" if score is None else score}">{_score(r)}</td>'
             f'<td class="num">{r.get("frames_with_faces", 0)}/{r.get("frames", 0)}</td>'
             f'<td class="num">{r.get("faces", 0)}</td><td>{escape(err)}</td>'
             f'<td class="num" data-v="{"" if total is None else total}">{_fmt(total, 2)}</td></tr>')
-    other = sorted({str(r.get("verdict")) for _, r in items} - set(VERDICTS))  # e.g. a newer dfscan's
-    boxes = "".join(f'<label><input type="checkbox" class="verdict-filter" value="{escape(v)}" checked> '
-                    f'{escape(v.replace("_", " "))}</label>' for v in [*VERDICTS, *other])
-    return (f'<section class="overview"><div class="controls"><b>show</b>{boxes}'
-            '<input type="search" class="text-filter" placeholder="filter by path" aria-label="filter by path">'
-            f'<span><span class="shown-count">{len(items)}</span> of {len(items)} shown</span></div>'
-            f'<table class="videos"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></section>')
 
 
 def _thumb(t: Thumb, threshold=None) -> str:
@@ -201,7 +209,9 @@ def _chunks(slim: list[dict], full: Callable[[int], dict], opts: ReportOptions, 
            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
            '<meta name="viewport" content="width=device-width, initial-scale=1">'
            f'<title>dfscan report ({len(slim)} videos)</title><style>{_asset("report.css")}</style></head><body>')
-    yield _header(summarise(slim, meta), meta, meta.get("explain_note")) + _table(items) + "<main>"
+    yield _header(summarise(slim, meta), meta, meta.get("explain_note"))
+    yield from _table(items)
+    yield "<main>"
     for n, (i, _) in enumerate(items):
         r = full(i)
         ev = _evidence(r, opts, explainer) if opts.thumbnails and r.get("verdict") != "error" else None
@@ -215,7 +225,7 @@ def _chunks(slim: list[dict], full: Callable[[int], dict], opts: ReportOptions, 
 def render_html(rows: list[dict], options: ReportOptions | None = None, meta: dict | None = None,
                 explainer=None, progress: Callable[[int, int], None] | None = None) -> str:
     """The report for ``rows`` (see module docstring) as one HTML string."""
-    slim = [{k: v for k, v in r.items() if k != "frames_detail"} for r in rows]
+    slim = [slim_row(r) for r in rows]
     return "".join(_chunks(slim, rows.__getitem__, options or ReportOptions(), dict(meta or {}),
                            explainer, progress))
 

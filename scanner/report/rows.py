@@ -22,19 +22,20 @@ def load_rows(path: str | Path) -> tuple[list[dict], int]:
 
 
 def index_rows(f) -> tuple[list[tuple[int, dict]], int]:
-    """``[(byte offset, row without frames_detail), ...]`` and the unreadable line count.
+    """``[(byte offset, slim row (:func:`slim_row`)), ...]`` and the unreadable line count.
 
     ``f``: the results file opened in binary mode, the handle the rows are then read from,
     as a results file can be replaced meanwhile (``scan --retry-errors`` rewrites it), and
     offsets into another open of it would read other rows.
 
-    Only slim rows stay in memory (per-frame details are read again, one row at
-    a time, with :func:`read_row`), so a report of 100,000 videos stays small.
+    Only slim rows stay in memory (the rest, per-frame details included, is read again,
+    one row at a time, with :func:`read_row`), so a report of 100,000 videos stays small.
     A later row for the same path replaces an earlier one (``--retry-errors``
     appends a new row for a rescanned input) but keeps the first one's position.
     A torn last line (a scan killed mid-write) is counted, not fatal.
     """
     by_path: dict[str, tuple[int, dict]] = {}
+    shared: dict = {}  # see slim_row
     bad, off = 0, 0
     f.seek(0)
     for line in f:
@@ -52,9 +53,33 @@ def index_rows(f) -> tuple[list[tuple[int, dict]], int]:
         if not well_formed(row):
             bad += 1  # hand-edited or foreign: a string score would crash the sort and sums
             continue
-        row.pop("frames_detail", None)
-        by_path[str(row["path"])] = (start, row)
+        by_path[str(row["path"])] = (start, slim_row(row, shared))
     return list(by_path.values()), bad
+
+
+# What the header, the table, the section order and the Grad-CAM check read of a row; each
+# section reads its full row again (read_row). The whole row stayed in memory less its
+# frames_detail: ~5.7 KB a row (video facts, timings, aggregation), plus ~250 bytes per face
+# track, so a report of a long video's many tracks, times 100,000 rows, held gigabytes.
+SLIM_FIELDS = ("path", "verdict", "score", "threshold", "frames", "frames_with_faces", "faces",
+               "frames_requested", "detector", "weights_hash", "engine", "precision", "sampling")
+_SHARED = ("verdict", "detector", "weights_hash", "engine", "precision", "sampling")
+
+
+def slim_row(row: dict, shared: dict | None = None) -> dict:
+    """``row`` cut to :data:`SLIM_FIELDS`, ``timings.total`` and ``error.kind``; values
+    repeated from row to row (verdict, detector, sampling ...) are one object in ``shared``."""
+    out = {k: row[k] for k in SLIM_FIELDS if k in row}
+    if shared is not None:
+        for k in _SHARED:
+            if k in out:
+                out[k] = shared.setdefault((k, json.dumps(out[k], sort_keys=True)), out[k])
+    total = (row.get("timings") or {}).get("total")
+    if total is not None:
+        out["timings"] = {"total": total}
+    if row.get("error"):
+        out["error"] = {"kind": row["error"].get("kind")}
+    return out
 
 
 NUMBERS = ("score", "threshold", "frames", "frames_with_faces", "faces", "frames_requested",
