@@ -41,7 +41,7 @@ def _default_detectors() -> list[str]:
     return real or ["test_tiny"]
 
 
-def _device(v: str) -> str:
+def device_name(v: str) -> str:
     """argparse type: ``cpu``, ``cuda`` or ``cuda:N`` (torch raised a traceback for another
     name). Whether the GPU exists is checked when the command runs (``config.check_device``, as ``dfscan scan`` does):
     GPU plans are parsed on machines without one (bench/gpu/run.py --plan)."""
@@ -54,7 +54,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     p.add_argument("--batch-sizes", type=int_in(1, MAX_BATCH), nargs="+", default=[1, 8, 32], metavar="N",
                    help="allowed batch sizes; other batches are padded up to the next one")
-    p.add_argument("--device", default="cpu", type=_device, help="cpu, cuda or cuda:N")
+    p.add_argument("--device", default="cpu", type=device_name, help="cpu, cuda or cuda:N")
     p.add_argument("--cache-dir", default=None, help="engine cache (default: $DFSCAN_CACHE_DIR or "
                                                       "$XDG_CACHE_HOME/dfscan/engines)")
     p.add_argument("--allow-parity-failure", action="store_true",

@@ -147,9 +147,14 @@ def _part_matches(name: str, part: str) -> bool:
     return (part.startswith(".") or not name.startswith(".")) and fnmatch.fnmatch(name, part)
 
 
-def url_refused(url: str, where: str = "") -> ConfigError:
-    """The error for a URL given to scan (``where``: ", line N of LIST"), credentials masked."""
+def url_refused(url: str, where: str = "", local: bool = False) -> ConfigError:
+    """The error for a URL given to scan (``where``: ", line N of LIST"), credentials masked.
+
+    ``local``: a file or folder of that name exists here (``http:/x/a.mp4``); the hint only
+    spoke of streams and downloads, and the way to scan it, ``./NAME``, went unsaid."""
     hint = "for a live stream: dfscan watch URL; an archived file: download it first"
+    if local:
+        hint = f"a local file has that name: put ./ before it to scan the file; {hint}"
     if url[:7].lower() == "file://":  # refused too, rather than read: say which path it means
         try:
             parts = urlsplit(url)
@@ -170,7 +175,8 @@ def _read_list(path: Path) -> list[Path]:
         lines = f.read().split("\n")
     for n, line in enumerate(lines, 1):
         if is_url(line.strip()):
-            raise url_refused(line.strip(), f", line {n} of {path}")
+            raise url_refused(line.strip(), f", line {n} of {path}",
+                              os.path.lexists(path.parent / line.strip()))
         entry = _list_entry(line, path.parent)
         if entry is not None:
             out.append(entry)
@@ -235,7 +241,7 @@ def expand_inputs(items: Iterable[str], aliases: list[tuple[Path, Path]] | None 
     items = list(items)
     for item in items:  # all refused before any folder is walked
         if is_url(item):
-            raise url_refused(item)
+            raise url_refused(item, local=os.path.lexists(item))
     paths: list[Path] = []
     for item in items:
         found, pattern = _expand(item, skipped)

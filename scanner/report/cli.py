@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
 from pathlib import Path
 
 from ..argtypes import int_in
+from ..cli_engines import device_name
 
 
 def add_report_parser(sub) -> argparse.ArgumentParser:
@@ -31,7 +33,7 @@ def add_report_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--explain", choices=["gradcam"], help="add Grad-CAM heatmaps of the top-k faces")
     p.add_argument("--weights", help="detector weights for --explain (default: the packaged ones; "
                    "must hash like the scan's)")
-    p.add_argument("--device", default="cpu", help="device for --explain (cpu, cuda, cuda:N)")
+    p.add_argument("--device", default="cpu", type=device_name, help="device for --explain (cpu, cuda, cuda:N)")
     p.set_defaults(func=run_report)
     return p
 
@@ -45,6 +47,14 @@ def run_report(args) -> int:
     if not src.is_file():
         print(f"dfscan report: results file not found: {terminal_safe(str(src))}", file=sys.stderr)
         return EXIT_USAGE
+    if args.out and args.out.endswith(("/", os.sep)):  # Path() drops it: `--out reports/` wrote a file "reports"
+        print(f"dfscan report: cannot write {terminal_safe(args.out)}: names a directory, and a file name "
+              "is needed here (e.g. --out reports/report.html)", file=sys.stderr)
+        return EXIT_OUTPUT
+    if args.explain:  # without the GPU Grad-CAM was skipped inside the page and the report exited 0
+        from ..config import check_device  # ConfigError: one line, exit 2, as scan/bench/engines build
+
+        check_device(args.device)
     out = Path(args.out) if args.out else src.with_suffix(".html")
     if out.resolve() == src.resolve():
         print("dfscan report: --out would overwrite the results file", file=sys.stderr)

@@ -100,7 +100,18 @@ class GradCamExplainer:
 
 
 def make_explainer(rows: list[dict], opts) -> tuple[GradCamExplainer | None, str | None]:
-    """The explainer ``opts.explain`` asks for, or ``(None, why not)``."""
+    """The explainer ``opts.explain`` asks for, or ``(None, why not)``; why not is also a
+    warning line: only the page's header said it, and the command ended "written", exit 0,
+    as if the heatmaps asked for were in it."""
+    ex, note = _make_explainer(rows, opts)
+    if ex is None and note:
+        from ..terminal import terminal_safe  # the note quotes --weights and row values
+
+        log.warning("%s", terminal_safe(note))
+    return ex, note
+
+
+def _make_explainer(rows: list[dict], opts) -> tuple[GradCamExplainer | None, str | None]:
     if not opts.explain:
         return None, None
     if opts.explain != "gradcam":

@@ -98,8 +98,24 @@ def locate(row: dict, video_root: str | None, verify_hash: bool) -> tuple[Path |
         first = first or (reason, seen)
     if first is not None:
         return None, first[0], first[1]
-    where = f" under {video_root}" if video_root else ""
+    where = _where(str(row["path"]), video_root)
     return None, f"video not found{where} (thumbnails need the original file; see --video-root)", ()
+
+
+def _where(path: str, video_root: str | None) -> str:
+    """Where :func:`remap` looked, as a reader can check it: with ``OLD=NEW`` the text
+    "under /old=/new" named no folder at all; the remapped path is what was missing."""
+    if not video_root:
+        return ""
+    if "=" not in video_root:
+        return f" under {video_root}"
+    old, new = video_root.split("=", 1)
+    tried = remap(path, video_root)
+    if not tried:  # a '..' part: never followed out of NEW
+        return f" under {new}"
+    if tried[0] == Path(path):  # OLD is not a leading folder of the row's path
+        return f" at {path} (not under {old}, so --video-root did not move it)"
+    return f" at {tried[0]}"
 
 
 def _mismatch(path: Path, seen: FileIdentity, row: dict, verify_hash: bool) -> str | None:
