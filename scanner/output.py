@@ -252,6 +252,9 @@ def _reason(e: BaseException) -> str:
 
 def open_sink(path: str | Path, append: bool = False) -> Sink:
     """The sink for ``path``'s suffix; :class:`OutputError` if it cannot be created."""
+    text = os.fspath(path)
+    if text.endswith(("/", os.sep)):  # Path() drops it: `--out r.jsonl/` wrote the file r.jsonl
+        raise OutputError(f"cannot write {text}: names a directory, and a file name is needed here")
     suffix = Path(path).suffix.lower()
     if suffix not in SINKS:
         raise ValueError(f"unsupported output type {suffix!r} (use .jsonl, .csv or .html)")

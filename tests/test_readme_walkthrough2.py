@@ -94,3 +94,13 @@ def test_url_with_a_local_namesake_says_how_to_scan_it(tmp_path, monkeypatch):
         expand_inputs(["http://y/a.mp4"])
     assert "./" not in str(e.value)
     assert expand_inputs(["./http://x/a.mp4"]) == [Path("http:/x/a.mp4")]
+
+
+def test_scan_out_ending_in_a_slash_is_refused(tmp_path):
+    """`dfscan scan --out r.jsonl/` wrote the file r.jsonl (exit 0); every other command refuses
+    an output that names a directory."""
+    from scanner.output import OutputError, open_sink
+
+    with pytest.raises(OutputError, match="names a directory"):
+        open_sink(f"{tmp_path}/r.jsonl/")
+    assert not (tmp_path / "r.jsonl").exists()
