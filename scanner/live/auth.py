@@ -15,7 +15,8 @@ def check_bearer(header: str | None, token: str | None) -> bool:
     """True when no token is required or ``header`` is ``Bearer <token>``."""
     if token is None:
         return True
-    if not header or not header.startswith("Bearer "):
+    # The scheme is case-insensitive (RFC 9110 11.1): "bearer <token>" was refused on every request.
+    if not header or header[:7].lower() != "bearer ":
         return False
     # Starlette decodes header bytes as latin-1: back to the bytes sent, compared with the token's
     # UTF-8 bytes. Only SP/HTAB are stripped: str.strip() took a last UTF-8 byte 0x85/0xA0 (NEL/NBSP).

@@ -299,17 +299,23 @@ class ApiConfig(_Model):
         if self.token_file:
             return read_token_file(self.token_file)
         if self.token_env:
-            return checked_token(os.environ.get(self.token_env) or None)
+            # Stripped as the file's is: a Kubernetes Secret made --from-file ends in a newline,
+            # which no header can carry, and every request was then refused.
+            return checked_token(os.environ.get(self.token_env, "").strip() or None)
         return None
 
     def check_auth(self) -> str | None:
         """Token to enforce; raise :class:`ConfigError` if binding off-loopback without one."""
         tok = self.token()
+        where = f"set ${self.token_env or 'DFSCAN_API_TOKEN'} or api.token_file"
         if self.enabled and not is_loopback(self.host) and tok is None:
-            raise ConfigError(
-                f"API binds to {self.host}, not loopback: a bearer token is required "
-                f"(set ${self.token_env or 'DFSCAN_API_TOKEN'} or api.token_file)"
-            )
+            raise ConfigError(f"API binds to {self.host}, not loopback: a bearer token is required ({where})")
+        # '*' turns the Host check off, and with it the DNS-rebinding guard of a loopback API: any
+        # web page whose name re-resolves to 127.0.0.1 is then same-origin and could add streams.
+        if self.enabled and tok is None and "*" in (self.allowed_hosts or ()):
+            raise ConfigError(f"api.allowed_hosts '*' takes any Host header: a bearer token is required "
+                              f"(a web page could drive the API through DNS rebinding; {where}), "
+                              "or list the host names")
         return tok
 
 

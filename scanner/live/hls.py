@@ -232,8 +232,11 @@ def _fetch_checked(client: httpx.Client, src: SourceURL, url: str, deadline: flo
     """:func:`_fetch_playlist` of ``url``; its errors raised as redacted SourceErrors."""
     shown = src.masked if url == src.url else mask_credentials(url)
     try:
-        # the source itself may be a video: only named playlists are taken as one
-        text = _fetch_playlist(client, url, sniff=url == src.url and not is_playlist(src),
+        # The source itself may be a video: only named playlists are taken as one. A nested one is
+        # always sniffed: FFmpeg parses no playlist that does not open with #EXTM3U, and reading
+        # any text as one quoted its lines ('password: x' as a 'password:' URI) in the error that
+        # GET /streams shows -- a playlist could nest an internal URL to read it back that way.
+        text = _fetch_playlist(client, url, sniff=url != src.url or not is_playlist(src),
                                deadline=deadline, cancelled=cancelled, trace=stop.trace, whole=src.auth is not None)
     except httpx.HTTPStatusError as e:
         hint = "; a stream with credentials follows no redirect" if e.response.is_redirect else ""
