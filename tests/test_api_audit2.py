@@ -122,3 +122,15 @@ def test_a_nested_playlist_that_is_no_playlist_is_never_quoted_back(tmp_path):
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_an_empty_token_file_at_start_is_refused_not_auth_off(tmp_path):
+    """An empty api.token_file at start read as "no token": a loopback API ran with auth off
+    for good (a token written into the file later was ignored); emptied while running, the
+    same file already refused every request."""
+    from scanner.live.config import ConfigError, parse_config
+
+    token_file = tmp_path / "token"
+    token_file.write_text("\n")
+    with pytest.raises(ConfigError, match=f"api.token_file {token_file}: .*at least"):
+        parse_config({"api": {"token_env": None, "token_file": str(token_file)}})

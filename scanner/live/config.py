@@ -252,8 +252,8 @@ def read_token_file(path: str, empty_ok: bool = True) -> str | None:
     One reader for the start (:meth:`ApiConfig.token`) and every reload
     (:class:`scanner.live.auth.TokenFile`), so both refuse the same files with the same
     words: :class:`ConfigError` naming the file (never its content) when it cannot be read
-    or holds a token shorter than ``MIN_TOKEN_CHARS``. An empty file is no token (None),
-    unless ``empty_ok`` is False: then it is refused as too short.
+    or holds a token shorter than ``MIN_TOKEN_CHARS``. An empty file is no token (None) when
+    ``empty_ok``; else it is refused as too short (the start and every reload).
     """
     where = f"api.token_file {path}: "
     try:
@@ -297,7 +297,9 @@ class ApiConfig(_Model):
 
         :class:`ConfigError` when the file cannot be read or the token is too short."""
         if self.token_file:
-            return read_token_file(self.token_file)
+            # An empty file is refused as too short, as on every reload: read as "no token", a
+            # loopback API started with auth off for good, and a token written later was ignored.
+            return read_token_file(self.token_file, empty_ok=False)
         if self.token_env:
             # Stripped as the file's is: a Kubernetes Secret made --from-file ends in a newline,
             # which no header can carry, and every request was then refused.
