@@ -350,12 +350,26 @@ def _exit_code(stop: GracefulStop, tally, sinks, cfg, n_inputs: int, kept: Count
     return EXIT_OK
 
 
-def _tracked(paths, prog: Progress, task):
-    """Yield ``paths``, showing the one the pipeline just took in the progress bar."""
-    for p in paths:
-        name = p.name if len(p.name) <= 40 else "..." + p.name[-37:]
-        prog.update(task, current=printable(name))
-        yield p
+class _Current:
+    """The bar's current file: the oldest input taken and not yet returned. Why: with several
+    workers the pipeline takes 2 x workers inputs ahead, so the last one taken was a queued
+    file, and at the end one long finished while an earlier video was still scanning."""
+
+    def __init__(self, prog: Progress, task):
+        self.prog, self.task, self.taken = prog, task, {}  # str(path) -> name, in the order taken
+
+    def track(self, paths):
+        for p in paths:
+            self.taken[str(p)] = printable(p.name if len(p.name) <= 40 else "..." + p.name[-37:])
+            self._show()
+            yield p
+
+    def done(self, row: dict) -> None:
+        self.taken.pop(row["path"], None)  # rows name their input as given (local and Ray)
+        self._show()
+
+    def _show(self) -> None:
+        self.prog.update(self.task, current=next(iter(self.taken.values()), ""))
 
 
 def _scan_all(paths, ctx, cfg, sinks, tally: Tally, console: Console, show_progress: bool) -> None:
@@ -366,14 +380,34 @@ def _scan_all(paths, ctx, cfg, sinks, tally: Tally, console: Console, show_progr
     with Progress(*cols, console=console, transient=True, disable=not show_progress) as prog:
         task = prog.add_task("scan", total=len(paths), vps=0.0, current="")
         t0 = time.perf_counter()
-        source = _tracked(paths, prog, task) if show_progress else paths
+        current = _Current(prog, task)
+        source = current.track(paths) if show_progress else paths
+        closed = None  # stdout went away: no more lines, the finished rows still written
         for row in scan_rows(source, ctx):
             row.setdefault("sampling", sampling)
             row.setdefault("aggregation", aggregation)
             sinks.write(row)  # OutputError (primary failed) ends the scan here
             tally.add(row)
             prog.update(task, advance=1, vps=tally.videos / max(time.perf_counter() - t0, 1e-9))
-            prog.console.print(_line(row))
+            if show_progress:
+                current.done(row)
+            if closed is None:
+                closed = _print_line(prog.console, row, ctx)
+    if closed is not None:
+        raise closed
+
+
+def _print_line(console: Console, row: dict, ctx) -> StdoutClosed | None:
+    """Print ``row``'s line; when stdout is gone, stop the scan as a signal does and return the
+    error, raised once the finished videos' rows are written (raised here, it dropped them)."""
+    try:
+        console.print(_line(row))
+    except StdoutClosed as e:
+        if getattr(ctx, "stop", None) is None:  # Ray: no graceful stop, end at once as before
+            raise
+        ctx.stop.set()
+        return e
+    return None
 
 
 __all__ = ["run_scan", "OPTION_KEYS", "OutputError", "Tally", "sampling_of", "aggregation_of"]
