@@ -71,6 +71,10 @@ class BoundedPrefetch(Iterator[T]):
             raise item.exc
         return item
 
+    def stop(self) -> None:
+        """Ask the producer to stop, without waiting (see :meth:`close`)."""
+        self._stop.set()
+
     def close(self) -> None:
         """Stop the producer and wait for it (bounded)."""
         self._stop.set()

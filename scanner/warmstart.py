@@ -92,7 +92,12 @@ def prestart(paths: Sequence[str | Path], cfg) -> dict[str, Prestarted]:
 
 
 def close_all(prestarted: dict[str, Prestarted] | None) -> None:
-    """Stop decode threads the scan never consumed (failed set-up, interrupted scan)."""
+    """Stop decode threads the scan never consumed (failed set-up, interrupted scan).
+
+    All are asked to stop before any is waited for: closed one after another, each in a long
+    read, a model that failed to load was reported up to 5 s per prestarted video late."""
+    for pre in (prestarted or {}).values():
+        pre.frames.stop()
     for pre in (prestarted or {}).values():
         pre.frames.close()
     if prestarted:

@@ -101,3 +101,25 @@ def test_rows_finished_when_stdout_closes_are_still_written(monkeypatch, tmp_pat
                       Closed(file=io.StringIO()), False)
     assert ctx.stop.is_set() and len(finished) < 6  # it stopped, as a signal stops it
     assert sorted(r["path"] for r in sink.rows) == sorted(finished)
+
+
+def test_prestarted_decodes_are_all_stopped_before_any_is_waited_for():
+    """close_all closed them one after another, each waiting up to 5 s for its thread: a model
+    that failed to load was reported up to 5 s per prestarted video late."""
+    from scanner.warmstart import Prestarted, close_all
+
+    calls: list[str] = []
+
+    class Frames:
+        def __init__(self, name):
+            self.name = name
+
+        def stop(self):
+            calls.append(f"stop {self.name}")
+
+        def close(self):
+            calls.append(f"close {self.name}")
+
+    pre = {n: Prestarted(None, Frames(n)) for n in "abc"}
+    close_all(pre)
+    assert calls == ["stop a", "stop b", "stop c", "close a", "close b", "close c"] and not pre
