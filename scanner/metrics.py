@@ -137,6 +137,7 @@ class StreamMetrics:
         self.reconnects = m.reconnects.labels(name)
         self.errors = m.errors.labels(name)
         self.faces = m.faces.labels(name)
+        self.nonfinite = m.nonfinite.labels(name)
         self.alerts = m.alerts.labels(name)
         self.score = m.score.labels(name)
         self.fake = m.fake.labels(name)
@@ -176,6 +177,8 @@ class LiveMetrics:
         self.reconnects = Counter("dfscan_stream_reconnects_total", "Reconnect attempts after EOF/error/stall", s, registry=r)
         self.errors = Counter("dfscan_stream_errors_total", "Open/read/decode errors", s, registry=r)
         self.faces = Counter("dfscan_stream_faces_total", "Face crops scored", s, registry=r)
+        self.nonfinite = Counter("dfscan_stream_nonfinite_scores_total",
+                                 "Face crops the detector scored NaN/inf (left out of the verdicts)", s, registry=r)
         self.alerts = Counter("dfscan_stream_alerts_total", "Verdict changes to fake", s, registry=r)
         self.score = Gauge("dfscan_stream_score_ratio", "Rolling P(fake) of the stream (0..1)", s, registry=r)
         self.fake = Gauge("dfscan_stream_fake", "1 while the stream verdict is fake", s, registry=r)
@@ -223,7 +226,7 @@ class LiveMetrics:
 
     def _remove_series(self, name: str) -> None:
         for metric in (self.decoded, self.sampled, self.corrupt, self.dropped, self.reconnects, self.errors, self.faces,
-                       self.alerts, self.score, self.fake, self.heartbeat_age, self.latency):
+                       self.nonfinite, self.alerts, self.score, self.fake, self.heartbeat_age, self.latency):
             try:
                 metric.remove(name)
             except KeyError:

@@ -86,13 +86,9 @@ class FrameAnalyzer:
         for k in range(0, crops.shape[0], self.max_crops):
             chunk = crops[k:k + self.max_crops]
             ps.append(scores_for(self.model, self.engine(chunk), len(chunk)))
-        p = torch.cat(ps).numpy()
-        bad = int((~np.isfinite(p)).sum())
-        if bad:  # kept in the result (boxes still track), ignored by the rolling verdicts
-            from .. import metrics
-
-            metrics.NONFINITE_SCORES.inc(bad)
-        return p
+        # NaN/inf stay in the result (their boxes still track); the service counts them per
+        # stream and the rolling verdicts leave them out.
+        return torch.cat(ps).numpy()
 
 
 class InferenceWorker:

@@ -87,7 +87,10 @@ class _Judge:
 
 
 def _rounded(v: float | None) -> float | None:
-    return None if v is None else round(v, 4)
+    """A score as written: to :data:`SCORE_DECIMALS`, the places the verdict is decided on (as a
+    batch row's). Why: written to 4, 0.59996 read 0.6 next to an ``uncertain`` at ``fake_above``
+    0.6, and a reader comparing score and threshold took another verdict than the stream's."""
+    return None if v is None else round(v, SCORE_DECIMALS)
 
 
 def _utc() -> str:
@@ -114,7 +117,7 @@ class StreamVerdicts:
         ev = {
             "event": "verdict", "reason": reason, "time": _utc(), "stream": self.name, "track": track,
             "verdict": judge.hyst.verdict, "previous": prev,
-            "score": None if v is None else round(v, 4), "samples": judge.roll.count,
+            "score": _rounded(v), "samples": judge.roll.count,
             "window_s": self.s.window_s,
         }
         if t is not None:
@@ -208,7 +211,7 @@ class StreamVerdicts:
         prev, cur = self.stream.hyst.update(self.stream.roll.value, self.stream.roll.count)
         events = [self._event("change", self.stream, prev, None, None)] if cur != prev else []
         ev = self._event("interval", self.stream, cur, None, None)  # a summary: no triggering frame
-        ev["tracks"] = {str(k): round(j.roll.value, 4) for k, j in self.tracks.items() if j.roll.value is not None}
+        ev["tracks"] = {str(k): _rounded(j.roll.value) for k, j in self.tracks.items() if j.roll.value is not None}
         return events + [ev]
 
     @property

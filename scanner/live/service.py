@@ -15,6 +15,8 @@ import time
 import uuid
 from typing import Callable
 
+import numpy as np
+
 from engines.errors import DfscanError
 
 from .batcher import FrameAnalyzer, FrameResult, InferenceWorker
@@ -82,6 +84,7 @@ class LiveService:
         self._lock = threading.RLock()
         self.watchdog = Watchdog(self._sources, interval_s=0.5, on_tick=self._tick)
         self._tick_throttle = LogThrottle()  # a stream failing every round logs once a minute
+        self._nan_throttle = LogThrottle()  # a detector scoring NaN logs once a minute per stream
         self.ready = False
         self.started_at = time.time()
         self._stopped = threading.Event()
@@ -230,9 +233,22 @@ class LiveService:
             events = st.verdicts.update(frame.t_capture, r.boxes, r.p_fake, r.looks)
             self._set_gauges(st)
             self._publish(events)  # under the lock: see _close
+            self._count_nonfinite(st, r.p_fake)  # not closed: no removed series comes back
         sm = st.source._m
         sm.faces.inc(len(r.p_fake))
         sm.latency.observe(time.monotonic() - frame.t_capture)
+
+    def _count_nonfinite(self, st: _Stream, p_fake) -> None:
+        """Count and log (once a minute per stream) the frame's NaN/inf face scores, as a batch
+        scan counts them in its row: the verdicts leave them out, and a detector scoring every
+        face NaN kept a stream ``unknown`` with no sign of why."""
+        bad = int((~np.isfinite(np.asarray(p_fake, np.float64))).sum())
+        if not bad:
+            return
+        st.source._m.nonfinite.inc(bad)
+        name = st.verdicts.name
+        self._nan_throttle.log(log, name, "stream %s: %d face crop(s) scored NaN/inf by the "
+                                "detector: left out of the verdicts", name, bad, level=logging.WARNING)
 
     @staticmethod
     def _set_gauges(st: _Stream) -> None:
@@ -258,10 +274,13 @@ class LiveService:
             self._publish(events)  # never an alert: every verdict ends as unknown
 
     def _on_error(self, batch, e: Exception) -> None:
+        """Count each failed frame as an error of its stream; not of a namesake added after the
+        frame was captured (its removed predecessor's frame, still in the batch): as _on_result."""
         with self._lock:
-            srcs = [self._streams[f.stream].source for f in batch if f.stream in self._streams]
-        for src in srcs:
-            src._m.errors.inc()
+            sts = [(f, self._streams.get(f.stream)) for f in batch]
+        for f, st in sts:
+            if st is not None and f.t_capture >= st.added:
+                st.source._m.errors.inc()
 
     def _publish(self, events: list[dict]) -> None:
         for ev in events:
