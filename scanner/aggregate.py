@@ -69,8 +69,19 @@ def score_text(score: float, threshold: float | None, decimals: int = 3) -> str:
     0.5, read "0.500" next to "threshold 0.500" (terminal line, HTML report)."""
     if not isinstance(threshold, (int, float)):
         return f"{score:.{decimals}f}"
+    return _text_on_side(score, lambda x: x >= threshold, decimals)
+
+
+def score_text_band(score: float, real_below: float, fake_above: float, decimals: int = 3) -> str:
+    """:func:`score_text` for a live verdict's two bounds (``real`` at or below ``real_below``,
+    ``fake`` from ``fake_above``): 0.5996, ``uncertain`` below 0.6, read "0.600" in ``dfscan watch``."""
+    return _text_on_side(score, lambda x: (x >= fake_above, x <= real_below), decimals)
+
+
+def _text_on_side(score: float, side, decimals: int) -> str:
+    """``score`` to the fewest places from ``decimals`` whose value ``side`` judges as ``score``'s."""
     for nd in range(decimals, SCORE_DECIMALS):
-        if (float(f"{score:.{nd}f}") >= threshold) == (score >= threshold):
+        if side(float(f"{score:.{nd}f}")) == side(score):
             return f"{score:.{nd}f}"
     return f"{score:.{SCORE_DECIMALS}f}"
 

@@ -77,3 +77,34 @@ def test_a_failed_frame_of_a_removed_stream_is_not_an_error_of_its_namesake():
     assert _sample(svc, "dfscan_stream_errors_total") == 0.0
     svc._on_error([_frame(2, st.added + 0.1), _frame(3, st.added + 0.2, "gone")], RuntimeError("bad"))
     assert _sample(svc, "dfscan_stream_errors_total") == 1.0
+
+
+def test_watch_shows_a_score_on_its_verdicts_side_of_both_bounds():
+    """0.5996, `uncertain` below fake_above 0.6, read "0.600" in dfscan watch's table."""
+    from rich.console import Console
+
+    from scanner.aggregate import score_text_band
+    from scanner.live.watch import stream_table
+
+    assert score_text_band(0.5996, 0.4, 0.6) == "0.5996"
+    assert score_text_band(0.4004, 0.4, 0.6) == "0.4004"
+    assert score_text_band(0.6, 0.4, 0.6) == "0.600" and score_text_band(0.25, 0.4, 0.6) == "0.250"
+    row = {"name": "cam", "state": "live", "fps": 25.0, "frames_sampled": 10, "frames_dropped": 0,
+           "reconnects": 0, "faces": 10, "score": 0.5996, "verdict": "uncertain", "last_error": ""}
+    console = Console(width=200, record=True)
+    console.print(stream_table([row], (0.4, 0.6)))
+    assert "0.5996" in console.export_text()
+
+
+def test_an_analyzer_returning_fewer_results_than_frames_is_an_error_not_a_silent_loss():
+    from scanner.live.batcher import InferenceWorker
+
+    errors = []
+    w = InferenceWorker.__new__(InferenceWorker)
+    w.analyzer = lambda frames: [FrameResult(BOX, np.ones(1), np.array([0.5]))] * (len(frames) - 1)
+    w.device, w.on_error = "cpu", lambda batch, e: errors.append(batch[0].seq)
+    from scanner.live.throttle import LogThrottle
+
+    w._throttle = LogThrottle()
+    out = w._analyse([_frame(1, 0.0), _frame(2, 0.0)])
+    assert out == [] and errors == [1, 2]  # each frame alone got no result: an error each

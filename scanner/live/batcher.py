@@ -216,7 +216,8 @@ class InferenceWorker:
         """Results of the frames that could be analysed. When the batch fails, each
         frame is retried alone, so one bad frame costs only its own stream's frame."""
         try:
-            return list(zip(batch, self.analyzer([f.frame for f in batch])))
+            # strict: an analyzer returning fewer results than frames lost the rest silently
+            return list(zip(batch, self.analyzer([f.frame for f in batch]), strict=True))
         except Exception as e:  # noqa: BLE001 - a bad batch must not kill the worker
             if len(batch) == 1:
                 self._throttle.log(log, (batch[0].stream, type(e).__name__), "inference failed on %s for stream %s",

@@ -12,6 +12,7 @@ from rich.text import Text
 
 from pydantic import ValidationError
 
+from ..aggregate import score_text_band
 from .config import ConfigError, ServeConfig, StreamConfig, format_errors
 from .service import LiveService
 
@@ -19,8 +20,9 @@ VERDICT_STYLE = {"fake": "bold red", "real": "green", "uncertain": "yellow", "un
 STATE_STYLE = {"live": "green", "connecting": "cyan", "stalled": "yellow", "backoff": "red", "stopped": "dim"}
 
 
-def stream_table(rows: list[dict]) -> Table:
-    """Rich table of :meth:`LiveService.describe` rows (URLs already masked)."""
+def stream_table(rows: list[dict], bounds: tuple[float, float] | None = None) -> Table:
+    """Rich table of :meth:`LiveService.describe` rows (URLs already masked); ``bounds``:
+    the verdicts' ``(real_below, fake_above)``, so a score reads on its verdict's side."""
     t = Table(title="dfscan watch", expand=False)
     for col, just in (("stream", "left"), ("state", "left"), ("fps", "right"), ("sampled", "right"),
                       ("dropped", "right"), ("reconn.", "right"), ("faces", "right"), ("score", "right"),
@@ -28,7 +30,8 @@ def stream_table(rows: list[dict]) -> Table:
         t.add_column(col, justify=just, no_wrap=True, min_width=10 if col == "state" else max(5, len(col)))
     t.add_column("last error", no_wrap=True, overflow="ellipsis", max_width=48)
     for r in rows:
-        score = "-" if r.get("score") is None else f"{r['score']:.3f}"
+        score = "-" if r.get("score") is None else (
+            f"{r['score']:.3f}" if bounds is None else score_text_band(r["score"], *bounds))
         t.add_row(
             r["name"], f"[{STATE_STYLE.get(r['state'], '')}]{r['state']}[/]", f"{r['fps']:.1f}",
             str(r["frames_sampled"]), str(r["frames_dropped"]), str(r["reconnects"]), str(r["faces"]), score,
@@ -50,6 +53,11 @@ def fitting(console: Console, table: Table) -> Console:
     return Console(file=console.file, width=need, highlight=False, no_color=console.no_color)
 
 
+def _bounds(svc: LiveService) -> tuple[float, float]:
+    v = svc.verdict_settings
+    return v.real_below, v.fake_above
+
+
 def _show(svc: LiveService, console: Console, done: threading.Event, refresh_s: float,
           t_end: float | None) -> None:
     """The table, redrawn in a terminal until ``done`` or ``t_end``; to a file or pipe, where
@@ -57,12 +65,12 @@ def _show(svc: LiveService, console: Console, done: threading.Event, refresh_s: 
     if not console.is_terminal:
         while not done.wait(refresh_s) and (t_end is None or time.monotonic() < t_end):
             pass
-        table = stream_table(svc.describe())
+        table = stream_table(svc.describe(), _bounds(svc))
         fitting(console, table).print(table)
         return
-    with Live(stream_table(svc.describe()), console=console, refresh_per_second=4) as live:
+    with Live(stream_table(svc.describe(), _bounds(svc)), console=console, refresh_per_second=4) as live:
         while not done.wait(refresh_s):
-            live.update(stream_table(svc.describe()))
+            live.update(stream_table(svc.describe(), _bounds(svc)))
             if t_end is not None and time.monotonic() >= t_end:
                 break
 
