@@ -95,6 +95,13 @@ class Detector(nn.Module):
         }
 
 
+def _finite_rows(primary: torch.Tensor, n: int) -> torch.Tensor:
+    """``bool (n,)`` on the CPU: whether every value of each crop's primary output is finite."""
+    if primary.ndim == 0 or primary.shape[0] != n:  # not batch-first: p_fake's own shape check rules
+        return torch.ones(n, dtype=torch.bool)
+    return torch.isfinite(primary.detach().reshape(n, -1)).all(1).cpu()
+
+
 def scores_for(detector: Detector, out: Output, n: int) -> torch.Tensor:
     """``detector.p_fake(out)`` as ``float32 (n,)``, one P(fake) in [0, 1] per crop, on the CPU.
 
@@ -108,7 +115,10 @@ def scores_for(detector: Detector, out: Output, n: int) -> torch.Tensor:
         got = tuple(p.shape) if isinstance(p, torch.Tensor) else type(p).__name__
         raise DetectorOutputError(f"detector {detector.name} returned scores of shape {got} for {n} "
                                   f"face crop(s); expected ({n},): one P(fake) per crop")
-    p = p.float().cpu()
+    p = p.float().cpu().clone()
+    # A raw output of +-inf is an overflow (fp16: a value past 65504), never a network's answer,
+    # yet sigmoid/softmax turn it into a finite 0 or 1: a confident verdict ('real' at -inf).
+    p[~_finite_rows(detector.primary(out), n)] = float("nan")
     finite = p[torch.isfinite(p)]  # NaN/inf are dropped and counted downstream
     if len(finite) and (finite.min() < 0 or finite.max() > 1):
         # e.g. raw logits: every verdict would compare them with a P(fake) threshold

@@ -102,7 +102,15 @@ class OnnxRuntimeEngine(ArtifactEngine):
             raise EngineUnavailable("onnxruntime TensorRT provider not available (needs onnxruntime-gpu built "
                                     "with TensorRT and the NVIDIA TensorRT libraries)")
 
-    def _providers(self) -> list:
+    def _key_fields(self) -> dict:
+        fields = super()._key_fields()
+        if self.cfg.ort_tensorrt:
+            # Same ONNX file, other runtime: the stored parity of a CUDA-provider session was
+            # reused for the TensorRT provider (other kernels, fp16 in TensorRT), never checked.
+            fields["ort_tensorrt"] = True
+        return fields
+
+    def _providers(self, data: bytes = b"") -> list:
         if not self.cfg.is_cuda:
             return ["CPUExecutionProvider"]
         idx = self.device.index if self.device.index is not None else torch.cuda.current_device()
@@ -110,14 +118,22 @@ class OnnxRuntimeEngine(ArtifactEngine):
         cuda = ("CUDAExecutionProvider", {"device_id": idx, "user_compute_stream": stream})
         if not self.cfg.ort_tensorrt:
             return [cuda, "CPUExecutionProvider"]
-        return [("TensorrtExecutionProvider", self._trt_options(idx, stream)), cuda, "CPUExecutionProvider"]
+        return [("TensorrtExecutionProvider", self._trt_options(idx, stream, data)), cuda, "CPUExecutionProvider"]
 
-    def _trt_options(self, idx: int, stream: str) -> dict:
+    def _trt_options(self, idx: int, stream: str, data: bytes) -> dict:
+        """TensorRT provider options for the ONNX model ``data`` (its bytes)."""
+        import hashlib
+
         S, bs = self.spec.size, self.cfg.batch_sizes
         shape = lambda b: f"{INPUT}:{b}x3x{S}x{S}"  # noqa: E731
         from ..cache import EngineCache
 
-        trt_dir = EngineCache(self.cfg.cache_dir).root / ".ort-trt"  # ORT manages its own engine files
+        # ORT names its engine files by a hash of the graph's tensor NAMES (and versions), not
+        # of the weights: meso4_df and meso4_f2f (or any --weights of one architecture) shared
+        # one file, and a detector ran the TensorRT engine built with another one's weights.
+        # One folder per ONNX file (weights and precision are in its bytes) keeps them apart.
+        tag = hashlib.sha256(data).hexdigest()[:16]
+        trt_dir = EngineCache(self.cfg.cache_dir).root / ".ort-trt" / tag  # ORT manages its files
         trt_dir.mkdir(parents=True, exist_ok=True)
         return {
             "device_id": idx, "user_compute_stream": stream,
@@ -137,7 +153,7 @@ class OnnxRuntimeEngine(ArtifactEngine):
         # The CPU memory arena stays on: it keeps the peak of the largest batch (+700 MB
         # RSS for MesoNet at batch 32, measured) but halves latency (106 vs 216 ms).
         try:  # from the very bytes whose checksum was checked (see ArtifactEngine._load)
-            self.session = ort.InferenceSession(data, sess_options=so, providers=self._providers())
+            self.session = ort.InferenceSession(data, sess_options=so, providers=self._providers(data))
         except EngineUnavailable:
             raise
         except Exception as e:

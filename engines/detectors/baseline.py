@@ -41,13 +41,16 @@ class SharpnessBaseline(Detector):
         self.margin = int(round(size * (1 - inner) / 2))
 
     def network(self, x: torch.Tensor) -> torch.Tensor:
-        y = (x * self._luma.to(x.dtype)).sum(1, keepdim=True)
+        # In float32 whatever the engine's precision: the variance of a sharp face's Laplacian
+        # (0..255 luma: up to ~1e6) overflows fp16 (65504) to inf, read as P = 1.0.
+        dtype, x = x.dtype, x.float()
+        y = (x * self._luma.float()).sum(1, keepdim=True)
         m = self.margin
         if m:
             y = y[:, :, m:-m, m:-m]
-        lap = F.conv2d(y, self._lap.to(x.dtype))
+        lap = F.conv2d(y, self._lap.float())
         var = lap.flatten(1).var(1, unbiased=False)
-        return torch.log(var + 1e-6) - math.log(_REF_VAR)
+        return (torch.log(var + 1e-6) - math.log(_REF_VAR)).to(dtype)
 
 
 @register_detector(

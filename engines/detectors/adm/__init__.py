@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ...errors import WeightsError
-from ...registry import register_detector
+from ...registry import check_finite, register_detector
 from .backbones import EfficientNetBackbone, ResNetBackbone
 from .boxes import map_boxes_to_frame
 from .checkpoint import load_checkpoint_into, read_checkpoint
@@ -66,6 +66,9 @@ def build_adm(variant: str, weights: str | Path | None = None, random_init: bool
     if weights is not None:
         sd = read_checkpoint(weights)
         model.dropped_keys = load_checkpoint_into(model, sd, source=str(weights))
+        # As load_weights does for every other detector: NaN weights make every score NaN,
+        # refused only later as a parity failure that does not name the file.
+        check_finite(model, weights)
         model.weights_hash = sd.sha256[:16]  # of the bytes loaded
     return model.eval()
 
