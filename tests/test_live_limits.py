@@ -139,6 +139,7 @@ def test_watch_into_a_pipe_prints_the_whole_table(monkeypatch):
     class Service:  # LiveService's face, without streams or models
         def __init__(self, cfg):
             self.sinks = SimpleNamespace(sinks=[])
+            self.verdict_settings = SimpleNamespace(real_below=0.4, fake_above=0.6)
 
         start = stop = lambda self: None
         describe = lambda self: [_long_row()]  # noqa: E731
