@@ -30,7 +30,8 @@ log = logging.getLogger("dfscan")
 CSV_COLUMNS = [
     "path", "verdict", "score", "threshold", "frames", "frames_with_faces", "faces",
     "frames_requested", "frames_missed", "nonfinite_scores", "orientation_deg",
-    "detector", "weights_hash", "engine", "precision", "sampling", "aggregation", "size_bytes", "sha256",
+    "detector", "weights_hash", "engine", "precision", "sampling", "aggregation", "face_search",
+    "size_bytes", "sha256",
     "error_kind", "error",
     "decode_s", "detect_s", "align_s", "infer_s", "total_s",
 ]
@@ -106,7 +107,8 @@ class JsonlSink(Sink):
 
 
 def sampling_label(row: dict, key: str = "sampling") -> str | None:
-    """``row[key]`` (``sampling``, ``aggregation``) as ``k=v,...``: the text --resume compares."""
+    """``row[key]`` (``sampling``, ``aggregation``, ``face_search``) as ``k=v,...``: the text
+    --resume compares."""
     s = row.get(key)
     if not isinstance(s, dict):
         return s
@@ -118,7 +120,7 @@ def flat_row(row: dict) -> dict:
     err = row.get("error") or {}
     out = {k: row.get(k) for k in CSV_COLUMNS}
     out.update(error_kind=err.get("kind"), error=err.get("message"), sampling=sampling_label(row),
-               aggregation=sampling_label(row, "aggregation"),
+               aggregation=sampling_label(row, "aggregation"), face_search=sampling_label(row, "face_search"),
                decode_s=t.get("decode"), detect_s=t.get("detect"), align_s=t.get("align"),
                infer_s=t.get("infer"), total_s=t.get("total"))
     # Newlines stay (a file name may hold one): the csv module quotes such a field, and

@@ -8,7 +8,7 @@ Rules (also in the README):
   ``/data/clips/a.mp4`` are the same input.
 * ``retry_errors``: rows whose verdict is ``error`` are removed (atomically) and
   their inputs scanned again, so each input still has exactly one row.
-* A file written with another detector, weights hash, sampling or aggregation is refused
+* A file written with another detector, weights hash, sampling, aggregation or face search is refused
   (its scores would not be comparable); rows from older versions without one
   of these fields are not checked on that field.
 """
@@ -30,7 +30,7 @@ log = logging.getLogger("dfscan")
 
 # Row fields that must match for rows of two runs to share one file (their scores comparable).
 # precision: a bf16 scan's scores move by ~1e-2 from an fp32 scan's, more than any engine's.
-COMPAT_FIELDS = ("detector", "weights_hash", "sampling", "aggregation", "precision")
+COMPAT_FIELDS = ("detector", "weights_hash", "sampling", "aggregation", "face_search", "precision")
 
 
 def input_key(path: str | Path) -> str:
@@ -117,7 +117,7 @@ def read_rows(path: Path) -> Iterator[dict]:
 def _norm(field: str, value) -> str | None:
     if value in (None, ""):
         return None
-    if isinstance(value, dict):  # sampling, aggregation
+    if isinstance(value, dict):  # sampling, aggregation, face_search
         return ",".join(f"{k}={v}" for k, v in sorted(value.items()))
     return str(value)
 

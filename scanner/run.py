@@ -81,6 +81,15 @@ def sampling_of(cfg) -> dict:
     return {"fps": cfg.fps} if cfg.fps else {"frames": cfg.frames}
 
 
+def face_search_of(cfg) -> dict:
+    """How faces were found: rows of two scans are comparable only if this matches too (a
+    resumed scan with another det_max_side or min_face mixed other faces' scores in one file).
+    MTCNN's engine is left out, as the detector's is: parity holds its scores to ~1e-6."""
+    out = {"det_max_side": cfg.det_max_side, "min_face": cfg.min_face, "face_prob": cfg.face_prob,
+           "max_faces": cfg.max_faces, "antialias": cfg.antialias, "region_search": cfg.region_search}
+    return {**out, "full_search_every": cfg.full_search_every} if cfg.region_search else out
+
+
 def aggregation_of(cfg) -> dict:
     """How a video's score is made of its faces' scores: rows of two scans are comparable
     only if this matches too (a resumed scan mixed means and maxima in one file)."""
@@ -155,7 +164,7 @@ def _to_scan(paths: list[Path], cfg, console: Console) -> tuple[list[Path], Resu
     if not (cfg.resume or cfg.retry_errors) or not outs or Path(outs[0]).suffix.lower() not in PRIMARY_SUFFIXES:
         return paths, None, Counter()
     expected = {"detector": cfg.detector, "sampling": sampling_of(cfg), "aggregation": aggregation_of(cfg),
-                "precision": cfg.precision}
+                "face_search": face_search_of(cfg), "precision": cfg.precision}
     state = prepare_outputs(outs, expected, cfg.retry_errors)
     todo = state.todo(paths)
     kept = state.kept_verdicts(paths, todo)
@@ -376,7 +385,7 @@ def _scan_all(paths, ctx, cfg, sinks, tally: Tally, console: Console, show_progr
     cols = [TextColumn("[bold]scanning"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[vps]:.2f} videos/s"), TimeElapsedColumn(), TextColumn("ETA"),
             TimeRemainingColumn(), TextColumn("{task.fields[current]}")]
-    sampling, aggregation = sampling_of(cfg), aggregation_of(cfg)
+    sampling, aggregation, face_search = sampling_of(cfg), aggregation_of(cfg), face_search_of(cfg)
     with Progress(*cols, console=console, transient=True, disable=not show_progress) as prog:
         task = prog.add_task("scan", total=len(paths), vps=0.0, current="")
         t0 = time.perf_counter()
@@ -386,6 +395,7 @@ def _scan_all(paths, ctx, cfg, sinks, tally: Tally, console: Console, show_progr
         for row in scan_rows(source, ctx):
             row.setdefault("sampling", sampling)
             row.setdefault("aggregation", aggregation)
+            row.setdefault("face_search", face_search)
             sinks.write(row)  # OutputError (primary failed) ends the scan here
             tally.add(row)
             prog.update(task, advance=1, vps=tally.videos / max(time.perf_counter() - t0, 1e-9))
@@ -410,4 +420,4 @@ def _print_line(console: Console, row: dict, ctx) -> StdoutClosed | None:
     return None
 
 
-__all__ = ["run_scan", "OPTION_KEYS", "OutputError", "Tally", "sampling_of", "aggregation_of"]
+__all__ = ["run_scan", "OPTION_KEYS", "OutputError", "Tally", "sampling_of", "aggregation_of", "face_search_of"]

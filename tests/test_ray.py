@@ -161,6 +161,7 @@ def test_cli_scan_on_ray_writes_sinks_once_and_resumes(cluster, local_rows, tmp_
     for r in rows:
         assert r.pop("sampling") == {"frames": 32}  # added by dfscan scan to every row
         assert r.pop("aggregation") == {"aggregate": "frames", "frame_agg": "max", "video_agg": "mean"}  # as well
+        assert r.pop("face_search")["det_max_side"] == 960  # and how faces were found
         want = local_rows[r["path"]]
         assert _comparable(r) == want, [k for k in want if want[k] != r.get(k)]
     assert "--resume: 2 input(s) already in" in capsys.readouterr().out

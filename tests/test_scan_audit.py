@@ -57,3 +57,20 @@ def test_dotdot_through_a_symlinked_folder_scans_the_named_file(tmp_path, monkey
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["path"] for r in rows] == [str(real / "a.mp4")]
     assert rows[0]["sha256"] == hashlib.sha256((DATA / "d1.mp4").read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_resume_refuses_another_face_search(tmp_path, capsys, suffix):
+    """Rows did not record how faces were found: --resume with another --min-face or
+    --det-max-side appended scores of other faces (other crops, other faces kept) into one file."""
+    out = tmp_path / f"r{suffix}"
+    assert main(["scan", str(DATA / "d1.mp4"), *COMMON, "--out", str(out)]) == EXIT_OK
+    before = out.read_bytes()
+    capsys.readouterr()
+    rc = main(["scan", str(DATA / "d1.mp4"), str(DATA / "d2.mp4"), *COMMON, "--min-face", "40",
+               "--out", str(out), "--resume"])
+    assert rc == EXIT_USAGE
+    assert "face_search" in capsys.readouterr().err
+    assert out.read_bytes() == before
+    # the same settings resume as before
+    assert main(["scan", str(DATA / "d1.mp4"), str(DATA / "d2.mp4"), *COMMON, "--out", str(out), "--resume"]) == 0
