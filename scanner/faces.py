@@ -102,7 +102,10 @@ class FaceDetector:
         self.max_side, self.min_face = max_side, min_face
         self._floored: set[float] = set()  # scales at which min_face fell below P-Net's 12 px
         self.min_prob, self.max_faces = min_prob, max_faces
-        self.thresholds = tuple(thresholds)
+        # O-Net's cut comes before _select's `probs >= min_prob`: left at 0.9, a face_prob
+        # below it found nothing more (face_prob 0.5 kept exactly the faces 0.9 kept).
+        *first, onet = tuple(thresholds)
+        self.thresholds = (*first, min(onet, min_prob))
         self.mtcnn = _load_nets(device)  # facenet-pytorch's P/R/O-Nets and weights
         mtcnn_cascade.prepare_nets(self.mtcnn)
         from .mtcnn_engine import use_face_engine

@@ -60,7 +60,9 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="YAML config (see configs/serve.yaml)")
     p.add_argument("--host", default=None, help="override api.host (non-loopback needs a token)")
     p.add_argument("--port", type=int, default=None, help="override api.port")
-    p.add_argument("--log-level", default="INFO")
+    # An unknown level ("verbose", "trace") silently ran at INFO.
+    p.add_argument("--log-level", default="INFO", type=str.upper,
+                   choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
     p.set_defaults(func=serve_main)
     return p
 

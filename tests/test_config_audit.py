@@ -1,0 +1,39 @@
+"""Settings that were taken and then silently not applied (config audit)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from scanner import faces as faces_mod
+from scanner.cli import build_parser
+
+
+def _fake_cascade(probs):
+    """A stand-in for MTCNN's cascade: one 100-px face per probability, kept as O-Net keeps
+    them (``score > thresholds[2]``)."""
+    def detect(mtcnn, images, minsize, thresholds, **kw):
+        kept = [p for p in probs if p > thresholds[2]]
+        boxes = np.array([[10, 10, 110, 110, p] for p in kept], np.float32).reshape(-1, 5)
+        return [(boxes, np.zeros((len(kept), 5, 2), np.float32))] * len(images)
+    return detect
+
+
+@pytest.mark.parametrize("face_prob, kept", [(0.5, [0.97, 0.6]), (0.9, [0.97]), (0.95, [0.97])])
+def test_face_prob_below_onet_threshold_keeps_those_faces(monkeypatch, face_prob, kept):
+    # face_prob 0.5 kept exactly the faces of 0.9: O-Net's fixed 0.9 cut ran first.
+    det = faces_mod.FaceDetector(min_prob=face_prob)
+    monkeypatch.setattr(faces_mod.mtcnn_cascade, "detect", _fake_cascade([0.97, 0.6]))
+    found = det._detect_batch(np.zeros((1, 200, 200, 3), np.uint8), 1.0)[0]
+    assert sorted(map(float, found.probs), reverse=True) == pytest.approx(kept)
+
+
+def test_face_prob_default_keeps_the_dfdc_thresholds():
+    assert faces_mod.FaceDetector().thresholds == (0.7, 0.8, 0.9)
+
+
+def test_serve_refuses_an_unknown_log_level(capsys):
+    parser = build_parser("serve")
+    with pytest.raises(SystemExit) as e:
+        parser.parse_args(["serve", "--config", "x.yaml", "--log-level", "verbose"])
+    assert e.value.code == 2 and "--log-level" in capsys.readouterr().err
+    assert parser.parse_args(["serve", "--config", "x.yaml", "--log-level", "debug"]).log_level == "DEBUG"
