@@ -122,6 +122,18 @@ class ScanConfig(NoBoolNumbers):
                 raise ValueError(f"out {out!r} must end in .jsonl, .csv or .html")
         return self
 
+    def unused(self) -> list[str]:
+        """Settings given that this scan does not apply, each said in a warning (a config file
+        shared by local and Ray runs holds both kinds, so they are not errors)."""
+        out = []
+        if self.ray and self.workers is not None and self.workers > 1:
+            out.append(f"workers {self.workers} is not used with ray: each actor scans one video at a "
+                       "time (more actors: ray_actors)")
+        ray_set = self.ray_actors is not None or self.ray_cpus_per_actor != 1.0 or self.ray_gpus_per_actor
+        if not self.ray and ray_set:
+            out.append("ray_actors / ray_cpus_per_actor / ray_gpus_per_actor are not used without ray")
+        return out
+
     @property
     def outputs(self) -> list[str]:
         """``out`` as a list (empty when unset)."""

@@ -8,6 +8,7 @@ acts at once. Exit codes are listed in :mod:`scanner.cli`.
 """
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -36,6 +37,8 @@ from .resume import ResumedOutputs, prepare_outputs
 from .sources import bundled_samples, expand_inputs
 from .terminal import terminal_safe
 from .warmstart import close_all, prestart
+
+log = logging.getLogger("dfscan")
 
 OPTION_KEYS = ("frames", "fps", "detector", "weights", "device", "engine", "precision", "batch_size",
                "threshold", "max_faces", "min_face", "det_max_side", "frame_agg", "video_agg", "aggregate", "workers", "out",
@@ -278,6 +281,8 @@ def _run(args, stop: GracefulStop, locks: OutputLocks) -> int:
     interactive = sys.stdout.isatty()
     console = _Console(highlight=False, soft_wrap=not interactive)
     paths = _inputs(args, console)
+    for what in cfg.unused():
+        log.warning("%s", what)
     if not cfg.ray:
         check_device(cfg.device)
     server = None

@@ -37,3 +37,22 @@ def test_serve_refuses_an_unknown_log_level(capsys):
         parser.parse_args(["serve", "--config", "x.yaml", "--log-level", "verbose"])
     assert e.value.code == 2 and "--log-level" in capsys.readouterr().err
     assert parser.parse_args(["serve", "--config", "x.yaml", "--log-level", "debug"]).log_level == "DEBUG"
+
+
+def test_settings_a_scan_does_not_apply_are_said(tmp_path, caplog):
+    """--ray dropped --workers to 1 per actor without a word, and ray_* settings without --ray
+    were ignored silently."""
+    import logging
+
+    from scanner.config import build_config
+
+    assert build_config(None, {}).unused() == []
+    assert "workers 4 is not used with ray" in build_config(None, {"ray": "local", "workers": 4}).unused()[0]
+    assert "not used without ray" in build_config(None, {"ray_actors": 3}).unused()[0]
+    from scanner.cli import main
+    from conftest import DATA
+
+    with caplog.at_level(logging.WARNING, logger="dfscan"):
+        assert main(["scan", str(DATA / "d1.mp4"), "--detector", "test_tiny", "--frames", "2", "--no-progress",
+                     "--ray-actors", "2", "--out", str(tmp_path / "r.jsonl")]) == 0
+    assert "not used without ray" in caplog.text
