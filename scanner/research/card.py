@@ -60,6 +60,7 @@ def write_card(run: Path, name: str, command: str, results: list[Path], fp16: bo
     from safetensors.torch import load_file
 
     train_card = json.loads((run / "card.json").read_text())
+    _same_weights(run, train_card)
     data, license_ = _training_data(train_card)
     evaluation = {p.name: _summary(json.loads(p.read_text())) for p in results}
     dst = WEIGHTS / f"{name}.safetensors"
@@ -75,6 +76,17 @@ def write_card(run: Path, name: str, command: str, results: list[Path], fp16: bo
     write_json(card, WEIGHTS / f"{name}.card.json")
     write_text(WEIGHTS / f"{name}.card.md", _markdown(card))
     return card
+
+
+def _same_weights(run: Path, train_card: dict) -> None:
+    """Refuse weights other than those the card's best epoch exported: a run killed between
+    writing ``best.safetensors`` and its record left newer weights under older metrics (cards
+    from before ``best_sha256`` was recorded are not checked)."""
+    want = train_card.get("best_sha256")
+    if want and file_hash(run / "best.safetensors", None) != want:
+        raise ValueError(f"{run}/best.safetensors is not the weights card.json describes (best epoch "
+                         f"{train_card.get('best_epoch')}): the run was stopped between the two writes; "
+                         "run its dfscan train command again (it redoes that epoch), else train into a new --out")
 
 
 def check_run(run: Path, name: str) -> dict:

@@ -100,7 +100,7 @@ def _train(args) -> int:
                       batch_size=args.batch_size, lr=args.lr, freeze=args.freeze, seed=args.seed,
                       threads=args.threads, max_minutes=args.max_minutes, init=args.init, p_mfs=args.p_mfs,
                       p_global=args.p_global, recon=args.recon, p_recon=args.p_recon,
-                      p_edge=args.p_edge, p_low_res=args.p_low_res,
+                      p_edge=args.p_edge, p_low_res=args.p_low_res, split=args.split,
                       device=args.device, val_size=args.val_size, workers=args.workers)
     cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             TextColumn("{task.fields[info]}"))
@@ -162,6 +162,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                    help="share of training crops (real and fake alike) degraded as a small face of a compressed "
                         "video: shrunk, compressed at that size, magnified back")
     p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--split", choices=("persons", "groups"), default="persons",
+                   help="persons (default): groups sharing footage (a file, a byte-identical crop) count as "
+                        "one person; groups: the cache's groups as they are (the shipped weights' split)")
     p.add_argument("--threads", type=int_in(1), default=2)
     p.add_argument("--max-minutes", type=positive, help="stop after the epoch that crosses this budget")
     p.add_argument("--device", default="cpu", help="training device (and face detection when building the cache)")

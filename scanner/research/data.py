@@ -303,6 +303,32 @@ class FaceCache:
         return self.recorded_sha256 or hash_faces(self.crops, self.landmarks)
 
 
+def person_groups(cache: FaceCache) -> np.ndarray:
+    """``cache.groups`` with groups that hold the same footage merged into one (named by the
+    first in sorted order): one file under two group names (caches built with other
+    ``--identity`` modes, or spelled ``a/x.mp4`` and ``./a/x.mp4``) or byte-identical crops
+    (a copy under another name). Split apart, one person's faces were in training and in
+    validation. Groups sharing nothing keep their names, so their split is unchanged."""
+    parent: dict[str, str] = {g: g for g in set(cache.groups.tolist())}
+
+    def root(g: str) -> str:
+        while parent[g] != g:
+            parent[g] = g = parent[parent[g]]
+        return g
+
+    first: dict[object, str] = {}
+    for i, (g, src) in enumerate(zip(cache.groups.tolist(), cache.sources.tolist())):
+        crop = np.ascontiguousarray(cache.crops[i])
+        keys = [("source", os.path.realpath(src))]
+        if crop.min() != crop.max():  # a uniform crop (a blank frame) shows no one
+            keys.append(("crop", hashlib.blake2b(crop.tobytes(), digest_size=16).digest()))
+        for key in keys:
+            a, b = root(first.setdefault(key, g)), root(g)
+            if a != b:  # the smaller name leads, whatever order the rows come in
+                parent[max(a, b)] = min(a, b)
+    return np.array([root(g) for g in cache.groups.tolist()])
+
+
 def split_groups(groups: np.ndarray, val_share: float = 0.15, seed: int = 0) -> np.ndarray:
     """Boolean ``(N,)`` mask of validation rows: whole identities, ~``val_share`` of them per
     source family (so each family, e.g. MEAD or GRID, has held-out people when it has >= 2)."""

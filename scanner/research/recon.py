@@ -28,7 +28,7 @@ from torch import nn
 from engines.files import write_json, write_safetensors
 
 from ..argtypes import SEED, int_in
-from .data import FaceCache, split_groups
+from .data import FaceCache, person_groups, split_groups
 
 
 class FaceAE(nn.Module):
@@ -75,7 +75,7 @@ def train_ae(cache_dirs, out: str | Path, steps: int = 2000, batch: int = 16, si
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     cache = FaceCache.load(cache_dirs)
-    pool = np.flatnonzero(~split_groups(cache.groups, val_share, seed))
+    pool = np.flatnonzero(~split_groups(person_groups(cache), val_share, seed))  # as dfscan train splits
     model, rng = FaceAE(), np.random.default_rng(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.05)

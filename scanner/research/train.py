@@ -34,8 +34,9 @@ from engines.detectors.effnet_lite import backbone_of, load_imagenet
 from engines.errors import DfscanError
 from engines.files import replacing, write_json, write_safetensors, write_text
 
-from .data import FaceCache, split_groups
+from .data import FaceCache, person_groups, split_groups
 from .samples import FaceSamples
+from .train_checks import _check_finite, _same_recipe, _say_other_settings
 
 log = logging.getLogger("dfscan")
 
@@ -59,6 +60,10 @@ class TrainConfig:
     p_edge: float = 0.0  # share of training crops cut by a simulated frame edge (samples.frame_edge)
     p_low_res: float = 0.0  # share of training crops degraded as small faces of a compressed video
     seed: int = 0
+    # persons: groups that share footage (a file, a byte-identical crop) merged before the split;
+    # groups: the cache's group names as they are (the split of the weights shipped until
+    # 2026-12-03, which put 2 copies of training faces among 532 validation faces)
+    split: str = "persons"
     threads: int = 2
     workers: int = 0  # DataLoader processes making fakes (samples stay deterministic per index)
     device: str = "cpu"  # training device (cuda on the GPU recipe); faces are cached on the CPU
@@ -204,17 +209,23 @@ def recipe_of(cfg: TrainConfig, run: "_Run") -> dict:
     return rec
 
 
-def _save_last(out: Path, model, opt, epoch: int, history: list, best: float, recipe: dict) -> None:
+def _save_last(out: Path, model, opt, epoch: int, history: list, best: float, recipe: dict,
+               best_sha256: str | None = None) -> None:
     # "epoch": the 0-based index of the epoch just finished, as last.pt always stored it
     with replacing(out / "last.pt") as tmp:  # a run killed mid-save resumes from the previous epoch
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch,
-                    "history": json.dumps(history), "best": best, "recipe": json.dumps(recipe)}, tmp)
+                    "history": json.dumps(history), "best": best, "recipe": json.dumps(recipe),
+                    "best_sha256": best_sha256 or ""}, tmp)
 
 
-def _export(out: Path, model) -> None:
-    """``best.safetensors``, replaced whole: a run killed mid-write keeps the previous best."""
+def _export(out: Path, model) -> str:
+    """``best.safetensors``, replaced whole: a run killed mid-write keeps the previous best.
+    Returns the file's SHA-256, which last.pt and card.json record: a kill between this write
+    and last.pt's leaves weights no record describes, and ``card`` must not ship them."""
+    from engines.registry import file_hash
+
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
-    write_safetensors(sd, out / "best.safetensors")
+    return file_hash(write_safetensors(sd, out / "best.safetensors"), None)
 
 
 @dataclass
@@ -239,7 +250,8 @@ def _prepare(cfg: TrainConfig, cache_dir) -> _Run:
     torch.manual_seed(cfg.seed)
     cache = FaceCache.load(cache_dir)
     recon = _reconstructions(cfg, cache)
-    is_val = split_groups(cache.groups, cfg.val_share, cfg.seed)
+    groups = person_groups(cache) if cfg.split == "persons" else cache.groups
+    is_val = split_groups(groups, cfg.val_share, cfg.seed)
     tr_pool, va_pool = np.flatnonzero(~is_val), np.flatnonzero(is_val)
     if len(va_pool) == 0 or len(tr_pool) == 0:
         raise DfscanError("the cache needs at least two identities per source family for a split")
@@ -271,11 +283,12 @@ def _reconstructions(cfg: TrainConfig, cache: FaceCache) -> np.ndarray | None:
     return reconstruct(cache.crops, model)
 
 
-def _resume(out: Path, run: _Run, cfg: TrainConfig, recipe: dict) -> tuple[int, list, float]:
-    """First epoch to run, history so far and best validation AUC (from ``last.pt`` if any);
+def _resume(out: Path, run: _Run, cfg: TrainConfig, recipe: dict) -> tuple[int, list, float, str | None]:
+    """First epoch to run, history so far, best validation AUC and the SHA-256 of the weights
+    exported for it (from ``last.pt`` if any; None where it predates the record);
     ``recipe``: this run's (:func:`recipe_of`), which a checkpoint's must equal."""
     if not (out / "last.pt").is_file():
-        return 0, [], -1.0
+        return 0, [], -1.0, None
     try:
         ck = torch.load(out / "last.pt", map_location=cfg.device, weights_only=True)
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as e:  # damaged, or not plain tensors
@@ -299,29 +312,8 @@ def _resume(out: Path, run: _Run, cfg: TrainConfig, recipe: dict) -> tuple[int, 
         run.sched.step()
     # Records number epochs from 1, as the progress bar; older checkpoints' from 0: the n-th
     # record is epoch n either way (one per finished epoch, in order).
-    return start, [{**r, "epoch": i} for i, r in enumerate(json.loads(ck["history"]), 1)], ck["best"]
-
-
-def _same_recipe(out: Path, old: dict, new: dict) -> None:
-    """Refuse to resume a run with another recipe: its weights would come from two recipes
-    while its card names only the last one."""
-    # A key a checkpoint lacks was added to the recipe later: not a difference.
-    diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(old) if old[k] != new.get(k)]
-    if diff:
-        raise DfscanError(f"{out}/last.pt was trained with another recipe ({'; '.join(diff)}): "
-                          "resume with the same options and face caches, or train into a new --out folder")
-
-
-def _say_other_settings(history: list, cfg: TrainConfig) -> None:
-    """A resume may change threads or device (see :data:`_RESUMABLE_CHANGES`), but the weights
-    are then no longer bit-for-bit those of either setting alone, while the card named only
-    the last: each epoch's record keeps its own, and the change is logged."""
-    last = history[-1] if history else {}
-    changed = [f"{k} {last[k]} -> {getattr(cfg, k)}" for k in ("threads", "device")
-               if last.get(k) is not None and last[k] != getattr(cfg, k)]
-    if changed:
-        log.warning("resuming with %s: the weights will not rebuild bit for bit with one setting "
-                    "(each epoch's record in card.json names its own)", ", ".join(changed))
+    history = [{**r, "epoch": i} for i, r in enumerate(json.loads(ck["history"]), 1)]
+    return start, history, ck["best"], ck.get("best_sha256") or None
 
 
 def _train_epoch(run: _Run, cfg: TrainConfig, epoch: int, progress=None):
@@ -351,15 +343,6 @@ def _train_epoch(run: _Run, cfg: TrainConfig, epoch: int, progress=None):
     return float(np.mean(losses)), (it if progress else None)
 
 
-def _check_finite(loss: float, epoch: int, step: int) -> None:
-    """Stop at a NaN or infinite loss: one more step makes every weight NaN, and the epoch
-    ended in a scikit-learn traceback at validation (``last.pt`` keeps the previous epoch).
-    ``epoch`` and ``step`` count from 1, as the progress bar and card.json do."""
-    if not math.isfinite(loss):
-        raise DfscanError(f"train: the loss is {loss} at epoch {epoch}, step {step} (diverged): "
-                          "lower --lr; the run folder keeps the last finished epoch")
-
-
 def train(cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, progress=None) -> dict:
     """Run (or resume) training; returns the summary written to ``out_dir/card.json``.
 
@@ -369,9 +352,10 @@ def train(cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, progress
     run = _prepare(cfg, cache_dir)
     out.mkdir(parents=True, exist_ok=True)  # after the checks of _prepare: a refused run leaves none
     recipe = recipe_of(cfg, run)
-    start, history, best = _resume(out, run, cfg, recipe)
+    start, history, best, best_sha = _resume(out, run, cfg, recipe)
     _say_other_settings(history, cfg)
     t_start = time.time()
+    card = None
     for epoch in range(start, cfg.epochs):
         t0 = time.time()
         loss, bar = _train_epoch(run, cfg, epoch, progress)
@@ -381,14 +365,22 @@ def train(cfg: TrainConfig, cache_dir: str | Path, out_dir: str | Path, progress
         history.append(rec)
         if rec["auc"] > best:
             best = rec["auc"]
-            _export(out, run.model)
-        _save_last(out, run.model, run.opt, epoch, history, best, recipe)
+            best_sha = _export(out, run.model)
+        _save_last(out, run.model, run.opt, epoch, history, best, recipe, best_sha)
         write_text(out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+        # Every epoch, not only at the end: a run killed after an earlier invocation's card
+        # (a --max-minutes stop) left that card, its best epoch and AUC, beside newer weights.
+        card = _write_card(out, cfg, cache_dir, run, history, best, recipe, best_sha)
         if bar is not None:
             bar.epoch_done(rec)
         if cfg.max_minutes and (time.time() - t_start) / 60 > cfg.max_minutes:
             break
-    card = _card(cfg, cache_dir, run, history, best, recipe)
+    return card or _write_card(out, cfg, cache_dir, run, history, best, recipe, best_sha)
+
+
+def _write_card(out: Path, cfg: TrainConfig, cache_dir, run: "_Run", history: list, best: float,
+                recipe: dict, best_sha: str | None) -> dict:
+    card = {**_card(cfg, cache_dir, run, history, best, recipe), "best_sha256": best_sha}
     write_json(card, out / "card.json")
     return card
 

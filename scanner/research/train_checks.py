@@ -1,0 +1,47 @@
+"""Checks of a ``dfscan train`` run that refuse or report, kept apart from the training loop."""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from engines.errors import DfscanError
+
+if TYPE_CHECKING:
+    from .train import TrainConfig
+
+log = logging.getLogger("dfscan")
+
+
+def _same_recipe(out: Path, old: dict, new: dict) -> None:
+    """Refuse to resume a run with another recipe: its weights would come from two recipes
+    while its card names only the last one."""
+    # A key a checkpoint lacks was added to the recipe later: not a difference, but for the
+    # split, whose earlier rule was "groups" (a resume would switch people between the sides).
+    old = {"split": "groups", **old}
+    diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(old) if old[k] != new.get(k)]
+    if diff:
+        raise DfscanError(f"{out}/last.pt was trained with another recipe ({'; '.join(diff)}): "
+                          "resume with the same options and face caches, or train into a new --out folder")
+
+
+def _say_other_settings(history: list, cfg: "TrainConfig") -> None:
+    """A resume may change threads or device (see :data:`.train._RESUMABLE_CHANGES`), but the weights
+    are then no longer bit-for-bit those of either setting alone, while the card named only
+    the last: each epoch's record keeps its own, and the change is logged."""
+    last = history[-1] if history else {}
+    changed = [f"{k} {last[k]} -> {getattr(cfg, k)}" for k in ("threads", "device")
+               if last.get(k) is not None and last[k] != getattr(cfg, k)]
+    if changed:
+        log.warning("resuming with %s: the weights will not rebuild bit for bit with one setting "
+                    "(each epoch's record in card.json names its own)", ", ".join(changed))
+
+
+def _check_finite(loss: float, epoch: int, step: int) -> None:
+    """Stop at a NaN or infinite loss: one more step makes every weight NaN, and the epoch
+    ended in a scikit-learn traceback at validation (``last.pt`` keeps the previous epoch).
+    ``epoch`` and ``step`` count from 1, as the progress bar and card.json do."""
+    if not math.isfinite(loss):
+        raise DfscanError(f"train: the loss is {loss} at epoch {epoch}, step {step} (diverged): "
+                          "lower --lr; the run folder keeps the last finished epoch")
