@@ -56,3 +56,26 @@ def test_settings_a_scan_does_not_apply_are_said(tmp_path, caplog):
         assert main(["scan", str(DATA / "d1.mp4"), "--detector", "test_tiny", "--frames", "2", "--no-progress",
                      "--ray-actors", "2", "--out", str(tmp_path / "r.jsonl")]) == 0
     assert "not used without ray" in caplog.text
+
+
+def test_eval_searches_images_with_the_scans_face_settings(tmp_path, monkeypatch):
+    """eval scored images at det_max_side 960 and face_prob 0.9 whatever the flags said (the
+    videos beside them followed the flags)."""
+    import scanner.research.features as features
+    from conftest import DATA
+    from scanner.research.commands import main as research
+
+    seen = []
+
+    class Source(features.CropSource):
+        def __init__(self, cfg):
+            seen.append(cfg)
+            super().__init__(cfg)
+
+    monkeypatch.setattr(features, "CropSource", Source)
+    labels = tmp_path / "m.csv"
+    labels.write_text(f"path,label\n{DATA / 'multiface.jpg'},real\n{DATA / 'd1.mp4'},fake\n")
+    assert research(["eval", str(labels), "--detector", "test_tiny", "--frames", "2", "--engine", "eager",
+                     "--det-max-side", "480", "--quiet", "--out", str(tmp_path / "e.json")]) == 0
+    assert seen and seen[0].max_side == 480 and seen[0].face_prob == 0.9
+    assert Source(features.CropConfig(face_prob=0.5)).detector().min_prob == 0.5

@@ -230,7 +230,10 @@ def scan_scores(items: list[Item], args) -> tuple[dict[int, float], str, dict, d
     scores, verdicts = _scan_videos(items, ctx, args)
     images = [i for i, it in enumerate(items) if it.is_image]
     if images:
-        src = CropSource(CropConfig(frames=cfg.frames, min_face=cfg.min_face, device=cfg.device))
+        # The scan's face search: images were searched at det_max_side 960 and face_prob 0.9
+        # whatever the flags said, unlike the videos beside them.
+        src = CropSource(CropConfig(frames=cfg.frames, min_face=cfg.min_face, device=cfg.device,
+                                    max_side=cfg.det_max_side, face_prob=cfg.face_prob))
         got = score_items([items[i] for i in images], ctx.detector, src, _progress(args), image_engine)
         scores.update({images[k]: v for k, v in got.items()})
     settings = scan_settings(cfg, ctx, getattr(args, "perturb", None))

@@ -46,6 +46,7 @@ class CropConfig:
     min_face: int = 40
     max_side: int = 960
     device: str = "cpu"
+    face_prob: float = 0.9  # MTCNN probability a face needs (scan's face_prob)
 
 
 def read_rgb(path: Path) -> np.ndarray:
@@ -80,7 +81,7 @@ class CropSource:
 
             c = self.cfg
             self._detector = FaceDetector(device=c.device, max_side=c.max_side, min_face=c.min_face,
-                                          max_faces=c.max_faces)
+                                          max_faces=c.max_faces, min_prob=c.face_prob)
         return self._detector
 
     def crops(self, item: Item, spec: InputSpec) -> tuple[np.ndarray, torch.Tensor]:
