@@ -412,7 +412,7 @@ def test_reconstruction_fakes(cache_dir, tmp_path):
     from scanner.research.samples import KIND_RECON, make_fake
 
     ae = tmp_path / "ae.safetensors"
-    summary = train_ae(cache_dir, ae, steps=60, batch=4, side=32, threads=1)
+    summary = train_ae(cache_dir, ae, steps=60, batch=4, side=32, threads=1, seed=5)  # the run's split
     assert ae.is_file() and json.loads(Path(str(ae) + ".json").read_text())["steps"] == 60
     assert summary["final_l1"] < 0.2  # it learned something: the start is ~0.5
     cache = FaceCache.load(cache_dir)
@@ -441,6 +441,9 @@ def test_reconstruction_fakes(cache_dir, tmp_path):
     with pytest.raises(DfscanError, match="--recon"):
         train(TrainConfig(arch="test_effnet_lite", size=64, epochs=1, steps=1, p_recon=0.5), cache_dir,
               tmp_path / "run")
+    with pytest.raises(DfscanError, match="another split"):  # its pool held seed 0's validation people
+        train(TrainConfig(arch="test_effnet_lite", size=64, epochs=1, steps=1, seed=0, recon=str(ae),
+                          p_recon=0.5), cache_dir, tmp_path / "run0")
     card = train(TrainConfig(arch="test_effnet_lite", size=64, epochs=1, steps=2, batch_size=8, val_size=16,
                              freeze=1, threads=1, seed=5, recon=str(ae), p_recon=0.5), cache_dir, tmp_path / "run")
     assert "auc_recon" in card["history"][0] and card["recipe"]["p_recon"] == 0.5

@@ -94,7 +94,7 @@ def train_ae(cache_dirs, out: str | Path, steps: int = 2000, batch: int = 16, si
     out.parent.mkdir(parents=True, exist_ok=True)
     write_safetensors({k: v.contiguous() for k, v in model.state_dict().items()}, out)
     summary = {"what": "FaceAE (scanner.research.recon)", "steps": steps, "batch": batch, "side": side,
-               "lr": lr, "seed": seed, "val_share": val_share, "threads": threads,
+               "lr": lr, "seed": seed, "val_share": val_share, "split": "persons", "threads": threads,
                "cache": [str(c) for c in ([cache_dirs] if isinstance(cache_dirs, (str, Path)) else cache_dirs)],
                "train_faces": int(len(pool)), "final_l1": float(np.mean(losses[-max(1, steps // 10):])),  # last 10 %
                

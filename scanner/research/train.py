@@ -277,7 +277,9 @@ def _reconstructions(cfg: TrainConfig, cache: FaceCache) -> np.ndarray | None:
             raise DfscanError("--p-recon needs --recon AE.safetensors (python -m scanner.research.recon)")
         return None
     from .recon import load_ae, reconstruct
+    from .train_checks import same_split_as_ae
 
+    same_split_as_ae(cfg)
     with torch.random.fork_rng():  # building the autoencoder must not move the recipe's random stream
         model = load_ae(cfg.recon)
     return reconstruct(cache.crops, model)

@@ -45,3 +45,24 @@ def _check_finite(loss: float, epoch: int, step: int) -> None:
     if not math.isfinite(loss):
         raise DfscanError(f"train: the loss is {loss} at epoch {epoch}, step {step} (diverged): "
                           "lower --lr; the run folder keeps the last finished epoch")
+
+
+def same_split_as_ae(cfg: "TrainConfig") -> None:
+    """Refuse a ``--recon`` autoencoder trained on another split than this run's: its training
+    pool held this run's validation people, whose reconstructions then flattered validation.
+    Its ``AE.safetensors.json`` says how it split (one written before ``split`` was recorded
+    split by the cache's groups); without that file nothing can be checked, and it is said."""
+    import json
+
+    summary = Path(str(cfg.recon) + ".json")
+    if not summary.is_file():
+        log.warning("--recon %s: no %s beside it, so whether it saw this run's validation people "
+                    "cannot be checked", cfg.recon, summary.name)
+        return
+    s = json.loads(summary.read_text())
+    theirs = (s.get("seed"), s.get("val_share"), s.get("split", "groups"))
+    ours = (cfg.seed, cfg.val_share, cfg.split)
+    if theirs != ours:
+        raise DfscanError(f"--recon {cfg.recon} was trained on another split (seed, val_share, split = "
+                          f"{theirs}; this run: {ours}): it has seen this run's validation people; train it "
+                          "with the run's --seed (python -m scanner.research.recon), or train without it")
