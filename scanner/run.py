@@ -33,7 +33,7 @@ from .distributed import open_context, scan_rows
 from .folder_walk import Skipped, skipped_line
 from .output import PRIMARY_SUFFIXES, OutputError, open_outputs, order_outputs
 from .outlock import OutputLocks
-from .resume import ResumedOutputs, prepare_outputs
+from .resume import ResumedOutputs, aggregation_of, face_search_of, prepare_outputs, sampling_of
 from .sources import bundled_samples, expand_inputs
 from .terminal import terminal_safe
 from .warmstart import close_all, prestart
@@ -77,29 +77,6 @@ class _Console(Console):
 def config_from_args(args):
     overrides = {k: getattr(args, k) for k in OPTION_KEYS if hasattr(args, k)}
     return build_config(getattr(args, "config", None), overrides)
-
-
-def sampling_of(cfg) -> dict:
-    """How frames were picked: rows of two scans are comparable only if this matches."""
-    return {"fps": cfg.fps} if cfg.fps else {"frames": cfg.frames}
-
-
-def face_search_of(cfg) -> dict:
-    """How faces were found: rows of two scans are comparable only if this matches too (a
-    resumed scan with another det_max_side or min_face mixed other faces' scores in one file).
-    MTCNN's engine is left out, as the detector's is: parity holds its scores to ~1e-6."""
-    out = {"det_max_side": cfg.det_max_side, "min_face": cfg.min_face, "face_prob": cfg.face_prob,
-           "max_faces": cfg.max_faces, "antialias": cfg.antialias, "region_search": cfg.region_search}
-    return {**out, "full_search_every": cfg.full_search_every} if cfg.region_search else out
-
-
-def aggregation_of(cfg) -> dict:
-    """How a video's score is made of its faces' scores: rows of two scans are comparable
-    only if this matches too (a resumed scan mixed means and maxima in one file)."""
-    if cfg.aggregate == "tracks":
-        return {"aggregate": "tracks"}
-    out = {"aggregate": "frames", "frame_agg": cfg.frame_agg, "video_agg": cfg.video_agg}
-    return {**out, "topk": cfg.topk} if cfg.video_agg == "topk" else out
 
 
 @dataclass
