@@ -134,3 +134,18 @@ def test_an_empty_token_file_at_start_is_refused_not_auth_off(tmp_path):
     token_file.write_text("\n")
     with pytest.raises(ConfigError, match=f"api.token_file {token_file}: .*at least"):
         parse_config({"api": {"token_env": None, "token_file": str(token_file)}})
+
+
+def test_every_answer_forbids_framing_and_sniffing():
+    """The status page sent no frame-ancestors / X-Frame-Options (a <meta> CSP cannot say it)
+    and JSON answers no nosniff."""
+    svc, server = _serve(None)
+    try:
+        for path in ("/", "/streams", "/nothing-here"):
+            r = httpx.get(f"http://127.0.0.1:{server.port}{path}", timeout=10)
+            assert r.headers["x-frame-options"] == "DENY", path
+            assert r.headers["x-content-type-options"] == "nosniff"
+            assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+    finally:
+        server.stop()
+        svc.stop()

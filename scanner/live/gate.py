@@ -40,6 +40,23 @@ WRITE_METHODS = frozenset({"POST", "PUT", "PATCH"})
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
+# On every answer: no page of another site may frame the status page (clickjacking), and no
+# browser may sniff a JSON answer into HTML. A <meta> CSP cannot say frame-ancestors.
+SECURITY_HEADERS = ((b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
+                    (b"content-security-policy", b"frame-ancestors 'none'"), (b"referrer-policy", b"no-referrer"))
+
+
+def _hardened(send):
+    """``send`` adding :data:`SECURITY_HEADERS` to the response's start (unless already set)."""
+    async def wrapped(message):
+        if message["type"] == "http.response.start":
+            have = {k.lower() for k, _ in message.get("headers", [])}
+            extra = [(k, v) for k, v in SECURITY_HEADERS if k not in have]
+            message = {**message, "headers": [*message.get("headers", []), *extra]}
+        await send(message)
+    return wrapped
+
+
 def error_json(code: int, message: str, **headers: str) -> JSONResponse:
     """The API's one error shape: ``{"error": message}``, never cached."""
     return JSONResponse({"error": message}, status_code=code, headers={"Cache-Control": "no-store", **headers})
@@ -62,6 +79,7 @@ class Gate:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        send = _hardened(send)
         methods = self._methods(scope)
         refusal = self._refusal(scope, Headers(scope=scope), methods)
         if refusal is not None:
