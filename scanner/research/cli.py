@@ -40,6 +40,14 @@ CACHE_FRAMES = 24  # frames per clip in a face cache, unless --cache-frames
 IDENTITY_MODES = ("name", "folder")  # see scanner.research.data.identity
 
 
+def add_identity_arg(p: argparse.ArgumentParser) -> None:
+    """``--identity`` of ``train`` and ``synth``: one option, so both name the people alike
+    (synth's manifest groups are what ``probe fit`` splits by)."""
+    p.add_argument("--identity", choices=IDENTITY_MODES, default="name",
+                   help="who is who, for the identity split: name (default: each file is one person, MEAD/GRID "
+                        "by their file names) or folder (each folder holds one person's files)")
+
+
 def _roots(args) -> list:
     """``--data``, or the shared media's real footage by default."""
     return args.data or [f"{MEDIA}/train_real", f"{MEDIA}/portrait", f"{MEDIA}/train_stills"]
@@ -138,9 +146,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--cache-frames", type=int_in(1), default=CACHE_FRAMES, help="frames per clip in the cache (default 24)")
     p.add_argument("--every", type=int_in(1), default=1, metavar="N",
                    help="build the cache from every N-th file of --data, in sorted order (default 1: all)")
-    p.add_argument("--identity", choices=IDENTITY_MODES, default="name",
-                   help="who is who, for the identity split: name (default: each file is one person, MEAD/GRID "
-                        "by their file names) or folder (each folder holds one person's files)")
+    add_identity_arg(p)
     p.add_argument("--cache-only", action="store_true", help="build the face cache from --data, then stop")
     p.add_argument("--init", help="ImageNet backbone (.safetensors/.pth) or a trained detector to start from")
     p.add_argument("--size", type=int_in(32), help="input side (binary models; default 160)")

@@ -196,6 +196,9 @@ def add_synth_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-faces", type=int_in(1), default=1, help="faces per frame (largest first)")
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--device", default="cpu")
+    from .cli import add_identity_arg  # train's option, so manifest groups match its split
+
+    add_identity_arg(p)
     p.set_defaults(func=_synth)
     return p
 

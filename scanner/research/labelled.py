@@ -4,9 +4,15 @@ Two ways to name a labelled set:
 
 * a folder with ``real/`` and ``fake/`` sub-folders (searched recursively for
   videos and images, by the rule ``dfscan scan`` walks folders by:
-  :mod:`scanner.folder_walk`; the files left out are counted in one warning); each
-  file is its own group. If the folder holds a ``manifest.csv`` (as ``dfscan synth``
-  writes), that manifest is used instead.
+  :mod:`scanner.folder_walk`; the files left out are counted in one warning). Groups
+  come from the names, paths taken relative to ``real/`` or ``fake/`` without the
+  extension: a real file is its own group, except that ``dfscan synth``'s chips of one
+  source (``clip_f00008_00001``: ``{source}_f{frame}_{n}``) are one group; a fake whose name is a
+  real's, or a real's followed by ``_`` and more (``a_blend``, FaceForensics++'s ``000_003``,
+  synth's ``{chip}_global``), in the same sub-folder, is in that real's group (the longest
+  such real name wins), so a real clip and the fakes made from it never straddle a split;
+  any other fake is its own group. If the folder holds a ``manifest.csv`` (as ``dfscan
+  synth`` writes), that manifest is used instead.
 * a CSV manifest with a header: ``path,label`` and optional ``group``,
   ``subset`` and ``landmarks`` columns. ``label`` is ``real``/``fake`` or
   ``0``/``1`` (1 = fake); ``group`` keeps related rows (frames of one video, a
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import re
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,10 +125,37 @@ def _read_folder(root: Path) -> list[Item]:
         for p in sorted(walk_videos(sub, skipped, also=IMAGE_EXTENSIONS)):  # sorted: as rglob was
             if p.is_file():
                 items.append(Item(p, label, group=str(p.relative_to(root).with_suffix(""))))
+    _group_by_name(items, root)
     line = skipped_line(skipped, "to use one anyway, list it in a CSV manifest (path,label)", terminal_safe)
     if line:  # a set missing files it seems to hold would be measured without a word
         logging.getLogger(__name__).warning("%s", line)
     return items
+
+
+# dfscan synth's chip names: {source stem}_f{frame:05d}_{pair:05d}
+SYNTH_CHIP = re.compile(r"^(?P<source>.+)_f\d{5,}_\d{5,}$")
+
+
+def _group_by_name(items: list[Item], root: Path) -> None:
+    """Regroup a ``real/`` + ``fake/`` folder's items by name (rule: module doc). Merging groups
+    only ever costs split granularity; one person on both sides flatters held-out numbers."""
+    def name(it: Item) -> tuple[Path, str]:  # (sub-folder, name) under real/ or fake/
+        rel = it.path.relative_to(root / ("fake" if it.label else "real")).with_suffix("")
+        return rel.parent, rel.name
+
+    reals: dict[tuple[Path, str], str] = {}
+    for it in items:
+        if not it.label:
+            folder, stem = name(it)
+            m = SYNTH_CHIP.match(stem)
+            it.group = f"real/{(folder / (m.group('source') if m else stem)).as_posix()}"
+            reals[(folder, stem)] = it.group
+    for it in items:
+        if it.label:
+            folder, stem = name(it)
+            while (folder, stem) not in reals and "_" in stem:  # longest real name first
+                stem = stem.rsplit("_", 1)[0]
+            it.group = reals.get((folder, stem), it.group)
 
 
 def parse_label(value: str | None, where: str) -> int:

@@ -20,8 +20,9 @@ with context) and ``manifest.csv`` with ``path,label,group,subset,landmarks,
 box,blend``: ``landmarks`` are the chip's 5 points (so later steps align
 without detection), ``box`` is ``x0 y0 x1 y1`` (chip pixels, exclusive end)
 bounding every pixel the blend changed (empty for real chips), ``group`` is
-the source's person as ``dfscan train`` splits them (:func:`scanner.research.data.identity`:
-a MEAD actor, a GRID speaker, else the file), so a real chip and its fake, and one person's
+the source's person as ``dfscan train`` splits them (:func:`scanner.research.data.identity`,
+with the same ``--identity``: ``name``, a MEAD actor, a GRID speaker, else the file; ``folder``,
+the folder holding the source, for footage laid out ``data/alice/*.mp4``), so a real chip and its fake, and one person's
 clips, never straddle a split (by file, an actor's 8 MEAD clips fell on both sides), and
 ``subset`` is ``sbi-global``/``sbi-partial`` for both chips of a pair.
 """
@@ -182,6 +183,7 @@ class SynthConfig:
     seed: int = 0
     max_faces: int = 1
     device: str = "cpu"
+    identity: str = "name"  # how files map to people: scanner.research.data.identity's modes
 
 
 def _sources(inputs: list[str]) -> list[Path]:
@@ -272,7 +274,7 @@ def _pair(out: Path, src: Path, fidx: int, image, box, lm, n: int, cfg: SynthCon
     # blend mode), so `eval` reports each mode with its own reals.
     from .data import identity
 
-    base = {"group": identity(src), "subset": f"sbi-{mode}", "landmarks": format_landmarks(lm_chip)}
+    base = {"group": identity(src, cfg.identity), "subset": f"sbi-{mode}", "landmarks": format_landmarks(lm_chip)}
     return [{"path": f"real/{stem}.png", "label": "real", **base, "box": "", "blend": ""},
             {"path": f"fake/{stem}_{mode}.png", "label": "fake", **base,
              "box": " ".join(map(str, fbox)), "blend": f"{mode}:{ratio:g}"}]
@@ -304,7 +306,8 @@ def run_synth(args) -> int:
     """CLI handler of ``dfscan synth``."""
     # --size, --frames, --max-faces and --context are checked as they are parsed (commands.py)
     cfg = SynthConfig(frames=args.frames, size=args.size, context=args.context, mode=args.mode,
-                      seed=args.seed, max_faces=args.max_faces, device=args.device)
+                      seed=args.seed, max_faces=args.max_faces, device=args.device,
+                      identity=args.identity)
     from ..output import writable
 
     writable(Path(args.out) / "manifest.csv")  # a file as --out was a traceback at the first write
