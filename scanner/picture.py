@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import av
 import numpy as np
 from av.sidedata.sidedata import Type
 
@@ -113,12 +114,17 @@ def display_turn(av_frame) -> tuple[int, bool, bool]:
 def _display_matrix(av_frame) -> np.ndarray | None:
     """The frame's display matrix, ``int32 (9,)`` 16.16 fixed point, or None."""
     try:
-        sd = av_frame.side_data.get(Type.DISPLAYMATRIX)
-    except ValueError:
+        # Read on a tiny copy (side data comes along): PyAV caches the side-data container on
+        # the frame it reads and the two refer to each other, so a frame read directly stayed
+        # alive until a garbage collection, and with it its decoder's buffers (5 reconnects of
+        # an RTSP stream left 52 threads behind). The copy holds none of the decoder's.
+        probe = av_frame.reformat(width=16, height=16)
+        sd = probe.side_data.get(Type.DISPLAYMATRIX)
+    except (ValueError, av.FFmpegError):
         # PyAV names all of a frame's side data at once and fails on a kind newer than itself
         # (the EXIF of MJPEG frames, MV-HEVC's view ids): every such frame was a decode error.
         return None
-    return None if sd is None else np.frombuffer(bytes(sd), np.int32)
+    return None if sd is None else np.frombuffer(bytes(sd), np.int32).copy()
 
 
 def _upright(image: np.ndarray, k: int, flip_rows: bool, flip_cols: bool) -> np.ndarray:
