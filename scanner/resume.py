@@ -56,6 +56,13 @@ def aggregation_of(cfg) -> dict:
     return {**out, "topk": cfg.topk} if cfg.video_agg == "topk" else out
 
 
+def compat_of(cfg) -> dict:
+    """The :data:`COMPAT_FIELDS` a scan with ``cfg`` writes, but ``weights_hash`` (known once the
+    model is loaded): what --resume and eval's JSON compare, named once."""
+    return {"detector": cfg.detector, "sampling": sampling_of(cfg), "aggregation": aggregation_of(cfg),
+            "face_search": face_search_of(cfg), "precision": cfg.precision}
+
+
 def input_key(path: str | Path) -> str:
     """Identity of an input: its resolved absolute path."""
     return os.path.realpath(os.fspath(path))

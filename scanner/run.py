@@ -33,7 +33,7 @@ from .distributed import open_context, scan_rows
 from .folder_walk import Skipped, skipped_line
 from .output import PRIMARY_SUFFIXES, OutputError, open_outputs, order_outputs
 from .outlock import OutputLocks
-from .resume import ResumedOutputs, aggregation_of, face_search_of, prepare_outputs, sampling_of
+from .resume import ResumedOutputs, aggregation_of, compat_of, face_search_of, prepare_outputs, sampling_of
 from .sources import bundled_samples, expand_inputs
 from .terminal import terminal_safe
 from .warmstart import close_all, prestart
@@ -143,9 +143,7 @@ def _to_scan(paths: list[Path], cfg, console: Console) -> tuple[list[Path], Resu
     outs = order_outputs(cfg.outputs)
     if not (cfg.resume or cfg.retry_errors) or not outs or Path(outs[0]).suffix.lower() not in PRIMARY_SUFFIXES:
         return paths, None, Counter()
-    expected = {"detector": cfg.detector, "sampling": sampling_of(cfg), "aggregation": aggregation_of(cfg),
-                "face_search": face_search_of(cfg), "precision": cfg.precision}
-    state = prepare_outputs(outs, expected, cfg.retry_errors)
+    state = prepare_outputs(outs, compat_of(cfg), cfg.retry_errors)
     todo = state.todo(paths)
     kept = state.kept_verdicts(paths, todo)
     if len(todo) < len(paths):

@@ -38,18 +38,18 @@ def test_any_host_on_a_tokenless_loopback_api_is_refused(monkeypatch):
         parse_config({"api": api})
     # With a token the API is guarded (the rebinding page cannot know it), and the rebinding
     # request itself is a 401.
-    svc, server = _serve(TOKEN, allowed_hosts=["*"])
-    try:
-        assert _post_from_a_rebinding_page(server.port).startswith(b"HTTP/1.1 401")
-        assert svc.names() == []
-    finally:
-        server.stop()
-        svc.stop()
+    assert _rebinding_answer(TOKEN, ["*"]).startswith(b"HTTP/1.1 401")
     # Named hosts keep the Host check on: the same request is a 400, no token needed.
-    svc, server = _serve(None, allowed_hosts=["dfscan.example.org"])
+    assert _rebinding_answer(None, ["dfscan.example.org"]).startswith(b"HTTP/1.1 400")
+
+
+def _rebinding_answer(token: str | None, hosts: list[str]) -> bytes:
+    """The answer to a rebinding page's POST /streams; no stream may have been added."""
+    svc, server = _serve(token, allowed_hosts=hosts)
     try:
-        assert _post_from_a_rebinding_page(server.port).startswith(b"HTTP/1.1 400")
+        answer = _post_from_a_rebinding_page(server.port)
         assert svc.names() == []
+        return answer
     finally:
         server.stop()
         svc.stop()

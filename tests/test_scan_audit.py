@@ -27,18 +27,23 @@ def test_frames_flag_wins_over_a_config_files_fps(tmp_path):
         build_config(None, {"frames": 16, "fps": 2.0})
 
 
-def test_csv_resume_refuses_another_aggregation(tmp_path, capsys):
-    """A CSV primary recorded no aggregation (nor precision): --resume with --video-agg max
-    appended maxima under means, though a JSONL's rows are refused for it."""
-    out = tmp_path / "r.csv"
+def _resume_with(out, capsys, flags: list[str], field: str) -> None:
+    """Scan d1 into ``out``, then --resume d1 + d2 with ``flags``: refused naming ``field``,
+    ``out`` untouched."""
     assert main(["scan", str(DATA / "d1.mp4"), *COMMON, "--out", str(out)]) == EXIT_OK
     before = out.read_bytes()
     capsys.readouterr()
-    rc = main(["scan", str(DATA / "d1.mp4"), str(DATA / "d2.mp4"), *COMMON, "--video-agg", "max",
+    rc = main(["scan", str(DATA / "d1.mp4"), str(DATA / "d2.mp4"), *COMMON, *flags,
                "--out", str(out), "--resume"])
     assert rc == EXIT_USAGE
-    assert "aggregation" in capsys.readouterr().err
+    assert field in capsys.readouterr().err
     assert out.read_bytes() == before
+
+
+def test_csv_resume_refuses_another_aggregation(tmp_path, capsys):
+    """A CSV primary recorded no aggregation (nor precision): --resume with --video-agg max
+    appended maxima under means, though a JSONL's rows are refused for it."""
+    _resume_with(tmp_path / "r.csv", capsys, ["--video-agg", "max"], "aggregation")
 
 
 def test_dotdot_through_a_symlinked_folder_scans_the_named_file(tmp_path, monkeypatch):
@@ -64,13 +69,6 @@ def test_resume_refuses_another_face_search(tmp_path, capsys, suffix):
     """Rows did not record how faces were found: --resume with another --min-face or
     --det-max-side appended scores of other faces (other crops, other faces kept) into one file."""
     out = tmp_path / f"r{suffix}"
-    assert main(["scan", str(DATA / "d1.mp4"), *COMMON, "--out", str(out)]) == EXIT_OK
-    before = out.read_bytes()
-    capsys.readouterr()
-    rc = main(["scan", str(DATA / "d1.mp4"), str(DATA / "d2.mp4"), *COMMON, "--min-face", "40",
-               "--out", str(out), "--resume"])
-    assert rc == EXIT_USAGE
-    assert "face_search" in capsys.readouterr().err
-    assert out.read_bytes() == before
+    _resume_with(out, capsys, ["--min-face", "40"], "face_search")
     # the same settings resume as before
     assert main(["scan", str(DATA / "d1.mp4"), str(DATA / "d2.mp4"), *COMMON, "--out", str(out), "--resume"]) == 0

@@ -209,10 +209,9 @@ def scan_settings(cfg, ctx, perturb: str | None = None) -> dict:
     make two scans' scores comparable, and the engine): two eval JSONs can be told apart."""
     from engines.backends import resolve_engine_name
 
-    from ..resume import aggregation_of, face_search_of, sampling_of
+    from ..resume import compat_of
 
-    made = {"detector": cfg.detector, "weights_hash": ctx.detector.weights_hash, "sampling": sampling_of(cfg),
-            "aggregation": aggregation_of(cfg), "face_search": face_search_of(cfg), "precision": cfg.precision,
+    made = {**compat_of(cfg), "weights_hash": ctx.detector.weights_hash,
             "engine": ctx.engine_info.get("backend") or resolve_engine_name(cfg.engine, cfg.device)}
     return {**made, "perturb": perturb or None}
 
