@@ -59,8 +59,9 @@ def rates(y: np.ndarray, s: np.ndarray, t: float) -> dict:
             "hter": float(((1 - tpr) + (1 - tnr)) / 2)}
 
 
-def binary_metrics(y, s, threshold: float = 0.5) -> dict:
-    """All metrics of one set of labels ``y`` (0/1) and scores ``s`` (P(fake))."""
+def binary_metrics(y, s, threshold: float = 0.5, units=None) -> dict:
+    """All metrics of one set of labels ``y`` (0/1) and scores ``s`` (P(fake)); ``units``: the
+    video of each score when they are frames (the AUC interval resamples whole videos)."""
     y = np.asarray(y, int)
     s = np.asarray(s, float)
     out = {"n": int(len(y)), "n_fake": int(y.sum()), "n_real": int((1 - y).sum()), "threshold": threshold}
@@ -69,7 +70,7 @@ def binary_metrics(y, s, threshold: float = 0.5) -> dict:
     if out["n_fake"] and out["n_real"]:
         e, t = eer(y, s)
         at_eer = rates(y, s, t)
-        ci = auc_ci(y, s, n=1000)
+        ci = auc_ci(y, s, n=1000, units=units)
         out.update({"auc": float(roc_auc_score(y, s)), "auc_ci95": ci["ci"], "eer": e,
                     "eer_threshold": t, "hter_at_eer_threshold": at_eer["hter"],
                     "acc_at_eer_threshold": at_eer["acc"]})

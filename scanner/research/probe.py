@@ -101,7 +101,7 @@ def fit_probe(X: np.ndarray, y: np.ndarray, groups: np.ndarray, item: np.ndarray
     vy = np.array([y[te][item[te] == v][0] for v in vid])
     _, thr = eer(vy, vs)
     return ProbeFit(weight, bias, float(C), float(min(max(thr, 0.0), 1.0)), tr, te, selection,
-                    binary_metrics(y[te], s), binary_metrics(vy, vs, float(thr)))
+                    binary_metrics(y[te], s, units=item[te]), binary_metrics(vy, vs, float(thr)))
 
 
 def run_probe_fit(args) -> int:

@@ -4,6 +4,10 @@ Resampling is stratified (reals and fakes resampled separately, so every
 replicate has both classes) and seeded, so reports are reproducible. The
 interval is the percentile interval of ``n`` replicates (Efron & Tibshirani,
 "An Introduction to the Bootstrap", 1993).
+
+Scores of several frames of one video are not independent: given ``units`` (the video of
+each frame), whole videos are resampled (a cluster bootstrap) and each replicate's AUC is
+that of all frames of the videos drawn, a video drawn twice counting twice.
 """
 from __future__ import annotations
 
@@ -55,17 +59,66 @@ def _bootstrap(y: np.ndarray, scores: list, n: int, seed: int) -> list[np.ndarra
     return [np.concatenate(a) for a in out]
 
 
-def auc_ci(y, s, n: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+def _unit_labels(y: np.ndarray, units) -> tuple[np.ndarray, np.ndarray]:
+    """(label of each unit, unit index of each score); ValueError for a unit of both classes."""
+    _, inv = np.unique(np.asarray(units), return_inverse=True)
+    inv = inv.reshape(-1)
+    lo = np.full(inv.max(initial=-1) + 1, 1)
+    hi = np.zeros_like(lo)
+    np.minimum.at(lo, inv, y)
+    np.maximum.at(hi, inv, y)
+    if (lo != hi).any():
+        raise ValueError("a bootstrap unit (video) holds both real and fake scores")
+    return hi, inv
+
+
+def _weighted_aucs(y: np.ndarray, s: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """AUC of every row of weights ``w`` ``(rows, len(s))``: the Mann-Whitney statistic with
+    each score counted ``w`` times (ties one half), ``roc_auc_score(..., sample_weight=w)``."""
+    order = np.argsort(s, kind="stable")
+    ss, pos = s[order], y[order] == 1
+    starts = np.flatnonzero(np.r_[True, ss[1:] != ss[:-1]])  # runs of tied scores
+    w = w[:, order]
+    gpos = np.add.reduceat(np.where(pos, w, 0), starts, axis=1)
+    gneg = np.add.reduceat(np.where(pos, 0, w), starts, axis=1)
+    below = np.cumsum(gneg, axis=1) - gneg  # negatives scored lower than each run
+    return (gpos * (below + gneg / 2)).sum(1) / (gpos.sum(1) * gneg.sum(1))
+
+
+def _cluster_bootstrap(y: np.ndarray, s: np.ndarray, units, n: int, seed: int) -> np.ndarray:
+    """AUC of ``n`` replicates that resample whole units (stratified by the units' labels)."""
+    uy, inv = _unit_labels(y, units)
+    out = []
+    for idx in _replicates(uy, n, seed):
+        rows = max(1, _CHUNK_CELLS // max(len(s), 1))  # the weights too stay bounded
+        for part in np.array_split(idx, -(-len(idx) // rows)):
+            counts = np.zeros((len(part), len(uy)))
+            np.add.at(counts, (np.arange(len(part))[:, None], part), 1)
+            out.append(_weighted_aucs(y, s, counts[:, inv]))
+    return np.concatenate(out)
+
+
+def auc_ci(y, s, n: int = 2000, seed: int = 0, level: float = 0.95, units=None) -> dict:
     """``{"auc", "ci": [lo, hi], "n_boot"}``; ``auc`` None without both classes. With fewer
-    than :data:`SMALL_CLASS` videos in a class also ``"ci_note"`` (the interval is too narrow)."""
+    than :data:`SMALL_CLASS` videos in a class also ``"ci_note"`` (the interval is too narrow).
+    ``units``: the video of each score (frames), resampled whole (see module doc)."""
     y, s = np.asarray(y, int), np.asarray(s, float)
     if y.min(initial=1) == y.max(initial=0):
         return {"auc": None, "ci": None, "n_boot": 0}
     auc = float(roc_auc_score(y, s))  # first: it refuses NaN scores, which ranks would spread
-    (reps,) = _bootstrap(y, [s], n, seed)
+    if units is None:
+        (reps,) = _bootstrap(y, [s], n, seed)
+    else:  # frames resampled one by one made a handful of videos look like hundreds
+        reps = _cluster_bootstrap(y, s, units, n, seed)
     a = (1 - level) / 2
     lo, hi = np.quantile(reps, [a, 1 - a])
     out = {"auc": auc, "ci": [float(lo), float(hi)], "n_boot": n}
+    return _noted(out, y if units is None else _unit_labels(y, units)[0])
+
+
+def _noted(out: dict, y: np.ndarray) -> dict:
+    """``out`` with a ``ci_note`` when the smaller class of ``y`` (one label per video) holds
+    fewer than :data:`SMALL_CLASS` videos."""
     smaller = int(min(y.sum(), len(y) - y.sum()))
     if smaller < SMALL_CLASS:
         out["ci_note"] = (f"{smaller} video(s) in the smaller class: the bootstrap interval "
@@ -75,12 +128,15 @@ def auc_ci(y, s, n: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
 
 def paired_auc_diff(y, s_a, s_b, n: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
     """AUC(a) - AUC(b) on the same videos with its bootstrap interval and the share of
-    replicates where a does not beat b (a one-sided bootstrap p-value)."""
+    replicates where a does not beat b (a one-sided bootstrap p-value); ``diff`` None without
+    both classes, and a ``ci_note`` as :func:`auc_ci`'s (the interval is as narrow as theirs)."""
     y, s_a, s_b = np.asarray(y, int), np.asarray(s_a, float), np.asarray(s_b, float)
+    if y.min(initial=1) == y.max(initial=0):  # was NaN, and p_not_better 0: 'a always wins'
+        return {"diff": None, "ci": None, "p_not_better": None, "n_boot": 0}
     diff = float(roc_auc_score(y, s_a) - roc_auc_score(y, s_b))  # refuses NaN scores
     reps_a, reps_b = _bootstrap(y, [s_a, s_b], n, seed)
     d = reps_a - reps_b
     a = (1 - level) / 2
     lo, hi = np.quantile(d, [a, 1 - a])
-    return {"diff": diff, "ci": [float(lo), float(hi)],
-            "p_not_better": float(np.mean(np.asarray(d) <= 0)), "n_boot": n}
+    return _noted({"diff": diff, "ci": [float(lo), float(hi)],
+                   "p_not_better": float(np.mean(np.asarray(d) <= 0)), "n_boot": n}, y)
