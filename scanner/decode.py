@@ -285,6 +285,9 @@ class FrameSampler:
                              "of a longer stream (truncated)")
         if not len(index.pts):
             raise VideoError("no_frames", "video stream holds no packets")
+        if not index.frames:  # nothing to sample: by-order decoding failed on max([]) (internal)
+            raise VideoError("no_frames", f"none of the video stream's {len(index.pts)} packets is a frame "
+                             "shown (an MP4/MOV edit list showing none of them, as FFmpeg plays it)")
         targets = choose_targets(index, self.frames, self.fps, self.indices, self.max_frames)
         self.requested = len(targets)
         return index, targets

@@ -174,6 +174,9 @@ def _read_list(path: Path) -> list[Path]:
     with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:
         lines = f.read().split("\n")
     for n, line in enumerate(lines, 1):
+        if "\0" in line:  # no file name holds one; os.path.realpath raised a traceback
+            raise ConfigError(f"line {n} of {path} holds a NUL byte, which no file name can: a list of "
+                              "paths is UTF-8 text (save a UTF-16 one, e.g. from PowerShell's '>', as UTF-8)")
         if is_url(line.strip()):
             raise url_refused(line.strip(), f", line {n} of {path}",
                               os.path.lexists(path.parent / line.strip()))
@@ -240,6 +243,8 @@ def expand_inputs(items: Iterable[str], aliases: list[tuple[Path, Path]] | None 
     """
     items = list(items)
     for item in items:  # all refused before any folder is walked
+        if not item:  # Path('') is '.': `dfscan scan "$DIR"` with DIR unset scanned the current folder
+            raise ConfigError("an empty PATH names no file (an unset shell variable?); give . for the current folder")
         if is_url(item):
             raise url_refused(item, local=os.path.lexists(item))
     paths: list[Path] = []
