@@ -225,7 +225,12 @@ def _expand(item: str, skipped: Skipped | None) -> tuple[list[Path], bool]:
                 found.append(mp)
             elif skipped is not None:
                 skipped.add(mp)
-        return found + _pattern_blocked(item), True
+        found += _pattern_blocked(item)
+        if not found and not any(c in item for c in "*?") and is_video_path(p):
+            # `Interview [2019].mp4`, moved or mistyped: a file name, not a pattern; it got
+            # only a warning line, no not_found row, and the scan could exit 0.
+            return [p], False
+        return found, True
     return [p], False
 
 

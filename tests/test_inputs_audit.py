@@ -98,3 +98,22 @@ def test_awkward_names_and_file_kinds_each_get_one_row(tmp_path):
     assert errors == {"zero.mp4": "empty_file", "fifo.mp4": "not_video", "dangling.mp4": "not_found",
                       "loop1.mp4": "not_found", "loop2.mp4": "not_found"}
     assert len(out.read_text().splitlines()) == len(want) + len(errors)  # link.mp4: no second row
+
+
+def test_missing_file_named_with_brackets_gets_its_not_found_row(tmp_path, capsys):
+    """`Interview [2019].mp4` moved away: glob read it as a pattern matching nothing, so it got
+    a warning line, no row, and the scan exited 0 on the other inputs."""
+    shutil.copy(DATA / "d1.mp4", tmp_path / "Talk [2018].mp4")
+    missing = tmp_path / "Interview [2019].mp4"
+    assert expand_inputs([str(missing)]) == [missing]
+    # a bracket pattern that matches is still a pattern, one with '*' that matches nothing too
+    assert expand_inputs([str(tmp_path / "Talk [[]2018].mp4")]) == [tmp_path / "Talk [2018].mp4"]
+    unmatched: list[str] = []
+    assert expand_inputs([str(tmp_path / "Talk [0-9]*.mp4")], unmatched=unmatched) == []
+    assert unmatched == [str(tmp_path / "Talk [0-9]*.mp4")]
+    assert expand_inputs([str(tmp_path / "Talk [2]018].mp4")]) == [tmp_path / "Talk [2]018].mp4"]
+    out = tmp_path / "r.jsonl"
+    rc = main(["scan", str(missing), str(DATA / "d2.mp4"), *COMMON, "--out", str(out)])
+    rows = _rows(out)
+    assert rows[str(missing)]["error"]["kind"] == "not_found"
+    assert rc == EXIT_INPUT_ERROR and len(rows) == 2
