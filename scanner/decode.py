@@ -68,6 +68,8 @@ def classify_os_error(path: Path, e: OSError) -> VideoError:
         return VideoError("not_found", f"file not found: {path}")
     if e.errno == errno.ELOOP:  # a symlink cycle leads to no file at all
         return VideoError("not_found", f"file not found (symbolic link loop): {path}")
+    if e.errno == errno.ENAMETOOLONG:  # was internal, the long path quoted twice
+        return VideoError("not_found", f"file not found (name longer than this system allows): {path}")
     if isinstance(e, PermissionError) or e.errno in (errno.EACCES, errno.EPERM):
         return VideoError("permission", f"permission denied: {path}")
     if isinstance(e, IsADirectoryError):

@@ -204,15 +204,15 @@ def _list_entry(line: str, folder: Path) -> Path | None:
 
 
 def _expand(item: str, skipped: Skipped | None) -> tuple[list[Path], bool]:
-    """The paths ``item`` names, and whether it is a folder or pattern (may name none)."""
+    """The paths ``item`` names, and whether it is a folder, pattern or list (may name none)."""
     # os.path's tests, not Path's: Path.is_dir() raises PermissionError for a name inside a
     # folder that cannot be searched, and the whole scan ended in a traceback without a row.
     p = Path(item)
     if os.path.isdir(p):
         return _walk(p, skipped), True
     if os.path.isfile(p) and p.suffix.lower() in LIST_SUFFIXES:
-        try:
-            return _read_list(p), False
+        try:  # True: a list naming no file is said in a warning line, as an empty folder is
+            return _read_list(p), True
         except OSError:  # unreadable: the list is an input of its own, its row says why
             return [p], False
     if not os.path.exists(p) and glob.has_magic(item):

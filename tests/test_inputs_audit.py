@@ -117,3 +117,19 @@ def test_missing_file_named_with_brackets_gets_its_not_found_row(tmp_path, capsy
     rows = _rows(out)
     assert rows[str(missing)]["error"]["kind"] == "not_found"
     assert rc == EXIT_INPUT_ERROR and len(rows) == 2
+
+
+def test_name_too_long_is_not_found_and_an_empty_list_is_said(tmp_path, capsys):
+    """A name over the system's limit got an `internal` row quoting the path twice; a list
+    file naming nothing was passed over without a word (an empty folder is said)."""
+    long = tmp_path / ("x" * 300 + ".mp4")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing yet\n")
+    out = tmp_path / "r.jsonl"
+    rc = main(["scan", str(long), str(empty), str(DATA / "d2.mp4"), *COMMON, "--out", str(out)])
+    rows = _rows(out)
+    assert len(rows) == 2 and rc == EXIT_INPUT_ERROR
+    err = rows[str(long)]["error"]
+    assert err["kind"] == "not_found" and "longer than this system allows" in err["message"]
+    assert err["message"].count("x" * 300) == 1
+    assert "empty.txt: no video file found there" in capsys.readouterr().out.replace("\n", "")
