@@ -26,6 +26,10 @@ from .deadline import Abandoned, Deadline
 from .urls import RefusedURL, SourceError, SourceURL, mask_credentials
 
 PLAYLIST_MAX_BYTES = 1 << 20
+# Playlists one check reads, the source's own included (a master's variants and renditions are
+# a few dozen). Unbounded, a playlist listing thousands of others, each listing thousands more,
+# kept the check fetching until open_timeout_s, its list of URLs to read growing ~5 MB a second.
+MAX_PLAYLISTS = 100
 
 
 def is_playlist(src: SourceURL) -> bool:
@@ -208,23 +212,26 @@ def _check_all(src: SourceURL, timeout_s: float, depth: int, cancelled: Callable
     # It trusts what FFmpeg is told to trust (tls_verify, ca_file), so the two never disagree.
     with httpx.Client(timeout=timeout_s, headers=headers, follow_redirects=src.auth is None,
                       max_redirects=3, verify=tls.ssl_context(src)) as client:
-        while todo and depth >= 0:
-            nxt = []
-            for url in todo:
-                if url in seen:
-                    continue
+        while todo and depth >= 0 and len(seen) + len(todo) <= MAX_PLAYLISTS:
+            nxt: dict[str, None] = {}  # ordered, each URL once
+            for i, url in enumerate(todo):
                 seen.add(url)
                 text = _fetch_checked(client, src, url, deadline, cancelled, stop, timeout_s)
                 if text is not None and url == src.url:
                     tls.refuse_hls_auth(src)  # its segments would get the credentials unverified
                 if text is not None:
-                    nxt += check_playlist(url, text, same_origin=src.auth is not None)
+                    nxt.update(dict.fromkeys(check_playlist(url, text, same_origin=src.auth is not None)))
+                if len(seen) + len(nxt) > MAX_PLAYLISTS:  # the rest of this level stays to be read
+                    nxt = {**dict.fromkeys(todo[i + 1:]), **nxt}
+                    break
             todo, depth = [u for u in nxt if u not in seen], depth - 1
     # FFmpeg opens nested playlists at any depth: with credentials, one left unchecked could list any host.
+    # Without, FFmpeg's protocol_whitelist still keeps them to http/https.
     if todo and src.auth is not None:
-        raise RefusedURL(f"HLS playlist {src.masked} nests playlists deeper than the check follows "
-                         f"({mask_credentials(todo[0])[:80]}); refused because the stream's credentials "
-                         "would be sent to every host they list")
+        many = len(seen) + len(todo) > MAX_PLAYLISTS
+        why = f"lists more than {MAX_PLAYLISTS} playlists in all" if many else "nests playlists deeper than"
+        raise RefusedURL(f"HLS playlist {src.masked} {why} the check follows ({mask_credentials(todo[0])[:80]}); "
+                         "refused because the stream's credentials would be sent to every host they list")
 
 
 def _fetch_checked(client: httpx.Client, src: SourceURL, url: str, deadline: float,

@@ -37,7 +37,12 @@ def check_ca_file(path: str) -> str:
 
     Checked when the stream is configured, so a typo is a config error, not an EIO at every
     connect. Only regular files: '/dev/zero' or a FIFO would block the API's request."""
-    p = Path(path).expanduser().resolve()
+    try:
+        # Inside the try: '~nobody/x.pem' and a symlink loop raise RuntimeError (OSError from
+        # Python 3.13), which was a 500 "Internal Server Error" to POST /streams, a traceback at start.
+        p = Path(path).expanduser().resolve()
+    except (OSError, RuntimeError) as e:
+        raise ValueError(f"ca_file {path}: cannot resolve it ({getattr(e, 'strerror', None) or e})") from None
     try:
         if not p.is_file():
             raise ValueError(f"ca_file {path}: not a file")

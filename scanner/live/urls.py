@@ -10,11 +10,19 @@ from __future__ import annotations
 
 import base64
 import errno
+import logging
 import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, unquote, unquote_plus, urlsplit, urlunsplit
 
 from engines.errors import DfscanError
+
+# httpx logs every request's whole URL at INFO ("HTTP Request: GET http://cam/x.m3u8?token=..."),
+# httpcore the response headers (a redirect's signed Location) at DEBUG: under `dfscan -v serve`
+# the HLS check's and each webhook POST's secrets reached the log unmasked. dfscan logs these
+# requests itself, masked; theirs are kept to warnings and errors.
+for _lib in ("httpx", "httpcore"):
+    logging.getLogger(_lib).setLevel(logging.WARNING)
 
 
 class SourceError(DfscanError):
@@ -142,8 +150,9 @@ def _stream_key(parts) -> str | None:
 
 # Query parameters that carry credentials (?token=, ?api_key=, ?password=, and the cameras'
 # ?usr=admin&pwd=..., SRT's ?passphrase=, signed HLS/CDN URLs' ?md5= (nginx secure_link),
-# ?hdnts=/?hdnea=/?hmac= (Akamai), ?jwt=, ?hash=): any parameter whose name contains one of these.
-_SECRET_NAMES = r"(?:token|key|pass|pwd|secret|auth|sig|credential|hmac|hash|md5|jwt|hdnts|hdnea)"
+# ?hdnts=/?hdnea=/?hmac= (Akamai), ?jwt=, ?hash=, Foscam-style ?loginuse=admin&loginpas=...):
+# any parameter whose name contains one of these.
+_SECRET_NAMES = r"(?:token|key|pass|pwd|loginpas|secret|auth|sig|credential|hmac|hash|md5|jwt|hdnts|hdnea)"
 _QUERY_SECRET_RE = re.compile(rf"(?i)((?:^|(?<=[&;]))[^=&;]*{_SECRET_NAMES}[^=&;]*=)[^&;]*")
 # FFmpeg's SRT reader ends an option's value at '&' only: a ';' is part of the passphrase,
 # and '?passphrase=ab;cdef' was shown as 'passphrase=***;cdef'.
