@@ -33,7 +33,7 @@ from engines.files import write_json
 from ..output import writable
 from .jsonl_scores import scores_from_jsonl
 from .labelled import Item, read_labelled
-from .stats import SMALL_CLASS, auc_ci
+from .stats import SMALL_CLASS, auc_ci, group_auc_ci
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +59,11 @@ def rates(y: np.ndarray, s: np.ndarray, t: float) -> dict:
             "hter": float(((1 - tpr) + (1 - tnr)) / 2)}
 
 
-def binary_metrics(y, s, threshold: float = 0.5, units=None) -> dict:
+def binary_metrics(y, s, threshold: float = 0.5, units=None, groups=None) -> dict:
     """All metrics of one set of labels ``y`` (0/1) and scores ``s`` (P(fake)); ``units``: the
-    video of each score when they are frames (the AUC interval resamples whole videos)."""
+    video of each score when they are frames (the AUC interval resamples whole videos);
+    ``groups``: the labelled set's group of each file (whole groups resampled, see
+    :func:`scanner.research.stats.group_auc_ci`). ``auc_ci95_unit`` names what was resampled."""
     y = np.asarray(y, int)
     s = np.asarray(s, float)
     out = {"n": int(len(y)), "n_fake": int(y.sum()), "n_real": int((1 - y).sum()), "threshold": threshold}
@@ -70,16 +72,26 @@ def binary_metrics(y, s, threshold: float = 0.5, units=None) -> dict:
     if out["n_fake"] and out["n_real"]:
         e, t = eer(y, s)
         at_eer = rates(y, s, t)
-        ci = auc_ci(y, s, n=1000, units=units)
+        ci = _interval(y, s, units, groups)
         out.update({"auc": float(roc_auc_score(y, s)), "auc_ci95": ci["ci"], "eer": e,
                     "eer_threshold": t, "hter_at_eer_threshold": at_eer["hter"],
-                    "acc_at_eer_threshold": at_eer["acc"]})
+                    "acc_at_eer_threshold": at_eer["acc"], "auc_ci95_unit": ci["ci_unit"]})
+        for key in ("n_groups", "n_redrawn"):  # groups resampled: how many, and draws of one class
+            if key in ci:
+                out[f"auc_ci95_{key}"] = ci[key]
         if "ci_note" in ci:
             out["auc_ci95_note"] = ci["ci_note"]
     else:  # AUC/EER need both classes
         out.update({"auc": None, "auc_ci95": None, "eer": None, "eer_threshold": None,
-                    "hter_at_eer_threshold": None, "acc_at_eer_threshold": None})
+                    "hter_at_eer_threshold": None, "acc_at_eer_threshold": None, "auc_ci95_unit": None})
     return _clean(out)
+
+
+def _interval(y: np.ndarray, s: np.ndarray, units, groups) -> dict:
+    """The AUC's bootstrap interval with ``ci_unit``: frames by video, files by group, or files."""
+    if groups is not None:  # files of one person or video resampled one by one looked independent
+        return group_auc_ci(y, s, groups, n=1000)
+    return {**auc_ci(y, s, n=1000, units=units), "ci_unit": "file" if units is None else "video"}
 
 
 def _clean(d: dict) -> dict:
@@ -97,7 +109,9 @@ def report(items: list[Item], scores: dict[int, float], threshold: float = 0.5) 
     if not np.isfinite(s).all():  # a NaN would pass for a low score in the threshold metrics
         bad = [str(items[i].path) for i, v in zip(idx, s) if not math.isfinite(v)]
         raise DfscanError(f"non-finite scores for {len(bad)} input(s), e.g. {bad[0]}: exclude them or rescan")
-    out = {"overall": binary_metrics(y, s, threshold), "excluded": len(items) - len(idx), "subsets": {}}
+    g = np.array([items[i].group for i in idx], object)  # a file's own group when the set names none
+    out = {"overall": binary_metrics(y, s, threshold, groups=g), "excluded": len(items) - len(idx),
+           "subsets": {}}
     # Every labelled subset, scored or not: one whose videos all lack a score (no face, error)
     # is reported with n 0 and null metrics, never dropped.
     labelled, by_subset = defaultdict(int), defaultdict(list)
@@ -107,7 +121,8 @@ def report(items: list[Item], scores: dict[int, float], threshold: float = 0.5) 
         by_subset[items[i].subset].append(k)
     for name in sorted(n for n in labelled if n):
         ks = by_subset[name]
-        out["subsets"][name] = {**binary_metrics(y[ks], s[ks], threshold), "excluded": labelled[name] - len(ks)}
+        out["subsets"][name] = {**binary_metrics(y[ks], s[ks], threshold, groups=g[ks]),
+                                "excluded": labelled[name] - len(ks)}
     return out
 
 
@@ -333,9 +348,12 @@ def _print(res: dict) -> None:
     for name, m in rows:  # the AUC's bootstrap interval beside it: an AUC alone over-claims
         cells = [_cell(m.get(c)) + ("*" if c == "auc_ci95" and m.get("auc_ci95_note") else "") for c in cols]
         table.add_row(name, *cells)
+    resampled = sorted({m.get("auc_ci95_unit") for _, m in rows} - {None})
+    notes = [f"auc_ci95 resamples whole {' / '.join(u + 's' for u in resampled)}"] if resampled else []
     if any(m.get("auc_ci95_note") for _, m in rows):
-        table.caption = (f"* fewer than {SMALL_CLASS} real or fake videos in the set: "
-                         "its bootstrap interval is too narrow")
+        notes.append(f"* fewer than {SMALL_CLASS} real or fake videos (groups, where groups are resampled) "
+                     "in the set: its bootstrap interval is too narrow")
+    table.caption = "\n".join(notes) or None
     Console(width=max(Console().width, 150)).print(table)
 
 

@@ -8,6 +8,11 @@ interval is the percentile interval of ``n`` replicates (Efron & Tibshirani,
 Scores of several frames of one video are not independent: given ``units`` (the video of
 each frame), whole videos are resampled (a cluster bootstrap) and each replicate's AUC is
 that of all frames of the videos drawn, a video drawn twice counting twice.
+
+Files of one group (a person, a video, a real and the fake made from it) are not independent
+either, and a group may hold both classes: :func:`group_auc_ci` resamples whole groups with
+replacement, not stratified; a replicate that draws only one class has no AUC and is drawn
+again (counted). Without groups (every file its own) it is :func:`auc_ci`'s file bootstrap.
 """
 from __future__ import annotations
 
@@ -88,14 +93,40 @@ def _weighted_aucs(y: np.ndarray, s: np.ndarray, w: np.ndarray) -> np.ndarray:
 def _cluster_bootstrap(y: np.ndarray, s: np.ndarray, units, n: int, seed: int) -> np.ndarray:
     """AUC of ``n`` replicates that resample whole units (stratified by the units' labels)."""
     uy, inv = _unit_labels(y, units)
+    return _drawn_aucs(y, s, inv, len(uy), _replicates(uy, n, seed))
+
+
+def _drawn_aucs(y: np.ndarray, s: np.ndarray, inv: np.ndarray, n_units: int, chunks) -> np.ndarray:
+    """AUC of each replicate in ``chunks`` (rows of unit indices drawn), every score counted as
+    often as its unit (``inv``) was drawn."""
     out = []
-    for idx in _replicates(uy, n, seed):
+    for idx in chunks:
         rows = max(1, _CHUNK_CELLS // max(len(s), 1))  # the weights too stay bounded
         for part in np.array_split(idx, -(-len(idx) // rows)):
-            counts = np.zeros((len(part), len(uy)))
+            counts = np.zeros((len(part), n_units))
             np.add.at(counts, (np.arange(len(part))[:, None], part), 1)
             out.append(_weighted_aucs(y, s, counts[:, inv]))
     return np.concatenate(out)
+
+
+def _group_draws(has: np.ndarray, n: int, seed: int, redrawn: list):
+    """``n`` replicates of ``len(has)`` groups drawn with replacement, in chunks of rows, each
+    holding a real and a fake (``has``: ``(groups, 2)``, whether a group holds each class); a
+    draw of one class only is drawn again and counted in ``redrawn[0]``. One row at a time, so
+    the draws do not depend on the chunk size. It ends: a draw misses every group holding a
+    class with probability at most (1 - 1/g)^g < 1/e, so both are drawn over a quarter of the time."""
+    rng = np.random.default_rng(seed)
+    rows, chunk = max(1, _CHUNK_CELLS // max(len(has), 1)), []
+    while n:
+        draw = rng.integers(0, len(has), len(has))
+        if not has[draw].any(axis=0).all():
+            redrawn[0] += 1
+            continue
+        chunk.append(draw)
+        n -= 1
+        if len(chunk) == rows or not n:
+            yield np.stack(chunk)
+            chunk = []
 
 
 def auc_ci(y, s, n: int = 2000, seed: int = 0, level: float = 0.95, units=None) -> dict:
@@ -113,17 +144,45 @@ def auc_ci(y, s, n: int = 2000, seed: int = 0, level: float = 0.95, units=None) 
     a = (1 - level) / 2
     lo, hi = np.quantile(reps, [a, 1 - a])
     out = {"auc": auc, "ci": [float(lo), float(hi)], "n_boot": n}
-    return _noted(out, y if units is None else _unit_labels(y, units)[0])
+    return _noted(out, _per_class(y if units is None else _unit_labels(y, units)[0]))
 
 
-def _noted(out: dict, y: np.ndarray) -> dict:
-    """``out`` with a ``ci_note`` when the smaller class of ``y`` (one label per video) holds
-    fewer than :data:`SMALL_CLASS` videos."""
-    smaller = int(min(y.sum(), len(y) - y.sum()))
+def group_auc_ci(y, s, groups, n: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+    """:func:`auc_ci`'s result and ``"ci_unit"``: ``"file"`` when every file is its own group
+    (then exactly :func:`auc_ci`'s), else ``"group"``: whole groups resampled (module doc), with
+    ``"n_groups"``, ``"n_redrawn"`` and a ``ci_note`` counting the groups holding each class."""
+    y, s = np.asarray(y, int), np.asarray(s, float)
+    _, inv = np.unique(np.asarray(groups), return_inverse=True)
+    inv = inv.reshape(-1)
+    if inv.max(initial=-1) + 1 == len(y):  # no file shares a group: the file bootstrap, as ever
+        return {**auc_ci(y, s, n, seed, level), "ci_unit": "file"}
+    if y.min(initial=1) == y.max(initial=0):
+        return {"auc": None, "ci": None, "n_boot": 0, "ci_unit": "group"}
+    auc = float(roc_auc_score(y, s))  # first: it refuses NaN scores
+    has = np.zeros((inv.max() + 1, 2), bool)
+    has[inv, y] = True
+    redrawn = [0]
+    reps = _drawn_aucs(y, s, inv, len(has), _group_draws(has, n, seed, redrawn))
+    a = (1 - level) / 2
+    lo, hi = np.quantile(reps, [a, 1 - a])
+    out = {"auc": auc, "ci": [float(lo), float(hi)], "n_boot": n, "ci_unit": "group",
+           "n_groups": len(has), "n_redrawn": redrawn[0]}
+    return _noted(out, has.sum(axis=0), "group(s) hold")
+
+
+def _noted(out: dict, per_class, unit: str = "video(s) in") -> dict:
+    """``out`` with a ``ci_note`` when the smaller class holds fewer than :data:`SMALL_CLASS`
+    units; ``per_class``: how many units hold each class (a unit of both counts in both)."""
+    smaller = int(min(per_class))
     if smaller < SMALL_CLASS:
-        out["ci_note"] = (f"{smaller} video(s) in the smaller class: the bootstrap interval "
+        out["ci_note"] = (f"{smaller} {unit} the smaller class: the bootstrap interval "
                           "understates the uncertainty")
     return out
+
+
+def _per_class(y: np.ndarray) -> tuple[int, int]:
+    """(reals, fakes) of labels ``y``, one per unit."""
+    return int(len(y) - y.sum()), int(y.sum())
 
 
 def paired_auc_diff(y, s_a, s_b, n: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
@@ -139,4 +198,4 @@ def paired_auc_diff(y, s_a, s_b, n: int = 2000, seed: int = 0, level: float = 0.
     a = (1 - level) / 2
     lo, hi = np.quantile(d, [a, 1 - a])
     return _noted({"diff": diff, "ci": [float(lo), float(hi)],
-                   "p_not_better": float(np.mean(np.asarray(d) <= 0)), "n_boot": n}, y)
+                   "p_not_better": float(np.mean(np.asarray(d) <= 0)), "n_boot": n}, _per_class(y))
