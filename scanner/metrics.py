@@ -64,7 +64,8 @@ def set_build_info(detector: str, engine: str, device: str, info: Info = BUILD) 
 def serve(port: int, host: str = "127.0.0.1"):
     """Serve ``/metrics`` on ``host:port`` (loopback unless told otherwise).
 
-    Returns the server (``.shutdown()`` to stop) and the bound port (useful with port 0).
+    Returns the server (``.shutdown()`` then ``.server_close()`` to stop and free the port) and
+    the bound port (useful with port 0).
     """
     try:
         server, _thread = start_http_server(port, addr=host, registry=REGISTRY)
@@ -146,18 +147,23 @@ class StreamMetrics:
 
     closed = False  # set when the stream is removed: late calls must not re-create its series
 
+    # Checked and set under the registry's lock, as remove_stream closes: checked outside it, a
+    # watchdog marking the stream stalled while it was removed re-created its state series after
+    # the removal (a removed stream "stalled" for good, its down alert firing forever).
     def set_state(self, state: str) -> None:
-        if self.closed:
-            return
-        for s in STATES:
-            self._m.state.labels(self.name, s).set(1.0 if s == state else 0.0)
+        with self._m._lock:
+            if self.closed:
+                return
+            for s in STATES:
+                self._m.state.labels(self.name, s).set(1.0 if s == state else 0.0)
 
     def set_transport(self, transport: str | None) -> None:
         """1 for the RTSP transport in use (what ``auto`` negotiated), 0 for the others."""
-        if self.closed or transport not in TRANSPORTS:
-            return
-        for t in TRANSPORTS:
-            self._m.transport.labels(self.name, t).set(1.0 if t == transport else 0.0)
+        with self._m._lock:
+            if self.closed or transport not in TRANSPORTS:
+                return
+            for t in TRANSPORTS:
+                self._m.transport.labels(self.name, t).set(1.0 if t == transport else 0.0)
 
 
 class LiveMetrics:
@@ -175,7 +181,8 @@ class LiveMetrics:
             "dfscan_stream_frames_dropped_total", "Sampled frames dropped (buffer full, oldest first)", s, registry=r
         )
         self.reconnects = Counter("dfscan_stream_reconnects_total", "Reconnect attempts after EOF/error/stall", s, registry=r)
-        self.errors = Counter("dfscan_stream_errors_total", "Open/read/decode errors", s, registry=r)
+        self.errors = Counter("dfscan_stream_errors_total", "Open/read/decode errors and frames whose analysis failed",
+                              s, registry=r)
         self.faces = Counter("dfscan_stream_faces_total", "Face crops scored", s, registry=r)
         self.nonfinite = Counter("dfscan_stream_nonfinite_scores_total",
                                  "Face crops the detector scored NaN/inf (left out of the verdicts)", s, registry=r)
@@ -204,7 +211,7 @@ class LiveMetrics:
         self.streams = Gauge("dfscan_stream_configured", "Number of configured streams", registry=r)
         self.build = Info("dfscan_build", "Versions of dfscan and its main libraries", registry=r)
         self._children: dict[str, StreamMetrics] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # stream() sets the first state under it
 
     def stream(self, name: str) -> StreamMetrics:
         with self._lock:

@@ -8,8 +8,10 @@ one complete, consistent snapshot. Group: job ``dfscan_scan``, ``instance`` = th
 host name -- never a path or id (label values stay bounded).
 
 Credentials in the URL (``https://user:pass@gw``) are sent as HTTP basic auth
-and never logged. A failed push is logged and counted, never fatal: metrics
-must not cost a scan its rows.
+and never logged. A failed push is counted, never fatal: metrics must not cost
+a scan its rows. It is logged once with its reason, again only when the reason
+changes, and a push that works again after failures says so: a gateway down for
+a whole archive scan wrote the same warning every 15 s.
 """
 from __future__ import annotations
 
@@ -57,6 +59,8 @@ class MetricsPusher:
         self.registry, self.interval_s, self.job, self.timeout_s = registry, interval_s, job, timeout_s
         self.grouping_key = {"instance": instance or socket.gethostname()}
         self.pushes = self.failures = 0
+        self._said: str | None = None  # the failure last logged; None: the last push worked
+        self._said_lock = threading.Lock()
         if user is not None:
             def handler(url, method, timeout, headers, data):
                 return basic_auth_handler(url, method, timeout, headers, data, user, pw or "")
@@ -72,11 +76,26 @@ class MetricsPusher:
             push_to_gateway(self.gateway, job=self.job, registry=self.registry, grouping_key=self.grouping_key,
                             timeout=timeout_s or self.timeout_s, handler=self._handler)
         except Exception as e:  # noqa: BLE001 - URLError, HTTP errors, timeouts: never fatal
-            self.failures += 1  # the gateway URL holds no credentials (they went to the handler)
-            log.warning("metrics push to %s failed: %s: %s", self.masked, type(e).__name__, e)
+            # the gateway URL holds no credentials (they went to the handler)
+            self._failed(f"{type(e).__name__}: {e}")
             return False
         self.pushes += 1
+        with self._said_lock:
+            if self._said is not None:  # at the level of the failure it amends (shown by default)
+                log.warning("metrics push to %s works again (%d push(es) failed)", self.masked, self.failures)
+            self._said = None
         return True
+
+    def _failed(self, why: str) -> None:
+        """Count a failed push; log its reason unless it is the one logged last."""
+        with self._said_lock:
+            self.failures += 1
+            repeat, self._said = why == self._said, why
+        if repeat:
+            log.debug("metrics push to %s failed again: %s", self.masked, why)
+        else:
+            log.warning("metrics push to %s failed: %s (the scan goes on; not logged again while the "
+                        "reason stays the same)", self.masked, why)
 
     def start(self) -> "MetricsPusher":
         if self.interval_s > 0:
@@ -111,8 +130,7 @@ class MetricsPusher:
         t.join(timeout_s + 0.5)
         if done:
             return done[0]
-        self.failures += 1
-        log.warning("metrics push to %s failed: no answer within %.0f s", self.masked, timeout_s)
+        self._failed(f"no answer within {timeout_s:.0f} s")
         return False
 
 

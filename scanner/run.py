@@ -291,7 +291,8 @@ def _run(args, stop: GracefulStop, locks: OutputLocks) -> int:
     finally:
         close_all(pre)
         if server is not None:
-            server.shutdown()
+            server.shutdown()  # stops serving; the socket listens until closed
+            server.server_close()
         if pusher is not None:
             pusher.stop()  # the final values, also after an interrupt
     try:
