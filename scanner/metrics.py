@@ -41,11 +41,22 @@ VIDEO_SECONDS = Histogram(
     buckets=(0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128), registry=REGISTRY,
 )
 BUILD = Info("dfscan_build", "Versions of dfscan and its main libraries", registry=REGISTRY)
+# How the scan ended, pushed with its last values: a scan that failed to start (weights
+# missing) pushed only zero counters, which read as a clean scan and cleared the error alerts.
+SCAN_STATES = ("running", "complete", "failed", "interrupted")
+SCAN_STATE = Gauge("dfscan_scan_state", "1 for the scan's state: running, complete (every input has its "
+                   "row), failed (ended by an error, or an output lost rows), interrupted (a signal)",
+                   ["state"], registry=REGISTRY)
 
 for _s in STAGES:  # expose zero series up front so dashboards see every stage
     STAGE_SECONDS.labels(stage=_s)
 for _v in VERDICTS:
     VIDEOS.labels(verdict=_v)
+
+
+def set_scan_state(state: str) -> None:
+    for s in SCAN_STATES:
+        SCAN_STATE.labels(state=s).set(1.0 if s == state else 0.0)
 
 
 def set_build_info(detector: str, engine: str, device: str, info: Info = BUILD) -> None:

@@ -264,8 +264,10 @@ def _run(args, stop: GracefulStop, locks: OutputLocks) -> int:
     if cfg.metrics_port is not None:
         server, port = metrics.serve(cfg.metrics_port, cfg.metrics_host)
         console.print(f"[dim]metrics on http://{cfg.metrics_host}:{port}/metrics[/dim]")
+    metrics.set_scan_state("running")
     pusher = metrics_push.start_for(cfg, console)
     pre: dict = {}
+    ended = "failed"  # unless the scan reaches its end
     try:
         outs = order_outputs(cfg.outputs)
         locks.acquire(outs)  # held until the outputs are closed
@@ -288,7 +290,9 @@ def _run(args, stop: GracefulStop, locks: OutputLocks) -> int:
             _scan_all(paths, ctx, cfg, sinks, tally, console, cfg.progress and interactive)
         finally:
             sinks.close()
+        ended = "interrupted" if stop.signum is not None else "failed" if sinks.failures else "complete"
     finally:
+        metrics.set_scan_state(ended)
         close_all(pre)
         if server is not None:
             server.shutdown()  # stops serving; the socket listens until closed

@@ -196,3 +196,20 @@ def test_a_state_change_racing_the_removal_does_not_bring_a_removed_stream_back(
             if s.labels.get("stream") == "cam"]
     assert not left, left
     assert samples(m.render().decode())[("dfscan_stream_configured", ())] == 1.0
+
+
+def _scan_state() -> dict[str, float]:
+    got = registry_samples()
+    return {s: got[("dfscan_scan_state", (("state", s),))] for s in metrics.SCAN_STATES}
+
+
+def test_the_scan_state_says_a_failed_start_from_a_clean_scan(tmp_path, capsys):
+    """A scan that failed to start (unreadable weights) pushed only zero counters: to the
+    Pushgateway it looked like a clean scan, and the last scan's error alerts cleared."""
+    bad = tmp_path / "w.safetensors"
+    bad.write_bytes(b"not a safetensors file" * 10)
+    rc = main(["scan", CLIPS[0], *OPTS, "--weights", str(bad), "--out", str(tmp_path / "a.jsonl")])
+    assert rc != 0
+    assert _scan_state() == {"running": 0, "complete": 0, "failed": 1, "interrupted": 0}
+    assert main(["scan", *CLIPS, *OPTS, "--out", str(tmp_path / "b.jsonl")]) == 0
+    assert _scan_state() == {"running": 0, "complete": 1, "failed": 0, "interrupted": 0}

@@ -38,6 +38,7 @@ if MISSING and os.environ.get("CI") != "true":  # CI installs them (.ci/run): mi
 DFSCAN = [sys.executable, "-m", "scanner.cli"]
 CLIP = ROOT / "scanner/samples/d7.mp4"
 LIVE_ONLY_AFTER_STOP = {"DfscanServeDown"}  # evaluated once the service is stopped
+BATCH_ONLY_AFTER_FAILURE = {"DfscanScanFailed"}  # evaluated once a failed scan has pushed
 
 
 def _port() -> int:
@@ -186,7 +187,8 @@ def test_promtool_accepts_the_configs(stack):
 
 
 def test_every_dashboard_and_alert_expression_returns_data(stack):
-    exprs = dashboard_exprs() + [e for name, e in alert_exprs().items() if name not in LIVE_ONLY_AFTER_STOP]
+    later = LIVE_ONLY_AFTER_STOP | BATCH_ONLY_AFTER_FAILURE
+    exprs = dashboard_exprs() + [e for name, e in alert_exprs().items() if name not in later]
     # Rates need two scrapes in their window, verdicts need faces: poll until all have data.
     deadline, missing = time.monotonic() + 150, exprs
     while missing and time.monotonic() < deadline:
@@ -207,3 +209,20 @@ def test_serve_down_alert_fires_when_the_service_stops(stack):
     while time.monotonic() < deadline and not all(has_data(stack.query(e)) for e in exprs):
         time.sleep(1)
     assert all(has_data(stack.query(e)) for e in exprs)
+
+
+def test_scan_failed_alert_fires_for_a_scan_that_could_not_start(stack):
+    """A scan ended by an error before its end pushed zero counters that read as a clean scan."""
+    bad = stack.tmp / "broken.safetensors"
+    bad.write_bytes(b"not a safetensors file" * 10)
+    out = subprocess.run([*DFSCAN, "scan", str(CLIP), "--weights", str(bad), "--no-progress",
+                          "--out", str(stack.tmp / "failed.jsonl"),
+                          "--metrics-push", f"http://127.0.0.1:{stack.ports['gw']}"],
+                         capture_output=True, text=True, timeout=300, cwd=stack.tmp)
+    assert out.returncode != 0, out.stdout[-2000:] + out.stderr[-2000:]
+    exprs = [alert_exprs()[name] for name in BATCH_ONLY_AFTER_FAILURE]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not all(has_data(stack.query(e)) for e in exprs):
+        time.sleep(1)
+    assert all(has_data(stack.query(e)) for e in exprs)
+    assert [s["metric"]["state"] for s in stack.query(exprs[0])] == ["failed"]
