@@ -76,7 +76,14 @@ def json_line(row: dict) -> str:
     # A non-UTF-8 file name is a str with lone surrogates (os.fsdecode), which UTF-8 cannot
     # encode: the write failed and stopped the scan. Written as the JSON escape \udcXX
     # instead (surrogates only occur inside JSON strings), it reads back as the same name.
-    return line.encode("utf-8", "backslashreplace").decode("utf-8")
+    line = line.encode("utf-8", "backslashreplace").decode("utf-8")
+    # U+2028, U+2029 and U+0085 end a line for str.splitlines() and other Unicode-aware
+    # readers: a name holding one split its row into two lines that are not JSON. Escaped
+    # (they too occur only inside JSON strings), the row reads back as the same value.
+    return line.translate(_LINE_BREAKS) if "\u2028" in line or "\u2029" in line or "\x85" in line else line
+
+
+_LINE_BREAKS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
 
 
 class JsonlSink(Sink):

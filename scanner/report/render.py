@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import unicodedata
 from dataclasses import dataclass
 from html import escape
 from pathlib import Path
@@ -22,8 +23,8 @@ from engines.files import remove_stale_temps, temp_beside
 from .. import __version__
 from ..aggregate import score_text
 from ..durable import make_parent
-from ..terminal import terminal_safe
-from .rows import VERDICTS, index_rows, read_row, slim_row, summarise
+from ..terminal import HIDDEN, terminal_safe
+from .rows import VERDICTS, index_rows, read_row, slim_row, summarise, unreadable_text
 from .thumbnails import THUMB_PX, Evidence, Thumb, evidence
 from .timeline import timeline_svg
 
@@ -32,6 +33,22 @@ ASSETS = Path(__file__).with_name("assets")
 CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
        "script-src 'unsafe-inline'; form-action 'none'; base-uri 'none'")
 ORDER = {"fake": 0, "error": 1, "no_face": 2, "real": 3}
+def shown(text) -> str:
+    """``text`` as HTML, each :data:`scanner.terminal.HIDDEN` character (what a browser hides
+    or shows as something else) as its marked Python escape
+    (``\\u202e``, ``\\n``, ``\\udcff``), so a name reads as exactly one name."""
+    text = str(text)
+    if not HIDDEN.search(text):  # the usual name: nothing to mark
+        return escape(text)
+    out, last = [], 0
+    for m in HIDDEN.finditer(text):
+        ch = m.group()
+        what = f"byte 0x{ord(ch) - 0xDC00:02X}, not UTF-8" if "\udc80" <= ch <= "\udcff" else \
+            f"U+{ord(ch):04X} {unicodedata.name(ch, 'control or invisible character')}"
+        out.append(f'{escape(text[last:m.start()])}<span class="esc" title="{what}">'
+                   f'{ch.encode("unicode_escape").decode("ascii")}</span>')
+        last = m.end()
+    return "".join(out) + escape(text[last:])
 
 
 @dataclass
@@ -78,7 +95,7 @@ def ordered(rows: list[dict]) -> list[tuple[int, dict]]:
 def _header(s: dict, meta: dict, explain_note: str | None) -> str:
     counts = "".join(f'<span><span class="badge {escape(v)}">{escape(v.replace("_", " "))}</span> '
                      f'<b class="count-{escape(v)}">{n}</b></span>' for v, n in s["counts"].items())
-    errs = ", ".join(f"{escape(k)}: {n}" for k, n in s["errors"].items()) or "none"
+    errs = ", ".join(f"{shown(k)}: {n}" for k, n in s["errors"].items()) or "none"
     wall = meta.get("wall_seconds")
     time_s = f'{s["video_seconds"]:.1f} s summed over videos' + (f", {wall:.1f} s wall" if wall else "")
     items = [("generated", dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
@@ -89,8 +106,8 @@ def _header(s: dict, meta: dict, explain_note: str | None) -> str:
              ("videos", f'{s["videos"]} ({s["frames"]} frames, {s["faces"]} faces)'),
              ("scan time", time_s), ("results", meta.get("source") or "–"),
              ("errors by kind", errs)]
-    dl = "".join(f"<dt>{escape(k)}</dt><dd>{escape(str(v))}</dd>" for k, v in items)
-    notes = "".join(f'<p class="note">{escape(n)}</p>' for n in (meta.get("notes") or []) + [explain_note] if n)
+    dl = "".join(f"<dt>{escape(k)}</dt><dd>{shown(v)}</dd>" for k, v in items)
+    notes = "".join(f'<p class="note">{shown(n)}</p>' for n in (meta.get("notes") or []) + [explain_note] if n)
     return (f'<header><div><h1>dfscan report <small>{s["videos"]} videos</small></h1>'
             f'<dl class="meta">{dl}</dl><div class="counts">{counts}</div>{notes}</div></header>')
 
@@ -120,11 +137,11 @@ def _table_row(i: int, r: dict) -> str:
     v, err = r.get("verdict"), (r.get("error") or {}).get("kind") or ""
     score, total = r.get("score"), (r.get("timings") or {}).get("total")
     return (f'<tr data-id="v{i}" data-verdict="{escape(str(v))}" data-path="{escape(str(r["path"]))}">'
-            f'<td class="path"><a href="#v{i}">{escape(str(r["path"]))}</a></td>'
+            f'<td class="path"><a href="#v{i}">{shown(r["path"])}</a></td>'
             f'<td data-v="{ORDER.get(v, 9)}{escape(str(v))}"><span class="badge {escape(str(v))}">{escape(str(v))}</span></td>'
             f'<td class="num" data-v="{"" if score is None else score}">{_score(r)}</td>'
             f'<td class="num">{r.get("frames_with_faces", 0)}/{r.get("frames", 0)}</td>'
-            f'<td class="num">{r.get("faces", 0)}</td><td>{escape(err)}</td>'
+            f'<td class="num">{r.get("faces", 0)}</td><td>{shown(err)}</td>'
             f'<td class="num" data-v="{"" if total is None else total}">{_fmt(total, 2)}</td></tr>')
 
 
@@ -146,8 +163,8 @@ def _thumb(t: Thumb, threshold=None) -> str:
     if not t.cam:
         return fig
     if not t.cam.get("uri"):
-        return f'<div class="pair">{fig}<p class="note">Grad-CAM: {escape(t.cam.get("note") or "")}</p></div>'
-    note = f'<br>{escape(t.cam["note"])}' if t.cam.get("note") else ""
+        return f'<div class="pair">{fig}<p class="note">Grad-CAM: {shown(t.cam.get("note") or "")}</p></div>'
+    note = f'<br>{shown(t.cam["note"])}' if t.cam.get("note") else ""
     cam = (f'<figure class="cam"><img src="{t.cam["uri"]}" loading="lazy" alt="Grad-CAM heatmap">'
            f'<figcaption>Grad-CAM · recomputed P(fake) {t.cam["p_fake"]:.3f}{note}</figcaption></figure>')
     return f'<div class="pair">{fig}{cam}</div>'
@@ -179,11 +196,11 @@ def _section(i: int, r: dict, ev: Evidence | None, is_open: bool) -> str:
         facts.append(f'sha256 {str(r["sha256"])[:16]}…')
     parts = [f'<details class="video {v}" id="v{i}" data-verdict="{v}"{" open" if is_open else ""}>'
              f'<summary><span class="badge {v}">{v}</span><span class="score">{_score(r)}</span>'
-             f'{escape(str(r["path"]))}</summary><p class="facts">{escape(" · ".join(facts))}</p>']
+             f'{shown(r["path"])}</summary><p class="facts">{shown(" · ".join(facts))}</p>']
     parts.append(_losses(r))
     if r.get("error"):
         e = r["error"]
-        parts.append(f'<p class="errmsg"><b>{escape(str(e.get("kind")))}</b>: {escape(str(e.get("message")))}</p>')
+        parts.append(f'<p class="errmsg"><b>{shown(e.get("kind"))}</b>: {shown(e.get("message"))}</p>')
     svg = timeline_svg(r, r.get("threshold"))
     if svg:
         parts.append(svg + '<p class="legend">P(fake) per sampled frame (hover a point for time and '
@@ -195,7 +212,7 @@ def _section(i: int, r: dict, ev: Evidence | None, is_open: bool) -> str:
         if ev.thumbs:
             parts.append(f'<div class="thumbs">{"".join(_thumb(t, r.get("threshold")) for t in ev.thumbs)}</div>')
         if ev.note:
-            parts.append(f'<p class="note">{"no thumbnails: " if not ev.thumbs else ""}{escape(ev.note)}</p>')
+            parts.append(f'<p class="note">{"no thumbnails: " if not ev.thumbs else ""}{shown(ev.note)}</p>')
     parts.append("</details>")
     return "".join(parts)
 
@@ -249,16 +266,18 @@ def write_report(results: str | Path, out: str | Path, options: ReportOptions | 
     time; the HTML is streamed to a temporary file renamed over ``out`` at the end.
     """
     with open(results, "rb") as src:  # indexed and read through one handle (see index_rows)
-        entries, bad = index_rows(src)
+        why: dict = {}
+        entries, bad = index_rows(src, why)
         if bad and not entries:  # e.g. the scan's CSV: an empty report would pass for "0 videos"
-            raise DfscanError(f"{results} holds no dfscan result row ({bad} unreadable line(s)); the report "
-                              "is rendered from the JSONL a scan writes (a CSV has no per-frame details)")
+            raise DfscanError(f"{results} holds no dfscan result row ({bad} unreadable line(s)); "
+                              f"{unreadable_text(why)}; the report is rendered from the JSONL a scan "
+                              "writes (a CSV has no per-frame details)")
         slim = [row for _, row in entries]
         opts, meta = options or ReportOptions(), dict(meta or {})
         meta.setdefault("source", str(results))
         if bad:
-            meta.setdefault("notes", []).append(f"{bad} unreadable line(s) in {results} skipped "
-                                                "(e.g. a row torn by a kill)")
+            meta.setdefault("notes", []).append(f"{bad} unreadable line(s) in {results} skipped: "
+                                                f"{unreadable_text(why)}")
 
         def chunks() -> Iterator[str]:
             explainer = _explainer(opts, meta, slim)

@@ -21,7 +21,7 @@ def load_rows(path: str | Path) -> tuple[list[dict], int]:
         return [read_row(f, off) for off, _ in entries], bad
 
 
-def index_rows(f) -> tuple[list[tuple[int, dict]], int]:
+def index_rows(f, why: dict | None = None) -> tuple[list[tuple[int, dict]], int]:
     """``[(byte offset, slim row (:func:`slim_row`)), ...]`` and the unreadable line count.
 
     ``f``: the results file opened in binary mode, the handle the rows are then read from,
@@ -32,29 +32,58 @@ def index_rows(f) -> tuple[list[tuple[int, dict]], int]:
     one row at a time, with :func:`read_row`), so a report of 100,000 videos stays small.
     A later row for the same path replaces an earlier one (``--retry-errors``
     appends a new row for a rescanned input) but keeps the first one's position.
-    A torn last line (a scan killed mid-write) is counted, not fatal.
+    A torn last line (a scan killed mid-write) is counted, not fatal; ``why`` gets each
+    reason's count and first line numbers (see :func:`unreadable_text`).
     """
     by_path: dict[str, tuple[int, dict]] = {}
     shared: dict = {}  # see slim_row
     bad, off = 0, 0
     f.seek(0)
-    for line in f:
+    for n, line in enumerate(f, 1):
         start, off = off, off + len(line)
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-        except ValueError:
-            bad += 1
+        row, reason = _parse(line)
+        if reason is None:
+            by_path[str(row["path"])] = (start, slim_row(row, shared))
             continue
-        if not isinstance(row, dict) or "path" not in row or "verdict" not in row:
-            bad += 1  # e.g. a header/metadata line written by another tool
-            continue
-        if not well_formed(row):
-            bad += 1  # hand-edited or foreign: a string score would crash the sort and sums
-            continue
-        by_path[str(row["path"])] = (start, slim_row(row, shared))
+        bad += 1
+        if why is not None:  # bounded: a count and WHY_LINES line numbers per reason
+            seen = why.setdefault(reason, [0])
+            seen[0] += 1
+            if len(seen) <= WHY_LINES:
+                seen.append(n)
     return list(by_path.values()), bad
+
+
+WHY_LINES = 3  # line numbers named per reason
+
+
+def _parse(line: bytes) -> tuple[dict | None, str | None]:
+    """``(row, None)`` for a result row the report can show, else ``(None, why)``.
+
+    The report said only "N unreadable line(s) (e.g. a row torn by a kill)", whatever the
+    reason: a results file cut short, another program's JSONL and a hand-edited row read alike."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        if not line.endswith(b"\n"):
+            return None, "cut short at the end of the file (a row torn by a kill, or a copy cut short)"
+        return None, "not JSON (a row torn, then written after, or hand-edited)"
+    if not isinstance(row, dict) or "path" not in row or "verdict" not in row:
+        return None, "no dfscan result row (no path and verdict: another program's, or a live event)"
+    if not well_formed(row):  # a string score would crash the sort and sums
+        return None, "a field of another type than dfscan writes (hand-edited, or another program's)"
+    return row, None
+
+
+def unreadable_text(why: dict) -> str:
+    """``why`` of :func:`index_rows` as text: ``not JSON (...): line 1, 2, 3 and 15 more``."""
+    parts = []
+    for reason, (count, *lines) in why.items():
+        more = f" and {count - len(lines)} more" if count > len(lines) else ""
+        parts.append(f"{reason}: line {', '.join(map(str, lines))}{more}")
+    return "; ".join(parts)
 
 
 # What the header, the table, the section order and the Grad-CAM check read of a row; each
