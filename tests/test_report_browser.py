@@ -143,6 +143,24 @@ def test_report_page_cannot_reach_the_network(browser, report):
     page.close()
 
 
+def test_only_the_report_own_script_runs(browser, report, tmp_path):
+    """The CSP names the report's script by its SHA-256: markup an escaping slip let into the
+    page (an inline script, an event-handler attribute) does not run ('unsafe-inline' let both)."""
+    out, _ = report
+    html = out.read_text(encoding="utf-8").replace(
+        "<main>", '<main><script>document.title = "pwned-script"</script>'
+                  '<img src="data:," onerror="document.title = \'pwned-handler\'">', 1)
+    slipped = tmp_path / "slipped.html"
+    slipped.write_text(html, encoding="utf-8")
+    page, _, _ = _open(browser, slipped.as_uri())
+    page.wait_for_timeout(300)
+    assert "pwned" not in page.title()
+    score = page.locator("table.videos th", has_text="score")
+    score.click()  # the report's own script still sorts
+    assert score.get_attribute("aria-sort") == "descending"
+    page.close()
+
+
 def test_report_screenshot(browser, report, tmp_path):
     out, _ = report
     page, _, _ = _open(browser, out.as_uri())

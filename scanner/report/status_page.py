@@ -13,10 +13,8 @@ from functools import lru_cache
 from html import escape
 
 from .. import __version__
-from .render import _asset
+from .render import _asset, csp
 
-CSP = ("default-src 'none'; connect-src 'self'; img-src data:; style-src 'unsafe-inline'; "
-       "script-src 'unsafe-inline'; form-action 'none'; base-uri 'none'")
 COLUMNS = ("stream", "url", "state", "for", "fps", "sampled", "dropped", "reconnects", "faces",
            "score", "verdict", "tracks", "last error")
 EXTRA_CSS = """
@@ -32,10 +30,10 @@ form#token-form{margin:8px 0}
 @lru_cache(maxsize=1)
 def status_html() -> str:
     """The status page as one HTML string (``text/html; charset=utf-8``)."""
-    head = "".join(f"<th>{c}</th>" for c in COLUMNS)
+    head, script = "".join(f"<th>{c}</th>" for c in COLUMNS), _asset("status.js")
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
-        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+        f'<meta http-equiv="Content-Security-Policy" content="{csp(script, connect_self=True)}">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f'<title>dfscan live</title><style>{_asset("report.css")}{EXTRA_CSS}</style></head><body>'
         '<header><div><h1>dfscan live <small><span id="stream-count">0</span> streams</small></h1>'
@@ -45,4 +43,4 @@ def status_html() -> str:
         f'<section class="overview"><table class="videos" id="streams"><thead><tr>{head}</tr></thead>'
         '<tbody></tbody></table></section>'
         f'<footer>dfscan {escape(__version__)} · JSON API: /streams, /healthz, /readyz, /metrics</footer>'
-        f'<script>{_asset("status.js")}</script></body></html>')
+        f'<script>{script}</script></body></html>')
