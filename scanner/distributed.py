@@ -109,7 +109,8 @@ def connect(address: str, **init_kwargs) -> bool:
     _check_reachable(address)
     term = signal.getsignal(signal.SIGTERM)
     try:
-        ray.init(address=address, log_to_driver=False, configure_logging=False, **init_kwargs)
+        with _masked_entrypoint(ray):
+            ray.init(address=address, log_to_driver=False, configure_logging=False, **init_kwargs)
     except Exception as e:  # noqa: BLE001 - a busy host's startup timeout is a bare Exception
         raise RayUnavailable(f"cannot reach the Ray cluster {address!r}: {e}") from e
     finally:
@@ -118,6 +119,25 @@ def connect(address: str, **init_kwargs) -> bool:
         if term is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, term)
     return True
+
+
+@contextlib.contextmanager
+def _masked_entrypoint(ray):
+    """Inside, Ray records this driver's command line with credentials masked. Why: it keeps
+    the whole line as the job's entrypoint (``ray list jobs``, the dashboard), readable by
+    every user of the cluster: ``--metrics-push https://user:pass@gw`` put the password there."""
+    from .live.urls import mask_text
+
+    utils = getattr(getattr(ray, "_private", None), "utils", None)
+    real = getattr(utils, "get_entrypoint_name", None)
+    if real is None:  # a Ray that records no entrypoint this way
+        yield
+        return
+    utils.get_entrypoint_name = lambda: mask_text(real())
+    try:
+        yield
+    finally:
+        utils.get_entrypoint_name = real
 
 
 def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
@@ -193,6 +213,7 @@ class RayScanContext:
         # retry: (path, attempts so far, when first sent or None); the time makes error rows'
         # timings total, as a local scan's
         self._todo, self._retry = iter(paths), deque()
+        self._gone = ""  # why the last actor was lost for good, for the rows left without one
         self._load = [0] * len(self.actors)
         self._pending = {}  # ObjectRef -> (actor index, path as given or None: a ping, attempts, sent)
         self._submit()
@@ -201,20 +222,36 @@ class RayScanContext:
             ref = self._next_done(None if self._scanning() else RESTART_WAIT_S)  # only pings out
             if ref is None:
                 if not self.stop.is_set():
-                    log.error("no Ray scan actor came back within %.0f s of its restart; "
-                              "the videos left get worker_lost rows", RESTART_WAIT_S)
+                    self._gone = f"no actor came back within {RESTART_WAIT_S:.0f} s of its restart"
+                    log.error("Ray scan: %s; the videos left get worker_lost rows", self._gone)
                 break
             row = self._result(ref, *self._pending.pop(ref))
             self._submit()  # the freed actor's next video goes out before this row is written
             if row is not None:
                 metrics.record_row(row)
                 yield row
-        if self.stop.is_set():  # interrupted: videos in flight are abandoned (no row), as locally
+        if self.stop.is_set():  # interrupted: videos still running are abandoned (no row), as locally
+            yield from self._finished()
             return
         for path, _, sent in [*self._retry, *((str(p), 0, None) for p in self._todo)]:  # no actor left
-            row = self._error_row(path, "worker_lost", "no Ray scan actor is left to scan it", sent)
+            row = self._error_row(path, "worker_lost", "no Ray scan actor is left to scan it"
+                                   + (f" ({self._gone})" if self._gone else ""), sent)
             metrics.record_row(row)
             yield row
+
+    def _finished(self) -> Iterator[dict]:
+        """After a stop, the rows of videos that finished but were not received yet, as a local
+        scan yields its finished videos' rows: they were dropped (rows that came back while
+        the driver wrote another one), and --resume scanned those videos again."""
+        ready = _ray().wait(list(self._pending), num_returns=len(self._pending), timeout=0)[0] \
+            if self._pending else []
+        for ref in ready:
+            if self._pending[ref][1] is None:  # a restarted actor's answer: no video
+                continue
+            row = self._result(ref, *self._pending.pop(ref))
+            if row is not None:  # None: its worker died, the video goes without a row
+                metrics.record_row(row)
+                yield row
 
     def _next_done(self, wait_s: float | None):
         """The next finished task; None after ``wait_s`` seconds (None: no limit) or on ``stop``."""
@@ -253,12 +290,16 @@ class RayScanContext:
         None for a ping or a video sent out again."""
         ray = _ray()
         if path is None:  # the restarted actor answers: it takes videos again
-            with contextlib.suppress(ray.exceptions.RayError):  # else dead for good: stays idle
+            try:
                 odd = self._other_model(ray.get(ref))
-                if odd:  # restarted on a node with other weights: its rows would be refused
-                    log.error("a restarted Ray scan actor uses another model (%s): it gets no more videos", odd)
-                else:
-                    self._load[k] = 0
+                lost = odd and f"a restarted actor uses another model ({odd})"  # its rows would be refused
+            except ray.exceptions.RayError as e:  # dead for good (its restart failed): stays idle
+                lost = f"a lost actor could not start again: {_remote_error(e)}"
+            if lost:  # kept: the videos left when no actor is, get rows that say why
+                self._gone = lost
+                log.error("Ray scan: %s; it gets no more videos", lost)
+            else:
+                self._load[k] = 0
             return None
         self._load[k] -= 1
         try:
