@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import stat
 import sys
@@ -38,6 +39,10 @@ META = "meta.json"
 FORMAT = 2
 # A build folder untouched this long was left by a crashed build (engines take minutes).
 STALE_BUILD_S = 6 * 3600.0
+# An entry's folder name: a cache key (:func:`cache_key`, a SHA-256 hex digest). Nothing else
+# under the root is an entry: `engines clear --all` with --cache-dir set to a home folder
+# deleted Documents/ and every other folder there.
+_KEY_NAME = re.compile(r"[0-9a-f]{64}")
 _ENGINES_DIR = Path(__file__).resolve().parent
 
 
@@ -254,10 +259,15 @@ class EngineCache:
         art = d / name
         if not art.is_file():
             return None, "artifact missing"
-        foreign = _foreign(d, d / META, art)
-        if foreign:  # a TensorRT program is loaded as code: only from entries only we could write
-            return None, foreign
-        data = art.read_bytes()
+        try:
+            foreign = _foreign(d, d / META, art)
+            if foreign:  # a TensorRT program is loaded as code: only from entries only we could write
+                return None, foreign
+            data = art.read_bytes()
+        except OSError as e:
+            # Deleted since it was found, by another process rebuilding or clearing the entry
+            # (two scans starting together): a rebuild here, not a failed engine build.
+            return None, f"artifact unreadable: {type(e).__name__}"
         if _sha256(data) != meta.get("sha256"):
             return None, "artifact checksum mismatch"
         return Artifact(art, data, meta), None
@@ -336,9 +346,7 @@ class EngineCache:
     def list(self) -> list[dict]:
         """Summary of every entry (valid or not) under the root."""
         rows = []
-        if not self.root.is_dir():
-            return rows
-        for d in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for d in sorted(self._entries()):
             try:
                 meta = json.loads((d / META).read_text())
                 if not isinstance(meta, dict) or not isinstance(meta.get("fields", {}), dict):
@@ -355,24 +363,41 @@ class EngineCache:
         return rows
 
     def clear(self, keys: list[str] | None = None) -> int:
-        """Delete the given entries (key prefixes accepted), or all; returns how many.
+        """Delete the given entries (key prefixes accepted), or all; returns how many. Only
+        entries (:meth:`_entries`): a root set by mistake to a folder of other files keeps them.
 
         A build in progress (``.tmp-*``, see :meth:`store`) is not an entry: deleting it
         made that build fall back to running uncached. ``clear()`` removes only those a
         crashed build left (untouched for :data:`STALE_BUILD_S`), without counting them."""
-        if not self.root.is_dir():
-            return 0
         n = 0
-        for d in list(self.root.iterdir()):
-            if not d.is_dir():
-                continue
-            if d.name.startswith(".tmp-"):
-                if keys is None and _age_s(d) > STALE_BUILD_S:
-                    shutil.rmtree(d, ignore_errors=True)
-            elif keys is None or any(d.name.startswith(k) for k in keys):
-                shutil.rmtree(d, ignore_errors=True)
+        for d in self._entries():
+            if keys is None or any(d.name.startswith(k) for k in keys):
+                _remove(d)
                 n += 1
+        if keys is None:
+            for d in self._listing():
+                if d.name.startswith(".tmp-") and d.is_dir() and _age_s(d) > STALE_BUILD_S:
+                    shutil.rmtree(d, ignore_errors=True)  # a link: refused by rmtree, not followed
         return n
+
+    def _listing(self) -> list[Path]:
+        try:
+            return list(self.root.iterdir())
+        except OSError:  # no cache yet, or not a folder
+            return []
+
+    def _entries(self) -> list[Path]:
+        """The entries under the root: folders named by a cache key (a link so named too, as
+        lookup would follow it), nothing else the root holds (see :data:`_KEY_NAME`)."""
+        return [d for d in self._listing() if _KEY_NAME.fullmatch(d.name) and (d.is_symlink() or d.is_dir())]
+
+
+def _remove(entry: Path) -> None:
+    """Delete an entry; a link is unlinked, never followed: what it points to is not the cache's."""
+    if entry.is_symlink():
+        entry.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(entry, ignore_errors=True)
 
 
 def _age_s(path: Path) -> float:

@@ -49,22 +49,23 @@ def test_engines_and_bench_errors_are_one_dfscan_error_line(argv, tmp_path, caps
 
 def test_engines_clear_with_an_empty_key_prefix_deletes_nothing(tmp_path, capsys):
     """Every key starts with "": `dfscan engines clear "$KEY"` with KEY unset removed every entry."""
-    for key in ("ab12", "cd34"):
+    keys = ["ab12" * 16, "cd34" * 16]  # entries are named by a 64-digit key
+    for key in keys:
         (tmp_path / key).mkdir()
     assert main(["engines", "clear", "", "--cache-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("dfscan: error: ") and "--all" in err and err.count("\n") == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ab12", "cd34"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == keys
     assert main(["engines", "clear", "ab", "--cache-dir", str(tmp_path)]) == 0
-    assert [p.name for p in tmp_path.iterdir()] == ["cd34"]
+    assert [p.name for p in tmp_path.iterdir()] == keys[1:]
 
 
 def test_engines_list_of_foreign_numbers_is_a_table_not_a_traceback(tmp_path, capsys):
     """A hand-edited or foreign meta.json with text where numbers go was a ValueError traceback."""
     import json
 
-    for key, meta in {"k1": {"fields": {"detector": "x"}, "parity": {"cosine": "high"}},
-                      "k2": {"fields": {}, "size_bytes": "big", "parity": "ok"}}.items():
+    for key, meta in {"a1" * 32: {"fields": {"detector": "x"}, "parity": {"cosine": "high"}},
+                      "b2" * 32: {"fields": {}, "size_bytes": "big", "parity": "ok"}}.items():
         (tmp_path / key).mkdir()
         (tmp_path / key / "meta.json").write_text(json.dumps(meta))
     assert main(["engines", "list", "--cache-dir", str(tmp_path)]) == 0

@@ -14,6 +14,7 @@ through the host. fp16 exports a half-precision graph (CUDA only).
 """
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -64,17 +65,36 @@ class OnnxRuntimeEngine(ArtifactEngine):
         return {"torch": torch.__version__, "onnx": package_version("onnx"), "onnxruntime": self.ort.__version__}
 
     # -- export -------------------------------------------------------------
-    def _export(self, path: Path) -> None:
+    def _export_inputs(self) -> tuple:
+        """What both exporters take: (the module as exported, an example input, tensor names)."""
         model = prepared_module(self.detector, self.cfg.with_(channels_last=False))
         x = self.spec.example_input(max(2, self.cfg.batch_sizes[0]), device=self.device, dtype=self.cfg.dtype)
-        names = dict(input_names=[INPUT], output_names=self.out_names)
+        return model, x, dict(input_names=[INPUT], output_names=self.out_names)
+
+    def _export_legacy(self, f) -> None:
+        """TorchScript-based export into ``f``: a path, or a binary buffer."""
+        model, x, names = self._export_inputs()
         axes = {n: {0: "batch"} for n in [INPUT, *self.out_names]}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
+            torch.onnx.export(model, (x,), f, dynamo=False, dynamic_axes=axes,
+                              opset_version=17, do_constant_folding=True, **names)
+        self.exporter = "torchscript"
+
+    def _build_uncached(self) -> None:
+        """Exported in memory: a cache that cannot take the entry (read-only, full disk) often
+        shares its file system with the temporary folder the base class exports into (a
+        read-only root file system), and building without the cache then failed as well."""
+        buf = io.BytesIO()
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
-                torch.onnx.export(model, (x,), str(path), dynamo=False, dynamic_axes=axes,
-                                  opset_version=17, do_constant_folding=True, **names)
-            self.exporter = "torchscript"
+            self._export_legacy(buf)
+        except Exception:  # noqa: BLE001 - the dynamo exporter writes a file: the base class's way
+            return super()._build_uncached()
+        self._load(Path("<in memory>"), buf.getvalue())
+
+    def _export(self, path: Path) -> None:
+        try:
+            self._export_legacy(str(path))
             return
         except OSError as e:  # full disk, read-only cache: no other exporter would help
             raise EngineError(f"could not write the ONNX file {path}: {e}") from e
@@ -85,6 +105,7 @@ class OnnxRuntimeEngine(ArtifactEngine):
         except ImportError:
             raise EngineError(f"ONNX export of {self.detector.name} failed (legacy exporter): {err}; "
                               "the dynamo exporter needs `pip install onnxscript`") from err
+        model, x, names = self._export_inputs()
         try:
             batch = torch.export.Dim("batch", min=1, max=max(self.cfg.batch_sizes))
             torch.onnx.export(model, (x,), str(path), dynamo=True, dynamic_shapes=({0: batch},), **names)
