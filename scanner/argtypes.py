@@ -72,6 +72,10 @@ def int_in(lo: int, hi: int | None = None) -> Callable[[str], int]:
 
 
 SEED = int_in(0, 2**32 - 1)  # numpy, torch and scikit-learn all take these
+# Side of a face crop or chip in pixels (synth, train, probe, separability): a typo's 60000 made
+# synth allocate 10.8 GB for one chip (a cv2 traceback, or the machine's memory); 4096 is as
+# large as a face in an 8K frame.
+MAX_SIDE = 4096
 
 
 def float_in(lo: float, hi: float, open_: bool = False) -> Callable[[str], float]:

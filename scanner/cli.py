@@ -98,6 +98,8 @@ def add_scan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--det-max-side", type=int, default=S, help="longest side seen by MTCNN")
     p.add_argument("--frame-agg", default=S, choices=["max", "mean", "largest"])
     p.add_argument("--video-agg", default=S, choices=["mean", "median", "topk", "max"])
+    p.add_argument("--topk", type=int, default=S, help="K of --video-agg topk: mean of the K highest frame scores "
+                   "(default 5)")
     p.add_argument("--aggregate", default=S, choices=["frames", "tracks"],
                    help="video score from frames (frame/video agg) or from face tracks (max over tracks)")
     p.add_argument("--workers", type=int, default=S, help="videos scanned in parallel (default: one per core on CPU)")

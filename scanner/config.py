@@ -5,6 +5,7 @@ command line. Unknown keys and bad values are errors that name the key.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -167,12 +168,22 @@ def format_errors(e: ValidationError) -> str:
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice (PyYAML keeps the last one silently)."""
+    """SafeLoader that refuses a key given twice (PyYAML keeps the last one silently) and a
+    key that is not a name (``yes:``, ``1:``, ``~:``: a scan config passed them to pydantic
+    as keywords, a ``TypeError`` traceback; a list as key was one in every config)."""
 
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *base` (the parent's super() merges it): keys after it override it
+            scalar = isinstance(key_node, yaml.ScalarNode)
+            key = self.construct_object(key_node, deep=deep) if scalar else None
+            if not isinstance(key, str):
+                what = (f"{key_node.value!r} reads as {json.dumps(key, default=str)} (quote it)" if scalar
+                        else f"not a {key_node.id}")
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"a key must be a name: {what}", key_node.start_mark)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"key {key!r} is given twice (which one is meant?)", key_node.start_mark)
@@ -181,7 +192,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def load_yaml(path: str | Path) -> dict:
-    """Read a YAML mapping (empty file -> {}; a key given twice is an error)."""
+    """Read a YAML mapping (empty file -> {}; a key given twice, or one that is no name, is an error)."""
     try:
         data = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
     except OSError as e:

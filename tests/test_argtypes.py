@@ -15,7 +15,7 @@ from scanner.cli import build_parser, main
 
 VALUES = ("nan", "inf", "-1", "0")
 SCAN = {"--frames": (), "--fps": (), "--batch-size": (), "--threshold": ("0",), "--max-faces": (),
-        "--min-face": (), "--det-max-side": (), "--workers": ()}  # add_scan_options: scan and eval
+        "--min-face": (), "--det-max-side": (), "--workers": (), "--topk": ()}  # add_scan_options: scan and eval
 SEEDS = {"--seed": ("0",)}
 # command -> option -> the values of VALUES it takes (as before scanner.argtypes: none looser)
 ACCEPTS = {

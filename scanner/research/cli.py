@@ -5,7 +5,7 @@ import argparse
 import os
 from pathlib import Path
 
-from ..argtypes import SEED, fraction, int_in, positive
+from ..argtypes import MAX_SIDE, SEED, fraction, int_in, positive
 
 MEDIA = "../shared/media"
 
@@ -149,7 +149,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     add_identity_arg(p)
     p.add_argument("--cache-only", action="store_true", help="build the face cache from --data, then stop")
     p.add_argument("--init", help="ImageNet backbone (.safetensors/.pth) or a trained detector to start from")
-    p.add_argument("--size", type=int_in(32), help="input side (binary models; default 160)")
+    p.add_argument("--size", type=int_in(32, MAX_SIDE), help="input side (binary models; default 160)")
     p.add_argument("--epochs", type=int_in(1), default=8)
     p.add_argument("--steps", type=int_in(1), default=150, help="batches per epoch")
     p.add_argument("--batch-size", type=int_in(1), default=32)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..argtypes import SEED, Parser, comma_list, finite, float_in, int_in, positive
+from ..argtypes import MAX_SIDE, SEED, Parser, comma_list, finite, float_in, int_in, positive
 
 LABELS_HELP = ("labelled set: a folder with real/ and fake/ sub-folders (or a manifest.csv inside), "
                "or a CSV with path,label[,group][,subset][,landmarks]")
@@ -22,7 +22,7 @@ def _add_backbone_args(p: argparse.ArgumentParser, required: bool) -> None:
                    help="backbone source / checkpoint format")
     p.add_argument("--backbone-weights", metavar="FILE", help="local backbone checkpoint file")
     p.add_argument("--arch", help="resnet18..resnet152 (default resnet50), or the timm model name")
-    p.add_argument("--size", type=int_in(32), help="crop side in pixels (default 224; facenet 160)")
+    p.add_argument("--size", type=int_in(32, MAX_SIDE), help="crop side in pixels (default 224; facenet 160)")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -190,7 +190,7 @@ def add_synth_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR")
     # --size 0 made cv2 keep the whole frame as the "chip"; counts below 1 or a context <= 0 make no chips.
     p.add_argument("--frames", type=int_in(1), default=8, help="frames sampled per video (default 8)")
-    p.add_argument("--size", type=int_in(16), default=256, help="chip side in pixels (default 256)")
+    p.add_argument("--size", type=int_in(16, MAX_SIDE), default=256, help="chip side in pixels (default 256)")
     p.add_argument("--context", type=positive, default=1.8, help="chip side / face box side (default 1.8)")
     p.add_argument("--mode", choices=["global", "partial", "mixed"], default="mixed")
     p.add_argument("--max-faces", type=int_in(1), default=1, help="faces per frame (largest first)")
