@@ -345,11 +345,28 @@ class ServeConfig(_Model):
                 parse_source(s.url, allow_files=self.allow_files)
             except SourceError as e:
                 raise ValueError(f"stream {s.name!r}: {e}") from e
+        self._check_sinks()
         self.verdict.check_rate(self.defaults.sample_fps, "defaults")
         for s in self.streams:
             if s.sample_fps is not None:
                 self.verdict.check_rate(s.sample_fps, f"stream {s.name!r}")
         return self
+
+    def _check_sinks(self) -> None:
+        """Refuse two sinks of one name or two JSONL sinks of one file.
+
+        The name is each sink's metric label and log name (``type`` when unset): two webhooks
+        added their counts into one ``dfscan_sink_failures_total{sink="webhook"}``, which could
+        not say which receiver was down. One file written by two sinks got every event twice."""
+        names = [s.name or s.type for s in self.sinks]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"several sinks are named {dup} (a sink's name, its type when unset, is "
+                             "its metric label and log name): give each a distinct 'name'")
+        files = [os.path.realpath(s.path) for s in self.sinks if s.type == "jsonl" and s.path]
+        dup = sorted({f for f in files if files.count(f) > 1})
+        if dup:
+            raise ValueError(f"several jsonl sinks write {dup}: each event would be written there more than once")
 
 
 def load_config(path: str | Path) -> ServeConfig:

@@ -53,9 +53,20 @@ def build_sink(c: SinkConfig, metrics: LiveMetrics) -> Sink:
         return JsonlSink(c.path, **kw)
     if c.type == "stdout":
         return StdoutSink(**kw)
-    headers = {h: os.environ.get(env, "") for h, env in c.headers_env.items()}
     return WebhookSink(c.url, timeout_s=c.timeout_s, retries=c.retries, backoff_s=c.backoff_s,
-                       headers=headers, **kw)
+                       headers=_webhook_headers(c), **kw)
+
+
+def _webhook_headers(c: SinkConfig) -> dict[str, str]:
+    """The ``headers_env`` headers' values, stripped as the API token is: a Kubernetes Secret made
+    ``--from-file`` ends in a newline, which failed every POST with the secret quoted in the log.
+    One unset (or empty) went out as an empty header: every alert refused, "HTTP 401" the only hint."""
+    values = {h: os.environ.get(env, "").strip() for h, env in c.headers_env.items()}
+    unset = [f"{h} (${c.headers_env[h]})" for h, v in values.items() if not v]
+    if unset:
+        raise ConfigError(f"sink {c.name or c.type!r}: headers_env {', '.join(unset)}: not set or empty, "
+                          "so the header would go out empty")
+    return values
 
 
 class _Stream:

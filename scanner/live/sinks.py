@@ -13,11 +13,13 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import re
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Callable, TextIO
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -46,6 +48,8 @@ class Sink:
         self._stopping = threading.Event()
         self._delivering = False  # an event is inside deliver() (lost too if the process exits now)
         self._failing = 0  # events failed in a row (the first one is logged)
+        self._dropping = 0  # events dropped since the queue last ran empty (the first one is logged)
+        self._drop_lock = threading.Lock()  # emit (publishers) and the sink's thread both touch it
 
     def start(self) -> "Sink":
         self._thread.start()
@@ -75,6 +79,27 @@ class Sink:
                 continue
             self.dropped += 1
             self._count("sink_dropped")
+            self._note_drop()
+
+    def _note_drop(self) -> None:
+        """Say once per overflow that events are being dropped, as :meth:`_failed` says a failure.
+
+        Only the metric counted them: a sink slower than the events (a webhook taking seconds
+        to answer, a stdout piped to a slow reader) lost verdicts with no word in the log."""
+        with self._drop_lock:
+            self._dropping += 1
+            first = self._dropping == 1
+        if first:
+            log.warning("sink %s: queue full (%d events): dropping the oldest, the sink is slower than "
+                        "the events (every drop is counted in dfscan_sink_dropped_total)",
+                        self.label, self._q.maxsize)
+
+    def _caught_up(self) -> None:
+        """After an overflow, once the queue ran empty: how many events it dropped meanwhile."""
+        with self._drop_lock:
+            dropped, self._dropping = self._dropping, 0
+        if dropped:
+            log.warning("sink %s: caught up; %d event(s) dropped meanwhile (queue full)", self.label, dropped)
 
     def _count(self, what: str) -> None:
         if self._m is not None:
@@ -98,6 +123,8 @@ class Sink:
                 self._failed(e)
             finally:
                 self._delivering = False
+            if self._dropping and self._q.empty():
+                self._caught_up()
         self.close()
 
     @property
@@ -143,7 +170,7 @@ class Sink:
                 self.dropped += left
                 if self._m is not None:
                     self._m.sink_dropped.labels(self.name).inc(left)
-                log.warning("sink %s: still delivering at shutdown; %d event(s) not delivered", self.name, left)
+                log.warning("sink %s: still delivering at shutdown; %d event(s) not delivered", self.label, left)
 
     def close(self) -> None:
         pass
@@ -203,6 +230,7 @@ class StdoutSink(Sink):
 
 
 MAX_BACKOFF_S = 60.0  # longest wait between two attempts of one webhook delivery
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f]")  # not in an HTTP header value (a tab is)
 
 
 class WebhookSink(Sink):
@@ -217,11 +245,29 @@ class WebhookSink(Sink):
         super().__init__(kw.pop("name", "webhook"), **kw)
         self.url = url
         self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
-        self.headers = {"Content-Type": "application/json", "User-Agent": "dfscan-live", **(headers or {})}
+        # Surrounding whitespace is no part of a header value (h11 refuses it): stripped, as the API
+        # token is. A control character is refused here: httpx's error quoted the value (a token).
+        headers = {h: v.strip(" \t\r\n") for h, v in (headers or {}).items()}
+        for h, v in headers.items():
+            if _CONTROL.search(v):
+                raise SinkError(f"webhook sink {self.name}: the value of header {h} holds a control "
+                                "character (a line break?), which no HTTP header can carry")
+        self.headers = {"Content-Type": "application/json", "User-Agent": "dfscan-live", **headers}
         self._sleep = sleep
         # No kept-alive connection: a reused one reports no connect to the Deadline, which could not end it.
         self._client = httpx.Client(timeout=timeout_s, follow_redirects=False, headers=self.headers,
                                     limits=httpx.Limits(max_keepalive_connections=0))
+
+    @property
+    def label(self) -> str:
+        """The sink and its receiver in log lines: "webhook" alone did not say which receiver was
+        down (two webhooks, or the README's "with its target"). Scheme, host and port only: a
+        webhook's path or query is often its credential (a Slack URL's path), its user info is."""
+        try:
+            parts = urlsplit(self.url)
+            return f"{self.name} ({parts.scheme}://{parts.netloc.rpartition('@')[2]})"
+        except ValueError:  # unparsable: its POSTs fail and say why; no part of it is shown
+            return self.name
 
     def deliver(self, event: dict) -> None:
         body = json_line(event).encode()  # NaN/Inf as null, like every other sink
