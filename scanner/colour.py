@@ -212,6 +212,26 @@ def sdr_options(frame) -> dict:
     return {}
 
 
+# AVColorSpace codes (ITU-T H.273 MatrixCoefficients) that FFmpeg 8's swscale refuses to
+# convert (EOPNOTSUPP), by name for the error a scan reports instead of "OSError: [Errno 95]".
+_MATRIX_NAMES = {8: "YCgCo", 10: "BT.2020 constant luminance", 11: "SMPTE ST 2085 (Y'D'zD'x)",
+                 12: "chromaticity-derived non-constant luminance",
+                 13: "chromaticity-derived constant luminance", 14: "ICtCp (BT.2100)", 15: "IPT-C2",
+                 16: "YCgCo-R (even)", 17: "YCgCo-R (odd)"}
+
+
+def unconvertible(frame) -> str:
+    """Why ``frame`` cannot be read as RGB, after FFmpeg's swscale refused its colours: the
+    colour matrix (or, if that is one it converts, the other tags) named, so the row says what
+    the file holds rather than an errno."""
+    code = int(frame.colorspace)
+    what = (f"colour matrix {_MATRIX_NAMES[code]} (code {code})" if code in _MATRIX_NAMES else
+            f"colours (matrix {code}, transfer {int(frame.color_trc)}, primaries "
+            f"{int(frame.color_primaries)}, range {int(frame.color_range)})")
+    return (f"{frame.format.name} picture with {what}: FFmpeg's swscale cannot convert it to RGB, "
+            "so its faces cannot be judged")
+
+
 @functools.lru_cache(maxsize=None)
 def _gray_expansion(bits: int) -> np.ndarray:
     """Limited-range grey code -> full-range code at ``bits`` (BT.601/709 levels scaled by

@@ -10,6 +10,7 @@ size), the detector's downscaled copy, then the picture turned upright.
 """
 from __future__ import annotations
 
+import errno
 import math
 from dataclasses import dataclass
 
@@ -17,7 +18,7 @@ import av
 import numpy as np
 from av.sidedata.sidedata import Type
 
-from .colour import downscaled, gray_full_range, to_rgb
+from .colour import downscaled, gray_full_range, to_rgb, unconvertible
 from .interlace import deinterlace
 
 @dataclass
@@ -73,6 +74,22 @@ def to_frame(av_frame, idx: int, time_s: float, det_max_side: int | None, sar=No
     check_palette(av_frame)
     progressive = deinterlace(av_frame)
     av_frame = gray_full_range(av_frame if progressive is None else progressive)
+    try:
+        image, small, scale, hdr = _converted(av_frame, det_max_side, sar)
+    except OSError as e:  # swscale refuses some matrices (YCgCo, ICtCp): was internal "Errno 95"
+        if e.errno != errno.EOPNOTSUPP:
+            raise
+        from .decode import VideoError  # here: scanner.decode imports this module
+
+        raise VideoError("unsupported_format", unconvertible(av_frame)) from e
+    if turn != (0, False, False):
+        image = _upright(image, *turn)
+        small = None if small is None else _upright(small, *turn)
+    return Frame(idx, time_s, image, small, scale, progressive is not None, hdr)
+
+
+def _converted(av_frame, det_max_side: int | None, sar):
+    """(RGB image in square pixels, detector copy or None, its scale, HDR kind)."""
     small, scale = None, 1.0
     w, h = display_size(av_frame.width, av_frame.height, sar)
     image, hdr = to_rgb(av_frame, w, h)
@@ -81,10 +98,7 @@ def to_frame(av_frame, idx: int, time_s: float, det_max_side: int | None, sar=No
         sw, sh = max(2, round(w * scale)), max(2, round(h * scale))
         small = downscaled(av_frame, image, hdr, sw, sh)
         scale = sw / w  # the exact ratio swscale used horizontally
-    if turn != (0, False, False):
-        image = _upright(image, *turn)
-        small = None if small is None else _upright(small, *turn)
-    return Frame(idx, time_s, image, small, scale, progressive is not None, hdr)
+    return image, small, scale, hdr
 
 
 def display_turn(av_frame) -> tuple[int, bool, bool]:
