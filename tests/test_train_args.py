@@ -56,7 +56,7 @@ def _code(argv: list[str]) -> int:
     ("--lr", "-0.1", "argument --lr: must be a positive finite number"),
     ("--max-minutes", "0", "argument --max-minutes: must be a positive finite number"),  # was: no budget at all
     ("--max-minutes", "nan", "argument --max-minutes: must be a positive finite number"),
-    ("--size", "0", "argument --size: must be an integer >= 32"),  # trained at the default side, the card saying 0
+    ("--size", "0", "argument --size: must be an integer from 32 to 4096"),  # trained at the default side, the card saying 0
 ])
 def test_bad_numbers_are_one_line_errors(tmp_path, capsys, opt, value, says):
     cache = _cache(tmp_path / "c", ["a.mp4", "b.mp4"])
@@ -131,7 +131,7 @@ def test_synth_size_zero_is_refused(tmp_path, capsys):
     """--size 0 wrote whole frames as 'chips' (cv2 takes dsize 0 as the source size)."""
     img = str(ROOT / "tests" / "data" / "multiface.jpg")
     assert _code(["synth", img, "--out", str(tmp_path / "s"), "--size", "0"]) == 2
-    assert "argument --size: must be an integer >= 16" in capsys.readouterr().err
+    assert "argument --size: must be an integer from 16 to 4096" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
 
 
