@@ -13,6 +13,7 @@ antialiased resize so the bilinear warp does not alias.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Sequence
 
@@ -132,6 +133,8 @@ def align_faces(images: Sequence[np.ndarray], frame_idx: Sequence[int], landmark
         crops ``float32 (K, 3, S, S)`` RGB in [0, 255] on ``device``, and the
         frame->crop matrices ``float32 (K, 2, 3)`` (CPU).
     """
+    if spec.via is not None and spec.via > spec.size:  # as training made the crops (InputSpec.via)
+        return _via(images, frame_idx, landmarks, spec, device, antialias)
     lm = torch.as_tensor(np.asarray(landmarks, np.float32)).reshape(-1, 5, 2)
     size = spec.size
     if lm.shape[0] == 0:
@@ -139,3 +142,36 @@ def align_faces(images: Sequence[np.ndarray], frame_idx: Sequence[int], landmark
     mats = umeyama_similarity(lm, spec.template_tensor())
     crops = [_warp_one(images[i], mats[k], size, device, antialias) for k, i in enumerate(frame_idx)]
     return torch.stack(crops), mats
+
+
+def _via(images, frame_idx, landmarks, spec: InputSpec, device, antialias: bool):
+    """``spec.via`` px crops, rounded to uint8, area-resized to ``spec.size``; the matrices map
+    frame pixels to the final crop (pixel centres: ``x = (x_via + 0.5) * r - 0.5``)."""
+    r = spec.size / spec.via
+    big = dataclasses.replace(spec, size=spec.via, via=None,
+                              template=tuple(((x + 0.5) / r - 0.5, (y + 0.5) / r - 0.5) for x, y in spec.template))
+    crops, mats = align_faces(images, frame_idx, landmarks, big, device, antialias)
+    mats = mats * r
+    mats[:, :, 2] += 0.5 * r - 0.5
+    return area_resize(crops.round().clamp(0, 255), spec.size), mats
+
+
+def _area_weights(n_in: int, n_out: int, device) -> torch.Tensor:
+    """``(n_out, n_in)`` weights of a box-filter downscale: each output pixel averages the input
+    span it covers, partly covered pixels by their share (OpenCV's INTER_AREA)."""
+    s = n_in / n_out
+    lo = torch.arange(n_out, dtype=torch.float64)[:, None] * s
+    j = torch.arange(n_in, dtype=torch.float64)[None]
+    overlap = (torch.minimum(lo + s, j + 1) - torch.maximum(lo, j)).clamp_min(0)
+    return (overlap / s).to(torch.float32).to(device)
+
+
+def area_resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Downscale ``float32 (K, C, H, W)`` [0, 255] images to ``(K, C, size, size)`` as OpenCV's
+    ``INTER_AREA`` does on uint8 images (the same values at 224 -> 160 and at 2x; within one grey
+    level at other integer factors), on ``x``'s device."""
+    wy, wx = _area_weights(x.shape[2], size, x.device), _area_weights(x.shape[3], size, x.device)
+    y = wy @ x @ wx.T
+    if x.shape[2] % size == 0 and x.shape[3] % size == 0:  # OpenCV's integer-factor path rounds halves up
+        return torch.floor(y + 0.5).clamp(0, 255)
+    return y.round().clamp(0, 255)  # its general path rounds halves to even, as torch does

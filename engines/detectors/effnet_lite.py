@@ -33,7 +33,7 @@ from torch import nn
 from ..detector import Detector
 from ..errors import WeightsError
 from ..registry import load_weights, read_state_dict, register_detector
-from ..spec import ARCFACE_112, InputSpec, scaled_template
+from ..spec import ARCFACE_112, TRAIN_CROP, InputSpec, scaled_template
 
 BN_EPS = 1e-3  # TensorFlow's default, which the ImageNet weights were trained with
 MARGIN = 0.15  # ArcFace framing shrunk by 15 %: the blend boundary (face outline) stays inside the crop
@@ -131,8 +131,11 @@ class EfficientNetLite(nn.Module):
 
 
 def lite_spec(size: int, output: str = "logit of P(fake)") -> InputSpec:
+    """Crops smaller than the training cache's are made from a cache-size crop, as training made
+    them (see ``InputSpec.via``)."""
     return InputSpec(size=size, mean=LITE_MEAN, std=LITE_STD, output=output,
-                     template=scaled_template(ARCFACE_112, 112, size, MARGIN))
+                     template=scaled_template(ARCFACE_112, 112, size, MARGIN),
+                     via=TRAIN_CROP if size < TRAIN_CROP else None)
 
 
 class LiteClassifier(Detector):
