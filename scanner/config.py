@@ -45,7 +45,8 @@ class ScanConfig(NoBoolNumbers):
     seek: bool = Field(True, description="jump over GOPs without sampled frames")
     # faces
     det_max_side: int = Field(960, ge=64, le=8192, description="longest side MTCNN sees")
-    min_face: int = Field(64, ge=12, description="smallest face side kept, full-resolution px")
+    # le: no face is larger than an 8K frame; min_face: 100000 made every video no_face, exit 0
+    min_face: int = Field(64, ge=12, le=8192, description="smallest face side kept, full-resolution px")
     face_prob: float = Field(0.9, ge=0.0, le=1.0, description="minimum MTCNN face probability")
     max_faces: int = Field(4, ge=1, le=64, description="faces kept per frame, largest first")
     antialias: bool = True

@@ -131,3 +131,17 @@ def test_a_crop_side_beyond_any_face_is_refused(argv, capsys):
     err = capsys.readouterr().err
     assert e.value.code == 2 and "argument --size: must be an integer from" in err and err.count("\n") == 1
     assert build_parser(argv[0]).parse_args([*argv, "--size", "4096"]).size == 4096
+
+
+def test_face_search_ranges_are_the_same_for_scan_and_serve():
+    """min_face had no upper bound (100000: every video no_face, exit 0) and det_max_side took up
+    to 8192 in a scan config but 4096 in serve's, under one key name."""
+    from pydantic import ValidationError
+
+    from scanner.config import ScanConfig
+    from scanner.live.config import FaceConfig
+
+    for cls in (ScanConfig, FaceConfig):
+        with pytest.raises(ValidationError, match="min_face"):
+            cls(min_face=100000)
+        assert cls(min_face=8192, det_max_side=8192).det_max_side == 8192

@@ -145,8 +145,8 @@ class FaceConfig(_Renamed, _Model):
     """Face detection knobs, named as in :class:`scanner.config.ScanConfig`."""
 
     RENAMED: ClassVar[dict[str, str]] = {"max_side": "det_max_side", "min_prob": "face_prob"}
-    det_max_side: int = Field(960, ge=64, le=4096)
-    min_face: int = Field(64, ge=12)
+    det_max_side: int = Field(960, ge=64, le=8192)  # the ranges of dfscan scan's keys
+    min_face: int = Field(64, ge=12, le=8192)
     face_prob: float = Field(0.9, ge=0, le=1)
     max_faces: int = Field(4, ge=1, le=64)
 
