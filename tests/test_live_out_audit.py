@@ -179,3 +179,19 @@ def test_a_webhook_header_that_cannot_be_sent_is_refused_at_start_without_its_va
     with pytest.raises(SinkError) as e:  # `dfscan serve` ends with this one line
         build_sink(_webhook_config("http://127.0.0.1:9/hook", "DFSCAN_TEST_HOOK_SPLIT"), LiveMetrics())
     assert "header Authorization" in str(e.value) and "tok-" not in str(e.value)
+
+
+def test_watch_table_shows_an_error_escape_sequence_as_text():
+    """The last-error column went to the terminal raw (Rich passes ESC): an error quoting a
+    server's text could retitle the terminal or rewrite the table."""
+    from rich.console import Console
+
+    from scanner.live.watch import stream_table
+
+    row = {"name": "cam", "state": "backoff", "fps": 0.0, "frames_sampled": 0, "frames_dropped": 0,
+           "reconnects": 1, "faces": 0, "score": None, "verdict": "uncertain",
+           "last_error": "HTTP 500: \x1b]0;owned\x07\x1b[2J"}
+    console = Console(width=200, record=True, force_terminal=True)
+    console.print(stream_table([row]))
+    out = console.export_text()
+    assert "\x1b]0;" not in out and "\\x1b]0;owned" in out

@@ -13,6 +13,7 @@ from rich.text import Text
 from pydantic import ValidationError
 
 from ..aggregate import score_text_band
+from ..terminal import terminal_safe
 from .config import ConfigError, ServeConfig, StreamConfig, format_errors
 from .service import LiveService
 
@@ -35,8 +36,9 @@ def stream_table(rows: list[dict], bounds: tuple[float, float] | None = None) ->
         t.add_row(
             r["name"], f"[{STATE_STYLE.get(r['state'], '')}]{r['state']}[/]", f"{r['fps']:.1f}",
             str(r["frames_sampled"]), str(r["frames_dropped"]), str(r["reconnects"]), str(r["faces"]), score,
-            # Text, not markup: an error quoting "[fe80::1]" or "[/x]" lost it or raised MarkupError.
-            f"[{VERDICT_STYLE.get(r['verdict'], '')}]{r['verdict']}[/]", Text((r["last_error"] or "")[:48]),
+            # Text, not markup: an error quoting "[fe80::1]" or "[/x]" lost it or raised MarkupError;
+            # terminal-safe: Rich passes ESC through, and an error may quote a server's text.
+            f"[{VERDICT_STYLE.get(r['verdict'], '')}]{r['verdict']}[/]", Text(terminal_safe(r["last_error"] or "")[:48]),
         )
     return t
 
