@@ -166,3 +166,15 @@ def test_a_foscam_style_loginpas_is_masked():
     assert "Hunter2x" not in mask_credentials(url)
     assert "Hunter2x" not in parse_source(url).masked
     assert "loginuse=admin" in mask_credentials(url)  # a user name is not a secret
+
+
+@pytest.mark.parametrize("ref", ["http://127.0.0.1:99999/x.m3u8", "http://[fe80::1/x.m3u8", "http://[zz]/a.ts"])
+def test_a_malformed_uri_in_a_playlist_is_refused_naming_it(ref):
+    """urlsplit's ValueError ("Port out of range", "Invalid IPv6 URL") escaped the check: the
+    stream was retried on a bare message instead of refused with its reason."""
+    from scanner.live.hls import check_playlist
+
+    text = f"#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1\n{ref}\n"
+    for same_origin in (False, True):
+        with pytest.raises(RefusedURL, match="malformed URI"):
+            check_playlist("http://user:pw@127.0.0.1:8080/live.m3u8", text, same_origin=same_origin)

@@ -129,14 +129,19 @@ def check_playlist(url: str, text: str, same_origin: bool = False) -> list[str]:
     """
     nested = []
     for ref, is_nested in _playlist_uris(text):
-        full = _target(url, ref)
-        scheme = urlsplit(full).scheme.lower()
+        try:  # urlsplit/.port raise ValueError: the stream was retried on a bare "Port out of range"
+            full = _target(url, ref)
+            scheme = urlsplit(full).scheme.lower()
+            other = _origin(full) != _origin(url)  # also checks the port
+        except ValueError as e:
+            raise RefusedURL(f"HLS playlist {mask_credentials(url)} lists a malformed URI "
+                             f"({mask_credentials(ref)[:80]}): {e}") from None
         if scheme not in ("http", "https"):
             raise RefusedURL(
                 f"HLS playlist {mask_credentials(url)} references a {scheme or 'local'}: URI "
                 f"({mask_credentials(ref)[:80]}); only http/https are allowed"
             )
-        if same_origin and _origin(full) != _origin(url):
+        if same_origin and other:
             raise RefusedURL(
                 f"HLS playlist {mask_credentials(url)} references another host ({mask_credentials(full)[:80]}); "
                 "refused because the stream's credentials would be sent there"
