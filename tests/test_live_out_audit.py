@@ -195,3 +195,19 @@ def test_watch_table_shows_an_error_escape_sequence_as_text():
     console.print(stream_table([row]))
     out = console.export_text()
     assert "\x1b]0;" not in out and "\\x1b]0;owned" in out
+
+
+def test_watch_with_an_out_that_cannot_be_written_is_an_output_error(tmp_path, capsys):
+    """Exit 2 (a usage error) where every other command says 4 for an output it cannot write;
+    and the signal handlers it had installed stayed in place after the error."""
+    import signal
+
+    from scanner.cli import main
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    out = tmp_path / "no" / "such" / "folder" / "ev.jsonl"
+    (tmp_path / "no").write_text("a file, so no folder can be made under it")
+    rc = main(["watch", "rtsp://127.0.0.1:1/x", "--detector", "test_tiny", "--out", str(out), "--duration", "1"])
+    assert rc == 4
+    assert "cannot write" in capsys.readouterr().err
+    assert {s: signal.getsignal(s) for s in before} == before

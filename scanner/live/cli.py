@@ -96,7 +96,7 @@ def watch_main(args) -> int:
         run_watch(cfg, duration_s=args.duration, signals=signals, sink_stats=sink_stats)
     except (DfscanError, ValueError) as e:
         print(f"dfscan: error: watch: {e}", file=sys.stderr)  # the one error line every command prints
-        return 2
+        return EXIT_OUTPUT if isinstance(e, OutputError) else 2  # --out not writable: 4, as dfscan scan
     lost = sum(s["failed"] + s["dropped"] for s in sink_stats)
     if lost:  # as a scan whose output failed: exit 4, not a clean 0 over a file missing events
         print(f"dfscan: error: watch: {lost} event(s) could not be written to {terminal_safe(str(args.jsonl))}",

@@ -113,8 +113,8 @@ def run_watch(cfg: ServeConfig, duration_s: float | None = None, refresh_s: floa
             signal.signal(s, h)
         done.set()
 
+    svc = LiveService(cfg)  # first: one that raises (a sink's file not writable) left the handlers installed
     old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    svc = LiveService(cfg)
     try:
         with console.status("loading models..."):
             svc.start()
