@@ -27,6 +27,7 @@ import torch
 
 from engines.errors import DfscanError
 from engines.files import replacing, write_json
+from engines.registry import file_hash
 from engines.spec import InputSpec
 
 log = logging.getLogger("dfscan")
@@ -55,13 +56,16 @@ def identity(path: Path, mode: str = "name") -> str:
 
 
 def sources(roots: list[str | Path]) -> list[Path]:
+    """The files of ``roots`` (files, or folders searched recursively) with a video or still
+    extension, in any case: globbed as written, ``IMG_0001.JPG`` or ``CLIP.MP4`` (as cameras
+    name them) were silently left out of the cache, as :mod:`.synth` and ``scan`` take them."""
+    exts = {g[1:] for g in VIDEO_GLOBS + STILL_GLOBS}
     out = []
     for r in map(Path, roots):
         if r.is_file():
             out.append(r)
             continue
-        for g in VIDEO_GLOBS + STILL_GLOBS:
-            out += sorted(r.rglob(g))
+        out += [f for f in r.rglob("*") if f.suffix.lower() in exts and f.is_file()]
     return sorted(set(out))
 
 
@@ -127,6 +131,7 @@ def build_cache(roots: list[str | Path], out: str | Path, spec: InputSpec, cfg: 
         raise CacheError(f"no videos or images ({', '.join(VIDEO_GLOBS + STILL_GLOBS)}) in "
                          f"{', '.join(map(str, roots)) or 'the --data list'}")
     out.mkdir(parents=True, exist_ok=True)
+    contents = _contents(files)  # before the reads: a file changed meanwhile is then refused later
     faces = FaceDetector(device=cfg.device, max_side=cfg.det_max_side, min_face=cfg.min_face, max_faces=1)
     crops, lms, rows, skipped = [], [], [], []
     for batch in _batches(list(progress(files)), cfg, skipped):
@@ -143,7 +148,7 @@ def build_cache(roots: list[str | Path], out: str | Path, spec: InputSpec, cfg: 
         why = f" ({len(skipped)} unreadable, e.g. {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
         raise CacheError(f"no faces found in the {len(files)} files{why}; the cache needs real faces")
     _store(out, np.stack(crops), np.stack(lms), rows,
-           {"files": _resolved(files), "frames": cfg.frames, "identity": cfg.identity})
+           {"files": _resolved(files), "frames": cfg.frames, "identity": cfg.identity, "contents": contents})
     return {"faces": len(rows), "files": len(files), "groups": len({r["group"] for r in rows}),
             "skipped": skipped}
 
@@ -151,7 +156,7 @@ def build_cache(roots: list[str | Path], out: str | Path, spec: InputSpec, cfg: 
 def _store(out: Path, crops: np.ndarray, lms: np.ndarray, rows: list[dict], built: dict | None = None) -> None:
     """Write a cache so that a kill at any point never pairs one build's rows with another's
     crops: ``index.csv`` (what :meth:`FaceCache.load` starts from) goes first and comes back
-    last; each file is replaced whole. ``built`` (input files, frames per clip) goes to
+    last; each file is replaced whole. ``built`` (input files and contents, frames per clip) goes to
     ``build.json``, so a later ``--data`` naming other inputs is not served this cache, with
     the faces' hash (see :func:`_hash_record`), written after the arrays it covers."""
     (out / "index.csv").unlink(missing_ok=True)
@@ -222,11 +227,47 @@ def _resolved(files) -> list[str]:
     return [os.path.realpath(f) for f in files]
 
 
+def _file_stamp(path) -> list[int]:
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _contents(files) -> list[list | None]:
+    """``[size, mtime_ns, ctime_ns, SHA-256]`` of each file: ``build.json``'s record of what the
+    footage held, so an edited or replaced file under the same name is not served the old faces
+    (None for a file that cannot be read: the build skips it and says so)."""
+    out = []
+    for f in files:
+        try:
+            out.append([*_file_stamp(f), file_hash(f, None)])
+        except OSError:
+            out.append(None)
+    return out
+
+
+def _changed(files: list[Path], recorded) -> str | None:
+    """The first of ``files`` whose contents differ from ``recorded`` (:func:`_contents`, same
+    order), or None. Hashed again only when its stamps moved (a copy or ``touch`` that kept the
+    bytes passes); the change time too, as a tool that puts the modification time back cannot set it."""
+    for f, rec in zip(files, recorded):
+        if not (isinstance(rec, list) and len(rec) == 4):  # unreadable at the build: nothing to compare
+            continue
+        try:
+            stamp = _file_stamp(f)
+            if stamp != rec[:3] and (stamp[0] != rec[0] or file_hash(f, None) != rec[3]):
+                return str(f)
+        except OSError:  # gone or unreadable since
+            return str(f)
+    return None
+
+
 def check_built_from(cache: Path, files: list[Path], frames: int, ident: str = "name") -> None:
     """Refuse a complete cache built from other inputs than ``files`` (or other frames per
     clip, or identities): reused silently, it would train on data the command does not name.
     Caches from before ``build.json`` are checked by their sources only (each must be among
-    ``files``), those from before ``identity`` was recorded as ``name``."""
+    ``files``), those from before ``identity`` was recorded as ``name``, those from before
+    ``contents`` by the files' names only: else a file edited or replaced since the build is
+    refused too (its old faces would be trained on as the new footage)."""
     want = _resolved(files)  # the same files named relative or absolute are the same inputs
     if (cache / "build.json").is_file():
         built = json.loads((cache / "build.json").read_text(encoding="utf-8"))
@@ -237,11 +278,16 @@ def check_built_from(cache: Path, files: list[Path], frames: int, ident: str = "
     else:
         with open(cache / "index.csv", newline="", **INDEX_ENCODING) as f:
             stray = set(_resolved(r["source"] for r in csv.DictReader(f))) - set(want)
-        same, had = not stray, f"other files, e.g. {min(stray, default='')}"
+        same, had, built = not stray, f"other files, e.g. {min(stray, default='')}", {}
     if not same:
         raise CacheError(f"{cache}: this face cache was built from {had}, not the {len(want)} files "
                          f"({frames} frames per clip, identities by {ident}) asked for: give another --cache "
                          "folder, or delete it to rebuild")
+    recorded = built.get("contents") if isinstance(built, dict) else None
+    changed = _changed(want, recorded) if isinstance(recorded, list) and len(recorded) == len(want) else None
+    if changed:
+        raise CacheError(f"{cache}: {changed} changed since this face cache was built from it: delete the "
+                         "cache to rebuild it, or give another --cache folder")
 
 
 def _load_one(path: Path) -> tuple[list[dict], np.ndarray, np.ndarray, str | None]:
@@ -327,6 +373,13 @@ def person_groups(cache: FaceCache) -> np.ndarray:
             if a != b:  # the smaller name leads, whatever order the rows come in
                 parent[max(a, b)] = min(a, b)
     return np.array([root(g) for g in cache.groups.tolist()])
+
+
+def identities_sha256(groups: np.ndarray) -> str:
+    """SHA-256 of the identities a split is made over (sorted, each once): with the same seed and
+    share, :func:`split_groups` holds out the same people exactly when these are equal."""
+    names = "\n".join(sorted(set(groups.tolist())))
+    return hashlib.sha256(names.encode(errors="surrogateescape")).hexdigest()
 
 
 def split_groups(groups: np.ndarray, val_share: float = 0.15, seed: int = 0) -> np.ndarray:

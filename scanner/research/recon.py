@@ -28,7 +28,7 @@ from torch import nn
 from engines.files import write_json, write_safetensors
 
 from ..argtypes import SEED, int_in
-from .data import FaceCache, person_groups, split_groups
+from .data import FaceCache, identities_sha256, person_groups, split_groups
 
 
 class FaceAE(nn.Module):
@@ -75,7 +75,8 @@ def train_ae(cache_dirs, out: str | Path, steps: int = 2000, batch: int = 16, si
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     cache = FaceCache.load(cache_dirs)
-    pool = np.flatnonzero(~split_groups(person_groups(cache), val_share, seed))  # as dfscan train splits
+    persons = person_groups(cache)
+    pool = np.flatnonzero(~split_groups(persons, val_share, seed))  # as dfscan train splits
     model, rng = FaceAE(), np.random.default_rng(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.05)
@@ -95,9 +96,9 @@ def train_ae(cache_dirs, out: str | Path, steps: int = 2000, batch: int = 16, si
     write_safetensors({k: v.contiguous() for k, v in model.state_dict().items()}, out)
     summary = {"what": "FaceAE (scanner.research.recon)", "steps": steps, "batch": batch, "side": side,
                "lr": lr, "seed": seed, "val_share": val_share, "split": "persons", "threads": threads,
+               "identities_sha256": identities_sha256(persons),  # the people split (train_checks.same_split_as_ae)
                "cache": [str(c) for c in ([cache_dirs] if isinstance(cache_dirs, (str, Path)) else cache_dirs)],
                "train_faces": int(len(pool)), "final_l1": float(np.mean(losses[-max(1, steps // 10):])),  # last 10 %
-               
                "seconds": round(time.time() - t0, 1)}
     write_json(summary, Path(str(out) + ".json"))
     return summary

@@ -249,8 +249,8 @@ def _prepare(cfg: TrainConfig, cache_dir) -> _Run:
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     cache = FaceCache.load(cache_dir)
-    recon = _reconstructions(cfg, cache)
-    groups = person_groups(cache) if cfg.split == "persons" else cache.groups
+    groups = person_groups(cache) if cfg.split == "persons" else cache.groups  # draws no random number
+    recon = _reconstructions(cfg, cache, groups)
     is_val = split_groups(groups, cfg.val_share, cfg.seed)
     tr_pool, va_pool = np.flatnonzero(~is_val), np.flatnonzero(is_val)
     if len(va_pool) == 0 or len(tr_pool) == 0:
@@ -270,8 +270,9 @@ def _prepare(cfg: TrainConfig, cache_dir) -> _Run:
                 torch.utils.data.DataLoader(val_ds, batch_size=64), opt, sched)
 
 
-def _reconstructions(cfg: TrainConfig, cache: FaceCache) -> np.ndarray | None:
-    """The cache's crops through the ``--recon`` autoencoder (``None`` without one)."""
+def _reconstructions(cfg: TrainConfig, cache: FaceCache, groups: np.ndarray) -> np.ndarray | None:
+    """The cache's crops through the ``--recon`` autoencoder (``None`` without one); ``groups``:
+    the identities this run splits (the autoencoder must have split the same ones)."""
     if not cfg.recon or cfg.p_recon <= 0:
         if cfg.p_recon > 0:
             raise DfscanError("--p-recon needs --recon AE.safetensors (python -m scanner.research.recon)")
@@ -279,7 +280,7 @@ def _reconstructions(cfg: TrainConfig, cache: FaceCache) -> np.ndarray | None:
     from .recon import load_ae, reconstruct
     from .train_checks import same_split_as_ae
 
-    same_split_as_ae(cfg)
+    same_split_as_ae(cfg, groups)
     with torch.random.fork_rng():  # building the autoencoder must not move the recipe's random stream
         model = load_ae(cfg.recon)
     return reconstruct(cache.crops, model)

@@ -47,12 +47,17 @@ def _check_finite(loss: float, epoch: int, step: int) -> None:
                           "lower --lr; the run folder keeps the last finished epoch")
 
 
-def same_split_as_ae(cfg: "TrainConfig") -> None:
+def same_split_as_ae(cfg: "TrainConfig", groups) -> None:
     """Refuse a ``--recon`` autoencoder trained on another split than this run's: its training
     pool held this run's validation people, whose reconstructions then flattered validation.
     Its ``AE.safetensors.json`` says how it split (one written before ``split`` was recorded
-    split by the cache's groups); without that file nothing can be checked, and it is said."""
+    split by the cache's groups); without that file nothing can be checked, and it is said.
+    ``groups``: the identities this run splits. The same seed and share split other face
+    caches otherwise (another count of people per family moves the cut), so the people split
+    must be the same too: one trained on cache A had seen a validation person of a run on A + B."""
     import json
+
+    from .data import identities_sha256
 
     summary = Path(str(cfg.recon) + ".json")
     if not summary.is_file():
@@ -66,3 +71,10 @@ def same_split_as_ae(cfg: "TrainConfig") -> None:
         raise DfscanError(f"--recon {cfg.recon} was trained on another split (seed, val_share, split = "
                           f"{theirs}; this run: {ours}): it has seen this run's validation people; train it "
                           "with the run's --seed (python -m scanner.research.recon), or train without it")
+    if "identities_sha256" not in s:  # written before it was recorded
+        log.warning("--recon %s: %s does not record the people it split, so whether its face caches "
+                    "were this run's cannot be checked", cfg.recon, summary.name)
+    elif s["identities_sha256"] != identities_sha256(groups):
+        raise DfscanError(f"--recon {cfg.recon} was trained on other face caches than this run's (other "
+                          "people, so another split): it may have seen this run's validation people; train it "
+                          "on the run's --cache folders (python -m scanner.research.recon), or train without it")
