@@ -1,7 +1,8 @@
 """A video's verdict row from its scored faces: frame scores, face tracks, details.
 
 Shared by every scan (batch workers, Ray actors): non-finite scores are dropped and
-counted here, never read as ``real``.
+counted here, never read as ``real``; faces and frames are aggregated by their scores as the row
+writes them (:data:`~scanner.aggregate.SCORE_DECIMALS`), so its ``frames_detail`` gives its verdict.
 """
 from __future__ import annotations
 
@@ -68,18 +69,13 @@ def video_row(state, cfg, threshold: float) -> dict:
         per_frame[rec.frame].append(rec)
     frames, per_frame = [state.frames[k] for k in order], [per_frame[k] for k in order]
     dropped = _finite_faces(state)
-    scores = []
-    for recs in per_frame:
-        recs = [r for r in recs if math.isfinite(r.score)]
-        s = np.array([r.score for r in recs], np.float64)
-        areas = np.array([(r.box[2] - r.box[0]) * (r.box[3] - r.box[1]) for r in recs])
-        scores.append(frame_score(s, areas, cfg.frame_agg))
+    scores = _frame_scores(per_frame, cfg.frame_agg)
     v = decide(scores, threshold, cfg.video_agg, cfg.topk, cfg.min_face_frames)
     tracks = None
     if cfg.aggregate == "tracks" or cfg.details:  # details name each face's track (the report draws them)
         from .tracks import build_tracks, decide_tracks
 
-        tracks = build_tracks([[(r.box, r.score, r.look) for r in recs] for recs in per_frame])
+        tracks = build_tracks([[(r.box, _written(r.score), r.look) for r in recs] for recs in per_frame])
     if cfg.aggregate == "tracks":  # one fake face among real ones makes the video fake (scanner.tracks)
         v = decide_tracks(tracks, threshold, cfg.min_face_frames, len(per_frame))
     # non_finite only when the NaNs cost the verdict: too few frames had a face at all is no_face.
@@ -98,20 +94,46 @@ def video_row(state, cfg, threshold: float) -> dict:
     return row
 
 
+def _written(score: float) -> float:
+    """A score as the row writes it (:data:`SCORE_DECIMALS`; NaN/inf left for the callers to drop).
+
+    Why: frames and tracks aggregated the exact scores, and a row's ``frames_detail`` gave another
+    verdict than the row: frames 0.4999994, 0.4999994, 0.4999999 made score 0.5, ``fake`` at 0.5,
+    while its frames as written (0.499999, 0.499999, 0.5) average 0.499999, ``real``."""
+    return round(score, SCORE_DECIMALS) if math.isfinite(score) else score
+
+
+def _box_written(box) -> list[float]:
+    return [round(float(v), 1) for v in box]  # pixels to 0.1, as frames_detail writes them
+
+
+def _frame_scores(per_frame: list[list[FaceRec]], mode: str) -> list[float | None]:
+    """Each frame's score, as ``frames_detail`` writes it, of its finite face scores as written."""
+    scores = []
+    for recs in per_frame:
+        recs = [r for r in recs if math.isfinite(r.score)]
+        s = np.array([_written(r.score) for r in recs], np.float64)
+        boxes = [_box_written(r.box) for r in recs]  # "largest" picks the face a reader of the row would
+        areas = np.array([(b[2] - b[0]) * (b[3] - b[1]) for b in boxes])
+        fs = frame_score(s, areas, mode)
+        scores.append(None if fs is None else _written(fs))
+    return scores
+
+
 def _frames_detail(frames: list[dict], per_frame: list[list[FaceRec]], scores: list, tracks,
                    threshold: float) -> list[dict]:
     """Each sampled frame's score and faces, each face with its track id (the report's
     timeline draws the scan's own tracks from these)."""
     track_of = {(pos, slot): t.id for t in tracks for pos, slot in zip(t.frames, t.slots)}
     for pos, (meta, recs, s) in enumerate(zip(frames, per_frame, scores)):
-        meta["score"] = None if s is None else round(s, 6)
+        meta["score"] = s  # as written (_frame_scores)
         meta["faces"] = [dict(_face_detail(r, threshold), track=track_of[pos, k]) for k, r in enumerate(recs)]
     return frames
 
 
 def _face_detail(r: FaceRec, threshold: float) -> dict:
     finite = math.isfinite(r.score)
-    d = {"box": [round(float(v), 1) for v in r.box], "prob": round(r.prob, 4),
+    d = {"box": _box_written(r.box), "prob": round(r.prob, 4),
          "score": round(r.score, SCORE_DECIMALS) if finite else None}
     if finite and d["score"] >= threshold:  # the face's score as written (see aggregate.verdict_of)
         boxes = _artifact_boxes(r)

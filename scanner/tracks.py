@@ -60,9 +60,13 @@ class FaceTrack:
         return float(np.sort(s)[-k:].mean())
 
     def to_dict(self) -> dict:
+        """The row's entry: ``scored_frames`` is what :func:`decide_tracks` counts a track by. Why:
+        with only ``frames``, a track seen in 3 frames, 2 of its faces scored NaN, read as counted
+        (its 0.9 the worst track's) in a row judged ``real`` 0.1 by a track of 3 scored faces."""
         sc = self.score
-        return {"id": self.id, "frames": len(self.frames), "first_frame": self.frames[0],
-                "last_frame": self.frames[-1], "score": None if sc is None else round(sc, 6)}
+        return {"id": self.id, "frames": len(self.frames), "scored_frames": self.scored,
+                "first_frame": self.frames[0], "last_frame": self.frames[-1],
+                "score": None if sc is None else round(sc, 6)}
 
 
 def build_tracks(frames: list[list[tuple]], iou: float = 0.3, relink: Relink | None = RELINK

@@ -136,6 +136,10 @@ class StreamVerdicts:
         self.faces_last = len(ids)
         p_fake = np.asarray(p_fake, np.float64)
         finite = np.isfinite(p_fake)  # a NaN would freeze the window's mean until it expires
+        # Averaged as written (6 decimals), as a scan row's faces are (scanner.summary): on exact
+        # scores 0.4999994, 0.4999994, 0.4999999 read fake here and real in a scan.
+        p_fake = np.array([round(float(p), SCORE_DECIMALS) if ok else p for p, ok in zip(p_fake, finite)],
+                          np.float64)
         for tid, p, ok in zip(ids, p_fake, finite):
             j = self.tracks.setdefault(tid, _Judge(RollingScore(self.s.window_s), Hysteresis(self.s)))
             if ok:
