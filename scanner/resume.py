@@ -50,10 +50,13 @@ def face_search_of(cfg) -> dict:
 def aggregation_of(cfg) -> dict:
     """How a video's score is made of its faces' scores: rows of two scans are comparable
     only if this matches too (a resumed scan mixed means and maxima in one file)."""
+    # min_face_frames decides no_face and which tracks count; named only when not the default
+    # (3), so the rows of files written before it was recorded still match a default scan.
+    extra = {} if cfg.min_face_frames == 3 else {"min_face_frames": cfg.min_face_frames}
     if cfg.aggregate == "tracks":
-        return {"aggregate": "tracks"}
+        return {"aggregate": "tracks", **extra}
     out = {"aggregate": "frames", "frame_agg": cfg.frame_agg, "video_agg": cfg.video_agg}
-    return {**out, "topk": cfg.topk} if cfg.video_agg == "topk" else out
+    return {**out, "topk": cfg.topk, **extra} if cfg.video_agg == "topk" else {**out, **extra}
 
 
 def compat_of(cfg) -> dict:

@@ -395,3 +395,20 @@ def test_real_scan_rows_rederive_their_verdicts(clips, tmp_path, agg, fagg, vagg
     for i, it in enumerate(items):
         fake = rates(np.array([1]), np.array([scores[i]]), SCAN_THRESHOLD)["tpr"] == 1.0
         assert fake == (verdicts[str(it.path.resolve())] == "fake"), it.path
+
+
+def test_resume_with_another_min_face_frames_is_refused(tmp_path, capsys):
+    """min_face_frames decides no_face and which tracks count, yet no row said it: a scan resumed
+    with another value mixed two no_face rules in one file without a word."""
+    from scanner.cli import EXIT_OK, EXIT_USAGE
+    from scanner.cli import main as dfscan
+
+    fast = ["--detector", "test_tiny", "--frames", "2", "--no-progress", "--workers", "1"]
+    clips = [str(DATA / n) for n in ("d1.mp4", "d2.mp4")]
+    out, cfg = tmp_path / "o.jsonl", tmp_path / "c.yaml"
+    assert dfscan(["scan", clips[0], "--out", str(out), *fast]) == EXIT_OK
+    assert "min_face_frames" not in json.loads(out.read_text())["aggregation"]  # default: as older rows
+    cfg.write_text("min_face_frames: 1\n")
+    before = out.read_bytes()
+    assert dfscan(["scan", *clips, "--config", str(cfg), "--out", str(out), "--resume", *fast]) == EXIT_USAGE
+    assert "aggregation" in capsys.readouterr().err and out.read_bytes() == before
