@@ -139,11 +139,12 @@ def test_engines_build_bad_device_is_one_line(capsys):
 
 
 def test_cache_list_survives_foreign_metadata(tmp_path):
-    for name, text in [("a", "[1, 2]"), ("b", '{"fields": 5}'), ("c", "{")]:
+    keys = [c * 64 for c in "abc"]  # entries are named by a 64-digit key
+    for name, text in zip(keys, ["[1, 2]", '{"fields": 5}', "{"]):
         (tmp_path / name).mkdir()
         (tmp_path / name / "meta.json").write_text(text)
     rows = EngineCache(tmp_path).list()
-    assert [r["key"] for r in rows] == ["a", "b", "c"] and all("unreadable" in r["error"] for r in rows)
+    assert [r["key"] for r in rows] == keys and all("unreadable" in r["error"] for r in rows)
 
 
 def test_weights_hash_is_of_the_bytes_loaded(tiny_weights, tmp_path, monkeypatch):
