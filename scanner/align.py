@@ -9,7 +9,8 @@ pixel-centre convention.
 Only a region of interest around each face is converted to float and moved to
 the device, so aligning a face costs the same for a 4K frame as for a 480p one.
 When the face is much larger than the crop, the region is first shrunk with an
-antialiased resize so the bilinear warp does not alias.
+antialiased resize so the bilinear warp does not alias. A detector whose spec names ``via``
+(trained on area-resized cache crops) gets its crops that way too (:func:`area_resize`).
 """
 from __future__ import annotations
 
