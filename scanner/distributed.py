@@ -195,7 +195,7 @@ class RayScanContext:
         self.workers = n
         # Locally build_context fills dfscan_build_info; here the actors did, in registries
         # nobody scrapes: the driver's (scraped, pushed) had none and the dashboard's panel was empty.
-        metrics.set_build_info(first["detector"], cfg.engine, cfg.device)
+        metrics.set_build_info(first["detector"], self.engine_info.get("backend", cfg.engine), cfg.device)
 
     def pids(self) -> list[int]:
         """Current process id of every actor (changes when Ray restarts one). An actor still

@@ -96,8 +96,10 @@ def build_context(cfg: ScanConfig, inputs: int | None = None) -> ScanContext:
     faces = FaceDetector(device=cfg.device, max_side=cfg.det_max_side, min_face=cfg.min_face,
                          min_prob=cfg.face_prob, max_faces=cfg.max_faces, engine=cfg.face_engine)
     threshold = cfg.threshold if cfg.threshold is not None else detector.threshold
-    metrics.set_build_info(cfg.detector, cfg.engine, cfg.device)
-    return ScanContext(cfg, detector, engine, faces, threshold, engine.describe(), workers)
+    info = engine.describe()
+    # the engine that runs, as rows name it ("auto" said nothing about which one ran)
+    metrics.set_build_info(cfg.detector, info.get("backend", cfg.engine), cfg.device)
+    return ScanContext(cfg, detector, engine, faces, threshold, info, workers)
 
 
 def resolve_workers(cfg: ScanConfig, engine_name: str, inputs: int | None = None) -> int:

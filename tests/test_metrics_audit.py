@@ -213,3 +213,12 @@ def test_the_scan_state_says_a_failed_start_from_a_clean_scan(tmp_path, capsys):
     assert _scan_state() == {"running": 0, "complete": 0, "failed": 1, "interrupted": 0}
     assert main(["scan", *CLIPS, *OPTS, "--out", str(tmp_path / "b.jsonl")]) == 0
     assert _scan_state() == {"running": 0, "complete": 1, "failed": 0, "interrupted": 0}
+
+
+def test_build_info_names_the_engine_that_runs_not_auto(tmp_path):
+    """dfscan_build_info said engine="auto" where every row names the engine auto chose."""
+    out = tmp_path / "r.jsonl"
+    assert main(["scan", CLIPS[0], *OPTS, "--engine", "auto", "--out", str(out)]) == 0
+    row = json.loads(out.read_text())
+    [info] = [labels for (name, labels) in registry_samples() if name == "dfscan_build_info"]
+    assert dict(info)["engine"] == row["engine"] != "auto"
