@@ -53,6 +53,12 @@ def video_score(frame_scores: list[float], mode: str, topk: int = 5) -> float:
     raise ValueError(f"unknown video aggregation {mode!r}")
 
 
+def written(score: float | None) -> float | None:
+    """``score`` as rows, events and ``frames_detail`` write it: to :data:`SCORE_DECIMALS`, the
+    places every verdict is decided on (None, NaN and inf pass through)."""
+    return None if score is None else round(float(score), SCORE_DECIMALS)
+
+
 def verdict_of(score: float, threshold: float) -> str:
     """``fake`` when ``score``, as the row writes it (:data:`SCORE_DECIMALS`), reaches ``threshold``.
 
@@ -60,7 +66,7 @@ def verdict_of(score: float, threshold: float) -> str:
     as score 0.5 with verdict ``real``, and a reader of the row (``dfscan eval``, a reviewer
     comparing score and threshold) got the other verdict for the same video.
     """
-    return "fake" if round(score, SCORE_DECIMALS) >= threshold else "real"
+    return "fake" if written(score) >= threshold else "real"
 
 
 def score_text(score: float, threshold: float | None, decimals: int = 3) -> str:

@@ -2,7 +2,7 @@
 
 Shared by every scan (batch workers, Ray actors): non-finite scores are dropped and
 counted here, never read as ``real``; faces and frames are aggregated by their scores as the row
-writes them (:data:`~scanner.aggregate.SCORE_DECIMALS`), so its ``frames_detail`` gives its verdict.
+writes them (:func:`~scanner.aggregate.written`), so its ``frames_detail`` gives its verdict.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from . import metrics
-from .aggregate import SCORE_DECIMALS, decide, frame_score, frames_needed
+from .aggregate import decide, frame_score, frames_needed, written
 from .decode import VideoError
 
 log = logging.getLogger("dfscan")
@@ -75,7 +75,7 @@ def video_row(state, cfg, threshold: float) -> dict:
     if cfg.aggregate == "tracks" or cfg.details:  # details name each face's track (the report draws them)
         from .tracks import build_tracks, decide_tracks
 
-        tracks = build_tracks([[(r.box, _written(r.score), r.look) for r in recs] for recs in per_frame])
+        tracks = build_tracks([[(r.box, written(r.score), r.look) for r in recs] for recs in per_frame])
     if cfg.aggregate == "tracks":  # one fake face among real ones makes the video fake (scanner.tracks)
         v = decide_tracks(tracks, threshold, cfg.min_face_frames, len(per_frame))
     # non_finite only when the NaNs cost the verdict: too few frames had a face at all is no_face.
@@ -83,7 +83,7 @@ def video_row(state, cfg, threshold: float) -> dict:
             cfg.min_face_frames, len(per_frame)):
         raise VideoError("non_finite", f"the detector scored {dropped} of {len(state.faces)} face "
                          "crops NaN/inf; too few finite scores left for a verdict")
-    row = {"verdict": v.verdict, "score": None if v.score is None else round(v.score, SCORE_DECIMALS),
+    row = {"verdict": v.verdict, "score": written(v.score),
            "frames": len(state.frames), "frames_with_faces": v.frames_with_faces,
            "faces": len(state.faces), "nonfinite_scores": dropped,
            "orientation_deg": state.orientation.degrees if state.orientation else 0}
@@ -92,15 +92,6 @@ def video_row(state, cfg, threshold: float) -> dict:
     if cfg.details:
         row["frames_detail"] = _frames_detail(frames, per_frame, scores, tracks, threshold)
     return row
-
-
-def _written(score: float) -> float:
-    """A score as the row writes it (:data:`SCORE_DECIMALS`; NaN/inf left for the callers to drop).
-
-    Why: frames and tracks aggregated the exact scores, and a row's ``frames_detail`` gave another
-    verdict than the row: frames 0.4999994, 0.4999994, 0.4999999 made score 0.5, ``fake`` at 0.5,
-    while its frames as written (0.499999, 0.499999, 0.5) average 0.499999, ``real``."""
-    return round(score, SCORE_DECIMALS) if math.isfinite(score) else score
 
 
 def _box_written(box) -> list[float]:
@@ -112,11 +103,11 @@ def _frame_scores(per_frame: list[list[FaceRec]], mode: str) -> list[float | Non
     scores = []
     for recs in per_frame:
         recs = [r for r in recs if math.isfinite(r.score)]
-        s = np.array([_written(r.score) for r in recs], np.float64)
+        s = np.array([written(r.score) for r in recs], np.float64)
         boxes = [_box_written(r.box) for r in recs]  # "largest" picks the face a reader of the row would
         areas = np.array([(b[2] - b[0]) * (b[3] - b[1]) for b in boxes])
         fs = frame_score(s, areas, mode)
-        scores.append(None if fs is None else _written(fs))
+        scores.append(None if fs is None else written(fs))
     return scores
 
 
@@ -134,7 +125,7 @@ def _frames_detail(frames: list[dict], per_frame: list[list[FaceRec]], scores: l
 def _face_detail(r: FaceRec, threshold: float) -> dict:
     finite = math.isfinite(r.score)
     d = {"box": _box_written(r.box), "prob": round(r.prob, 4),
-         "score": round(r.score, SCORE_DECIMALS) if finite else None}
+         "score": written(r.score) if finite else None}
     if finite and d["score"] >= threshold:  # the face's score as written (see aggregate.verdict_of)
         boxes = _artifact_boxes(r)
         if boxes:

@@ -17,7 +17,9 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from ..aggregate import SCORE_DECIMALS
+# Scores in events and /streams are written as rows are (aggregate.written): written to 4, 0.59996
+# read 0.6 next to an ``uncertain`` at fake_above 0.6, another verdict than the stream's.
+from ..aggregate import written
 from .tracker import IoUTracker
 
 
@@ -66,8 +68,7 @@ class Hysteresis:
     def update(self, score: float | None, n: int) -> tuple[str, str]:
         """Return (previous, current) verdict after seeing ``score`` over ``n`` samples."""
         prev = self.verdict
-        if score is not None:  # compared as a batch scan compares its rows' (aggregate.verdict_of)
-            score = round(score, SCORE_DECIMALS)
+        score = written(score)  # compared as a batch scan compares its rows' (aggregate.verdict_of)
         if score is None or n < self.s.min_samples:
             # Too little evidence left in the window: do not keep a stale verdict.
             self.verdict = "unknown" if n == 0 else prev
@@ -84,13 +85,6 @@ class Hysteresis:
 class _Judge:
     roll: RollingScore
     hyst: Hysteresis
-
-
-def _rounded(v: float | None) -> float | None:
-    """A score as written: to :data:`SCORE_DECIMALS`, the places the verdict is decided on (as a
-    batch row's). Why: written to 4, 0.59996 read 0.6 next to an ``uncertain`` at ``fake_above``
-    0.6, and a reader comparing score and threshold took another verdict than the stream's."""
-    return None if v is None else round(v, SCORE_DECIMALS)
 
 
 def _utc() -> str:
@@ -117,7 +111,7 @@ class StreamVerdicts:
         ev = {
             "event": "verdict", "reason": reason, "time": _utc(), "stream": self.name, "track": track,
             "verdict": judge.hyst.verdict, "previous": prev,
-            "score": _rounded(v), "samples": judge.roll.count,
+            "score": written(v), "samples": judge.roll.count,
             "window_s": self.s.window_s,
         }
         if t is not None:
@@ -138,8 +132,7 @@ class StreamVerdicts:
         finite = np.isfinite(p_fake)  # a NaN would freeze the window's mean until it expires
         # Averaged as written (6 decimals), as a scan row's faces are (scanner.summary): on exact
         # scores 0.4999994, 0.4999994, 0.4999999 read fake here and real in a scan.
-        p_fake = np.array([round(float(p), SCORE_DECIMALS) if ok else p for p, ok in zip(p_fake, finite)],
-                          np.float64)
+        p_fake = np.array([written(p) for p in p_fake], np.float64)
         for tid, p, ok in zip(ids, p_fake, finite):
             j = self.tracks.setdefault(tid, _Judge(RollingScore(self.s.window_s), Hysteresis(self.s)))
             if ok:
@@ -215,13 +208,13 @@ class StreamVerdicts:
         prev, cur = self.stream.hyst.update(self.stream.roll.value, self.stream.roll.count)
         events = [self._event("change", self.stream, prev, None, None)] if cur != prev else []
         ev = self._event("interval", self.stream, cur, None, None)  # a summary: no triggering frame
-        ev["tracks"] = {str(k): _rounded(j.roll.value) for k, j in self.tracks.items() if j.roll.value is not None}
+        ev["tracks"] = {str(k): written(j.roll.value) for k, j in self.tracks.items() if j.roll.value is not None}
         return events + [ev]
 
     @property
     def summary(self) -> dict:
         # A track without a score in its window (all NaN, or expired) has none: not 0.0 (real).
-        return {"verdict": self.stream.hyst.verdict, "score": _rounded(self.stream.roll.value),
+        return {"verdict": self.stream.hyst.verdict, "score": written(self.stream.roll.value),
                 "samples": self.stream.roll.count, "faces": self.faces_last,
-                "tracks": {str(k): {"verdict": j.hyst.verdict, "score": _rounded(j.roll.value)}
+                "tracks": {str(k): {"verdict": j.hyst.verdict, "score": written(j.roll.value)}
                            for k, j in self.tracks.items()}}
