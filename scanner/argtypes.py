@@ -101,6 +101,16 @@ def positive(value: str) -> float:
     return v
 
 
+def seconds_or_none(value: str) -> float | None:
+    """A positive number of seconds, or ``0`` / ``none`` for no limit."""
+    if value.strip().lower() in ("0", "none"):
+        return None
+    v = _float(value)
+    if not 0 < v < math.inf:
+        raise _refuse("a positive number of seconds, or 0 for no limit", value)
+    return v
+
+
 def finite(value: str) -> float:
     """Any finite number."""
     v = _float(value)

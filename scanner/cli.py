@@ -82,6 +82,8 @@ def interrupted_note(args) -> str:
 
 def add_scan_options(p: argparse.ArgumentParser) -> None:
     """Scan options shared by ``scan`` and commands that run scans (defaults come from ScanConfig)."""
+    from .argtypes import seconds_or_none
+
     S = argparse.SUPPRESS
     p.add_argument("--config", help="YAML file with any of the options below (flags win)")
     p.add_argument("--frames", type=int, default=S, help="evenly spaced frames per video (default 32)")
@@ -103,6 +105,9 @@ def add_scan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--aggregate", default=S, choices=["frames", "tracks"],
                    help="video score from frames (frame/video agg) or from face tracks (max over tracks)")
     p.add_argument("--workers", type=int, default=S, help="videos scanned in parallel (default: one per core on CPU)")
+    p.add_argument("--video-timeout", dest="video_timeout_s", type=seconds_or_none, default=S, metavar="SECONDS",
+                   help="a video not finished this long after its scan began is an error row (kind timeout) "
+                        "and the scan goes on (default 3600; 0: no limit)")
 
 
 def _add_scan_parser(sub) -> None:

@@ -88,6 +88,9 @@ class ScanConfig(NoBoolNumbers):
         None, ge=1, le=64, description="videos scanned in parallel (null: one per core on CPU "
         "with eager/onnxruntime engines, else 1); each then uses cores/workers threads")
     queue_frames: int = Field(8, ge=1, le=1024, description="decoded frames buffered per video")
+    video_timeout_s: float | None = Field(
+        3600.0, gt=0, le=7 * 86400, description="a video still unfinished this many seconds after its "
+        "scan began becomes an error row (kind timeout) and the scan goes on; null: no limit")
     decode_thread: bool | None = Field(
         True, description="decode each video in its own thread, overlapping detection (null: "
         "the same); false decodes in the worker (fewer threads)")

@@ -34,7 +34,7 @@ from .faces import FaceDetector, Faces
 from .orientation import Orientation
 from .region import region_search
 from .rows import base_row, check_decoded, record_sampling, set_total, start_identity, unless_changed, video_info
-from .streaming import BoundedPrefetch, Inline
+from .streaming import BoundedPrefetch, DeadlinePassed, Inline, call_before
 from .summary import FaceRec, video_row
 
 log = logging.getLogger("dfscan")
@@ -222,7 +222,7 @@ def _process_batch(batch: list[Frame], state: _VideoState, ctx: ScanContext) -> 
         _timed(state, "infer", _infer, state, ctx)
 
 
-def _analyse(path: Path, ctx: ScanContext, row: dict) -> dict:
+def _analyse(path: Path, ctx: ScanContext, row: dict, deadline: float | None = None) -> dict:
     cfg = ctx.cfg
     pre = ctx.prestarted.pop(str(path), None)  # decoding began while the model loaded
     sampler = pre.sampler if pre else FrameSampler(path, cfg.frames, cfg.fps, cfg.det_max_side, cfg.seek)
@@ -239,20 +239,13 @@ def _analyse(path: Path, ctx: ScanContext, row: dict) -> dict:
 
     source = BoundedPrefetch if _decode_in_thread(cfg) else Inline
     try:
-        with (pre.take(produce) if pre else source(produce, maxsize=cfg.queue_frames, name="decode")) as frames:
-            batch: list[Frame] = []
-            for fr in frames:
-                if ctx.stop.is_set():
-                    raise ScanInterrupted(str(path))
-                metrics.FRAMES_DECODED.inc()
-                batch.append(fr)
-                if len(batch) == DETECT_BATCH:
-                    _process_batch(batch, state, ctx)
-                    batch = []  # drop full-resolution frames as soon as they are used
-            if batch:
-                _process_batch(batch, state, ctx)
-            _timed(state, "infer", _infer, state, ctx)
+        with (pre.take(lambda: call_before(produce, deadline, "hash")) if pre
+              else source(produce, maxsize=cfg.queue_frames, name="decode")) as frames:
+            frames.deadline = deadline
+            _consume(frames, path, state, ctx, deadline)
             decode_s = frames.busy_s
+    except DeadlinePassed as e:
+        raise _timed_out(cfg, sampler, state) from e
     finally:
         record_sampling(row, sampler)
     check_decoded(sampler, len(state.frames), cfg.min_face_frames)
@@ -262,6 +255,38 @@ def _analyse(path: Path, ctx: ScanContext, row: dict) -> dict:
     result["timings"] = {"decode": round(decode_s, 4),
                          **{k: round(v, 4) for k, v in state.t.items()}}
     return result
+
+
+def _consume(frames, path: Path, state: _VideoState, ctx: ScanContext, deadline: float | None) -> None:
+    """Detect, align and score ``frames`` in batches; checks ``deadline`` after each batch
+    (a BoundedPrefetch also bounds each wait for a frame by it)."""
+    batch: list[Frame] = []
+    for fr in frames:
+        if ctx.stop.is_set():
+            raise ScanInterrupted(str(path))
+        metrics.FRAMES_DECODED.inc()
+        batch.append(fr)
+        if len(batch) == DETECT_BATCH:
+            _process_batch(batch, state, ctx)
+            batch = []  # drop full-resolution frames as soon as they are used
+            _check_deadline(deadline)
+    if batch:
+        _process_batch(batch, state, ctx)
+    _timed(state, "infer", _infer, state, ctx)
+    _check_deadline(deadline)
+
+
+def _check_deadline(deadline: float | None) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise DeadlinePassed("video_timeout_s")
+
+
+def _timed_out(cfg: ScanConfig, sampler: FrameSampler, state: _VideoState) -> VideoError:
+    """The ``timeout`` error of a video whose scan outlived ``video_timeout_s``."""
+    where = ("before its index was read (a stalled read or a very large file)" if sampler.index is None
+             else f"after {len(state.frames)} of {sampler.requested} sampled frames were analysed")
+    return VideoError("timeout", f"scan gave up after video_timeout_s={cfg.video_timeout_s:g} s, {where}; "
+                      "raise --video-timeout, or rescan with --resume --retry-errors")
 
 
 def _decode_in_thread(cfg: ScanConfig) -> bool:
@@ -280,10 +305,12 @@ def scan_video(path: str | Path, ctx: ScanContext) -> dict:
     if ctx.stop.is_set():
         raise ScanInterrupted(str(path))
     t0 = time.perf_counter()
+    timeout = ctx.cfg.video_timeout_s
+    deadline = None if timeout is None else time.monotonic() + timeout
     start = start_identity(path, ctx)
     row = base_row(path, ctx, start)
     try:
-        row.update(_analyse(path, ctx, row))
+        row.update(_analyse(path, ctx, row, deadline))
     except VideoError as e:
         row["error"] = {"kind": e.kind, "message": str(e)}
     except Exception as e:  # noqa: BLE001 - one video's failure must never end the scan

@@ -2,7 +2,11 @@
 
 The producer always sends an end marker from ``finally``, so the consumer never
 hangs, and any exception it raised is re-raised in the consumer. Closing the
-consumer early (break, error) stops the producer at its next put.
+consumer early (break, error) stops the producer at its next put. With a
+``deadline`` the consumer waits no longer than that for the next item
+(:class:`DeadlinePassed`): a producer blocked inside a read or a decoder, which no
+flag can interrupt, is left behind in its daemon thread instead of holding the
+consumer (and the process's exit) forever.
 """
 from __future__ import annotations
 
@@ -13,6 +17,10 @@ from typing import Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 _END = object()
+
+
+class DeadlinePassed(TimeoutError):
+    """The consumer's deadline passed before the producer's next item (or call) came."""
 
 
 class _Raised:
@@ -31,6 +39,8 @@ class BoundedPrefetch(Iterator[T]):
         self._q: queue.Queue = queue.Queue(maxsize=maxsize)
         self._stop = threading.Event()
         self.busy_s = 0.0
+        self.deadline: float | None = None  # time.monotonic() after which __next__ gives up
+        self._abandoned = False
         self._thread = threading.Thread(target=self._run, args=(make,), name=name, daemon=True)
         self._thread.start()
 
@@ -62,7 +72,13 @@ class BoundedPrefetch(Iterator[T]):
             self._put(_END)
 
     def __next__(self) -> T:
-        item = self._q.get()
+        try:
+            item = self._q.get(timeout=None if self.deadline is None
+                               else max(0.0, self.deadline - time.monotonic()))
+        except queue.Empty:
+            self._abandoned = True  # close() must not wait 5 s for a thread that may never return
+            self._stop.set()
+            raise DeadlinePassed("no item before the deadline") from None
         if item is _END:
             self._stop.set()
             raise StopIteration
@@ -76,9 +92,10 @@ class BoundedPrefetch(Iterator[T]):
         self._stop.set()
 
     def close(self) -> None:
-        """Stop the producer and wait for it (bounded)."""
+        """Stop the producer and wait for it (bounded; not at all once abandoned)."""
         self._stop.set()
-        self._thread.join(timeout=5)
+        if not self._abandoned:
+            self._thread.join(timeout=5)
 
     def __enter__(self):
         return self
@@ -93,6 +110,7 @@ class Inline(Iterator[T]):
     def __init__(self, make: Callable[[], Iterable[T]], **_):
         self._make, self._it = make, None
         self.busy_s = 0.0
+        self.deadline: float | None = None  # checked by the caller between items only
 
     def __next__(self) -> T:
         t0 = time.perf_counter()
@@ -111,3 +129,30 @@ class Inline(Iterator[T]):
 
     def __exit__(self, *exc):
         self.close()
+
+
+def call_before(fn: Callable[[], T], deadline: float | None, name: str = "call") -> T:
+    """``fn()``, run in a daemon thread when ``deadline`` (``time.monotonic()``) is set.
+
+    Raises :class:`DeadlinePassed` if it has not returned by then (it is left to finish
+    on its own: a read blocked on a stalled file system cannot be interrupted), else
+    its result or its exception."""
+    if deadline is None:
+        return fn()
+    out: list = []
+
+    def run():
+        try:
+            out.append((True, fn()))
+        except BaseException as e:  # forwarded to the caller
+            out.append((False, e))
+
+    t = threading.Thread(target=run, name=name, daemon=True)
+    t.start()
+    t.join(max(0.0, deadline - time.monotonic()))
+    if not out:
+        raise DeadlinePassed(f"{name} did not return before the deadline")
+    ok, value = out[0]
+    if not ok:
+        raise value
+    return value
