@@ -222,3 +222,20 @@ def test_build_info_names_the_engine_that_runs_not_auto(tmp_path):
     row = json.loads(out.read_text())
     [info] = [labels for (name, labels) in registry_samples() if name == "dfscan_build_info"]
     assert dict(info)["engine"] == row["engine"] != "auto"
+
+
+def test_live_build_info_names_the_engine_that_runs_not_auto():
+    """A live service's dfscan_build_info said engine="auto" (the configured name), where a
+    batch scan's names the engine auto chose: one dashboard panel showed two answers."""
+    from scanner.live.config import parse_config
+    from scanner.live.service import LiveService
+
+    cfg = parse_config({"model": {"detector": "test_tiny", "engine": "auto"}, "sinks": []})
+    svc = LiveService(cfg).start()
+    try:
+        [info] = [s.labels for fam in text_string_to_metric_families(generate_latest(svc.metrics.registry).decode())
+                  for s in fam.samples if s.name == "dfscan_build_info"]
+        expected = svc.workers[0].analyzer.engine.describe()["backend"]
+        assert info["engine"] == expected != "auto" and info["detector"] == "test_tiny"
+    finally:
+        svc.stop()

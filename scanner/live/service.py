@@ -69,6 +69,12 @@ def _webhook_headers(c: SinkConfig) -> dict[str, str]:
     return values
 
 
+def _backend_of(analyzer, configured: str) -> str:
+    """The engine an analyzer runs (its ``describe()``'s backend), else the configured name."""
+    describe = getattr(getattr(analyzer, "engine", None), "describe", None)
+    return str(describe().get("backend", configured)) if callable(describe) else configured
+
+
 class _Stream:
     def __init__(self, cfg: StreamConfig, source: LiveSource, verdicts: StreamVerdicts, worker: InferenceWorker):
         self.cfg, self.source, self.verdicts, self.worker = cfg, source, verdicts, worker
@@ -113,15 +119,17 @@ class LiveService:
         """Load one analyzer per device, start sinks, watchdog and configured streams."""
         self.sinks.start()
         m = self.cfg.model
-        threshold = 0.5
+        threshold, engines = 0.5, []
         for dev in m.devices:
             analyzer = self._factory(dev)
+            engines.append(_backend_of(analyzer, m.engine))
             threshold = float(getattr(analyzer, "threshold", threshold))
             w = InferenceWorker(dev, analyzer, self._on_result, max_frames=m.batch_frames,
                                 max_wait_s=m.max_wait_ms / 1000.0, metrics=self.metrics, on_error=self._on_error)
             self.workers.append(w.start())
         self.verdict_settings = VerdictSettings(**self.cfg.verdict.resolved(threshold))
-        set_build_info(m.detector, m.engine, ",".join(m.devices), self.metrics.build)
+        # the engine that runs ("auto" says nothing), as batch scans and their rows name it
+        set_build_info(m.detector, ",".join(dict.fromkeys(engines)), ",".join(m.devices), self.metrics.build)
         self.watchdog.start()
         for s in self.cfg.streams:
             self.add_stream(s)
