@@ -20,6 +20,7 @@ pass would only add ways for a newcomer to inherit a missed face's rolling verdi
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,7 +92,8 @@ class IoUTracker:
 
         ``looks``: each box's :func:`scanner.appearance.look` (None entries allowed);
         a box is never linked to a track whose last look differs from its own."""
-        ended = [i for i, tr in self.tracks.items() if t - tr.last_t > self.max_age_s]
+        ended = [i for i, tr in self.tracks.items() if t - tr.last_t > self.max_age_s] \
+            if math.isfinite(self.max_age_s) else []  # a file's tracks never expire
         for i in ended:
             del self.tracks[i]
         boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
@@ -116,7 +118,13 @@ class IoUTracker:
         ids = [-1] * len(boxes)
         live = list(self.tracks.values())
         iou = iou_matrix(boxes, np.array([tr.box for tr in live]).reshape(-1, 4))
-        iou[_look_mismatch(looks, [tr.look for tr in live])] = -1
+        # Looks compared only for tracks some box overlaps enough (no other can be taken):
+        # comparing all of a long video's thousands of never-expiring tracks made it quadratic
+        near = np.flatnonzero((iou >= self.iou_threshold).any(axis=0))
+        if near.size:
+            sub = iou[:, near]
+            sub[_look_mismatch(looks, [live[j].look for j in near])] = -1
+            iou[:, near] = sub
         while iou.size and iou.max() >= self.iou_threshold:
             bi, ti = np.unravel_index(int(iou.argmax()), iou.shape)
             ids[bi] = self._take(live[ti], boxes[bi], t, looks[bi])
@@ -132,8 +140,14 @@ class IoUTracker:
         if not faces or not idle:
             return
         gaps = np.array([(t - tr.last_t) / self.relink.sample_s for tr in idle], np.float32)
+        track_boxes = np.stack([tr.box for tr in idle])
+        shift, scale = _shift_scale(self.relink, boxes[faces], track_boxes, gaps)
+        near = np.flatnonzero(((shift <= 1) & (scale <= 1)).any(axis=0))  # looks only of these (as above)
+        if not near.size:
+            return
+        idle = [idle[j] for j in near]
         cost = relink_cost(self.relink, boxes[faces], np.stack([looks[k] for k in faces]),
-                           np.stack([tr.box for tr in idle]), np.stack([tr.look for tr in idle]), gaps)
+                           track_boxes[near], np.stack([tr.look for tr in idle]), gaps[near])
         # Greedy, cheapest pair first (a handful of faces a frame): scipy's Hungarian solver,
         # imported lazily mid-scan, cost an import of scipy.optimize in every worker.
         while cost.size and cost.min() < _NO:
@@ -149,16 +163,23 @@ def relink_cost(rl: Relink, boxes: np.ndarray, looks: np.ndarray, track_boxes: n
     each gate's measure over its limit, summed (in [0, 3)), or ``_NO`` where a gate refuses."""
     from ..appearance import distances
 
+    shift, scale = _shift_scale(rl, boxes, track_boxes, gaps)
+    look = distances(looks, track_looks) / rl.max_look
+    cost = (shift + scale + look).astype(np.float64)
+    cost[(shift > 1) | (scale > 1) | (look > 1) | ~np.isfinite(cost)] = _NO
+    return cost
+
+
+def _shift_scale(rl: Relink, boxes: np.ndarray, track_boxes: np.ndarray, gaps: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """``(K, T)`` centre shift and scale change of :func:`relink_cost`, each over its limit."""
     size = lambda b: np.sqrt(np.clip((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]), 1e-6, None))  # noqa: E731
     centre = lambda b: (b[:, :2] + b[:, 2:4]) / 2  # noqa: E731
     fs, ts = size(boxes)[:, None], size(track_boxes)[None, :]
     shift = np.linalg.norm(centre(boxes)[:, None] - centre(track_boxes)[None], axis=2) / ts
     shift = shift / (rl.max_shift * np.maximum(gaps, 1.0)[None] ** rl.shift_growth)
     scale = np.log(np.maximum(fs, ts) / np.minimum(fs, ts)) / np.log(rl.max_scale)
-    look = distances(looks, track_looks) / rl.max_look
-    cost = (shift + scale + look).astype(np.float64)
-    cost[(shift > 1) | (scale > 1) | (look > 1) | ~np.isfinite(cost)] = _NO
-    return cost
+    return shift, scale
 
 
 def _look_mismatch(box_looks: list, track_looks: list) -> np.ndarray:
