@@ -9,7 +9,6 @@ groups the GOPs that must be decoded for them into runs read with one seek each.
 """
 from __future__ import annotations
 
-import os
 from array import array
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -17,6 +16,7 @@ from typing import Sequence
 import av
 import numpy as np
 
+from .cut_files import cut_short
 from .leading import FirstGop, LeadingRasl, decodable
 
 @dataclass
@@ -73,70 +73,6 @@ def _samples_missing(container, stream, packets: int) -> bool:
     if "mp4" not in name and "mov" not in name:
         return False
     return packets < min(stream.frames or 0, len(stream.index_entries))
-
-
-def _vint(data: bytes, pos: int, keep_marker: bool) -> tuple[int, int, bool]:
-    """EBML variable-size integer at ``pos``: (value, next position, all value bits set)."""
-    first = data[pos]
-    length = 9 - first.bit_length()  # 1 leading zero per extra byte
-    if first == 0 or pos + length > len(data):
-        raise ValueError("not an EBML integer")
-    raw = int.from_bytes(data[pos:pos + length], "big")
-    value = raw if keep_marker else raw & ((1 << (7 * length)) - 1)
-    return value, pos + length, value == (1 << (7 * length)) - 1
-
-
-def _matroska_cut(container) -> bool:
-    """A Matroska/WebM file shorter than its Segment says: cut at a cluster boundary, where
-    FFmpeg's demuxer stops without an error. Unknown-size Segments (live recordings) pass."""
-    if "matroska" not in container.format.name:
-        return False
-    try:
-        with open(container.name, "rb") as f:
-            head, size = f.read(4096), os.fstat(f.fileno()).st_size
-        ebml, pos, _ = _vint(head, 0, True)
-        length, pos, _ = _vint(head, pos, False)
-        seg, pos, _ = _vint(head, pos + length, True)
-        length, pos, unknown = _vint(head, pos, False)
-    except (OSError, ValueError, IndexError):
-        return False  # not a plain file, or a header this check does not know: no claim
-    return ebml == 0x1A45DFA3 and seg == 0x18538067 and not unknown and pos + length > size
-
-
-def _mpegts_cut(container) -> bool:
-    """An MPEG-TS that does not end on a whole packet (188 bytes, 192 in M2TS, 204 with
-    FEC): cut mid-packet, e.g. still being written, where FFmpeg's demuxer stops without
-    an error and passes on the last frame's partial data. A cut at a packet boundary is
-    not visible (no header gives the length): no claim."""
-    if "mpegts" not in container.format.name:
-        return False
-    try:
-        with open(container.name, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            f.seek(max(0, size - 2 * 204))
-            tail = f.read()
-    except OSError:
-        return False  # not a plain file: no claim
-    if size < 2 * 204:
-        return False
-    n = len(tail)
-    return not any(tail[n - p + sync] == tail[n - 2 * p + sync] == 0x47
-                   for p, sync in ((188, 0), (192, 4), (204, 0)))
-
-
-def _dv_cut(container, stream) -> bool:
-    """A raw DV file that is not a whole number of frames (DV frames have one fixed size:
-    the bit rate over the frame rate, e.g. 144000 bytes in PAL DV25): cut mid-frame, whose
-    last packet the demuxer pads to full size without a word."""
-    if container.format.name != "dv":
-        return False
-    rate, bits = stream.guessed_rate, stream.codec_context.bit_rate
-    try:
-        size = os.stat(container.name).st_size
-    except OSError:
-        return False
-    frame = round(bits / 8 / float(rate)) if rate and bits else 0
-    return frame > 0 and size % frame != 0
 
 
 def _jumps_back(dts: array) -> bool:
@@ -218,14 +154,14 @@ def build_index(container, stream) -> VideoIndex:
     then stop quietly). The header's frame count is only a hint in AVI (capture tools
     write empty "dropped frame" chunks that it counts as frames), but an MP4/MOV
     sample table lists every sample: fewer packets than it lists means the file was
-    cut on a sample boundary, which no read error reveals; a Matroska file cut between
-    clusters is shorter than its Segment's declared size; an MPEG-TS cut mid-packet does
+    cut on a sample boundary, which no read error reveals; a fragmented MP4 cut inside a
+    box and an AVI cut inside its RIFF chunks are shorter than those say, as a Matroska file
+    cut between clusters is than its Segment's declared size; an MPEG-TS cut mid-packet does
     not end on a whole one, nor raw DV on a whole frame.
     """
     got = _demux(container, stream)
     truncated = got.truncated or (_samples_missing(container, stream, len(got.pts) + got.empty)
-                                  or _matroska_cut(container) or _mpegts_cut(container)
-                                  or _dv_cut(container, stream))
+                                  or cut_short(container, stream))
     pts_a, key_a = np.frombuffer(got.pts, np.int64).copy(), np.frombuffer(got.key, np.int8).astype(bool)
     cc = stream.codec_context
     broken = _broken_stamps(container, stream, pts_a, got.dts)
