@@ -342,14 +342,15 @@ class FrameSampler:
         always samples it); any other target past the end is missed, and counted so.
         """
         self._threads(stream)
-        n, last, claimed_last = 0, None, max(targets) == len(index.presentation) - 1
+        final = max(targets)  # once: per packet it was packets x targets on a 10k-frame request
+        n, last, claimed_last = 0, None, final == len(index.presentation) - 1
         for pkt in container.demux(stream):
             for f in self._decode_packet(pkt):
                 last = f if n not in targets and not f.is_corrupt else None
                 if n in pending and self._intact(f, n, pending):
                     yield self._ordinal_frame(f, n, index, stream)
                 n += 1
-            if n > max(targets):
+            if n > final:
                 return
         index.presentation = index.presentation[:n]
         if last is not None and claimed_last and pending:
