@@ -49,6 +49,11 @@ RESTART_WAIT_S = 600.0
 # ray.wait in steps this long: SIGINT/SIGTERM only set ``stop`` (finished rows are still
 # written, as in a local scan), and one wait without a limit would never see it.
 STOP_POLL_S = 0.5
+# Once one actor has started, how long the others are waited for (at least; or as long as the
+# first took) before the scan begins without them: Ray places an actor only where its CPUs are
+# free, and on a cluster shared with other jobs waiting for all of them hung the scan until
+# those jobs ended. Late ones join when Ray places them (rows()).
+START_GRACE_S = 30.0
 # Fields that make no sense inside a worker (the driver owns outputs, metrics and Ray).
 # metrics_push may hold user:password@: never shipped to every actor on every node.
 DRIVER_ONLY = {"out": None, "resume": False, "metrics_port": None, "metrics_push": None,
@@ -177,11 +182,15 @@ class RayScanContext:
         if wcfg.get("weights") and os.path.exists(wcfg["weights"]):  # absolute, as the inputs: a
             wcfg["weights"] = os.path.abspath(wcfg["weights"])  # worker's cwd is not the driver's
         self.actors = [remote.remote(wcfg, max(1, int(cpus))) for _ in range(n)]
+        self.videos_sent = [0] * n  # per actor (logged at the end: how the load spread)
         try:
-            self.actor_info = ray.get([a.info.remote() for a in self.actors])
+            self.actor_info = self._start_actors(ray)
         except ray.exceptions.RayError as e:
             self.close()
             raise RayUnavailable(f"Ray workers could not build the pipeline: {_remote_error(e)}") from e
+        except BaseException:  # interrupted while waiting for the cluster: no actor left behind
+            self.close()
+            raise
         try:
             _same_model(self.actor_info)
         except RayUnavailable:
@@ -196,6 +205,27 @@ class RayScanContext:
         # Locally build_context fills dfscan_build_info; here the actors did, in registries
         # nobody scrapes: the driver's (scraped, pushed) had none and the dashboard's panel was empty.
         metrics.set_build_info(first["detector"], self.engine_info.get("backend", cfg.engine), cfg.device)
+
+    def _start_actors(self, ray) -> list[dict]:
+        """Infos of the actors that started (waiting, stop-aware, for the first); the
+        others' first info calls go to ``_starting`` and are awaited as pings by rows()."""
+        refs = [a.info.remote() for a in self.actors]
+        t0, warned, ready = time.monotonic(), False, []
+        while not ready:
+            ready = ray.wait(refs, num_returns=1, timeout=STOP_POLL_S)[0]
+            if not ready and not warned and time.monotonic() - t0 > START_GRACE_S:
+                warned = True
+                log.warning("Ray scan: no scan actor has started after %.0f s; the cluster's free "
+                            "resources now: %s (other jobs may hold them); waiting", START_GRACE_S,
+                            _free(ray))
+        grace = max(START_GRACE_S, time.monotonic() - t0)
+        ready = set(ray.wait(refs, num_returns=len(refs), timeout=grace)[0])
+        self._starting = {r: k for k, r in enumerate(refs) if r not in ready}
+        if self._starting:
+            log.warning("Ray scan: %d of %d scan actors started within %.0f s; scanning with those, "
+                        "the others join when Ray places them (free now: %s)",
+                        len(ready), len(refs), grace, _free(ray))
+        return [ray.get(r) for r in refs if r in ready]
 
     def pids(self) -> list[int]:
         """Current process id of every actor (changes when Ray restarts one). An actor still
@@ -216,6 +246,9 @@ class RayScanContext:
         self._gone = ""  # why the last actor was lost for good, for the rows left without one
         self._load = [0] * len(self.actors)
         self._pending = {}  # ObjectRef -> (actor index, path as given or None: a ping, attempts, sent)
+        for ref, k in self._starting.items():  # actors not placed yet: their first info is a ping
+            self._pending[ref], self._load[k] = (k, None, 0, None), RAY_IN_FLIGHT
+        self._starting = {}
         self._submit()
         # Pings of an actor Ray cannot place again (its node gone) must not hold the scan open.
         while self._pending and (self._scanning() or self._more()) and not self.stop.is_set():
@@ -284,6 +317,7 @@ class RayScanContext:
             ref = self.actors[k].scan.remote(os.path.abspath(path))
             self._pending[ref] = (k, path, attempts, time.perf_counter() if sent is None else sent)
             self._load[k] += 1
+            self.videos_sent[k] += 1
 
     def _result(self, ref, k: int, path: str | None, attempts: int, sent: float | None) -> dict | None:
         """The row of a finished task (its pipeline counts added to the driver's metrics);
@@ -356,6 +390,8 @@ class RayScanContext:
 
     def close(self) -> None:
         ray = _ray()
+        if any(getattr(self, "videos_sent", [])):
+            log.info("Ray scan: videos sent per actor: %s", self.videos_sent)
         for a in getattr(self, "actors", []):
             ray.kill(a, no_restart=True)
         self.actors = []
@@ -405,6 +441,15 @@ def _worker_view(row: dict) -> None:
     if err.get("kind") in ("not_found", "permission") and os.access(row["path"], os.R_OK):
         err["message"] += (" (on a Ray worker; this driver can read it: every node must see "
                            "the inputs at the same paths)")
+
+
+def _free(ray) -> str:
+    """The cluster's free CPUs and GPUs, for a log line."""
+    try:
+        free = ray.available_resources()
+    except Exception:  # noqa: BLE001 - only a log line's detail
+        return "unknown"
+    return f"{free.get('CPU', 0):g} CPU(s), {free.get('GPU', 0):g} GPU(s)"
 
 
 def _actor_count(ray, cfg: ScanConfig) -> int:

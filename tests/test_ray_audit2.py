@@ -115,3 +115,45 @@ def test_videos_left_without_an_actor_say_why_the_last_one_was_lost(local_ray, m
         assert r["error"]["kind"] == "worker_lost", r["error"]
         assert "WeightsError: /w/model.safetensors: no such file on this node" in r["error"]["message"], r["error"]
     assert "could not start again: WeightsError" in caplog.text
+
+
+class _Hold:
+    """Another job's actor holding one of the cluster's CPUs."""
+
+    def ready(self) -> bool:
+        return True
+
+
+def _videos(first: list[str], then, rest: list[str]):
+    """``first``, then ``then()`` (before the next input is taken), then ``rest``."""
+    yield from first
+    then()
+    yield from rest
+
+
+def test_a_scan_starts_with_the_actors_the_cluster_can_place_now(local_ray, monkeypatch, caplog):
+    """The actor count comes from the nodes' total CPUs; on a cluster another job shares,
+    the driver waited for every actor to start, and hung (before its first video) until that
+    job ended. It now scans with the actors placed within the grace time; the others join
+    when Ray places them."""
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
+    monkeypatch.setattr(scanner.distributed, "START_GRACE_S", 3.0)
+    hold = ray.remote(num_cpus=1)(_Hold).remote()
+    ray.get(hold.ready.remote())
+    ctx = RayScanContext(ScanConfig(ray="auto", **TINY))
+    late = next(iter(ctx._starting), None)
+    try:
+        assert ctx.workers == 2 and len(ctx.actor_info) == 1 and late is not None
+        assert "1 of 2 scan actors started" in caplog.text
+
+        def free_the_cpu():  # the other job ends; Ray places the waiting actor, which builds
+            ray.kill(hold)
+            ray.wait([late], timeout=180)
+
+        paths = _videos(CLIPS, free_the_cpu, CLIPS * 2)
+        rows = list(ctx.rows(paths))
+    finally:
+        ctx.close()
+        ray.kill(hold)
+    assert len(rows) == 9 and all(r["verdict"] != "error" for r in rows), [r.get("error") for r in rows]
+    assert min(ctx.videos_sent) >= 1, ctx.videos_sent  # the late actor took videos too
