@@ -31,7 +31,7 @@ from ..picture import picture_sar, to_frame
 from . import tls
 from .buffers import Backoff, DropOldestBuffer, SourceStats, _NullMetrics  # noqa: F401 - Backoff: re-exported
 from .hls import is_playlist, needs_precheck, precheck_playlist
-from .timing import MediaClock, Sampler, frame_step
+from .timing import MediaClock, Sampler, file_clock
 from .urls import (SourceError, SourceURL, Unsupported, Untrusted, error_reason, open_options, parse_source,
                    unsupported_reason)
 
@@ -218,7 +218,8 @@ class LiveSource:
                 reason = error_reason(e)
                 if self._first is not None and getattr(e, "errno", None) == errno.EPROTONOSUPPORT:
                     reason = f"RTSP over {self._first.upper()}: {reason}; try rtsp_transport: auto"
-                elif self.src.auth and getattr(e, "errno", None) == errno.EIO:  # FFmpeg's max_redirects error
+                elif self.src.auth and not self._went_live and getattr(e, "errno", None) == errno.EIO:
+                    # FFmpeg's max_redirects error; not a live connection's drop (it was past any redirect)
                     reason += "; if the server redirected: a stream with credentials follows no redirect"
             if self._stop.is_set():
                 break
@@ -305,7 +306,7 @@ class LiveSource:
         realtime = self.src.kind == "file"  # files play at their own rate, like a live feed
         # One clock per connection: frames without a timestamp get one (nominal rate for a
         # file, arrival time live), and a jump back does not restart it (.timing says why).
-        clock = MediaClock(frame_step(stream) if realtime else None)
+        clock = file_clock(container, stream, self.name) if realtime else MediaClock(None, self.name)
         sampler = Sampler(1.0 / s.sample_fps if s.sample_fps > 0 else 0.0)
         t0 = intact = None  # (wall, media) of the first frame; the last picture not concealed
         # The pixel aspect ratio may change mid-stream (4:3 <-> 16:9 broadcast): per picture.
