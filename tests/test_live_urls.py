@@ -306,3 +306,14 @@ def test_an_srt_passphrase_holding_a_semicolon_is_masked_whole():
 def test_an_empty_userinfo_is_not_shown_as_a_masked_password(url, shown):
     """A UDP listen address ('@:5000') read 'udp://***@:5000', as if a password had been hidden."""
     assert mask_credentials(url) == shown
+
+
+def test_a_udp_source_reserves_a_bounded_ring_by_default():
+    """dfscan asked FFmpeg for a 1,000,000-packet UDP ring (188 MB per stream, resident once it
+    wrapped: measured +188 MB after 372 MB of traffic), which also let a slow decoder fall
+    minutes behind the stream. The default ring is 12 MB; a URL may still ask for more."""
+    from scanner.live.urls import open_options, parse_source
+
+    for url in ("udp://127.0.0.1:5000", "rtp://127.0.0.1:5004"):
+        opts = open_options(parse_source(url), 5)
+        assert int(opts["fifo_size"]) * 188 <= 16 << 20 and opts["overrun_nonfatal"] == "1"

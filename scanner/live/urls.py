@@ -324,6 +324,11 @@ def _check_authority(url: str, parts) -> None:
 # FFmpeg's UDP reader takes buffer sizes from the URL's query, over the options dfscan
 # sets: bounded here so one stream cannot make FFmpeg reserve gigabytes.
 _UDP_LIMITS = {"fifo_size": 1_000_000, "buffer_size": 64 << 20}  # 188-byte packets; bytes
+# FFmpeg's UDP ring by default: 65,536 packets of 188 bytes (12 MB; ~10 s of an 8 Mbit/s
+# stream). It was 1,000,000 (188 MB a stream, all of it resident once the ring has wrapped),
+# and a decoder slower than the stream then scored minutes-old footage under a current
+# capture time; past the ring, packets are dropped (overrun_nonfatal) and the footage stays current.
+UDP_FIFO_PACKETS = 65_536
 
 
 def _check_udp_query(query: str, url: str) -> None:
@@ -370,7 +375,7 @@ def open_options(src: SourceURL, timeout_s: float, rtsp_transport: str = "tcp") 
             # FFmpeg sends "headers" along a redirect to any host: follow none (as webhooks do).
             opts["max_redirects"] = "0"
     elif src.scheme in ("udp", "rtp"):
-        opts.update(timeout=us, overrun_nonfatal="1", fifo_size="1000000")
+        opts.update(timeout=us, overrun_nonfatal="1", fifo_size=str(UDP_FIFO_PACKETS))
     elif src.scheme in ("rtmp", "rtmps"):
         opts["rtmp_live"] = "live"
     if "tls" in opts["protocol_whitelist"].split(","):  # an http source too: a redirect may lead to https
