@@ -145,3 +145,25 @@ def test_a_credentialed_http_stream_dropped_by_its_server_is_not_blamed_on_a_red
         pub.stop()
     err = src.stats.last_error
     assert err and "redirect" not in err and "S3cretPw" not in err, err
+
+
+def test_a_stream_that_runs_out_of_retries_says_so(caplog):
+    """With max_retries the source stopped after its last attempt with no line saying so
+    (repeated errors are logged at DEBUG between every 10th): the log went quiet and the
+    stream simply read `stopped`."""
+    import logging
+
+    from conftest import free_port, wait_for
+    from scanner.live.source import LiveSource, SourceSettings
+
+    caplog.set_level(logging.INFO, logger="scanner.live.source")
+    url = f"http://alice:S3cretPw@127.0.0.1:{free_port()}/live.ts"  # nothing listens there
+    src = LiveSource("gone", url, SourceSettings(max_retries=2, open_timeout_s=2)).start()
+    try:
+        wait_for(lambda: src.state == "stopped", 60, what="source to give up")
+    finally:
+        src.stop()
+    lines = [r for r in caplog.records if "stopped after" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelno == logging.ERROR
+    assert "stopped after 3 attempt(s) (max_retries 2)" in lines[0].getMessage()
+    assert "S3cretPw" not in caplog.text

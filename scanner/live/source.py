@@ -238,6 +238,9 @@ class LiveSource:
             self.stats.last_error = msg
             log.log(level, "stream %s (%s): %s (attempt %d)", self.name, self.src.masked, msg, self._backoff.attempt + 1)
             if s.max_retries is not None and self._backoff.attempt >= s.max_retries:
+                log.log(logging.INFO if reason == "end of stream" else logging.ERROR,
+                        "stream %s (%s): stopped after %d attempt(s) (max_retries %d): %s",
+                        self.name, self.src.masked, self._backoff.attempt + 1, s.max_retries, msg)
                 break
             self._set_state("backoff")
             self._stop.wait(self._backoff.next())
