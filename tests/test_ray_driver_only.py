@@ -31,7 +31,7 @@ def test_ray_actors_get_no_pushgateway_credentials(monkeypatch):
 
     fake = SimpleNamespace(remote=lambda **_kw: (lambda _cls: Remote()),
                            nodes=lambda: [{"Alive": True, "Resources": {"CPU": 2.0}}],
-                           get=lambda refs: list(refs), exceptions=SimpleNamespace(RayError=RuntimeError))
+                           get=lambda refs: list(refs), wait=_all_ready, exceptions=SimpleNamespace(RayError=RuntimeError))
     monkeypatch.setattr(dist, "_ray", lambda: fake)
     monkeypatch.setattr(dist, "connect", lambda _address: False)
     cfg = ScanConfig(detector="test_tiny", ray="auto", ray_actors=2,
@@ -115,7 +115,7 @@ def test_an_actor_that_cannot_start_is_one_line_naming_its_error(monkeypatch):
     def get(refs):
         raise died
 
-    fake = SimpleNamespace(remote=lambda **_kw: (lambda _cls: Remote()), kill=lambda *a, **k: None,
+    fake = SimpleNamespace(remote=lambda **_kw: (lambda _cls: Remote()), kill=lambda *a, **k: None, wait=_all_ready,
                            nodes=lambda: [{"Alive": True, "Resources": {"CPU": 2.0}}],
                            get=get, exceptions=exc)
     monkeypatch.setattr(dist, "_ray", lambda: fake)
@@ -154,6 +154,8 @@ def test_sigint_during_a_ray_scan_stops_it_gracefully_like_a_local_scan(monkeypa
                                                "weights_hash": "h", "threshold": 0.5})
 
     def wait(refs, num_returns=1, timeout=None):
+        if all(isinstance(r, dict) for r in refs):  # actors' infos: every actor has started
+            return list(refs), []
         if ("scan", done) in refs:
             return [("scan", done)], []
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -215,7 +217,7 @@ def test_a_ray_scan_fills_the_drivers_build_info(monkeypatch):
 
     fake = SimpleNamespace(remote=lambda **_kw: (lambda _cls: SimpleNamespace(remote=lambda *_a: Handle())),
                            nodes=lambda: [{"Alive": True, "Resources": {"CPU": 1.0}}],
-                           get=lambda refs: list(refs), exceptions=SimpleNamespace(RayError=RuntimeError))
+                           get=lambda refs: list(refs), wait=_all_ready, exceptions=SimpleNamespace(RayError=RuntimeError))
     monkeypatch.setattr(dist, "_ray", lambda: fake)
     monkeypatch.setattr(dist, "connect", lambda _address: False)
     metrics.BUILD.info({"detector": "unset"})
@@ -223,3 +225,8 @@ def test_a_ray_scan_fills_the_drivers_build_info(monkeypatch):
     [sample] = [s for f in metrics.REGISTRY.collect() if f.name == "dfscan_build" for s in f.samples]
     assert sample.labels["detector"] == "remote_det" and sample.labels["engine"] == "eager", sample.labels
     assert sample.labels["version"] and sample.labels["torch"]
+
+
+def _all_ready(refs, num_returns=1, timeout=None):
+    """A fake ``ray.wait`` whose every task has finished (actors start at once)."""
+    return list(refs), []

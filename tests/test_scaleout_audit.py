@@ -30,6 +30,7 @@ def _fake_ray(infos: list[dict], killed: list, sent: list | None = None):
     return SimpleNamespace(remote=lambda **_kw: (lambda _cls: SimpleNamespace(remote=create)),
                            nodes=lambda: [{"Alive": True, "Resources": {"CPU": float(len(infos))}}],
                            get=lambda refs: list(refs), kill=lambda a, **_k: killed.append(a),
+                           wait=lambda refs, num_returns=1, timeout=None: (list(refs), []),
                            exceptions=SimpleNamespace(RayError=RuntimeError))
 
 
