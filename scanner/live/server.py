@@ -55,10 +55,10 @@ from engines.errors import DfscanError
 from .api_models import ErrorBody, Health, Ready, Removed, StreamInfo, StreamList
 from .auth import TokenFile, check_bearer  # noqa: F401 (check_bearer: re-exported)
 from .config import LOOPBACK_HOSTS, ApiConfig, StreamConfig
-from .gate import Gate, error_json
+from .gate import SECURITY_HEADERS, Gate, error_json
 from .limits import CONNECTIONS_PER_REQUEST, LOG_EVERY_S, ConnectionCap, InFlightLimit, QuietLog
 from .throttle import LogThrottle
-from .service import LiveService, StreamExists, StreamLimit, StreamNotFound
+from .service import LiveService, StreamExists, StreamLimit, StreamNotFound, StreamNotStarted
 from .urls import SourceError, mask_text
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ def create_app(svc: LiveService, token: str | TokenFile | None = None, max_body:
         return svc.describe(name)
 
     @app.post("/streams", response_model=StreamInfo, status_code=201, dependencies=secured,
-              responses={**auth, **_doc(400, 409, 413, 415)})
+              responses={**auth, **_doc(400, 409, 413, 415, 503)})
     async def add_stream(stream: StreamConfig):
         return await run_in_threadpool(svc.add_stream, stream)
 
@@ -161,10 +161,21 @@ def _handlers(app: FastAPI) -> None:
     async def _conflict(request, e):
         return error_json(409, str(e))
 
+    @app.exception_handler(StreamNotStarted)
+    async def _unavailable(request, e):  # the server's limit, not the request's fault
+        return error_json(503, str(e), **{"Retry-After": "5"})
+
     @app.exception_handler(SourceError)
     @app.exception_handler(DfscanError)
     async def _bad(request, e):
         return error_json(400, mask_text(str(e)))
+
+    @app.exception_handler(Exception)
+    async def _internal(request, e: Exception):
+        # Starlette's own answer was a text/plain "Internal Server Error". Its type only: the
+        # message may quote a stream URL. It runs outside the gate: the gate's headers added here.
+        headers = {k.decode(): v.decode() for k, v in SECURITY_HEADERS}
+        return error_json(500, f"internal error ({type(e).__name__}); the service log has its traceback", **headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request, e: StarletteHTTPException):

@@ -46,6 +46,10 @@ class StreamNotFound(DfscanError):
     """No stream with that name."""
 
 
+class StreamNotStarted(DfscanError):
+    """The stream's decode thread could not be started (the process's thread limit)."""
+
+
 def build_sink(c: SinkConfig, metrics: LiveMetrics) -> Sink:
     kw = dict(name=c.name or c.type, queue_size=c.queue_size, metrics=metrics,
               only_alerts=c.only_alerts if c.only_alerts is not None else c.type == "webhook")
@@ -190,9 +194,24 @@ class LiveService:
             verdicts = StreamVerdicts(sc.name, self.verdict_settings)
             self._streams[sc.name] = _Stream(sc, src, verdicts, worker)
             worker.assign(src)
-            src.start()
+            self._start_source(sc.name, src, worker)
         log.info("stream %s added (%s) on %s", sc.name, src.src.masked, worker.device)
         return self.describe(sc.name)
+
+    def _start_source(self, name: str, src: LiveSource, worker: InferenceWorker) -> None:
+        """Start ``src``'s decode thread, or undo its registration (caller holds ``_lock``).
+
+        Past the process's thread limit (a container's pids.max, ``ulimit -u``) the stream stayed
+        listed as ``connecting`` with no thread, its name taken for good: a DELETE of it failed
+        ("cannot join thread before it is started") and left its metric series behind."""
+        try:
+            src.start()
+        except RuntimeError as e:  # "can't start new thread"
+            del self._streams[name]
+            worker.unassign(src)
+            self.metrics.remove_stream(name)
+            raise StreamNotStarted(f"stream {name!r} not added: its decode thread could not be started "
+                                   f"({e}; the process is at its thread limit)") from None
 
     def remove_stream(self, name: str) -> None:
         with self._lock:
