@@ -41,6 +41,9 @@ def test_readd_while_removing_refused_and_stale_frames_ignored():
         wait_for(lambda: "X" not in svc.names(), 2, what="the removal to start")
         with pytest.raises(StreamExists, match="being removed"):
             svc.add_stream(cam)
+        # a second DELETE meanwhile: 409 as the POST, not a 404 (its series are still exported)
+        with pytest.raises(StreamExists, match="being removed"):
+            svc.remove_stream("X")
         removal.join(10)
         stale = LiveFrame("X", 1, 0.0, time.monotonic(), None)  # the old stream's frame, still in flight
         svc.add_stream(cam)

@@ -218,6 +218,8 @@ class LiveService:
             st = self._streams.pop(name, None)
             if st is not None:
                 self._removing.add(name)
+            elif name in self._removing:  # not gone yet (its series still exported): not a 404
+                raise StreamExists(f"stream {name!r} is still being removed; retry in a few seconds")
         if st is None:
             raise StreamNotFound(f"no stream named {name!r}")
         try:
