@@ -167,10 +167,11 @@ def test_unchanged_file_keeps_its_verdict_and_costs_no_extra_read(ctx, tmp_path,
     assert row["size_bytes"] == video.stat().st_size
     assert row["sha256"] == hashlib.sha256(video.read_bytes()).hexdigest()
     # The check is two stats (row start, row end); reads stay the hash's one open, the edit
-    # list check's walk to the moov box (scanner.edit_list) and the decoder's two
+    # list check's walk to the moov box (scanner.edit_list), the cut check's walk of the
+    # top-level box headers (scanner.cut_files: seeks, no payload read) and the decoder's two
     # (index pass, decode pass).
     assert len(stats) == 2
-    assert len(opened) == 2 and row["video"]["frames_refetched"] == 0 and len(av_opened) == 2
+    assert len(opened) == 3 and row["video"]["frames_refetched"] == 0 and len(av_opened) == 2
 
 
 def test_missing_file_and_fifo_keep_their_own_errors(ctx, tmp_path):
