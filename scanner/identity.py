@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -62,3 +63,21 @@ def describe_change(before: FileIdentity | None, after: FileIdentity | None) -> 
         what = ("its status changed (ctime moved: rewritten with its modification time set back, "
                 "or its permissions or links changed)")
     return f"the file changed while it was scanned: {what}; {ADVICE}"
+
+
+def changed_since(path: str, size: int | None, written_ns: int | None) -> str | None:
+    """Why the file ``path`` is not the one its row (of ``size`` bytes, in an output last
+    written at ``written_ns``) describes, or None (``--resume``, :mod:`scanner.resume`).
+
+    A stat only, no read: a size that differs, or a modification after the output's last
+    row (not one dated in the future, which says nothing). A file gone since keeps its row.
+    Why not ctime: a chmod or a new hard link (a snapshot by hard links) moves it, and
+    every input would be scanned again."""
+    ident = file_identity(path)
+    if ident is None:
+        return None
+    if size is not None and ident.size != size:
+        return f"its size is {ident.size} bytes, its row's {size}"
+    if written_ns is not None and written_ns < ident.mtime_ns <= time.time_ns():
+        return "modified after the output's last row was written"
+    return None

@@ -371,8 +371,16 @@ class SinkSet:
                 self.sinks.remove(sink)
                 self._failed(sink, e, "write")
 
-    def close(self) -> None:
-        """Close every sink; re-raise the primary's failure after closing the others."""
+    def close(self, unscanned: int = 0) -> None:
+        """Close every sink; re-raise the primary's failure after closing the others.
+
+        ``unscanned``: inputs the scan stopped before (a signal, the primary failing). The
+        report showed the rows written as the whole scan ("4 videos" of 10 named), unmarked."""
+        for s in self.sinks if unscanned > 0 else ():
+            if isinstance(s, HtmlSink):
+                s.notes.append(f"incomplete: the scan stopped before {unscanned} of its inputs were scanned "
+                               "(interrupted, standard output closed, or an output failed); rerun it with --resume "
+                               "for their rows")
         err = None
         for sink in self.sinks:
             try:

@@ -8,6 +8,8 @@ Rules (also in the README):
   ``/data/clips/a.mp4`` are the same input.
 * ``retry_errors``: rows whose verdict is ``error`` are removed (atomically) and
   their inputs scanned again, so each input still has exactly one row.
+* An input whose file changed since its (non-error) row, by size or by a modification
+  after the output's last row, has its rows removed the same way and is scanned again.
 * A file written with another detector, weights hash, sampling, aggregation or face search is refused
   (its scores would not be comparable); rows from older versions without one
   of these fields are not checked on that field.
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .config import ConfigError
+from .identity import changed_since
 
 log = logging.getLogger("dfscan")
 
@@ -174,25 +177,33 @@ def _check_csv_header(path: Path) -> None:
                           "scan into another --out file")
 
 
-def _rewrite_without(path: Path, drop: set[str]) -> None:
-    """Atomically rewrite ``path`` without the error rows of inputs in ``drop``."""
+def _rewrite_without(path: Path, drop: set[str], stale: frozenset[str] = frozenset()) -> None:
+    """Atomically rewrite ``path`` without the error rows of inputs in ``drop`` and every row
+    of inputs in ``stale`` (changed since their row, see :func:`changed_since`)."""
     is_csv = path.suffix.lower() == ".csv"  # the name given says the format, as for the sinks
     path = Path(os.path.realpath(path))  # a symlinked output: replace the file, not the link
     tmp = path.with_name(path.name + ".resume-tmp")
     try:
-        _write_without(path, tmp, drop, is_csv)
+        _write_without(path, tmp, lambda r: _dropped(r, drop, stale), is_csv)
         os.replace(tmp, path)
     except BaseException as e:  # disk full, interrupted: the output is unchanged, no copy is left
         tmp.unlink(missing_ok=True)
         if isinstance(e, OSError):
             from .output import OutputError
 
-            raise OutputError(f"--retry-errors: cannot rewrite {path} without its error rows: "
-                              f"{e.strerror or e} (the file is unchanged)") from e
+            raise OutputError(f"--resume: cannot rewrite {path} without the rows of the inputs scanned "
+                              f"again: {e.strerror or e} (the file is unchanged)") from e
         raise
 
 
-def _write_without(path: Path, tmp: Path, drop: set[str], is_csv: bool) -> None:
+def _dropped(r, drop: set[str], stale: frozenset[str]) -> bool:
+    if not (isinstance(r, dict) and isinstance(r.get("path"), str)):
+        return False  # not a scan's row: kept as it is
+    key = input_key(r["path"])
+    return key in stale or (r.get("verdict") == "error" and key in drop)
+
+
+def _write_without(path: Path, tmp: Path, dropped, is_csv: bool) -> None:
     text = {"newline": "", "encoding": "utf-8", "errors": "surrogateescape"}  # CSV: a name's own bytes
     with open(path, **text) as src, open(tmp, "w", **text) as dst:
         if is_csv:
@@ -205,8 +216,7 @@ def _write_without(path: Path, tmp: Path, drop: set[str], is_csv: bool) -> None:
             header = next(records, [])
             dst.write(csv_values(header))
             for rec in records:
-                r = dict(zip(header, rec))
-                if rec and not (r.get("verdict") == "error" and input_key(r.get("path") or "") in drop):
+                if rec and not dropped(dict(zip(header, rec))):
                     dst.write(csv_values(rec))
         else:
             for line in src:
@@ -214,8 +224,7 @@ def _write_without(path: Path, tmp: Path, drop: set[str], is_csv: bool) -> None:
                     r = json.loads(line)
                 except ValueError:
                     continue
-                if not (isinstance(r, dict) and r.get("verdict") == "error"
-                        and input_key(r.get("path") or "") in drop):
+                if not dropped(r):
                     dst.write(line)
         dst.flush()
         os.fsync(dst.fileno())
@@ -231,6 +240,9 @@ class ResumeState:
     weights: set[str] = field(default_factory=set)
     thresholds: set[float] = field(default_factory=set)
     verdicts: dict[str, str] = field(default_factory=dict)  # input key -> its kept row's verdict
+    sizes: dict[str, int] = field(default_factory=dict)  # input key -> its kept row's size_bytes
+    written_ns: int | None = None  # the output's mtime as found: when its last row was written
+    stale: set[str] = field(default_factory=set)  # inputs changed since their row: rows dropped
 
     @property
     def done(self):
@@ -252,9 +264,11 @@ class ResumeState:
                               f"{threshold:g}; scan into another --out file, or use the same --threshold")
 
     def drop_retried(self) -> None:
-        """Remove the error rows of inputs that will be scanned again (atomic rewrite)."""
+        """Remove the error rows of inputs that will be scanned again, and every row of an
+        input changed since (:meth:`ResumedOutputs.todo`), in one atomic rewrite."""
+        if self.retry or self.stale:
+            _rewrite_without(self.path, self.retry, frozenset(self.stale))
         if self.retry:
-            _rewrite_without(self.path, self.retry)
             log.warning("--retry-errors: %d input(s) with an error row are scanned again", len(self.retry))
 
 
@@ -271,7 +285,30 @@ class ResumedOutputs:
     states: list[ResumeState]
 
     def todo(self, paths: list[Path]) -> list[Path]:
+        """The inputs to scan: those an output lacks, and those changed since their row."""
+        self._forget_changed(paths)
         return [p for p in paths if any(input_key(p) not in s.done for s in self.states)]
+
+    def _forget_changed(self, paths: list[Path]) -> None:
+        """An input whose file is no longer the one its row describes (replaced, rewritten,
+        grown) is scanned again and its rows are removed from every output (by
+        :meth:`drop_retried`): its old verdict, of other bytes, was kept as the answer for
+        the file now at that path, without a word. An error row is no verdict: it stays until
+        ``--retry-errors`` (a missing file that arrived since, one that was still growing)."""
+        changed: dict[str, str] = {}
+        for p in paths:
+            key = input_key(p)
+            why = next((w for s in self.states if s.verdicts.get(key, "error") != "error"
+                        for w in [changed_since(key, s.sizes.get(key), s.written_ns)] if w), None)
+            if why:
+                changed[key] = f"{p}: {why}"
+        for s in self.states:
+            for key in changed:
+                if s.verdicts.pop(key, None) is not None:
+                    s.stale.add(key)
+        if changed:
+            log.warning("--resume: %d input(s) changed since their row was written (e.g. %s); their "
+                        "rows are removed and they are scanned again", len(changed), next(iter(changed.values())))
 
     def check_detector(self, weights_hash: str, threshold: float | None = None) -> None:
         for s in self.states:
@@ -312,6 +349,7 @@ def prepare_resume(path: str | Path, expected: dict | None = None, retry_errors:
     state = ResumeState(path)
     if not path.exists() or path.stat().st_size == 0:
         return state
+    state.written_ns = path.stat().st_mtime_ns  # before the torn tail's cut moves it to now
     try:
         cut_torn_tail(path)
     except OSError as e:  # read-only, gone: the error opening it for appending would say as much
@@ -335,8 +373,17 @@ def prepare_resume(path: str | Path, expected: dict | None = None, retry_errors:
             errors.add(key)
         else:
             state.verdicts[key] = str(row.get("verdict"))
+            _add_size(state.sizes, key, row.get("size_bytes"))
     state.retry = errors - state.done
     return state
+
+
+def _add_size(sizes: dict[str, int], key: str, value) -> None:
+    """A row's size_bytes (a JSON number, or CSV text); none for a file that was missing."""
+    try:
+        sizes[key] = int(value)
+    except (TypeError, ValueError):
+        sizes.pop(key, None)
 
 
 def _add_threshold(seen: set[float], value) -> None:

@@ -290,7 +290,7 @@ def _run(args, stop: GracefulStop, locks: OutputLocks) -> int:
         try:
             _scan_all(paths, ctx, cfg, sinks, tally, console, cfg.progress and interactive)
         finally:
-            sinks.close()
+            sinks.close(unscanned=len(paths) - tally.videos)  # said in the HTML report
         ended = "interrupted" if stop.signum is not None else "failed" if sinks.failures else "complete"
     finally:
         metrics.set_scan_state(ended)
