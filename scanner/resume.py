@@ -222,7 +222,8 @@ def _write_without(path: Path, tmp: Path, dropped, is_csv: bool) -> None:
             for line in src:
                 try:
                     r = json.loads(line)
-                except ValueError:
+                except ValueError:  # not ours to delete: kept, as read (it was warned about)
+                    dst.write(line)
                     continue
                 if not dropped(r):
                     dst.write(line)

@@ -144,3 +144,18 @@ def test_report_of_a_scan_whose_primary_failed_says_it_is_incomplete(tmp_path, m
     assert main(["scan", str(src), "--out", str(out), "--out", str(html), *FAST]) == EXIT_OUTPUT
     assert len(out.read_text().splitlines()) == 1
     assert "incomplete: the scan stopped before 2 of its inputs were scanned" in _notes(html)
+
+
+def test_retry_errors_rewrite_keeps_lines_it_cannot_read(tmp_path):
+    """The atomic rewrite that drops retried rows also dropped every line that was not JSON
+    (a note someone appended, a line another tool wrote): lost without a word."""
+    from scanner.resume import prepare_resume
+
+    out = tmp_path / "r.jsonl"
+    rows = [{"path": str(tmp_path / "a.mp4"), "verdict": "error", "error": {"kind": "not_found"}},
+            {"path": str(tmp_path / "b.mp4"), "verdict": "real", "score": 0.1}]
+    out.write_text(json.dumps(rows[0]) + "\n" + "# checked by hand, 2026-12-01\n" + json.dumps(rows[1]) + "\n")
+    state = prepare_resume(out, retry_errors=True)
+    state.drop_retried()
+    lines = out.read_text().splitlines()
+    assert lines == ["# checked by hand, 2026-12-01", json.dumps(rows[1])]
