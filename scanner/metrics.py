@@ -47,6 +47,11 @@ SCAN_STATES = ("running", "complete", "failed", "interrupted")
 SCAN_STATE = Gauge("dfscan_scan_state", "1 for the scan's state: running, complete (every input has its "
                    "row), failed (ended by an error, or an output lost rows), interrupted (a signal)",
                    ["state"], registry=REGISTRY)
+# Pushed with every push (--metrics-push): a scan killed outright (out of memory, SIGKILL, node
+# lost) never pushes its end, so the gateway keeps "running" for good; the alert rules tell it
+# from a live one by push_time_seconds falling behind this interval.
+PUSH_INTERVAL = Gauge("dfscan_scan_push_interval_seconds", "Seconds between this scan's periodic "
+                      "metric pushes (0: pushed only at its end)", registry=REGISTRY)
 
 for _s in STAGES:  # expose zero series up front so dashboards see every stage
     STAGE_SECONDS.labels(stage=_s)

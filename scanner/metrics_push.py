@@ -140,6 +140,7 @@ def start_for(cfg, console=None) -> MetricsPusher | None:
         return None
     from . import metrics
 
+    metrics.PUSH_INTERVAL.set(cfg.metrics_push_interval_s)  # before the first push
     pusher = MetricsPusher(cfg.metrics_push, metrics.REGISTRY, cfg.metrics_push_interval_s).start()
     if console is not None:
         every = f"every {cfg.metrics_push_interval_s:g}s and " if cfg.metrics_push_interval_s > 0 else ""
