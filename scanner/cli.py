@@ -127,6 +127,8 @@ def _add_scan_parser(sub) -> None:
     p.add_argument("--metrics-host", default=S, help="bind address for /metrics (default 127.0.0.1)")
     p.add_argument("--metrics-push", default=S, metavar="URL",
                    help="push metrics to this Prometheus Pushgateway periodically and at the end")
+    p.add_argument("--metrics-instance", dest="metrics_push_instance", default=S, metavar="NAME",
+                   help="instance label of the pushed group (default: the host name)")
     p.add_argument("--fail-on-fake", action="store_true", default=S, help="exit 3 if any video is fake")
     p.add_argument("--ray", default=S, metavar="ADDRESS",
                    help="scan on a Ray cluster: auto (RAY_ADDRESS), local, or host:port (needs Ray: pip install 'ray>=2.9')")

@@ -82,6 +82,11 @@ class ScanConfig(NoBoolNumbers):
     metrics_push: str | None = Field(None, description="Prometheus Pushgateway URL: push metrics "
                                      "periodically and at the end (job dfscan_scan, instance = host name)")
     metrics_push_interval_s: float = Field(15.0, ge=0, le=3600, description="0: push only at the end")
+    # A job whose host name changes every run (a Kubernetes pod, docker run --rm) left a group
+    # per run in the gateway, each with its alerts, that no later scan replaced or cleared.
+    metrics_push_instance: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$", description="the pushed group's "
+        "instance label (null: the host name); a stable name lets each run replace the last")
     fail_on_fake: bool = False
     progress: bool = True
     workers: int | None = Field(

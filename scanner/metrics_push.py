@@ -141,7 +141,8 @@ def start_for(cfg, console=None) -> MetricsPusher | None:
     from . import metrics
 
     metrics.PUSH_INTERVAL.set(cfg.metrics_push_interval_s)  # before the first push
-    pusher = MetricsPusher(cfg.metrics_push, metrics.REGISTRY, cfg.metrics_push_interval_s).start()
+    pusher = MetricsPusher(cfg.metrics_push, metrics.REGISTRY, cfg.metrics_push_interval_s,
+                           instance=cfg.metrics_push_instance).start()
     if console is not None:
         every = f"every {cfg.metrics_push_interval_s:g}s and " if cfg.metrics_push_interval_s > 0 else ""
         console.print(f"[dim]metrics pushed to {pusher.masked} {every}at the end[/dim]")

@@ -43,7 +43,7 @@ log = logging.getLogger("dfscan")
 OPTION_KEYS = ("frames", "fps", "detector", "weights", "device", "engine", "precision", "batch_size",
                "threshold", "max_faces", "min_face", "det_max_side", "frame_agg", "video_agg", "topk", "aggregate",
                "workers", "video_timeout_s", "out",
-               "resume", "retry_errors", "metrics_port", "metrics_host", "metrics_push", "fail_on_fake", "progress", "details",
+               "resume", "retry_errors", "metrics_port", "metrics_host", "metrics_push", "metrics_push_instance", "fail_on_fake", "progress", "details",
                "ray", "ray_cpus_per_actor", "ray_gpus_per_actor", "ray_actors", "ray_max_attempts")
 
 

@@ -237,7 +237,8 @@ def test_a_running_scan_pushes_its_push_interval(gateway):
 
     before = {s.labels["state"]: s.value for s in metrics.SCAN_STATE.collect()[0].samples}
     metrics.set_scan_state("running")
-    pusher = metrics_push.start_for(SimpleNamespace(metrics_push=gateway, metrics_push_interval_s=0.2))
+    pusher = metrics_push.start_for(SimpleNamespace(metrics_push=gateway, metrics_push_interval_s=0.2,
+                                                     metrics_push_instance=None))
     try:
         wait_for(lambda: "dfscan_scan_push_interval_seconds" in _gateway_samples(gateway), 10,
                  what="a periodic push")

@@ -150,7 +150,8 @@ def stack(tmp_path_factory):
     try:
         serve = s.start("serve", [*DFSCAN, "serve", "--config", str(_serve_config(tmp, s.ports["api"], s.token_file))])
         gw = s.start("pushgateway", [BINARIES["prometheus-pushgateway"],
-                                     f"--web.listen-address=127.0.0.1:{s.ports['gw']}"])
+                                     f"--web.listen-address=127.0.0.1:{s.ports['gw']}",
+                                     "--persistence.file="])  # no groups of earlier runs
         _wait_http(f"http://127.0.0.1:{s.ports['gw']}/-/ready", 30, gw)
         _push_scan(s, tmp)
         _wait_http(f"http://127.0.0.1:{s.ports['api']}/readyz", 180, serve)

@@ -31,7 +31,8 @@ def gateway():
     if exe is None:
         pytest.skip("prometheus-pushgateway not installed (.ci/run installs it)")
     port = free_port()
-    proc = subprocess.Popen([exe, f"--web.listen-address=127.0.0.1:{port}"],
+    # --persistence.file= : Debian's gateway otherwise reloads every earlier run's groups
+    proc = subprocess.Popen([exe, f"--web.listen-address=127.0.0.1:{port}", "--persistence.file="],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
 
@@ -80,6 +81,23 @@ def test_scan_pushes_to_gateway(gateway, tmp_path):
     for name, samples in got.items():  # never a path or file name as a label value
         for lab, _ in samples:
             assert not any("/" in v or v.endswith(".mp4") for v in lab.values()), (name, lab)
+
+
+def test_a_stable_instance_name_replaces_the_last_runs_group(gateway, tmp_path):
+    """Grouped by host name only, a job whose pod name changes every run left one group per run
+    on the gateway (each with its alerts, never replaced or cleared). --metrics-instance names
+    the group: a second run replaces the first's series instead of adding a group."""
+    for run in (1, 2):
+        r = subprocess.run([sys.executable, "-m", "scanner.cli", "scan", str(CLIPS[run - 1]), "--detector",
+                            "test_tiny", "--frames", "4", "--workers", "1", "--out", str(tmp_path / f"{run}.jsonl"),
+                            "--no-progress", "--metrics-push", gateway, "--metrics-instance", "archive-scan"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert r.returncode in (0, 1), r.stdout + r.stderr
+    mine = [(lab, v) for lab, v in pushed(gateway)["dfscan_videos_total"] if lab["instance"] == "archive-scan"]
+    assert sum(v for _, v in mine) == 1  # the second run's one video, not both runs' two
+    from scanner.cli import main
+
+    assert main(["scan", str(CLIPS[0]), "--metrics-instance", "a/b"]) == 2  # not a label-safe name
 
 
 def test_periodic_pushes_and_failures(gateway, caplog):
