@@ -63,15 +63,24 @@ class RegionSearch:
         frames were turned upright, see :mod:`scanner.orientation`)."""
         self.last: np.ndarray | None = None  # (K, 4) face boxes of the last sample, detection px
         self.since_full = 0
+        self.key: tuple | None = None  # (detection shape, scale) of the frames ``last`` is from
 
     def detect(self, frames: Sequence[Frame]) -> list[Faces]:
         """Faces of ``frames`` (consecutive samples of this video), in order."""
         if not frames:
             return []
         shape = _det_image(frames[0]).shape
-        if any(_det_image(f).shape != shape for f in frames):  # never within one video
-            self.last = None
+        key = (shape, frames[0].scale)
+        # By scale too: recordings joined with `cat` (1280x720, then 1920x1080) give 960x540
+        # detection copies either side, and a batch across the change mapped the 1080p faces
+        # with the 720p scale (boxes at 2/3 of their place, crops off the face).
+        if any((_det_image(f).shape, f.scale) != key for f in frames):
+            self.reset()
+            self.stats["full"] += len(frames)
             return self.faces.detect(frames)
+        if key != self.key:  # the last faces are another picture size's pixels
+            self.reset()
+            self.key = key
         rect = self._region(shape, len(frames))
         if rect is None:
             found = self._search(frames, (0, 0, shape[1], shape[0]), self._base_minsize(frames[0]))
