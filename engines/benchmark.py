@@ -173,17 +173,34 @@ def load_detectors(detectors: Iterable, device: str = "cpu", weights: dict | Non
     replaced an earlier run's file (``--detectors test_tiny probe``)."""
     from .registry import create_detector
 
+    detectors = list(detectors)
+    names = [d.name if isinstance(d, Detector) else d for d in detectors]
+    # A --weights NAME that names no detector benchmarked (a typo) was ignored: the run timed
+    # and parity-checked the packaged weights as if they were the file given.
+    unused = sorted(set(weights or {}) - set(names))
+    if unused:
+        raise DfscanError(f"--weights names {', '.join(unused)}, not among the detectors benchmarked "
+                          f"({', '.join(names)})")
     return [d if isinstance(d, Detector) else create_detector(d, weights=(weights or {}).get(d), device=device)
             for d in detectors]
 
 
-def _build_all(det: Detector, names, batch_sizes, precision, device, opts) -> tuple[dict, list]:
-    """Build + warm every engine name; unavailable/failed ones go to the skip list."""
-    from .backends import build_engine, engine_config
+def engine_configs(names, batch_sizes, precision, device, opts) -> dict:
+    """``EngineConfig`` of every engine name, made up front: an unknown name (a typo,
+    ``auto``) was found only once the first detector's other engines were built, after
+    the first write had replaced an earlier run's file with an empty one."""
+    from .backends import engine_config
+
+    return {name: engine_config(name, precision=precision, batch_sizes=tuple(batch_sizes), device=device, **opts)
+            for name in names}
+
+
+def _build_all(det: Detector, cfgs: dict) -> tuple[dict, list]:
+    """Build + warm every engine; unavailable/failed ones go to the skip list."""
+    from .backends import build_engine
 
     engines, skipped = {}, []
-    for name in names:
-        cfg = engine_config(name, precision=precision, batch_sizes=tuple(batch_sizes), device=device, **opts)
+    for name, cfg in cfgs.items():
         try:
             engine = build_engine(det, cfg)
             engine.warmup()
@@ -241,6 +258,8 @@ def bench_engines(detectors: Iterable, kinds: Iterable[str], batch_sizes=(1, 8, 
     detector's builds and each timed batch size, so a run cut short keeps what it measured.
     """
     kinds, batch_sizes = list(kinds), sorted({int(b) for b in batch_sizes})
+    cfgs = engine_configs(kinds, batch_sizes, precision, device,
+                          {"cache_dir": cache_dir, "allow_parity_failure": allow_parity_failure})
     detectors = load_detectors(detectors, device, weights)
     out = {
         "machine": machine_info(device),
@@ -253,7 +272,6 @@ def bench_engines(detectors: Iterable, kinds: Iterable[str], batch_sizes=(1, 8, 
         "results": [], "skipped": [], "complete": False,
     }
     update = on_update or (lambda result: None)
-    opts = {"cache_dir": cache_dir, "allow_parity_failure": allow_parity_failure}
     # Once every detector loaded (a refused one leaves an earlier run's file as it was) and
     # before any build: a run stopped while building must not leave that file marked complete.
     update(out)
@@ -261,7 +279,7 @@ def bench_engines(detectors: Iterable, kinds: Iterable[str], batch_sizes=(1, 8, 
         det = detectors.pop(0)  # dropped once timed: a detector's weights are not held to the end
         if progress:
             progress(f"{det.name}: building {', '.join(kinds)} ({precision}, {device}) ...")
-        engines, skipped = _build_all(det, kinds, batch_sizes, precision, device, opts)
+        engines, skipped = _build_all(det, cfgs)
         out["skipped"].extend(skipped)
         update(out)
         if progress:

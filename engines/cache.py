@@ -43,6 +43,7 @@ STALE_BUILD_S = 6 * 3600.0
 # under the root is an entry: `engines clear --all` with --cache-dir set to a home folder
 # deleted Documents/ and every other folder there.
 _KEY_NAME = re.compile(r"[0-9a-f]{64}")
+TRT_DIR = ".ort-trt"  # ONNX Runtime's own TensorRT engine files, one folder per ONNX file
 _ENGINES_DIR = Path(__file__).resolve().parent
 
 
@@ -372,13 +373,27 @@ class EngineCache:
         n = 0
         for d in self._entries():
             if keys is None or any(d.name.startswith(k) for k in keys):
+                self._remove_trt_files(d)
                 _remove(d)
                 n += 1
         if keys is None:
+            _remove(self.root / TRT_DIR)  # every entry's, and those of entries deleted on lookup
             for d in self._listing():
                 if d.name.startswith(".tmp-") and d.is_dir() and _age_s(d) > STALE_BUILD_S:
                     shutil.rmtree(d, ignore_errors=True)  # a link: refused by rmtree, not followed
         return n
+
+    def _remove_trt_files(self, entry: Path) -> None:
+        """Delete an ``ort-trt`` entry's TensorRT engine files (``onnxrt._trt_options``: a folder
+        named by the ONNX file's checksum). They stayed after `engines clear`, and an entry rebuilt
+        after failing parity (same ONNX bytes) was given the TensorRT engine that had failed."""
+        try:
+            meta = json.loads((entry / META).read_text())
+            tag = str(meta["sha256"])[:16] if meta["fields"].get("ort_tensorrt") else ""
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):  # unreadable, foreign
+            return
+        if re.fullmatch(r"[0-9a-f]{16}", tag):
+            _remove(self.root / TRT_DIR / tag)
 
     def _listing(self) -> list[Path]:
         try:

@@ -97,8 +97,8 @@ class Detector(nn.Module):
 
 def _finite_rows(primary: torch.Tensor, n: int) -> torch.Tensor:
     """``bool (n,)`` on the CPU: whether every value of each crop's primary output is finite."""
-    if primary.ndim == 0 or primary.shape[0] != n:  # not batch-first: p_fake's own shape check rules
-        return torch.ones(n, dtype=torch.bool)
+    if n == 0 or primary.ndim == 0 or primary.shape[0] != n:  # not batch-first: p_fake's shape check rules
+        return torch.ones(n, dtype=torch.bool)  # n == 0: reshape(0, -1) is ambiguous, a RuntimeError
     return torch.isfinite(primary.detach().reshape(n, -1)).all(1).cpu()
 
 

@@ -205,8 +205,9 @@ class Engine:
         for start in range(0, max(n, 1), top):
             chunk = crops[start : start + top]
             m = chunk.shape[0]
-            # Compiled graphs only ever see allowed sizes; eager runs any size unpadded.
-            size = padded_size(max(m, 1), self.cfg.batch_sizes) if self.fixed_shapes else m
+            # Compiled graphs only ever see allowed sizes; eager runs any size unpadded, but
+            # not an empty batch, which some networks cannot reshape (ADM's reshape(0, -1)).
+            size = padded_size(max(m, 1), self.cfg.batch_sizes) if self.fixed_shapes else max(m, 1)
             if size != m:
                 # Zero rows: a valid (black) image, so no NaN/Inf can come from padding.
                 pad = chunk.new_zeros((size - m, 3, S, S))

@@ -147,14 +147,14 @@ class OnnxRuntimeEngine(ArtifactEngine):
 
         S, bs = self.spec.size, self.cfg.batch_sizes
         shape = lambda b: f"{INPUT}:{b}x3x{S}x{S}"  # noqa: E731
-        from ..cache import EngineCache
+        from ..cache import TRT_DIR, EngineCache
 
         # ORT names its engine files by a hash of the graph's tensor NAMES (and versions), not
         # of the weights: meso4_df and meso4_f2f (or any --weights of one architecture) shared
         # one file, and a detector ran the TensorRT engine built with another one's weights.
         # One folder per ONNX file (weights and precision are in its bytes) keeps them apart.
         tag = hashlib.sha256(data).hexdigest()[:16]
-        trt_dir = EngineCache(self.cfg.cache_dir).root / ".ort-trt" / tag  # ORT manages its files
+        trt_dir = EngineCache(self.cfg.cache_dir).root / TRT_DIR / tag  # ORT manages its files
         trt_dir.mkdir(parents=True, exist_ok=True)
         return {
             "device_id": idx, "user_compute_stream": stream,
