@@ -104,7 +104,7 @@ def add_scan_options(p: argparse.ArgumentParser) -> None:
                    "(default 5)")
     p.add_argument("--aggregate", default=S, choices=["frames", "tracks"],
                    help="video score from frames (frame/video agg) or from face tracks (max over tracks)")
-    p.add_argument("--workers", type=int, default=S, help="videos scanned in parallel (default: one per core on CPU)")
+    p.add_argument("--workers", type=int, default=S, help="videos scanned in parallel (default: one per usable core on CPU)")
     p.add_argument("--video-timeout", dest="video_timeout_s", type=seconds_or_none, default=S, metavar="SECONDS",
                    help="a video not finished this long after its scan began is an error row (kind timeout) "
                         "and the scan goes on (default 3600; 0: no limit)")

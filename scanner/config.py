@@ -90,7 +90,7 @@ class ScanConfig(NoBoolNumbers):
     fail_on_fake: bool = False
     progress: bool = True
     workers: int | None = Field(
-        None, ge=1, le=64, description="videos scanned in parallel (null: one per core on CPU "
+        None, ge=1, le=64, description="videos scanned in parallel (null: one per usable core on CPU "
         "with eager/onnxruntime engines, else 1); each then uses cores/workers threads")
     queue_frames: int = Field(8, ge=1, le=1024, description="decoded frames buffered per video")
     video_timeout_s: float | None = Field(

@@ -30,6 +30,7 @@ from typing import Iterable, Iterator
 
 from . import metrics
 from .config import ScanConfig
+from .cpus import usable_cpus
 from .ray_cluster import RayUnavailable, _actor_count, _free, _ray, _remote_error, connect  # noqa: F401 (re-exported)
 
 log = logging.getLogger("dfscan")
@@ -63,7 +64,7 @@ class _ScanWorker:
 
         # build_context gives torch (and ONNX Runtime) cpu_count // workers threads; an
         # actor owns only its CPUs, so "workers" is chosen to leave it ``threads`` of them.
-        cfg["workers"] = max(1, min(64, (os.cpu_count() or 1) // max(1, threads)))
+        cfg["workers"] = max(1, min(64, usable_cpus() // max(1, threads)))
         self.ctx = build_context(ScanConfig(**cfg))
 
     def info(self) -> dict:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -29,6 +28,7 @@ from . import metrics
 from .align import align_faces
 from .appearance import face_look
 from .config import ScanConfig
+from .cpus import usable_cpus
 from .decode import Frame, FrameSampler, VideoError, check_regular_file, classify_os_error
 from .faces import FaceDetector, Faces
 from .orientation import Orientation
@@ -78,7 +78,7 @@ def build_context(cfg: ScanConfig, inputs: int | None = None) -> ScanContext:
     if not cfg.device.startswith("cuda"):
         # Video-level parallelism beats intra-op threads for these small networks
         # (2 workers x 1 thread scanned the bench clips 1.5x faster than 1 x 2 here).
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+        torch.set_num_threads(max(1, usable_cpus() // workers))
     detector = create_detector(cfg.detector, weights=cfg.weights, device=cfg.device)
     sizes = batch_sizes_for(cfg.batch_size, cfg.device)
     # Warm-up matters where the first call compiles or records (CUDA, torch.compile); an
@@ -103,7 +103,7 @@ def build_context(cfg: ScanConfig, inputs: int | None = None) -> ScanContext:
 
 
 def resolve_workers(cfg: ScanConfig, engine_name: str, inputs: int | None = None) -> int:
-    """Parallel videos: as configured, else one per core (max 8) on CPU for engines
+    """Parallel videos: as configured, else one per usable CPU (max 8; :mod:`scanner.cpus`) on CPU for engines
     safe to call from several threads (eager, ONNX Runtime), at most one per input, else 1."""
     if cfg.workers:
         return cfg.workers
@@ -112,7 +112,7 @@ def resolve_workers(cfg: ScanConfig, engine_name: str, inputs: int | None = None
     # Why cap by inputs: an idle worker still takes its share of the cores (threads =
     # cores / workers), so one 1080p crowd clip alone scanned in 4.2 s with 2 threads vs
     # 4.9-6.4 s with 1 on 2 cores (same scores).
-    return max(1, min(os.cpu_count() or 1, 8, inputs or 8))
+    return max(1, min(usable_cpus(), 8, inputs or 8))
 
 
 def file_sha256(path: Path) -> str:

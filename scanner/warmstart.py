@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+from .cpus import usable_cpus
 from .decode import Frame, FrameSampler
 from .identity import FileIdentity, file_identity
 from .streaming import BoundedPrefetch
@@ -74,7 +75,7 @@ def prestart_count(cfg, n_paths: int) -> int:
     :func:`scanner.pipeline.resolve_workers` decides, without importing torch)."""
     if getattr(cfg, "ray", None):
         return 0  # remote workers decode on their own nodes
-    workers = cfg.workers or (1 if cfg.device.startswith("cuda") else min(os.cpu_count() or 1, 8))
+    workers = cfg.workers or (1 if cfg.device.startswith("cuda") else min(usable_cpus(), 8))
     return max(0, min(workers, n_paths))
 
 
