@@ -16,6 +16,8 @@ from __future__ import annotations
 import fnmatch
 import glob
 import os
+import re
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from stat import S_ISDIR
@@ -52,18 +54,26 @@ def _walk(folder: Path, skipped: Skipped | None) -> list[Path]:
     return found
 
 
-def _pattern_blocked(pattern: str) -> list[Path]:
-    """The folders ``pattern`` would have to list, or pass through, and cannot.
+def _pattern_walk(pattern: str) -> tuple[list[Path], list[Path]]:
+    """What ``pattern`` matches (as ``glob.glob(pattern, recursive=True)``, sorted), and the
+    folders it would have to list, or pass through, and cannot.
 
-    glob skips such a folder without a word, so the videos under it had no row and the scan
-    exited 0; each becomes an input of its own whose error row says why, as in :func:`_walk`.
-    Only folders a match could lie under are looked at (``a*/x.mp4`` never needs ``b/``).
+    Why not glob: its ``**`` follows symbolic links to folders with no memory of where it has
+    been, so a link back up (``ln -s .. up``) was walked 40 levels deep, each level one more
+    name for every file, and two such links in a tree made 2**40 names: the scan hung before
+    its first row. Here a folder is entered once per pattern position (its device and inode),
+    so a loop ends where it closes. Blocked folders: glob skips them without a word, so the
+    videos under them had no row and the scan exited 0; each becomes an input of its own whose
+    error row says why, as in :func:`_walk`. Only folders a match could lie under are looked at
+    (``a*/x.mp4`` never needs ``b/``).
     """
     p = Path(pattern)
     parts = p.parts[1:] if p.anchor else p.parts
+    dirs_only = pattern.endswith(os.sep)  # `clips/*/`: glob matches folders only
+    matched: list[str] = []
     blocked: list[Path] = []
     seen: set[tuple[int, int, frozenset[int]]] = set()
-    todo = [(p.anchor, _closure({0}, parts))]
+    todo = [(p.anchor, _closure({0}, parts)[0])]
     while todo:
         folder, states = todo.pop()
         try:
@@ -74,37 +84,43 @@ def _pattern_blocked(pattern: str) -> list[Path]:
         except OSError:  # gone or a dangling link: glob finds nothing there either
             continue
         if (st.st_dev, st.st_ino, states) in seen or not S_ISDIR(st.st_mode):
-            continue  # seen: a symlink cycle under ``**`` ends here
+            continue  # seen: a symlink cycle ends here
         seen.add((st.st_dev, st.st_ino, states))
-        names = _pattern_children(folder, states, parts)
-        if names is None:
+        names, listed = _pattern_children(folder, states, parts)
+        if not listed:
             blocked.append(Path(folder))
-            continue
-        nexts = [(os.path.join(folder, n), _step(n, states, parts)) for n in names]
-        todo += reversed([(child, s) for child, s in nexts if s])  # popped in sorted order
-    return blocked
+        nexts = [(os.path.join(folder, n), d, _step(n, states, parts)) for n, d in names]
+        matched += [child for child, d, (_, end) in nexts if end and (not dirs_only or d and os.path.isdir(child))]
+        todo += reversed([(child, s) for child, d, (s, _) in nexts if s and d])  # popped in sorted order
+    return [Path(m) for m in sorted(matched)], blocked
 
 
-def _pattern_children(folder: str, states: frozenset[int], parts: tuple[str, ...]) -> list[str] | None:
-    """The names under ``folder`` glob looks at for ``states``; None if it cannot.
+def _pattern_children(folder: str, states: frozenset[int], parts: tuple[str, ...]) -> tuple[list[tuple[str, bool]], bool]:
+    """The names under ``folder`` glob looks at for ``states``, each with whether it may be a
+    folder (a file is not stat'ed again), and whether it could look at them all.
 
     A wildcard needs the folder listed; a literal name is only looked up (glob's lexists),
-    which a folder without read but with search permission allows: no error there."""
+    which a folder without read but with search permission allows: no error there, and
+    ``**/clip.mp4`` still finds its ``clip.mp4`` (glob's lookup did) besides the error."""
     wanted = sorted({parts[i] for i in states})
     if any(glob.has_magic(w) for w in wanted):
         try:
             with os.scandir(folder or os.curdir) as entries:
-                return sorted(e.name for e in entries if _maybe_dir(e))
+                return sorted((e.name, _maybe_dir(e)) for e in entries), True
         except OSError:  # any reason, as in _walk: the folder's own row tells which
-            return None
+            names, _ = _pattern_children(folder, frozenset(i for i in states if not glob.has_magic(parts[i])),
+                                         parts)
+            return names, False
+    found = []
     for name in wanted:
         try:
             os.lstat(os.path.join(folder, name))
         except PermissionError:
-            return None
+            return [], False
         except OSError:  # absent: nothing to match there
-            pass
-    return wanted
+            continue
+        found.append((name, True))  # stat'ed when visited
+    return found, True
 
 
 def _maybe_dir(entry: os.DirEntry) -> bool:
@@ -114,26 +130,28 @@ def _maybe_dir(entry: os.DirEntry) -> bool:
         return True
 
 
-def _closure(states: set[int], parts: tuple[str, ...]) -> frozenset[int]:
+def _closure(states: set[int], parts: tuple[str, ...]) -> tuple[frozenset[int], bool]:
     """``states`` (indices of the pattern part to match next) with those a ``**`` may skip
-    to, as it matches zero folders too; the end state (the folder itself is a match, and is
-    expanded as one) is left out."""
+    to, as it matches zero folders too, less the end state; and whether the end is among
+    them (the path reached is a match)."""
     out, todo = set(states), list(states)
     while todo:
         i = todo.pop()
         if i < len(parts) and parts[i] == "**" and i + 1 not in out:
             out.add(i + 1)
             todo.append(i + 1)
+    end = len(parts) in out
     out.discard(len(parts))
-    return frozenset(out)
+    return frozenset(out), end
 
 
-def _step(name: str, states: frozenset[int], parts: tuple[str, ...]) -> frozenset[int]:
-    """The states in subfolder ``name`` of a folder in ``states`` (empty: no match below)."""
+def _step(name: str, states: frozenset[int], parts: tuple[str, ...]) -> tuple[frozenset[int], bool]:
+    """The states in entry ``name`` of a folder in ``states`` (empty: nothing to match below),
+    and whether ``name`` itself is a match."""
     nxt = set()
     for i in states:
         if parts[i] == "**":
-            if not name.startswith("."):  # glob's ** skips hidden folders
+            if not name.startswith("."):  # glob's ** skips hidden names
                 nxt.add(i)
         elif _part_matches(name, parts[i]):
             nxt.add(i + 1)
@@ -144,7 +162,14 @@ def _part_matches(name: str, part: str) -> bool:
     if not glob.has_magic(part):
         return name == part
     # As glob: a wildcard matches a leading dot only where the pattern part has one.
-    return (part.startswith(".") or not name.startswith(".")) and fnmatch.fnmatch(name, part)
+    return (part.startswith(".") or not name.startswith(".")) and _wildcard(part)(name) is not None
+
+
+@lru_cache(maxsize=64)
+def _wildcard(part: str):
+    # Compiled once per pattern part (as glob's fnmatch.filter): fnmatch.fnmatch per name made
+    # a 100,000-file folder take seconds to match.
+    return re.compile(fnmatch.translate(part)).match
 
 
 def url_refused(url: str, where: str = "", local: bool = False) -> ConfigError:
@@ -217,15 +242,15 @@ def _expand(item: str, skipped: Skipped | None) -> tuple[list[Path], bool]:
             return [p], False
     if not os.path.exists(p) and glob.has_magic(item):
         found: list[Path] = []
-        for m in sorted(glob.glob(item, recursive=True)):
-            mp = Path(m)
+        matches, blocked = _pattern_walk(item)
+        for mp in matches:
             if os.path.isdir(mp):
                 found += _walk(mp, skipped)
             elif is_video_file(mp):
                 found.append(mp)
             elif skipped is not None:
                 skipped.add(mp)
-        found += _pattern_blocked(item)
+        found += blocked
         if not found and not any(c in item for c in "*?") and is_video_path(p):
             # `Interview [2019].mp4`, moved or mistyped: a file name, not a pattern; it got
             # only a warning line, no not_found row, and the scan could exit 0.
