@@ -49,6 +49,7 @@ class StreamInfo(BaseModel):
     score: float | None
     samples: int
     faces: int
+    nonfinite_scores: int = 0  # face scores in the window the detector gave as NaN/inf (left out)
     tracks: dict[str, TrackInfo]
 
 

@@ -68,7 +68,7 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def watch_main(args) -> int:
-    from .watch import parse_targets, run_watch
+    from .watch import all_stopped, parse_targets, run_watch
 
     # Errors only: the table already shows each stream's state and last error.
     logging.basicConfig(level=logging.ERROR, format="%(asctime)s %(levelname)s %(message)s")
@@ -93,7 +93,7 @@ def watch_main(args) -> int:
         })
         signals: list[int] = []
         sink_stats: list[dict] = []
-        run_watch(cfg, duration_s=args.duration, signals=signals, sink_stats=sink_stats)
+        rows = run_watch(cfg, duration_s=args.duration, signals=signals, sink_stats=sink_stats)
     except (DfscanError, ValueError) as e:
         print(f"dfscan: error: watch: {e}", file=sys.stderr)  # the one error line every command prints
         return EXIT_OUTPUT if isinstance(e, OutputError) else 2  # --out not writable: 4, as dfscan scan
@@ -105,7 +105,14 @@ def watch_main(args) -> int:
         kept = f"; events already written to {terminal_safe(str(args.jsonl))} are kept" if args.jsonl else ""
         print(f"dfscan: interrupted{kept}", file=sys.stderr)
         return 128 + signals[0]
-    return EXIT_OUTPUT if lost else 0
+    if lost:
+        return EXIT_OUTPUT
+    if all_stopped(rows):  # nothing left to watch: each stream's reason, exit 1 as a scan's error row
+        for r in rows:
+            print(f"dfscan: error: watch: stream {r['name']} stopped: {terminal_safe(r['last_error'] or 'ended')}",
+                  file=sys.stderr)
+        return 1
+    return 0
 
 
 def serve(cfg: ServeConfig, stop: threading.Event, on_ready=None) -> int:

@@ -57,6 +57,10 @@ class RollingScore:
     def value(self) -> float | None:
         return sum(v for _, v in self._q) / len(self._q) if self._q else None
 
+    @property
+    def total(self) -> float:
+        return sum(v for _, v in self._q)
+
 
 class Hysteresis:
     """Verdict state machine: ``unknown`` until ``min_samples``, then real/fake with a dead band."""
@@ -104,6 +108,9 @@ class StreamVerdicts:
         self.tracks: dict[int, _Judge] = {}
         self.last_emit = time.monotonic()
         self.faces_last = 0
+        # Face scores left out as NaN/inf, per frame, over the window: shown in the summary, so a
+        # stream ``unknown`` because its detector scores NaN says so (`dfscan watch` hides the log).
+        self.nonfinite = RollingScore(self.s.window_s)
 
     def _event(self, reason: str, judge: _Judge, prev: str, track: int | None, t: float | None) -> dict:
         """A verdict event; ``latency_s`` since the triggering frame's capture ``t``, none without one."""
@@ -144,6 +151,9 @@ class StreamVerdicts:
                 events.append(self._event("change", j, prev, tid, t))
         if finite.any():
             self.stream.roll.add(t, float(np.max(p_fake[finite])))
+        if not finite.all():
+            self.nonfinite.add(t, float((~finite).sum()))
+        self.nonfinite.expire(t)
         self.stream.roll.expire(t)
         prev, cur = self.stream.hyst.update(self.stream.roll.value, self.stream.roll.count)
         if cur != prev:
@@ -185,6 +195,9 @@ class StreamVerdicts:
         ``now``, or ``empty`` (every sample dropped: the verdict becomes ``unknown``).
         One event (``reason``, no ``latency_s``: no frame triggered it) per changed verdict."""
         events = []
+        if empty:
+            self.nonfinite = RollingScore(self.s.window_s)
+        self.nonfinite.expire(now)
         for tid, j in [(None, self.stream), *self.tracks.items()]:
             if empty:
                 j.roll = RollingScore(self.s.window_s)
@@ -216,5 +229,6 @@ class StreamVerdicts:
         # A track without a score in its window (all NaN, or expired) has none: not 0.0 (real).
         return {"verdict": self.stream.hyst.verdict, "score": written(self.stream.roll.value),
                 "samples": self.stream.roll.count, "faces": self.faces_last,
+                "nonfinite_scores": int(self.nonfinite.total),
                 "tracks": {str(k): {"verdict": j.hyst.verdict, "score": written(j.roll.value)}
                            for k, j in self.tracks.items()}}

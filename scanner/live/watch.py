@@ -38,9 +38,19 @@ def stream_table(rows: list[dict], bounds: tuple[float, float] | None = None) ->
             str(r["frames_sampled"]), str(r["frames_dropped"]), str(r["reconnects"]), str(r["faces"]), score,
             # Text, not markup: an error quoting "[fe80::1]" or "[/x]" lost it or raised MarkupError;
             # terminal-safe: Rich passes ESC through, and an error may quote a server's text.
-            f"[{VERDICT_STYLE.get(r['verdict'], '')}]{r['verdict']}[/]", Text(terminal_safe(r["last_error"] or "")[:48]),
+            f"[{VERDICT_STYLE.get(r['verdict'], '')}]{r['verdict']}[/]", Text(terminal_safe(_problem(r))[:48]),
         )
     return t
+
+
+def _problem(row: dict) -> str:
+    """The row's last error, else the face scores its window left out as NaN/inf: watch logs
+    errors only, so a detector scoring every face NaN showed faces and an ``unknown`` verdict
+    with no word why."""
+    if row.get("last_error"):
+        return row["last_error"]
+    n = row.get("nonfinite_scores") or 0
+    return f"{n} face score(s) NaN/inf: left out of the verdict" if n else ""
 
 
 def fitting(console: Console, table: Table) -> Console:
@@ -62,19 +72,29 @@ def _bounds(svc: LiveService) -> tuple[float, float]:
 
 def _show(svc: LiveService, console: Console, done: threading.Event, refresh_s: float,
           t_end: float | None) -> None:
-    """The table, redrawn in a terminal until ``done`` or ``t_end``; to a file or pipe, where
+    """The table, redrawn in a terminal until ``done``, ``t_end`` or every stream has stopped for
+    good; to a file or pipe, where
     nothing is redrawn, the last table once (as Rich's Live did), whole."""
     if not console.is_terminal:
-        while not done.wait(refresh_s) and (t_end is None or time.monotonic() < t_end):
+        while (not done.wait(refresh_s) and (t_end is None or time.monotonic() < t_end)
+               and not all_stopped(svc.describe())):
             pass
         table = stream_table(svc.describe(), _bounds(svc))
         fitting(console, table).print(table)
         return
     with Live(stream_table(svc.describe(), _bounds(svc)), console=console, refresh_per_second=4) as live:
         while not done.wait(refresh_s):
-            live.update(stream_table(svc.describe(), _bounds(svc)))
-            if t_end is not None and time.monotonic() >= t_end:
+            rows = svc.describe()
+            live.update(stream_table(rows, _bounds(svc)))
+            if (t_end is not None and time.monotonic() >= t_end) or all_stopped(rows):
                 break
+
+
+def all_stopped(rows: list[dict]) -> bool:
+    """Every stream has stopped for good (a protocol this FFmpeg lacks, a certificate error: never
+    retried). Watch went on showing them until a signal: a script's `dfscan watch srt://...`
+    (or one piped, printing its table only at the end) hung for good."""
+    return bool(rows) and all(r["state"] == "stopped" for r in rows)
 
 
 def parse_targets(targets: list[str]) -> list[StreamConfig]:
@@ -95,7 +115,8 @@ def parse_targets(targets: list[str]) -> list[StreamConfig]:
 def run_watch(cfg: ServeConfig, duration_s: float | None = None, refresh_s: float = 0.5,
               console: Console | None = None, signals: list[int] | None = None,
               sink_stats: list[dict] | None = None) -> list[dict]:
-    """Run ``cfg``'s streams showing a live table until Ctrl-C/SIGTERM or ``duration_s``.
+    """Run ``cfg``'s streams showing a live table until Ctrl-C/SIGTERM, ``duration_s``, or every
+    stream has stopped for good (:func:`all_stopped` of the rows returned).
 
     ``sink_stats`` gets each sink's counts once stopped (delivered, failed, dropped).
 
