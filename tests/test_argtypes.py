@@ -17,11 +17,12 @@ VALUES = ("nan", "inf", "-1", "0")
 SCAN = {"--frames": (), "--fps": (), "--batch-size": (), "--threshold": ("0",), "--max-faces": (),
         "--min-face": (), "--det-max-side": (), "--workers": (), "--topk": ()}  # add_scan_options: scan and eval
 SEEDS = {"--seed": ("0",)}
+TIMEOUT = {"--video-timeout": ("0",)}  # 0: no limit (scanner.argtypes.seconds_or_none)
 # command -> option -> the values of VALUES it takes (as before scanner.argtypes: none looser)
 ACCEPTS = {
     ("scan",): {**SCAN, "--metrics-port": ("0",), "--ray-cpus-per-actor": (), "--ray-gpus-per-actor": ("0",),
-                "--ray-actors": ()},
-    ("eval",): {**SCAN, "--acc-threshold": ("-1", "0")},
+                "--ray-actors": (), **TIMEOUT},
+    ("eval",): {**SCAN, "--acc-threshold": ("-1", "0"), **TIMEOUT},
     ("bench",): {"--batch-sizes": (), "--threads": (), "--iters": (), "--warmup": ("0",)},
     ("engines", "build"): {"--batch-sizes": (), "--threads": ()},
     ("probe", "fit"): {"--size": (), "--frames": (), "--batch-size": (), "--C": (), "--heldout": (), **SEEDS},
@@ -60,7 +61,7 @@ def test_every_numeric_option_is_listed_and_checked():
     found = list(_numeric_options(build_parser("*")))
     assert {(c, o) for c, o, _ in found} == {(c, o) for c, opts in ACCEPTS.items() for o in opts}
     plain = {(c, o) for c, o, a in found if a.type in (int, float)}
-    assert plain == {(("scan",), o) for o in ACCEPTS[("scan",)]} | {(("eval",), o) for o in SCAN} | {
+    assert plain == {(("scan",), o) for o in ACCEPTS[("scan",)] if o not in TIMEOUT} | {(("eval",), o) for o in SCAN} | {
         (("watch",), o) for o in ("--sample-fps", "--window", "--fake-above", "--real-below")} | {
         (("serve",), "--port")}
 
@@ -110,7 +111,8 @@ ACCEPTED = [(c, o, v) for c, opts in ACCEPTS.items() for o, ok in opts.items() f
 def test_values_taken_before_are_still_parsed(command, option, value, tmp_path):
     parser = build_parser(command[0])
     dest = next(a.dest for c, o, a in _numeric_options(parser) if (c, o) == (command, option))
-    assert getattr(parser.parse_args([*_base(command, tmp_path), option, value]), dest) == float(value)
+    expected = None if option in TIMEOUT else float(value)  # --video-timeout 0: no limit
+    assert getattr(parser.parse_args([*_base(command, tmp_path), option, value]), dest) == expected
 
 
 def test_the_types():

@@ -156,7 +156,10 @@ def test_a_whole_config_check_is_said_plainly(capsys, tmp_path):
 def test_default_workers_are_at_most_one_per_input(tmp_path, capsys, monkeypatch):
     # An idle worker still took its share of the cores (threads = cores / workers): one
     # video alone ran its face detection and detector on 1 thread of 2.
-    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    from scanner import pipeline, warmstart
+
+    for mod in (pipeline, warmstart):  # the CPUs a scan may use (scanner.cpus)
+        monkeypatch.setattr(mod, "usable_cpus", lambda: 4)
     threads = torch.get_num_threads()
     args = ["--detector", "test_tiny", "--frames", "2", "--no-progress"]
     try:

@@ -55,7 +55,7 @@ def test_pipeline_bench_scans_with_the_workers_and_threads_of_dfscan_scan(monkey
     from scanner import pipeline
     from scanner.pipeline import resolve_workers
 
-    monkeypatch.setattr(pipeline.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(pipeline, "usable_cpus", lambda: 2)
     scanned_in, real_scan = [], pipeline.scan_video
 
     def recording(path, ctx):
