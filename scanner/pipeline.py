@@ -239,7 +239,8 @@ def _analyse(path: Path, ctx: ScanContext, row: dict, deadline: float | None = N
 
     source = BoundedPrefetch if _decode_in_thread(cfg) else Inline
     try:
-        with (pre.take(lambda: call_before(produce, deadline, "hash")) if pre
+        # a thread with a deadline only for a hash (the one read that may block before decoding)
+        with (pre.take(lambda: call_before(produce, deadline if cfg.hash else None, "hash")) if pre
               else source(produce, maxsize=cfg.queue_frames, name="decode")) as frames:
             frames.deadline = deadline
             _consume(frames, path, state, ctx, deadline)

@@ -52,6 +52,11 @@ def wait_for(pred, timeout: float, what: str = "condition", step: float = 0.05):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def smallest_clip() -> str:
+    """The smallest real face clip of tests/data (committed with the repo)."""
+    return str(min(DATA.glob("*.mp4"), key=lambda p: p.stat().st_size))
+
+
 def make_video(path: Path, frames: int = 30, size=(160, 120), fps: int = 25, gop: int = 12,
                codec: str = "libx264", rotation: int | None = None, pattern=None,
                pts_step=None, sar: Fraction | None = None, fmt: str | None = None,

@@ -32,24 +32,15 @@ from scanner.live.source import Backoff, DropOldestBuffer, LiveSource, SourceSet
 from scanner.live.tracker import IoUTracker
 from scanner.live.hls import check_playlist
 from scanner.live.urls import RefusedURL, SourceError, mask_credentials, open_options, parse_source
-from conftest import free_port, wait_for
+from conftest import free_port, wait_for, smallest_clip
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_CLIP = Path("/work/shared/media/portrait/d1.mp4")
 TOKEN = "t0ken-for-tests-0123456789"
 
 
 @pytest.fixture(scope="module")
-def clip(tmp_path_factory) -> str:
-    """A real face clip: tests/data/*.mp4 when present, else a copy of the shared one."""
-    local = sorted((ROOT / "tests" / "data").glob("*.mp4"), key=lambda p: p.stat().st_size)  # smallest first
-    if local:
-        return str(local[0])
-    if not SHARED_CLIP.exists():
-        pytest.skip("no face clip available")
-    dst = tmp_path_factory.mktemp("clip") / SHARED_CLIP.name
-    shutil.copy(SHARED_CLIP, dst)
-    return str(dst)
+def clip() -> str:
+    return smallest_clip()
 
 
 def http(method: str, url: str, body: dict | None = None, token: str | None = None):

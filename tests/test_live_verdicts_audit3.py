@@ -3,33 +3,21 @@ judged on nothing must say why, and a watch with nothing left to watch must end,
 from __future__ import annotations
 
 import io
-import shutil
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from scanner.live.config import parse_config
 from scanner.live.rolling import StreamVerdicts, VerdictSettings
-from conftest import wait_for
+from conftest import wait_for, smallest_clip
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_CLIP = Path("/work/shared/media/portrait/d1.mp4")
 BOX = np.array([[10, 10, 90, 90]], np.float32)
 
 
 @pytest.fixture(scope="module")
-def clip(tmp_path_factory) -> str:
-    """A real face clip: tests/data/*.mp4 when present, else a copy of the shared one."""
-    local = sorted((ROOT / "tests" / "data").glob("*.mp4"), key=lambda p: p.stat().st_size)
-    if local:
-        return str(local[0])
-    if not SHARED_CLIP.exists():
-        pytest.skip("no face clip available")
-    dst = tmp_path_factory.mktemp("clip") / SHARED_CLIP.name
-    shutil.copy(SHARED_CLIP, dst)
-    return str(dst)
+def clip() -> str:
+    return smallest_clip()
 
 
 class _NanDetector:

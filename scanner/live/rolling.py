@@ -55,7 +55,7 @@ class RollingScore:
 
     @property
     def value(self) -> float | None:
-        return sum(v for _, v in self._q) / len(self._q) if self._q else None
+        return self.total / len(self._q) if self._q else None
 
     @property
     def total(self) -> float:
